@@ -1,0 +1,96 @@
+package dev.qlora4j.backend;
+
+import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Device;
+import dev.qlora4j.tensor.Tensor;
+
+/**
+ * Every op the layers above need, implemented once per device. Model code calls these and
+ * never branches on the device. The CPU backend is the reference each CUDA kernel is tested
+ * against.
+ *
+ * <p>Conventions: activations are row-major 2-D {@code [rows, features]}; linear weights are
+ * {@code [out, in]} as in PyTorch ({@code y = x W^T + b}); ops return new tensors in the
+ * backend's activation dtype ({@link #activationDType()}) unless stated; integer index tensors
+ * are I32. Weights may be F32, BF16 or F16 and are computed in float32 on the CPU.
+ */
+public interface Backend extends AutoCloseable {
+
+    Device device();
+
+    /** The dtype ops produce (F32 on the CPU; BF16 or F32 on CUDA as configured). */
+    DType activationDType();
+
+    // ---- memory ----
+
+    /** An uninitialized tensor on this device. */
+    Tensor empty(DType dtype, int... shape);
+
+    /** A copy of a host tensor on this device, same dtype (the tensor itself on the CPU backend). */
+    Tensor upload(Tensor host);
+
+    /** A host copy of a tensor of this device (the tensor itself on the CPU backend). */
+    Tensor toHost(Tensor t);
+
+    /** A copy converted to dtype, on this device. */
+    Tensor cast(Tensor t, DType dtype);
+
+    // ---- the forward ops of a decoder ----
+
+    /** ids I32 [n], table [vocab, hidden] -> [n, hidden]. Ids outside the table are an error. */
+    Tensor embedding(Tensor ids, Tensor table);
+
+    /** x [n, h], weight [h] -> x / sqrt(mean(x^2) + eps) * weight, computed in float32 (as HF Llama/Qwen2 do). */
+    Tensor rmsNorm(Tensor x, Tensor weight, float eps);
+
+    /** x [n, k], w [m, k] dense, bias [m] or null -> x w^T + bias [n, m]. */
+    Tensor linear(Tensor x, Tensor w, Tensor bias);
+
+    /** Elementwise a + b, same shapes. */
+    Tensor add(Tensor a, Tensor b);
+
+    /** In place: a += b, same shapes. Returns a. */
+    Tensor addInPlace(Tensor a, Tensor b);
+
+    /** Elementwise silu(gate) * up (SwiGLU), same shapes. */
+    Tensor siluMul(Tensor gate, Tensor up);
+
+    /**
+     * Rotary position embedding, HF "rotate_half" layout, in place on x [n, heads * headDim]:
+     * for each head and i < headDim/2, with angle = positions[row] * invFreq[i],
+     * (x_i, x_{i+d/2}) -> (x_i cos - x_{i+d/2} sin, x_{i+d/2} cos + x_i sin), cos and sin
+     * multiplied by attentionScaling. positions I32 [n]; invFreq F32 [headDim/2].
+     */
+    void ropeInPlace(Tensor x, Tensor positions, Tensor invFreq, int heads, int headDim, float attentionScaling);
+
+    /** A KV cache for layers x batch x kvHeads x capacity x headDim, in the activation dtype. */
+    KvCache newKvCache(int layers, int batch, int kvHeads, int capacity, int headDim);
+
+    /**
+     * Causal self-attention with grouped-query heads against a KV cache, for a batch of B rows
+     * each carrying T new tokens (prefill: T = prompt length; decode: T = 1).
+     *
+     * <p>q [B*T, heads*headDim], k and v [B*T, kvHeads*headDim] (rope already applied). The T new
+     * keys/values of batch row b are written to cache slots [start, start+T) of layer {@code layer};
+     * the query in slot s attends to slots j with padStart[b] <= j <= s (and j > s - window when
+     * window > 0, Mistral's sliding window). padStart I32 [B]: slots before it are left padding.
+     * Scores are scaled by {@code scale} (1/sqrt(headDim)); softmax in float32. Returns [B*T, heads*headDim].
+     */
+    Tensor attention(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int start, Tensor padStart,
+                     int heads, int kvHeads, int headDim, float scale, int window);
+
+    /** Rows of x [n, h] picked by rows I32 [r] -> [r, h]. */
+    Tensor gatherRows(Tensor x, Tensor rows);
+
+    /**
+     * Per-row cross-entropy: logits [n, vocab], targets I32 [n] -> F32 [n] with
+     * -log_softmax(logits)[target] computed in float32; rows whose target is -100 give 0.
+     */
+    Tensor crossEntropy(Tensor logits, Tensor targets);
+
+    /** Waits for queued work (no-op on the CPU). */
+    default void synchronize() {}
+
+    @Override
+    default void close() {}
+}
