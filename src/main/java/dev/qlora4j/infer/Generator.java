@@ -1,0 +1,153 @@
+package dev.qlora4j.infer;
+
+import dev.qlora4j.backend.Backend;
+import dev.qlora4j.backend.KvCache;
+import dev.qlora4j.model.TransformerLM;
+import dev.qlora4j.tensor.Tensor;
+
+import java.util.Arrays;
+import java.util.function.Function;
+
+/**
+ * Autoregressive generation for a batch of prompts, as transformers' generate() does it:
+ * prompts left-padded to one length (pads masked out, positions counted from each prompt's first
+ * real token), one prefill pass, then one decode pass per step against the KV cache. Rows that
+ * finished keep receiving the pad token until all are done.
+ */
+public final class Generator {
+    private final TransformerLM model;
+    private final int[] eosIds;
+    private final int padId;
+    private final Function<int[], String> decoder;
+
+    /**
+     * @param decoder ids -> text with special tokens skipped (used for streaming and stop strings)
+     */
+    public Generator(TransformerLM model, int[] eosIds, int padId, Function<int[], String> decoder) {
+        this.model = model;
+        this.eosIds = eosIds.clone();
+        this.padId = padId;
+        this.decoder = decoder;
+    }
+
+    public GenerationResult generate(int[][] prompts, SamplingParams params, TokenListener listener) {
+        int batch = prompts.length;
+        if (batch == 0) throw new IllegalArgumentException("no prompts given");
+        int promptLen = 0;
+        for (int[] p : prompts) {
+            if (p.length == 0) throw new IllegalArgumentException("empty prompt: encode at least one token (e.g. BOS)");
+            promptLen = Math.max(promptLen, p.length);
+        }
+        int maxNew = params.maxNewTokens();
+        Backend b = model.backend();
+        int vocab = model.config().vocabSize();
+
+        int[] padStart = new int[batch];
+        int[] ids = new int[batch * promptLen];
+        int[] positions = new int[batch * promptLen];
+        int[][] context = new int[batch][];
+        for (int r = 0; r < batch; r++) {
+            int pad = promptLen - prompts[r].length;
+            padStart[r] = pad;
+            for (int t = 0; t < promptLen; t++) {
+                ids[r * promptLen + t] = t < pad ? padId : prompts[r][t - pad];
+                // transformers: position_ids = cumsum(mask) - 1, pads filled with 1 (they are masked anyway)
+                positions[r * promptLen + t] = t < pad ? 1 : t - pad;
+            }
+            context[r] = Arrays.copyOf(prompts[r], prompts[r].length + maxNew);
+        }
+        int[][] out = new int[batch][maxNew];
+        int[] produced = new int[batch];
+        String[] reasons = new String[batch];
+        String[] texts = new String[batch];
+        int[] emittedChars = new int[batch];
+        Sampler[] samplers = new Sampler[batch];
+        for (int r = 0; r < batch; r++) samplers[r] = new Sampler(params, eosIds, params.seed() + r);
+
+        long t0 = System.nanoTime();
+        long prefill = 0, decode = 0;
+        int steps = 0;
+        try (KvCache cache = model.newCache(batch, promptLen + Math.max(1, maxNew));
+             Tensor pads = b.upload(Tensor.ofInts(padStart, batch))) {
+            float[][] logits = step(b, cache, ids, positions, 0, promptLen, pads, batch);
+            prefill = System.nanoTime() - t0;
+            long t1 = System.nanoTime();
+            for (int s = 0; s < maxNew; s++) {
+                int[] next = new int[batch];
+                int[] nextPos = new int[batch];
+                boolean anyLive = false;
+                for (int r = 0; r < batch; r++) {
+                    nextPos[r] = prompts[r].length + s;
+                    if (reasons[r] != null) {
+                        next[r] = padId;
+                        continue;
+                    }
+                    int tok = samplers[r].next(logits[r], context[r], prompts[r].length + produced[r], produced[r]);
+                    next[r] = tok;
+                    context[r][prompts[r].length + produced[r]] = tok;
+                    out[r][produced[r]++] = tok;
+                    String text = decoder.apply(Arrays.copyOf(out[r], produced[r]));
+                    reasons[r] = finishReason(tok, text, params, produced[r], texts, r);
+                    String visible = texts[r] != null ? texts[r] : text;
+                    String delta = stableDelta(visible, emittedChars[r], reasons[r] != null);
+                    emittedChars[r] += delta.length();
+                    listener.onToken(r, tok, delta);
+                    if (reasons[r] == null) anyLive = true;
+                }
+                if (!anyLive) break;
+                logits = step(b, cache, next, nextPos, promptLen + s, 1, pads, batch);
+                steps++;
+            }
+            decode = System.nanoTime() - t1;
+        }
+        int[][] outputIds = new int[batch][];
+        for (int r = 0; r < batch; r++) {
+            outputIds[r] = Arrays.copyOf(out[r], produced[r]);
+            if (texts[r] == null) texts[r] = decoder.apply(outputIds[r]);
+            if (reasons[r] == null) reasons[r] = "length";
+        }
+        return new GenerationResult(outputIds, texts, reasons, prefill, decode, steps);
+    }
+
+    /** Returns why the row ends after this token, or null; a stop string cuts the row's text. */
+    private String finishReason(int tok, String text, SamplingParams params, int produced, String[] texts, int r) {
+        for (String stop : params.stopStrings()) {
+            int at = text.indexOf(stop);
+            if (at >= 0) {
+                texts[r] = text.substring(0, at);
+                return "stop_string";
+            }
+        }
+        for (int e : eosIds) if (tok == e) return "eos";
+        if (produced >= params.maxNewTokens()) return "length";
+        return null;
+    }
+
+    /**
+     * Text that is safe to show: while generating, hold back a trailing U+FFFD (an incomplete
+     * multi-byte character) so streamed pieces never contain broken characters.
+     */
+    private static String stableDelta(String text, int emitted, boolean last) {
+        int end = text.length();
+        if (!last) while (end > emitted && text.charAt(end - 1) == '\uFFFD') end--;
+        return end <= emitted ? "" : text.substring(emitted, end);
+    }
+
+    /** Runs T tokens per row through the model and returns the last position's logits per row. */
+    private float[][] step(Backend b, KvCache cache, int[] ids, int[] positions, int start, int t, Tensor pads, int batch) {
+        int[] lastRows = new int[batch];
+        for (int r = 0; r < batch; r++) lastRows[r] = r * t + t - 1;
+        try (Tensor idT = b.upload(Tensor.ofInts(ids, ids.length));
+             Tensor posT = b.upload(Tensor.ofInts(positions, positions.length));
+             Tensor hidden = model.forward(idT, posT, cache, start, pads);
+             Tensor rows = b.upload(Tensor.ofInts(lastRows, batch));
+             Tensor last = b.gatherRows(hidden, rows);
+             Tensor logits = model.logits(last)) {
+            float[] flat = b.toHost(logits).toFloatArray();
+            int vocab = logits.dim(1);
+            float[][] perRow = new float[batch][];
+            for (int r = 0; r < batch; r++) perRow[r] = Arrays.copyOfRange(flat, r * vocab, (r + 1) * vocab);
+            return perRow;
+        }
+    }
+}

@@ -1,0 +1,70 @@
+package dev.qlora4j.model;
+
+import dev.qlora4j.backend.Backend;
+import dev.qlora4j.backend.KvCache;
+import dev.qlora4j.nn.Linear;
+import dev.qlora4j.tensor.Tensor;
+
+/**
+ * One Llama-family decoder layer (Llama, Mistral, Qwen2 share it):
+ * h = x + o(attn(rope(q(norm1 x)), rope(k(norm1 x)), v(norm1 x)));  out = h + down(silu(gate(norm2 h)) * up(norm2 h)).
+ */
+public final class DecoderLayer implements AutoCloseable {
+    final int index;
+    final Tensor inputNorm;      // [hidden]
+    final Tensor postAttnNorm;   // [hidden]
+    final Linear q, k, v, o;     // q [heads*headDim, hidden], k/v [kvHeads*headDim, hidden], o [hidden, heads*headDim]
+    final Linear gate, up, down; // gate/up [intermediate, hidden], down [hidden, intermediate]
+
+    DecoderLayer(int index, Tensor inputNorm, Tensor postAttnNorm, Linear q, Linear k, Linear v, Linear o,
+                 Linear gate, Linear up, Linear down) {
+        this.index = index;
+        this.inputNorm = inputNorm;
+        this.postAttnNorm = postAttnNorm;
+        this.q = q; this.k = k; this.v = v; this.o = o;
+        this.gate = gate; this.up = up; this.down = down;
+    }
+
+    /** x [B*T, hidden] -> [B*T, hidden]; see {@link Backend#attention} for the cache arguments. */
+    Tensor forward(Backend b, ModelConfig c, Tensor x, Tensor positions, Tensor invFreq, float ropeScaling,
+                   KvCache cache, int start, Tensor padStart) {
+        int heads = c.numAttentionHeads(), kvHeads = c.numKeyValueHeads(), hd = c.headDim();
+        Tensor h = b.rmsNorm(x, inputNorm, (float) c.rmsNormEps());
+        Tensor qs = q.forward(b, h), ks = k.forward(b, h), vs = v.forward(b, h);
+        h.close();
+        b.ropeInPlace(qs, positions, invFreq, heads, hd, ropeScaling);
+        b.ropeInPlace(ks, positions, invFreq, kvHeads, hd, ropeScaling);
+        int window = c.slidingWindow() == null ? 0 : c.slidingWindow();
+        Tensor attn = b.attention(qs, ks, vs, cache, index, start, padStart, heads, kvHeads, hd,
+                (float) (1.0 / Math.sqrt(hd)), window);
+        qs.close(); ks.close(); vs.close();
+        Tensor attnOut = o.forward(b, attn);
+        attn.close();
+        Tensor resid = b.add(x, attnOut);
+        attnOut.close();
+
+        Tensor h2 = b.rmsNorm(resid, postAttnNorm, (float) c.rmsNormEps());
+        Tensor g = gate.forward(b, h2), u = up.forward(b, h2);
+        h2.close();
+        Tensor act = b.siluMul(g, u);
+        g.close(); u.close();
+        Tensor mlp = down.forward(b, act);
+        act.close();
+        b.addInPlace(resid, mlp);
+        mlp.close();
+        return resid;
+    }
+
+    long weightBytes() {
+        long n = inputNorm.byteSize() + postAttnNorm.byteSize();
+        for (Linear l : new Linear[] {q, k, v, o, gate, up, down}) n += l.weightBytes();
+        return n;
+    }
+
+    @Override
+    public void close() {
+        inputNorm.close();
+        postAttnNorm.close();
+        for (Linear l : new Linear[] {q, k, v, o, gate, up, down}) l.close();
+    }
+}
