@@ -70,7 +70,11 @@ public final class CheckpointWriter {
         removeStaleShards(dir, keep);
     }
 
-    /** Greedy split in map order, as huggingface_hub's split_state_dict_into_shards does. */
+    /**
+     * Greedy split in map order (huggingface_hub's rule: a new shard when the next tensor would
+     * overflow; a tensor larger than a shard gets one of its own). Unlike huggingface_hub, shards
+     * keep the map order, so layer order survives.
+     */
     static List<Map<String, Tensor>> plan(Map<String, Tensor> tensors, long maxShardBytes) {
         List<Map<String, Tensor>> shards = new ArrayList<>();
         Map<String, Tensor> current = new LinkedHashMap<>();

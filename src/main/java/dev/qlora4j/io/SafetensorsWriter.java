@@ -74,6 +74,7 @@ public final class SafetensorsWriter {
         private final Set<String> written = new HashSet<>();
         private AtomicFile out;
         private ByteBuffer staging;               // lazily allocated, CHUNK bytes
+        private MemorySegment stagingSegment;
         private boolean finished;
 
         private Builder(Path file) {
@@ -222,8 +223,11 @@ public final class SafetensorsWriter {
          */
         private ByteBuffer chunk(MemorySegment bytes, long pos, long len) {
             if (bytes.isNative()) return bytes.asSlice(pos, len).asByteBuffer();
-            if (staging == null) staging = ByteBuffer.allocateDirect((int) CHUNK);
-            MemorySegment.copy(bytes, pos, MemorySegment.ofBuffer(staging), 0, len);
+            if (staging == null) {
+                staging = ByteBuffer.allocateDirect((int) CHUNK);
+                stagingSegment = MemorySegment.ofBuffer(staging);   // whole capacity, fixed once
+            }
+            MemorySegment.copy(bytes, pos, stagingSegment, 0, len);
             return staging.clear().limit((int) len);
         }
 
