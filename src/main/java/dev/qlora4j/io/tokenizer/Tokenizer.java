@@ -1,6 +1,8 @@
 package dev.qlora4j.io.tokenizer;
 
+import ai.djl.huggingface.tokenizers.Encoding;
 import ai.djl.huggingface.tokenizers.HuggingFaceTokenizer;
+import ai.djl.huggingface.tokenizers.jni.CharSpan;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 
@@ -112,6 +114,36 @@ public final class Tokenizer implements AutoCloseable {
         for (long id : body) out[k++] = Math.toIntExact(id);
         if (eos) out[k] = eosId;
         return out;
+    }
+
+    /**
+     * Ids plus the characters each token covers, e.g. to turn {@link RenderedChat} assistant spans
+     * into a per-token training mask. Special tokens are added as {@link #encode} adds them.
+     */
+    public EncodedText encodeWithOffsets(String text, boolean addSpecialTokens) {
+        boolean explicitFlags = config.addBosToken() != null || config.addEosToken() != null;
+        Encoding e = hf.encode(text, addSpecialTokens && !explicitFlags, false);
+        long[] ids = e.getIds();
+        CharSpan[] spans = e.getCharTokenSpans();
+        boolean bos = addSpecialTokens && explicitFlags && Boolean.TRUE.equals(config.addBosToken()) && bosId >= 0;
+        boolean eos = addSpecialTokens && explicitFlags && Boolean.TRUE.equals(config.addEosToken()) && eosId >= 0;
+        int n = ids.length + (bos ? 1 : 0) + (eos ? 1 : 0);
+        int[] out = new int[n], start = new int[n], end = new int[n];
+        java.util.Arrays.fill(start, -1);
+        java.util.Arrays.fill(end, -1);
+        int k = 0;
+        if (bos) out[k++] = bosId;
+        // the native library reports offsets in Unicode code points; Java strings index UTF-16 units
+        boolean astral = text.codePoints().anyMatch(Character::isSupplementaryCodePoint);
+        for (int i = 0; i < ids.length; i++, k++) {
+            out[k] = Math.toIntExact(ids[i]);
+            if (spans[i] != null) {
+                start[k] = astral ? text.offsetByCodePoints(0, spans[i].getStart()) : spans[i].getStart();
+                end[k] = astral ? text.offsetByCodePoints(0, spans[i].getEnd()) : spans[i].getEnd();
+            }
+        }
+        if (eos) out[k] = eosId;
+        return new EncodedText(out, start, end);
     }
 
     /** Text of ids; skipSpecialTokens drops tokens marked special (BOS, EOS, chat markers ...). */

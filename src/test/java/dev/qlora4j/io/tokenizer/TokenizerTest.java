@@ -212,6 +212,32 @@ class TokenizerTest {
     }
 
     @Test
+    void offsetsMapTokensToCharacters() {
+        EncodedText e = tok.encodeWithOffsets("é hello<s>world", true);
+        assertArrayEquals(new int[] {1, 20, 21, 7, 14, 1, 8, 16, 5, 10}, e.ids());
+        assertArrayEquals(new int[] {-1, 0, 0, 1, 2, 7, 10, 11, 13, 14}, e.charStart());
+        assertArrayEquals(new int[] {-1, 1, 1, 2, 7, 10, 11, 13, 14, 15}, e.charEnd());
+        // an emoji is two UTF-16 units: offsets after it are shifted accordingly
+        EncodedText astral = tok.encodeWithOffsets("\uD83D\uDE00 hello", false);
+        int last = astral.ids().length - 1;
+        assertEquals(14, astral.ids()[last]);
+        assertEquals("hello", "\uD83D\uDE00 hello".substring(astral.charStart()[last], astral.charEnd()[last]));
+    }
+
+    @Test
+    void assistantMaskFromChatSpans() {
+        ChatTemplate t = new ChatTemplate("{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}"
+                + "{{ m.content }}</s>{% endgeneration %}{% else %}{{ m.content }}{% endif %}{% endfor %}", "<s>", "</s>",
+                null, null);
+        RenderedChat chat = t.renderWithAssistantSpans(List.of(ChatMessage.user("hello"), ChatMessage.assistant(" world")));
+        assertEquals("hello world</s>", chat.text());
+        EncodedText e = tok.encodeWithOffsets(chat.text(), true);
+        assertArrayEquals(new int[] {1, 14, 19, 2}, e.ids());
+        boolean[] mask = e.tokensIn(chat.assistantSpans());
+        assertArrayEquals(new boolean[] {false, false, true, true}, mask);
+    }
+
+    @Test
     void cleanUpTokenizationSpaces() {
         assertEquals("Hello, world. It's fine!", Tokenizer.cleanUpTokenization("Hello , world . It 's fine !"));
     }
