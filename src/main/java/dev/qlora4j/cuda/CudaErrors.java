@@ -78,6 +78,9 @@ final class CudaErrors {
                     + " CUDA context is now unusable (restart the process); run under compute-sanitizer to find the kernel";
             case "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES" -> "the launch asks for more registers/threads/shared memory per block"
                     + " than the kernel can have: lower the block size";
+            case "CUBLAS_LIBRARY_NOT_FOUND" -> "cuBLAS is not installed where qlora4j looks: install the CUDA toolkit's"
+                    + " cuBLAS (12 or 13) and set CUDA_HOME or LD_LIBRARY_PATH, or build with 'mvn -Pcuda-libs' (bytedeco"
+                    + " redist jars, extracted to ~/.javacpp/cache on first use); or use --device cpu";
             case "CUBLAS_STATUS_NOT_INITIALIZED" -> "cuBLAS could not start: check that a CUDA context is current and the"
                     + " cuBLAS library matches the driver";
             case "CUBLAS_STATUS_NOT_SUPPORTED", "CUBLAS_STATUS_INVALID_VALUE" -> "this dtype / layout combination is not"
