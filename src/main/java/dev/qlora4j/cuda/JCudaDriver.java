@@ -53,10 +53,19 @@ public final class JCudaDriver implements CudaDriver {
             } catch (LinkageError | RuntimeException e) {
                 loadFailure = new CudaException("loading JCuda (libJCudaDriver, which needs libcuda.so.1)",
                         CudaException.LIBRARY_NOT_FOUND, "LIBRARY_NOT_FOUND",
-                        "JCuda's native library did not load (" + e + "); try -Dqlora4j.cuda.binding=ffm", e);
+                        "JCuda's native library did not load (" + briefly(e) + "); try -Dqlora4j.cuda.binding=ffm", e);
                 throw loadFailure;
             }
         }
+    }
+
+    /** JCuda's load error lists nested stack traces; keep the line that names the missing library. */
+    static String briefly(Throwable e) {
+        String msg = String.valueOf(e.getMessage());
+        for (String line : msg.split("\n")) {
+            if (line.contains("cannot open shared object file")) return line.strip();
+        }
+        return e.getClass().getSimpleName() + ": " + msg.lines().findFirst().orElse("").strip();
     }
 
     private void check(String function, int result) { check(function, result, null); }
