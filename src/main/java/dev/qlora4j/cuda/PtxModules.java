@@ -1,0 +1,96 @@
+package dev.qlora4j.cuda;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.UncheckedIOException;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.function.Predicate;
+
+/**
+ * The kernels of kernels-ptx/ (packaged as classpath resources), loaded lazily, once per CUDA context:
+ * {@code PtxModules.forCurrentContext(driver).function("cast", "cast_f32_to_bf16")}.
+ *
+ * <p>Module choice: on compute capability 9.0 a module named {@code <name>.sm90a.ptx} is preferred
+ * when it exists (Hopper-only instructions: wgmma, setmaxnreg, which run on 9.0 and nowhere else);
+ * otherwise {@code <name>.ptx} (portable compute_80 PTX the driver JIT-compiles for the GPU).
+ * Module and function handles are cached; they stay valid as long as the context does.
+ */
+public final class PtxModules {
+    static final String RESOURCE_DIR = "kernels-ptx/";
+
+    private record ContextKey(String binding, long context) {}
+
+    private static final Map<ContextKey, PtxModules> BY_CONTEXT = new ConcurrentHashMap<>();
+
+    private final CudaDriver driver;
+    private final int ccMajor;
+    private final int ccMinor;
+    private final Map<String, Long> modules = new ConcurrentHashMap<>();
+    private final Map<String, Long> functions = new ConcurrentHashMap<>();
+
+    PtxModules(CudaDriver driver, int ccMajor, int ccMinor) {
+        this.driver = driver;
+        this.ccMajor = ccMajor;
+        this.ccMinor = ccMinor;
+    }
+
+    /** The modules of the context current on this thread (make one current first: usePrimaryContext). */
+    public static PtxModules forCurrentContext(CudaDriver driver) {
+        long ctx = driver.contextGetCurrent();
+        if (ctx == 0) {
+            throw new IllegalStateException("no CUDA context is current on thread " + Thread.currentThread().getName()
+                    + ": call CudaDriver.usePrimaryContext(device) on it first");
+        }
+        return BY_CONTEXT.computeIfAbsent(new ContextKey(driver.bindingName(), ctx), k -> {
+            DeviceProperties p = driver.deviceProperties(driver.contextGetDevice());
+            return new PtxModules(driver, p.computeCapabilityMajor(), p.computeCapabilityMinor());
+        });
+    }
+
+    /** The CUfunction of an extern "C" kernel in native/&lt;module&gt;.cu. */
+    public long function(String module, String kernel) {
+        String key = module + "/" + kernel;
+        Long f = functions.get(key);
+        if (f != null) return f;
+        synchronized (this) {
+            return functions.computeIfAbsent(key, k -> driver.moduleGetFunction(module(module), kernel));
+        }
+    }
+
+    /** The CUmodule, loaded on first use. */
+    public long module(String name) {
+        Long m = modules.get(name);
+        if (m != null) return m;
+        synchronized (this) {
+            return modules.computeIfAbsent(name, n -> {
+                String resource = resourceFor(n, ccMajor, ccMinor, PtxModules::resourceExists);
+                return driver.moduleLoadData(readResource(resource));
+            });
+        }
+    }
+
+    /** Which resource a module loads from on a device of compute capability major.minor. */
+    static String resourceFor(String module, int major, int minor, Predicate<String> exists) {
+        String hopper = RESOURCE_DIR + module + ".sm90a.ptx";
+        if (major == 9 && minor == 0 && exists.test(hopper)) return hopper;
+        String portable = RESOURCE_DIR + module + ".ptx";
+        if (exists.test(portable)) return portable;
+        throw new IllegalArgumentException("no PTX for kernel module '" + module + "': resource " + portable
+                + " is not on the classpath (is native/" + module + ".cu built with 'make -C native' and"
+                + " kernels-ptx/ packaged?)");
+    }
+
+    static boolean resourceExists(String path) {
+        return PtxModules.class.getClassLoader().getResource(path) != null;
+    }
+
+    static byte[] readResource(String path) {
+        try (InputStream in = PtxModules.class.getClassLoader().getResourceAsStream(path)) {
+            if (in == null) throw new IllegalArgumentException("resource " + path + " not found on the classpath");
+            return in.readAllBytes();
+        } catch (IOException e) {
+            throw new UncheckedIOException("reading resource " + path, e);
+        }
+    }
+}

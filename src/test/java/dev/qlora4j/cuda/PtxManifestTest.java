@@ -1,0 +1,108 @@
+package dev.qlora4j.cuda;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.HexFormat;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The committed PTX matches the committed sources (by the MANIFEST's checksums; tools/check-ptx.sh
+ * checks the PTX itself where nvcc is installed), and is packaged as classpath resources.
+ */
+class PtxManifestTest {
+    private static final Path ROOT = Path.of("").toAbsolutePath();
+
+    private static String sha256(byte[] bytes) throws NoSuchAlgorithmException {
+        return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(bytes));
+    }
+
+    /** path -> sha256 for the MANIFEST's lines of one kind ("source" or "ptx"). */
+    private static Map<String, String> manifest(String kind) throws IOException {
+        Map<String, String> m = new LinkedHashMap<>();
+        for (String line : Files.readAllLines(ROOT.resolve("kernels-ptx/MANIFEST"))) {
+            String[] f = line.split(" ");
+            if (f.length == 3 && f[0].equals(kind)) m.put(f[2], f[1]);
+        }
+        return m;
+    }
+
+    private static List<Path> cuSources() throws IOException {
+        try (Stream<Path> s = Files.list(ROOT.resolve("native"))) {
+            return s.filter(p -> p.getFileName().toString().endsWith(".cu")).sorted().toList();
+        }
+    }
+
+    @Test
+    void sourcesMatchTheManifest() throws Exception {
+        Map<String, String> sources = manifest("source");
+        List<Path> cu = cuSources();
+        assertFalse(cu.isEmpty(), "no native/*.cu found under " + ROOT);
+        for (Path p : cu) {
+            String key = "native/" + p.getFileName();
+            assertTrue(sources.containsKey(key), key + " is not in kernels-ptx/MANIFEST: run make -C native and commit");
+            assertEquals(sources.get(key), sha256(Files.readAllBytes(p)),
+                    key + " changed since its PTX was built: run make -C native and commit kernels-ptx/");
+        }
+        for (String shared : List.of("native/common.cuh", "native/Makefile")) {
+            assertEquals(sources.get(shared), sha256(Files.readAllBytes(ROOT.resolve(shared))),
+                    shared + " changed since the PTX was built: run make -C native and commit kernels-ptx/");
+        }
+        assertEquals(cu.size() + 2, sources.size(), "MANIFEST lists a source that no longer exists: " + sources.keySet());
+    }
+
+    @Test
+    void everyPtxIsAResourceMatchingTheManifest() throws Exception {
+        Map<String, String> ptx = manifest("ptx");
+        for (Path p : cuSources()) {
+            String name = p.getFileName().toString().replace(".cu", ".ptx");
+            assertTrue(ptx.containsKey("kernels-ptx/" + name), "no PTX listed for " + p.getFileName());
+        }
+        for (var e : ptx.entrySet()) {
+            byte[] bytes = PtxModules.readResource(e.getKey());
+            assertEquals(e.getValue(), sha256(bytes), e.getKey() + " on the classpath differs from the MANIFEST");
+        }
+        String header = Files.readAllLines(ROOT.resolve("kernels-ptx/MANIFEST")).stream()
+                .filter(l -> l.startsWith("nvcc ")).findFirst().orElse(null);
+        assertNotNull(header, "MANIFEST names no nvcc");
+        assertTrue(header.contains("release 13.0"), header);
+    }
+
+    @Test
+    void castPtxExportsItsKernels() {
+        String ptx = new String(PtxModules.readResource("kernels-ptx/cast.ptx"), StandardCharsets.UTF_8);
+        for (String k : List.of("cast_f32_to_bf16", "cast_bf16_to_f32", "cast_f32_to_f16", "cast_f16_to_f32", "fill_f32")) {
+            assertTrue(ptx.contains(".visible .entry " + k + "("), k + " missing from cast.ptx");
+        }
+        assertTrue(ptx.contains(".target sm_80"), "portable PTX targets compute_80");
+        assertFalse(ptx.contains(ROOT.toString()), "PTX must not embed the checkout path");
+    }
+
+    @Test
+    void hopperVariantIsChosenOnlyOnComputeCapability90() {
+        Set<String> both = Set.of("kernels-ptx/x.ptx", "kernels-ptx/x.sm90a.ptx");
+        Set<String> portableOnly = Set.of("kernels-ptx/x.ptx");
+        assertEquals("kernels-ptx/x.sm90a.ptx", PtxModules.resourceFor("x", 9, 0, both::contains));
+        assertEquals("kernels-ptx/x.ptx", PtxModules.resourceFor("x", 9, 0, portableOnly::contains));
+        assertEquals("kernels-ptx/x.ptx", PtxModules.resourceFor("x", 8, 9, both::contains));
+        assertEquals("kernels-ptx/x.ptx", PtxModules.resourceFor("x", 10, 0, both::contains));
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> PtxModules.resourceFor("nope", 9, 0, both::contains));
+        assertTrue(e.getMessage().contains("native/nope.cu"), e.getMessage());
+        assertEquals("kernels-ptx/cast.ptx", PtxModules.resourceFor("cast", 9, 0, PtxModules::resourceExists));
+    }
+}
