@@ -59,9 +59,16 @@ public final class CausalLM implements AutoCloseable {
         if (!Files.isDirectory(dir)) {
             throw new IllegalArgumentException("model folder " + dir + " does not exist: pass a folder with config.json and *.safetensors");
         }
-        ModelConfig config = ModelConfig.load(dir);
-        GenerationConfig gen = GenerationConfig.load(dir, config);
-        Tokenizer tok = Files.exists(dir.resolve("tokenizer.json")) ? Tokenizer.fromPretrained(dir) : null;
+        ModelConfig config;
+        GenerationConfig gen;
+        Tokenizer tok;
+        try {
+            config = ModelConfig.load(dir);
+            gen = GenerationConfig.load(dir, config);
+            tok = Files.exists(dir.resolve("tokenizer.json")) ? Tokenizer.fromPretrained(dir) : null;
+        } catch (java.io.IOException e) {
+            throw new java.io.UncheckedIOException("cannot read model folder " + dir + ": " + e.getMessage(), e);
+        }
         Backend backend = Backends.create(options.device());
         CheckpointReader reader = null;
         try {

@@ -1,5 +1,7 @@
 package dev.qlora4j.backend;
 
+import dev.qlora4j.quant.Int8Weight;
+import dev.qlora4j.quant.QuantState4bit;
 import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Device;
 import dev.qlora4j.tensor.Tensor;
@@ -87,6 +89,24 @@ public interface Backend extends AutoCloseable {
      * -log_softmax(logits)[target] computed in float32; rows whose target is -100 give 0.
      */
     Tensor crossEntropy(Tensor logits, Tensor targets);
+
+    // ---- quantized weights (bitsandbytes formats) ----
+
+    /**
+     * Makes a 4-bit (NF4/FP4, optionally double-quantized) weight ready for this device. The
+     * matmul dequantizes to computeDType (F32, BF16 or F16) and multiplies in that precision with
+     * float32 accumulation, as bitsandbytes' Linear4bit does with bnb_4bit_compute_dtype.
+     */
+    QuantizedWeight prepare4bit(QuantState4bit weight, DType computeDType);
+
+    /** Makes an LLM.int8 weight (CB, SCB) ready for this device; threshold 0 means pure int8. */
+    QuantizedWeight prepare8bit(Int8Weight weight, float threshold);
+
+    /** x [n, in] times the quantized weight [out, in] transposed, + bias [out] or null -> [n, out]. */
+    Tensor linearQuantized(Tensor x, QuantizedWeight w, Tensor bias);
+
+    /** The dequantized weight [out, in] in dtype (for merges and for grad_input = grad_out @ W). */
+    Tensor dequantize(QuantizedWeight w, DType dtype);
 
     /** Waits for queued work (no-op on the CPU). */
     default void synchronize() {}

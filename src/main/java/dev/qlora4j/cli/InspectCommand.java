@@ -20,7 +20,7 @@ public final class InspectCommand implements Callable<Integer> {
     @Option(names = "--json", description = "Print one JSON object.") boolean json;
 
     @Override
-    public Integer call() {
+    public Integer call() throws java.io.IOException {
         Path d = dir != null ? dir : DefaultModel.path();
         ModelConfig config = ModelConfig.load(d);
         try (CheckpointReader reader = CheckpointReader.open(d)) {

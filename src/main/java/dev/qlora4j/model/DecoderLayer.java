@@ -34,7 +34,8 @@ public final class DecoderLayer implements AutoCloseable {
         h.close();
         b.ropeInPlace(qs, positions, invFreq, heads, hd, ropeScaling);
         b.ropeInPlace(ks, positions, invFreq, kvHeads, hd, ropeScaling);
-        int window = c.slidingWindow() == null ? 0 : c.slidingWindow();
+        Integer w = c.slidingWindow(index); // Qwen2 uses full attention below max_window_layers
+        int window = w == null ? 0 : w;
         Tensor attn = b.attention(qs, ks, vs, cache, index, start, padStart, heads, kvHeads, hd,
                 (float) (1.0 / Math.sqrt(hd)), window);
         qs.close(); ks.close(); vs.close();
