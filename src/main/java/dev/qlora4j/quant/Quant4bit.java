@@ -169,6 +169,12 @@ public final class Quant4bit {
                 dst[o++] = table[packed.get(ValueLayout.JAVA_BYTE, e >> 1) & 0x0F] * amax;
                 e++;
             }
+            if (VectorDecode.ENABLED) {
+                int vecEnd = e + ((blockEnd - e) & ~(VectorDecode.STEP - 1));
+                VectorDecode.decode(s.quantType(), packed, e, vecEnd, amax, dst, o);
+                o += vecEnd - e;
+                e = vecEnd;
+            }
             for (; e + 1 < blockEnd; e += 2) {
                 int b = (packed.get(ValueLayout.JAVA_BYTE, e >> 1) & 0xFF) << 1;
                 dst[o++] = pairs[b] * amax;

@@ -200,4 +200,24 @@ class Quant4bitTest {
         }
         assertTrue(worst < 0.02, "8-bit dynamic absmax keeps relative error small: " + worst);
     }
+
+    @Test
+    void vectorDecoderEqualsTheScalarTable() {
+        byte[] packed = new byte[64];
+        new java.util.Random(3).nextBytes(packed);
+        packed[0] = 0; // NF4 code 0 times a zero absmax gives -0, FP4 code 8 gives -0
+        packed[1] = (byte) 0x88;
+        java.lang.foreign.MemorySegment seg = java.lang.foreign.MemorySegment.ofArray(packed);
+        for (QuantType t : QuantType.values()) {
+            for (float amax : new float[] {0f, 0.37f, 3.5e-3f}) {
+                float[] out = new float[128 + 5];
+                VectorDecode.decode(t, seg, 32, 128, amax, out, 5);
+                for (int e = 32; e < 128; e++) {
+                    int code = (e % 2 == 0) ? (packed[e / 2] & 0xFF) >>> 4 : packed[e / 2] & 0x0F;
+                    float want = t.dequantValue(code) * amax;
+                    assertEquals(Float.floatToRawIntBits(want), Float.floatToRawIntBits(out[5 + e - 32]), t + " element " + e);
+                }
+            }
+        }
+    }
 }
