@@ -60,7 +60,7 @@ final class RowOps {
     static final int IGNORE_INDEX = -100;
 
     /**
-     * Rows [r0, r1) of logits [*, vocab]: loss = logsumexp(row) - row[target], with the max
+     * Rows [r0, r1) of logits [*, vocab]: loss = (max - row[target]) + log(sum exp(row - max)), with the max
      * subtracted before exp and the sum of exponentials accumulated in float32.
      */
     static void crossEntropy(float[] logits, int vocab, int[] targets, float[] loss, int r0, int r1) {
@@ -73,8 +73,8 @@ final class RowOps {
             int o = r * vocab;
             float max = VectorMath.max(logits, o, vocab);
             float sum = VectorMath.sumExpShifted(logits, o, vocab, max);
-            float logSumExp = max + (float) Math.log(sum);
-            loss[r] = logSumExp - logits[o + t];
+            // (max - logit) first: exact for nearby values, so large logits lose no precision.
+            loss[r] = (max - logits[o + t]) + (float) Math.log(sum);
         }
     }
 }
