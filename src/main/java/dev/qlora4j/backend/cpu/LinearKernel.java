@@ -1,5 +1,6 @@
 package dev.qlora4j.backend.cpu;
 
+import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.VectorOperators;
@@ -9,7 +10,8 @@ import jdk.incubator.vector.VectorSpecies;
  * y[n, m] = x[n, k] w[m, k]^T (+ bias[m]) in float32 with FMA, for F32/BF16/F16 weights.
  *
  * <p>n = 1 (decode) is a matvec bound by weight bandwidth: each weight row is streamed once,
- * widened lane by lane, four rows at a time so one x load feeds four FMAs.
+ * widened lane by lane (F16: per L1-sized slice), four rows at a time so one x load feeds
+ * four FMAs.
  *
  * <p>n > 1: the weight is processed in blocks of {@link #BLOCK_ROWS} rows, widened once into a
  * per-thread f32 scratch, then multiplied with 4 rows of x against 2 weight rows at a time
@@ -44,46 +46,127 @@ final class LinearKernel {
         }
     }
 
-    /** y[j] = x . w[j] for weight rows [j0, j1). */
+    /** y[j] = x . w[j] for weight rows [j0, j1), one loop per weight dtype (see WeightView.elementsToFloats). */
     static void matvec(float[] x, WeightView w, float[] y, int j0, int j1) {
+        switch (w.dtype) {
+            case F32 -> matvecF32(x, w, y, j0, j1);
+            case BF16 -> matvecBf16(x, w, y, j0, j1);
+            default -> matvecWidened(x, w, y, j0, j1);
+        }
+    }
+
+    private static void matvecF32(float[] x, WeightView w, float[] y, int j0, int j1) {
+        MemorySegment seg = w.seg;
         int k = w.cols;
         int lanes = F.length();
         int bound = k - k % lanes;
         int j = j0;
         for (; j + 4 <= j1; j += 4) {
-            long r0 = (long) j * k, r1 = r0 + k, r2 = r1 + k, r3 = r2 + k;
+            long r0 = (long) j * k * 4, r1 = r0 + k * 4L, r2 = r1 + k * 4L, r3 = r2 + k * 4L;
             FloatVector a0 = FloatVector.zero(F), a1 = a0, a2 = a0, a3 = a0;
             for (int c = 0; c < bound; c += lanes) {
                 FloatVector xv = FloatVector.fromArray(F, x, c);
-                a0 = w.load(r0 + c).fma(xv, a0);
-                a1 = w.load(r1 + c).fma(xv, a1);
-                a2 = w.load(r2 + c).fma(xv, a2);
-                a3 = w.load(r3 + c).fma(xv, a3);
+                long off = c * 4L;
+                a0 = HalfVectors.f32(seg, r0 + off).fma(xv, a0);
+                a1 = HalfVectors.f32(seg, r1 + off).fma(xv, a1);
+                a2 = HalfVectors.f32(seg, r2 + off).fma(xv, a2);
+                a3 = HalfVectors.f32(seg, r3 + off).fma(xv, a3);
             }
-            float s0 = a0.reduceLanes(VectorOperators.ADD), s1 = a1.reduceLanes(VectorOperators.ADD);
-            float s2 = a2.reduceLanes(VectorOperators.ADD), s3 = a3.reduceLanes(VectorOperators.ADD);
-            for (int c = bound; c < k; c++) {
-                float xc = x[c];
-                s0 = Math.fma(w.get(r0 + c), xc, s0);
-                s1 = Math.fma(w.get(r1 + c), xc, s1);
-                s2 = Math.fma(w.get(r2 + c), xc, s2);
-                s3 = Math.fma(w.get(r3 + c), xc, s3);
-            }
-            y[j] = s0;
-            y[j + 1] = s1;
-            y[j + 2] = s2;
-            y[j + 3] = s3;
+            finish4(x, w, y, j, bound, a0, a1, a2, a3);
         }
-        for (; j < j1; j++) {
-            long r = (long) j * k;
-            FloatVector a = FloatVector.zero(F);
+        for (; j < j1; j++) y[j] = dotRow(x, w, j);
+    }
+
+    private static void matvecBf16(float[] x, WeightView w, float[] y, int j0, int j1) {
+        MemorySegment seg = w.seg;
+        int k = w.cols;
+        int lanes = F.length();
+        int bound = k - k % lanes;
+        int j = j0;
+        for (; j + 4 <= j1; j += 4) {
+            long r0 = (long) j * k * 2, r1 = r0 + k * 2L, r2 = r1 + k * 2L, r3 = r2 + k * 2L;
+            FloatVector a0 = FloatVector.zero(F), a1 = a0, a2 = a0, a3 = a0;
             for (int c = 0; c < bound; c += lanes) {
-                a = w.load(r + c).fma(FloatVector.fromArray(F, x, c), a);
+                FloatVector xv = FloatVector.fromArray(F, x, c);
+                long off = c * 2L;
+                a0 = HalfVectors.bf16(seg, r0 + off).fma(xv, a0);
+                a1 = HalfVectors.bf16(seg, r1 + off).fma(xv, a1);
+                a2 = HalfVectors.bf16(seg, r2 + off).fma(xv, a2);
+                a3 = HalfVectors.bf16(seg, r3 + off).fma(xv, a3);
             }
-            float s = a.reduceLanes(VectorOperators.ADD);
-            for (int c = bound; c < k; c++) s = Math.fma(w.get(r + c), x[c], s);
-            y[j] = s;
+            finish4(x, w, y, j, bound, a0, a1, a2, a3);
         }
+        for (; j < j1; j++) y[j] = dotRow(x, w, j);
+    }
+
+    /** Slice of k the 16-bit-to-f32 matvec widens at once: 4 rows of it stay in L1. */
+    private static final int WIDEN_SLICE = 256;
+
+    /**
+     * Any weight dtype (used for F16, whose widening is too large for C2 to inline four times in
+     * one loop): widens 4 rows x WIDEN_SLICE values into an L1-resident scratch, then FMAs.
+     */
+    private static void matvecWidened(float[] x, WeightView w, float[] y, int j0, int j1) {
+        int k = w.cols;
+        int lanes = F.length();
+        float[] ws = new float[4 * WIDEN_SLICE];
+        int j = j0;
+        for (; j + 4 <= j1; j += 4) {
+            long r0 = (long) j * k;
+            FloatVector a0 = FloatVector.zero(F), a1 = a0, a2 = a0, a3 = a0;
+            float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            for (int c0 = 0; c0 < k; c0 += WIDEN_SLICE) {
+                int len = Math.min(WIDEN_SLICE, k - c0);
+                for (int r = 0; r < 4; r++) w.elementsToFloats(r0 + (long) r * k + c0, len, ws, r * WIDEN_SLICE);
+                int bound = len - len % lanes;
+                for (int c = 0; c < bound; c += lanes) {
+                    FloatVector xv = FloatVector.fromArray(F, x, c0 + c);
+                    a0 = FloatVector.fromArray(F, ws, c).fma(xv, a0);
+                    a1 = FloatVector.fromArray(F, ws, WIDEN_SLICE + c).fma(xv, a1);
+                    a2 = FloatVector.fromArray(F, ws, 2 * WIDEN_SLICE + c).fma(xv, a2);
+                    a3 = FloatVector.fromArray(F, ws, 3 * WIDEN_SLICE + c).fma(xv, a3);
+                }
+                for (int c = bound; c < len; c++) {
+                    float xc = x[c0 + c];
+                    s0 = Math.fma(ws[c], xc, s0);
+                    s1 = Math.fma(ws[WIDEN_SLICE + c], xc, s1);
+                    s2 = Math.fma(ws[2 * WIDEN_SLICE + c], xc, s2);
+                    s3 = Math.fma(ws[3 * WIDEN_SLICE + c], xc, s3);
+                }
+            }
+            y[j] = a0.reduceLanes(VectorOperators.ADD) + s0;
+            y[j + 1] = a1.reduceLanes(VectorOperators.ADD) + s1;
+            y[j + 2] = a2.reduceLanes(VectorOperators.ADD) + s2;
+            y[j + 3] = a3.reduceLanes(VectorOperators.ADD) + s3;
+        }
+        for (; j < j1; j++) y[j] = dotRow(x, w, j);
+    }
+
+    /** Reduces four accumulators and adds the scalar tail [bound, k) of rows j..j+3. */
+    private static void finish4(float[] x, WeightView w, float[] y, int j, int bound,
+                                FloatVector a0, FloatVector a1, FloatVector a2, FloatVector a3) {
+        int k = w.cols;
+        long r0 = (long) j * k, r1 = r0 + k, r2 = r1 + k, r3 = r2 + k;
+        float s0 = a0.reduceLanes(VectorOperators.ADD), s1 = a1.reduceLanes(VectorOperators.ADD);
+        float s2 = a2.reduceLanes(VectorOperators.ADD), s3 = a3.reduceLanes(VectorOperators.ADD);
+        for (int c = bound; c < k; c++) {
+            float xc = x[c];
+            s0 = Math.fma(w.get(r0 + c), xc, s0);
+            s1 = Math.fma(w.get(r1 + c), xc, s1);
+            s2 = Math.fma(w.get(r2 + c), xc, s2);
+            s3 = Math.fma(w.get(r3 + c), xc, s3);
+        }
+        y[j] = s0;
+        y[j + 1] = s1;
+        y[j + 2] = s2;
+        y[j + 3] = s3;
+    }
+
+    /** One leftover row (fewer than 4 remain): x . w[j] widened row by row. */
+    private static float dotRow(float[] x, WeightView w, int j) {
+        float[] row = new float[w.cols];
+        w.rowsToFloats(j, j + 1, row, 0);
+        return VectorMath.dot(x, 0, row, 0, w.cols);
     }
 
     /**

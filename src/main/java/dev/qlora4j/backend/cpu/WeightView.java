@@ -5,26 +5,23 @@ import dev.qlora4j.tensor.Half;
 import dev.qlora4j.tensor.Tensor;
 import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
-import jdk.incubator.vector.FloatVector;
 
 /**
  * A read-only 2-D host matrix [rows, cols] of F32, BF16 or F16 values (a linear weight, an
  * embedding table), read in place from its segment: heap arrays and memory-mapped files alike.
- * Values are widened to float32 per vector or per row as the kernels consume them.
+ * Values are widened to float32 per vector or per row slice as the kernels consume them.
  */
 final class WeightView {
     final MemorySegment seg;
     final DType dtype;
     final int rows;
     final int cols;
-    private final int elemBytes;
 
     private WeightView(MemorySegment seg, DType dtype, int rows, int cols) {
         this.seg = seg;
         this.dtype = dtype;
         this.rows = rows;
         this.cols = cols;
-        this.elemBytes = dtype.byteSize();
     }
 
     /** Wraps a rank-2 host tensor; what names the tensor in error messages (e.g. "linear weight"). */
@@ -54,16 +51,6 @@ final class WeightView {
         return t.segment();
     }
 
-    /** F.length() values from flat element index elem on, as float32. */
-    FloatVector load(long elem) {
-        long off = elem * elemBytes;
-        return switch (dtype) {
-            case F32 -> HalfVectors.f32(seg, off);
-            case BF16 -> HalfVectors.bf16(seg, off);
-            default -> HalfVectors.f16(seg, off);
-        };
-    }
-
     /** One value at flat element index elem, as float32. */
     float get(long elem) {
         return switch (dtype) {
@@ -75,20 +62,15 @@ final class WeightView {
 
     /** Rows [r0, r1) widened into dst from dstOff on, row-major with row stride cols. */
     void rowsToFloats(int r0, int r1, float[] dst, int dstOff) {
-        long first = (long) r0 * cols;
-        int count = Math.toIntExact((long) (r1 - r0) * cols);
-        if (dtype == DType.F32) {
-            MemorySegment.copy(seg, Tensor.F32_LE, first * 4, dst, dstOff, count);
-            return;
-        }
-        int lanes = HalfVectors.F.length();
-        int bound = count - count % lanes;
-        int i = 0;
-        for (; i < bound; i += lanes) {
-            load(first + i).intoArray(dst, dstOff + i);
-        }
-        for (; i < count; i++) {
-            dst[dstOff + i] = get(first + i);
+        elementsToFloats((long) r0 * cols, Math.toIntExact((long) (r1 - r0) * cols), dst, dstOff);
+    }
+
+    /** count values from flat element index first on, widened into dst[dstOff...]. */
+    void elementsToFloats(long first, int count, float[] dst, int dstOff) {
+        switch (dtype) {
+            case F32 -> MemorySegment.copy(seg, Tensor.F32_LE, first * 4, dst, dstOff, count);
+            case BF16 -> HalfVectors.bf16ToFloats(seg, first * 2, dst, dstOff, count);
+            default -> HalfVectors.f16ToFloats(seg, first * 2, dst, dstOff, count);
         }
     }
 
