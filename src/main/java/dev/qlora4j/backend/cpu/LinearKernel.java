@@ -46,7 +46,11 @@ final class LinearKernel {
         }
     }
 
-    /** y[j] = x . w[j] for weight rows [j0, j1), one loop per weight dtype (see WeightView.elementsToFloats). */
+    /**
+     * y[j] = x . w[j] for weight rows [j0, j1). One loop per weight dtype, each with a single kind
+     * of load: C2 then inlines the widening and keeps vectors in registers (one loop over a
+     * switch of the three loads exceeded its inlining limits and boxed every vector: 20x slower).
+     */
     static void matvec(float[] x, WeightView w, float[] y, int j0, int j1) {
         switch (w.dtype) {
             case F32 -> matvecF32(x, w, y, j0, j1);
@@ -103,13 +107,15 @@ final class LinearKernel {
     private static final int WIDEN_SLICE = 256;
 
     /**
-     * Any weight dtype (used for F16, whose widening is too large for C2 to inline four times in
-     * one loop): widens 4 rows x WIDEN_SLICE values into an L1-resident scratch, then FMAs.
+     * Any weight dtype (used for F16, widened by the hardware through a scalar loop that C2
+     * vectorizes, see HalfVectors.f16ToFloats): widens 4 rows x WIDEN_SLICE values into an
+     * L1-resident scratch, then FMAs.
      */
     private static void matvecWidened(float[] x, WeightView w, float[] y, int j0, int j1) {
         int k = w.cols;
         int lanes = F.length();
         float[] ws = new float[4 * WIDEN_SLICE];
+        short[] scratch = new short[WIDEN_SLICE];
         int j = j0;
         for (; j + 4 <= j1; j += 4) {
             long r0 = (long) j * k;
@@ -117,7 +123,7 @@ final class LinearKernel {
             float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
             for (int c0 = 0; c0 < k; c0 += WIDEN_SLICE) {
                 int len = Math.min(WIDEN_SLICE, k - c0);
-                for (int r = 0; r < 4; r++) w.elementsToFloats(r0 + (long) r * k + c0, len, ws, r * WIDEN_SLICE);
+                for (int r = 0; r < 4; r++) w.elementsToFloats(r0 + (long) r * k + c0, len, ws, r * WIDEN_SLICE, scratch);
                 int bound = len - len % lanes;
                 for (int c = 0; c < bound; c += lanes) {
                     FloatVector xv = FloatVector.fromArray(F, x, c0 + c);

@@ -62,15 +62,22 @@ final class WeightView {
 
     /** Rows [r0, r1) widened into dst from dstOff on, row-major with row stride cols. */
     void rowsToFloats(int r0, int r1, float[] dst, int dstOff) {
-        elementsToFloats((long) r0 * cols, Math.toIntExact((long) (r1 - r0) * cols), dst, dstOff);
+        elementsToFloats((long) r0 * cols, Math.toIntExact((long) (r1 - r0) * cols), dst, dstOff, null);
     }
 
-    /** count values from flat element index first on, widened into dst[dstOff...]. */
-    void elementsToFloats(long first, int count, float[] dst, int dstOff) {
+    /** Largest scratch elementsToFloats allocates for F16 itself. */
+    private static final int F16_SCRATCH = 4096;
+
+    /**
+     * count values from flat element index first on, widened into dst[dstOff...]. scratch: a
+     * reusable buffer for F16 (any length), or null to allocate one.
+     */
+    void elementsToFloats(long first, int count, float[] dst, int dstOff, short[] scratch) {
         switch (dtype) {
             case F32 -> MemorySegment.copy(seg, Tensor.F32_LE, first * 4, dst, dstOff, count);
             case BF16 -> HalfVectors.bf16ToFloats(seg, first * 2, dst, dstOff, count);
-            default -> HalfVectors.f16ToFloats(seg, first * 2, dst, dstOff, count);
+            default -> HalfVectors.f16ToFloats(seg, first * 2, dst, dstOff, count,
+                    scratch != null ? scratch : new short[Math.max(1, Math.min(count, F16_SCRATCH))]);
         }
     }
 
