@@ -62,7 +62,7 @@ public final class EvalCommand implements Callable<Integer> {
             try {
                 n = Json.MAPPER.readTree(line);
             } catch (IOException e) {
-                throw new IllegalArgumentException(file + " line " + (i + 1) + " is not valid JSON: " + e.getOriginalMessage());
+                throw new IllegalArgumentException(file + " line " + (i + 1) + " is not valid JSON: " + e.getMessage().lines().findFirst().orElse(""));
             }
             if (n == null || !n.has("text") || !n.get("text").isTextual()) {
                 throw new IllegalArgumentException(file + " line " + (i + 1) + " has no \"text\" string field");

@@ -8,6 +8,9 @@ import static dev.qlora4j.backend.cpu.Activations.shape;
 
 import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.KvCache;
+import dev.qlora4j.backend.QuantizedWeight;
+import dev.qlora4j.quant.Int8Weight;
+import dev.qlora4j.quant.QuantState4bit;
 import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Device;
 import dev.qlora4j.tensor.Tensor;
@@ -279,6 +282,32 @@ public final class CpuBackend implements Backend {
         float[] loss = new float[n];
         parallel.forRange(n, 3L * vocab, (lo, hi) -> RowOps.crossEntropy(ls, vocab, t, loss, lo, hi));
         return Tensor.of(loss, n);
+    }
+
+    @Override
+    public QuantizedWeight prepare4bit(QuantState4bit weight, DType computeDType) {
+        return new CpuQuantized.FourBit(weight, computeDType);
+    }
+
+    @Override
+    public QuantizedWeight prepare8bit(Int8Weight weight, float threshold) {
+        return new CpuQuantized.EightBit(weight, threshold);
+    }
+
+    @Override
+    public Tensor linearQuantized(Tensor x, QuantizedWeight w, Tensor bias) {
+        requireRank(x, 2, "linearQuantized x");
+        if (x.dim(1) != w.inFeatures()) {
+            throw new IllegalArgumentException("linearQuantized: x " + shape(x) + " does not match the weight ["
+                    + w.outFeatures() + ", " + w.inFeatures() + "]");
+        }
+        float[] b = bias == null ? null : read(bias, "linearQuantized bias");
+        return CpuQuantized.linear(read(x, "linearQuantized x"), x.dim(0), w, b);
+    }
+
+    @Override
+    public Tensor dequantize(QuantizedWeight w, DType dtype) {
+        return CpuQuantized.dequantize(w, dtype);
     }
 
     /** Stops the worker threads. */
