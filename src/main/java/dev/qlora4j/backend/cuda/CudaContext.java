@@ -1,0 +1,118 @@
+package dev.qlora4j.backend.cuda;
+
+import dev.qlora4j.cuda.CachingAllocator;
+import dev.qlora4j.cuda.Cublas;
+import dev.qlora4j.cuda.CudaDriver;
+import dev.qlora4j.cuda.DeviceProperties;
+import dev.qlora4j.cuda.Dim3;
+import dev.qlora4j.cuda.KernelArgs;
+import dev.qlora4j.cuda.PtxModules;
+import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Device;
+import dev.qlora4j.tensor.Tensor;
+
+/**
+ * Everything the CUDA kernels' launchers share for one device: the driver binding, the primary
+ * context, one compute stream (all work is ordered on it, so the caching allocator may reuse a
+ * block as soon as its tensor is closed), the allocator, the PTX modules and a cuBLAS handle.
+ * One per CudaBackend; not thread-safe (one model step at a time).
+ */
+public final class CudaContext implements AutoCloseable {
+    private final CudaDriver driver;
+    private final int ordinal;
+    private final Device device;
+    private final DeviceProperties properties;
+    private final long context;
+    private final long stream;
+    private final CachingAllocator allocator;
+    private final PtxModules modules;
+    private Cublas cublas; // created on first use: the kernels alone do not need libcublas
+
+    public CudaContext(CudaDriver driver, int ordinal) {
+        this.driver = driver;
+        this.ordinal = ordinal;
+        driver.init();
+        int count = driver.deviceCount();
+        if (ordinal < 0 || ordinal >= count) {
+            throw new IllegalArgumentException("cuda:" + ordinal + " does not exist: this machine has " + count
+                    + " CUDA device(s); use --device cuda:0.." + (count - 1) + " or --device cpu");
+        }
+        this.device = Device.cuda(ordinal);
+        this.properties = driver.deviceProperties(ordinal);
+        this.context = driver.usePrimaryContext(ordinal);
+        // A blocking stream: the synchronous host<->device copies (legacy default stream) then stay ordered
+        // after kernels queued here, so a reused allocator block is never overwritten while still read.
+        this.stream = driver.streamCreate(false);
+        this.allocator = CachingAllocator.over(driver);
+        this.modules = PtxModules.forCurrentContext(driver);
+    }
+
+    public CudaDriver driver() { return driver; }
+
+    public int ordinal() { return ordinal; }
+
+    public Device device() { return device; }
+
+    public DeviceProperties properties() { return properties; }
+
+    public long stream() { return stream; }
+
+    public CachingAllocator allocator() { return allocator; }
+
+    /** The kernel handle of an extern "C" kernel in kernels-ptx/&lt;module&gt;.ptx (loaded once). */
+    public long function(String module, String kernel) { return modules.function(module, kernel); }
+
+    public synchronized Cublas cublas() {
+        if (cublas == null) {
+            cublas = Cublas.create();
+            cublas.setStream(stream);
+        }
+        return cublas;
+    }
+
+    /** Launches a kernel on the context's stream. */
+    public void launch(long function, Dim3 grid, Dim3 block, int sharedBytes, KernelArgs args) {
+        driver.launchKernel(function, grid, block, sharedBytes, stream, args);
+    }
+
+    // ---- tensors in device memory ----
+
+    /** An uninitialized device tensor (from the caching allocator). */
+    public Tensor empty(DType dtype, int... shape) {
+        long bytes = Math.max(1, Tensor.numel(shape) * dtype.byteSize());
+        return new Tensor(new CudaStorage(allocator.allocate(bytes), device), dtype, true, shape);
+    }
+
+    /** The device address of a tensor of this context. */
+    public static long ptr(Tensor t) {
+        if (!(t.storage() instanceof CudaStorage cs)) {
+            throw new IllegalArgumentException(t + " is not in GPU memory: upload it with the CUDA backend first");
+        }
+        return cs.pointer();
+    }
+
+    /** Copies a host tensor to a new device tensor of the same dtype and shape. */
+    public Tensor upload(Tensor host) {
+        Tensor t = empty(host.dtype(), host.shape());
+        if (host.byteSize() > 0) driver.copyToDevice(ptr(t), host.segment().asSlice(0, host.byteSize()));
+        return t;
+    }
+
+    /** Copies a device tensor to a new host tensor (waits for the stream first). */
+    public Tensor download(Tensor dev) {
+        driver.streamSynchronize(stream);
+        Tensor h = Tensor.zeros(dev.dtype(), dev.shape());
+        if (dev.byteSize() > 0) driver.copyToHost(h.segment().asSlice(0, dev.byteSize()), ptr(dev));
+        return h;
+    }
+
+    public void synchronize() { driver.streamSynchronize(stream); }
+
+    @Override
+    public void close() {
+        synchronize();
+        if (cublas != null) cublas.close();
+        allocator.close();
+        driver.streamDestroy(stream);
+    }
+}
