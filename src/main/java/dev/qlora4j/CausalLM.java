@@ -13,6 +13,8 @@ import dev.qlora4j.io.tokenizer.Tokenizer;
 import dev.qlora4j.model.CheckpointWeights;
 import dev.qlora4j.model.LinearFactory;
 import dev.qlora4j.model.ModelConfig;
+import dev.qlora4j.model.QuantizedLinearFactory;
+import dev.qlora4j.quant.QuantizationConfig;
 import dev.qlora4j.model.TransformerLM;
 import dev.qlora4j.tensor.Tensor;
 
@@ -74,7 +76,7 @@ public final class CausalLM implements AutoCloseable {
         try {
             reader = CheckpointReader.open(dir);
             TransformerLM model = TransformerLM.load(config, new CheckpointWeights(reader, dir.toString()), backend,
-                    LinearFactory.DENSE);
+                    linearFactory(config, options));
             // On a GPU the weights were copied; the mapped files can go. On the CPU they are the weights.
             if (!backend.device().isCpu()) {
                 reader.close();
@@ -87,6 +89,19 @@ public final class CausalLM implements AutoCloseable {
             backend.close();
             throw e;
         }
+    }
+
+    /**
+     * Dense layers, or quantized ones: a checkpoint saved by bitsandbytes carries its own
+     * quantization_config (its layers load as stored); otherwise the options may ask for
+     * quantize-on-load.
+     */
+    static LinearFactory linearFactory(ModelConfig config, LoadOptions options) {
+        if (config.quantizationConfig() != null) {
+            return new QuantizedLinearFactory(QuantizationConfig.fromJson(config.quantizationConfig()));
+        }
+        if (options.quantization() != null) return new QuantizedLinearFactory(options.quantization());
+        return LinearFactory.DENSE;
     }
 
     public ModelConfig config() { return config; }
