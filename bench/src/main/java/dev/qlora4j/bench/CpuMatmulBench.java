@@ -51,7 +51,7 @@ public class CpuMatmulBench {
     /** Weights of one dtype, on the heap (Tensor.fromFloats) or in native memory like a mapped file. */
     @State(Scope.Benchmark)
     public static class Linear {
-        @Param({"F32", "BF16"})
+        @Param({"F32", "BF16", "F16"})
         public String dtype;
 
         @Param({"heap", "native"})
