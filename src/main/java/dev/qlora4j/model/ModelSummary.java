@@ -15,26 +15,41 @@ import java.util.TreeMap;
  * NF4 with double quantization = 4 bits + 8-bit absmax per 64-block + fp32 per 256 absmax.
  */
 public record ModelSummary(ModelConfig config, long parameters, long linearParameters, long linearRows,
-                           Map<String, Long> paramsByDType, long checkpointBytes) {
+                           Map<String, Long> paramsByDType, long checkpointBytes,
+                           long storedQuantizedParameters, long storedQuantizedBytes) {
+
+    /** Bits per parameter of the checkpoint's already-quantized layers (0 when none are quantized). */
+    public double storedQuantizedBitsPerParameter() {
+        return storedQuantizedParameters == 0 ? 0 : 8.0 * storedQuantizedBytes / storedQuantizedParameters;
+    }
 
     public static final int BLOCKSIZE = 64;
     public static final int NESTED_BLOCKSIZE = 256;
 
     public static ModelSummary of(ModelConfig config, CheckpointReader reader) {
+        QuantizedModules quantized = QuantizedModules.find(reader);
         long params = 0, linear = 0, rows = 0, bytes = 0;
         Map<String, Long> byType = new TreeMap<>();
         for (String name : reader.names()) {
             var info = reader.info(name);
             long n = Tensor.numel(info.shape());
-            params += n;
             bytes += n * info.dtype().byteSize();
+            if (quantized.owner(name) != null) continue; // counted below, by the shape the layer stands for
+            params += n;
             byType.merge(info.dtype().name(), n, Long::sum);
             if (isDecoderLinearWeight(name) && info.shape().length == 2) {
                 linear += n;
                 rows += info.shape()[0];
             }
         }
-        return new ModelSummary(config, params, linear, rows, byType, bytes);
+        for (var e : quantized.shapes().entrySet()) {
+            long n = (long) e.getValue()[0] * e.getValue()[1];
+            params += n;
+            linear += n;
+            rows += e.getValue()[0];
+            byType.merge(quantized.kind(e.getKey()), n, Long::sum);
+        }
+        return new ModelSummary(config, params, linear, rows, byType, bytes, quantized.parameters(), quantized.bytes(reader));
     }
 
     /** Linear weights inside decoder layers: what load_in_4bit / load_in_8bit quantize. */
@@ -76,6 +91,11 @@ public record ModelSummary(ModelConfig config, long parameters, long linearParam
         m.put("quantizable_linear_parameters", linearParameters);
         m.put("parameters_by_dtype", paramsByDType);
         m.put("checkpoint_bytes", checkpointBytes);
+        if (storedQuantizedParameters > 0) {
+            m.put("quantized_parameters", storedQuantizedParameters);
+            m.put("quantized_bytes", storedQuantizedBytes);
+            m.put("quantized_bits_per_parameter", storedQuantizedBitsPerParameter());
+        }
         Map<String, Long> mem = new LinkedHashMap<>();
         mem.put("bf16", bf16Bytes());
         mem.put("int8", int8Bytes());
@@ -94,6 +114,10 @@ public record ModelSummary(ModelConfig config, long parameters, long linearParam
         sb.append("dtypes          ");
         paramsByDType.forEach((k, v) -> sb.append(String.format("%s: %,d  ", k, v)));
         sb.append(String.format("%ncheckpoint      %s%n", human(checkpointBytes)));
+        if (storedQuantizedParameters > 0) {
+            sb.append(String.format("quantized       %,d parameters stored in %s: %.4f bits per parameter%n",
+                    storedQuantizedParameters, human(storedQuantizedBytes), storedQuantizedBitsPerParameter()));
+        }
         sb.append("weight memory   bf16 ").append(human(bf16Bytes()))
                 .append(" | int8 ").append(human(int8Bytes()))
                 .append(" | nf4 ").append(human(nf4Bytes()))
