@@ -14,15 +14,15 @@ package dev.qlora4j.optim;
  * into the bias correction: p += (-lr*sqrt(bc2)/bc1) * m / (sqrt(v) + sqrt(bc2)*eps), which equals
  * torch's -lr * (m/bc1) / (sqrt(v/bc2) + eps). All arithmetic is float32, as on the GPU.
  */
-final class BnbAdamKernels {
+public final class BnbAdamKernels {
     /** Elements per absmax block of the 8-bit state (bitsandbytes' optimizer blocksize). */
-    static final int BLOCKSIZE = 256;
+    public static final int BLOCKSIZE = 256;
 
     private BnbAdamKernels() {}
 
     /** Per-step scalars, as the kernels compute them from their float arguments. */
-    record Scalars(float beta1, float beta2, float eps, float lr, float weightDecay, float correction2, float stepSize, float gnormScale) {
-        static Scalars of(double lr, double beta1, double beta2, double eps, double weightDecay, long step) {
+    public record Scalars(float beta1, float beta2, float eps, float lr, float weightDecay, float correction2, float stepSize, float gnormScale) {
+        public static Scalars of(double lr, double beta1, double beta2, double eps, double weightDecay, long step) {
             float b1 = (float) beta1, b2 = (float) beta2, flr = (float) lr;
             float correction1 = 1.0f - (float) Math.pow(b1, step);
             float correction2 = (float) Math.sqrt(1.0f - (float) Math.pow(b2, step));
@@ -32,7 +32,7 @@ final class BnbAdamKernels {
     }
 
     /** Float32 state: elements [from, to) of p, s1 (exp_avg), s2 (exp_avg_sq) from g. */
-    static void update32(float[] p, float[] g, float[] s1, float[] s2, int from, int to, Scalars s) {
+    public static void update32(float[] p, float[] g, float[] s1, float[] s2, int from, int to, Scalars s) {
         float decay = 1.0f - s.lr() * s.weightDecay();
         for (int i = from; i < to; i++) {
             float gi = s.gnormScale() * g[i];
@@ -61,7 +61,7 @@ final class BnbAdamKernels {
      * @param m       scratch [256]
      * @param v       scratch [256]
      */
-    static void update8bitBlock(float[] p, float[] g, byte[] q1, byte[] q2, float[] absmax1, float[] absmax2,
+    public static void update8bitBlock(float[] p, float[] g, byte[] q1, byte[] q2, float[] absmax1, float[] absmax2,
                                 int block, int n, Scalars s, float[] m, float[] v) {
         float[] code1 = OptimMaps.table(true);
         float[] code2 = OptimMaps.table(false);
@@ -114,11 +114,16 @@ final class BnbAdamKernels {
         }
     }
 
+    /** A copy of the code table the kernels use for state1 (signed) or state2 (unsigned), for uploading to a device. */
+    public static float[] codeTable(boolean signed) {
+        return OptimMaps.dynamic(signed);
+    }
+
     private static boolean signBit(float x) {
         return Float.floatToRawIntBits(x) < 0;
     }
 
-    static int blocks(int n) {
+    public static int blocks(int n) {
         return n / BLOCKSIZE + (n % BLOCKSIZE == 0 ? 0 : 1);
     }
 }

@@ -9,11 +9,11 @@ package dev.qlora4j.optim;
  *   p   = p + (-lr)*d
  * </pre>
  */
-final class SgdKernel {
+public final class SgdKernel {
     private SgdKernel() {}
 
     /** Elements [from, to); {@code buf} is null when momentum is 0. */
-    static void update(float[] p, float[] g, float[] buf, int from, int to, float lr, float weightDecay,
+    public static void update(float[] p, float[] g, float[] buf, int from, int to, float lr, float weightDecay,
                        float momentum, float dampening, boolean nesterov, boolean firstStep) {
         float negLr = -lr;
         float keep = 1f - dampening;
