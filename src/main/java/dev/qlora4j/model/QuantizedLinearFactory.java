@@ -70,13 +70,17 @@ public final class QuantizedLinearFactory implements LinearFactory {
         }
     }
 
-    /** Dense layers for the dequantized model (what the quantized model approximates). */
-    public static LinearFactory dequantized(QuantizationConfig config) {
+    /**
+     * Dense layers for the dequantized model (what the quantized model approximates), the weights
+     * dequantized to weightDType (the checkpoint's dtype, as bitsandbytes dequantizes to the
+     * state's dtype before the matmul).
+     */
+    public static LinearFactory dequantized(QuantizationConfig config, dev.qlora4j.tensor.DType weightDType) {
         QuantizedLinearFactory q = new QuantizedLinearFactory(config);
         return (path, w, b, hasBias) -> {
             Linear l = q.create(path, w, b, hasBias);
             if (!(l instanceof QuantizedLinear ql)) return l;
-            Tensor dense = b.dequantize(ql.weight(), dev.qlora4j.tensor.DType.F32);
+            Tensor dense = b.dequantize(ql.weight(), weightDType);
             return new DenseLinear(dense, ql.bias());
         };
     }

@@ -1,5 +1,6 @@
 package dev.qlora4j.quant;
 
+import dev.qlora4j.tensor.Lanes;
 import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Half;
 import jdk.incubator.vector.FloatVector;
@@ -125,7 +126,7 @@ public final class Nf4Matmul {
         for (; j <= len - l; j += l) {
             acc0 = FloatVector.fromArray(S, a, ao + j).fma(FloatVector.fromArray(S, b, j), acc0);
         }
-        float s = acc0.add(acc1).reduceLanes(VectorOperators.ADD);
+        float s = Lanes.sum(acc0.add(acc1));
         for (; j < len; j++) s = Math.fma(a[ao + j], b[j], s);
         return s;
     }
@@ -142,8 +143,8 @@ public final class Nf4Matmul {
             s2 = FloatVector.fromArray(S, a, ao + 2 * len + j).fma(wv, s2);
             s3 = FloatVector.fromArray(S, a, ao + 3 * len + j).fma(wv, s3);
         }
-        float r0 = s0.reduceLanes(VectorOperators.ADD), r1 = s1.reduceLanes(VectorOperators.ADD);
-        float r2 = s2.reduceLanes(VectorOperators.ADD), r3 = s3.reduceLanes(VectorOperators.ADD);
+        float r0 = Lanes.sum(s0), r1 = Lanes.sum(s1);
+        float r2 = Lanes.sum(s2), r3 = Lanes.sum(s3);
         for (; j < len; j++) {
             float wj = b[j];
             r0 = Math.fma(a[ao + j], wj, r0);

@@ -1,5 +1,6 @@
 package dev.qlora4j.backend.cpu;
 
+import dev.qlora4j.tensor.Lanes;
 import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
 import jdk.incubator.vector.FloatVector;
@@ -140,10 +141,10 @@ final class LinearKernel {
                     s3 = Math.fma(ws[3 * WIDEN_SLICE + c], xc, s3);
                 }
             }
-            y[j] = a0.reduceLanes(VectorOperators.ADD) + s0;
-            y[j + 1] = a1.reduceLanes(VectorOperators.ADD) + s1;
-            y[j + 2] = a2.reduceLanes(VectorOperators.ADD) + s2;
-            y[j + 3] = a3.reduceLanes(VectorOperators.ADD) + s3;
+            y[j] = Lanes.sum(a0) + s0;
+            y[j + 1] = Lanes.sum(a1) + s1;
+            y[j + 2] = Lanes.sum(a2) + s2;
+            y[j + 3] = Lanes.sum(a3) + s3;
         }
         for (; j < j1; j++) y[j] = dotRow(x, w, j);
     }
@@ -153,8 +154,8 @@ final class LinearKernel {
                                 FloatVector a0, FloatVector a1, FloatVector a2, FloatVector a3) {
         int k = w.cols;
         long r0 = (long) j * k, r1 = r0 + k, r2 = r1 + k, r3 = r2 + k;
-        float s0 = a0.reduceLanes(VectorOperators.ADD), s1 = a1.reduceLanes(VectorOperators.ADD);
-        float s2 = a2.reduceLanes(VectorOperators.ADD), s3 = a3.reduceLanes(VectorOperators.ADD);
+        float s0 = Lanes.sum(a0), s1 = Lanes.sum(a1);
+        float s2 = Lanes.sum(a2), s3 = Lanes.sum(a3);
         for (int c = bound; c < k; c++) {
             float xc = x[c];
             s0 = Math.fma(w.get(r0 + c), xc, s0);
@@ -228,10 +229,10 @@ final class LinearKernel {
             a30 = xv.fma(wv0, a30);
             a31 = xv.fma(wv1, a31);
         }
-        float s00 = a00.reduceLanes(VectorOperators.ADD), s01 = a01.reduceLanes(VectorOperators.ADD);
-        float s10 = a10.reduceLanes(VectorOperators.ADD), s11 = a11.reduceLanes(VectorOperators.ADD);
-        float s20 = a20.reduceLanes(VectorOperators.ADD), s21 = a21.reduceLanes(VectorOperators.ADD);
-        float s30 = a30.reduceLanes(VectorOperators.ADD), s31 = a31.reduceLanes(VectorOperators.ADD);
+        float s00 = Lanes.sum(a00), s01 = Lanes.sum(a01);
+        float s10 = Lanes.sum(a10), s11 = Lanes.sum(a11);
+        float s20 = Lanes.sum(a20), s21 = Lanes.sum(a21);
+        float s30 = Lanes.sum(a30), s31 = Lanes.sum(a31);
         for (int c = bound; c < c1; c++) {
             float wa = ws[w0 + c], wb = ws[w1 + c];
             s00 = Math.fma(xp[x0 + c], wa, s00);

@@ -1,5 +1,6 @@
 package dev.qlora4j.backend.cpu;
 
+import dev.qlora4j.tensor.Lanes;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorSpecies;
@@ -19,7 +20,7 @@ final class VectorMath {
         for (; i < bound; i += lanes) {
             acc = FloatVector.fromArray(F, a, ao + i).fma(FloatVector.fromArray(F, b, bo + i), acc);
         }
-        float s = acc.reduceLanes(VectorOperators.ADD);
+        float s = Lanes.sum(acc);
         for (; i < len; i++) s = Math.fma(a[ao + i], b[bo + i], s);
         return s;
     }
@@ -64,7 +65,7 @@ final class VectorMath {
             e.intoArray(a, ao + i);
             acc = acc.add(e);
         }
-        float s = acc.reduceLanes(VectorOperators.ADD);
+        float s = Lanes.sum(acc);
         for (; i < len; i++) {
             float e = (float) Math.exp(a[ao + i] - shift);
             a[ao + i] = e;
@@ -82,7 +83,7 @@ final class VectorMath {
         for (; i < bound; i += lanes) {
             acc = acc.add(FloatVector.fromArray(F, a, ao + i).sub(shift).lanewise(VectorOperators.EXP));
         }
-        float s = acc.reduceLanes(VectorOperators.ADD);
+        float s = Lanes.sum(acc);
         for (; i < len; i++) s += (float) Math.exp(a[ao + i] - shift);
         return s;
     }
