@@ -108,6 +108,104 @@ public interface Backend extends AutoCloseable {
     /** The dequantized weight [out, in] in dtype (for merges and for grad_input = grad_out @ W). */
     Tensor dequantize(QuantizedWeight w, DType dtype);
 
+    // ---- training: backward passes and the ops adapters need ----
+    // Defaults throw, so a backend can be built up op by op; the CPU backend implements all of them.
+    // Gradients named grad* are w.r.t. the op's inputs; "accumulate" means += into an existing F32 tensor.
+
+    /** Elementwise a * s. */
+    default Tensor scale(Tensor a, float s) { throw unsupported("scale"); }
+
+    /** In place: a += alpha * b, same shapes. Returns a. */
+    default Tensor axpyInPlace(Tensor a, float alpha, Tensor b) { throw unsupported("axpyInPlace"); }
+
+    /** Elementwise a * b, same shapes. */
+    default Tensor mul(Tensor a, Tensor b) { throw unsupported("mul"); }
+
+    /** Sum of squares of all elements, in float64 (gradient norms). */
+    default double sumOfSquares(Tensor a) { throw unsupported("sumOfSquares"); }
+
+    /**
+     * Inverted dropout: zeroes each element with probability p and scales survivors by 1/(1-p).
+     * The mask is a pure function of (seed, element index), so backward re-derives it from the seed.
+     */
+    default Tensor dropout(Tensor x, float p, long seed) { throw unsupported("dropout"); }
+
+    /** x [n, h] -> per-row L2 norms F32 [n] (DoRA's weight norm). */
+    default Tensor rowNorms(Tensor x) { throw unsupported("rowNorms"); }
+
+    /** Multiplies each column j of x [n, m] by s[j] (s F32 [m]). */
+    default Tensor scaleColumns(Tensor x, Tensor s) { throw unsupported("scaleColumns"); }
+
+    /** Transpose of a 2-D tensor [n, m] -> [m, n]. */
+    default Tensor transpose(Tensor x) { throw unsupported("transpose"); }
+
+    /** grad_x of y = x w^T: gradOut [n, m], w [m, k] (dense, any float dtype) -> [n, k] = gradOut w. */
+    default Tensor linearBackwardInput(Tensor gradOut, Tensor w) { throw unsupported("linearBackwardInput"); }
+
+    /** grad_x through a frozen quantized weight: gradOut [n, out] -> gradOut dequant(W) [n, in]. */
+    default Tensor linearQuantizedBackwardInput(Tensor gradOut, QuantizedWeight w) {
+        throw unsupported("linearQuantizedBackwardInput");
+    }
+
+    /** Accumulate grad_w of y = x w^T: gradW [m, k] F32 += gradOut^T [m, n] x [n, k]. */
+    default void linearBackwardWeight(Tensor gradOut, Tensor x, Tensor gradW) { throw unsupported("linearBackwardWeight"); }
+
+    /** Accumulate the bias gradient: gradB [m] F32 += column sums of gradOut [n, m]. */
+    default void sumRowsInto(Tensor gradOut, Tensor gradB) { throw unsupported("sumRowsInto"); }
+
+    /**
+     * RMSNorm backward: x [n, h], weight [h], gradOut [n, h] -> grad_x [n, h]; when gradWeight
+     * (F32 [h]) is not null, accumulates the weight gradient into it.
+     */
+    default Tensor rmsNormBackward(Tensor x, Tensor weight, float eps, Tensor gradOut, Tensor gradWeight) {
+        throw unsupported("rmsNormBackward");
+    }
+
+    /** SwiGLU backward: returns {grad_gate, grad_up} for out = silu(gate) * up. */
+    default Tensor[] siluMulBackward(Tensor gate, Tensor up, Tensor gradOut) { throw unsupported("siluMulBackward"); }
+
+    /** RoPE backward in place (the transpose of the rotation: the same rotation by -angle). */
+    default void ropeBackwardInPlace(Tensor grad, Tensor positions, Tensor invFreq, int heads, int headDim,
+                                     float attentionScaling) {
+        throw unsupported("ropeBackwardInPlace");
+    }
+
+    /** Embedding backward: gradTable [vocab, hidden] F32 += scatter of gradOut [n, hidden] rows at ids. */
+    default void embeddingBackward(Tensor ids, Tensor gradOut, Tensor gradTable) { throw unsupported("embeddingBackward"); }
+
+    /**
+     * Causal self-attention for training, without a KV cache, over B rows of T tokens:
+     * q [B*T, heads*headDim], k and v [B*T, kvHeads*headDim]. Query t of row b attends key s
+     * when s <= t, segments[b*T+s] == segments[b*T+t] (packing: no attention across examples;
+     * pass null for one segment per row), and t - s < window when window > 0. Softmax in float32.
+     * A query with no visible key (cannot happen causally) would output zeros.
+     */
+    default AttentionResult attentionTrain(Tensor q, Tensor k, Tensor v, Tensor segments, int batch, int heads,
+                                           int kvHeads, int headDim, float scale, int window) {
+        throw unsupported("attentionTrain");
+    }
+
+    /** Attention backward: returns {grad_q, grad_k, grad_v} shaped like q, k, v (GQA heads summed). */
+    default Tensor[] attentionBackward(Tensor q, Tensor k, Tensor v, Tensor segments, AttentionResult fwd,
+                                       Tensor gradOut, int batch, int heads, int kvHeads, int headDim,
+                                       float scale, int window) {
+        throw unsupported("attentionBackward");
+    }
+
+    /**
+     * Fused cross-entropy forward and backward: logits [n, vocab], targets I32 [n] (-100 ignored).
+     * Returns {losses F32 [n], grad_logits [n, vocab] = (softmax - onehot(target)) * gradScale
+     * (zero rows for ignored targets)}. Callers pass row chunks so [tokens x vocab] never exists whole.
+     */
+    default Tensor[] crossEntropyWithGrad(Tensor logits, Tensor targets, float gradScale) {
+        throw unsupported("crossEntropyWithGrad");
+    }
+
+    private UnsupportedOperationException unsupported(String op) {
+        return new UnsupportedOperationException(op + " is not implemented on the " + device()
+                + " backend yet: train with --device cpu");
+    }
+
     /** Waits for queued work (no-op on the CPU). */
     default void synchronize() {}
 

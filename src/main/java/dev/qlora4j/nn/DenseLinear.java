@@ -28,6 +28,12 @@ public final class DenseLinear implements Linear {
         return backend.linear(x, weight, bias);
     }
 
+    /** Frozen: only grad_x = gradOut W flows (bias and weight gradients belong to trainable wrappers). */
+    @Override
+    public Tensor backward(Backend backend, Tensor x, Tensor gradOut) {
+        return backend.linearBackwardInput(gradOut, weight);
+    }
+
     @Override public int inFeatures() { return weight.dim(1); }
 
     @Override public int outFeatures() { return weight.dim(0); }

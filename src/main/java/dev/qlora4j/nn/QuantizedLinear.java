@@ -30,6 +30,12 @@ public final class QuantizedLinear implements Linear {
         return backend.linearQuantized(x, weight, bias);
     }
 
+    /** Frozen (as bitsandbytes' layers are): grad_x = gradOut dequant(W), no weight gradient. */
+    @Override
+    public Tensor backward(Backend backend, Tensor x, Tensor gradOut) {
+        return backend.linearQuantizedBackwardInput(gradOut, weight);
+    }
+
     @Override public int inFeatures() { return weight.inFeatures(); }
 
     @Override public int outFeatures() { return weight.outFeatures(); }
