@@ -13,8 +13,31 @@ public final class DecoderLayer implements AutoCloseable {
     final int index;
     final Tensor inputNorm;      // [hidden]
     final Tensor postAttnNorm;   // [hidden]
-    final Linear q, k, v, o;     // q [heads*headDim, hidden], k/v [kvHeads*headDim, hidden], o [hidden, heads*headDim]
-    final Linear gate, up, down; // gate/up [intermediate, hidden], down [hidden, intermediate]
+    // Not final: adapters (LoRA, DoRA) replace a projection by a wrapper around it.
+    Linear q, k, v, o;     // q [heads*headDim, hidden], k/v [kvHeads*headDim, hidden], o [hidden, heads*headDim]
+    Linear gate, up, down; // gate/up [intermediate, hidden], down [hidden, intermediate]
+
+    /** Projection names as HF module paths use them, relative to the layer. */
+    static final String[] PROJECTIONS = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+
+    Linear projection(String name) {
+        return switch (name) {
+            case "self_attn.q_proj" -> q; case "self_attn.k_proj" -> k; case "self_attn.v_proj" -> v;
+            case "self_attn.o_proj" -> o; case "mlp.gate_proj" -> gate; case "mlp.up_proj" -> up;
+            case "mlp.down_proj" -> down;
+            default -> throw new IllegalArgumentException("no projection '" + name + "' in a decoder layer");
+        };
+    }
+
+    void setProjection(String name, Linear l) {
+        switch (name) {
+            case "self_attn.q_proj" -> q = l; case "self_attn.k_proj" -> k = l; case "self_attn.v_proj" -> v = l;
+            case "self_attn.o_proj" -> o = l; case "mlp.gate_proj" -> gate = l; case "mlp.up_proj" -> up = l;
+            case "mlp.down_proj" -> down = l;
+            default -> throw new IllegalArgumentException("no projection '" + name + "' in a decoder layer");
+        }
+    }
 
     DecoderLayer(int index, Tensor inputNorm, Tensor postAttnNorm, Linear q, Linear k, Linear v, Linear o,
                  Linear gate, Linear up, Linear down) {

@@ -21,7 +21,7 @@ public final class TransformerLM implements AutoCloseable {
     private final Tensor embed;      // [vocab, hidden]
     private final List<DecoderLayer> layers;
     private final Tensor finalNorm;  // [hidden]
-    private final Linear lmHead;     // [vocab, hidden]; shares embed when tied
+    private Linear lmHead;           // [vocab, hidden]; shares embed when tied
     private final boolean tied;
     private Tensor invFreq;          // [headDim/2] F32 on the device, for invFreqSeqLen
     private int invFreqSeqLen = -1;
@@ -140,6 +140,59 @@ public final class TransformerLM implements AutoCloseable {
         }
         return invFreq;
     }
+
+    /**
+     * HF module paths of every linear layer, in model order: "model.layers.0.self_attn.q_proj", ...,
+     * then "lm_head" (what peft's target_modules match against).
+     */
+    public java.util.List<String> linearPaths() {
+        java.util.List<String> out = new ArrayList<>();
+        for (int i = 0; i < layers.size(); i++) {
+            for (String p : DecoderLayer.PROJECTIONS) out.add("model.layers." + i + "." + p);
+        }
+        out.add("lm_head");
+        return out;
+    }
+
+    /** The linear layer at a module path (see {@link #linearPaths()}). */
+    public Linear linear(String path) {
+        if (path.equals("lm_head")) return lmHead;
+        int[] at = layerAndProjection(path);
+        return layers.get(at[0]).projection(path.substring(path.indexOf('.', "model.layers.".length()) + 1));
+    }
+
+    /** Replaces the linear layer at a module path (adapters wrap the layer they replace). */
+    public void setLinear(String path, Linear l) {
+        Linear old = linear(path);
+        if (old.inFeatures() != l.inFeatures() || old.outFeatures() != l.outFeatures()) {
+            throw new IllegalArgumentException("replacement for " + path + " is [" + l.outFeatures() + ", "
+                    + l.inFeatures() + "] but the layer is [" + old.outFeatures() + ", " + old.inFeatures() + "]");
+        }
+        if (path.equals("lm_head")) {
+            lmHead = l;
+            return;
+        }
+        int[] at = layerAndProjection(path);
+        layers.get(at[0]).setProjection(path.substring(path.indexOf('.', "model.layers.".length()) + 1), l);
+    }
+
+    private int[] layerAndProjection(String path) {
+        String prefix = "model.layers.";
+        if (!path.startsWith(prefix)) throw new IllegalArgumentException("not a linear module path: " + path);
+        int dot = path.indexOf('.', prefix.length());
+        int layer = Integer.parseInt(path.substring(prefix.length(), dot));
+        if (layer < 0 || layer >= layers.size()) {
+            throw new IllegalArgumentException(path + ": the model has layers 0.." + (layers.size() - 1));
+        }
+        return new int[] {layer};
+    }
+
+    /** The embedding table [vocab, hidden] (for embedding adapters and modules_to_save). */
+    public Tensor embedTokens() { return embed; }
+
+    public List<DecoderLayer> layers() { return java.util.Collections.unmodifiableList(layers); }
+
+    public Tensor finalNorm() { return finalNorm; }
 
     /** Bytes of all weights on the device. */
     public long weightBytes() {
