@@ -201,6 +201,20 @@ public interface Backend extends AutoCloseable {
         throw unsupported("crossEntropyWithGrad");
     }
 
+    /** Rows concatenated: parts [n_i, h] (same h and dtype) -> [sum n_i, h]. Default: through the host. */
+    default Tensor concatRows(java.util.List<Tensor> parts) {
+        int h = parts.get(0).dim(1), n = 0;
+        for (Tensor p : parts) n += p.dim(0);
+        Tensor out = Tensor.zeros(parts.get(0).dtype(), n, h);
+        long offset = 0;
+        for (Tensor p : parts) {
+            Tensor host = toHost(p);
+            java.lang.foreign.MemorySegment.copy(host.segment(), 0, out.segment(), offset, host.byteSize());
+            offset += host.byteSize();
+        }
+        return upload(out);
+    }
+
     private UnsupportedOperationException unsupported(String op) {
         return new UnsupportedOperationException(op + " is not implemented on the " + device()
                 + " backend yet: train with --device cpu");

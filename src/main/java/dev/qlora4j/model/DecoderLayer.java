@@ -79,6 +79,75 @@ public final class DecoderLayer implements AutoCloseable {
         return resid;
     }
 
+    /**
+     * Training forward over B rows of T tokens (no KV cache): x [B*T, hidden]. When save is not null
+     * it receives the activations backward needs; the layer output is returned either way.
+     */
+    Tensor forwardTrain(Backend b, ModelConfig c, Tensor x, Tensor positions, Tensor segments, Tensor invFreq,
+                        float ropeScaling, int batch, LayerActivations save) {
+        int heads = c.numAttentionHeads(), kvHeads = c.numKeyValueHeads(), hd = c.headDim();
+        Integer w = c.slidingWindow(index);
+        Tensor h1 = b.rmsNorm(x, inputNorm, (float) c.rmsNormEps());
+        Tensor qs = q.forward(b, h1), ks = k.forward(b, h1), vs = v.forward(b, h1);
+        b.ropeInPlace(qs, positions, invFreq, heads, hd, ropeScaling);
+        b.ropeInPlace(ks, positions, invFreq, kvHeads, hd, ropeScaling);
+        var attn = b.attentionTrain(qs, ks, vs, segments, batch, heads, kvHeads, hd, (float) (1.0 / Math.sqrt(hd)),
+                w == null ? 0 : w);
+        Tensor attnOut = o.forward(b, attn.out());
+        Tensor resid = b.add(x, attnOut);
+        attnOut.close();
+        Tensor h2 = b.rmsNorm(resid, postAttnNorm, (float) c.rmsNormEps());
+        Tensor g = gate.forward(b, h2), u = up.forward(b, h2);
+        Tensor act = b.siluMul(g, u);
+        Tensor mlp = down.forward(b, act);
+        Tensor out = b.add(resid, mlp);
+        mlp.close();
+        if (save != null) {
+            save.h1 = h1; save.q = qs; save.k = ks; save.v = vs; save.attn = attn;
+            save.resid = resid; save.h2 = h2; save.gate = g; save.up = u; save.act = act;
+        } else {
+            for (Tensor t : new Tensor[] {h1, qs, ks, vs, resid, h2, g, u, act}) t.close();
+            attn.close();
+        }
+        return out;
+    }
+
+    /** Backward of {@link #forwardTrain}: returns grad_x; adapters accumulate their parameter gradients. */
+    Tensor backwardTrain(Backend b, ModelConfig c, Tensor x, Tensor positions, Tensor segments, Tensor invFreq,
+                         float ropeScaling, int batch, LayerActivations s, Tensor gradOut) {
+        int heads = c.numAttentionHeads(), kvHeads = c.numKeyValueHeads(), hd = c.headDim();
+        float eps = (float) c.rmsNormEps();
+        Integer w = c.slidingWindow(index);
+        // MLP block: out = resid + down(silu(gate(h2)) * up(h2)), h2 = norm2(resid)
+        Tensor gAct = down.backward(b, s.act, gradOut);
+        Tensor[] gGU = b.siluMulBackward(s.gate, s.up, gAct);
+        gAct.close();
+        Tensor gH2 = gate.backward(b, s.h2, gGU[0]);
+        try (Tensor gUp = up.backward(b, s.h2, gGU[1])) { b.addInPlace(gH2, gUp); }
+        gGU[0].close(); gGU[1].close();
+        Tensor gResid = b.rmsNormBackward(s.resid, postAttnNorm, eps, gH2, null);
+        gH2.close();
+        b.addInPlace(gResid, gradOut);
+        // Attention block: resid = x + o(attn(rope(q(h1)), rope(k(h1)), v(h1))), h1 = norm1(x)
+        Tensor gAttn = o.backward(b, s.attn.out(), gResid);
+        Tensor[] gQKV = b.attentionBackward(s.q, s.k, s.v, segments, s.attn, gAttn, batch, heads, kvHeads, hd,
+                (float) (1.0 / Math.sqrt(hd)), w == null ? 0 : w);
+        gAttn.close();
+        b.ropeBackwardInPlace(gQKV[0], positions, invFreq, heads, hd, ropeScaling);
+        b.ropeBackwardInPlace(gQKV[1], positions, invFreq, kvHeads, hd, ropeScaling);
+        Tensor gH1 = q.backward(b, s.h1, gQKV[0]);
+        try (Tensor gk = k.backward(b, s.h1, gQKV[1]); Tensor gv = v.backward(b, s.h1, gQKV[2])) {
+            b.addInPlace(gH1, gk);
+            b.addInPlace(gH1, gv);
+        }
+        for (Tensor t : gQKV) t.close();
+        Tensor gx = b.rmsNormBackward(x, inputNorm, eps, gH1, null);
+        gH1.close();
+        b.addInPlace(gx, gResid);
+        gResid.close();
+        return gx;
+    }
+
     long weightBytes() {
         long n = inputNorm.byteSize() + postAttnNorm.byteSize();
         for (Linear l : new Linear[] {q, k, v, o, gate, up, down}) n += l.weightBytes();

@@ -141,6 +141,98 @@ public final class TransformerLM implements AutoCloseable {
         return invFreq;
     }
 
+    /** Loss and bookkeeping of one training forward/backward. */
+    public record StepResult(double lossSum, long tokens, long activationBytes) {
+        public double meanLoss() { return tokens == 0 ? Double.NaN : lossSum / tokens; }
+    }
+
+    /** Logit rows made at once in the loss: [rows x vocab] float32 is the largest temporary. */
+    static final int LOSS_CHUNK_ROWS = 1024;
+
+    /**
+     * One training forward and backward over B rows of T tokens; adapters (the only trainable
+     * parameters) accumulate their gradients. targets [B*T] are the next-token labels already
+     * shifted (-100 = not trained); gradScale multiplies d(sum of token losses), e.g.
+     * 1/(tokens in the whole accumulated batch) as transformers normalizes. With checkpointing,
+     * only each layer's input is kept and the layer's forward is re-run during backward.
+     *
+     * @param segments per-token example ids for packed rows (no attention across examples), or null
+     */
+    public StepResult trainStep(int[] ids, int[] positions, int[] segments, int[] targets, int batch,
+                                boolean checkpointing, float gradScale) {
+        int n = ids.length, t = n / batch;
+        if (n % batch != 0 || positions.length != n || targets.length != n || (segments != null && segments.length != n)) {
+            throw new IllegalArgumentException("trainStep: ids, positions, targets (and segments) must all have batch x T = "
+                    + n + " entries");
+        }
+        Backend b = backend;
+        long tokens = 0;
+        for (int y : targets) if (y != -100) tokens++;
+        List<Tensor> inputs = new ArrayList<>();
+        List<LayerActivations> acts = new ArrayList<>();
+        long actBytes = 0;
+        try (Tensor idT = b.upload(Tensor.ofInts(ids, n));
+             Tensor posT = b.upload(Tensor.ofInts(positions, n));
+             Tensor segT = segments == null ? null : b.upload(Tensor.ofInts(segments, n))) {
+            Tensor inv = invFreq(t);
+            float ropeScale = (float) RopeScaling.attentionScaling(config);
+            Tensor x = b.embedding(idT, embed);
+            for (DecoderLayer layer : layers) {
+                inputs.add(x);
+                LayerActivations a = checkpointing ? null : new LayerActivations();
+                x = layer.forwardTrain(b, config, x, posT, segT, inv, ropeScale, batch, a);
+                if (a != null) {
+                    acts.add(a);
+                    actBytes += a.bytes();
+                }
+            }
+            for (Tensor in : inputs) actBytes += in.byteSize();
+            Tensor hidden = b.rmsNorm(x, finalNorm, (float) config.rmsNormEps());
+            double lossSum = 0;
+            List<Tensor> gradRows = new ArrayList<>();
+            for (int from = 0; from < n; from += LOSS_CHUNK_ROWS) {
+                int rows = Math.min(LOSS_CHUNK_ROWS, n - from);
+                int[] rowIdx = new int[rows];
+                for (int i = 0; i < rows; i++) rowIdx[i] = from + i;
+                try (Tensor r = b.upload(Tensor.ofInts(rowIdx, rows));
+                     Tensor tg = b.upload(Tensor.ofInts(java.util.Arrays.copyOfRange(targets, from, from + rows), rows));
+                     Tensor h = b.gatherRows(hidden, r);
+                     Tensor logits = lmHead.forward(b, h)) {
+                    Tensor[] lg = b.crossEntropyWithGrad(logits, tg, gradScale);
+                    for (float l : b.toHost(lg[0]).toFloatArray()) lossSum += l;
+                    gradRows.add(lmHead.backward(b, h, lg[1]));
+                    lg[0].close();
+                    lg[1].close();
+                }
+            }
+            hidden.close();
+            Tensor gHidden = gradRows.size() == 1 ? gradRows.get(0) : b.concatRows(gradRows);
+            if (gradRows.size() > 1) gradRows.forEach(Tensor::close);
+            Tensor g = b.rmsNormBackward(x, finalNorm, (float) config.rmsNormEps(), gHidden, null);
+            gHidden.close();
+            x.close();
+            for (int i = layers.size() - 1; i >= 0; i--) {
+                LayerActivations a;
+                if (checkpointing) {
+                    a = new LayerActivations();
+                    layers.get(i).forwardTrain(b, config, inputs.get(i), posT, segT, inv, ropeScale, batch, a).close();
+                } else {
+                    a = acts.get(i);
+                }
+                Tensor gPrev = layers.get(i).backwardTrain(b, config, inputs.get(i), posT, segT, inv, ropeScale, batch, a, g);
+                a.close();
+                g.close();
+                g = gPrev;
+                inputs.get(i).close();
+            }
+            g.close();
+            return new StepResult(lossSum, tokens, actBytes);
+        } finally {
+            for (Tensor in : inputs) in.close();
+            for (LayerActivations a : acts) a.close();
+        }
+    }
+
     /**
      * HF module paths of every linear layer, in model order: "model.layers.0.self_attn.q_proj", ...,
      * then "lm_head" (what peft's target_modules match against).

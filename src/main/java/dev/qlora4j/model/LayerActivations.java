@@ -1,0 +1,35 @@
+package dev.qlora4j.model;
+
+import dev.qlora4j.backend.AttentionResult;
+import dev.qlora4j.tensor.Tensor;
+
+/**
+ * What one decoder layer's backward needs from its forward (all [tokens, features] unless noted).
+ * Under gradient checkpointing only the layer input is kept, and the backward re-runs the
+ * forward to refill this before using it.
+ */
+final class LayerActivations implements AutoCloseable {
+    Tensor h1;              // input_layernorm(x) [n, hidden]: input of q/k/v
+    Tensor q, k, v;         // after rope: [n, heads*hd], [n, kv*hd], [n, kv*hd]
+    AttentionResult attn;   // out [n, heads*hd] (input of o_proj) + lse
+    Tensor resid;           // x + o(attn) [n, hidden]
+    Tensor h2;              // post_attention_layernorm(resid): input of gate/up
+    Tensor gate, up;        // [n, intermediate]
+    Tensor act;             // silu(gate) * up: input of down
+
+    /** Bytes held (for the checkpointing report). */
+    long bytes() {
+        long n = 0;
+        for (Tensor t : new Tensor[] {h1, q, k, v, resid, h2, gate, up, act}) if (t != null) n += t.byteSize();
+        if (attn != null) n += attn.out().byteSize() + attn.lse().byteSize();
+        return n;
+    }
+
+    @Override
+    public void close() {
+        for (Tensor t : new Tensor[] {h1, q, k, v, resid, h2, gate, up, act}) if (t != null) t.close();
+        if (attn != null) attn.close();
+        h1 = q = k = v = resid = h2 = gate = up = act = null;
+        attn = null;
+    }
+}
