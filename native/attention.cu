@@ -26,8 +26,9 @@
 //                       queries (q broadcast from shared memory), then each lane accumulates its D/32
 //                       output dimensions (strided lane + 32c) over the 32 keys, p_j broadcast by shuffle.
 //                       Dynamic shared memory: (BQ*D + 32*(D+4) + 32*D) * 4 bytes.
-//   attn_decode_<t>_d<D>   T = 1. grid (S, KVH * ceil(G / 8), B); 128 threads = 4 warps. One block serves up
-//                       to 8 query heads of one kv head (so K/V are read once for the whole group) over a
+//   attn_decode_<t>_d<D>_g<GM>  T = 1. grid (S, KVH * ceil(G / GM), B); 128 threads = 4 warps. One block serves
+//                       GM query heads of one kv head (GM = 1, 2, 4, 8: the smallest power of two >= G, at
+//                       most 8; K/V are read once for the whole group) over a
 //                       chunk of the visible slots: chunk = ceil(len / S), split i covers
 //                       [lo + i*chunk, min(lo + (i+1)*chunk, s+1)). Warps take 32-slot groups in turn;
 //                       lane j reads key j straight from global memory (16-byte loads of its row) and
@@ -189,9 +190,9 @@ __device__ __forceinline__ void prefill_impl(const T* __restrict__ q, const T* _
 
 // ---------------------------------------------------------------------------------------------------------
 // Split-K decode (T = 1).
-constexpr int DEC_GMAX = 8;   // query heads per block
-
-template <typename T, int D>
+// DEC_GMAX: query heads one block serves (a template parameter: 1, 2, 4 or 8, the smallest power of two
+// >= heads / kvHeads, capped at 8), so plain multi-head attention does no work for absent heads.
+template <typename T, int D, int DEC_GMAX>
 __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                                             T* __restrict__ out, float* __restrict__ part_ml,
                                             float* __restrict__ part_acc, const int* __restrict__ pad_start,
@@ -347,6 +348,14 @@ __device__ __forceinline__ void combine_impl(const float* __restrict__ part_ml, 
 }
 
 // ---------------------------------------------------------------------------------------------------------
+#define QL_ATTN_DECODE(tn, T, D, GM)                                                                             \
+    extern "C" __global__ void __launch_bounds__(128) attn_decode_##tn##_d##D##_g##GM(                          \
+        const T* q, const T* kc, const T* vc, T* out, float* part_ml, float* part_acc, const int* pad_start,     \
+        int heads, int kv_heads, int cap, int start, const int* start_ptr, float scale, int window) {           \
+        decode_impl<T, D, GM>(q, kc, vc, out, part_ml, part_acc, pad_start, heads, kv_heads, cap, start,         \
+                              start_ptr, scale, window);                                                        \
+    }
+
 #define QL_ATTN_D(tn, T, D, R)                                                                                   \
     extern "C" __global__ void __launch_bounds__(128) attn_prefill_##tn##_d##D(                                 \
         const T* q, const T* kc, const T* vc, T* out, const int* pad_start, int tokens, int heads, int kv_heads, \
@@ -354,12 +363,10 @@ __device__ __forceinline__ void combine_impl(const float* __restrict__ part_ml, 
         prefill_impl<T, D, R>(q, kc, vc, out, pad_start, tokens, heads, kv_heads, cap, start, start_ptr, scale,  \
                               window);                                                                          \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(128) attn_decode_##tn##_d##D(                                  \
-        const T* q, const T* kc, const T* vc, T* out, float* part_ml, float* part_acc, const int* pad_start,     \
-        int heads, int kv_heads, int cap, int start, const int* start_ptr, float scale, int window) {           \
-        decode_impl<T, D>(q, kc, vc, out, part_ml, part_acc, pad_start, heads, kv_heads, cap, start, start_ptr,  \
-                          scale, window);                                                                       \
-    }                                                                                                           \
+    QL_ATTN_DECODE(tn, T, D, 1)                                                                                 \
+    QL_ATTN_DECODE(tn, T, D, 2)                                                                                 \
+    QL_ATTN_DECODE(tn, T, D, 4)                                                                                 \
+    QL_ATTN_DECODE(tn, T, D, 8)                                                                                 \
     extern "C" __global__ void attn_combine_##tn##_d##D(const float* part_ml, const float* part_acc, T* out,     \
                                                        int heads, int splits) {                                 \
         combine_impl<T, D>(part_ml, part_acc, out, heads, splits);                                              \

@@ -17,8 +17,16 @@ final class AttentionKernels {
     /** Head dimensions the kernels are compiled for (a template parameter: registers are sized by it). */
     static final int[] HEAD_DIMS = {16, 32, 64, 96, 128, 256};
     static final int THREADS = 128;
-    /** Query heads one decode block serves (DEC_GMAX in attention.cu). */
+    /** Most query heads one decode block serves (the largest DEC_GMAX instance in attention.cu). */
     static final int DECODE_HEADS_PER_BLOCK = 8;
+
+    /** Query heads per decode block: the smallest of 1, 2, 4, 8 that holds a kv head's group, else 8. */
+    static int decodeHeadsPerBlock(int heads, int kvHeads) {
+        int group = heads / kvHeads;
+        int gm = 1;
+        while (gm < group && gm < DECODE_HEADS_PER_BLOCK) gm *= 2;
+        return gm;
+    }
     /** Fewest cache slots worth a split of their own in decode. */
     static final int MIN_SLOTS_PER_SPLIT = 256;
     static final int MAX_SPLITS = 64;
@@ -124,7 +132,8 @@ final class AttentionKernels {
      * current length, so direct calls and graph replays launch the same grid (and round the same way).
      */
     static int decodeSplits(int capacity, int batch, int kvHeads, int heads, int multiprocessors) {
-        int chunks = (heads / kvHeads + DECODE_HEADS_PER_BLOCK - 1) / DECODE_HEADS_PER_BLOCK;
+        int gm = decodeHeadsPerBlock(heads, kvHeads);
+        int chunks = (heads / kvHeads + gm - 1) / gm;
         long blocks = (long) batch * kvHeads * chunks;
         long toFill = (2L * multiprocessors + blocks - 1) / blocks;
         long byLength = (capacity + MIN_SLOTS_PER_SPLIT - 1) / MIN_SLOTS_PER_SPLIT;
@@ -136,14 +145,15 @@ final class AttentionKernels {
         int d = s.headDim();
         int splits = decodeSplits(s.capacity(), s.batch(), s.kvHeads(), s.heads(),
                 ctx.properties().multiprocessorCount());
-        int chunks = (s.heads() / s.kvHeads() + DECODE_HEADS_PER_BLOCK - 1) / DECODE_HEADS_PER_BLOCK;
+        int gm = decodeHeadsPerBlock(s.heads(), s.kvHeads());
+        int chunks = (s.heads() / s.kvHeads() + gm - 1) / gm;
         Tensor partMl = null, partAcc = null;
         try {
             if (splits > 1) {
                 partMl = ctx.empty(DType.F32, s.batch(), s.heads(), splits, 2);
                 partAcc = ctx.empty(DType.F32, s.batch(), s.heads(), splits, d);
             }
-            ctx.launch(ctx.function("attention", "attn_decode_" + t + "_d" + d),
+            ctx.launch(ctx.function("attention", "attn_decode_" + t + "_d" + d + "_g" + gm),
                     new Dim3(splits, s.kvHeads() * chunks, s.batch()), Dim3.of(THREADS), 0,
                     KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(kc).ptr(vc).ptr(CudaContext.ptr(out))
                             .ptr(CudaContext.ptrOrNull(partMl)).ptr(CudaContext.ptrOrNull(partAcc))
