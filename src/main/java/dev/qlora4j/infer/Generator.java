@@ -2,6 +2,9 @@ package dev.qlora4j.infer;
 
 import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.KvCache;
+import dev.qlora4j.backend.cuda.DecodeGraph;
+import dev.qlora4j.backend.cuda.GraphCapable;
+import dev.qlora4j.model.RopeScaling;
 import dev.qlora4j.model.TransformerLM;
 import dev.qlora4j.tensor.Tensor;
 
@@ -13,6 +16,9 @@ import java.util.function.Function;
  * prompts left-padded to one length (pads masked out, positions counted from each prompt's first
  * real token), one prefill pass, then one decode pass per step against the KV cache. Rows that
  * finished keep receiving the pad token until all are done.
+ *
+ * <p>On a backend that can record decode steps ({@link GraphCapable}, the CUDA backend) the decode passes
+ * run as one captured CUDA graph, replayed each step; the tokens are the same either way.
  */
 public final class Generator {
     private final TransformerLM model;
@@ -68,7 +74,8 @@ public final class Generator {
         long prefill = 0, decode = 0;
         int steps = 0;
         try (KvCache cache = model.newCache(batch, promptLen + Math.max(1, maxNew));
-             Tensor pads = b.upload(Tensor.ofInts(padStart, batch))) {
+             Tensor pads = b.upload(Tensor.ofInts(padStart, batch));
+             DecodeGraph graph = decodeGraph(b, cache, pads, batch)) {
             float[][] logits = step(b, cache, ids, positions, 0, promptLen, pads, batch);
             prefill = System.nanoTime() - t0;
             long t1 = System.nanoTime();
@@ -95,7 +102,8 @@ public final class Generator {
                     if (reasons[r] == null) anyLive = true;
                 }
                 if (!anyLive) break;
-                logits = step(b, cache, next, nextPos, promptLen + s, 1, pads, batch);
+                logits = graph != null ? graph.step(next, nextPos, promptLen + s)
+                        : step(b, cache, next, nextPos, promptLen + s, 1, pads, batch);
                 steps++;
             }
             decode = System.nanoTime() - t1;
@@ -131,6 +139,22 @@ public final class Generator {
         int end = text.length();
         if (!last) while (end > emitted && text.charAt(end - 1) == '\uFFFD') end--;
         return end <= emitted ? "" : text.substring(emitted, end);
+    }
+
+    /**
+     * A recorder of decode steps when the backend offers one (it records on its first step), else null: the
+     * CPU runs every step directly. Not with "dynamic" RoPE scaling, whose frequency table changes with the
+     * length (a recorded step would keep the old table).
+     */
+    private DecodeGraph decodeGraph(Backend b, KvCache cache, Tensor pads, int batch) {
+        if (!(b instanceof GraphCapable g) || !g.decodeGraphsEnabled() || RopeScaling.dependsOnSeqLen(model.config())) {
+            return null;
+        }
+        return g.newDecodeGraph(batch, (ids, positions, start) -> {
+            try (Tensor hidden = model.forward(ids, positions, cache, start, pads)) {
+                return model.logits(hidden); // T = 1: every row is a last row, no gather needed
+            }
+        });
     }
 
     /** Runs T tokens per row through the model and returns the last position's logits per row. */

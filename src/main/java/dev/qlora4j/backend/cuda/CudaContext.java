@@ -11,6 +11,9 @@ import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Device;
 import dev.qlora4j.tensor.Tensor;
 
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
+
 /**
  * Everything the CUDA kernels' launchers share for one device: the driver binding, the primary
  * context, one compute stream (all work is ordered on it, so the caching allocator may reuse a
@@ -25,7 +28,9 @@ public final class CudaContext implements AutoCloseable {
     private final long context;
     private final long stream;
     private final CachingAllocator allocator;
+    private CachingAllocator current;  // where empty() allocates: the allocator, or a graph's private pool
     private final PtxModules modules;
+    private final Set<Long> sharedMemoryRaised = ConcurrentHashMap.newKeySet();
     private Cublas cublas; // created on first use: the kernels alone do not need libcublas
 
     public CudaContext(CudaDriver driver, int ordinal) {
@@ -44,6 +49,7 @@ public final class CudaContext implements AutoCloseable {
         // after kernels queued here, so a reused allocator block is never overwritten while still read.
         this.stream = driver.streamCreate(false);
         this.allocator = CachingAllocator.over(driver);
+        this.current = allocator;
         this.modules = PtxModules.forCurrentContext(driver);
     }
 
@@ -59,6 +65,47 @@ public final class CudaContext implements AutoCloseable {
 
     public CachingAllocator allocator() { return allocator; }
 
+    /**
+     * Makes {@link #empty} allocate from pool (a CUDA graph's private pool, so that the blocks a captured
+     * step uses are never handed to other tensors) and returns the allocator used until now; pass that
+     * back to restore it. Not thread-safe, like the rest of the context.
+     */
+    public CachingAllocator swapAllocator(CachingAllocator pool) {
+        CachingAllocator before = current;
+        current = pool;
+        return before;
+    }
+
+    /** Threads of the 1-D launches (block size of the grid-stride kernels). */
+    public static final int BLOCK_1D = 256;
+
+    /**
+     * Blocks of a 1-D grid-stride launch over n elements: enough to cover n, capped at 32 blocks per SM
+     * (more only adds scheduling work; the kernels' loops cover the rest). At least 1.
+     */
+    public Dim3 grid1d(long n) {
+        long blocks = Math.max(1, (n + BLOCK_1D - 1) / BLOCK_1D);
+        return Dim3.of((int) Math.min(blocks, 32L * properties.multiprocessorCount()));
+    }
+
+    /** Launches a 1-D grid-stride kernel over n elements. */
+    public void launch1d(long function, long n, KernelArgs args) {
+        launch(function, grid1d(n), Dim3.of(BLOCK_1D), 0, args);
+    }
+
+    /**
+     * Allows function more than the default 48 KiB of dynamic shared memory (once per function); fails with
+     * the device's limit in the message when bytes is more than the GPU offers.
+     */
+    public void allowSharedMemory(long function, int bytes) {
+        if (bytes <= 48 * 1024 || !sharedMemoryRaised.add(function)) return;
+        if (bytes > properties.maxSharedMemoryPerBlockOptin()) {
+            sharedMemoryRaised.remove(function);
+            throw new IllegalArgumentException("kernel needs " + bytes + " bytes of shared memory but "
+                    + properties.name() + " allows " + properties.maxSharedMemoryPerBlockOptin() + " per block");
+        }
+        driver.funcSetMaxDynamicSharedMemory(function, properties.maxSharedMemoryPerBlockOptin());
+    }
     /** The kernel handle of an extern "C" kernel in kernels-ptx/&lt;module&gt;.ptx (loaded once). */
     public long function(String module, String kernel) { return modules.function(module, kernel); }
 
@@ -80,8 +127,11 @@ public final class CudaContext implements AutoCloseable {
     /** An uninitialized device tensor (from the caching allocator). */
     public Tensor empty(DType dtype, int... shape) {
         long bytes = Math.max(1, Tensor.numel(shape) * dtype.byteSize());
-        return new Tensor(new CudaStorage(allocator.allocate(bytes), device), dtype, true, shape);
+        return new Tensor(new CudaStorage(current.allocate(bytes), device), dtype, true, shape);
     }
+
+    /** The device address of a tensor of this context (0 for null: an optional kernel argument). */
+    public static long ptrOrNull(Tensor t) { return t == null ? 0 : ptr(t); }
 
     /** The device address of a tensor of this context. */
     public static long ptr(Tensor t) {

@@ -1,0 +1,387 @@
+// attention.cu — causal grouped-query attention against the KV cache: cache write, flash prefill,
+// split-K decode (flash-decoding) and its combine step.
+//
+// Tensors (T = float for F32 activations, __nv_bfloat16 for BF16; D = headDim, G = heads / kvHeads):
+//   q   [B*T, H*D]   rope applied; row b*T + t, head h at column h*D
+//   k,v [B*T, KVH*D] rope applied to k
+//   kc,vc cache of one layer [B, KVH, cap, D]
+//   out [B*T, H*D]
+//   pad_start I32 [B]: slots before it are left padding of row b
+//   start: first cache slot of the new tokens, passed by value, or read from start_ptr[0] when start_ptr is
+//   not NULL (a decode step captured in a CUDA graph reads it from device memory, so replays can move on).
+// Visibility (Backend.attention): the query of new token t of row b sits in slot s = start + t and sees
+//   slots j with max(pad_start[b], window > 0 ? s - window + 1 : 0) <= j <= s.
+// Math it mirrors (backend/cpu/AttentionKernel, HF eager attention): scores = (q . k_j) * scale in float32,
+//   softmax in float32 with the max subtracted, out = sum_j p_j v_j; a query that sees no slot gives zeros.
+//   Here the softmax is the online (flash) form: per key tile, m' = max(m, tile max), l' = l e^(m-m') +
+//   sum e^(s-m'), acc' = acc e^(m-m') + sum e^(s-m') v, out = acc / l. Same function; float32 rounding
+//   differs only in summation order (~1e-6 relative). No T x T matrix is ever stored.
+//
+// Kernels and launch shapes:
+//   kv_write_<t>        1-D grid-stride over B*T*KVH*D, 256 threads.
+//   attn_prefill_<t>_d<D>  grid (ceil(T / BQ), H, B); 128 threads = 4 warps; warp w owns R query rows
+//                       (BQ = 4R: R = 8 for D <= 128, else 4). Key/value tiles of 32 slots are staged in
+//                       shared memory as float32 (K rows padded to D+4 floats: lane j reads key j with
+//                       16-byte loads without bank conflicts); lane j scores key j against the warp's R
+//                       queries (q broadcast from shared memory), then each lane accumulates its D/32
+//                       output dimensions (strided lane + 32c) over the 32 keys, p_j broadcast by shuffle.
+//                       Dynamic shared memory: (BQ*D + 32*(D+4) + 32*D) * 4 bytes.
+//   attn_decode_<t>_d<D>_g<GM>  T = 1. grid (S, KVH * ceil(G / GM), B); 128 threads = 4 warps. One block serves
+//                       GM query heads of one kv head (GM = 1, 2, 4, 8: the smallest power of two >= G, at
+//                       most 8; K/V are read once for the whole group) over a
+//                       chunk of the visible slots: chunk = ceil(len / S), split i covers
+//                       [lo + i*chunk, min(lo + (i+1)*chunk, s+1)). Warps take 32-slot groups in turn;
+//                       lane j reads key j straight from global memory (16-byte loads of its row) and
+//                       scores it against the group's queries (broadcast from shared memory); lane l owns
+//                       output dimensions [l*D/32, (l+1)*D/32) (coalesced value rows). The 4 warps' states
+//                       are merged in shared memory. S == 1: writes out; S > 1: writes the partial state
+//                       (m, l, acc) to part_ml [B, H, S, 2] and part_acc [B, H, S, D] for attn_combine.
+//                       S depends only on the cache capacity and the shapes (chosen on the host), so a
+//                       graph replay and a direct call launch the same grid and round identically.
+//   attn_combine_<t>_d<D>  grid (H, B), D threads (at least 32): out = sum_i e^(m_i-M) acc_i / sum_i e^(m_i-M) l_i.
+#include "activations.cuh"
+
+__device__ __forceinline__ int slot_start(int start, const int* start_ptr) { return start_ptr ? *start_ptr : start; }
+
+// ---------------------------------------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ void kv_write_impl(const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ kc,
+                                              T* __restrict__ vc, int batch, int tokens, int kv_heads, int head_dim,
+                                              int cap, int start, const int* start_ptr) {
+    int s0 = slot_start(start, start_ptr);
+    int64_t total = (int64_t)batch * tokens * kv_heads * head_dim;
+    for (int64_t i = global_thread_index(); i < total; i += grid_stride()) {
+        int d = (int)(i % head_dim);
+        int64_t rest = i / head_dim;
+        int kh = (int)(rest % kv_heads);
+        rest /= kv_heads;
+        int t = (int)(rest % tokens);
+        int b = (int)(rest / tokens);
+        int64_t dst = (((int64_t)b * kv_heads + kh) * cap + s0 + t) * head_dim + d;
+        kc[dst] = k[i];
+        vc[dst] = v[i];
+    }
+}
+
+// Lowest visible slot of a query in slot s.
+__device__ __forceinline__ int visible_from(int s, int pad, int window) {
+    return max(pad, window > 0 ? s - window + 1 : 0);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Flash prefill.
+template <typename T, int D, int R>
+__device__ __forceinline__ void prefill_impl(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
+                                             T* __restrict__ out, const int* __restrict__ pad_start, int tokens,
+                                             int heads, int kv_heads, int cap, int start, const int* start_ptr,
+                                             float scale, int window) {
+    constexpr int BQ = 4 * R, BK = 32, KS = D + 4, DPL = (D + 31) / 32;
+    extern __shared__ float4 smem4[];
+    float* q_s = reinterpret_cast<float*>(smem4);   // [BQ][D]
+    float* k_s = q_s + BQ * D;                       // [BK][KS]
+    float* v_s = k_s + BK * KS;                      // [BK][D]
+
+    const int b = blockIdx.z, h = blockIdx.y, kh = h / (heads / kv_heads);
+    const int t0 = blockIdx.x * BQ;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int s0 = slot_start(start, start_ptr);
+    const int pad = pad_start[b];
+    const int64_t q_stride = (int64_t)heads * D;
+
+    for (int i = threadIdx.x; i < BQ * D; i += blockDim.x) {
+        int r = i / D, d = i - r * D;
+        int t = t0 + r;
+        q_s[i] = t < tokens ? to_f32(q[((int64_t)b * tokens + t) * q_stride + (int64_t)h * D + d]) : 0.f;
+    }
+
+    int last_t = min(t0 + BQ, tokens) - 1;
+    int kv_lo = visible_from(s0 + t0, pad, window);
+    int kv_hi = s0 + last_t;
+    const T* kbase = kc + ((int64_t)b * kv_heads + kh) * cap * D;
+    const T* vbase = vc + ((int64_t)b * kv_heads + kh) * cap * D;
+
+    float m[R], l[R], acc[R][DPL];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.f;
+#pragma unroll
+        for (int c = 0; c < DPL; c++) acc[r][c] = 0.f;
+    }
+
+    for (int kt = kv_lo; kt <= kv_hi; kt += BK) {
+        __syncthreads();   // previous tile consumed (and q_s written, on the first pass)
+        for (int i = threadIdx.x; i < BK * D; i += blockDim.x) {
+            int j = i / D, d = i - j * D;
+            int slot = kt + j;
+            bool in = slot <= kv_hi;
+            k_s[j * KS + d] = in ? to_f32(kbase[(int64_t)slot * D + d]) : 0.f;
+            v_s[j * D + d] = in ? to_f32(vbase[(int64_t)slot * D + d]) : 0.f;
+        }
+        __syncthreads();
+
+        // scores of key kt + lane against the warp's R queries
+        float sc[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) sc[r] = 0.f;
+        const float4* krow = reinterpret_cast<const float4*>(k_s + lane * KS);
+#pragma unroll 4
+        for (int d4 = 0; d4 < D / 4; d4++) {
+            float4 kv = krow[d4];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float4 qv = reinterpret_cast<const float4*>(q_s + (warp * R + r) * D)[d4];
+                sc[r] += qv.x * kv.x + qv.y * kv.y + qv.z * kv.z + qv.w * kv.w;
+            }
+        }
+        int slot = kt + lane;
+        float p[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            int t = t0 + warp * R + r;
+            int s = s0 + t;
+            bool vis = t < tokens && slot <= s && slot >= visible_from(s, pad, window);
+            float score = vis ? sc[r] * scale : -INFINITY;
+            float m_new = fmaxf(m[r], warp_max(score));
+            float alpha;
+            if (m_new == -INFINITY) {   // nothing visible yet for this row
+                p[r] = 0.f;
+                alpha = 1.f;
+            } else {
+                p[r] = vis ? expf(score - m_new) : 0.f;
+                alpha = expf(m[r] - m_new);   // m = -inf gives 0
+            }
+            l[r] = l[r] * alpha + warp_sum(p[r]);
+            m[r] = m_new;
+#pragma unroll
+            for (int c = 0; c < DPL; c++) acc[r][c] *= alpha;
+        }
+        // acc += p . V over the tile's 32 keys
+#pragma unroll 4
+        for (int jj = 0; jj < BK; jj++) {
+            float vv[DPL];
+#pragma unroll
+            for (int c = 0; c < DPL; c++) {
+                int d = lane + 32 * c;
+                vv[c] = d < D ? v_s[jj * D + d] : 0.f;
+            }
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float pj = __shfl_sync(0xffffffffu, p[r], jj);
+#pragma unroll
+                for (int c = 0; c < DPL; c++) acc[r][c] += pj * vv[c];
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        int t = t0 + warp * R + r;
+        if (t >= tokens) continue;
+        float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+        T* o = out + ((int64_t)b * tokens + t) * q_stride + (int64_t)h * D;
+#pragma unroll
+        for (int c = 0; c < DPL; c++) {
+            int d = lane + 32 * c;
+            if (d < D) o[d] = from_f32<T>(acc[r][c] * inv);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Split-K decode (T = 1).
+// DEC_GMAX: query heads one block serves (a template parameter: 1, 2, 4 or 8, the smallest power of two
+// >= heads / kvHeads, capped at 8), so plain multi-head attention does no work for absent heads.
+template <typename T, int D, int DEC_GMAX>
+__device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
+                                            T* __restrict__ out, float* __restrict__ part_ml,
+                                            float* __restrict__ part_acc, const int* __restrict__ pad_start,
+                                            int heads, int kv_heads, int cap, int start, const int* start_ptr,
+                                            float scale, int window) {
+    constexpr int DPL = D >= 32 ? D / 32 : 1;         // output dims per lane (contiguous)
+    constexpr int ACTIVE = D >= 32 ? 32 : D;           // lanes that own output dims
+    constexpr int KV = Pack16<T>::N;                   // elements of one 16-byte key load
+    __shared__ float4 q_s4[DEC_GMAX * D / 4];
+    __shared__ float w_m[4][DEC_GMAX], w_l[4][DEC_GMAX];
+    __shared__ float w_acc[4][DEC_GMAX][D];
+    float* q_s = reinterpret_cast<float*>(q_s4);
+
+    const int splits = gridDim.x, split = blockIdx.x, b = blockIdx.z;
+    const int group = heads / kv_heads;
+    const int chunks = (group + DEC_GMAX - 1) / DEC_GMAX;
+    const int kh = blockIdx.y / chunks;
+    const int h0 = kh * group + (blockIdx.y % chunks) * DEC_GMAX;
+    const int g_count = min(DEC_GMAX, kh * group + group - h0);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+    const int s = slot_start(start, start_ptr);
+    const int lo = visible_from(s, pad_start[b], window);
+    const int len = max(0, s - lo + 1);
+    const int chunk = (len + splits - 1) / splits;
+    const int c0 = lo + split * chunk;
+    const int c1 = min(c0 + chunk, s + 1);
+
+    const T* qrow = q + (int64_t)b * heads * D;
+    for (int i = threadIdx.x; i < DEC_GMAX * D; i += blockDim.x) {
+        int g = i / D, d = i - g * D;
+        q_s[i] = g < g_count ? to_f32(qrow[(int64_t)(h0 + g) * D + d]) : 0.f;
+    }
+    __syncthreads();
+
+    const T* kbase = kc + ((int64_t)b * kv_heads + kh) * cap * D;
+    const T* vbase = vc + ((int64_t)b * kv_heads + kh) * cap * D;
+    float m[DEC_GMAX], l[DEC_GMAX], acc[DEC_GMAX][DPL];
+#pragma unroll
+    for (int g = 0; g < DEC_GMAX; g++) {
+        m[g] = -INFINITY;
+        l[g] = 0.f;
+#pragma unroll
+        for (int c = 0; c < DPL; c++) acc[g][c] = 0.f;
+    }
+
+    for (int base = c0 + warp * 32; base < c1; base += 4 * 32) {
+        int slot = base + lane;
+        bool vis = slot < c1;
+        float sc[DEC_GMAX];
+#pragma unroll
+        for (int g = 0; g < DEC_GMAX; g++) sc[g] = 0.f;
+        if (vis) {
+            const int4* krow = reinterpret_cast<const int4*>(kbase + (int64_t)slot * D);
+#pragma unroll 2
+            for (int p = 0; p < D / KV; p++) {
+                Pack16<T> kp;
+                kp.raw = krow[p];
+#pragma unroll
+                for (int e = 0; e < KV; e++) {
+                    float kf = to_f32(kp.v[e]);
+#pragma unroll
+                    for (int g = 0; g < DEC_GMAX; g++) sc[g] += q_s[g * D + p * KV + e] * kf;
+                }
+            }
+        }
+        float p[DEC_GMAX];
+#pragma unroll
+        for (int g = 0; g < DEC_GMAX; g++) {
+            float score = vis ? sc[g] * scale : -INFINITY;
+            float m_new = fmaxf(m[g], warp_max(score));   // never -inf: slot base is visible
+            p[g] = vis ? expf(score - m_new) : 0.f;
+            float alpha = expf(m[g] - m_new);
+            l[g] = l[g] * alpha + warp_sum(p[g]);
+            m[g] = m_new;
+#pragma unroll
+            for (int c = 0; c < DPL; c++) acc[g][c] *= alpha;
+        }
+        int n_keys = min(32, c1 - base);
+        for (int jj = 0; jj < n_keys; jj++) {
+            float vv[DPL];
+            const T* vrow = vbase + (int64_t)(base + jj) * D + lane * DPL;
+#pragma unroll
+            for (int c = 0; c < DPL; c++) vv[c] = lane < ACTIVE ? to_f32(vrow[c]) : 0.f;
+#pragma unroll
+            for (int g = 0; g < DEC_GMAX; g++) {
+                float pj = __shfl_sync(0xffffffffu, p[g], jj);
+#pragma unroll
+                for (int c = 0; c < DPL; c++) acc[g][c] += pj * vv[c];
+            }
+        }
+    }
+
+    // merge the 4 warps
+    if (lane == 0) {
+#pragma unroll
+        for (int g = 0; g < DEC_GMAX; g++) {
+            w_m[warp][g] = m[g];
+            w_l[warp][g] = l[g];
+        }
+    }
+    if (lane < ACTIVE) {
+#pragma unroll
+        for (int g = 0; g < DEC_GMAX; g++) {
+#pragma unroll
+            for (int c = 0; c < DPL; c++) w_acc[warp][g][lane * DPL + c] = acc[g][c];
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < g_count * D; i += blockDim.x) {
+        int g = i / D, d = i - g * D;
+        float mm = fmaxf(fmaxf(w_m[0][g], w_m[1][g]), fmaxf(w_m[2][g], w_m[3][g]));
+        float ll = 0.f, aa = 0.f;
+        if (mm != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < 4; w++) {
+                float f = expf(w_m[w][g] - mm);
+                ll += w_l[w][g] * f;
+                aa += w_acc[w][g][d] * f;
+            }
+        }
+        int h = h0 + g;
+        if (splits == 1) {
+            out[((int64_t)b * heads + h) * D + d] = from_f32<T>(ll > 0.f ? aa / ll : 0.f);
+        } else {
+            int64_t ps = ((int64_t)b * heads + h) * splits + split;
+            part_acc[ps * D + d] = aa;
+            if (d == 0) {
+                part_ml[ps * 2] = mm;
+                part_ml[ps * 2 + 1] = ll;
+            }
+        }
+    }
+}
+
+template <typename T, int D>
+__device__ __forceinline__ void combine_impl(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
+                                             T* __restrict__ out, int heads, int splits) {
+    const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
+    if (d >= D) return;
+    int64_t base = ((int64_t)b * heads + h) * splits;
+    float mm = -INFINITY;
+    for (int i = 0; i < splits; i++) mm = fmaxf(mm, part_ml[(base + i) * 2]);
+    float ll = 0.f, aa = 0.f;
+    if (mm != -INFINITY) {
+        for (int i = 0; i < splits; i++) {
+            float f = expf(part_ml[(base + i) * 2] - mm);
+            ll += part_ml[(base + i) * 2 + 1] * f;
+            aa += part_acc[(base + i) * D + d] * f;
+        }
+    }
+    out[((int64_t)b * heads + h) * D + d] = from_f32<T>(ll > 0.f ? aa / ll : 0.f);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+#define QL_ATTN_DECODE(tn, T, D, GM)                                                                             \
+    extern "C" __global__ void __launch_bounds__(128) attn_decode_##tn##_d##D##_g##GM(                          \
+        const T* q, const T* kc, const T* vc, T* out, float* part_ml, float* part_acc, const int* pad_start,     \
+        int heads, int kv_heads, int cap, int start, const int* start_ptr, float scale, int window) {           \
+        decode_impl<T, D, GM>(q, kc, vc, out, part_ml, part_acc, pad_start, heads, kv_heads, cap, start,         \
+                              start_ptr, scale, window);                                                        \
+    }
+
+#define QL_ATTN_D(tn, T, D, R)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) attn_prefill_##tn##_d##D(                                 \
+        const T* q, const T* kc, const T* vc, T* out, const int* pad_start, int tokens, int heads, int kv_heads, \
+        int cap, int start, const int* start_ptr, float scale, int window) {                                    \
+        prefill_impl<T, D, R>(q, kc, vc, out, pad_start, tokens, heads, kv_heads, cap, start, start_ptr, scale,  \
+                              window);                                                                          \
+    }                                                                                                           \
+    QL_ATTN_DECODE(tn, T, D, 1)                                                                                 \
+    QL_ATTN_DECODE(tn, T, D, 2)                                                                                 \
+    QL_ATTN_DECODE(tn, T, D, 4)                                                                                 \
+    QL_ATTN_DECODE(tn, T, D, 8)                                                                                 \
+    extern "C" __global__ void attn_combine_##tn##_d##D(const float* part_ml, const float* part_acc, T* out,     \
+                                                       int heads, int splits) {                                 \
+        combine_impl<T, D>(part_ml, part_acc, out, heads, splits);                                              \
+    }
+
+#define QL_ATTN(tn, T)                                                                                           \
+    extern "C" __global__ void kv_write_##tn(const T* k, const T* v, T* kc, T* vc, int batch, int tokens,        \
+                                             int kv_heads, int head_dim, int cap, int start, const int* start_ptr) { \
+        kv_write_impl<T>(k, v, kc, vc, batch, tokens, kv_heads, head_dim, cap, start, start_ptr);               \
+    }                                                                                                           \
+    QL_ATTN_D(tn, T, 16, 8)                                                                                     \
+    QL_ATTN_D(tn, T, 32, 8)                                                                                     \
+    QL_ATTN_D(tn, T, 64, 8)                                                                                     \
+    QL_ATTN_D(tn, T, 96, 8)                                                                                     \
+    QL_ATTN_D(tn, T, 128, 8)                                                                                    \
+    QL_ATTN_D(tn, T, 256, 4)
+
+QL_FOR_ACT(QL_ATTN)

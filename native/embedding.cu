@@ -1,0 +1,41 @@
+// embedding.cu — token embedding lookup.
+//
+// Tensors: ids I32 [n]; table [vocab, hidden] of W (float, bf16 or half: the checkpoint's dtype);
+//          out [n, hidden] of T (float for F32 activations, bf16 for BF16).
+// Launch:  grid = n blocks (one row each), 256 threads striding over hidden.
+// Math it mirrors (CpuBackend.embedding): out[r, :] = table[ids[r], :] widened to float32 and rounded
+//          once to T (exact when T is float, or when W == T). An id outside [0, vocab) cannot throw on the
+//          device: the row is written as zeros and code 1 (id, vocab) goes to the status word, which the
+//          backend checks at its next synchronization and turns into an IllegalArgumentException.
+#include "activations.cuh"
+
+template <typename T, typename W>
+__device__ __forceinline__ void embedding_impl(const int* __restrict__ ids, const W* __restrict__ table,
+                                               T* __restrict__ out, int vocab, int hidden, int* status) {
+    int row = blockIdx.x;
+    int id = ids[row];
+    T* dst = out + (int64_t)row * hidden;
+    if (id < 0 || id >= vocab) {
+        if (threadIdx.x == 0) report_error(status, 1, id, vocab);
+        for (int j = threadIdx.x; j < hidden; j += blockDim.x) dst[j] = from_f32<T>(0.f);
+        return;
+    }
+    const W* src = table + (int64_t)id * hidden;
+    for (int j = threadIdx.x; j < hidden; j += blockDim.x) dst[j] = from_f32<T>(to_f32(src[j]));
+}
+
+#define QL_EMBEDDING(tn, T)                                                                                      \
+    extern "C" __global__ void embedding_fwd_##tn##_wf32(const int* ids, const float* table, T* out, int vocab,   \
+                                                         int hidden, int* status) {                             \
+        embedding_impl(ids, table, out, vocab, hidden, status);                                                 \
+    }                                                                                                           \
+    extern "C" __global__ void embedding_fwd_##tn##_wbf16(const int* ids, const __nv_bfloat16* table, T* out,     \
+                                                          int vocab, int hidden, int* status) {                 \
+        embedding_impl(ids, table, out, vocab, hidden, status);                                                 \
+    }                                                                                                           \
+    extern "C" __global__ void embedding_fwd_##tn##_wf16(const int* ids, const __half* table, T* out, int vocab,  \
+                                                         int hidden, int* status) {                             \
+        embedding_impl(ids, table, out, vocab, hidden, status);                                                 \
+    }
+
+QL_FOR_ACT(QL_EMBEDDING)

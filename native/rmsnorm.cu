@@ -1,0 +1,64 @@
+// rmsnorm.cu — RMSNorm over the hidden dimension.
+//
+// Tensors: x [n, h] of T (float or bf16 activations); weight [h] of W (float, bf16 or half);
+//          out [n, h] of T.
+// Launch:  grid = n blocks (one row each), block = 256 threads (a multiple of 32), 32 floats of static
+//          shared memory for the block reduction. Rows are read with 16-byte loads when h is a multiple
+//          of the pack (4 floats / 8 bf16; the launcher passes vec = 1 then, and every row then starts
+//          16-byte aligned because blocks from the allocator do), else element by element (vec = 0).
+// Math it mirrors (backend/cpu/RowOps.rmsNorm, HF LlamaRMSNorm in float32):
+//          mean = (sum of x^2 in float32) / h;  inv = (float)(1 / sqrt((double)(mean + eps)));
+//          out = (x * inv) * weight, rounded once to T.
+//          The per-thread partial sums and the shuffle tree sum in another order than the CPU's
+//          vector lanes: differences are float32 rounding only (~1e-7 relative).
+#include "activations.cuh"
+
+template <typename T, typename W>
+__device__ __forceinline__ void rmsnorm_impl(const T* __restrict__ x, const W* __restrict__ w, T* __restrict__ out,
+                                             int h, float eps, int vec) {
+    __shared__ float scratch[32];
+    const T* row = x + (int64_t)blockIdx.x * h;
+    T* dst = out + (int64_t)blockIdx.x * h;
+    constexpr int V = Pack16<T>::N;
+    float ss = 0.f;
+    if (vec) {
+        const int4* r4 = reinterpret_cast<const int4*>(row);
+        for (int p = threadIdx.x; p < h / V; p += blockDim.x) {
+            Pack16<T> a;
+            a.raw = r4[p];
+#pragma unroll
+            for (int i = 0; i < V; i++) { float f = to_f32(a.v[i]); ss += f * f; }
+        }
+    } else {
+        for (int j = threadIdx.x; j < h; j += blockDim.x) { float f = to_f32(row[j]); ss += f * f; }
+    }
+    float mean = block_sum(ss, scratch) / (float)h;
+    float inv = (float)(1.0 / sqrt((double)(mean + eps)));
+    if (vec) {
+        const int4* r4 = reinterpret_cast<const int4*>(row);
+        int4* d4 = reinterpret_cast<int4*>(dst);
+        for (int p = threadIdx.x; p < h / V; p += blockDim.x) {
+            Pack16<T> a, z;
+            a.raw = r4[p];
+#pragma unroll
+            for (int i = 0; i < V; i++) z.v[i] = from_f32<T>((to_f32(a.v[i]) * inv) * to_f32(w[p * V + i]));
+            d4[p] = z.raw;
+        }
+    } else {
+        for (int j = threadIdx.x; j < h; j += blockDim.x) dst[j] = from_f32<T>((to_f32(row[j]) * inv) * to_f32(w[j]));
+    }
+}
+
+#define QL_RMSNORM(tn, T)                                                                                        \
+    extern "C" __global__ void rmsnorm_fwd_##tn##_wf32(const T* x, const float* w, T* out, int h, float eps, int vec) { \
+        rmsnorm_impl(x, w, out, h, eps, vec);                                                                   \
+    }                                                                                                           \
+    extern "C" __global__ void rmsnorm_fwd_##tn##_wbf16(const T* x, const __nv_bfloat16* w, T* out, int h, float eps, \
+                                                        int vec) {                                              \
+        rmsnorm_impl(x, w, out, h, eps, vec);                                                                   \
+    }                                                                                                           \
+    extern "C" __global__ void rmsnorm_fwd_##tn##_wf16(const T* x, const __half* w, T* out, int h, float eps, int vec) { \
+        rmsnorm_impl(x, w, out, h, eps, vec);                                                                   \
+    }
+
+QL_FOR_ACT(QL_RMSNORM)

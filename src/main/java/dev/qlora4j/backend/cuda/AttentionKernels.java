@@ -1,0 +1,173 @@
+package dev.qlora4j.backend.cuda;
+
+import dev.qlora4j.cuda.Dim3;
+import dev.qlora4j.cuda.KernelArgs;
+import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Tensor;
+
+import java.util.Arrays;
+
+/**
+ * Launchers of native/attention.cu: the cache write, flash prefill (T > 1) and split-K decode (T = 1)
+ * with its combine step. See the .cu file for the tiling.
+ */
+final class AttentionKernels {
+    private AttentionKernels() {}
+
+    /** Head dimensions the kernels are compiled for (a template parameter: registers are sized by it). */
+    static final int[] HEAD_DIMS = {16, 32, 64, 96, 128, 256};
+    static final int THREADS = 128;
+    /** Most query heads one decode block serves (the largest DEC_GMAX instance in attention.cu). */
+    static final int DECODE_HEADS_PER_BLOCK = 8;
+
+    /** Query heads per decode block: the smallest of 1, 2, 4, 8 that holds a kv head's group, else 8. */
+    static int decodeHeadsPerBlock(int heads, int kvHeads) {
+        int group = heads / kvHeads;
+        int gm = 1;
+        while (gm < group && gm < DECODE_HEADS_PER_BLOCK) gm *= 2;
+        return gm;
+    }
+    /** Fewest cache slots worth a split of their own in decode. */
+    static final int MIN_SLOTS_PER_SPLIT = 256;
+    static final int MAX_SPLITS = 64;
+
+    /** Checked sizes of one call. */
+    record Shape(int batch, int tokens, int heads, int kvHeads, int headDim, int capacity) {}
+
+    static Shape check(Tensor q, Tensor k, Tensor v, CudaKvCache c, DType act, int start, Tensor padStart, int heads,
+                       int kvHeads, int headDim) {
+        KernelTypes.requireRank(q, 2, "attention q");
+        KernelTypes.requireRank(k, 2, "attention k");
+        KernelTypes.requireSameShape(k, v, "attention k and v");
+        KernelTypes.requireIndices(padStart, "attention padStart");
+        for (Tensor t : new Tensor[] {q, k, v}) {
+            if (t.dtype() != act) throw new IllegalArgumentException("attention inputs must be " + act + ", got " + t);
+        }
+        if (c.dtype() != act) {
+            throw new IllegalArgumentException("attention: the KV cache holds " + c.dtype() + " but activations are " + act);
+        }
+        if (heads < 1 || kvHeads < 1 || heads % kvHeads != 0) {
+            throw new IllegalArgumentException("attention: heads (" + heads + ") must be a positive multiple of kvHeads ("
+                    + kvHeads + ")");
+        }
+        if (c.kvHeads() != kvHeads || c.headDim() != headDim) {
+            throw new IllegalArgumentException("attention: KV cache has kvHeads=" + c.kvHeads() + " headDim="
+                    + c.headDim() + " but the call has kvHeads=" + kvHeads + " headDim=" + headDim);
+        }
+        if (Arrays.stream(HEAD_DIMS).noneMatch(d -> d == headDim)) {
+            throw new IllegalArgumentException("attention: headDim " + headDim + " has no CUDA kernel; supported: "
+                    + Arrays.toString(HEAD_DIMS) + " (add it to QL_ATTN in native/attention.cu)");
+        }
+        int batch = c.batch();
+        if (padStart.dim(0) != batch) {
+            throw new IllegalArgumentException("attention: padStart has " + padStart.dim(0)
+                    + " entries but the KV cache batch is " + batch);
+        }
+        if (q.dim(1) != heads * headDim || k.dim(1) != kvHeads * headDim) {
+            throw new IllegalArgumentException("attention: q " + KernelTypes.shape(q) + " and k " + KernelTypes.shape(k)
+                    + " must be [B*T, " + heads + "*" + headDim + "] and [B*T, " + kvHeads + "*" + headDim + "]");
+        }
+        if (q.dim(0) != k.dim(0) || q.dim(0) % batch != 0 || q.dim(0) == 0) {
+            throw new IllegalArgumentException("attention: q " + KernelTypes.shape(q) + " and k " + KernelTypes.shape(k)
+                    + " must both have B*T rows (T >= 1) with B = " + batch + " (the KV cache batch)");
+        }
+        int tokens = q.dim(0) / batch;
+        if (start < 0 || start + tokens > c.capacity()) {
+            throw new IllegalArgumentException("attention: slots [" + start + ", " + (start + tokens)
+                    + ") do not fit the KV cache capacity " + c.capacity() + "; create a larger cache");
+        }
+        return new Shape(batch, tokens, heads, kvHeads, headDim, c.capacity());
+    }
+
+    /**
+     * Writes k, v into the cache at slots [start, start+T) and attends. startPtr: 0, or the device address of
+     * an int holding start (captured decode graphs); the kernels then read start from there.
+     */
+    static Tensor attention(CudaContext ctx, DType act, Shape s, Tensor q, Tensor k, Tensor v, CudaKvCache c, int layer,
+                            int start, long startPtr, Tensor padStart, float scale, int window) {
+        String t = KernelTypes.act(act);
+        long kc = c.keyPointer(layer), vc = c.valuePointer(layer);
+        long n = (long) s.batch() * s.tokens() * s.kvHeads() * s.headDim();
+        ctx.launch1d(ctx.function("attention", "kv_write_" + t), n,
+                KernelArgs.of().ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v)).ptr(kc).ptr(vc).i32(s.batch())
+                        .i32(s.tokens()).i32(s.kvHeads()).i32(s.headDim()).i32(s.capacity()).i32(start).ptr(startPtr));
+        Tensor out = ctx.empty(act, q.shape());
+        try {
+            if (s.tokens() == 1) {
+                decode(ctx, t, s, q, kc, vc, out, start, startPtr, padStart, scale, window);
+            } else {
+                prefill(ctx, t, s, q, kc, vc, out, start, startPtr, padStart, scale, window);
+            }
+            return out;
+        } catch (RuntimeException e) {
+            out.close();
+            throw e;
+        }
+    }
+
+    /** Query rows per prefill block: 4 warps of R rows (R = 8 up to headDim 128, else 4). */
+    static int prefillRows(int headDim) { return 4 * (headDim <= 128 ? 8 : 4); }
+
+    static int prefillSharedBytes(int headDim) {
+        return 4 * (prefillRows(headDim) * headDim + 32 * (headDim + 4) + 32 * headDim);
+    }
+
+    private static void prefill(CudaContext ctx, String t, Shape s, Tensor q, long kc, long vc, Tensor out, int start,
+                                long startPtr, Tensor padStart, float scale, int window) {
+        int d = s.headDim();
+        long fn = ctx.function("attention", "attn_prefill_" + t + "_d" + d);
+        int smem = prefillSharedBytes(d);
+        ctx.allowSharedMemory(fn, smem);
+        int bq = prefillRows(d);
+        Dim3 grid = new Dim3((s.tokens() + bq - 1) / bq, s.heads(), s.batch());
+        ctx.launch(fn, grid, Dim3.of(THREADS), smem,
+                KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(kc).ptr(vc).ptr(CudaContext.ptr(out))
+                        .ptr(CudaContext.ptr(padStart)).i32(s.tokens()).i32(s.heads()).i32(s.kvHeads())
+                        .i32(s.capacity()).i32(start).ptr(startPtr).f32(scale).i32(window));
+    }
+
+    /**
+     * Splits of the decode over the cache: enough blocks to fill the GPU (two per SM), none shorter than
+     * MIN_SLOTS_PER_SPLIT slots of the capacity. A function of the capacity and shapes only, never of the
+     * current length, so direct calls and graph replays launch the same grid (and round the same way).
+     */
+    static int decodeSplits(int capacity, int batch, int kvHeads, int heads, int multiprocessors) {
+        int gm = decodeHeadsPerBlock(heads, kvHeads);
+        int chunks = (heads / kvHeads + gm - 1) / gm;
+        long blocks = (long) batch * kvHeads * chunks;
+        long toFill = (2L * multiprocessors + blocks - 1) / blocks;
+        long byLength = (capacity + MIN_SLOTS_PER_SPLIT - 1) / MIN_SLOTS_PER_SPLIT;
+        return (int) Math.max(1, Math.min(MAX_SPLITS, Math.min(toFill, byLength)));
+    }
+
+    private static void decode(CudaContext ctx, String t, Shape s, Tensor q, long kc, long vc, Tensor out, int start,
+                               long startPtr, Tensor padStart, float scale, int window) {
+        int d = s.headDim();
+        int splits = decodeSplits(s.capacity(), s.batch(), s.kvHeads(), s.heads(),
+                ctx.properties().multiprocessorCount());
+        int gm = decodeHeadsPerBlock(s.heads(), s.kvHeads());
+        int chunks = (s.heads() / s.kvHeads() + gm - 1) / gm;
+        Tensor partMl = null, partAcc = null;
+        try {
+            if (splits > 1) {
+                partMl = ctx.empty(DType.F32, s.batch(), s.heads(), splits, 2);
+                partAcc = ctx.empty(DType.F32, s.batch(), s.heads(), splits, d);
+            }
+            ctx.launch(ctx.function("attention", "attn_decode_" + t + "_d" + d + "_g" + gm),
+                    new Dim3(splits, s.kvHeads() * chunks, s.batch()), Dim3.of(THREADS), 0,
+                    KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(kc).ptr(vc).ptr(CudaContext.ptr(out))
+                            .ptr(CudaContext.ptrOrNull(partMl)).ptr(CudaContext.ptrOrNull(partAcc))
+                            .ptr(CudaContext.ptr(padStart)).i32(s.heads()).i32(s.kvHeads()).i32(s.capacity())
+                            .i32(start).ptr(startPtr).f32(scale).i32(window));
+            if (splits > 1) {
+                ctx.launch(ctx.function("attention", "attn_combine_" + t + "_d" + d), Dim3.of(s.heads(), s.batch()),
+                        Dim3.of(Math.max(32, d)), 0,
+                        KernelArgs.of().ptr(CudaContext.ptr(partMl)).ptr(CudaContext.ptr(partAcc))
+                                .ptr(CudaContext.ptr(out)).i32(s.heads()).i32(splits));
+            }
+        } finally {
+            if (partMl != null) partMl.close();
+            if (partAcc != null) partAcc.close();
+        }
+    }
+}

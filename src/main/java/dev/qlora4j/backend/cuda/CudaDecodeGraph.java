@@ -1,0 +1,179 @@
+package dev.qlora4j.backend.cuda;
+
+import dev.qlora4j.cuda.CachingAllocator;
+import dev.qlora4j.cuda.CaptureMode;
+import dev.qlora4j.cuda.CudaDriver;
+import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Half;
+import dev.qlora4j.tensor.Tensor;
+
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+
+/**
+ * A decode step recorded as a CUDA graph and replayed.
+ *
+ * <p>What makes the step replayable:
+ * <ul>
+ *   <li>Per-step values live in static device tensors: ids [B], positions [B] and start [1] (the cache slot),
+ *       written by async copies from pinned host memory on the compute stream before each launch. The
+ *       attention kernels read start through a pointer ({@link CudaBackend#useGraphStart}); rope and the
+ *       embedding read positions and ids from their tensors anyway. Kernel launch shapes never depend on
+ *       start (decode splits follow the cache capacity), so one recording serves every step.</li>
+ *   <li>Every tensor the step allocates comes from a private pool (a CachingAllocator of its own, swapped
+ *       into the context for the first step and the capture). Blocks a replay writes therefore belong to the
+ *       graph alone: nothing else can be handed one of them between replays.</li>
+ *   <li>The first {@link #step} runs the body directly (a real step, whose logits are returned) with the pool
+ *       in place: that fills the pool with exactly the blocks the step needs. The capture then repeats the
+ *       same allocation sequence and is served from the pool's cache, so no cuMemAlloc happens while the
+ *       stream is captured (it would be an error); this is verified.</li>
+ * </ul>
+ * The graph's logits tensor stays open until {@link #close}. The KV cache and weights the body uses must
+ * outlive the graph.
+ */
+final class CudaDecodeGraph implements DecodeGraph {
+    private final CudaBackend backend;
+    private final CudaContext ctx;
+    private final CudaDriver driver;
+    private final int batch;
+    private final Body body;
+    private final CachingAllocator pool;
+    private final Tensor ids;        // I32 [batch]
+    private final Tensor positions;  // I32 [batch]
+    private final Tensor start;      // I32 [1]
+    private final MemorySegment pinnedInputs;   // ids, positions, start, status word (3 ints)
+    private MemorySegment pinnedLogits;
+    private Tensor logits;           // the captured step's output [batch, vocab]
+    private long graph;
+    private long exec;
+    private boolean closed;
+
+    CudaDecodeGraph(CudaBackend backend, int batch, Body body) {
+        if (batch < 1) throw new IllegalArgumentException("decode graph batch must be >= 1, got " + batch);
+        this.backend = backend;
+        this.ctx = backend.context();
+        this.driver = ctx.driver();
+        this.batch = batch;
+        this.body = body;
+        this.pool = CachingAllocator.over(driver);
+        this.ids = ctx.empty(DType.I32, batch);
+        this.positions = ctx.empty(DType.I32, batch);
+        this.start = ctx.empty(DType.I32, 1);
+        this.pinnedInputs = driver.memAllocHost(4L * (2 * batch + 1 + 3));
+    }
+
+    @Override
+    public boolean isCaptured() { return exec != 0; }
+
+    @Override
+    public float[][] step(int[] stepIds, int[] stepPositions, int stepStart) {
+        if (closed) throw new IllegalStateException("decode graph is closed");
+        if (stepIds.length != batch || stepPositions.length != batch) {
+            throw new IllegalArgumentException("decode graph of batch " + batch + " got " + stepIds.length + " ids and "
+                    + stepPositions.length + " positions");
+        }
+        writeInputs(stepIds, stepPositions, stepStart);
+        if (exec == 0) return firstStepThenCapture(stepStart);
+        driver.graphLaunch(exec, ctx.stream());
+        return readLogits();
+    }
+
+    private void writeInputs(int[] stepIds, int[] stepPositions, int stepStart) {
+        // The previous step's copies have completed: every step ends with a stream synchronization.
+        MemorySegment.copy(stepIds, 0, pinnedInputs, ValueLayout.JAVA_INT, 0, batch);
+        MemorySegment.copy(stepPositions, 0, pinnedInputs, ValueLayout.JAVA_INT, 4L * batch, batch);
+        pinnedInputs.setAtIndex(ValueLayout.JAVA_INT, 2L * batch, stepStart);
+        long host = pinnedInputs.address();
+        long s = ctx.stream();
+        driver.memcpyHtoDAsync(CudaContext.ptr(ids), host, 4L * batch, s);
+        driver.memcpyHtoDAsync(CudaContext.ptr(positions), host + 4L * batch, 4L * batch, s);
+        driver.memcpyHtoDAsync(CudaContext.ptr(start), host + 8L * batch, 4, s);
+    }
+
+    private float[][] firstStepThenCapture(int stepStart) {
+        CachingAllocator before = ctx.swapAllocator(pool);
+        backend.useGraphStart(CudaContext.ptr(start));
+        try {
+            float[][] result;
+            try (Tensor direct = body.run(ids, positions, stepStart)) {
+                checkLogits(direct);
+                result = toRows(backend.toHost(direct));
+            }
+            long deviceAllocs = pool.stats().deviceAllocs();
+            driver.streamBeginCapture(ctx.stream(), CaptureMode.GLOBAL);
+            try {
+                logits = body.run(ids, positions, stepStart);
+            } catch (RuntimeException e) {
+                try {   // end the capture so the stream is usable again; the body's error is the one to report
+                    driver.graphDestroy(driver.streamEndCapture(ctx.stream()));
+                } catch (RuntimeException e2) {
+                    e.addSuppressed(e2);
+                }
+                throw e;
+            }
+            graph = driver.streamEndCapture(ctx.stream());
+            checkLogits(logits);
+            if (pool.stats().deviceAllocs() != deviceAllocs) {
+                throw new IllegalStateException("the decode step allocated new device memory while being captured:"
+                        + " its allocations differ from the first (direct) step; the step must do the same work every time");
+            }
+            exec = driver.graphInstantiate(graph);
+            pinnedLogits = driver.memAllocHost(logits.byteSize());
+            return result;
+        } finally {
+            backend.useGraphStart(0);
+            ctx.swapAllocator(before);
+        }
+    }
+
+    private void checkLogits(Tensor t) {
+        if (t.rank() != 2 || t.dim(0) != batch) {
+            throw new IllegalArgumentException("decode graph body must return logits [" + batch + ", vocab], got " + t);
+        }
+    }
+
+    private float[][] readLogits() {
+        long s = ctx.stream();
+        long statusAt = pinnedInputs.address() + 4L * (2 * batch + 1);
+        driver.memcpyDtoHAsync(pinnedLogits.address(), CudaContext.ptr(logits), logits.byteSize(), s);
+        driver.memcpyDtoHAsync(statusAt, backend.status().pointer(), 12, s);
+        driver.streamSynchronize(s);
+        int code = pinnedInputs.getAtIndex(ValueLayout.JAVA_INT, 2L * batch + 1);
+        if (code != 0) backend.synchronize(); // clears the word and throws its error
+        int vocab = logits.dim(1);
+        float[][] rows = new float[batch][vocab];
+        boolean bf16 = logits.dtype() == DType.BF16;
+        for (int r = 0; r < batch; r++) {
+            for (int j = 0; j < vocab; j++) {
+                long i = (long) r * vocab + j;
+                rows[r][j] = bf16 ? Half.bf16ToFloat(pinnedLogits.getAtIndex(ValueLayout.JAVA_SHORT, i))
+                        : pinnedLogits.getAtIndex(ValueLayout.JAVA_FLOAT, i);
+            }
+        }
+        return rows;
+    }
+
+    private float[][] toRows(Tensor host) {
+        int vocab = host.dim(1);
+        float[] flat = host.toFloatArray();
+        float[][] rows = new float[batch][];
+        for (int r = 0; r < batch; r++) rows[r] = java.util.Arrays.copyOfRange(flat, r * vocab, (r + 1) * vocab);
+        return rows;
+    }
+
+    @Override
+    public void close() {
+        if (closed) return;
+        closed = true;
+        ctx.synchronize();
+        if (exec != 0) driver.graphExecDestroy(exec);
+        if (graph != 0) driver.graphDestroy(graph);
+        if (logits != null) logits.close();
+        pool.close();
+        ids.close();
+        positions.close();
+        start.close();
+        driver.memFreeHost(pinnedInputs);
+        if (pinnedLogits != null) driver.memFreeHost(pinnedLogits);
+    }
+}

@@ -1,0 +1,132 @@
+package dev.qlora4j.backend.cuda;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import dev.qlora4j.Golden;
+import dev.qlora4j.backend.Backend;
+import dev.qlora4j.backend.KvCache;
+import dev.qlora4j.backend.QuantizedWeight;
+import dev.qlora4j.backend.cpu.CpuBackend;
+import dev.qlora4j.infer.GenerationResult;
+import dev.qlora4j.infer.Generator;
+import dev.qlora4j.infer.SamplingParams;
+import dev.qlora4j.infer.TokenListener;
+import dev.qlora4j.io.CheckpointReader;
+import dev.qlora4j.model.CheckpointWeights;
+import dev.qlora4j.model.LinearFactory;
+import dev.qlora4j.model.ModelConfig;
+import dev.qlora4j.model.TransformerLM;
+import dev.qlora4j.quant.Int8Weight;
+import dev.qlora4j.quant.QuantState4bit;
+import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Device;
+import dev.qlora4j.tensor.Tensor;
+
+import java.util.ArrayList;
+import java.util.List;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+/**
+ * The Generator's decode-graph path, on the CPU: a backend that delegates every op to CpuBackend and offers
+ * a "graph" that simply runs its body (what a CUDA graph replays) must give the golden greedy tokens, with
+ * the step inputs the direct path would use (ids, positions, cache slot), one graph per generate() call.
+ */
+class GeneratorGraphCoreTest {
+
+    @ParameterizedTest
+    @ValueSource(strings = {"llama-f32", "mistral-f32"})
+    void graphStepsGiveTheGoldenTokensWithTheDirectStepsInputs(String name) throws Exception {
+        JsonNode g = Golden.json(name);
+        int n = g.get("max_new_tokens").asInt();
+        List<JsonNode> prompts = new ArrayList<>();
+        g.get("prompts").forEach(prompts::add);
+        int[][] all = new int[prompts.size()][];
+        for (int i = 0; i < all.length; i++) all[i] = Golden.ints(prompts.get(i).get("input_ids"));
+        int promptLen = 0;
+        for (int[] p : all) promptLen = Math.max(promptLen, p.length);
+        try (CheckpointReader reader = CheckpointReader.open(Golden.dir(name));
+             RunBodyBackend b = new RunBodyBackend(new CpuBackend(2))) {
+            ModelConfig c = ModelConfig.load(Golden.dir(name));
+            TransformerLM m = TransformerLM.load(c, new CheckpointWeights(reader, name), b, LinearFactory.DENSE);
+            GenerationResult r = new Generator(m, c.eosTokenIds(), 0, x -> "")
+                    .generate(all, SamplingParams.greedy(n).withMinNewTokens(n), TokenListener.NONE);
+            JsonNode expected = g.get("batch").get("greedy_tokens");
+            for (int i = 0; i < all.length; i++) assertArrayEquals(Golden.ints(expected.get(i)), r.outputIds()[i], "row " + i);
+            assertEquals(1, b.graphs);
+            assertEquals(n - 1, b.starts.size(), "one graph step per decode step");
+            for (int s = 0; s < n - 1; s++) {
+                assertEquals(promptLen + s, b.starts.get(s), "cache slot of step " + s);
+                for (int i = 0; i < all.length; i++) assertEquals(all[i].length + s, b.positions.get(s)[i], "position");
+            }
+        }
+    }
+
+    /** CpuBackend plus a DecodeGraph that runs its body on host copies of the step inputs. */
+    static final class RunBodyBackend implements Backend, GraphCapable {
+        final CpuBackend cpu;
+        int graphs;
+        final List<Integer> starts = new ArrayList<>();
+        final List<int[]> positions = new ArrayList<>();
+
+        RunBodyBackend(CpuBackend cpu) { this.cpu = cpu; }
+
+        @Override public boolean decodeGraphsEnabled() { return true; }
+
+        @Override
+        public DecodeGraph newDecodeGraph(int batch, DecodeGraph.Body body) {
+            graphs++;
+            return new DecodeGraph() {
+                boolean captured;
+
+                @Override
+                public float[][] step(int[] ids, int[] pos, int start) {
+                    starts.add(start);
+                    positions.add(pos.clone());
+                    captured = true;
+                    Tensor logits = body.run(Tensor.ofInts(ids.clone(), batch), Tensor.ofInts(pos.clone(), batch), start);
+                    float[] flat = logits.toFloatArray();
+                    int vocab = logits.dim(1);
+                    float[][] rows = new float[batch][];
+                    for (int r = 0; r < batch; r++) rows[r] = java.util.Arrays.copyOfRange(flat, r * vocab, (r + 1) * vocab);
+                    return rows;
+                }
+
+                @Override public boolean isCaptured() { return captured; }
+
+                @Override public void close() {}
+            };
+        }
+
+        @Override public Device device() { return cpu.device(); }
+        @Override public DType activationDType() { return cpu.activationDType(); }
+        @Override public Tensor empty(DType d, int... s) { return cpu.empty(d, s); }
+        @Override public Tensor upload(Tensor h) { return cpu.upload(h); }
+        @Override public Tensor toHost(Tensor t) { return cpu.toHost(t); }
+        @Override public Tensor cast(Tensor t, DType d) { return cpu.cast(t, d); }
+        @Override public Tensor embedding(Tensor ids, Tensor table) { return cpu.embedding(ids, table); }
+        @Override public Tensor rmsNorm(Tensor x, Tensor w, float eps) { return cpu.rmsNorm(x, w, eps); }
+        @Override public Tensor linear(Tensor x, Tensor w, Tensor b) { return cpu.linear(x, w, b); }
+        @Override public Tensor add(Tensor a, Tensor b) { return cpu.add(a, b); }
+        @Override public Tensor addInPlace(Tensor a, Tensor b) { return cpu.addInPlace(a, b); }
+        @Override public Tensor siluMul(Tensor g, Tensor u) { return cpu.siluMul(g, u); }
+        @Override public void ropeInPlace(Tensor x, Tensor p, Tensor f, int h, int d, float s) { cpu.ropeInPlace(x, p, f, h, d, s); }
+        @Override public KvCache newKvCache(int l, int b, int k, int c, int d) { return cpu.newKvCache(l, b, k, c, d); }
+
+        @Override
+        public Tensor attention(Tensor q, Tensor k, Tensor v, KvCache c, int layer, int start, Tensor pad, int h, int kvh,
+                                int d, float scale, int window) {
+            return cpu.attention(q, k, v, c, layer, start, pad, h, kvh, d, scale, window);
+        }
+
+        @Override public Tensor gatherRows(Tensor x, Tensor rows) { return cpu.gatherRows(x, rows); }
+        @Override public Tensor crossEntropy(Tensor l, Tensor t) { return cpu.crossEntropy(l, t); }
+        @Override public QuantizedWeight prepare4bit(QuantState4bit w, DType d) { return cpu.prepare4bit(w, d); }
+        @Override public QuantizedWeight prepare8bit(Int8Weight w, float t) { return cpu.prepare8bit(w, t); }
+        @Override public Tensor linearQuantized(Tensor x, QuantizedWeight w, Tensor b) { return cpu.linearQuantized(x, w, b); }
+        @Override public Tensor dequantize(QuantizedWeight w, DType d) { return cpu.dequantize(w, d); }
+        @Override public void close() { cpu.close(); }
+    }
+}
