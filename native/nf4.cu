@@ -65,7 +65,8 @@ __device__ __forceinline__ float q4_absmax(const Q4Weight& w, int64_t block) {
     if (!w.nested) return __ldg(reinterpret_cast<const float*>(w.absmax) + block);
     int q = __ldg(reinterpret_cast<const uint8_t*>(w.absmax) + block);
     int64_t nb = w.nested_shift >= 0 ? (block >> w.nested_shift) : block / w.nested_bs;
-    return __fadd_rn(__fmul_rn(__ldg(w.nested_code + q), __ldg(w.nested_absmax + nb)), w.offset);
+    // nested_code may point to shared memory (the GEMV copies it there): a generic load, not __ldg
+    return __fadd_rn(__fmul_rn(w.nested_code[q], __ldg(w.nested_absmax + nb)), w.offset);
 }
 
 #define Q4_WEIGHT_PARAMS                                                                             \
@@ -612,7 +613,7 @@ __device__ void gemv_mma_kernel(Q4Weight w, const float* __restrict__ code16, co
     float* ncode = reinterpret_cast<float*>(gemv_smem + GEMV_TABLE_BYTES);
     if (w.nested) {
         for (int j = threadIdx.x; j < 256; j += GEMV_THREADS) ncode[j] = w.nested_code[j];
-        w.nested_code = ncode;  // q4_absmax reads it through __ldg from global otherwise; shared is cheaper
+        w.nested_code = ncode;  // 256 random lookups per warp chunk: shared memory, not global
     }
     __syncthreads();
     GemvShape s{M, N, K, (K + GEMV_CHUNK_K - 1) / GEMV_CHUNK_K};
