@@ -111,7 +111,7 @@ final class CudaNf4BenchWorkload implements AutoCloseable {
         for (int i = 0; i < 3; i++) op.accept(i);  // warm: modules, cuBLAS handle, allocator blocks, GEMV scratch
         ctx.synchronize();
         CudaDriver d = ctx.driver();
-        d.streamBeginCapture(ctx.stream(), CaptureMode.THREAD_LOCAL);
+        d.streamBeginCapture(ctx.stream(), CaptureMode.RELAXED);
         long graph;
         try {
             for (int i = 0; i < LAUNCHES; i++) op.accept(i);
