@@ -1,41 +1,264 @@
 package dev.qlora4j.backend.cuda;
 
 import dev.qlora4j.backend.QuantizedWeight;
+import dev.qlora4j.cuda.Cublas;
+import dev.qlora4j.quant.DynamicMap;
 import dev.qlora4j.quant.Int8Weight;
+import dev.qlora4j.quant.Quant4bit;
 import dev.qlora4j.quant.QuantState4bit;
+import dev.qlora4j.quant.QuantType;
 import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
 
+import java.lang.foreign.MemorySegment;
+import java.util.Arrays;
+
 /**
- * PLACEHOLDER of the CUDA quantized-weight ops (4-bit NF4/FP4 and LLM.int8), which another branch
- * implements (CudaQuant* / Quant4bitKernels / Int8Kernels, native/nf4.cu, native/int8.cu). It exists so
- * that this branch compiles on its own; the merge replaces this file with the real one. CudaBackend calls
- * exactly these four static methods.
+ * The CUDA backend's quantized-weight ops (bitsandbytes 4-bit and LLM.int8), with the numerics of the CPU
+ * reference in dev.qlora4j.quant: dequantization and quantization bit-exact, matmuls equal up to float32
+ * accumulation order.
+ *
+ * <p>4-bit linear, y [n, out] = x [n, in] W^T + bias, by rows of x:
+ * <ul>
+ *   <li>n &lt;= 16 (decode): one fused kernel that reads each packed byte once (tensor cores for BF16/F16
+ *       compute with in % 32 == 0; a float32 SIMT kernel for F32 compute or other in);</li>
+ *   <li>n &gt; 16 (prefill, training): dequantize into a compute-dtype workspace, then one cuBLAS GEMM.</li>
+ * </ul>
+ * Compute dtype semantics (Nf4Matmul, bitsandbytes' Linear4bit): weight rounded to the state's dtype then to
+ * the compute dtype; x and bias rounded to the compute dtype; float32 accumulation; the sum plus bias
+ * rounded once to the compute dtype, then stored in x's dtype.
  */
 public final class CudaQuantOps {
     private CudaQuantOps() {}
 
-    private static UnsupportedOperationException missing() {
-        return new UnsupportedOperationException("4-bit/8-bit on CUDA: not in this build");
-    }
+    // ---- 4-bit ----
 
-    /** A 4-bit weight made ready for the GPU (dequantized to computeDType inside the matmul). */
+    /** Uploads a bitsandbytes 4-bit state [out, in]; the matmul computes in computeDType (F32, BF16 or F16). */
     public static QuantizedWeight prepare4bit(CudaContext ctx, QuantState4bit state, DType computeDType) {
-        throw missing();
+        int[] shape = state.shape();
+        if (shape.length != 2) {
+            throw new IllegalArgumentException("a 4-bit linear weight must be 2-D [out, in], got shape " + Arrays.toString(shape));
+        }
+        Quant4bitKernels.dtypeCode(computeDType, "bnb_4bit_compute_dtype");
+        long n = state.numel();
+        int packedBytes = Math.toIntExact((n + 1) / 2);
+        Tensor packed = null, absmax = null, nestedAbsmax = null, nestedCode = null, code16 = null;
+        try {
+            packed = ctx.upload(Tensor.view(state.weight().segment().asSlice(0, packedBytes), DType.U8, packedBytes));
+            absmax = ctx.upload(state.absmax().reshape(state.blocks()));
+            float[] nestedCodeHost = null;
+            int nestedBs = 0;
+            if (state.nested()) {
+                QuantState4bit.Nested s2 = state.state2();
+                nestedAbsmax = ctx.upload(s2.absmax().reshape(Math.toIntExact(s2.absmax().numel())));
+                nestedCodeHost = s2.code();
+                nestedCode = ctx.upload(Tensor.of(nestedCodeHost.clone(), 256));
+                nestedBs = s2.blocksize();
+            }
+            code16 = ctx.upload(Tensor.of(dequantTable(state.quantType()), 16));
+            return new CudaQuant4bit(packed, absmax, nestedAbsmax, nestedCode, nestedCodeHost, code16, shape[0], shape[1],
+                    state.blocksize(), nestedBs, state.quantType(), state.dtype(), computeDType, state.offset());
+        } catch (RuntimeException e) {
+            closeAll(packed, absmax, nestedAbsmax, nestedCode, code16);
+            throw e;
+        }
     }
 
-    /** An LLM.int8 weight made ready for the GPU; threshold 0 means pure int8. */
-    public static QuantizedWeight prepare8bit(CudaContext ctx, Int8Weight weight, float threshold) {
-        throw missing();
+    /**
+     * Quantizes a device weight [out, in] (F32, BF16 or F16) on the GPU, bit-exact with
+     * {@link Quant4bit#quantize(Tensor, QuantType, int, boolean)}; the matmul computes in the weight's dtype.
+     */
+    public static CudaQuant4bit quantize4bit(CudaContext ctx, Tensor deviceWeight, QuantType type, int blocksize,
+                                             boolean doubleQuant) {
+        return quantize4bit(ctx, deviceWeight, type, blocksize, doubleQuant, deviceWeight.dtype());
     }
 
-    /** x [n, in] times the quantized weight transposed, + bias [out] or null -> [n, out]. */
+    /** As {@link #quantize4bit(CudaContext, Tensor, QuantType, int, boolean)} with an explicit compute dtype. */
+    public static CudaQuant4bit quantize4bit(CudaContext ctx, Tensor deviceWeight, QuantType type, int blocksize,
+                                             boolean doubleQuant, DType computeDType) {
+        if (deviceWeight.rank() != 2) {
+            throw new IllegalArgumentException("quantize4bit takes a 2-D weight [out, in], got shape " + Arrays.toString(deviceWeight.shape()));
+        }
+        Quant4bitKernels.dtypeCode(deviceWeight.dtype(), "the weight to quantize");
+        Quant4bitKernels.dtypeCode(computeDType, "bnb_4bit_compute_dtype");
+        checkBlocksize(blocksize);
+        long n = deviceWeight.numel();
+        if (n > Integer.MAX_VALUE - 8) {
+            throw new IllegalArgumentException("weight " + deviceWeight + " has more than 2^31 values; split it");
+        }
+        int blocks = (int) ((n + blocksize - 1) / blocksize);
+        Tensor packed = ctx.empty(DType.U8, (int) ((n + 1) / 2));
+        Tensor absmax = ctx.empty(DType.F32, blocks);
+        Tensor code16 = null, codes = null, nestedAbsmax = null, nestedCode = null;
+        try {
+            Quant4bitKernels.quantize(ctx, deviceWeight, blocksize, type == QuantType.NF4 ? 0 : 1, packed, absmax);
+            code16 = ctx.upload(Tensor.of(dequantTable(type), 16));
+            if (!doubleQuant) {
+                return new CudaQuant4bit(packed, absmax, null, null, null, code16, deviceWeight.dim(0), deviceWeight.dim(1),
+                        blocksize, 0, type, deviceWeight.dtype(), computeDType, 0f);
+            }
+            // offset = mean(absmax) exactly as Quant4bit computes it: a sequential float64 sum on the host
+            float[] hostAbsmax = ctx.download(absmax).toFloatArray();
+            double sum = 0;
+            for (float a : hostAbsmax) sum += a;
+            float offset = (float) (sum / blocks);
+            int nb = Quant4bit.NESTED_BLOCKSIZE;
+            float[] map = DynamicMap.signed();
+            codes = ctx.empty(DType.U8, blocks);
+            nestedAbsmax = ctx.empty(DType.F32, (blocks + nb - 1) / nb);
+            nestedCode = ctx.upload(Tensor.of(map.clone(), 256));
+            Quant4bitKernels.doubleQuantize(ctx, absmax, offset, nestedCode, nb, codes, nestedAbsmax);
+            absmax.close();
+            return new CudaQuant4bit(packed, codes, nestedAbsmax, nestedCode, map, code16, deviceWeight.dim(0),
+                    deviceWeight.dim(1), blocksize, nb, type, deviceWeight.dtype(), computeDType, offset);
+        } catch (RuntimeException e) {
+            closeAll(packed, absmax, code16, codes, nestedAbsmax, nestedCode);
+            throw e;
+        }
+    }
+
+    // ---- LLM.int8 ----
+
+    /** Uploads an LLM.int8 weight (CB, SCB); threshold 0 means pure int8 (no outlier decomposition). */
+    public static QuantizedWeight prepare8bit(CudaContext ctx, Int8Weight w, float threshold) {
+        if (!(threshold >= 0f) || Float.isInfinite(threshold)) {
+            throw new IllegalArgumentException("llm_int8_threshold must be a finite value >= 0, got " + threshold);
+        }
+        Tensor cb = null, scb = null;
+        try {
+            cb = ctx.upload(Tensor.view(MemorySegment.ofArray(w.cb()), DType.I8, w.outFeatures(), w.inFeatures()));
+            scb = ctx.upload(Tensor.of(w.scb().clone(), w.outFeatures()));
+            return new CudaInt8(cb, scb, threshold);
+        } catch (RuntimeException e) {
+            closeAll(cb, scb);
+            throw e;
+        }
+    }
+
+    // ---- the ops ----
+
+    /**
+     * y [n, out] in x's dtype = x [n, in] W^T + bias. x: device F32, BF16 or F16; bias: device [out]
+     * (F32, BF16 or F16) or null.
+     */
     public static Tensor linear(CudaContext ctx, Tensor x, QuantizedWeight w, Tensor bias) {
-        throw missing();
+        checkLinearArgs(x, w, bias);
+        int n = x.dim(0);
+        if (n == 0) return ctx.empty(x.dtype(), 0, w.outFeatures());
+        return switch (w) {
+            case CudaQuant4bit q -> linear4bit(ctx, x, q, bias);
+            case CudaInt8 q -> Int8Kernels.linear(ctx, x, q, bias);
+            default -> throw wrongBackend(w);
+        };
     }
 
-    /** The dequantized weight [out, in] in dtype. */
+    /** The dequantized weight [out, in] in dtype (F32, BF16 or F16), bit-exact with the CPU. */
     public static Tensor dequantize(CudaContext ctx, QuantizedWeight w, DType dtype) {
-        throw missing();
+        Quant4bitKernels.dtypeCode(dtype, "dequantize dtype");
+        return switch (w) {
+            case CudaQuant4bit q -> {
+                Tensor y = ctx.empty(dtype, q.outFeatures(), q.inFeatures());
+                Quant4bitKernels.dequantize(ctx, q, y, DType.F32);
+                yield y;
+            }
+            case CudaInt8 q -> Int8Kernels.dequantize(ctx, q, dtype);
+            default -> throw wrongBackend(w);
+        };
+    }
+
+    static Tensor linear4bit(CudaContext ctx, Tensor x, CudaQuant4bit w, Tensor bias) {
+        int n = x.dim(0);
+        DType compute = w.computeDType();
+        Tensor y = ctx.empty(x.dtype(), n, w.outFeatures());
+        if (n <= Quant4bitKernels.GEMV_MAX_ROWS) {
+            if (Quant4bitKernels.mmaGemvApplies(w)) {
+                Tensor xc = x.dtype() == compute ? x : converted(ctx, x, compute);
+                try {
+                    Quant4bitKernels.gemvMma(ctx, w, xc, n, bias, y);
+                } finally {
+                    if (xc != x) xc.close();
+                }
+            } else {
+                Quant4bitKernels.gemvSimt(ctx, w, x, n, bias, y);
+            }
+            return y;
+        }
+        // prefill: weight dequantized to the compute dtype (through the state's dtype), one cuBLAS GEMM
+        DType mid = w.stateDType() == DType.F32 || w.stateDType() == compute ? DType.F32 : w.stateDType();
+        Tensor xc = x.dtype() == compute ? x : converted(ctx, x, compute);
+        Tensor yc = x.dtype() == compute ? y : ctx.empty(compute, n, w.outFeatures());
+        try (Tensor wc = ctx.empty(compute, w.outFeatures(), w.inFeatures())) {
+            Quant4bitKernels.dequantize(ctx, w, wc, mid);
+            float beta = 0f;
+            if (bias != null) {  // C = round(compute, bias) per row, added by the GEMM's beta = 1 before its one rounding
+                Quant4bitKernels.biasRows(ctx, bias, yc, n, w.outFeatures());
+                beta = 1f;
+            }
+            Cublas.DataType t = cublasType(compute);
+            ctx.cublas().gemmRowMajor(false, true, n, w.outFeatures(), w.inFeatures(), 1f, CudaContext.ptr(xc),
+                    CudaContext.ptr(wc), t, beta, CudaContext.ptr(yc), t);
+            if (yc != y) Quant4bitKernels.convert(ctx, yc, y);
+        } finally {
+            if (xc != x) xc.close();
+            if (yc != y) yc.close();
+        }
+        return y;
+    }
+
+    // ---- helpers ----
+
+    private static Tensor converted(CudaContext ctx, Tensor x, DType dtype) {
+        Tensor t = ctx.empty(dtype, x.shape());
+        Quant4bitKernels.convert(ctx, x, t);
+        return t;
+    }
+
+    static Cublas.DataType cublasType(DType d) {
+        return switch (d) {
+            case F32 -> Cublas.DataType.F32;
+            case BF16 -> Cublas.DataType.BF16;
+            case F16 -> Cublas.DataType.F16;
+            default -> throw new IllegalArgumentException("no cuBLAS type for " + d);
+        };
+    }
+
+    /** The 16 factors the dequantize kernel multiplies absmax by (QuantType.dequantValue). */
+    static float[] dequantTable(QuantType type) {
+        float[] t = new float[16];
+        for (int q = 0; q < 16; q++) t[q] = type.dequantValue(q);
+        return t;
+    }
+
+    static void checkBlocksize(int blocksize) {
+        if (blocksize < 32 || blocksize > 4096 || Integer.bitCount(blocksize) != 1) {
+            throw new IllegalArgumentException("blocksize must be a power of two in 32..4096 (bitsandbytes' kernels), got " + blocksize);
+        }
+    }
+
+    /** Shape and dtype checks of linear(), with messages that say what to pass instead. */
+    static void checkLinearArgs(Tensor x, QuantizedWeight w, Tensor bias) {
+        if (x.rank() != 2) {
+            throw new IllegalArgumentException("quantized linear takes x as [rows, in_features], got shape " + Arrays.toString(x.shape())
+                    + "; reshape it to 2-D first");
+        }
+        if (x.dim(1) != w.inFeatures()) {
+            throw new IllegalArgumentException("x has " + x.dim(1) + " features but the weight " + w + " expects " + w.inFeatures());
+        }
+        Quant4bitKernels.dtypeCode(x.dtype(), "x");
+        if (bias != null) {
+            if (bias.rank() != 1 || bias.dim(0) != w.outFeatures()) {
+                throw new IllegalArgumentException("bias must be [" + w.outFeatures() + "], got shape " + Arrays.toString(bias.shape()));
+            }
+            Quant4bitKernels.dtypeCode(bias.dtype(), "bias");
+        }
+    }
+
+    private static IllegalArgumentException wrongBackend(QuantizedWeight w) {
+        return new IllegalArgumentException("quantized weight " + w.getClass().getSimpleName()
+                + " was prepared for another backend; prepare it with the CUDA backend's prepare4bit/prepare8bit");
+    }
+
+    private static void closeAll(Tensor... ts) {
+        for (Tensor t : ts) if (t != null) t.close();
     }
 }

@@ -1,0 +1,51 @@
+package dev.qlora4j.bench;
+
+import dev.qlora4j.backend.cuda.CudaContext;
+import dev.qlora4j.cuda.CudaDriver;
+import java.util.Locale;
+
+/**
+ * The NF4 benchmark as one table: for each shape (in x out), rows of x and double quantization, the NF4
+ * linear's time per op, its effective bandwidth (bytes of packed codes + statistics per op / time) as GB/s
+ * and as a share of the measured device-to-device copy bandwidth, cuBLAS BF16's time on the same shape,
+ * and the speedup over cuBLAS. Run: java --enable-native-access=ALL-UNNAMED -cp bench/target/benchmarks.jar
+ * dev.qlora4j.bench.CudaNf4Report [shapes comma-separated] [rows comma-separated].
+ */
+public final class CudaNf4Report {
+    private CudaNf4Report() {}
+
+    public static void main(String[] args) {
+        String[] shapes = (args.length > 0 ? args[0] : "4096x11008,11008x4096,8192x28672").split(",");
+        String[] rowList = (args.length > 1 ? args[1] : "1,2,4,8,16,4096").split(",");
+        if (!CudaDriver.isAvailable()) {
+            System.err.println("no GPU: " + CudaDriver.unavailableReason());
+            System.exit(2);
+        }
+        try (CudaContext ctx = new CudaContext(CudaDriver.get(), 0)) {
+            double copy = CudaNf4BenchWorkload.copyBandwidth(ctx);
+            System.out.printf(Locale.ROOT, "%s, %d SMs; device-to-device copy %.0f GB/s (read + write)%n",
+                    ctx.properties().name(), ctx.properties().multiprocessorCount(), copy / 1e9);
+            System.out.printf(Locale.ROOT, "%-12s %5s %3s %10s %9s %7s %11s %9s %8s%n",
+                    "in x out", "rows", "dq", "nf4 us", "GB/s", "%copy", "cublas us", "cub GB/s", "speedup");
+            for (String shape : shapes) {
+                int[] s = CudaNf4BenchWorkload.parseShape(shape);
+                for (boolean dq : new boolean[] {false, true}) {
+                    try (CudaNf4BenchWorkload w = new CudaNf4BenchWorkload(ctx, s[1], s[0], 1, dq)) {
+                        for (String r : rowList) {
+                            int rows = Integer.parseInt(r.trim());
+                            w.setRows(rows);
+                            double tq = w.microsPerOp(w.nf4Graph(), 21);
+                            double tc = w.microsPerOp(w.cublasGraph(), 21);
+                            // bytes that must move: the weight, plus x and y (negligible for decode)
+                            double io = 2.0 * rows * ((double) s[0] + s[1]);
+                            double gbq = (w.quantizedBytes() + io) / (tq * 1e3);
+                            double gbc = (2.0 * s[0] * s[1] + io) / (tc * 1e3);
+                            System.out.printf(Locale.ROOT, "%-12s %5d %3s %10.2f %9.0f %6.1f%% %11.2f %9.0f %7.2fx%n",
+                                    shape, rows, dq ? "y" : "n", tq, gbq, 100 * gbq * 1e9 / copy, tc, gbc, tc / tq);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,645 @@
+// nf4.cu — bitsandbytes 4-bit weights (NF4 / FP4, optionally double-quantized): dequantize, quantize,
+// the fused decode GEMV (tensor cores, M <= 16 rows of x) and a float32 SIMT GEMV, plus the small
+// conversions the launchers need around cuBLAS (CudaQuant4bit / Quant4bitKernels are the callers).
+//
+// Numerics are those of the CPU reference (dev.qlora4j.quant.Quant4bit, Nf4Matmul, Blockwise8bit,
+// DynamicMap), which are bitsandbytes' rounding rules:
+//   absmax(block)  = F32 absmax[block], or when nested (double quantization)
+//                    fl(fl(nested_code[q[block]] * nested_absmax[block / nested_bs]) + offset)
+//                    (two float32 roundings, in that order: __fmul_rn / __fadd_rn keep nvcc from
+//                    contracting them into one FMA);
+//   value(e)       = fl(table[code(e)] * absmax(e / blocksize)), table = QuantType.dequantValue
+//                    (NF4 codes, FP4 kernel constants; 16 floats passed by the launcher);
+//   dequantize     = value rounded once to the output dtype (nearest even);
+//   matmul weight  = round(compute, round(state, value)), x = round(compute, x), float32 accumulation,
+//                    out = round(compute, acc + round(compute, bias)), then stored in y's dtype.
+//
+// Layout of a 4-bit weight [N, K] (flattened row-major, n = N*K values): packed[(n+1)/2] bytes, value
+// 2i in the high nibble of byte i and 2i+1 in the low nibble; blocks of `blocksize` consecutive
+// flattened values (a power of two in 32..4096) share one absmax. Blocks may straddle rows.
+//
+// Dtype codes (launch arguments): 0 = float32, 1 = bfloat16, 2 = float16.
+#include "common.cuh"
+#include <float.h>
+
+#define DT_F32 0
+#define DT_BF16 1
+#define DT_F16 2
+
+// ---------------------------------------------------------------------------------------------
+// shared helpers
+
+__device__ __forceinline__ float load_as_f32(const void* p, int64_t i, int dtype) {
+    if (dtype == DT_BF16) return bf16_to_f32(reinterpret_cast<const __nv_bfloat16*>(p)[i]);
+    if (dtype == DT_F16) return f16_to_f32(reinterpret_cast<const __half*>(p)[i]);
+    return reinterpret_cast<const float*>(p)[i];
+}
+
+__device__ __forceinline__ void store_from_f32(void* p, int64_t i, int dtype, float v) {
+    if (dtype == DT_BF16) reinterpret_cast<__nv_bfloat16*>(p)[i] = f32_to_bf16(v);
+    else if (dtype == DT_F16) reinterpret_cast<__half*>(p)[i] = f32_to_f16(v);
+    else reinterpret_cast<float*>(p)[i] = v;
+}
+
+// v rounded to the dtype's precision and widened back (exact widening), as Nf4Matmul.round does.
+__device__ __forceinline__ float round_to(float v, int dtype) {
+    if (dtype == DT_BF16) return bf16_to_f32(f32_to_bf16(v));
+    if (dtype == DT_F16) return f16_to_f32(f32_to_f16(v));
+    return v;
+}
+
+// The statistics of one 4-bit weight as the kernels receive them.
+struct Q4Weight {
+    const uint8_t* packed;        // [(n+1)/2]
+    const void* absmax;           // F32 [blocks], or U8 [blocks] when nested
+    const float* nested_absmax;   // F32 [ceil(blocks / nested_bs)] (nested only)
+    const float* nested_code;     // F32 [256] (nested only)
+    float offset;                 // nested only
+    int log2_blocksize;
+    int nested_bs;                // nested only
+    int nested_shift;             // log2(nested_bs) when a power of two, else -1
+    int nested;                   // 0 / 1
+};
+
+__device__ __forceinline__ float q4_absmax(const Q4Weight& w, int64_t block) {
+    if (!w.nested) return __ldg(reinterpret_cast<const float*>(w.absmax) + block);
+    int q = __ldg(reinterpret_cast<const uint8_t*>(w.absmax) + block);
+    int64_t nb = w.nested_shift >= 0 ? (block >> w.nested_shift) : block / w.nested_bs;
+    // nested_code may point to shared memory (the GEMV copies it there): a generic load, not __ldg
+    return __fadd_rn(__fmul_rn(w.nested_code[q], __ldg(w.nested_absmax + nb)), w.offset);
+}
+
+#define Q4_WEIGHT_PARAMS                                                                             \
+    const uint8_t* __restrict__ packed, const void* __restrict__ absmax,                             \
+    const float* __restrict__ nested_absmax, const float* __restrict__ nested_code, float offset,    \
+    int log2_blocksize, int nested_bs, int nested_shift, int nested
+#define Q4_WEIGHT_MAKE                                                                               \
+    Q4Weight w{packed, absmax, nested_absmax, nested_code, offset, log2_blocksize, nested_bs,        \
+               nested_shift, nested}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantize. y[e] = round(out, round(mid, value(e))) for e < n, flattened.
+// mid = the state's dtype when the result feeds a matmul in another compute dtype (Nf4Matmul rounds the
+// weight to the state's dtype first), or DT_F32 for a plain dequantize (Quant4bit.dequantize).
+// code16: the 16 dequantize factors. Launch: 1-D grid-stride over groups of 32 values (16 bytes);
+// block 256, any grid >= 1.
+
+template <typename OutT>
+__device__ __forceinline__ void store_out(OutT* y, int64_t i, float v);
+template <> __device__ __forceinline__ void store_out<float>(float* y, int64_t i, float v) { y[i] = v; }
+template <> __device__ __forceinline__ void store_out<__nv_bfloat16>(__nv_bfloat16* y, int64_t i, float v) { y[i] = f32_to_bf16(v); }
+template <> __device__ __forceinline__ void store_out<__half>(__half* y, int64_t i, float v) { y[i] = f32_to_f16(v); }
+
+template <typename OutT> struct Pack8;  // 8 outputs as one 16-byte (or 2x16-byte) store
+template <> struct Pack8<__nv_bfloat16> {
+    static __device__ __forceinline__ void store(__nv_bfloat16* y, const float* v) {
+        uint4 o;
+        __nv_bfloat162 p0 = __floats2bfloat162_rn(v[0], v[1]), p1 = __floats2bfloat162_rn(v[2], v[3]);
+        __nv_bfloat162 p2 = __floats2bfloat162_rn(v[4], v[5]), p3 = __floats2bfloat162_rn(v[6], v[7]);
+        o.x = *reinterpret_cast<uint32_t*>(&p0); o.y = *reinterpret_cast<uint32_t*>(&p1);
+        o.z = *reinterpret_cast<uint32_t*>(&p2); o.w = *reinterpret_cast<uint32_t*>(&p3);
+        *reinterpret_cast<uint4*>(y) = o;
+    }
+};
+template <> struct Pack8<__half> {
+    static __device__ __forceinline__ void store(__half* y, const float* v) {
+        uint4 o;
+        __half2 p0 = __floats2half2_rn(v[0], v[1]), p1 = __floats2half2_rn(v[2], v[3]);
+        __half2 p2 = __floats2half2_rn(v[4], v[5]), p3 = __floats2half2_rn(v[6], v[7]);
+        o.x = *reinterpret_cast<uint32_t*>(&p0); o.y = *reinterpret_cast<uint32_t*>(&p1);
+        o.z = *reinterpret_cast<uint32_t*>(&p2); o.w = *reinterpret_cast<uint32_t*>(&p3);
+        *reinterpret_cast<uint4*>(y) = o;
+    }
+};
+template <> struct Pack8<float> {
+    static __device__ __forceinline__ void store(float* y, const float* v) {
+        *reinterpret_cast<float4*>(y) = make_float4(v[0], v[1], v[2], v[3]);
+        *reinterpret_cast<float4*>(y + 4) = make_float4(v[4], v[5], v[6], v[7]);
+    }
+};
+
+template <typename OutT>
+__device__ void dequantize_body(const Q4Weight& w, const float* __restrict__ code16, OutT* __restrict__ y,
+                                int64_t n, int mid) {
+    __shared__ float table[16];
+    if (threadIdx.x < 16) table[threadIdx.x] = code16[threadIdx.x];
+    __syncthreads();
+    int64_t groups = (n + 31) / 32;
+    for (int64_t gi = global_thread_index(); gi < groups; gi += grid_stride()) {
+        int64_t e0 = gi * 32;
+        // a group of 32 values lies in one block: blocks are >= 32 values and aligned to 32
+        float amax = q4_absmax(w, e0 >> w.log2_blocksize);
+        if (e0 + 32 <= n) {
+            uint4 q = __ldg(reinterpret_cast<const uint4*>(w.packed + e0 / 2));
+            uint32_t words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+            for (int h = 0; h < 4; h++) {
+                float v[8];
+#pragma unroll
+                for (int b = 0; b < 4; b++) {
+                    uint32_t byte = (words[h] >> (8 * b)) & 0xFF;
+                    v[2 * b] = round_to(__fmul_rn(table[byte >> 4], amax), mid);
+                    v[2 * b + 1] = round_to(__fmul_rn(table[byte & 15], amax), mid);
+                }
+                Pack8<OutT>::store(y + e0 + 8 * h, v);
+            }
+        } else {
+            for (int64_t e = e0; e < n; e++) {
+                uint32_t byte = w.packed[e >> 1];
+                uint32_t q = (e & 1) ? (byte & 15) : (byte >> 4);
+                store_out<OutT>(y, e, round_to(__fmul_rn(table[q], amax), mid));
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) q4_dequantize_f32(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
+                                                                    float* __restrict__ y, int64_t n, int mid) {
+    Q4_WEIGHT_MAKE;
+    dequantize_body<float>(w, code16, y, n, mid);
+}
+
+extern "C" __global__ void __launch_bounds__(256) q4_dequantize_bf16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
+                                                                     __nv_bfloat16* __restrict__ y, int64_t n, int mid) {
+    Q4_WEIGHT_MAKE;
+    dequantize_body<__nv_bfloat16>(w, code16, y, n, mid);
+}
+
+extern "C" __global__ void __launch_bounds__(256) q4_dequantize_f16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
+                                                                    __half* __restrict__ y, int64_t n, int mid) {
+    Q4_WEIGHT_MAKE;
+    dequantize_body<__half>(w, code16, y, n, mid);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantize (Quant4bit.quantize). One warp per block of `blocksize` values of x (F32/BF16/F16, n values):
+//   absmax = fmaxf over |x| starting at -FLT_MAX (fmaxf ignores NaN), with the zero a partial last block
+//   loads past the end; inv = 1/absmax (IEEE division); code = the type's decision tree on x * inv;
+//   packed[i] = code(2i) << 4 | code(2i+1), the pad nibble of an odd n is the code of 0 * inv.
+// quant_type: 0 = NF4, 1 = FP4. Launch: block 256 (8 warps), grid-stride over blocks of values.
+
+__constant__ float NF4_MIDPOINTS[15] = {
+    -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f,
+    -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
+    0.1202552504837513f, 0.2035212516784668f, 0.2920137718319893f, 0.3893125355243683f,
+    0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f};
+__constant__ float FP4_PIVOTS[7] = {0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f, 0.4166667f, 0.583333f, 0.8333333f};
+
+__device__ __forceinline__ int quantize_nf4(float x) {
+    // the number of midpoints strictly below x, by the same four comparisons as QuantType.NF4
+    int q = x > NF4_MIDPOINTS[7] ? 8 : 0;
+    if (x > NF4_MIDPOINTS[q + 3]) q += 4;
+    if (x > NF4_MIDPOINTS[q + 1]) q += 2;
+    if (x > NF4_MIDPOINTS[q]) q += 1;
+    return q;
+}
+
+__device__ __forceinline__ int quantize_fp4(float x) {
+    const int rank_to_bits[8] = {0, 1, 6, 7, 4, 5, 2, 3};
+    int sign = x < 0.0f ? 8 : 0;  // -0 and NaN keep the sign bit clear
+    float a = fabsf(x);
+    int r = a > FP4_PIVOTS[3] ? 4 : 0;
+    if (a > FP4_PIVOTS[r + 1]) r += 2;
+    if (a > FP4_PIVOTS[r]) r += 1;
+    return rank_to_bits[r] | sign;
+}
+
+extern "C" __global__ void __launch_bounds__(256) q4_quantize(const void* __restrict__ x, int x_dtype, int64_t n,
+                                                              int blocksize, int quant_type,
+                                                              uint8_t* __restrict__ packed, float* __restrict__ absmax) {
+    int lane = threadIdx.x & 31;
+    int64_t warp = global_thread_index() >> 5;
+    int64_t warps = grid_stride() >> 5;
+    int64_t blocks = (n + blocksize - 1) / blocksize;
+    for (int64_t b = warp; b < blocks; b += warps) {
+        int64_t from = b * blocksize;
+        int64_t to = min(n, from + blocksize);
+        float m = -FLT_MAX;
+        for (int64_t e = from + lane; e < to; e += 32) m = fmaxf(m, fabsf(load_as_f32(x, e, x_dtype)));
+#pragma unroll
+        for (int s = 16; s > 0; s >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, s));
+        if (to - from < blocksize) m = fmaxf(m, 0.0f);
+        if (lane == 0) absmax[b] = m;
+        float inv = __fdiv_rn(1.0f, m);
+        for (int64_t e = from + 2 * lane; e < to; e += 64) {
+            float v0 = __fmul_rn(load_as_f32(x, e, x_dtype), inv);
+            float v1 = __fmul_rn(e + 1 < to ? load_as_f32(x, e + 1, x_dtype) : 0.0f, inv);
+            int hi = quant_type == 0 ? quantize_nf4(v0) : quantize_fp4(v0);
+            int lo = quant_type == 0 ? quantize_nf4(v1) : quantize_fp4(v1);
+            packed[e >> 1] = (uint8_t)((hi << 4) | lo);
+        }
+    }
+}
+
+// Double quantization of the absmax values (Blockwise8bit.quantize with the signed dynamic map, blocks
+// of 256): centered[i] = absmax[i] - offset (float32), per block amax as above, inv = 1/amax, code =
+// DynamicMap.quantize(map, centered * inv). One warp per block of 256; block 256 threads.
+
+__device__ __forceinline__ int dynamic_map_quantize(const float* code, float x) {
+    int pivot = 127, upper_pivot = 255, lower_pivot = 0;
+    float lower = -1.0f, upper = 1.0f;
+    float val = code[pivot];
+    for (int i = 64; i > 0; i >>= 1) {
+        if (x > val) { lower_pivot = pivot; lower = val; pivot += i; }
+        else { upper_pivot = pivot; upper = val; pivot -= i; }
+        val = code[pivot];
+    }
+    if (upper_pivot == 255) upper = code[255];
+    if (lower_pivot == 0) lower = code[0];
+    if (x > val) {
+        float mid = __fmul_rn(__fadd_rn(upper, val), 0.5f);
+        return x > mid ? upper_pivot : pivot;
+    } else {
+        float mid = __fmul_rn(__fadd_rn(lower, val), 0.5f);
+        return x < mid ? lower_pivot : pivot;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) q4_double_quantize(const float* __restrict__ absmax, int64_t n,
+                                                                     float offset, const float* __restrict__ map256,
+                                                                     int nested_bs, uint8_t* __restrict__ codes,
+                                                                     float* __restrict__ nested_absmax) {
+    __shared__ float map[256];
+    map[threadIdx.x] = map256[threadIdx.x];
+    __syncthreads();
+    int lane = threadIdx.x & 31;
+    int64_t warp = global_thread_index() >> 5;
+    int64_t warps = grid_stride() >> 5;
+    int64_t blocks = (n + nested_bs - 1) / nested_bs;
+    for (int64_t b = warp; b < blocks; b += warps) {
+        int64_t from = b * nested_bs;
+        int64_t to = min(n, from + nested_bs);
+        float m = -FLT_MAX;
+        for (int64_t e = from + lane; e < to; e += 32) m = fmaxf(m, fabsf(__fsub_rn(absmax[e], offset)));
+#pragma unroll
+        for (int s = 16; s > 0; s >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, s));
+        if (to - from < nested_bs) m = fmaxf(m, 0.0f);
+        if (lane == 0) nested_absmax[b] = m;
+        float inv = __fdiv_rn(1.0f, m);
+        for (int64_t e = from + lane; e < to; e += 32) {
+            codes[e] = (uint8_t)dynamic_map_quantize(map, __fmul_rn(__fsub_rn(absmax[e], offset), inv));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversions around the cuBLAS path and the GEMV.
+// q4_convert: y[i] = round(y_dtype, x[i]) (x widened exactly first). Grid-stride, block 256.
+extern "C" __global__ void __launch_bounds__(256) q4_convert(const void* __restrict__ x, int x_dtype,
+                                                             void* __restrict__ y, int y_dtype, int64_t n) {
+    for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
+        store_from_f32(y, i, y_dtype, load_as_f32(x, i, x_dtype));
+    }
+}
+
+// q4_bias_rows: y[m, o] = round(y_dtype, bias[o]) for m < rows, o < cols (the C operand of a beta=1 GEMM).
+extern "C" __global__ void __launch_bounds__(256) q4_bias_rows(const void* __restrict__ bias, int bias_dtype,
+                                                               void* __restrict__ y, int y_dtype, int64_t rows, int cols) {
+    int64_t n = rows * cols;
+    for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
+        store_from_f32(y, i, y_dtype, load_as_f32(bias, i % cols, bias_dtype));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIMT GEMV (any K, any compute dtype; the path for float32 compute and for K % 32 != 0).
+// y[m, o] = round(y, round(compute, sum_k round(compute, x[m,k]) * round(compute, round(state, value(o*K+k)))
+//                                      + round(compute, bias[o]))), m < M <= 16.
+// One warp per output row (grid-stride over rows); lane j takes k = j, j+32, ...; float32 FMAs, then a
+// shuffle reduction. Block 256.
+#define SIMT_MAX_M 16
+
+extern "C" __global__ void __launch_bounds__(256) q4_gemv_simt(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
+                                                               const void* __restrict__ x, int x_dtype, int M, int N, int K,
+                                                               int compute_dtype, int state_dtype,
+                                                               const void* __restrict__ bias, int bias_dtype,
+                                                               void* __restrict__ y, int y_dtype) {
+    Q4_WEIGHT_MAKE;
+    __shared__ float table[16];
+    if (threadIdx.x < 16) table[threadIdx.x] = code16[threadIdx.x];
+    __syncthreads();
+    int lane = threadIdx.x & 31;
+    int64_t warp = global_thread_index() >> 5;
+    int64_t warps = grid_stride() >> 5;
+    for (int64_t o = warp; o < N; o += warps) {
+        float acc[SIMT_MAX_M];
+#pragma unroll
+        for (int m = 0; m < SIMT_MAX_M; m++) acc[m] = 0.0f;
+        int64_t base = o * (int64_t)K;
+        for (int k = lane; k < K; k += 32) {
+            int64_t e = base + k;
+            uint32_t byte = __ldg(w.packed + (e >> 1));
+            uint32_t q = (e & 1) ? (byte & 15) : (byte >> 4);
+            float wv = round_to(round_to(__fmul_rn(table[q], q4_absmax(w, e >> w.log2_blocksize)), state_dtype), compute_dtype);
+#pragma unroll
+            for (int m = 0; m < SIMT_MAX_M; m++) {
+                if (m < M) acc[m] = fmaf(round_to(load_as_f32(x, (int64_t)m * K + k, x_dtype), compute_dtype), wv, acc[m]);
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < SIMT_MAX_M; m++) {
+            if (m < M) {
+                float s = acc[m];
+#pragma unroll
+                for (int d = 16; d > 0; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
+                acc[m] = s;
+            }
+        }
+        if (lane == 0) {
+            float b = bias ? round_to(load_as_f32(bias, o, bias_dtype), compute_dtype) : 0.0f;
+#pragma unroll
+            for (int m = 0; m < SIMT_MAX_M; m++) {
+                if (m < M) store_from_f32(y, (int64_t)m * N + o, y_dtype, round_to(__fadd_rn(acc[m], b), compute_dtype));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core decode GEMV, 16-bit compute (bf16 or f16), M <= 8 * NT rows of x, K % 32 == 0.
+//
+// Work: the weight is cut into tiles of 16 output rows; each tile's K into chunks of 128. A chunk is one
+// mma "row tile x 128 k" step of one warp: thread (g = lane / 4, t = lane % 4) loads 16 bytes (32 values)
+// of rows g and g + 8 at k = 128c + 32t, one absmax each (a 32-value group never straddles a block).
+// The chunks of all tiles, tile-major, are split evenly over all warps of the grid (stream-K): a warp
+// walks its contiguous range with the next chunk's loads in flight while it decodes the current one, so
+// every warp moves the same number of bytes whatever the shape. A tile whose chunks fall to several warps
+// is finished by the last of them to arrive (an atomic counter per tile, reset by that warp): it adds the
+// float32 partial fragments of all contributors in warp order (deterministic) and writes the output.
+//
+// Decoding: a pair table in shared memory maps each packed byte to (table[hi], table[lo]) as float2; it is
+// replicated 32 times (entry (byte, lane) at byte * 256 + lane * 8) so the lanes of a warp never share a
+// bank, and one byte_perm forms the address from the packed word and the lane's offset. Each value is
+// then multiplied by the absmax in float32 and the pair rounded to bf16x2 / f16x2 by one cvt, which is
+// exactly round(compute, value) (and round(compute, round(state, value)) with double_round).
+// mma.m16n8k16: A = 16 weight rows x 16 k (bytes 2s, 2s+1 of both rows: k = 4s..4s+3 of the thread's 32),
+// B = x rows g (+8) at the same k (the k order inside the thread is the same on both sides, so the sum is
+// the dot product), C = float32 [16 rows x 8 x-rows].
+//
+// Shared memory (dynamic): 64 KiB pair table + 1 KiB nested code. Block 256 threads (8 warps).
+
+#define GEMV_WARPS 8
+#define GEMV_THREADS (GEMV_WARPS * 32)
+#define GEMV_TABLE_BYTES (256 * 32 * 8)
+#define GEMV_SMEM_BYTES (GEMV_TABLE_BYTES + 256 * 4)
+#define GEMV_CHUNK_K 128
+
+__device__ __forceinline__ uint4 ld_stream_u4(const void* p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
+
+template <bool F16C, bool DR>
+__device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
+    uint32_t r;
+    if (!F16C) {
+        if (DR) {  // state f16, compute bf16: bf16(f16(v))
+            __half2 h = __floats2half2_rn(lo, hi);
+            float2 f = __half22float2(h);
+            lo = f.x; hi = f.y;
+        }
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    } else {
+        if (DR) {  // state bf16, compute f16: f16(bf16(v))
+            __nv_bfloat162 b = __floats2bfloat162_rn(lo, hi);
+            float2 f = __bfloat1622float2(b);
+            lo = f.x; hi = f.y;
+        }
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    }
+    return r;
+}
+
+template <bool F16C>
+__device__ __forceinline__ void mma16816(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    if (F16C) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    } else {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+}
+
+// The loads of one chunk for one thread, and where the chunk is.
+struct ChunkLoad {
+    uint4 w0, w1;     // rows g and g + 8, 16 bytes each
+    float a0, a1;     // their absmax (0 for rows or k past the end, so they contribute nothing)
+    int tile;         // 16-row tile
+    int kb;           // this thread's first k: 128 * chunk + 32 * t
+};
+
+struct GemvShape {
+    int M, N, K;
+    int chunks_per_tile;  // ceil(K / 128)
+};
+
+__device__ __forceinline__ ChunkLoad load_chunk(const Q4Weight& w, const GemvShape& s, int tile, int chunk, int g, int t) {
+    ChunkLoad L;
+    L.tile = tile;
+    L.kb = chunk * GEMV_CHUNK_K + t * 32;
+    int64_t r0 = (int64_t)tile * 16 + g, r1 = r0 + 8;
+    L.w0 = make_uint4(0, 0, 0, 0);
+    L.w1 = make_uint4(0, 0, 0, 0);
+    L.a0 = 0.0f;
+    L.a1 = 0.0f;
+    if (L.kb < s.K) {
+        if (r0 < s.N) {
+            int64_t e = r0 * s.K + L.kb;
+            L.w0 = ld_stream_u4(w.packed + (e >> 1));
+            L.a0 = q4_absmax(w, e >> w.log2_blocksize);
+        }
+        if (r1 < s.N) {
+            int64_t e = r1 * s.K + L.kb;
+            L.w1 = ld_stream_u4(w.packed + (e >> 1));
+            L.a1 = q4_absmax(w, e >> w.log2_blocksize);
+        }
+    }
+    return L;
+}
+
+// Decodes one byte through the pair table and scales: a bf16x2 / f16x2 register (low half = the high nibble's value).
+template <bool F16C, bool DR>
+__device__ __forceinline__ uint32_t decode_byte(const unsigned char* table, uint32_t word, uint32_t lane_off, int byte, float amax) {
+    uint32_t addr = __byte_perm(word, lane_off, 0x5504 | (byte << 4));
+    float2 p = *reinterpret_cast<const float2*>(table + addr);
+    return pack_pair<F16C, DR>(__fmul_rn(p.x, amax), __fmul_rn(p.y, amax));
+}
+
+template <bool F16C, bool DR, int NT>
+__device__ __forceinline__ void compute_chunk(const ChunkLoad& L, const unsigned char* table, uint32_t lane_off,
+                                              const uint16_t* __restrict__ x, const GemvShape& s, int g,
+                                              float (&acc)[NT][4]) {
+    uint32_t xw[NT][16];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        int xr = g + 8 * nt;
+        if (xr < s.M && L.kb < s.K) {
+            const uint4* xp = reinterpret_cast<const uint4*>(x + (int64_t)xr * s.K + L.kb);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                uint4 v = __ldg(xp + j);
+                xw[nt][4 * j] = v.x; xw[nt][4 * j + 1] = v.y; xw[nt][4 * j + 2] = v.z; xw[nt][4 * j + 3] = v.w;
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 16; j++) xw[nt][j] = 0;
+        }
+    }
+    uint32_t w0[4] = {L.w0.x, L.w0.y, L.w0.z, L.w0.w};
+    uint32_t w1[4] = {L.w1.x, L.w1.y, L.w1.z, L.w1.w};
+#pragma unroll
+    for (int st = 0; st < 8; st++) {
+        int word = st >> 1, byte = (st & 1) * 2;
+        uint32_t a0 = decode_byte<F16C, DR>(table, w0[word], lane_off, byte, L.a0);
+        uint32_t a1 = decode_byte<F16C, DR>(table, w1[word], lane_off, byte, L.a1);
+        uint32_t a2 = decode_byte<F16C, DR>(table, w0[word], lane_off, byte + 1, L.a0);
+        uint32_t a3 = decode_byte<F16C, DR>(table, w1[word], lane_off, byte + 1, L.a1);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) mma16816<F16C>(acc[nt], a0, a1, a2, a3, xw[nt][2 * st], xw[nt][2 * st + 1]);
+    }
+}
+
+// Writes a finished 16-row tile: y[m, o] for the lane's fragment entries.
+template <bool F16C, int NT>
+__device__ __forceinline__ void store_tile(const float (&acc)[NT][4], const GemvShape& s, int tile, int g, int t,
+                                           const void* bias, int bias_dtype, void* y, int y_dtype) {
+    const int cdt = F16C ? DT_F16 : DT_BF16;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        int o = tile * 16 + g + 8 * half;
+        if (o >= s.N) continue;
+        float b = bias ? round_to(load_as_f32(bias, o, bias_dtype), cdt) : 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                int m = 8 * nt + 2 * t + j;
+                if (m < s.M) store_from_f32(y, (int64_t)m * s.N + o, y_dtype, round_to(__fadd_rn(acc[nt][2 * half + j], b), cdt));
+            }
+        }
+    }
+}
+
+// The first chunk of warp w's range when `total` chunks are split over `warps` warps.
+__device__ __forceinline__ int range_start(int64_t w, int64_t warps, int64_t total) { return (int)(w * total / warps); }
+
+// The warp whose range holds chunk c: the largest w with range_start(w) <= c.
+__device__ __forceinline__ int chunk_owner(int64_t c, int64_t warps, int64_t total) {
+    return (int)(((c + 1) * warps + total - 1) / total - 1);
+}
+
+template <bool F16C, bool DR, int NT>
+__device__ void gemv_mma_body(const Q4Weight& w, const uint16_t* __restrict__ x, const GemvShape& s,
+                              const void* __restrict__ bias, int bias_dtype, void* __restrict__ y, int y_dtype,
+                              float* __restrict__ partials, int* __restrict__ counters, const unsigned char* table,
+                              int warp_id, int warps, int total) {
+    int lane = threadIdx.x & 31;
+    int g = lane >> 2, t = lane & 3;
+    uint32_t lane_off = (uint32_t)lane * 8;
+    const int C = s.chunks_per_tile;
+    const int start = range_start(warp_id, warps, total);
+    const int end = range_start(warp_id + 1, warps, total);
+    const int first_tile = start / C;
+    float acc[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    // (tile, chunk) of the next chunk to load, advanced without divisions
+    int ntile = first_tile, nchunk = start - first_tile * C;
+    ChunkLoad next = load_chunk(w, s, ntile, nchunk, g, t);
+    for (int idx = start; idx < end; idx++) {
+        ChunkLoad cur = next;
+        if (++nchunk == C) { nchunk = 0; ntile++; }
+        if (idx + 1 < end) next = load_chunk(w, s, ntile, nchunk, g, t);
+        compute_chunk<F16C, DR, NT>(cur, table, lane_off, x, s, g, acc);
+        // the tile ends here when the next chunk starts a new tile, or the range ends
+        if (!(idx + 1 == end || nchunk == 0)) continue;
+        const int tile = cur.tile;
+        const int first = tile * C, last = first + C - 1;
+        if (first >= start && last < end) {
+            store_tile<F16C, NT>(acc, s, tile, g, t, bias, bias_dtype, y, y_dtype);
+        } else {
+            // a tile shared with other warps: slot 0 holds the warp's first tile, slot 1 its last
+            int slot = tile == first_tile ? 0 : 1;
+            float* p = partials + (((int64_t)warp_id * 2 + slot) * 32 + lane) * (NT * 4);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                __stcg(reinterpret_cast<float4*>(p + 4 * nt), make_float4(acc[nt][0], acc[nt][1], acc[nt][2], acc[nt][3]));
+            }
+            __threadfence();
+            __syncwarp();
+            int w_lo = chunk_owner(first, warps, total);
+            int w_hi = chunk_owner(last, warps, total);
+            int arrived = 0;
+            if (lane == 0) arrived = atomicAdd(counters + tile, 1);
+            arrived = __shfl_sync(0xffffffffu, arrived, 0);
+            if (arrived == w_hi - w_lo) {  // the last contributor adds all partials, in warp order
+                __threadfence();
+                float sum[NT][4];
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) sum[nt][0] = sum[nt][1] = sum[nt][2] = sum[nt][3] = 0.0f;
+                for (int cw = w_lo; cw <= w_hi; cw++) {
+                    int cslot = range_start(cw, warps, total) / C == tile ? 0 : 1;
+                    const float* q = partials + (((int64_t)cw * 2 + cslot) * 32 + lane) * (NT * 4);
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++) {
+                        float4 v = __ldcg(reinterpret_cast<const float4*>(q + 4 * nt));
+                        sum[nt][0] += v.x; sum[nt][1] += v.y; sum[nt][2] += v.z; sum[nt][3] += v.w;
+                    }
+                }
+                store_tile<F16C, NT>(sum, s, tile, g, t, bias, bias_dtype, y, y_dtype);
+                if (lane == 0) counters[tile] = 0;  // ready for the next launch
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    }
+}
+
+template <bool F16C, int NT>
+__device__ void gemv_mma_kernel(Q4Weight w, const float* __restrict__ code16, const uint16_t* __restrict__ x,
+                                int M, int N, int K, const void* __restrict__ bias, int bias_dtype, void* __restrict__ y,
+                                int y_dtype, float* __restrict__ partials, int* __restrict__ counters, int double_round) {
+    extern __shared__ __align__(16) unsigned char gemv_smem[];
+    // pair table: entry j = byte * 32 + replica at j * 8 (consecutive threads write consecutive entries)
+    for (int j = threadIdx.x; j < 256 * 32; j += GEMV_THREADS) {
+        int byte = j >> 5;
+        reinterpret_cast<float2*>(gemv_smem)[j] = make_float2(code16[byte >> 4], code16[byte & 15]);
+    }
+    float* ncode = reinterpret_cast<float*>(gemv_smem + GEMV_TABLE_BYTES);
+    if (w.nested) {
+        for (int j = threadIdx.x; j < 256; j += GEMV_THREADS) ncode[j] = w.nested_code[j];
+        w.nested_code = ncode;  // 256 random lookups per warp chunk: shared memory, not global
+    }
+    __syncthreads();
+    GemvShape s{M, N, K, (K + GEMV_CHUNK_K - 1) / GEMV_CHUNK_K};
+    int total = ((N + 15) / 16) * s.chunks_per_tile;  // the launcher keeps this below 2^31
+    int warps = (int)min((int64_t)gridDim.x * GEMV_WARPS, (int64_t)total);  // every warp gets >= 1 chunk
+    int warp_id = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (warp_id >= warps) return;
+    if (double_round) {
+        gemv_mma_body<F16C, true, NT>(w, x, s, bias, bias_dtype, y, y_dtype, partials, counters, gemv_smem, warp_id, warps, total);
+    } else {
+        gemv_mma_body<F16C, false, NT>(w, x, s, bias, bias_dtype, y, y_dtype, partials, counters, gemv_smem, warp_id, warps, total);
+    }
+}
+
+// Blocks per SM the register budget is set for (shared memory allows 3): 3 for M <= 8, 2 for M <= 16.
+#define GEMV_MMA_KERNEL(name, F16C, NT)                                                                              \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, NT == 1 ? 3 : 2) name(                                              \
+        Q4_WEIGHT_PARAMS, const float* __restrict__ code16, const uint16_t* __restrict__ x, int M, int N, int K,      \
+        const void* __restrict__ bias, int bias_dtype, void* __restrict__ y, int y_dtype,                           \
+        float* __restrict__ partials, int* __restrict__ counters, int double_round) {                               \
+        Q4_WEIGHT_MAKE;                                                                                              \
+        gemv_mma_kernel<F16C, NT>(w, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, partials, counters,          \
+                                  double_round);                                                                     \
+    }
+
+GEMV_MMA_KERNEL(q4_gemv_mma_bf16_m8, false, 1)
+GEMV_MMA_KERNEL(q4_gemv_mma_bf16_m16, false, 2)
+GEMV_MMA_KERNEL(q4_gemv_mma_f16_m8, true, 1)
+GEMV_MMA_KERNEL(q4_gemv_mma_f16_m16, true, 2)

@@ -1,0 +1,193 @@
+package dev.qlora4j.backend.cuda;
+
+import dev.qlora4j.cuda.Dim3;
+import dev.qlora4j.cuda.KernelArgs;
+import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Tensor;
+
+import java.util.Map;
+import java.util.Set;
+import java.util.WeakHashMap;
+import java.util.concurrent.ConcurrentHashMap;
+
+/**
+ * Launchers of native/nf4.cu (module "nf4"). Each method validates nothing beyond what the kernel needs
+ * to be memory-safe; {@link CudaQuantOps} checks shapes and dtypes first. All launches go to the
+ * context's stream.
+ */
+final class Quant4bitKernels {
+    static final String MODULE = "nf4";
+    /** Rows of x up to which linear() takes the fused GEMV; above it, dequantize + cuBLAS. */
+    static final int GEMV_MAX_ROWS = 16;
+    // native/nf4.cu: GEMV_THREADS, GEMV_SMEM_BYTES, GEMV_CHUNK_K, and the blocks per SM of __launch_bounds__
+    static final int GEMV_THREADS = 256;
+    static final int GEMV_WARPS = GEMV_THREADS / 32;
+    static final int GEMV_SMEM_BYTES = 256 * 32 * 8 + 256 * 4;
+    static final int GEMV_CHUNK_K = 128;
+
+    private static final Set<Long> SHARED_MEMORY_RAISED = ConcurrentHashMap.newKeySet();
+    private static final Map<CudaContext, GemvScratch> SCRATCH = new WeakHashMap<>();
+
+    private Quant4bitKernels() {}
+
+    /** 0 float32, 1 bfloat16, 2 float16: the dtype codes of the kernels. */
+    static int dtypeCode(DType d, String what) {
+        return switch (d) {
+            case F32 -> 0;
+            case BF16 -> 1;
+            case F16 -> 2;
+            default -> throw new IllegalArgumentException(what + " must be F32, BF16 or F16, got " + d);
+        };
+    }
+
+    /** The weight's leading kernel arguments (Q4_WEIGHT_PARAMS in nf4.cu). */
+    static KernelArgs weightArgs(CudaQuant4bit w) {
+        int nbs = w.nested() ? w.nestedBlocksize() : 1;
+        int nshift = Integer.bitCount(nbs) == 1 ? Integer.numberOfTrailingZeros(nbs) : -1;
+        return KernelArgs.of()
+                .ptr(CudaContext.ptr(w.packed()))
+                .ptr(CudaContext.ptr(w.absmax()))
+                .ptr(w.nested() ? CudaContext.ptr(w.nestedAbsmax()) : 0L)
+                .ptr(w.nested() ? CudaContext.ptr(w.nestedCode()) : 0L)
+                .f32(w.offset())
+                .i32(Integer.numberOfTrailingZeros(w.blocksize()))
+                .i32(nbs)
+                .i32(nshift)
+                .i32(w.nested() ? 1 : 0);
+    }
+
+    /** A grid-stride grid: enough blocks to cover `items` at `perBlock` each, at most 32 per SM. */
+    static Dim3 strideGrid(CudaContext ctx, long items, int perBlock) {
+        long blocks = Math.max(1, (items + perBlock - 1) / perBlock);
+        return Dim3.of((int) Math.min(blocks, 32L * ctx.properties().multiprocessorCount()));
+    }
+
+    /** y [numel] in dtype = round(dtype, round(mid, value)); mid = F32 for a plain dequantize. */
+    static void dequantize(CudaContext ctx, CudaQuant4bit w, Tensor y, DType mid) {
+        String kernel = switch (y.dtype()) {
+            case F32 -> "q4_dequantize_f32";
+            case BF16 -> "q4_dequantize_bf16";
+            case F16 -> "q4_dequantize_f16";
+            default -> throw new IllegalArgumentException("dequantize to F32, BF16 or F16, not " + y.dtype());
+        };
+        long n = w.numel();
+        KernelArgs args = weightArgs(w).ptr(CudaContext.ptr(w.code16())).ptr(CudaContext.ptr(y)).i64(n).i32(dtypeCode(mid, "mid"));
+        ctx.launch(ctx.function(MODULE, kernel), strideGrid(ctx, (n + 31) / 32, 256), Dim3.of(256), 0, args);
+    }
+
+    /** packed U8 [(n+1)/2] and absmax F32 [blocks] of x (F32/BF16/F16, n values). typeCode 0 NF4, 1 FP4. */
+    static void quantize(CudaContext ctx, Tensor x, int blocksize, int typeCode, Tensor packed, Tensor absmax) {
+        long n = x.numel();
+        long blocks = (n + blocksize - 1) / blocksize;
+        KernelArgs args = KernelArgs.of().ptr(CudaContext.ptr(x)).i32(dtypeCode(x.dtype(), "weight dtype")).i64(n)
+                .i32(blocksize).i32(typeCode).ptr(CudaContext.ptr(packed)).ptr(CudaContext.ptr(absmax));
+        ctx.launch(ctx.function(MODULE, "q4_quantize"), strideGrid(ctx, blocks, 8), Dim3.of(256), 0, args);
+    }
+
+    /** codes U8 [n] and nestedAbsmax F32 [ceil(n / nestedBs)] of absmax F32 [n] - offset against map256. */
+    static void doubleQuantize(CudaContext ctx, Tensor absmax, float offset, Tensor map256, int nestedBs,
+                               Tensor codes, Tensor nestedAbsmax) {
+        long n = absmax.numel();
+        long blocks = (n + nestedBs - 1) / nestedBs;
+        KernelArgs args = KernelArgs.of().ptr(CudaContext.ptr(absmax)).i64(n).f32(offset).ptr(CudaContext.ptr(map256))
+                .i32(nestedBs).ptr(CudaContext.ptr(codes)).ptr(CudaContext.ptr(nestedAbsmax));
+        ctx.launch(ctx.function(MODULE, "q4_double_quantize"), strideGrid(ctx, blocks, 8), Dim3.of(256), 0, args);
+    }
+
+    /** y = round(y.dtype, x) elementwise (same element count). */
+    static void convert(CudaContext ctx, Tensor x, Tensor y) {
+        long n = x.numel();
+        KernelArgs args = KernelArgs.of().ptr(CudaContext.ptr(x)).i32(dtypeCode(x.dtype(), "source"))
+                .ptr(CudaContext.ptr(y)).i32(dtypeCode(y.dtype(), "target")).i64(n);
+        ctx.launch(ctx.function(MODULE, "q4_convert"), strideGrid(ctx, n, 256), Dim3.of(256), 0, args);
+    }
+
+    /** y [rows, cols] = round(y.dtype, bias[col]). */
+    static void biasRows(CudaContext ctx, Tensor bias, Tensor y, int rows, int cols) {
+        KernelArgs args = KernelArgs.of().ptr(CudaContext.ptr(bias)).i32(dtypeCode(bias.dtype(), "bias"))
+                .ptr(CudaContext.ptr(y)).i32(dtypeCode(y.dtype(), "output")).i64(rows).i32(cols);
+        ctx.launch(ctx.function(MODULE, "q4_bias_rows"), strideGrid(ctx, (long) rows * cols, 256), Dim3.of(256), 0, args);
+    }
+
+    /** The float32 SIMT GEMV: any K, any compute dtype, rows <= 16. */
+    static void gemvSimt(CudaContext ctx, CudaQuant4bit w, Tensor x, int rows, Tensor bias, Tensor y) {
+        KernelArgs args = weightArgs(w).ptr(CudaContext.ptr(w.code16()))
+                .ptr(CudaContext.ptr(x)).i32(dtypeCode(x.dtype(), "x")).i32(rows).i32(w.outFeatures()).i32(w.inFeatures())
+                .i32(dtypeCode(w.computeDType(), "compute dtype")).i32(dtypeCode(w.stateDType(), "state dtype"))
+                .ptr(bias == null ? 0L : CudaContext.ptr(bias)).i32(bias == null ? 0 : dtypeCode(bias.dtype(), "bias"))
+                .ptr(CudaContext.ptr(y)).i32(dtypeCode(y.dtype(), "output"));
+        ctx.launch(ctx.function(MODULE, "q4_gemv_simt"), strideGrid(ctx, w.outFeatures(), 8), Dim3.of(256), 0, args);
+    }
+
+    /** Whether the tensor-core GEMV applies: 16-bit compute and K a multiple of 32. */
+    static boolean mmaGemvApplies(CudaQuant4bit w) {
+        return w.computeDType() != DType.F32 && w.inFeatures() % 32 == 0;
+    }
+
+    /** Blocks per SM the tensor-core GEMV's launch bounds are set for (shared memory allows 3). */
+    static int gemvBlocksPerSm(int rows) { return rows <= 8 ? 3 : 2; }
+
+    /** Chunks of work of the tensor-core GEMV: 16-row tiles times 128-wide k chunks. */
+    static long gemvChunks(int outFeatures, int inFeatures) {
+        return ((outFeatures + 15L) / 16) * ((inFeatures + GEMV_CHUNK_K - 1L) / GEMV_CHUNK_K);
+    }
+
+    /** Blocks of the persistent tensor-core GEMV grid: every SM full, never more warps than chunks. */
+    static int gemvGrid(int multiprocessors, int rows, long chunks) {
+        long wanted = (long) multiprocessors * gemvBlocksPerSm(rows);
+        long byWork = Math.max(1, (chunks + GEMV_WARPS - 1) / GEMV_WARPS);
+        return (int) Math.min(wanted, byWork);
+    }
+
+    /** The tensor-core GEMV; xc is x in the compute dtype (16-bit, 16-byte aligned rows: K % 32 == 0). */
+    static void gemvMma(CudaContext ctx, CudaQuant4bit w, Tensor xc, int rows, Tensor bias, Tensor y) {
+        boolean f16 = w.computeDType() == DType.F16;
+        String kernel = "q4_gemv_mma_" + (f16 ? "f16" : "bf16") + (rows <= 8 ? "_m8" : "_m16");
+        long fn = ctx.function(MODULE, kernel);
+        if (SHARED_MEMORY_RAISED.add(fn)) ctx.driver().funcSetMaxDynamicSharedMemory(fn, GEMV_SMEM_BYTES);
+        long chunks = gemvChunks(w.outFeatures(), w.inFeatures());
+        if (chunks >= Integer.MAX_VALUE) {
+            throw new IllegalArgumentException(w + " is too large for the GEMV (" + chunks + " chunks of work); split the layer");
+        }
+        int grid = gemvGrid(ctx.properties().multiprocessorCount(), rows, chunks);
+        GemvScratch scratch = scratch(ctx, (long) grid * GEMV_WARPS, (w.outFeatures() + 15) / 16);
+        boolean doubleRound = w.stateDType() != DType.F32 && w.stateDType() != w.computeDType();
+        KernelArgs args = weightArgs(w).ptr(CudaContext.ptr(w.code16()))
+                .ptr(CudaContext.ptr(xc)).i32(rows).i32(w.outFeatures()).i32(w.inFeatures())
+                .ptr(bias == null ? 0L : CudaContext.ptr(bias)).i32(bias == null ? 0 : dtypeCode(bias.dtype(), "bias"))
+                .ptr(CudaContext.ptr(y)).i32(dtypeCode(y.dtype(), "output"))
+                .ptr(CudaContext.ptr(scratch.partials)).ptr(CudaContext.ptr(scratch.counters)).i32(doubleRound ? 1 : 0);
+        ctx.launch(fn, Dim3.of(grid), Dim3.of(GEMV_THREADS), GEMV_SMEM_BYTES, args);
+    }
+
+    /**
+     * Per-context scratch of the stream-K GEMV: partial fragments (2 slots of 32 lanes x 8 floats per warp)
+     * and one arrival counter per 16-row tile. The kernel leaves every counter at 0, so they are zeroed
+     * only when allocated. All launches are ordered on the context's one stream, so one scratch serves all.
+     */
+    private static final class GemvScratch {
+        Tensor partials;   // F32 [warps * 2 * 32 * 8]
+        Tensor counters;   // I32 [tiles]
+        long warps;
+        long tiles;
+    }
+
+    private static GemvScratch scratch(CudaContext ctx, long warps, long tiles) {
+        synchronized (SCRATCH) {
+            GemvScratch s = SCRATCH.computeIfAbsent(ctx, c -> new GemvScratch());
+            if (s.warps < warps) {
+                if (s.partials != null) s.partials.close();
+                s.partials = ctx.empty(DType.F32, Math.toIntExact(warps * 2 * 32 * 8));
+                s.warps = warps;
+            }
+            if (s.tiles < tiles) {
+                if (s.counters != null) s.counters.close();
+                long n = Math.max(tiles, 1024);
+                s.counters = ctx.empty(DType.I32, Math.toIntExact(n));
+                ctx.driver().memsetD32Async(CudaContext.ptr(s.counters), 0, n, ctx.stream());
+                s.tiles = n;
+            }
+            return s;
+        }
+    }
+}

@@ -1,0 +1,120 @@
+package dev.qlora4j.backend.cuda;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.fail;
+
+import dev.qlora4j.backend.QuantizedWeight;
+import dev.qlora4j.quant.Quant4bit;
+import dev.qlora4j.quant.QuantState4bit;
+import dev.qlora4j.quant.QuantType;
+import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Tensor;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+
+/**
+ * native/nf4.cu dequantize and quantize against dev.qlora4j.quant.Quant4bit, bit for bit: NF4/FP4 x nested
+ * or not x output BF16/F16/F32 x blocksize 64/128/256 x shapes with an odd value count (blocks straddling
+ * rows, a partial last block, a pad nibble) and a larger one. Fresh random weights each run; outputs are
+ * poisoned (NaN) before each launch and every element is compared.
+ */
+@Tag("gpu")
+class CudaQuant4bitDequantizeGpuTest {
+    private static CudaContext ctx;
+
+    @BeforeAll
+    static void open() { ctx = QuantGpuSupport.context(); }
+
+    @AfterAll
+    static void close() { if (ctx != null) ctx.close(); }
+
+    static Stream<Arguments> cases() {
+        List<Arguments> out = new ArrayList<>();
+        for (QuantType t : QuantType.values())
+            for (boolean nested : new boolean[] {false, true})
+                for (int bs : new int[] {64, 128, 256})
+                    for (int[] shape : new int[][] {{37, 91}, {300, 1000}})
+                        out.add(Arguments.of(t, nested, bs, shape[0], shape[1]));
+        return out.stream();
+    }
+
+    @ParameterizedTest(name = "{0} nested={1} bs={2} [{3}, {4}]")
+    @MethodSource("cases")
+    void dequantizeIsBitExact(QuantType type, boolean nested, int blocksize, int rows, int cols) {
+        Random rnd = new Random();
+        float[] w = QuantGpuSupport.randomWeights(rnd, rows, cols);
+        for (int c = 0; c < Math.min(cols, 70); c++) w[c] = 0f;  // an all-zero block (absmax 0)
+        QuantState4bit state = Quant4bit.quantize(w, new int[] {rows, cols}, type, blocksize, nested);
+        try (QuantizedWeight q = CudaQuantOps.prepare4bit(ctx, state, DType.BF16)) {
+            for (DType out : new DType[] {DType.BF16, DType.F16, DType.F32}) {
+                byte[] want = QuantGpuSupport.bytes(Quant4bit.dequantize(state, out));
+                try (Tensor y = QuantGpuSupport.poisoned(ctx, out, rows, cols)) {
+                    Quant4bitKernels.dequantize(ctx, (CudaQuant4bit) q, y, DType.F32);
+                    assertBytesEqual(want, QuantGpuSupport.bytes(ctx.download(y)), out);
+                }
+                try (Tensor y = CudaQuantOps.dequantize(ctx, q, out)) {
+                    assertArrayEquals(want, QuantGpuSupport.bytes(ctx.download(y)), "public dequantize " + out);
+                }
+            }
+        }
+    }
+
+    private static void assertBytesEqual(byte[] want, byte[] got, DType dtype) {
+        assertEquals(want.length, got.length);
+        int size = dtype.byteSize();
+        for (int i = 0; i < want.length; i++) {
+            if (want[i] != got[i]) {
+                fail("element " + (i / size) + " of the " + dtype + " dequantize differs (byte " + (i % size) + ": want 0x"
+                        + Integer.toHexString(want[i] & 0xFF) + ", got 0x" + Integer.toHexString(got[i] & 0xFF) + ")");
+            }
+        }
+    }
+
+    static Stream<Arguments> quantizeCases() {
+        List<Arguments> out = new ArrayList<>();
+        for (QuantType t : QuantType.values())
+            for (boolean nested : new boolean[] {false, true})
+                for (DType d : new DType[] {DType.F32, DType.BF16, DType.F16})
+                    for (int bs : new int[] {64, 256})
+                        out.add(Arguments.of(t, nested, d, bs));
+        return out.stream();
+    }
+
+    @ParameterizedTest(name = "{0} nested={1} {2} bs={3}")
+    @MethodSource("quantizeCases")
+    void quantizeOnGpuIsBitExact(QuantType type, boolean nested, DType dtype, int blocksize) {
+        Random rnd = new Random();
+        // odd count (pad nibble, partial last block) and > 256 blocks (several nested blocks, a partial one)
+        int rows = 131, cols = 257;
+        float[] w = QuantGpuSupport.randomWeights(rnd, rows, cols);
+        for (int c = 0; c < 300; c++) w[1000 + c] = 0f;  // an all-zero block
+        w[5] = Float.NaN;                                   // fmaxf ignores NaN in absmax, the tree sends it to code 0
+        Tensor host = Tensor.fromFloats(w, dtype, rows, cols);
+        QuantState4bit want = Quant4bit.quantize(host, type, blocksize, nested);
+        try (Tensor dev = ctx.upload(host); CudaQuant4bit q = CudaQuantOps.quantize4bit(ctx, dev, type, blocksize, nested)) {
+            QuantState4bit got = q.toHostState(ctx);
+            assertArrayEquals(QuantGpuSupport.bytes(want.weight()), QuantGpuSupport.bytes(got.weight()), "packed codes");
+            assertArrayEquals(QuantGpuSupport.bytes(want.absmax()), QuantGpuSupport.bytes(got.absmax()), "absmax");
+            assertEquals(Float.floatToRawIntBits(want.offset()), Float.floatToRawIntBits(got.offset()), "offset");
+            assertEquals(want.dtype(), got.dtype());
+            if (nested) {
+                assertArrayEquals(QuantGpuSupport.bytes(want.state2().absmax()), QuantGpuSupport.bytes(got.state2().absmax()), "nested absmax");
+                assertArrayEquals(want.state2().code(), got.state2().code(), "nested code");
+            }
+            // and the GPU state dequantizes like the CPU one
+            try (Tensor y = CudaQuantOps.dequantize(ctx, q, DType.F32)) {
+                assertArrayEquals(QuantGpuSupport.bytes(Quant4bit.dequantize(want, DType.F32)), QuantGpuSupport.bytes(ctx.download(y)));
+            }
+        }
+    }
+}

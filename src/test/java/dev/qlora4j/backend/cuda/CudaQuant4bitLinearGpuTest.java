@@ -1,0 +1,159 @@
+package dev.qlora4j.backend.cuda;
+
+import static org.junit.jupiter.api.Assertions.fail;
+
+import dev.qlora4j.quant.Nf4Matmul;
+import dev.qlora4j.quant.Quant4bit;
+import dev.qlora4j.quant.QuantState4bit;
+import dev.qlora4j.quant.QuantType;
+import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Tensor;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+
+/**
+ * The 4-bit linear (tensor-core GEMV, SIMT GEMV, dequantize + cuBLAS) against Nf4Matmul.linear.
+ *
+ * <p>Tolerance, per output element: |gpu - ref| <= 1e-5 * sum_k |x_k * w_k| + q(compute) + q(x dtype), where
+ * the sum runs over the operands as both sides round them (x and w rounded to the compute dtype the same
+ * way, so the products agree exactly) and q(d) is one unit in the last place of d at the reference value:
+ * the two sides add the same products in a different order (float32, tensor-core or cuBLAS accumulation),
+ * and a sum near a rounding boundary of the compute dtype may round to either neighbour.
+ * Every output element is checked (outputs poisoned with NaN before the launch); fresh random data each run.
+ */
+@Tag("gpu")
+class CudaQuant4bitLinearGpuTest {
+    private static CudaContext ctx;
+
+    @BeforeAll
+    static void open() { ctx = QuantGpuSupport.context(); }
+
+    @AfterAll
+    static void close() { if (ctx != null) ctx.close(); }
+
+    static Stream<Arguments> gemvCases() {
+        List<Arguments> out = new ArrayList<>();
+        int[][] shapes = {{96, 256}, {200, 1056}, {61, 4128}, {37, 91}, {48, 100}};
+        for (int[] s : shapes)
+            for (int rows : new int[] {1, 3, 16})
+                for (DType compute : new DType[] {DType.BF16, DType.F16, DType.F32})
+                    out.add(Arguments.of(s[0], s[1], rows, compute));
+        return out.stream();
+    }
+
+    @ParameterizedTest(name = "[{0}, {1}] rows={2} compute={3}")
+    @MethodSource("gemvCases")
+    void gemvMatchesNf4Matmul(int outF, int inF, int rows, DType compute) {
+        Random rnd = new Random();
+        // vary the rest at random so each run covers other combinations
+        QuantType type = rnd.nextBoolean() ? QuantType.NF4 : QuantType.FP4;
+        boolean nested = rnd.nextBoolean();
+        int blocksize = new int[] {64, 128, 256}[rnd.nextInt(3)];
+        DType state = new DType[] {DType.F32, DType.BF16, DType.F16}[rnd.nextInt(3)];
+        DType xd = rnd.nextBoolean() ? DType.BF16 : DType.F32;
+        DType biasD = new DType[] {null, DType.F32, DType.BF16}[rnd.nextInt(3)];
+        check(outF, inF, rows, compute, type, nested, blocksize, state, xd, biasD, rnd);
+    }
+
+    static Stream<Arguments> fixedCases() {
+        // the double-rounding paths and every x/bias dtype at least once, deterministic choices
+        return Stream.of(
+                Arguments.of(128, 512, 4, DType.BF16, DType.F16, DType.BF16, DType.BF16),
+                Arguments.of(128, 512, 9, DType.F16, DType.BF16, DType.F32, DType.F32),
+                Arguments.of(130, 544, 16, DType.BF16, DType.BF16, DType.BF16, null),
+                Arguments.of(130, 544, 1, DType.F32, DType.BF16, DType.F32, DType.BF16),
+                Arguments.of(2000, 256, 2, DType.BF16, DType.BF16, DType.BF16, null));
+    }
+
+    @ParameterizedTest(name = "[{0}, {1}] rows={2} compute={3} state={4} x={5} bias={6}")
+    @MethodSource("fixedCases")
+    void gemvDtypeCombinations(int outF, int inF, int rows, DType compute, DType state, DType xd, DType biasD) {
+        Random rnd = new Random();
+        check(outF, inF, rows, compute, QuantType.NF4, rnd.nextBoolean(), 64, state, xd, biasD, rnd);
+    }
+
+    static Stream<Arguments> prefillCases() {
+        return Stream.of(
+                Arguments.of(96, 256, 17, DType.BF16, DType.BF16, DType.BF16, null),
+                Arguments.of(200, 1056, 300, DType.BF16, DType.F16, DType.F32, DType.BF16),
+                Arguments.of(64, 320, 40, DType.F16, DType.BF16, DType.BF16, DType.F32),
+                Arguments.of(37, 91, 33, DType.F32, DType.BF16, DType.F32, DType.F32));
+    }
+
+    @ParameterizedTest(name = "[{0}, {1}] rows={2} compute={3} state={4} x={5} bias={6}")
+    @MethodSource("prefillCases")
+    void prefillPathMatchesNf4Matmul(int outF, int inF, int rows, DType compute, DType state, DType xd, DType biasD) {
+        Random rnd = new Random();
+        check(outF, inF, rows, compute, rnd.nextBoolean() ? QuantType.NF4 : QuantType.FP4, rnd.nextBoolean(), 128, state,
+                xd, biasD, rnd);
+    }
+
+    private static void check(int outF, int inF, int rows, DType compute, QuantType type, boolean nested, int blocksize,
+                              DType state, DType xd, DType biasD, Random rnd) {
+        float[] w = QuantGpuSupport.randomWeights(rnd, outF, inF);
+        QuantState4bit qs = Quant4bit.quantize(Tensor.fromFloats(w, state, outF, inF), type, blocksize, nested);
+        float[] x = QuantGpuSupport.roundedTo(xd, QuantGpuSupport.gaussian(rnd, rows * inF, 1.0));
+        float[] bias = biasD == null ? null : QuantGpuSupport.roundedTo(biasD, QuantGpuSupport.gaussian(rnd, outF, 0.5));
+        float[] ref = Nf4Matmul.linear(x, rows, qs, bias, compute);
+        double[] sumAbs = sumAbs(x, rows, qs, compute, state);
+        String what = type + " nested=" + nested + " bs=" + blocksize + " state=" + state + " compute=" + compute + " x=" + xd
+                + " bias=" + biasD + " [" + outF + ", " + inF + "] rows=" + rows;
+        try (CudaQuant4bit q = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, compute);
+             Tensor xdev = QuantGpuSupport.upload(ctx, x, xd, rows, inF);
+             Tensor bdev = bias == null ? null : QuantGpuSupport.upload(ctx, bias, biasD, outF)) {
+            if (rows <= Quant4bitKernels.GEMV_MAX_ROWS) {
+                // the kernels directly into a poisoned output (the public path allocates its own)
+                try (Tensor y = QuantGpuSupport.poisoned(ctx, xd, rows, outF)) {
+                    if (Quant4bitKernels.mmaGemvApplies(q)) {
+                        try (Tensor xc = QuantGpuSupport.upload(ctx, x, compute, rows, inF)) {
+                            Quant4bitKernels.gemvMma(ctx, q, xc, rows, bdev, y);
+                            compare(ctx.download(y).toFloatArray(), ref, sumAbs, compute, xd, what + " (mma)");
+                        }
+                    } else {
+                        Quant4bitKernels.gemvSimt(ctx, q, xdev, rows, bdev, y);
+                        compare(ctx.download(y).toFloatArray(), ref, sumAbs, compute, xd, what + " (simt)");
+                    }
+                }
+            }
+            // the public op twice: the GEMV's arrival counters must be left at zero for the next launch
+            for (int rep = 0; rep < 2; rep++) {
+                try (Tensor y = CudaQuantOps.linear(ctx, xdev, q, bdev)) {
+                    compare(ctx.download(y).toFloatArray(), ref, sumAbs, compute, xd, what + " (linear #" + rep + ")");
+                }
+            }
+        }
+    }
+
+    /** sum_k |x_k * w_k| per output element, over the operands as rounded to the compute dtype, in float64. */
+    private static double[] sumAbs(float[] x, int rows, QuantState4bit qs, DType compute, DType state) {
+        int outF = qs.shape()[0], inF = qs.shape()[1];
+        float[] w = Quant4bit.dequantizeToF32(qs);
+        double[] s = new double[rows * outF];
+        for (int o = 0; o < outF; o++) {
+            for (int k = 0; k < inF; k++) {
+                double wv = Math.abs(QuantGpuSupport.round(compute, QuantGpuSupport.round(state, w[o * inF + k])));
+                for (int r = 0; r < rows; r++) s[r * outF + o] += Math.abs(QuantGpuSupport.round(compute, x[r * inF + k])) * wv;
+            }
+        }
+        return s;
+    }
+
+    private static void compare(float[] got, float[] ref, double[] sumAbs, DType compute, DType xd, String what) {
+        for (int i = 0; i < ref.length; i++) {
+            double want = QuantGpuSupport.round(xd, ref[i]);
+            double tol = 1e-5 * sumAbs[i] + QuantGpuSupport.quantum(compute, want) + QuantGpuSupport.quantum(xd, want);
+            if (!(Math.abs(got[i] - want) <= tol)) {
+                fail(what + ": element " + i + " = " + got[i] + ", reference " + want + ", tolerance " + tol);
+            }
+        }
+    }
+}
