@@ -491,10 +491,6 @@ public final class CpuBackend implements Backend {
             throw new IllegalArgumentException("rmsNormBackward: x " + shape(x) + " and weight " + shape(weight)
                     + " disagree on the hidden size");
         }
-        float[] xs = read(x, "rmsNormBackward x"), g = read(gradOut, "rmsNormBackward gradOut");
-        float[] gx = new float[xs.length];
-        float[] inv = new float[n];
-        parallel.forRange(n, 8L * h, (lo, hi) -> ActivationBackward.rmsNorm(xs, w, eps, g, h, gx, inv, lo, hi));
         if (gradWeight != null) {
             requireRank(gradWeight, 1, "rmsNormBackward gradWeight");
             Activations.requireF32(gradWeight, "rmsNormBackward gradWeight");
@@ -502,6 +498,12 @@ public final class CpuBackend implements Backend {
                 throw new IllegalArgumentException("rmsNormBackward: gradWeight " + shape(gradWeight)
                         + " must be [" + h + "] like the weight");
             }
+        }
+        float[] xs = read(x, "rmsNormBackward x"), g = read(gradOut, "rmsNormBackward gradOut");
+        float[] gx = new float[xs.length];
+        float[] inv = new float[n]; // 1/rms per row, for the weight gradient
+        parallel.forRange(n, 8L * h, (lo, hi) -> ActivationBackward.rmsNorm(xs, w, eps, g, h, gx, inv, lo, hi));
+        if (gradWeight != null) {
             float[] gw = read(gradWeight, "rmsNormBackward gradWeight");
             forColumnSlices(h, 2L * n, (c0, c1) -> ActivationBackward.rmsNormWeight(xs, g, inv, n, h, gw, c0, c1));
             Activations.writeBack(gradWeight, gw);

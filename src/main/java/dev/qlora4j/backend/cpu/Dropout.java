@@ -17,7 +17,9 @@ package dev.qlora4j.backend.cpu;
  *   keep = u >= threshold
  *   y = keep ? x * scale : 0, with scale = 1.0f / (1.0f - p) in float32
  * </pre>
- * So the keep probability is 1 - threshold / 2^24 (within 2^-24 of 1 - p). p = 0 keeps
+ * hash(seed, i) is the i-th nextLong() of java.util.SplittableRandom(seed) (the tests check this);
+ * hash(0, 0) = 0xE220A8397B1DCDAF, hash(0, 1) = 0x6E789E6AA1B965F4.
+ * The keep probability is 1 - threshold / 2^24 (within 2^-24 of 1 - p). p = 0 keeps
  * everything (y = x exactly, scale 1); p = 1 drops everything.
  */
 final class Dropout {
