@@ -6,6 +6,7 @@ import static dev.qlora4j.backend.cpu.Activations.requireRank;
 import static dev.qlora4j.backend.cpu.Activations.requireSameShape;
 import static dev.qlora4j.backend.cpu.Activations.shape;
 
+import dev.qlora4j.backend.AttentionResult;
 import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.KvCache;
 import dev.qlora4j.backend.QuantizedWeight;
@@ -308,6 +309,360 @@ public final class CpuBackend implements Backend {
     @Override
     public Tensor dequantize(QuantizedWeight w, DType dtype) {
         return CpuQuantized.dequantize(w, dtype);
+    }
+
+    // ---- training: backward passes and the ops adapters need ----
+
+    @Override
+    public Tensor scale(Tensor a, float s) {
+        float[] as = read(a, "scale a");
+        float[] out = new float[as.length];
+        parallel.forRange(out.length, 1, (lo, hi) -> ElementwiseOps.scale(as, s, out, lo, hi));
+        return Tensor.of(out, a.shape());
+    }
+
+    @Override
+    public Tensor axpyInPlace(Tensor a, float alpha, Tensor b) {
+        requireSameShape(a, b, "axpyInPlace");
+        Activations.requireF32(a, "axpyInPlace target a");
+        float[] as = read(a, "axpyInPlace a"), bs = read(b, "axpyInPlace b");
+        parallel.forRange(as.length, 2, (lo, hi) -> ElementwiseOps.axpy(as, alpha, bs, lo, hi));
+        Activations.writeBack(a, as);
+        return a;
+    }
+
+    @Override
+    public Tensor mul(Tensor a, Tensor b) {
+        requireSameShape(a, b, "mul");
+        float[] as = read(a, "mul a"), bs = read(b, "mul b");
+        float[] out = new float[as.length];
+        parallel.forRange(out.length, 1, (lo, hi) -> ElementwiseOps.mul(as, bs, out, lo, hi));
+        return Tensor.of(out, a.shape());
+    }
+
+    @Override
+    public double sumOfSquares(Tensor a) {
+        float[] as = read(a, "sumOfSquares a");
+        int blocks = (as.length + ElementwiseOps.SQUARES_BLOCK - 1) / ElementwiseOps.SQUARES_BLOCK;
+        double[] partial = new double[blocks];
+        parallel.forRange(blocks, 2L * ElementwiseOps.SQUARES_BLOCK,
+                (lo, hi) -> ElementwiseOps.sumOfSquaresBlocks(as, partial, lo, hi));
+        double sum = 0;
+        for (double p : partial) sum += p;
+        return sum;
+    }
+
+    /** See {@link Dropout} for the exact mask function (shared with the CUDA backend). */
+    @Override
+    public Tensor dropout(Tensor x, float p, long seed) {
+        if (!(p >= 0f && p <= 1f)) {
+            throw new IllegalArgumentException("dropout: probability p must be in [0, 1], got " + p);
+        }
+        float[] xs = read(x, "dropout x");
+        float[] out = new float[xs.length];
+        parallel.forRange(out.length, 12, (lo, hi) -> Dropout.apply(xs, p, seed, out, lo, hi));
+        return Tensor.of(out, x.shape());
+    }
+
+    @Override
+    public Tensor rowNorms(Tensor x) {
+        requireRank(x, 2, "rowNorms x");
+        int n = x.dim(0), h = x.dim(1);
+        float[] xs = read(x, "rowNorms x");
+        float[] out = new float[n];
+        parallel.forRange(n, 2L * h, (lo, hi) -> ElementwiseOps.rowNorms(xs, h, out, lo, hi));
+        return Tensor.of(out, n);
+    }
+
+    @Override
+    public Tensor scaleColumns(Tensor x, Tensor s) {
+        requireRank(x, 2, "scaleColumns x");
+        int n = x.dim(0), m = x.dim(1);
+        float[] ss = WeightView.ofVector(s, "scaleColumns s").toFloats();
+        if (ss.length != m) {
+            throw new IllegalArgumentException("scaleColumns: s " + shape(s) + " must have one value per column of x "
+                    + shape(x));
+        }
+        float[] xs = read(x, "scaleColumns x");
+        float[] out = new float[xs.length];
+        parallel.forRange(n, m, (lo, hi) -> ElementwiseOps.scaleColumns(xs, ss, m, out, lo, hi));
+        return Tensor.of(out, n, m);
+    }
+
+    @Override
+    public Tensor transpose(Tensor x) {
+        requireRank(x, 2, "transpose x");
+        int n = x.dim(0), m = x.dim(1);
+        float[] xs = read(x, "transpose x");
+        float[] out = new float[xs.length];
+        int tile = ElementwiseOps.TRANSPOSE_TILE;
+        int tiles = (m + tile - 1) / tile;
+        parallel.forRange(tiles, (long) tile * n,
+                (lo, hi) -> ElementwiseOps.transpose(xs, n, m, out, lo * tile, Math.min(m, hi * tile)));
+        return Tensor.of(out, m, n);
+    }
+
+    @Override
+    public Tensor linearBackwardInput(Tensor gradOut, Tensor w) {
+        requireRank(gradOut, 2, "linearBackwardInput gradOut");
+        WeightView wv = WeightView.of(w, "linearBackwardInput weight");
+        int n = gradOut.dim(0), m = gradOut.dim(1);
+        if (wv.rows != m) {
+            throw new IllegalArgumentException("linearBackwardInput: gradOut " + shape(gradOut) + " and w " + shape(w)
+                    + " disagree on the output features (" + m + " vs " + wv.rows + "); w must be [out, in]");
+        }
+        float[] out = new float[Math.multiplyExact(n, wv.cols)];
+        MatmulAccumulate.run(parallel, read(gradOut, "linearBackwardInput gradOut"), m, 1, n, m,
+                MatmulAccumulate.ofWeight(wv), wv.cols, out);
+        return Tensor.of(out, n, wv.cols);
+    }
+
+    @Override
+    public Tensor linearQuantizedBackwardInput(Tensor gradOut, QuantizedWeight w) {
+        requireRank(gradOut, 2, "linearQuantizedBackwardInput gradOut");
+        int n = gradOut.dim(0), m = gradOut.dim(1);
+        if (m != w.outFeatures()) {
+            throw new IllegalArgumentException("linearQuantizedBackwardInput: gradOut " + shape(gradOut)
+                    + " does not match the weight [" + w.outFeatures() + ", " + w.inFeatures() + "] (need [n, "
+                    + w.outFeatures() + "])");
+        }
+        MatmulAccumulate.BlockSource source = switch (w) {
+            case CpuQuantized.FourBit f -> QuantizedBlocks.of4bit(f.state(), f.computeDType());
+            case CpuQuantized.EightBit e -> QuantizedBlocks.of8bit(e.weight());
+            default -> throw new IllegalArgumentException("quantized weight " + w.getClass().getSimpleName()
+                    + " was prepared for another backend; prepare it with this backend's prepare4bit/prepare8bit");
+        };
+        int k = w.inFeatures();
+        float[] out = new float[Math.multiplyExact(n, k)];
+        MatmulAccumulate.run(parallel, read(gradOut, "linearQuantizedBackwardInput gradOut"), m, 1, n, m, source, k, out);
+        return Tensor.of(out, n, k);
+    }
+
+    @Override
+    public void linearBackwardWeight(Tensor gradOut, Tensor x, Tensor gradW) {
+        requireRank(gradOut, 2, "linearBackwardWeight gradOut");
+        requireRank(x, 2, "linearBackwardWeight x");
+        requireRank(gradW, 2, "linearBackwardWeight gradW");
+        Activations.requireF32(gradW, "linearBackwardWeight gradW");
+        int n = gradOut.dim(0), m = gradOut.dim(1), k = x.dim(1);
+        if (x.dim(0) != n || gradW.dim(0) != m || gradW.dim(1) != k) {
+            throw new IllegalArgumentException("linearBackwardWeight: gradOut " + shape(gradOut) + ", x " + shape(x)
+                    + " and gradW " + shape(gradW) + " must be [n, m], [n, k] and [m, k]");
+        }
+        float[] gw = read(gradW, "linearBackwardWeight gradW");
+        // gradW [m, k] += A B with A = gradOut^T (A[j, i] = gradOut[i * m + j]) and B = x [n, k].
+        MatmulAccumulate.run(parallel, read(gradOut, "linearBackwardWeight gradOut"), 1, m, m, n,
+                MatmulAccumulate.ofArray(read(x, "linearBackwardWeight x"), k), k, gw);
+        Activations.writeBack(gradW, gw);
+    }
+
+    @Override
+    public void sumRowsInto(Tensor gradOut, Tensor gradB) {
+        requireRank(gradOut, 2, "sumRowsInto gradOut");
+        requireRank(gradB, 1, "sumRowsInto gradB");
+        Activations.requireF32(gradB, "sumRowsInto gradB");
+        int n = gradOut.dim(0), m = gradOut.dim(1);
+        if (gradB.dim(0) != m) {
+            throw new IllegalArgumentException("sumRowsInto: gradB " + shape(gradB) + " must have one value per column of "
+                    + "gradOut " + shape(gradOut));
+        }
+        float[] g = read(gradOut, "sumRowsInto gradOut");
+        float[] gb = read(gradB, "sumRowsInto gradB");
+        forColumnSlices(m, n, (c0, c1) -> ColumnSums.sumRows(g, n, m, gb, c0, c1));
+        Activations.writeBack(gradB, gb);
+    }
+
+    /** Runs body over column slices [c0, c1) of width ColumnSums.SLICE covering [0, cols). */
+    private void forColumnSlices(int cols, long rows, Parallel.RangeBody body) {
+        int slice = ColumnSums.SLICE;
+        int slices = (cols + slice - 1) / slice;
+        parallel.forRange(slices, rows * slice, (lo, hi) -> {
+            for (int u = lo; u < hi; u++) body.run(u * slice, Math.min(cols, (u + 1) * slice));
+        });
+    }
+
+    @Override
+    public Tensor rmsNormBackward(Tensor x, Tensor weight, float eps, Tensor gradOut, Tensor gradWeight) {
+        requireRank(x, 2, "rmsNormBackward x");
+        requireSameShape(x, gradOut, "rmsNormBackward x and gradOut");
+        float[] w = WeightView.ofVector(weight, "rmsNormBackward weight").toFloats();
+        int n = x.dim(0), h = x.dim(1);
+        if (w.length != h) {
+            throw new IllegalArgumentException("rmsNormBackward: x " + shape(x) + " and weight " + shape(weight)
+                    + " disagree on the hidden size");
+        }
+        if (gradWeight != null) {
+            requireRank(gradWeight, 1, "rmsNormBackward gradWeight");
+            Activations.requireF32(gradWeight, "rmsNormBackward gradWeight");
+            if (gradWeight.dim(0) != h) {
+                throw new IllegalArgumentException("rmsNormBackward: gradWeight " + shape(gradWeight)
+                        + " must be [" + h + "] like the weight");
+            }
+        }
+        float[] xs = read(x, "rmsNormBackward x"), g = read(gradOut, "rmsNormBackward gradOut");
+        float[] gx = new float[xs.length];
+        float[] inv = new float[n]; // 1/rms per row, for the weight gradient
+        parallel.forRange(n, 8L * h, (lo, hi) -> ActivationBackward.rmsNorm(xs, w, eps, g, h, gx, inv, lo, hi));
+        if (gradWeight != null) {
+            float[] gw = read(gradWeight, "rmsNormBackward gradWeight");
+            forColumnSlices(h, 2L * n, (c0, c1) -> ActivationBackward.rmsNormWeight(xs, g, inv, n, h, gw, c0, c1));
+            Activations.writeBack(gradWeight, gw);
+        }
+        return Tensor.of(gx, n, h);
+    }
+
+    @Override
+    public Tensor[] siluMulBackward(Tensor gate, Tensor up, Tensor gradOut) {
+        requireSameShape(gate, up, "siluMulBackward gate and up");
+        requireSameShape(gate, gradOut, "siluMulBackward gate and gradOut");
+        float[] ga = read(gate, "siluMulBackward gate"), u = read(up, "siluMulBackward up");
+        float[] g = read(gradOut, "siluMulBackward gradOut");
+        float[] gradGate = new float[ga.length], gradUp = new float[ga.length];
+        parallel.forRange(ga.length, 24, (lo, hi) -> ActivationBackward.siluMul(ga, u, g, gradGate, gradUp, lo, hi));
+        return new Tensor[] {Tensor.of(gradGate, gate.shape()), Tensor.of(gradUp, gate.shape())};
+    }
+
+    @Override
+    public void ropeBackwardInPlace(Tensor grad, Tensor positions, Tensor invFreq, int heads, int headDim,
+                                    float attentionScaling) {
+        // Same checks as the forward (rope's messages name the argument the same way).
+        requireRank(grad, 2, "rope backward grad");
+        Activations.requireF32(grad, "rope backward grad");
+        int[] pos = readIndices(positions, "rope backward positions");
+        float[] freq = WeightView.ofVector(invFreq, "rope backward invFreq").toFloats();
+        if (heads < 1 || headDim < 2 || headDim % 2 != 0) {
+            throw new IllegalArgumentException("rope backward: heads must be >= 1 and headDim even, got heads=" + heads
+                    + " headDim=" + headDim);
+        }
+        if (grad.dim(1) != heads * headDim || pos.length != grad.dim(0) || freq.length != headDim / 2) {
+            throw new IllegalArgumentException("rope backward: grad " + shape(grad) + ", positions " + shape(positions)
+                    + " and invFreq " + shape(invFreq) + " must be [n, " + heads + "*" + headDim + "], [n] and ["
+                    + headDim / 2 + "]");
+        }
+        float[] gs = read(grad, "rope backward grad");
+        parallel.forRange(pos.length, 6L * grad.dim(1),
+                (lo, hi) -> RopeBackward.apply(gs, pos, freq, heads, headDim, attentionScaling, lo, hi));
+        Activations.writeBack(grad, gs);
+    }
+
+    @Override
+    public void embeddingBackward(Tensor ids, Tensor gradOut, Tensor gradTable) {
+        int[] tokens = readIndices(ids, "embeddingBackward ids");
+        requireRank(gradOut, 2, "embeddingBackward gradOut");
+        requireRank(gradTable, 2, "embeddingBackward gradTable");
+        Activations.requireF32(gradTable, "embeddingBackward gradTable");
+        int vocab = gradTable.dim(0), hidden = gradTable.dim(1);
+        if (gradOut.dim(0) != tokens.length || gradOut.dim(1) != hidden) {
+            throw new IllegalArgumentException("embeddingBackward: gradOut " + shape(gradOut) + " must be ["
+                    + tokens.length + ", " + hidden + "] (one row per id, gradTable " + shape(gradTable) + ")");
+        }
+        for (int id : tokens) {
+            if (id < 0 || id >= vocab) {
+                throw new IllegalArgumentException("embeddingBackward: token id " + id + " is outside gradTable "
+                        + shape(gradTable) + "; check that the tokenizer matches the model");
+            }
+        }
+        float[] g = read(gradOut, "embeddingBackward gradOut");
+        float[] table = read(gradTable, "embeddingBackward gradTable");
+        forColumnSlices(hidden, tokens.length, (c0, c1) -> ColumnSums.scatterRows(tokens, g, hidden, table, c0, c1));
+        Activations.writeBack(gradTable, table);
+    }
+
+    @Override
+    public AttentionResult attentionTrain(Tensor q, Tensor k, Tensor v, Tensor segments, int batch, int heads,
+                                          int kvHeads, int headDim, float scale, int window) {
+        TrainAttention.Shape s = trainAttentionShape(q, k, v, batch, heads, kvHeads, headDim, "attentionTrain");
+        int[] segs = readSegments(segments, q.dim(0), "attentionTrain");
+        float[] qs = read(q, "attentionTrain q"), ks = read(k, "attentionTrain k"), vs = read(v, "attentionTrain v");
+        float[] out = new float[qs.length];
+        float[] lse = new float[batch * heads * s.tokens()];
+        long workPerPair = 2L * s.tokens() * s.tokens() * headDim;
+        parallel.forRange(batch * heads, workPerPair,
+                (lo, hi) -> TrainAttention.forward(s, qs, ks, vs, segs, scale, window, out, lse, lo, hi));
+        return new AttentionResult(Tensor.of(out, q.shape()), Tensor.of(lse, batch, heads, s.tokens()));
+    }
+
+    @Override
+    public Tensor[] attentionBackward(Tensor q, Tensor k, Tensor v, Tensor segments, AttentionResult fwd,
+                                      Tensor gradOut, int batch, int heads, int kvHeads, int headDim,
+                                      float scale, int window) {
+        TrainAttention.Shape s = trainAttentionShape(q, k, v, batch, heads, kvHeads, headDim, "attentionBackward");
+        int[] segs = readSegments(segments, q.dim(0), "attentionBackward");
+        requireSameShape(q, fwd.out(), "attentionBackward q and fwd.out");
+        requireSameShape(q, gradOut, "attentionBackward q and gradOut");
+        int tokens = s.tokens();
+        if (fwd.lse().numel() != (long) batch * heads * tokens) {
+            throw new IllegalArgumentException("attentionBackward: fwd.lse " + shape(fwd.lse()) + " must be [" + batch
+                    + ", " + heads + ", " + tokens + "]; pass the AttentionResult attentionTrain returned for these inputs");
+        }
+        float[] qs = read(q, "attentionBackward q"), ks = read(k, "attentionBackward k");
+        float[] vs = read(v, "attentionBackward v"), out = read(fwd.out(), "attentionBackward fwd.out");
+        float[] lse = read(fwd.lse(), "attentionBackward fwd.lse"), g = read(gradOut, "attentionBackward gradOut");
+        float[] gq = new float[qs.length], gk = new float[ks.length], gv = new float[vs.length];
+        boolean direct = heads == kvHeads;
+        // Grouped heads: each (row, query head) pair gets its own dK, dV [T, headDim], summed per group after.
+        float[] gkPairs = direct ? gk : new float[batch * heads * tokens * headDim];
+        float[] gvPairs = direct ? gv : new float[gkPairs.length];
+        long workPerPair = 5L * tokens * tokens * headDim;
+        parallel.forRange(batch * heads, workPerPair, (lo, hi) -> TrainAttention.backward(
+                s, qs, ks, vs, segs, out, lse, g, scale, window, gq, gkPairs, gvPairs, direct, lo, hi));
+        if (!direct) {
+            parallel.forRange(batch * tokens, 2L * heads * headDim,
+                    (lo, hi) -> TrainAttention.sumGroups(s, gkPairs, gvPairs, gk, gv, lo, hi));
+        }
+        return new Tensor[] {Tensor.of(gq, q.shape()), Tensor.of(gk, k.shape()), Tensor.of(gv, v.shape())};
+    }
+
+    private static TrainAttention.Shape trainAttentionShape(Tensor q, Tensor k, Tensor v, int batch, int heads,
+                                                            int kvHeads, int headDim, String op) {
+        requireRank(q, 2, op + " q");
+        requireRank(k, 2, op + " k");
+        requireSameShape(k, v, op + " k and v");
+        if (heads < 1 || kvHeads < 1 || heads % kvHeads != 0 || headDim < 1) {
+            throw new IllegalArgumentException(op + ": heads (" + heads + ") must be a positive multiple of kvHeads ("
+                    + kvHeads + ") and headDim (" + headDim + ") positive");
+        }
+        if (q.dim(1) != heads * headDim || k.dim(1) != kvHeads * headDim) {
+            throw new IllegalArgumentException(op + ": q " + shape(q) + " and k " + shape(k) + " must be [B*T, "
+                    + heads + "*" + headDim + "] and [B*T, " + kvHeads + "*" + headDim + "]");
+        }
+        if (batch < 1 || q.dim(0) != k.dim(0) || q.dim(0) % batch != 0) {
+            throw new IllegalArgumentException(op + ": q " + shape(q) + " and k " + shape(k)
+                    + " must both have B*T rows with B = " + batch);
+        }
+        return new TrainAttention.Shape(batch, q.dim(0) / batch, heads, kvHeads, headDim);
+    }
+
+    private static int[] readSegments(Tensor segments, int rows, String op) {
+        if (segments == null) return null;
+        int[] segs = readIndices(segments, op + " segments");
+        if (segs.length != rows) {
+            throw new IllegalArgumentException(op + ": segments " + shape(segments) + " must have one id per token ("
+                    + rows + " = B*T)");
+        }
+        return segs;
+    }
+
+    @Override
+    public Tensor[] crossEntropyWithGrad(Tensor logits, Tensor targets, float gradScale) {
+        requireRank(logits, 2, "crossEntropyWithGrad logits");
+        int[] t = readIndices(targets, "crossEntropyWithGrad targets");
+        int n = logits.dim(0), vocab = logits.dim(1);
+        if (t.length != n) {
+            throw new IllegalArgumentException("crossEntropyWithGrad: logits " + shape(logits) + " and targets "
+                    + shape(targets) + " disagree on the number of rows");
+        }
+        for (int i = 0; i < n; i++) {
+            if (t[i] != RowOps.IGNORE_INDEX && (t[i] < 0 || t[i] >= vocab)) {
+                throw new IllegalArgumentException("crossEntropyWithGrad: target " + t[i] + " in row " + i
+                        + " is outside the vocabulary of " + vocab + " (use -100 to ignore a position)");
+            }
+        }
+        float[] ls = read(logits, "crossEntropyWithGrad logits");
+        float[] loss = new float[n];
+        float[] grad = new float[Math.multiplyExact(n, vocab)];
+        parallel.forRange(n, 5L * vocab, (lo, hi) -> CrossEntropyGrad.rows(ls, vocab, t, gradScale, loss, grad, lo, hi));
+        return new Tensor[] {Tensor.of(loss, n), Tensor.of(grad, n, vocab)};
     }
 
     /** Stops the worker threads. */
