@@ -99,6 +99,16 @@ public interface Backend extends AutoCloseable {
      */
     QuantizedWeight prepare4bit(QuantState4bit weight, DType computeDType);
 
+    /**
+     * Quantizes a dense weight [out, in] (host or this device) to bitsandbytes 4-bit and prepares it,
+     * bit-identical to {@link dev.qlora4j.quant.Quant4bit#quantize}. The default quantizes on the
+     * host; the CUDA backend quantizes on the GPU (fast quantize-on-load, synthetic benchmark models).
+     */
+    default QuantizedWeight quantize4bit(Tensor weight, dev.qlora4j.quant.QuantType type, int blocksize,
+                                         boolean doubleQuant, DType computeDType) {
+        return prepare4bit(dev.qlora4j.quant.Quant4bit.quantize(toHost(weight), type, blocksize, doubleQuant), computeDType);
+    }
+
     /** Makes an LLM.int8 weight (CB, SCB) ready for this device; threshold 0 means pure int8. */
     QuantizedWeight prepare8bit(Int8Weight weight, float threshold);
 

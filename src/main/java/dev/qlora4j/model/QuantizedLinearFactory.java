@@ -5,7 +5,6 @@ import dev.qlora4j.nn.DenseLinear;
 import dev.qlora4j.nn.Linear;
 import dev.qlora4j.nn.QuantizedLinear;
 import dev.qlora4j.quant.Int8Weight;
-import dev.qlora4j.quant.Quant4bit;
 import dev.qlora4j.quant.QuantState4bit;
 import dev.qlora4j.quant.QuantizationConfig;
 import dev.qlora4j.tensor.Tensor;
@@ -57,13 +56,16 @@ public final class QuantizedLinearFactory implements LinearFactory {
                 Int8Weight q = Int8Weight.fromSafetensors(path, name -> w.has(name) ? w.get(name) : null);
                 return new QuantizedLinear(b.prepare8bit(q, (float) config.llmInt8Threshold()), bias);
             }
-            Tensor dense = w.get(path + ".weight");
-            if (config.loadIn4bit()) {
-                QuantState4bit s = Quant4bit.quantize(dense, config.bnb4bitQuantType(), config.blocksize(),
-                        config.bnb4bitUseDoubleQuant());
-                return new QuantizedLinear(b.prepare4bit(s, config.bnb4bitComputeDType()), bias);
+            // Views of a mapped checkpoint do not own their bytes (close is a no-op); a weight made for
+            // this call (e.g. a synthetic one on the GPU) is freed as soon as it is quantized.
+            try (Tensor dense = w.get(path + ".weight")) {
+                if (config.loadIn4bit()) {
+                    return new QuantizedLinear(b.quantize4bit(dense, config.bnb4bitQuantType(), config.blocksize(),
+                            config.bnb4bitUseDoubleQuant(), config.bnb4bitComputeDType()), bias);
+                }
+                return new QuantizedLinear(b.prepare8bit(Int8Weight.quantize(b.toHost(dense)),
+                        (float) config.llmInt8Threshold()), bias);
             }
-            return new QuantizedLinear(b.prepare8bit(Int8Weight.quantize(dense), (float) config.llmInt8Threshold()), bias);
         } catch (IllegalArgumentException e) {
             if (bias != null) bias.close();
             throw new IllegalArgumentException(w.describe() + ": cannot load quantized layer " + path + ": " + e.getMessage(), e);

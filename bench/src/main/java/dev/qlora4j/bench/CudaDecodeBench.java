@@ -57,7 +57,7 @@ public class CudaDecodeBench {
     @Param({"llama-1b"})
     public String shape;
 
-    @Param({"bf16"})
+    @Param({"bf16", "nf4"})
     public String quant;
 
     @Param({"true"})
@@ -71,13 +71,16 @@ public class CudaDecodeBench {
 
     @Setup(Level.Trial)
     public void setup() {
-        if (!quant.equals("bf16")) {
-            throw new IllegalArgumentException("quant=" + quant + ": only bf16 is available; NF4 needs a "
-                    + "QuantizationConfig-based LinearFactory, which does not exist yet");
+        if (!quant.equals("bf16") && !quant.equals("nf4")) {
+            throw new IllegalArgumentException("quant=" + quant + ": use bf16 or nf4");
         }
         if (!CudaBackend.isAvailable()) throw new IllegalStateException("CudaDecodeBench needs a GPU");
         backend = CudaBackend.create(0, DType.BF16, graphs);
-        model = SyntheticWeights.model(shape, backend, 42);
+        // nf4: QLoRA's setup (NF4, double quantization, bf16 compute), quantized on the GPU layer by layer.
+        model = quant.equals("nf4")
+                ? SyntheticWeights.model(shape, backend, 42,
+                        new dev.qlora4j.model.QuantizedLinearFactory(dev.qlora4j.quant.QuantizationConfig.qlora()))
+                : SyntheticWeights.model(shape, backend, 42);
         int vocab = model.config().vocabSize();
         Random r = new Random(1);
         prompt = new int[][] {r.ints(PROMPT, 3, vocab).toArray()};

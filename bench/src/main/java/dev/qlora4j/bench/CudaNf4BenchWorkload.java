@@ -46,7 +46,9 @@ final class CudaNf4BenchWorkload implements AutoCloseable {
         int nf4Copies = (int) Math.max(2, Math.min(16, (ROTATE_BYTES + nf4Bytes - 1) / nf4Bytes));
         int bf16Copies = (int) Math.max(2, Math.min(16, (ROTATE_BYTES + 2L * out * in - 1) / (2L * out * in)));
         for (int c = 0; c < Math.max(nf4Copies, bf16Copies); c++) {
-            Tensor w = ctx.upload(randomBf16(rnd, out, in));
+            // Generated on the GPU (hash-based normal, std 0.02): host generation of 8192 x 28672
+            // weights took minutes of the lease.
+            Tensor w = dev.qlora4j.backend.cuda.RandomKernels.normal(ctx, DType.BF16, 1000L + c, 0f, 0.02f, out, in);
             if (c < nf4Copies) nf4.add(CudaQuantOps.quantize4bit(ctx, w, QuantType.NF4, 64, doubleQuant, DType.BF16));
             if (c < bf16Copies) bf16.add(w);
             else w.close();

@@ -246,6 +246,18 @@ public final class CudaBackend implements Backend, GraphCapable {
     // ---- quantized weights: CudaQuantOps (the quantized-kernel branch) ----
 
     @Override
+    public QuantizedWeight quantize4bit(Tensor weight, dev.qlora4j.quant.QuantType type, int blocksize,
+                                        boolean doubleQuant, DType computeDType) {
+        boolean onDevice = weight.storage() instanceof CudaStorage;
+        Tensor w = onDevice ? weight : ctx.upload(weight);
+        try {
+            return CudaQuantOps.quantize4bit(ctx, w, type, blocksize, doubleQuant, computeDType);
+        } finally {
+            if (!onDevice) w.close();
+        }
+    }
+
+    @Override
     public QuantizedWeight prepare4bit(QuantState4bit weight, DType computeDType) {
         return CudaQuantOps.prepare4bit(ctx, weight, computeDType);
     }

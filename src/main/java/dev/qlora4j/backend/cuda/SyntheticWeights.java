@@ -96,6 +96,12 @@ public final class SyntheticWeights implements WeightSource {
         return TransformerLM.load(c, onDevice(c, backend, seed), backend, LinearFactory.DENSE);
     }
 
+    /** As {@link #model(String, CudaBackend, long)} with the linear layers built by a factory (e.g. NF4). */
+    public static TransformerLM model(String shapeName, CudaBackend backend, long seed, LinearFactory linears) {
+        ModelConfig c = config(shapeName);
+        return TransformerLM.load(c, onDevice(c, backend, seed), backend, linears);
+    }
+
     /** A model of a named shape with host-generated weights uploaded to backend (any backend; small shapes). */
     public static TransformerLM hostModel(String shapeName, Backend backend, long seed) {
         ModelConfig c = config(shapeName);
