@@ -44,7 +44,7 @@ class CudaGoldenCoreGpuTest {
         System.setProperty(CudaBackend.ACTIVATIONS_PROPERTY, activations);
         System.setProperty(CudaBackend.GRAPHS_PROPERTY, Boolean.toString(graphs));
         try {
-            CausalLM lm = CausalLM.fromPretrained(Golden.dir(name), new LoadOptions("cuda"));
+            CausalLM lm = CausalLM.fromPretrained(Golden.dir(name), LoadOptions.defaults().withDevice("cuda"));
             assertTrue(lm.backend() instanceof CudaBackend, "loaded on " + lm.backend());
             return lm;
         } finally {
