@@ -34,6 +34,11 @@ public final class Tokenizer implements AutoCloseable {
         if (System.getenv("OPT_OUT_TRACKING") == null && System.getProperty("OPT_OUT_TRACKING") == null) {
             System.setProperty("OPT_OUT_TRACKING", "true");
         }
+        // On a machine with CUDA, DJL picks a CUDA build of the tokenizer library and tries to download it;
+        // the CPU build bundled in the jar is all a tokenizer needs (and no download can happen offline).
+        if (System.getenv("RUST_FLAVOR") == null && System.getProperty("RUST_FLAVOR") == null) {
+            System.setProperty("RUST_FLAVOR", "cpu");
+        }
     }
 
     private final HuggingFaceTokenizer hf;
