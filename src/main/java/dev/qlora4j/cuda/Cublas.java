@@ -46,7 +46,13 @@ public final class Cublas implements AutoCloseable {
 
     /** cublasMath_t. */
     public enum MathMode {
-        DEFAULT(0), PEDANTIC(2), TF32_TENSOR_OP(3);
+        DEFAULT(0), PEDANTIC(2), TF32_TENSOR_OP(3),
+        /**
+         * CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION: 16-bit outputs are
+         * reduced in float32 (by default cuBLAS may sum split-K partials in bf16/f16, several ulps away
+         * from the CPU reference).
+         */
+        DEFAULT_NO_REDUCED_PRECISION_REDUCTION(16);
 
         private final int value;
 

@@ -113,6 +113,7 @@ public final class CudaContext implements AutoCloseable {
         if (cublas == null) {
             cublas = Cublas.create();
             cublas.setStream(stream);
+            cublas.setMathMode(Cublas.MathMode.DEFAULT_NO_REDUCED_PRECISION_REDUCTION);
         }
         return cublas;
     }
