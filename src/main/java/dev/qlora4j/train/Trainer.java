@@ -42,6 +42,10 @@ import java.util.function.Consumer;
  *
  * Output in output_dir: checkpoint-N/ folders, metrics.jsonl, the final adapter,
  * trainer_state.json, train_results.json / eval_results.json / all_results.json, loss_curve.png.
+ * When eval data is given, the run ends with an evaluation of the final weights (as calling
+ * trainer.evaluate() after train() does) unless the last step was just evaluated. eval_loss is
+ * token-weighted over the whole eval set (transformers averages per-batch means weighted by batch
+ * size; the token mean is the quantity perplexity needs).
  */
 public final class Trainer {
     /** Builds the optimizer over the trainable parameters (default {@link Optimizers#create}). */
@@ -80,8 +84,6 @@ public final class Trainer {
     private LrSchedule schedule;
     private TrainerState state;
     private MetricsLog metrics;
-    private double lastGradNorm = Double.NaN;
-    private double lastLr = Double.NaN;
     private long windowInputTokens;
     private long windowStartNanos;
     private long runStartNanos;
@@ -303,8 +305,8 @@ public final class Trainer {
         state.totalLoss += stepLoss;
         state.inputTokensSeen += input;
         state.trainedTokensSeen += totalTokens;
-        lastGradNorm = norm;
-        lastLr = lr;
+        state.lastGradNorm = norm;
+        state.lastLr = lr;
         windowInputTokens += input;
         runSteps++;
         runExamples += examples;
@@ -336,8 +338,8 @@ public final class Trainer {
         if (log && state.globalStep > state.lastLoggedStep) {
             Map<String, Object> e = new LinkedHashMap<>();
             e.put("loss", round(state.lossSinceLog / (state.globalStep - state.lastLoggedStep), 4));
-            e.put("grad_norm", lastGradNorm);
-            e.put("learning_rate", lastLr);
+            e.put("grad_norm", state.lastGradNorm);
+            e.put("learning_rate", state.lastLr);
             e.put("epoch", state.epoch);
             e.put("step", state.globalStep);
             double seconds = (System.nanoTime() - windowStartNanos) / 1e9;

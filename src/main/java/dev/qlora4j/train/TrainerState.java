@@ -34,6 +34,8 @@ final class TrainerState {
     long lastLoggedStep;
     long lastEvalStep;
     long lastSavedStep;
+    double lastGradNorm = Double.NaN; // of the latest step: an epoch-end log after a resume reports it
+    double lastLr = Double.NaN;
     long inputTokensSeen;
     long trainedTokensSeen;
     long seed;
@@ -87,6 +89,8 @@ final class TrainerState {
         m.put("last_logged_step", lastLoggedStep);
         m.put("last_eval_step", lastEvalStep);
         m.put("last_saved_step", lastSavedStep);
+        m.put("last_grad_norm", Double.isFinite(lastGradNorm) ? lastGradNorm : null);
+        m.put("last_learning_rate", Double.isFinite(lastLr) ? lastLr : null);
         m.put("input_tokens_seen", inputTokensSeen);
         m.put("trained_tokens_seen", trainedTokensSeen);
         m.put("seed", seed);
@@ -113,6 +117,8 @@ final class TrainerState {
         lastLoggedStep = TrainJson.asLong(r, "last_logged_step", file);
         lastEvalStep = TrainJson.asLong(r, "last_eval_step", file);
         lastSavedStep = TrainJson.asLong(r, "last_saved_step", file);
+        lastGradNorm = r.get("last_grad_norm") instanceof Number n ? n.doubleValue() : Double.NaN;
+        lastLr = r.get("last_learning_rate") instanceof Number n ? n.doubleValue() : Double.NaN;
         inputTokensSeen = TrainJson.asLong(r, "input_tokens_seen", file);
         trainedTokensSeen = TrainJson.asLong(r, "trained_tokens_seen", file);
         Path stateFile = checkpoint.resolve("trainer_state.json");
