@@ -1,0 +1,226 @@
+package dev.qlora4j.cli;
+
+import dev.qlora4j.CausalLM;
+import dev.qlora4j.io.tokenizer.Tokenizer;
+import dev.qlora4j.peft.config.BottleneckConfig;
+import dev.qlora4j.peft.config.LoraConfig;
+import dev.qlora4j.peft.config.ModuleSelector;
+import dev.qlora4j.peft.config.PeftConfig;
+import dev.qlora4j.peft.config.PrefixTuningConfig;
+import dev.qlora4j.peft.config.TargetModules;
+import dev.qlora4j.train.JsonlDataset;
+import dev.qlora4j.train.ProgressReporter;
+import dev.qlora4j.train.TrainableModel;
+import dev.qlora4j.train.Trainer;
+import dev.qlora4j.train.TrainingArguments;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Option;
+
+import java.nio.file.Path;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.Callable;
+import java.util.function.Supplier;
+
+/**
+ * qlora4j train: fine-tunes an adapter on a JSONL dataset (TRL formats: text, prompt/completion,
+ * messages). Training settings are transformers' TrainingArguments: from --config train.json
+ * (transformers' key names) with flags on top (the same names in kebab case).
+ */
+@Command(name = "train", mixinStandardHelpOptions = true, sortOptions = false,
+        description = "Fine-tune an adapter (LoRA, DoRA, bottleneck, prefix) on a JSONL dataset.")
+public final class TrainCommand implements Callable<Integer> {
+    @Mixin ModelOptions modelOptions;
+
+    @Option(names = "--data", paramLabel = "FILE.jsonl", required = true,
+            description = "Training data: one {\"text\"}, {\"prompt\",\"completion\"} or {\"messages\"} object per line.")
+    Path data;
+
+    @Option(names = "--eval-data", paramLabel = "FILE.jsonl", description = "Evaluation data, same formats.")
+    Path evalData;
+
+    @Option(names = {"--output", "--output-dir"}, paramLabel = "DIR", description = "output_dir: checkpoints, adapter, metrics.")
+    Path output;
+
+    @Option(names = "--config", paramLabel = "train.json", description = "TrainingArguments as JSON (transformers' key names); flags override it.")
+    Path config;
+
+    // adapter
+    @Option(names = "--adapter-type", paramLabel = "lora|dora|bottleneck|prefix", defaultValue = "lora",
+            description = "Adapter kind (default: ${DEFAULT-VALUE}).")
+    String adapterType;
+
+    @Option(names = "--lora-r", defaultValue = "8", description = "LoRA rank (default: ${DEFAULT-VALUE}, peft's).") int loraR;
+    @Option(names = "--lora-alpha", defaultValue = "8", description = "LoRA alpha (default: ${DEFAULT-VALUE}, peft's).") double loraAlpha;
+    @Option(names = "--lora-dropout", defaultValue = "0.0", description = "LoRA dropout (default: ${DEFAULT-VALUE}).") double loraDropout;
+    @Option(names = "--use-rslora", description = "Rank-stabilized LoRA scaling alpha/sqrt(r).") boolean useRslora;
+
+    @Option(names = "--target-modules", paramLabel = "q_proj,v_proj|all-linear", split = ",",
+            description = "Modules that get adapters (default: peft's default for the model type).")
+    List<String> targetModules;
+
+    @Option(names = "--bottleneck-reduction-factor", defaultValue = "16",
+            description = "Bottleneck size = hidden_size / this (default: ${DEFAULT-VALUE}).") int reductionFactor;
+
+    @Option(names = "--num-virtual-tokens", defaultValue = "20", description = "Prefix tuning length (default: ${DEFAULT-VALUE}).")
+    int numVirtualTokens;
+
+    @Option(names = "--init-adapter", paramLabel = "DIR", description = "Start from the weights of a saved adapter (peft folder).")
+    Path initAdapter;
+
+    // TrainingArguments (null = not given: the config file or transformers' default applies)
+    @Option(names = "--learning-rate") Double learningRate;
+    @Option(names = "--num-train-epochs") Double numTrainEpochs;
+    @Option(names = "--max-steps") Integer maxSteps;
+    @Option(names = "--per-device-train-batch-size") Integer perDeviceTrainBatchSize;
+    @Option(names = "--per-device-eval-batch-size") Integer perDeviceEvalBatchSize;
+    @Option(names = "--gradient-accumulation-steps") Integer gradientAccumulationSteps;
+    @Option(names = "--warmup-steps") Integer warmupSteps;
+    @Option(names = "--warmup-ratio") Double warmupRatio;
+    @Option(names = "--lr-scheduler-type", paramLabel = "linear|cosine|constant|constant_with_warmup") String lrSchedulerType;
+    @Option(names = "--weight-decay") Double weightDecay;
+    @Option(names = "--adam-beta1") Double adamBeta1;
+    @Option(names = "--adam-beta2") Double adamBeta2;
+    @Option(names = "--adam-epsilon") Double adamEpsilon;
+    @Option(names = "--max-grad-norm") Double maxGradNorm;
+    @Option(names = "--optim", paramLabel = "adamw_torch|adamw_8bit|paged_adamw_8bit|paged_adamw_32bit|sgd") String optim;
+    @Option(names = "--logging-steps") Double loggingSteps;
+    @Option(names = "--logging-first-step", negatable = true) Boolean loggingFirstStep;
+    @Option(names = "--eval-strategy", paramLabel = "no|steps|epoch") String evalStrategy;
+    @Option(names = "--eval-steps") Double evalSteps;
+    @Option(names = "--save-strategy", paramLabel = "no|steps|epoch") String saveStrategy;
+    @Option(names = "--save-steps") Double saveSteps;
+    @Option(names = "--save-total-limit") Integer saveTotalLimit;
+    @Option(names = "--seed") Long seed;
+    @Option(names = "--data-seed") Long dataSeed;
+    @Option(names = "--bf16", negatable = true) Boolean bf16;
+    @Option(names = "--gradient-checkpointing", negatable = true) Boolean gradientCheckpointing;
+    @Option(names = "--resume-from-checkpoint", paramLabel = "latest|DIR") String resumeFromCheckpoint;
+    @Option(names = "--max-seq-length") Integer maxSeqLength;
+    @Option(names = "--packing", negatable = true) Boolean packing;
+    @Option(names = "--completion-only-loss", negatable = true) Boolean completionOnlyLoss;
+    @Option(names = "--assistant-only-loss", negatable = true) Boolean assistantOnlyLoss;
+
+    @Override
+    public Integer call() {
+        if (output == null && config == null) {
+            throw new IllegalArgumentException("--output DIR is required (or a --config file with \"output_dir\")");
+        }
+        TrainingArguments args = TrainingArguments.load(config, overrides(), w -> System.err.println("warning: " + w));
+        try (CausalLM lm = CausalLM.fromPretrained(modelOptions.modelDir(), modelOptions.loadOptions())) {
+            int maxPos = lm.config().maxPositionEmbeddings();
+            if (args.maxSeqLength() > maxPos) {
+                System.err.println("note: max_seq_length " + args.maxSeqLength() + " exceeds the model's max_position_embeddings "
+                        + maxPos + "; using " + maxPos);
+                args = args.with(Map.of("max_seq_length", maxPos));
+            }
+            Tokenizer tok = lm.tokenizer();
+            JsonlDataset train = JsonlDataset.load(data, tok, args.maxSeqLength(), args.completionOnlyLoss(),
+                    args.assistantOnlyLoss(), System.err::println);
+            JsonlDataset eval = evalData == null ? null : JsonlDataset.load(evalData, tok, args.maxSeqLength(),
+                    args.completionOnlyLoss(), args.assistantOnlyLoss(), System.err::println);
+            System.err.printf("data: %d examples (%s), %d trained tokens%s%n", train.size(), train.format(), train.trainedTokens(),
+                    eval == null ? "" : "; eval: " + eval.size() + " examples");
+            PeftConfig adapter = adapterConfig(lm.config().modelType());
+            TrainableModel model = createTrainableModel(lm, adapter, initAdapter, args);
+            Trainer.Result r = Trainer.builder(model, args)
+                    .trainData(train.examples())
+                    .evalData(eval == null ? null : eval.examples())
+                    .padTokenId(tok.padTokenId())
+                    .progress(ProgressReporter.auto(System.out, memoryField(lm)))
+                    .build()
+                    .train();
+            System.out.println(Json.write(r.metrics()));
+        }
+        return 0;
+    }
+
+    /**
+     * HOOK for the lead: wraps the loaded model with the adapter described by {@code adapter}
+     * (loading {@code initAdapter}'s weights when given) and returns it as the trainer sees it.
+     * Implemented once PeftModel (dev.qlora4j.peft) and the backward ops are merged; until then it
+     * reports that the training path is not wired.
+     */
+    TrainableModel createTrainableModel(CausalLM lm, PeftConfig adapter, Path initAdapter, TrainingArguments args) {
+        throw new UnsupportedOperationException("training needs the adapter runtime (PeftModel), which this build does not include yet;"
+                + " the data, arguments and adapter settings were checked: " + adapter.peftType());
+    }
+
+    /**
+     * HOOK for the lead: the progress bar's memory field, e.g. "mem 3.1/4.0 GiB" from the CUDA
+     * caching allocator ({@link #memoryText}); null on the CPU.
+     */
+    Supplier<String> memoryField(CausalLM lm) {
+        return null;
+    }
+
+    /** "mem 3.1/4.0 GiB": bytes in use over bytes available. */
+    static String memoryText(long usedBytes, long totalBytes) {
+        double gib = 1024.0 * 1024 * 1024;
+        return String.format(java.util.Locale.ROOT, "mem %.1f/%.1f GiB", usedBytes / gib, totalBytes / gib);
+    }
+
+    /** The adapter the flags describe (target_modules default: peft's for the model type). */
+    PeftConfig adapterConfig(String modelType) {
+        return switch (adapterType.toLowerCase(java.util.Locale.ROOT)) {
+            case "lora", "dora" -> {
+                LoraConfig.Builder b = LoraConfig.builder().r(loraR).loraAlpha(loraAlpha).loraDropout(loraDropout)
+                        .useRslora(useRslora).useDora(adapterType.equalsIgnoreCase("dora")).taskType("CAUSAL_LM");
+                if (targetModules != null && !targetModules.isEmpty()) {
+                    b.targetModules(targetModules.size() == 1 && targetModules.get(0).equals(ModuleSelector.ALL_LINEAR)
+                            ? ModuleSelector.allLinear() : new ModuleSelector.Names(targetModules));
+                }
+                yield TargetModules.resolve(b.build(), modelType);
+            }
+            case "bottleneck" -> BottleneckConfig.houlsby(reductionFactor);
+            case "prefix" -> PrefixTuningConfig.of(numVirtualTokens, false);
+            default -> throw new IllegalArgumentException("--adapter-type " + adapterType + " is not one of "
+                    + Arrays.asList("lora", "dora", "bottleneck", "prefix"));
+        };
+    }
+
+    /** The TrainingArguments flags that were given, under transformers' names. */
+    Map<String, Object> overrides() {
+        Map<String, Object> m = new LinkedHashMap<>();
+        put(m, "output_dir", output == null ? null : output.toString());
+        put(m, "learning_rate", learningRate);
+        put(m, "num_train_epochs", numTrainEpochs);
+        put(m, "max_steps", maxSteps);
+        put(m, "per_device_train_batch_size", perDeviceTrainBatchSize);
+        put(m, "per_device_eval_batch_size", perDeviceEvalBatchSize);
+        put(m, "gradient_accumulation_steps", gradientAccumulationSteps);
+        put(m, "warmup_steps", warmupSteps);
+        put(m, "warmup_ratio", warmupRatio);
+        put(m, "lr_scheduler_type", lrSchedulerType);
+        put(m, "weight_decay", weightDecay);
+        put(m, "adam_beta1", adamBeta1);
+        put(m, "adam_beta2", adamBeta2);
+        put(m, "adam_epsilon", adamEpsilon);
+        put(m, "max_grad_norm", maxGradNorm);
+        put(m, "optim", optim);
+        put(m, "logging_steps", loggingSteps);
+        put(m, "logging_first_step", loggingFirstStep);
+        put(m, "eval_strategy", evalStrategy);
+        put(m, "eval_steps", evalSteps);
+        put(m, "save_strategy", saveStrategy);
+        put(m, "save_steps", saveSteps);
+        put(m, "save_total_limit", saveTotalLimit);
+        put(m, "seed", seed);
+        put(m, "data_seed", dataSeed);
+        put(m, "bf16", bf16);
+        put(m, "gradient_checkpointing", gradientCheckpointing);
+        put(m, "resume_from_checkpoint", resumeFromCheckpoint);
+        put(m, "max_seq_length", maxSeqLength);
+        put(m, "packing", packing);
+        put(m, "completion_only_loss", completionOnlyLoss);
+        put(m, "assistant_only_loss", assistantOnlyLoss);
+        return m;
+    }
+
+    private static void put(Map<String, Object> m, String key, Object value) {
+        if (value != null) m.put(key, value);
+    }
+}
