@@ -304,10 +304,15 @@ public final class PeftModel implements AutoCloseable {
     public void enableAdapters() { setDisabled(false); }
 
     /** try (var off = peft.disabledAdapters()) { base-only forward } : peft's disable_adapter() context manager. */
-    public AutoCloseable disabledAdapters() {
+    public Scope disabledAdapters() {
         boolean was = disabled;
         setDisabled(true);
         return () -> setDisabled(was);
+    }
+
+    /** A try-with-resources scope whose close() throws nothing. */
+    public interface Scope extends AutoCloseable {
+        @Override void close();
     }
 
     private void setDisabled(boolean d) {
