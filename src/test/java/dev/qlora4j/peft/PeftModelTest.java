@@ -213,6 +213,24 @@ class PeftModelTest {
         }
     }
 
+    @Test
+    void rsLoraAndRankAlphaPatternsSetPerModuleScaling() {
+        Backend b = new RefOpsBackend();
+        LoraConfig cfg = random(8, 16, "q_proj", "v_proj").toBuilder().useRslora(true)
+                .rankPattern(Map.of("layers\\.1\\.self_attn\\.q_proj", 2)).alphaPattern(Map.of("v_proj", 4.0)).build();
+        try (PeftModel peft = PeftModel.wrap(GoldenLlama.load(b, false), "tiny", cfg, "default", 1)) {
+            LoraAdapter q0 = peft.loraLayers().get(Q0).adapter("default");
+            LoraAdapter q1 = peft.loraLayers().get("model.layers.1.self_attn.q_proj").adapter("default");
+            LoraAdapter v2 = peft.loraLayers().get("model.layers.2.self_attn.v_proj").adapter("default");
+            assertEquals(8, q0.rank());
+            assertEquals(16 / Math.sqrt(8), q0.scaling(), 1e-15, "rsLoRA: alpha / sqrt(r)");
+            assertEquals(2, q1.rank());
+            assertArrayEquals(new int[] {2, 64}, q1.a().shape());
+            assertEquals(16 / Math.sqrt(2), q1.scaling(), 1e-15);
+            assertEquals(4 / Math.sqrt(8), v2.scaling(), 1e-15);
+        }
+    }
+
     private static double[] add(double[] a, double fa, double[] b, double fb) {
         double[] out = new double[a.length];
         for (int i = 0; i < a.length; i++) out[i] = fa * a[i] + fb * b[i];
