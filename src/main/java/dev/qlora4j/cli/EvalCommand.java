@@ -23,6 +23,7 @@ import java.util.concurrent.Callable;
 @Command(name = "eval", mixinStandardHelpOptions = true, description = "Loss and perplexity on a JSONL file.")
 public final class EvalCommand implements Callable<Integer> {
     @Mixin ModelOptions modelOptions;
+    @Mixin AdapterOptions adapterOptions;
 
     @Option(names = "--data", paramLabel = "FILE.jsonl", required = true, description = "One {\"text\": ...} per line.")
     Path data;
@@ -33,6 +34,7 @@ public final class EvalCommand implements Callable<Integer> {
     public Integer call() throws IOException {
         List<String> texts = readTexts(data);
         try (CausalLM lm = CausalLM.fromPretrained(modelOptions.modelDir(), modelOptions.loadOptions())) {
+            adapterOptions.apply(lm);
             LossSum total = new LossSum(0, 0);
             for (String t : texts) total = total.plus(lm.loss(lm.tokenizer().encode(t, true)));
             double loss = total.mean();

@@ -20,6 +20,7 @@ import java.util.concurrent.Callable;
 @Command(name = "generate", mixinStandardHelpOptions = true, description = "Generate text from a prompt.")
 public final class GenerateCommand implements Callable<Integer> {
     @Mixin ModelOptions modelOptions;
+    @Mixin AdapterOptions adapterOptions;
 
     @Option(names = "--prompt", paramLabel = "TEXT", required = true,
             description = "Prompt text; repeat for a batch.")
@@ -41,6 +42,7 @@ public final class GenerateCommand implements Callable<Integer> {
     public Integer call() {
         PrintStream out = System.out;
         try (CausalLM lm = CausalLM.fromPretrained(modelOptions.modelDir(), modelOptions.loadOptions())) {
+            adapterOptions.apply(lm);
             SamplingParams params = samplingParams(lm.generationConfig());
             int[][] ids = new int[prompts.size()][];
             for (int i = 0; i < ids.length; i++) ids[i] = lm.tokenizer().encode(prompts.get(i), true);

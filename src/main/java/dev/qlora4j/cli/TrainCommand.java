@@ -11,6 +11,8 @@ import dev.qlora4j.peft.config.TargetModules;
 import dev.qlora4j.train.JsonlDataset;
 import dev.qlora4j.train.ProgressReporter;
 import dev.qlora4j.train.TrainableModel;
+import dev.qlora4j.train.PeftTrainableModel;
+import dev.qlora4j.peft.PeftModel;
 import dev.qlora4j.train.Trainer;
 import dev.qlora4j.train.TrainingArguments;
 import picocli.CommandLine.Command;
@@ -145,8 +147,17 @@ public final class TrainCommand implements Callable<Integer> {
      * reports that the training path is not wired.
      */
     TrainableModel createTrainableModel(CausalLM lm, PeftConfig adapter, Path initAdapter, TrainingArguments args) {
-        throw new UnsupportedOperationException("training needs the adapter runtime (PeftModel), which this build does not include yet;"
-                + " the data, arguments and adapter settings were checked: " + adapter.peftType());
+        PeftModel peft;
+        if (initAdapter != null) {
+            // peft's PeftModel.from_pretrained(base, dir, is_trainable=True): continue training a saved adapter
+            peft = PeftModel.fromPretrained(lm, initAdapter, PeftModel.DEFAULT_ADAPTER, true);
+        } else if (adapter instanceof LoraConfig lora) {
+            peft = PeftModel.wrap(lm, lora.withBaseModel(lm.dir().toString(), null), PeftModel.DEFAULT_ADAPTER, args.seed());
+        } else {
+            throw new UnsupportedOperationException("--adapter-type " + adapter.peftType().toLowerCase(java.util.Locale.ROOT)
+                    + " cannot be trained from the command line yet: use lora or dora");
+        }
+        return new PeftTrainableModel(peft, PeftModel.DEFAULT_ADAPTER);
     }
 
     /**
@@ -154,7 +165,11 @@ public final class TrainCommand implements Callable<Integer> {
      * caching allocator ({@link #memoryText}); null on the CPU.
      */
     Supplier<String> memoryField(CausalLM lm) {
-        return null;
+        if (!(lm.backend() instanceof dev.qlora4j.backend.cuda.CudaBackend cuda)) return null;
+        return () -> {
+            var stats = cuda.context().allocator().stats();
+            return memoryText(stats.allocatedBytes(), stats.peakAllocatedBytes()) + " (now/peak)";
+        };
     }
 
     /** "mem 3.1/4.0 GiB": bytes in use over bytes available. */

@@ -75,7 +75,7 @@ public final class CheckpointQuantizer {
         return new Report(params, bytes, layers);
     }
 
-    private static void copyAtomically(Path from, Path to) {
+    static void copyAtomically(Path from, Path to) {
         if (!Files.exists(from)) return;
         try {
             Path tmp = Files.createTempFile(to.getParent(), to.getFileName().toString(), ".tmp");

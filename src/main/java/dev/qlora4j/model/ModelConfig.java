@@ -329,6 +329,14 @@ public record ModelConfig(
                 eosTokenIds, padTokenId, dtype, hiddenAct, quantizationConfig, raw);
     }
 
+    /** This config with tie_word_embeddings changed (a merged adapter's own lm_head unties it). */
+    public ModelConfig withTieWordEmbeddings(boolean tie) {
+        return new ModelConfig(architecture, modelType, vocabSize, hiddenSize, intermediateSize, numHiddenLayers,
+                numAttentionHeads, numKeyValueHeads, headDim, maxPositionEmbeddings, rmsNormEps, ropeTheta,
+                ropeScaling, tie, qkvBias, oBias, mlpBias, slidingWindow, layerTypes, bosTokenId,
+                eosTokenIds, padTokenId, torchDtype, hiddenAct, quantizationConfig, raw);
+    }
+
     // ---------------------------------------------------------------- writing
 
     /**

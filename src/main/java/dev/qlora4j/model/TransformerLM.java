@@ -22,7 +22,7 @@ public final class TransformerLM implements AutoCloseable {
     private final List<DecoderLayer> layers;
     private final Tensor finalNorm;  // [hidden]
     private Linear lmHead;           // [vocab, hidden]; shares embed when tied
-    private final boolean tied;
+    private boolean tied;
     private Tensor invFreq;          // [headDim/2] F32 on the device, for invFreqSeqLen
     private int invFreqSeqLen = -1;
 
@@ -234,6 +234,47 @@ public final class TransformerLM implements AutoCloseable {
     }
 
     /**
+     * Loss of B rows of T tokens without gradients (evaluation during training): the training
+     * forward (segments for packed rows) and a chunked cross-entropy over targets != -100.
+     */
+    public dev.qlora4j.infer.LossEvaluator.LossSum evalStep(int[] ids, int[] positions, int[] segments, int[] targets,
+                                                           int batch) {
+        int n = ids.length, t = n / batch;
+        Backend b = backend;
+        long tokens = 0;
+        for (int y : targets) if (y != -100) tokens++;
+        double lossSum = 0;
+        try (Tensor idT = b.upload(Tensor.ofInts(ids, n));
+             Tensor posT = b.upload(Tensor.ofInts(positions, n));
+             Tensor segT = segments == null ? null : b.upload(Tensor.ofInts(segments, n))) {
+            Tensor inv = invFreq(t);
+            float ropeScale = (float) RopeScaling.attentionScaling(config);
+            Tensor x = b.embedding(idT, embed);
+            for (DecoderLayer layer : layers) {
+                Tensor next = layer.forwardTrain(b, config, x, posT, segT, inv, ropeScale, batch, null);
+                x.close();
+                x = next;
+            }
+            try (Tensor hidden = b.rmsNorm(x, finalNorm, (float) config.rmsNormEps())) {
+                x.close();
+                for (int from = 0; from < n; from += LOSS_CHUNK_ROWS) {
+                    int rows = Math.min(LOSS_CHUNK_ROWS, n - from);
+                    int[] rowIdx = new int[rows];
+                    for (int i = 0; i < rows; i++) rowIdx[i] = from + i;
+                    try (Tensor r = b.upload(Tensor.ofInts(rowIdx, rows));
+                         Tensor tg = b.upload(Tensor.ofInts(java.util.Arrays.copyOfRange(targets, from, from + rows), rows));
+                         Tensor h = b.gatherRows(hidden, r);
+                         Tensor logits = lmHead.forward(b, h);
+                         Tensor losses = b.crossEntropy(logits, tg)) {
+                        for (float l : b.toHost(losses).toFloatArray()) lossSum += l;
+                    }
+                }
+            }
+        }
+        return new dev.qlora4j.infer.LossEvaluator.LossSum(lossSum, tokens);
+    }
+
+    /**
      * HF module paths of every linear layer, in model order: "model.layers.0.self_attn.q_proj", ...,
      * then "lm_head" (what peft's target_modules match against).
      */
@@ -262,6 +303,7 @@ public final class TransformerLM implements AutoCloseable {
         }
         if (path.equals("lm_head")) {
             lmHead = l;
+            tied = lmHeadIsEmbedding(); // an adapter's head copy unties it: close() and weightBytes() then count it
             return;
         }
         int[] at = layerAndProjection(path);
@@ -277,6 +319,11 @@ public final class TransformerLM implements AutoCloseable {
             throw new IllegalArgumentException(path + ": the model has layers 0.." + (layers.size() - 1));
         }
         return new int[] {layer};
+    }
+
+    /** True while the LM head is the embedding table itself (tied and not replaced by an adapter's copy). */
+    public boolean lmHeadIsEmbedding() {
+        return lmHead instanceof DenseLinear d && d.weight() == embed;
     }
 
     /** The embedding table [vocab, hidden] (for embedding adapters and modules_to_save). */
