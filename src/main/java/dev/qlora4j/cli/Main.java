@@ -6,7 +6,7 @@ import picocli.CommandLine.Command;
 /** The qlora4j command line. Subcommands live in their own classes in this package. */
 @Command(name = "qlora4j", mixinStandardHelpOptions = true, version = "qlora4j 0.1.0",
         description = "Load, quantize, fine-tune (QLoRA) and run Hugging Face causal LMs from Java.",
-        subcommands = {GenerateCommand.class, EvalCommand.class, InspectCommand.class, QuantizeCommand.class, TrainCommand.class, MergeCommand.class,
+        subcommands = {GenerateCommand.class, EvalCommand.class, InspectCommand.class, QuantizeCommand.class, TrainCommand.class, MergeCommand.class, DemoCommand.class,
                 CommandLine.HelpCommand.class})
 public final class Main {
     public static void main(String[] args) {
