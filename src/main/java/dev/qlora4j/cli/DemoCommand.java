@@ -74,7 +74,6 @@ public final class DemoCommand implements Callable<Integer> {
             LoraConfig cfg = LoraConfig.builder().r(8).loraAlpha(16).targetModules(new ModuleSelector.AllLinear())
                     .build().withBaseModel(base.toString(), null);
             PeftModel peft = PeftModel.wrap(lm, cfg, PeftModel.DEFAULT_ADAPTER, 42);
-            System.out.println("   " + peft.printTrainableParameters());
             TrainingArguments args = TrainingArguments.defaults(output).with(Map.ofEntries(
                     Map.entry("max_steps", maxSteps), Map.entry("learning_rate", 2e-3),
                     Map.entry("per_device_train_batch_size", 8), Map.entry("warmup_steps", 5),
