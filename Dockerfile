@@ -5,7 +5,7 @@
 #   docker build -t qlora4j .
 #   docker run --rm --gpus all qlora4j generate --prompt "In the beginning"     # the embedded model
 #   docker run --rm --gpus all -v $PWD/models:/models -v $PWD/runs:/work qlora4j \
-#       train --model /models/x --data /work/train.jsonl --output-dir /work/out
+#       train --model /models/x --data /work/train.jsonl --output /work/out
 #
 # Extra JVM options (e.g. -Xmx): docker run -e JAVA_TOOL_OPTIONS=-Xmx64g ...
 
