@@ -3,6 +3,7 @@ package dev.qlora4j.model;
 import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.KvCache;
 import dev.qlora4j.nn.Linear;
+import dev.qlora4j.peft.LayerHooks;
 import dev.qlora4j.tensor.Tensor;
 
 /**
@@ -16,6 +17,8 @@ public final class DecoderLayer implements AutoCloseable {
     // Not final: adapters (LoRA, DoRA) replace a projection by a wrapper around it.
     Linear q, k, v, o;     // q [heads*headDim, hidden], k/v [kvHeads*headDim, hidden], o [hidden, heads*headDim]
     Linear gate, up, down; // gate/up [intermediate, hidden], down [hidden, intermediate]
+    /** Called after each sublayer (bottleneck adapters); set by TransformerLM.setHooks. */
+    LayerHooks hooks = LayerHooks.NONE;
 
     /** Projection names as HF module paths use them, relative to the layer. */
     static final String[] PROJECTIONS = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -54,7 +57,6 @@ public final class DecoderLayer implements AutoCloseable {
         int heads = c.numAttentionHeads(), kvHeads = c.numKeyValueHeads(), hd = c.headDim();
         Tensor h = b.rmsNorm(x, inputNorm, (float) c.rmsNormEps());
         Tensor qs = q.forward(b, h), ks = k.forward(b, h), vs = v.forward(b, h);
-        h.close();
         b.ropeInPlace(qs, positions, invFreq, heads, hd, ropeScaling);
         b.ropeInPlace(ks, positions, invFreq, kvHeads, hd, ropeScaling);
         Integer w = c.slidingWindow(index); // Qwen2 uses full attention below max_window_layers
@@ -62,18 +64,19 @@ public final class DecoderLayer implements AutoCloseable {
         Tensor attn = b.attention(qs, ks, vs, cache, index, start, padStart, heads, kvHeads, hd,
                 (float) (1.0 / Math.sqrt(hd)), window);
         qs.close(); ks.close(); vs.close();
-        Tensor attnOut = o.forward(b, attn);
+        Tensor attnOut = afterAttention(h, o.forward(b, attn));
         attn.close();
+        h.close();
         Tensor resid = b.add(x, attnOut);
         attnOut.close();
 
         Tensor h2 = b.rmsNorm(resid, postAttnNorm, (float) c.rmsNormEps());
         Tensor g = gate.forward(b, h2), u = up.forward(b, h2);
-        h2.close();
         Tensor act = b.siluMul(g, u);
         g.close(); u.close();
-        Tensor mlp = down.forward(b, act);
+        Tensor mlp = afterMlp(h2, down.forward(b, act));
         act.close();
+        h2.close();
         b.addInPlace(resid, mlp);
         mlp.close();
         return resid;
@@ -93,13 +96,13 @@ public final class DecoderLayer implements AutoCloseable {
         b.ropeInPlace(ks, positions, invFreq, kvHeads, hd, ropeScaling);
         var attn = b.attentionTrain(qs, ks, vs, segments, batch, heads, kvHeads, hd, (float) (1.0 / Math.sqrt(hd)),
                 w == null ? 0 : w);
-        Tensor attnOut = o.forward(b, attn.out());
+        Tensor attnOut = afterAttention(h1, o.forward(b, attn.out()));
         Tensor resid = b.add(x, attnOut);
         attnOut.close();
         Tensor h2 = b.rmsNorm(resid, postAttnNorm, (float) c.rmsNormEps());
         Tensor g = gate.forward(b, h2), u = up.forward(b, h2);
         Tensor act = b.siluMul(g, u);
-        Tensor mlp = down.forward(b, act);
+        Tensor mlp = afterMlp(h2, down.forward(b, act));
         Tensor out = b.add(resid, mlp);
         mlp.close();
         if (save != null) {
@@ -118,18 +121,25 @@ public final class DecoderLayer implements AutoCloseable {
         int heads = c.numAttentionHeads(), kvHeads = c.numKeyValueHeads(), hd = c.headDim();
         float eps = (float) c.rmsNormEps();
         Integer w = c.slidingWindow(index);
-        // MLP block: out = resid + down(silu(gate(h2)) * up(h2)), h2 = norm2(resid)
-        Tensor gAct = down.backward(b, s.act, gradOut);
+        // MLP block: out = resid + hook(h2, down(silu(gate(h2)) * up(h2))), h2 = norm2(resid)
+        LayerHooks.HookGrads mlpHook = hooks == LayerHooks.NONE ? new LayerHooks.HookGrads(gradOut, null)
+                : hookBackward(b, s.h2, down.forward(b, s.act), gradOut, false);
+        Tensor gAct = down.backward(b, s.act, mlpHook.gradSublayerOut());
+        if (mlpHook.gradSublayerOut() != gradOut) mlpHook.gradSublayerOut().close();
         Tensor[] gGU = b.siluMulBackward(s.gate, s.up, gAct);
         gAct.close();
         Tensor gH2 = gate.backward(b, s.h2, gGU[0]);
         try (Tensor gUp = up.backward(b, s.h2, gGU[1])) { b.addInPlace(gH2, gUp); }
         gGU[0].close(); gGU[1].close();
+        addAndClose(b, gH2, mlpHook.gradSublayerIn());
         Tensor gResid = b.rmsNormBackward(s.resid, postAttnNorm, eps, gH2, null);
         gH2.close();
         b.addInPlace(gResid, gradOut);
-        // Attention block: resid = x + o(attn(rope(q(h1)), rope(k(h1)), v(h1))), h1 = norm1(x)
-        Tensor gAttn = o.backward(b, s.attn.out(), gResid);
+        // Attention block: resid = x + hook(h1, o(attn(rope(q(h1)), rope(k(h1)), v(h1)))), h1 = norm1(x)
+        LayerHooks.HookGrads attnHook = hooks == LayerHooks.NONE ? new LayerHooks.HookGrads(gResid, null)
+                : hookBackward(b, s.h1, o.forward(b, s.attn.out()), gResid, true);
+        Tensor gAttn = o.backward(b, s.attn.out(), attnHook.gradSublayerOut());
+        if (attnHook.gradSublayerOut() != gResid) attnHook.gradSublayerOut().close();
         Tensor[] gQKV = b.attentionBackward(s.q, s.k, s.v, segments, s.attn, gAttn, batch, heads, kvHeads, hd,
                 (float) (1.0 / Math.sqrt(hd)), w == null ? 0 : w);
         gAttn.close();
@@ -141,11 +151,43 @@ public final class DecoderLayer implements AutoCloseable {
             b.addInPlace(gH1, gv);
         }
         for (Tensor t : gQKV) t.close();
+        addAndClose(b, gH1, attnHook.gradSublayerIn());
         Tensor gx = b.rmsNormBackward(x, inputNorm, eps, gH1, null);
         gH1.close();
         b.addInPlace(gx, gResid);
         gResid.close();
         return gx;
+    }
+
+    /** The attention sublayer's contribution to the residual stream: the hook's output (attnOut itself, or a new tensor replacing it). */
+    private Tensor afterAttention(Tensor attnIn, Tensor attnOut) {
+        Tensor r = hooks.afterAttention(index, attnIn, attnOut);
+        if (r != attnOut) attnOut.close();
+        return r;
+    }
+
+    private Tensor afterMlp(Tensor mlpIn, Tensor mlpOut) {
+        Tensor r = hooks.afterMlp(index, mlpIn, mlpOut);
+        if (r != mlpOut) mlpOut.close();
+        return r;
+    }
+
+    /**
+     * A hook's backward. The sublayer output before the hook is not among the saved activations, so it is
+     * recomputed here (one projection; only when hooks are set) from the saved projection input.
+     */
+    private LayerHooks.HookGrads hookBackward(Backend b, Tensor sublayerIn, Tensor sublayerOut, Tensor gradOut,
+                                              boolean attention) {
+        try (sublayerOut) {
+            return attention ? hooks.afterAttentionBackward(index, sublayerIn, sublayerOut, gradOut)
+                    : hooks.afterMlpBackward(index, sublayerIn, sublayerOut, gradOut);
+        }
+    }
+
+    private static void addAndClose(Backend b, Tensor into, Tensor extra) {
+        if (extra == null) return;
+        b.addInPlace(into, extra);
+        extra.close();
     }
 
     long weightBytes() {

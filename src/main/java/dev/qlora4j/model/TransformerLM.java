@@ -4,11 +4,15 @@ import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.KvCache;
 import dev.qlora4j.nn.DenseLinear;
 import dev.qlora4j.nn.Linear;
+import dev.qlora4j.peft.LayerHooks;
 import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
 
 import java.util.ArrayList;
+import java.util.Collections;
 import java.util.List;
+import java.util.Map;
+import java.util.WeakHashMap;
 
 /**
  * The Llama-family decoder-only language model (LlamaForCausalLM, MistralForCausalLM,
@@ -25,6 +29,10 @@ public final class TransformerLM implements AutoCloseable {
     private boolean tied;
     private Tensor invFreq;          // [headDim/2] F32 on the device, for invFreqSeqLen
     private int invFreqSeqLen = -1;
+    private LayerHooks hooks = LayerHooks.NONE;
+    private CachePrefix cachePrefix; // preloaded into every new cache while set (prefix/prompt tuning)
+    /** Caches made by newCache with a prefix in their first slots, and that prefix's length (identity keys). */
+    private final Map<KvCache, Integer> prefixedCaches = Collections.synchronizedMap(new WeakHashMap<>());
 
     private TransformerLM(ModelConfig config, Backend backend, Tensor embed, List<DecoderLayer> layers,
                           Tensor finalNorm, Linear lmHead, boolean tied) {
@@ -97,27 +105,208 @@ public final class TransformerLM implements AutoCloseable {
 
     public int numLayers() { return layers.size(); }
 
-    /** A KV cache sized for this model. */
+    /**
+     * A KV cache sized for this model. While a {@link CachePrefix} is set, the cache gets
+     * {@code capacity} slots plus the prefix's, the prefix is written into its first slots, and
+     * {@link #forward} on it places the tokens after the prefix (callers keep counting slots and
+     * positions from 0).
+     */
     public KvCache newCache(int batch, int capacity) {
-        return backend.newKvCache(layers.size(), batch, config.numKeyValueHeads(), capacity, config.headDim());
+        CachePrefix p = cachePrefix;
+        int extra = p == null ? 0 : p.length();
+        KvCache cache = backend.newKvCache(layers.size(), batch, config.numKeyValueHeads(), capacity + extra, config.headDim());
+        if (p != null) {
+            try {
+                preload(cache, p);
+            } catch (RuntimeException e) {
+                cache.close();
+                throw e;
+            }
+            prefixedCaches.put(cache, extra);
+        }
+        return cache;
     }
 
     /**
      * One step: ids and positions I32 [B*T] on the device (row-major over batch then time),
      * cache slots [start, start+T), padStart I32 [B]. Returns the final hidden states [B*T, hidden].
+     * On a cache made with a {@link CachePrefix}, slot s of the caller is slot s + prefix length.
      */
     public Tensor forward(Tensor ids, Tensor positions, KvCache cache, int start, Tensor padStart) {
         Tensor x = backend.embedding(ids, embed);
-        Tensor inv = invFreq(start + ids.dim(0) / cache.batch());
+        return runLayers(x, true, positions, cache, start, padStart);
+    }
+
+    /**
+     * {@link #forward} from precomputed input embeddings x [B*T, hidden] (activation dtype, on the
+     * device) instead of token ids: prompt tuning puts learned vectors before the token embeddings.
+     * x stays the caller's. Returns the final hidden states [B*T, hidden].
+     */
+    public Tensor forwardEmbeddings(Tensor x, Tensor positions, KvCache cache, int start, Tensor padStart) {
+        if (x.rank() != 2 || x.dim(1) != config.hiddenSize()) {
+            throw new IllegalArgumentException("forwardEmbeddings: x must be [B*T, hidden_size " + config.hiddenSize() + "], got "
+                    + java.util.Arrays.toString(x.shape()));
+        }
+        return runLayers(x, false, positions, cache, start, padStart);
+    }
+
+    /** The decoder stack and final norm; closes x when owned (as soon as the first layer is done with it). */
+    private Tensor runLayers(Tensor x, boolean ownsX, Tensor positions, KvCache cache, int start, Tensor padStart) {
+        int offset = cacheOffset(cache);
+        if (offset > 0 && start == 0) requireUnpadded(padStart);
+        int slot = start + offset;
+        Tensor inv = invFreq(slot + x.dim(0) / cache.batch());
         float ropeScale = (float) RopeScaling.attentionScaling(config);
+        boolean owned = ownsX;
         for (DecoderLayer layer : layers) {
-            Tensor next = layer.forward(backend, config, x, positions, inv, ropeScale, cache, start, padStart);
-            x.close();
+            Tensor next = layer.forward(backend, config, x, positions, inv, ropeScale, cache, slot, padStart);
+            if (owned) x.close();
             x = next;
+            owned = true;
         }
         Tensor out = backend.rmsNorm(x, finalNorm, (float) config.rmsNormEps());
-        x.close();
+        if (owned) x.close();
         return out;
+    }
+
+    // ---- hooks and cache prefixes (bottleneck adapters, prefix and prompt tuning) ----
+
+    /** The hooks every decoder layer calls after its sublayers ({@link LayerHooks#NONE} by default). */
+    public LayerHooks hooks() { return hooks; }
+
+    /** Sets the layer hooks (e.g. a BottleneckModel); null restores {@link LayerHooks#NONE}. */
+    public void setHooks(LayerHooks h) {
+        hooks = h == null ? LayerHooks.NONE : h;
+        for (DecoderLayer l : layers) l.hooks = hooks;
+    }
+
+    /**
+     * Keys and values that every sequence starts with (prefix tuning; prompt tuning once its
+     * virtual tokens are run): {@link #newCache} writes them into slots [0, length()) of every
+     * batch row and layer. Real tokens keep positions 0, 1, ...: a prefix that belongs at other
+     * positions passes its keys rotated accordingly (see {@link #rotateKeysInPlace}), since rope
+     * only sees position differences between a query and a rotated key.
+     */
+    public interface CachePrefix {
+        /** Number of cache slots taken, P. */
+        int length();
+
+        /** Keys of one layer [P, kvHeads*headDim] on the device, exactly as they go into the cache. */
+        Tensor keys(int layer);
+
+        /** Values of one layer [P, kvHeads*headDim] on the device. */
+        Tensor values(int layer);
+    }
+
+    /**
+     * Sets the prefix new caches start with (null: none). Caches already made keep what they were
+     * made with. Limits: a left-padded batch cannot see a prefix (attention sees one contiguous
+     * slot range per row, and the pads would sit between prefix and prompt), so forward rejects
+     * it; "dynamic" rope scaling (frequencies that change with the length) is rejected because
+     * prefix keys are rotated once; training steps reject a set prefix.
+     */
+    public void setCachePrefix(CachePrefix p) {
+        if (p != null) {
+            if (RopeScaling.dependsOnSeqLen(config)) {
+                throw new IllegalArgumentException("prefix/prompt tuning with \"dynamic\" rope scaling is not supported (its frequencies "
+                        + "change with the sequence length, and the prefix keys are rotated once); remove rope_scaling or use another type");
+            }
+            if (p.length() <= 0) throw new IllegalArgumentException("a cache prefix needs at least one slot, got " + p.length());
+            for (int i = 0; i < layers.size(); i++) {
+                checkPrefixRows(p.keys(i), p.length(), "keys", i);
+                checkPrefixRows(p.values(i), p.length(), "values", i);
+            }
+        }
+        cachePrefix = p;
+    }
+
+    private void checkPrefixRows(Tensor t, int rows, String what, int layer) {
+        int width = config.numKeyValueHeads() * config.headDim();
+        if (t == null || t.rank() != 2 || t.dim(0) != rows || t.dim(1) != width) {
+            throw new IllegalArgumentException("cache prefix " + what + " of layer " + layer + " must be [" + rows + ", kv_heads*head_dim "
+                    + width + "], got " + (t == null ? "null" : java.util.Arrays.toString(t.shape())));
+        }
+    }
+
+    public CachePrefix cachePrefix() { return cachePrefix; }
+
+    /**
+     * Slots a prefix takes at the front of this cache (0 for a cache made without one). Code that
+     * addresses cache slots itself (a recorded CUDA decode step reads the start slot on the device)
+     * must add it.
+     */
+    public int cacheOffset(KvCache cache) {
+        Integer n = prefixedCaches.get(cache);
+        return n == null ? 0 : n;
+    }
+
+    private void preload(KvCache cache, CachePrefix p) {
+        int batch = cache.batch(), len = p.length();
+        int[] rows = new int[batch * len];
+        for (int r = 0; r < batch; r++) for (int i = 0; i < len; i++) rows[r * len + i] = i;
+        try (Tensor rowT = backend.upload(Tensor.ofInts(rows, rows.length))) {
+            for (int layer = 0; layer < layers.size(); layer++) {
+                try (Tensor k = backend.gatherRows(p.keys(layer), rowT); Tensor v = backend.gatherRows(p.values(layer), rowT)) {
+                    writeCache(cache, layer, 0, k, v);
+                }
+            }
+        }
+    }
+
+    /**
+     * Writes keys and values k, v [B*T, kvHeads*headDim] (rope, if any, already applied) into cache
+     * slots [start, start+T) of one layer, through {@link Backend#attention} (which writes them and
+     * attends; its output is discarded).
+     */
+    public void writeCache(KvCache cache, int layer, int start, Tensor k, Tensor v) {
+        int heads = config.numAttentionHeads(), kvHeads = config.numKeyValueHeads(), hd = config.headDim();
+        int n = k.dim(0);
+        if (n % cache.batch() != 0 || v.dim(0) != n) {
+            throw new IllegalArgumentException("writeCache: k and v need batch " + cache.batch() + " x T rows, got " + n + " and " + v.dim(0));
+        }
+        if (start < 0 || start + n / cache.batch() > cache.capacity()) {
+            throw new IllegalArgumentException("writeCache: slots [" + start + ", " + (start + n / cache.batch()) + ") do not fit a cache of "
+                    + cache.capacity() + " slots");
+        }
+        try (Tensor q = backend.upload(Tensor.zeros(backend.activationDType(), n, heads * hd));
+             Tensor pads = backend.upload(Tensor.ofInts(new int[cache.batch()], cache.batch()));
+             Tensor ignored = backend.attention(q, k, v, cache, layer, start, pads, heads, kvHeads, hd, 1f, 0)) {
+            // the write is the point; the attention output is not used
+        }
+    }
+
+    /**
+     * Rotates keys k [n, kvHeads*headDim] in place by the rope angle of {@code position} (may be
+     * negative; no attention scaling): a key rotated by -P, seen by a query at position t, scores
+     * as an unrotated key seen by that query at position t + P.
+     */
+    public void rotateKeysInPlace(Tensor k, int position) {
+        if (RopeScaling.dependsOnSeqLen(config)) {
+            throw new IllegalArgumentException("rotateKeysInPlace: \"dynamic\" rope scaling has no fixed frequencies to rotate by");
+        }
+        int n = k.dim(0);
+        int[] pos = new int[n];
+        java.util.Arrays.fill(pos, position);
+        try (Tensor posT = backend.upload(Tensor.ofInts(pos, n))) {
+            backend.ropeInPlace(k, posT, invFreq(config.maxPositionEmbeddings()), config.numKeyValueHeads(), config.headDim(), 1f);
+        }
+    }
+
+    /** A prefix is written to slots before padStart's rows would begin: only unpadded batches can see it. */
+    private void requireUnpadded(Tensor padStart) {
+        for (int p : backend.toHost(padStart).toIntArray()) {
+            if (p != 0) {
+                throw new UnsupportedOperationException("prefix/prompt tuning with a left-padded batch is not supported (a row's "
+                        + "pads would sit between the prefix and its prompt); run prompts of different lengths one at a time");
+            }
+        }
+    }
+
+    private void requireNoCachePrefix(String what) {
+        if (cachePrefix != null) {
+            throw new UnsupportedOperationException(what + " with a prefix/prompt tuning adapter attached is not supported (training "
+                    + "the virtual tokens needs attention gradients w.r.t. cached keys); detach it with setCachePrefix(null)");
+        }
     }
 
     /** hidden [n, hidden] -> logits [n, vocab]. */
@@ -165,6 +354,7 @@ public final class TransformerLM implements AutoCloseable {
             throw new IllegalArgumentException("trainStep: ids, positions, targets (and segments) must all have batch x T = "
                     + n + " entries");
         }
+        requireNoCachePrefix("trainStep");
         Backend b = backend;
         long tokens = 0;
         for (int y : targets) if (y != -100) tokens++;
@@ -240,6 +430,7 @@ public final class TransformerLM implements AutoCloseable {
     public dev.qlora4j.infer.LossEvaluator.LossSum evalStep(int[] ids, int[] positions, int[] segments, int[] targets,
                                                            int batch) {
         int n = ids.length, t = n / batch;
+        requireNoCachePrefix("evalStep");
         Backend b = backend;
         long tokens = 0;
         for (int y : targets) if (y != -100) tokens++;
