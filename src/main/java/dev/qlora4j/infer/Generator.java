@@ -147,7 +147,8 @@ public final class Generator {
      * length (a recorded step would keep the old table).
      */
     private DecodeGraph decodeGraph(Backend b, KvCache cache, Tensor pads, int batch) {
-        if (!(b instanceof GraphCapable g) || !g.decodeGraphsEnabled() || RopeScaling.dependsOnSeqLen(model.config())) {
+        if (!(b instanceof GraphCapable g) || !g.decodeGraphsEnabled() || RopeScaling.dependsOnSeqLen(model.config())
+                || model.cacheOffset(cache) > 0) { // graphs read the raw start slot: no prefix offset there
             return null;
         }
         return g.newDecodeGraph(batch, (ids, positions, start) -> {
