@@ -378,23 +378,8 @@ public final class TransformerLM implements AutoCloseable {
             }
             for (Tensor in : inputs) actBytes += in.byteSize();
             Tensor hidden = b.rmsNorm(x, finalNorm, (float) config.rmsNormEps());
-            double lossSum = 0;
             List<Tensor> gradRows = new ArrayList<>();
-            for (int from = 0; from < n; from += LOSS_CHUNK_ROWS) {
-                int rows = Math.min(LOSS_CHUNK_ROWS, n - from);
-                int[] rowIdx = new int[rows];
-                for (int i = 0; i < rows; i++) rowIdx[i] = from + i;
-                try (Tensor r = b.upload(Tensor.ofInts(rowIdx, rows));
-                     Tensor tg = b.upload(Tensor.ofInts(java.util.Arrays.copyOfRange(targets, from, from + rows), rows));
-                     Tensor h = b.gatherRows(hidden, r);
-                     Tensor logits = lmHead.forward(b, h)) {
-                    Tensor[] lg = b.crossEntropyWithGrad(logits, tg, gradScale);
-                    for (float l : b.toHost(lg[0]).toFloatArray()) lossSum += l;
-                    gradRows.add(lmHead.backward(b, h, lg[1]));
-                    lg[0].close();
-                    lg[1].close();
-                }
-            }
+            double lossSum = chunkedLoss(hidden, targets, gradScale, gradRows);
             hidden.close();
             Tensor gHidden = gradRows.size() == 1 ? gradRows.get(0) : b.concatRows(gradRows);
             if (gradRows.size() > 1) gradRows.forEach(Tensor::close);
@@ -424,6 +409,39 @@ public final class TransformerLM implements AutoCloseable {
     }
 
     /**
+     * Sum of the token losses of hidden [n, hidden] against targets (-100 ignored), in row chunks so
+     * [rows x vocab] logits are the largest temporary. When gradRows is not null, the gradient
+     * w.r.t. each chunk's hidden rows (d(loss sum) * gradScale, through the LM head) is appended to it.
+     */
+    private double chunkedLoss(Tensor hidden, int[] targets, float gradScale, List<Tensor> gradRows) {
+        Backend b = backend;
+        int n = targets.length;
+        double lossSum = 0;
+        for (int from = 0; from < n; from += LOSS_CHUNK_ROWS) {
+            int rows = Math.min(LOSS_CHUNK_ROWS, n - from);
+            int[] rowIdx = new int[rows];
+            for (int i = 0; i < rows; i++) rowIdx[i] = from + i;
+            try (Tensor r = b.upload(Tensor.ofInts(rowIdx, rows));
+                 Tensor tg = b.upload(Tensor.ofInts(java.util.Arrays.copyOfRange(targets, from, from + rows), rows));
+                 Tensor h = b.gatherRows(hidden, r);
+                 Tensor logits = lmHead.forward(b, h)) {
+                if (gradRows == null) {
+                    try (Tensor losses = b.crossEntropy(logits, tg)) {
+                        for (float l : b.toHost(losses).toFloatArray()) lossSum += l;
+                    }
+                } else {
+                    Tensor[] lg = b.crossEntropyWithGrad(logits, tg, gradScale);
+                    for (float l : b.toHost(lg[0]).toFloatArray()) lossSum += l;
+                    gradRows.add(lmHead.backward(b, h, lg[1]));
+                    lg[0].close();
+                    lg[1].close();
+                }
+            }
+        }
+        return lossSum;
+    }
+
+    /**
      * Loss of B rows of T tokens without gradients (evaluation during training): the training
      * forward (segments for packed rows) and a chunked cross-entropy over targets != -100.
      */
@@ -448,18 +466,7 @@ public final class TransformerLM implements AutoCloseable {
             }
             try (Tensor hidden = b.rmsNorm(x, finalNorm, (float) config.rmsNormEps())) {
                 x.close();
-                for (int from = 0; from < n; from += LOSS_CHUNK_ROWS) {
-                    int rows = Math.min(LOSS_CHUNK_ROWS, n - from);
-                    int[] rowIdx = new int[rows];
-                    for (int i = 0; i < rows; i++) rowIdx[i] = from + i;
-                    try (Tensor r = b.upload(Tensor.ofInts(rowIdx, rows));
-                         Tensor tg = b.upload(Tensor.ofInts(java.util.Arrays.copyOfRange(targets, from, from + rows), rows));
-                         Tensor h = b.gatherRows(hidden, r);
-                         Tensor logits = lmHead.forward(b, h);
-                         Tensor losses = b.crossEntropy(logits, tg)) {
-                        for (float l : b.toHost(losses).toFloatArray()) lossSum += l;
-                    }
-                }
+                lossSum = chunkedLoss(hidden, targets, 0f, null);
             }
         }
         return new dev.qlora4j.infer.LossEvaluator.LossSum(lossSum, tokens);
