@@ -643,3 +643,210 @@ GEMV_MMA_KERNEL(q4_gemv_mma_bf16_m8, false, 1)
 GEMV_MMA_KERNEL(q4_gemv_mma_bf16_m16, false, 2)
 GEMV_MMA_KERNEL(q4_gemv_mma_f16_m8, true, 1)
 GEMV_MMA_KERNEL(q4_gemv_mma_f16_m16, true, 2)
+
+// ---------------------------------------------------------------------------------------------
+// Streaming decode GEMV ("stream", the default; the kernels above are "mma", kept selectable with
+// -Dqlora4j.nf4.gemv=mma). Same arithmetic as the mma kernel (pair-table decode, mma.m16n8k16 with
+// float32 accumulators, the same k order inside a thread), a different organisation of the work
+// (native/NOTES-nf4-gemv.md has the analysis):
+//  - a block is 8 warps and owns a panel of 128 output rows (warp w: the 16-row tile 8 * panel + w) and a
+//    split s of K's chunks of 128 (splits of ceil(C / S) or floor(C / S) chunks; blockIdx = panel * S + s);
+//  - each thread keeps three chunks of loads in flight (the current one and two ahead: 96 bytes of packed
+//    weights per thread, 48 KiB per SM at two blocks), issued before anything waits on them; the absmax
+//    of a double-quantized weight is decoded when the chunk is used, so no load waits for another load;
+//  - x is staged once per block in shared memory (its rows m < M, zero rows up to 8 * NT, zero past K),
+//    in the order the mma B fragments are read, so each thread reads them with conflict-free 16-byte
+//    loads instead of re-reading x from global memory for every chunk;
+//  - S == 1: each warp writes its tile. S > 1: each thread writes its float32 fragment to a scratch
+//    slot of its block; the last block of a panel to arrive (one atomic counter per panel, reset by that
+//    block) adds the S slots in split order 0..S-1 (deterministic) and writes the outputs.
+// Shared memory (dynamic): pair table 64 KiB, nested code 1 KiB, x slice 8 * NT rows x 128 * ceil(C / S)
+// values (bf16/f16). Block 256 threads; the launcher sizes S (Quant4bitKernels.streamSplits).
+
+#define STREAM_WARPS 8
+#define STREAM_THREADS (STREAM_WARPS * 32)
+#define STREAM_FIXED_SMEM (GEMV_TABLE_BYTES + 256 * 4)
+
+// One chunk's loads for one thread (rows g and g + 8): raw, decoded only when the chunk is used.
+struct StreamLoad {
+    uint4 w0, w1;      // 16 packed bytes (32 values) of each row, zero past N or K
+    float s0, s1;      // absmax (plain) or the nested absmax of the block's group (nested)
+    uint32_t q0, q1;   // nested only: the 8-bit absmax codes
+};
+
+__device__ __forceinline__ void stream_load_row(const Q4Weight& w, int64_t e, uint4& v, float& s, uint32_t& q) {
+    v = ld_stream_u4(w.packed + (e >> 1));
+    int64_t block = e >> w.log2_blocksize;
+    if (w.nested) {
+        q = __ldg(reinterpret_cast<const uint8_t*>(w.absmax) + block);
+        int64_t nb = w.nested_shift >= 0 ? (block >> w.nested_shift) : block / w.nested_bs;
+        s = __ldg(w.nested_absmax + nb);
+    } else {
+        s = __ldg(reinterpret_cast<const float*>(w.absmax) + block);
+    }
+}
+
+__device__ __forceinline__ StreamLoad stream_load(const Q4Weight& w, int64_t r0, int N, int K, int kb, bool wanted) {
+    StreamLoad L;
+    L.w0 = make_uint4(0, 0, 0, 0);
+    L.w1 = make_uint4(0, 0, 0, 0);
+    L.s0 = 0.0f;
+    L.s1 = 0.0f;
+    L.q0 = 0;
+    L.q1 = 0;
+    if (wanted && kb < K) {
+        if (r0 < N) stream_load_row(w, r0 * K + kb, L.w0, L.s0, L.q0);
+        if (r0 + 8 < N) stream_load_row(w, (r0 + 8) * K + kb, L.w1, L.s1, L.q1);
+    }
+    return L;
+}
+
+// absmax of a loaded row (nested_code points to shared memory). Zero-filled loads give a finite value, and
+// their x is zero (past K) or their row is never stored (past N), so they contribute nothing.
+__device__ __forceinline__ float stream_absmax(const Q4Weight& w, float s, uint32_t q) {
+    return w.nested ? __fadd_rn(__fmul_rn(w.nested_code[q], s), w.offset) : s;
+}
+
+// x slice unit u (16 bytes = 8 values) = x[row][k0 + 128 * lc + 32 * t + 8 * j .. + 8) with
+// u = ((lc * 4 + j) * MP + row) * 4 + t: for fixed (lc, j) the lanes (g, t) of a quarter warp read 8
+// consecutive units (128 bytes), so the fragment loads are conflict-free.
+template <bool F16C, bool DR, int NT>
+__device__ __forceinline__ void stream_compute(const StreamLoad& L, const Q4Weight& w, const unsigned char* table,
+                                               uint32_t lane_off, const uint4* xs_chunk, int M, int g, int t,
+                                               float (&acc)[NT][4]) {
+    const int MP = 8 * NT;
+    const float a0 = stream_absmax(w, L.s0, L.q0);
+    const float a1 = stream_absmax(w, L.s1, L.q1);
+    uint32_t xw[NT][16];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        // lanes of x rows >= M skip the (zero) loads: for M = 1 a quarter of the shared-memory wavefronts
+        const bool live = g + 8 * nt < M;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint4 v = live ? xs_chunk[(j * MP + g + 8 * nt) * 4 + t] : make_uint4(0, 0, 0, 0);
+            xw[nt][4 * j] = v.x; xw[nt][4 * j + 1] = v.y; xw[nt][4 * j + 2] = v.z; xw[nt][4 * j + 3] = v.w;
+        }
+    }
+    uint32_t w0[4] = {L.w0.x, L.w0.y, L.w0.z, L.w0.w};
+    uint32_t w1[4] = {L.w1.x, L.w1.y, L.w1.z, L.w1.w};
+#pragma unroll
+    for (int st = 0; st < 8; st++) {
+        int word = st >> 1, byte = (st & 1) * 2;
+        uint32_t r0 = decode_byte<F16C, DR>(table, w0[word], lane_off, byte, a0);
+        uint32_t r1 = decode_byte<F16C, DR>(table, w1[word], lane_off, byte, a1);
+        uint32_t r2 = decode_byte<F16C, DR>(table, w0[word], lane_off, byte + 1, a0);
+        uint32_t r3 = decode_byte<F16C, DR>(table, w1[word], lane_off, byte + 1, a1);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) mma16816<F16C>(acc[nt], r0, r1, r2, r3, xw[nt][2 * st], xw[nt][2 * st + 1]);
+    }
+}
+
+template <bool F16C, bool DR, int NT>
+__device__ void gemv_stream_body(Q4Weight w, const float* __restrict__ code16, const uint16_t* __restrict__ x,
+                                 int M, int N, int K, int S, const void* __restrict__ bias, int bias_dtype,
+                                 void* __restrict__ y, int y_dtype, float* __restrict__ partials,
+                                 int* __restrict__ counters) {
+    extern __shared__ __align__(16) unsigned char stream_smem[];
+    __shared__ int last_arrival;
+    const int MP = 8 * NT;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int C = (K + GEMV_CHUNK_K - 1) / GEMV_CHUNK_K;
+    const int panel = blockIdx.x / S, split = blockIdx.x - panel * S;
+    const int c0 = (int)((int64_t)split * C / S), c1 = (int)((int64_t)(split + 1) * C / S);
+    const int tile = panel * STREAM_WARPS + warp;
+    const int64_t r0 = (int64_t)tile * 16 + g;
+    const int kb0 = c0 * GEMV_CHUNK_K + 32 * t;
+
+    // the first two chunks' loads go out before the block builds its tables
+    StreamLoad cur = stream_load(w, r0, N, K, kb0, c0 < c1);
+    StreamLoad nxt = stream_load(w, r0, N, K, kb0 + GEMV_CHUNK_K, c0 + 1 < c1);
+
+    // pair table (as the mma kernel: entry (byte, replica) at byte * 256 + replica * 8), nested code, x slice
+    for (int j = threadIdx.x; j < 256 * 32; j += STREAM_THREADS) {
+        int byte = j >> 5;
+        reinterpret_cast<float2*>(stream_smem)[j] = make_float2(__ldg(code16 + (byte >> 4)), __ldg(code16 + (byte & 15)));
+    }
+    float* ncode = reinterpret_cast<float*>(stream_smem + GEMV_TABLE_BYTES);
+    if (w.nested) {
+        for (int j = threadIdx.x; j < 256; j += STREAM_THREADS) ncode[j] = __ldg(w.nested_code + j);
+        w.nested_code = ncode;
+    }
+    uint4* xs = reinterpret_cast<uint4*>(stream_smem + STREAM_FIXED_SMEM);
+    const int units = (c1 - c0) * 4 * MP * 4;
+    for (int u = threadIdx.x; u < units; u += STREAM_THREADS) {
+        int ut = u & 3, rest = u >> 2;
+        int row = rest % MP, lj = rest / MP;
+        int j = lj & 3, lc = lj >> 2;
+        int k = (c0 + lc) * GEMV_CHUNK_K + 32 * ut + 8 * j;  // K % 32 == 0: a unit is all inside K or all past it
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (row < M && k < K) v = __ldg(reinterpret_cast<const uint4*>(x + (int64_t)row * K + k));
+        xs[u] = v;
+    }
+    __syncthreads();
+
+    const unsigned char* table = stream_smem;
+    const uint32_t lane_off = (uint32_t)lane * 8;
+    float acc[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    for (int c = c0; c < c1; c++) {
+        StreamLoad ahead = stream_load(w, r0, N, K, kb0 + (c + 2 - c0) * GEMV_CHUNK_K, c + 2 < c1);
+        stream_compute<F16C, DR, NT>(cur, w, table, lane_off, xs + (c - c0) * (4 * MP * 4), M, g, t, acc);
+        cur = nxt;
+        nxt = ahead;
+    }
+
+    GemvShape s{M, N, K, C};
+    if (S == 1) {
+        store_tile<F16C, NT>(acc, s, tile, g, t, bias, bias_dtype, y, y_dtype);
+        return;
+    }
+    // split-K: this block's fragments to its scratch slot; the panel's last block adds the slots in order
+    float* p = partials + ((int64_t)blockIdx.x * STREAM_THREADS + threadIdx.x) * (NT * 4);
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        __stcg(reinterpret_cast<float4*>(p + 4 * nt), make_float4(acc[nt][0], acc[nt][1], acc[nt][2], acc[nt][3]));
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last_arrival = atomicAdd(counters + panel, 1) == S - 1;
+    __syncthreads();
+    if (!last_arrival) return;
+    __threadfence();
+    float sum[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) sum[nt][0] = sum[nt][1] = sum[nt][2] = sum[nt][3] = 0.0f;
+    for (int sp = 0; sp < S; sp++) {
+        const float* q = partials + ((int64_t)(panel * S + sp) * STREAM_THREADS + threadIdx.x) * (NT * 4);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            float4 v = __ldcg(reinterpret_cast<const float4*>(q + 4 * nt));
+            sum[nt][0] += v.x; sum[nt][1] += v.y; sum[nt][2] += v.z; sum[nt][3] += v.w;
+        }
+    }
+    store_tile<F16C, NT>(sum, s, tile, g, t, bias, bias_dtype, y, y_dtype);
+    if (threadIdx.x == 0) counters[panel] = 0;  // ready for the next launch
+}
+
+// Two blocks per SM: 2 x (64 KiB table + 1 KiB + at most 40 KiB of x) fits the SM's 228 KiB.
+#define GEMV_STREAM_KERNEL(name, F16C, NT)                                                                           \
+    extern "C" __global__ void __launch_bounds__(STREAM_THREADS, 2) name(                                            \
+        Q4_WEIGHT_PARAMS, const float* __restrict__ code16, const uint16_t* __restrict__ x, int M, int N, int K,      \
+        int S, const void* __restrict__ bias, int bias_dtype, void* __restrict__ y, int y_dtype,                    \
+        float* __restrict__ partials, int* __restrict__ counters, int double_round) {                               \
+        Q4_WEIGHT_MAKE;                                                                                              \
+        if (double_round) {                                                                                          \
+            gemv_stream_body<F16C, true, NT>(w, code16, x, M, N, K, S, bias, bias_dtype, y, y_dtype, partials,       \
+                                             counters);                                                              \
+        } else {                                                                                                     \
+            gemv_stream_body<F16C, false, NT>(w, code16, x, M, N, K, S, bias, bias_dtype, y, y_dtype, partials,      \
+                                              counters);                                                             \
+        }                                                                                                            \
+    }
+
+GEMV_STREAM_KERNEL(q4_gemv_stream_bf16_m8, false, 1)
+GEMV_STREAM_KERNEL(q4_gemv_stream_bf16_m16, false, 2)
+GEMV_STREAM_KERNEL(q4_gemv_stream_f16_m8, true, 1)
+GEMV_STREAM_KERNEL(q4_gemv_stream_f16_m16, true, 2)

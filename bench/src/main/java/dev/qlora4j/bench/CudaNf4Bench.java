@@ -39,6 +39,10 @@ public class CudaNf4Bench {
     @Param({"false", "true"})
     public boolean doubleQuant;
 
+    /** Decode GEMV variant (rows <= 16): stream (default) or mma (stream-K); ignored above 16 rows. */
+    @Param({"stream", "mma"})
+    public String gemv;
+
     private CudaContext ctx;
     private CudaNf4BenchWorkload work;
     private long nf4Graph, cublasGraph;
@@ -49,7 +53,7 @@ public class CudaNf4Bench {
         ctx = new CudaContext(CudaDriver.get(), 0);
         int[] s = CudaNf4BenchWorkload.parseShape(shape);
         work = new CudaNf4BenchWorkload(ctx, s[1], s[0], rows, doubleQuant);
-        nf4Graph = work.nf4Graph();
+        nf4Graph = work.nf4Graph(gemv);
         cublasGraph = work.cublasGraph();
     }
 

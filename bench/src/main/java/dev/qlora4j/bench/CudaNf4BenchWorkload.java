@@ -90,10 +90,28 @@ final class CudaNf4BenchWorkload implements AutoCloseable {
         return new Tensor(new dev.qlora4j.tensor.HostStorage(MemorySegment.ofArray(bits), null), DType.BF16, true, r, c);
     }
 
-    /** Captures LAUNCHES 4-bit linears (rotating the weight copies) into a graph. */
+    /** System property of the decode GEMV variant (Quant4bitKernels.GEMV_VARIANT_PROPERTY): stream or mma. */
+    static final String GEMV_PROPERTY = "qlora4j.nf4.gemv";
+
+    /** Captures LAUNCHES 4-bit linears (rotating the weight copies) into a graph, with the default GEMV variant. */
     long nf4Graph() {
         if (nf4Graph == 0) nf4Graph = capture(i -> CudaQuantOps.linear(ctx, x, nf4.get(i % nf4.size()), null).close());
         return nf4Graph;
+    }
+
+    /**
+     * As {@link #nf4Graph()} with the decode GEMV variant ("stream" or "mma") chosen for the capture: the
+     * launcher reads the property at each call, so the captured kernels are that variant's. Not cached.
+     */
+    long nf4Graph(String variant) {
+        String before = System.getProperty(GEMV_PROPERTY);
+        System.setProperty(GEMV_PROPERTY, variant);
+        try {
+            return capture(i -> CudaQuantOps.linear(ctx, x, nf4.get(i % nf4.size()), null).close());
+        } finally {
+            if (before == null) System.clearProperty(GEMV_PROPERTY);
+            else System.setProperty(GEMV_PROPERTY, before);
+        }
     }
 
     /** Captures LAUNCHES cuBLAS BF16 linears of the same shape into a graph. */

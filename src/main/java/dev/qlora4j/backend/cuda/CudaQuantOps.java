@@ -21,7 +21,8 @@ import java.util.Arrays;
  * <p>4-bit linear, y [n, out] = x [n, in] W^T + bias, by rows of x:
  * <ul>
  *   <li>n &lt;= 16 (decode): one fused kernel that reads each packed byte once (tensor cores for BF16/F16
- *       compute with in % 32 == 0; a float32 SIMT kernel for F32 compute or other in);</li>
+ *       compute with in % 32 == 0, the streaming kernel unless -Dqlora4j.nf4.gemv=mma picks the stream-K one;
+ *       a float32 SIMT kernel for F32 compute or other in);</li>
  *   <li>n &gt; 16 (prefill, training): dequantize into a compute-dtype workspace, then one cuBLAS GEMM.</li>
  * </ul>
  * Compute dtype semantics (Nf4Matmul, bitsandbytes' Linear4bit): weight rounded to the state's dtype then to
@@ -174,7 +175,7 @@ public final class CudaQuantOps {
             if (Quant4bitKernels.mmaGemvApplies(w)) {
                 Tensor xc = x.dtype() == compute ? x : converted(ctx, x, compute);
                 try {
-                    Quant4bitKernels.gemvMma(ctx, w, xc, n, bias, y);
+                    Quant4bitKernels.gemv(ctx, w, xc, n, bias, y, Quant4bitKernels.gemvVariant());
                 } finally {
                     if (xc != x) xc.close();
                 }

@@ -24,6 +24,14 @@ final class Quant4bitKernels {
     static final int GEMV_WARPS = GEMV_THREADS / 32;
     static final int GEMV_SMEM_BYTES = 256 * 32 * 8 + 256 * 4;
     static final int GEMV_CHUNK_K = 128;
+    // native/nf4.cu, streaming GEMV: STREAM_THREADS, the panel of 8 warps x 16 rows, STREAM_FIXED_SMEM
+    static final int STREAM_THREADS = 256;
+    static final int STREAM_PANEL_ROWS = 128;
+    static final int STREAM_FIXED_SMEM = 256 * 32 * 8 + 256 * 4;
+    /** Shared memory for the x slice of one stream block, at most (two blocks per SM with the 65 KiB tables). */
+    static final int STREAM_MAX_X_BYTES = 40 * 1024;
+    /** System property choosing the decode GEMV: "stream" (default) or "mma" (the stream-K kernel). */
+    static final String GEMV_VARIANT_PROPERTY = "qlora4j.nf4.gemv";
 
     private static final Set<Long> SHARED_MEMORY_RAISED = ConcurrentHashMap.newKeySet();
     private static final Map<CudaContext, GemvScratch> SCRATCH = new WeakHashMap<>();
@@ -139,7 +147,78 @@ final class Quant4bitKernels {
         return (int) Math.min(wanted, byWork);
     }
 
-    /** The tensor-core GEMV; xc is x in the compute dtype (16-bit, 16-byte aligned rows: K % 32 == 0). */
+    /** The decode GEMV variants of 16-bit compute with K % 32 == 0 (same numerics, different work layout). */
+    enum GemvVariant { STREAM, MMA }
+
+    /** The variant the system property qlora4j.nf4.gemv names (read per call, so a benchmark can switch). */
+    static GemvVariant gemvVariant() {
+        String v = System.getProperty(GEMV_VARIANT_PROPERTY, "stream").trim().toLowerCase(java.util.Locale.ROOT);
+        return switch (v) {
+            case "stream", "" -> GemvVariant.STREAM;
+            case "mma" -> GemvVariant.MMA;
+            default -> throw new IllegalArgumentException("system property " + GEMV_VARIANT_PROPERTY + " must be stream or mma, got '" + v + "'");
+        };
+    }
+
+    /** The tensor-core GEMV of the chosen variant; xc is x in the compute dtype (16-byte aligned rows). */
+    static void gemv(CudaContext ctx, CudaQuant4bit w, Tensor xc, int rows, Tensor bias, Tensor y, GemvVariant variant) {
+        switch (variant) {
+            case STREAM -> gemvStream(ctx, w, xc, rows, bias, y);
+            case MMA -> gemvMma(ctx, w, xc, rows, bias, y);
+        }
+    }
+
+    /** Rows of x the stream kernel's shared slice holds: 8 (m8 kernel) or 16 (m16 kernel). */
+    static int streamPaddedRows(int rows) { return rows <= 8 ? 8 : 16; }
+
+    /** 128-wide chunks of K. */
+    static int gemvChunksK(int inFeatures) { return (inFeatures + GEMV_CHUNK_K - 1) / GEMV_CHUNK_K; }
+
+    /**
+     * Splits of K for the stream GEMV: enough that the x slice fits STREAM_MAX_X_BYTES, and enough blocks
+     * (panels x splits) for two per SM where K allows; never more splits than chunks.
+     */
+    static int streamSplits(int multiprocessors, int outFeatures, int inFeatures, int rows) {
+        int chunks = gemvChunksK(inFeatures);
+        long panels = (outFeatures + STREAM_PANEL_ROWS - 1L) / STREAM_PANEL_ROWS;
+        int maxChunksPerSplit = STREAM_MAX_X_BYTES / (streamPaddedRows(rows) * GEMV_CHUNK_K * 2);
+        long forSmem = (chunks + maxChunksPerSplit - 1L) / maxChunksPerSplit;
+        long forFill = (2L * multiprocessors + panels - 1) / panels;
+        return (int) Math.max(1, Math.min(chunks, Math.max(forSmem, forFill)));
+    }
+
+    /** Dynamic shared memory of a stream block: tables + x slice of ceil(chunks / splits) chunks. */
+    static int streamSharedBytes(int inFeatures, int rows, int splits) {
+        int chunks = gemvChunksK(inFeatures);
+        int perSplit = (chunks + splits - 1) / splits;
+        return STREAM_FIXED_SMEM + streamPaddedRows(rows) * perSplit * GEMV_CHUNK_K * 2;
+    }
+
+    /** The streaming tensor-core GEMV (native/NOTES-nf4-gemv.md); xc is x in the compute dtype, K % 32 == 0. */
+    static void gemvStream(CudaContext ctx, CudaQuant4bit w, Tensor xc, int rows, Tensor bias, Tensor y) {
+        boolean f16 = w.computeDType() == DType.F16;
+        String kernel = "q4_gemv_stream_" + (f16 ? "f16" : "bf16") + (rows <= 8 ? "_m8" : "_m16");
+        long fn = ctx.function(MODULE, kernel);
+        if (SHARED_MEMORY_RAISED.add(fn)) ctx.driver().funcSetMaxDynamicSharedMemory(fn, STREAM_FIXED_SMEM + STREAM_MAX_X_BYTES);
+        int splits = streamSplits(ctx.properties().multiprocessorCount(), w.outFeatures(), w.inFeatures(), rows);
+        long panels = (w.outFeatures() + STREAM_PANEL_ROWS - 1L) / STREAM_PANEL_ROWS;
+        long blocks = panels * splits;
+        if (blocks >= Integer.MAX_VALUE) {
+            throw new IllegalArgumentException(w + " is too large for the GEMV (" + blocks + " blocks); split the layer");
+        }
+        int smem = streamSharedBytes(w.inFeatures(), rows, splits);
+        GemvScratch scratch = scratch(ctx, splits == 1 ? 0 : blocks * STREAM_THREADS * 8, panels);
+        boolean doubleRound = w.stateDType() != DType.F32 && w.stateDType() != w.computeDType();
+        KernelArgs args = weightArgs(w).ptr(CudaContext.ptr(w.code16()))
+                .ptr(CudaContext.ptr(xc)).i32(rows).i32(w.outFeatures()).i32(w.inFeatures()).i32(splits)
+                .ptr(bias == null ? 0L : CudaContext.ptr(bias)).i32(bias == null ? 0 : dtypeCode(bias.dtype(), "bias"))
+                .ptr(CudaContext.ptr(y)).i32(dtypeCode(y.dtype(), "output"))
+                .ptr(scratch.partials == null ? 0L : CudaContext.ptr(scratch.partials)).ptr(CudaContext.ptr(scratch.counters))
+                .i32(doubleRound ? 1 : 0);
+        ctx.launch(fn, Dim3.of((int) blocks), Dim3.of(STREAM_THREADS), smem, args);
+    }
+
+    /** The stream-K tensor-core GEMV ("mma"); xc is x in the compute dtype (16-bit, 16-byte aligned rows: K % 32 == 0). */
     static void gemvMma(CudaContext ctx, CudaQuant4bit w, Tensor xc, int rows, Tensor bias, Tensor y) {
         boolean f16 = w.computeDType() == DType.F16;
         String kernel = "q4_gemv_mma_" + (f16 ? "f16" : "bf16") + (rows <= 8 ? "_m8" : "_m16");
@@ -150,7 +229,7 @@ final class Quant4bitKernels {
             throw new IllegalArgumentException(w + " is too large for the GEMV (" + chunks + " chunks of work); split the layer");
         }
         int grid = gemvGrid(ctx.properties().multiprocessorCount(), rows, chunks);
-        GemvScratch scratch = scratch(ctx, (long) grid * GEMV_WARPS, (w.outFeatures() + 15) / 16);
+        GemvScratch scratch = scratch(ctx, (long) grid * GEMV_WARPS * 2 * 32 * 8, (w.outFeatures() + 15) / 16);
         boolean doubleRound = w.stateDType() != DType.F32 && w.stateDType() != w.computeDType();
         KernelArgs args = weightArgs(w).ptr(CudaContext.ptr(w.code16()))
                 .ptr(CudaContext.ptr(xc)).i32(rows).i32(w.outFeatures()).i32(w.inFeatures())
@@ -161,31 +240,32 @@ final class Quant4bitKernels {
     }
 
     /**
-     * Per-context scratch of the stream-K GEMV: partial fragments (2 slots of 32 lanes x 8 floats per warp)
-     * and one arrival counter per 16-row tile. The kernel leaves every counter at 0, so they are zeroed
-     * only when allocated. All launches are ordered on the context's one stream, so one scratch serves all.
+     * Per-context scratch of the split GEMVs: float32 partial fragments (mma: 2 slots of 32 lanes x 8 floats per
+     * warp; stream: 256 threads x 8 floats per block) and arrival counters (mma: one per 16-row tile; stream: one
+     * per 128-row panel). Both kernels leave every counter at 0, so they are zeroed only when allocated. All
+     * launches are ordered on the context's one stream, so one scratch serves both variants and all layers.
      */
     private static final class GemvScratch {
-        Tensor partials;   // F32 [warps * 2 * 32 * 8]
-        Tensor counters;   // I32 [tiles]
-        long warps;
-        long tiles;
+        Tensor partials;   // F32 [partialFloats]
+        Tensor counters;   // I32 [counters]
+        long partialFloats;
+        long counterCount;
     }
 
-    private static GemvScratch scratch(CudaContext ctx, long warps, long tiles) {
+    private static GemvScratch scratch(CudaContext ctx, long partialFloats, long counters) {
         synchronized (SCRATCH) {
             GemvScratch s = SCRATCH.computeIfAbsent(ctx, c -> new GemvScratch());
-            if (s.warps < warps) {
+            if (s.partialFloats < partialFloats) {
                 if (s.partials != null) s.partials.close();
-                s.partials = ctx.empty(DType.F32, Math.toIntExact(warps * 2 * 32 * 8));
-                s.warps = warps;
+                s.partials = ctx.empty(DType.F32, Math.toIntExact(partialFloats));
+                s.partialFloats = partialFloats;
             }
-            if (s.tiles < tiles) {
+            if (s.counterCount < counters) {
                 if (s.counters != null) s.counters.close();
-                long n = Math.max(tiles, 1024);
+                long n = Math.max(counters, 1024);
                 s.counters = ctx.empty(DType.I32, Math.toIntExact(n));
                 ctx.driver().memsetD32Async(CudaContext.ptr(s.counters), 0, n, ctx.stream());
-                s.tiles = n;
+                s.counterCount = n;
             }
             return s;
         }

@@ -21,7 +21,8 @@ import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
 
 /**
- * The 4-bit linear (tensor-core GEMV, SIMT GEMV, dequantize + cuBLAS) against Nf4Matmul.linear.
+ * The 4-bit linear (both tensor-core GEMV variants, stream and mma; the SIMT GEMV; dequantize + cuBLAS)
+ * against Nf4Matmul.linear.
  *
  * <p>Tolerance, per output element: |gpu - ref| <= 1e-5 * sum_k |x_k * w_k| + q(compute) + q(x dtype), where
  * the sum runs over the operands as both sides round them (x and w rounded to the compute dtype the same
@@ -81,6 +82,41 @@ class CudaQuant4bitLinearGpuTest {
         check(outF, inF, rows, compute, QuantType.NF4, rnd.nextBoolean(), 64, state, xd, biasD, rnd);
     }
 
+    static Stream<Arguments> streamShapeCases() {
+        // shapes that exercise the stream kernel's work split: one split (K <= 128, several panels, a partial
+        // last chunk), many splits of a long K (the in-order reduction of the panel's last block), partial
+        // panels and tiles, and both kernels (m8 / m16)
+        return Stream.of(
+                Arguments.of(300, 96, 1, DType.BF16),
+                Arguments.of(1000, 128, 16, DType.F16),
+                Arguments.of(130, 11008, 1, DType.BF16),
+                Arguments.of(130, 11008, 16, DType.BF16),
+                Arguments.of(520, 4128, 5, DType.F16),
+                Arguments.of(4100, 1024, 12, DType.BF16));
+    }
+
+    @ParameterizedTest(name = "[{0}, {1}] rows={2} compute={3}")
+    @MethodSource("streamShapeCases")
+    void gemvVariantsOnSplitShapes(int outF, int inF, int rows, DType compute) {
+        Random rnd = new Random();
+        check(outF, inF, rows, compute, QuantType.NF4, rnd.nextBoolean(), 64, DType.BF16, DType.BF16,
+                rnd.nextBoolean() ? null : DType.BF16, rnd);
+    }
+
+    @ParameterizedTest(name = "qlora4j.nf4.gemv={0}")
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"mma", "stream"})
+    void publicLinearFollowsTheVariantProperty(String variant) {
+        String before = System.getProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY);
+        System.setProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY, variant);
+        try {
+            Random rnd = new Random();
+            check(200, 1056, 7, DType.BF16, QuantType.NF4, true, 64, DType.BF16, DType.BF16, DType.BF16, rnd);
+        } finally {
+            if (before == null) System.clearProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY);
+            else System.setProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY, before);
+        }
+    }
+
     static Stream<Arguments> prefillCases() {
         return Stream.of(
                 Arguments.of(96, 256, 17, DType.BF16, DType.BF16, DType.BF16, null),
@@ -114,9 +150,15 @@ class CudaQuant4bitLinearGpuTest {
                 // the kernels directly into a poisoned output (the public path allocates its own)
                 try (Tensor y = QuantGpuSupport.poisoned(ctx, xd, rows, outF)) {
                     if (Quant4bitKernels.mmaGemvApplies(q)) {
+                        // both tensor-core variants, each twice (the split kernels must leave their counters at 0)
                         try (Tensor xc = QuantGpuSupport.upload(ctx, x, compute, rows, inF)) {
-                            Quant4bitKernels.gemvMma(ctx, q, xc, rows, bdev, y);
-                            compare(ctx.download(y).toFloatArray(), ref, sumAbs, compute, xd, what + " (mma)");
+                            for (Quant4bitKernels.GemvVariant v : Quant4bitKernels.GemvVariant.values()) {
+                                for (int rep = 0; rep < 2; rep++) {
+                                    ctx.driver().memsetD8Async(CudaContext.ptr(y), (byte) 0xFF, y.byteSize(), ctx.stream());
+                                    Quant4bitKernels.gemv(ctx, q, xc, rows, bdev, y, v);
+                                    compare(ctx.download(y).toFloatArray(), ref, sumAbs, compute, xd, what + " (" + v + " #" + rep + ")");
+                                }
+                            }
                         }
                     } else {
                         Quant4bitKernels.gemvSimt(ctx, q, xdev, rows, bdev, y);
