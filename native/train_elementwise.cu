@@ -16,7 +16,6 @@
 //   rope_bwd_<t>         grad[n, heads*hd] in place: (ga, gb) -> (ga c + gb s, gb c - ga s)
 //   embedding_bwd_<t>    ids I32 [n], g[n, h] -> table F32 [vocab, h] += g rows (atomicAdd: the order of
 //                        rows with the same id varies, float32 rounding only); bad ids: status code 1
-//   copy_u32 / copy_u16  dst[n] = src[n] (concatRows: parts copied at byte offsets)
 // Launch: 1-D grid-stride, 256 threads, unless stated above. Arithmetic: float32, one rounding on store.
 #include "activations.cuh"
 
@@ -201,11 +200,3 @@ __device__ __forceinline__ void embedding_bwd_impl(const int* __restrict__ ids, 
     }
 
 QL_FOR_ACT(QL_TRAIN_ELEMENTWISE)
-
-extern "C" __global__ void copy_u32(const unsigned int* __restrict__ src, unsigned int* __restrict__ dst, int64_t n) {
-    for (int64_t i = global_thread_index(); i < n; i += grid_stride()) dst[i] = src[i];
-}
-
-extern "C" __global__ void copy_u16(const unsigned short* __restrict__ src, unsigned short* __restrict__ dst, int64_t n) {
-    for (int64_t i = global_thread_index(); i < n; i += grid_stride()) dst[i] = src[i];
-}
