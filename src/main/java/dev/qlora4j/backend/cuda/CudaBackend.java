@@ -1,5 +1,6 @@
 package dev.qlora4j.backend.cuda;
 
+import dev.qlora4j.backend.AttentionResult;
 import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.KvCache;
 import dev.qlora4j.backend.QuantizedWeight;
@@ -288,6 +289,332 @@ public final class CudaBackend implements Backend, GraphCapable {
         return CudaQuantOps.dequantize(ctx, w, dtype);
     }
 
+    // ---- training: backward passes and the ops adapters need (TrainKernels, TrainLinearOps, TrainAttentionKernels) ----
+    // Activation-shaped results (including activation gradients) are in the activation dtype, so they flow into
+    // addInPlace like forward activations; accumulators (gradW, gradB, gradTable, gradWeight) are F32.
+
+    @Override
+    public Tensor scale(Tensor a, float s) {
+        try (Owned aa = activation(a, "scale a")) {
+            Tensor out = ctx.empty(act, a.shape());
+            TrainKernels.scale(ctx, aa.t, s, out);
+            return out;
+        }
+    }
+
+    /** a (F32 or BF16, on this GPU) += alpha * b; b is cast to a's dtype first when it differs. */
+    @Override
+    public Tensor axpyInPlace(Tensor a, float alpha, Tensor b) {
+        KernelTypes.requireSameShape(a, b, "axpyInPlace");
+        KernelTypes.requireDevice(a, "axpyInPlace target a");
+        KernelTypes.requireDevice(b, "axpyInPlace b");
+        if (a.dtype() != DType.F32 && a.dtype() != DType.BF16) {
+            throw new IllegalArgumentException("axpyInPlace target a must be F32 or BF16 on the CUDA backend, got " + a);
+        }
+        try (Owned bb = b.dtype() == a.dtype() ? new Owned(b, false) : new Owned(CastKernels.cast(ctx, b, a.dtype()), true)) {
+            TrainKernels.axpy(ctx, a, alpha, bb.t);
+        }
+        return a;
+    }
+
+    @Override
+    public Tensor mul(Tensor a, Tensor b) {
+        KernelTypes.requireSameShape(a, b, "mul");
+        try (Owned aa = activation(a, "mul a"); Owned bb = activation(b, "mul b")) {
+            Tensor out = ctx.empty(act, a.shape());
+            TrainKernels.mul(ctx, act, aa.t, bb.t, out);
+            return out;
+        }
+    }
+
+    /** Sum of squares in float64 (waits for the stream: the result goes to the host). */
+    @Override
+    public double sumOfSquares(Tensor a) {
+        KernelTypes.requireDevice(a, "sumOfSquares a");
+        try (Owned aa = a.dtype() == DType.F32 || a.dtype() == DType.BF16 ? new Owned(a, false)
+                : new Owned(CastKernels.cast(ctx, a, DType.F32), true)) {
+            double s = TrainKernels.sumsOfSquares(ctx, java.util.List.of(aa.t))[0];
+            status.check();
+            return s;
+        }
+    }
+
+    /** The mask of backend/cpu/Dropout, bit for bit. */
+    @Override
+    public Tensor dropout(Tensor x, float p, long seed) {
+        if (!(p >= 0f && p <= 1f)) {
+            throw new IllegalArgumentException("dropout: probability p must be in [0, 1], got " + p);
+        }
+        try (Owned xa = activation(x, "dropout x")) {
+            Tensor out = ctx.empty(act, x.shape());
+            TrainKernels.dropout(ctx, act, xa.t, p, seed, out);
+            return out;
+        }
+    }
+
+    @Override
+    public Tensor rowNorms(Tensor x) {
+        KernelTypes.requireRank(x, 2, "rowNorms x");
+        try (Owned xa = activation(x, "rowNorms x")) {
+            return TrainKernels.rowNorms(ctx, act, xa.t);
+        }
+    }
+
+    @Override
+    public Tensor scaleColumns(Tensor x, Tensor s) {
+        KernelTypes.requireRank(x, 2, "scaleColumns x");
+        KernelTypes.requireDevice(s, "scaleColumns s");
+        if (s.numel() != x.dim(1)) {
+            throw new IllegalArgumentException("scaleColumns: s " + KernelTypes.shape(s) + " must have one value per column of x "
+                    + KernelTypes.shape(x));
+        }
+        try (Owned xa = activation(x, "scaleColumns x"); Owned sf = f32(s, "scaleColumns s")) {
+            return TrainKernels.scaleColumns(ctx, act, xa.t, sf.t);
+        }
+    }
+
+    /** Transpose; F32 stays F32 (adapter weights), other float dtypes come out in the activation dtype. */
+    @Override
+    public Tensor transpose(Tensor x) {
+        KernelTypes.requireRank(x, 2, "transpose x");
+        KernelTypes.requireDevice(x, "transpose x");
+        try (Owned xa = x.dtype() == DType.F32 ? new Owned(x, false) : activation(x, "transpose x")) {
+            return TrainKernels.transpose(ctx, xa.t);
+        }
+    }
+
+    @Override
+    public Tensor linearBackwardInput(Tensor gradOut, Tensor w) {
+        KernelTypes.requireRank(gradOut, 2, "linearBackwardInput gradOut");
+        KernelTypes.requireDevice(w, "linearBackwardInput weight");
+        KernelTypes.requireRank(w, 2, "linearBackwardInput weight");
+        KernelTypes.cublas(w.dtype());
+        if (w.dim(0) != gradOut.dim(1)) {
+            throw new IllegalArgumentException("linearBackwardInput: gradOut " + KernelTypes.shape(gradOut) + " and w "
+                    + KernelTypes.shape(w) + " disagree on the output features (" + gradOut.dim(1) + " vs " + w.dim(0)
+                    + "); w must be [out, in]");
+        }
+        try (Owned g = activation(gradOut, "linearBackwardInput gradOut")) {
+            return TrainLinearOps.backwardInput(ctx, act, g.t, w);
+        }
+    }
+
+    /** gradOut dequant(W): the weight dequantized to the activation dtype into a temporary, then one GEMM. */
+    @Override
+    public Tensor linearQuantizedBackwardInput(Tensor gradOut, QuantizedWeight w) {
+        KernelTypes.requireRank(gradOut, 2, "linearQuantizedBackwardInput gradOut");
+        if (gradOut.dim(1) != w.outFeatures()) {
+            throw new IllegalArgumentException("linearQuantizedBackwardInput: gradOut " + KernelTypes.shape(gradOut)
+                    + " does not match the weight [" + w.outFeatures() + ", " + w.inFeatures() + "] (need [n, "
+                    + w.outFeatures() + "])");
+        }
+        try (Owned g = activation(gradOut, "linearQuantizedBackwardInput gradOut");
+             Tensor dense = CudaQuantOps.dequantize(ctx, w, act)) {
+            return TrainLinearOps.backwardInput(ctx, act, g.t, dense);
+        }
+    }
+
+    @Override
+    public void linearBackwardWeight(Tensor gradOut, Tensor x, Tensor gradW) {
+        KernelTypes.requireRank(gradOut, 2, "linearBackwardWeight gradOut");
+        KernelTypes.requireRank(x, 2, "linearBackwardWeight x");
+        KernelTypes.requireRank(gradW, 2, "linearBackwardWeight gradW");
+        requireF32Accumulator(gradW, "linearBackwardWeight gradW");
+        int n = gradOut.dim(0), m = gradOut.dim(1), k = x.dim(1);
+        if (x.dim(0) != n || gradW.dim(0) != m || gradW.dim(1) != k) {
+            throw new IllegalArgumentException("linearBackwardWeight: gradOut " + KernelTypes.shape(gradOut) + ", x "
+                    + KernelTypes.shape(x) + " and gradW " + KernelTypes.shape(gradW) + " must be [n, m], [n, k] and [m, k]");
+        }
+        try (Owned g = activation(gradOut, "linearBackwardWeight gradOut"); Owned xa = activation(x, "linearBackwardWeight x")) {
+            TrainLinearOps.backwardWeight(ctx, g.t, xa.t, gradW);
+        }
+    }
+
+    @Override
+    public void sumRowsInto(Tensor gradOut, Tensor gradB) {
+        KernelTypes.requireRank(gradOut, 2, "sumRowsInto gradOut");
+        KernelTypes.requireRank(gradB, 1, "sumRowsInto gradB");
+        requireF32Accumulator(gradB, "sumRowsInto gradB");
+        if (gradB.dim(0) != gradOut.dim(1)) {
+            throw new IllegalArgumentException("sumRowsInto: gradB " + KernelTypes.shape(gradB)
+                    + " must have one value per column of gradOut " + KernelTypes.shape(gradOut));
+        }
+        try (Owned g = activation(gradOut, "sumRowsInto gradOut")) {
+            TrainKernels.sumRowsInto(ctx, act, g.t, gradB);
+        }
+    }
+
+    @Override
+    public Tensor rmsNormBackward(Tensor x, Tensor weight, float eps, Tensor gradOut, Tensor gradWeight) {
+        KernelTypes.requireRank(x, 2, "rmsNormBackward x");
+        KernelTypes.requireSameShape(x, gradOut, "rmsNormBackward x and gradOut");
+        KernelTypes.requireDevice(weight, "rmsNormBackward weight");
+        if (weight.rank() != 1 || weight.dim(0) != x.dim(1)) {
+            throw new IllegalArgumentException("rmsNormBackward: x " + KernelTypes.shape(x) + " and weight "
+                    + KernelTypes.shape(weight) + " disagree on the hidden size");
+        }
+        if (gradWeight != null) {
+            requireF32Accumulator(gradWeight, "rmsNormBackward gradWeight");
+            if (gradWeight.rank() != 1 || gradWeight.dim(0) != x.dim(1)) {
+                throw new IllegalArgumentException("rmsNormBackward: gradWeight " + KernelTypes.shape(gradWeight)
+                        + " must be [" + x.dim(1) + "] like the weight");
+            }
+        }
+        try (Owned xa = activation(x, "rmsNormBackward x"); Owned g = activation(gradOut, "rmsNormBackward gradOut")) {
+            return TrainKernels.rmsNormBackward(ctx, act, xa.t, weight, eps, g.t, gradWeight);
+        }
+    }
+
+    @Override
+    public Tensor[] siluMulBackward(Tensor gate, Tensor up, Tensor gradOut) {
+        KernelTypes.requireSameShape(gate, up, "siluMulBackward gate and up");
+        KernelTypes.requireSameShape(gate, gradOut, "siluMulBackward gate and gradOut");
+        try (Owned ga = activation(gate, "siluMulBackward gate"); Owned u = activation(up, "siluMulBackward up");
+             Owned g = activation(gradOut, "siluMulBackward gradOut")) {
+            return TrainKernels.siluMulBackward(ctx, act, ga.t, u.t, g.t);
+        }
+    }
+
+    @Override
+    public void ropeBackwardInPlace(Tensor grad, Tensor positions, Tensor invFreq, int heads, int headDim,
+                                    float attentionScaling) {
+        KernelTypes.requireRank(grad, 2, "rope backward grad");
+        KernelTypes.requireDevice(grad, "rope backward grad");
+        if (grad.dtype() != act) {
+            throw new IllegalArgumentException("rope backward grad must be " + act
+                    + " (the CUDA backend's activation dtype), got " + grad);
+        }
+        KernelTypes.requireIndices(positions, "rope backward positions");
+        KernelTypes.requireDevice(invFreq, "rope backward invFreq");
+        if (heads < 1 || headDim < 2 || headDim % 2 != 0) {
+            throw new IllegalArgumentException("rope backward: heads must be >= 1 and headDim even, got heads=" + heads
+                    + " headDim=" + headDim);
+        }
+        if (grad.dim(1) != heads * headDim || positions.dim(0) != grad.dim(0) || invFreq.numel() != headDim / 2) {
+            throw new IllegalArgumentException("rope backward: grad " + KernelTypes.shape(grad) + ", positions "
+                    + KernelTypes.shape(positions) + " and invFreq " + KernelTypes.shape(invFreq) + " must be [n, " + heads
+                    + "*" + headDim + "], [n] and [" + headDim / 2 + "]");
+        }
+        try (Owned f = f32(invFreq, "rope backward invFreq")) {
+            TrainKernels.ropeBackward(ctx, act, grad, positions, f.t, heads, headDim, attentionScaling);
+        }
+    }
+
+    /** Ids outside gradTable are reported at the next synchronize / toHost (as the forward embedding's). */
+    @Override
+    public void embeddingBackward(Tensor ids, Tensor gradOut, Tensor gradTable) {
+        KernelTypes.requireIndices(ids, "embeddingBackward ids");
+        KernelTypes.requireRank(gradOut, 2, "embeddingBackward gradOut");
+        KernelTypes.requireRank(gradTable, 2, "embeddingBackward gradTable");
+        requireF32Accumulator(gradTable, "embeddingBackward gradTable");
+        if (gradOut.dim(0) != ids.dim(0) || gradOut.dim(1) != gradTable.dim(1)) {
+            throw new IllegalArgumentException("embeddingBackward: gradOut " + KernelTypes.shape(gradOut) + " must be ["
+                    + ids.dim(0) + ", " + gradTable.dim(1) + "] (one row per id, gradTable " + KernelTypes.shape(gradTable) + ")");
+        }
+        try (Owned g = activation(gradOut, "embeddingBackward gradOut")) {
+            TrainKernels.embeddingBackward(ctx, act, ids, g.t, gradTable, status);
+        }
+    }
+
+    @Override
+    public AttentionResult attentionTrain(Tensor q, Tensor k, Tensor v, Tensor segments, int batch, int heads,
+                                          int kvHeads, int headDim, float scale, int window) {
+        checkTrainAttention(q, k, v, segments, batch, heads, kvHeads, headDim, "attentionTrain");
+        try (Owned qa = activation(q, "attentionTrain q"); Owned ka = activation(k, "attentionTrain k");
+             Owned va = activation(v, "attentionTrain v")) {
+            return TrainAttentionKernels.forward(ctx, act, qa.t, ka.t, va.t, segments, batch, heads, kvHeads, headDim,
+                    scale, window);
+        }
+    }
+
+    @Override
+    public Tensor[] attentionBackward(Tensor q, Tensor k, Tensor v, Tensor segments, AttentionResult fwd,
+                                      Tensor gradOut, int batch, int heads, int kvHeads, int headDim,
+                                      float scale, int window) {
+        checkTrainAttention(q, k, v, segments, batch, heads, kvHeads, headDim, "attentionBackward");
+        KernelTypes.requireSameShape(q, fwd.out(), "attentionBackward q and fwd.out");
+        KernelTypes.requireSameShape(q, gradOut, "attentionBackward q and gradOut");
+        int tokens = q.dim(0) / batch;
+        KernelTypes.requireDevice(fwd.lse(), "attentionBackward fwd.lse");
+        if (fwd.lse().dtype() != DType.F32 || fwd.lse().numel() != (long) batch * heads * tokens) {
+            throw new IllegalArgumentException("attentionBackward: fwd.lse " + fwd.lse() + " must be F32 [" + batch + ", "
+                    + heads + ", " + tokens + "]; pass the AttentionResult attentionTrain returned for these inputs");
+        }
+        try (Owned qa = activation(q, "attentionBackward q"); Owned ka = activation(k, "attentionBackward k");
+             Owned va = activation(v, "attentionBackward v"); Owned o = activation(fwd.out(), "attentionBackward fwd.out");
+             Owned g = activation(gradOut, "attentionBackward gradOut")) {
+            return TrainAttentionKernels.backward(ctx, act, qa.t, ka.t, va.t, segments, o.t, fwd.lse(), g.t, batch, heads,
+                    kvHeads, headDim, scale, window);
+        }
+    }
+
+    private static void checkTrainAttention(Tensor q, Tensor k, Tensor v, Tensor segments, int batch, int heads,
+                                            int kvHeads, int headDim, String op) {
+        KernelTypes.requireRank(q, 2, op + " q");
+        KernelTypes.requireRank(k, 2, op + " k");
+        KernelTypes.requireSameShape(k, v, op + " k and v");
+        if (heads < 1 || kvHeads < 1 || heads % kvHeads != 0 || headDim < 1) {
+            throw new IllegalArgumentException(op + ": heads (" + heads + ") must be a positive multiple of kvHeads ("
+                    + kvHeads + ") and headDim (" + headDim + ") positive");
+        }
+        if (q.dim(1) != heads * headDim || k.dim(1) != kvHeads * headDim) {
+            throw new IllegalArgumentException(op + ": q " + KernelTypes.shape(q) + " and k " + KernelTypes.shape(k)
+                    + " must be [B*T, " + heads + "*" + headDim + "] and [B*T, " + kvHeads + "*" + headDim + "]");
+        }
+        if (batch < 1 || q.dim(0) != k.dim(0) || q.dim(0) % batch != 0) {
+            throw new IllegalArgumentException(op + ": q " + KernelTypes.shape(q) + " and k " + KernelTypes.shape(k)
+                    + " must both have B*T rows with B = " + batch);
+        }
+        TrainAttentionKernels.dimsPerLane(headDim);
+        if (segments != null) {
+            KernelTypes.requireIndices(segments, op + " segments");
+            if (segments.dim(0) != q.dim(0)) {
+                throw new IllegalArgumentException(op + ": segments " + KernelTypes.shape(segments)
+                        + " must have one id per token (" + q.dim(0) + ")");
+            }
+        }
+    }
+
+    @Override
+    public Tensor[] crossEntropyWithGrad(Tensor logits, Tensor targets, float gradScale) {
+        KernelTypes.requireRank(logits, 2, "crossEntropyWithGrad logits");
+        KernelTypes.requireIndices(targets, "crossEntropyWithGrad targets");
+        if (targets.dim(0) != logits.dim(0)) {
+            throw new IllegalArgumentException("crossEntropyWithGrad: logits " + KernelTypes.shape(logits) + " and targets "
+                    + KernelTypes.shape(targets) + " disagree on the number of rows");
+        }
+        try (Owned l = activation(logits, "crossEntropyWithGrad logits")) {
+            return TrainKernels.crossEntropyWithGrad(ctx, act, l.t, targets, gradScale, status);
+        }
+    }
+
+    /** Rows concatenated on the device (stream-ordered copies); parts share h and dtype. */
+    @Override
+    public Tensor concatRows(java.util.List<Tensor> parts) {
+        if (parts.isEmpty()) throw new IllegalArgumentException("concatRows: no parts to concatenate");
+        Tensor first = parts.get(0);
+        KernelTypes.requireRank(first, 2, "concatRows part 0");
+        int h = first.dim(1), n = 0;
+        for (int i = 0; i < parts.size(); i++) {
+            Tensor p = parts.get(i);
+            KernelTypes.requireDevice(p, "concatRows part " + i);
+            if (p.rank() != 2 || p.dim(1) != h || p.dtype() != first.dtype()) {
+                throw new IllegalArgumentException("concatRows: part " + i + " " + p + " must be [*, " + h + "] of "
+                        + first.dtype() + " like part 0");
+            }
+            n = Math.addExact(n, p.dim(0));
+        }
+        Tensor out = ctx.empty(first.dtype(), n, h);
+        long offset = 0;
+        for (Tensor p : parts) {
+            if (p.byteSize() > 0) {
+                ctx.driver().memcpyDtoDAsync(CudaContext.ptr(out) + offset, CudaContext.ptr(p), p.byteSize(), ctx.stream());
+            }
+            offset += p.byteSize();
+        }
+        return out;
+    }
+
     /** Waits for queued work and reports errors kernels recorded. */
     @Override
     public void synchronize() {
@@ -325,6 +652,21 @@ public final class CudaBackend implements Backend, GraphCapable {
     private record Owned(Tensor t, boolean owned) implements AutoCloseable {
         @Override
         public void close() { if (owned) t.close(); }
+    }
+
+    /** t as F32 (cast copy when needed). */
+    private Owned f32(Tensor t, String what) {
+        KernelTypes.requireDevice(t, what);
+        if (t.dtype() == DType.F32) return new Owned(t, false);
+        if (!t.dtype().isFloating()) throw new IllegalArgumentException(what + " must be a floating-point tensor, got " + t);
+        return new Owned(CastKernels.cast(ctx, t, DType.F32), true);
+    }
+
+    private static void requireF32Accumulator(Tensor t, String what) {
+        KernelTypes.requireDevice(t, what);
+        if (t.dtype() != DType.F32) {
+            throw new IllegalArgumentException(what + " must be an F32 gradient accumulator on the GPU, got " + t);
+        }
     }
 
     private Owned activation(Tensor t, String what) {

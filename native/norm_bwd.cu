@@ -1,0 +1,61 @@
+// norm_bwd.cu — RMSNorm backward (backend/cpu/ActivationBackward.rmsNorm / rmsNormWeight).
+//
+// Tensors: x [n, h] of T, weight [h] of W (float, bf16 or half), g [n, h] of T -> gx [n, h] of T;
+//          inv F32 [n] (1/rms per row, written for the weight gradient); gw F32 [h] += sum_rows g x inv.
+// Launch:  rmsnorm_bwd_<t>_w<w>: grid = n blocks, 256 threads (one row each);
+//          rmsnorm_bwd_weight_<t>: 1-D grid-stride over the h columns, rows summed in order.
+// Math:    r = (float)(1 / sqrt((double)(mean(x^2) + eps))) as the forward; dot = sum_j (g_j w_j) x_j;
+//          coef = r^3 dot / h; gx_k = (g_k w_k) r - x_k coef. Float32 throughout; the block reductions sum
+//          in another order than the CPU's lanes (float32 rounding only).
+#include "activations.cuh"
+
+template <typename T, typename W>
+__device__ __forceinline__ void rmsnorm_bwd_impl(const T* __restrict__ x, const W* __restrict__ w, float eps,
+                                                 const T* __restrict__ g, T* __restrict__ gx, float* __restrict__ inv,
+                                                 int h) {
+    __shared__ float scratch[32];
+    int64_t o = (int64_t)blockIdx.x * h;
+    float ss = 0.f, dot = 0.f;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) {
+        float xf = to_f32(x[o + j]);
+        ss = fmaf(xf, xf, ss);
+        dot = fmaf(to_f32(g[o + j]) * to_f32(w[j]), xf, dot);
+    }
+    ss = block_sum(ss, scratch);
+    dot = block_sum(dot, scratch);
+    float r = (float)(1.0 / sqrt((double)(ss / (float)h + eps)));
+    float coef = r * r * r * dot / (float)h;
+    if (threadIdx.x == 0 && inv != nullptr) inv[blockIdx.x] = r;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) {
+        gx[o + j] = from_f32<T>((to_f32(g[o + j]) * to_f32(w[j])) * r - to_f32(x[o + j]) * coef);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void rmsnorm_bwd_weight_impl(const T* __restrict__ x, const T* __restrict__ g,
+                                                        const float* __restrict__ inv, float* __restrict__ gw,
+                                                        int n, int h) {
+    for (int64_t j = global_thread_index(); j < h; j += grid_stride()) {
+        float acc = 0.f;
+        for (int r = 0; r < n; r++) {
+            int64_t o = (int64_t)r * h + j;
+            acc = fmaf(to_f32(x[o]) * inv[r], to_f32(g[o]), acc);
+        }
+        gw[j] += acc;
+    }
+}
+
+#define QL_RMSNORM_BWD_W(tn, T, wn, W)                                                                           \
+    extern "C" __global__ void rmsnorm_bwd_##tn##_##wn(const T* x, const W* w, float eps, const T* g, T* gx,      \
+                                                       float* inv, int h) {                                     \
+        rmsnorm_bwd_impl<T, W>(x, w, eps, g, gx, inv, h);                                                       \
+    }
+#define QL_RMSNORM_BWD(tn, T)                                                                                    \
+    QL_RMSNORM_BWD_W(tn, T, wf32, float)                                                                        \
+    QL_RMSNORM_BWD_W(tn, T, wbf16, __nv_bfloat16)                                                               \
+    QL_RMSNORM_BWD_W(tn, T, wf16, __half)                                                                       \
+    extern "C" __global__ void rmsnorm_bwd_weight_##tn(const T* x, const T* g, const float* inv, float* gw, int n, int h) { \
+        rmsnorm_bwd_weight_impl<T>(x, g, inv, gw, n, h);                                                        \
+    }
+
+QL_FOR_ACT(QL_RMSNORM_BWD)
