@@ -1,5 +1,7 @@
 package dev.qlora4j.optim;
 
+import dev.qlora4j.quant.DynamicMap;
+
 /**
  * bitsandbytes' Adam update kernels, CPU twins of csrc/kernels.cu:
  * <ul>
@@ -17,6 +19,11 @@ package dev.qlora4j.optim;
 public final class BnbAdamKernels {
     /** Elements per absmax block of the 8-bit state (bitsandbytes' optimizer blocksize). */
     public static final int BLOCKSIZE = 256;
+
+    /** create_dynamic_map(signed=True): the first moment's codes [256]; shared, never modified. */
+    private static final float[] CODE1 = DynamicMap.create(true);
+    /** create_dynamic_map(signed=False): the second moment's codes [256]; shared, never modified. */
+    private static final float[] CODE2 = DynamicMap.create(false);
 
     private BnbAdamKernels() {}
 
@@ -63,8 +70,8 @@ public final class BnbAdamKernels {
      */
     public static void update8bitBlock(float[] p, float[] g, byte[] q1, byte[] q2, float[] absmax1, float[] absmax2,
                                 int block, int n, Scalars s, float[] m, float[] v) {
-        float[] code1 = OptimMaps.table(true);
-        float[] code2 = OptimMaps.table(false);
+        float[] code1 = CODE1;
+        float[] code2 = CODE2;
         int base = block * BLOCKSIZE;
         int valid = Math.min(BLOCKSIZE, n - base);
         float oldMax1 = absmax1[block];
@@ -104,8 +111,10 @@ public final class BnbAdamKernels {
         }
 
         for (int j = 0; j < valid; j++) {
-            int c1 = OptimMaps.quantize(code1, m[j] / newMax1, true);
-            int c2 = OptimMaps.quantize(code2, v[j] / newMax2, false);
+            // the optimizer kernel's quantize_2D search is dQuantize's (its initial bounds never
+            // decide a code: code[255] is 1.0 in both maps, and an unmoved lower pivot returns 0)
+            int c1 = DynamicMap.quantize(code1, m[j] / newMax1);
+            int c2 = DynamicMap.quantize(code2, v[j] / newMax2);
             if (signBit(code1[c1]) != signBit(m[j])) {
                 c1 = m[j] > 0.0f ? (c1 + 1) & 0xFF : (c1 - 1) & 0xFF;
             }
@@ -116,7 +125,7 @@ public final class BnbAdamKernels {
 
     /** A copy of the code table the kernels use for state1 (signed) or state2 (unsigned), for uploading to a device. */
     public static float[] codeTable(boolean signed) {
-        return OptimMaps.dynamic(signed);
+        return (signed ? CODE1 : CODE2).clone();
     }
 
     private static boolean signBit(float x) {

@@ -11,6 +11,9 @@ import java.util.Arrays;
  * each as one fused multiply-add), means of neighbours in float32, then a float32 product with
  * {@code float32(10^e)}. This reproduces the table published from bitsandbytes bit for bit (the test checks
  * entries and the sum); plain float64 arithmetic does not.
+ *
+ * <p>The same tables and search serve bitsandbytes' 8-bit optimizers (dev.qlora4j.optim): state1 against
+ * {@code create(true)}, state2 against {@code create(false)}.
  */
 public final class DynamicMap {
     private static final float[] SIGNED = create(true, 7, 8);
@@ -100,6 +103,10 @@ public final class DynamicMap {
      * the 256 sorted codes, then a midpoint test against the neighbour on the side x lies: above the final
      * pivot, x goes up only if strictly above the midpoint; below it, x goes down only if strictly below.
      * NaN takes the "not greater" branch at every step and ends at index 0.
+     *
+     * <p>Also the optimizers' search ({@code quantize_2D}) for the signed and the unsigned map: that one
+     * starts its bounds at -1 or 0 and 1 instead of the table's ends, which never changes a result, since
+     * code[255] is 1.0 in both maps and a lower pivot that never moved ends the search at index 0 anyway.
      */
     public static int quantize(float[] code, float x) {
         int pivot = 127;

@@ -2,6 +2,7 @@ package dev.qlora4j.quant;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import dev.qlora4j.json.PythonJson;
 import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.HostStorage;
 import dev.qlora4j.tensor.Tensor;
@@ -204,7 +205,7 @@ public final class QuantState4bit {
             d.put("nested_dtype", state2.dtype().torchName());
             d.put("nested_offset", (double) offset); // offset.item(): the float32 value as a Python float
         }
-        return PyJson.dumps(d);
+        return PythonJson.dumps(d); // json.dumps defaults, as bitsandbytes packs it
     }
 
     private static Tensor jsonTensor(String json) {

@@ -108,7 +108,7 @@ class AdamW8bitTest {
             byte[] q2 = sd.get("state.w.state2").segment().toArray(java.lang.foreign.ValueLayout.JAVA_BYTE);
             float[] a1 = sd.get("state.w.absmax1").toFloatArray();
             float[] a2 = sd.get("state.w.absmax2").toFloatArray();
-            float[] c1 = OptimMaps.dynamic(true), c2 = OptimMaps.dynamic(false);
+            float[] c1 = BnbAdamKernels.codeTable(true), c2 = BnbAdamKernels.codeTable(false);
             double worst1 = 0, worst2 = 0;
             for (int i = 0; i < n; i++) {
                 int b = i / 256;
@@ -160,7 +160,7 @@ class AdamW8bitTest {
         assertEquals(p3, p[3]);
         assertEquals(p700, p[700]);
         Map<String, Tensor> sd = opt.stateDict();
-        float[] c1 = OptimMaps.dynamic(true), c2 = OptimMaps.dynamic(false);
+        float[] c1 = BnbAdamKernels.codeTable(true), c2 = BnbAdamKernels.codeTable(false);
         assertEquals(0f, c1[sd.get("state.w.state1").getInt(3) & 0xFF]);
         assertEquals(0f, c2[sd.get("state.w.state2").getInt(700) & 0xFF]);
         assertTrue(p[4] != AdamWTest.gaussian(new Random(9), n, 1)[4], "finite neighbours are updated");

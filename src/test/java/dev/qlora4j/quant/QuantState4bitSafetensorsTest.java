@@ -1,5 +1,6 @@
 package dev.qlora4j.quant;
 
+import dev.qlora4j.json.PythonJson;
 import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.HostStorage;
 import dev.qlora4j.tensor.Tensor;
@@ -97,22 +98,22 @@ class QuantState4bitSafetensorsTest {
         QuantState4bit s = Quant4bit.quantize(w, new int[] {50, 64}, QuantType.NF4, 64, true);
         QuantState4bit r = QuantState4bit.fromSafetensors(P, copy(s.toSafetensors(P)));
         assertEquals(Float.floatToRawIntBits(s.offset()), Float.floatToRawIntBits(r.offset()));
-        assertTrue(s.quantStateJson().contains("\"nested_offset\": " + PyJson.floatRepr((double) s.offset())));
+        assertTrue(s.quantStateJson().contains("\"nested_offset\": " + PythonJson.floatRepr((double) s.offset())));
     }
 
     @Test
     void pythonFloatRepr() {
-        assertEquals("2.0", PyJson.floatRepr(2.0));
-        assertEquals("0.1", PyJson.floatRepr(0.1));
-        assertEquals("0.0001", PyJson.floatRepr(1e-4));
-        assertEquals("1e-05", PyJson.floatRepr(1e-5));
-        assertEquals("1.5e-07", PyJson.floatRepr(1.5e-7));
-        assertEquals("0.012299999594688416", PyJson.floatRepr((double) 0.0123f));
-        assertEquals("1234567.0", PyJson.floatRepr(1234567.0));
-        assertEquals("1e+16", PyJson.floatRepr(1e16));
-        assertEquals("1000000000000000.0", PyJson.floatRepr(1e15));
-        assertEquals("-0.5", PyJson.floatRepr(-0.5));
-        assertEquals("-0.0", PyJson.floatRepr(-0.0));
+        assertEquals("2.0", PythonJson.floatRepr(2.0));
+        assertEquals("0.1", PythonJson.floatRepr(0.1));
+        assertEquals("0.0001", PythonJson.floatRepr(1e-4));
+        assertEquals("1e-05", PythonJson.floatRepr(1e-5));
+        assertEquals("1.5e-07", PythonJson.floatRepr(1.5e-7));
+        assertEquals("0.012299999594688416", PythonJson.floatRepr((double) 0.0123f));
+        assertEquals("1234567.0", PythonJson.floatRepr(1234567.0));
+        assertEquals("1e+16", PythonJson.floatRepr(1e16));
+        assertEquals("1000000000000000.0", PythonJson.floatRepr(1e15));
+        assertEquals("-0.5", PythonJson.floatRepr(-0.5));
+        assertEquals("-0.0", PythonJson.floatRepr(-0.0));
     }
 
     private static Map<String, Tensor> valid(boolean nested) {

@@ -541,7 +541,7 @@ public final class CpuBackend implements Backend {
         }
         float[] gs = read(grad, "rope backward grad");
         parallel.forRange(pos.length, 6L * grad.dim(1),
-                (lo, hi) -> RopeBackward.apply(gs, pos, freq, heads, headDim, attentionScaling, lo, hi));
+                (lo, hi) -> Rope.applyBackward(gs, pos, freq, heads, headDim, attentionScaling, lo, hi));
         Activations.writeBack(grad, gs);
     }
 

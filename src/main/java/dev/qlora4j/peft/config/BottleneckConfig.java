@@ -121,7 +121,7 @@ public record BottleneckConfig(
         m.put("original_ln_before", originalLnBefore);
         m.put("output_adapter", outputAdapter);
         m.put("peft_type", PEFT_TYPE);
-        m.put("reduction_factor", PythonJson.number(reductionFactor));
+        m.put("reduction_factor", PeftJson.number(reductionFactor));
         m.put("residual_before_ln", residualBeforeLn);
         m.put("revision", revision);
         m.put("scaling", scaling.toJsonValue());

@@ -79,7 +79,7 @@ final class Fields {
 
     IllegalArgumentException bad(String key, String expected, Object got) {
         return new IllegalArgumentException(source + ": \"" + key + "\" must be " + expected + ", got "
-                + PythonJson.dumpsCompact(got));
+                + PeftJson.dumpsCompact(got));
     }
 
     String string(String key, String dflt) {

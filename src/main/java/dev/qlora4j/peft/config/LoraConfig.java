@@ -128,7 +128,7 @@ public record LoraConfig(
             if (INERT_KEYS.contains(k)) return;
             boolean inactive = v == null || Boolean.FALSE.equals(v) || (v instanceof Map<?, ?> m && m.isEmpty())
                     || (v instanceof List<?> l && l.isEmpty());
-            if (!inactive) out.add(k + "=" + PythonJson.dumpsCompact(v));
+            if (!inactive) out.add(k + "=" + PeftJson.dumpsCompact(v));
         });
         return out;
     }
@@ -149,7 +149,7 @@ public record LoraConfig(
         m.put("init_lora_weights", initLoraWeights.toJsonValue());
         m.put("layers_pattern", layersPattern);
         m.put("layers_to_transform", layersToTransform);
-        m.put("lora_alpha", PythonJson.number(loraAlpha));
+        m.put("lora_alpha", PeftJson.number(loraAlpha));
         m.put("lora_dropout", loraDropout);
         m.put("modules_to_save", modulesToSave);
         m.put("peft_type", PEFT_TYPE);
@@ -165,7 +165,7 @@ public record LoraConfig(
 
     private static Map<String, Object> numbers(Map<String, Double> m) {
         Map<String, Object> out = new LinkedHashMap<>();
-        m.forEach((k, v) -> out.put(k, PythonJson.number(v)));
+        m.forEach((k, v) -> out.put(k, PeftJson.number(v)));
         return out;
     }
 

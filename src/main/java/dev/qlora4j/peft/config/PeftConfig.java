@@ -31,7 +31,7 @@ public sealed interface PeftConfig permits LoraConfig, PrefixTuningConfig, Promp
     Map<String, Object> toMap();
 
     /** adapter_config.json text, exactly as peft's json.dumps(..., indent=2, sort_keys=True). */
-    default String toJson() { return PythonJson.dumps(toMap()); }
+    default String toJson() { return PeftJson.dumps(toMap()); }
 
     PeftConfig withInferenceMode(boolean inferenceMode);
 

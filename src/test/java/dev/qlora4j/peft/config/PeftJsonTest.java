@@ -10,17 +10,7 @@ import java.util.Map;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
 /** Expected strings were produced by CPython 3's json.dumps(value, indent=2, sort_keys=True) and repr(float). */
-class PythonJsonTest {
-    @Test
-    void floatReprMatchesPython() {
-        double[] in = {0.05, 1e-05, 32.0, 0.1, 1e16, 1e15, 1.5e-07, 0.0001, 0.00012, -2.5, 1e22, 123456789012345680.0,
-                5e-324, 1.7976931348623157e308, 0.30000000000000004, 2e-4, 1.0 / 3, 0.0, -0.0};
-        String[] out = {"0.05", "1e-05", "32.0", "0.1", "1e+16", "1000000000000000.0", "1.5e-07", "0.0001", "0.00012", "-2.5",
-                "1e+22", "1.2345678901234568e+17", "5e-324", "1.7976931348623157e+308", "0.30000000000000004", "0.0002",
-                "0.3333333333333333", "0.0", "-0.0"};
-        for (int i = 0; i < in.length; i++) assertEquals(out[i], PythonJson.floatRepr(in[i]), "repr(" + in[i] + ")");
-    }
-
+class PeftJsonTest {
     @Test
     void dumpsMatchesPythonLayoutEscapingAndKeyOrder() {
         Map<String, Object> y = new HashMap<>();
@@ -60,7 +50,7 @@ class PythonJsonTest {
                     3.0
                   ]
                 }""";
-        assertEquals(expected, PythonJson.dumps(root));
-        assertEquals("{}", PythonJson.dumps(Map.of()));
+        assertEquals(expected, PeftJson.dumps(root));
+        assertEquals("{}", PeftJson.dumps(Map.of()));
     }
 }
