@@ -47,7 +47,7 @@ public final class DemoCommand implements Callable<Integer> {
     Path output;
 
     @Option(names = "--device", paramLabel = "cpu|cuda|auto", defaultValue = "cpu",
-            description = "Where to run (default: ${DEFAULT-VALUE}; training on CUDA is not in this build yet).")
+            description = "Where to run (default: ${DEFAULT-VALUE}; cuda runs the whole flow on the GPU).")
     String device;
 
     @Option(names = "--max-steps", defaultValue = "60") int maxSteps;
@@ -80,7 +80,8 @@ public final class DemoCommand implements Callable<Integer> {
                     Map.entry("lr_scheduler_type", "cosine"), Map.entry("logging_steps", 10),
                     Map.entry("eval_strategy", "steps"), Map.entry("eval_steps", Math.max(1, maxSteps / 2)),
                     Map.entry("save_steps", maxSteps), Map.entry("seed", 42), Map.entry("max_seq_length", 128)));
-            Trainer.builder(new PeftTrainableModel(peft, PeftModel.DEFAULT_ADAPTER), args)
+            dev.qlora4j.train.DeviceTraining.configure(
+                    Trainer.builder(new PeftTrainableModel(peft, PeftModel.DEFAULT_ADAPTER), args), lm.backend())
                     .trainData(train.examples()).evalData(eval.examples()).padTokenId(lm.tokenizer().padTokenId())
                     .progress(ProgressReporter.auto(System.out, null)).build().train();
             peft.save(adapterDir);

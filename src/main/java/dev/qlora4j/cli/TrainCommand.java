@@ -128,7 +128,7 @@ public final class TrainCommand implements Callable<Integer> {
                     eval == null ? "" : "; eval: " + eval.size() + " examples");
             PeftConfig adapter = adapterConfig(lm.config().modelType());
             TrainableModel model = createTrainableModel(lm, adapter, initAdapter, args);
-            Trainer.Result r = Trainer.builder(model, args)
+            Trainer.Result r = dev.qlora4j.train.DeviceTraining.configure(Trainer.builder(model, args), lm.backend())
                     .trainData(train.examples())
                     .evalData(eval == null ? null : eval.examples())
                     .padTokenId(tok.padTokenId())
