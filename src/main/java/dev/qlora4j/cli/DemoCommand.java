@@ -46,8 +46,8 @@ public final class DemoCommand implements Callable<Integer> {
             description = "Where the adapter, checkpoints, metrics and merged model go (default: ${DEFAULT-VALUE}).")
     Path output;
 
-    @Option(names = "--device", paramLabel = "cpu|cuda|auto", defaultValue = "cpu",
-            description = "Where to run (default: ${DEFAULT-VALUE}; cuda runs the whole flow on the GPU).")
+    @Option(names = "--device", paramLabel = "cpu|cuda|auto", defaultValue = "auto",
+            description = "Where to run (default: ${DEFAULT-VALUE}: the GPU when one is usable, else the CPU).")
     String device;
 
     @Option(names = "--max-steps", defaultValue = "60") int maxSteps;

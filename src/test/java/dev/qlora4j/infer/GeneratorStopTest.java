@@ -1,0 +1,50 @@
+package dev.qlora4j.infer;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import dev.qlora4j.CausalLM;
+import dev.qlora4j.Golden;
+import dev.qlora4j.LoadOptions;
+import org.junit.jupiter.api.Test;
+
+import java.util.ArrayList;
+import java.util.List;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** Stop strings, EOS, the streaming callback and seeded sampling on the golden tiny model. */
+class GeneratorStopTest {
+    @Test
+    void stopStringsEosStreamingAndSeeds() {
+        JsonNode p = Golden.json("llama-f32").get("prompts").get(0);
+        int[] ids = Golden.ints(p.get("input_ids"));
+        try (CausalLM lm = CausalLM.fromPretrained(Golden.dir("llama-f32"), LoadOptions.cpu())) {
+            GenerationResult full = lm.generateIds(new int[][] {ids}, SamplingParams.greedy(32).withMinNewTokens(32), TokenListener.NONE);
+            String text = full.texts()[0];
+            // a stop string taken from the middle of the greedy text cuts the row there
+            String stop = text.substring(10, 14);
+            GenerationResult cut = lm.generateIds(new int[][] {ids}, SamplingParams.greedy(32).withStopStrings(List.of(stop)), TokenListener.NONE);
+            assertEquals("stop_string", cut.stopReasons()[0]);
+            assertEquals(text.substring(0, text.indexOf(stop)), cut.texts()[0]);
+            // streaming: the pieces concatenate to the final text
+            StringBuilder streamed = new StringBuilder();
+            List<Integer> tokens = new ArrayList<>();
+            GenerationResult s = lm.generateIds(new int[][] {ids}, SamplingParams.greedy(12), (row, tok, piece) -> {
+                streamed.append(piece);
+                tokens.add(tok);
+            });
+            assertEquals(s.texts()[0], streamed.toString());
+            assertArrayEquals(s.outputIds()[0], tokens.stream().mapToInt(Integer::intValue).toArray());
+            assertEquals("length", s.stopReasons()[0]);
+            // seeded sampling is reproducible and differs from greedy somewhere
+            SamplingParams sample = new SamplingParams(24, 0, true, 1.5, 50, 0.95, 1.1, 1234, List.of());
+            GenerationResult a = lm.generateIds(new int[][] {ids}, sample, TokenListener.NONE);
+            GenerationResult b = lm.generateIds(new int[][] {ids}, sample, TokenListener.NONE);
+            assertArrayEquals(a.outputIds()[0], b.outputIds()[0]);
+            assertFalse(java.util.Arrays.equals(a.outputIds()[0], java.util.Arrays.copyOf(full.outputIds()[0], 24)));
+            assertTrue(a.outputIds()[0].length <= 24);
+        }
+    }
+}
