@@ -3,6 +3,7 @@ package dev.qlora4j.bench;
 import dev.qlora4j.backend.cuda.CudaAdamW;
 import dev.qlora4j.backend.cuda.CudaBackend;
 import dev.qlora4j.backend.cuda.CudaGradClip;
+import dev.qlora4j.backend.cuda.OpProfiler;
 import dev.qlora4j.backend.cuda.SyntheticWeights;
 import dev.qlora4j.cuda.CudaDriver;
 import dev.qlora4j.model.QuantizedLinearFactory;
@@ -31,6 +32,8 @@ import java.util.Random;
  * <p>Run: java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -cp bench/target/benchmarks.jar
  * dev.qlora4j.bench.CudaTrainBench [--shape llama-7b] [--seq 2048] [--batch 1] [--checkpointing on,off]
  * [--warmup 2] [--steps 5]. Compare with python3 .gpu-pack/hf-peer-bench.py --shape llama7b --train.
+ * With -Dqlora4j.cuda.profile=true a per-op GPU time table (OpProfiler) follows each setting's timed steps;
+ * the events it records add some host time per op, so compare step times without it.
  */
 public final class CudaTrainBench {
     private CudaTrainBench() {}
@@ -68,6 +71,7 @@ public final class CudaTrainBench {
             CudaAdamW opt = CudaAdamW.of(b, peft.trainableParameters(),
                     new AdamWConfig(2e-4, 0.9, 0.999, 1e-8, 0.0, StateStorage.DEVICE));
             CudaGradClip clip = new CudaGradClip(b);
+            OpProfiler prof = b.profiler(); // -Dqlora4j.cuda.profile=true: a per-op table after each setting's timed steps
             int vocab = model.config().vocabSize();
             int n = batch * seq;
             Random r = new Random(5);
@@ -85,19 +89,29 @@ public final class CudaTrainBench {
                     if (s == warmup) {
                         b.synchronize();
                         b.context().allocator().resetPeak();
+                        if (prof != null) prof.reset();
                     }
                     b.synchronize();
                     long a = System.nanoTime();
                     peft.zeroGrad();
                     loss = model.trainStep(ids, pos, null, targets, batch, on, 1f / (n - batch)).meanLoss();
+                    int mark = prof == null ? -1 : prof.begin();
                     clip.clip(peft.trainableParameters(), 1.0);
+                    if (mark >= 0) prof.end("clip_grad_norm (CudaGradClip, not a Backend op)", mark);
+                    mark = prof == null ? -1 : prof.begin();
                     opt.step();
+                    if (mark >= 0) prof.end("AdamW step (CudaAdamW, not a Backend op)", mark);
                     b.synchronize();
                     if (s >= warmup) ms[s - warmup] = (System.nanoTime() - a) / 1e6;
                 }
                 double[] sorted = ms.clone();
                 Arrays.sort(sorted);
                 double median = sorted[steps / 2];
+                if (prof != null) {
+                    double mean = Arrays.stream(ms).average().orElse(Double.NaN);
+                    System.out.printf(Locale.ROOT, "%nper-op GPU time, checkpointing %s, mean of %d timed steps (%.1f ms/step):%n%s",
+                            on ? "on" : "off", steps, mean, prof.table(steps, mean));
+                }
                 long peak = b.context().allocator().stats().peakAllocatedBytes();
                 rows.add(new String[] {shape, Integer.toString(seq), Integer.toString(batch), on ? "on" : "off",
                         String.format(Locale.ROOT, "%.1f", median), String.format(Locale.ROOT, "%.0f", n / (median / 1e3)),

@@ -38,6 +38,8 @@ public final class CudaBackend implements Backend, GraphCapable {
     private final DType act;
     private final boolean graphs;
     private final DeviceStatus status;
+    /** Per-op GPU times when -Dqlora4j.cuda.profile=true (OpProfiler), else null: then each op costs a null check. */
+    private final OpProfiler profiler;
     /** Device address of the int a captured decode step reads its cache slot from; 0 outside graphs. */
     private long graphStartPointer;
 
@@ -47,6 +49,7 @@ public final class CudaBackend implements Backend, GraphCapable {
         this.act = activations;
         this.graphs = decodeGraphs;
         this.status = new DeviceStatus(ctx);
+        this.profiler = OpProfiler.fromProperty(ctx.driver(), ctx.stream());
     }
 
     /** Whether a GPU with a driver is present (never throws). Called by Backends reflectively. */
@@ -87,6 +90,9 @@ public final class CudaBackend implements Backend, GraphCapable {
 
     public CudaContext context() { return ctx; }
 
+    /** The op profiler (-Dqlora4j.cuda.profile=true), or null when profiling is off. */
+    public OpProfiler profiler() { return profiler; }
+
     @Override public Device device() { return ctx.device(); }
 
     @Override public DType activationDType() { return act; }
@@ -113,29 +119,36 @@ public final class CudaBackend implements Backend, GraphCapable {
         KernelTypes.requireDevice(t, "toHost");
         Tensor h = ctx.download(t);
         status.check();
+        if (profiler != null) profiler.resolve(); // the stream is idle now: resolving costs no extra wait
         return h;
     }
 
     @Override
-    public Tensor cast(Tensor t, DType dtype) { return CastKernels.cast(ctx, t, dtype); }
+    public Tensor cast(Tensor t, DType dtype) {
+        int mark = profBegin();
+        return profEnd("cast", mark, CastKernels.cast(ctx, t, dtype));
+    }
 
     // ---- forward ops ----
 
     @Override
     public Tensor embedding(Tensor ids, Tensor table) {
-        return EmbeddingKernels.embedding(ctx, act, ids, table, status);
+        int mark = profBegin();
+        return profEnd("embedding", mark, EmbeddingKernels.embedding(ctx, act, ids, table, status));
     }
 
     @Override
     public Tensor rmsNorm(Tensor x, Tensor weight, float eps) {
+        int mark = profBegin();
         KernelTypes.requireRank(x, 2, "rmsNorm x");
         try (Owned xa = activation(x, "rmsNorm x")) {
-            return RmsNormKernels.rmsNorm(ctx, act, xa.t, weight, eps);
+            return profEnd("rmsNorm", mark, RmsNormKernels.rmsNorm(ctx, act, xa.t, weight, eps));
         }
     }
 
     @Override
     public Tensor linear(Tensor x, Tensor w, Tensor bias) {
+        int mark = profBegin();
         KernelTypes.requireRank(x, 2, "linear x");
         KernelTypes.requireDevice(w, "linear weight");
         KernelTypes.requireRank(w, 2, "linear weight");
@@ -153,22 +166,25 @@ public final class CudaBackend implements Backend, GraphCapable {
             KernelTypes.weight(bias, "linear bias");
         }
         try (Owned xa = activation(x, "linear x")) {
-            return LinearOps.linear(ctx, act, xa.t, w, bias);
+            return profEnd(w.dtype() == act ? "linear" : "linear (mixed dtypes)", mark,
+                    LinearOps.linear(ctx, act, xa.t, w, bias));
         }
     }
 
     @Override
     public Tensor add(Tensor a, Tensor b) {
+        int mark = profBegin();
         KernelTypes.requireSameShape(a, b, "add");
         try (Owned aa = activation(a, "add a"); Owned bb = activation(b, "add b")) {
             Tensor out = ctx.empty(act, a.shape());
             ElementwiseKernels.add(ctx, act, aa.t, bb.t, out);
-            return out;
+            return profEnd("add", mark, out);
         }
     }
 
     @Override
     public Tensor addInPlace(Tensor a, Tensor b) {
+        int mark = profBegin();
         KernelTypes.requireSameShape(a, b, "addInPlace");
         KernelTypes.requireDevice(a, "addInPlace target a");
         if (a.dtype() != act) {
@@ -177,27 +193,30 @@ public final class CudaBackend implements Backend, GraphCapable {
         }
         try (Owned bb = activation(b, "addInPlace b")) {
             ElementwiseKernels.add(ctx, act, a, bb.t, a);
-            return a;
+            return profEnd("addInPlace", mark, a);
         }
     }
 
     @Override
     public Tensor siluMul(Tensor gate, Tensor up) {
+        int mark = profBegin();
         KernelTypes.requireSameShape(gate, up, "siluMul");
         try (Owned g = activation(gate, "siluMul gate"); Owned u = activation(up, "siluMul up")) {
             Tensor out = ctx.empty(act, gate.shape());
             ElementwiseKernels.siluMul(ctx, act, g.t, u.t, out);
-            return out;
+            return profEnd("siluMul", mark, out);
         }
     }
 
     @Override
     public void ropeInPlace(Tensor x, Tensor positions, Tensor invFreq, int heads, int headDim, float attentionScaling) {
+        int mark = profBegin();
         KernelTypes.requireDevice(x, "rope x");
         KernelTypes.requireDevice(invFreq, "rope invFreq");
         try (Owned f = invFreq.dtype() == DType.F32 ? new Owned(invFreq, false)
                 : new Owned(CastKernels.cast(ctx, invFreq, DType.F32), true)) {
             RopeKernels.ropeInPlace(ctx, act, x, positions, f.t, heads, headDim, attentionScaling);
+            profEnd("rope", mark);
         }
     }
 
@@ -209,6 +228,7 @@ public final class CudaBackend implements Backend, GraphCapable {
     @Override
     public Tensor attention(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int start, Tensor padStart,
                             int heads, int kvHeads, int headDim, float scale, int window) {
+        int mark = profBegin();
         if (!(cache instanceof CudaKvCache c)) {
             throw new IllegalArgumentException("attention: the CUDA backend needs a KV cache from its own newKvCache, got "
                     + (cache == null ? "null" : cache.getClass().getName()));
@@ -217,22 +237,24 @@ public final class CudaBackend implements Backend, GraphCapable {
              Owned va = activation(v, "attention v")) {
             AttentionKernels.Shape s = AttentionKernels.check(qa.t, ka.t, va.t, c, act, start, padStart, heads, kvHeads,
                     headDim);
-            return AttentionKernels.attention(ctx, act, s, qa.t, ka.t, va.t, c, layer, start, graphStartPointer,
-                    padStart, scale, window);
+            return profEnd("attention (decode)", mark, AttentionKernels.attention(ctx, act, s, qa.t, ka.t, va.t, c, layer,
+                    start, graphStartPointer, padStart, scale, window));
         }
     }
 
     @Override
     public Tensor gatherRows(Tensor x, Tensor rows) {
+        int mark = profBegin();
         KernelTypes.requireRank(x, 2, "gatherRows x");
         KernelTypes.requireIndices(rows, "gatherRows rows");
         try (Owned xa = activation(x, "gatherRows x")) {
-            return ElementwiseKernels.gatherRows(ctx, act, xa.t, rows, status);
+            return profEnd("gatherRows", mark, ElementwiseKernels.gatherRows(ctx, act, xa.t, rows, status));
         }
     }
 
     @Override
     public Tensor crossEntropy(Tensor logits, Tensor targets) {
+        int mark = profBegin();
         KernelTypes.requireRank(logits, 2, "crossEntropy logits");
         KernelTypes.requireIndices(targets, "crossEntropy targets");
         if (targets.dim(0) != logits.dim(0)) {
@@ -240,7 +262,7 @@ public final class CudaBackend implements Backend, GraphCapable {
                     + KernelTypes.shape(targets) + " disagree on the number of rows");
         }
         try (Owned l = activation(logits, "crossEntropy logits")) {
-            return XentKernels.crossEntropy(ctx, act, l.t, targets, status);
+            return profEnd("crossEntropy", mark, XentKernels.crossEntropy(ctx, act, l.t, targets, status));
         }
     }
 
@@ -270,6 +292,7 @@ public final class CudaBackend implements Backend, GraphCapable {
 
     @Override
     public Tensor linearQuantized(Tensor x, QuantizedWeight w, Tensor bias) {
+        int mark = profBegin();
         KernelTypes.requireRank(x, 2, "linearQuantized x");
         if (x.dim(1) != w.inFeatures()) {
             throw new IllegalArgumentException("linearQuantized: x " + KernelTypes.shape(x) + " does not match the weight ["
@@ -277,16 +300,17 @@ public final class CudaBackend implements Backend, GraphCapable {
         }
         try (Owned xa = activation(x, "linearQuantized x")) {
             Tensor y = CudaQuantOps.linear(ctx, xa.t, w, bias);
-            if (y.dtype() == act) return y;
+            if (y.dtype() == act) return profEnd("linearQuantized", mark, y);
             try (y) {
-                return CastKernels.cast(ctx, y, act);
+                return profEnd("linearQuantized", mark, CastKernels.cast(ctx, y, act));
             }
         }
     }
 
     @Override
     public Tensor dequantize(QuantizedWeight w, DType dtype) {
-        return CudaQuantOps.dequantize(ctx, w, dtype);
+        int mark = profBegin();
+        return profEnd("dequantize", mark, CudaQuantOps.dequantize(ctx, w, dtype));
     }
 
     // ---- training: backward passes and the ops adapters need (TrainKernels, TrainLinearOps, TrainAttentionKernels) ----
@@ -295,16 +319,18 @@ public final class CudaBackend implements Backend, GraphCapable {
 
     @Override
     public Tensor scale(Tensor a, float s) {
+        int mark = profBegin();
         try (Owned aa = activation(a, "scale a")) {
             Tensor out = ctx.empty(act, a.shape());
             TrainKernels.scale(ctx, aa.t, s, out);
-            return out;
+            return profEnd("scale", mark, out);
         }
     }
 
     /** a (F32 or BF16, on this GPU) += alpha * b; b is cast to a's dtype first when it differs. */
     @Override
     public Tensor axpyInPlace(Tensor a, float alpha, Tensor b) {
+        int mark = profBegin();
         KernelTypes.requireSameShape(a, b, "axpyInPlace");
         KernelTypes.requireDevice(a, "axpyInPlace target a");
         KernelTypes.requireDevice(b, "axpyInPlace b");
@@ -314,27 +340,30 @@ public final class CudaBackend implements Backend, GraphCapable {
         try (Owned bb = b.dtype() == a.dtype() ? new Owned(b, false) : new Owned(CastKernels.cast(ctx, b, a.dtype()), true)) {
             TrainKernels.axpy(ctx, a, alpha, bb.t);
         }
-        return a;
+        return profEnd("axpyInPlace", mark, a);
     }
 
     @Override
     public Tensor mul(Tensor a, Tensor b) {
+        int mark = profBegin();
         KernelTypes.requireSameShape(a, b, "mul");
         try (Owned aa = activation(a, "mul a"); Owned bb = activation(b, "mul b")) {
             Tensor out = ctx.empty(act, a.shape());
             TrainKernels.mul(ctx, act, aa.t, bb.t, out);
-            return out;
+            return profEnd("mul", mark, out);
         }
     }
 
     /** Sum of squares in float64 (waits for the stream: the result goes to the host). */
     @Override
     public double sumOfSquares(Tensor a) {
+        int mark = profBegin();
         KernelTypes.requireDevice(a, "sumOfSquares a");
         try (Owned aa = a.dtype() == DType.F32 || a.dtype() == DType.BF16 ? new Owned(a, false)
                 : new Owned(CastKernels.cast(ctx, a, DType.F32), true)) {
             double s = TrainKernels.sumsOfSquares(ctx, java.util.List.of(aa.t))[0];
             status.check();
+            profEnd("sumOfSquares (waits)", mark);
             return s;
         }
     }
@@ -342,26 +371,29 @@ public final class CudaBackend implements Backend, GraphCapable {
     /** The mask of backend/cpu/Dropout, bit for bit. */
     @Override
     public Tensor dropout(Tensor x, float p, long seed) {
+        int mark = profBegin();
         if (!(p >= 0f && p <= 1f)) {
             throw new IllegalArgumentException("dropout: probability p must be in [0, 1], got " + p);
         }
         try (Owned xa = activation(x, "dropout x")) {
             Tensor out = ctx.empty(act, x.shape());
             TrainKernels.dropout(ctx, act, xa.t, p, seed, out);
-            return out;
+            return profEnd("dropout", mark, out);
         }
     }
 
     @Override
     public Tensor rowNorms(Tensor x) {
+        int mark = profBegin();
         KernelTypes.requireRank(x, 2, "rowNorms x");
         try (Owned xa = activation(x, "rowNorms x")) {
-            return TrainKernels.rowNorms(ctx, act, xa.t);
+            return profEnd("rowNorms", mark, TrainKernels.rowNorms(ctx, act, xa.t));
         }
     }
 
     @Override
     public Tensor scaleColumns(Tensor x, Tensor s) {
+        int mark = profBegin();
         KernelTypes.requireRank(x, 2, "scaleColumns x");
         KernelTypes.requireDevice(s, "scaleColumns s");
         if (s.numel() != x.dim(1)) {
@@ -369,22 +401,24 @@ public final class CudaBackend implements Backend, GraphCapable {
                     + KernelTypes.shape(x));
         }
         try (Owned xa = activation(x, "scaleColumns x"); Owned sf = f32(s, "scaleColumns s")) {
-            return TrainKernels.scaleColumns(ctx, act, xa.t, sf.t);
+            return profEnd("scaleColumns", mark, TrainKernels.scaleColumns(ctx, act, xa.t, sf.t));
         }
     }
 
     /** Transpose; F32 stays F32 (adapter weights), other float dtypes come out in the activation dtype. */
     @Override
     public Tensor transpose(Tensor x) {
+        int mark = profBegin();
         KernelTypes.requireRank(x, 2, "transpose x");
         KernelTypes.requireDevice(x, "transpose x");
         try (Owned xa = x.dtype() == DType.F32 ? new Owned(x, false) : activation(x, "transpose x")) {
-            return TrainKernels.transpose(ctx, xa.t);
+            return profEnd("transpose", mark, TrainKernels.transpose(ctx, xa.t));
         }
     }
 
     @Override
     public Tensor linearBackwardInput(Tensor gradOut, Tensor w) {
+        int mark = profBegin();
         KernelTypes.requireRank(gradOut, 2, "linearBackwardInput gradOut");
         KernelTypes.requireDevice(w, "linearBackwardInput weight");
         KernelTypes.requireRank(w, 2, "linearBackwardInput weight");
@@ -395,13 +429,15 @@ public final class CudaBackend implements Backend, GraphCapable {
                     + "); w must be [out, in]");
         }
         try (Owned g = activation(gradOut, "linearBackwardInput gradOut")) {
-            return TrainLinearOps.backwardInput(ctx, act, g.t, w);
+            return profEnd(w.dtype() == act ? "linearBackwardInput" : "linearBackwardInput (mixed dtypes)", mark,
+                    TrainLinearOps.backwardInput(ctx, act, g.t, w));
         }
     }
 
     /** gradOut dequant(W): the weight dequantized to the activation dtype into a temporary, then one GEMM. */
     @Override
     public Tensor linearQuantizedBackwardInput(Tensor gradOut, QuantizedWeight w) {
+        int mark = profBegin();
         KernelTypes.requireRank(gradOut, 2, "linearQuantizedBackwardInput gradOut");
         if (gradOut.dim(1) != w.outFeatures()) {
             throw new IllegalArgumentException("linearQuantizedBackwardInput: gradOut " + KernelTypes.shape(gradOut)
@@ -409,13 +445,14 @@ public final class CudaBackend implements Backend, GraphCapable {
                     + w.outFeatures() + "])");
         }
         try (Owned g = activation(gradOut, "linearQuantizedBackwardInput gradOut");
-             Tensor dense = CudaQuantOps.dequantize(ctx, w, act)) {
-            return TrainLinearOps.backwardInput(ctx, act, g.t, dense);
+             Tensor dense = timedDequantize(w)) {
+            return profEnd("linearQuantizedBackwardInput", mark, TrainLinearOps.backwardInput(ctx, act, g.t, dense));
         }
     }
 
     @Override
     public void linearBackwardWeight(Tensor gradOut, Tensor x, Tensor gradW) {
+        int mark = profBegin();
         KernelTypes.requireRank(gradOut, 2, "linearBackwardWeight gradOut");
         KernelTypes.requireRank(x, 2, "linearBackwardWeight x");
         KernelTypes.requireRank(gradW, 2, "linearBackwardWeight gradW");
@@ -427,11 +464,13 @@ public final class CudaBackend implements Backend, GraphCapable {
         }
         try (Owned g = activation(gradOut, "linearBackwardWeight gradOut"); Owned xa = activation(x, "linearBackwardWeight x")) {
             TrainLinearOps.backwardWeight(ctx, g.t, xa.t, gradW);
+            profEnd("linearBackwardWeight", mark);
         }
     }
 
     @Override
     public void sumRowsInto(Tensor gradOut, Tensor gradB) {
+        int mark = profBegin();
         KernelTypes.requireRank(gradOut, 2, "sumRowsInto gradOut");
         KernelTypes.requireRank(gradB, 1, "sumRowsInto gradB");
         requireF32Accumulator(gradB, "sumRowsInto gradB");
@@ -441,11 +480,13 @@ public final class CudaBackend implements Backend, GraphCapable {
         }
         try (Owned g = activation(gradOut, "sumRowsInto gradOut")) {
             TrainKernels.sumRowsInto(ctx, act, g.t, gradB);
+            profEnd("sumRowsInto", mark);
         }
     }
 
     @Override
     public Tensor rmsNormBackward(Tensor x, Tensor weight, float eps, Tensor gradOut, Tensor gradWeight) {
+        int mark = profBegin();
         KernelTypes.requireRank(x, 2, "rmsNormBackward x");
         KernelTypes.requireSameShape(x, gradOut, "rmsNormBackward x and gradOut");
         KernelTypes.requireDevice(weight, "rmsNormBackward weight");
@@ -461,23 +502,25 @@ public final class CudaBackend implements Backend, GraphCapable {
             }
         }
         try (Owned xa = activation(x, "rmsNormBackward x"); Owned g = activation(gradOut, "rmsNormBackward gradOut")) {
-            return TrainKernels.rmsNormBackward(ctx, act, xa.t, weight, eps, g.t, gradWeight);
+            return profEnd("rmsNormBackward", mark, TrainKernels.rmsNormBackward(ctx, act, xa.t, weight, eps, g.t, gradWeight));
         }
     }
 
     @Override
     public Tensor[] siluMulBackward(Tensor gate, Tensor up, Tensor gradOut) {
+        int mark = profBegin();
         KernelTypes.requireSameShape(gate, up, "siluMulBackward gate and up");
         KernelTypes.requireSameShape(gate, gradOut, "siluMulBackward gate and gradOut");
         try (Owned ga = activation(gate, "siluMulBackward gate"); Owned u = activation(up, "siluMulBackward up");
              Owned g = activation(gradOut, "siluMulBackward gradOut")) {
-            return TrainKernels.siluMulBackward(ctx, act, ga.t, u.t, g.t);
+            return profEnd("siluMulBackward", mark, TrainKernels.siluMulBackward(ctx, act, ga.t, u.t, g.t));
         }
     }
 
     @Override
     public void ropeBackwardInPlace(Tensor grad, Tensor positions, Tensor invFreq, int heads, int headDim,
                                     float attentionScaling) {
+        int mark = profBegin();
         KernelTypes.requireRank(grad, 2, "rope backward grad");
         KernelTypes.requireDevice(grad, "rope backward grad");
         if (grad.dtype() != act) {
@@ -497,12 +540,14 @@ public final class CudaBackend implements Backend, GraphCapable {
         }
         try (Owned f = f32(invFreq, "rope backward invFreq")) {
             TrainKernels.ropeBackward(ctx, act, grad, positions, f.t, heads, headDim, attentionScaling);
+            profEnd("ropeBackward", mark);
         }
     }
 
     /** Ids outside gradTable are reported at the next synchronize / toHost (as the forward embedding's). */
     @Override
     public void embeddingBackward(Tensor ids, Tensor gradOut, Tensor gradTable) {
+        int mark = profBegin();
         KernelTypes.requireIndices(ids, "embeddingBackward ids");
         KernelTypes.requireRank(gradOut, 2, "embeddingBackward gradOut");
         KernelTypes.requireRank(gradTable, 2, "embeddingBackward gradTable");
@@ -513,17 +558,19 @@ public final class CudaBackend implements Backend, GraphCapable {
         }
         try (Owned g = activation(gradOut, "embeddingBackward gradOut")) {
             TrainKernels.embeddingBackward(ctx, act, ids, g.t, gradTable, status);
+            profEnd("embeddingBackward", mark);
         }
     }
 
     @Override
     public AttentionResult attentionTrain(Tensor q, Tensor k, Tensor v, Tensor segments, int batch, int heads,
                                           int kvHeads, int headDim, float scale, int window) {
+        int mark = profBegin();
         checkTrainAttention(q, k, v, segments, batch, heads, kvHeads, headDim, "attentionTrain");
         try (Owned qa = activation(q, "attentionTrain q"); Owned ka = activation(k, "attentionTrain k");
              Owned va = activation(v, "attentionTrain v")) {
-            return TrainAttentionKernels.forward(ctx, act, qa.t, ka.t, va.t, segments, batch, heads, kvHeads, headDim,
-                    scale, window);
+            return profEnd("attentionTrain", mark, TrainAttentionKernels.forward(ctx, act, qa.t, ka.t, va.t, segments,
+                    batch, heads, kvHeads, headDim, scale, window));
         }
     }
 
@@ -531,6 +578,7 @@ public final class CudaBackend implements Backend, GraphCapable {
     public Tensor[] attentionBackward(Tensor q, Tensor k, Tensor v, Tensor segments, AttentionResult fwd,
                                       Tensor gradOut, int batch, int heads, int kvHeads, int headDim,
                                       float scale, int window) {
+        int mark = profBegin();
         checkTrainAttention(q, k, v, segments, batch, heads, kvHeads, headDim, "attentionBackward");
         KernelTypes.requireSameShape(q, fwd.out(), "attentionBackward q and fwd.out");
         KernelTypes.requireSameShape(q, gradOut, "attentionBackward q and gradOut");
@@ -543,8 +591,8 @@ public final class CudaBackend implements Backend, GraphCapable {
         try (Owned qa = activation(q, "attentionBackward q"); Owned ka = activation(k, "attentionBackward k");
              Owned va = activation(v, "attentionBackward v"); Owned o = activation(fwd.out(), "attentionBackward fwd.out");
              Owned g = activation(gradOut, "attentionBackward gradOut")) {
-            return TrainAttentionKernels.backward(ctx, act, qa.t, ka.t, va.t, segments, o.t, fwd.lse(), g.t, batch, heads,
-                    kvHeads, headDim, scale, window);
+            return profEnd("attentionBackward", mark, TrainAttentionKernels.backward(ctx, act, qa.t, ka.t, va.t, segments,
+                    o.t, fwd.lse(), g.t, batch, heads, kvHeads, headDim, scale, window));
         }
     }
 
@@ -577,6 +625,7 @@ public final class CudaBackend implements Backend, GraphCapable {
 
     @Override
     public Tensor[] crossEntropyWithGrad(Tensor logits, Tensor targets, float gradScale) {
+        int mark = profBegin();
         KernelTypes.requireRank(logits, 2, "crossEntropyWithGrad logits");
         KernelTypes.requireIndices(targets, "crossEntropyWithGrad targets");
         if (targets.dim(0) != logits.dim(0)) {
@@ -584,13 +633,15 @@ public final class CudaBackend implements Backend, GraphCapable {
                     + KernelTypes.shape(targets) + " disagree on the number of rows");
         }
         try (Owned l = activation(logits, "crossEntropyWithGrad logits")) {
-            return TrainKernels.crossEntropyWithGrad(ctx, act, l.t, targets, gradScale, status);
+            return profEnd("crossEntropyWithGrad", mark,
+                    TrainKernels.crossEntropyWithGrad(ctx, act, l.t, targets, gradScale, status));
         }
     }
 
     /** Rows concatenated on the device (stream-ordered copies); parts share h and dtype. */
     @Override
     public Tensor concatRows(java.util.List<Tensor> parts) {
+        int mark = profBegin();
         if (parts.isEmpty()) throw new IllegalArgumentException("concatRows: no parts to concatenate");
         Tensor first = parts.get(0);
         KernelTypes.requireRank(first, 2, "concatRows part 0");
@@ -612,19 +663,20 @@ public final class CudaBackend implements Backend, GraphCapable {
             }
             offset += p.byteSize();
         }
-        return out;
+        return profEnd("concatRows", mark, out);
     }
 
     /** Waits for queued work and reports errors kernels recorded. */
     @Override
     public void synchronize() {
         status.check();
+        if (profiler != null) profiler.resolve();
     }
 
     // ---- decode graphs ----
 
     @Override
-    public boolean decodeGraphsEnabled() { return graphs; }
+    public boolean decodeGraphsEnabled() { return graphs && profiler == null; } // events cannot be timed in a capture
 
     @Override
     public DecodeGraph newDecodeGraph(int batch, DecodeGraph.Body body) {
@@ -640,6 +692,7 @@ public final class CudaBackend implements Backend, GraphCapable {
     public void close() {
         try {
             ctx.synchronize();
+            if (profiler != null) profiler.close();
             status.close();
         } finally {
             ctx.close();
@@ -647,6 +700,25 @@ public final class CudaBackend implements Backend, GraphCapable {
     }
 
     // ---- helpers ----
+
+    /** Starts timing an op: a mark for profEnd, or -1 when profiling is off. */
+    private int profBegin() { return profiler == null ? -1 : profiler.begin(); }
+
+    /** Ends timing the op begun at mark (nothing when -1) and passes its result through. */
+    private <T> T profEnd(String op, int mark, T result) {
+        if (mark >= 0) profiler.end(op, mark);
+        return result;
+    }
+
+    private void profEnd(String op, int mark) {
+        if (mark >= 0) profiler.end(op, mark);
+    }
+
+    /** The whole weight dequantized to the activation dtype (a part of linearQuantizedBackwardInput's time). */
+    private Tensor timedDequantize(QuantizedWeight w) {
+        int mark = profBegin();
+        return profEnd("linearQuantizedBackwardInput/dequantize", mark, CudaQuantOps.dequantize(ctx, w, act));
+    }
 
     /** A tensor in the activation dtype: t itself, or a cast copy closed with the holder. */
     private record Owned(Tensor t, boolean owned) implements AutoCloseable {
