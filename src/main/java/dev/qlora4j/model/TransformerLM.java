@@ -133,7 +133,7 @@ public final class TransformerLM implements AutoCloseable {
      * On a cache made with a {@link CachePrefix}, slot s of the caller is slot s + prefix length.
      */
     public Tensor forward(Tensor ids, Tensor positions, KvCache cache, int start, Tensor padStart) {
-        Tensor x = backend.embedding(ids, embed);
+        Tensor x = embed(ids);
         return runLayers(x, true, positions, cache, start, padStart);
     }
 
@@ -366,7 +366,7 @@ public final class TransformerLM implements AutoCloseable {
              Tensor segT = segments == null ? null : b.upload(Tensor.ofInts(segments, n))) {
             Tensor inv = invFreq(t);
             float ropeScale = (float) RopeScaling.attentionScaling(config);
-            Tensor x = b.embedding(idT, embed);
+            Tensor x = embed(idT);
             for (DecoderLayer layer : layers) {
                 inputs.add(x);
                 LayerActivations a = checkpointing ? null : new LayerActivations();
@@ -400,6 +400,8 @@ public final class TransformerLM implements AutoCloseable {
                 g = gPrev;
                 inputs.get(i).close();
             }
+            TokenEmbedding trainable = activeEmbedding();
+            if (trainable != null) trainable.backward(b, idT, g); // modules_to_save embed_tokens
             g.close();
             return new StepResult(lossSum, tokens, actBytes);
         } finally {
@@ -458,7 +460,7 @@ public final class TransformerLM implements AutoCloseable {
              Tensor segT = segments == null ? null : b.upload(Tensor.ofInts(segments, n))) {
             Tensor inv = invFreq(t);
             float ropeScale = (float) RopeScaling.attentionScaling(config);
-            Tensor x = b.embedding(idT, embed);
+            Tensor x = embed(idT);
             for (DecoderLayer layer : layers) {
                 Tensor next = layer.forwardTrain(b, config, x, posT, segT, inv, ropeScale, batch, null);
                 x.close();
@@ -522,6 +524,27 @@ public final class TransformerLM implements AutoCloseable {
     /** True while the LM head is the embedding table itself (tied and not replaced by an adapter's copy). */
     public boolean lmHeadIsEmbedding() {
         return lmHead instanceof DenseLinear d && d.weight() == embed;
+    }
+
+    /** Where the active trainable embedding comes from (peft's embed_tokens copy), or null. */
+    private java.util.function.Supplier<TokenEmbedding> embeddingProvider;
+
+    /**
+     * Lets an adapter replace the embedding: the supplier is asked at every step (the active adapter
+     * may change) and may return null for the frozen table.
+     */
+    public void setEmbeddingProvider(java.util.function.Supplier<TokenEmbedding> provider) {
+        this.embeddingProvider = provider;
+    }
+
+    private TokenEmbedding activeEmbedding() {
+        return embeddingProvider == null ? null : embeddingProvider.get();
+    }
+
+    /** ids I32 [n] -> [n, hidden] through the active trainable copy or the frozen table. */
+    private Tensor embed(Tensor ids) {
+        TokenEmbedding e = activeEmbedding();
+        return e != null ? e.forward(backend, ids) : backend.embedding(ids, embed);
     }
 
     /** The embedding table [vocab, hidden] (for embedding adapters and modules_to_save). */

@@ -46,9 +46,8 @@ import java.util.regex.Pattern;
  *
  * Wrapping replaces each targeted linear layer of the model by a {@link LoraLinear} around it
  * (the base weights are never modified) and lm_head, when in modules_to_save, by a
- * {@link ModulesToSaveLinear}; the model's own forward then runs the adapters. An embed_tokens
- * modules_to_save copy cannot be wired in without the model's cooperation: see
- * {@link #embeddingOverride()}.
+ * {@link ModulesToSaveLinear}, and embed_tokens by a trainable copy the model asks for at every
+ * step ({@link #embeddingOverride()}); the model's own forward then runs the adapters.
  *
  * <p>Files are peft's: {@link #save} writes what peft's save_pretrained writes and
  * {@link #loadAdapter} reads what it writes (key names in {@link PeftKeys}).
@@ -80,6 +79,7 @@ public final class PeftModel implements AutoCloseable {
         this.baseModelNameOrPath = baseModelNameOrPath;
         this.seed = seed;
         this.tied = model.linear(PeftKeys.LM_HEAD) instanceof DenseLinear d && d.weight() == model.embedTokens();
+        model.setEmbeddingProvider(this::embeddingOverride); // embed_tokens in modules_to_save
     }
 
     // ---- construction ----
@@ -481,6 +481,7 @@ public final class PeftModel implements AutoCloseable {
         embedCopies.clear();
         loraLayers.clear();
         unloaded = true;
+        model.setEmbeddingProvider(null);
         return model;
     }
 
@@ -753,6 +754,7 @@ public final class PeftModel implements AutoCloseable {
     public void close() {
         if (unloaded) return;
         unloaded = true;
+        model.setEmbeddingProvider(null);
         embedCopies.values().forEach(TrainableEmbedding::close);
         embedCopies.clear();
         // a tied lm_head is not closed by the model: close its wrapper's own tensors here

@@ -11,7 +11,7 @@ import java.util.List;
  * float32 table [vocab, hidden] trained in full. The decoder must look tokens up here instead of
  * in the frozen table while the adapter is active: see PeftModel#embeddingOverride.
  */
-public final class TrainableEmbedding implements AutoCloseable {
+public final class TrainableEmbedding implements AutoCloseable, dev.qlora4j.model.TokenEmbedding {
     private final String paramName;       // "base_model.model.model.embed_tokens.modules_to_save.<adapter>.weight"
     private final TrainableTensor weight; // [vocab, hidden]
 
@@ -23,11 +23,13 @@ public final class TrainableEmbedding implements AutoCloseable {
     public TrainableTensor weight() { return weight; }
 
     /** ids I32 [n] -> [n, hidden]. */
+    @Override
     public Tensor forward(Backend b, Tensor ids) {
         return b.embedding(ids, weight.value());
     }
 
     /** Accumulates the table gradient for gradOut [n, hidden]. */
+    @Override
     public void backward(Backend b, Tensor ids, Tensor gradOut) {
         b.embeddingBackward(ids, gradOut, weight.gradForAccumulation(b));
     }
