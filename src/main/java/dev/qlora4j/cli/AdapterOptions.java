@@ -31,6 +31,22 @@ public final class AdapterOptions {
             int eq = spec.indexOf('=');
             String name = eq > 0 ? spec.substring(0, eq) : (i == 0 ? PeftModel.DEFAULT_ADAPTER : "adapter" + i);
             Path dir = Path.of(eq > 0 ? spec.substring(eq + 1) : spec);
+            String type = dev.qlora4j.peft.config.PeftConfigs.load(dir).peftType();
+            if (!type.equals("LORA")) {
+                // one non-LoRA adapter at a time: bottleneck hooks, or a prefix/prompt in the KV cache
+                if (adapters.size() > 1 || merge) {
+                    throw new IllegalArgumentException(dir + " is a " + type + " adapter: it runs alone and cannot be merged");
+                }
+                var model = lm.model();
+                switch (type) {
+                    case "BOTTLENECK" -> model.setHooks(dev.qlora4j.peft.BottleneckModel.load(dir, lm.backend(),
+                            model.numLayers(), model.config().hiddenSize()));
+                    case "PREFIX_TUNING" -> dev.qlora4j.peft.prefix.PrefixTuning.load(dir, model).attach();
+                    case "PROMPT_TUNING" -> dev.qlora4j.peft.prefix.PromptTuning.load(dir, model).attach();
+                    default -> throw new IllegalArgumentException(dir + ": adapter type " + type + " is not supported");
+                }
+                return null;
+            }
             if (peft == null) peft = PeftModel.fromPretrained(lm, dir, name, false);
             else peft.loadAdapter(dir, name, false);
             names.add(name);

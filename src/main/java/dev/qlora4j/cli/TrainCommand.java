@@ -153,9 +153,16 @@ public final class TrainCommand implements Callable<Integer> {
             peft = PeftModel.fromPretrained(lm, initAdapter, PeftModel.DEFAULT_ADAPTER, true);
         } else if (adapter instanceof LoraConfig lora) {
             peft = PeftModel.wrap(lm, lora.withBaseModel(lm.dir().toString(), null), PeftModel.DEFAULT_ADAPTER, args.seed());
+        } else if (adapter instanceof BottleneckConfig bn) {
+            if (initAdapter != null) throw new IllegalArgumentException("--init-adapter is supported for lora/dora adapters only");
+            var model = lm.model();
+            var adapters = dev.qlora4j.peft.BottleneckModel.create(bn, lm.backend(), model.numLayers(),
+                    model.config().hiddenSize(), args.seed());
+            return new dev.qlora4j.train.BottleneckTrainableModel(model, adapters, lm.dir().toString());
         } else {
             throw new UnsupportedOperationException("--adapter-type " + adapter.peftType().toLowerCase(java.util.Locale.ROOT)
-                    + " cannot be trained from the command line yet: use lora or dora");
+                    + " cannot be trained yet (prefix/prompt tuning load and run peft's files, training them is not"
+                    + " implemented): use lora, dora or bottleneck");
         }
         return new PeftTrainableModel(peft, PeftModel.DEFAULT_ADAPTER);
     }

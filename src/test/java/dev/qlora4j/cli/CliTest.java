@@ -81,6 +81,32 @@ class CliTest {
     }
 
     @Test
+    void trainSaveAndGenerateWithEachAdapterKind(@TempDir Path tmp) throws Exception {
+        Path data = tmp.resolve("d.jsonl");
+        StringBuilder sb = new StringBuilder();
+        for (int i = 0; i < 8; i++) sb.append("{\"prompt\": \"The old lighthouse\", \"completion\": \" keeper climbed the stairs\"}\n");
+        Files.writeString(data, sb.toString());
+        String model = Golden.dir("llama-f32").toString();
+        for (String kind : new String[] {"lora", "dora", "bottleneck"}) {
+            Path out = tmp.resolve(kind);
+            Result t = run("train", "--model", model, "--device", "cpu", "--data", data.toString(), "--output", out.toString(),
+                    "--adapter-type", kind, "--max-steps", "3", "--per-device-train-batch-size", "4", "--learning-rate", "1e-2");
+            assertEquals(0, t.code(), kind + ": " + t.err());
+            assertTrue(Files.exists(out.resolve("adapter_config.json")) && Files.exists(out.resolve("adapter_model.safetensors")));
+            assertTrue(Files.size(out.resolve("loss_curve.png")) > 100, "loss curve drawn");
+            Result g = run("generate", "--model", model, "--device", "cpu", "--adapter", out.toString(), "--prompt", "The old",
+                    "--max-new-tokens", "4", "--greedy", "--json");
+            assertEquals(0, g.code(), kind + " generate: " + g.err());
+            assertEquals(4, new ObjectMapper().readTree(g.out()).get("output_ids").size());
+        }
+        // peft's own prefix adapter runs through the same flag
+        Result p = run("generate", "--model", model, "--device", "cpu", "--adapter",
+                Golden.dir("llama-f32").getParent().resolve("peft/prefix-llama/adapter").toString(), "--prompt", "The old",
+                "--max-new-tokens", "3", "--greedy", "--json");
+        assertEquals(0, p.code(), p.err());
+    }
+
+    @Test
     void badInputsGiveOneClearLine(@TempDir Path tmp) throws Exception {
         Result missing = run("generate", "--model", tmp.resolve("nope").toString(), "--prompt", "x", "--device", "cpu");
         assertEquals(1, missing.code());
