@@ -90,7 +90,7 @@ class CliTest {
         for (String kind : new String[] {"lora", "dora", "bottleneck"}) {
             Path out = tmp.resolve(kind);
             Result t = run("train", "--model", model, "--device", "cpu", "--data", data.toString(), "--output", out.toString(),
-                    "--adapter-type", kind, "--max-steps", "3", "--per-device-train-batch-size", "4", "--learning-rate", "1e-2");
+                    "--adapter-type", kind, "--max-steps", "3", "--logging-steps", "1", "--per-device-train-batch-size", "4", "--learning-rate", "1e-2");
             assertEquals(0, t.code(), kind + ": " + t.err());
             assertTrue(Files.exists(out.resolve("adapter_config.json")) && Files.exists(out.resolve("adapter_model.safetensors")));
             assertTrue(Files.size(out.resolve("loss_curve.png")) > 100, "loss curve drawn");
