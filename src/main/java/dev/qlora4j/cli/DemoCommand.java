@@ -83,7 +83,7 @@ public final class DemoCommand implements Callable<Integer> {
             dev.qlora4j.train.DeviceTraining.configure(
                     Trainer.builder(new PeftTrainableModel(peft, PeftModel.DEFAULT_ADAPTER), args), lm.backend())
                     .trainData(train.examples()).evalData(eval.examples()).padTokenId(lm.tokenizer().padTokenId())
-                    .progress(ProgressReporter.auto(System.out, null)).build().train();
+                    .progress(ProgressReporter.auto(System.out, TrainCommand.gpuMemoryField(lm.backend()))).build().train();
             peft.save(adapterDir);
             say("3. saved the adapter to %s (peft format: adapter_config.json + adapter_model.safetensors)", adapterDir);
         }

@@ -172,7 +172,12 @@ public final class TrainCommand implements Callable<Integer> {
      * caching allocator ({@link #memoryText}); null on the CPU.
      */
     Supplier<String> memoryField(CausalLM lm) {
-        if (!(lm.backend() instanceof dev.qlora4j.backend.cuda.CudaBackend cuda)) return null;
+        return gpuMemoryField(lm.backend());
+    }
+
+    /** "mem 3.1/4.0 GiB (now/peak)" from the CUDA caching allocator; null on the CPU. */
+    static Supplier<String> gpuMemoryField(dev.qlora4j.backend.Backend backend) {
+        if (!(backend instanceof dev.qlora4j.backend.cuda.CudaBackend cuda)) return null;
         return () -> {
             var stats = cuda.context().allocator().stats();
             return memoryText(stats.allocatedBytes(), stats.peakAllocatedBytes()) + " (now/peak)";
