@@ -19,7 +19,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * Gradient checkpointing recomputes each layer's forward during backward: the gradients must be
- * identical bit for bit, and the activations held between forward and backward shrink to the layer
+ * the same (to 1e-6 relative: the recomputed forward can run in another JIT tier, and the Vector API's
+ * exp differs by an ulp between the interpreter and compiled code), and the activations held between forward and backward shrink to the layer
  * inputs. The saving is printed for the tiny golden Llama (3 layers, hidden 64, 2 x 48 tokens).
  */
 class CheckpointingTest {
@@ -53,6 +54,11 @@ class CheckpointingTest {
                 bytes[0], bytes[1], bytes[0] / (double) bytes[1]);
         assertTrue(bytes[1] * 5 < bytes[0], "checkpointing keeps only the layer inputs");
         assertEquals(grads.get(0).size(), grads.get(1).size());
-        for (int i = 0; i < grads.get(0).size(); i++) assertArrayEquals(grads.get(0).get(i), grads.get(1).get(i), "gradient " + i);
+        for (int i = 0; i < grads.get(0).size(); i++) {
+            float[] a = grads.get(0).get(i), b = grads.get(1).get(i);
+            double scale = 0;
+            for (float v : a) scale = Math.max(scale, Math.abs(v));
+            for (int j = 0; j < a.length; j++) assertEquals(a[j], b[j], 1e-6 * scale, "gradient " + i + "[" + j + "]");
+        }
     }
 }
