@@ -12,6 +12,17 @@ import jdk.incubator.vector.FloatVector;
 public final class Lanes {
     private Lanes() {}
 
+    /**
+     * Lane-wise exp through Math.exp: lanewise(VectorOperators.EXP) uses SVML in C2 but Math.exp in
+     * the interpreter, so its results changed by an ulp after JIT compilation; Math.exp is the same
+     * stub in every tier.
+     */
+    public static FloatVector exp(FloatVector v) {
+        float[] t = v.toArray();
+        for (int i = 0; i < t.length; i++) t[i] = (float) Math.exp(t[i]);
+        return FloatVector.fromArray(v.species(), t, 0);
+    }
+
     public static float sum(FloatVector v) {
         float s = 0f;
         for (int i = 0; i < v.length(); i++) s += v.lane(i);

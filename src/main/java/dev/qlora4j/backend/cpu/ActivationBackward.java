@@ -1,5 +1,7 @@
 package dev.qlora4j.backend.cpu;
 
+import dev.qlora4j.tensor.Lanes;
+
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorSpecies;
@@ -74,7 +76,7 @@ final class ActivationBackward {
         int i = i0;
         for (; i + lanes <= i1; i += lanes) {
             FloatVector x = FloatVector.fromArray(F, gate, i);
-            FloatVector s = FloatVector.broadcast(F, 1f).div(x.neg().lanewise(VectorOperators.EXP).add(1f));
+            FloatVector s = FloatVector.broadcast(F, 1f).div(Lanes.exp(x.neg()).add(1f));
             FloatVector go = FloatVector.fromArray(F, g, i);
             go.mul(x.mul(s)).intoArray(gradUp, i);
             FloatVector dsilu = s.mul(x.mul(s.neg().add(1f)).add(1f));

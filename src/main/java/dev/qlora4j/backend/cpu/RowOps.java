@@ -1,5 +1,7 @@
 package dev.qlora4j.backend.cpu;
 
+import dev.qlora4j.tensor.Lanes;
+
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorSpecies;
@@ -37,7 +39,7 @@ final class RowOps {
         int i = i0;
         for (; i + lanes <= i1; i += lanes) {
             FloatVector g = FloatVector.fromArray(F, gate, i);
-            FloatVector silu = g.div(g.neg().lanewise(VectorOperators.EXP).add(1f));
+            FloatVector silu = g.div(Lanes.exp(g.neg()).add(1f));
             silu.mul(FloatVector.fromArray(F, up, i)).intoArray(out, i);
         }
         for (; i < i1; i++) {

@@ -61,7 +61,7 @@ final class VectorMath {
         FloatVector acc = FloatVector.zero(F);
         int i = 0;
         for (; i < bound; i += lanes) {
-            FloatVector e = FloatVector.fromArray(F, a, ao + i).sub(shift).lanewise(VectorOperators.EXP);
+            FloatVector e = Lanes.exp(FloatVector.fromArray(F, a, ao + i).sub(shift));
             e.intoArray(a, ao + i);
             acc = acc.add(e);
         }
@@ -81,7 +81,7 @@ final class VectorMath {
         FloatVector acc = FloatVector.zero(F);
         int i = 0;
         for (; i < bound; i += lanes) {
-            acc = acc.add(FloatVector.fromArray(F, a, ao + i).sub(shift).lanewise(VectorOperators.EXP));
+            acc = acc.add(Lanes.exp(FloatVector.fromArray(F, a, ao + i).sub(shift)));
         }
         float s = Lanes.sum(acc);
         for (; i < len; i++) s += (float) Math.exp(a[ao + i] - shift);
