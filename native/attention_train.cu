@@ -457,7 +457,9 @@ __device__ __forceinline__ void attn_dkv_impl(const T* __restrict__ q, const T* 
 }
 
 // dkv register bounds (ptxas -v, sm_90a, CUDA 13.0): d2 75 / d4 88 registers, no spills, with the plain bound
-// (forcing 3 blocks per SM spills); d8 needs 200 registers to not spill, and its 133 KB of shared memory allows
+// (forcing 3 blocks per SM spills; the first version ran d4 at 80 registers = 3 blocks of 256 with 8 B of spills,
+// now d4 fits 2 blocks: if the H200 profile shows dkv_d4 latency-bound, try __launch_bounds__(256, 3) for it);
+// d8 needs 200 registers to not spill, and its 133 KB of shared memory allows
 // one block per SM anyway, so it says so.
 #define DKV_BOUNDS __launch_bounds__(256)
 #define DKV_BOUNDS_D8 __launch_bounds__(256, 1)
