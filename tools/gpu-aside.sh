@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# gpu-aside.sh out|back: moves the large tracked folders the GPU runs do not need out of the working tree before a
+# device call (so the transfer stays under its limit) and back afterwards.
+set -euo pipefail
+root=$(git rev-parse --show-toplevel); aside=/tmp/qlora4j-aside
+case "${1:-}" in
+  out)  mkdir -p $aside; for p in models src/test/resources/golden/peft src/test/resources/golden/tokenizer; do
+          [ -e "$root/$p" ] && { mkdir -p "$aside/$(dirname $p)"; mv "$root/$p" "$aside/$p"; }; done ;;
+  back) for p in models src/test/resources/golden/peft src/test/resources/golden/tokenizer; do
+          [ -e "$aside/$p" ] && mv "$aside/$p" "$root/$p"; done ;;
+  *) echo "usage: gpu-aside.sh out|back"; exit 2 ;;
+esac
