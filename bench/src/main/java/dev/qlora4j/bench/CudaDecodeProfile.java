@@ -1,0 +1,82 @@
+package dev.qlora4j.bench;
+
+import dev.qlora4j.backend.cuda.CudaBackend;
+import dev.qlora4j.backend.cuda.OpProfiler;
+import dev.qlora4j.backend.cuda.SyntheticWeights;
+import dev.qlora4j.infer.GenerationResult;
+import dev.qlora4j.infer.Generator;
+import dev.qlora4j.infer.SamplingParams;
+import dev.qlora4j.infer.TokenListener;
+import dev.qlora4j.model.QuantizedLinearFactory;
+import dev.qlora4j.model.TransformerLM;
+import dev.qlora4j.quant.QuantizationConfig;
+import dev.qlora4j.tensor.DType;
+
+import java.util.Locale;
+import java.util.Random;
+
+/**
+ * Where a decode step's time goes, as one printed report: a random-weight model of a named shape on cuda:0,
+ * batch 1, a 32-token prompt and N new greedy tokens. First the decode loop's tokens/s with CUDA-graph replay
+ * (what users get; median of 3 generate() calls), then, when -Dqlora4j.cuda.profile=true, one more generate()
+ * with direct launches and a per-op GPU-time table per decode step (events cannot be recorded inside a graph,
+ * so that table shows the ops' kernel time, not the graph's launch gaps; the difference between the two step
+ * times is the launch overhead the graph still pays).
+ *
+ * <p>Run: bash .gpu-pack/run main dev.qlora4j.bench.CudaDecodeProfile [--shape llama-7b] [--quant nf4|bf16]
+ * [--new-tokens 128]
+ */
+public final class CudaDecodeProfile {
+    private CudaDecodeProfile() {}
+
+    public static void main(String[] args) {
+        String shape = "llama-7b", quant = "nf4";
+        int newTokens = 128;
+        for (int i = 0; i + 1 < args.length; i += 2) {
+            switch (args[i]) {
+                case "--shape" -> shape = args[i + 1];
+                case "--quant" -> quant = args[i + 1];
+                case "--new-tokens" -> newTokens = Integer.parseInt(args[i + 1]);
+                default -> throw new IllegalArgumentException("unknown option " + args[i]
+                        + "; use --shape NAME --quant nf4|bf16 --new-tokens N");
+            }
+        }
+        if (!CudaBackend.isAvailable()) {
+            System.err.println("CudaDecodeProfile needs a GPU");
+            System.exit(2);
+        }
+        boolean profiling = Boolean.getBoolean(OpProfiler.PROPERTY);
+        // Graph replay is only possible without the profiler; with it, the graph figure is skipped.
+        try (CudaBackend b = CudaBackend.create(0, DType.BF16, true)) {
+            TransformerLM model = quant.equals("nf4")
+                    ? SyntheticWeights.model(shape, b, 42, new QuantizedLinearFactory(QuantizationConfig.qlora()))
+                    : SyntheticWeights.model(shape, b, 42);
+            int vocab = model.config().vocabSize();
+            int[][] prompt = {new Random(1).ints(32, 3, vocab).toArray()};
+            SamplingParams params = SamplingParams.greedy(newTokens).withMinNewTokens(newTokens);
+            int[] eos = model.config().eosTokenIds();
+            Generator gen = new Generator(model, eos, eos.length > 0 ? eos[0] : 0, ids -> "");
+            System.out.printf(Locale.ROOT, "%s %s: %.2f GB of weights; graphs %s%n", shape, quant,
+                    model.weightBytes() / 1e9, b.decodeGraphsEnabled() ? "on" : "off (profiling)");
+            gen.generate(prompt, params, TokenListener.NONE); // warm-up: kernels loaded, graph captured
+            double[] tps = new double[3];
+            for (int i = 0; i < tps.length; i++) {
+                GenerationResult r = gen.generate(prompt, params, TokenListener.NONE);
+                tps[i] = r.decodeTokensPerSecond();
+            }
+            java.util.Arrays.sort(tps);
+            System.out.printf(Locale.ROOT, "decode loop: %.1f tokens/s (%.3f ms/token), %d new tokens, median of 3%n",
+                    tps[1], 1e3 / tps[1], newTokens);
+            OpProfiler prof = b.profiler();
+            if (prof != null) {
+                prof.reset();
+                GenerationResult r = gen.generate(prompt, params, TokenListener.NONE);
+                b.synchronize();
+                double stepMs = r.decodeNanos() / 1e6 / r.decodeSteps();
+                System.out.printf(Locale.ROOT, "%nper-op GPU time per decode step (direct launches, prefill included in"
+                        + " the totals; %.3f ms/step host-timed):%n%s", stepMs, prof.table(r.decodeSteps(), stepMs));
+            }
+            model.close();
+        }
+    }
+}
