@@ -65,6 +65,27 @@ public interface Backend extends AutoCloseable {
      */
     void ropeInPlace(Tensor x, Tensor positions, Tensor invFreq, int heads, int headDim, float attentionScaling);
 
+    // ---- fused forms of op sequences the decoder runs back to back (one launch instead of two on the GPU) ----
+
+    /**
+     * resid += y (rounded to resid's dtype, as {@link #addInPlace}), then returns rmsNorm(resid, weight, eps).
+     * Same results as those two calls; backends with kernel launches fuse them.
+     */
+    default Tensor addInPlaceRmsNorm(Tensor resid, Tensor y, Tensor weight, float eps) {
+        addInPlace(resid, y);
+        return rmsNorm(resid, weight, eps);
+    }
+
+    /**
+     * {@link #ropeInPlace} on q [n, heads * headDim] and k [n, kvHeads * headDim] with the same positions:
+     * the same results as two calls, one pass on backends that fuse it.
+     */
+    default void ropeQkInPlace(Tensor q, Tensor k, Tensor positions, Tensor invFreq, int heads, int kvHeads, int headDim,
+                               float attentionScaling) {
+        ropeInPlace(q, positions, invFreq, heads, headDim, attentionScaling);
+        ropeInPlace(k, positions, invFreq, kvHeads, headDim, attentionScaling);
+    }
+
     /** A KV cache for layers x batch x kvHeads x capacity x headDim, in the activation dtype. */
     KvCache newKvCache(int layers, int batch, int kvHeads, int capacity, int headDim);
 

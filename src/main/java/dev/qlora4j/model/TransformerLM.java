@@ -158,15 +158,19 @@ public final class TransformerLM implements AutoCloseable {
         Tensor inv = invFreq(slot + x.dim(0) / cache.batch());
         float ropeScale = (float) RopeScaling.attentionScaling(config);
         boolean owned = ownsX;
-        for (DecoderLayer layer : layers) {
-            Tensor next = layer.forward(backend, config, x, positions, inv, ropeScale, cache, slot, padStart);
+        Tensor h = null; // rmsNorm of x by the next layer's input norm, from the previous layer's fused add
+        for (int i = 0; i < layers.size(); i++) {
+            Tensor nextNorm = i + 1 < layers.size() ? layers.get(i + 1).inputNorm : finalNorm;
+            DecoderLayer.Output next = layers.get(i).forward(backend, config, x, h, nextNorm, positions, inv, ropeScale,
+                    cache, slot, padStart);
             if (owned) x.close();
-            x = next;
+            x = next.out();
+            h = next.normed();
             owned = true;
         }
-        Tensor out = backend.rmsNorm(x, finalNorm, (float) config.rmsNormEps());
+        if (h == null) h = backend.rmsNorm(x, finalNorm, (float) config.rmsNormEps()); // no layers
         if (owned) x.close();
-        return out;
+        return h;
     }
 
     // ---- hooks and cache prefixes (bottleneck adapters, prefix and prompt tuning) ----

@@ -221,6 +221,33 @@ public final class CudaBackend implements Backend, GraphCapable {
     }
 
     @Override
+    public Tensor addInPlaceRmsNorm(Tensor resid, Tensor y, Tensor weight, float eps) {
+        int mark = profBegin();
+        KernelTypes.requireDevice(resid, "addInPlaceRmsNorm resid");
+        if (resid.dtype() != act) {
+            throw new IllegalArgumentException("addInPlaceRmsNorm resid must be " + act
+                    + " (the CUDA backend's activation dtype: it is updated in place), got " + resid);
+        }
+        try (Owned yy = activation(y, "addInPlaceRmsNorm y")) {
+            return profEnd("addInPlaceRmsNorm", mark, FusedKernels.addRmsNorm(ctx, act, resid, yy.t, weight, eps));
+        }
+    }
+
+    @Override
+    public void ropeQkInPlace(Tensor q, Tensor k, Tensor positions, Tensor invFreq, int heads, int kvHeads, int headDim,
+                              float attentionScaling) {
+        int mark = profBegin();
+        KernelTypes.requireDevice(q, "rope q");
+        KernelTypes.requireDevice(k, "rope k");
+        KernelTypes.requireDevice(invFreq, "rope invFreq");
+        try (Owned f = invFreq.dtype() == DType.F32 ? new Owned(invFreq, false)
+                : new Owned(CastKernels.cast(ctx, invFreq, DType.F32), true)) {
+            FusedKernels.ropeQk(ctx, act, q, k, positions, f.t, heads, kvHeads, headDim, attentionScaling);
+            profEnd("ropeQk", mark);
+        }
+    }
+
+    @Override
     public KvCache newKvCache(int layers, int batch, int kvHeads, int capacity, int headDim) {
         return new CudaKvCache(ctx, act, layers, batch, kvHeads, capacity, headDim);
     }

@@ -1,0 +1,52 @@
+package dev.qlora4j.backend.cuda;
+
+import dev.qlora4j.cuda.Dim3;
+import dev.qlora4j.cuda.KernelArgs;
+import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Tensor;
+
+/**
+ * Launchers of native/fused.cu: the residual add fused with the following RMSNorm, and RoPE on q and k in one
+ * pass. Their results are bit-identical to the unfused kernels (RmsNormKernels, ElementwiseKernels.add,
+ * RopeKernels): the point is fewer launches per decode step.
+ */
+final class FusedKernels {
+    private FusedKernels() {}
+
+    /** resid [n, h] (act, updated in place) += y [n, h] (act); returns rmsNorm(resid) * weight [h] in act. */
+    static Tensor addRmsNorm(CudaContext ctx, DType act, Tensor resid, Tensor y, Tensor weight, float eps) {
+        KernelTypes.requireRank(resid, 2, "addInPlaceRmsNorm resid");
+        KernelTypes.requireSameShape(resid, y, "addInPlaceRmsNorm");
+        KernelTypes.requireDevice(weight, "addInPlaceRmsNorm weight");
+        KernelTypes.requireRank(weight, 1, "addInPlaceRmsNorm weight");
+        int n = resid.dim(0), h = resid.dim(1);
+        if (weight.dim(0) != h) {
+            throw new IllegalArgumentException("addInPlaceRmsNorm: resid " + KernelTypes.shape(resid) + " and weight "
+                    + KernelTypes.shape(weight) + " disagree on the hidden size");
+        }
+        if (resid.dtype() != act || y.dtype() != act) {
+            throw new IllegalArgumentException("addInPlaceRmsNorm: resid and y must be " + act + ", got " + resid.dtype()
+                    + " and " + y.dtype());
+        }
+        String kernel = "add_rmsnorm_" + KernelTypes.act(act) + "_" + KernelTypes.weight(weight, "addInPlaceRmsNorm weight");
+        Tensor out = ctx.empty(act, n, h);
+        if (n == 0) return out;
+        int vec = h % (16 / act.byteSize()) == 0 ? 1 : 0;
+        ctx.launch(ctx.function("fused", kernel), Dim3.of(n), Dim3.of(RmsNormKernels.THREADS), 0,
+                KernelArgs.of().ptr(KernelTypes.aligned16(resid)).ptr(KernelTypes.aligned16(y)).ptr(CudaContext.ptr(weight))
+                        .ptr(KernelTypes.aligned16(out)).i32(h).f32(eps).i32(vec));
+        return out;
+    }
+
+    /** RoPE in place on q [n, heads*headDim] and k [n, kvHeads*headDim] (act); invFreq F32 [headDim/2]. */
+    static void ropeQk(CudaContext ctx, DType act, Tensor q, Tensor k, Tensor positions, Tensor invFreq, int heads,
+                       int kvHeads, int headDim, float scaling) {
+        RopeKernels.check(act, q, positions, invFreq, heads, headDim);
+        RopeKernels.check(act, k, positions, invFreq, kvHeads, headDim);
+        int n = q.dim(0);
+        long pairs = (long) n * (headDim / 2);
+        ctx.launch1d(ctx.function("fused", "rope_qk_" + KernelTypes.act(act)), pairs,
+                KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(positions))
+                        .ptr(CudaContext.ptr(invFreq)).i32(n).i32(heads).i32(kvHeads).i32(headDim).f32(scaling));
+    }
+}
