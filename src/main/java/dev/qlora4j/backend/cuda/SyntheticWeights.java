@@ -65,14 +65,34 @@ public final class SyntheticWeights implements WeightSource {
         return new SyntheticWeights(config, seed, null);
     }
 
-    /** The shape of a name, or an error listing the known names. */
+    /**
+     * The shape of a name, or an error listing the known names. "NAME@L" is NAME with L decoder layers (every
+     * layer's size unchanged): benchmarks of per-layer limits, e.g. the longest trainable context, where the GPU
+     * memory a step needs does not grow with the layer count (checkpoints offloaded) but the time does.
+     */
     public static Shape shape(String name) {
-        Shape s = SHAPES.get(name.toLowerCase(Locale.ROOT));
+        String base = name.toLowerCase(Locale.ROOT);
+        int at = base.indexOf('@');
+        Integer layers = null;
+        if (at >= 0) {
+            try {
+                layers = Integer.parseInt(base.substring(at + 1));
+            } catch (NumberFormatException e) {
+                layers = -1;
+            }
+            if (layers < 1) {
+                throw new IllegalArgumentException("synthetic shape '" + name + "': after '@' give the number of layers (>= 1), "
+                        + "e.g. llama3-8b@2");
+            }
+            base = base.substring(0, at);
+        }
+        Shape s = SHAPES.get(base);
         if (s == null) {
             throw new IllegalArgumentException("unknown synthetic model shape '" + name + "'; known: "
-                    + SHAPES.keySet().stream().sorted().toList());
+                    + SHAPES.keySet().stream().sorted().toList() + " (optionally NAME@LAYERS)");
         }
-        return s;
+        return layers == null ? s : new Shape(s.name() + "@" + layers, s.hidden(), s.intermediate(), layers, s.heads(),
+                s.kvHeads(), s.vocab(), s.ropeTheta(), s.maxPositions());
     }
 
     /** The config.json of a named shape (LlamaForCausalLM, untied LM head, bfloat16, plain RoPE). */

@@ -119,6 +119,16 @@ class CudaBackendCoreTest {
         assertTrue(e.getMessage().contains("llama-7b"), e.getMessage());
     }
 
+    @Test
+    void shapeWithALayerCountKeepsEveryLayersSize() {
+        assertEquals(s(4096, 14336, 2, 32, 8, 128256), dims("llama3-8b@2"));
+        assertEquals(2, SyntheticWeights.config("llama3-8b@2").numHiddenLayers());
+        for (String bad : new String[] {"llama3-8b@0", "llama3-8b@x", "llama3-8b@"}) {
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> SyntheticWeights.shape(bad));
+            assertTrue(e.getMessage().contains("number of layers"), e.getMessage());
+        }
+    }
+
     private static String s(int... d) { return java.util.Arrays.toString(d); }
 
     private static String dims(String name) {
