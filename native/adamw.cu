@@ -24,3 +24,50 @@ extern "C" __global__ void adamw_f32(float* __restrict__ p, const float* __restr
         v[i] = vi;
     }
 }
+
+// The same update over many parameters in one launch (CudaAdamW's step): a table of entries, each parameter split
+// into chunks of ADAMW_CHUNK elements; CUDA block b updates chunk (b - first_chunk) of the entry whose chunk range
+// holds b. State pointers may be device memory or pinned host memory (paged_adamw_32bit: read over the bus, UVA).
+struct AdamWEntry {
+    float* p;
+    const float* g;
+    float* m;
+    float* v;
+    long long n;
+    long long first_chunk;   // prefix sum of ceil(n / ADAMW_CHUNK) over the entries before this one
+    float decay, lerp_weight, beta2, one_minus_beta2, neg_step_size, bias2_sqrt, eps;
+    int pad;
+};
+static_assert(sizeof(AdamWEntry) == 80, "AdamWEntry layout is fixed: CudaAdamW writes it");
+
+#define ADAMW_CHUNK 4096
+
+extern "C" __global__ void __launch_bounds__(256) adamw_f32_multi(const AdamWEntry* __restrict__ table, int count) {
+    __shared__ int entry_index;
+    const long long b = blockIdx.x;
+    if (threadIdx.x == 0) {   // the last entry whose first_chunk <= b
+        int lo = 0, hi = count - 1;
+        while (lo < hi) {
+            int mid = (lo + hi + 1) >> 1;
+            if (table[mid].first_chunk <= b) lo = mid; else hi = mid - 1;
+        }
+        entry_index = lo;
+    }
+    __syncthreads();
+    const AdamWEntry& e = table[entry_index];
+    const long long start = (b - e.first_chunk) * ADAMW_CHUNK;
+    const long long end = min(e.n, start + ADAMW_CHUNK);
+    const bool lerp_from_start = fabsf(e.lerp_weight) < 0.5f;
+    for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
+        float pi = __fmul_rn(e.p[i], e.decay);
+        float gi = e.g[i];
+        float mi = e.m[i];
+        float diff = __fsub_rn(gi, mi);
+        mi = lerp_from_start ? fmaf(e.lerp_weight, diff, mi) : fmaf(-diff, __fsub_rn(1.f, e.lerp_weight), gi);
+        float vi = __fadd_rn(__fmul_rn(e.v[i], e.beta2), __fmul_rn(__fmul_rn(e.one_minus_beta2, gi), gi));
+        float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), e.bias2_sqrt), e.eps);
+        e.p[i] = __fadd_rn(pi, __fdiv_rn(__fmul_rn(e.neg_step_size, mi), denom));
+        e.m[i] = mi;
+        e.v[i] = vi;
+    }
+}

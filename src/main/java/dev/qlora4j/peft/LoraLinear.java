@@ -1,6 +1,8 @@
 package dev.qlora4j.peft;
 
 import dev.qlora4j.backend.Backend;
+import dev.qlora4j.backend.cuda.CudaBackend;
+import dev.qlora4j.backend.cuda.CudaLora;
 import dev.qlora4j.nn.DenseLinear;
 import dev.qlora4j.nn.Linear;
 import dev.qlora4j.nn.QuantizedLinear;
@@ -194,7 +196,31 @@ public final class LoraLinear implements Linear {
         if (merged()) return merged.forward(b, x);
         List<LoraAdapter> chain = chain();
         if (chain.isEmpty()) return base.forward(b, x);
+        if (bf16Path(b, chain)) {
+            Tensor result = base.forward(b, x);
+            try {
+                for (LoraAdapter a : chain) {
+                    CudaLora.forwardInto((CudaBackend) b, result, x, a.a().value(), a.b().value(), (float) a.scaling(),
+                            dropoutOn(a) ? (float) a.dropout() : 0f, dropoutSeed(a));
+                }
+            } catch (RuntimeException e) {
+                result.close();
+                throw e;
+            }
+            return result;
+        }
         return run(b, x, chain, null);
+    }
+
+    /**
+     * The CUDA backend's BF16 LoRA products (CudaLora) for a chain of plain adapters; DoRA chains take the
+     * generic path. Plain adapters only add to the output, so their backward needs neither the base output
+     * nor the running result: the base forward is not recomputed there.
+     */
+    private static boolean bf16Path(Backend b, List<LoraAdapter> chain) {
+        if (!CudaLora.applies(b)) return false;
+        for (LoraAdapter a : chain) if (a.useDora()) return false;
+        return true;
     }
 
     /** What backward needs from one adapter's forward, recomputed from x. */
@@ -259,6 +285,21 @@ public final class LoraLinear implements Linear {
         if (merged()) return merged.backward(b, x, gradOut);
         List<LoraAdapter> chain = chain();
         if (chain.isEmpty()) return base.backward(b, x, gradOut);
+        if (bf16Path(b, chain)) {
+            Tensor gx = base.backward(b, x, gradOut);
+            try {
+                for (LoraAdapter a : chain) {
+                    CudaLora.backwardInto((CudaBackend) b, gx, x, gradOut, a.a().value(), a.b().value(), (float) a.scaling(),
+                            dropoutOn(a) ? (float) a.dropout() : 0f, dropoutSeed(a),
+                            a.trainable() ? a.a().gradForAccumulation(b) : null,
+                            a.trainable() ? a.b().gradForAccumulation(b) : null);
+                }
+            } catch (RuntimeException e) {
+                gx.close();
+                throw e;
+            }
+            return gx;
+        }
         List<Step> trace = new ArrayList<>();
         run(b, x, chain, trace).close();
         Tensor w = null;

@@ -2,18 +2,26 @@ package dev.qlora4j.train;
 
 import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.cuda.CudaAdamW;
+import dev.qlora4j.backend.cuda.CudaAdamW8bit;
 import dev.qlora4j.backend.cuda.CudaBackend;
 import dev.qlora4j.backend.cuda.CudaGradClip;
+import dev.qlora4j.optim.AdamW8bitConfig;
 import dev.qlora4j.optim.AdamWConfig;
+import dev.qlora4j.optim.ParamGroup;
 import dev.qlora4j.optim.ParamGroups;
 import dev.qlora4j.optim.StateStorage;
 
+import java.util.List;
 import java.util.Locale;
 
 /**
  * Picks the optimizer and gradient clipping that run where the parameters live: on a CUDA
- * backend, AdamW's update and the global-norm clip run as kernels on the device tensors (the
+ * backend, the optimizer update and the global-norm clip run as kernels on the device tensors (the
  * host optimizers read host arrays); on the CPU the Trainer's defaults stay.
+ *
+ * <p>optim (transformers' names, as {@link Optimizers} maps them on the CPU): adamw_torch / adamw_torch_fused
+ * -> CudaAdamW; paged_adamw_32bit -> CudaAdamW with state in pinned host memory; adamw_8bit / adamw_bnb_8bit ->
+ * CudaAdamW8bit; paged_adamw_8bit -> CudaAdamW8bit with state in pinned host memory. sgd has no GPU kernel.
  */
 public final class DeviceTraining {
     private DeviceTraining() {}
@@ -21,13 +29,24 @@ public final class DeviceTraining {
     public static Trainer.Builder configure(Trainer.Builder builder, Backend backend) {
         if (!(backend instanceof CudaBackend cuda)) return builder;
         return builder.optimizerFactory((args, params) -> {
-            String optim = args.optim().toLowerCase(Locale.ROOT);
-            if (!optim.equals("adamw_torch") && !optim.equals("adamw") && !optim.equals("adamw_torch_fused")) {
-                throw new IllegalArgumentException("optim " + args.optim() + " has no GPU implementation yet: "
-                        + "use --optim adamw_torch on the GPU, or train on the CPU");
-            }
-            return new CudaAdamW(cuda, ParamGroups.split(params, args.weightDecay()), new AdamWConfig(args.learningRate(),
-                    args.adamBeta1(), args.adamBeta2(), args.adamEpsilon(), args.weightDecay(), StateStorage.DEVICE));
+            List<ParamGroup> groups = ParamGroups.split(params, args.weightDecay());
+            return switch (args.optim().toLowerCase(Locale.ROOT)) {
+                case "adamw_torch", "adamw", "adamw_torch_fused" -> new CudaAdamW(cuda, groups, adamW(args, StateStorage.DEVICE));
+                case "paged_adamw_32bit" -> new CudaAdamW(cuda, groups, adamW(args, StateStorage.PAGED));
+                case "adamw_8bit", "adamw_bnb_8bit" -> new CudaAdamW8bit(cuda, groups, adamW8bit(args, StateStorage.DEVICE));
+                case "paged_adamw_8bit" -> new CudaAdamW8bit(cuda, groups, adamW8bit(args, StateStorage.PAGED));
+                default -> throw new IllegalArgumentException("optim " + args.optim() + " has no GPU implementation: use "
+                        + "adamw_torch, adamw_8bit, paged_adamw_8bit or paged_adamw_32bit on the GPU, or train on the CPU");
+            };
         }).gradClipper(new CudaGradClip(cuda)::clip);
+    }
+
+    private static AdamWConfig adamW(TrainingArguments a, StateStorage s) {
+        return new AdamWConfig(a.learningRate(), a.adamBeta1(), a.adamBeta2(), a.adamEpsilon(), a.weightDecay(), s);
+    }
+
+    /** min_8bit_size 4096 as transformers leaves bitsandbytes' default (and Optimizers does on the CPU). */
+    private static AdamW8bitConfig adamW8bit(TrainingArguments a, StateStorage s) {
+        return new AdamW8bitConfig(a.learningRate(), a.adamBeta1(), a.adamBeta2(), a.adamEpsilon(), a.weightDecay(), 4096, s);
     }
 }

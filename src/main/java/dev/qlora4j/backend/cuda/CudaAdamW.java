@@ -1,15 +1,17 @@
 package dev.qlora4j.backend.cuda;
 
+import dev.qlora4j.cuda.Dim3;
 import dev.qlora4j.cuda.KernelArgs;
 import dev.qlora4j.optim.AdamWConfig;
 import dev.qlora4j.optim.AdamWKernel;
-import dev.qlora4j.optim.Optimizer;
 import dev.qlora4j.optim.Param;
 import dev.qlora4j.optim.ParamGroup;
+import dev.qlora4j.optim.StateStorage;
 import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
 
-import java.util.HashMap;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -17,53 +19,40 @@ import java.util.Map;
 /**
  * torch.optim.AdamW over parameters whose value and gradient live on the GPU: the same update as
  * {@link dev.qlora4j.optim.AdamW} (element for element, bit-identical to {@link AdamWKernel}: native/adamw.cu),
- * one fused kernel launch per parameter, state (exp_avg, exp_avg_sq: F32 on the device; step on the host)
- * created on a parameter's first step. The state dict has the host AdamW's names and layout, so checkpoints
- * move between the two.
+ * state (exp_avg, exp_avg_sq: F32; step on the host) created on a parameter's first step. One kernel launch per
+ * step updates every parameter (adamw_f32_multi over a table of pointers and per-parameter scalars).
  *
- * <p>Values and gradients must be F32 device tensors (LoRA parameters are).
+ * <p>With {@link StateStorage#PAGED} (optim="paged_adamw_32bit") the state lives in pinned host memory that the
+ * kernel reads and writes directly (see {@link OptimizerStateBuffer}): no GPU memory for state, the step then
+ * bound by the host link. The state dict has the host AdamW's names and layout, so checkpoints move between
+ * the two. Values and gradients must be F32 device tensors (LoRA parameters are).
  */
-public final class CudaAdamW implements Optimizer, AutoCloseable {
-    private static final String PREFIX = "state.";
+public final class CudaAdamW extends CudaOptimizerBase<CudaAdamW.State> {
+    /** Elements per CUDA block of adamw_f32_multi (ADAMW_CHUNK in native/adamw.cu). */
+    static final int CHUNK = 4096;
+    /** sizeof(AdamWEntry) in native/adamw.cu. */
+    static final int ENTRY_BYTES = 80;
 
-    private final CudaBackend backend;
-    private final List<ParamGroup> groups;
     private final AdamWConfig config;
-    private final Map<String, Param> byName = new LinkedHashMap<>();
-    private final Map<String, State> state = new HashMap<>();
-    private double lr;
+    private final LaunchTable table;
 
-    private static final class State implements AutoCloseable {
-        final Tensor expAvg;    // F32 [numel] on the device
-        final Tensor expAvgSq;  // F32 [numel] on the device
-        long step;
+    static final class State extends CudaOptimizerBase.State {
+        final OptimizerStateBuffer expAvg;    // F32 [n]
+        final OptimizerStateBuffer expAvgSq;  // F32 [n]
 
-        State(Tensor expAvg, Tensor expAvgSq, long step) {
+        State(OptimizerStateBuffer expAvg, OptimizerStateBuffer expAvgSq, long step) {
             this.expAvg = expAvg;
             this.expAvgSq = expAvgSq;
             this.step = step;
         }
 
-        @Override
-        public void close() {
-            expAvg.close();
-            expAvgSq.close();
-        }
+        @Override List<OptimizerStateBuffer> buffers() { return List.of(expAvg, expAvgSq); }
     }
 
     public CudaAdamW(CudaBackend backend, List<ParamGroup> groups, AdamWConfig config) {
-        this.backend = backend;
-        this.groups = List.copyOf(groups);
+        super(backend, groups, config.lr(), config.storage());
         this.config = config;
-        for (ParamGroup g : this.groups) {
-            for (Param p : g.params()) {
-                if (byName.put(p.name(), p) != null) {
-                    throw new IllegalArgumentException("some parameters appear in more than one parameter group: '" + p.name() + "'");
-                }
-            }
-        }
-        if (byName.isEmpty()) throw new IllegalArgumentException("optimizer got an empty parameter list; pass the trainable parameters");
-        setLr(config.lr());
+        this.table = new LaunchTable(ctx, ENTRY_BYTES);
     }
 
     /** All parameters in one group with config.weightDecay(). */
@@ -73,146 +62,81 @@ public final class CudaAdamW implements Optimizer, AutoCloseable {
 
     @Override public String name() { return "AdamW"; }
 
-    @Override public List<ParamGroup> groups() { return groups; }
-
-    @Override public double lr() { return lr; }
+    public AdamWConfig config() { return config; }
 
     @Override
-    public void setLr(double lr) {
-        if (!(lr >= 0)) throw new IllegalArgumentException("Invalid learning rate: " + lr + " (must be >= 0)");
-        this.lr = lr;
-    }
-
-    @Override
-    public void step() {
-        CudaContext ctx = backend.context();
-        for (ParamGroup group : groups) {
-            for (Param p : group.params()) {
-                Tensor g = p.grad();
-                if (g == null) continue;
-                Tensor value = p.value();
-                requireF32Device(value, "parameter '" + p.name() + "'");
-                requireF32Device(g, "gradient of '" + p.name() + "'");
-                if (g.numel() != value.numel()) {
-                    throw new IllegalArgumentException("gradient of '" + p.name() + "' has " + g.numel()
-                            + " elements but the value has " + value.numel());
-                }
-                int n = Math.toIntExact(value.numel());
-                State s = state.computeIfAbsent(p.name(), k -> new State(zeros(ctx, n), zeros(ctx, n), 0));
-                s.step++;
-                AdamWKernel.Scalars k = AdamWKernel.Scalars.of(lr, config.beta1(), config.beta2(), config.eps(),
-                        group.weightDecay(), s.step);
-                if (n == 0) continue;
-                ctx.launch1d(ctx.function("adamw", "adamw_f32"), n,
-                        KernelArgs.of().ptr(CudaContext.ptr(value)).ptr(CudaContext.ptr(g)).ptr(CudaContext.ptr(s.expAvg))
-                                .ptr(CudaContext.ptr(s.expAvgSq)).i64(n).f32(k.decay()).f32(k.lerpWeight()).f32(k.beta2())
-                                .f32(k.oneMinusBeta2()).f32(k.negStepSize()).f32(k.bias2Sqrt()).f32(k.eps()));
-            }
-        }
-    }
-
-    @Override
-    public Map<String, Tensor> stateDict() {
-        Map<String, Tensor> out = new LinkedHashMap<>();
-        for (Param p : byName.values()) {
-            State s = state.get(p.name());
-            if (s == null) continue;
-            int[] shape = p.value().shape();
-            out.put(PREFIX + p.name() + ".exp_avg", reshaped(backend.toHost(s.expAvg), shape));
-            out.put(PREFIX + p.name() + ".exp_avg_sq", reshaped(backend.toHost(s.expAvgSq), shape));
-            out.put(PREFIX + p.name() + ".step", Tensor.of(new float[] {s.step}));
-        }
-        return out;
-    }
-
-    @Override
-    public void loadStateDict(Map<String, Tensor> dict) {
-        Map<String, Map<String, Tensor>> perParam = new HashMap<>();
-        for (Map.Entry<String, Tensor> e : dict.entrySet()) {
-            String key = e.getKey();
-            int dot = key.lastIndexOf('.');
-            if (!key.startsWith(PREFIX) || dot <= PREFIX.length()) {
-                throw new IllegalArgumentException("optimizer state entry '" + key + "' is not named state.<param>.<slot>; "
-                        + "load a file written by this optimizer");
-            }
-            String param = key.substring(PREFIX.length(), dot);
-            if (!byName.containsKey(param)) {
-                throw new IllegalArgumentException("optimizer state has an entry for parameter '" + param
-                        + "' that this optimizer does not train; resume with the same adapter configuration");
-            }
-            perParam.computeIfAbsent(param, k -> new HashMap<>()).put(key.substring(dot + 1), e.getValue());
-        }
-        Map<String, State> loaded = new HashMap<>();
+    State newState(int n) {
+        OptimizerStateBuffer m = OptimizerStateBuffer.zeros(ctx, 4L * n, storage);
         try {
-            for (Map.Entry<String, Map<String, Tensor>> e : perParam.entrySet()) {
-                String name = e.getKey();
-                long numel = byName.get(name).value().numel();
-                Tensor m = slot(name, e.getValue(), "exp_avg", numel), v = slot(name, e.getValue(), "exp_avg_sq", numel);
-                Tensor step = slot(name, e.getValue(), "step", 1);
-                double st = step.getFloat(0);
-                if (!(st >= 0) || st != Math.rint(st)) {
-                    throw new IllegalArgumentException(PREFIX + name + ".step = " + st + " is not a step count");
-                }
-                loaded.put(name, new State(upload(m), upload(v), (long) st));
-            }
-        } catch (RuntimeException ex) {
-            loaded.values().forEach(State::close);
-            throw ex;
+            return new State(m, OptimizerStateBuffer.zeros(ctx, 4L * n, storage), 0);
+        } catch (RuntimeException e) {
+            m.close();
+            throw e;
         }
-        state.values().forEach(State::close);
-        state.clear();
-        state.putAll(loaded);
+    }
+
+    @Override
+    void launch(List<Work<State>> works) {
+        MemorySegment t = table.begin(works.size());
+        long chunks = 0;
+        for (int i = 0; i < works.size(); i++) {
+            Work<State> w = works.get(i);
+            AdamWKernel.Scalars k = AdamWKernel.Scalars.of(lr(), config.beta1(), config.beta2(), config.eps(),
+                    w.weightDecay(), w.state().step);
+            long o = (long) i * ENTRY_BYTES;
+            t.set(ValueLayout.JAVA_LONG, o, CudaContext.ptr(w.value()));
+            t.set(ValueLayout.JAVA_LONG, o + 8, CudaContext.ptr(w.grad()));
+            t.set(ValueLayout.JAVA_LONG, o + 16, w.state().expAvg.pointer());
+            t.set(ValueLayout.JAVA_LONG, o + 24, w.state().expAvgSq.pointer());
+            t.set(ValueLayout.JAVA_LONG, o + 32, w.n());
+            t.set(ValueLayout.JAVA_LONG, o + 40, chunks);
+            t.set(ValueLayout.JAVA_FLOAT, o + 48, k.decay());
+            t.set(ValueLayout.JAVA_FLOAT, o + 52, k.lerpWeight());
+            t.set(ValueLayout.JAVA_FLOAT, o + 56, k.beta2());
+            t.set(ValueLayout.JAVA_FLOAT, o + 60, k.oneMinusBeta2());
+            t.set(ValueLayout.JAVA_FLOAT, o + 64, k.negStepSize());
+            t.set(ValueLayout.JAVA_FLOAT, o + 68, k.bias2Sqrt());
+            t.set(ValueLayout.JAVA_FLOAT, o + 72, k.eps());
+            t.set(ValueLayout.JAVA_INT, o + 76, 0);
+            chunks += (w.n() + CHUNK - 1) / CHUNK;
+        }
+        if (chunks > Integer.MAX_VALUE) throw new IllegalStateException("too many parameters for one launch: " + chunks + " chunks");
+        long dev = table.upload(works.size());
+        ctx.launch(ctx.function("adamw", "adamw_f32_multi"), Dim3.of((int) chunks), Dim3.of(CudaContext.BLOCK_1D), 0,
+                KernelArgs.of().ptr(dev).i32(works.size()));
+    }
+
+    @Override
+    Map<String, Tensor> slots(State s, int[] shape) {
+        Map<String, Tensor> m = new LinkedHashMap<>();
+        m.put("exp_avg", floatsTensor(s.expAvg.floats(), shape));
+        m.put("exp_avg_sq", floatsTensor(s.expAvgSq.floats(), shape));
+        return m;
+    }
+
+    @Override
+    State fromSlots(String param, int numel, Map<String, Tensor> slots, long step) {
+        Tensor m = slot(param, slots, "exp_avg", numel, DType.F32), v = slot(param, slots, "exp_avg_sq", numel, DType.F32);
+        OptimizerStateBuffer mb = bufferFrom(m);
+        try {
+            return new State(mb, bufferFrom(v), step);
+        } catch (RuntimeException e) {
+            mb.close();
+            throw e;
+        }
     }
 
     @Override
     public Map<String, String> hyperParameters() {
-        return Map.of("lr", Double.toString(lr), "betas", config.beta1() + "," + config.beta2(),
+        return Map.of("lr", Double.toString(lr()), "betas", config.beta1() + "," + config.beta2(),
                 "eps", Double.toString(config.eps()), "weight_decay", Double.toString(config.weightDecay()),
                 "storage", config.storage().name(), "device", backend.device().toString());
     }
 
-    /** Frees the device state. */
+    /** Frees the state and the launch table. */
     @Override
     public void close() {
-        state.values().forEach(State::close);
-        state.clear();
-    }
-
-    private Tensor upload(Tensor host) {
-        Tensor flat = Tensor.of(host.toFloatArray(), Math.toIntExact(host.numel()));
-        return backend.upload(flat);
-    }
-
-    private static Tensor slot(String param, Map<String, Tensor> slots, String slot, long numel) {
-        Tensor t = slots.get(slot);
-        if (t == null) {
-            throw new IllegalArgumentException("optimizer state of '" + param + "' lacks " + PREFIX + param + "." + slot
-                    + " (it has " + slots.keySet() + "); the file was written by a different optimizer");
-        }
-        if (t.numel() != numel) {
-            throw new IllegalArgumentException(PREFIX + param + "." + slot + " has " + t.numel()
-                    + " elements but the parameter needs " + numel + "; the checkpoint belongs to a different adapter shape");
-        }
-        if (t.dtype() != DType.F32) {
-            throw new IllegalArgumentException(PREFIX + param + "." + slot + " is " + t.dtype() + ", expected F32");
-        }
-        return t;
-    }
-
-    private static Tensor reshaped(Tensor host, int[] shape) {
-        return Tensor.of(host.toFloatArray(), shape);
-    }
-
-    private static Tensor zeros(CudaContext ctx, int n) {
-        Tensor t = ctx.empty(DType.F32, n);
-        ctx.driver().memsetD8Async(CudaContext.ptr(t), (byte) 0, Math.max(1, t.byteSize()), ctx.stream());
-        return t;
-    }
-
-    private static void requireF32Device(Tensor t, String what) {
-        KernelTypes.requireDevice(t, what);
-        if (t.dtype() != DType.F32) {
-            throw new IllegalArgumentException(what + " is " + t.dtype() + "; CudaAdamW updates F32 parameters and gradients");
-        }
+        super.close();
+        table.close();
     }
 }
