@@ -7,19 +7,32 @@ import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
 
 /**
- * Launchers of native/attention_train.cu: training attention (no KV cache) forward with saved log-sum-exp, and
- * its backward (delta = dO . O, then dQ per query tile and dK, dV per key tile). Inputs are already checked
- * (shapes as {@code Backend.attentionTrain} says) and in the activation dtype.
+ * Launchers of the training attention (no KV cache): forward with saved log-sum-exp, and its backward (delta =
+ * dO . O, then dQ per query tile and dK, dV per key tile). Inputs are already checked (shapes as
+ * {@code Backend.attentionTrain} says) and in the activation dtype.
+ *
+ * <p>Two kernel families compute the same function: native/attention_tc.cu (flash-attention 2 on bf16/f16 tensor
+ * cores: BF16 or F16 activations, head dim 64 or 128, 16-byte aligned tensors, scale > 0, compute capability 8.0
+ * or newer) and native/attention_train.cu (float32 on the CUDA cores: every other case, F32 activations
+ * included). The tensor-core kernels are chosen whenever they apply; the system property
+ * {@code qlora4j.attention.train} = {@code tc} or {@code simt} forces one family (benchmarks, debugging), read
+ * at every call. Forcing {@code tc} where it does not apply is an error that says why.
  */
 final class TrainAttentionKernels {
     private TrainAttentionKernels() {}
 
     static final int TILE = 32;
     static final int THREADS = 256;
-    /** The largest head dim the kernels hold in registers (8 floats per lane). */
+    /** The largest head dim the float32 kernels hold in registers (8 floats per lane). */
     static final int MAX_HEAD_DIM = 256;
 
-    /** Dims per lane of the kernel variant: 2, 4 or 8 (headDim <= 64, 128, 256). */
+    /** System property that forces a kernel family: "tc" (tensor cores) or "simt" (float32 CUDA cores). */
+    static final String MODE_PROPERTY = "qlora4j.attention.train";
+    /** Query and key rows per tile of the tensor-core kernels, and their block size (4 warps x 16 rows). */
+    static final int TC_TILE = 64;
+    static final int TC_THREADS = 128;
+
+    /** Dims per lane of the float32 kernel variant: 2, 4 or 8 (headDim <= 64, 128, 256). */
     static int dimsPerLane(int headDim) {
         if (headDim % 4 != 0 || headDim > MAX_HEAD_DIM) {
             throw new IllegalArgumentException("CUDA training attention needs headDim a multiple of 4 and at most "
@@ -32,20 +45,93 @@ final class TrainAttentionKernels {
         return (tiles * TILE * (headDim + 4) + extraInts) * 4;
     }
 
+    // ---- kernel family selection ----
+
+    /** "bf16" or "f16": the tensor-core kernels' element type, or null for other dtypes. */
+    private static String tcType(DType act) {
+        return switch (act) {
+            case BF16 -> "bf16";
+            case F16 -> "f16";
+            default -> null;
+        };
+    }
+
+    /** Shared-memory bytes of a tensor-core kernel: `tiles` tiles of 64 rows padded to D + 8 elements, plus floats. */
+    static int tcSharedBytes(int tiles, int headDim, int extraFloats) {
+        return tiles * TC_TILE * (headDim + 8) * 2 + extraFloats * 4;
+    }
+
+    /** The largest shared memory the tensor-core kernels ask for at this head dim (the dK/dV kernel's). */
+    private static int tcMaxSharedBytes(int headDim) {
+        return tcSharedBytes(6, headDim, 4 * TC_TILE);
+    }
+
+    /** Why the tensor-core kernels cannot run this call, or null when they can. */
+    static String tcUnsupportedReason(CudaContext ctx, DType act, int headDim, float scale, Tensor... tensors) {
+        if (tcType(act) == null) return "activations are " + act + ", not BF16 or F16";
+        if (headDim != 64 && headDim != 128) return "head dim " + headDim + " is not 64 or 128";
+        if (!(scale > 0) || Float.isInfinite(scale)) return "scale " + scale + " is not a positive finite number";
+        if (ctx.properties().computeCapability() < 80) {
+            return ctx.properties().name() + " has compute capability " + ctx.properties().computeCapability()
+                    + "; mma.sync bf16 needs 8.0 or newer";
+        }
+        if (tcMaxSharedBytes(headDim) > ctx.properties().maxSharedMemoryPerBlockOptin()) {
+            return "the kernels need " + tcMaxSharedBytes(headDim) + " bytes of shared memory per block and "
+                    + ctx.properties().name() + " allows " + ctx.properties().maxSharedMemoryPerBlockOptin();
+        }
+        for (Tensor t : tensors) {
+            if (t != null && (CudaContext.ptr(t) & 15) != 0) return t + " does not start 16-byte aligned";
+        }
+        return null;
+    }
+
+    /** True when this call runs on the tensor-core kernels (see the class comment); tensors: every tensor read or written. */
+    static boolean useTensorCores(CudaContext ctx, DType act, int headDim, float scale, Tensor... tensors) {
+        String mode = System.getProperty(MODE_PROPERTY, "auto");
+        switch (mode) {
+            case "simt":
+                return false;
+            case "tc": {
+                String why = tcUnsupportedReason(ctx, act, headDim, scale, tensors);
+                if (why != null) {
+                    throw new IllegalArgumentException("-D" + MODE_PROPERTY + "=tc asks for the tensor-core training "
+                            + "attention, but " + why + "; drop the property (or set it to simt) to use the float32 kernels");
+                }
+                return true;
+            }
+            case "auto":
+                return tcUnsupportedReason(ctx, act, headDim, scale, tensors) == null;
+            default:
+                throw new IllegalArgumentException("-D" + MODE_PROPERTY + "=" + mode + " is not tc, simt or auto");
+        }
+    }
+
+    // ---- launchers ----
+
     static AttentionResult forward(CudaContext ctx, DType act, Tensor q, Tensor k, Tensor v, Tensor segments, int batch,
                                    int heads, int kvHeads, int headDim, float scale, int window) {
         int tokens = q.dim(0) / batch;
-        int dpl = dimsPerLane(headDim);
+        boolean tc = useTensorCores(ctx, act, headDim, scale, q, k, v);
+        int dpl = tc ? 0 : dimsPerLane(headDim);
         Tensor out = ctx.empty(act, q.shape());
         Tensor lse = ctx.empty(DType.F32, batch, heads, tokens);
         if (tokens == 0) return new AttentionResult(out, lse);
+        KernelArgs args = KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v))
+                .ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(out)).ptr(CudaContext.ptr(lse))
+                .i32(tokens).i32(heads).i32(kvHeads);
+        if (tc) {
+            long f = ctx.function("attention_tc", "attn_tc_fwd_" + tcType(act) + "_d" + headDim);
+            int smem = tcSharedBytes(5, headDim, 0);
+            ctx.allowSharedMemory(f, smem);
+            ctx.launch(f, new Dim3((tokens + TC_TILE - 1) / TC_TILE, heads, batch), Dim3.of(TC_THREADS), smem,
+                    args.f32(scale).i32(window));
+            return new AttentionResult(out, lse);
+        }
         long f = ctx.function("attention_train", "attn_train_fwd_" + KernelTypes.act(act) + "_d" + dpl);
         int smem = tileBytes(3, headDim, 2 * TILE);
         ctx.allowSharedMemory(f, smem);
         ctx.launch(f, new Dim3((tokens + TILE - 1) / TILE, heads, batch), Dim3.of(THREADS), smem,
-                KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v))
-                        .ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(out)).ptr(CudaContext.ptr(lse))
-                        .i32(tokens).i32(heads).i32(kvHeads).i32(headDim).f32(scale).i32(window));
+                args.i32(headDim).f32(scale).i32(window));
         return new AttentionResult(out, lse);
     }
 
@@ -54,32 +140,40 @@ final class TrainAttentionKernels {
                              Tensor lse, Tensor gradOut, int batch, int heads, int kvHeads, int headDim, float scale,
                              int window) {
         int tokens = q.dim(0) / batch;
-        int dpl = dimsPerLane(headDim);
-        String t = KernelTypes.act(act);
+        boolean tc = useTensorCores(ctx, act, headDim, scale, q, k, v, out, gradOut);
+        int dpl = tc ? 0 : dimsPerLane(headDim);
+        String t = tc ? tcType(act) : KernelTypes.act(act);
         Tensor dq = ctx.empty(act, q.shape()), dk = ctx.empty(act, k.shape()), dv = ctx.empty(act, v.shape());
         if (tokens == 0) return new Tensor[] {dq, dk, dv};
         try (Tensor delta = ctx.empty(DType.F32, batch, heads, tokens)) {
+            if (tc && (CudaContext.ptr(dq) & 15 | CudaContext.ptr(dk) & 15 | CudaContext.ptr(dv) & 15) != 0) {
+                throw new IllegalStateException("the allocator returned a gradient buffer that is not 16-byte aligned");
+            }
             long warps = (long) batch * tokens * heads;
-            ctx.launch1d(ctx.function("attention_train", "attn_bwd_delta_" + t), warps * 32,
+            String module = tc ? "attention_tc" : "attention_train";
+            ctx.launch1d(ctx.function(module, (tc ? "attn_tc_delta_" : "attn_bwd_delta_") + t), warps * 32,
                     KernelArgs.of().ptr(CudaContext.ptr(out)).ptr(CudaContext.ptr(gradOut)).ptr(CudaContext.ptr(delta))
                             .i32(batch).i32(tokens).i32(heads).i32(headDim));
-            int tiles = (tokens + TILE - 1) / TILE;
-            long fq = ctx.function("attention_train", "attn_bwd_dq_" + t + "_d" + dpl);
-            int smemQ = tileBytes(4, headDim, 2 * TILE);
+            int tile = tc ? TC_TILE : TILE;
+            int tiles = (tokens + tile - 1) / tile;
+            Dim3 block = Dim3.of(tc ? TC_THREADS : THREADS);
+            long fq = ctx.function(module, tc ? "attn_tc_dq_" + t + "_d" + headDim : "attn_bwd_dq_" + t + "_d" + dpl);
+            int smemQ = tc ? tcSharedBytes(6, headDim, 0) : tileBytes(4, headDim, 2 * TILE);
             ctx.allowSharedMemory(fq, smemQ);
-            ctx.launch(fq, new Dim3(tiles, heads, batch), Dim3.of(THREADS), smemQ,
-                    KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v))
-                            .ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(gradOut)).ptr(CudaContext.ptr(lse))
-                            .ptr(CudaContext.ptr(delta)).ptr(CudaContext.ptr(dq))
-                            .i32(tokens).i32(heads).i32(kvHeads).i32(headDim).f32(scale).i32(window));
-            long fkv = ctx.function("attention_train", "attn_bwd_dkv_" + t + "_d" + dpl);
-            int smemKv = tileBytes(4, headDim, 4 * TILE);
+            KernelArgs qArgs = KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v))
+                    .ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(gradOut)).ptr(CudaContext.ptr(lse))
+                    .ptr(CudaContext.ptr(delta)).ptr(CudaContext.ptr(dq)).i32(tokens).i32(heads).i32(kvHeads);
+            if (!tc) qArgs.i32(headDim);
+            ctx.launch(fq, new Dim3(tiles, heads, batch), block, smemQ, qArgs.f32(scale).i32(window));
+            long fkv = ctx.function(module, tc ? "attn_tc_dkv_" + t + "_d" + headDim : "attn_bwd_dkv_" + t + "_d" + dpl);
+            int smemKv = tc ? tcMaxSharedBytes(headDim) : tileBytes(4, headDim, 4 * TILE);
             ctx.allowSharedMemory(fkv, smemKv);
-            ctx.launch(fkv, new Dim3(tiles, kvHeads, batch), Dim3.of(THREADS), smemKv,
-                    KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v))
-                            .ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(gradOut)).ptr(CudaContext.ptr(lse))
-                            .ptr(CudaContext.ptr(delta)).ptr(CudaContext.ptr(dk)).ptr(CudaContext.ptr(dv))
-                            .i32(tokens).i32(heads).i32(kvHeads).i32(headDim).f32(scale).i32(window));
+            KernelArgs kvArgs = KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v))
+                    .ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(gradOut)).ptr(CudaContext.ptr(lse))
+                    .ptr(CudaContext.ptr(delta)).ptr(CudaContext.ptr(dk)).ptr(CudaContext.ptr(dv))
+                    .i32(tokens).i32(heads).i32(kvHeads);
+            if (!tc) kvArgs.i32(headDim);
+            ctx.launch(fkv, new Dim3(tiles, kvHeads, batch), block, smemKv, kvArgs.f32(scale).i32(window));
         } catch (RuntimeException e) {
             dq.close(); dk.close(); dv.close();
             throw e;

@@ -1,0 +1,747 @@
+// attention_tc.cu — training attention (forward with saved log-sum-exp, and backward) on bf16/f16 tensor cores,
+// flash-attention-2 style. Same function, layouts and visibility as attention_train.cu (the float32 CUDA-core
+// kernels, which stay for F32 activations and other head dims); backend/cpu/TrainAttention is the reference.
+//
+// Tensors: q, o, dO, dQ [B*T, H*D] of T; k, v, dK, dV [B*T, KH*D] of T; lse, delta F32 [B, H, T];
+//          seg I32 [B*T] or null. Query head h reads kv head h / (H/KH). T (element type) is bf16 or f16.
+// Visibility: query t sees key s when s <= t, (window <= 0 or t - s < window) and seg[b*T+s] == seg[b*T+t].
+// Requirements (the launcher checks them, else it uses attention_train.cu): D = 64 or 128, every tensor 16-byte
+//   aligned (rows are copied in 16-byte chunks), scale > 0 (the running max is kept as max(score) * scale).
+//
+// Kernels (128 threads = 4 warps; tiles of BM = 64 queries and BN = 64 keys; warp w owns 16 rows of its tile):
+//   attn_tc_fwd_<t>_d<D>    grid (ceil(T/64), H, B), the heaviest causal query tile first. Q tile and double-
+//                           buffered K/V tiles in shared memory (cp.async); Q fragments are held in registers.
+//                           Per key tile: S = Q K^T (mma.m16n8k16, f32 accumulate), online softmax in registers
+//                           (exp2 of scores pre-scaled by scale * log2 e), P rounded to T and used as the A
+//                           operand of O += P V. Writes O (T) and lse = ln(sum exp(s * scale)) (f32, natural log).
+//   attn_tc_delta_<t>       one warp per (row, head): delta = dO . O (f32).
+//   attn_tc_dq_<t>_d<D>     grid (ceil(T/64), H, B): a block owns a query tile, loops over key tiles (K/V double
+//                           buffered): S = Q K^T, dP = dO V^T, P = exp(S scale - lse), dS = P (dP - delta),
+//                           dQ += dS K; dQ * scale is written. No atomics: deterministic.
+//   attn_tc_dkv_<t>_d<D>    grid (ceil(T/64), KH, B): a block owns a key tile of one kv head and loops over the
+//                           group's query heads and the query tiles that can see it (Q/dO/lse/delta double
+//                           buffered), all in the transposed form: S^T = K Q^T, dP^T = V dO^T, P^T, dS^T,
+//                           dV += P^T dO, dK += dS^T Q; GQA heads summed in registers; dK * scale is written.
+// Tiles: a (query tile, key tile) pair is skipped when no pair in it is visible (causal, window, and with segment
+//   ids when the tiles' id ranges do not overlap), computed without masks when every pair is visible (and both
+//   tiles lie inside T), and masked element by element otherwise. Masked scores are -inf (forward) or P = 0
+//   (backward, a select, so an lse of -inf can never make a NaN).
+// Shared memory (dynamic, rows padded to D + 8 elements: the 8 row addresses of an ldmatrix hit 8 distinct
+//   16-byte bank groups): fwd (64 + 4*64) rows, dq (2*64 + 4*64) rows, dkv (2*64 + 4*64) rows + 4*64 floats;
+//   at D = 128: 87040, 104448, 105472 bytes (two blocks per SM on an H100/H200).
+// Numerics: every product is exact in the f32 accumulator; sums run in other orders than the CPU's. P (forward:
+//   [0, 1]) and dS (backward) are rounded to T (bf16: 2^-9 relative) before their second matmul, as in
+//   flash-attention 2; the row sums l use the unrounded f32 P. exp2f of (score * scale * log2 e - max) differs
+//   from expf(score * scale - max) by a few f32 ulps. Expected error against the f32 CPU reference on the same
+//   bf16 inputs: ~3e-3 relative (out, dQ/dK/dV: dominated by the output rounding to bf16 and the bf16 P / dS);
+//   lse ~1e-6 absolute plus the f32 rounding of the scores.
+#include "activations.cuh"
+#include <limits.h>
+
+namespace tc {
+constexpr int BM = 64;        // query rows per tile
+constexpr int BN = 64;        // key rows per tile
+constexpr int THREADS = 128;  // 4 warps x 16 rows
+constexpr float LOG2E = 1.4426950408889634f;
+constexpr float LN2 = 0.6931471805599453f;
+
+// ---- PTX wrappers (all valid from sm_80) ----
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, bypassing L1; bytes = 0 writes 16 zero bytes (rows past T).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+    int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i; r[i] holds matrix i's
+// (row lane/4, cols 2(lane%4), 2(lane%4)+1); .trans holds (rows 2(lane%4), 2(lane%4)+1, col lane/4).
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t (&r)[4]) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t (&r)[4]) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// c[16x8] += a[16x16] b[16x8] (f32 accumulate). Fragments (g = lane/4, t = lane%4): a0 (g, 2t..2t+1),
+// a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..); b0 (k 2t..2t+1, n g), b1 (k 2t+8.., n g);
+// c0,c1 (g, 2t..2t+1), c2,c3 (g+8, 2t..2t+1).
+template <typename T>
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats rounded (nearest even) to T, lo in the low 16 bits (the lower column of a fragment).
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// The two values of a packed pair as floats (x: the low half).
+template <typename T> __device__ __forceinline__ float2 unpack2(uint32_t u);
+template <> __device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t u) {
+    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&u));
+}
+template <> __device__ __forceinline__ float2 unpack2<__half>(uint32_t u) {
+    return __half22float2(*reinterpret_cast<__half2*>(&u));
+}
+
+// A fragments (16 rows x 16 k) of the k-chunk kk from a 16 x (8 * NB) f32 accumulator tile (the n-blocks 2kk and
+// 2kk+1): how P (or dS) computed by one matmul becomes the left operand of the next without shared memory.
+template <typename T, int NB>
+__device__ __forceinline__ void acc_to_a(const float (&s)[NB][4], int kk, uint32_t (&a)[4]) {
+    a[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+    a[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+    a[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    a[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+// ---- shared-memory tiles: rows of D elements at a stride of D + 8 ----
+template <int D>
+struct Tile {
+    static constexpr int STRIDE = D + 8;                       // elements
+    static constexpr int ROW_BYTES = STRIDE * 2;
+    static constexpr int BYTES = 64 * ROW_BYTES;               // a 64-row tile
+    // Address of the A fragment x4 (rows r0..r0+15, cols c0..c0+15): matrices (rows 0-7|8-15) x (cols 0-7|8-15)
+    // in the order a0 a1 a2 a3.
+    __device__ static uint32_t a_addr(uint32_t base, int r0, int c0, int lane) {
+        int r = r0 + (lane & 7) + ((lane >> 3) & 1) * 8, c = c0 + (lane >> 4) * 8;
+        return base + r * ROW_BYTES + c * 2;
+    }
+    // B fragments of two n-blocks from rows = n (keys), cols = k (dims), no transpose: matrices
+    // (n 0-7, k 0-7) = b0 of n-block 0, (n 0-7, k 8-15) = b1 of n-block 0, then the same for n 8-15.
+    __device__ static uint32_t b_addr(uint32_t base, int n0, int k0, int lane) {
+        int r = n0 + (lane & 7) + (lane >> 4) * 8, c = k0 + ((lane >> 3) & 1) * 8;
+        return base + r * ROW_BYTES + c * 2;
+    }
+    // B fragments of two n-blocks from rows = k, cols = n (transposed load): matrices (k 0-7, n 0-7) = b0,
+    // (k 8-15, n 0-7) = b1 of n-block 0, then the same for n 8-15 (the A-fragment address pattern).
+    __device__ static uint32_t bt_addr(uint32_t base, int k0, int n0, int lane) { return a_addr(base, k0, n0, lane); }
+};
+
+// Copies rows [r0, r0 + 64) of head `head` (D wide) of batch row b (row stride `width` elements) into the tile at
+// dst; rows at or past T_ are zero. Asynchronous: the caller commits and waits.
+template <typename T, int D>
+__device__ __forceinline__ void load_tile_async(uint32_t dst, const T* __restrict__ src, int b, int T_, int r0,
+                                                int width, int head) {
+    constexpr int CH = D / 8;   // 16-byte chunks per row
+    static_assert(64 * CH % THREADS == 0, "whole chunks per thread");
+#pragma unroll
+    for (int i = 0; i < 64 * CH / THREADS; i++) {
+        int c = threadIdx.x + i * THREADS, r = c / CH, ch = c % CH, t = r0 + r;
+        bool ok = t < T_;
+        const T* p = ok ? src + ((int64_t)b * T_ + t) * width + (int64_t)head * D + ch * 8 : src;
+        cp_async16(dst + r * Tile<D>::ROW_BYTES + ch * 16, p, ok);
+    }
+}
+
+// Minimum (is_max false) or maximum over the warp, in every lane.
+__device__ __forceinline__ int warp_extreme_i(int v, bool is_max) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        int w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = is_max ? max(v, w) : min(v, w);
+    }
+    return v;
+}
+
+// Smallest and largest segment id of rows [r0, r1) of batch row b (r0 < r1), the same in every lane of the warp.
+__device__ __forceinline__ void seg_range(const int* __restrict__ segb, int r0, int r1, int& lo, int& hi) {
+    int lane = threadIdx.x & 31, a = INT_MAX, z = INT_MIN;
+    for (int i = r0 + lane; i < r1; i += 32) {
+        int s = segb[i];
+        a = min(a, s);
+        z = max(z, s);
+    }
+    lo = warp_extreme_i(a, false);
+    hi = warp_extreme_i(z, true);
+}
+
+// What a (query tile at q0, key tile at k0) pair needs: 0 nothing visible, 1 all visible (no mask), 2 a mask.
+// segb: the segment ids of batch row b, or null; [sqlo, sqhi]: the query tile's id range. Uniform over the block.
+__device__ __forceinline__ int tile_kind(int q0, int k0, int T_, int window, const int* __restrict__ segb, int sqlo,
+                                         int sqhi) {
+    int q1 = min(q0 + BM, T_), k1 = min(k0 + BN, T_);   // exclusive ends inside T
+    if (k0 > q1 - 1) return 0;                                 // every key after every query
+    if (window > 0 && q0 - (k1 - 1) >= window) return 0;       // every key too far back
+    bool full = k1 - 1 <= q0 && (window <= 0 || (q1 - 1) - k0 < window) && k0 + BN <= T_ && q0 + BM <= T_;
+    if (segb != nullptr) {
+        int lo, hi;
+        seg_range(segb, k0, k1, lo, hi);
+        if (hi < sqlo || lo > sqhi) return 0;                  // disjoint id ranges: no pair shares a segment
+        full = full && sqlo == sqhi && lo == hi && lo == sqlo;
+    }
+    return full ? 1 : 2;
+}
+
+__device__ __forceinline__ bool visible(int t, int s, int T_, int window, const int* __restrict__ segb, int segt) {
+    return t < T_ && s < T_ && s <= t && (window <= 0 || t - s < window) && (segb == nullptr || segb[s] == segt);
+}
+
+}  // namespace tc
+
+using namespace tc;
+
+// ------------------------------------------------------------------------------------------------------ forward
+template <typename T, int D>
+__device__ __forceinline__ void fwd_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                         const int* __restrict__ seg, T* __restrict__ out, float* __restrict__ lse,
+                                         int T_, int H, int KH, float scale, int window) {
+    constexpr int NB = BN / 8;    // score n-blocks per warp row block
+    constexpr int KC = D / 16;    // k-chunks of the head dim
+    constexpr int DB = D / 8;     // output n-blocks
+    extern __shared__ __align__(16) unsigned char smem[];
+    const uint32_t sQ = smem_addr(smem);
+    const uint32_t sK = sQ + Tile<D>::BYTES;             // two buffers
+    const uint32_t sV = sK + 2 * Tile<D>::BYTES;         // two buffers
+
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * BM, h = blockIdx.y, b = blockIdx.z;
+    const int kh = h / (H / KH);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+    const int qw = H * D, kw = KH * D;
+    const int* segb = seg != nullptr ? seg + (int64_t)b * T_ : nullptr;
+    const int q1 = min(q0 + BM, T_);
+    int sqlo = 0, sqhi = 0;
+    if (segb != nullptr) seg_range(segb, q0, q1, sqlo, sqhi);
+    // This thread's two query rows (g and g + 8 of the warp's 16) and their segment ids.
+    const int tr0 = q0 + warp * 16 + g, tr1 = tr0 + 8;
+    const int sg0 = segb != nullptr && tr0 < T_ ? segb[tr0] : 0, sg1 = segb != nullptr && tr1 < T_ ? segb[tr1] : 0;
+    const float c = scale * LOG2E;
+
+    int kBegin = window > 0 ? max(0, q0 - window + 1) : 0;
+    kBegin = kBegin / BN * BN;
+    const int kEnd = q1;
+    auto next_tile = [&](int k0, int& kind) {
+        for (; k0 < kEnd; k0 += BN) {
+            kind = tile_kind(q0, k0, T_, window, segb, sqlo, sqhi);
+            if (kind != 0) return k0;
+        }
+        kind = 0;
+        return k0;
+    };
+
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};   // running max (log2 units) and partial row sums
+    float o[DB][4];
+#pragma unroll
+    for (int j = 0; j < DB; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+
+    int kind;
+    int kt = next_tile(kBegin, kind);
+    if (kt < kEnd) {
+        load_tile_async<T, D>(sQ, q, b, T_, q0, qw, h);
+        load_tile_async<T, D>(sK, k, b, T_, kt, kw, kh);
+        load_tile_async<T, D>(sV, v, b, T_, kt, kw, kh);
+        cp_async_commit();
+        uint32_t qf[KC][4];
+        int buf = 0;
+        bool first = true;
+        while (kt < kEnd) {
+            int nkind;
+            const int nt = next_tile(kt + BN, nkind);
+            if (nt < kEnd) {   // prefetch the next visible tile into the other buffer
+                load_tile_async<T, D>(sK + (buf ^ 1) * Tile<D>::BYTES, k, b, T_, nt, kw, kh);
+                load_tile_async<T, D>(sV + (buf ^ 1) * Tile<D>::BYTES, v, b, T_, nt, kw, kh);
+            }
+            cp_async_commit();
+            cp_async_wait<1>();   // everything but the prefetch has landed
+            __syncthreads();
+            if (first) {
+#pragma unroll
+                for (int kc = 0; kc < KC; kc++) ldsm_x4(Tile<D>::a_addr(sQ, warp * 16, kc * 16, lane), qf[kc]);
+                first = false;
+            }
+            const uint32_t kb = sK + buf * Tile<D>::BYTES, vb = sV + buf * Tile<D>::BYTES;
+            // S = Q K^T: 16 rows x 64 keys per warp.
+            float s[NB][4];
+#pragma unroll
+            for (int j = 0; j < NB; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+            for (int kc = 0; kc < KC; kc++) {
+#pragma unroll
+                for (int j2 = 0; j2 < NB / 2; j2++) {
+                    uint32_t bf[4];
+                    ldsm_x4(Tile<D>::b_addr(kb, j2 * 16, kc * 16, lane), bf);
+                    mma<T>(s[2 * j2], qf[kc], bf[0], bf[1]);
+                    mma<T>(s[2 * j2 + 1], qf[kc], bf[2], bf[3]);
+                }
+            }
+            if (kind == 2) {
+#pragma unroll
+                for (int j = 0; j < NB; j++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int t = e < 2 ? tr0 : tr1, sk = kt + 8 * j + 2 * tq + (e & 1);
+                        if (!visible(t, sk, T_, window, segb, e < 2 ? sg0 : sg1)) s[j][e] = -INFINITY;
+                    }
+                }
+            }
+            // Online softmax per row (r = 0: row g, elements 0-1; r = 1: row g + 8, elements 2-3).
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int j = 0; j < NB; j++) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float mn = fmaxf(m[r], mx * c);
+                const float base = mn == -INFINITY ? 0.f : mn;   // no visible key yet: keep everything 0, no NaN
+                const float corr = exp2f(m[r] - base);
+                float sum = 0.f;
+#pragma unroll
+                for (int j = 0; j < NB; j++) {
+                    float p0 = exp2f(fmaf(s[j][2 * r], c, -base)), p1 = exp2f(fmaf(s[j][2 * r + 1], c, -base));
+                    s[j][2 * r] = p0;
+                    s[j][2 * r + 1] = p1;
+                    sum += p0 + p1;
+                }
+                l[r] = l[r] * corr + sum;   // this thread's columns only; the quad is summed at the end
+                m[r] = mn;
+#pragma unroll
+                for (int j = 0; j < DB; j++) {
+                    o[j][2 * r] *= corr;
+                    o[j][2 * r + 1] *= corr;
+                }
+            }
+            // O += P V: P (rounded to T) straight from the score registers.
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                uint32_t pa[4];
+                acc_to_a<T, NB>(s, kk, pa);
+#pragma unroll
+                for (int n2 = 0; n2 < DB / 2; n2++) {
+                    uint32_t bf[4];
+                    ldsm_x4_t(Tile<D>::bt_addr(vb, kk * 16, n2 * 16, lane), bf);
+                    mma<T>(o[2 * n2], pa, bf[0], bf[1]);
+                    mma<T>(o[2 * n2 + 1], pa, bf[2], bf[3]);
+                }
+            }
+            __syncthreads();   // this buffer is refilled by the prefetch of the next iteration
+            kt = nt;
+            kind = nkind;
+            buf ^= 1;
+        }
+        cp_async_wait<0>();
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float lt = l[r];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+        const int t = r == 0 ? tr0 : tr1;
+        if (t >= T_) continue;
+        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+        T* orow = out + ((int64_t)b * T_ + t) * qw + (int64_t)h * D;
+#pragma unroll
+        for (int j = 0; j < DB; j++) {
+            uint32_t pr = pack2<T>(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+            *reinterpret_cast<uint32_t*>(orow + 8 * j + 2 * tq) = pr;
+        }
+        if (tq == 0) lse[((int64_t)b * H + h) * T_ + t] = lt > 0.f ? m[r] * LN2 + logf(lt) : -INFINITY;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------ delta
+template <typename T>
+__device__ __forceinline__ void delta_impl(const T* __restrict__ o, const T* __restrict__ dout,
+                                           float* __restrict__ delta, int B, int T_, int H, int D) {
+    int64_t warps = (int64_t)B * T_ * H;
+    int lane = threadIdx.x & 31;
+    for (int64_t w = global_thread_index() >> 5; w < warps; w += grid_stride() >> 5) {
+        int h = (int)(w % H);
+        int64_t row = w / H;   // b * T + t
+        const T* a = o + row * H * D + (int64_t)h * D;
+        const T* gr = dout + row * H * D + (int64_t)h * D;
+        float s = 0.f;
+        for (int d = lane; d < D; d += 32) s = fmaf(to_f32(a[d]), to_f32(gr[d]), s);
+        s = warp_sum(s);
+        int bb = (int)(row / T_), t = (int)(row - (int64_t)bb * T_);
+        if (lane == 0) delta[((int64_t)bb * H + h) * T_ + t] = s;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------ dQ
+template <typename T, int D>
+__device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                        const int* __restrict__ seg, const T* __restrict__ dout,
+                                        const float* __restrict__ lse, const float* __restrict__ delta,
+                                        T* __restrict__ dq, int T_, int H, int KH, float scale, int window) {
+    constexpr int NB = BN / 8, KC = D / 16, DB = D / 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    const uint32_t sQ = smem_addr(smem);
+    const uint32_t sG = sQ + Tile<D>::BYTES;             // dO tile
+    const uint32_t sK = sG + Tile<D>::BYTES;             // two buffers
+    const uint32_t sV = sK + 2 * Tile<D>::BYTES;         // two buffers
+
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * BM, h = blockIdx.y, b = blockIdx.z;   // heaviest tiles first
+    const int kh = h / (H / KH);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+    const int qw = H * D, kw = KH * D;
+    const int* segb = seg != nullptr ? seg + (int64_t)b * T_ : nullptr;
+    const int q1 = min(q0 + BM, T_);
+    int sqlo = 0, sqhi = 0;
+    if (segb != nullptr) seg_range(segb, q0, q1, sqlo, sqhi);
+    const int tr0 = q0 + warp * 16 + g, tr1 = tr0 + 8;
+    const int sg[2] = {segb != nullptr && tr0 < T_ ? segb[tr0] : 0, segb != nullptr && tr1 < T_ ? segb[tr1] : 0};
+    const float c = scale * LOG2E;
+    float rl[2], rd[2];   // lse * log2 e and delta of the two rows
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int t = r == 0 ? tr0 : tr1;
+        int64_t li = ((int64_t)b * H + h) * T_ + t;
+        rl[r] = t < T_ ? lse[li] * LOG2E : 0.f;
+        rd[r] = t < T_ ? delta[li] : 0.f;
+    }
+
+    int kBegin = window > 0 ? max(0, q0 - window + 1) : 0;
+    kBegin = kBegin / BN * BN;
+    const int kEnd = q1;
+    auto next_tile = [&](int k0, int& kind) {
+        for (; k0 < kEnd; k0 += BN) {
+            kind = tile_kind(q0, k0, T_, window, segb, sqlo, sqhi);
+            if (kind != 0) return k0;
+        }
+        kind = 0;
+        return k0;
+    };
+
+    float acc[DB][4];
+#pragma unroll
+    for (int j = 0; j < DB; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+
+    int kind;
+    int kt = next_tile(kBegin, kind);
+    if (kt < kEnd) {
+        load_tile_async<T, D>(sQ, q, b, T_, q0, qw, h);
+        load_tile_async<T, D>(sG, dout, b, T_, q0, qw, h);
+        load_tile_async<T, D>(sK, k, b, T_, kt, kw, kh);
+        load_tile_async<T, D>(sV, v, b, T_, kt, kw, kh);
+        cp_async_commit();
+        int buf = 0;
+        while (kt < kEnd) {
+            int nkind;
+            const int nt = next_tile(kt + BN, nkind);
+            if (nt < kEnd) {
+                load_tile_async<T, D>(sK + (buf ^ 1) * Tile<D>::BYTES, k, b, T_, nt, kw, kh);
+                load_tile_async<T, D>(sV + (buf ^ 1) * Tile<D>::BYTES, v, b, T_, nt, kw, kh);
+            }
+            cp_async_commit();
+            cp_async_wait<1>();
+            __syncthreads();
+            const uint32_t kb = sK + buf * Tile<D>::BYTES, vb = sV + buf * Tile<D>::BYTES;
+            // S = Q K^T and dP = dO V^T, 16 query rows x 64 keys per warp.
+            float s[NB][4], dp[NB][4];
+#pragma unroll
+            for (int j = 0; j < NB; j++) {
+                s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+                dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.f;
+            }
+#pragma unroll
+            for (int kc = 0; kc < KC; kc++) {
+                uint32_t qa[4], ga[4];
+                ldsm_x4(Tile<D>::a_addr(sQ, warp * 16, kc * 16, lane), qa);
+                ldsm_x4(Tile<D>::a_addr(sG, warp * 16, kc * 16, lane), ga);
+#pragma unroll
+                for (int j2 = 0; j2 < NB / 2; j2++) {
+                    uint32_t bf[4];
+                    ldsm_x4(Tile<D>::b_addr(kb, j2 * 16, kc * 16, lane), bf);
+                    mma<T>(s[2 * j2], qa, bf[0], bf[1]);
+                    mma<T>(s[2 * j2 + 1], qa, bf[2], bf[3]);
+                    ldsm_x4(Tile<D>::b_addr(vb, j2 * 16, kc * 16, lane), bf);
+                    mma<T>(dp[2 * j2], ga, bf[0], bf[1]);
+                    mma<T>(dp[2 * j2 + 1], ga, bf[2], bf[3]);
+                }
+            }
+            // dS = P (dP - delta), P = exp(S scale - lse); masked pairs give exactly 0.
+#pragma unroll
+            for (int j = 0; j < NB; j++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1;
+                    float p = exp2f(fmaf(s[j][e], c, -rl[r]));
+                    if (kind == 2) {
+                        int t = r == 0 ? tr0 : tr1, sk = kt + 8 * j + 2 * tq + (e & 1);
+                        if (!visible(t, sk, T_, window, segb, sg[r])) p = 0.f;
+                    }
+                    s[j][e] = p * (dp[j][e] - rd[r]);
+                }
+            }
+            // dQ += dS K: K rows are the k dimension here (transposed loads).
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                uint32_t da[4];
+                acc_to_a<T, NB>(s, kk, da);
+#pragma unroll
+                for (int n2 = 0; n2 < DB / 2; n2++) {
+                    uint32_t bf[4];
+                    ldsm_x4_t(Tile<D>::bt_addr(kb, kk * 16, n2 * 16, lane), bf);
+                    mma<T>(acc[2 * n2], da, bf[0], bf[1]);
+                    mma<T>(acc[2 * n2 + 1], da, bf[2], bf[3]);
+                }
+            }
+            __syncthreads();
+            kt = nt;
+            kind = nkind;
+            buf ^= 1;
+        }
+        cp_async_wait<0>();
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int t = r == 0 ? tr0 : tr1;
+        if (t >= T_) continue;
+        T* row = dq + ((int64_t)b * T_ + t) * qw + (int64_t)h * D;
+#pragma unroll
+        for (int j = 0; j < DB; j++) {
+            *reinterpret_cast<uint32_t*>(row + 8 * j + 2 * tq) =
+                    pack2<T>(acc[j][2 * r] * scale, acc[j][2 * r + 1] * scale);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------ dK, dV
+template <typename T, int D>
+__device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                         const int* __restrict__ seg, const T* __restrict__ dout,
+                                         const float* __restrict__ lse, const float* __restrict__ delta,
+                                         T* __restrict__ dk, T* __restrict__ dv, int T_, int H, int KH, float scale,
+                                         int window) {
+    constexpr int NB = BM / 8, KC = D / 16, DB = D / 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    const uint32_t sK = smem_addr(smem);
+    const uint32_t sV = sK + Tile<D>::BYTES;
+    const uint32_t sQ = sV + Tile<D>::BYTES;             // two buffers
+    const uint32_t sG = sQ + 2 * Tile<D>::BYTES;         // two buffers (dO)
+    float* ls = reinterpret_cast<float*>(smem + 6 * Tile<D>::BYTES);   // [2][BM] lse * log2 e of the query tile
+    float* dl = ls + 2 * BM;                                          // [2][BM] delta of the query tile
+
+    const int k0 = blockIdx.x * BN, kh = blockIdx.y, b = blockIdx.z;   // key tile 0 (sees every query) first
+    const int group = H / KH;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+    const int qw = H * D, kw = KH * D;
+    const int* segb = seg != nullptr ? seg + (int64_t)b * T_ : nullptr;
+    const int k1 = min(k0 + BN, T_);
+    // This thread's two key rows (g and g + 8 of the warp's 16) and their segment ids.
+    const int sr0 = k0 + warp * 16 + g, sr1 = sr0 + 8;
+    const int sg[2] = {segb != nullptr && sr0 < T_ ? segb[sr0] : 0, segb != nullptr && sr1 < T_ ? segb[sr1] : 0};
+    const float c = scale * LOG2E;
+
+    // Query tiles that can see keys [k0, k1): t in [k0, k1 - 1 + window - 1] (every t >= k0 without a window).
+    const int qBegin = k0 / BM * BM;
+    const int qEnd = window > 0 ? min(T_, k1 - 1 + window) : T_;
+    const int nq = (qEnd - qBegin + BM - 1) / BM;
+    const int items = group * nq;   // (query head of the group, query tile) pairs, head-major
+    // tile_kind takes the query tile's id range; it depends on the query tile only, not on the head.
+    auto kind_of = [&](int it) {
+        int q0 = qBegin + (it % nq) * BM;
+        int lo = 0, hi = 0;
+        if (segb != nullptr) seg_range(segb, q0, min(q0 + BM, T_), lo, hi);
+        return tile_kind(q0, k0, T_, window, segb, lo, hi);
+    };
+    auto next_item = [&](int it, int& kind) {
+        for (; it < items; it++) {
+            kind = kind_of(it);
+            if (kind != 0) return it;
+        }
+        kind = 0;
+        return it;
+    };
+    auto load_item = [&](int it, int buf) {
+        const int h = kh * group + it / nq, q0 = qBegin + (it % nq) * BM;
+        load_tile_async<T, D>(sQ + buf * Tile<D>::BYTES, q, b, T_, q0, qw, h);
+        load_tile_async<T, D>(sG + buf * Tile<D>::BYTES, dout, b, T_, q0, qw, h);
+        if (threadIdx.x < BM) {   // plain loads; the barrier after the wait publishes them with the tiles
+            int t = q0 + threadIdx.x;
+            int64_t li = ((int64_t)b * H + h) * T_ + t;
+            ls[buf * BM + threadIdx.x] = t < T_ ? lse[li] * LOG2E : 0.f;
+            dl[buf * BM + threadIdx.x] = t < T_ ? delta[li] : 0.f;
+        }
+    };
+
+    float ak[DB][4], av[DB][4];
+#pragma unroll
+    for (int j = 0; j < DB; j++) {
+        ak[j][0] = ak[j][1] = ak[j][2] = ak[j][3] = 0.f;
+        av[j][0] = av[j][1] = av[j][2] = av[j][3] = 0.f;
+    }
+
+    int kind;
+    int it = k0 < T_ ? next_item(0, kind) : items;
+    if (it < items) {
+        load_tile_async<T, D>(sK, k, b, T_, k0, kw, kh);
+        load_tile_async<T, D>(sV, v, b, T_, k0, kw, kh);
+        load_item(it, 0);
+        cp_async_commit();
+        int buf = 0;
+        while (it < items) {
+            int nkind;
+            const int nit = next_item(it + 1, nkind);
+            if (nit < items) load_item(nit, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+            __syncthreads();
+            const int q0 = qBegin + (it % nq) * BM;
+            const uint32_t qb = sQ + buf * Tile<D>::BYTES, gb = sG + buf * Tile<D>::BYTES;
+            const float* lsb = ls + buf * BM;
+            const float* dlb = dl + buf * BM;
+            // S^T = K Q^T: 16 key rows x 64 queries per warp.
+            float st[NB][4];
+#pragma unroll
+            for (int j = 0; j < NB; j++) st[j][0] = st[j][1] = st[j][2] = st[j][3] = 0.f;
+#pragma unroll 1   // unrolled, ptxas hoists every B load of the tile and spills at D = 128
+            for (int kc = 0; kc < KC; kc++) {
+                uint32_t ka[4];
+                ldsm_x4(Tile<D>::a_addr(sK, warp * 16, kc * 16, lane), ka);
+#pragma unroll
+                for (int j2 = 0; j2 < NB / 2; j2++) {
+                    uint32_t bf[4];
+                    ldsm_x4(Tile<D>::b_addr(qb, j2 * 16, kc * 16, lane), bf);
+                    mma<T>(st[2 * j2], ka, bf[0], bf[1]);
+                    mma<T>(st[2 * j2 + 1], ka, bf[2], bf[3]);
+                }
+            }
+            // P^T = exp(S^T scale - lse[query]), exactly 0 where masked; kept only rounded to T (packed A
+            // fragments), which is what both its uses read: the dV product and dS^T below. (Keeping it in f32
+            // as well needs the 32 registers that make D = 128 spill.)
+#pragma unroll
+            for (int j = 0; j < NB; j++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1, col = 8 * j + 2 * tq + (e & 1);
+                    float p = exp2f(fmaf(st[j][e], c, -lsb[col]));
+                    if (kind == 2) {
+                        int s = r == 0 ? sr0 : sr1, t = q0 + col;
+                        // visible(t, s) with the segment test written from the key's side
+                        bool vis = t < T_ && s < T_ && s <= t && (window <= 0 || t - s < window) &&
+                                   (segb == nullptr || segb[t] == sg[r]);
+                        if (!vis) p = 0.f;
+                    }
+                    st[j][e] = p;
+                }
+            }
+            uint32_t pa[BM / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++) acc_to_a<T, NB>(st, kk, pa[kk]);
+            // dV += P^T dO: queries are the k dimension (transposed loads of dO).
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++) {
+#pragma unroll
+                for (int n2 = 0; n2 < DB / 2; n2++) {
+                    uint32_t bf[4];
+                    ldsm_x4_t(Tile<D>::bt_addr(gb, kk * 16, n2 * 16, lane), bf);
+                    mma<T>(av[2 * n2], pa[kk], bf[0], bf[1]);
+                    mma<T>(av[2 * n2 + 1], pa[kk], bf[2], bf[3]);
+                }
+            }
+            // dP^T = V dO^T, then dS^T = P^T (dP^T - delta[query]) in place.
+            float dpt[NB][4];
+#pragma unroll
+            for (int j = 0; j < NB; j++) dpt[j][0] = dpt[j][1] = dpt[j][2] = dpt[j][3] = 0.f;
+#pragma unroll 1
+            for (int kc = 0; kc < KC; kc++) {
+                uint32_t va[4];
+                ldsm_x4(Tile<D>::a_addr(sV, warp * 16, kc * 16, lane), va);
+#pragma unroll
+                for (int j2 = 0; j2 < NB / 2; j2++) {
+                    uint32_t bf[4];
+                    ldsm_x4(Tile<D>::b_addr(gb, j2 * 16, kc * 16, lane), bf);
+                    mma<T>(dpt[2 * j2], va, bf[0], bf[1]);
+                    mma<T>(dpt[2 * j2 + 1], va, bf[2], bf[3]);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < NB; j++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int col = 8 * j + 2 * tq + (e & 1);
+                    // element (j, e) of the accumulator tile sits in pa[j / 2][2 (j % 2) + e / 2], half e % 2
+                    const float2 pp = unpack2<T>(pa[j >> 1][2 * (j & 1) + (e >> 1)]);
+                    dpt[j][e] = ((e & 1) ? pp.y : pp.x) * (dpt[j][e] - dlb[col]);
+                }
+            }
+            // dK += dS^T Q (transposed loads of Q); dK is scaled once at the end.
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++) {
+                uint32_t da[4];
+                acc_to_a<T, NB>(dpt, kk, da);
+#pragma unroll
+                for (int n2 = 0; n2 < DB / 2; n2++) {
+                    uint32_t bf[4];
+                    ldsm_x4_t(Tile<D>::bt_addr(qb, kk * 16, n2 * 16, lane), bf);
+                    mma<T>(ak[2 * n2], da, bf[0], bf[1]);
+                    mma<T>(ak[2 * n2 + 1], da, bf[2], bf[3]);
+                }
+            }
+            __syncthreads();
+            it = nit;
+            kind = nkind;
+            buf ^= 1;
+        }
+        cp_async_wait<0>();
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int s = r == 0 ? sr0 : sr1;
+        if (s >= T_) continue;
+        const int64_t off = ((int64_t)b * T_ + s) * kw + (int64_t)kh * D;
+#pragma unroll
+        for (int j = 0; j < DB; j++) {
+            *reinterpret_cast<uint32_t*>(dk + off + 8 * j + 2 * tq) =
+                    pack2<T>(ak[j][2 * r] * scale, ak[j][2 * r + 1] * scale);
+            *reinterpret_cast<uint32_t*>(dv + off + 8 * j + 2 * tq) = pack2<T>(av[j][2 * r], av[j][2 * r + 1]);
+        }
+    }
+}
+
+// Two blocks of 4 warps per SM: registers (at most 255 a thread) and shared memory (<= 105 KB a block) allow it.
+#define QL_ATTN_TC_D(tn, T, d)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(128, 2) attn_tc_fwd_##tn##_d##d(                                      \
+        const T* q, const T* k, const T* v, const int* seg, T* out, float* lse, int T_, int H, int KH, float scale,    \
+        int window) {                                                                                                  \
+        fwd_impl<T, d>(q, k, v, seg, out, lse, T_, H, KH, scale, window);                                              \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(128, 2) attn_tc_dq_##tn##_d##d(                                       \
+        const T* q, const T* k, const T* v, const int* seg, const T* dout, const float* lse, const float* delta,       \
+        T* dq, int T_, int H, int KH, float scale, int window) {                                                       \
+        dq_impl<T, d>(q, k, v, seg, dout, lse, delta, dq, T_, H, KH, scale, window);                                   \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(128, 2) attn_tc_dkv_##tn##_d##d(                                      \
+        const T* q, const T* k, const T* v, const int* seg, const T* dout, const float* lse, const float* delta,       \
+        T* dk, T* dv, int T_, int H, int KH, float scale, int window) {                                                \
+        dkv_impl<T, d>(q, k, v, seg, dout, lse, delta, dk, dv, T_, H, KH, scale, window);                              \
+    }
+
+#define QL_ATTN_TC(tn, T)                                                                                              \
+    QL_ATTN_TC_D(tn, T, 64)                                                                                            \
+    QL_ATTN_TC_D(tn, T, 128)                                                                                           \
+    extern "C" __global__ void attn_tc_delta_##tn(const T* o, const T* dout, float* delta, int B, int T_, int H,       \
+                                                  int D) {                                                             \
+        delta_impl<T>(o, dout, delta, B, T_, H, D);                                                                    \
+    }
+
+QL_ATTN_TC(bf16, __nv_bfloat16)
+QL_ATTN_TC(f16, __half)
