@@ -293,9 +293,10 @@ extern "C" __global__ void __launch_bounds__(256) q4_convert(const void* __restr
 }
 
 // q4_bias_epilogue: y[m, o] = round(y_dtype, round(compute, acc[m, o] + round(compute, bias[o]))) for m < rows,
-// o < cols; acc is the float32 output of the prefill GEMM. The one rounding of (sum + bias) Nf4Matmul does:
-// a 16-bit GEMM with the bias as its beta = 1 C operand rounded the sum before adding the bias (seen on the H200,
-// errors far past a few ulps where the bias cancels the sum), so the bias is never added by cuBLAS.
+// o < cols; acc is the float32 output of the prefill GEMM. The one rounding of (sum + bias) Nf4Matmul does, made
+// here rather than trusted to cuBLAS: the earlier path (bias rows as the beta = 1 C operand of a 16-bit GEMM) failed
+// the linear test with 16-bit compute and a bias, which is what a sum rounded before the bias add gives where the
+// bias cancels the sum (errors of many ulps of the result).
 extern "C" __global__ void __launch_bounds__(256) q4_bias_epilogue(const float* __restrict__ acc,
                                                                    const void* __restrict__ bias, int bias_dtype,
                                                                    int compute_dtype, void* __restrict__ y, int y_dtype,

@@ -210,8 +210,9 @@ public final class CudaQuantOps {
     /**
      * How the prefill path forms y: the GEMM's output dtype, and whether a bias epilogue (not a conversion) makes y.
      * With a bias the GEMM writes float32 and the epilogue rounds (sum + bias) once to the compute dtype, as
-     * Nf4Matmul does; a 16-bit GEMM with the bias as its beta = 1 C operand rounds the sum on its own first, which
-     * is wrong by far more than an ulp where the bias cancels the sum. Without a bias the GEMM writes the compute
+     * Nf4Matmul does. (The bias as the beta = 1 C operand of a 16-bit GEMM failed the GPU test with 16-bit compute and
+     * a bias: a sum rounded before the bias add is wrong by many ulps where the bias cancels it; the epilogue does not
+     * depend on how cuBLAS orders its epilogue.) Without a bias the GEMM writes the compute
      * dtype (its one rounding), converted to x's dtype when that differs.
      */
     record PrefillPlan(DType gemmOutput, boolean biasEpilogue) {}
