@@ -292,12 +292,19 @@ extern "C" __global__ void __launch_bounds__(256) q4_convert(const void* __restr
     }
 }
 
-// q4_bias_rows: y[m, o] = round(y_dtype, bias[o]) for m < rows, o < cols (the C operand of a beta=1 GEMM).
-extern "C" __global__ void __launch_bounds__(256) q4_bias_rows(const void* __restrict__ bias, int bias_dtype,
-                                                               void* __restrict__ y, int y_dtype, int64_t rows, int cols) {
+// q4_bias_epilogue: y[m, o] = round(y_dtype, round(compute, acc[m, o] + round(compute, bias[o]))) for m < rows,
+// o < cols; acc is the float32 output of the prefill GEMM. The one rounding of (sum + bias) Nf4Matmul does, made
+// here rather than trusted to cuBLAS: the earlier path (bias rows as the beta = 1 C operand of a 16-bit GEMM) failed
+// the linear test with 16-bit compute and a bias, which is what a sum rounded before the bias add gives where the
+// bias cancels the sum (errors of many ulps of the result).
+extern "C" __global__ void __launch_bounds__(256) q4_bias_epilogue(const float* __restrict__ acc,
+                                                                   const void* __restrict__ bias, int bias_dtype,
+                                                                   int compute_dtype, void* __restrict__ y, int y_dtype,
+                                                                   int64_t rows, int cols) {
     int64_t n = rows * cols;
     for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
-        store_from_f32(y, i, y_dtype, load_as_f32(bias, i % cols, bias_dtype));
+        float b = round_to(load_as_f32(bias, i % cols, bias_dtype), compute_dtype);
+        store_from_f32(y, i, y_dtype, round_to(__fadd_rn(acc[i], b), compute_dtype));
     }
 }
 
@@ -742,13 +749,93 @@ __device__ __forceinline__ void stream_compute(const StreamLoad& L, const Q4Weig
     }
 }
 
+// ---- register-table decode (the "hybrid" variant: every reg_period-th chunk of a warp decodes on the ALU pipe
+// instead of through the shared-memory pair table, so the two pipes share the decode; see NOTES-nf4-gemv.md).
+// A thread's 16 bytes of one row lie in one absmax block (blocks are >= 32 values, rows start at multiples of 32),
+// so the 16 possible weights of the slice, T[q] = pack_pair(fl(code[q] * amax)) (exactly the values decode_byte
+// gives), are built once per slice and held as byte planes: P[j] = low bytes of T[4j..4j+3], P[4+j] = high bytes.
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+    uint32_t r;  // PTX prmt (not __byte_perm): selector bit 3 of a nibble is the sign-replicate mode used below
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+    return r;
+}
+
+template <bool F16C, bool DR>
+__device__ __forceinline__ void build_planes(const float* code_s, float amax, uint32_t (&P)[8]) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        // t0 = (T[4j] low half, T[4j+1] high half), t1 = (T[4j+2], T[4j+3])
+        float4 c = reinterpret_cast<const float4*>(code_s)[j];
+        uint32_t t0 = pack_pair<F16C, DR>(__fmul_rn(c.x, amax), __fmul_rn(c.y, amax));
+        uint32_t t1 = pack_pair<F16C, DR>(__fmul_rn(c.z, amax), __fmul_rn(c.w, amax));
+        P[j] = prmt(t0, t1, 0x6420);      // low bytes of T[4j], T[4j+1], T[4j+2], T[4j+3]
+        P[4 + j] = prmt(t0, t1, 0x7531);  // high bytes
+    }
+}
+
+// The four decoded bytes of a packed word: r[b] = (T[high nibble of byte b] low half, T[low nibble] high half),
+// the same register decode_byte(word, b) gives. prmt looks up 4 nibbles at a time (selector = 4 nibbles, the
+// output byte i from nibble i): entries 0-7 with the nibbles as they are, 8-15 with bit 3 flipped; a byte mask
+// of the nibbles' bit 3 (prmt in sign-replicate mode over w << 4 and w) picks between the two.
+__device__ __forceinline__ void lookup_word(uint32_t w, const uint32_t (&P)[8], uint32_t* r) {
+    const uint32_t sh = w << 4;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const uint32_t s = h ? (w >> 16) : w;  // nibbles: (byte 2h low, byte 2h high, byte 2h+1 low, byte 2h+1 high)
+        const uint32_t sx = s ^ 0x8888u;
+        const uint32_t m = prmt(sh, w, h ? 0xFBEA : 0xD9C8);  // 0xFF where the nibble is >= 8
+        const uint32_t lo = (prmt(P[0], P[1], s) & ~m) | (prmt(P[2], P[3], sx) & m);
+        const uint32_t hi = (prmt(P[4], P[5], s) & ~m) | (prmt(P[6], P[7], sx) & m);
+        r[2 * h] = prmt(lo, hi, 0x4051);      // byte 2h: high nibble's value in the low half
+        r[2 * h + 1] = prmt(lo, hi, 0x6273);  // byte 2h+1
+    }
+}
+
+// stream_compute with the register-table decode (same products, same k order, same values).
+template <bool F16C, bool DR, int NT>
+__device__ __forceinline__ void stream_compute_reg(const StreamLoad& L, const Q4Weight& w, const float* code_s,
+                                                   const uint4* xs_chunk, int M, int g, int t, float (&acc)[NT][4]) {
+    const int MP = 8 * NT;
+    uint32_t P0[8], P1[8];
+    build_planes<F16C, DR>(code_s, stream_absmax(w, L.s0, L.q0), P0);
+    build_planes<F16C, DR>(code_s, stream_absmax(w, L.s1, L.q1), P1);
+    uint32_t xw[NT][16];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const bool live = g + 8 * nt < M;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint4 v = live ? xs_chunk[(j * MP + g + 8 * nt) * 4 + t] : make_uint4(0, 0, 0, 0);
+            xw[nt][4 * j] = v.x; xw[nt][4 * j + 1] = v.y; xw[nt][4 * j + 2] = v.z; xw[nt][4 * j + 3] = v.w;
+        }
+    }
+    const uint32_t w0[4] = {L.w0.x, L.w0.y, L.w0.z, L.w0.w};
+    const uint32_t w1[4] = {L.w1.x, L.w1.y, L.w1.z, L.w1.w};
+#pragma unroll
+    for (int word = 0; word < 4; word++) {
+        uint32_t r0[4], r1[4];
+        lookup_word(w0[word], P0, r0);
+        lookup_word(w1[word], P1, r1);
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int st = 2 * word + half, byte = 2 * half;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                mma16816<F16C>(acc[nt], r0[byte], r1[byte], r0[byte + 1], r1[byte + 1], xw[nt][2 * st], xw[nt][2 * st + 1]);
+            }
+        }
+    }
+}
+
 template <bool F16C, bool DR, int NT>
 __device__ void gemv_stream_body(Q4Weight w, const float* __restrict__ code16, const uint16_t* __restrict__ x,
                                  int M, int N, int K, int S, const void* __restrict__ bias, int bias_dtype,
                                  void* __restrict__ y, int y_dtype, float* __restrict__ partials,
-                                 int* __restrict__ counters) {
+                                 int* __restrict__ counters, int reg_period) {
     extern __shared__ __align__(16) unsigned char stream_smem[];
     __shared__ int last_arrival;
+    __shared__ __align__(16) float code_s[16];  // the 16 factors, for the register-table decode
     const int MP = 8 * NT;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
@@ -768,6 +855,7 @@ __device__ void gemv_stream_body(Q4Weight w, const float* __restrict__ code16, c
         int byte = j >> 5;
         reinterpret_cast<float2*>(stream_smem)[j] = make_float2(__ldg(code16 + (byte >> 4)), __ldg(code16 + (byte & 15)));
     }
+    if (threadIdx.x < 16) code_s[threadIdx.x] = __ldg(code16 + threadIdx.x);
     float* ncode = reinterpret_cast<float*>(stream_smem + GEMV_TABLE_BYTES);
     if (w.nested) {
         for (int j = threadIdx.x; j < 256; j += STREAM_THREADS) ncode[j] = __ldg(w.nested_code + j);
@@ -791,9 +879,17 @@ __device__ void gemv_stream_body(Q4Weight w, const float* __restrict__ code16, c
     float acc[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    // reg_period > 0 (hybrid): chunks reg_period - 1, 2 * reg_period - 1, ... of the split decode in registers
+    int phase = 0;
     for (int c = c0; c < c1; c++) {
         StreamLoad ahead = stream_load(w, r0, N, K, kb0 + (c + 2 - c0) * GEMV_CHUNK_K, c + 2 < c1);
-        stream_compute<F16C, DR, NT>(cur, w, table, lane_off, xs + (c - c0) * (4 * MP * 4), M, g, t, acc);
+        const uint4* xs_chunk = xs + (c - c0) * (4 * MP * 4);
+        if (reg_period > 0 && ++phase == reg_period) {
+            phase = 0;
+            stream_compute_reg<F16C, DR, NT>(cur, w, code_s, xs_chunk, M, g, t, acc);
+        } else {
+            stream_compute<F16C, DR, NT>(cur, w, table, lane_off, xs_chunk, M, g, t, acc);
+        }
         cur = nxt;
         nxt = ahead;
     }
@@ -835,14 +931,14 @@ __device__ void gemv_stream_body(Q4Weight w, const float* __restrict__ code16, c
     extern "C" __global__ void __launch_bounds__(STREAM_THREADS, 2) name(                                            \
         Q4_WEIGHT_PARAMS, const float* __restrict__ code16, const uint16_t* __restrict__ x, int M, int N, int K,      \
         int S, const void* __restrict__ bias, int bias_dtype, void* __restrict__ y, int y_dtype,                    \
-        float* __restrict__ partials, int* __restrict__ counters, int double_round) {                               \
+        float* __restrict__ partials, int* __restrict__ counters, int double_round, int reg_period) {                \
         Q4_WEIGHT_MAKE;                                                                                              \
         if (double_round) {                                                                                          \
             gemv_stream_body<F16C, true, NT>(w, code16, x, M, N, K, S, bias, bias_dtype, y, y_dtype, partials,       \
-                                             counters);                                                              \
+                                             counters, reg_period);                                                  \
         } else {                                                                                                     \
             gemv_stream_body<F16C, false, NT>(w, code16, x, M, N, K, S, bias, bias_dtype, y, y_dtype, partials,      \
-                                              counters);                                                             \
+                                              counters, reg_period);                                                 \
         }                                                                                                            \
     }
 

@@ -90,8 +90,10 @@ final class CudaNf4BenchWorkload implements AutoCloseable {
         return new Tensor(new dev.qlora4j.tensor.HostStorage(MemorySegment.ofArray(bits), null), DType.BF16, true, r, c);
     }
 
-    /** System property of the decode GEMV variant (Quant4bitKernels.GEMV_VARIANT_PROPERTY): stream or mma. */
+    /** System property of the decode GEMV variant (Quant4bitKernels.GEMV_VARIANT_PROPERTY): hybrid, stream or mma. */
     static final String GEMV_PROPERTY = "qlora4j.nf4.gemv";
+    /** System property of the hybrid variant's register-decode period (Quant4bitKernels.HYBRID_PERIOD_PROPERTY). */
+    static final String HYBRID_PERIOD_PROPERTY = "qlora4j.nf4.hybridPeriod";
 
     /** Captures LAUNCHES 4-bit linears (rotating the weight copies) into a graph, with the default GEMV variant. */
     long nf4Graph() {
@@ -100,18 +102,29 @@ final class CudaNf4BenchWorkload implements AutoCloseable {
     }
 
     /**
-     * As {@link #nf4Graph()} with the decode GEMV variant ("stream" or "mma") chosen for the capture: the
-     * launcher reads the property at each call, so the captured kernels are that variant's. Not cached.
+     * As {@link #nf4Graph()} with the decode GEMV variant chosen for the capture: "hybrid", "hybrid:P" (every P-th
+     * chunk decoded in registers), "stream" or "mma". The launcher reads the properties at each call, so the
+     * captured kernels are that variant's. Not cached.
      */
     long nf4Graph(String variant) {
+        int colon = variant.indexOf(':');
+        String name = colon < 0 ? variant : variant.substring(0, colon);
+        String period = colon < 0 ? null : variant.substring(colon + 1);
         String before = System.getProperty(GEMV_PROPERTY);
-        System.setProperty(GEMV_PROPERTY, variant);
+        String beforePeriod = System.getProperty(HYBRID_PERIOD_PROPERTY);
+        System.setProperty(GEMV_PROPERTY, name);
+        if (period != null) System.setProperty(HYBRID_PERIOD_PROPERTY, period);
         try {
             return capture(i -> CudaQuantOps.linear(ctx, x, nf4.get(i % nf4.size()), null).close());
         } finally {
-            if (before == null) System.clearProperty(GEMV_PROPERTY);
-            else System.setProperty(GEMV_PROPERTY, before);
+            restore(GEMV_PROPERTY, before);
+            restore(HYBRID_PERIOD_PROPERTY, beforePeriod);
         }
+    }
+
+    private static void restore(String key, String value) {
+        if (value == null) System.clearProperty(key);
+        else System.setProperty(key, value);
     }
 
     /** Captures LAUNCHES cuBLAS BF16 linears of the same shape into a graph. */

@@ -21,9 +21,10 @@ import java.util.Arrays;
  * <p>4-bit linear, y [n, out] = x [n, in] W^T + bias, by rows of x:
  * <ul>
  *   <li>n &lt;= 16 (decode): one fused kernel that reads each packed byte once (tensor cores for BF16/F16
- *       compute with in % 32 == 0, the streaming kernel unless -Dqlora4j.nf4.gemv=mma picks the stream-K one;
- *       a float32 SIMT kernel for F32 compute or other in);</li>
- *   <li>n &gt; 16 (prefill, training): dequantize into a compute-dtype workspace, then one cuBLAS GEMM.</li>
+ *       compute with in % 32 == 0: the hybrid streaming kernel unless -Dqlora4j.nf4.gemv=stream|mma picks the
+ *       pair-table-only streaming kernel or the stream-K one; a float32 SIMT kernel for F32 compute or other in);</li>
+ *   <li>n &gt; 16 (prefill, training): dequantize into a compute-dtype workspace, then one cuBLAS GEMM (float32
+ *       output plus a bias epilogue when there is a bias, see {@link PrefillPlan}).</li>
  * </ul>
  * Compute dtype semantics (Nf4Matmul, bitsandbytes' Linear4bit): weight rounded to the state's dtype then to
  * the compute dtype; x and bias rounded to the compute dtype; float32 accumulation; the sum plus bias
@@ -186,24 +187,40 @@ public final class CudaQuantOps {
         }
         // prefill: weight dequantized to the compute dtype (through the state's dtype), one cuBLAS GEMM
         DType mid = w.stateDType() == DType.F32 || w.stateDType() == compute ? DType.F32 : w.stateDType();
+        PrefillPlan plan = prefillPlan(x.dtype(), compute, bias != null);
         Tensor xc = x.dtype() == compute ? x : converted(ctx, x, compute);
-        Tensor yc = x.dtype() == compute ? y : ctx.empty(compute, n, w.outFeatures());
+        Tensor gemmOut = plan.gemmOutput() == y.dtype() ? y : ctx.empty(plan.gemmOutput(), n, w.outFeatures());
         try (Tensor wc = ctx.empty(compute, w.outFeatures(), w.inFeatures())) {
             Quant4bitKernels.dequantize(ctx, w, wc, mid);
-            float beta = 0f;
-            if (bias != null) {  // C = round(compute, bias) per row, added by the GEMM's beta = 1 before its one rounding
-                Quant4bitKernels.biasRows(ctx, bias, yc, n, w.outFeatures());
-                beta = 1f;
-            }
-            Cublas.DataType t = cublasType(compute);
             ctx.cublas().gemmRowMajor(false, true, n, w.outFeatures(), w.inFeatures(), 1f, CudaContext.ptr(xc),
-                    CudaContext.ptr(wc), t, beta, CudaContext.ptr(yc), t);
-            if (yc != y) Quant4bitKernels.convert(ctx, yc, y);
+                    CudaContext.ptr(wc), cublasType(compute), 0f, CudaContext.ptr(gemmOut), cublasType(plan.gemmOutput()));
+            if (plan.biasEpilogue()) {
+                // in place when gemmOut is y (F32): each element is read before it is written, by the same thread
+                Quant4bitKernels.biasEpilogue(ctx, gemmOut, bias, compute, y, n, w.outFeatures());
+            } else if (gemmOut != y) {
+                Quant4bitKernels.convert(ctx, gemmOut, y);
+            }
         } finally {
             if (xc != x) xc.close();
-            if (yc != y) yc.close();
+            if (gemmOut != y) gemmOut.close();
         }
         return y;
+    }
+
+    /**
+     * How the prefill path forms y: the GEMM's output dtype, and whether a bias epilogue (not a conversion) makes y.
+     * With a bias the GEMM writes float32 and the epilogue rounds (sum + bias) once to the compute dtype, as
+     * Nf4Matmul does. (The bias as the beta = 1 C operand of a 16-bit GEMM failed the GPU test with 16-bit compute and
+     * a bias: a sum rounded before the bias add is wrong by many ulps where the bias cancels it; the epilogue does not
+     * depend on how cuBLAS orders its epilogue.) Without a bias the GEMM writes the compute
+     * dtype (its one rounding), converted to x's dtype when that differs.
+     */
+    record PrefillPlan(DType gemmOutput, boolean biasEpilogue) {}
+
+    static PrefillPlan prefillPlan(DType xDType, DType compute, boolean bias) {
+        Quant4bitKernels.dtypeCode(xDType, "x");
+        Quant4bitKernels.dtypeCode(compute, "compute dtype");
+        return bias ? new PrefillPlan(DType.F32, true) : new PrefillPlan(compute, false);
     }
 
     // ---- helpers ----

@@ -30,8 +30,14 @@ final class Quant4bitKernels {
     static final int STREAM_FIXED_SMEM = 256 * 32 * 8 + 256 * 4;
     /** Shared memory for the x slice of one stream block, at most (two blocks per SM with the 65 KiB tables). */
     static final int STREAM_MAX_X_BYTES = 40 * 1024;
-    /** System property choosing the decode GEMV: "stream" (default) or "mma" (the stream-K kernel). */
+    /** System property choosing the decode GEMV: "hybrid" (default), "stream" or "mma" (the stream-K kernel). */
     static final String GEMV_VARIANT_PROPERTY = "qlora4j.nf4.gemv";
+    /**
+     * System property of the hybrid variant: every Nth 128-wide chunk of a warp is decoded through register tables
+     * (ALU pipe) instead of the shared-memory pair table (default 3: a third of the bytes; NOTES-nf4-gemv.md).
+     */
+    static final String HYBRID_PERIOD_PROPERTY = "qlora4j.nf4.hybridPeriod";
+    static final int DEFAULT_HYBRID_PERIOD = 3;
 
     private static final Set<Long> SHARED_MEMORY_RAISED = ConcurrentHashMap.newKeySet();
     private static final Map<CudaContext, GemvScratch> SCRATCH = new WeakHashMap<>();
@@ -110,11 +116,15 @@ final class Quant4bitKernels {
         ctx.launch(ctx.function(MODULE, "q4_convert"), strideGrid(ctx, n, 256), Dim3.of(256), 0, args);
     }
 
-    /** y [rows, cols] = round(y.dtype, bias[col]). */
-    static void biasRows(CudaContext ctx, Tensor bias, Tensor y, int rows, int cols) {
-        KernelArgs args = KernelArgs.of().ptr(CudaContext.ptr(bias)).i32(dtypeCode(bias.dtype(), "bias"))
-                .ptr(CudaContext.ptr(y)).i32(dtypeCode(y.dtype(), "output")).i64(rows).i32(cols);
-        ctx.launch(ctx.function(MODULE, "q4_bias_rows"), strideGrid(ctx, (long) rows * cols, 256), Dim3.of(256), 0, args);
+    /**
+     * y [rows, cols] in y.dtype = round(compute, acc + round(compute, bias[col])), acc F32 [rows, cols] (the prefill
+     * GEMM's float32 output): the bias is added before the one rounding to the compute dtype, as Nf4Matmul does.
+     */
+    static void biasEpilogue(CudaContext ctx, Tensor acc, Tensor bias, DType compute, Tensor y, int rows, int cols) {
+        KernelArgs args = KernelArgs.of().ptr(CudaContext.ptr(acc)).ptr(CudaContext.ptr(bias)).i32(dtypeCode(bias.dtype(), "bias"))
+                .i32(dtypeCode(compute, "compute dtype")).ptr(CudaContext.ptr(y)).i32(dtypeCode(y.dtype(), "output"))
+                .i64(rows).i32(cols);
+        ctx.launch(ctx.function(MODULE, "q4_bias_epilogue"), strideGrid(ctx, (long) rows * cols, 256), Dim3.of(256), 0, args);
     }
 
     /** The float32 SIMT GEMV: any K, any compute dtype, rows <= 16. */
@@ -147,23 +157,53 @@ final class Quant4bitKernels {
         return (int) Math.min(wanted, byWork);
     }
 
-    /** The decode GEMV variants of 16-bit compute with K % 32 == 0 (same numerics, different work layout). */
-    enum GemvVariant { STREAM, MMA }
+    /**
+     * The decode GEMV variants of 16-bit compute with K % 32 == 0 (same numerics, bit-identical weights):
+     * HYBRID = the streaming kernel with part of the decode on register tables, STREAM = the streaming kernel
+     * decoding only through the shared-memory pair table, MMA = the stream-K kernel.
+     */
+    enum GemvVariant { HYBRID, STREAM, MMA }
 
     /** The variant the system property qlora4j.nf4.gemv names (read per call, so a benchmark can switch). */
     static GemvVariant gemvVariant() {
-        String v = System.getProperty(GEMV_VARIANT_PROPERTY, "stream").trim().toLowerCase(java.util.Locale.ROOT);
+        return parseVariant(System.getProperty(GEMV_VARIANT_PROPERTY, "hybrid"));
+    }
+
+    static GemvVariant parseVariant(String value) {
+        String v = value.trim().toLowerCase(java.util.Locale.ROOT);
         return switch (v) {
-            case "stream", "" -> GemvVariant.STREAM;
+            case "hybrid", "" -> GemvVariant.HYBRID;
+            case "stream" -> GemvVariant.STREAM;
             case "mma" -> GemvVariant.MMA;
-            default -> throw new IllegalArgumentException("system property " + GEMV_VARIANT_PROPERTY + " must be stream or mma, got '" + v + "'");
+            default -> throw new IllegalArgumentException("system property " + GEMV_VARIANT_PROPERTY
+                    + " must be hybrid, stream or mma, got '" + value + "'");
         };
+    }
+
+    /** The hybrid variant's register-decode period (system property qlora4j.nf4.hybridPeriod, read per call). */
+    static int hybridPeriod() {
+        return parseHybridPeriod(System.getProperty(HYBRID_PERIOD_PROPERTY, Integer.toString(DEFAULT_HYBRID_PERIOD)));
+    }
+
+    static int parseHybridPeriod(String value) {
+        int p;
+        try {
+            p = Integer.parseInt(value.trim());
+        } catch (NumberFormatException e) {
+            p = -1;
+        }
+        if (p < 1 || p > 64) {
+            throw new IllegalArgumentException("system property " + HYBRID_PERIOD_PROPERTY + " must be an integer in 1..64"
+                    + " (1 = every chunk decoded in registers, 3 = every third), got '" + value + "'");
+        }
+        return p;
     }
 
     /** The tensor-core GEMV of the chosen variant; xc is x in the compute dtype (16-byte aligned rows). */
     static void gemv(CudaContext ctx, CudaQuant4bit w, Tensor xc, int rows, Tensor bias, Tensor y, GemvVariant variant) {
         switch (variant) {
-            case STREAM -> gemvStream(ctx, w, xc, rows, bias, y);
+            case HYBRID -> gemvStream(ctx, w, xc, rows, bias, y, hybridPeriod());
+            case STREAM -> gemvStream(ctx, w, xc, rows, bias, y, 0);
             case MMA -> gemvMma(ctx, w, xc, rows, bias, y);
         }
     }
@@ -194,8 +234,11 @@ final class Quant4bitKernels {
         return STREAM_FIXED_SMEM + streamPaddedRows(rows) * perSplit * GEMV_CHUNK_K * 2;
     }
 
-    /** The streaming tensor-core GEMV (native/NOTES-nf4-gemv.md); xc is x in the compute dtype, K % 32 == 0. */
-    static void gemvStream(CudaContext ctx, CudaQuant4bit w, Tensor xc, int rows, Tensor bias, Tensor y) {
+    /**
+     * The streaming tensor-core GEMV (native/NOTES-nf4-gemv.md); xc is x in the compute dtype, K % 32 == 0.
+     * regPeriod 0: all decoding through the shared pair table; p > 0: every p-th chunk of a warp through register tables.
+     */
+    static void gemvStream(CudaContext ctx, CudaQuant4bit w, Tensor xc, int rows, Tensor bias, Tensor y, int regPeriod) {
         boolean f16 = w.computeDType() == DType.F16;
         String kernel = "q4_gemv_stream_" + (f16 ? "f16" : "bf16") + (rows <= 8 ? "_m8" : "_m16");
         long fn = ctx.function(MODULE, kernel);
@@ -214,7 +257,7 @@ final class Quant4bitKernels {
                 .ptr(bias == null ? 0L : CudaContext.ptr(bias)).i32(bias == null ? 0 : dtypeCode(bias.dtype(), "bias"))
                 .ptr(CudaContext.ptr(y)).i32(dtypeCode(y.dtype(), "output"))
                 .ptr(scratch.partials == null ? 0L : CudaContext.ptr(scratch.partials)).ptr(CudaContext.ptr(scratch.counters))
-                .i32(doubleRound ? 1 : 0);
+                .i32(doubleRound ? 1 : 0).i32(regPeriod);
         ctx.launch(fn, Dim3.of((int) blocks), Dim3.of(STREAM_THREADS), smem, args);
     }
 

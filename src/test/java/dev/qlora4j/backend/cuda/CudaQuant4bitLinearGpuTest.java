@@ -21,8 +21,9 @@ import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
 
 /**
- * The 4-bit linear (both tensor-core GEMV variants, stream and mma; the SIMT GEMV; dequantize + cuBLAS)
- * against Nf4Matmul.linear.
+ * The 4-bit linear (every tensor-core GEMV variant: hybrid, stream, mma, and the streaming kernel with all chunks
+ * decoded in registers; the SIMT GEMV; dequantize + cuBLAS with and without the bias epilogue) against
+ * Nf4Matmul.linear.
  *
  * <p>Tolerance, per output element: |gpu - ref| <= 1e-5 * sum_k |x_k * w_k| + q(compute) + q(x dtype), where
  * the sum runs over the operands as both sides round them (x and w rounded to the compute dtype the same
@@ -103,8 +104,56 @@ class CudaQuant4bitLinearGpuTest {
                 rnd.nextBoolean() ? null : DType.BF16, rnd);
     }
 
+    static Stream<Arguments> everyDtypeCombination() {
+        // compute x state x x x bias, on both paths (3 rows: GEMV; 20 rows: dequantize + cuBLAS); double quantization
+        // and the quant type alternate deterministically so both appear with every compute dtype
+        List<Arguments> out = new ArrayList<>();
+        DType[] dtypes = {DType.F32, DType.BF16, DType.F16};
+        DType[] biases = {null, DType.F32, DType.BF16, DType.F16};
+        int i = 0;
+        for (int rows : new int[] {3, 20})
+            for (DType compute : dtypes)
+                for (DType state : dtypes)
+                    for (DType xd : dtypes)
+                        for (DType biasD : biases) {
+                            out.add(Arguments.of(rows, compute, state, xd, biasD, i % 2 == 1, (i / 2) % 3 == 2));
+                            i++;
+                        }
+        return out.stream();
+    }
+
+    @ParameterizedTest(name = "rows={0} compute={1} state={2} x={3} bias={4} nested={5} fp4={6}")
+    @MethodSource("everyDtypeCombination")
+    void everyDtypeCombinationMatchesNf4Matmul(int rows, DType compute, DType state, DType xd, DType biasD, boolean nested,
+                                                boolean fp4) {
+        check(72, 192, rows, compute, fp4 ? QuantType.FP4 : QuantType.NF4, nested, 64, state, xd, biasD, new Random());
+    }
+
+    static Stream<Arguments> decodeRowsAndBlocksizes() {
+        // every rows count of the GEMV (1..16), odd N (not a multiple of the 16-row tile or the 128-row panel), K a
+        // multiple of 64 but not of 128 (a partial last chunk), blocksizes 64..4096 (4096 > K: blocks straddle rows),
+        // with and without double quantization, x in each dtype
+        List<Arguments> out = new ArrayList<>();
+        int[] blocksizes = {64, 128, 256, 4096};
+        DType[] xds = {DType.BF16, DType.F16, DType.F32};
+        for (int rows = 1; rows <= 16; rows++) {
+            for (boolean nested : new boolean[] {false, true}) {
+                int bs = blocksizes[(rows + (nested ? 1 : 0)) % 4];
+                out.add(Arguments.of(rows, nested, bs, rows % 2 == 0 ? DType.BF16 : DType.F16, xds[rows % 3]));
+            }
+        }
+        return out.stream();
+    }
+
+    @ParameterizedTest(name = "rows={0} nested={1} bs={2} compute={3} x={4}")
+    @MethodSource("decodeRowsAndBlocksizes")
+    void decodeRowsAndBlocksizesMatchNf4Matmul(int rows, boolean nested, int blocksize, DType compute, DType xd) {
+        Random rnd = new Random();
+        check(147, 1344, rows, compute, QuantType.NF4, nested, blocksize, DType.BF16, xd, rows % 3 == 0 ? DType.BF16 : null, rnd);
+    }
+
     @ParameterizedTest(name = "qlora4j.nf4.gemv={0}")
-    @org.junit.jupiter.params.provider.ValueSource(strings = {"mma", "stream"})
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"mma", "stream", "hybrid"})
     void publicLinearFollowsTheVariantProperty(String variant) {
         String before = System.getProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY);
         System.setProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY, variant);
@@ -150,7 +199,8 @@ class CudaQuant4bitLinearGpuTest {
                 // the kernels directly into a poisoned output (the public path allocates its own)
                 try (Tensor y = QuantGpuSupport.poisoned(ctx, xd, rows, outF)) {
                     if (Quant4bitKernels.mmaGemvApplies(q)) {
-                        // both tensor-core variants, each twice (the split kernels must leave their counters at 0)
+                        // every tensor-core variant, each twice (the split kernels must leave their counters at 0), and
+                        // the streaming kernel with every chunk (period 1) and every other chunk decoded in registers
                         try (Tensor xc = QuantGpuSupport.upload(ctx, x, compute, rows, inF)) {
                             for (Quant4bitKernels.GemvVariant v : Quant4bitKernels.GemvVariant.values()) {
                                 for (int rep = 0; rep < 2; rep++) {
@@ -158,6 +208,11 @@ class CudaQuant4bitLinearGpuTest {
                                     Quant4bitKernels.gemv(ctx, q, xc, rows, bdev, y, v);
                                     compare(ctx.download(y).toFloatArray(), ref, sumAbs, compute, xd, what + " (" + v + " #" + rep + ")");
                                 }
+                            }
+                            for (int period : new int[] {1, 2}) {
+                                ctx.driver().memsetD8Async(CudaContext.ptr(y), (byte) 0xFF, y.byteSize(), ctx.stream());
+                                Quant4bitKernels.gemvStream(ctx, q, xc, rows, bdev, y, period);
+                                compare(ctx.download(y).toFloatArray(), ref, sumAbs, compute, xd, what + " (register period " + period + ")");
                             }
                         }
                     } else {
