@@ -636,5 +636,6 @@ public final class TransformerLM implements AutoCloseable {
         if (!tied) lmHead.close();
         if (invFreq != null) invFreq.close();
         residency.close();
+        activationStore.close();
     }
 }
