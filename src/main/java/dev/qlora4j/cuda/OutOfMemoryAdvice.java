@@ -17,16 +17,17 @@ public final class OutOfMemoryAdvice {
 
     static String message(long requested, long block, long allocated, long reserved, long peak, MemoryInfo info) {
         StringBuilder sb = new StringBuilder(String.format(Locale.ROOT,
-                "out of GPU memory: requested %s (block %s) even after emptying the allocator's cache; in use by live tensors %s "
-                        + "(peak %s), held by the allocator %s",
-                gib(requested), gib(block), gib(allocated), gib(peak), gib(reserved)));
+                "out of GPU memory: requested %d bytes (%s, block %d) even after emptying the allocator's cache; allocated %d bytes "
+                        + "in live tensors (%s, peak %s), reserved %d by the allocator (%s)",
+                requested, gib(requested), block, allocated, gib(allocated), gib(peak), reserved, gib(reserved)));
         if (info != null) {
-            sb.append(String.format(Locale.ROOT, "; device free %s of total %s", gib(info.freeBytes()), gib(info.totalBytes())));
+            sb.append(String.format(Locale.ROOT, "; device free %d of total %d bytes (%s of %s)", info.freeBytes(), info.totalBytes(),
+                    gib(info.freeBytes()), gib(info.totalBytes())));
         }
         return sb.append("; ").append(SETTINGS).toString();
     }
 
     private static String gib(long bytes) {
-        return String.format(Locale.ROOT, "%.2f GiB (%d bytes)", bytes / (double) (1L << 30), bytes);
+        return String.format(Locale.ROOT, "%.2f GiB", bytes / (double) (1L << 30));
     }
 }
