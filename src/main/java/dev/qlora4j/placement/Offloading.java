@@ -83,6 +83,25 @@ public final class Offloading {
         return new WeightStreamer(new HostSlotDevice(), plan, offloadFolder);
     }
 
+    /**
+     * The explicit device map that keeps everything on GPU gpu except the last n decoder layers, which go to
+     * target ("cpu" or "disk"): what the benchmarks' --offload-layers N measures.
+     */
+    public static String lastLayersOn(int numLayers, int n, int gpu, String target) {
+        if (n < 0 || n > numLayers) throw new IllegalArgumentException("--offload-layers must be 0.." + numLayers + ", got " + n);
+        StringBuilder sb = new StringBuilder("{\"\":").append(gpu);
+        for (int i = numLayers - n; i < numLayers; i++) sb.append(",\"model.layers.").append(i).append("\":\"").append(target).append('"');
+        return sb.append('}').toString();
+    }
+
+    /** The residency streaming the last n layers of a model from pinned host memory (n = 0: NONE). */
+    public static LayerResidency lastLayersOnCpu(ModelConfig c, DType weightDType, QuantizationConfig quant, Backend backend, int n) {
+        if (n == 0) return LayerResidency.NONE;
+        int gpu = backend instanceof CudaBackend cuda ? cuda.context().ordinal() : 0;
+        PlacementOptions o = PlacementOptions.of(lastLayersOn(c.numHiddenLayers(), n, gpu, "cpu"), null, null);
+        return residency(plan(o, c, weightDType, quant, backend), backend, null);
+    }
+
     /** The store for --offload-activations: pinned host memory on CUDA, the device itself (no-op) on the CPU. */
     public static ActivationStore activationStore(Backend backend) {
         return backend instanceof CudaBackend cuda ? new CudaActivationOffload(cuda) : ActivationStore.ON_DEVICE;

@@ -24,6 +24,8 @@ public final class CudaActivationOffload implements ActivationStore {
     private final CudaDriver driver;
     private final long side;
     private final Map<Long, ArrayDeque<MemorySegment>> pinnedPool = new HashMap<>();
+    /** Restored or discarded inputs whose side-stream copies may still run: recycled at the next save (no host wait mid-backward). */
+    private final ArrayDeque<Held> retiring = new ArrayDeque<>();
     private long pinnedBytes;
 
     /** One saved input: where it is on the host, and the device copy while it is on its way back. */
@@ -111,15 +113,21 @@ public final class CudaActivationOffload implements ActivationStore {
         finish(h);
     }
 
-    /** Returns the pinned buffer once the side stream is past every copy that uses it. */
-    private void finish(Held h) {
-        driver.eventSynchronize(h.restored != 0 ? h.restored : h.copied);
-        driver.eventDestroy(h.copied);
-        if (h.restored != 0) driver.eventDestroy(h.restored);
-        pinnedPool.computeIfAbsent(h.host.byteSize(), k -> new ArrayDeque<>()).push(h.host);
+    /** Queues the pinned buffer for reuse once the side stream is past every copy that uses it. */
+    private void finish(Held h) { retiring.add(h); }
+
+    /** Returns retired buffers to the pool (their copies finished long ago: they belong to an earlier backward). */
+    private void recycle() {
+        for (Held h; (h = retiring.poll()) != null; ) {
+            driver.eventSynchronize(h.restored != 0 ? h.restored : h.copied);
+            driver.eventDestroy(h.copied);
+            if (h.restored != 0) driver.eventDestroy(h.restored);
+            pinnedPool.computeIfAbsent(h.host.byteSize(), k -> new ArrayDeque<>()).push(h.host);
+        }
     }
 
     private MemorySegment pinned(long bytes) {
+        recycle();
         ArrayDeque<MemorySegment> q = pinnedPool.get(bytes);
         if (q != null && !q.isEmpty()) return q.pop();
         try {
@@ -138,6 +146,7 @@ public final class CudaActivationOffload implements ActivationStore {
     @Override
     public void close() {
         driver.streamSynchronize(side);
+        recycle();
         for (ArrayDeque<MemorySegment> q : pinnedPool.values()) for (MemorySegment m : q) driver.memFreeHost(m);
         pinnedPool.clear();
         driver.streamDestroy(side);
