@@ -41,6 +41,7 @@ public final class CausalLM implements AutoCloseable {
     private final Backend backend;
     private final CheckpointReader checkpoint;
     private final TransformerLM model;
+    private dev.qlora4j.placement.PlacementPlan placementPlan; // null without a device map
 
     private CausalLM(Path dir, ModelConfig config, GenerationConfig gen, Tokenizer tokenizer, Backend backend,
                      CheckpointReader checkpoint, TransformerLM model) {
@@ -58,6 +59,14 @@ public final class CausalLM implements AutoCloseable {
     }
 
     public static CausalLM fromPretrained(Path dir, LoadOptions options) {
+        return fromPretrained(dir, options, dev.qlora4j.placement.PlacementOptions.NONE);
+    }
+
+    /**
+     * from_pretrained with device_map / max_memory / offload_folder: the placement is planned for the backend
+     * ({@link #placementPlan()}); decoder layers placed on "cpu" or "disk" are streamed to the GPU before each use.
+     */
+    public static CausalLM fromPretrained(Path dir, LoadOptions options, dev.qlora4j.placement.PlacementOptions placement) {
         if (!Files.isDirectory(dir)) {
             throw new IllegalArgumentException("model folder " + dir + " does not exist: pass a folder with config.json and *.safetensors");
         }
@@ -75,14 +84,25 @@ public final class CausalLM implements AutoCloseable {
         CheckpointReader reader = null;
         try {
             reader = CheckpointReader.open(dir);
+            dev.qlora4j.placement.PlacementPlan plan = null;
+            dev.qlora4j.model.LayerResidency residency = dev.qlora4j.model.LayerResidency.NONE;
+            if (placement.active()) {
+                QuantizationConfig q = config.quantizationConfig() != null
+                        ? QuantizationConfig.fromJson(config.quantizationConfig()) : options.quantization();
+                plan = dev.qlora4j.placement.Offloading.plan(placement, config,
+                        config.torchDtype() != null ? config.torchDtype() : dev.qlora4j.tensor.DType.F32, q, backend);
+                residency = dev.qlora4j.placement.Offloading.residency(plan, backend, placement.offloadFolder());
+            }
             TransformerLM model = TransformerLM.load(config, new CheckpointWeights(reader, dir.toString()), backend,
-                    linearFactory(config, options));
+                    linearFactory(config, options), residency);
             // On a GPU the weights were copied; the mapped files can go. On the CPU they are the weights.
             if (!backend.device().isCpu()) {
                 reader.close();
                 reader = null;
             }
-            return new CausalLM(dir, config, gen, tok, backend, reader, model);
+            CausalLM lm = new CausalLM(dir, config, gen, tok, backend, reader, model);
+            lm.placementPlan = plan;
+            return lm;
         } catch (RuntimeException e) {
             if (reader != null) reader.close();
             if (tok != null) tok.close();
@@ -105,6 +125,9 @@ public final class CausalLM implements AutoCloseable {
     }
 
     public ModelConfig config() { return config; }
+
+    /** The device map the model was loaded with, or null when none was asked for. */
+    public dev.qlora4j.placement.PlacementPlan placementPlan() { return placementPlan; }
 
     public GenerationConfig generationConfig() { return generationConfig; }
 

@@ -76,7 +76,7 @@ public final class EvalCommand implements Callable<Integer> {
             throw new IllegalArgumentException(String.join(", ", generateOnly) + " only apply with --generate");
         }
         List<String> texts = readTexts(data);
-        try (CausalLM lm = CausalLM.fromPretrained(modelOptions.modelDir(), modelOptions.loadOptions())) {
+        try (CausalLM lm = modelOptions.load()) {
             adapterOptions.apply(lm);
             LossSum total = new LossSum(0, 0);
             for (String t : texts) total = total.plus(lm.loss(lm.tokenizer().encode(t, true)));
@@ -100,7 +100,7 @@ public final class EvalCommand implements Callable<Integer> {
         List<GenerationExample> examples = GenerationDataset.read(data);
         int batch = batchSize != null ? batchSize : 8;
         if (batch < 1) throw new IllegalArgumentException("--batch-size must be >= 1, got " + batch);
-        try (CausalLM lm = CausalLM.fromPretrained(modelOptions.modelDir(), modelOptions.loadOptions())) {
+        try (CausalLM lm = modelOptions.load()) {
             SamplingParams params = generationParams(lm.generationConfig().maxNewTokens());
             GenerationEvaluation ev = new GenerationEvaluator(lm, params, batch).evaluate(examples,
                     done -> System.err.printf("[eval] generated %d/%d%n", done, examples.size()));

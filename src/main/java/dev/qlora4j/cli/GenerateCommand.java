@@ -41,7 +41,7 @@ public final class GenerateCommand implements Callable<Integer> {
     @Override
     public Integer call() {
         PrintStream out = System.out;
-        try (CausalLM lm = CausalLM.fromPretrained(modelOptions.modelDir(), modelOptions.loadOptions())) {
+        try (CausalLM lm = modelOptions.load()) {
             adapterOptions.apply(lm);
             SamplingParams params = samplingParams(lm.generationConfig());
             int[][] ids = new int[prompts.size()][];

@@ -42,6 +42,30 @@ public final class ModelOptions {
             description = "LLM.int8 outlier threshold; 0 = pure int8 (default: ${DEFAULT-VALUE}).")
     double int8Threshold;
 
+    @Option(names = "--device-map", paramLabel = "auto|sequential|balanced|JSON|@FILE",
+            description = "Place modules like transformers' device_map: auto/balanced/sequential, or a JSON map of module prefix -> "
+                    + "GPU index | \"cpu\" | \"disk\" (e.g. '{\"model.embed_tokens\":0,\"model.layers\":0,\"model.layers.30\":\"cpu\"}'). "
+                    + "Layers on cpu/disk are streamed to the GPU before each use. Default: everything on --device.")
+    String deviceMap;
+
+    @Option(names = "--max-memory", paramLabel = "JSON",
+            description = "Weight budget per device for --device-map, e.g. '{\"0\":\"20GiB\",\"cpu\":\"64GiB\"}' (sizes in B, KB/MB/GB, KiB/MiB/GiB).")
+    String maxMemory;
+
+    @Option(names = "--offload-folder", paramLabel = "DIR", description = "Where layers placed on \"disk\" are written (memory-mapped from there).")
+    Path offloadFolder;
+
+    dev.qlora4j.placement.PlacementOptions placement() {
+        return new dev.qlora4j.placement.PlacementOptions(deviceMap, maxMemory, offloadFolder, -1);
+    }
+
+    /** Loads the model as the flags say, printing the device map's plan (to stderr) when one was asked for. */
+    dev.qlora4j.CausalLM load() {
+        dev.qlora4j.CausalLM lm = dev.qlora4j.CausalLM.fromPretrained(modelDir(), loadOptions(), placement());
+        if (lm.placementPlan() != null) System.err.print(lm.placementPlan().table());
+        return lm;
+    }
+
     Path modelDir() {
         return model != null ? model : DefaultModel.path();
     }

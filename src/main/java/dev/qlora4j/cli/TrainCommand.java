@@ -105,6 +105,10 @@ public final class TrainCommand implements Callable<Integer> {
     @Option(names = "--packing", negatable = true) Boolean packing;
     @Option(names = "--completion-only-loss", negatable = true) Boolean completionOnlyLoss;
     @Option(names = "--assistant-only-loss", negatable = true) Boolean assistantOnlyLoss;
+    @Option(names = "--offload-activations", negatable = true,
+            description = "With --gradient-checkpointing: keep each layer's checkpointed input in pinned host memory (GPU: copied out on a "
+                    + "side stream, brought back one layer ahead for the backward), so the context length is bounded by host memory.")
+    Boolean offloadActivations;
 
     @Override
     public Integer call() {
@@ -112,7 +116,7 @@ public final class TrainCommand implements Callable<Integer> {
             throw new IllegalArgumentException("--output DIR is required (or a --config file with \"output_dir\")");
         }
         TrainingArguments args = TrainingArguments.load(config, overrides(), w -> System.err.println("warning: " + w));
-        try (CausalLM lm = CausalLM.fromPretrained(modelOptions.modelDir(), modelOptions.loadOptions())) {
+        try (CausalLM lm = modelOptions.load()) {
             int maxPos = lm.config().maxPositionEmbeddings();
             if (args.maxSeqLength() > maxPos) {
                 System.err.println("note: max_seq_length " + args.maxSeqLength() + " exceeds the model's max_position_embeddings "
@@ -128,6 +132,7 @@ public final class TrainCommand implements Callable<Integer> {
                     eval == null ? "" : "; eval: " + eval.size() + " examples");
             PeftConfig adapter = adapterConfig(lm.config().modelType());
             TrainableModel model = createTrainableModel(lm, adapter, initAdapter, args);
+            if (args.offloadActivations()) lm.model().setActivationStore(dev.qlora4j.placement.Offloading.activationStore(lm.backend()));
             Trainer.Result r = dev.qlora4j.train.DeviceTraining.configure(Trainer.builder(model, args), lm.backend())
                     .trainData(train.examples())
                     .evalData(eval == null ? null : eval.examples())
@@ -244,6 +249,7 @@ public final class TrainCommand implements Callable<Integer> {
         put(m, "packing", packing);
         put(m, "completion_only_loss", completionOnlyLoss);
         put(m, "assistant_only_loss", assistantOnlyLoss);
+        put(m, "offload_activations", offloadActivations);
         return m;
     }
 

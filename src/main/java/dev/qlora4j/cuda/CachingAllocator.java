@@ -89,14 +89,21 @@ public final class CachingAllocator implements AutoCloseable {
             } catch (CudaException second) {
                 if (!second.isOutOfMemory()) throw second;
                 throw new CudaException(second.function(), second.code(), second.errorName(),
-                        String.format("could not allocate %d bytes (block %d) even after emptying the cache;"
-                                + " allocated %d bytes in live buffers, reserved %d (peak allocated %d)",
-                                bytes, size, allocatedBytes, reservedBytes, peakAllocatedBytes), second);
+                        OutOfMemoryAdvice.message(bytes, size, allocatedBytes, reservedBytes, peakAllocatedBytes, memory.info()), second);
             }
         }
     }
 
+    /**
+     * A buffer viewing bytes at pointer inside memory owned elsewhere (a slice of a larger block); closing it
+     * returns nothing to the cache. Tensors over it are made non-owning.
+     */
+    public DeviceBuffer view(long pointer, long bytes) {
+        return new DeviceBuffer(this, pointer, bytes, 0);
+    }
+
     synchronized void release(long pointer, long blockBytes) {
+        if (blockBytes == 0) return; // a view (see view()): not a block of this allocator
         allocatedBytes -= blockBytes;
         free.computeIfAbsent(blockBytes, k -> new ArrayDeque<>()).push(pointer);
     }

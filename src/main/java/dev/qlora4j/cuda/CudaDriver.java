@@ -82,6 +82,12 @@ public interface CudaDriver {
 
     void eventSynchronize(long event);
 
+    /**
+     * cuStreamWaitEvent(stream, event, 0): work queued on stream from now on waits for the event's last record
+     * (orders a copy stream against the compute stream without blocking the host; a never-recorded event is no wait).
+     */
+    void streamWaitEvent(long stream, long event);
+
     /** Milliseconds between two recorded, completed timing events (resolution about 0.5 us). */
     float eventElapsedMillis(long start, long end);
 

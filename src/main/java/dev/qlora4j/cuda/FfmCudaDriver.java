@@ -217,6 +217,13 @@ public final class FfmCudaDriver implements CudaDriver {
     }
 
     @Override
+    public void streamWaitEvent(long stream, long event) {
+        try {
+            check(cu.streamWaitEvent, (int) cu.streamWaitEvent.handle().invokeExact(stream, event, 0));
+        } catch (Throwable t) { throw Downcall.propagate(t); }
+    }
+
+    @Override
     public float eventElapsedMillis(long start, long end) {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment out = a.allocate(JAVA_FLOAT);

@@ -219,6 +219,12 @@ public final class JCudaDriver implements CudaDriver {
     }
 
     @Override
+    public void streamWaitEvent(long stream, long event) {
+        ensureLoaded();
+        check("cuStreamWaitEvent", cuStreamWaitEvent(JCudaHandles.stream(stream), JCudaHandles.event(event), 0));
+    }
+
+    @Override
     public float eventElapsedMillis(long start, long end) {
         ensureLoaded();
         float[] ms = new float[1];

@@ -68,6 +68,8 @@ final class LibCuda {
     final Downcall eventSynchronize = fn(a(JAVA_LONG), "cuEventSynchronize");
     final Downcall eventElapsedTime = fn(a(ADDRESS, JAVA_LONG, JAVA_LONG), "cuEventElapsedTime_v2", "cuEventElapsedTime");
     final Downcall eventDestroy = fn(a(JAVA_LONG), "cuEventDestroy_v2");
+    // cuStreamWaitEvent(CUstream, CUevent, unsigned flags)
+    final Downcall streamWaitEvent = fn(a(JAVA_LONG, JAVA_LONG, JAVA_INT), "cuStreamWaitEvent");
 
     // memory
     final Downcall memAlloc = fn(a(ADDRESS, JAVA_LONG), "cuMemAlloc_v2");          // (CUdeviceptr*, size_t)

@@ -12,8 +12,9 @@ import dev.qlora4j.tensor.Tensor;
  */
 public final class DecoderLayer implements AutoCloseable {
     final int index;
-    final Tensor inputNorm;      // [hidden]
-    final Tensor postAttnNorm;   // [hidden]
+    // Not final: weight offload replaces them (and the base projections) by views of a streaming slot.
+    Tensor inputNorm;      // [hidden]
+    Tensor postAttnNorm;   // [hidden]
     // Not final: adapters (LoRA, DoRA) replace a projection by a wrapper around it.
     Linear q, k, v, o;     // q [heads*headDim, hidden], k/v [kvHeads*headDim, hidden], o [hidden, heads*headDim]
     Linear gate, up, down; // gate/up [intermediate, hidden], down [hidden, intermediate]
@@ -201,6 +202,19 @@ public final class DecoderLayer implements AutoCloseable {
         b.addInPlace(into, extra);
         extra.close();
     }
+
+    /**
+     * Replaces the frozen weights (norms and projections) through r; done at load time, before adapters wrap
+     * the projections (weight offload moves them into a streaming slot). The caller owns the old objects.
+     */
+    public void remapWeights(WeightRemap r) {
+        inputNorm = r.tensor(inputNorm);
+        postAttnNorm = r.tensor(postAttnNorm);
+        q = r.linear(q); k = r.linear(k); v = r.linear(v); o = r.linear(o);
+        gate = r.linear(gate); up = r.linear(up); down = r.linear(down);
+    }
+
+    public int index() { return index; }
 
     long weightBytes() {
         long n = inputNorm.byteSize() + postAttnNorm.byteSize();

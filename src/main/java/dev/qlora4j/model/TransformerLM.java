@@ -33,6 +33,10 @@ public final class TransformerLM implements AutoCloseable {
     private CachePrefix cachePrefix; // preloaded into every new cache while set (prefix/prompt tuning)
     /** Caches made by newCache with a prefix in their first slots, and that prefix's length (identity keys). */
     private final Map<KvCache, Integer> prefixedCaches = Collections.synchronizedMap(new WeakHashMap<>());
+    /** Streams offloaded layers' weights in around each use (NONE: every layer stays on the device). */
+    private LayerResidency residency = LayerResidency.NONE;
+    /** Where checkpointed layer inputs wait for the backward (ON_DEVICE, or pinned host memory). */
+    private ActivationStore activationStore = ActivationStore.ON_DEVICE;
 
     private TransformerLM(ModelConfig config, Backend backend, Tensor embed, List<DecoderLayer> layers,
                           Tensor finalNorm, Linear lmHead, boolean tied) {
@@ -47,6 +51,26 @@ public final class TransformerLM implements AutoCloseable {
 
     /** Builds the model from HF-named weights ("model.layers.0.self_attn.q_proj.weight" ...). */
     public static TransformerLM load(ModelConfig c, WeightSource w, Backend b, LinearFactory linears) {
+        return load(c, w, b, linears, LayerResidency.NONE);
+    }
+
+    /**
+     * {@link #load(ModelConfig, WeightSource, Backend, LinearFactory)} with a placement: each layer, once built,
+     * is handed to residency.placeLayer (which may move its weights to host memory or disk), and the model
+     * calls residency around every use of a layer. The model closes residency.
+     */
+    public static TransformerLM load(ModelConfig c, WeightSource w, Backend b, LinearFactory linears, LayerResidency residency) {
+        try {
+            TransformerLM m = loadLayers(c, w, b, linears, residency);
+            m.residency = residency;
+            return m;
+        } catch (RuntimeException e) {
+            residency.close();
+            throw e;
+        }
+    }
+
+    private static TransformerLM loadLayers(ModelConfig c, WeightSource w, Backend b, LinearFactory linears, LayerResidency residency) {
         Tensor embed = b.upload(w.get("model.embed_tokens.weight"));
         checkShape(embed, w, "model.embed_tokens.weight", c.vocabSize(), c.hiddenSize());
         List<DecoderLayer> layers = new ArrayList<>();
@@ -71,7 +95,9 @@ public final class TransformerLM implements AutoCloseable {
             Tensor n2 = b.upload(w.get(p + "post_attention_layernorm.weight"));
             checkShape(n1, w, p + "input_layernorm.weight", c.hiddenSize());
             checkShape(n2, w, p + "post_attention_layernorm.weight", c.hiddenSize());
-            layers.add(new DecoderLayer(i, n1, n2, q, k, v, o, gate, up, down));
+            DecoderLayer layer = new DecoderLayer(i, n1, n2, q, k, v, o, gate, up, down);
+            layers.add(layer);
+            residency.placeLayer(i, layer);
         }
         Tensor norm = b.upload(w.get("model.norm.weight"));
         checkShape(norm, w, "model.norm.weight", c.hiddenSize());
@@ -160,9 +186,14 @@ public final class TransformerLM implements AutoCloseable {
         boolean owned = ownsX;
         Tensor h = null; // rmsNorm of x by the next layer's input norm, from the previous layer's fused add
         for (int i = 0; i < layers.size(); i++) {
-            Tensor nextNorm = i + 1 < layers.size() ? layers.get(i + 1).inputNorm : finalNorm;
+            // A streamed layer's norm weights live in its upload slot only while it runs: fuse its input norm into
+            // the previous layer's last add only when no layer streams (the final norm always stays resident).
+            Tensor nextNorm = i + 1 == layers.size() ? finalNorm
+                    : residency.streams() ? null : layers.get(i + 1).inputNorm;
+            residency.enter(layers.get(i).index, true);
             DecoderLayer.Output next = layers.get(i).forward(backend, config, x, h, nextNorm, positions, inv, ropeScale,
                     cache, slot, padStart);
+            residency.exit(layers.get(i).index);
             if (owned) x.close();
             x = next.out();
             h = next.normed();
@@ -362,7 +393,9 @@ public final class TransformerLM implements AutoCloseable {
         Backend b = backend;
         long tokens = 0;
         for (int y : targets) if (y != -100) tokens++;
-        List<Tensor> inputs = new ArrayList<>();
+        boolean offload = checkpointing && activationStore != ActivationStore.ON_DEVICE;
+        List<Tensor> inputs = new ArrayList<>();                     // layer inputs kept on the device (null when offloaded)
+        List<ActivationStore.Saved> saved = new ArrayList<>();       // layer inputs held by the activation store
         List<LayerActivations> acts = new ArrayList<>();
         long actBytes = 0;
         try (Tensor idT = b.upload(Tensor.ofInts(ids, n));
@@ -372,15 +405,25 @@ public final class TransformerLM implements AutoCloseable {
             float ropeScale = (float) RopeScaling.attentionScaling(config);
             Tensor x = embed(idT);
             for (DecoderLayer layer : layers) {
-                inputs.add(x);
+                // Offload starts copying the input out before the layer that reads it is queued, so the copy overlaps it.
+                ActivationStore.Saved s = offload ? activationStore.save(x) : null;
+                inputs.add(offload ? null : x);
+                saved.add(s);
                 LayerActivations a = checkpointing ? null : new LayerActivations();
-                x = layer.forwardTrain(b, config, x, posT, segT, inv, ropeScale, batch, a);
+                residency.enter(layer.index, true);
+                Tensor out = layer.forwardTrain(b, config, x, posT, segT, inv, ropeScale, batch, a);
+                residency.exit(layer.index);
+                if (offload) {
+                    actBytes += x.byteSize(); // counted as kept: it lives in host memory until the backward
+                    activationStore.release(s, x);
+                }
+                x = out;
                 if (a != null) {
                     acts.add(a);
                     actBytes += a.bytes();
                 }
             }
-            for (Tensor in : inputs) actBytes += in.byteSize();
+            for (Tensor in : inputs) if (in != null) actBytes += in.byteSize();
             Tensor hidden = b.rmsNorm(x, finalNorm, (float) config.rmsNormEps());
             List<Tensor> gradRows = new ArrayList<>();
             double lossSum = chunkedLoss(hidden, targets, gradScale, gradRows);
@@ -391,25 +434,35 @@ public final class TransformerLM implements AutoCloseable {
             gHidden.close();
             x.close();
             for (int i = layers.size() - 1; i >= 0; i--) {
+                if (offload) {
+                    inputs.set(i, activationStore.restore(saved.get(i)));
+                    saved.set(i, null);
+                    if (i > 0) activationStore.prefetch(saved.get(i - 1));
+                }
+                Tensor in = inputs.get(i);
+                residency.enter(i, false);
                 LayerActivations a;
                 if (checkpointing) {
                     a = new LayerActivations();
-                    layers.get(i).forwardTrain(b, config, inputs.get(i), posT, segT, inv, ropeScale, batch, a).close();
+                    layers.get(i).forwardTrain(b, config, in, posT, segT, inv, ropeScale, batch, a).close();
                 } else {
                     a = acts.get(i);
                 }
-                Tensor gPrev = layers.get(i).backwardTrain(b, config, inputs.get(i), posT, segT, inv, ropeScale, batch, a, g);
+                Tensor gPrev = layers.get(i).backwardTrain(b, config, in, posT, segT, inv, ropeScale, batch, a, g);
+                residency.exit(i);
                 a.close();
                 g.close();
                 g = gPrev;
-                inputs.get(i).close();
+                in.close();
+                inputs.set(i, null);
             }
             TokenEmbedding trainable = activeEmbedding();
             if (trainable != null) trainable.backward(b, idT, g); // modules_to_save embed_tokens
             g.close();
             return new StepResult(lossSum, tokens, actBytes);
         } finally {
-            for (Tensor in : inputs) in.close();
+            for (Tensor in : inputs) if (in != null) in.close();
+            for (ActivationStore.Saved s : saved) if (s != null) activationStore.discard(s);
             for (LayerActivations a : acts) a.close();
         }
     }
@@ -466,7 +519,9 @@ public final class TransformerLM implements AutoCloseable {
             float ropeScale = (float) RopeScaling.attentionScaling(config);
             Tensor x = embed(idT);
             for (DecoderLayer layer : layers) {
+                residency.enter(layer.index, true);
                 Tensor next = layer.forwardTrain(b, config, x, posT, segT, inv, ropeScale, batch, null);
+                residency.exit(layer.index);
                 x.close();
                 x = next;
             }
@@ -567,6 +622,19 @@ public final class TransformerLM implements AutoCloseable {
 
     public DType weightDType() { return embed.dtype(); }
 
+    /** How offloaded layers are streamed in (LayerResidency.NONE when every layer is on the device). */
+    public LayerResidency residency() { return residency; }
+
+    /**
+     * Where gradient checkpointing keeps layer inputs during a training step (null: on the device). Only used
+     * with checkpointing; the model does not close the store.
+     */
+    public void setActivationStore(ActivationStore store) {
+        activationStore = store == null ? ActivationStore.ON_DEVICE : store;
+    }
+
+    public ActivationStore activationStore() { return activationStore; }
+
     @Override
     public void close() {
         for (DecoderLayer l : layers) l.close();
@@ -574,5 +642,7 @@ public final class TransformerLM implements AutoCloseable {
         finalNorm.close();
         if (!tied) lmHead.close();
         if (invFreq != null) invFreq.close();
+        residency.close();
+        activationStore.close();
     }
 }

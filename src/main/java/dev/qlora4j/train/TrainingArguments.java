@@ -31,6 +31,8 @@ import java.util.function.Consumer;
  * @param saveTotalLimit       save_total_limit, null = keep every checkpoint
  * @param dataSeed             data_seed, null = seed
  * @param resumeFromCheckpoint resume_from_checkpoint: null, "latest" (newest checkpoint-N in output_dir) or a folder
+ * @param offloadActivations   offload_activations (qlora4j's own key): with gradient checkpointing, each layer's
+ *                             checkpointed input waits for the backward in pinned host memory instead of GPU memory
  */
 public record TrainingArguments(
         Path outputDir,
@@ -65,7 +67,8 @@ public record TrainingArguments(
         int maxSeqLength,
         boolean packing,
         boolean completionOnlyLoss,
-        boolean assistantOnlyLoss) {
+        boolean assistantOnlyLoss,
+        boolean offloadActivations) {
 
     public static final List<String> OPTIMIZERS =
             List.of("adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd");
@@ -106,6 +109,10 @@ public record TrainingArguments(
                 learningRate, warmupSteps, warmupRatio, lrSchedulerType, weightDecay, adamBeta1, adamBeta2, adamEpsilon,
                 maxGradNorm, optim, loggingStrategy, loggingSteps, evalStrategy, evalSteps, saveStrategy, saveSteps,
                 saveTotalLimit, maxSeqLength);
+        if (offloadActivations && !gradientCheckpointing) {
+            throw new IllegalArgumentException("offload_activations moves the inputs gradient checkpointing keeps: set "
+                    + "gradient_checkpointing true too (--gradient-checkpointing)");
+        }
     }
 
     private static String lower(String s) { return s == null ? null : s.toLowerCase(Locale.ROOT); }
@@ -145,6 +152,7 @@ public record TrainingArguments(
         d.put("packing", false);
         d.put("completion_only_loss", true);
         d.put("assistant_only_loss", true);
+        d.put("offload_activations", false);
         return d;
     }
 
@@ -241,7 +249,7 @@ public record TrainingArguments(
                 r.bool("logging_first_step"), r.str("eval_strategy"), r.optNumber("eval_steps"), r.str("save_strategy"),
                 r.number("save_steps"), r.optInteger("save_total_limit"), r.bool("bf16"), r.longValue("seed"),
                 r.optLong("data_seed"), r.bool("gradient_checkpointing"), (String) resume, r.integer("max_seq_length"),
-                r.bool("packing"), r.bool("completion_only_loss"), r.bool("assistant_only_loss"));
+                r.bool("packing"), r.bool("completion_only_loss"), r.bool("assistant_only_loss"), r.bool("offload_activations"));
     }
 
     private static String suggestion(String key) {
@@ -460,6 +468,7 @@ public record TrainingArguments(
         m.put("packing", packing);
         m.put("completion_only_loss", completionOnlyLoss);
         m.put("assistant_only_loss", assistantOnlyLoss);
+        m.put("offload_activations", offloadActivations);
         return m;
     }
 

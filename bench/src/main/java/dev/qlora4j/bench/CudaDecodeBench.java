@@ -41,6 +41,8 @@ import org.openjdk.jmh.annotations.Warmup;
  * LinearFactory for nf4 does not exist yet; "nf4" fails with that message), graphs true/false (CUDA-graph
  * decode vs direct launches).
  *
+ * offloadLayers N (default 0) streams the last N layers' weights from pinned host memory (weight offload).
+ *
  * <pre>java -jar bench/target/benchmarks.jar CudaDecodeBench -p shape=llama-1b,llama-7b -p graphs=true,false</pre>
  */
 @BenchmarkMode(Mode.Throughput)
@@ -63,6 +65,10 @@ public class CudaDecodeBench {
     @Param({"true"})
     public boolean graphs;
 
+    /** The last N decoder layers streamed from pinned host memory (weight offload; turns decode graphs off). 0: all on the GPU. */
+    @Param({"0"})
+    public int offloadLayers;
+
     CudaBackend backend;
     TransformerLM model;
     Generator generator;
@@ -77,10 +83,19 @@ public class CudaDecodeBench {
         if (!CudaBackend.isAvailable()) throw new IllegalStateException("CudaDecodeBench needs a GPU");
         backend = CudaBackend.create(0, DType.BF16, graphs);
         // nf4: QLoRA's setup (NF4, double quantization, bf16 compute), quantized on the GPU layer by layer.
-        model = quant.equals("nf4")
-                ? SyntheticWeights.model(shape, backend, 42,
-                        new dev.qlora4j.model.QuantizedLinearFactory(dev.qlora4j.quant.QuantizationConfig.qlora()))
-                : SyntheticWeights.model(shape, backend, 42);
+        if (offloadLayers == 0) {
+            model = quant.equals("nf4")
+                    ? SyntheticWeights.model(shape, backend, 42,
+                            new dev.qlora4j.model.QuantizedLinearFactory(dev.qlora4j.quant.QuantizationConfig.qlora()))
+                    : SyntheticWeights.model(shape, backend, 42);
+        } else {
+            var c = SyntheticWeights.config(shape);
+            var q = quant.equals("nf4") ? dev.qlora4j.quant.QuantizationConfig.qlora() : null;
+            model = TransformerLM.load(c, SyntheticWeights.onDevice(c, backend, 42), backend,
+                    q == null ? dev.qlora4j.model.LinearFactory.DENSE : new dev.qlora4j.model.QuantizedLinearFactory(q),
+                    dev.qlora4j.placement.Offloading.lastLayersOnCpu(c, DType.BF16, q, backend, offloadLayers));
+            System.out.printf("%noffload: the last %d of %d layers stream from pinned host memory%n", offloadLayers, c.numHiddenLayers());
+        }
         int vocab = model.config().vocabSize();
         Random r = new Random(1);
         prompt = new int[][] {r.ints(PROMPT, 3, vocab).toArray()};

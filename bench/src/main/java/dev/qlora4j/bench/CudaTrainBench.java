@@ -31,16 +31,27 @@ import java.util.Random;
  *
  * <p>Run: java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -cp bench/target/benchmarks.jar
  * dev.qlora4j.bench.CudaTrainBench [--shape llama-7b] [--seq 2048] [--batch 1] [--checkpointing on,off]
- * [--warmup 2] [--steps 5]. Compare with python3 .gpu-pack/hf-peer-bench.py --shape llama7b --train.
+ * [--warmup 2] [--steps 5] [--offload-layers 0] [--offload-activations off]. --offload-layers N streams the last N
+ * decoder layers' (NF4) weights from pinned host memory (weight offload); --offload-activations on keeps the
+ * checkpointed layer inputs in pinned host memory (only with checkpointing on). Compare with python3 .gpu-pack/hf-peer-bench.py --shape llama7b --train.
  * With -Dqlora4j.cuda.profile=true a per-op GPU time table (OpProfiler) follows each setting's timed steps;
  * the events it records add some host time per op, so compare step times without it.
  */
 public final class CudaTrainBench {
     private CudaTrainBench() {}
 
+    static boolean onOff(String v, String option) {
+        return switch (v.trim().toLowerCase(Locale.ROOT)) {
+            case "on", "true" -> true;
+            case "off", "false" -> false;
+            default -> throw new IllegalArgumentException(option + " takes on or off, got " + v);
+        };
+    }
+
     public static void main(String[] args) {
         String shape = "llama-7b", ckpt = "on,off";
-        int seq = 2048, batch = 1, warmup = 2, steps = 5;
+        int seq = 2048, batch = 1, warmup = 2, steps = 5, offloadLayers = 0;
+        boolean offloadActivations = false;
         for (int i = 0; i + 1 < args.length; i += 2) {
             String v = args[i + 1];
             switch (args[i]) {
@@ -50,8 +61,10 @@ public final class CudaTrainBench {
                 case "--checkpointing" -> ckpt = v;
                 case "--warmup" -> warmup = Integer.parseInt(v);
                 case "--steps" -> steps = Integer.parseInt(v);
+                case "--offload-layers" -> offloadLayers = Integer.parseInt(v);
+                case "--offload-activations" -> offloadActivations = onOff(v, "--offload-activations");
                 default -> throw new IllegalArgumentException("unknown option " + args[i]
-                        + "; use --shape --seq --batch --checkpointing on,off --warmup --steps");
+                        + "; use --shape --seq --batch --checkpointing on,off --warmup --steps --offload-layers N --offload-activations on|off");
             }
         }
         if (!CudaDriver.isAvailable()) {
@@ -61,7 +74,19 @@ public final class CudaTrainBench {
         List<String[]> rows = new ArrayList<>();
         try (CudaBackend b = CudaBackend.create(0, DType.BF16, false)) {
             long t0 = System.nanoTime();
-            TransformerLM model = SyntheticWeights.model(shape, b, 1234, new QuantizedLinearFactory(QuantizationConfig.qlora()));
+            TransformerLM model;
+            if (offloadLayers == 0) {
+                model = SyntheticWeights.model(shape, b, 1234, new QuantizedLinearFactory(QuantizationConfig.qlora()));
+            } else {
+                var c = SyntheticWeights.config(shape);
+                model = dev.qlora4j.model.TransformerLM.load(c, SyntheticWeights.onDevice(c, b, 1234), b,
+                        new QuantizedLinearFactory(QuantizationConfig.qlora()),
+                        dev.qlora4j.placement.Offloading.lastLayersOnCpu(c, DType.BF16, QuantizationConfig.qlora(), b, offloadLayers));
+            }
+            if (offloadActivations) model.setActivationStore(dev.qlora4j.placement.Offloading.activationStore(b));
+            System.out.printf(Locale.ROOT, "offload: %d of %d layers streamed from pinned host memory; activations %s; weights on the GPU %.2f GiB%n",
+                    offloadLayers, model.numLayers(), offloadActivations ? "offloaded (with checkpointing)" : "on the GPU",
+                    b.context().allocator().stats().allocatedBytes() / (double) (1L << 30));
             LoraConfig cfg = LoraConfig.builder().r(16).loraAlpha(32).loraDropout(0.0)
                     .targetModules(new ModuleSelector.AllLinear()).build();
             PeftModel peft = PeftModel.wrap(model, "synthetic-" + shape, cfg, PeftModel.DEFAULT_ADAPTER, 42);

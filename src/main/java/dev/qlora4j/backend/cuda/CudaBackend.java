@@ -36,7 +36,7 @@ public final class CudaBackend implements Backend, GraphCapable {
 
     private final CudaContext ctx;
     private final DType act;
-    private final boolean graphs;
+    private volatile boolean graphs;
     private final DeviceStatus status;
     /** Per-op GPU times when -Dqlora4j.cuda.profile=true (OpProfiler), else null: then each op costs a null check. */
     private final OpProfiler profiler;
@@ -709,6 +709,12 @@ public final class CudaBackend implements Backend, GraphCapable {
     public DecodeGraph newDecodeGraph(int batch, DecodeGraph.Body body) {
         return new CudaDecodeGraph(this, batch, body);
     }
+
+    /**
+     * Turns decode graphs off for this backend (weight offload streams layers through host-side staging that a
+     * captured graph would not replay).
+     */
+    public void disableDecodeGraphs() { graphs = false; }
 
     /** Set by CudaDecodeGraph around its direct first step and its capture; 0 restores by-value starts. */
     void useGraphStart(long devicePointer) { graphStartPointer = devicePointer; }

@@ -75,6 +75,8 @@ public final class CudaQuant4bit implements QuantizedWeight {
 
     public float offset() { return offset; }
 
+    float[] nestedCodeHost() { return nestedCodeHost; }
+
     public int nestedBlocksize() { return nestedBlocksize; }
 
     Tensor packed() { return live(packed); }
