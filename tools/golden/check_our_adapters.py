@@ -19,7 +19,25 @@ values as peft's own state-dict view of the loaded adapter). A table is printed;
 status is 1 when any adapter fails (max |ours - peft| / max |peft| above --tol, 1e-4 by
 default, or a key problem), 2 when --ours holds no adapter.
 
-  python3 tools/golden/check_our_adapters.py --models-dir src/test/resources/golden --ours DIR
+Prompt-learning adapters (PREFIX_TUNING, PROMPT_TUNING) are checked the same way: peft
+loads prompt_embeddings into its PrefixEncoder / PromptEmbedding (for prefix_projection=True
+in inference mode, the saved table directly, as peft's own saves work), and the logits are
+compared. For prompt tuning, peft returns rows for the V virtual tokens too: qlora4j writes
+all V+T rows (PromptTuning.logits); T rows are compared with peft's last T. Prompt-learning
+adapters are also loaded a second time with is_trainable=True where peft can (prefix tuning
+without prefix_projection, prompt tuning without TEXT init, which would need the tokenizer), to
+show that peft can continue training them; that check's logits must match as well. A
+qlora4j_prefix_encoder.safetensors next to a prefix_projection adapter (qlora4j's raw encoder
+weights, for resuming) is not a peft file and is ignored by peft.
+
+The Java side writes the fixtures into target/peft-ours/ (run with the CPU, no GPU needed):
+
+  ./mvnw -q -B -o test -Dtest='PeftGoldenTest#writeOurAdaptersForPeft+PromptLearningForPeftTest'
+      -> target/peft-ours/ours-lora-llama, ours-dora-llama              (LoRA/DoRA, random init)
+         target/peft-ours/ours-prefix-llama, ours-prefix-projection-llama, ours-prompt-llama
+                                                                          (trained 5 AdamW steps)
+
+  python3 tools/golden/check_our_adapters.py --models-dir src/test/resources/golden --ours target/peft-ours
 """
 
 import argparse
@@ -109,8 +127,37 @@ def check_one(folder, models_dir, tol):
     row["rel"] = row["max_abs"] / max(row["max_ref"], 1e-30)
     if row["rel"] > tol:
         row["notes"].append("relative difference %.3g above %.3g" % (row["rel"], tol))
-    row["ok"] = not row["notes"] or all(n.startswith("compared the last") for n in row["notes"])
+    if row["peft_type"] in ("PREFIX_TUNING", "PROMPT_TUNING") and row["rel"] is not None and row["rel"] <= tol:
+        check_trainable_reload(folder, models_dir, base_name, ids, ours, tol, row)
+    row["ok"] = not row["notes"] or all(n.startswith(("compared the last", "trainable reload:"))
+                                        and "FAILED" not in n for n in row["notes"])
     return row
+
+
+def check_trainable_reload(folder, models_dir, base_name, ids, ours, tol, row):
+    """PeftModel.from_pretrained(..., is_trainable=True) of a prompt-learning adapter, where peft
+    can rebuild the trainable module from the file: logits in eval mode must match ours too."""
+    with open(os.path.join(folder, "adapter_config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    if cfg.get("prefix_projection"):
+        row["notes"].append("trainable reload: skipped (peft cannot rebuild a prefix_projection MLP from "
+                            "prompt_embeddings; inference reload checked above)")
+        return
+    if cfg.get("peft_type") == "PROMPT_TUNING" and str(cfg.get("prompt_tuning_init", "")).endswith("TEXT"):
+        row["notes"].append("trainable reload: skipped (TEXT init would tokenize with %r)"
+                            % cfg.get("tokenizer_name_or_path"))
+        return
+    model, _, problems = mpg.load_adapter(models_dir, base_name, folder, trainable=True)
+    model.eval()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    with torch.no_grad():
+        ref = mpg.logits_single(model, ids)
+    if ref.shape[0] != ours.shape[0]:
+        ref = ref[-ours.shape[0]:]
+    rel = float((ours - ref).abs().max()) / max(float(ref.abs().max()), 1e-30)
+    ok = rel <= tol and not problems and trainable
+    row["notes"].append("trainable reload: %s (rel %.3g, trainable params %s%s)" % (
+        "ok" if ok else "FAILED", rel, trainable, "; " + "; ".join(problems) if problems else ""))
 
 
 def fmt(x):

@@ -224,6 +224,37 @@ public interface Backend extends AutoCloseable {
     }
 
     /**
+     * Prefix tuning: training attention over P learned keys/values placed before every sequence.
+     * {@code seq} is what {@link #attentionTrain} returned for q over the sequence; kPrefix and
+     * vPrefix [P, kvHeads*headDim] (activation dtype, shared by all rows) are visible to every
+     * query, whatever its segment or padding. With the prefix alone giving lse_p [B, heads, T] and
+     * out_p (softmax of (q . k_p) * scale over the P keys), returns the attention over
+     * [prefix ; sequence] as an LSE merge: lse = logaddexp(seq.lse, lse_p),
+     * out = seq.out * exp(seq.lse - lse) + out_p * exp(lse_p - lse). A query that saw no sequence
+     * key (lse -inf) gets out_p. The result goes to {@link #attentionBackward} as it is (whose
+     * delta = rowsum(dO*out) and P = exp(s*scale - lse) then give exactly the sequence part's
+     * gradients) and to {@link #prefixAttentionBackward}. seq stays the caller's.
+     */
+    default AttentionResult prefixAttention(Tensor q, Tensor kPrefix, Tensor vPrefix, AttentionResult seq, int batch,
+                                            int heads, int kvHeads, int headDim, float scale) {
+        throw unsupported("prefixAttention");
+    }
+
+    /**
+     * The prefix part of {@link #prefixAttention}'s backward. merged = its result, gradOut
+     * [B*T, heads*headDim]. With P_p = exp((q . k_p) * scale - lse), delta = rowsum(gradOut * out)
+     * and dS = P_p * (gradOut . v_p - delta) * scale: gradQ (shaped like q, e.g. attentionBackward's
+     * grad_q, activation dtype) += dS k_p in place; gradKPrefix and gradVPrefix (F32
+     * [P, kvHeads*headDim]) += the sums over all tokens and the kv head's query heads of dS q and
+     * P_p gradOut.
+     */
+    default void prefixAttentionBackward(Tensor q, Tensor kPrefix, Tensor vPrefix, AttentionResult merged, Tensor gradOut,
+                                         Tensor gradQ, Tensor gradKPrefix, Tensor gradVPrefix, int batch, int heads,
+                                         int kvHeads, int headDim, float scale) {
+        throw unsupported("prefixAttentionBackward");
+    }
+
+    /**
      * Fused cross-entropy forward and backward: logits [n, vocab], targets I32 [n] (-100 ignored).
      * Returns {losses F32 [n], grad_logits [n, vocab] = (softmax - onehot(target)) * gradScale
      * (zero rows for ignored targets)}. Callers pass row chunks so [tokens x vocab] never exists whole.

@@ -7,6 +7,11 @@ import dev.qlora4j.peft.config.LoraConfig;
 import dev.qlora4j.peft.config.ModuleSelector;
 import dev.qlora4j.peft.config.PeftConfig;
 import dev.qlora4j.peft.config.PrefixTuningConfig;
+import dev.qlora4j.peft.config.PromptTuningConfig;
+import dev.qlora4j.peft.prefix.TrainablePrefixTuning;
+import dev.qlora4j.peft.prefix.TrainablePromptTuning;
+import dev.qlora4j.train.PrefixTuningTrainableModel;
+import dev.qlora4j.train.PromptTuningTrainableModel;
 import dev.qlora4j.peft.config.TargetModules;
 import dev.qlora4j.train.JsonlDataset;
 import dev.qlora4j.train.ProgressReporter;
@@ -33,7 +38,7 @@ import java.util.function.Supplier;
  * (transformers' key names) with flags on top (the same names in kebab case).
  */
 @Command(name = "train", mixinStandardHelpOptions = true, sortOptions = false,
-        description = "Fine-tune an adapter (LoRA, DoRA, bottleneck, prefix) on a JSONL dataset.")
+        description = "Fine-tune an adapter (LoRA, DoRA, bottleneck, prefix or prompt tuning) on a JSONL dataset.")
 public final class TrainCommand implements Callable<Integer> {
     @Mixin ModelOptions modelOptions;
 
@@ -51,8 +56,8 @@ public final class TrainCommand implements Callable<Integer> {
     Path config;
 
     // adapter
-    @Option(names = "--adapter-type", paramLabel = "lora|dora|bottleneck|prefix", defaultValue = "lora",
-            description = "Adapter kind (default: ${DEFAULT-VALUE}).")
+    @Option(names = "--adapter-type", paramLabel = "lora|dora|bottleneck|prefix|prompt",
+            description = "Adapter kind (default: the config's \"peft_config\" if it has one, else lora).")
     String adapterType;
 
     @Option(names = "--lora-r", defaultValue = "8", description = "LoRA rank (default: ${DEFAULT-VALUE}, peft's).") int loraR;
@@ -67,8 +72,23 @@ public final class TrainCommand implements Callable<Integer> {
     @Option(names = "--bottleneck-reduction-factor", defaultValue = "16",
             description = "Bottleneck size = hidden_size / this (default: ${DEFAULT-VALUE}).") int reductionFactor;
 
-    @Option(names = "--num-virtual-tokens", defaultValue = "20", description = "Prefix tuning length (default: ${DEFAULT-VALUE}).")
-    int numVirtualTokens;
+    @Option(names = "--num-virtual-tokens", description = "Prefix/prompt tuning: virtual tokens (default: 20).")
+    Integer numVirtualTokens;
+
+    @Option(names = "--prefix-projection", negatable = true,
+            description = "Prefix tuning: produce the prefix with peft's two-layer MLP (saved as its output).")
+    Boolean prefixProjection;
+
+    @Option(names = "--encoder-hidden-size", description = "Prefix tuning: hidden size of the projection MLP (default: token_dim).")
+    Integer encoderHiddenSize;
+
+    @Option(names = "--prompt-tuning-init", paramLabel = "TEXT|RANDOM|SAMPLE_VOCAB",
+            description = "Prompt tuning: initial virtual token embeddings (default: RANDOM, peft's).")
+    String promptTuningInit;
+
+    @Option(names = "--prompt-tuning-init-text", paramLabel = "TEXT",
+            description = "Prompt tuning with TEXT init: the text whose token embeddings start the prompt.")
+    String promptTuningInitText;
 
     @Option(names = "--init-adapter", paramLabel = "DIR", description = "Start from the weights of a saved adapter (peft folder).")
     Path initAdapter;
@@ -130,7 +150,7 @@ public final class TrainCommand implements Callable<Integer> {
                     args.completionOnlyLoss(), args.assistantOnlyLoss(), System.err::println);
             System.err.printf("data: %d examples (%s), %d trained tokens%s%n", train.size(), train.format(), train.trainedTokens(),
                     eval == null ? "" : "; eval: " + eval.size() + " examples");
-            PeftConfig adapter = adapterConfig(lm.config().modelType());
+            PeftConfig adapter = adapterConfig(lm.config().modelType(), configPeft(), lm.dir().toString());
             TrainableModel model = createTrainableModel(lm, adapter, initAdapter, args);
             if (args.offloadActivations()) lm.model().setActivationStore(dev.qlora4j.placement.Offloading.activationStore(lm.backend()));
             Trainer.Result r = dev.qlora4j.train.DeviceTraining.configure(Trainer.builder(model, args), lm.backend())
@@ -153,7 +173,23 @@ public final class TrainCommand implements Callable<Integer> {
      */
     TrainableModel createTrainableModel(CausalLM lm, PeftConfig adapter, Path initAdapter, TrainingArguments args) {
         PeftModel peft;
+        String base = lm.dir().toString();
+        if (adapter instanceof PrefixTuningConfig prefix) {
+            var trainable = initAdapter != null ? TrainablePrefixTuning.fromAdapter(initAdapter, lm.model())
+                    : TrainablePrefixTuning.create(prefix, lm.model(), args.seed());
+            return new PrefixTuningTrainableModel(lm.model(), trainable, base);
+        }
+        if (adapter instanceof PromptTuningConfig prompt) {
+            var trainable = initAdapter != null ? TrainablePromptTuning.fromAdapter(initAdapter, lm.model())
+                    : TrainablePromptTuning.create(prompt, lm.model(), lm.tokenizer(), args.seed());
+            return new PromptTuningTrainableModel(lm.model(), trainable, base);
+        }
         if (initAdapter != null) {
+            String type = dev.qlora4j.peft.config.PeftConfigs.load(initAdapter).peftType();
+            if (!type.equals("LORA")) {
+                throw new IllegalArgumentException("--init-adapter " + initAdapter + " is a " + type + " adapter; pass the matching "
+                        + "--adapter-type (prefix for PREFIX_TUNING, prompt for PROMPT_TUNING)");
+            }
             // peft's PeftModel.from_pretrained(base, dir, is_trainable=True): continue training a saved adapter
             peft = PeftModel.fromPretrained(lm, initAdapter, PeftModel.DEFAULT_ADAPTER, true);
         } else if (adapter instanceof LoraConfig lora) {
@@ -165,9 +201,8 @@ public final class TrainCommand implements Callable<Integer> {
                     model.config().hiddenSize(), args.seed());
             return new dev.qlora4j.train.BottleneckTrainableModel(model, adapters, lm.dir().toString());
         } else {
-            throw new UnsupportedOperationException("--adapter-type " + adapter.peftType().toLowerCase(java.util.Locale.ROOT)
-                    + " cannot be trained yet (prefix/prompt tuning load and run peft's files, training them is not"
-                    + " implemented): use lora, dora or bottleneck");
+            throw new UnsupportedOperationException("adapter type " + adapter.peftType() + " cannot be trained: use lora, dora, "
+                    + "bottleneck, prefix or prompt");
         }
         return new PeftTrainableModel(peft, PeftModel.DEFAULT_ADAPTER);
     }
@@ -195,12 +230,74 @@ public final class TrainCommand implements Callable<Integer> {
         return String.format(java.util.Locale.ROOT, "mem %.1f/%.1f GiB", usedBytes / gib, totalBytes / gib);
     }
 
-    /** The adapter the flags describe (target_modules default: peft's for the model type). */
+    /** The "peft_config" object of the --config file (peft's adapter_config.json keys), or null. */
+    PeftConfig configPeft() {
+        if (config == null) return null;
+        try {
+            var node = new com.fasterxml.jackson.databind.ObjectMapper().readTree(java.nio.file.Files.readString(config));
+            var pc = node == null ? null : node.get(TrainingArguments.PEFT_CONFIG_KEY);
+            if (pc == null || pc.isNull()) return null;
+            if (!pc.isObject()) {
+                throw new IllegalArgumentException(config + ": \"" + TrainingArguments.PEFT_CONFIG_KEY + "\" must be an object of peft's "
+                        + "adapter_config.json keys, e.g. {\"peft_type\": \"PREFIX_TUNING\", \"num_virtual_tokens\": 20}");
+            }
+            return dev.qlora4j.peft.config.PeftConfigs.parse(pc.toString());
+        } catch (java.io.IOException e) {
+            throw new IllegalArgumentException("cannot read " + config + ": " + e.getMessage(), e);
+        }
+    }
+
+    /**
+     * The adapter to train: --adapter-type (else the config file's peft_config, else lora); for
+     * prefix and prompt tuning, the peft_config's values (when it is of that type) with the given
+     * flags on top; baseDir names the tokenizer of a TEXT prompt init.
+     */
+    PeftConfig adapterConfig(String modelType, PeftConfig fromFile, String baseDir) {
+        String kind = adapterType != null ? adapterType.toLowerCase(java.util.Locale.ROOT)
+                : fromFile == null ? "lora"
+                : switch (fromFile.peftType()) {
+                    case PrefixTuningConfig.PEFT_TYPE -> "prefix";
+                    case PromptTuningConfig.PEFT_TYPE -> "prompt";
+                    case BottleneckConfig.PEFT_TYPE -> "bottleneck";
+                    default -> fromFile instanceof LoraConfig l && l.useDora() ? "dora" : "lora";
+                };
+        if (adapterType == null && fromFile != null && !kind.equals("prefix") && !kind.equals("prompt")) return fromFile;
+        return switch (kind) {
+            case "prefix" -> {
+                PrefixTuningConfig f = fromFile instanceof PrefixTuningConfig p ? p : PrefixTuningConfig.of(20, false);
+                yield new PrefixTuningConfig(numVirtualTokens != null ? numVirtualTokens : f.numVirtualTokens(), f.tokenDim(),
+                        f.numTransformerSubmodules(), f.numAttentionHeads(), f.numLayers(),
+                        encoderHiddenSize != null ? encoderHiddenSize : f.encoderHiddenSize(),
+                        prefixProjection != null ? prefixProjection : f.prefixProjection(), f.modulesToSave(),
+                        f.taskType() == null ? "CAUSAL_LM" : f.taskType(), null, null, false, f.extra());
+            }
+            case "prompt" -> {
+                PromptTuningConfig f = fromFile instanceof PromptTuningConfig p ? p : PromptTuningConfig.random(20);
+                PromptTuningConfig.Init init = promptTuningInit != null ? PromptTuningConfig.Init.valueOf(
+                        promptTuningInit.toUpperCase(java.util.Locale.ROOT)) : f.promptTuningInit();
+                String text = promptTuningInitText != null ? promptTuningInitText : f.promptTuningInitText();
+                if (init == PromptTuningConfig.Init.TEXT && text == null) {
+                    throw new IllegalArgumentException("--prompt-tuning-init TEXT needs --prompt-tuning-init-text \"...\" (the text whose "
+                            + "token embeddings start the prompt)");
+                }
+                String tokenizer = init == PromptTuningConfig.Init.TEXT
+                        ? (f.tokenizerNameOrPath() != null ? f.tokenizerNameOrPath() : baseDir) : f.tokenizerNameOrPath();
+                yield new PromptTuningConfig(numVirtualTokens != null ? numVirtualTokens : f.numVirtualTokens(), f.tokenDim(),
+                        f.numTransformerSubmodules(), f.numAttentionHeads(), f.numLayers(), init, text, tokenizer,
+                        init == PromptTuningConfig.Init.TEXT ? f.tokenizerKwargs() : null, f.modulesToSave(),
+                        f.taskType() == null ? "CAUSAL_LM" : f.taskType(), null, null, false, f.extra());
+            }
+            default -> adapterConfig(modelType);
+        };
+    }
+
+    /** The adapter the LoRA/DoRA/bottleneck flags describe (target_modules default: peft's for the model type). */
     PeftConfig adapterConfig(String modelType) {
-        return switch (adapterType.toLowerCase(java.util.Locale.ROOT)) {
+        String kind = adapterType == null ? "lora" : adapterType.toLowerCase(java.util.Locale.ROOT);
+        return switch (kind) {
             case "lora", "dora" -> {
                 LoraConfig.Builder b = LoraConfig.builder().r(loraR).loraAlpha(loraAlpha).loraDropout(loraDropout)
-                        .useRslora(useRslora).useDora(adapterType.equalsIgnoreCase("dora")).taskType("CAUSAL_LM");
+                        .useRslora(useRslora).useDora(kind.equals("dora")).taskType("CAUSAL_LM");
                 if (targetModules != null && !targetModules.isEmpty()) {
                     b.targetModules(targetModules.size() == 1 && targetModules.get(0).equals(ModuleSelector.ALL_LINEAR)
                             ? ModuleSelector.allLinear() : new ModuleSelector.Names(targetModules));
@@ -208,9 +305,9 @@ public final class TrainCommand implements Callable<Integer> {
                 yield TargetModules.resolve(b.build(), modelType);
             }
             case "bottleneck" -> BottleneckConfig.houlsby(reductionFactor);
-            case "prefix" -> PrefixTuningConfig.of(numVirtualTokens, false);
+            case "prefix", "prompt" -> adapterConfig(modelType, null, null);
             default -> throw new IllegalArgumentException("--adapter-type " + adapterType + " is not one of "
-                    + Arrays.asList("lora", "dora", "bottleneck", "prefix"));
+                    + Arrays.asList("lora", "dora", "bottleneck", "prefix", "prompt"));
         };
     }
 

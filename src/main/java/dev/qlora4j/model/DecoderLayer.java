@@ -20,6 +20,8 @@ public final class DecoderLayer implements AutoCloseable {
     Linear gate, up, down; // gate/up [intermediate, hidden], down [hidden, intermediate]
     /** Called after each sublayer (bottleneck adapters); set by TransformerLM.setHooks. */
     LayerHooks hooks = LayerHooks.NONE;
+    /** Prefix tuning's learned keys/values in training attention, or null; set by TransformerLM.setTrainingPrefix. */
+    TransformerLM.TrainingPrefix prefix;
 
     /** Projection names as HF module paths use them, relative to the layer. */
     static final String[] PROJECTIONS = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -109,6 +111,7 @@ public final class DecoderLayer implements AutoCloseable {
         b.ropeInPlace(ks, positions, invFreq, kvHeads, hd, ropeScaling);
         var attn = b.attentionTrain(qs, ks, vs, segments, batch, heads, kvHeads, hd, (float) (1.0 / Math.sqrt(hd)),
                 w == null ? 0 : w);
+        if (prefix != null) attn = withPrefix(b, attn, qs, batch, heads, kvHeads, hd, w);
         Tensor attnOut = afterAttention(h1, o.forward(b, attn.out()));
         Tensor resid = b.add(x, attnOut);
         attnOut.close();
@@ -155,6 +158,10 @@ public final class DecoderLayer implements AutoCloseable {
         if (attnHook.gradSublayerOut() != gResid) attnHook.gradSublayerOut().close();
         Tensor[] gQKV = b.attentionBackward(s.q, s.k, s.v, segments, s.attn, gAttn, batch, heads, kvHeads, hd,
                 (float) (1.0 / Math.sqrt(hd)), w == null ? 0 : w);
+        if (prefix != null) { // the prefix's share of grad_q (before rope's backward, like the rest) and its own gradients
+            b.prefixAttentionBackward(s.q, prefix.keys(index), prefix.values(index), s.attn, gAttn, gQKV[0],
+                    prefix.keyGradients(index), prefix.valueGradients(index), batch, heads, kvHeads, hd, (float) (1.0 / Math.sqrt(hd)));
+        }
         gAttn.close();
         b.ropeBackwardInPlace(gQKV[0], positions, invFreq, heads, hd, ropeScaling);
         b.ropeBackwardInPlace(gQKV[1], positions, invFreq, kvHeads, hd, ropeScaling);
@@ -170,6 +177,26 @@ public final class DecoderLayer implements AutoCloseable {
         b.addInPlace(gx, gResid);
         gResid.close();
         return gx;
+    }
+
+    /**
+     * The causal attention over the sequence merged with attention over the training prefix (every
+     * query sees all P prefix slots). attentionBackward on the merged result gives the sequence
+     * part's gradients; backwardTrain adds the prefix part. Closes seq.
+     */
+    private dev.qlora4j.backend.AttentionResult withPrefix(Backend b, dev.qlora4j.backend.AttentionResult seq, Tensor qs,
+                                                           int batch, int heads, int kvHeads, int hd, Integer window) {
+        int tokens = qs.dim(0) / batch;
+        if (window != null && window > 0 && tokens + prefix.length() > window) {
+            seq.close();
+            throw new UnsupportedOperationException("prefix tuning with a sliding window: " + tokens + " tokens after " + prefix.length()
+                    + " prefix slots exceed the window of " + window + " (layer " + index + "), where the prefix would leave the window; "
+                    + "train with max_seq_length <= " + (window - prefix.length()));
+        }
+        try (seq) {
+            return b.prefixAttention(qs, prefix.keys(index), prefix.values(index), seq, batch, heads, kvHeads, hd,
+                    (float) (1.0 / Math.sqrt(hd)));
+        }
     }
 
     /** The attention sublayer's contribution to the residual stream: the hook's output (attnOut itself, or a new tensor replacing it). */

@@ -31,6 +31,7 @@ public final class TransformerLM implements AutoCloseable {
     private int invFreqSeqLen = -1;
     private LayerHooks hooks = LayerHooks.NONE;
     private CachePrefix cachePrefix; // preloaded into every new cache while set (prefix/prompt tuning)
+    private TrainingPrefix trainingPrefix; // prefix tuning's learned keys/values in training steps, or null
     /** Caches made by newCache with a prefix in their first slots, and that prefix's length (identity keys). */
     private final Map<KvCache, Integer> prefixedCaches = Collections.synchronizedMap(new WeakHashMap<>());
     /** Streams offloaded layers' weights in around each use (NONE: every layer stays on the device). */
@@ -266,6 +267,41 @@ public final class TransformerLM implements AutoCloseable {
     public CachePrefix cachePrefix() { return cachePrefix; }
 
     /**
+     * Prefix tuning during training: P learned keys/values in front of every sequence of
+     * {@link #trainStep} and {@link #evalStep}, visible to every query (each packed example sees
+     * it), whose gradients the layers accumulate. Keys are given as attention sees them (rotated
+     * like a {@link CachePrefix}'s). The owner refreshes keys/values after each optimizer step.
+     */
+    public interface TrainingPrefix {
+        /** Number of prefix slots, P. */
+        int length();
+
+        /** Keys of one layer [P, kvHeads*headDim], activation dtype, on the device; valid for a whole step. */
+        Tensor keys(int layer);
+
+        /** Values of one layer [P, kvHeads*headDim]. */
+        Tensor values(int layer);
+
+        /** F32 [P, kvHeads*headDim] accumulator of d(loss)/d(keys(layer)) that the layer's backward adds into. */
+        Tensor keyGradients(int layer);
+
+        /** F32 [P, kvHeads*headDim] accumulator of d(loss)/d(values(layer)). */
+        Tensor valueGradients(int layer);
+    }
+
+    /** Sets the training prefix of every layer (null: none); see {@link TrainingPrefix}. */
+    public void setTrainingPrefix(TrainingPrefix p) {
+        if (p != null && RopeScaling.dependsOnSeqLen(config)) {
+            throw new IllegalArgumentException("prefix tuning with \"dynamic\" rope scaling is not supported (the prefix keys are "
+                    + "rotated once, its frequencies change with the length); remove rope_scaling or use another type");
+        }
+        trainingPrefix = p;
+        for (DecoderLayer l : layers) l.prefix = p;
+    }
+
+    public TrainingPrefix trainingPrefix() { return trainingPrefix; }
+
+    /**
      * Slots a prefix takes at the front of this cache (0 for a cache made without one). Code that
      * addresses cache slots itself (a recorded CUDA decode step reads the start slot on the device)
      * must add it.
@@ -324,6 +360,23 @@ public final class TransformerLM implements AutoCloseable {
         java.util.Arrays.fill(pos, position);
         try (Tensor posT = backend.upload(Tensor.ofInts(pos, n))) {
             backend.ropeInPlace(k, posT, invFreq(config.maxPositionEmbeddings()), config.numKeyValueHeads(), config.headDim(), 1f);
+        }
+    }
+
+    /**
+     * The backward of {@link #rotateKeysInPlace}: turns the gradient w.r.t. keys rotated by
+     * {@code position} into the gradient w.r.t. the keys before rotation, in place on
+     * g [n, kvHeads*headDim] (activation dtype).
+     */
+    public void rotateKeyGradientsInPlace(Tensor g, int position) {
+        if (RopeScaling.dependsOnSeqLen(config)) {
+            throw new IllegalArgumentException("rotateKeyGradientsInPlace: \"dynamic\" rope scaling has no fixed frequencies to rotate by");
+        }
+        int n = g.dim(0);
+        int[] pos = new int[n];
+        java.util.Arrays.fill(pos, position);
+        try (Tensor posT = backend.upload(Tensor.ofInts(pos, n))) {
+            backend.ropeBackwardInPlace(g, posT, invFreq(config.maxPositionEmbeddings()), config.numKeyValueHeads(), config.headDim(), 1f);
         }
     }
 

@@ -94,6 +94,12 @@ public record TrainingArguments(
             "prediction_loss_only", "optim_args", "lr_scheduler_kwargs", "auto_find_batch_size", "local_rank",
             "dataset_num_proc", "eos_token", "pad_token", "padding_free", "eval_packing", "packing_strategy");
 
+    /**
+     * A config file's adapter: an object of peft's adapter_config.json keys (e.g. {"peft_type":
+     * "PREFIX_TUNING", "num_virtual_tokens": 20}) that the train command reads; not a TrainingArguments key.
+     */
+    public static final String PEFT_CONFIG_KEY = "peft_config";
+
     /** Old or TRL names accepted for a key of this record. */
     private static final Map<String, String> ALIASES = Map.of(
             "evaluation_strategy", "eval_strategy",
@@ -226,6 +232,8 @@ public record TrainingArguments(
             }
             if (DEFAULTS.containsKey(canon)) {
                 values.put(canon, e.getValue());
+            } else if (canon.equals(PEFT_CONFIG_KEY)) {
+                // the adapter's settings: read by the train command (TrainCommand.configPeft)
             } else if (IGNORED.contains(canon)) {
                 unknown.accept(source + ": \"" + key + "\" is a transformers setting qlora4j does not use; ignored");
             } else {

@@ -613,6 +613,44 @@ public final class CpuBackend implements Backend {
         return new Tensor[] {Tensor.of(gq, q.shape()), Tensor.of(gk, k.shape()), Tensor.of(gv, v.shape())};
     }
 
+    @Override
+    public AttentionResult prefixAttention(Tensor q, Tensor kPrefix, Tensor vPrefix, AttentionResult seq, int batch,
+                                           int heads, int kvHeads, int headDim, float scale) {
+        int tokens = dev.qlora4j.backend.PrefixAttentionShapes.check("prefixAttention", q, kPrefix, vPrefix, seq, batch, heads,
+                kvHeads, headDim);
+        var s = new PrefixAttention.Shape(batch, tokens, heads, kvHeads, headDim, kPrefix.dim(0));
+        float[] qs = read(q, "prefixAttention q"), ks = read(kPrefix, "prefixAttention kPrefix");
+        float[] vs = read(vPrefix, "prefixAttention vPrefix"), outS = read(seq.out(), "prefixAttention seq.out");
+        float[] lseS = read(seq.lse(), "prefixAttention seq.lse");
+        float[] out = new float[qs.length], lse = new float[lseS.length];
+        parallel.forRange(s.rows() * heads, 4L * s.prefix() * headDim,
+                (lo, hi) -> PrefixAttention.forward(s, qs, ks, vs, outS, lseS, scale, out, lse, lo, hi));
+        return new AttentionResult(Tensor.of(out, q.shape()), Tensor.of(lse, batch, heads, tokens));
+    }
+
+    @Override
+    public void prefixAttentionBackward(Tensor q, Tensor kPrefix, Tensor vPrefix, AttentionResult merged, Tensor gradOut,
+                                        Tensor gradQ, Tensor gradKPrefix, Tensor gradVPrefix, int batch, int heads,
+                                        int kvHeads, int headDim, float scale) {
+        String op = "prefixAttentionBackward";
+        int tokens = dev.qlora4j.backend.PrefixAttentionShapes.check(op, q, kPrefix, vPrefix, merged, batch, heads, kvHeads, headDim);
+        dev.qlora4j.backend.PrefixAttentionShapes.checkGradients(op, q, kPrefix, gradOut, gradQ, gradKPrefix, gradVPrefix);
+        Activations.requireF32(gradQ, op + " gradQ");
+        var s = new PrefixAttention.Shape(batch, tokens, heads, kvHeads, headDim, kPrefix.dim(0));
+        float[] qs = read(q, op + " q"), ks = read(kPrefix, op + " kPrefix"), vs = read(vPrefix, op + " vPrefix");
+        float[] out = read(merged.out(), op + " out"), lse = read(merged.lse(), op + " lse"), g = read(gradOut, op + " gradOut");
+        float[] gq = read(gradQ, op + " gradQ"), gk = read(gradKPrefix, op + " gradKPrefix"), gv = read(gradVPrefix, op + " gradVPrefix");
+        int pairs = s.rows() * heads;
+        float[] probs = new float[pairs * s.prefix()], dScores = new float[probs.length];
+        parallel.forRange(pairs, 6L * s.prefix() * headDim, (lo, hi) ->
+                PrefixAttention.backwardQuery(s, qs, ks, vs, out, lse, g, scale, gq, probs, dScores, lo, hi));
+        parallel.forRange(s.prefix() * kvHeads, 4L * s.rows() * s.group() * headDim, (lo, hi) ->
+                PrefixAttention.backwardPrefix(s, qs, g, probs, dScores, gk, gv, lo, hi));
+        Activations.writeBack(gradQ, gq);
+        Activations.writeBack(gradKPrefix, gk);
+        Activations.writeBack(gradVPrefix, gv);
+    }
+
     private static TrainAttention.Shape trainAttentionShape(Tensor q, Tensor k, Tensor v, int batch, int heads,
                                                             int kvHeads, int headDim, String op) {
         requireRank(q, 2, op + " q");

@@ -623,6 +623,43 @@ public final class CudaBackend implements Backend, GraphCapable {
         }
     }
 
+    @Override
+    public AttentionResult prefixAttention(Tensor q, Tensor kPrefix, Tensor vPrefix, AttentionResult seq, int batch,
+                                           int heads, int kvHeads, int headDim, float scale) {
+        int mark = profBegin();
+        dev.qlora4j.backend.PrefixAttentionShapes.check("prefixAttention", q, kPrefix, vPrefix, seq, batch, heads, kvHeads, headDim);
+        KernelTypes.requireDevice(seq.lse(), "prefixAttention seq.lse");
+        try (Owned qa = activation(q, "prefixAttention q"); Owned ka = activation(kPrefix, "prefixAttention kPrefix");
+             Owned va = activation(vPrefix, "prefixAttention vPrefix"); Owned o = activation(seq.out(), "prefixAttention seq.out")) {
+            return profEnd("prefixAttention", mark, PrefixAttentionKernels.forward(ctx, act, qa.t, ka.t, va.t,
+                    new AttentionResult(o.t, seq.lse()), batch, heads, kvHeads, headDim, scale));
+        }
+    }
+
+    @Override
+    public void prefixAttentionBackward(Tensor q, Tensor kPrefix, Tensor vPrefix, AttentionResult merged, Tensor gradOut,
+                                        Tensor gradQ, Tensor gradKPrefix, Tensor gradVPrefix, int batch, int heads,
+                                        int kvHeads, int headDim, float scale) {
+        int mark = profBegin();
+        String op = "prefixAttentionBackward";
+        dev.qlora4j.backend.PrefixAttentionShapes.check(op, q, kPrefix, vPrefix, merged, batch, heads, kvHeads, headDim);
+        dev.qlora4j.backend.PrefixAttentionShapes.checkGradients(op, q, kPrefix, gradOut, gradQ, gradKPrefix, gradVPrefix);
+        KernelTypes.requireDevice(merged.lse(), op + " lse");
+        KernelTypes.requireDevice(gradQ, op + " gradQ");
+        if (gradQ.dtype() != act) {
+            throw new IllegalArgumentException(op + ": gradQ must be " + act + " (the activation dtype, as attentionBackward returns it), got " + gradQ);
+        }
+        requireF32Accumulator(gradKPrefix, op + " gradKPrefix");
+        requireF32Accumulator(gradVPrefix, op + " gradVPrefix");
+        try (Owned qa = activation(q, op + " q"); Owned ka = activation(kPrefix, op + " kPrefix");
+             Owned va = activation(vPrefix, op + " vPrefix"); Owned o = activation(merged.out(), op + " out");
+             Owned g = activation(gradOut, op + " gradOut")) {
+            PrefixAttentionKernels.backward(ctx, act, qa.t, ka.t, va.t, o.t, merged.lse(), g.t, gradQ, gradKPrefix, gradVPrefix,
+                    batch, heads, kvHeads, headDim, scale);
+            profEnd(op, mark);
+        }
+    }
+
     private static void checkTrainAttention(Tensor q, Tensor k, Tensor v, Tensor segments, int batch, int heads,
                                             int kvHeads, int headDim, String op) {
         KernelTypes.requireRank(q, 2, op + " q");
