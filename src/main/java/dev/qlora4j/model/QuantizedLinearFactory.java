@@ -63,7 +63,10 @@ public final class QuantizedLinearFactory implements LinearFactory {
                     return new QuantizedLinear(b.quantize4bit(dense, config.bnb4bitQuantType(), config.blocksize(),
                             config.bnb4bitUseDoubleQuant(), config.bnb4bitComputeDType()), bias);
                 }
-                return new QuantizedLinear(b.prepare8bit(Int8Weight.quantize(b.toHost(dense)),
+                // LLM.int8 quantizes on the host (the outlier split is a host-side plan): a checkpoint's weight
+                // already is there; a weight made on the GPU (synthetic models) comes down first.
+                Tensor host = dense.device().isCpu() ? dense : b.toHost(dense);
+                return new QuantizedLinear(b.prepare8bit(Int8Weight.quantize(host),
                         (float) config.llmInt8Threshold()), bias);
             }
         } catch (IllegalArgumentException e) {
