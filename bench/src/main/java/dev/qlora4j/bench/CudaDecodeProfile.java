@@ -24,21 +24,24 @@ import java.util.Random;
  * times is the launch overhead the graph still pays).
  *
  * <p>Run: bash .gpu-pack/run main dev.qlora4j.bench.CudaDecodeProfile [--shape llama-7b] [--quant nf4|bf16]
- * [--new-tokens 128]
+ * [--new-tokens 128] [--offload-layers N] [--graphs on|off]
  */
 public final class CudaDecodeProfile {
     private CudaDecodeProfile() {}
 
     public static void main(String[] args) {
         String shape = "llama-7b", quant = "nf4";
-        int newTokens = 128;
+        int newTokens = 128, offloadLayers = 0;
+        boolean graphs = true;
         for (int i = 0; i + 1 < args.length; i += 2) {
             switch (args[i]) {
                 case "--shape" -> shape = args[i + 1];
                 case "--quant" -> quant = args[i + 1];
                 case "--new-tokens" -> newTokens = Integer.parseInt(args[i + 1]);
+                case "--offload-layers" -> offloadLayers = Integer.parseInt(args[i + 1]);
+                case "--graphs" -> graphs = args[i + 1].equalsIgnoreCase("on") || args[i + 1].equalsIgnoreCase("true");
                 default -> throw new IllegalArgumentException("unknown option " + args[i]
-                        + "; use --shape NAME --quant nf4|bf16 --new-tokens N");
+                        + "; use --shape NAME --quant nf4|bf16 --new-tokens N --offload-layers N --graphs on|off");
             }
         }
         if (!CudaBackend.isAvailable()) {
@@ -47,17 +50,22 @@ public final class CudaDecodeProfile {
         }
         boolean profiling = Boolean.getBoolean(OpProfiler.PROPERTY);
         // Graph replay is only possible without the profiler; with it, the graph figure is skipped.
-        try (CudaBackend b = CudaBackend.create(0, DType.BF16, true)) {
-            TransformerLM model = quant.equals("nf4")
-                    ? SyntheticWeights.model(shape, b, 42, new QuantizedLinearFactory(QuantizationConfig.qlora()))
-                    : SyntheticWeights.model(shape, b, 42);
+        try (CudaBackend b = CudaBackend.create(0, DType.BF16, graphs)) {
+            QuantizationConfig q = quant.equals("nf4") ? QuantizationConfig.qlora() : null;
+            var c = SyntheticWeights.config(shape);
+            // --offload-layers N: the last N layers' weights stream from pinned host memory (graphs turn off then).
+            TransformerLM model = TransformerLM.load(c, SyntheticWeights.onDevice(c, b, 42), b,
+                    q == null ? dev.qlora4j.model.LinearFactory.DENSE : new QuantizedLinearFactory(q),
+                    offloadLayers == 0 ? dev.qlora4j.model.LayerResidency.NONE
+                            : dev.qlora4j.placement.Offloading.lastLayersOnCpu(c, DType.BF16, q, b, offloadLayers));
             int vocab = model.config().vocabSize();
             int[][] prompt = {new Random(1).ints(32, 3, vocab).toArray()};
             SamplingParams params = SamplingParams.greedy(newTokens).withMinNewTokens(newTokens);
             int[] eos = model.config().eosTokenIds();
             Generator gen = new Generator(model, eos, eos.length > 0 ? eos[0] : 0, ids -> "");
-            System.out.printf(Locale.ROOT, "%s %s: %.2f GB of weights; graphs %s%n", shape, quant,
-                    model.weightBytes() / 1e9, b.decodeGraphsEnabled() ? "on" : "off (profiling)");
+            System.out.printf(Locale.ROOT, "%s %s: %.2f GB of weights; %d of %d layers streamed from host; graphs %s%n", shape,
+                    quant, model.weightBytes() / 1e9, offloadLayers, c.numHiddenLayers(),
+                    b.decodeGraphsEnabled() && offloadLayers == 0 ? "on" : "off");
             gen.generate(prompt, params, TokenListener.NONE); // warm-up: kernels loaded, graph captured
             double[] tps = new double[3];
             for (int i = 0; i < tps.length; i++) {
