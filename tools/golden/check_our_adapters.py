@@ -147,7 +147,15 @@ def check_trainable_reload(folder, models_dir, base_name, ids, ours, tol, row):
         row["notes"].append("trainable reload: skipped (TEXT init would tokenize with %r)"
                             % cfg.get("tokenizer_name_or_path"))
         return
-    model, _, problems = mpg.load_adapter(models_dir, base_name, folder, trainable=True)
+    try:
+        model, _, problems = mpg.load_adapter(models_dir, base_name, folder, trainable=True)
+    except ValueError as e:
+        # peft 0.21 refuses is_trainable=True for every prompt-learning adapter ("Cannot set a prompt learning
+        # adapter to trainable when loading pretrained adapter"): a peft limitation, not a file problem.
+        if "prompt learning" in str(e):
+            row["notes"].append("trainable reload: skipped (peft refuses is_trainable=True for prompt learning: %s)" % e)
+            return
+        raise
     model.eval()
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     with torch.no_grad():
