@@ -90,7 +90,7 @@ final class CudaNf4BenchWorkload implements AutoCloseable {
         return new Tensor(new dev.qlora4j.tensor.HostStorage(MemorySegment.ofArray(bits), null), DType.BF16, true, r, c);
     }
 
-    /** System property of the decode GEMV variant (Quant4bitKernels.GEMV_VARIANT_PROPERTY): hybrid, stream or mma. */
+    /** System property of the decode GEMV variant (Quant4bitKernels.GEMV_VARIANT_PROPERTY): v2, v2reg, hybrid, stream or mma. */
     static final String GEMV_PROPERTY = "qlora4j.nf4.gemv";
     /** System property of the hybrid variant's register-decode period (Quant4bitKernels.HYBRID_PERIOD_PROPERTY). */
     static final String HYBRID_PERIOD_PROPERTY = "qlora4j.nf4.hybridPeriod";
@@ -102,7 +102,7 @@ final class CudaNf4BenchWorkload implements AutoCloseable {
     }
 
     /**
-     * As {@link #nf4Graph()} with the decode GEMV variant chosen for the capture: "hybrid", "hybrid:P" (every P-th
+     * As {@link #nf4Graph()} with the decode GEMV variant chosen for the capture: "v2", "v2reg", "hybrid", "hybrid:P" (every P-th
      * chunk decoded in registers), "stream" or "mma". The launcher reads the properties at each call, so the
      * captured kernels are that variant's. Not cached.
      */

@@ -9,14 +9,14 @@ import java.util.Locale;
  * linear's time per op, its effective bandwidth (bytes of packed codes + statistics per op / time) as GB/s
  * and as a share of the measured device-to-device copy bandwidth, cuBLAS BF16's time on the same shape,
  * and the speedup over cuBLAS; rows <= 16 get one line per decode GEMV variant (column gemv: hybrid, the
- * default; hybrid:P, every P-th chunk decoded in registers; stream, pair-table decode only; mma, the stream-K
- * kernel), larger rows one line ("-": dequantize + cuBLAS). Run: java --enable-native-access=ALL-UNNAMED -cp
+ * default: native/nf4_gemv.cu; v2reg, the same kernel decoding in registers; hybrid and hybrid:P, every P-th chunk
+ * decoded in registers; stream, pair-table decode only; mma, the stream-K kernel), larger rows one line ("-": dequantize + cuBLAS). Run: java --enable-native-access=ALL-UNNAMED -cp
  * bench/target/benchmarks.jar dev.qlora4j.bench.CudaNf4Report [shapes comma-separated] [rows comma-separated]
- * [variants comma-separated, default hybrid,hybrid:2,hybrid:4,stream,mma].
+ * [variants comma-separated, default v2,v2reg,hybrid,stream,mma].
  */
 public final class CudaNf4Report {
     /** The decode GEMV variants compared on rows <= 16 (system properties qlora4j.nf4.gemv, qlora4j.nf4.hybridPeriod). */
-    private static final String DEFAULT_VARIANTS = "hybrid,hybrid:2,hybrid:4,stream,mma";
+    private static final String DEFAULT_VARIANTS = "v2,v2reg,hybrid,stream,mma";
 
     private CudaNf4Report() {}
 

@@ -21,8 +21,9 @@ import java.util.Arrays;
  * <p>4-bit linear, y [n, out] = x [n, in] W^T + bias, by rows of x:
  * <ul>
  *   <li>n &lt;= 16 (decode): one fused kernel that reads each packed byte once (tensor cores for BF16/F16
- *       compute with in % 32 == 0: the hybrid streaming kernel unless -Dqlora4j.nf4.gemv=stream|mma picks the
- *       pair-table-only streaming kernel or the stream-K one; a float32 SIMT kernel for F32 compute or other in);</li>
+ *       compute with in % 32 == 0: the v2 kernel of native/nf4_gemv.cu unless -Dqlora4j.nf4.gemv=v2reg|hybrid|stream|mma
+ *       picks its register-decode form or one of native/nf4.cu's kernels; a float32 SIMT kernel for F32 compute or
+ *       other in);</li>
  *   <li>n &gt; 16 (prefill, training): dequantize into a compute-dtype workspace, then one cuBLAS GEMM (float32
  *       output plus a bias epilogue when there is a bias, see {@link PrefillPlan}).</li>
  * </ul>

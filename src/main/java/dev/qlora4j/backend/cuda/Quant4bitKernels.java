@@ -30,7 +30,10 @@ final class Quant4bitKernels {
     static final int STREAM_FIXED_SMEM = 256 * 32 * 8 + 256 * 4;
     /** Shared memory for the x slice of one stream block, at most (two blocks per SM with the 65 KiB tables). */
     static final int STREAM_MAX_X_BYTES = 40 * 1024;
-    /** System property choosing the decode GEMV: "hybrid" (default), "stream" or "mma" (the stream-K kernel). */
+    /**
+     * System property choosing the decode GEMV: "v2" (default, native/nf4_gemv.cu with the shared 16-float table),
+     * "v2reg" (the same kernel decoding in registers), "hybrid", "stream" or "mma" (native/nf4.cu).
+     */
     static final String GEMV_VARIANT_PROPERTY = "qlora4j.nf4.gemv";
     /**
      * System property of the hybrid variant: every Nth 128-wide chunk of a warp is decoded through register tables
@@ -159,24 +162,26 @@ final class Quant4bitKernels {
 
     /**
      * The decode GEMV variants of 16-bit compute with K % 32 == 0 (same numerics, bit-identical weights):
-     * HYBRID = the streaming kernel with part of the decode on register tables, STREAM = the streaming kernel
+     * V2 / V2REG = {@link Nf4GemvKernels} (table / register decode), HYBRID = the streaming kernel with part of the decode on register tables, STREAM = the streaming kernel
      * decoding only through the shared-memory pair table, MMA = the stream-K kernel.
      */
-    enum GemvVariant { HYBRID, STREAM, MMA }
+    enum GemvVariant { V2, V2REG, HYBRID, STREAM, MMA }
 
     /** The variant the system property qlora4j.nf4.gemv names (read per call, so a benchmark can switch). */
     static GemvVariant gemvVariant() {
-        return parseVariant(System.getProperty(GEMV_VARIANT_PROPERTY, "hybrid"));
+        return parseVariant(System.getProperty(GEMV_VARIANT_PROPERTY, "v2"));
     }
 
     static GemvVariant parseVariant(String value) {
         String v = value.trim().toLowerCase(java.util.Locale.ROOT);
         return switch (v) {
-            case "hybrid", "" -> GemvVariant.HYBRID;
+            case "v2", "" -> GemvVariant.V2;
+            case "v2reg" -> GemvVariant.V2REG;
+            case "hybrid" -> GemvVariant.HYBRID;
             case "stream" -> GemvVariant.STREAM;
             case "mma" -> GemvVariant.MMA;
             default -> throw new IllegalArgumentException("system property " + GEMV_VARIANT_PROPERTY
-                    + " must be hybrid, stream or mma, got '" + value + "'");
+                    + " must be v2, v2reg, hybrid, stream or mma, got '" + value + "'");
         };
     }
 
@@ -202,6 +207,8 @@ final class Quant4bitKernels {
     /** The tensor-core GEMV of the chosen variant; xc is x in the compute dtype (16-byte aligned rows). */
     static void gemv(CudaContext ctx, CudaQuant4bit w, Tensor xc, int rows, Tensor bias, Tensor y, GemvVariant variant) {
         switch (variant) {
+            case V2 -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.TABLE);
+            case V2REG -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.REGISTERS);
             case HYBRID -> gemvStream(ctx, w, xc, rows, bias, y, hybridPeriod());
             case STREAM -> gemvStream(ctx, w, xc, rows, bias, y, 0);
             case MMA -> gemvMma(ctx, w, xc, rows, bias, y);

@@ -21,7 +21,7 @@ import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
 
 /**
- * The 4-bit linear (every tensor-core GEMV variant: hybrid, stream, mma, and the streaming kernel with all chunks
+ * The 4-bit linear (every tensor-core GEMV variant: v2, v2reg, hybrid, stream, mma, and the streaming kernel with all chunks
  * decoded in registers; the SIMT GEMV; dequantize + cuBLAS with and without the bias epilogue) against
  * Nf4Matmul.linear.
  *
@@ -153,7 +153,7 @@ class CudaQuant4bitLinearGpuTest {
     }
 
     @ParameterizedTest(name = "qlora4j.nf4.gemv={0}")
-    @org.junit.jupiter.params.provider.ValueSource(strings = {"mma", "stream", "hybrid"})
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"mma", "stream", "hybrid", "v2", "v2reg"})
     void publicLinearFollowsTheVariantProperty(String variant) {
         String before = System.getProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY);
         System.setProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY, variant);

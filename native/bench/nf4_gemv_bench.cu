@@ -1,0 +1,502 @@
+// nf4_gemv_bench.cu — standalone, self-checking microbenchmark of the v2 NF4 decode GEMV (native/nf4_gemv.cu)
+// against cuBLAS bf16, a pure streaming read of the same bytes, and nf4.cu's stream / hybrid kernels.
+//
+//   nvcc -O3 -std=c++17 -arch=sm_90a -I native native/bench/nf4_gemv_bench.cu -lcublas -o /tmp/gb && /tmp/gb
+//
+// Weights are random, in the exact bitsandbytes layout: packed [(n+1)/2] bytes (value 2i = high nibble of byte i),
+// blocks of `blocksize` consecutive flattened values share an absmax (F32), or with double quantization a U8 code per
+// block -> fl(fl(nested_code[q] * nested_absmax[block / 256]) + offset). Every variant is checked before it is timed:
+//   exact: x rows one-hot (row m = e_{k_m}), so y[m, o] must equal the decoded bf16 weight [o, k_m] bit for bit;
+//   random: random x and a bias against a float64 reference, |y - ref| <= 2^-7 |ref| + 2e-5 sum|w x| (f32 order).
+// Any failure prints FAIL and the process exits 1 at the end. Timings: CUDA graphs of 20 launches rotating over
+// weight copies (> 200 MB, so the 50 MB L2 never holds the weight), median of 15 graph launches.
+#include "nf4_gemv.cu"
+#include "nf4.cu"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#define CK(x) check_cuda((x), #x, __LINE__)
+static void check_cuda(cudaError_t e, const char* what, int line) {
+    if (e != cudaSuccess) {
+        fprintf(stderr, "CUDA error %s at line %d: %s\n", cudaGetErrorString(e), line, what);
+        exit(2);
+    }
+}
+#define CB(x) do { cublasStatus_t s_ = (x); if (s_ != CUBLAS_STATUS_SUCCESS) { fprintf(stderr, "cuBLAS %d at %d\n", (int)s_, __LINE__); exit(2); } } while (0)
+
+static int failures = 0;
+
+// ---- random data on the device (hash-based, reproducible)
+__device__ __forceinline__ uint32_t hash32(uint64_t i, uint64_t seed) {
+    uint64_t z = i * 0x9E3779B97F4A7C15ull + seed * 0xBF58476D1CE4E5B9ull + 0x94D049BB133111EBull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return (uint32_t)(z ^ (z >> 31));
+}
+__global__ void k_fill_bytes(uint8_t* p, size_t n, uint64_t seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) p[i] = (uint8_t)hash32(i, seed);
+}
+__global__ void k_fill_uniform(float* p, size_t n, uint64_t seed, float lo, float hi) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        p[i] = lo + (hi - lo) * (hash32(i, seed) >> 8) * (1.0f / 16777216.0f);
+}
+__global__ void k_fill_bf16(__nv_bfloat16* p, size_t n, uint64_t seed, float scale) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        p[i] = __float2bfloat16_rn(scale * (2.0f * (hash32(i, seed) >> 8) * (1.0f / 16777216.0f) - 1.0f));
+}
+__global__ void k_onehot(__nv_bfloat16* x, int M, int K, const int* ks) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < M * K; i += gridDim.x * blockDim.x)
+        x[i] = __float2bfloat16_rn((i % K) == ks[i / K] ? 1.0f : 0.0f);
+}
+
+// ---- reference: one thread per (m, o), float64 sum of the exact products; also sum |w x|.
+struct DevWeight {
+    uint8_t* packed; void* absmax; float* nested_absmax; float* nested_code; float offset;
+    int log2_bs; int nested_bs; int nested_shift; int nested;
+};
+__device__ float ref_weight(const DevWeight& w, const float* code16, int64_t e) {
+    int64_t block = e >> w.log2_bs;
+    float amax;
+    if (w.nested) {
+        int q = reinterpret_cast<const uint8_t*>(w.absmax)[block];
+        amax = __fadd_rn(__fmul_rn(w.nested_code[q], w.nested_absmax[block / w.nested_bs]), w.offset);
+    } else {
+        amax = reinterpret_cast<const float*>(w.absmax)[block];
+    }
+    uint32_t byte = w.packed[e >> 1];
+    uint32_t q = (e & 1) ? (byte & 15) : (byte >> 4);
+    return __bfloat162float(__float2bfloat16_rn(__fmul_rn(code16[q], amax)));
+}
+__global__ void k_ref(DevWeight w, const float* code16, const __nv_bfloat16* x, int M, int N, int K,
+                      const __nv_bfloat16* bias, float* ref, float* sabs) {
+    int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i >= (int64_t)M * N) return;
+    int m = (int)(i / N), o = (int)(i % N);
+    double acc = 0, sa = 0;
+    for (int k = 0; k < K; k++) {
+        double p = (double)ref_weight(w, code16, (int64_t)o * K + k) * (double)__bfloat162float(x[(int64_t)m * K + k]);
+        acc += p;
+        sa += fabs(p);
+    }
+    float b = bias ? __bfloat162float(bias[o]) : 0.0f;
+    ref[i] = __bfloat162float(__float2bfloat16_rn(__fadd_rn((float)acc, b)));
+    sabs[i] = (float)sa;
+}
+
+// ---- pure streaming read (sum of uint4): the practical ceiling for the same bytes
+template <int UNROLL>
+__global__ void k_stream_read(const uint4* __restrict__ p, size_t n16, uint32_t* out) {
+    uint32_t acc = 0;
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    for (; i + (UNROLL - 1) * stride < n16; i += UNROLL * stride) {
+        uint4 v[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) v[u] = nf4v2::ld_stream_u4<0>(p + i + u * stride);
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+    for (; i < n16; i += stride) { uint4 v = p[i]; acc ^= v.x ^ v.y ^ v.z ^ v.w; }
+    if (acc == 0x12345678u) out[0] = acc;
+}
+
+// ---- the weights of one shape
+struct Shape { int K, N; };
+struct Q4 {
+    std::vector<DevWeight> copies;
+    float* code16;
+    size_t bytes;  // packed + absmax (+ nested absmax) of one copy
+    int K, N, blocksize; bool dq;
+};
+static const float NF4[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f,
+    0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
+    0.7229568362236023f, 1.0f};
+
+static Q4 make_q4(int K, int N, int blocksize, bool dq, int copies, uint64_t seed) {
+    Q4 q; q.K = K; q.N = N; q.blocksize = blocksize; q.dq = dq;
+    size_t n = (size_t)N * K, packed = (n + 1) / 2, blocks = (n + blocksize - 1) / blocksize, nblocks = (blocks + 255) / 256;
+    CK(cudaMalloc(&q.code16, 64));
+    CK(cudaMemcpy(q.code16, NF4, 64, cudaMemcpyHostToDevice));
+    float* ncode = nullptr;
+    if (dq) {
+        float h[256];
+        for (int i = 0; i < 256; i++) h[i] = i / 255.0f * (i % 3 == 0 ? 0.75f : 1.0f);
+        CK(cudaMalloc(&ncode, 1024));
+        CK(cudaMemcpy(ncode, h, 1024, cudaMemcpyHostToDevice));
+    }
+    q.bytes = packed + (dq ? blocks + 4 * nblocks : 4 * blocks);
+    for (int c = 0; c < copies; c++) {
+        DevWeight w{};
+        CK(cudaMalloc(&w.packed, packed + 16));
+        k_fill_bytes<<<1024, 256>>>(w.packed, packed, seed * 131 + c);
+        w.log2_bs = __builtin_ctz(blocksize);
+        if (dq) {
+            CK(cudaMalloc(&w.absmax, blocks));
+            k_fill_bytes<<<1024, 256>>>((uint8_t*)w.absmax, blocks, seed * 131 + c + 77);
+            CK(cudaMalloc(&w.nested_absmax, 4 * nblocks));
+            k_fill_uniform<<<256, 256>>>(w.nested_absmax, nblocks, seed * 131 + c + 99, 0.01f, 0.08f);
+            w.nested_code = ncode; w.offset = 0.0123f; w.nested_bs = 256; w.nested_shift = 8; w.nested = 1;
+        } else {
+            CK(cudaMalloc(&w.absmax, 4 * blocks));
+            k_fill_uniform<<<1024, 256>>>((float*)w.absmax, blocks, seed * 131 + c + 77, 0.005f, 0.08f);
+            w.nested_bs = 1; w.nested_shift = 0;
+        }
+        q.copies.push_back(w);
+    }
+    CK(cudaDeviceSynchronize());
+    return q;
+}
+static void free_q4(Q4& q) {
+    for (auto& w : q.copies) { cudaFree(w.packed); cudaFree(w.absmax); if (w.nested_absmax) cudaFree(w.nested_absmax); }
+    if (q.dq && !q.copies.empty()) cudaFree(q.copies[0].nested_code);
+    cudaFree(q.code16);
+    q.copies.clear();
+}
+
+// ---- variants
+using Launch = std::function<void(const DevWeight&, const float* code16, const void* x, int M, int N, int K,
+                                  const void* bias, void* y, cudaStream_t)>;
+struct Variant {
+    std::string name;
+    Launch launch;          // M <= 16
+    bool checked;           // false: timing only (wrong results by design)
+    std::string facts;      // registers, local memory, blocks per SM, per NT
+    bool extra;             // only timed on the M = 1 rows of the big sweep
+};
+
+template <int NT, int W, int TILES, int DEPTH, int DEC, int PF>
+static void launch_v2(const DevWeight& w, const float* code16, const void* x, int M, int N, int K, const void* bias,
+                      void* y, cudaStream_t s) {
+    dim3 grid((N + 16 * TILES - 1) / (16 * TILES));
+    nf4v2::gemv_kernel<false, NT, W, TILES, DEPTH, DEC, PF><<<grid, W * 32, 0, s>>>(
+        w.packed, w.absmax, w.nested_absmax, w.nested_code, w.offset, w.log2_bs, w.nested_bs, w.nested_shift, w.nested,
+        code16, (const uint16_t*)x, M, N, K, bias, 1, y, 1, 0);
+}
+
+template <int W, int TILES, int DEPTH, int DEC, int PF>
+static Variant v2(const std::string& name, bool extra = false) {
+    Variant v;
+    v.name = name;
+    v.checked = DEC != nf4v2::DEC_NONE;
+    v.extra = extra;
+    v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s) {
+        if (M <= 8) launch_v2<1, W, TILES, DEPTH, DEC, PF>(w, c, x, M, N, K, b, y, s);
+        else launch_v2<2, W, TILES, DEPTH, DEC, PF>(w, c, x, M, N, K, b, y, s);
+    };
+    char buf[256];
+    cudaFuncAttributes a1, a2;
+    int b1 = 0, b2 = 0;
+    CK(cudaFuncGetAttributes(&a1, nf4v2::gemv_kernel<false, 1, W, TILES, DEPTH, DEC, PF>));
+    CK(cudaFuncGetAttributes(&a2, nf4v2::gemv_kernel<false, 2, W, TILES, DEPTH, DEC, PF>));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b1, nf4v2::gemv_kernel<false, 1, W, TILES, DEPTH, DEC, PF>, W * 32, 0));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b2, nf4v2::gemv_kernel<false, 2, W, TILES, DEPTH, DEC, PF>, W * 32, 0));
+    snprintf(buf, sizeof buf, "m8: %d regs, %zu B local, %zu B smem, %d blocks/SM (%d warps); m16: %d regs, %zu B local, %d blocks/SM (%d warps)",
+             a1.numRegs, a1.localSizeBytes, a1.sharedSizeBytes, b1, b1 * W, a2.numRegs, a2.localSizeBytes, b2, b2 * W);
+    v.facts = buf;
+    return v;
+}
+
+// nf4.cu's stream kernel (S as Quant4bitKernels.streamSplits), for comparison with the Java numbers
+static float* g_partials = nullptr;
+static int* g_counters = nullptr;
+static int g_sms = 132;
+static Variant old_stream(int reg_period) {
+    Variant v;
+    v.name = reg_period ? "nf4.cu hybrid:3" : "nf4.cu stream";
+    v.checked = true;
+    v.extra = true;
+    CK(cudaFuncSetAttribute(q4_gemv_stream_bf16_m8, cudaFuncAttributeMaxDynamicSharedMemorySize, STREAM_FIXED_SMEM + 40 * 1024));
+    CK(cudaFuncSetAttribute(q4_gemv_stream_bf16_m16, cudaFuncAttributeMaxDynamicSharedMemorySize, STREAM_FIXED_SMEM + 40 * 1024));
+    v.launch = [reg_period](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s) {
+        int chunks = (K + 127) / 128;
+        long panels = (N + 127) / 128;
+        int mp = M <= 8 ? 8 : 16;
+        int maxc = 40 * 1024 / (mp * 128 * 2);
+        long forSmem = (chunks + maxc - 1) / maxc, forFill = (2L * g_sms + panels - 1) / panels;
+        int S = (int)std::max(1L, std::min((long)chunks, std::max(forSmem, forFill)));
+        int per = (chunks + S - 1) / S;
+        int smem = STREAM_FIXED_SMEM + mp * per * 128 * 2;
+        auto fn = M <= 8 ? q4_gemv_stream_bf16_m8 : q4_gemv_stream_bf16_m16;
+        fn<<<(unsigned)(panels * S), STREAM_THREADS, smem, s>>>(w.packed, w.absmax, w.nested_absmax, w.nested_code, w.offset,
+            w.log2_bs, w.nested_bs, w.nested_shift, w.nested, c, (const uint16_t*)x, M, N, K, S, b, 1, y, 1,
+            g_partials, g_counters, 0, reg_period);
+    };
+    return v;
+}
+
+// ---- timing
+static float time_graph(const std::function<void(int, cudaStream_t)>& op, int copies) {
+    cudaStream_t s;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    const int L = 20;
+    op(0, s);  // warm (module load, attributes) outside the capture
+    CK(cudaStreamSynchronize(s));
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < L; i++) op(i % copies, s);
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    for (int i = 0; i < 3; i++) CK(cudaGraphLaunch(ge, s));
+    std::vector<float> ts;
+    for (int r = 0; r < 15; r++) {
+        CK(cudaEventRecord(e0, s));
+        CK(cudaGraphLaunch(ge, s));
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        ts.push_back(ms * 1000.0f / L);
+    }
+    CK(cudaGetLastError());
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaStreamDestroy(s);
+    std::sort(ts.begin(), ts.end());
+    return ts[ts.size() / 2];
+}
+
+// ---- checks
+struct Checker {
+    __nv_bfloat16 *x_rand, *x_hot, *bias;
+    float *ref_rand, *sabs_rand, *ref_hot, *sabs_hot;
+    __nv_bfloat16* y;
+    int M, N, K;
+};
+static Checker make_checker(const Q4& q, int M, uint64_t seed) {
+    Checker c{}; c.M = M; c.N = q.N; c.K = q.K;
+    size_t xs = (size_t)M * q.K, ys = (size_t)M * q.N;
+    CK(cudaMalloc(&c.x_rand, xs * 2)); CK(cudaMalloc(&c.x_hot, xs * 2)); CK(cudaMalloc(&c.bias, q.N * 2));
+    CK(cudaMalloc(&c.ref_rand, ys * 4)); CK(cudaMalloc(&c.sabs_rand, ys * 4));
+    CK(cudaMalloc(&c.ref_hot, ys * 4)); CK(cudaMalloc(&c.sabs_hot, ys * 4)); CK(cudaMalloc(&c.y, ys * 2));
+    k_fill_bf16<<<256, 256>>>(c.x_rand, xs, seed + 5, 1.0f);
+    k_fill_bf16<<<64, 256>>>(c.bias, q.N, seed + 6, 0.5f);
+    std::vector<int> ks(M);
+    srand((unsigned)seed);
+    for (int m = 0; m < M; m++) ks[m] = (int)(((long)rand() * 7919L + m * 131L) % q.K);
+    ks[0] = q.K - 1;  // the last k of a row: catches k-tail bugs
+    int* dks;
+    CK(cudaMalloc(&dks, M * 4));
+    CK(cudaMemcpy(dks, ks.data(), M * 4, cudaMemcpyHostToDevice));
+    k_onehot<<<256, 256>>>(c.x_hot, M, q.K, dks);
+    const DevWeight& w = q.copies[0];
+    int blocks = (int)((ys + 127) / 128);
+    k_ref<<<blocks, 128>>>(w, q.code16, c.x_rand, M, q.N, q.K, c.bias, c.ref_rand, c.sabs_rand);
+    k_ref<<<blocks, 128>>>(w, q.code16, c.x_hot, M, q.N, q.K, nullptr, c.ref_hot, c.sabs_hot);
+    CK(cudaDeviceSynchronize());
+    cudaFree(dks);
+    return c;
+}
+static void free_checker(Checker& c) {
+    cudaFree(c.x_rand); cudaFree(c.x_hot); cudaFree(c.bias); cudaFree(c.ref_rand); cudaFree(c.sabs_rand);
+    cudaFree(c.ref_hot); cudaFree(c.sabs_hot); cudaFree(c.y);
+}
+static float bf(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+
+// Returns a short verdict; counts failures.
+static std::string check_variant(const Variant& v, const Q4& q, const Checker& c, const char* where) {
+    if (!v.checked) return "timing-only";
+    size_t ys = (size_t)c.M * c.N;
+    std::vector<uint16_t> y(ys);
+    std::vector<float> ref(ys), sabs(ys);
+    char buf[160];
+    // exact (one-hot x, no bias)
+    CK(cudaMemset(c.y, 0xFF, ys * 2));  // poison: NaN
+    v.launch(q.copies[0], q.code16, c.x_hot, c.M, c.N, c.K, nullptr, c.y, 0);
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(y.data(), c.y, ys * 2, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(ref.data(), c.ref_hot, ys * 4, cudaMemcpyDeviceToHost));
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < ys; i++) if (!(bf(y[i]) == ref[i])) { if (!bad) first = i; bad++; }
+    if (bad) {
+        failures++;
+        snprintf(buf, sizeof buf, "FAIL exact %zu/%zu (first m=%zu o=%zu: %g vs %g)", bad, ys, first / c.N, first % c.N, bf(y[first]), ref[first]);
+        printf("  %s [%s] %s\n", v.name.c_str(), where, buf);
+        return "FAIL";
+    }
+    // random x with bias
+    CK(cudaMemset(c.y, 0xFF, ys * 2));
+    v.launch(q.copies[0], q.code16, c.x_rand, c.M, c.N, c.K, c.bias, c.y, 0);
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(y.data(), c.y, ys * 2, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(ref.data(), c.ref_rand, ys * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(sabs.data(), c.sabs_rand, ys * 4, cudaMemcpyDeviceToHost));
+    double worst = 0;
+    for (size_t i = 0; i < ys; i++) {
+        double d = fabs((double)bf(y[i]) - ref[i]);
+        double tol = std::ldexp(fabs((double)ref[i]), -7) + 2e-5 * sabs[i] + 1e-30;
+        double r = d / tol;
+        if (!(r <= worst)) worst = std::isnan(r) ? INFINITY : std::max(worst, r);
+    }
+    if (!(worst <= 1.0)) {
+        failures++;
+        snprintf(buf, sizeof buf, "FAIL random err/tol %.3g", worst);
+        printf("  %s [%s] %s\n", v.name.c_str(), where, buf);
+        return "FAIL";
+    }
+    snprintf(buf, sizeof buf, "ok(%.2f)", worst);
+    return buf;
+}
+
+int main(int argc, char** argv) {
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    g_sms = prop.multiProcessorCount;
+    int clock_khz = 0;
+    cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0);
+    printf("%s, %d SMs, %.2f GHz max, L2 %d MB\n", prop.name, g_sms, clock_khz / 1e6, prop.l2CacheSize >> 20);
+    CK(cudaMalloc(&g_partials, 64u << 20));
+    CK(cudaMalloc(&g_counters, 1 << 20));
+    CK(cudaMemset(g_counters, 0, 1 << 20));
+
+    // copy bandwidth (read + write), as CudaNf4Report measures it
+    double copy_bw;
+    {
+        size_t n = 1ull << 30;
+        void *a, *b;
+        CK(cudaMalloc(&a, n)); CK(cudaMalloc(&b, n));
+        CK(cudaMemset(a, 1, n));
+        cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
+        CK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
+        float best = 1e9;
+        for (int r = 0; r < 5; r++) {
+            cudaEventRecord(e0); cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice); cudaEventRecord(e1);
+            cudaEventSynchronize(e1);
+            float ms; cudaEventElapsedTime(&ms, e0, e1); best = std::min(best, ms);
+        }
+        copy_bw = 2.0 * n / (best * 1e-3);
+        cudaFree(a); cudaFree(b);
+        printf("device-to-device copy: %.0f GB/s (read + write); %%copy below = achieved / that\n", copy_bw / 1e9);
+    }
+
+    std::vector<Variant> vars;
+    vars.push_back(v2<8, 1, 4, nf4v2::DEC_TAB, 0>("tab w8 t1 d4"));  // = q4v2_gemv_* (the Java default)
+    vars.push_back(v2<4, 1, 4, nf4v2::DEC_TAB, 0>("tab w4 t1 d4"));
+    vars.push_back(v2<16, 1, 4, nf4v2::DEC_TAB, 0>("tab w16 t1 d4"));
+    vars.push_back(v2<8, 1, 2, nf4v2::DEC_TAB, 0>("tab w8 t1 d2"));
+    vars.push_back(v2<8, 1, 6, nf4v2::DEC_TAB, 0>("tab w8 t1 d6"));
+    vars.push_back(v2<4, 1, 8, nf4v2::DEC_TAB, 0>("tab w4 t1 d8"));
+    vars.push_back(v2<8, 2, 2, nf4v2::DEC_TAB, 0>("tab w8 t2 d2"));
+    vars.push_back(v2<4, 2, 3, nf4v2::DEC_TAB, 0>("tab w4 t2 d3"));
+    vars.push_back(v2<8, 1, 4, nf4v2::DEC_TAB, 2>("tab w8 t1 d4 L2:256B"));
+    vars.push_back(v2<8, 1, 4, nf4v2::DEC_REG, 0>("reg w8 t1 d4"));
+    vars.push_back(v2<4, 1, 4, nf4v2::DEC_REG, 0>("reg w4 t1 d4"));
+    vars.push_back(v2<8, 1, 4, nf4v2::DEC_NONE, 0>("none w8 t1 d4 (no decode)"));
+    vars.push_back(old_stream(0));
+    vars.push_back(old_stream(3));
+    printf("\nvariants (name: W warps per block, T 16-row tiles per block, D chunks of loads in flight; facts per NT):\n");
+    for (auto& v : vars) if (!v.facts.empty()) printf("  %-26s %s\n", v.name.c_str(), v.facts.c_str());
+
+    // ---- correctness sweep on small odd shapes: blocksizes, dq, M, K tails (K % 128 != 0)
+    printf("\ncorrectness sweep (exact one-hot + random with bias), every checked variant:\n");
+    {
+        const int shapes[][2] = {{192, 77}, {320, 33}, {4160, 1001}, {96, 40}};
+        const int bss[] = {32, 64, 128, 256};
+        const int Ms[] = {1, 3, 8, 9, 16};
+        int cases = 0;
+        for (auto& sh : shapes)
+            for (int bs : bss)
+                for (int dq = 0; dq < 2; dq++) {
+                    Q4 q = make_q4(sh[0], sh[1], bs, dq, 1, 1000 + sh[0] + bs + dq);
+                    for (int M : Ms) {
+                        Checker c = make_checker(q, M, 7 + M);
+                        for (auto& v : vars) {
+                            char where[96];
+                            snprintf(where, sizeof where, "K=%d N=%d bs=%d dq=%d M=%d", sh[0], sh[1], bs, dq, M);
+                            check_variant(v, q, c, where);
+                            cases++;
+                        }
+                        free_checker(c);
+                    }
+                    free_q4(q);
+                }
+        printf("  %d cases, %d failures so far\n", cases, failures);
+    }
+
+    cublasHandle_t h;
+    CB(cublasCreate(&h));
+    void* ws;
+    CK(cudaMalloc(&ws, 64 << 20));
+    CB(cublasSetWorkspace(h, ws, 64 << 20));
+    uint32_t* sink;
+    CK(cudaMalloc(&sink, 64));
+
+    const Shape shapes[] = {{4096, 11008}, {11008, 4096}, {8192, 28672}, {4096, 4096}};
+    const int Ms[] = {1, 2, 4, 8, 16};
+    const size_t ROTATE = 200ull << 20;
+    for (const Shape& sh : shapes) {
+        int K = sh.K, N = sh.N;
+        // cuBLAS bf16 weight copies and the streaming read ceiling over the NF4 bytes
+        size_t wbytes = (size_t)N * K * 2;
+        int bcopies = (int)std::max<size_t>(2, std::min<size_t>(16, (ROTATE + wbytes - 1) / wbytes));
+        std::vector<__nv_bfloat16*> wb(bcopies);
+        for (auto& p : wb) { CK(cudaMalloc(&p, wbytes)); k_fill_bf16<<<1024, 256>>>(p, (size_t)N * K, 3, 0.05f); }
+        __nv_bfloat16 *xb, *yb;
+        CK(cudaMalloc(&xb, (size_t)16 * K * 2)); CK(cudaMalloc(&yb, (size_t)16 * N * 4));
+        k_fill_bf16<<<256, 256>>>(xb, (size_t)16 * K, 4, 1.0f);
+        for (int dq = 0; dq < 2; dq++) {
+            size_t nbytes = (size_t)N * K / 2;
+            int copies = (int)std::max<size_t>(2, std::min<size_t>(16, (ROTATE + nbytes - 1) / nbytes));
+            Q4 q = make_q4(K, N, 64, dq, copies, 42 + dq);
+            printf("\n== in %d x out %d, blocksize 64, dq %s: %.2f MB per op (packed + absmax), %d weight copies\n",
+                   K, N, dq ? "y" : "n", q.bytes / 1e6, copies);
+            if (!dq) {
+                for (int cfg = 0; cfg < 3; cfg++) {
+                    int bps = cfg == 0 ? 4 : cfg == 1 ? 8 : 16;
+                    float us = time_graph([&](int c, cudaStream_t s) {
+                        size_t n16 = q.bytes / 16;
+                        if (cfg < 2) k_stream_read<4><<<g_sms * bps, 256, 0, s>>>((const uint4*)q.copies[c].packed, std::min(n16, (size_t)N * K / 32), sink);
+                        else k_stream_read<2><<<g_sms * bps, 256, 0, s>>>((const uint4*)q.copies[c].packed, std::min(n16, (size_t)N * K / 32), sink);
+                    }, copies);
+                    double bytes = (double)N * K / 2;
+                    printf("  stream-read ceiling (%d blocks/SM x 256, unroll %d) over the packed bytes: %8.2f us %6.0f GB/s %5.1f%%copy\n",
+                           bps, cfg < 2 ? 4 : 2, us, bytes / us / 1e3, 100.0 * bytes / (us * 1e-6) / copy_bw);
+                }
+            }
+            printf("  %-4s %-26s %9s %7s %7s %10s %9s %8s  %s\n", "M", "variant", "us", "GB/s", "%copy", "cublas us", "speedup", "bf16 %cp", "check");
+            for (int M : Ms) {
+                float tc = time_graph([&](int c, cudaStream_t s) {
+                    CB(cublasSetStream(h, s));
+                    float alpha = 1.0f, beta = 0.0f;
+                    CB(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, wb[c], CUDA_R_16BF, K, xb, CUDA_R_16BF, K,
+                                    &beta, yb, CUDA_R_16BF, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                }, bcopies);
+                Checker chk = make_checker(q, M, 99 + M);
+                for (auto& v : vars) {
+                    if (v.extra && M != 1 && M != 16) continue;
+                    char where[64];
+                    snprintf(where, sizeof where, "K=%d N=%d dq=%d M=%d", K, N, dq, M);
+                    std::string verdict = check_variant(v, q, chk, where);
+                    float us = time_graph([&](int c, cudaStream_t s) {
+                        v.launch(q.copies[c], q.code16, xb, M, N, K, nullptr, yb, s);
+                    }, copies);
+                    double gbs = q.bytes / us / 1e3;
+                    printf("  %-4d %-26s %9.2f %7.0f %6.1f%% %10.2f %8.2fx %7.1f%%  %s\n", M, v.name.c_str(), us, gbs,
+                           100.0 * gbs * 1e9 / copy_bw, tc, tc / us, 100.0 * wbytes / (tc * 1e-6) / copy_bw, verdict.c_str());
+                }
+                free_checker(chk);
+            }
+            free_q4(q);
+        }
+        for (auto& p : wb) cudaFree(p);
+        cudaFree(xb); cudaFree(yb);
+    }
+    printf("\n%s: %d failure(s)\n", failures ? "FAILED" : "ALL CHECKS PASSED", failures);
+    return failures ? 1 : 0;
+}

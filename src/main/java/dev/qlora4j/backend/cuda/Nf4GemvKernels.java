@@ -1,0 +1,69 @@
+package dev.qlora4j.backend.cuda;
+
+import dev.qlora4j.cuda.Dim3;
+import dev.qlora4j.cuda.KernelArgs;
+import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Tensor;
+
+/**
+ * Launcher of native/nf4_gemv.cu (module "nf4_gemv"): the "v2" decode GEMV of a 4-bit weight, y [rows, out] =
+ * x [rows, in] W^T (+ bias) for rows &lt;= 16, 16-bit compute and in % 32 == 0 (the same preconditions and numerics
+ * as the other tensor-core variants of {@link Quant4bitKernels}). One block per 16 output rows, its warps splitting
+ * K and adding their fragments in warp order through shared memory: no split-K scratch, no atomics, deterministic.
+ */
+final class Nf4GemvKernels {
+    static final String MODULE = "nf4_gemv";
+    // native/nf4_gemv.cu: V2_WARPS, 16 * V2_TILES output rows per block
+    static final int THREADS = 8 * 32;
+    static final int ROWS_PER_BLOCK = 16;
+
+    /** How the kernel turns 4-bit codes into weights: the 16-float shared table, or register tables (ALU only). */
+    enum Decode { TABLE, REGISTERS }
+
+    private Nf4GemvKernels() {}
+
+    /** Whether the v2 GEMV applies: 16-bit compute and K a multiple of 32 (16-byte aligned rows of codes and x). */
+    static boolean applies(CudaQuant4bit w) {
+        return w.computeDType() != DType.F32 && w.inFeatures() % 32 == 0;
+    }
+
+    /** The kernel name for the compute dtype, the rows of x (m8: rows &lt;= 8, m16: rows &lt;= 16) and the decode. */
+    static String kernelName(DType compute, int rows, Decode decode) {
+        if (rows < 1 || rows > Quant4bitKernels.GEMV_MAX_ROWS) {
+            throw new IllegalArgumentException("the v2 GEMV takes 1.." + Quant4bitKernels.GEMV_MAX_ROWS + " rows of x, got " + rows);
+        }
+        String dt = switch (compute) {
+            case BF16 -> "bf16";
+            case F16 -> "f16";
+            default -> throw new IllegalArgumentException("the v2 GEMV computes in BF16 or F16, not " + compute);
+        };
+        return (decode == Decode.REGISTERS ? "q4v2reg_gemv_" : "q4v2_gemv_") + dt + (rows <= 8 ? "_m8" : "_m16");
+    }
+
+    /** Blocks of a launch: one per 16 output rows. */
+    static int grid(int outFeatures) {
+        return (outFeatures + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+    }
+
+    /**
+     * y [rows, out] in y.dtype = round(y, round(compute, x W^T + round(compute, bias))); xc is x in the compute dtype
+     * [rows, in] (16-byte aligned rows); bias null or [out] in any float dtype.
+     */
+    static void gemv(CudaContext ctx, CudaQuant4bit w, Tensor xc, int rows, Tensor bias, Tensor y, Decode decode) {
+        if (!applies(w)) {
+            throw new IllegalArgumentException(w + ": the v2 GEMV needs BF16/F16 compute and in % 32 == 0");
+        }
+        if (xc.dtype() != w.computeDType()) {
+            throw new IllegalArgumentException("x must be in the compute dtype " + w.computeDType() + ", got " + xc.dtype());
+        }
+        long fn = ctx.function(MODULE, kernelName(w.computeDType(), rows, decode));
+        boolean doubleRound = w.stateDType() != DType.F32 && w.stateDType() != w.computeDType();
+        KernelArgs args = Quant4bitKernels.weightArgs(w).ptr(CudaContext.ptr(w.code16()))
+                .ptr(CudaContext.ptr(xc)).i32(rows).i32(w.outFeatures()).i32(w.inFeatures())
+                .ptr(bias == null ? 0L : CudaContext.ptr(bias))
+                .i32(bias == null ? 0 : Quant4bitKernels.dtypeCode(bias.dtype(), "bias"))
+                .ptr(CudaContext.ptr(y)).i32(Quant4bitKernels.dtypeCode(y.dtype(), "output"))
+                .i32(doubleRound ? 1 : 0);
+        ctx.launch(fn, Dim3.of(grid(w.outFeatures())), Dim3.of(THREADS), 0, args);
+    }
+}

@@ -1,0 +1,162 @@
+package dev.qlora4j.backend.cuda;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.fail;
+
+import dev.qlora4j.quant.Nf4Matmul;
+import dev.qlora4j.quant.Quant4bit;
+import dev.qlora4j.quant.QuantState4bit;
+import dev.qlora4j.quant.QuantType;
+import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Tensor;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+
+/**
+ * The v2 decode GEMV (native/nf4_gemv.cu, both decodes) against the CPU twin Nf4Matmul.linear: rows 1..16, odd N
+ * (partial 16-row tiles), K a multiple of 64 (also not of 128: a partial last chunk; and K below the block's 8 x 128,
+ * so some warps own no chunk), blocksizes 64/128/256, with and without double quantization, x in BF16/F16/F32, with
+ * and without a bias. Outputs are poisoned (NaN) before each launch; fresh random data each run.
+ *
+ * <p>Tolerance per output element, as CudaQuant4bitLinearGpuTest: 1e-5 * sum_k |x_k w_k| (float32 order) plus two
+ * quanta of the compute dtype and one of y's dtype at the reference value.
+ *
+ * <p>Plus an exact check: with x one-hot rows (x[m] = e_k), each output is a single product 1 * w, so y must equal
+ * the CPU's rounded weight bit for bit (catches any k-order or nibble-order mistake that a tolerance could hide).
+ */
+@Tag("gpu")
+class Nf4GemvV2GpuTest {
+    private static CudaContext ctx;
+
+    @BeforeAll
+    static void open() { ctx = QuantGpuSupport.context(); }
+
+    @AfterAll
+    static void close() { if (ctx != null) ctx.close(); }
+
+    static Stream<Arguments> cases() {
+        List<Arguments> out = new ArrayList<>();
+        int[][] shapes = {{147, 1344}, {77, 192}, {33, 4160}, {1001, 64}};
+        int[] blocksizes = {64, 128, 256};
+        DType[] xds = {DType.BF16, DType.F16, DType.F32};
+        int i = 0;
+        for (int rows = 1; rows <= 16; rows++) {
+            for (boolean nested : new boolean[] {false, true}) {
+                int[] s = shapes[i % shapes.length];
+                out.add(Arguments.of(s[0], s[1], rows, nested, blocksizes[i % 3], i % 2 == 0 ? DType.BF16 : DType.F16,
+                        xds[(i / 2) % 3], i % 3 == 1 ? null : (i % 3 == 0 ? DType.BF16 : DType.F32)));
+                i++;
+            }
+        }
+        return out.stream();
+    }
+
+    @ParameterizedTest(name = "[{0}, {1}] rows={2} nested={3} bs={4} compute={5} x={6} bias={7}")
+    @MethodSource("cases")
+    void matchesNf4Matmul(int outF, int inF, int rows, boolean nested, int blocksize, DType compute, DType xd, DType biasD) {
+        Random rnd = new Random();
+        QuantType type = rnd.nextInt(4) == 0 ? QuantType.FP4 : QuantType.NF4;
+        DType state = new DType[] {DType.BF16, DType.F16, DType.F32}[rnd.nextInt(3)];
+        float[] w = QuantGpuSupport.randomWeights(rnd, outF, inF);
+        QuantState4bit qs = Quant4bit.quantize(Tensor.fromFloats(w, state, outF, inF), type, blocksize, nested);
+        float[] x = QuantGpuSupport.roundedTo(xd, QuantGpuSupport.gaussian(rnd, rows * inF, 1.0));
+        float[] bias = biasD == null ? null : QuantGpuSupport.roundedTo(biasD, QuantGpuSupport.gaussian(rnd, outF, 0.5));
+        float[] ref = Nf4Matmul.linear(x, rows, qs, bias, compute);
+        double[] sumAbs = sumAbs(x, rows, qs, compute, state);
+        String what = type + " nested=" + nested + " bs=" + blocksize + " state=" + state + " compute=" + compute + " x=" + xd
+                + " bias=" + biasD + " [" + outF + ", " + inF + "] rows=" + rows;
+        try (CudaQuant4bit q = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, compute);
+             Tensor xc = QuantGpuSupport.upload(ctx, x, compute, rows, inF);
+             Tensor bdev = bias == null ? null : QuantGpuSupport.upload(ctx, bias, biasD, outF);
+             Tensor y = QuantGpuSupport.poisoned(ctx, xd, rows, outF)) {
+            for (Nf4GemvKernels.Decode decode : Nf4GemvKernels.Decode.values()) {
+                ctx.driver().memsetD8Async(CudaContext.ptr(y), (byte) 0xFF, y.byteSize(), ctx.stream());
+                Nf4GemvKernels.gemv(ctx, q, xc, rows, bdev, y, decode);
+                float[] got = ctx.download(y).toFloatArray();
+                for (int e = 0; e < ref.length; e++) {
+                    double want = QuantGpuSupport.round(xd, ref[e]);
+                    double tol = 1e-5 * sumAbs[e] + 2 * QuantGpuSupport.quantum(compute, want) + QuantGpuSupport.quantum(xd, want);
+                    if (!(Math.abs(got[e] - want) <= tol)) {
+                        fail(what + " (" + decode + "): element " + e + " = " + got[e] + ", reference " + want + ", tolerance " + tol);
+                    }
+                }
+            }
+        }
+    }
+
+    static Stream<Arguments> exactCases() {
+        return Stream.of(
+                Arguments.of(77, 192, 1, false, 64, DType.BF16, DType.BF16),
+                Arguments.of(147, 1344, 5, true, 128, DType.BF16, DType.BF16),
+                Arguments.of(33, 4160, 9, false, 256, DType.F16, DType.F16),
+                Arguments.of(50, 320, 16, true, 64, DType.F16, DType.BF16),
+                Arguments.of(40, 256, 16, false, 64, DType.BF16, DType.F16));
+    }
+
+    @ParameterizedTest(name = "[{0}, {1}] rows={2} nested={3} bs={4} compute={5} state={6}")
+    @MethodSource("exactCases")
+    void oneHotRowsGiveTheRoundedWeightsExactly(int outF, int inF, int rows, boolean nested, int blocksize, DType compute,
+                                                DType state) {
+        Random rnd = new Random();
+        float[] w = QuantGpuSupport.randomWeights(rnd, outF, inF);
+        QuantState4bit qs = Quant4bit.quantize(Tensor.fromFloats(w, state, outF, inF), QuantType.NF4, blocksize, nested);
+        float[] deq = Quant4bit.dequantizeToF32(qs);
+        float[] x = new float[rows * inF];
+        int[] ks = new int[rows];
+        for (int m = 0; m < rows; m++) {
+            ks[m] = m == 0 ? inF - 1 : rnd.nextInt(inF);  // row 0: the last k (the partial last chunk)
+            x[m * inF + ks[m]] = 1f;
+        }
+        try (CudaQuant4bit q = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, compute);
+             Tensor xc = QuantGpuSupport.upload(ctx, x, compute, rows, inF);
+             Tensor y = QuantGpuSupport.poisoned(ctx, DType.F32, rows, outF)) {
+            for (Nf4GemvKernels.Decode decode : Nf4GemvKernels.Decode.values()) {
+                ctx.driver().memsetD8Async(CudaContext.ptr(y), (byte) 0xFF, y.byteSize(), ctx.stream());
+                Nf4GemvKernels.gemv(ctx, q, xc, rows, null, y, decode);
+                float[] got = ctx.download(y).toFloatArray();
+                for (int m = 0; m < rows; m++) {
+                    for (int o = 0; o < outF; o++) {
+                        float want = QuantGpuSupport.round(compute, QuantGpuSupport.round(state, deq[o * inF + ks[m]]));
+                        // +0 == -0: a zero weight times 1 plus zero products may carry either sign
+                        if (!(got[m * outF + o] == want)) {
+                            fail(decode + " compute=" + compute + " state=" + state + " nested=" + nested + " bs=" + blocksize
+                                    + ": y[" + m + ", " + o + "] = " + got[m * outF + o] + ", weight [" + o + ", " + ks[m]
+                                    + "] = " + want);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    @Test
+    void kernelNamesAndGrid() {
+        assertEquals("q4v2_gemv_bf16_m8", Nf4GemvKernels.kernelName(DType.BF16, 1, Nf4GemvKernels.Decode.TABLE));
+        assertEquals("q4v2reg_gemv_f16_m16", Nf4GemvKernels.kernelName(DType.F16, 9, Nf4GemvKernels.Decode.REGISTERS));
+        assertEquals(689, Nf4GemvKernels.grid(11009));
+    }
+
+    /** sum_k |x_k * w_k| per output element, over the operands as rounded to the compute dtype, in float64. */
+    private static double[] sumAbs(float[] x, int rows, QuantState4bit qs, DType compute, DType state) {
+        int outF = qs.shape()[0], inF = qs.shape()[1];
+        float[] w = Quant4bit.dequantizeToF32(qs);
+        double[] s = new double[rows * outF];
+        for (int o = 0; o < outF; o++) {
+            for (int k = 0; k < inF; k++) {
+                double wv = Math.abs(QuantGpuSupport.round(compute, QuantGpuSupport.round(state, w[o * inF + k])));
+                for (int r = 0; r < rows; r++) s[r * outF + o] += Math.abs(QuantGpuSupport.round(compute, x[r * inF + k])) * wv;
+            }
+        }
+        return s;
+    }
+}
