@@ -10,6 +10,8 @@
 //                          A thread's second pass reads back only the packs it wrote itself.
 //   rope_qk_<t>            rotary embedding of q [n, heads*D] and k [n, kvHeads*D] in place, one grid-stride
 //                          loop over n * D/2 (row, i) pairs: the angle's cos/sin computed once for both.
+//   rope_qk_bwd_<t>        its backward on gq [n, heads*D] and gk [n, kvHeads*D] in place, as two rope_bwd_<t>
+//                          (train_elementwise.cu): (ga, gb) -> (ga c + gb s, gb c - ga s), same angle arithmetic.
 #include "activations.cuh"
 
 template <typename T, typename W>
@@ -94,6 +96,39 @@ __device__ __forceinline__ void rope_qk_impl(T* q, T* k, const int* __restrict__
     }
 }
 
+// The backward twin of rope_qk: the rotation by -angle (train_elementwise.cu's rope_bwd arithmetic) on both.
+template <typename T>
+__device__ __forceinline__ void rope_bwd_rows(T* g, int64_t row, int i, int heads, int head_dim, float cs, float sn) {
+    int half = head_dim >> 1;
+    T* base = g + row * heads * head_dim + i;
+    for (int h = 0; h < heads; h++) {
+        T* e = base + (int64_t)h * head_dim;
+        float ga = to_f32(e[0]);
+        float gb = to_f32(e[half]);
+        e[0] = from_f32<T>(ga * cs + gb * sn);
+        e[half] = from_f32<T>(gb * cs - ga * sn);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void rope_qk_bwd_impl(T* gq, T* gk, const int* __restrict__ positions,
+                                                 const float* __restrict__ inv_freq, int n, int heads, int kv_heads,
+                                                 int head_dim, float scaling) {
+    int half = head_dim >> 1;
+    int64_t total = (int64_t)n * half;
+    for (int64_t p = global_thread_index(); p < total; p += grid_stride()) {
+        int64_t row = p / half;
+        int i = (int)(p - row * half);
+        float angle = (float)positions[row] * inv_freq[i];
+        double s, c;
+        sincos((double)angle, &s, &c);
+        float cs = (float)c * scaling;
+        float sn = (float)s * scaling;
+        rope_bwd_rows(gq, row, i, heads, head_dim, cs, sn);
+        rope_bwd_rows(gk, row, i, kv_heads, head_dim, cs, sn);
+    }
+}
+
 #define QL_FUSED(tn, T)                                                                                          \
     extern "C" __global__ void add_rmsnorm_##tn##_wf32(T* resid, const T* y, const float* w, T* out, int h,      \
                                                        float eps, int vec) {                                    \
@@ -110,6 +145,10 @@ __device__ __forceinline__ void rope_qk_impl(T* q, T* k, const int* __restrict__
     extern "C" __global__ void rope_qk_##tn(T* q, T* k, const int* positions, const float* inv_freq, int n,       \
                                             int heads, int kv_heads, int head_dim, float scaling) {             \
         rope_qk_impl<T>(q, k, positions, inv_freq, n, heads, kv_heads, head_dim, scaling);                      \
+    }                                                                                                           \
+    extern "C" __global__ void rope_qk_bwd_##tn(T* gq, T* gk, const int* positions, const float* inv_freq, int n, \
+                                                int heads, int kv_heads, int head_dim, float scaling) {         \
+        rope_qk_bwd_impl<T>(gq, gk, positions, inv_freq, n, heads, kv_heads, head_dim, scaling);                \
     }
 
 QL_FOR_ACT(QL_FUSED)

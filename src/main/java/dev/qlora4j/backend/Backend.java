@@ -201,6 +201,16 @@ public interface Backend extends AutoCloseable {
         throw unsupported("ropeBackwardInPlace");
     }
 
+    /**
+     * {@link #ropeBackwardInPlace} on gradQ [n, heads * headDim] and gradK [n, kvHeads * headDim] with the same
+     * positions: the same results as two calls, one pass on backends that fuse it.
+     */
+    default void ropeQkBackwardInPlace(Tensor gradQ, Tensor gradK, Tensor positions, Tensor invFreq, int heads, int kvHeads,
+                                       int headDim, float attentionScaling) {
+        ropeBackwardInPlace(gradQ, positions, invFreq, heads, headDim, attentionScaling);
+        ropeBackwardInPlace(gradK, positions, invFreq, kvHeads, headDim, attentionScaling);
+    }
+
     /** Embedding backward: gradTable [vocab, hidden] F32 += scatter of gradOut [n, hidden] rows at ids. */
     default void embeddingBackward(Tensor ids, Tensor gradOut, Tensor gradTable) { throw unsupported("embeddingBackward"); }
 

@@ -21,8 +21,10 @@ import java.util.Map;
  * <p>cuBLAS is column-major; {@link #gemmRowMajor} and {@link #linear} take row-major operands and
  * map them as {@link RowMajorGemm} documents.
  *
- * <p>Arena ownership: the library is opened in the global arena; alpha/beta and out-parameters live
- * in a confined arena per call (host pointer mode: cuBLAS reads the scalars before returning).
+ * <p>Arena ownership: the library is opened in the global arena; out-parameters live in a confined arena
+ * per call; alpha/beta live in a small block owned by the handle, rewritten by every GEMM (host pointer mode:
+ * cuBLAS reads the scalars before returning, also when capturing a graph), so a GEMM allocates no native
+ * memory. The error detail of a GEMM is only formatted when it fails.
  * Not thread-safe: use one Cublas per thread (cuBLAS handles are not meant to be shared).
  */
 public final class Cublas implements AutoCloseable {
@@ -92,8 +94,15 @@ public final class Cublas implements AutoCloseable {
             JAVA_LONG, JAVA_INT, JAVA_INT, JAVA_LONG, JAVA_INT, JAVA_INT, JAVA_INT), "cublasGemmStridedBatchedEx");
 
     private long handle;
+    private final MemorySegment alpha;   // float, host pointer mode: read by cuBLAS before the call returns
+    private final MemorySegment beta;    // float
 
-    private Cublas(long handle) { this.handle = handle; }
+    private Cublas(long handle) {
+        this.handle = handle;
+        MemorySegment scalars = Arena.ofAuto().allocate(2 * JAVA_FLOAT.byteSize(), JAVA_FLOAT.byteAlignment());
+        this.alpha = scalars.asSlice(0, JAVA_FLOAT.byteSize());
+        this.beta = scalars.asSlice(JAVA_FLOAT.byteSize(), JAVA_FLOAT.byteSize());
+    }
 
     /** Whether cuBLAS can be opened (never throws; says nothing about a GPU). */
     public static boolean isLibraryAvailable() { return LIBRARY.isLoadable(); }
@@ -127,14 +136,17 @@ public final class Cublas implements AutoCloseable {
     public void gemmEx(int opA, int opB, int m, int n, int k, float alpha, long a, DataType abType, int lda,
                        long b, int ldb, float beta, long c, DataType cType, int ldc) {
         checkTypes(abType, cType);
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment al = arena.allocateFrom(JAVA_FLOAT, alpha);
-            MemorySegment be = arena.allocateFrom(JAVA_FLOAT, beta);
-            int r = (int) GEMM_EX.handle().invokeExact(handle(), opA, opB, m, n, k, al, a, abType.cudaValue, lda,
-                    b, abType.cudaValue, ldb, be, c, cType.cudaValue, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        int r;
+        try {
+            this.alpha.set(JAVA_FLOAT, 0, alpha);
+            this.beta.set(JAVA_FLOAT, 0, beta);
+            r = (int) GEMM_EX.handle().invokeExact(handle(), opA, opB, m, n, k, this.alpha, a, abType.cudaValue, lda,
+                    b, abType.cudaValue, ldb, this.beta, c, cType.cudaValue, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        } catch (Throwable t) { throw Downcall.propagate(t); }
+        if (r != 0) {
             check(GEMM_EX, r, String.format("op %d/%d m=%d n=%d k=%d lda=%d ldb=%d ldc=%d %s->%s",
                     opA, opB, m, n, k, lda, ldb, ldc, abType, cType));
-        } catch (Throwable t) { throw Downcall.propagate(t); }
+        }
     }
 
     /** Column-major cublasGemmStridedBatchedEx: batch independent GEMMs, matrix i at base + i · stride (elements). */
@@ -142,15 +154,18 @@ public final class Cublas implements AutoCloseable {
                                      int lda, long strideA, long b, int ldb, long strideB, float beta, long c,
                                      DataType cType, int ldc, long strideC, int batch) {
         checkTypes(abType, cType);
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment al = arena.allocateFrom(JAVA_FLOAT, alpha);
-            MemorySegment be = arena.allocateFrom(JAVA_FLOAT, beta);
-            int r = (int) GEMM_STRIDED_BATCHED_EX.handle().invokeExact(handle(), opA, opB, m, n, k, al, a,
-                    abType.cudaValue, lda, strideA, b, abType.cudaValue, ldb, strideB, be, c, cType.cudaValue, ldc,
+        int r;
+        try {
+            this.alpha.set(JAVA_FLOAT, 0, alpha);
+            this.beta.set(JAVA_FLOAT, 0, beta);
+            r = (int) GEMM_STRIDED_BATCHED_EX.handle().invokeExact(handle(), opA, opB, m, n, k, this.alpha, a,
+                    abType.cudaValue, lda, strideA, b, abType.cudaValue, ldb, strideB, this.beta, c, cType.cudaValue, ldc,
                     strideC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        } catch (Throwable t) { throw Downcall.propagate(t); }
+        if (r != 0) {
             check(GEMM_STRIDED_BATCHED_EX, r, String.format("op %d/%d m=%d n=%d k=%d batch=%d %s->%s",
                     opA, opB, m, n, k, batch, abType, cType));
-        } catch (Throwable t) { throw Downcall.propagate(t); }
+        }
     }
 
     /**

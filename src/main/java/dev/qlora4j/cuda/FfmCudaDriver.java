@@ -14,8 +14,9 @@ import java.nio.charset.StandardCharsets;
  * The CUDA driver API through Panama FFM: libcuda.so.1, opened on first use.
  *
  * <p>Arena ownership: the library and its symbols live in the global arena (see {@link NativeLibrary});
- * every call that needs out-parameters, strings or kernel argument arrays opens a confined arena for
- * the duration of that call only (the driver copies what it keeps). Pinned host buffers are owned by
+ * every call that needs out-parameters or strings opens a confined arena for the duration of that call only
+ * (the driver copies what it keeps); kernel launches write their arguments into a per-thread reusable block
+ * instead ({@link KernelArgs.Scratch}), the launch being the hot path. Pinned host buffers are owned by
  * the driver (cuMemAllocHost) and returned with {@link #memFreeHost}.
  */
 public final class FfmCudaDriver implements CudaDriver {
@@ -407,15 +408,23 @@ public final class FfmCudaDriver implements CudaDriver {
         } catch (Throwable t) { throw Downcall.propagate(t); }
     }
 
+    /**
+     * Per-thread kernel argument block, reused by every launch (see {@link KernelArgs.Scratch}): the hot path
+     * allocates no native memory, and the error detail is only built when the launch fails.
+     */
+    private static final ThreadLocal<KernelArgs.Scratch> LAUNCH_SCRATCH = ThreadLocal.withInitial(KernelArgs.Scratch::new);
+
     @Override
     public void launchKernel(long function, Dim3 grid, Dim3 block, int dynamicSharedBytes, long stream, KernelArgs args) {
-        // Arena: confined, holds the argument values and the void** array for this call only.
-        try (Arena a = Arena.ofConfined()) {
-            MemorySegment params = args.layout(a);
-            int r = (int) cu.launchKernel.handle().invokeExact(function, grid.x(), grid.y(), grid.z(),
+        int r;
+        try {
+            MemorySegment params = args.layout(LAUNCH_SCRATCH.get());
+            r = (int) cu.launchKernel.handle().invokeExact(function, grid.x(), grid.y(), grid.z(),
                     block.x(), block.y(), block.z(), dynamicSharedBytes, stream, params, MemorySegment.NULL);
-            check(cu.launchKernel, r, "grid " + grid + ", block " + block + ", shared " + dynamicSharedBytes + " B, " + args);
         } catch (Throwable t) { throw Downcall.propagate(t); }
+        if (r != CudaErrors.CUDA_SUCCESS) {
+            check(cu.launchKernel, r, "grid " + grid + ", block " + block + ", shared " + dynamicSharedBytes + " B, " + args);
+        }
     }
 
     // ---- graphs ----

@@ -16,7 +16,9 @@ import java.util.Arrays;
  * call (it copies them into the launch, and into the graph node when capturing), so a confined
  * arena closed right after cuLaunchKernel returns is safe.
  *
- * <p>The builder itself holds plain Java values; it can be reused for several launches.
+ * <p>The builder itself holds plain Java values; it can be reused for several launches. The launch path writes
+ * them into a {@link Scratch} instead (one per thread, reused for every launch): its pointer array is written
+ * once, so a launch only stores the values, with no native allocation.
  */
 public final class KernelArgs {
     /** The C type of one argument; decides how many bytes of its slot the driver reads. */
@@ -76,6 +78,54 @@ public final class KernelArgs {
             pointers.setAtIndex(ValueLayout.ADDRESS, i, values.asSlice(off, SLOT_BYTES));
         }
         return pointers;
+    }
+
+    /**
+     * Writes the values into scratch (growing it when this launch has more arguments than it holds) and returns
+     * its pointer array, valid until the next call on the same scratch. The driver copies the values during
+     * cuLaunchKernel (and into the node when capturing), so the scratch may be rewritten once that returns.
+     */
+    public MemorySegment layout(Scratch scratch) {
+        scratch.ensure(count);
+        MemorySegment values = scratch.values;
+        for (int i = 0; i < count; i++) {
+            long off = i * SLOT_BYTES;
+            switch (kinds[i]) {
+                case PTR, I64 -> values.set(ValueLayout.JAVA_LONG, off, bits[i]);
+                case I32 -> values.set(ValueLayout.JAVA_INT, off, (int) bits[i]);
+                case F32 -> values.set(ValueLayout.JAVA_INT, off, (int) bits[i]);   // the raw float bits
+            }
+        }
+        return scratch.pointers;
+    }
+
+    /**
+     * A reusable native argument block: {@code capacity} 8-byte value slots and the {@code void*[capacity]} array
+     * pointing at them (written when the block is made, never again). Memory from an automatic arena: freed when
+     * the scratch is unreachable. Not thread-safe: one per thread.
+     */
+    public static final class Scratch {
+        private MemorySegment values;
+        private MemorySegment pointers;
+        private int capacity;
+
+        public Scratch() { allocate(16); }
+
+        private void ensure(int count) {
+            if (count > capacity) allocate(Math.max(count, capacity * 2));
+        }
+
+        private void allocate(int slots) {
+            Arena arena = Arena.ofAuto();
+            MemorySegment v = arena.allocate(SLOT_BYTES * slots, SLOT_BYTES);
+            MemorySegment p = arena.allocate(ValueLayout.ADDRESS.byteSize() * slots, ValueLayout.ADDRESS.byteAlignment());
+            for (int i = 0; i < slots; i++) p.setAtIndex(ValueLayout.ADDRESS, i, v.asSlice(i * SLOT_BYTES, SLOT_BYTES));
+            values = v;
+            pointers = p;
+            capacity = slots;
+        }
+
+        int capacity() { return capacity; }
     }
 
     @Override

@@ -27,7 +27,8 @@ public final class PtxModules {
     private final int ccMajor;
     private final int ccMinor;
     private final Map<String, Long> modules = new ConcurrentHashMap<>();
-    private final Map<String, Long> functions = new ConcurrentHashMap<>();
+    // module -> kernel -> CUfunction: two lookups on the names as the launchers pass them (no key string built)
+    private final Map<String, Map<String, Long>> functions = new ConcurrentHashMap<>();
 
     PtxModules(CudaDriver driver, int ccMajor, int ccMinor) {
         this.driver = driver;
@@ -50,11 +51,14 @@ public final class PtxModules {
 
     /** The CUfunction of an extern "C" kernel in native/&lt;module&gt;.cu. */
     public long function(String module, String kernel) {
-        String key = module + "/" + kernel;
-        Long f = functions.get(key);
-        if (f != null) return f;
+        Map<String, Long> byKernel = functions.get(module);
+        if (byKernel != null) {
+            Long f = byKernel.get(kernel);
+            if (f != null) return f;
+        }
         synchronized (this) {
-            return functions.computeIfAbsent(key, k -> driver.moduleGetFunction(module(module), kernel));
+            return functions.computeIfAbsent(module, k -> new ConcurrentHashMap<>())
+                    .computeIfAbsent(kernel, k -> driver.moduleGetFunction(module(module), kernel));
         }
     }
 

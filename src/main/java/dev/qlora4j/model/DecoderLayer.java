@@ -107,8 +107,7 @@ public final class DecoderLayer implements AutoCloseable {
         Integer w = c.slidingWindow(index);
         Tensor h1 = b.rmsNorm(x, inputNorm, (float) c.rmsNormEps());
         Tensor qs = q.forward(b, h1), ks = k.forward(b, h1), vs = v.forward(b, h1);
-        b.ropeInPlace(qs, positions, invFreq, heads, hd, ropeScaling);
-        b.ropeInPlace(ks, positions, invFreq, kvHeads, hd, ropeScaling);
+        b.ropeQkInPlace(qs, ks, positions, invFreq, heads, kvHeads, hd, ropeScaling);   // one pass for q and k
         var attn = b.attentionTrain(qs, ks, vs, segments, batch, heads, kvHeads, hd, (float) (1.0 / Math.sqrt(hd)),
                 w == null ? 0 : w);
         if (prefix != null) attn = withPrefix(b, attn, qs, batch, heads, kvHeads, hd, w);
@@ -163,8 +162,7 @@ public final class DecoderLayer implements AutoCloseable {
                     prefix.keyGradients(index), prefix.valueGradients(index), batch, heads, kvHeads, hd, (float) (1.0 / Math.sqrt(hd)));
         }
         gAttn.close();
-        b.ropeBackwardInPlace(gQKV[0], positions, invFreq, heads, hd, ropeScaling);
-        b.ropeBackwardInPlace(gQKV[1], positions, invFreq, kvHeads, hd, ropeScaling);
+        b.ropeQkBackwardInPlace(gQKV[0], gQKV[1], positions, invFreq, heads, kvHeads, hd, ropeScaling);
         Tensor gH1 = q.backward(b, s.h1, gQKV[0]);
         try (Tensor gk = k.backward(b, s.h1, gQKV[1]); Tensor gv = v.backward(b, s.h1, gQKV[2])) {
             b.addInPlace(gH1, gk);

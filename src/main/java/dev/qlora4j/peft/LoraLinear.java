@@ -200,7 +200,8 @@ public final class LoraLinear implements Linear {
             Tensor result = base.forward(b, x);
             try {
                 for (LoraAdapter a : chain) {
-                    CudaLora.forwardInto((CudaBackend) b, result, x, a.a().value(), a.b().value(), (float) a.scaling(),
+                    CudaLora.forwardInto((CudaBackend) b, result, x, a.a().value(), a.b().value(),
+                            a.a().castCopy(b, DType.BF16), a.b().castCopy(b, DType.BF16), (float) a.scaling(),
                             dropoutOn(a) ? (float) a.dropout() : 0f, dropoutSeed(a));
                 }
             } catch (RuntimeException e) {
@@ -289,7 +290,8 @@ public final class LoraLinear implements Linear {
             Tensor gx = base.backward(b, x, gradOut);
             try {
                 for (LoraAdapter a : chain) {
-                    CudaLora.backwardInto((CudaBackend) b, gx, x, gradOut, a.a().value(), a.b().value(), (float) a.scaling(),
+                    CudaLora.backwardInto((CudaBackend) b, gx, x, gradOut, a.a().value(), a.b().value(),
+                            a.a().castCopy(b, DType.BF16), a.b().castCopy(b, DType.BF16), (float) a.scaling(),
                             dropoutOn(a) ? (float) a.dropout() : 0f, dropoutSeed(a),
                             a.trainable() ? a.a().gradForAccumulation(b) : null,
                             a.trainable() ? a.b().gradForAccumulation(b) : null);

@@ -53,6 +53,35 @@ class KernelArgsTest {
     }
 
     @Test
+    void reusedScratchHoldsEachLaunchsValuesAndGrows() {
+        Random rnd = new Random();
+        KernelArgs.Scratch scratch = new KernelArgs.Scratch();
+        int initial = scratch.capacity();
+        for (int round = 0; round < 3; round++) {
+            int count = round == 2 ? initial + 5 : 6;   // the last round outgrows the initial block
+            KernelArgs args = KernelArgs.of();
+            long[] expect = new long[count];
+            for (int i = 0; i < count; i++) {
+                switch (i % 4) {
+                    case 0 -> { expect[i] = rnd.nextLong(); args.ptr(expect[i]); }
+                    case 1 -> { expect[i] = rnd.nextInt(); args.i32((int) expect[i]); }
+                    case 2 -> { expect[i] = rnd.nextLong(); args.i64(expect[i]); }
+                    default -> { float f = rnd.nextFloat() - 0.5f; expect[i] = Float.floatToRawIntBits(f); args.f32(f); }
+                }
+            }
+            MemorySegment params = args.layout(scratch);
+            assertTrue(params.byteSize() >= count * ValueLayout.ADDRESS.byteSize());
+            for (int i = 0; i < count; i++) {
+                MemorySegment slot = params.getAtIndex(ValueLayout.ADDRESS, i).reinterpret(KernelArgs.SLOT_BYTES);
+                assertEquals(0, slot.address() % 8, "slot " + i + " is 8-byte aligned");
+                if (i % 2 == 0) assertEquals(expect[i], slot.get(ValueLayout.JAVA_LONG, 0), "round " + round + " slot " + i);
+                else assertEquals((int) expect[i], slot.get(ValueLayout.JAVA_INT, 0), "round " + round + " slot " + i);
+            }
+        }
+        assertTrue(scratch.capacity() >= initial + 5);
+    }
+
+    @Test
     void noArgumentsStillGivesAValidArray() {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment p = KernelArgs.of().layout(a);

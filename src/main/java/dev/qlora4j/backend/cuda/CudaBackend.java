@@ -571,6 +571,19 @@ public final class CudaBackend implements Backend, GraphCapable {
         }
     }
 
+    @Override
+    public void ropeQkBackwardInPlace(Tensor gradQ, Tensor gradK, Tensor positions, Tensor invFreq, int heads, int kvHeads,
+                                      int headDim, float attentionScaling) {
+        int mark = profBegin();
+        KernelTypes.requireDevice(gradQ, "rope backward grad q");
+        KernelTypes.requireDevice(gradK, "rope backward grad k");
+        KernelTypes.requireDevice(invFreq, "rope backward invFreq");
+        try (Owned f = f32(invFreq, "rope backward invFreq")) {
+            FusedKernels.ropeQkBackward(ctx, act, gradQ, gradK, positions, f.t, heads, kvHeads, headDim, attentionScaling);
+            profEnd("ropeQkBackward", mark);
+        }
+    }
+
     /** Ids outside gradTable are reported at the next synchronize / toHost (as the forward embedding's). */
     @Override
     public void embeddingBackward(Tensor ids, Tensor gradOut, Tensor gradTable) {

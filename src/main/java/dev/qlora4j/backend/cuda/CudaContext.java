@@ -31,7 +31,7 @@ public final class CudaContext implements AutoCloseable {
     private CachingAllocator current;  // where empty() allocates: the allocator, or a graph's private pool
     private final PtxModules modules;
     private final Set<Long> sharedMemoryRaised = ConcurrentHashMap.newKeySet();
-    private Cublas cublas; // created on first use: the kernels alone do not need libcublas
+    private volatile Cublas cublas; // created on first use (the kernels alone do not need libcublas); stream and math mode set once
 
     public CudaContext(CudaDriver driver, int ordinal) {
         this.driver = driver;
@@ -88,9 +88,11 @@ public final class CudaContext implements AutoCloseable {
         return Dim3.of((int) Math.min(blocks, 32L * properties.multiprocessorCount()));
     }
 
+    private static final Dim3 BLOCK_1D_DIM = Dim3.of(BLOCK_1D);
+
     /** Launches a 1-D grid-stride kernel over n elements. */
     public void launch1d(long function, long n, KernelArgs args) {
-        launch(function, grid1d(n), Dim3.of(BLOCK_1D), 0, args);
+        launch(function, grid1d(n), BLOCK_1D_DIM, 0, args);
     }
 
     /**
@@ -109,11 +111,18 @@ public final class CudaContext implements AutoCloseable {
     /** The kernel handle of an extern "C" kernel in kernels-ptx/&lt;module&gt;.ptx (loaded once). */
     public long function(String module, String kernel) { return modules.function(module, kernel); }
 
-    public synchronized Cublas cublas() {
+    /** The context's cuBLAS handle, bound to its stream (created, and its stream and math mode set, once). */
+    public Cublas cublas() {
+        Cublas c = cublas;
+        return c != null ? c : createCublas();
+    }
+
+    private synchronized Cublas createCublas() {
         if (cublas == null) {
-            cublas = Cublas.create();
-            cublas.setStream(stream);
-            cublas.setMathMode(Cublas.MathMode.DEFAULT_NO_REDUCED_PRECISION_REDUCTION);
+            Cublas c = Cublas.create();
+            c.setStream(stream);
+            c.setMathMode(Cublas.MathMode.DEFAULT_NO_REDUCED_PRECISION_REDUCTION);
+            cublas = c;
         }
         return cublas;
     }

@@ -9,8 +9,8 @@ import java.util.Locale;
 
 /**
  * The plain-LoRA products of peft's lora.Linear on BF16 tensor cores (what peft computes under bf16 autocast):
- * the F32 master weights A [r, in] and B [out, r] are cast to BF16 per call (r x (in + out) values, negligible
- * next to the [tokens, features] activations), every GEMM reads BF16 and accumulates in float32, and the
+ * the F32 master weights A [r, in] and B [out, r] are used as BF16 copies (passed in by the caller, who caches
+ * them between changes of the masters: peft.TrainableTensor#castCopy; else cast here per call), every GEMM reads BF16 and accumulates in float32, and the
  * products that end in an activation-sized tensor are accumulated into it by cuBLAS (beta = 1, the scaling
  * folded into alpha): no F32 widening of [tokens, hidden] tensors, no separate axpy / add.
  *
@@ -54,6 +54,16 @@ public final class CudaLora {
      */
     public static void forwardInto(CudaBackend b, Tensor result, Tensor x, Tensor a, Tensor bw, float scaling,
                                    float dropoutP, long seed) {
+        forwardInto(b, result, x, a, bw, null, null, scaling, dropoutP, seed);
+    }
+
+    /**
+     * {@link #forwardInto(CudaBackend, Tensor, Tensor, Tensor, Tensor, float, float, long)} with the BF16 copies
+     * of A and B given (both, or both null to cast them here): aBf16 [r, in], bBf16 [out, r], the values of a and
+     * bw rounded to BF16. Only their shapes are checked: keeping them current is the caller's business.
+     */
+    public static void forwardInto(CudaBackend b, Tensor result, Tensor x, Tensor a, Tensor bw, Tensor aBf16, Tensor bBf16,
+                                   float scaling, float dropoutP, long seed) {
         int n = x.dim(0), in = x.dim(1), r = a.dim(0), out = bw.dim(0);
         checkShapes(result, x, a, bw, n, in, r, out, "forward");
         if (result.dtype() != DType.BF16) throw new IllegalArgumentException("LoRA forward: result must be BF16, got " + result);
@@ -62,13 +72,13 @@ public final class CudaLora {
         OpProfiler prof = b.profiler();
         int mark = prof == null ? -1 : prof.begin();
         try (Held xd = input(b, x, dropoutP, seed);
-             Tensor ab = CastKernels.cast(ctx, a, DType.BF16);
-             Tensor bb = CastKernels.cast(ctx, bw, DType.BF16);
+             Held ab = weight(ctx, a, aBf16, "lora_A");
+             Held bb = weight(ctx, bw, bBf16, "lora_B");
              Tensor h = ctx.empty(DType.BF16, n, r)) {
             Cublas cu = ctx.cublas();
-            cu.gemmRowMajor(false, true, n, r, in, 1f, CudaContext.ptr(xd.t), CudaContext.ptr(ab), Cublas.DataType.BF16,
+            cu.gemmRowMajor(false, true, n, r, in, 1f, CudaContext.ptr(xd.t), CudaContext.ptr(ab.t), Cublas.DataType.BF16,
                     0f, CudaContext.ptr(h), Cublas.DataType.BF16);
-            cu.gemmRowMajor(false, true, n, out, r, scaling, CudaContext.ptr(h), CudaContext.ptr(bb), Cublas.DataType.BF16,
+            cu.gemmRowMajor(false, true, n, out, r, scaling, CudaContext.ptr(h), CudaContext.ptr(bb.t), Cublas.DataType.BF16,
                     1f, CudaContext.ptr(result), Cublas.DataType.BF16);
         }
         if (mark >= 0) prof.end("lora forward (bf16 GEMMs)", mark);
@@ -82,6 +92,12 @@ public final class CudaLora {
      */
     public static void backwardInto(CudaBackend b, Tensor gx, Tensor x, Tensor gradOut, Tensor a, Tensor bw, float scaling,
                                     float dropoutP, long seed, Tensor gradA, Tensor gradB) {
+        backwardInto(b, gx, x, gradOut, a, bw, null, null, scaling, dropoutP, seed, gradA, gradB);
+    }
+
+    /** {@link #backwardInto(CudaBackend, Tensor, Tensor, Tensor, Tensor, Tensor, float, float, long, Tensor, Tensor)} with the BF16 copies of A and B given (as in forwardInto). */
+    public static void backwardInto(CudaBackend b, Tensor gx, Tensor x, Tensor gradOut, Tensor a, Tensor bw, Tensor aBf16,
+                                    Tensor bBf16, float scaling, float dropoutP, long seed, Tensor gradA, Tensor gradB) {
         int n = x.dim(0), in = x.dim(1), r = a.dim(0), out = bw.dim(0);
         checkShapes(gradOut, x, a, bw, n, in, r, out, "backward gradOut");
         if (gx.dtype() != DType.BF16 || gx.rank() != 2 || gx.dim(0) != n || gx.dim(1) != in) {
@@ -96,9 +112,10 @@ public final class CudaLora {
         Cublas.DataType bf = Cublas.DataType.BF16;
         try (Held xd = input(b, x, dropoutP, seed);
              Held gy = bf16(ctx, gradOut);
-             Tensor ab = CastKernels.cast(ctx, a, DType.BF16);
-             Tensor bb = CastKernels.cast(ctx, bw, DType.BF16);
+             Held abh = weight(ctx, a, aBf16, "lora_A");
+             Held bbh = weight(ctx, bw, bBf16, "lora_B");
              Tensor gh = ctx.empty(DType.BF16, n, r)) {
+            Tensor ab = abh.t, bb = bbh.t;
             Cublas cu = ctx.cublas();
             if (gradB != null) {
                 try (Tensor h = ctx.empty(DType.BF16, n, r)) {   // the forward's h, recomputed (BF16 as the forward rounds it)
@@ -140,6 +157,17 @@ public final class CudaLora {
     private static Held input(CudaBackend b, Tensor x, float p, long seed) {
         if (p > 0f) return new Held(b.dropout(x, p, seed), true);   // BF16 out: the backend's activation dtype
         return bf16(b.context(), x);
+    }
+
+    /** The BF16 copy of an F32 master weight: the caller's (checked for shape, not owned) or a fresh cast. */
+    private static Held weight(CudaContext ctx, Tensor master, Tensor copy, String what) {
+        if (copy == null) return new Held(CastKernels.cast(ctx, master, DType.BF16), true);
+        KernelTypes.requireDevice(copy, what + " BF16 copy");
+        if (copy.dtype() != DType.BF16 || !java.util.Arrays.equals(copy.shape(), master.shape())) {
+            throw new IllegalArgumentException("LoRA: the BF16 copy of " + what + " must be BF16 " + KernelTypes.shape(master)
+                    + ", got " + copy);
+        }
+        return new Held(copy, false);
     }
 
     private static Held bf16(CudaContext ctx, Tensor t) {

@@ -49,4 +49,17 @@ final class FusedKernels {
                 KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(positions))
                         .ptr(CudaContext.ptr(invFreq)).i32(n).i32(heads).i32(kvHeads).i32(headDim).f32(scaling));
     }
+
+    /** The backward of {@link #ropeQk}: gq and gk rotated back in place, as two TrainKernels.ropeBackward calls. */
+    static void ropeQkBackward(CudaContext ctx, DType act, Tensor gq, Tensor gk, Tensor positions, Tensor invFreq, int heads,
+                               int kvHeads, int headDim, float scaling) {
+        RopeKernels.check(act, gq, positions, invFreq, heads, headDim);
+        RopeKernels.check(act, gk, positions, invFreq, kvHeads, headDim);
+        int n = gq.dim(0);
+        long pairs = (long) n * (headDim / 2);
+        if (pairs == 0) return;
+        ctx.launch1d(ctx.function("fused", "rope_qk_bwd_" + KernelTypes.act(act)), pairs,
+                KernelArgs.of().ptr(CudaContext.ptr(gq)).ptr(CudaContext.ptr(gk)).ptr(CudaContext.ptr(positions))
+                        .ptr(CudaContext.ptr(invFreq)).i32(n).i32(heads).i32(kvHeads).i32(headDim).f32(scaling));
+    }
 }
