@@ -96,7 +96,9 @@ class CudaLoraLinearGpuTest {
         fast.layer.zeroGrad();
         Result b = fast.run(gpu);
         System.clearProperty(CudaLora.PROPERTY);
-        a.compare(b, "bf16 path vs legacy path");
+        // Two bf16 paths, each within TOL of the float32 result, round differently (the legacy path widens to
+        // float32 and rounds once at the end; the new one rounds h and gh to bf16): they may differ by 2 TOL.
+        a.compare(b, "bf16 path vs legacy path", 2 * TOL);
         fast.layer.close();
     }
 
@@ -167,16 +169,20 @@ class CudaLoraLinearGpuTest {
     }
 
     record Result(float[] y, float[] gx, List<float[]> grads) {
-        void compare(Result want, String what) {
-            relToMax(y, want.y, what + ": forward output");
-            relToMax(gx, want.gx, what + ": grad_x");
+        void compare(Result want, String what) { compare(want, what, TOL); }
+
+        void compare(Result want, String what, double tol) {
+            relToMax(y, want.y, what + ": forward output", tol);
+            relToMax(gx, want.gx, what + ": grad_x", tol);
             assertEquals(want.grads.size(), grads.size());
-            for (int i = 0; i < grads.size(); i++) relToMax(grads.get(i), want.grads.get(i), what + ": weight gradient " + i);
+            for (int i = 0; i < grads.size(); i++) relToMax(grads.get(i), want.grads.get(i), what + ": weight gradient " + i, tol);
         }
     }
 
     /** max |a - ref| / max |ref| <= TOL; fails on NaN (an element never written). */
-    static void relToMax(float[] a, float[] ref, String what) {
+    static void relToMax(float[] a, float[] ref, String what) { relToMax(a, ref, what, TOL); }
+
+    static void relToMax(float[] a, float[] ref, String what, double tol) {
         assertEquals(ref.length, a.length, what + ": element count");
         double maxDiff = 0, maxRef = 0;
         for (int i = 0; i < ref.length; i++) {
@@ -185,9 +191,9 @@ class CudaLoraLinearGpuTest {
             maxRef = Math.max(maxRef, Math.abs(ref[i]));
         }
         double e = maxDiff / maxRef;
-        System.out.printf("%s: rel-to-max error %.3g (tolerance %.0e)%n", what, e, TOL);
+        System.out.printf("%s: rel-to-max error %.3g (tolerance %.0e)%n", what, e, tol);
         assertTrue(maxRef > 0, what + ": reference is all zeros");
-        assertTrue(e <= TOL, what + ": rel-to-max error " + e + " > " + TOL);
+        assertTrue(e <= tol, what + ": rel-to-max error " + e + " > " + tol);
     }
 
     static float[] gaussian(Random r, int n, double std) {
