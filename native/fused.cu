@@ -12,7 +12,8 @@
 //                          loop over n * D/2 (row, i) pairs: the angle's cos/sin computed once for both.
 //   rope_qk_bwd_<t>        its backward on gq [n, heads*D] and gk [n, kvHeads*D] in place, as two rope_bwd_<t>
 //                          (train_elementwise.cu): (ga, gb) -> (ga c + gb s, gb c - ga s), same angle arithmetic.
-#include "activations.cuh"
+#include "rmsnorm.cuh"
+#include "rope.cuh"
 
 template <typename T, typename W>
 __device__ __forceinline__ void add_rmsnorm_impl(T* __restrict__ resid, const T* __restrict__ y,
@@ -47,37 +48,12 @@ __device__ __forceinline__ void add_rmsnorm_impl(T* __restrict__ resid, const T*
             ss += f * f;
         }
     }
-    float mean = block_sum(ss, scratch) / (float)h;
-    float inv = (float)(1.0 / sqrt((double)(mean + eps)));
-    if (vec) {
-        const int4* r4 = reinterpret_cast<const int4*>(row);
-        int4* d4 = reinterpret_cast<int4*>(dst);
-        for (int p = threadIdx.x; p < h / V; p += blockDim.x) {
-            Pack16<T> a, z;
-            a.raw = r4[p];
-#pragma unroll
-            for (int i = 0; i < V; i++) z.v[i] = from_f32<T>((to_f32(a.v[i]) * inv) * to_f32(w[p * V + i]));
-            d4[p] = z.raw;
-        }
-    } else {
-        for (int j = threadIdx.x; j < h; j += blockDim.x) dst[j] = from_f32<T>((to_f32(row[j]) * inv) * to_f32(w[j]));
-    }
+    float inv = rmsnorm_inverse(ss, h, eps, scratch);
+    rmsnorm_write_row(row, w, dst, h, inv, vec);
 }
 
-template <typename T>
-__device__ __forceinline__ void rope_rows(T* x, int64_t row, int i, int heads, int head_dim, float cs, float sn) {
-    int half = head_dim >> 1;
-    T* base = x + row * heads * head_dim + i;
-    for (int h = 0; h < heads; h++) {
-        T* e = base + (int64_t)h * head_dim;
-        float a = to_f32(e[0]);
-        float b = to_f32(e[half]);
-        e[0] = from_f32<T>(a * cs - b * sn);
-        e[half] = from_f32<T>(b * cs + a * sn);
-    }
-}
-
-template <typename T>
+// RoPE (forward, or its backward when BACKWARD) on q [n, heads*D] and k [n, kv_heads*D] with one angle computation.
+template <typename T, bool BACKWARD>
 __device__ __forceinline__ void rope_qk_impl(T* q, T* k, const int* __restrict__ positions,
                                              const float* __restrict__ inv_freq, int n, int heads, int kv_heads,
                                              int head_dim, float scaling) {
@@ -86,46 +62,10 @@ __device__ __forceinline__ void rope_qk_impl(T* q, T* k, const int* __restrict__
     for (int64_t p = global_thread_index(); p < total; p += grid_stride()) {
         int64_t row = p / half;
         int i = (int)(p - row * half);
-        float angle = (float)positions[row] * inv_freq[i];
-        double s, c;
-        sincos((double)angle, &s, &c);
-        float cs = (float)c * scaling;
-        float sn = (float)s * scaling;
-        rope_rows(q, row, i, heads, head_dim, cs, sn);
-        rope_rows(k, row, i, kv_heads, head_dim, cs, sn);
-    }
-}
-
-// The backward twin of rope_qk: the rotation by -angle (train_elementwise.cu's rope_bwd arithmetic) on both.
-template <typename T>
-__device__ __forceinline__ void rope_bwd_rows(T* g, int64_t row, int i, int heads, int head_dim, float cs, float sn) {
-    int half = head_dim >> 1;
-    T* base = g + row * heads * head_dim + i;
-    for (int h = 0; h < heads; h++) {
-        T* e = base + (int64_t)h * head_dim;
-        float ga = to_f32(e[0]);
-        float gb = to_f32(e[half]);
-        e[0] = from_f32<T>(ga * cs + gb * sn);
-        e[half] = from_f32<T>(gb * cs - ga * sn);
-    }
-}
-
-template <typename T>
-__device__ __forceinline__ void rope_qk_bwd_impl(T* gq, T* gk, const int* __restrict__ positions,
-                                                 const float* __restrict__ inv_freq, int n, int heads, int kv_heads,
-                                                 int head_dim, float scaling) {
-    int half = head_dim >> 1;
-    int64_t total = (int64_t)n * half;
-    for (int64_t p = global_thread_index(); p < total; p += grid_stride()) {
-        int64_t row = p / half;
-        int i = (int)(p - row * half);
-        float angle = (float)positions[row] * inv_freq[i];
-        double s, c;
-        sincos((double)angle, &s, &c);
-        float cs = (float)c * scaling;
-        float sn = (float)s * scaling;
-        rope_bwd_rows(gq, row, i, heads, head_dim, cs, sn);
-        rope_bwd_rows(gk, row, i, kv_heads, head_dim, cs, sn);
+        float cs, sn;
+        rope_cos_sin(positions[row], inv_freq[i], scaling, cs, sn);
+        rope_rotate_heads<T, BACKWARD>(q, row, i, heads, head_dim, cs, sn);
+        rope_rotate_heads<T, BACKWARD>(k, row, i, kv_heads, head_dim, cs, sn);
     }
 }
 
@@ -144,11 +84,11 @@ __device__ __forceinline__ void rope_qk_bwd_impl(T* gq, T* gk, const int* __rest
     }                                                                                                           \
     extern "C" __global__ void rope_qk_##tn(T* q, T* k, const int* positions, const float* inv_freq, int n,       \
                                             int heads, int kv_heads, int head_dim, float scaling) {             \
-        rope_qk_impl<T>(q, k, positions, inv_freq, n, heads, kv_heads, head_dim, scaling);                      \
+        rope_qk_impl<T, false>(q, k, positions, inv_freq, n, heads, kv_heads, head_dim, scaling);                      \
     }                                                                                                           \
     extern "C" __global__ void rope_qk_bwd_##tn(T* gq, T* gk, const int* positions, const float* inv_freq, int n, \
                                                 int heads, int kv_heads, int head_dim, float scaling) {         \
-        rope_qk_bwd_impl<T>(gq, gk, positions, inv_freq, n, heads, kv_heads, head_dim, scaling);                \
+        rope_qk_impl<T, true>(gq, gk, positions, inv_freq, n, heads, kv_heads, head_dim, scaling);                \
     }
 
 QL_FOR_ACT(QL_FUSED)

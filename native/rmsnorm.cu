@@ -11,7 +11,7 @@
 //          out = (x * inv) * weight, rounded once to T.
 //          The per-thread partial sums and the shuffle tree sum in another order than the CPU's
 //          vector lanes: differences are float32 rounding only (~1e-7 relative).
-#include "activations.cuh"
+#include "rmsnorm.cuh"
 
 template <typename T, typename W>
 __device__ __forceinline__ void rmsnorm_impl(const T* __restrict__ x, const W* __restrict__ w, T* __restrict__ out,
@@ -32,21 +32,8 @@ __device__ __forceinline__ void rmsnorm_impl(const T* __restrict__ x, const W* _
     } else {
         for (int j = threadIdx.x; j < h; j += blockDim.x) { float f = to_f32(row[j]); ss += f * f; }
     }
-    float mean = block_sum(ss, scratch) / (float)h;
-    float inv = (float)(1.0 / sqrt((double)(mean + eps)));
-    if (vec) {
-        const int4* r4 = reinterpret_cast<const int4*>(row);
-        int4* d4 = reinterpret_cast<int4*>(dst);
-        for (int p = threadIdx.x; p < h / V; p += blockDim.x) {
-            Pack16<T> a, z;
-            a.raw = r4[p];
-#pragma unroll
-            for (int i = 0; i < V; i++) z.v[i] = from_f32<T>((to_f32(a.v[i]) * inv) * to_f32(w[p * V + i]));
-            d4[p] = z.raw;
-        }
-    } else {
-        for (int j = threadIdx.x; j < h; j += blockDim.x) dst[j] = from_f32<T>((to_f32(row[j]) * inv) * to_f32(w[j]));
-    }
+    float inv = rmsnorm_inverse(ss, h, eps, scratch);
+    rmsnorm_write_row(row, w, dst, h, inv, vec);
 }
 
 #define QL_RMSNORM(tn, T)                                                                                        \

@@ -9,30 +9,19 @@
 //          attentionScaling in float32; then (a, b) -> (a cos - b sin, b cos + a sin) in float32.
 //          The compiler may fuse the products into FMAs (no fast-math, but fmad is on): differences
 //          from the CPU are float32 rounding only.
-#include "activations.cuh"
+#include "rope.cuh"
 
 template <typename T>
 __device__ __forceinline__ void rope_impl(T* x, const int* __restrict__ positions, const float* __restrict__ inv_freq,
                                           int n, int heads, int head_dim, float scaling) {
     int half = head_dim >> 1;
     int64_t total = (int64_t)n * half;
-    int64_t width = (int64_t)heads * head_dim;
     for (int64_t p = global_thread_index(); p < total; p += grid_stride()) {
-        int row = (int)(p / half);
-        int i = (int)(p - (int64_t)row * half);
-        float angle = (float)positions[row] * inv_freq[i];
-        double s, c;
-        sincos((double)angle, &s, &c);
-        float cs = (float)c * scaling;
-        float sn = (float)s * scaling;
-        T* base = x + row * width + i;
-        for (int h = 0; h < heads; h++) {
-            T* e = base + (int64_t)h * head_dim;
-            float a = to_f32(e[0]);
-            float b = to_f32(e[half]);
-            e[0] = from_f32<T>(a * cs - b * sn);
-            e[half] = from_f32<T>(b * cs + a * sn);
-        }
+        int64_t row = p / half;
+        int i = (int)(p - row * half);
+        float cs, sn;
+        rope_cos_sin(positions[row], inv_freq[i], scaling, cs, sn);
+        rope_rotate_heads<T, false>(x, row, i, heads, head_dim, cs, sn);
     }
 }
 

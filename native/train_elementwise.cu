@@ -18,6 +18,7 @@
 //                        rows with the same id varies, float32 rounding only); bad ids: status code 1
 // Launch: 1-D grid-stride, 256 threads, unless stated above. Arithmetic: float32, one rounding on store.
 #include "activations.cuh"
+#include "rope.cuh"
 
 template <typename T>
 __device__ __forceinline__ void scale_impl(const T* a, float s, T* out, int64_t n) {
@@ -133,23 +134,12 @@ __device__ __forceinline__ void rope_bwd_impl(T* g, const int* __restrict__ posi
                                               int n, int heads, int head_dim, float scaling) {
     int half = head_dim >> 1;
     int64_t total = (int64_t)n * half;
-    int64_t width = (int64_t)heads * head_dim;
     for (int64_t p = global_thread_index(); p < total; p += grid_stride()) {
-        int row = (int)(p / half);
-        int i = (int)(p - (int64_t)row * half);
-        float angle = (float)positions[row] * inv_freq[i];
-        double s, c;
-        sincos((double)angle, &s, &c);
-        float cs = (float)c * scaling;
-        float sn = (float)s * scaling;
-        T* base = g + row * width + i;
-        for (int h = 0; h < heads; h++) {
-            T* e = base + (int64_t)h * head_dim;
-            float ga = to_f32(e[0]);
-            float gb = to_f32(e[half]);
-            e[0] = from_f32<T>(ga * cs + gb * sn);
-            e[half] = from_f32<T>(gb * cs - ga * sn);
-        }
+        int64_t row = p / half;
+        int i = (int)(p - row * half);
+        float cs, sn;
+        rope_cos_sin(positions[row], inv_freq[i], scaling, cs, sn);
+        rope_rotate_heads<T, true>(g, row, i, heads, head_dim, cs, sn);
     }
 }
 

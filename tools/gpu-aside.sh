@@ -4,9 +4,9 @@
 set -euo pipefail
 root=$(git rev-parse --show-toplevel); aside=/tmp/qlora4j-aside
 case "${1:-}" in
-  out)  mkdir -p $aside; for p in models src/test/resources/golden/peft src/test/resources/golden/tokenizer; do
+  out)  mkdir -p $aside; for p in models kernels-ptx src/test/resources/golden/peft src/test/resources/golden/tokenizer; do
           [ -e "$root/$p" ] && { mkdir -p "$aside/$(dirname $p)"; mv "$root/$p" "$aside/$p"; }; done ;;
-  back) for p in models src/test/resources/golden/peft src/test/resources/golden/tokenizer; do
+  back) for p in models kernels-ptx src/test/resources/golden/peft src/test/resources/golden/tokenizer; do
           [ -e "$aside/$p" ] && mv "$aside/$p" "$root/$p"; done ;;
   *) echo "usage: gpu-aside.sh out|back"; exit 2 ;;
 esac

@@ -1,0 +1,34 @@
+// rope.cuh — the rotary-embedding arithmetic shared by rope.cu (forward), train_elementwise.cu (backward) and
+// fused.cu (q and k in one launch), so that every kernel rounds exactly as backend/cpu/Rope does:
+//   angle = (float)position * inv_freq[i] (a float32 product); cos and sin evaluated in double, rounded to float32,
+//   times the attention scaling in float32; forward (a, b) -> (a cos - b sin, b cos + a sin), backward (the rotation
+//   by -angle) (ga, gb) -> (ga cos + gb sin, gb cos - ga sin), in float32, one rounding to T per element.
+#pragma once
+#include "activations.cuh"
+
+__device__ __forceinline__ void rope_cos_sin(int position, float inv_freq_i, float scaling, float& cs, float& sn) {
+    float angle = (float)position * inv_freq_i;
+    double s, c;
+    sincos((double)angle, &s, &c);
+    cs = (float)c * scaling;
+    sn = (float)s * scaling;
+}
+
+// Rotates pair (i, i + head_dim/2) of every head of one row of x [rows, heads * head_dim] in place.
+template <typename T, bool BACKWARD>
+__device__ __forceinline__ void rope_rotate_heads(T* x, int64_t row, int i, int heads, int head_dim, float cs, float sn) {
+    int half = head_dim >> 1;
+    T* base = x + row * heads * head_dim + i;
+    for (int h = 0; h < heads; h++) {
+        T* e = base + (int64_t)h * head_dim;
+        float a = to_f32(e[0]);
+        float b = to_f32(e[half]);
+        if (BACKWARD) {
+            e[0] = from_f32<T>(a * cs + b * sn);
+            e[half] = from_f32<T>(b * cs - a * sn);
+        } else {
+            e[0] = from_f32<T>(a * cs - b * sn);
+            e[half] = from_f32<T>(b * cs + a * sn);
+        }
+    }
+}
