@@ -228,14 +228,15 @@ static void launch_v3(const DevWeight& w, const float* code16, const void* x, in
         code16, (const uint16_t*)x, M, N, K, bias, 1, y, 1, 0);
 }
 
-template <int W, int MB, int D, int DEC>
-static Variant v3(const std::string& name, bool allM) {
+template <int W, int MB, int D, int DEC, bool ALLM = false>
+static Variant v3(const std::string& name) {
+    constexpr bool allM = ALLM;
     Variant v;
     v.name = name;
     v.checked = DEC != nf4v3::DEC_NONE;
     v.extra = false;
     v.max_m = allM ? 4 : 1;
-    if (allM) {
+    if constexpr (ALLM) {  // (compile-time: the MAXM 4 kernel only where used)
         v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s) {
             if (M == 1) launch_v3<W, MB, D, 1, DEC>(w, c, x, M, N, K, b, y, s);
             else launch_v3<W, MB, D, 4, DEC>(w, c, x, M, N, K, b, y, s);
@@ -448,16 +449,16 @@ int main(int argc, char** argv) {
     vars.push_back(v2<4, 1, 4, nf4v2::DEC_REG, 0>("reg w4 t1 d4"));
     vars.push_back(v2<8, 1, 4, nf4v2::DEC_NONE, 0>("none w8 t1 d4 (no decode)"));
     // v3: W warps, B blocks/SM requested (launch bounds and grid), D loads in flight per lane (16 B each)
-    vars.push_back(v3<8, 3, 4, nf4v3::DEC_TAB>("v3 w8 b3 d4", true));
-    vars.push_back(v3<8, 4, 2, nf4v3::DEC_TAB>("v3 w8 b4 d2", false));
-    vars.push_back(v3<8, 4, 4, nf4v3::DEC_TAB>("v3 w8 b4 d4", false));
-    vars.push_back(v3<8, 2, 4, nf4v3::DEC_TAB>("v3 w8 b2 d4", false));
-    vars.push_back(v3<8, 2, 8, nf4v3::DEC_TAB>("v3 w8 b2 d8", false));
-    vars.push_back(v3<8, 3, 6, nf4v3::DEC_TAB>("v3 w8 b3 d6", false));
-    vars.push_back(v3<4, 4, 8, nf4v3::DEC_TAB>("v3 w4 b4 d8", false));
-    vars.push_back(v3<16, 1, 8, nf4v3::DEC_TAB>("v3 w16 b1 d8", false));
-    vars.push_back(v3<8, 6, 2, nf4v3::DEC_TAB>("v3 w8 b6 d2", false));
-    vars.push_back(v3<8, 2, 8, nf4v3::DEC_NONE>("v3 none w8 b2 d8", false));
+    vars.push_back(v3<8, 3, 4, nf4v3::DEC_TAB, true>("v3 w8 b3 d4"));
+    vars.push_back(v3<8, 4, 2, nf4v3::DEC_TAB>("v3 w8 b4 d2"));
+    vars.push_back(v3<8, 4, 4, nf4v3::DEC_TAB>("v3 w8 b4 d4"));
+    vars.push_back(v3<8, 2, 4, nf4v3::DEC_TAB>("v3 w8 b2 d4"));
+    vars.push_back(v3<8, 2, 8, nf4v3::DEC_TAB>("v3 w8 b2 d8"));
+    vars.push_back(v3<8, 3, 6, nf4v3::DEC_TAB>("v3 w8 b3 d6"));
+    vars.push_back(v3<4, 4, 8, nf4v3::DEC_TAB>("v3 w4 b4 d8"));
+    vars.push_back(v3<16, 1, 8, nf4v3::DEC_TAB>("v3 w16 b1 d8"));
+    vars.push_back(v3<8, 6, 2, nf4v3::DEC_TAB>("v3 w8 b6 d2"));
+    vars.push_back(v3<8, 2, 8, nf4v3::DEC_NONE>("v3 none w8 b2 d8"));
     vars.push_back(old_stream(0));
     vars.push_back(old_stream(3));
     printf("\nvariants (name: W warps per block, T 16-row tiles per block, D chunks of loads in flight; facts per NT):\n");

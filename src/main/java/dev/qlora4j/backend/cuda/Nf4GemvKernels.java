@@ -10,6 +10,8 @@ import dev.qlora4j.tensor.Tensor;
  * x [rows, in] W^T (+ bias) for rows &lt;= 16, 16-bit compute and in % 32 == 0 (the same preconditions and numerics
  * as the other tensor-core variants of {@link Quant4bitKernels}). One block per 16 output rows, its warps splitting
  * K and adding their fragments in warp order through shared memory: no split-K scratch, no atomics, deterministic.
+ * Also the "v3" kernel (Decode.V3_STREAM, rows &lt;= 4): a persistent grid whose warps own whole rows and stream
+ * them with a ring of loads in flight, decoding while later loads arrive (native/bench/README.md).
  */
 final class Nf4GemvKernels {
     static final String MODULE = "nf4_gemv";
