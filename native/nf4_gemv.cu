@@ -370,6 +370,208 @@ gemv_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax,
 
 }  // namespace nf4v2
 
+// ---- "v3": persistent, software-pipelined streaming decode GEMV (FMA, M <= MAXM; q4v3_gemv_* below).
+//
+// Why (native/bench/README.md, /work/.device/9 results): v2 issues all of a thread's loads at once, waits, decodes,
+// reduces — one memory round trip per block, no overlap of memory and decode, ~2.6 waves each paying the latency.
+// v3 is organised like the streaming-read ceiling kernel instead:
+//  - grid = (blocks/SM) x SMs, launched once; warp gw of the WT = gridDim.x * W warps owns the contiguous rows
+//    [N gw / WT, N (gw + 1) / WT) — every row lives in one warp, so no cross-warp reduction and no scratch;
+//  - a row is K / 32 chunks of 16 packed bytes (32 values, one absmax block since blocksize >= 32 and K % 32 == 0);
+//    lane l takes chunks l, l + 32, ... of the row; the warp's (row, step) sequence is one flat stream, and each
+//    lane keeps a register ring of D 16-byte loads (+ absmax) in flight: the load of step i + D is issued before
+//    step i is decoded, across row boundaries, so memory never waits for decode and decode overlaps memory;
+//  - decode: the 16-float table in shared memory (one conflict-free LDS per nibble), fl(code * absmax) in f32,
+//    cvt.rn.bf16x2 per pair (the numerics contract of nf4_gemv.cu), then f32 FMA with x (a bf16 x bf16 product is
+//    exact in f32, so fma == f32 add of the exact product); per-lane f32 sums in k order;
+//  - at a row's end: xor-butterfly shuffle reduction (fixed order, deterministic), lane 0 adds the bias and stores;
+//  - x is staged once per block in shared memory when M * K * 2 <= XSMEM_MAX bytes (the host passes exactly that as
+//    dynamic shared memory), else read from global memory (L1/L2 resident: it is small and shared by all blocks).
+
+namespace nf4v3 {
+
+using nf4v2::Weight;
+
+constexpr int XSMEM_MAX = 32 * 1024;  // bytes of x staged in shared memory (K <= 16384 at M = 1)
+constexpr int DEC_TAB = nf4v2::DEC_TAB;
+constexpr int DEC_NONE = nf4v2::DEC_NONE;  // timing only (the bench): the bits used as if decoded
+static_assert(DEC_TAB != DEC_NONE, "distinct decode modes");
+
+__host__ __device__ inline int x_smem_bytes(int M, int K) {
+    const long long b = (long long)M * K * 2;
+    return b <= XSMEM_MAX ? (int)b : 0;
+}
+
+// One ring slot: a lane's 16 packed bytes (32 values of one row) and their absmax (or nested code + group absmax).
+struct Slot {
+    uint4 w;
+    float s;
+    uint32_t q;
+};
+
+// gc = row * C + c: the chunk's index in the flattened weight (N * K / 32 < 2^32 for any weight that fits in memory);
+// its absmax block is gc >> (log2_blocksize - 5) (blocksize >= 32).
+__device__ __forceinline__ Slot load_slot(const Weight& w, uint32_t gc, bool valid) {
+    Slot L;
+    L.w = make_uint4(0, 0, 0, 0);
+    L.s = 0.0f;
+    L.q = 0;
+    if (valid) {
+        L.w = nf4v2::ld_stream_u4<0>(w.packed + (size_t)gc * 16);
+        const uint32_t block = gc >> (w.log2_blocksize - 5);
+        if (w.nested) {
+            L.q = __ldg(reinterpret_cast<const uint8_t*>(w.absmax) + block);
+            const uint32_t nb = w.nested_shift >= 0 ? (block >> w.nested_shift) : block / (uint32_t)w.nested_bs;
+            L.s = __ldg(w.nested_absmax + nb);
+        } else {
+            L.s = __ldg(reinterpret_cast<const float*>(w.absmax) + block);
+        }
+    }
+    return L;
+}
+
+// Decode one slot (32 values at k0 .. k0 + 31 of one row) and add its products with x rows 0 .. M-1 into acc.
+// The f32 value of the low / high half of a bf16x2 or f16x2 word.
+template <bool F16C>
+__device__ __forceinline__ float2 unpack2(uint32_t v) {
+    if (F16C) {
+        return __half22float2(*reinterpret_cast<const __half2*>(&v));
+    }
+    return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xFFFF0000u));
+}
+
+template <bool F16C, bool DR, int MAXM, int DEC>
+__device__ __forceinline__ void fma_slot(const Slot& L, const Weight& w, const float* tab, const float* ncode,
+                                         const uint16_t* xp, int K, int M, int k0, float (&acc)[MAXM]) {
+    const float a = nf4v2::chunk_absmax(w, ncode, L.s, L.q);
+    const uint32_t ws[4] = {L.w.x, L.w.y, L.w.z, L.w.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        uint32_t r[4];  // r[b] = bf16x2 / f16x2 of values k0 + 8i + 2b (low half) and + 1 (high half)
+        if (DEC == DEC_TAB) {
+            nf4v2::decode_word_tab<F16C, DR>(ws[i], tab, a, r);
+        } else {  // timing only: the bits as if decoded
+#pragma unroll
+            for (int b = 0; b < 4; b++) r[b] = (ws[i] >> b) & 0x3F7F3F7Fu;
+        }
+#pragma unroll
+        for (int m = 0; m < MAXM; m++) {
+            if (m < M) {
+                const uint4 xv = *reinterpret_cast<const uint4*>(xp + (int64_t)m * K + k0 + 8 * i);
+                const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+                for (int b = 0; b < 4; b++) {  // 16-bit x 16-bit products are exact in f32: fma = f32 add
+                    const float2 wv = unpack2<F16C>(r[b]), xv2 = unpack2<F16C>(xw[b]);
+                    acc[m] = fmaf(wv.x, xv2.x, acc[m]);
+                    acc[m] = fmaf(wv.y, xv2.y, acc[m]);
+                }
+            }
+        }
+    }
+}
+
+// Launch: grid = blocks/SM x SMs (any grid works: rows are split over all warps), W * 32 threads,
+// dynamic shared memory = x_smem_bytes(M, K). M <= MAXM.
+template <bool F16C, bool DR, int W, int D, int MAXM, int DEC>
+__device__ __forceinline__ void gemv3_body(const Weight& w, const float* __restrict__ nested_code,
+                                           const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
+                                           int N, int K, const void* __restrict__ bias, int bias_dtype,
+                                           void* __restrict__ y, int y_dtype) {
+    extern __shared__ __align__(16) uint16_t xs[];
+    __shared__ float tab[16];
+    __shared__ float ncode[256];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t WT = (int64_t)gridDim.x * W, gw = (int64_t)blockIdx.x * W + warp;
+    const int rbeg = (int)((int64_t)N * gw / WT), rend = (int)((int64_t)N * (gw + 1) / WT);
+    const int C = K >> 5;            // 16-byte chunks per row
+    const int J = (C + 31) >> 5;     // warp steps per row
+    const int S = (rend - rbeg) * J; // this warp's steps
+
+    // the ring's first D loads go out before anything else. Load cursor: row base lrb = row * C, step lj in row.
+    Slot buf[D];
+    uint32_t lrb = (uint32_t)rbeg * (uint32_t)C;
+    int lj = 0;
+#pragma unroll
+    for (int d = 0; d < D; d++) {
+        buf[d] = load_slot(w, lrb + 32 * lj + lane, d < S && 32 * lj + lane < C);
+        if (++lj == J) { lj = 0; lrb += C; }
+    }
+
+    const int xsb = x_smem_bytes(M, K);
+    if (xsb) {
+        const uint4* src = reinterpret_cast<const uint4*>(x);
+        uint4* dst = reinterpret_cast<uint4*>(xs);
+        for (int i = threadIdx.x; i < xsb / 16; i += W * 32) dst[i] = __ldg(src + i);
+    }
+    if (threadIdx.x < 16) tab[threadIdx.x] = __ldg(code16 + threadIdx.x);
+    if (w.nested) {
+        for (int j = threadIdx.x; j < 256; j += W * 32) ncode[j] = __ldg(nested_code + j);
+    }
+    __syncthreads();
+    const uint16_t* xp = xsb ? static_cast<const uint16_t*>(xs) : x;
+
+    float acc[MAXM];
+#pragma unroll
+    for (int m = 0; m < MAXM; m++) acc[m] = 0.0f;
+    int crow = rbeg;
+    int cj = 0;
+    for (int s0 = 0; s0 < S; s0 += D) {
+#pragma unroll
+        for (int d = 0; d < D; d++) {
+            if (s0 + d < S) {  // warp-uniform
+                const Slot ahead = load_slot(w, lrb + 32 * lj + lane, s0 + d + D < S && 32 * lj + lane < C);
+                if (++lj == J) { lj = 0; lrb += C; }
+                const int c = 32 * cj + lane;
+                if (c < C) fma_slot<F16C, DR, MAXM, DEC>(buf[d], w, tab, ncode, xp, K, M, 32 * c, acc);
+                buf[d] = ahead;
+                if (++cj == J) {  // row crow complete (warp-uniform)
+#pragma unroll
+                    for (int m = 0; m < MAXM; m++) {
+                        float v = acc[m];
+#pragma unroll
+                        for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, off);
+                        acc[m] = v;
+                    }
+                    if (lane == 0) {
+                        constexpr int cdt = F16C ? nf4v2::DTC_F16 : nf4v2::DTC_BF16;
+                        const float b = bias ? nf4v2::round_to(nf4v2::load_as_f32(bias, crow, bias_dtype), cdt) : 0.0f;
+#pragma unroll
+                        for (int m = 0; m < MAXM; m++) {
+                            if (m < M) {
+                                nf4v2::store_from_f32(y, (int64_t)m * N + crow, y_dtype,
+                                                      nf4v2::round_to(__fadd_rn(acc[m], b), cdt));
+                            }
+                        }
+                    }
+#pragma unroll
+                    for (int m = 0; m < MAXM; m++) acc[m] = 0.0f;
+                    cj = 0;
+                    crow++;
+                }
+            }
+        }
+    }
+}
+
+// DRB: also compile the double-rounding path (state dtype != compute dtype); the bench passes double_round = 0 and
+// instantiates DRB = false (half the code, and registers of the plain path only).
+template <int W, int MB, int D, int MAXM, int DEC, bool DRB = false, bool F16C = false>
+__global__ void __launch_bounds__(W * 32, MB)
+gemv3_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax,
+             const float* __restrict__ nested_absmax, const float* __restrict__ nested_code, float offset,
+             int log2_blocksize, int nested_bs, int nested_shift, int nested, const float* __restrict__ code16,
+             const uint16_t* __restrict__ x, int M, int N, int K, const void* __restrict__ bias, int bias_dtype,
+             void* __restrict__ y, int y_dtype, int double_round) {
+    Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};
+    if (DRB && double_round) {
+        gemv3_body<F16C, true, W, D, MAXM, DEC>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype);
+    } else {
+        gemv3_body<F16C, false, W, D, MAXM, DEC>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype);
+    }
+}
+
+}  // namespace nf4v3
+
 // ---------------------------------------------------------------------------------------------
 // Entry points for Nf4GemvKernels.java. Arguments: the weight (as nf4.cu's Q4_WEIGHT_PARAMS), code16 F32 [16],
 // x [M, K] in the compute dtype, M, N, K, bias (any float dtype, or null) and its dtype code, y [M, N] and its
@@ -405,3 +607,34 @@ V2_ENTRY(q4v2reg_gemv_bf16_m8, false, 1, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_bf16_m16, false, 2, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_f16_m8, true, 1, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
+
+// ---------------------------------------------------------------------------------------------
+// v3 entry points (Nf4GemvKernels.java, -Dqlora4j.nf4.gemv=v3): same arguments as the v2 ones; M <= 1 (m1) or
+// M <= 4 (m4). Launch: grid V3_BLOCKS x SMs (any grid is correct), block V3_WARPS * 32, dynamic shared memory
+// nf4v3::x_smem_bytes(M, K) = M * K * 2 when that is <= 32 KiB, else 0 (x then read from global memory).
+// Configuration: the bench's "v3 w8 b3 d4" (native/bench/README.md); change it here after a bench run.
+#define V3_WARPS 8
+#define V3_BLOCKS 3
+#define V3_DEPTH 4
+
+#define V3_ENTRY(name, F16C, MAXM)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(V3_WARPS * 32, V3_BLOCKS) name(                                     \
+        const uint8_t* __restrict__ packed, const void* __restrict__ absmax,                                         \
+        const float* __restrict__ nested_absmax, const float* __restrict__ nested_code, float offset,                \
+        int log2_blocksize, int nested_bs, int nested_shift, int nested, const float* __restrict__ code16,           \
+        const uint16_t* __restrict__ x, int M, int N, int K, const void* __restrict__ bias, int bias_dtype,          \
+        void* __restrict__ y, int y_dtype, int double_round) {                                                       \
+        nf4v2::Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};     \
+        if (double_round) {                                                                                          \
+            nf4v3::gemv3_body<F16C, true, V3_WARPS, V3_DEPTH, MAXM, nf4v3::DEC_TAB>(w, nested_code, code16, x, M, N, \
+                                                                                  K, bias, bias_dtype, y, y_dtype);  \
+        } else {                                                                                                     \
+            nf4v3::gemv3_body<F16C, false, V3_WARPS, V3_DEPTH, MAXM, nf4v3::DEC_TAB>(w, nested_code, code16, x, M, N,\
+                                                                                   K, bias, bias_dtype, y, y_dtype); \
+        }                                                                                                            \
+    }
+
+V3_ENTRY(q4v3_gemv_bf16_m1, false, 1)
+V3_ENTRY(q4v3_gemv_bf16_m4, false, 4)
+V3_ENTRY(q4v3_gemv_f16_m1, true, 1)
+V3_ENTRY(q4v3_gemv_f16_m4, true, 4)

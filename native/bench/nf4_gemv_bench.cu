@@ -35,6 +35,7 @@ static void check_cuda(cudaError_t e, const char* what, int line) {
 #define CB(x) do { cublasStatus_t s_ = (x); if (s_ != CUBLAS_STATUS_SUCCESS) { fprintf(stderr, "cuBLAS %d at %d\n", (int)s_, __LINE__); exit(2); } } while (0)
 
 static int failures = 0;
+static int g_sms = 132;  // set from the device in main()
 
 // ---- random data on the device (hash-based, reproducible)
 __device__ __forceinline__ uint32_t hash32(uint64_t i, uint64_t seed) {
@@ -173,6 +174,7 @@ struct Variant {
     bool checked;           // false: timing only (wrong results by design)
     std::string facts;      // registers, local memory, blocks per SM, per NT
     bool extra;             // only timed on the M = 1 rows of the big sweep
+    int max_m = 16;         // checked and timed only for M <= max_m
 };
 
 template <int NT, int W, int TILES, int DEPTH, int DEC, int PF>
@@ -207,10 +209,58 @@ static Variant v2(const std::string& name, bool extra = false) {
     return v;
 }
 
+// v3 (nf4_gemv_v3.cuh): persistent grid of min(MB, occupancy) blocks per SM, W warps, ring depth D.
+// allM: M == 1 -> MAXM 1, M <= 4 -> MAXM 4 (M > 4 is the mma kernels' ground); otherwise M == 1 only.
+template <int W, int MB, int D, int MAXM, int DEC>
+static void launch_v3(const DevWeight& w, const float* code16, const void* x, int M, int N, int K, const void* bias,
+                      void* y, cudaStream_t s) {
+    auto fn = nf4v3::gemv3_kernel<W, MB, D, MAXM, DEC>;
+    const int smem = nf4v3::x_smem_bytes(M, K);
+    static int cached_smem = -1, cached_bps = 0;  // occupancy per dynamic smem size (queried outside graph capture)
+    if (smem != cached_smem) {
+        int bps = 0;
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, fn, W * 32, smem));
+        cached_bps = std::max(1, std::min(bps, MB));
+        cached_smem = smem;
+    }
+    fn<<<g_sms * cached_bps, W * 32, smem, s>>>(
+        w.packed, w.absmax, w.nested_absmax, w.nested_code, w.offset, w.log2_bs, w.nested_bs, w.nested_shift, w.nested,
+        code16, (const uint16_t*)x, M, N, K, bias, 1, y, 1, 0);
+}
+
+template <int W, int MB, int D, int DEC, bool ALLM = false>
+static Variant v3(const std::string& name) {
+    constexpr bool allM = ALLM;
+    Variant v;
+    v.name = name;
+    v.checked = DEC != nf4v3::DEC_NONE;
+    v.extra = false;
+    v.max_m = allM ? 4 : 1;
+    if constexpr (ALLM) {  // (compile-time: the MAXM 4 kernel only where used)
+        v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s) {
+            if (M == 1) launch_v3<W, MB, D, 1, DEC>(w, c, x, M, N, K, b, y, s);
+            else launch_v3<W, MB, D, 4, DEC>(w, c, x, M, N, K, b, y, s);
+        };
+    } else {
+        v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s) {
+            launch_v3<W, MB, D, 1, DEC>(w, c, x, M, N, K, b, y, s);
+        };
+    }
+    char buf[256];
+    cudaFuncAttributes a;
+    int b0 = 0, b22 = 0;
+    CK(cudaFuncGetAttributes(&a, nf4v3::gemv3_kernel<W, MB, D, 1, DEC>));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b0, nf4v3::gemv3_kernel<W, MB, D, 1, DEC>, W * 32, 0));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b22, nf4v3::gemv3_kernel<W, MB, D, 1, DEC>, W * 32, 22016));
+    snprintf(buf, sizeof buf, "m1: %d regs, %zu B local, %zu B smem + x; fit/SM %d (x in smem, K=11008: %d); launched min(%d, fit) x %d SMs%s",
+             a.numRegs, a.localSizeBytes, a.sharedSizeBytes, b0, b22, MB, g_sms, allM ? "; M <= 4 (MAXM 1/4)" : "; M = 1 only");
+    v.facts = buf;
+    return v;
+}
+
 // nf4.cu's stream kernel (S as Quant4bitKernels.streamSplits), for comparison with the Java numbers
 static float* g_partials = nullptr;
 static int* g_counters = nullptr;
-static int g_sms = 132;
 static Variant old_stream(int reg_period) {
     Variant v;
     v.name = reg_period ? "nf4.cu hybrid:3" : "nf4.cu stream";
@@ -398,6 +448,17 @@ int main(int argc, char** argv) {
     vars.push_back(v2<8, 1, 4, nf4v2::DEC_REG, 0>("reg w8 t1 d4"));
     vars.push_back(v2<4, 1, 4, nf4v2::DEC_REG, 0>("reg w4 t1 d4"));
     vars.push_back(v2<8, 1, 4, nf4v2::DEC_NONE, 0>("none w8 t1 d4 (no decode)"));
+    // v3: W warps, B blocks/SM requested (launch bounds and grid), D loads in flight per lane (16 B each)
+    vars.push_back(v3<8, 3, 4, nf4v3::DEC_TAB, true>("v3 w8 b3 d4"));
+    vars.push_back(v3<8, 4, 2, nf4v3::DEC_TAB>("v3 w8 b4 d2"));
+    vars.push_back(v3<8, 4, 4, nf4v3::DEC_TAB>("v3 w8 b4 d4"));
+    vars.push_back(v3<8, 2, 4, nf4v3::DEC_TAB>("v3 w8 b2 d4"));
+    vars.push_back(v3<8, 2, 8, nf4v3::DEC_TAB>("v3 w8 b2 d8"));
+    vars.push_back(v3<8, 3, 6, nf4v3::DEC_TAB>("v3 w8 b3 d6"));
+    vars.push_back(v3<4, 4, 8, nf4v3::DEC_TAB>("v3 w4 b4 d8"));
+    vars.push_back(v3<16, 1, 8, nf4v3::DEC_TAB>("v3 w16 b1 d8"));
+    vars.push_back(v3<8, 6, 2, nf4v3::DEC_TAB>("v3 w8 b6 d2"));
+    vars.push_back(v3<8, 2, 8, nf4v3::DEC_NONE>("v3 none w8 b2 d8"));
     vars.push_back(old_stream(0));
     vars.push_back(old_stream(3));
     printf("\nvariants (name: W warps per block, T 16-row tiles per block, D chunks of loads in flight; facts per NT):\n");
@@ -417,6 +478,7 @@ int main(int argc, char** argv) {
                     for (int M : Ms) {
                         Checker c = make_checker(q, M, 7 + M);
                         for (auto& v : vars) {
+                            if (M > v.max_m) continue;
                             char where[96];
                             snprintf(where, sizeof where, "K=%d N=%d bs=%d dq=%d M=%d", sh[0], sh[1], bs, dq, M);
                             check_variant(v, q, c, where);
@@ -480,6 +542,7 @@ int main(int argc, char** argv) {
                 Checker chk = make_checker(q, M, 99 + M);
                 for (auto& v : vars) {
                     if (v.extra && M != 1 && M != 16) continue;
+                    if (M > v.max_m) continue;
                     char where[64];
                     snprintf(where, sizeof where, "K=%d N=%d dq=%d M=%d", K, N, dq, M);
                     std::string verdict = check_variant(v, q, chk, where);

@@ -10,6 +10,8 @@ import dev.qlora4j.tensor.Tensor;
  * x [rows, in] W^T (+ bias) for rows &lt;= 16, 16-bit compute and in % 32 == 0 (the same preconditions and numerics
  * as the other tensor-core variants of {@link Quant4bitKernels}). One block per 16 output rows, its warps splitting
  * K and adding their fragments in warp order through shared memory: no split-K scratch, no atomics, deterministic.
+ * Also the "v3" kernel (Decode.V3_STREAM, rows &lt;= 4): a persistent grid whose warps own whole rows and stream
+ * them with a ring of loads in flight, decoding while later loads arrive (native/bench/README.md).
  */
 final class Nf4GemvKernels {
     static final String MODULE = "nf4_gemv";
@@ -17,8 +19,18 @@ final class Nf4GemvKernels {
     static final int THREADS = 8 * 32;
     static final int ROWS_PER_BLOCK = 16;
 
-    /** How the kernel turns 4-bit codes into weights: the 16-float shared table, or register tables (ALU only). */
-    enum Decode { TABLE, REGISTERS }
+    // native/nf4_gemv.cu: V3_WARPS, V3_BLOCKS (per SM), the rows of x of the largest v3 kernel, nf4v3::XSMEM_MAX
+    static final int V3_THREADS = 8 * 32;
+    static final int V3_BLOCKS_PER_SM = 3;
+    static final int V3_MAX_ROWS = 4;
+    static final int V3_X_SMEM_MAX = 32 * 1024;
+
+    /**
+     * Which kernel and decode: v2 with the 16-float shared table, v2 with register tables (ALU only), or V3_STREAM
+     * = the v3 persistent streaming kernel (table decode, FMA in f32; rows &lt;= 4, blocksize &gt;= 32, else the v2
+     * table kernel runs).
+     */
+    enum Decode { TABLE, REGISTERS, V3_STREAM }
 
     private Nf4GemvKernels() {}
 
@@ -27,7 +39,7 @@ final class Nf4GemvKernels {
         return w.computeDType() != DType.F32 && w.inFeatures() % 32 == 0;
     }
 
-    /** The kernel name for the compute dtype, the rows of x (m8: rows &lt;= 8, m16: rows &lt;= 16) and the decode. */
+    /** The v2 kernel name for the compute dtype, the rows of x (m8: rows &lt;= 8, m16: rows &lt;= 16) and the decode. */
     static String kernelName(DType compute, int rows, Decode decode) {
         if (rows < 1 || rows > Quant4bitKernels.GEMV_MAX_ROWS) {
             throw new IllegalArgumentException("the v2 GEMV takes 1.." + Quant4bitKernels.GEMV_MAX_ROWS + " rows of x, got " + rows);
@@ -38,6 +50,31 @@ final class Nf4GemvKernels {
             default -> throw new IllegalArgumentException("the v2 GEMV computes in BF16 or F16, not " + compute);
         };
         return (decode == Decode.REGISTERS ? "q4v2reg_gemv_" : "q4v2_gemv_") + dt + (rows <= 8 ? "_m8" : "_m16");
+    }
+
+    /** Whether the v3 kernel takes this call (else V3_STREAM falls back to the v2 table kernel). */
+    static boolean v3Applies(CudaQuant4bit w, int rows) {
+        // chunk indices of 32 values are 32-bit in the kernel; absmax blocks hold whole 32-value chunks
+        return rows <= V3_MAX_ROWS && w.blocksize() >= 32 && (long) w.outFeatures() * w.inFeatures() / 32 < (1L << 32);
+    }
+
+    /** The v3 kernel name: m1 for one row of x, m4 for 2..4. */
+    static String v3KernelName(DType compute, int rows) {
+        if (rows < 1 || rows > V3_MAX_ROWS) {
+            throw new IllegalArgumentException("the v3 GEMV takes 1.." + V3_MAX_ROWS + " rows of x, got " + rows);
+        }
+        String dt = switch (compute) {
+            case BF16 -> "bf16";
+            case F16 -> "f16";
+            default -> throw new IllegalArgumentException("the v3 GEMV computes in BF16 or F16, not " + compute);
+        };
+        return "q4v3_gemv_" + dt + (rows == 1 ? "_m1" : "_m4");
+    }
+
+    /** Dynamic shared memory of a v3 launch: x [rows, in] when it fits V3_X_SMEM_MAX, else 0 (as nf4v3::x_smem_bytes). */
+    static int v3SharedBytes(int rows, int inFeatures) {
+        long b = (long) rows * inFeatures * 2;
+        return b <= V3_X_SMEM_MAX ? (int) b : 0;
     }
 
     /** Blocks of a launch: one per 16 output rows. */
@@ -56,7 +93,9 @@ final class Nf4GemvKernels {
         if (xc.dtype() != w.computeDType()) {
             throw new IllegalArgumentException("x must be in the compute dtype " + w.computeDType() + ", got " + xc.dtype());
         }
-        long fn = ctx.function(MODULE, kernelName(w.computeDType(), rows, decode));
+        boolean v3 = decode == Decode.V3_STREAM && v3Applies(w, rows);
+        long fn = ctx.function(MODULE, v3 ? v3KernelName(w.computeDType(), rows)
+                : kernelName(w.computeDType(), rows, decode == Decode.REGISTERS ? Decode.REGISTERS : Decode.TABLE));
         boolean doubleRound = w.stateDType() != DType.F32 && w.stateDType() != w.computeDType();
         KernelArgs args = Quant4bitKernels.weightArgs(w).ptr(CudaContext.ptr(w.code16()))
                 .ptr(CudaContext.ptr(xc)).i32(rows).i32(w.outFeatures()).i32(w.inFeatures())
@@ -64,6 +103,11 @@ final class Nf4GemvKernels {
                 .i32(bias == null ? 0 : Quant4bitKernels.dtypeCode(bias.dtype(), "bias"))
                 .ptr(CudaContext.ptr(y)).i32(Quant4bitKernels.dtypeCode(y.dtype(), "output"))
                 .i32(doubleRound ? 1 : 0);
-        ctx.launch(fn, Dim3.of(grid(w.outFeatures())), Dim3.of(THREADS), 0, args);
+        if (v3) {  // persistent: any grid is correct; V3_BLOCKS_PER_SM per SM fit (registers, <= 32 KiB of x each)
+            ctx.launch(fn, Dim3.of(V3_BLOCKS_PER_SM * ctx.properties().multiprocessorCount()), Dim3.of(V3_THREADS),
+                    v3SharedBytes(rows, w.inFeatures()), args);
+        } else {
+            ctx.launch(fn, Dim3.of(grid(w.outFeatures())), Dim3.of(THREADS), 0, args);
+        }
     }
 }

@@ -31,7 +31,7 @@ final class Quant4bitKernels {
     /** Shared memory for the x slice of one stream block, at most (two blocks per SM with the 65 KiB tables). */
     static final int STREAM_MAX_X_BYTES = 40 * 1024;
     /**
-     * System property choosing the decode GEMV: "v2" (default, native/nf4_gemv.cu with the shared 16-float table),
+     * System property choosing the decode GEMV: "v2" (default, native/nf4_gemv.cu with the shared 16-float table), "v3" (its persistent streaming kernel),
      * "v2reg" (the same kernel decoding in registers), "hybrid", "stream" or "mma" (native/nf4.cu).
      */
     static final String GEMV_VARIANT_PROPERTY = "qlora4j.nf4.gemv";
@@ -162,10 +162,10 @@ final class Quant4bitKernels {
 
     /**
      * The decode GEMV variants of 16-bit compute with K % 32 == 0 (same numerics, bit-identical weights):
-     * V2 / V2REG = {@link Nf4GemvKernels} (table / register decode), HYBRID = the streaming kernel with part of the decode on register tables, STREAM = the streaming kernel
+     * V2 / V2REG = {@link Nf4GemvKernels} (table / register decode), V3 = its persistent streaming kernel (rows &lt;= 4), HYBRID = the streaming kernel with part of the decode on register tables, STREAM = the streaming kernel
      * decoding only through the shared-memory pair table, MMA = the stream-K kernel.
      */
-    enum GemvVariant { V2, V2REG, HYBRID, STREAM, MMA }
+    enum GemvVariant { V2, V2REG, V3, HYBRID, STREAM, MMA }
 
     /** The variant the system property qlora4j.nf4.gemv names (read per call, so a benchmark can switch). */
     static GemvVariant gemvVariant() {
@@ -177,11 +177,12 @@ final class Quant4bitKernels {
         return switch (v) {
             case "v2", "" -> GemvVariant.V2;
             case "v2reg" -> GemvVariant.V2REG;
+            case "v3" -> GemvVariant.V3;
             case "hybrid" -> GemvVariant.HYBRID;
             case "stream" -> GemvVariant.STREAM;
             case "mma" -> GemvVariant.MMA;
             default -> throw new IllegalArgumentException("system property " + GEMV_VARIANT_PROPERTY
-                    + " must be v2, v2reg, hybrid, stream or mma, got '" + value + "'");
+                    + " must be v2, v2reg, v3, hybrid, stream or mma, got '" + value + "'");
         };
     }
 
@@ -209,6 +210,7 @@ final class Quant4bitKernels {
         switch (variant) {
             case V2 -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.TABLE);
             case V2REG -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.REGISTERS);
+            case V3 -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.V3_STREAM);
             case HYBRID -> gemvStream(ctx, w, xc, rows, bias, y, hybridPeriod());
             case STREAM -> gemvStream(ctx, w, xc, rows, bias, y, 0);
             case MMA -> gemvMma(ctx, w, xc, rows, bias, y);

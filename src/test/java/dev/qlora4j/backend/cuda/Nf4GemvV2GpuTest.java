@@ -23,7 +23,8 @@ import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
 
 /**
- * The v2 decode GEMV (native/nf4_gemv.cu, both decodes) against the CPU twin Nf4Matmul.linear: rows 1..16, odd N
+ * The v2 decode GEMV (native/nf4_gemv.cu, both decodes) and the v3 streaming kernel (Decode.V3_STREAM: rows &lt;= 4;
+ * larger rows fall back to v2) against the CPU twin Nf4Matmul.linear: rows 1..16, odd N
  * (partial 16-row tiles), K a multiple of 64 (also not of 128: a partial last chunk; and K below the block's 8 x 128,
  * so some warps own no chunk), blocksizes 64/128/256, with and without double quantization, x in BF16/F16/F32, with
  * and without a bias. Outputs are poisoned (NaN) before each launch; fresh random data each run.
@@ -97,6 +98,9 @@ class Nf4GemvV2GpuTest {
     static Stream<Arguments> exactCases() {
         return Stream.of(
                 Arguments.of(77, 192, 1, false, 64, DType.BF16, DType.BF16),
+                Arguments.of(1001, 4160, 1, true, 64, DType.BF16, DType.F16),
+                Arguments.of(147, 1344, 3, false, 256, DType.F16, DType.BF16),
+                Arguments.of(65, 8192, 4, false, 64, DType.BF16, DType.BF16),
                 Arguments.of(147, 1344, 5, true, 128, DType.BF16, DType.BF16),
                 Arguments.of(33, 4160, 9, false, 256, DType.F16, DType.F16),
                 Arguments.of(50, 320, 16, true, 64, DType.F16, DType.BF16),
@@ -144,6 +148,10 @@ class Nf4GemvV2GpuTest {
         assertEquals("q4v2_gemv_bf16_m8", Nf4GemvKernels.kernelName(DType.BF16, 1, Nf4GemvKernels.Decode.TABLE));
         assertEquals("q4v2reg_gemv_f16_m16", Nf4GemvKernels.kernelName(DType.F16, 9, Nf4GemvKernels.Decode.REGISTERS));
         assertEquals(689, Nf4GemvKernels.grid(11009));
+        assertEquals("q4v3_gemv_bf16_m1", Nf4GemvKernels.v3KernelName(DType.BF16, 1));
+        assertEquals("q4v3_gemv_f16_m4", Nf4GemvKernels.v3KernelName(DType.F16, 3));
+        assertEquals(2 * 4096, Nf4GemvKernels.v3SharedBytes(1, 4096));
+        assertEquals(0, Nf4GemvKernels.v3SharedBytes(4, 8192));
     }
 
     /** sum_k |x_k * w_k| per output element, over the operands as rounded to the compute dtype, in float64. */
