@@ -19,34 +19,11 @@
 // flattened values (a power of two in 32..4096) share one absmax. Blocks may straddle rows.
 //
 // Dtype codes (launch arguments): 0 = float32, 1 = bfloat16, 2 = float16.
-#include "common.cuh"
+#include "q4_common.cuh"
 #include <float.h>
-
-#define DT_F32 0
-#define DT_BF16 1
-#define DT_F16 2
 
 // ---------------------------------------------------------------------------------------------
 // shared helpers
-
-__device__ __forceinline__ float load_as_f32(const void* p, int64_t i, int dtype) {
-    if (dtype == DT_BF16) return bf16_to_f32(reinterpret_cast<const __nv_bfloat16*>(p)[i]);
-    if (dtype == DT_F16) return f16_to_f32(reinterpret_cast<const __half*>(p)[i]);
-    return reinterpret_cast<const float*>(p)[i];
-}
-
-__device__ __forceinline__ void store_from_f32(void* p, int64_t i, int dtype, float v) {
-    if (dtype == DT_BF16) reinterpret_cast<__nv_bfloat16*>(p)[i] = f32_to_bf16(v);
-    else if (dtype == DT_F16) reinterpret_cast<__half*>(p)[i] = f32_to_f16(v);
-    else reinterpret_cast<float*>(p)[i] = v;
-}
-
-// v rounded to the dtype's precision and widened back (exact widening), as Nf4Matmul.round does.
-__device__ __forceinline__ float round_to(float v, int dtype) {
-    if (dtype == DT_BF16) return bf16_to_f32(f32_to_bf16(v));
-    if (dtype == DT_F16) return f16_to_f32(f32_to_f16(v));
-    return v;
-}
 
 // The statistics of one 4-bit weight as the kernels receive them.
 struct Q4Weight {

@@ -24,33 +24,15 @@
 //    + 31 of rows g and g + 8, and reads x[g (+8)][the same 32 k] from global memory (L1-resident: x is small).
 //
 // Dtype codes (launch arguments): 0 = float32, 1 = bfloat16, 2 = float16.
-#include "common.cuh"
+#include "q4_common.cuh"
 
 namespace nf4v2 {
 
-enum : int { DTC_F32 = 0, DTC_BF16 = 1, DTC_F16 = 2 };
 constexpr int CHUNK_K = 128;
 constexpr int DEC_TAB = 0;   // 16-float table in shared memory, one LDS per nibble
 constexpr int DEC_REG = 1;   // per-slice bf16/f16 tables in registers, prmt lookups (ALU only)
 constexpr int DEC_NONE = 2;  // timing only: the packed bits used as if decoded (wrong results; the bench's ceiling)
 
-__device__ __forceinline__ float load_as_f32(const void* p, int64_t i, int dtype) {
-    if (dtype == DTC_BF16) return bf16_to_f32(reinterpret_cast<const __nv_bfloat16*>(p)[i]);
-    if (dtype == DTC_F16) return f16_to_f32(reinterpret_cast<const __half*>(p)[i]);
-    return reinterpret_cast<const float*>(p)[i];
-}
-
-__device__ __forceinline__ void store_from_f32(void* p, int64_t i, int dtype, float v) {
-    if (dtype == DTC_BF16) reinterpret_cast<__nv_bfloat16*>(p)[i] = f32_to_bf16(v);
-    else if (dtype == DTC_F16) reinterpret_cast<__half*>(p)[i] = f32_to_f16(v);
-    else reinterpret_cast<float*>(p)[i] = v;
-}
-
-__device__ __forceinline__ float round_to(float v, int dtype) {
-    if (dtype == DTC_BF16) return bf16_to_f32(f32_to_bf16(v));
-    if (dtype == DTC_F16) return f16_to_f32(f32_to_f16(v));
-    return v;
-}
 
 // The statistics of one 4-bit weight (the same leading kernel arguments as nf4.cu's Q4_WEIGHT_PARAMS).
 struct Weight {
@@ -333,7 +315,7 @@ __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restri
         for (int nt = 0; nt < NT; nt++)
             sm.red[((warp * TILES + ti) * NT + nt) * 32 + lane] = make_float4(acc[ti][nt][0], acc[ti][nt][1], acc[ti][nt][2], acc[ti][nt][3]);
     __syncthreads();
-    const int cdt = F16C ? DTC_F16 : DTC_BF16;
+    const int cdt = F16C ? DT_F16 : DT_BF16;
     const float* red = reinterpret_cast<const float*>(sm.red);
     for (int e = threadIdx.x; e < TILES * NT * 128; e += W * 32) {
         // e = ((ti * NT + nt) * 32 + ln) * 4 + q: fragment entry q of lane ln = (row g' + 8 (q >> 1), x row 2 t' + (q & 1))
@@ -533,13 +515,13 @@ __device__ __forceinline__ void gemv3_body(const Weight& w, const float* __restr
                         acc[m] = v;
                     }
                     if (lane == 0) {
-                        constexpr int cdt = F16C ? nf4v2::DTC_F16 : nf4v2::DTC_BF16;
-                        const float b = bias ? nf4v2::round_to(nf4v2::load_as_f32(bias, crow, bias_dtype), cdt) : 0.0f;
+                        constexpr int cdt = F16C ? DT_F16 : DT_BF16;
+                        const float b = bias ? round_to(load_as_f32(bias, crow, bias_dtype), cdt) : 0.0f;
 #pragma unroll
                         for (int m = 0; m < MAXM; m++) {
                             if (m < M) {
-                                nf4v2::store_from_f32(y, (int64_t)m * N + crow, y_dtype,
-                                                      nf4v2::round_to(__fadd_rn(acc[m], b), cdt));
+                                store_from_f32(y, (int64_t)m * N + crow, y_dtype,
+                                                      round_to(__fadd_rn(acc[m], b), cdt));
                             }
                         }
                     }
