@@ -16,7 +16,7 @@ import java.util.TreeMap;
  * @param <S> per-parameter state
  */
 abstract class HostOptimizer<S> implements Optimizer {
-    static final String PREFIX = "state.";
+    static final String PREFIX = dev.qlora4j.optim.StateDictKeys.PREFIX;
 
     private final List<ParamGroup> groups;
     private final Map<String, Param> byName = new LinkedHashMap<>();
@@ -87,22 +87,7 @@ abstract class HostOptimizer<S> implements Optimizer {
 
     @Override
     public final void loadStateDict(Map<String, Tensor> dict) {
-        Map<String, Map<String, Tensor>> perParam = new TreeMap<>();
-        for (Map.Entry<String, Tensor> e : dict.entrySet()) {
-            String key = e.getKey();
-            int dot = key.lastIndexOf('.');
-            if (!key.startsWith(PREFIX) || dot <= PREFIX.length()) {
-                throw new IllegalArgumentException("optimizer state entry '" + key + "' is not named state.<param>.<slot>; "
-                        + "load a file written by this optimizer");
-            }
-            String param = key.substring(PREFIX.length(), dot);
-            if (!byName.containsKey(param)) {
-                throw new IllegalArgumentException("optimizer state has an entry for parameter '" + param
-                        + "' that this optimizer does not train (its " + byName.size() + " parameters start with '"
-                        + byName.keySet().iterator().next() + "'); resume with the same adapter configuration");
-            }
-            perParam.computeIfAbsent(param, k -> new HashMap<>()).put(key.substring(dot + 1), e.getValue());
-        }
+        Map<String, Map<String, Tensor>> perParam = dev.qlora4j.optim.StateDictKeys.byParameter(dict, byName);
         Map<String, S> loaded = new HashMap<>();
         for (Map.Entry<String, Map<String, Tensor>> e : perParam.entrySet()) {
             Param p = byName.get(e.getKey());

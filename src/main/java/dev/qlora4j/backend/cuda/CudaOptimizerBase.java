@@ -22,7 +22,7 @@ import java.util.Map;
  * @param <S> per-parameter state
  */
 abstract class CudaOptimizerBase<S extends CudaOptimizerBase.State> implements Optimizer, AutoCloseable {
-    static final String PREFIX = "state.";
+    static final String PREFIX = dev.qlora4j.optim.StateDictKeys.PREFIX;
 
     /** Per-parameter state: its step count and the buffers holding its arrays. */
     abstract static class State implements AutoCloseable {
@@ -123,21 +123,7 @@ abstract class CudaOptimizerBase<S extends CudaOptimizerBase.State> implements O
 
     @Override
     public final void loadStateDict(Map<String, Tensor> dict) {
-        Map<String, Map<String, Tensor>> perParam = new HashMap<>();
-        for (Map.Entry<String, Tensor> e : dict.entrySet()) {
-            String key = e.getKey();
-            int dot = key.lastIndexOf('.');
-            if (!key.startsWith(PREFIX) || dot <= PREFIX.length()) {
-                throw new IllegalArgumentException("optimizer state entry '" + key + "' is not named state.<param>.<slot>; "
-                        + "load a file written by this optimizer");
-            }
-            String param = key.substring(PREFIX.length(), dot);
-            if (!byName.containsKey(param)) {
-                throw new IllegalArgumentException("optimizer state has an entry for parameter '" + param
-                        + "' that this optimizer does not train; resume with the same adapter configuration");
-            }
-            perParam.computeIfAbsent(param, k -> new HashMap<>()).put(key.substring(dot + 1), e.getValue());
-        }
+        Map<String, Map<String, Tensor>> perParam = dev.qlora4j.optim.StateDictKeys.byParameter(dict, byName);
         Map<String, S> loaded = new HashMap<>();
         try {
             for (Map.Entry<String, Map<String, Tensor>> e : perParam.entrySet()) {
