@@ -461,6 +461,29 @@ int main(int argc, char** argv) {
     vars.push_back(v3<8, 2, 8, nf4v3::DEC_NONE>("v3 none w8 b2 d8"));
     vars.push_back(old_stream(0));
     vars.push_back(old_stream(3));
+    // QL_GEMV_PROFILE=1: only a few launches of the default v2 kernel, its no-decode twin and the streaming read on
+    // 4096x11008 (M=1, no double quantization), for Nsight Compute, e.g.
+    //   QL_GEMV_PROFILE=1 ncu --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis \
+    //       --section Occupancy --launch-skip 3 /tmp/gb        (the first 3 launches fill the buffers)
+    if (getenv("QL_GEMV_PROFILE")) {
+        const int K = 4096, N = 11008;
+        Q4 q = make_q4(K, N, 64, 0, 1, 42);
+        __nv_bfloat16 *xb, *yb;
+        CK(cudaMalloc(&xb, (size_t)16 * K * 2)); CK(cudaMalloc(&yb, (size_t)16 * N * 4));
+        k_fill_bf16<<<256, 256>>>(xb, (size_t)16 * K, 4, 1.0f);
+        uint32_t* sink;
+        CK(cudaMalloc(&sink, 64));
+        for (auto& v : vars) {
+            if (v.name != "tab w8 t1 d4" && v.name.rfind("none w8", 0) != 0) continue;
+            for (int r = 0; r < 2; r++) v.launch(q.copies[0], q.code16, xb, 1, N, K, nullptr, yb, 0);
+            printf("profiled: %s\n", v.name.c_str());
+        }
+        for (int r = 0; r < 2; r++)
+            k_stream_read<2><<<g_sms * 16, 256>>>((const uint4*)q.copies[0].packed, (size_t)N * K / 32, sink);
+        CK(cudaDeviceSynchronize());
+        printf("profiled: stream-read (16 blocks/SM, unroll 2)\n");
+        return 0;
+    }
     printf("\nvariants (name: W warps per block, T 16-row tiles per block, D chunks of loads in flight; facts per NT):\n");
     for (auto& v : vars) if (!v.facts.empty()) printf("  %-26s %s\n", v.name.c_str(), v.facts.c_str());
 
