@@ -331,9 +331,14 @@ __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restri
     }
 }
 
-// Register budget: at least 512 threads per SM (128 registers at most).
+// Register budget: at least QL_V2_WARPS_PER_SM warps per SM (16: 128 registers at most). The microbench builds with
+// -DQL_V2_WARPS_PER_SM=32 to measure the 64-register, 4-blocks-per-SM trade (nvcc ignores -maxrregcount under
+// __launch_bounds__).
+#ifndef QL_V2_WARPS_PER_SM
+#define QL_V2_WARPS_PER_SM 16
+#endif
 template <int W>
-struct MinBlocks { static constexpr int value = W >= 16 ? 1 : 16 / W; };
+struct MinBlocks { static constexpr int value = W >= QL_V2_WARPS_PER_SM ? 1 : QL_V2_WARPS_PER_SM / W; };
 
 template <bool F16C, int NT, int W, int TILES, int DEPTH, int DEC, int PF>
 __global__ void __launch_bounds__(W * 32, MinBlocks<W>::value)
