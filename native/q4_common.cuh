@@ -27,3 +27,39 @@ __device__ __forceinline__ float round_to(float v, int dtype) {
     if (dtype == DT_F16) return f16_to_f32(f32_to_f16(v));
     return v;
 }
+
+// Two values rounded to the compute dtype (through the state dtype when DR, i.e. round(compute, round(state, v)))
+// as one bf16x2 / f16x2 register, lo in the low half. The cvt rounds to nearest even, as round_to does.
+template <bool F16C, bool DR>
+__device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
+    uint32_t r;
+    if (!F16C) {
+        if (DR) {  // state f16, compute bf16: bf16(f16(v))
+            __half2 h = __floats2half2_rn(lo, hi);
+            float2 f = __half22float2(h);
+            lo = f.x; hi = f.y;
+        }
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    } else {
+        if (DR) {  // state bf16, compute f16: f16(bf16(v))
+            __nv_bfloat162 b = __floats2bfloat162_rn(lo, hi);
+            float2 f = __bfloat1622float2(b);
+            lo = f.x; hi = f.y;
+        }
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    }
+    return r;
+}
+
+template <bool F16C>
+__device__ __forceinline__ void mma16816(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    if (F16C) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    } else {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+}
