@@ -35,7 +35,7 @@
 //   from expf(score * scale - max) by a few f32 ulps. Expected error against the f32 CPU reference on the same
 //   bf16 inputs: ~3e-3 relative (out, dQ/dK/dV: dominated by the output rounding to bf16 and the bf16 P / dS);
 //   lse ~1e-6 absolute plus the f32 rounding of the scores.
-#include "activations.cuh"
+#include "attention_delta.cuh"
 #include <limits.h>
 
 namespace tc {
@@ -362,25 +362,6 @@ __device__ __forceinline__ void fwd_impl(const T* __restrict__ q, const T* __res
             *reinterpret_cast<uint32_t*>(orow + 8 * j + 2 * tq) = pr;
         }
         if (tq == 0) lse[((int64_t)b * H + h) * T_ + t] = lt > 0.f ? m[r] * LN2 + logf(lt) : -INFINITY;
-    }
-}
-
-// ------------------------------------------------------------------------------------------------------ delta
-template <typename T>
-__device__ __forceinline__ void delta_impl(const T* __restrict__ o, const T* __restrict__ dout,
-                                           float* __restrict__ delta, int B, int T_, int H, int D) {
-    int64_t warps = (int64_t)B * T_ * H;
-    int lane = threadIdx.x & 31;
-    for (int64_t w = global_thread_index() >> 5; w < warps; w += grid_stride() >> 5) {
-        int h = (int)(w % H);
-        int64_t row = w / H;   // b * T + t
-        const T* a = o + row * H * D + (int64_t)h * D;
-        const T* gr = dout + row * H * D + (int64_t)h * D;
-        float s = 0.f;
-        for (int d = lane; d < D; d += 32) s = fmaf(to_f32(a[d]), to_f32(gr[d]), s);
-        s = warp_sum(s);
-        int bb = (int)(row / T_), t = (int)(row - (int64_t)bb * T_);
-        if (lane == 0) delta[((int64_t)bb * H + h) * T_ + t] = s;
     }
 }
 
@@ -740,7 +721,7 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
     QL_ATTN_TC_D(tn, T, 128)                                                                                           \
     extern "C" __global__ void attn_tc_delta_##tn(const T* o, const T* dout, float* delta, int B, int T_, int H,       \
                                                   int D) {                                                             \
-        delta_impl<T>(o, dout, delta, B, T_, H, D);                                                                    \
+        attn_delta_impl<T>(o, dout, delta, B, T_, H, D);                                                                    \
     }
 
 QL_ATTN_TC(bf16, __nv_bfloat16)

@@ -42,7 +42,7 @@
 //       block checks the tile's segment ids before loading K/V (Q/dO) and skips the tile when no pair is visible.
 //       No gain on a single unpacked sequence; with packed sequences the off-diagonal segment tiles cost ~0.
 //   Combined prediction for the measured step: fwd ~4.4 -> ~3.0 ms, backward ~12 -> ~8.5 ms (about -230 ms/step).
-#include "activations.cuh"
+#include "attention_delta.cuh"
 
 namespace {
 constexpr int TILE = 32;      // queries per block (fwd, dq) and keys per tile; keys per block (dkv)
@@ -241,25 +241,6 @@ __device__ __forceinline__ void attn_fwd_impl(const T* __restrict__ q, const T* 
             if (d < D) o[d] = from_f32<T>(acc[r][i] * inv);
         }
         if (lane == 0) lse[((int64_t)b * H + h) * T_ + t] = l[r] > 0.f ? m[r] + logf(l[r]) : -INFINITY;
-    }
-}
-
-// delta[b, h, t] = dO . O over the head's D dims; one warp per (b, t, h).
-template <typename T>
-__device__ __forceinline__ void attn_delta_impl(const T* __restrict__ o, const T* __restrict__ dout,
-                                                float* __restrict__ delta, int B, int T_, int H, int D) {
-    int64_t warps = (int64_t)B * T_ * H;
-    int lane = threadIdx.x & 31;
-    for (int64_t w = global_thread_index() >> 5; w < warps; w += grid_stride() >> 5) {
-        int h = (int)(w % H);
-        int64_t row = w / H;   // b * T + t
-        const T* a = o + row * H * D + (int64_t)h * D;
-        const T* g = dout + row * H * D + (int64_t)h * D;
-        float s = 0.f;
-        for (int d = lane; d < D; d += 32) s = fmaf(to_f32(a[d]), to_f32(g[d]), s);
-        s = warp_sum(s);
-        int b = (int)(row / T_), t = (int)(row - (int64_t)b * T_);
-        if (lane == 0) delta[((int64_t)b * H + h) * T_ + t] = s;
     }
 }
 
