@@ -20,7 +20,7 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 
 /**
- * The fused decoder ops of native/fused.cu (addInPlaceRmsNorm, ropeQkInPlace) on fresh random inputs, outputs
+ * The fused decoder ops of native/fused.cu (addInPlaceRmsNorm, ropeQkInPlace, ropeQkBackwardInPlace) on fresh random inputs, outputs
  * poisoned before launch: against the CPU backend (the reference; tolerances as CudaOpsCoreGpuTest states them:
  * 1e-6 / 1e-5 in F32 for reduction order and FMA contraction, 8e-3 in BF16 for one rounding of each output) and
  * bit for bit against the unfused CUDA kernels they replace (same arithmetic in the same order, by construction).
@@ -79,23 +79,45 @@ class CudaFusedOpsGpuTest {
     @ParameterizedTest
     @CsvSource({"F32, 32, 8, 64, 1", "F32, 4, 2, 16, 37", "BF16, 32, 32, 128, 1", "BF16, 32, 8, 128, 19", "BF16, 3, 1, 6, 5"})
     void ropeQkEqualsTwoRopes(DType act, int heads, int kvHeads, int headDim, int n) {
+        checkRopeQk(act, heads, kvHeads, headDim, n, false);
+    }
+
+    /** ropeQkBackwardInPlace (rope_qk_bwd) against two ropeBackwardInPlace calls (train_elementwise.cu rope_bwd). */
+    @ParameterizedTest
+    @CsvSource({"F32, 32, 8, 64, 1", "F32, 4, 2, 16, 37", "BF16, 32, 32, 128, 1", "BF16, 32, 8, 128, 2048", "BF16, 3, 1, 6, 5"})
+    void ropeQkBackwardEqualsTwoRopeBackwards(DType act, int heads, int kvHeads, int headDim, int n) {
+        checkRopeQk(act, heads, kvHeads, headDim, n, true);
+    }
+
+    /** The fused q/k rotation (or its backward) bit for bit against two single rotations, and against the CPU's. */
+    private void checkRopeQk(DType act, int heads, int kvHeads, int headDim, int n, boolean backward) {
         CudaBackend g = gpu(act);
-        Random r = CudaCoreTestSupport.random("ropeQk " + act + heads + kvHeads + headDim + n);
+        String op = backward ? "ropeQkBackward" : "ropeQk";
+        Random r = CudaCoreTestSupport.random(op + " " + act + heads + kvHeads + headDim + n);
         float[] q = held(gaussian(r, n * heads * headDim, 1), act), k = held(gaussian(r, n * kvHeads * headDim, 1), act);
         int[] pos = r.ints(n, 0, 5000).toArray();
         float[] inv = new float[headDim / 2];
         for (int i = 0; i < inv.length; i++) inv[i] = (float) Math.pow(10000, -2.0 * i / headDim);
         Tensor cq = Tensor.of(q.clone(), n, heads * headDim), ck = Tensor.of(k.clone(), n, kvHeads * headDim); // CPU: F32
-        cpu.ropeQkInPlace(cq, ck, Tensor.ofInts(pos, n), Tensor.of(inv, inv.length), heads, kvHeads, headDim, 1.25f);
+        Tensor cpuPos = Tensor.ofInts(pos, n), cpuInv = Tensor.of(inv, inv.length);
+        if (backward) cpu.ropeQkBackwardInPlace(cq, ck, cpuPos, cpuInv, heads, kvHeads, headDim, 1.25f);
+        else cpu.ropeQkInPlace(cq, ck, cpuPos, cpuInv, heads, kvHeads, headDim, 1.25f);
         try (Tensor p = g.upload(Tensor.ofInts(pos, n)); Tensor f = g.upload(Tensor.of(inv, inv.length));
              Tensor fq = g.upload(host(q, act, n, heads * headDim)); Tensor fk = g.upload(host(k, act, n, kvHeads * headDim));
              Tensor pq = g.upload(host(q, act, n, heads * headDim)); Tensor pk = g.upload(host(k, act, n, kvHeads * headDim))) {
-            g.ropeQkInPlace(fq, fk, p, f, heads, kvHeads, headDim, 1.25f);
-            g.ropeInPlace(pq, p, f, heads, headDim, 1.25f);
-            g.ropeInPlace(pk, p, f, kvHeads, headDim, 1.25f);
-            String what = "ropeQk " + act + " heads " + heads + "/" + kvHeads + " d " + headDim + " n " + n;
-            assertBitEqual(values(g, fq), values(g, pq), what + " q vs rope");
-            assertBitEqual(values(g, fk), values(g, pk), what + " k vs rope");
+            if (backward) {
+                g.ropeQkBackwardInPlace(fq, fk, p, f, heads, kvHeads, headDim, 1.25f);
+                g.ropeBackwardInPlace(pq, p, f, heads, headDim, 1.25f);
+                g.ropeBackwardInPlace(pk, p, f, kvHeads, headDim, 1.25f);
+            } else {
+                g.ropeQkInPlace(fq, fk, p, f, heads, kvHeads, headDim, 1.25f);
+                g.ropeInPlace(pq, p, f, heads, headDim, 1.25f);
+                g.ropeInPlace(pk, p, f, kvHeads, headDim, 1.25f);
+            }
+            String what = op + " " + act + " heads " + heads + "/" + kvHeads + " d " + headDim + " n " + n;
+            String single = backward ? "ropeBackward" : "rope";
+            assertBitEqual(values(g, fq), values(g, pq), what + " q vs " + single);
+            assertBitEqual(values(g, fk), values(g, pk), what + " k vs " + single);
             double tol = act == DType.F32 ? 1e-5 : 8e-3;
             assertClose(values(g, fq), cq.toFloatArray(), tol, what + " q vs CPU");
             assertClose(values(g, fk), ck.toFloatArray(), tol, what + " k vs CPU");
