@@ -27,13 +27,17 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=eclipse-temurin:25-jre /opt/java/openjdk /opt/java/openjdk
 # DJL_CACHE_DIR: where the tokenizer's native library is unpacked; /tmp is writable for any --user.
+# QLORA4J_KERNEL_CACHE: the GPU kernels compiled for this card (~10 s on first use); mount a volume there
+# (-v qlora4j-kernels:/var/cache/qlora4j) so that only the first container pays the compilation.
 ENV JAVA_HOME=/opt/java/openjdk \
     PATH=/opt/java/openjdk/bin:$PATH \
     LANG=C.UTF-8 \
     DJL_CACHE_DIR=/tmp/djl.ai \
+    QLORA4J_KERNEL_CACHE=/var/cache/qlora4j/kernels \
     QLORA4J_DEFAULT_MODEL=/opt/qlora4j/models/default
 COPY --from=build /src/target/qlora4j.jar /opt/qlora4j/qlora4j.jar
 COPY models/default/ /opt/qlora4j/models/default/
+RUN mkdir -p /var/cache/qlora4j/kernels && chmod 1777 /var/cache/qlora4j/kernels
 WORKDIR /work
 # The JVM flags are the ./qlora4j launcher's (DockerfileTest keeps them equal).
 ENTRYPOINT ["java", "--enable-native-access=ALL-UNNAMED", "--add-modules", "jdk.incubator.vector", "-XX:+UseParallelGC", "-jar", "/opt/qlora4j/qlora4j.jar"]

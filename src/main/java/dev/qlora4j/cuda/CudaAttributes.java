@@ -24,6 +24,8 @@ final class CudaAttributes {
     static final int JIT_ERROR_LOG_BUFFER = 5;
     static final int JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6;
 
+    /** CUjitInputType CU_JIT_INPUT_PTX (cuLinkAddData). */
+    static final int JIT_INPUT_PTX = 1;
     /** Bytes of JIT error log kept when a PTX module fails to load. */
     static final int JIT_LOG_BYTES = 16 * 1024;
 }

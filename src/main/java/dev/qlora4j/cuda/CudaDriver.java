@@ -148,6 +148,13 @@ public interface CudaDriver {
      */
     long moduleLoadData(byte[] image);
 
+    /**
+     * JIT-compiles PTX for the device of the current context (cuLinkCreate / cuLinkAddData / cuLinkComplete)
+     * and returns the cubin: what moduleLoadData(ptx) compiles, as bytes that moduleLoadData also takes, so
+     * that KernelCache can keep it. On a JIT failure the exception carries the driver's JIT error log.
+     */
+    byte[] compilePtx(byte[] ptx);
+
     void moduleUnload(long module);
 
     /** cuModuleGetFunction; fails with CUDA_ERROR_NOT_FOUND when the module has no such extern "C" kernel. */

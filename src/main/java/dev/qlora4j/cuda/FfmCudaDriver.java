@@ -383,6 +383,43 @@ public final class FfmCudaDriver implements CudaDriver {
     }
 
     @Override
+    public byte[] compilePtx(byte[] ptx) {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment img = a.allocate(ptx.length + 1L, 16);   // zero-filled: NUL-terminated PTX
+            MemorySegment.copy(ptx, 0, img, JAVA_BYTE, 0, ptx.length);
+            MemorySegment log = a.allocate(CudaAttributes.JIT_LOG_BYTES);
+            MemorySegment options = a.allocate(JAVA_INT, 2);
+            options.setAtIndex(JAVA_INT, 0, CudaAttributes.JIT_ERROR_LOG_BUFFER);
+            options.setAtIndex(JAVA_INT, 1, CudaAttributes.JIT_ERROR_LOG_BUFFER_SIZE_BYTES);
+            MemorySegment values = a.allocate(ADDRESS, 2);
+            values.setAtIndex(ADDRESS, 0, log);
+            values.setAtIndex(JAVA_LONG, 1, CudaAttributes.JIT_LOG_BYTES);   // a size option's value sits in the pointer slot
+            MemorySegment stateOut = a.allocate(JAVA_LONG);
+            check(cu.linkCreate, (int) cu.linkCreate.handle().invokeExact(2, options, values, stateOut));
+            long state = stateOut.get(JAVA_LONG, 0);
+            try {
+                MemorySegment name = a.allocateFrom("module.ptx");
+                int r = (int) cu.linkAddData.handle().invokeExact(state, CudaAttributes.JIT_INPUT_PTX, img, ptx.length + 1L,
+                        name, 0, MemorySegment.NULL, MemorySegment.NULL);
+                if (r == CudaErrors.CUDA_SUCCESS) {
+                    MemorySegment cubinOut = a.allocate(ADDRESS);
+                    MemorySegment sizeOut = a.allocate(JAVA_LONG);
+                    r = (int) cu.linkComplete.handle().invokeExact(state, cubinOut, sizeOut);
+                    if (r == CudaErrors.CUDA_SUCCESS) {
+                        long n = sizeOut.get(JAVA_LONG, 0);
+                        return cubinOut.get(ADDRESS, 0).reinterpret(n).toArray(JAVA_BYTE);   // the state owns it: copy
+                    }
+                }
+                String jitLog = log.getString(0, StandardCharsets.UTF_8).strip();
+                throw new CudaException(cu.linkAddData.name(), r, errorName(r),
+                        jitLog.isEmpty() ? "no JIT log" : "JIT log:\n" + jitLog + "\n");
+            } finally {
+                check(cu.linkDestroy, (int) cu.linkDestroy.handle().invokeExact(state));
+            }
+        } catch (Throwable t) { throw Downcall.propagate(t); }
+    }
+
+    @Override
     public void moduleUnload(long module) {
         try {
             check(cu.moduleUnload, (int) cu.moduleUnload.handle().invokeExact(module));

@@ -14,6 +14,7 @@ import jcuda.driver.CUfunction;
 import jcuda.driver.CUgraph;
 import jcuda.driver.CUgraphExec;
 import jcuda.driver.CUjit_option;
+import jcuda.driver.CUlinkState;
 import jcuda.driver.CUmodule;
 import jcuda.driver.CUstream;
 import jcuda.driver.JITOptions;
@@ -358,6 +359,37 @@ public final class JCudaDriver implements CudaDriver {
             throw new CudaException("cuModuleLoadDataEx", r, errorName(r), log.isEmpty() ? "no JIT log" : "JIT log:\n" + log + "\n");
         }
         return JCudaHandles.value(module);
+    }
+
+    @Override
+    public byte[] compilePtx(byte[] ptx) {
+        ensureLoaded();
+        byte[] terminated = new byte[ptx.length + 1];   // PTX must be NUL-terminated
+        System.arraycopy(ptx, 0, terminated, 0, ptx.length);
+        JITOptions options = new JITOptions();
+        options.putBytes(CUjit_option.CU_JIT_ERROR_LOG_BUFFER, new byte[CudaAttributes.JIT_LOG_BYTES]);
+        options.putInt(CUjit_option.CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES, CudaAttributes.JIT_LOG_BYTES);
+        CUlinkState state = new CUlinkState();
+        check("cuLinkCreate", cuLinkCreate(options, state));
+        try {
+            int r = cuLinkAddData(state, CudaAttributes.JIT_INPUT_PTX, Pointer.to(terminated), terminated.length, "module.ptx",
+                    new JITOptions());
+            if (r == CudaErrors.CUDA_SUCCESS) {
+                Pointer cubin = new Pointer();
+                long[] size = new long[1];
+                r = cuLinkComplete(state, cubin, size);
+                if (r == CudaErrors.CUDA_SUCCESS) {
+                    byte[] out = new byte[Math.toIntExact(size[0])];
+                    cubin.getByteBuffer(0, size[0]).get(out);   // the link state owns the cubin: copy it out
+                    return out;
+                }
+            }
+            String log = options.getString(CUjit_option.CU_JIT_ERROR_LOG_BUFFER);
+            log = log == null ? "" : log.strip();
+            throw new CudaException("cuLinkAddData", r, errorName(r), log.isEmpty() ? "no JIT log" : "JIT log:\n" + log + "\n");
+        } finally {
+            check("cuLinkDestroy", cuLinkDestroy(state));
+        }
     }
 
     @Override

@@ -93,6 +93,13 @@ final class LibCuda {
     // modules: cuModuleLoadDataEx(CUmodule*, const void* image, unsigned n, CUjit_option*, void** values),
     // cuModuleUnload(CUmodule), cuModuleGetFunction(CUfunction*, CUmodule, const char*)
     final Downcall moduleLoadDataEx = fn(a(ADDRESS, ADDRESS, JAVA_INT, ADDRESS, ADDRESS), "cuModuleLoadDataEx");
+    // cuLinkCreate(numOptions, options, optionValues, CUlinkState*); cuLinkAddData(state, type, data, size, name,
+    // numOptions, options, optionValues); cuLinkComplete(state, void** cubin, size_t*); cuLinkDestroy(state)
+    final Downcall linkCreate = fn(a(JAVA_INT, ADDRESS, ADDRESS, ADDRESS), "cuLinkCreate_v2", "cuLinkCreate");
+    final Downcall linkAddData = fn(a(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, ADDRESS, JAVA_INT, ADDRESS, ADDRESS),
+            "cuLinkAddData_v2", "cuLinkAddData");
+    final Downcall linkComplete = fn(a(JAVA_LONG, ADDRESS, ADDRESS), "cuLinkComplete");
+    final Downcall linkDestroy = fn(a(JAVA_LONG), "cuLinkDestroy");
     final Downcall moduleUnload = fn(a(JAVA_LONG), "cuModuleUnload");
     final Downcall moduleGetFunction = fn(a(ADDRESS, JAVA_LONG, ADDRESS), "cuModuleGetFunction");
     // cuFuncSetAttribute(CUfunction, CUfunction_attribute, int)

@@ -23,17 +23,25 @@ public final class PtxModules {
 
     private static final Map<ContextKey, PtxModules> BY_CONTEXT = new ConcurrentHashMap<>();
 
+    private static final KernelCache CACHE = KernelCache.fromEnvironment();
+
     private final CudaDriver driver;
     private final int ccMajor;
     private final int ccMinor;
+    private final KernelCache cache;
     private final Map<String, Long> modules = new ConcurrentHashMap<>();
     // module -> kernel -> CUfunction: two lookups on the names as the launchers pass them (no key string built)
     private final Map<String, Map<String, Long>> functions = new ConcurrentHashMap<>();
 
     PtxModules(CudaDriver driver, int ccMajor, int ccMinor) {
+        this(driver, ccMajor, ccMinor, CACHE);
+    }
+
+    PtxModules(CudaDriver driver, int ccMajor, int ccMinor, KernelCache cache) {
         this.driver = driver;
         this.ccMajor = ccMajor;
         this.ccMinor = ccMinor;
+        this.cache = cache;
     }
 
     /** The modules of the context current on this thread (make one current first: usePrimaryContext). */
@@ -69,9 +77,36 @@ public final class PtxModules {
         synchronized (this) {
             return modules.computeIfAbsent(name, n -> {
                 String resource = resourceFor(n, ccMajor, ccMinor, PtxModules::resourceExists);
-                return driver.moduleLoadData(readResource(resource));
+                return load(readResource(resource));
             });
         }
+    }
+
+    /**
+     * A module from PTX through the kernel cache: the cached cubin when there is a good one (a stale one is
+     * dropped and compiled again), else the PTX compiled by the driver, loaded, and kept for the next process.
+     */
+    long load(byte[] ptx) {
+        if (!cache.enabled()) return driver.moduleLoadData(ptx);
+        String key = KernelCache.key(ptx, ccMajor, ccMinor, driver.driverVersion());
+        byte[] cached = cache.read(key);
+        if (cached != null) {
+            try {
+                return driver.moduleLoadData(cached);
+            } catch (CudaException e) {
+                cache.remove(key);   // not loadable by this driver/device after all: compile it again
+            }
+        }
+        byte[] cubin;
+        try {
+            cubin = driver.compilePtx(ptx);
+        } catch (CudaException e) {
+            if (e.code() != CudaException.SYMBOL_NOT_FOUND) throw e;
+            return driver.moduleLoadData(ptx);   // a driver without the link API: JIT on every load
+        }
+        long module = driver.moduleLoadData(cubin);
+        cache.write(key, cubin);
+        return module;
     }
 
     /** Which resource a module loads from on a device of compute capability major.minor. */

@@ -126,4 +126,27 @@ class FakeLibcudaPlumbingTest {
         assertEquals(500, missing.code());
         assertTrue(missing.getMessage().contains("'no_such_kernel'"), missing.getMessage());
     }
+
+    @Test
+    void compiledKernelsAreCachedOnDiskAndACorruptEntryIsCompiledAgain(@TempDir Path cacheDir) throws Exception {
+        KernelCache cache = KernelCache.in(cacheDir);
+        byte[] ptx = PtxModules.readResource(PtxModules.RESOURCE_DIR + "cast.ptx");
+        String key = KernelCache.key(ptx, 9, 0, 13000);
+        long first = new PtxModules(d, 9, 0, cache).load(ptx);
+        assertTrue(first != 0);
+        Path entry = cacheDir.resolve(key);
+        assertTrue(Files.isRegularFile(entry), "the compiled module is kept: " + entry);
+        assertArrayEquals(d.compilePtx(ptx), KernelCache.unwrap(Files.readAllBytes(entry)));
+        PtxModules second = new PtxModules(d, 9, 0, cache);
+        assertTrue(second.load(ptx) != 0);
+        assertTrue(d.moduleGetFunction(second.load(ptx), "fill_f32") != 0);
+        byte[] bytes = Files.readAllBytes(entry);
+        bytes[bytes.length - 1] ^= 1;                       // a flipped bit in the cubin: the checksum catches it
+        Files.write(entry, bytes);
+        assertTrue(new PtxModules(d, 9, 0, cache).load(ptx) != 0);
+        assertArrayEquals(d.compilePtx(ptx), KernelCache.unwrap(Files.readAllBytes(entry)), "rewritten after the check failed");
+        CudaException jit = assertThrows(CudaException.class, () -> new PtxModules(d, 9, 0, cache).load(
+                ".version 8.0\n.target sm_80\n.visible .entry broken()\n{\n this_is_not_an_instruction;\n}\n".getBytes()));
+        assertTrue(jit.getMessage().contains("JIT log:\nptxas application ptx input"), jit.getMessage());
+    }
 }

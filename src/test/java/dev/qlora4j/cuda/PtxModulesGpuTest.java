@@ -45,4 +45,37 @@ class PtxModulesGpuTest {
         assertTrue(e.getMessage().contains("cuModuleLoadDataEx"), e.getMessage());
         assertTrue(e.getMessage().contains("JIT log:"), "the driver's JIT error log is in the message: " + e.getMessage());
     }
+
+    /** The cubin cache: the first load compiles and keeps the cubin, the next loads it; its kernels compute the same. */
+    @ParameterizedTest
+    @ValueSource(strings = {"ffm", "jcuda"})
+    void cachedCubinsLoadAndRunLikeThePtx(String binding, @org.junit.jupiter.api.io.TempDir java.nio.file.Path dir)
+            throws Exception {
+        CudaDriver d = GpuSupport.driver(binding);
+        DeviceProperties p = d.deviceProperties(0);
+        KernelCache cache = KernelCache.in(dir);
+        byte[] ptx = PtxModules.readResource(PtxModules.RESOURCE_DIR + "cast.ptx");
+        long compiled = new PtxModules(d, p.computeCapabilityMajor(), p.computeCapabilityMinor(), cache).load(ptx);
+        java.nio.file.Path entry = dir.resolve(KernelCache.key(ptx, p.computeCapabilityMajor(), p.computeCapabilityMinor(),
+                d.driverVersion()));
+        assertTrue(java.nio.file.Files.size(entry) > KernelCache.HEADER_BYTES, "the cubin is kept: " + entry);
+        long cached = new PtxModules(d, p.computeCapabilityMajor(), p.computeCapabilityMinor(), cache).load(ptx);
+        long viaJit = d.moduleLoadData(ptx);
+        int n = 4097;
+        float[] x = GpuSupport.interestingFloats(new java.util.Random(3), n);
+        try (GpuSupport.Dev dx = GpuSupport.upload(d, x); GpuSupport.Dev a = GpuSupport.Dev.alloc(d, 2L * n);
+             GpuSupport.Dev b = GpuSupport.Dev.alloc(d, 2L * n)) {
+            d.memsetD8(a.ptr(), (byte) 0x5A, 2L * n);
+            d.memsetD8(b.ptr(), (byte) 0xA5, 2L * n);
+            GpuSupport.launch1d(d, d.moduleGetFunction(cached, "cast_f32_to_bf16"), n, 0, KernelArgs.of().ptr(dx.ptr()).ptr(a.ptr()).i64(n));
+            GpuSupport.launch1d(d, d.moduleGetFunction(viaJit, "cast_f32_to_bf16"), n, 0, KernelArgs.of().ptr(dx.ptr()).ptr(b.ptr()).i64(n));
+            d.contextSynchronize();
+            org.junit.jupiter.api.Assertions.assertArrayEquals(GpuSupport.downloadShorts(d, b.ptr(), n),
+                    GpuSupport.downloadShorts(d, a.ptr(), n));
+        } finally {
+            d.moduleUnload(compiled);
+            d.moduleUnload(cached);
+            d.moduleUnload(viaJit);
+        }
+    }
 }

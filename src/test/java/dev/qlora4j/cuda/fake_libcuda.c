@@ -57,6 +57,16 @@ CUresult cuModuleLoadDataEx(void**m,const void*img,unsigned n,int*opts,void**val
   const char*s=img; if(strstr(s,"this_is_not_an_instruction")){for(unsigned i=0;i<n;i++)if(opts[i]==5)strcpy((char*)vals[i],"ptxas application ptx input, line 6; error   : Not a name of any known instruction");return 218;}
   if(!strstr(s,".entry")) return 218; *m=(void*)0x777;return 0;}
 CUresult cuModuleUnload(void*m){return 0;}
+// The link API: the "cubin" is the PTX text itself (which the fake cuModuleLoadDataEx accepts); the error log
+// buffer given to cuLinkCreate receives the same message as cuModuleLoadDataEx's.
+typedef struct { char* data; size_t n; char* log; } Link;
+CUresult cuLinkCreate_v2(unsigned n,int*opts,void**vals,void**st){Link*l=calloc(1,sizeof(Link));
+  for(unsigned i=0;i<n;i++) if(opts[i]==5) l->log=(char*)vals[i]; *st=l; return 0;}
+CUresult cuLinkAddData_v2(void*st,int type,void*data,size_t size,const char*name,unsigned n,int*o,void**v){Link*l=st;
+  if(type!=1) return 1; if(strstr((const char*)data,"this_is_not_an_instruction")){if(l->log)strcpy(l->log,"ptxas application ptx input, line 6; error   : Not a name of any known instruction");return 218;}
+  l->data=malloc(size); memcpy(l->data,data,size); l->n=size; return 0;}
+CUresult cuLinkComplete(void*st,void**cubin,size_t*size){Link*l=st; *cubin=l->data; *size=l->n; return 0;}
+CUresult cuLinkDestroy(void*st){Link*l=st; free(l->data); free(l); return 0;}
 CUresult cuModuleGetFunction(Fn**f,void*m,const char*name){
   const char* known[]={"cast_f32_to_bf16","cast_bf16_to_f32","cast_f32_to_f16","cast_f16_to_f32","fill_f32"};
   for(int i=0;i<5;i++) if(!strcmp(name,known[i])){*f=calloc(1,sizeof(Fn));strcpy((*f)->name,name);return 0;}
