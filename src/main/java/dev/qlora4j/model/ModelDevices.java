@@ -55,7 +55,9 @@ public final class ModelDevices implements AutoCloseable {
      * @param owned     backends made for this model, closed by {@link #close} (none of them may be the caller's)
      */
     public static ModelDevices of(Backend embedding, List<Backend> layers, Backend head, List<Backend> owned) {
-        if (embedding == null || head == null || layers.contains(null)) {
+        boolean missing = embedding == null || head == null;
+        for (Backend b : layers) missing |= b == null;
+        if (missing) {
             throw new IllegalArgumentException("every part of the model needs a backend (embedding, each layer, head)");
         }
         return new ModelDevices(embedding, layers, head, owned);

@@ -43,15 +43,33 @@ public final class DeviceTraining {
      */
     public static Trainer.Builder configure(Trainer.Builder builder, ModelDevices devices) {
         if (devices.isSingle()) return configure(builder, devices.head());
-        MultiDeviceGradClip clip = new MultiDeviceGradClip(devices);
-        return builder.optimizerFactory((args, params) -> new PerDeviceOptimizer(ParamGroups.split(params, args.weightDecay()),
-                        p -> devices.forName(p.name()),
-                        (device, ps) -> device instanceof CudaBackend cuda ? optimizer(cuda, args, ps) : Optimizers.create(args, ps)))
-                .gradClipper(clip::clip);
+        return builder.optimizerFactory(optimizerFactory(devices)).gradClipper(new MultiDeviceGradClip(devices)::clip);
+    }
+
+    /**
+     * The optimizer for a model's devices: on one device the backend's (CUDA kernels, or the host optimizers on the
+     * CPU); over several, one per device behind a {@link PerDeviceOptimizer}.
+     */
+    public static Trainer.OptimizerFactory optimizerFactory(ModelDevices devices) {
+        if (devices.isSingle()) {
+            return devices.head() instanceof CudaBackend cuda ? (args, params) -> optimizer(cuda, args, params) : Optimizers::create;
+        }
+        return (args, params) -> new PerDeviceOptimizer(ParamGroups.split(params, args.weightDecay()),
+                p -> devices.forName(p.name()),
+                (device, ps) -> device instanceof CudaBackend cuda ? optimizer(cuda, args, ps) : Optimizers.create(args, ps));
+    }
+
+    /**
+     * The gradient clipping for a model's devices: CudaGradClip on one GPU, the host GradClip on the CPU, the global
+     * norm over several devices ({@link MultiDeviceGradClip}).
+     */
+    public static Trainer.GradClipper gradClipper(ModelDevices devices) {
+        if (!devices.isSingle()) return new MultiDeviceGradClip(devices)::clip;
+        return devices.head() instanceof CudaBackend cuda ? new CudaGradClip(cuda)::clip : dev.qlora4j.optim.GradClip::clipByGlobalNorm;
     }
 
     /** The CUDA optimizer for args.optim() over params that live on one GPU. */
-    static Optimizer optimizer(CudaBackend cuda, TrainingArguments args, List<Param> params) {
+    public static Optimizer optimizer(CudaBackend cuda, TrainingArguments args, List<Param> params) {
         List<ParamGroup> groups = ParamGroups.split(params, args.weightDecay());
         return switch (args.optim().toLowerCase(Locale.ROOT)) {
             case "adamw_torch", "adamw", "adamw_torch_fused" -> new CudaAdamW(cuda, groups, adamW(args, StateStorage.DEVICE));
