@@ -82,6 +82,7 @@ public final class DeviceTransfer {
             driver.eventRecord(dst.transferEvent(), dst.stream());
             src.bind();
             driver.streamWaitEvent(src.stream(), dst.transferEvent()); // t's block is reusable once the copy read it
+            dst.bind(); // the caller works on the destination next
         }
         return out;
     }

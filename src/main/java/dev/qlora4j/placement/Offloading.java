@@ -115,8 +115,10 @@ public final class Offloading {
             }
             List<Integer> offloaded = plan.offloadedLayers();
             if (offloaded.isEmpty()) return LayerResidency.NONE;
-            Backend slots = devices.layer(offloaded.getFirst());
-            return new WeightStreamer(new CudaSlotDevice((CudaBackend) slots), plan, offloadFolder);
+            CudaBackend slots = (CudaBackend) devices.layer(offloaded.getFirst());
+            slots.context().bind(); // the slot device creates its stream and events in the current context
+            LayerResidency streamer = new WeightStreamer(new CudaSlotDevice(slots), plan, offloadFolder);
+            return devices.isSingle() ? streamer : BoundToGpu.residency(streamer, slots.context());
         }
         if (!plan.anyOn(DeviceTarget.DISK)) return LayerResidency.NONE; // the CPU backend: "cpu" is where everything is
         return new WeightStreamer(new HostSlotDevice(), plan, offloadFolder);
@@ -205,7 +207,14 @@ public final class Offloading {
     /** One store per device of a split model, for --offload-activations (TransformerLM.setActivationStores). */
     public static Map<Backend, ActivationStore> activationStores(ModelDevices devices) {
         Map<Backend, ActivationStore> m = new java.util.IdentityHashMap<>();
-        for (Backend b : devices.backends()) m.put(b, activationStore(b));
+        for (Backend b : devices.backends()) {
+            if (b instanceof CudaBackend cuda) {
+                cuda.context().bind();
+                m.put(b, BoundToGpu.activationStore(activationStore(b), cuda.context()));
+            } else {
+                m.put(b, activationStore(b));
+            }
+        }
         return m;
     }
 

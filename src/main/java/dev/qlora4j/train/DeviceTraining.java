@@ -56,7 +56,34 @@ public final class DeviceTraining {
         }
         return (args, params) -> new PerDeviceOptimizer(ParamGroups.split(params, args.weightDecay()),
                 p -> devices.forName(p.name()),
-                (device, ps) -> device instanceof CudaBackend cuda ? optimizer(cuda, args, ps) : Optimizers.create(args, ps));
+                (device, ps) -> device instanceof CudaBackend cuda ? bound(cuda, optimizer(cuda, args, ps)) : Optimizers.create(args, ps));
+    }
+
+    /**
+     * A GPU's optimizer that makes its context current before each call: the CUDA optimizers queue copies and
+     * launches on their stream directly, and with several GPUs the current context is whichever ran last.
+     */
+    private static Optimizer bound(CudaBackend cuda, Optimizer o) {
+        return new Optimizer() {
+            @Override public String name() { return o.name(); }
+
+            @Override public List<ParamGroup> groups() { return o.groups(); }
+
+            @Override public double lr() { return o.lr(); }
+
+            @Override public void setLr(double lr) { o.setLr(lr); }
+
+            @Override public void step() { cuda.context().bind(); o.step(); }
+
+            @Override public java.util.Map<String, dev.qlora4j.tensor.Tensor> stateDict() { cuda.context().bind(); return o.stateDict(); }
+
+            @Override public void loadStateDict(java.util.Map<String, dev.qlora4j.tensor.Tensor> state) {
+                cuda.context().bind();
+                o.loadStateDict(state);
+            }
+
+            @Override public java.util.Map<String, String> hyperParameters() { return o.hyperParameters(); }
+        };
     }
 
     /**
@@ -65,11 +92,13 @@ public final class DeviceTraining {
      */
     public static Trainer.GradClipper gradClipper(ModelDevices devices) {
         if (!devices.isSingle()) return new MultiDeviceGradClip(devices)::clip;
+        if (devices.head() instanceof CudaBackend cuda) cuda.context().bind();
         return devices.head() instanceof CudaBackend cuda ? new CudaGradClip(cuda)::clip : dev.qlora4j.optim.GradClip::clipByGlobalNorm;
     }
 
     /** The CUDA optimizer for args.optim() over params that live on one GPU. */
     public static Optimizer optimizer(CudaBackend cuda, TrainingArguments args, List<Param> params) {
+        cuda.context().bind(); // the optimizer allocates its state and pinned buffers in the current context
         List<ParamGroup> groups = ParamGroups.split(params, args.weightDecay());
         return switch (args.optim().toLowerCase(Locale.ROOT)) {
             case "adamw_torch", "adamw", "adamw_torch_fused" -> new CudaAdamW(cuda, groups, adamW(args, StateStorage.DEVICE));

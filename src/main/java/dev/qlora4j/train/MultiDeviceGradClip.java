@@ -50,7 +50,9 @@ public final class MultiDeviceGradClip implements AutoCloseable {
             sumOfSquares += (double) norm * norm;
         }
         for (var e : onGpu.entrySet()) {
-            float deviceTotal = cudaClip((CudaBackend) e.getKey()).clip(e.getValue(), Double.POSITIVE_INFINITY);
+            CudaBackend cuda = (CudaBackend) e.getKey();
+            cuda.context().bind(); // CudaGradClip queues its copies and events in the current context
+            float deviceTotal = cudaClip(cuda).clip(e.getValue(), Double.POSITIVE_INFINITY);
             sumOfSquares += (double) deviceTotal * deviceTotal;
         }
         float total = (float) Math.sqrt(sumOfSquares);
@@ -91,7 +93,10 @@ public final class MultiDeviceGradClip implements AutoCloseable {
 
     @Override
     public void close() {
-        for (CudaGradClip c : cudaClips.values()) c.close();
+        for (var e : cudaClips.entrySet()) {
+            ((CudaBackend) e.getKey()).context().bind();
+            e.getValue().close();
+        }
         cudaClips.clear();
     }
 }
