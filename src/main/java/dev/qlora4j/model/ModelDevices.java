@@ -76,6 +76,18 @@ public final class ModelDevices implements AutoCloseable {
         return new ModelDevices(first, l, second, List.of());
     }
 
+    /**
+     * The decoder layers split evenly over backends in order (layer i on backends[i * n / layers], as accelerate's
+     * "balanced" map does with equal GPUs), the embedding on the first, the final norm and LM head on the last.
+     * The backends stay the caller's.
+     */
+    public static ModelDevices balanced(List<Backend> backends, int numLayers) {
+        if (backends.isEmpty()) throw new IllegalArgumentException("balanced placement needs at least one backend");
+        List<Backend> l = new ArrayList<>();
+        for (int i = 0; i < numLayers; i++) l.add(backends.get((int) ((long) i * backends.size() / numLayers)));
+        return new ModelDevices(backends.getFirst(), l, backends.getLast(), List.of());
+    }
+
     public Backend embedding() { return embedding; }
 
     public Backend layer(int i) { return layers.get(i); }
