@@ -16,7 +16,7 @@ import java.util.List;
  * cross-device path on one GPU or on two CPU backends.
  *
  * <p>Layers that stream their weights from cpu/disk run on the backend the streaming slots live on (the plan's
- * first GPU, see {@code Offloading.devices}). Backends in {@code owned} were made for the model (the GPUs beyond
+ * last GPU, see {@code Offloading.devices}). Backends in {@code owned} were made for the model (the GPUs beyond
  * the caller's) and are closed with it.
  */
 public final class ModelDevices implements AutoCloseable {

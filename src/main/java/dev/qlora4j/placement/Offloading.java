@@ -28,7 +28,8 @@ import java.util.Map;
  * Several GPUs: {@link #devices} gives every part of the model the backend of its GPU (the caller's backend
  * serves its own GPU, the others get a backend each, owned by the model), and the model runs layer by layer across
  * them (sequential model parallelism, as accelerate does). Decoder layers mapped to "cpu"/"disk" stream into, and
- * run on, the plan's first GPU (the lowest index it uses). Only decoder layers stream: the embedding, final norm
+ * run on, the plan's last GPU (the highest index it uses: where the planner reserves the two streaming slots, and
+ * where the layers after the GPU-resident ones run anyway). Only decoder layers stream: the embedding, final norm
  * and LM head stay on a GPU.
  *
  * <pre>{@code
@@ -100,7 +101,7 @@ public final class Offloading {
 
     /**
      * The residency of a plan over the devices {@link #devices} made for it: NONE when nothing streams; otherwise
-     * the offloaded layers stream into slots on the GPU they run on (the plan's first GPU). Fails with what to
+     * the offloaded layers stream into slots on the GPU they run on (the plan's last GPU). Fails with what to
      * change when the embedding, final norm or LM head are placed on cpu/disk.
      */
     public static LayerResidency residency(PlacementPlan plan, ModelDevices devices, java.nio.file.Path offloadFolder) {
@@ -127,7 +128,8 @@ public final class Offloading {
     /**
      * The backend of every part of the model for a plan: GPU g's modules run on the caller's backend when g is its
      * GPU, else on a new CudaBackend for cuda:g (same activation dtype; owned by the returned ModelDevices, which
-     * the model closes); layers on cpu/disk run on the plan's first GPU, where they stream. On the CPU backend
+     * the model closes); layers on cpu/disk run on the plan's last GPU, where they stream (the planner reserves the
+     * streaming slots there). On the CPU backend
      * everything runs on it. Fails with the machine's GPU count when the plan names a GPU that does not exist.
      */
     public static ModelDevices devices(PlacementPlan plan, Backend backend) {
@@ -148,10 +150,10 @@ public final class Offloading {
                     byGpu.put(g, b);
                 }
             }
-            Backend first = byGpu.get(gpus.getFirst());
+            Backend streaming = byGpu.get(gpus.getLast());
             java.util.function.Function<String, Backend> of = m -> {
                 DeviceTarget t = plan.target(m);
-                return t instanceof DeviceTarget.Gpu g ? byGpu.get(g.index()) : first;
+                return t instanceof DeviceTarget.Gpu g ? byGpu.get(g.index()) : streaming;
             };
             List<Backend> perLayer = new ArrayList<>();
             for (int i = 0; i < layers; i++) perLayer.add(of.apply(ModuleSizes.layer(i)));
