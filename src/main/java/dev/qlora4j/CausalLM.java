@@ -86,14 +86,21 @@ public final class CausalLM implements AutoCloseable {
             reader = CheckpointReader.open(dir);
             dev.qlora4j.placement.PlacementPlan plan = null;
             dev.qlora4j.model.LayerResidency residency = dev.qlora4j.model.LayerResidency.NONE;
+            dev.qlora4j.model.ModelDevices devices = dev.qlora4j.model.ModelDevices.single(backend, config.numHiddenLayers());
             if (placement.active()) {
                 QuantizationConfig q = config.quantizationConfig() != null
                         ? QuantizationConfig.fromJson(config.quantizationConfig()) : options.quantization();
                 plan = dev.qlora4j.placement.Offloading.plan(placement, config,
                         config.torchDtype() != null ? config.torchDtype() : dev.qlora4j.tensor.DType.F32, q, backend);
-                residency = dev.qlora4j.placement.Offloading.residency(plan, backend, placement.offloadFolder());
+                devices = dev.qlora4j.placement.Offloading.devices(plan, backend); // several GPUs: a backend per GPU
+                try {
+                    residency = dev.qlora4j.placement.Offloading.residency(plan, devices, placement.offloadFolder());
+                } catch (RuntimeException e) {
+                    devices.close();
+                    throw e;
+                }
             }
-            TransformerLM model = TransformerLM.load(config, new CheckpointWeights(reader, dir.toString()), backend,
+            TransformerLM model = TransformerLM.load(config, new CheckpointWeights(reader, dir.toString()), devices,
                     linearFactory(config, options), residency);
             // On a GPU the weights were copied; the mapped files can go. On the CPU they are the weights.
             if (!backend.device().isCpu()) {
@@ -133,6 +140,10 @@ public final class CausalLM implements AutoCloseable {
 
     public TransformerLM model() { return model; }
 
+    /**
+     * The backend the model was loaded with (--device). On a model split over several GPUs, inputs and outputs go
+     * through {@code model().backend()} (the head's GPU) and {@code model().devices()} lists every backend.
+     */
     public Backend backend() { return backend; }
 
     public Path dir() { return dir; }
@@ -184,12 +195,12 @@ public final class CausalLM implements AutoCloseable {
         int[] pos = new int[n];
         for (int i = 0; i < n; i++) pos[i] = i;
         try (var cache = model.newCache(1, n);
-             Tensor idT = backend.upload(Tensor.ofInts(ids, n));
-             Tensor posT = backend.upload(Tensor.ofInts(pos, n));
-             Tensor pads = backend.upload(Tensor.ofInts(new int[] {0}, 1));
+             Tensor idT = model.backend().upload(Tensor.ofInts(ids, n));
+             Tensor posT = model.backend().upload(Tensor.ofInts(pos, n));
+             Tensor pads = model.backend().upload(Tensor.ofInts(new int[] {0}, 1));
              Tensor hidden = model.forward(idT, posT, cache, 0, pads);
              Tensor logits = model.logits(hidden)) {
-            float[] flat = backend.toHost(logits).toFloatArray();
+            float[] flat = model.backend().toHost(logits).toFloatArray();
             int v = logits.dim(1);
             float[][] out = new float[n][];
             for (int t = 0; t < n; t++) out[t] = java.util.Arrays.copyOfRange(flat, t * v, (t + 1) * v);

@@ -63,6 +63,7 @@ public final class ModelOptions {
     dev.qlora4j.CausalLM load() {
         dev.qlora4j.CausalLM lm = dev.qlora4j.CausalLM.fromPretrained(modelDir(), loadOptions(), placement());
         if (lm.placementPlan() != null) System.err.print(lm.placementPlan().table());
+        if (!lm.model().devices().isSingle()) System.err.println("running over several devices: " + lm.model().devices().describe());
         return lm;
     }
 

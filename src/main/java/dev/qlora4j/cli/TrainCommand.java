@@ -152,8 +152,12 @@ public final class TrainCommand implements Callable<Integer> {
                     eval == null ? "" : "; eval: " + eval.size() + " examples");
             PeftConfig adapter = adapterConfig(lm.config().modelType(), configPeft(), lm.dir().toString());
             TrainableModel model = createTrainableModel(lm, adapter, initAdapter, args);
-            if (args.offloadActivations()) lm.model().setActivationStore(dev.qlora4j.placement.Offloading.activationStore(lm.backend()));
-            Trainer.Result r = dev.qlora4j.train.DeviceTraining.configure(Trainer.builder(model, args), lm.backend())
+            var devices = lm.model().devices();
+            if (args.offloadActivations()) {
+                if (devices.isSingle()) lm.model().setActivationStore(dev.qlora4j.placement.Offloading.activationStore(lm.model().backend()));
+                else lm.model().setActivationStores(dev.qlora4j.placement.Offloading.activationStores(devices));
+            }
+            Trainer.Result r = dev.qlora4j.train.DeviceTraining.configure(Trainer.builder(model, args), devices)
                     .trainData(train.examples())
                     .evalData(eval == null ? null : eval.examples())
                     .padTokenId(tok.padTokenId())
@@ -212,7 +216,15 @@ public final class TrainCommand implements Callable<Integer> {
      * caching allocator ({@link #memoryText}); null on the CPU.
      */
     Supplier<String> memoryField(CausalLM lm) {
-        return gpuMemoryField(lm.backend());
+        var devices = lm.model().devices();
+        if (devices.isSingle()) return gpuMemoryField(lm.model().backend());
+        List<Supplier<String>> parts = new java.util.ArrayList<>();
+        for (var b : devices.backends()) {
+            Supplier<String> f = gpuMemoryField(b);
+            if (f != null) parts.add(() -> b.device() + " " + f.get());
+        }
+        if (parts.isEmpty()) return null;
+        return () -> String.join(", ", parts.stream().map(Supplier::get).toList());
     }
 
     /** "mem 3.1/4.0 GiB (now/peak)" from the CUDA caching allocator; null on the CPU. */

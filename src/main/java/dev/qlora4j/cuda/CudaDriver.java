@@ -128,6 +128,24 @@ public interface CudaDriver {
 
     void memsetD8Async(long dstDevice, byte value, long count, long stream);
 
+    // ---- several devices ----
+
+    /**
+     * cuMemcpyPeerAsync: copies bytes from srcDevice (memory of srcContext) to dstDevice (memory of dstContext),
+     * ordered on stream (a stream of the current context). Works between any two GPUs; it is a direct copy when
+     * peer access is enabled ({@link #contextEnablePeerAccess}), staged by the driver otherwise.
+     */
+    void memcpyPeerAsync(long dstDevice, long dstContext, long srcDevice, long srcContext, long bytes, long stream);
+
+    /** cuDeviceCanAccessPeer: whether device ordinal can map the memory of peerOrdinal (NVLink or PCIe P2P). */
+    boolean deviceCanAccessPeer(int ordinal, int peerOrdinal);
+
+    /**
+     * cuCtxEnablePeerAccess(peerContext, 0): lets the current context read and write peerContext's memory directly
+     * (returns false, without failing, when it was already enabled).
+     */
+    boolean contextEnablePeerAccess(long peerContext);
+
     void memsetD32Async(long dstDevice, int value, long count, long stream);
 
     /** Copies src (heap or native memory, all of it) to the device; synchronous. */

@@ -328,6 +328,37 @@ public final class FfmCudaDriver implements CudaDriver {
         } catch (Throwable t) { throw Downcall.propagate(t); }
     }
 
+    /** CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED: enabling twice is not an error for us. */
+    private static final int PEER_ACCESS_ALREADY_ENABLED = 704;
+
+    @Override
+    public void memcpyPeerAsync(long dstDevice, long dstContext, long srcDevice, long srcContext, long bytes, long stream) {
+        try {
+            check(cu.memcpyPeerAsync, (int) cu.memcpyPeerAsync.handle().invokeExact(dstDevice, dstContext, srcDevice, srcContext,
+                    bytes, stream));
+        } catch (Throwable t) { throw Downcall.propagate(t); }
+    }
+
+    @Override
+    public boolean deviceCanAccessPeer(int ordinal, int peerOrdinal) {
+        int dev = device(ordinal), peer = device(peerOrdinal);
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment out = a.allocate(JAVA_INT);
+            check(cu.deviceCanAccessPeer, (int) cu.deviceCanAccessPeer.handle().invokeExact(out, dev, peer));
+            return out.get(JAVA_INT, 0) != 0;
+        } catch (Throwable t) { throw Downcall.propagate(t); }
+    }
+
+    @Override
+    public boolean contextEnablePeerAccess(long peerContext) {
+        try {
+            int r = (int) cu.ctxEnablePeerAccess.handle().invokeExact(peerContext, 0);
+            if (r == PEER_ACCESS_ALREADY_ENABLED) return false;
+            check(cu.ctxEnablePeerAccess, r);
+            return true;
+        } catch (Throwable t) { throw Downcall.propagate(t); }
+    }
+
     @Override
     public void memsetD8(long dstDevice, byte value, long count) {
         try {

@@ -317,6 +317,32 @@ public final class JCudaDriver implements CudaDriver {
                 JCudaHandles.devicePtr(srcDevice), bytes, JCudaHandles.stream(stream)));
     }
 
+    /** CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED: enabling twice is not an error for us. */
+    private static final int PEER_ACCESS_ALREADY_ENABLED = 704;
+
+    @Override
+    public void memcpyPeerAsync(long dstDevice, long dstContext, long srcDevice, long srcContext, long bytes, long stream) {
+        ensureLoaded();
+        check("cuMemcpyPeerAsync", cuMemcpyPeerAsync(JCudaHandles.devicePtr(dstDevice), JCudaHandles.context(dstContext),
+                JCudaHandles.devicePtr(srcDevice), JCudaHandles.context(srcContext), bytes, JCudaHandles.stream(stream)));
+    }
+
+    @Override
+    public boolean deviceCanAccessPeer(int ordinal, int peerOrdinal) {
+        int[] can = new int[1];
+        check("cuDeviceCanAccessPeer", cuDeviceCanAccessPeer(can, device(ordinal), device(peerOrdinal)));
+        return can[0] != 0;
+    }
+
+    @Override
+    public boolean contextEnablePeerAccess(long peerContext) {
+        ensureLoaded();
+        int r = cuCtxEnablePeerAccess(JCudaHandles.context(peerContext), 0);
+        if (r == PEER_ACCESS_ALREADY_ENABLED) return false;
+        check("cuCtxEnablePeerAccess", r);
+        return true;
+    }
+
     @Override
     public void memsetD8(long dstDevice, byte value, long count) {
         ensureLoaded();

@@ -84,6 +84,11 @@ final class LibCuda {
     final Downcall memcpyHtoDAsync = fn(a(JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG), "cuMemcpyHtoDAsync_v2");
     final Downcall memcpyDtoHAsync = fn(a(JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG), "cuMemcpyDtoHAsync_v2");
     final Downcall memcpyDtoDAsync = fn(a(JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG), "cuMemcpyDtoDAsync_v2");
+    // cuMemcpyPeerAsync(CUdeviceptr dst, CUcontext dstCtx, CUdeviceptr src, CUcontext srcCtx, size_t, CUstream)
+    final Downcall memcpyPeerAsync = fn(a(JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG), "cuMemcpyPeerAsync");
+    // cuDeviceCanAccessPeer(int* canAccess, CUdevice dev, CUdevice peer), cuCtxEnablePeerAccess(CUcontext peer, unsigned flags)
+    final Downcall deviceCanAccessPeer = fn(a(ADDRESS, JAVA_INT, JAVA_INT), "cuDeviceCanAccessPeer");
+    final Downcall ctxEnablePeerAccess = fn(a(JAVA_LONG, JAVA_INT), "cuCtxEnablePeerAccess");
     // cuMemsetD8_v2(CUdeviceptr, unsigned char, size_t n) / cuMemsetD32_v2(CUdeviceptr, unsigned, size_t n) (+ stream)
     final Downcall memsetD8 = fn(a(JAVA_LONG, JAVA_BYTE, JAVA_LONG), "cuMemsetD8_v2");
     final Downcall memsetD32 = fn(a(JAVA_LONG, JAVA_INT, JAVA_LONG), "cuMemsetD32_v2");

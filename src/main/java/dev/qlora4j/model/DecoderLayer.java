@@ -61,14 +61,15 @@ public final class DecoderLayer implements AutoCloseable {
     record Output(Tensor out, Tensor normed) {}
 
     /**
-     * x [B*T, hidden] -> [B*T, hidden]; see {@link Backend#attention} for the cache arguments. h is rmsNorm(x) by
+     * x [B*T, hidden] -> [B*T, hidden]; see {@link Backend#attention} for the cache arguments (cacheLayer: this
+     * layer's index in cache, which holds only the layers of one device on a split model). h is rmsNorm(x) by
      * this layer's input norm when the caller has it (the previous layer's {@link Output#normed}), else null.
      * nextNorm [hidden] or null: the weight of the norm applied to this layer's output next. The residual adds are
      * fused with the norm after them and RoPE runs on q and k in one pass ({@link Backend#addInPlaceRmsNorm},
      * {@link Backend#ropeQkInPlace}): the same numbers as the separate ops, fewer launches per decode step.
      */
     Output forward(Backend b, ModelConfig c, Tensor x, Tensor h, Tensor nextNorm, Tensor positions, Tensor invFreq,
-                   float ropeScaling, KvCache cache, int start, Tensor padStart) {
+                   float ropeScaling, KvCache cache, int cacheLayer, int start, Tensor padStart) {
         int heads = c.numAttentionHeads(), kvHeads = c.numKeyValueHeads(), hd = c.headDim();
         float eps = (float) c.rmsNormEps();
         if (h == null) h = b.rmsNorm(x, inputNorm, eps);
@@ -76,7 +77,7 @@ public final class DecoderLayer implements AutoCloseable {
         b.ropeQkInPlace(qs, ks, positions, invFreq, heads, kvHeads, hd, ropeScaling);
         Integer w = c.slidingWindow(index); // Qwen2 uses full attention below max_window_layers
         int window = w == null ? 0 : w;
-        Tensor attn = b.attention(qs, ks, vs, cache, index, start, padStart, heads, kvHeads, hd,
+        Tensor attn = b.attention(qs, ks, vs, cache, cacheLayer, start, padStart, heads, kvHeads, hd,
                 (float) (1.0 / Math.sqrt(hd)), window);
         qs.close(); ks.close(); vs.close();
         Tensor resid = afterAttention(h, o.forward(b, attn)); // owned here: becomes x + attention output in place

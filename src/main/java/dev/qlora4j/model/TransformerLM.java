@@ -1,7 +1,9 @@
 package dev.qlora4j.model;
 
 import dev.qlora4j.backend.Backend;
+import dev.qlora4j.backend.DeviceTransfer;
 import dev.qlora4j.backend.KvCache;
+import dev.qlora4j.backend.cuda.CudaBackend;
 import dev.qlora4j.nn.DenseLinear;
 import dev.qlora4j.nn.Linear;
 import dev.qlora4j.peft.LayerHooks;
@@ -18,17 +20,27 @@ import java.util.WeakHashMap;
  * The Llama-family decoder-only language model (LlamaForCausalLM, MistralForCausalLM,
  * Qwen2ForCausalLM): embedding, N decoder layers, final RMSNorm, LM head (possibly tied to the
  * embedding). Weights live on the backend's device; {@link #forward} runs one step over a batch.
+ *
+ * <p>Several devices ({@link ModelDevices}): each part lives and runs on its own backend, as accelerate's
+ * sequential model parallelism does it. Hidden states cross to the next layer's device (and gradients back in
+ * training) through {@link DeviceTransfer}; each layer's KV cache and adapter parameters stay on its device; the
+ * residual add + RMSNorm fusion is not used across a boundary; inputs (ids, positions, pad starts) are tensors of
+ * {@link #backend()}, the head's backend, where logits and the loss are made, and are copied to the other devices
+ * once per call. Decode graphs are switched off on the model's CUDA backends (a capture records one stream of one
+ * device): decoding over several GPUs launches kernels directly, with the same tokens.
  */
 public final class TransformerLM implements AutoCloseable {
     private final ModelConfig config;
-    private final Backend backend;
-    private final Tensor embed;      // [vocab, hidden]
+    private final Backend backend;   // the head's (final norm, LM head): inputs arrive and outputs leave here
+    private final ModelDevices devices;
+    private final Tensor embed;      // [vocab, hidden] on devices.embedding()
     private final List<DecoderLayer> layers;
     private final Tensor finalNorm;  // [hidden]
     private Linear lmHead;           // [vocab, hidden]; shares embed when tied
     private boolean tied;
-    private Tensor invFreq;          // [headDim/2] F32 on the device, for invFreqSeqLen
+    private final Map<Backend, Tensor> invFreqs = new java.util.IdentityHashMap<>(); // [headDim/2] F32 per device, for invFreqSeqLen
     private int invFreqSeqLen = -1;
+    private Tensor headCopyOfEmbed;  // [vocab, hidden] on the head's device: a tied LM head when the embedding lives elsewhere
     private LayerHooks hooks = LayerHooks.NONE;
     private CachePrefix cachePrefix; // preloaded into every new cache while set (prefix/prompt tuning)
     private TrainingPrefix trainingPrefix; // prefix tuning's learned keys/values in training steps, or null
@@ -38,11 +50,14 @@ public final class TransformerLM implements AutoCloseable {
     private LayerResidency residency = LayerResidency.NONE;
     /** Where checkpointed layer inputs wait for the backward (ON_DEVICE, or pinned host memory). */
     private ActivationStore activationStore = ActivationStore.ON_DEVICE;
+    /** The store of each device when they differ (several GPUs with activation offload); empty: activationStore everywhere. */
+    private final Map<Backend, ActivationStore> activationStores = new java.util.IdentityHashMap<>();
 
-    private TransformerLM(ModelConfig config, Backend backend, Tensor embed, List<DecoderLayer> layers,
+    private TransformerLM(ModelConfig config, ModelDevices devices, Tensor embed, List<DecoderLayer> layers,
                           Tensor finalNorm, Linear lmHead, boolean tied) {
         this.config = config;
-        this.backend = backend;
+        this.devices = devices;
+        this.backend = devices.head();
         this.embed = embed;
         this.layers = layers;
         this.finalNorm = finalNorm;
@@ -61,22 +76,44 @@ public final class TransformerLM implements AutoCloseable {
      * calls residency around every use of a layer. The model closes residency.
      */
     public static TransformerLM load(ModelConfig c, WeightSource w, Backend b, LinearFactory linears, LayerResidency residency) {
+        return load(c, w, ModelDevices.single(b, c.numHiddenLayers()), linears, residency);
+    }
+
+    /**
+     * The model over several devices: the embedding is built on devices.embedding(), layer i on devices.layer(i),
+     * the final norm and LM head on devices.head() (a tied head gets its own copy of the embedding table there when
+     * the embedding lives on another device). The model closes residency and devices' owned backends, also when
+     * loading fails.
+     */
+    public static TransformerLM load(ModelConfig c, WeightSource w, ModelDevices devices, LinearFactory linears,
+                                     LayerResidency residency) {
         try {
-            TransformerLM m = loadLayers(c, w, b, linears, residency);
+            if (devices.numLayers() != c.numHiddenLayers()) {
+                throw new IllegalArgumentException("the device assignment has " + devices.numLayers() + " layers but config.json says "
+                        + "num_hidden_layers = " + c.numHiddenLayers());
+            }
+            TransformerLM m = loadLayers(c, w, devices, linears, residency);
             m.residency = residency;
+            if (!devices.isSingle()) {
+                for (Backend b : devices.backends()) if (b instanceof CudaBackend cuda) cuda.disableDecodeGraphs();
+            }
             return m;
         } catch (RuntimeException e) {
             residency.close();
+            devices.close();
             throw e;
         }
     }
 
-    private static TransformerLM loadLayers(ModelConfig c, WeightSource w, Backend b, LinearFactory linears, LayerResidency residency) {
-        Tensor embed = b.upload(w.get("model.embed_tokens.weight"));
+    private static TransformerLM loadLayers(ModelConfig c, WeightSource w, ModelDevices devices, LinearFactory linears,
+                                            LayerResidency residency) {
+        Backend eb = devices.embedding();
+        Tensor embed = eb.upload(w.get("model.embed_tokens.weight"));
         checkShape(embed, w, "model.embed_tokens.weight", c.vocabSize(), c.hiddenSize());
         List<DecoderLayer> layers = new ArrayList<>();
         for (int i = 0; i < c.numHiddenLayers(); i++) {
             String p = "model.layers." + i + ".";
+            Backend b = devices.layer(i);
             Linear q = linears.create(p + "self_attn.q_proj", w, b, c.qkvBias());
             Linear k = linears.create(p + "self_attn.k_proj", w, b, c.qkvBias());
             Linear v = linears.create(p + "self_attn.v_proj", w, b, c.qkvBias());
@@ -100,14 +137,18 @@ public final class TransformerLM implements AutoCloseable {
             layers.add(layer);
             residency.placeLayer(i, layer);
         }
-        Tensor norm = b.upload(w.get("model.norm.weight"));
+        Backend hb = devices.head();
+        Tensor norm = hb.upload(w.get("model.norm.weight"));
         checkShape(norm, w, "model.norm.weight", c.hiddenSize());
         // transformers ties when tie_word_embeddings is set, and also falls back to the embedding
         // when a checkpoint simply omits lm_head.weight.
         boolean tied = c.tieWordEmbeddings() || !w.has("lm_head.weight");
-        Linear head = tied ? new DenseLinear(embed, null) : linears.create("lm_head", w, b, false);
+        Tensor headCopy = tied && hb != eb ? DeviceTransfer.copy(embed, eb, hb) : null;
+        Linear head = tied ? new DenseLinear(headCopy != null ? headCopy : embed, null) : linears.create("lm_head", w, hb, false);
         checkLinear(head, w, "lm_head", c.vocabSize(), c.hiddenSize());
-        return new TransformerLM(c, b, embed, layers, norm, head, tied);
+        TransformerLM m = new TransformerLM(c, devices, embed, layers, norm, head, tied);
+        m.headCopyOfEmbed = headCopy;
+        return m;
     }
 
     private static void checkShape(Tensor t, WeightSource w, String name, int... expected) {
@@ -128,7 +169,24 @@ public final class TransformerLM implements AutoCloseable {
 
     public ModelConfig config() { return config; }
 
+    /**
+     * The head's backend (final norm, LM head): where callers put the inputs of {@link #forward} and read hidden
+     * states, logits and losses. The only backend on a single device.
+     */
     public Backend backend() { return backend; }
+
+    /** Which backend runs which part of the model. */
+    public ModelDevices devices() { return devices; }
+
+    /** The backend a module or parameter lives on, by its name (see {@link ModelDevices#forName}). */
+    public Backend backendFor(String name) { return devices.forName(name); }
+
+    private void requireSingleDevice(String what) {
+        if (!devices.isSingle()) {
+            throw new UnsupportedOperationException(what + " is not supported on a model split over several devices ("
+                    + devices.describe() + "): load the model on one device (no --device-map over several GPUs)");
+        }
+    }
 
     public int numLayers() { return layers.size(); }
 
@@ -141,6 +199,7 @@ public final class TransformerLM implements AutoCloseable {
     public KvCache newCache(int batch, int capacity) {
         CachePrefix p = cachePrefix;
         int extra = p == null ? 0 : p.length();
+        if (!devices.isSingle()) return new SplitKvCache(devices, batch, config.numKeyValueHeads(), capacity, config.headDim());
         KvCache cache = backend.newKvCache(layers.size(), batch, config.numKeyValueHeads(), capacity + extra, config.headDim());
         if (p != null) {
             try {
@@ -155,13 +214,22 @@ public final class TransformerLM implements AutoCloseable {
     }
 
     /**
-     * One step: ids and positions I32 [B*T] on the device (row-major over batch then time),
+     * One step: ids and positions I32 [B*T] on the device of {@link #backend()} (row-major over batch then time),
      * cache slots [start, start+T), padStart I32 [B]. Returns the final hidden states [B*T, hidden].
      * On a cache made with a {@link CachePrefix}, slot s of the caller is slot s + prefix length.
      */
     public Tensor forward(Tensor ids, Tensor positions, KvCache cache, int start, Tensor padStart) {
-        Tensor x = embed(ids);
-        return runLayers(x, true, positions, cache, start, padStart);
+        if (devices.isSingle()) return runLayers(embed(ids), devices.embedding(), true, positions, cache, start, padStart);
+        Backend eb = devices.embedding();
+        Tensor x;
+        if (eb == backend) {
+            x = embed(ids);
+        } else {
+            try (Tensor idsHere = DeviceTransfer.copy(ids, backend, eb)) {
+                x = embed(idsHere);
+            }
+        }
+        return runLayers(x, eb, true, positions, cache, start, padStart);
     }
 
     /**
@@ -174,33 +242,65 @@ public final class TransformerLM implements AutoCloseable {
             throw new IllegalArgumentException("forwardEmbeddings: x must be [B*T, hidden_size " + config.hiddenSize() + "], got "
                     + java.util.Arrays.toString(x.shape()));
         }
-        return runLayers(x, false, positions, cache, start, padStart);
+        return runLayers(x, backend, false, positions, cache, start, padStart);
     }
 
-    /** The decoder stack and final norm; closes x when owned (as soon as the first layer is done with it). */
-    private Tensor runLayers(Tensor x, boolean ownsX, Tensor positions, KvCache cache, int start, Tensor padStart) {
+    /**
+     * The decoder stack and final norm; x lives on backend xb; closes x when owned (as soon as the first layer is
+     * done with it). Over several devices x moves to each layer's device on the way and the result is on the head's.
+     */
+    private Tensor runLayers(Tensor x, Backend xb, boolean ownsX, Tensor positions, KvCache cache, int start, Tensor padStart) {
+        SplitKvCache split = null;
+        if (!devices.isSingle()) {
+            if (!(cache instanceof SplitKvCache s)) {
+                throw new IllegalArgumentException("this model runs over several devices (" + devices.describe()
+                        + "): use a KV cache from its newCache, not one of a single backend");
+            }
+            split = s;
+        }
         int offset = cacheOffset(cache);
         if (offset > 0 && start == 0) requireUnpadded(padStart);
         int slot = start + offset;
-        Tensor inv = invFreq(slot + x.dim(0) / cache.batch());
+        int seqLen = slot + x.dim(0) / cache.batch();
         float ropeScale = (float) RopeScaling.attentionScaling(config);
         boolean owned = ownsX;
         Tensor h = null; // rmsNorm of x by the next layer's input norm, from the previous layer's fused add
-        for (int i = 0; i < layers.size(); i++) {
-            // A streamed layer's norm weights live in its upload slot only while it runs: fuse its input norm into
-            // the previous layer's last add only when no layer streams (the final norm always stays resident).
-            Tensor nextNorm = i + 1 == layers.size() ? finalNorm
-                    : residency.streams() ? null : layers.get(i + 1).inputNorm;
-            residency.enter(layers.get(i).index, true);
-            DecoderLayer.Output next = layers.get(i).forward(backend, config, x, h, nextNorm, positions, inv, ropeScale,
-                    cache, slot, padStart);
-            residency.exit(layers.get(i).index);
+        Backend cur = xb;
+        try (PerDevice pos = PerDevice.of(positions, backend); PerDevice pads = PerDevice.of(padStart, backend)) {
+            for (int i = 0; i < layers.size(); i++) {
+                Backend lb = devices.layer(i);
+                if (lb != cur) { // a device boundary: h is null here (no fusion across it)
+                    Tensor moved = DeviceTransfer.copy(x, cur, lb);
+                    if (owned) x.close();
+                    x = moved;
+                    owned = true;
+                    cur = lb;
+                }
+                // A streamed layer's norm weights live in its upload slot only while it runs: fuse its input norm into
+                // the previous layer's last add only when no layer streams (the final norm always stays resident),
+                // and never across a device boundary (the norm weight is on the other device).
+                Backend nextDevice = i + 1 == layers.size() ? backend : devices.layer(i + 1);
+                Tensor nextNorm = nextDevice != lb ? null : i + 1 == layers.size() ? finalNorm
+                        : residency.streams() ? null : layers.get(i + 1).inputNorm;
+                KvCache layerCache = split == null ? cache : split.part(i);
+                int cacheLayer = split == null ? layers.get(i).index : split.localLayer(i);
+                residency.enter(layers.get(i).index, true);
+                DecoderLayer.Output next = layers.get(i).forward(lb, config, x, h, nextNorm, pos.on(lb), invFreq(lb, seqLen),
+                        ropeScale, layerCache, cacheLayer, slot, pads.on(lb));
+                residency.exit(layers.get(i).index);
+                if (owned) x.close();
+                x = next.out();
+                h = next.normed();
+                owned = true;
+            }
+        }
+        if (cur != backend) { // the last layer ran on another device than the head
+            Tensor moved = DeviceTransfer.copy(x, cur, backend);
             if (owned) x.close();
-            x = next.out();
-            h = next.normed();
+            x = moved;
             owned = true;
         }
-        if (h == null) h = backend.rmsNorm(x, finalNorm, (float) config.rmsNormEps()); // no layers
+        if (h == null) h = backend.rmsNorm(x, finalNorm, (float) config.rmsNormEps()); // no layers, or a boundary before the head
         if (owned) x.close();
         return h;
     }
@@ -212,6 +312,7 @@ public final class TransformerLM implements AutoCloseable {
 
     /** Sets the layer hooks (e.g. a BottleneckModel); null restores {@link LayerHooks#NONE}. */
     public void setHooks(LayerHooks h) {
+        if (h != null && h != LayerHooks.NONE) requireSingleDevice("layer hooks (bottleneck adapters)");
         hooks = h == null ? LayerHooks.NONE : h;
         for (DecoderLayer l : layers) l.hooks = hooks;
     }
@@ -243,6 +344,7 @@ public final class TransformerLM implements AutoCloseable {
      */
     public void setCachePrefix(CachePrefix p) {
         if (p != null) {
+            requireSingleDevice("prefix/prompt tuning");
             if (RopeScaling.dependsOnSeqLen(config)) {
                 throw new IllegalArgumentException("prefix/prompt tuning with \"dynamic\" rope scaling is not supported (its frequencies "
                         + "change with the sequence length, and the prefix keys are rotated once); remove rope_scaling or use another type");
@@ -291,6 +393,7 @@ public final class TransformerLM implements AutoCloseable {
 
     /** Sets the training prefix of every layer (null: none); see {@link TrainingPrefix}. */
     public void setTrainingPrefix(TrainingPrefix p) {
+        if (p != null) requireSingleDevice("prefix tuning");
         if (p != null && RopeScaling.dependsOnSeqLen(config)) {
             throw new IllegalArgumentException("prefix tuning with \"dynamic\" rope scaling is not supported (the prefix keys are "
                     + "rotated once, its frequencies change with the length); remove rope_scaling or use another type");
@@ -339,9 +442,20 @@ public final class TransformerLM implements AutoCloseable {
             throw new IllegalArgumentException("writeCache: slots [" + start + ", " + (start + n / cache.batch()) + ") do not fit a cache of "
                     + cache.capacity() + " slots");
         }
-        try (Tensor q = backend.upload(Tensor.zeros(backend.activationDType(), n, heads * hd));
-             Tensor pads = backend.upload(Tensor.ofInts(new int[cache.batch()], cache.batch()));
-             Tensor ignored = backend.attention(q, k, v, cache, layer, start, pads, heads, kvHeads, hd, 1f, 0)) {
+        Backend b = backend;
+        KvCache target = cache;
+        int targetLayer = layer;
+        if (cache instanceof SplitKvCache split) { // k and v are the head's: the layer's part may be on another device
+            b = devices.layer(layer);
+            target = split.part(layer);
+            targetLayer = split.localLayer(layer);
+        }
+        try (Tensor kHere = b == backend ? null : DeviceTransfer.copy(k, backend, b);
+             Tensor vHere = b == backend ? null : DeviceTransfer.copy(v, backend, b);
+             Tensor q = b.upload(Tensor.zeros(b.activationDType(), n, heads * hd));
+             Tensor pads = b.upload(Tensor.ofInts(new int[cache.batch()], cache.batch()));
+             Tensor ignored = b.attention(q, kHere == null ? k : kHere, vHere == null ? v : vHere, target, targetLayer, start, pads,
+                     heads, kvHeads, hd, 1f, 0)) {
             // the write is the point; the attention output is not used
         }
     }
@@ -359,7 +473,7 @@ public final class TransformerLM implements AutoCloseable {
         int[] pos = new int[n];
         java.util.Arrays.fill(pos, position);
         try (Tensor posT = backend.upload(Tensor.ofInts(pos, n))) {
-            backend.ropeInPlace(k, posT, invFreq(config.maxPositionEmbeddings()), config.numKeyValueHeads(), config.headDim(), 1f);
+            backend.ropeInPlace(k, posT, invFreq(backend, config.maxPositionEmbeddings()), config.numKeyValueHeads(), config.headDim(), 1f);
         }
     }
 
@@ -376,7 +490,7 @@ public final class TransformerLM implements AutoCloseable {
         int[] pos = new int[n];
         java.util.Arrays.fill(pos, position);
         try (Tensor posT = backend.upload(Tensor.ofInts(pos, n))) {
-            backend.ropeBackwardInPlace(g, posT, invFreq(config.maxPositionEmbeddings()), config.numKeyValueHeads(), config.headDim(), 1f);
+            backend.ropeBackwardInPlace(g, posT, invFreq(backend, config.maxPositionEmbeddings()), config.numKeyValueHeads(), config.headDim(), 1f);
         }
     }
 
@@ -407,15 +521,20 @@ public final class TransformerLM implements AutoCloseable {
      * length (it grows the base once the sequence exceeds max_position_embeddings), so the
      * table is recomputed only when that changes the result.
      */
-    private Tensor invFreq(int seqLen) {
+    private Tensor invFreq(Backend b, int seqLen) {
         int key = RopeScaling.dependsOnSeqLen(config) ? Math.max(seqLen, config.maxPositionEmbeddings()) : 0;
-        if (invFreq == null || key != invFreqSeqLen) {
-            if (invFreq != null) invFreq.close();
-            float[] f = RopeScaling.invFreq(config, seqLen);
-            invFreq = backend.upload(Tensor.of(f, f.length));
+        if (key != invFreqSeqLen) {
+            for (Tensor t : invFreqs.values()) t.close();
+            invFreqs.clear();
             invFreqSeqLen = key;
         }
-        return invFreq;
+        Tensor t = invFreqs.get(b);
+        if (t == null) {
+            float[] f = RopeScaling.invFreq(config, seqLen);
+            t = b.upload(Tensor.of(f, f.length));
+            invFreqs.put(b, t);
+        }
+        return t;
     }
 
     /** Loss and bookkeeping of one training forward/backward. */
@@ -443,32 +562,42 @@ public final class TransformerLM implements AutoCloseable {
                     + n + " entries");
         }
         requireNoCachePrefix("trainStep");
-        Backend b = backend;
         long tokens = 0;
         for (int y : targets) if (y != -100) tokens++;
-        boolean offload = checkpointing && activationStore != ActivationStore.ON_DEVICE;
-        List<Tensor> inputs = new ArrayList<>();                     // layer inputs kept on the device (null when offloaded)
+        boolean offload = checkpointing && (activationStore != ActivationStore.ON_DEVICE || !activationStores.isEmpty());
+        List<Tensor> inputs = new ArrayList<>();                     // layer inputs kept on their device (null when offloaded)
         List<ActivationStore.Saved> saved = new ArrayList<>();       // layer inputs held by the activation store
         List<LayerActivations> acts = new ArrayList<>();
         long actBytes = 0;
-        try (Tensor idT = b.upload(Tensor.ofInts(ids, n));
-             Tensor posT = b.upload(Tensor.ofInts(positions, n));
-             Tensor segT = segments == null ? null : b.upload(Tensor.ofInts(segments, n))) {
-            Tensor inv = invFreq(t);
+        Backend eb = devices.embedding();
+        Tensor g = null;                                             // the gradient flowing back, on gb
+        try (Tensor idT = eb.upload(Tensor.ofInts(ids, n));
+             Tensor posHost = Tensor.ofInts(positions, n);
+             Tensor segHost = segments == null ? null : Tensor.ofInts(segments, n);
+             HostUploads up = new HostUploads()) {
             float ropeScale = (float) RopeScaling.attentionScaling(config);
             Tensor x = embed(idT);
+            Backend cur = eb;
             for (DecoderLayer layer : layers) {
+                Backend lb = devices.layer(layer.index);
+                if (lb != cur) { // the previous layer's output is needed only as this layer's input: move it
+                    Tensor moved = DeviceTransfer.copy(x, cur, lb);
+                    x.close();
+                    x = moved;
+                    cur = lb;
+                }
+                ActivationStore store = storeFor(lb);
                 // Offload starts copying the input out before the layer that reads it is queued, so the copy overlaps it.
-                ActivationStore.Saved s = offload ? activationStore.save(x) : null;
+                ActivationStore.Saved s = offload ? store.save(x) : null;
                 inputs.add(offload ? null : x);
                 saved.add(s);
                 LayerActivations a = checkpointing ? null : new LayerActivations();
                 residency.enter(layer.index, true);
-                Tensor out = layer.forwardTrain(b, config, x, posT, segT, inv, ropeScale, batch, a);
+                Tensor out = layer.forwardTrain(lb, config, x, up.on(lb, posHost), up.on(lb, segHost), invFreq(lb, t), ropeScale, batch, a);
                 residency.exit(layer.index);
                 if (offload) {
                     actBytes += x.byteSize(); // counted as kept: it lives in host memory until the backward
-                    activationStore.release(s, x);
+                    store.release(s, x);
                 }
                 x = out;
                 if (a != null) {
@@ -477,31 +606,46 @@ public final class TransformerLM implements AutoCloseable {
                 }
             }
             for (Tensor in : inputs) if (in != null) actBytes += in.byteSize();
+            Backend b = backend; // the head: final norm, LM head and loss
+            if (cur != b) {
+                Tensor moved = DeviceTransfer.copy(x, cur, b);
+                x.close();
+                x = moved;
+            }
             Tensor hidden = b.rmsNorm(x, finalNorm, (float) config.rmsNormEps());
             List<Tensor> gradRows = new ArrayList<>();
             double lossSum = chunkedLoss(hidden, targets, gradScale, gradRows);
             hidden.close();
             Tensor gHidden = gradRows.size() == 1 ? gradRows.get(0) : b.concatRows(gradRows);
             if (gradRows.size() > 1) gradRows.forEach(Tensor::close);
-            Tensor g = b.rmsNormBackward(x, finalNorm, (float) config.rmsNormEps(), gHidden, null);
+            g = b.rmsNormBackward(x, finalNorm, (float) config.rmsNormEps(), gHidden, null);
+            Backend gb = b;
             gHidden.close();
             x.close();
             for (int i = layers.size() - 1; i >= 0; i--) {
+                Backend lb = devices.layer(i);
+                if (lb != gb) { // the gradient crosses back to the layer's device
+                    Tensor moved = DeviceTransfer.copy(g, gb, lb);
+                    g.close();
+                    g = moved;
+                    gb = lb;
+                }
                 if (offload) {
-                    inputs.set(i, activationStore.restore(saved.get(i)));
+                    inputs.set(i, storeFor(lb).restore(saved.get(i)));
                     saved.set(i, null);
-                    if (i > 0) activationStore.prefetch(saved.get(i - 1));
+                    if (i > 0) storeFor(devices.layer(i - 1)).prefetch(saved.get(i - 1));
                 }
                 Tensor in = inputs.get(i);
+                Tensor pos = up.on(lb, posHost), seg = up.on(lb, segHost), inv = invFreq(lb, t);
                 residency.enter(i, false);
                 LayerActivations a;
                 if (checkpointing) {
                     a = new LayerActivations();
-                    layers.get(i).forwardTrain(b, config, in, posT, segT, inv, ropeScale, batch, a).close();
+                    layers.get(i).forwardTrain(lb, config, in, pos, seg, inv, ropeScale, batch, a).close();
                 } else {
                     a = acts.get(i);
                 }
-                Tensor gPrev = layers.get(i).backwardTrain(b, config, in, posT, segT, inv, ropeScale, batch, a, g);
+                Tensor gPrev = layers.get(i).backwardTrain(lb, config, in, pos, seg, inv, ropeScale, batch, a, g);
                 residency.exit(i);
                 a.close();
                 g.close();
@@ -510,13 +654,47 @@ public final class TransformerLM implements AutoCloseable {
                 inputs.set(i, null);
             }
             TokenEmbedding trainable = activeEmbedding();
-            if (trainable != null) trainable.backward(b, idT, g); // modules_to_save embed_tokens
-            g.close();
+            if (trainable != null) { // modules_to_save embed_tokens
+                if (gb != eb) {
+                    Tensor moved = DeviceTransfer.copy(g, gb, eb);
+                    g.close();
+                    g = moved;
+                }
+                trainable.backward(eb, idT, g);
+            }
             return new StepResult(lossSum, tokens, actBytes);
         } finally {
+            if (g != null) g.close();
             for (Tensor in : inputs) if (in != null) in.close();
-            for (ActivationStore.Saved s : saved) if (s != null) activationStore.discard(s);
+            for (int i = 0; i < saved.size(); i++) if (saved.get(i) != null) storeFor(devices.layer(i)).discard(saved.get(i));
             for (LayerActivations a : acts) a.close();
+        }
+    }
+
+    /** The activation store of the device a layer runs on. */
+    private ActivationStore storeFor(Backend b) {
+        ActivationStore s = activationStores.get(b);
+        return s != null ? s : activationStore;
+    }
+
+    /**
+     * Host int arrays uploaded once per device that reads them during a step (positions, segments), closed with
+     * this. A host tensor that a CPU backend uses as it is is not closed here (its owner closes it).
+     */
+    private static final class HostUploads implements AutoCloseable {
+        private final Map<Backend, Map<Tensor, Tensor>> uploads = new java.util.IdentityHashMap<>();
+
+        /** host (null: null) on backend b. */
+        Tensor on(Backend b, Tensor host) {
+            if (host == null) return null;
+            return uploads.computeIfAbsent(b, k -> new java.util.IdentityHashMap<>()).computeIfAbsent(host, b::upload);
+        }
+
+        @Override
+        public void close() {
+            for (Map<Tensor, Tensor> m : uploads.values()) {
+                for (var e : m.entrySet()) if (e.getValue() != e.getKey()) e.getValue().close();
+            }
         }
     }
 
@@ -561,24 +739,38 @@ public final class TransformerLM implements AutoCloseable {
                                                            int batch) {
         int n = ids.length, t = n / batch;
         requireNoCachePrefix("evalStep");
-        Backend b = backend;
         long tokens = 0;
         for (int y : targets) if (y != -100) tokens++;
         double lossSum = 0;
-        try (Tensor idT = b.upload(Tensor.ofInts(ids, n));
-             Tensor posT = b.upload(Tensor.ofInts(positions, n));
-             Tensor segT = segments == null ? null : b.upload(Tensor.ofInts(segments, n))) {
-            Tensor inv = invFreq(t);
+        Backend eb = devices.embedding();
+        try (Tensor idT = eb.upload(Tensor.ofInts(ids, n));
+             Tensor posHost = Tensor.ofInts(positions, n);
+             Tensor segHost = segments == null ? null : Tensor.ofInts(segments, n);
+             HostUploads up = new HostUploads()) {
             float ropeScale = (float) RopeScaling.attentionScaling(config);
             Tensor x = embed(idT);
+            Backend cur = eb;
             for (DecoderLayer layer : layers) {
+                Backend lb = devices.layer(layer.index);
+                if (lb != cur) {
+                    Tensor moved = DeviceTransfer.copy(x, cur, lb);
+                    x.close();
+                    x = moved;
+                    cur = lb;
+                }
                 residency.enter(layer.index, true);
-                Tensor next = layer.forwardTrain(b, config, x, posT, segT, inv, ropeScale, batch, null);
+                Tensor next = layer.forwardTrain(lb, config, x, up.on(lb, posHost), up.on(lb, segHost), invFreq(lb, t), ropeScale,
+                        batch, null);
                 residency.exit(layer.index);
                 x.close();
                 x = next;
             }
-            try (Tensor hidden = b.rmsNorm(x, finalNorm, (float) config.rmsNormEps())) {
+            if (cur != backend) {
+                Tensor moved = DeviceTransfer.copy(x, cur, backend);
+                x.close();
+                x = moved;
+            }
+            try (Tensor hidden = backend.rmsNorm(x, finalNorm, (float) config.rmsNormEps())) {
                 x.close();
                 lossSum = chunkedLoss(hidden, targets, 0f, null);
             }
@@ -635,7 +827,7 @@ public final class TransformerLM implements AutoCloseable {
 
     /** True while the LM head is the embedding table itself (tied and not replaced by an adapter's copy). */
     public boolean lmHeadIsEmbedding() {
-        return lmHead instanceof DenseLinear d && d.weight() == embed;
+        return lmHead instanceof DenseLinear d && (d.weight() == embed || (headCopyOfEmbed != null && d.weight() == headCopyOfEmbed));
     }
 
     /** Where the active trainable embedding comes from (peft's embed_tokens copy), or null. */
@@ -656,7 +848,8 @@ public final class TransformerLM implements AutoCloseable {
     /** ids I32 [n] -> [n, hidden] through the active trainable copy or the frozen table. */
     private Tensor embed(Tensor ids) {
         TokenEmbedding e = activeEmbedding();
-        return e != null ? e.forward(backend, ids) : backend.embedding(ids, embed);
+        Backend eb = devices.embedding();
+        return e != null ? e.forward(eb, ids) : eb.embedding(ids, embed);
     }
 
     /** The embedding table [vocab, hidden] (for embedding adapters and modules_to_save). */
@@ -668,7 +861,8 @@ public final class TransformerLM implements AutoCloseable {
 
     /** Bytes of all weights on the device. */
     public long weightBytes() {
-        long n = embed.byteSize() + finalNorm.byteSize() + (tied ? 0 : lmHead.weightBytes());
+        long n = embed.byteSize() + finalNorm.byteSize() + (tied ? 0 : lmHead.weightBytes())
+                + (tied && headCopyOfEmbed != null ? headCopyOfEmbed.byteSize() : 0);
         for (DecoderLayer l : layers) n += l.weightBytes();
         return n;
     }
@@ -686,6 +880,16 @@ public final class TransformerLM implements AutoCloseable {
         activationStore = store == null ? ActivationStore.ON_DEVICE : store;
     }
 
+    /**
+     * One activation store per device of a split model (each keeps the inputs of the layers running on its device);
+     * devices missing from the map use the single store. The model closes them.
+     */
+    public void setActivationStores(Map<Backend, ActivationStore> stores) {
+        for (ActivationStore s : activationStores.values()) s.close();
+        activationStores.clear();
+        activationStores.putAll(stores);
+    }
+
     public ActivationStore activationStore() { return activationStore; }
 
     @Override
@@ -694,8 +898,12 @@ public final class TransformerLM implements AutoCloseable {
         embed.close();
         finalNorm.close();
         if (!tied) lmHead.close();
-        if (invFreq != null) invFreq.close();
+        if (tied && headCopyOfEmbed != null) headCopyOfEmbed.close(); // untied, the replacing head owns what it wraps
+        for (Tensor t : invFreqs.values()) t.close();
+        invFreqs.clear();
         residency.close();
         activationStore.close();
+        for (ActivationStore s : activationStores.values()) s.close();
+        devices.close();
     }
 }

@@ -133,6 +133,12 @@ public final class PeftModel implements AutoCloseable {
 
     public Backend backend() { return backend; }
 
+    /**
+     * The backend a module's adapter lives on: its layer's device on a model split over several devices (adapter
+     * weights and their gradients stay beside the layer they adapt), the model's backend otherwise.
+     */
+    private Backend on(String modulePath) { return model.backendFor(modulePath); }
+
     public LoraConfig config(String adapter) {
         LoraConfig c = configs.get(adapter);
         if (c == null) throw new IllegalArgumentException("Adapter " + adapter + " does not exist; adapters: " + configs.keySet());
@@ -154,7 +160,7 @@ public final class PeftModel implements AutoCloseable {
         checkLoaded();
         LoraConfig c = prepare(name, cfg);
         long s = Seeds.derive(seed, "init", name);
-        injectAdapter(name, c, (lora, path) -> lora.addAdapter(backend, name, c.rank(path), c.alpha(path), c.scaling(path),
+        injectAdapter(name, c, (lora, path) -> lora.addAdapter(on(path), name, c.rank(path), c.alpha(path), c.scaling(path),
                 c.loraDropout(), c.useDora(), c.initLoraWeights(), Seeds.derive(s, path)));
         addModulesToSaveCopies(name, c, null);
         configs.put(name, c);
@@ -217,7 +223,7 @@ public final class PeftModel implements AutoCloseable {
                 touched.add(layer);
             }
         } catch (RuntimeException e) {
-            for (LoraLinear l : touched) if (l.hasAdapter(name)) l.deleteAdapter(backend, name);
+            for (LoraLinear l : touched) if (l.hasAdapter(name)) l.deleteAdapter(on(l.path()), name);
             throw e;
         }
     }
@@ -244,12 +250,12 @@ public final class PeftModel implements AutoCloseable {
                 int out = original.outFeatures(), in = original.inFeatures();
                 float[] w = saved != null ? saved.get(PeftKeys.savedModule(PeftKeys.LM_HEAD, "weight")) : hostWeight(original);
                 float[] bias = saved != null ? saved.get(PeftKeys.savedModule(PeftKeys.LM_HEAD, "bias")) : hostBias(original);
-                lmHeadCopies.put(name, TrainableDense.copyOf(backend, PeftKeys.modulesToSavePrefix(PeftKeys.LM_HEAD, name), w, out, in, bias));
+                lmHeadCopies.put(name, TrainableDense.copyOf(on(PeftKeys.LM_HEAD), PeftKeys.modulesToSavePrefix(PeftKeys.LM_HEAD, name), w, out, in, bias));
             } else if (PeftKeys.EMBED_TOKENS.endsWith(m)) {
                 Tensor table = model.embedTokens();
-                float[] w = saved != null ? saved.get(PeftKeys.savedModule(PeftKeys.EMBED_TOKENS, "weight")) : backend.toHost(table).toFloatArray();
+                float[] w = saved != null ? saved.get(PeftKeys.savedModule(PeftKeys.EMBED_TOKENS, "weight")) : on(PeftKeys.EMBED_TOKENS).toHost(table).toFloatArray();
                 TrainableEmbedding old = embedCopies.put(name, new TrainableEmbedding(
-                        PeftKeys.modulesToSavePrefix(PeftKeys.EMBED_TOKENS, name) + "weight", TrainableTensor.of(backend, w, table.shape())));
+                        PeftKeys.modulesToSavePrefix(PeftKeys.EMBED_TOKENS, name) + "weight", TrainableTensor.of(on(PeftKeys.EMBED_TOKENS), w, table.shape())));
                 if (old != null) old.close();
             } else {
                 throw new IllegalArgumentException("modules_to_save entry '" + m + "' is not supported by qlora4j: only lm_head and "
@@ -258,7 +264,9 @@ public final class PeftModel implements AutoCloseable {
         }
     }
 
+    /** The weight of lm_head (the only layer copied for modules_to_save) on the host. */
     private float[] hostWeight(Linear l) {
+        Backend backend = on(PeftKeys.LM_HEAD);
         return switch (l) {
             case DenseLinear d -> backend.toHost(d.weight()).toFloatArray();
             case QuantizedLinear q -> {
@@ -271,6 +279,7 @@ public final class PeftModel implements AutoCloseable {
     }
 
     private float[] hostBias(Linear l) {
+        Backend backend = on(PeftKeys.LM_HEAD);
         Tensor b = switch (l) {
             case DenseLinear d -> d.bias();
             case QuantizedLinear q -> q.bias();
@@ -319,7 +328,7 @@ public final class PeftModel implements AutoCloseable {
         checkLoaded();
         disabled = d;
         for (LoraLinear l : loraLayers.values()) {
-            if (d && l.merged()) l.unmerge(backend);
+            if (d && l.merged()) l.unmerge(on(l.path()));
             l.setDisabled(d);
         }
         if (lmHeadCopies != null) lmHeadCopies.setDisabled(d);
@@ -332,7 +341,7 @@ public final class PeftModel implements AutoCloseable {
         config(name);
         configs.remove(name);
         frozen.remove(name);
-        for (LoraLinear l : loraLayers.values()) if (l.hasAdapter(name)) l.deleteAdapter(backend, name);
+        for (LoraLinear l : loraLayers.values()) if (l.hasAdapter(name)) l.deleteAdapter(on(l.path()), name);
         if (lmHeadCopies != null) lmHeadCopies.remove(name);
         TrainableEmbedding e = embedCopies.remove(name);
         if (e != null) e.close();
@@ -437,12 +446,12 @@ public final class PeftModel implements AutoCloseable {
     /** Merges the active adapters into (copies of) the dense base weights; see {@link LoraLinear#merge}. */
     public void merge() {
         checkLoaded();
-        for (LoraLinear l : loraLayers.values()) l.merge(backend, null);
+        for (LoraLinear l : loraLayers.values()) l.merge(on(l.path()), null);
     }
 
     public void unmerge() {
         checkLoaded();
-        for (LoraLinear l : loraLayers.values()) if (l.merged()) l.unmerge(backend);
+        for (LoraLinear l : loraLayers.values()) if (l.merged()) l.unmerge(on(l.path()));
     }
 
     /** {@link #mergeAndUnload(DType)} with float32 layers for quantized bases. */
@@ -466,7 +475,7 @@ public final class PeftModel implements AutoCloseable {
             LoraLinear l = e.getValue();
             if (disabled) l.setActiveAdapters(List.of());
             anyQuantized |= l.base() instanceof QuantizedLinear && !l.activeAdapters().isEmpty();
-            model.setLinear(e.getKey(), l.unloadMerged(backend, quantizedDType));
+            model.setLinear(e.getKey(), l.unloadMerged(on(e.getKey()), quantizedDType));
         }
         if (anyQuantized) {
             LOG.log(System.Logger.Level.WARNING, "merged LoRA into quantized layers by dequantizing them: the merged layers are dense "
@@ -545,13 +554,13 @@ public final class PeftModel implements AutoCloseable {
                 if (!l.hasAdapter(adapters.get(i))) continue;
                 src.add(l.adapter(adapters.get(i)));
                 w.add(weights.get(i));
-                if (type.equals("svd")) deltas.add(l.deltaWeight(backend, adapters.get(i)));
+                if (type.equals("svd")) deltas.add(l.deltaWeight(on(l.path()), adapters.get(i)));
             }
             if (src.isEmpty()) continue;
             int out = l.outFeatures(), in = l.inFeatures();
             WeightedAdapters.Factors f = switch (type) {
-                case "linear" -> WeightedAdapters.linear(backend, src, w, out, in, l.path());
-                case "cat" -> WeightedAdapters.cat(backend, src, w, out, in);
+                case "linear" -> WeightedAdapters.linear(on(l.path()), src, w, out, in, l.path());
+                case "cat" -> WeightedAdapters.cat(on(l.path()), src, w, out, in);
                 default -> WeightedAdapters.svd(src, deltas, w, out, in, newRank, l.path());
             };
             factors.put(l.path(), f);
@@ -568,8 +577,8 @@ public final class PeftModel implements AutoCloseable {
             WeightedAdapters.Factors f = e.getValue();
             LoraLinear l = loraLayers.get(e.getKey());
             l.putAdapter(new LoraAdapter(newName, f.rank(), f.rank(), 1.0, c.loraDropout(),
-                    TrainableTensor.of(backend, f.a(), f.rank(), l.inFeatures()),
-                    TrainableTensor.of(backend, f.b(), l.outFeatures(), f.rank()), null, false));
+                    TrainableTensor.of(on(l.path()), f.a(), f.rank(), l.inFeatures()),
+                    TrainableTensor.of(on(l.path()), f.b(), l.outFeatures(), f.rank()), null, false));
         }
         addModulesToSaveCopies(newName, c, null);
         configs.put(newName, c);
@@ -606,17 +615,17 @@ public final class PeftModel implements AutoCloseable {
         for (LoraLinear l : loraLayers.values()) {
             if (!l.hasAdapter(adapter)) continue;
             LoraAdapter a = l.adapter(adapter);
-            tensors.put(PeftKeys.loraA(l.path()), host(a.a()));
-            tensors.put(PeftKeys.loraB(l.path()), host(a.b()));
-            if (a.useDora()) tensors.put(PeftKeys.magnitude(l.path()), host(a.magnitude()));
+            tensors.put(PeftKeys.loraA(l.path()), host(l.path(), a.a()));
+            tensors.put(PeftKeys.loraB(l.path()), host(l.path(), a.b()));
+            if (a.useDora()) tensors.put(PeftKeys.magnitude(l.path()), host(l.path(), a.magnitude()));
         }
         if (lmHeadCopies != null && lmHeadCopies.has(adapter)) {
             TrainableDense d = lmHeadCopies.copy(adapter);
-            tensors.put(PeftKeys.savedModule(PeftKeys.LM_HEAD, "weight"), host(d.weight()));
-            if (d.bias() != null) tensors.put(PeftKeys.savedModule(PeftKeys.LM_HEAD, "bias"), host(d.bias()));
+            tensors.put(PeftKeys.savedModule(PeftKeys.LM_HEAD, "weight"), host(PeftKeys.LM_HEAD, d.weight()));
+            if (d.bias() != null) tensors.put(PeftKeys.savedModule(PeftKeys.LM_HEAD, "bias"), host(PeftKeys.LM_HEAD, d.bias()));
         }
         if (embedCopies.containsKey(adapter)) {
-            tensors.put(PeftKeys.savedModule(PeftKeys.EMBED_TOKENS, "weight"), host(embedCopies.get(adapter).weight()));
+            tensors.put(PeftKeys.savedModule(PeftKeys.EMBED_TOKENS, "weight"), host(PeftKeys.EMBED_TOKENS, embedCopies.get(adapter).weight()));
         }
         try {
             Files.createDirectories(target);
@@ -629,7 +638,8 @@ public final class PeftModel implements AutoCloseable {
         return target;
     }
 
-    private Tensor host(TrainableTensor t) { return backend.toHost(t.value()); }
+    /** A host copy of a module's adapter tensor, read through the backend of the device it lives on. */
+    private Tensor host(String modulePath, TrainableTensor t) { return on(modulePath).toHost(t.value()); }
 
     /**
      * peft's load_adapter: reads {@code dir}/adapter_config.json (LORA) and adapter_model.safetensors
@@ -712,9 +722,9 @@ public final class PeftModel implements AutoCloseable {
             int r = c.rank(path);
             float[] mag = c.useDora() ? values.get(PeftKeys.magnitude(path)) : null;
             lora.putAdapter(new LoraAdapter(name, r, c.alpha(path), c.scaling(path), c.loraDropout(),
-                    TrainableTensor.of(backend, values.get(PeftKeys.loraA(path)), r, lora.inFeatures()),
-                    TrainableTensor.of(backend, values.get(PeftKeys.loraB(path)), lora.outFeatures(), r),
-                    mag == null ? null : TrainableTensor.of(backend, mag, lora.outFeatures()), isTrainable));
+                    TrainableTensor.of(on(path), values.get(PeftKeys.loraA(path)), r, lora.inFeatures()),
+                    TrainableTensor.of(on(path), values.get(PeftKeys.loraB(path)), lora.outFeatures(), r),
+                    mag == null ? null : TrainableTensor.of(on(path), mag, lora.outFeatures()), isTrainable));
         });
         addModulesToSaveCopies(name, c, values);
         configs.put(name, c);
@@ -732,7 +742,7 @@ public final class PeftModel implements AutoCloseable {
     private void detachAll() {
         for (Map.Entry<String, LoraLinear> e : loraLayers.entrySet()) {
             LoraLinear l = e.getValue();
-            for (String n : l.adapterNames()) l.deleteAdapter(backend, n);
+            for (String n : l.adapterNames()) l.deleteAdapter(on(e.getKey()), n);
             model.setLinear(e.getKey(), l.base());
         }
         loraLayers.clear();

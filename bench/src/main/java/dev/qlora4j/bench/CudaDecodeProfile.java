@@ -24,14 +24,16 @@ import java.util.Random;
  * times is the launch overhead the graph still pays).
  *
  * <p>Run: bash .gpu-pack/run main dev.qlora4j.bench.CudaDecodeProfile [--shape llama-7b] [--quant nf4|bf16]
- * [--new-tokens 128] [--offload-layers N] [--graphs on|off]
+ * [--new-tokens 128] [--offload-layers N] [--graphs on|off] [--gpus N]. --gpus N splits the decoder layers evenly
+ * over cuda:0..N-1 (each layer's KV cache on its GPU; decode graphs are off over several GPUs, so the loop runs
+ * direct launches) and prints each GPU's peak memory.
  */
 public final class CudaDecodeProfile {
     private CudaDecodeProfile() {}
 
     public static void main(String[] args) {
         String shape = "llama-7b", quant = "nf4";
-        int newTokens = 128, offloadLayers = 0;
+        int newTokens = 128, offloadLayers = 0, gpus = 1;
         boolean graphs = true;
         for (int i = 0; i + 1 < args.length; i += 2) {
             switch (args[i]) {
@@ -40,8 +42,9 @@ public final class CudaDecodeProfile {
                 case "--new-tokens" -> newTokens = Integer.parseInt(args[i + 1]);
                 case "--offload-layers" -> offloadLayers = Integer.parseInt(args[i + 1]);
                 case "--graphs" -> graphs = args[i + 1].equalsIgnoreCase("on") || args[i + 1].equalsIgnoreCase("true");
+                case "--gpus" -> gpus = Integer.parseInt(args[i + 1]);
                 default -> throw new IllegalArgumentException("unknown option " + args[i]
-                        + "; use --shape NAME --quant nf4|bf16 --new-tokens N --offload-layers N --graphs on|off");
+                        + "; use --shape NAME --quant nf4|bf16 --new-tokens N --offload-layers N --graphs on|off --gpus N");
             }
         }
         if (!CudaBackend.isAvailable()) {
@@ -49,6 +52,11 @@ public final class CudaDecodeProfile {
             System.exit(2);
         }
         boolean profiling = Boolean.getBoolean(OpProfiler.PROPERTY);
+        if (gpus > 1) {
+            if (offloadLayers > 0) throw new IllegalArgumentException("--gpus N with --offload-layers is not measured here: pick one");
+            multiGpu(shape, quant, newTokens, gpus);
+            return;
+        }
         // Graph replay is only possible without the profiler; with it, the graph figure is skipped.
         try (CudaBackend b = CudaBackend.create(0, DType.BF16, graphs)) {
             QuantizationConfig q = quant.equals("nf4") ? QuantizationConfig.qlora() : null;
@@ -85,6 +93,37 @@ public final class CudaDecodeProfile {
                         + " the totals; %.3f ms/step host-timed):%n%s", stepMs, prof.table(r.decodeSteps(), stepMs));
             }
             model.close();
+        }
+    }
+
+    /** The decode loop with the model split over cuda:0..gpus-1 (direct launches; tokens/s and per-GPU peaks). */
+    private static void multiGpu(String shape, String quant, int newTokens, int gpus) {
+        java.util.List<CudaBackend> bs = MultiGpuBench.backends(gpus, DType.BF16, false);
+        try {
+            QuantizationConfig q = quant.equals("nf4") ? QuantizationConfig.qlora() : null;
+            var c = SyntheticWeights.config(shape);
+            dev.qlora4j.model.ModelDevices devices = MultiGpuBench.balanced(bs, c.numHiddenLayers());
+            TransformerLM model = TransformerLM.load(c, MultiGpuBench.weights(c, devices, 42), devices,
+                    q == null ? dev.qlora4j.model.LinearFactory.DENSE : new QuantizedLinearFactory(q), dev.qlora4j.model.LayerResidency.NONE);
+            int vocab = model.config().vocabSize();
+            int[][] prompt = {new Random(1).ints(32, 3, vocab).toArray()};
+            SamplingParams params = SamplingParams.greedy(newTokens).withMinNewTokens(newTokens);
+            int[] eos = model.config().eosTokenIds();
+            Generator gen = new Generator(model, eos, eos.length > 0 ? eos[0] : 0, ids -> "");
+            System.out.printf(Locale.ROOT, "%s %s over %d GPUs (%s): %.2f GB of weights; graphs off (several devices)%n", shape, quant,
+                    gpus, devices.describe(), model.weightBytes() / 1e9);
+            gen.generate(prompt, params, TokenListener.NONE); // warm-up
+            MultiGpuBench.synchronize(bs);
+            MultiGpuBench.resetPeaks(bs);
+            double[] tps = new double[3];
+            for (int i = 0; i < tps.length; i++) tps[i] = gen.generate(prompt, params, TokenListener.NONE).decodeTokensPerSecond();
+            java.util.Arrays.sort(tps);
+            System.out.printf(Locale.ROOT, "decode loop: %.1f tokens/s (%.3f ms/token), %d new tokens, median of 3%n",
+                    tps[1], 1e3 / tps[1], newTokens);
+            System.out.println("peak GPU memory per device: " + MultiGpuBench.peaks(bs));
+            model.close();
+        } finally {
+            for (CudaBackend b : bs) b.close();
         }
     }
 }

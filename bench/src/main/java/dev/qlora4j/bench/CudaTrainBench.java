@@ -31,7 +31,10 @@ import java.util.Random;
  *
  * <p>Run: java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -cp bench/target/benchmarks.jar
  * dev.qlora4j.bench.CudaTrainBench [--shape llama-7b] [--seq 2048] [--batch 1] [--checkpointing on,off]
- * [--warmup 2] [--steps 5] [--offload-layers 0] [--offload-activations off]. --offload-layers N streams the last N
+ * [--warmup 2] [--steps 5] [--offload-layers 0] [--offload-activations off] [--gpus 1]. --gpus N splits the decoder
+ * layers evenly over cuda:0..N-1 (embedding on the first, final norm + LM head on the last; each GPU's adapters,
+ * AdamW state and gradients on it; clipping by the global norm) and adds a per-GPU peak memory line per setting.
+ * --offload-layers N streams the last N
  * decoder layers' (NF4) weights from pinned host memory (weight offload); --offload-activations on keeps the
  * checkpointed layer inputs in pinned host memory (only with checkpointing on). Compare with python3 .gpu-pack/hf-peer-bench.py --shape llama7b --train.
  * With -Dqlora4j.cuda.profile=true a per-op GPU time table (OpProfiler) follows each setting's timed steps;
@@ -50,7 +53,7 @@ public final class CudaTrainBench {
 
     public static void main(String[] args) {
         String shape = "llama-7b", ckpt = "on,off";
-        int seq = 2048, batch = 1, warmup = 2, steps = 5, offloadLayers = 0;
+        int seq = 2048, batch = 1, warmup = 2, steps = 5, offloadLayers = 0, gpus = 1;
         boolean offloadActivations = false;
         for (int i = 0; i + 1 < args.length; i += 2) {
             String v = args[i + 1];
@@ -63,13 +66,19 @@ public final class CudaTrainBench {
                 case "--steps" -> steps = Integer.parseInt(v);
                 case "--offload-layers" -> offloadLayers = Integer.parseInt(v);
                 case "--offload-activations" -> offloadActivations = onOff(v, "--offload-activations");
+                case "--gpus" -> gpus = Integer.parseInt(v);
                 default -> throw new IllegalArgumentException("unknown option " + args[i]
-                        + "; use --shape --seq --batch --checkpointing on,off --warmup --steps --offload-layers N --offload-activations on|off");
+                        + "; use --shape --seq --batch --checkpointing on,off --warmup --steps --offload-layers N --offload-activations on|off --gpus N");
             }
         }
         if (!CudaDriver.isAvailable()) {
             System.err.println("no GPU: " + CudaDriver.unavailableReason());
             System.exit(2);
+        }
+        if (gpus > 1) {
+            if (offloadLayers > 0) throw new IllegalArgumentException("--gpus N with --offload-layers is not measured here: pick one");
+            multiGpu(shape, seq, batch, ckpt, warmup, steps, gpus, offloadActivations);
+            return;
         }
         List<String[]> rows = new ArrayList<>();
         try (CudaBackend b = CudaBackend.create(0, DType.BF16, false)) {
@@ -151,5 +160,75 @@ public final class CudaTrainBench {
             System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %10s %9s %9s %8s%n", (Object[]) row);
         }
         System.out.println("HF peer (transformers + bitsandbytes + peft, measured once on the H200): 6,130 tokens/s, 14.7 GiB peak");
+    }
+
+    /**
+     * The same steps with the model split over cuda:0..gpus-1 (sequential model parallelism: one GPU works at a
+     * time). The clip waits for the global norm (one host sync per step); AdamW runs per GPU.
+     */
+    private static void multiGpu(String shape, int seq, int batch, String ckpt, int warmup, int steps, int gpus,
+                                 boolean offloadActivations) {
+        List<CudaBackend> bs = MultiGpuBench.backends(gpus, DType.BF16, false);
+        try {
+            long t0 = System.nanoTime();
+            var c = dev.qlora4j.backend.cuda.SyntheticWeights.config(shape);
+            dev.qlora4j.model.ModelDevices devices = MultiGpuBench.balanced(bs, c.numHiddenLayers());
+            TransformerLM model = TransformerLM.load(c, MultiGpuBench.weights(c, devices, 1234), devices,
+                    new QuantizedLinearFactory(QuantizationConfig.qlora()), dev.qlora4j.model.LayerResidency.NONE);
+            if (offloadActivations) model.setActivationStores(dev.qlora4j.placement.Offloading.activationStores(devices));
+            LoraConfig cfg = LoraConfig.builder().r(16).loraAlpha(32).loraDropout(0.0)
+                    .targetModules(new ModuleSelector.AllLinear()).build();
+            PeftModel peft = PeftModel.wrap(model, "synthetic-" + shape, cfg, PeftModel.DEFAULT_ADAPTER, 42);
+            peft.train(true);
+            System.out.printf(Locale.ROOT, "%s over %d GPUs (%s): model ready in %.1f s; %s%n", shape, gpus, devices.describe(),
+                    (System.nanoTime() - t0) / 1e9, peft.printTrainableParameters());
+            var args = dev.qlora4j.train.TrainingArguments.defaults(java.nio.file.Path.of("unused")).with(java.util.Map.of(
+                    "optim", "adamw_torch", "learning_rate", 2e-4, "weight_decay", 0.0));
+            var opt = dev.qlora4j.train.DeviceTraining.optimizerFactory(devices).create(args, peft.trainableParameters());
+            var clip = dev.qlora4j.train.DeviceTraining.gradClipper(devices);
+            int vocab = model.config().vocabSize();
+            int n = batch * seq;
+            Random r = new Random(5);
+            int[] ids = new int[n], pos = new int[n], targets = new int[n];
+            for (int i = 0; i < n; i++) {
+                ids[i] = r.nextInt(vocab);
+                pos[i] = i % seq;
+            }
+            for (int i = 0; i < n; i++) targets[i] = i % seq == seq - 1 ? -100 : ids[i + 1];
+            List<String[]> rows = new ArrayList<>();
+            List<String> memory = new ArrayList<>();
+            for (String ck : ckpt.split(",")) {
+                boolean on = ck.trim().equalsIgnoreCase("on");
+                double[] ms = new double[steps];
+                double loss = 0;
+                for (int s = 0; s < warmup + steps; s++) {
+                    if (s == warmup) {
+                        MultiGpuBench.synchronize(bs);
+                        MultiGpuBench.resetPeaks(bs);
+                    }
+                    MultiGpuBench.synchronize(bs);
+                    long a = System.nanoTime();
+                    peft.zeroGrad();
+                    loss = model.trainStep(ids, pos, null, targets, batch, on, 1f / (n - batch)).meanLoss();
+                    clip.clip(peft.trainableParameters(), 1.0);
+                    opt.step();
+                    MultiGpuBench.synchronize(bs);
+                    if (s >= warmup) ms[s - warmup] = (System.nanoTime() - a) / 1e6;
+                }
+                double[] sorted = ms.clone();
+                Arrays.sort(sorted);
+                double median = sorted[steps / 2];
+                rows.add(new String[] {shape, Integer.toString(seq), Integer.toString(batch), on ? "on" : "off",
+                        String.format(Locale.ROOT, "%.1f", median), String.format(Locale.ROOT, "%.0f", n / (median / 1e3)),
+                        String.format(Locale.ROOT, "%.4f", loss)});
+                memory.add("checkpointing " + (on ? "on" : "off") + ": " + MultiGpuBench.peaks(bs));
+            }
+            peft.close();
+            System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %10s %9s %8s%n", "shape", "seq", "batch", "ckpt", "step ms", "tokens/s", "loss");
+            for (String[] row : rows) System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %10s %9s %8s%n", (Object[]) row);
+            for (String m : memory) System.out.println("peak GPU memory per device, " + m);
+        } finally {
+            for (CudaBackend b : bs) b.close();
+        }
     }
 }

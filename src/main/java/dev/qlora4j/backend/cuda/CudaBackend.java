@@ -746,6 +746,7 @@ public final class CudaBackend implements Backend, GraphCapable {
     /** Waits for queued work and reports errors kernels recorded. */
     @Override
     public void synchronize() {
+        ctx.bind();
         status.check();
         if (profiler != null) profiler.resolve();
     }
@@ -785,7 +786,11 @@ public final class CudaBackend implements Backend, GraphCapable {
     // ---- helpers ----
 
     /** Starts timing an op: a mark for profEnd, or -1 when profiling is off. */
-    private int profBegin() { return profiler == null ? -1 : profiler.begin(); }
+    /** Every op starts here: binds the context (several GPUs in one process), then opens the op's profile mark. */
+    private int profBegin() {
+        ctx.bind();
+        return profiler == null ? -1 : profiler.begin();
+    }
 
     /** Ends timing the op begun at mark (nothing when -1) and passes its result through. */
     private <T> T profEnd(String op, int mark, T result) {

@@ -32,6 +32,9 @@ public final class CudaContext implements AutoCloseable {
     private final PtxModules modules;
     private final Set<Long> sharedMemoryRaised = ConcurrentHashMap.newKeySet();
     private volatile Cublas cublas; // created on first use (the kernels alone do not need libcublas); stream and math mode set once
+    private long transferEvent;      // ordering event of cross-device copies (DeviceTransfer), created on first use
+    /** The CUDA context each thread last made current through this class (0: none yet); see {@link #bind}. */
+    private static final ThreadLocal<long[]> BOUND = ThreadLocal.withInitial(() -> new long[1]);
 
     public CudaContext(CudaDriver driver, int ordinal) {
         this.driver = driver;
@@ -45,6 +48,7 @@ public final class CudaContext implements AutoCloseable {
         this.device = Device.cuda(ordinal);
         this.properties = driver.deviceProperties(ordinal);
         this.context = driver.usePrimaryContext(ordinal);
+        BOUND.get()[0] = context;
         // A blocking stream: the synchronous host<->device copies (legacy default stream) then stay ordered
         // after kernels queued here, so a reused allocator block is never overwritten while still read.
         this.stream = driver.streamCreate(false);
@@ -54,6 +58,35 @@ public final class CudaContext implements AutoCloseable {
     }
 
     public CudaDriver driver() { return driver; }
+
+    /**
+     * Makes this device's context current on the calling thread unless it already is (a thread-local compare;
+     * cuCtxSetCurrent only on a switch). Allocations, launches and cuBLAS calls go to the thread's current
+     * context, so with backends on several GPUs in one process each binds before its work: launch, empty,
+     * upload, download, synchronize and every CudaBackend op do. Contexts are only ever made current here.
+     */
+    public void bind() {
+        long[] bound = BOUND.get();
+        if (bound[0] != context) {
+            driver.contextSetCurrent(context);
+            bound[0] = context;
+        }
+    }
+
+    /** The CUcontext (the device's primary context; shared by every CudaContext of the same GPU). */
+    public long contextHandle() { return context; }
+
+    /**
+     * An event of this context that cross-device copies record on {@link #stream()} to order another stream after
+     * the work queued here (created once; re-recording is safe: a stream wait takes the latest record).
+     */
+    public long transferEvent() {
+        if (transferEvent == 0) {
+            bind();
+            transferEvent = driver.eventCreate(false);
+        }
+        return transferEvent;
+    }
 
     public int ordinal() { return ordinal; }
 
@@ -119,6 +152,7 @@ public final class CudaContext implements AutoCloseable {
 
     private synchronized Cublas createCublas() {
         if (cublas == null) {
+            bind();
             Cublas c = Cublas.create();
             c.setStream(stream);
             c.setMathMode(Cublas.MathMode.DEFAULT_NO_REDUCED_PRECISION_REDUCTION);
@@ -129,6 +163,7 @@ public final class CudaContext implements AutoCloseable {
 
     /** Launches a kernel on the context's stream. */
     public void launch(long function, Dim3 grid, Dim3 block, int sharedBytes, KernelArgs args) {
+        bind();
         driver.launchKernel(function, grid, block, sharedBytes, stream, args);
     }
 
@@ -136,6 +171,7 @@ public final class CudaContext implements AutoCloseable {
 
     /** An uninitialized device tensor (from the caching allocator). */
     public Tensor empty(DType dtype, int... shape) {
+        bind();
         long bytes = Math.max(1, Tensor.numel(shape) * dtype.byteSize());
         return new Tensor(new CudaStorage(current.allocate(bytes), device), dtype, true, shape);
     }
@@ -160,17 +196,22 @@ public final class CudaContext implements AutoCloseable {
 
     /** Copies a device tensor to a new host tensor (waits for the stream first). */
     public Tensor download(Tensor dev) {
+        bind();
         driver.streamSynchronize(stream);
         Tensor h = Tensor.zeros(dev.dtype(), dev.shape());
         if (dev.byteSize() > 0) driver.copyToHost(h.segment().asSlice(0, dev.byteSize()), ptr(dev));
         return h;
     }
 
-    public void synchronize() { driver.streamSynchronize(stream); }
+    public void synchronize() {
+        bind();
+        driver.streamSynchronize(stream);
+    }
 
     @Override
     public void close() {
         synchronize();
+        if (transferEvent != 0) driver.eventDestroy(transferEvent);
         if (cublas != null) cublas.close();
         allocator.close();
         driver.streamDestroy(stream);
