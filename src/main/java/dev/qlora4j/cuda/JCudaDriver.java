@@ -392,13 +392,14 @@ public final class JCudaDriver implements CudaDriver {
         ensureLoaded();
         byte[] terminated = new byte[ptx.length + 1];   // PTX must be NUL-terminated
         System.arraycopy(ptx, 0, terminated, 0, ptx.length);
-        JITOptions options = new JITOptions();
-        options.putBytes(CUjit_option.CU_JIT_ERROR_LOG_BUFFER, new byte[CudaAttributes.JIT_LOG_BYTES]);
-        options.putInt(CUjit_option.CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES, CudaAttributes.JIT_LOG_BYTES);
+        // No error-log option here: JCuda frees cuLinkCreate's option buffers when that call returns, and the
+        // driver would write the log into freed memory later (heap corruption, seen as "free(): invalid
+        // pointer"). On a failure the log comes from compiling the PTX once more through moduleLoadData.
         CUlinkState state = new CUlinkState();
-        check("cuLinkCreate", cuLinkCreate(options, state));
+        check("cuLinkCreate", cuLinkCreate(new JITOptions(), state));
+        int r;
         try {
-            int r = cuLinkAddData(state, CudaAttributes.JIT_INPUT_PTX, Pointer.to(terminated), terminated.length, "module.ptx",
+            r = cuLinkAddData(state, CudaAttributes.JIT_INPUT_PTX, Pointer.to(terminated), terminated.length, "module.ptx",
                     new JITOptions());
             if (r == CudaErrors.CUDA_SUCCESS) {
                 Pointer cubin = new Pointer();
@@ -410,12 +411,11 @@ public final class JCudaDriver implements CudaDriver {
                     return out;
                 }
             }
-            String log = options.getString(CUjit_option.CU_JIT_ERROR_LOG_BUFFER);
-            log = log == null ? "" : log.strip();
-            throw new CudaException("cuLinkAddData", r, errorName(r), log.isEmpty() ? "no JIT log" : "JIT log:\n" + log + "\n");
         } finally {
             check("cuLinkDestroy", cuLinkDestroy(state));
         }
+        moduleUnload(moduleLoadData(ptx));   // throws with the JIT log when the PTX itself is at fault
+        throw new CudaException("cuLinkAddData", r, errorName(r), "the PTX loads on its own but does not link");
     }
 
     @Override
