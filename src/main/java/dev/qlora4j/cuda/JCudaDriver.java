@@ -406,9 +406,9 @@ public final class JCudaDriver implements CudaDriver {
                 long[] size = new long[1];
                 r = cuLinkComplete(state, cubin, size);
                 if (r == CudaErrors.CUDA_SUCCESS) {
-                    byte[] out = new byte[Math.toIntExact(size[0])];
-                    cubin.getByteBuffer(0, size[0]).get(out);   // the link state owns the cubin: copy it out
-                    return out;
+                    // The link state owns the cubin (a bare native address, which JCuda's Pointer cannot view): copy it out.
+                    return MemorySegment.ofAddress(JCudaHandles.value(cubin)).reinterpret(size[0])
+                            .toArray(java.lang.foreign.ValueLayout.JAVA_BYTE);
                 }
             }
         } finally {

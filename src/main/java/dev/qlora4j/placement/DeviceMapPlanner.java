@@ -42,7 +42,10 @@ public final class DeviceMapPlanner {
 
         long gpuBudget(int g) {
             Long m = maxMemory.limit(DeviceTarget.gpu(g));
-            return m != null ? m : Math.max(0, gpuFree[g] - headroom);
+            if (m != null) return m;
+            // As accelerate: once max_memory names GPUs, the GPUs it does not name are not used.
+            boolean namesGpus = maxMemory.limits().keySet().stream().anyMatch(t -> t instanceof DeviceTarget.Gpu);
+            return namesGpus ? 0 : Math.max(0, gpuFree[g] - headroom);
         }
 
         long cpuBudget() {

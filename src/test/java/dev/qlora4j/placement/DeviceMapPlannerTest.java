@@ -92,7 +92,10 @@ class DeviceMapPlannerTest {
                 targets(DeviceMapPlanner.plan("sequential", sizes(), gpus(null, false, 1000, 1000))));
         // A GPU with a zero budget takes nothing.
         assertEquals(List.of("1", "1", "1", "1", "1", "1", "1"),
-                targets(DeviceMapPlanner.plan("auto", sizes(), gpus("{\"0\":0}", false, 1000, 1000))));
+                targets(DeviceMapPlanner.plan("auto", sizes(), gpus("{\"0\":0,\"1\":1000}", false, 1000, 1000))));
+        // As accelerate: once max_memory names GPUs, only those are used (the rest of the model goes to the host).
+        List<String> onlyGpu0 = targets(DeviceMapPlanner.plan("auto", sizes(), gpus("{\"0\":400}", false, 1000, 1000)));
+        assertTrue(!onlyGpu0.contains("1") && onlyGpu0.contains("cpu"), onlyGpu0.toString());
     }
 
     @Test
