@@ -389,9 +389,9 @@ public final class FfmCudaDriver implements CudaDriver {
 
     // ---- modules and kernels ----
 
-    @Override
-    public long moduleLoadData(byte[] image) {
-        try (Arena a = Arena.ofConfined()) {
+    /** A NUL-terminated copy of a PTX (or cubin) image and the JIT options that collect the error log, in one arena. */
+    private record JitInput(MemorySegment image, long imageBytes, MemorySegment log, MemorySegment options, MemorySegment values) {
+        static JitInput of(Arena a, byte[] image) {
             MemorySegment img = a.allocate(image.length + 1L, 16);   // zero-filled: NUL-terminated PTX
             MemorySegment.copy(image, 0, img, JAVA_BYTE, 0, image.length);
             MemorySegment log = a.allocate(CudaAttributes.JIT_LOG_BYTES);
@@ -402,13 +402,22 @@ public final class FfmCudaDriver implements CudaDriver {
             values.setAtIndex(ADDRESS, 0, log);
             // A size option's value is the number itself, stored in the pointer slot.
             values.setAtIndex(JAVA_LONG, 1, CudaAttributes.JIT_LOG_BYTES);
+            return new JitInput(img, image.length + 1L, log, options, values);
+        }
+
+        String logText() {
+            String jitLog = log.getString(0, StandardCharsets.UTF_8).strip();
+            return jitLog.isEmpty() ? "no JIT log" : "JIT log:\n" + jitLog + "\n";
+        }
+    }
+
+    @Override
+    public long moduleLoadData(byte[] image) {
+        try (Arena a = Arena.ofConfined()) {
+            JitInput in = JitInput.of(a, image);
             MemorySegment out = a.allocate(JAVA_LONG);
-            int r = (int) cu.moduleLoadDataEx.handle().invokeExact(out, img, 2, options, values);
-            if (r != CudaErrors.CUDA_SUCCESS) {
-                String jitLog = log.getString(0, StandardCharsets.UTF_8).strip();
-                throw new CudaException(cu.moduleLoadDataEx.name(), r, errorName(r),
-                        jitLog.isEmpty() ? "no JIT log" : "JIT log:\n" + jitLog + "\n");
-            }
+            int r = (int) cu.moduleLoadDataEx.handle().invokeExact(out, in.image(), 2, in.options(), in.values());
+            if (r != CudaErrors.CUDA_SUCCESS) throw new CudaException(cu.moduleLoadDataEx.name(), r, errorName(r), in.logText());
             return out.get(JAVA_LONG, 0);
         } catch (Throwable t) { throw Downcall.propagate(t); }
     }
@@ -416,21 +425,13 @@ public final class FfmCudaDriver implements CudaDriver {
     @Override
     public byte[] compilePtx(byte[] ptx) {
         try (Arena a = Arena.ofConfined()) {
-            MemorySegment img = a.allocate(ptx.length + 1L, 16);   // zero-filled: NUL-terminated PTX
-            MemorySegment.copy(ptx, 0, img, JAVA_BYTE, 0, ptx.length);
-            MemorySegment log = a.allocate(CudaAttributes.JIT_LOG_BYTES);
-            MemorySegment options = a.allocate(JAVA_INT, 2);
-            options.setAtIndex(JAVA_INT, 0, CudaAttributes.JIT_ERROR_LOG_BUFFER);
-            options.setAtIndex(JAVA_INT, 1, CudaAttributes.JIT_ERROR_LOG_BUFFER_SIZE_BYTES);
-            MemorySegment values = a.allocate(ADDRESS, 2);
-            values.setAtIndex(ADDRESS, 0, log);
-            values.setAtIndex(JAVA_LONG, 1, CudaAttributes.JIT_LOG_BYTES);   // a size option's value sits in the pointer slot
+            JitInput in = JitInput.of(a, ptx);
             MemorySegment stateOut = a.allocate(JAVA_LONG);
-            check(cu.linkCreate, (int) cu.linkCreate.handle().invokeExact(2, options, values, stateOut));
+            check(cu.linkCreate, (int) cu.linkCreate.handle().invokeExact(2, in.options(), in.values(), stateOut));
             long state = stateOut.get(JAVA_LONG, 0);
             try {
                 MemorySegment name = a.allocateFrom("module.ptx");
-                int r = (int) cu.linkAddData.handle().invokeExact(state, CudaAttributes.JIT_INPUT_PTX, img, ptx.length + 1L,
+                int r = (int) cu.linkAddData.handle().invokeExact(state, CudaAttributes.JIT_INPUT_PTX, in.image(), in.imageBytes(),
                         name, 0, MemorySegment.NULL, MemorySegment.NULL);
                 if (r == CudaErrors.CUDA_SUCCESS) {
                     MemorySegment cubinOut = a.allocate(ADDRESS);
@@ -441,9 +442,7 @@ public final class FfmCudaDriver implements CudaDriver {
                         return cubinOut.get(ADDRESS, 0).reinterpret(n).toArray(JAVA_BYTE);   // the state owns it: copy
                     }
                 }
-                String jitLog = log.getString(0, StandardCharsets.UTF_8).strip();
-                throw new CudaException(cu.linkAddData.name(), r, errorName(r),
-                        jitLog.isEmpty() ? "no JIT log" : "JIT log:\n" + jitLog + "\n");
+                throw new CudaException(cu.linkAddData.name(), r, errorName(r), in.logText());
             } finally {
                 check(cu.linkDestroy, (int) cu.linkDestroy.handle().invokeExact(state));
             }

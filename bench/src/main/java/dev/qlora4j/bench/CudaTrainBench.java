@@ -108,13 +108,8 @@ public final class CudaTrainBench {
             OpProfiler prof = b.profiler(); // -Dqlora4j.cuda.profile=true: a per-op table after each setting's timed steps
             int vocab = model.config().vocabSize();
             int n = batch * seq;
-            Random r = new Random(5);
-            int[] ids = new int[n], pos = new int[n], targets = new int[n];
-            for (int i = 0; i < n; i++) {
-                ids[i] = r.nextInt(vocab);
-                pos[i] = i % seq;
-            }
-            for (int i = 0; i < n; i++) targets[i] = i % seq == seq - 1 ? -100 : ids[i + 1];
+            int[][] tokens = syntheticTokens(vocab, batch, seq);
+            int[] ids = tokens[0], pos = tokens[1], targets = tokens[2];
             for (String c : ckpt.split(",")) {
                 boolean on = c.trim().equalsIgnoreCase("on");
                 double[] ms = new double[steps];
@@ -188,13 +183,8 @@ public final class CudaTrainBench {
             var clip = dev.qlora4j.train.DeviceTraining.gradClipper(devices);
             int vocab = model.config().vocabSize();
             int n = batch * seq;
-            Random r = new Random(5);
-            int[] ids = new int[n], pos = new int[n], targets = new int[n];
-            for (int i = 0; i < n; i++) {
-                ids[i] = r.nextInt(vocab);
-                pos[i] = i % seq;
-            }
-            for (int i = 0; i < n; i++) targets[i] = i % seq == seq - 1 ? -100 : ids[i + 1];
+            int[][] tokens = syntheticTokens(vocab, batch, seq);
+            int[] ids = tokens[0], pos = tokens[1], targets = tokens[2];
             List<String[]> rows = new ArrayList<>();
             List<String> memory = new ArrayList<>();
             for (String ck : ckpt.split(",")) {
@@ -230,5 +220,18 @@ public final class CudaTrainBench {
         } finally {
             for (CudaBackend b : bs) b.close();
         }
+    }
+
+    /** Random ids, positions 0..seq-1 per row and next-token targets (-100 at each row's end): {ids, positions, targets}. */
+    static int[][] syntheticTokens(int vocab, int batch, int seq) {
+        int n = batch * seq;
+        Random r = new Random(5);
+        int[] ids = new int[n], pos = new int[n], targets = new int[n];
+        for (int i = 0; i < n; i++) {
+            ids[i] = r.nextInt(vocab);
+            pos[i] = i % seq;
+        }
+        for (int i = 0; i < n; i++) targets[i] = i % seq == seq - 1 ? -100 : ids[i + 1];
+        return new int[][] {ids, pos, targets};
     }
 }
