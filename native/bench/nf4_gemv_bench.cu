@@ -1,7 +1,15 @@
-// nf4_gemv_bench.cu — standalone, self-checking microbenchmark of the v2 NF4 decode GEMV (native/nf4_gemv.cu)
-// against cuBLAS bf16, a pure streaming read of the same bytes, and nf4.cu's stream / hybrid kernels.
+// nf4_gemv_bench.cu — standalone, self-checking microbenchmark of the NF4 decode GEMVs: v5 rows (native/nf4_gemv5.cuh,
+// M = 1, exact and bnb numerics), v4 (native/nf4_gemv4.cuh, bitsandbytes inference numerics), v2 / v3 (native/nf4_gemv.cu, exact numerics) against cuBLAS bf16 and a pure
+// streaming read of the same bytes (nf4.cu's stream / hybrid kernels too when built with -DQL_BENCH_OLD).
 //
 //   nvcc -O3 -std=c++17 -arch=sm_90a -I native native/bench/nf4_gemv_bench.cu -lcublas -o /tmp/gb && /tmp/gb
+//   (no cuBLAS headers / link library: -I <dir with a stub cublas_v2.h> <dir>/cublas_shim.cpp -ldl, see README.md)
+//
+// Environment: QL_GEMV_ONLY=a,b (only variants whose name contains a or b), QL_GEMV_SHAPES=4096x11008,... (timed
+// shapes), QL_GEMV_NOSWEEP=1 (skip the small-shape correctness sweep), QL_GEMV_PROFILE=1 (a few launches for ncu).
+//
+// v4 variants are checked against the "bnb inference" numerics (weight = round_T(round_T(code) * round_T(absmax)))
+// in bf16 AND f16 (x, bias, y and compute in T), M = 1..16; v2 / v3 against the exact contract in bf16.
 //
 // Weights are random, in the exact bitsandbytes layout: packed [(n+1)/2] bytes (value 2i = high nibble of byte i),
 // blocks of `blocksize` consecutive flattened values share an absmax (F32), or with double quantization a U8 code per
@@ -11,7 +19,11 @@
 // Any failure prints FAIL and the process exits 1 at the end. Timings: CUDA graphs of 20 launches rotating over
 // weight copies (> 200 MB, so the 50 MB L2 never holds the weight), median of 15 graph launches.
 #include "nf4_gemv.cu"
+#include "nf4_gemv4.cuh"
+#include "nf4_gemv5.cuh"
+#ifdef QL_BENCH_OLD
 #include "nf4.cu"
+#endif
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -22,6 +34,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -55,9 +68,14 @@ __global__ void k_fill_bf16(__nv_bfloat16* p, size_t n, uint64_t seed, float sca
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         p[i] = __float2bfloat16_rn(scale * (2.0f * (hash32(i, seed) >> 8) * (1.0f / 16777216.0f) - 1.0f));
 }
-__global__ void k_onehot(__nv_bfloat16* x, int M, int K, const int* ks) {
+__global__ void k_fill_f16(__half* p, size_t n, uint64_t seed, float scale) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        p[i] = __float2half_rn(scale * (2.0f * (hash32(i, seed) >> 8) * (1.0f / 16777216.0f) - 1.0f));
+}
+// T = 16-bit dtype of x: 1 bf16, 2 f16
+__global__ void k_onehot(uint16_t* x, int M, int K, const int* ks, int dt) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < M * K; i += gridDim.x * blockDim.x)
-        x[i] = __float2bfloat16_rn((i % K) == ks[i / K] ? 1.0f : 0.0f);
+        x[i] = (i % K) == ks[i / K] ? (dt == 2 ? 0x3C00 : 0x3F80) : 0;
 }
 
 // ---- reference: one thread per (m, o), float64 sum of the exact products; also sum |w x|.
@@ -65,6 +83,8 @@ struct DevWeight {
     uint8_t* packed; void* absmax; float* nested_absmax; float* nested_code; float offset;
     int log2_bs; int nested_bs; int nested_shift; int nested;
 };
+// BNB: round_T(round_T(code) * round_T(absmax)) (v4), else round_T(fl(code * absmax)) (v2 / v3); T = f16 if F16.
+template <bool BNB, bool F16>
 __device__ float ref_weight(const DevWeight& w, const float* code16, int64_t e) {
     int64_t block = e >> w.log2_bs;
     float amax;
@@ -76,21 +96,41 @@ __device__ float ref_weight(const DevWeight& w, const float* code16, int64_t e) 
     }
     uint32_t byte = w.packed[e >> 1];
     uint32_t q = (e & 1) ? (byte & 15) : (byte >> 4);
+    if (BNB) {
+        if (F16) {
+            const double c = __half2float(__float2half_rn(code16[q])), a = __half2float(__float2half_rn(amax));
+            return __half2float(__double2half(c * a));
+        }
+        const double c = __bfloat162float(__float2bfloat16_rn(code16[q])), a = __bfloat162float(__float2bfloat16_rn(amax));
+        return __bfloat162float(__double2bfloat16(c * a));
+    }
+    if (F16) return __half2float(__float2half_rn(__fmul_rn(code16[q], amax)));
     return __bfloat162float(__float2bfloat16_rn(__fmul_rn(code16[q], amax)));
 }
-__global__ void k_ref(DevWeight w, const float* code16, const __nv_bfloat16* x, int M, int N, int K,
-                      const __nv_bfloat16* bias, float* ref, float* sabs) {
+template <bool F16>
+__device__ __forceinline__ float t_to_f32(uint16_t v) {
+    if (F16) return __half2float(__ushort_as_half(v));
+    return __uint_as_float((uint32_t)v << 16);
+}
+template <bool F16>
+__device__ __forceinline__ float t_round(float v) {
+    if (F16) return __half2float(__float2half_rn(v));
+    return __bfloat162float(__float2bfloat16_rn(v));
+}
+template <bool BNB, bool F16>
+__global__ void k_ref(DevWeight w, const float* code16, const uint16_t* x, int M, int N, int K,
+                      const uint16_t* bias, float* ref, float* sabs) {
     int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i >= (int64_t)M * N) return;
     int m = (int)(i / N), o = (int)(i % N);
     double acc = 0, sa = 0;
     for (int k = 0; k < K; k++) {
-        double p = (double)ref_weight(w, code16, (int64_t)o * K + k) * (double)__bfloat162float(x[(int64_t)m * K + k]);
+        double p = (double)ref_weight<BNB, F16>(w, code16, (int64_t)o * K + k) * (double)t_to_f32<F16>(x[(int64_t)m * K + k]);
         acc += p;
         sa += fabs(p);
     }
-    float b = bias ? __bfloat162float(bias[o]) : 0.0f;
-    ref[i] = __bfloat162float(__float2bfloat16_rn(__fadd_rn((float)acc, b)));
+    float b = bias ? t_to_f32<F16>(bias[o]) : 0.0f;
+    ref[i] = t_round<F16>(__fadd_rn((float)acc, b));
     sabs[i] = (float)sa;
 }
 
@@ -166,8 +206,9 @@ static void free_q4(Q4& q) {
 }
 
 // ---- variants
+// dt: dtype of x, bias, y and the compute: 1 = bf16, 2 = f16 (only variants with f16 = true take 2)
 using Launch = std::function<void(const DevWeight&, const float* code16, const void* x, int M, int N, int K,
-                                  const void* bias, void* y, cudaStream_t)>;
+                                  const void* bias, void* y, cudaStream_t, int dt)>;
 struct Variant {
     std::string name;
     Launch launch;          // M <= 16
@@ -175,6 +216,8 @@ struct Variant {
     std::string facts;      // registers, local memory, blocks per SM, per NT
     bool extra;             // only timed on the M = 1 rows of the big sweep
     int max_m = 16;         // checked and timed only for M <= max_m
+    bool bnb = false;       // numerics: bnb inference (v4) or the exact contract (v2 / v3)
+    bool f16 = false;       // also checked with f16 x / compute
 };
 
 template <int NT, int W, int TILES, int DEPTH, int DEC, int PF>
@@ -192,7 +235,7 @@ static Variant v2(const std::string& name, bool extra = false) {
     v.name = name;
     v.checked = DEC != nf4v2::DEC_NONE;
     v.extra = extra;
-    v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s) {
+    v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s, int) {
         if (M <= 8) launch_v2<1, W, TILES, DEPTH, DEC, PF>(w, c, x, M, N, K, b, y, s);
         else launch_v2<2, W, TILES, DEPTH, DEC, PF>(w, c, x, M, N, K, b, y, s);
     };
@@ -237,12 +280,12 @@ static Variant v3(const std::string& name) {
     v.extra = false;
     v.max_m = allM ? 4 : 1;
     if constexpr (ALLM) {  // (compile-time: the MAXM 4 kernel only where used)
-        v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s) {
+        v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s, int) {
             if (M == 1) launch_v3<W, MB, D, 1, DEC>(w, c, x, M, N, K, b, y, s);
             else launch_v3<W, MB, D, 4, DEC>(w, c, x, M, N, K, b, y, s);
         };
     } else {
-        v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s) {
+        v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s, int) {
             launch_v3<W, MB, D, 1, DEC>(w, c, x, M, N, K, b, y, s);
         };
     }
@@ -258,9 +301,154 @@ static Variant v3(const std::string& name) {
     return v;
 }
 
-// nf4.cu's stream kernel (S as Quant4bitKernels.streamSplits), for comparison with the Java numbers
 static float* g_partials = nullptr;
 static int* g_counters = nullptr;
+static float* g_scratch4 = nullptr;            // v4 split partials
+static const size_t SCRATCH4_BYTES = 256u << 20;
+
+// v4 (nf4_gemv4.cuh): persistent grid, W warps per block, BPS blocks per SM (launch bounds), ring depth D, TL
+// 16-row tiles per warp-tile; upb = units per block wanted (balance; 0 = as few splits as x allows); b0 > 0
+// overrides SMs x resident blocks (the sweep uses a tiny grid so that blocks run many units across split changes).
+template <bool F16C, int NT, int TL, int W, int BPS, int D, int DEC>
+static void launch_v4(const DevWeight& w, const float* code16, const void* x, int M, int N, int K, const void* bias,
+                      void* y, cudaStream_t s, int upb, int b0o) {
+    auto fn = nf4v4::gemv4_kernel<F16C, NT, TL, W, BPS, D, DEC>;
+    constexpr int smem = nf4v4::smem_bytes(W, TL, NT, D);
+    static int bps = -1;  // per instantiation, queried outside graph capture (the check runs first)
+    if (bps < 0) {
+        CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, fn, W * 32, smem));
+        if (bps < 1) { fprintf(stderr, "v4 kernel does not fit an SM (W=%d smem=%d)\n", W, smem); exit(2); }
+    }
+    const int b0 = b0o > 0 ? b0o : g_sms * bps;
+    const nf4v4::Geometry geo = nf4v4::geometry(M, N, K, TL, W, b0, upb);
+    if ((size_t)geo.S * N * 64 > SCRATCH4_BYTES && geo.S > 1) { fprintf(stderr, "v4 scratch too small\n"); exit(2); }
+    const int dt = F16C ? 2 : 1;
+    fn<<<geo.grid, W * 32, smem, s>>>(w.packed, w.absmax, w.nested_absmax, w.nested_code, w.offset, w.log2_bs,
+                                      w.nested_bs, w.nested_shift, w.nested, code16, (const uint16_t*)x, M, N, K, bias,
+                                      dt, y, dt, geo.S, geo.cps, g_scratch4, g_counters);
+}
+
+template <int TL, int W, int BPS, int D, int DEC, bool F16OK>
+static Variant v4(const std::string& name, int upb, int b0o = 0, bool extra = false) {
+    Variant v;
+    v.name = name;
+    v.checked = DEC == nf4v4::DEC_PAIR;
+    v.extra = extra;
+    v.bnb = true;
+    v.f16 = F16OK;
+    v.launch = [upb, b0o](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y,
+                          cudaStream_t s, int dt) {
+        if constexpr (F16OK) {
+            if (dt == 2) {
+                if (M <= 8) launch_v4<true, 1, TL, W, BPS, D, DEC>(w, c, x, M, N, K, b, y, s, upb, b0o);
+                else launch_v4<true, 2, TL, W, BPS, D, DEC>(w, c, x, M, N, K, b, y, s, upb, b0o);
+                return;
+            }
+        }
+        if (M <= 8) launch_v4<false, 1, TL, W, BPS, D, DEC>(w, c, x, M, N, K, b, y, s, upb, b0o);
+        else launch_v4<false, 2, TL, W, BPS, D, DEC>(w, c, x, M, N, K, b, y, s, upb, b0o);
+    };
+    char buf[320];
+    cudaFuncAttributes a1, a2;
+    int b1 = 0, b2 = 0;
+    auto k1 = nf4v4::gemv4_kernel<false, 1, TL, W, BPS, D, DEC>;
+    auto k2 = nf4v4::gemv4_kernel<false, 2, TL, W, BPS, D, DEC>;
+    constexpr int s1 = nf4v4::smem_bytes(W, TL, 1, D), s2 = nf4v4::smem_bytes(W, TL, 2, D);
+    CK(cudaFuncSetAttribute(k1, cudaFuncAttributeMaxDynamicSharedMemorySize, s1));
+    CK(cudaFuncSetAttribute(k2, cudaFuncAttributeMaxDynamicSharedMemorySize, s2));
+    CK(cudaFuncGetAttributes(&a1, k1));
+    CK(cudaFuncGetAttributes(&a2, k2));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b1, k1, W * 32, s1));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b2, k2, W * 32, s2));
+    nf4v4::Geometry g1 = nf4v4::geometry(1, 11008, 4096, TL, W, g_sms * std::max(b1, 1), upb);
+    nf4v4::Geometry g16 = nf4v4::geometry(16, 4096, 11008, TL, W, g_sms * std::max(b2, 1), upb);
+    snprintf(buf, sizeof buf, "m8: %d regs, %zu B local, %d B smem, %d blocks/SM (%d warps); m16: %d regs, %zu B local, "
+             "%d blocks/SM; upb %d%s; 4096x11008 M=1: S %d cps %d grid %d; 11008x4096 M=16: S %d cps %d grid %d",
+             a1.numRegs, a1.localSizeBytes, s1, b1, b1 * W, a2.numRegs, a2.localSizeBytes, b2, upb,
+             b0o ? " (tiny grid)" : "", g1.S, g1.cps, g1.grid, g16.S, g16.cps, g16.grid);
+    v.facts = buf;
+    return v;
+}
+
+// v5 "rows" (nf4_gemv5.cuh), M = 1: one row per block iteration, rows grid-stride in address order, a register ring
+// of the next D rows' loads; grid = min(BPS, occupancy at T threads) x SMs, at most N blocks. K > 32 x the P = 1
+// bound (1024 threads for D = 2, 512 for D = 4) takes the 2-pieces-per-thread D = 2 kernel whatever D is.
+template <bool F16, int DEC, int D, int P>
+static int v5_blocks_per_sm(int T) {  // occupancy per block size, cached (queried outside graph capture: check/warm first)
+    static std::map<int, int> cache;
+    auto it = cache.find(T);
+    if (it != cache.end()) return it->second;
+    int occ = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, nf4v5::gemv5_kernel<F16, DEC, D, P>, T, 0));
+    cache[T] = occ;
+    return occ;
+}
+template <bool F16, int DEC, int D, int P>
+static void launch_v5_p(const nf4v5::Args& a, int bps, cudaStream_t s) {
+    const int T = nf4v5::threads_for(a.K, P);
+    const int occ = v5_blocks_per_sm<F16, DEC, D, P>(T);
+    if (occ < 1) { fprintf(stderr, "v5 kernel does not fit an SM at %d threads (K=%d)\n", T, a.K); exit(2); }
+    const int grid = std::max(1, std::min(a.N, g_sms * std::min(bps, occ)));
+    nf4v5::gemv5_kernel<F16, DEC, D, P><<<grid, T, 0, s>>>(a);
+}
+template <bool F16, int DEC, int D>
+static void launch_v5(const DevWeight& w, const float* code16, const void* x, int N, int K, const void* bias, void* y,
+                      cudaStream_t s, int bps) {
+    if (K % 32 != 0 || w.log2_bs < 5) { fprintf(stderr, "v5 needs K %% 32 == 0 and blocksize >= 32 (K=%d)\n", K); exit(2); }
+    nf4v5::Args a;
+    a.packed = w.packed; a.absmax = w.absmax; a.nested_absmax = w.nested_absmax; a.nested_code = w.nested_code;
+    a.offset = w.offset; a.log2_bs = w.log2_bs; a.nested_bs = w.nested_bs; a.nested_shift = w.nested_shift;
+    a.nested = w.nested; a.code16 = code16; a.x = (const uint16_t*)x; a.N = N; a.K = K;
+    a.bias = (const uint16_t*)bias; a.y = (uint16_t*)y;
+    const int P = nf4v5::pieces_for(K, D);
+    if (P == 1) launch_v5_p<F16, DEC, D, 1>(a, bps, s);
+    else if (P == 2) launch_v5_p<F16, DEC, 2, 2>(a, bps, s);
+    else { fprintf(stderr, "v5: K=%d > 65536 unsupported\n", K); exit(2); }
+}
+// DEC: nf4v5::DEC_EXACT (exact contract, bf16), DEC_BNB (bnb inference numerics, bf16 + f16), DEC_LOADS (timing only)
+template <int DEC, int D>
+static Variant v5(const std::string& name, int bps) {
+    Variant v;
+    v.name = name;
+    v.checked = DEC != nf4v5::DEC_LOADS;
+    v.extra = false;
+    v.max_m = 1;
+    v.bnb = DEC == nf4v5::DEC_BNB;
+    v.f16 = DEC == nf4v5::DEC_BNB;
+    v.launch = [bps](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y,
+                     cudaStream_t s, int dt) {
+        if (M != 1) { fprintf(stderr, "v5 is M = 1 only\n"); exit(2); }
+        if constexpr (DEC == nf4v5::DEC_BNB) {
+            if (dt == 2) { launch_v5<true, DEC, D>(w, c, x, N, K, b, y, s, bps); return; }
+        }
+        launch_v5<false, DEC, D>(w, c, x, N, K, b, y, s, bps);
+    };
+    cudaFuncAttributes a1, a2;
+    CK(cudaFuncGetAttributes(&a1, nf4v5::gemv5_kernel<false, DEC, D, 1>));
+    CK(cudaFuncGetAttributes(&a2, nf4v5::gemv5_kernel<false, DEC, 2, 2>));
+    const int Ks[] = {4096, 11008, 8192, 28672};
+    std::string occs;
+    for (int K : Ks) {
+        const int P = nf4v5::pieces_for(K, D);
+        const int T = nf4v5::threads_for(K, P);
+        int occ = 0;
+        if (P == 1) CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, nf4v5::gemv5_kernel<false, DEC, D, 1>, T, 0));
+        else CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, nf4v5::gemv5_kernel<false, DEC, 2, 2>, T, 0));
+        char b[64];
+        snprintf(b, sizeof b, "%sK=%d: P%d %d thr, %d/SM", occs.empty() ? "" : "; ", K, P, T, std::min(bps, occ));
+        occs += b;
+    }
+    char buf[400];
+    snprintf(buf, sizeof buf, "P1: %d regs, %zu B local, %zu B smem; P2 (K > 32768, d2): %d regs, %zu B local; "
+             "blocks/SM launched (min(%d, fit)) %s", a1.numRegs, a1.localSizeBytes, a1.sharedSizeBytes, a2.numRegs,
+             a2.localSizeBytes, bps, occs.c_str());
+    v.facts = buf;
+    return v;
+}
+
+#ifdef QL_BENCH_OLD
+// nf4.cu's stream kernel (S as Quant4bitKernels.streamSplits), for comparison with the Java numbers
 static Variant old_stream(int reg_period) {
     Variant v;
     v.name = reg_period ? "nf4.cu hybrid:3" : "nf4.cu stream";
@@ -268,7 +456,7 @@ static Variant old_stream(int reg_period) {
     v.extra = true;
     CK(cudaFuncSetAttribute(q4_gemv_stream_bf16_m8, cudaFuncAttributeMaxDynamicSharedMemorySize, STREAM_FIXED_SMEM + 40 * 1024));
     CK(cudaFuncSetAttribute(q4_gemv_stream_bf16_m16, cudaFuncAttributeMaxDynamicSharedMemorySize, STREAM_FIXED_SMEM + 40 * 1024));
-    v.launch = [reg_period](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s) {
+    v.launch = [reg_period](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s, int) {
         int chunks = (K + 127) / 128;
         long panels = (N + 127) / 128;
         int mp = M <= 8 ? 8 : 16;
@@ -284,6 +472,7 @@ static Variant old_stream(int reg_period) {
     };
     return v;
 }
+#endif
 
 // ---- timing
 static float time_graph(const std::function<void(int, cudaStream_t)>& op, int copies) {
@@ -322,21 +511,36 @@ static float time_graph(const std::function<void(int, cudaStream_t)>& op, int co
     return ts[ts.size() / 2];
 }
 
-// ---- checks
+// ---- checks: the references of one (numerics, dtype) pair; dt = 1 bf16, 2 f16 (x, bias, y and compute)
 struct Checker {
-    __nv_bfloat16 *x_rand, *x_hot, *bias;
+    uint16_t *x_rand, *x_hot, *bias;
     float *ref_rand, *sabs_rand, *ref_hot, *sabs_hot;
-    __nv_bfloat16* y;
+    uint16_t* y;
     int M, N, K;
+    bool bnb;
+    int dt;
 };
-static Checker make_checker(const Q4& q, int M, uint64_t seed) {
-    Checker c{}; c.M = M; c.N = q.N; c.K = q.K;
+template <bool BNB, bool F16>
+static void run_ref(const Q4& q, const Checker& c) {
+    const DevWeight& w = q.copies[0];
+    size_t ys = (size_t)c.M * c.N;
+    int blocks = (int)((ys + 127) / 128);
+    k_ref<BNB, F16><<<blocks, 128>>>(w, q.code16, c.x_rand, c.M, q.N, q.K, c.bias, c.ref_rand, c.sabs_rand);
+    k_ref<BNB, F16><<<blocks, 128>>>(w, q.code16, c.x_hot, c.M, q.N, q.K, nullptr, c.ref_hot, c.sabs_hot);
+}
+static Checker make_checker(const Q4& q, int M, uint64_t seed, bool bnb = false, int dt = 1) {
+    Checker c{}; c.M = M; c.N = q.N; c.K = q.K; c.bnb = bnb; c.dt = dt;
     size_t xs = (size_t)M * q.K, ys = (size_t)M * q.N;
     CK(cudaMalloc(&c.x_rand, xs * 2)); CK(cudaMalloc(&c.x_hot, xs * 2)); CK(cudaMalloc(&c.bias, q.N * 2));
     CK(cudaMalloc(&c.ref_rand, ys * 4)); CK(cudaMalloc(&c.sabs_rand, ys * 4));
     CK(cudaMalloc(&c.ref_hot, ys * 4)); CK(cudaMalloc(&c.sabs_hot, ys * 4)); CK(cudaMalloc(&c.y, ys * 2));
-    k_fill_bf16<<<256, 256>>>(c.x_rand, xs, seed + 5, 1.0f);
-    k_fill_bf16<<<64, 256>>>(c.bias, q.N, seed + 6, 0.5f);
+    if (dt == 2) {
+        k_fill_f16<<<256, 256>>>((__half*)c.x_rand, xs, seed + 5, 1.0f);
+        k_fill_f16<<<64, 256>>>((__half*)c.bias, q.N, seed + 6, 0.5f);
+    } else {
+        k_fill_bf16<<<256, 256>>>((__nv_bfloat16*)c.x_rand, xs, seed + 5, 1.0f);
+        k_fill_bf16<<<64, 256>>>((__nv_bfloat16*)c.bias, q.N, seed + 6, 0.5f);
+    }
     std::vector<int> ks(M);
     srand((unsigned)seed);
     for (int m = 0; m < M; m++) ks[m] = (int)(((long)rand() * 7919L + m * 131L) % q.K);
@@ -344,11 +548,9 @@ static Checker make_checker(const Q4& q, int M, uint64_t seed) {
     int* dks;
     CK(cudaMalloc(&dks, M * 4));
     CK(cudaMemcpy(dks, ks.data(), M * 4, cudaMemcpyHostToDevice));
-    k_onehot<<<256, 256>>>(c.x_hot, M, q.K, dks);
-    const DevWeight& w = q.copies[0];
-    int blocks = (int)((ys + 127) / 128);
-    k_ref<<<blocks, 128>>>(w, q.code16, c.x_rand, M, q.N, q.K, c.bias, c.ref_rand, c.sabs_rand);
-    k_ref<<<blocks, 128>>>(w, q.code16, c.x_hot, M, q.N, q.K, nullptr, c.ref_hot, c.sabs_hot);
+    k_onehot<<<256, 256>>>(c.x_hot, M, q.K, dks, dt);
+    if (bnb) { if (dt == 2) run_ref<true, true>(q, c); else run_ref<true, false>(q, c); }
+    else { if (dt == 2) run_ref<false, true>(q, c); else run_ref<false, false>(q, c); }
     CK(cudaDeviceSynchronize());
     cudaFree(dks);
     return c;
@@ -358,50 +560,74 @@ static void free_checker(Checker& c) {
     cudaFree(c.ref_hot); cudaFree(c.sabs_hot); cudaFree(c.y);
 }
 static float bf(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+static float hf(uint16_t h) { __half_raw r; r.x = h; return __half2float(__half(r)); }
+static float t_val(uint16_t h, int dt) { return dt == 2 ? hf(h) : bf(h); }
 
-// Returns a short verdict; counts failures.
+// Returns a short verdict; counts failures. The checker's numerics / dtype must be the variant's.
 static std::string check_variant(const Variant& v, const Q4& q, const Checker& c, const char* where) {
     if (!v.checked) return "timing-only";
+    if (v.bnb != c.bnb || (c.dt == 2 && !v.f16)) { fprintf(stderr, "checker / variant mismatch: %s\n", v.name.c_str()); exit(2); }
     size_t ys = (size_t)c.M * c.N;
     std::vector<uint16_t> y(ys);
     std::vector<float> ref(ys), sabs(ys);
-    char buf[160];
+    char buf[200];
+    const char* dts = c.dt == 2 ? "f16" : "bf16";
     // exact (one-hot x, no bias)
     CK(cudaMemset(c.y, 0xFF, ys * 2));  // poison: NaN
-    v.launch(q.copies[0], q.code16, c.x_hot, c.M, c.N, c.K, nullptr, c.y, 0);
+    v.launch(q.copies[0], q.code16, c.x_hot, c.M, c.N, c.K, nullptr, c.y, 0, c.dt);
     CK(cudaDeviceSynchronize());
     CK(cudaMemcpy(y.data(), c.y, ys * 2, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(ref.data(), c.ref_hot, ys * 4, cudaMemcpyDeviceToHost));
     size_t bad = 0, first = 0;
-    for (size_t i = 0; i < ys; i++) if (!(bf(y[i]) == ref[i])) { if (!bad) first = i; bad++; }
+    for (size_t i = 0; i < ys; i++) if (!(t_val(y[i], c.dt) == ref[i])) { if (!bad) first = i; bad++; }
     if (bad) {
         failures++;
-        snprintf(buf, sizeof buf, "FAIL exact %zu/%zu (first m=%zu o=%zu: %g vs %g)", bad, ys, first / c.N, first % c.N, bf(y[first]), ref[first]);
+        snprintf(buf, sizeof buf, "FAIL exact %s %zu/%zu (first m=%zu o=%zu: %g vs %g)", dts, bad, ys, first / c.N,
+                 first % c.N, t_val(y[first], c.dt), ref[first]);
         printf("  %s [%s] %s\n", v.name.c_str(), where, buf);
         return "FAIL";
     }
     // random x with bias
     CK(cudaMemset(c.y, 0xFF, ys * 2));
-    v.launch(q.copies[0], q.code16, c.x_rand, c.M, c.N, c.K, c.bias, c.y, 0);
+    v.launch(q.copies[0], q.code16, c.x_rand, c.M, c.N, c.K, c.bias, c.y, 0, c.dt);
     CK(cudaDeviceSynchronize());
     CK(cudaMemcpy(y.data(), c.y, ys * 2, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(ref.data(), c.ref_rand, ys * 4, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(sabs.data(), c.sabs_rand, ys * 4, cudaMemcpyDeviceToHost));
     double worst = 0;
+    size_t wi = 0;
+    const int p = c.dt == 2 ? 10 : 7;  // half an ulp of the output rounding, relative (2^-8 bf16, 2^-11 f16), x2
     for (size_t i = 0; i < ys; i++) {
-        double d = fabs((double)bf(y[i]) - ref[i]);
-        double tol = std::ldexp(fabs((double)ref[i]), -7) + 2e-5 * sabs[i] + 1e-30;
+        double d = fabs((double)t_val(y[i], c.dt) - ref[i]);
+        double tol = std::ldexp(fabs((double)ref[i]), -p) + 2e-5 * sabs[i] + 1e-30;
         double r = d / tol;
-        if (!(r <= worst)) worst = std::isnan(r) ? INFINITY : std::max(worst, r);
+        if (std::isnan(r)) r = INFINITY;
+        if (r > worst) { worst = r; wi = i; }
     }
     if (!(worst <= 1.0)) {
         failures++;
-        snprintf(buf, sizeof buf, "FAIL random err/tol %.3g", worst);
+        snprintf(buf, sizeof buf, "FAIL random %s err/tol %.3g (m=%zu o=%zu: %g vs %g)", dts, worst, wi / c.N, wi % c.N,
+                 t_val(y[wi], c.dt), ref[wi]);
         printf("  %s [%s] %s\n", v.name.c_str(), where, buf);
         return "FAIL";
     }
     snprintf(buf, sizeof buf, "ok(%.2f)", worst);
     return buf;
+}
+
+static bool selected(const std::string& name) {
+    const char* only = getenv("QL_GEMV_ONLY");
+    if (!only || !*only) return true;
+    std::string list(only);
+    size_t p = 0;
+    while (p <= list.size()) {
+        size_t e = list.find(',', p);
+        if (e == std::string::npos) e = list.size();
+        std::string item = list.substr(p, e - p);
+        if (!item.empty() && name.find(item) != std::string::npos) return true;
+        p = e + 1;
+    }
+    return false;
 }
 
 int main(int argc, char** argv) {
@@ -435,36 +661,56 @@ int main(int argc, char** argv) {
         printf("device-to-device copy: %.0f GB/s (read + write); %%copy below = achieved / that\n", copy_bw / 1e9);
     }
 
+    CK(cudaMalloc(&g_scratch4, SCRATCH4_BYTES));
+
+    std::vector<Variant> all;
+    // v4 (bnb inference numerics). Name: decode (pair | none = no decode, timing only | loads = loads and unit
+    // bookkeeping only), W warps per block, B blocks per SM (launch bounds), D chunks in flight per thread, TL tiles
+    // per warp-tile, upb units per block wanted (balance) or S1 (as few splits as the x slice allows).
+    all.push_back(v4<1, 8, 2, 4, nf4v4::DEC_PAIR, true>("v4 pair w8 b2 d4", 8));       // the candidate default
+    all.push_back(v4<1, 8, 2, 4, nf4v4::DEC_PAIR, true>("v4 pair w8 b2 d4 upb4", 4));
+    all.push_back(v4<1, 8, 2, 4, nf4v4::DEC_PAIR, true>("v4 pair w8 b2 d4 upb16", 16));
+    all.push_back(v4<1, 8, 2, 4, nf4v4::DEC_PAIR, true>("v4 pair w8 b2 d4 S1", 0));
+    all.push_back(v4<1, 8, 2, 4, nf4v4::DEC_PAIR, true>("v4 pair w8 b2 d4 tiny-grid", 0, 7, true));  // checks only
+    all.push_back(v4<1, 8, 2, 4, nf4v4::DEC_PAIR, true>("v4 pair w8 b2 d4 tiny-grid upb8", 8, 5, true));
+    all.push_back(v4<1, 8, 2, 3, nf4v4::DEC_PAIR, false>("v4 pair w8 b2 d3", 8));
+    all.push_back(v4<1, 4, 3, 4, nf4v4::DEC_PAIR, false>("v4 pair w4 b3 d4", 8));
+    all.push_back(v4<1, 16, 1, 4, nf4v4::DEC_PAIR, false>("v4 pair w16 b1 d4", 8));
+    all.push_back(v4<2, 8, 2, 2, nf4v4::DEC_PAIR, false>("v4 pair w8 b2 d2 TL2", 8));
+    all.push_back(v4<1, 8, 2, 4, nf4v4::DEC_NONE, false>("v4 none w8 b2 d4", 8));
+    all.push_back(v4<1, 8, 2, 4, nf4v4::DEC_LOADS, false>("v4 loads w8 b2 d4", 8));
+    // v5 rows (M = 1): numerics exact (v2 contract, bf16) | bnb (v4 numerics, bf16 + f16) | loads (timing only: the
+    // same loads, prefetch and reduction, no decode); bN = blocks per SM wanted (capped by occupancy), dN = rows of
+    // loads in flight per thread.
+    all.push_back(v5<nf4v5::DEC_EXACT, 2>("v5 exact b4 d2", 4));
+    all.push_back(v5<nf4v5::DEC_EXACT, 2>("v5 exact b8 d2", 8));
+    all.push_back(v5<nf4v5::DEC_EXACT, 2>("v5 exact b16 d2", 16));
+    all.push_back(v5<nf4v5::DEC_EXACT, 4>("v5 exact b4 d4", 4));
+    all.push_back(v5<nf4v5::DEC_EXACT, 4>("v5 exact b8 d4", 8));
+    all.push_back(v5<nf4v5::DEC_EXACT, 4>("v5 exact b16 d4", 16));
+    all.push_back(v5<nf4v5::DEC_BNB, 2>("v5 bnb b8 d2", 8));
+    all.push_back(v5<nf4v5::DEC_BNB, 4>("v5 bnb b8 d4", 8));
+    all.push_back(v5<nf4v5::DEC_BNB, 4>("v5 bnb b16 d4", 16));
+    all.push_back(v5<nf4v5::DEC_LOADS, 2>("v5 loads b8 d2", 8));
+    all.push_back(v5<nf4v5::DEC_LOADS, 2>("v5 loads b16 d2", 16));
+    all.push_back(v5<nf4v5::DEC_LOADS, 4>("v5 loads b4 d4", 4));
+    all.push_back(v5<nf4v5::DEC_LOADS, 4>("v5 loads b8 d4", 8));
+    all.push_back(v5<nf4v5::DEC_LOADS, 4>("v5 loads b16 d4", 16));
+    // v2 / v3 (exact numerics): the measured references
+    all.push_back(v2<8, 1, 4, nf4v2::DEC_TAB, 0>("v2 tab w8 t1 d4"));  // = q4v2_gemv_* (the Java default)
+    all.push_back(v2<8, 1, 4, nf4v2::DEC_NONE, 0>("v2 none w8 t1 d4 (no decode)"));
+    all.push_back(v3<8, 3, 4, nf4v3::DEC_TAB, true>("v3 w8 b3 d4"));
+#ifdef QL_BENCH_OLD
+    all.push_back(old_stream(0));
+    all.push_back(old_stream(3));
+#endif
     std::vector<Variant> vars;
-    vars.push_back(v2<8, 1, 4, nf4v2::DEC_TAB, 0>("tab w8 t1 d4"));  // = q4v2_gemv_* (the Java default)
-    vars.push_back(v2<4, 1, 4, nf4v2::DEC_TAB, 0>("tab w4 t1 d4"));
-    vars.push_back(v2<16, 1, 4, nf4v2::DEC_TAB, 0>("tab w16 t1 d4"));
-    vars.push_back(v2<8, 1, 2, nf4v2::DEC_TAB, 0>("tab w8 t1 d2"));
-    vars.push_back(v2<8, 1, 6, nf4v2::DEC_TAB, 0>("tab w8 t1 d6"));
-    vars.push_back(v2<4, 1, 8, nf4v2::DEC_TAB, 0>("tab w4 t1 d8"));
-    vars.push_back(v2<8, 2, 2, nf4v2::DEC_TAB, 0>("tab w8 t2 d2"));
-    vars.push_back(v2<4, 2, 3, nf4v2::DEC_TAB, 0>("tab w4 t2 d3"));
-    vars.push_back(v2<8, 1, 4, nf4v2::DEC_TAB, 2>("tab w8 t1 d4 L2:256B"));
-    vars.push_back(v2<8, 1, 4, nf4v2::DEC_REG, 0>("reg w8 t1 d4"));
-    vars.push_back(v2<4, 1, 4, nf4v2::DEC_REG, 0>("reg w4 t1 d4"));
-    vars.push_back(v2<8, 1, 4, nf4v2::DEC_NONE, 0>("none w8 t1 d4 (no decode)"));
-    // v3: W warps, B blocks/SM requested (launch bounds and grid), D loads in flight per lane (16 B each)
-    vars.push_back(v3<8, 3, 4, nf4v3::DEC_TAB, true>("v3 w8 b3 d4"));
-    vars.push_back(v3<8, 4, 2, nf4v3::DEC_TAB>("v3 w8 b4 d2"));
-    vars.push_back(v3<8, 4, 4, nf4v3::DEC_TAB>("v3 w8 b4 d4"));
-    vars.push_back(v3<8, 2, 4, nf4v3::DEC_TAB>("v3 w8 b2 d4"));
-    vars.push_back(v3<8, 2, 8, nf4v3::DEC_TAB>("v3 w8 b2 d8"));
-    vars.push_back(v3<8, 3, 6, nf4v3::DEC_TAB>("v3 w8 b3 d6"));
-    vars.push_back(v3<4, 4, 8, nf4v3::DEC_TAB>("v3 w4 b4 d8"));
-    vars.push_back(v3<16, 1, 8, nf4v3::DEC_TAB>("v3 w16 b1 d8"));
-    vars.push_back(v3<8, 6, 2, nf4v3::DEC_TAB>("v3 w8 b6 d2"));
-    vars.push_back(v3<8, 2, 8, nf4v3::DEC_NONE>("v3 none w8 b2 d8"));
-    vars.push_back(old_stream(0));
-    vars.push_back(old_stream(3));
-    // QL_GEMV_PROFILE=1: only a few launches of the default v2 kernel, its no-decode twin and the streaming read on
-    // 4096x11008 (M=1, no double quantization), for Nsight Compute, e.g.
-    //   QL_GEMV_PROFILE=1 ncu --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis \
-    //       --section Occupancy --launch-skip 3 /tmp/gb        (the first 3 launches fill the buffers)
+    for (auto& v : all) if (selected(v.name)) vars.push_back(v);
+    // QL_GEMV_PROFILE=1: two launches of each selected variant and the streaming read on 4096x11008 (M=1, no double
+    // quantization), for Nsight Compute, e.g.
+    //   QL_GEMV_PROFILE=1 QL_GEMV_ONLY="v4 pair w8 b2 d4,v4 none,v4 loads,v2 tab" ncu --section SpeedOfLight \
+    //       --section WarpStateStats --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+    //       --section SchedulerStats /tmp/gb
     if (getenv("QL_GEMV_PROFILE")) {
         const int K = 4096, N = 11008;
         Q4 q = make_q4(K, N, 64, 0, 1, 42);
@@ -474,8 +720,8 @@ int main(int argc, char** argv) {
         uint32_t* sink;
         CK(cudaMalloc(&sink, 64));
         for (auto& v : vars) {
-            if (v.name != "tab w8 t1 d4" && v.name.rfind("none w8", 0) != 0) continue;
-            for (int r = 0; r < 2; r++) v.launch(q.copies[0], q.code16, xb, 1, N, K, nullptr, yb, 0);
+            if (v.extra) continue;
+            for (int r = 0; r < 2; r++) v.launch(q.copies[0], q.code16, xb, 1, N, K, nullptr, yb, 0, 1);
             printf("profiled: %s\n", v.name.c_str());
         }
         for (int r = 0; r < 2; r++)
@@ -484,30 +730,45 @@ int main(int argc, char** argv) {
         printf("profiled: stream-read (16 blocks/SM, unroll 2)\n");
         return 0;
     }
-    printf("\nvariants (name: W warps per block, T 16-row tiles per block, D chunks of loads in flight; facts per NT):\n");
-    for (auto& v : vars) if (!v.facts.empty()) printf("  %-26s %s\n", v.name.c_str(), v.facts.c_str());
+    printf("\nvariants (facts for the bf16 kernels; m8 = NT 1 for M <= 8, m16 = NT 2):\n");
+    for (auto& v : vars) if (!v.facts.empty()) printf("  %-30s %s\n", v.name.c_str(), v.facts.c_str());
 
-    // ---- correctness sweep on small odd shapes: blocksizes, dq, M, K tails (K % 128 != 0)
-    printf("\ncorrectness sweep (exact one-hot + random with bias), every checked variant:\n");
-    {
-        const int shapes[][2] = {{192, 77}, {320, 33}, {4160, 1001}, {96, 40}};
-        const int bss[] = {32, 64, 128, 256};
-        const int Ms[] = {1, 3, 8, 9, 16};
+    // ---- correctness sweep on small odd shapes: blocksizes, dq, M, K tails (K % 128 != 0), dtypes
+    if (!getenv("QL_GEMV_NOSWEEP")) {
+        printf("\ncorrectness sweep (exact one-hot + random with bias): v4 M = 1..16 bf16 + f16, v2 / v3 M = 1, 3, 8, 9, 16 bf16, "
+               "v5 M = 1 (bnb: bf16 + f16)\n");
+        struct SweepShape { int K, N; std::vector<int> bss; bool v5only = false; };
+        // the last two: large K for v5 only (one block per row: 896 threads; K > 32768: 2 pieces per thread)
+        const SweepShape shapes[] = {{192, 77, {32, 64, 128, 256}}, {320, 33, {32, 64, 128, 256}},
+                                     {4160, 1001, {32, 64, 256, 4096}}, {96, 40, {32, 64}}, {2048, 300, {64, 1024}},
+                                     {28672, 40, {32, 64, 4096}, true}, {33792, 24, {32, 64}, true}};
+        auto in_shape = [](const SweepShape& sh, const Variant& v) { return !sh.v5only || v.name.rfind("v5", 0) == 0; };
+        const int oldMs[] = {1, 3, 8, 9, 16};
         int cases = 0;
         for (auto& sh : shapes)
-            for (int bs : bss)
+            for (int bs : sh.bss)
                 for (int dq = 0; dq < 2; dq++) {
-                    Q4 q = make_q4(sh[0], sh[1], bs, dq, 1, 1000 + sh[0] + bs + dq);
-                    for (int M : Ms) {
-                        Checker c = make_checker(q, M, 7 + M);
-                        for (auto& v : vars) {
-                            if (M > v.max_m) continue;
-                            char where[96];
-                            snprintf(where, sizeof where, "K=%d N=%d bs=%d dq=%d M=%d", sh[0], sh[1], bs, dq, M);
-                            check_variant(v, q, c, where);
-                            cases++;
+                    Q4 q = make_q4(sh.K, sh.N, bs, dq, 1, 1000 + sh.K + bs + dq);
+                    for (int M = 1; M <= 16; M++) {
+                        const bool oldM = std::find(std::begin(oldMs), std::end(oldMs), M) != std::end(oldMs);
+                        for (int kind = 0; kind < 3; kind++) {  // 0: exact bf16, 1: bnb bf16, 2: bnb f16
+                            const bool bnb = kind > 0;
+                            const int dt = kind == 2 ? 2 : 1;
+                            bool any = false;
+                            for (auto& v : vars)
+                                if (v.checked && v.bnb == bnb && (dt == 1 || v.f16) && M <= v.max_m && (bnb || oldM) && in_shape(sh, v)) any = true;
+                            if (!any) continue;
+                            Checker c = make_checker(q, M, 7 + M, bnb, dt);
+                            for (auto& v : vars) {
+                                if (!(v.checked && v.bnb == bnb && (dt == 1 || v.f16) && M <= v.max_m && (bnb || oldM) && in_shape(sh, v))) continue;
+                                char where[96];
+                                snprintf(where, sizeof where, "K=%d N=%d bs=%d dq=%d M=%d %s", sh.K, sh.N, bs, dq, M,
+                                         dt == 2 ? "f16" : "bf16");
+                                check_variant(v, q, c, where);
+                                cases++;
+                            }
+                            free_checker(c);
                         }
-                        free_checker(c);
                     }
                     free_q4(q);
                 }
@@ -522,9 +783,23 @@ int main(int argc, char** argv) {
     uint32_t* sink;
     CK(cudaMalloc(&sink, 64));
 
-    const Shape shapes[] = {{4096, 11008}, {11008, 4096}, {8192, 28672}, {4096, 4096}};
+    std::vector<Shape> shapes = {{4096, 11008}, {11008, 4096}, {8192, 28672}, {4096, 4096}};
+    if (const char* only = getenv("QL_GEMV_SHAPES")) {
+        shapes.clear();
+        std::string list(only);
+        size_t p = 0;
+        while (p < list.size()) {
+            size_t e = list.find(',', p);
+            if (e == std::string::npos) e = list.size();
+            int K = 0, N = 0;
+            if (sscanf(list.substr(p, e - p).c_str(), "%dx%d", &K, &N) == 2) shapes.push_back({K, N});
+            p = e + 1;
+        }
+    }
     const int Ms[] = {1, 2, 4, 8, 16};
     const size_t ROTATE = 200ull << 20;
+    printf("\ntimings (bf16; blocksize 64): us = median per launch; %%copy = (packed + absmax bytes) / us / copy bandwidth;\n"
+           "%%read = the same GB/s / the best streaming read of the packed bytes; x cuBLAS = cuBLAS bf16 GemmEx us / us\n");
     for (const Shape& sh : shapes) {
         int K = sh.K, N = sh.N;
         // cuBLAS bf16 weight copies and the streaming read ceiling over the NF4 bytes
@@ -535,6 +810,7 @@ int main(int argc, char** argv) {
         __nv_bfloat16 *xb, *yb;
         CK(cudaMalloc(&xb, (size_t)16 * K * 2)); CK(cudaMalloc(&yb, (size_t)16 * N * 4));
         k_fill_bf16<<<256, 256>>>(xb, (size_t)16 * K, 4, 1.0f);
+        double read_gbs = 0;
         for (int dq = 0; dq < 2; dq++) {
             size_t nbytes = (size_t)N * K / 2;
             int copies = (int)std::max<size_t>(2, std::min<size_t>(16, (ROTATE + nbytes - 1) / nbytes));
@@ -550,11 +826,13 @@ int main(int argc, char** argv) {
                         else k_stream_read<2><<<g_sms * bps, 256, 0, s>>>((const uint4*)q.copies[c].packed, std::min(n16, (size_t)N * K / 32), sink);
                     }, copies);
                     double bytes = (double)N * K / 2;
+                    read_gbs = std::max(read_gbs, bytes / us / 1e3);
                     printf("  stream-read ceiling (%d blocks/SM x 256, unroll %d) over the packed bytes: %8.2f us %6.0f GB/s %5.1f%%copy\n",
                            bps, cfg < 2 ? 4 : 2, us, bytes / us / 1e3, 100.0 * bytes / (us * 1e-6) / copy_bw);
                 }
             }
-            printf("  %-4s %-26s %9s %7s %7s %10s %9s %8s  %s\n", "M", "variant", "us", "GB/s", "%copy", "cublas us", "speedup", "bf16 %cp", "check");
+            printf("  %-3s %-30s %8s %6s %6s %6s %9s %8s  %s\n", "M", "variant", "us", "GB/s", "%copy", "%read", "cublas us",
+                   "x cuBLAS", "check");
             for (int M : Ms) {
                 float tc = time_graph([&](int c, cudaStream_t s) {
                     CB(cublasSetStream(h, s));
@@ -562,21 +840,28 @@ int main(int argc, char** argv) {
                     CB(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, wb[c], CUDA_R_16BF, K, xb, CUDA_R_16BF, K,
                                     &beta, yb, CUDA_R_16BF, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
                 }, bcopies);
-                Checker chk = make_checker(q, M, 99 + M);
+                Checker chk_exact{}, chk_bnb{};
+                bool have_exact = false, have_bnb = false;
                 for (auto& v : vars) {
-                    if (v.extra && M != 1 && M != 16) continue;
-                    if (M > v.max_m) continue;
+                    if (v.extra || M > v.max_m) continue;
+                    if (v.checked && v.bnb && !have_bnb) { chk_bnb = make_checker(q, M, 99 + M, true, 1); have_bnb = true; }
+                    if (v.checked && !v.bnb && !have_exact) { chk_exact = make_checker(q, M, 99 + M, false, 1); have_exact = true; }
+                }
+                for (auto& v : vars) {
+                    if (v.extra || M > v.max_m) continue;
                     char where[64];
                     snprintf(where, sizeof where, "K=%d N=%d dq=%d M=%d", K, N, dq, M);
-                    std::string verdict = check_variant(v, q, chk, where);
+                    std::string verdict = check_variant(v, q, v.bnb ? chk_bnb : chk_exact, where);
                     float us = time_graph([&](int c, cudaStream_t s) {
-                        v.launch(q.copies[c], q.code16, xb, M, N, K, nullptr, yb, s);
+                        v.launch(q.copies[c], q.code16, xb, M, N, K, nullptr, yb, s, 1);
                     }, copies);
                     double gbs = q.bytes / us / 1e3;
-                    printf("  %-4d %-26s %9.2f %7.0f %6.1f%% %10.2f %8.2fx %7.1f%%  %s\n", M, v.name.c_str(), us, gbs,
-                           100.0 * gbs * 1e9 / copy_bw, tc, tc / us, 100.0 * wbytes / (tc * 1e-6) / copy_bw, verdict.c_str());
+                    printf("  %-3d %-30s %8.2f %6.0f %5.1f%% %5.1f%% %9.2f %7.2fx  %s\n", M, v.name.c_str(), us, gbs,
+                           100.0 * gbs * 1e9 / copy_bw, read_gbs > 0 ? 100.0 * gbs / read_gbs : 0.0, tc, tc / us,
+                           verdict.c_str());
                 }
-                free_checker(chk);
+                if (have_exact) free_checker(chk_exact);
+                if (have_bnb) free_checker(chk_bnb);
             }
             free_q4(q);
         }
