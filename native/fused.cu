@@ -9,7 +9,8 @@
 //                          vec = 1 when h is a multiple of the 16-byte pack (rows 16-byte aligned), else 0.
 //                          A thread's second pass reads back only the packs it wrote itself.
 //   rope_qk_<t>            rotary embedding of q [n, heads*D] and k [n, kvHeads*D] in place, one grid-stride
-//                          loop over n * D/2 (row, i) pairs: the angle's cos/sin computed once for both.
+//                          loop over n * D/2 * groups (row, i, head group) items: the angle's cos/sin computed once
+//                          per item for all its heads (groups > 1 only when n * D/2 alone would leave the GPU idle).
 //   rope_qk_bwd_<t>        its backward on gq [n, heads*D] and gk [n, kvHeads*D] in place, as two rope_bwd_<t>
 //                          (train_elementwise.cu): (ga, gb) -> (ga c + gb s, gb c - ga s), same angle arithmetic.
 #include "rmsnorm.cuh"
@@ -52,20 +53,29 @@ __device__ __forceinline__ void add_rmsnorm_impl(T* __restrict__ resid, const T*
     rmsnorm_write_row(row, w, dst, h, inv, vec);
 }
 
-// RoPE (forward, or its backward when BACKWARD) on q [n, heads*D] and k [n, kv_heads*D] with one angle computation.
+// RoPE (forward, or its backward when BACKWARD) on q [n, heads*D] and k [n, kv_heads*D]. Work item = (row, pair i,
+// head group g): the heads + kv_heads heads (q's, then k's) are cut into `groups` consecutive ranges so that a decode
+// step (n = 1: only D/2 pairs) still spreads over enough threads; with groups = 1 one angle serves every head of a row.
 template <typename T, bool BACKWARD>
 __device__ __forceinline__ void rope_qk_impl(T* q, T* k, const int* __restrict__ positions,
                                              const float* __restrict__ inv_freq, int n, int heads, int kv_heads,
-                                             int head_dim, float scaling) {
+                                             int head_dim, float scaling, int groups) {
     int half = head_dim >> 1;
-    int64_t total = (int64_t)n * half;
+    int all = heads + kv_heads;
+    int per = (all + groups - 1) / groups;
+    int64_t total = (int64_t)n * half * groups;
     for (int64_t p = global_thread_index(); p < total; p += grid_stride()) {
-        int64_t row = p / half;
-        int i = (int)(p - row * half);
+        int g = (int)(p % groups);
+        int64_t pair = p / groups;
+        int64_t row = pair / half;
+        int i = (int)(pair - row * half);
+        int h0 = g * per, h1 = min(h0 + per, all);
+        if (h0 >= h1) continue;
         float cs, sn;
         rope_cos_sin(positions[row], inv_freq[i], scaling, cs, sn);
-        rope_rotate_heads<T, BACKWARD>(q, row, i, heads, head_dim, cs, sn);
-        rope_rotate_heads<T, BACKWARD>(k, row, i, kv_heads, head_dim, cs, sn);
+        if (h0 < heads) rope_rotate_head_range<T, BACKWARD>(q, row, i, h0, min(h1, heads), heads, head_dim, cs, sn);
+        if (h1 > heads) rope_rotate_head_range<T, BACKWARD>(k, row, i, max(h0, heads) - heads, h1 - heads, kv_heads,
+                                                            head_dim, cs, sn);
     }
 }
 
@@ -83,12 +93,13 @@ __device__ __forceinline__ void rope_qk_impl(T* q, T* k, const int* __restrict__
         add_rmsnorm_impl(resid, y, w, out, h, eps, vec);                                                        \
     }                                                                                                           \
     extern "C" __global__ void rope_qk_##tn(T* q, T* k, const int* positions, const float* inv_freq, int n,       \
-                                            int heads, int kv_heads, int head_dim, float scaling) {             \
-        rope_qk_impl<T, false>(q, k, positions, inv_freq, n, heads, kv_heads, head_dim, scaling);                      \
+                                            int heads, int kv_heads, int head_dim, float scaling, int groups) { \
+        rope_qk_impl<T, false>(q, k, positions, inv_freq, n, heads, kv_heads, head_dim, scaling, groups);       \
     }                                                                                                           \
     extern "C" __global__ void rope_qk_bwd_##tn(T* gq, T* gk, const int* positions, const float* inv_freq, int n, \
-                                                int heads, int kv_heads, int head_dim, float scaling) {         \
-        rope_qk_impl<T, true>(gq, gk, positions, inv_freq, n, heads, kv_heads, head_dim, scaling);                \
+                                                int heads, int kv_heads, int head_dim, float scaling,           \
+                                                int groups) {                                                   \
+        rope_qk_impl<T, true>(gq, gk, positions, inv_freq, n, heads, kv_heads, head_dim, scaling, groups);      \
     }
 
 QL_FOR_ACT(QL_FUSED)

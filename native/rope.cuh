@@ -14,12 +14,13 @@ __device__ __forceinline__ void rope_cos_sin(int position, float inv_freq_i, flo
     sn = (float)s * scaling;
 }
 
-// Rotates pair (i, i + head_dim/2) of every head of one row of x [rows, heads * head_dim] in place.
+// Rotates pair (i, i + head_dim/2) of heads [h0, h1) of one row of x [rows, heads * head_dim] in place.
 template <typename T, bool BACKWARD>
-__device__ __forceinline__ void rope_rotate_heads(T* x, int64_t row, int i, int heads, int head_dim, float cs, float sn) {
+__device__ __forceinline__ void rope_rotate_head_range(T* x, int64_t row, int i, int h0, int h1, int heads, int head_dim,
+                                                       float cs, float sn) {
     int half = head_dim >> 1;
     T* base = x + row * heads * head_dim + i;
-    for (int h = 0; h < heads; h++) {
+    for (int h = h0; h < h1; h++) {
         T* e = base + (int64_t)h * head_dim;
         float a = to_f32(e[0]);
         float b = to_f32(e[half]);
@@ -31,4 +32,10 @@ __device__ __forceinline__ void rope_rotate_heads(T* x, int64_t row, int i, int 
             e[half] = from_f32<T>(b * cs + a * sn);
         }
     }
+}
+
+// Rotates pair (i, i + head_dim/2) of every head of one row of x [rows, heads * head_dim] in place.
+template <typename T, bool BACKWARD>
+__device__ __forceinline__ void rope_rotate_heads(T* x, int64_t row, int i, int heads, int head_dim, float cs, float sn) {
+    rope_rotate_head_range<T, BACKWARD>(x, row, i, 0, heads, heads, head_dim, cs, sn);
 }

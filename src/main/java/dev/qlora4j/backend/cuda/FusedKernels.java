@@ -45,9 +45,24 @@ final class FusedKernels {
         RopeKernels.check(act, k, positions, invFreq, kvHeads, headDim);
         int n = q.dim(0);
         long pairs = (long) n * (headDim / 2);
-        ctx.launch1d(ctx.function("fused", "rope_qk_" + KernelTypes.act(act)), pairs,
+        int groups = ropeHeadGroups(pairs, heads + kvHeads);
+        ctx.launch1d(ctx.function("fused", "rope_qk_" + KernelTypes.act(act)), pairs * groups,
                 KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(positions))
-                        .ptr(CudaContext.ptr(invFreq)).i32(n).i32(heads).i32(kvHeads).i32(headDim).f32(scaling));
+                        .ptr(CudaContext.ptr(invFreq)).i32(n).i32(heads).i32(kvHeads).i32(headDim).f32(scaling).i32(groups));
+    }
+
+    /** Fewest (row, pair) items that fill the GPU on their own; below it the heads are split into groups. */
+    static final long ROPE_ITEMS_TO_FILL = 1L << 16;
+
+    /**
+     * Head groups of the fused RoPE kernels: 1 (one angle per row and pair serves all heads) unless the rows are too
+     * few to keep the GPU busy — a decode step has only headDim/2 pairs, which as one 64-thread loop over all 64 q
+     * and k heads took ~17 us per layer — then as many groups as bring the items to ROPE_ITEMS_TO_FILL, at most one
+     * per head.
+     */
+    static int ropeHeadGroups(long pairs, int allHeads) {
+        if (pairs <= 0 || pairs >= ROPE_ITEMS_TO_FILL) return 1;
+        return (int) Math.min(allHeads, (ROPE_ITEMS_TO_FILL + pairs - 1) / pairs);
     }
 
     /** The backward of {@link #ropeQk}: gq and gk rotated back in place, as two TrainKernels.ropeBackward calls. */
@@ -58,8 +73,9 @@ final class FusedKernels {
         int n = gq.dim(0);
         long pairs = (long) n * (headDim / 2);
         if (pairs == 0) return;
-        ctx.launch1d(ctx.function("fused", "rope_qk_bwd_" + KernelTypes.act(act)), pairs,
+        int groups = ropeHeadGroups(pairs, heads + kvHeads);
+        ctx.launch1d(ctx.function("fused", "rope_qk_bwd_" + KernelTypes.act(act)), pairs * groups,
                 KernelArgs.of().ptr(CudaContext.ptr(gq)).ptr(CudaContext.ptr(gk)).ptr(CudaContext.ptr(positions))
-                        .ptr(CudaContext.ptr(invFreq)).i32(n).i32(heads).i32(kvHeads).i32(headDim).f32(scaling));
+                        .ptr(CudaContext.ptr(invFreq)).i32(n).i32(heads).i32(kvHeads).i32(headDim).f32(scaling).i32(groups));
     }
 }

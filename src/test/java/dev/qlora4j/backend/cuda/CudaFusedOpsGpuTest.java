@@ -77,14 +77,16 @@ class CudaFusedOpsGpuTest {
     }
 
     @ParameterizedTest
-    @CsvSource({"F32, 32, 8, 64, 1", "F32, 4, 2, 16, 37", "BF16, 32, 32, 128, 1", "BF16, 32, 8, 128, 19", "BF16, 3, 1, 6, 5"})
+    @CsvSource({"F32, 32, 8, 64, 1", "F32, 4, 2, 16, 37", "BF16, 32, 32, 128, 1", "BF16, 32, 8, 128, 19", "BF16, 3, 1, 6, 5",
+                "BF16, 32, 8, 128, 300"})
     void ropeQkEqualsTwoRopes(DType act, int heads, int kvHeads, int headDim, int n) {
         checkRopeQk(act, heads, kvHeads, headDim, n, false);
     }
 
     /** ropeQkBackwardInPlace (rope_qk_bwd) against two ropeBackwardInPlace calls (train_elementwise.cu rope_bwd). */
     @ParameterizedTest
-    @CsvSource({"F32, 32, 8, 64, 1", "F32, 4, 2, 16, 37", "BF16, 32, 32, 128, 1", "BF16, 32, 8, 128, 2048", "BF16, 3, 1, 6, 5"})
+    @CsvSource({"F32, 32, 8, 64, 1", "F32, 4, 2, 16, 37", "BF16, 32, 32, 128, 1", "BF16, 32, 8, 128, 2048", "BF16, 3, 1, 6, 5",
+                "BF16, 32, 8, 128, 300"})
     void ropeQkBackwardEqualsTwoRopeBackwards(DType act, int heads, int kvHeads, int headDim, int n) {
         checkRopeQk(act, heads, kvHeads, headDim, n, true);
     }
