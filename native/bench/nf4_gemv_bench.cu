@@ -5,6 +5,7 @@
 //   nvcc -O3 -std=c++17 -arch=sm_90a -I native native/bench/nf4_gemv_bench.cu -lcublas -o /tmp/gb && /tmp/gb
 //   (no cuBLAS headers / link library: -I <dir with a stub cublas_v2.h> <dir>/cublas_shim.cpp -ldl, see README.md)
 //
+// v6 (native/nf4_gemv6.cuh): exact and bnb numerics, M = 1..16, bf16 and f16, plus timing-only none / loads twins.
 // Environment: QL_GEMV_ONLY=a,b (only variants whose name contains a or b), QL_GEMV_SHAPES=4096x11008,... (timed
 // shapes), QL_GEMV_NOSWEEP=1 (skip the small-shape correctness sweep), QL_GEMV_PROFILE=1 (a few launches for ncu).
 //
@@ -21,6 +22,7 @@
 #include "nf4_gemv.cu"
 #include "nf4_gemv4.cuh"
 #include "nf4_gemv5.cuh"
+#include "nf4_gemv6.cuh"
 #ifdef QL_BENCH_OLD
 #include "nf4.cu"
 #endif
@@ -218,6 +220,7 @@ struct Variant {
     int max_m = 16;         // checked and timed only for M <= max_m
     bool bnb = false;       // numerics: bnb inference (v4) or the exact contract (v2 / v3)
     bool f16 = false;       // also checked with f16 x / compute
+    bool all_m = false;     // exact numerics: checked at every M = 1..16 of the sweep (else M = 1, 3, 8, 9, 16)
 };
 
 template <int NT, int W, int TILES, int DEPTH, int DEC, int PF>
@@ -447,6 +450,90 @@ static Variant v5(const std::string& name, int bps) {
     return v;
 }
 
+// v6 (nf4_gemv6.cuh): v5's address-order sweep of 16-row tiles with v2's mma arithmetic. Persistent grid of
+// min(BPS, occupancy at the launch's shared memory) x SMs blocks (b0o > 0: that many blocks, a tiny grid for checks),
+// W warps, D chunks in flight per thread. DEC: exact (v2 contract) | bnb (v4 numerics) | none / loads (timing only).
+template <bool F16C, int NT, int W, int BPS, int D, int DEC>
+static int v6_blocks_per_sm(int smem) {  // cached per shared-memory size (queried outside graph capture: check/warm first)
+    static std::map<int, int> cache;
+    auto it = cache.find(smem);
+    if (it != cache.end()) return it->second;
+    int occ = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, nf4v6::gemv6_kernel<F16C, NT, W, BPS, D, DEC, false>, W * 32, smem));
+    cache[smem] = occ;
+    return occ;
+}
+static int g_smem_optin = 0;  // set in main()
+template <bool F16C, int NT, int W, int BPS, int D, int DEC>
+static void v6_raise_smem() {
+    CK(cudaFuncSetAttribute(nf4v6::gemv6_kernel<F16C, NT, W, BPS, D, DEC, false>,
+                            cudaFuncAttributeMaxDynamicSharedMemorySize, g_smem_optin));
+}
+template <bool F16C, int NT, int W, int BPS, int D, int DEC>
+static void launch_v6(const DevWeight& w, const float* code16, const void* x, int M, int N, int K, const void* bias,
+                      void* y, cudaStream_t s, int b0o) {
+    if (K % 32 != 0 || w.log2_bs < 5) { fprintf(stderr, "v6 needs K %% 32 == 0 and blocksize >= 32 (K=%d)\n", K); exit(2); }
+    const int xs = DEC != nf4v6::DEC_LOADS && nf4v6::x_fits(DEC, K, M) ? 1 : 0;
+    const int smem = nf4v6::smem_bytes(DEC, W, NT, D, K, M, xs);
+    const int occ = v6_blocks_per_sm<F16C, NT, W, BPS, D, DEC>(smem);
+    if (occ < 1) { fprintf(stderr, "v6 kernel does not fit an SM (W=%d smem=%d)\n", W, smem); exit(2); }
+    const int grid = b0o > 0 ? b0o : g_sms * std::min(BPS, occ);
+    const int dt = F16C ? 2 : 1;
+    nf4v6::gemv6_kernel<F16C, NT, W, BPS, D, DEC, false><<<grid, W * 32, smem, s>>>(
+        w.packed, w.absmax, w.nested_absmax, w.nested_code, w.offset, w.log2_bs, w.nested_bs, w.nested_shift, w.nested,
+        code16, (const uint16_t*)x, M, N, K, bias, dt, y, dt, 0, xs);
+}
+template <int W, int BPS, int D, int DEC>
+static Variant v6(const std::string& name, int b0o = 0, bool extra = false) {
+    Variant v;
+    v.name = name;
+    v.checked = DEC == nf4v6::DEC_EXACT || DEC == nf4v6::DEC_BNB;
+    v.extra = extra;
+    v.bnb = DEC == nf4v6::DEC_BNB;
+    v.f16 = v.checked;
+    v.all_m = true;
+    constexpr bool F16OK = DEC == nf4v6::DEC_EXACT || DEC == nf4v6::DEC_BNB;
+    v6_raise_smem<false, 1, W, BPS, D, DEC>();
+    v6_raise_smem<false, 2, W, BPS, D, DEC>();
+    if constexpr (F16OK) {
+        v6_raise_smem<true, 1, W, BPS, D, DEC>();
+        v6_raise_smem<true, 2, W, BPS, D, DEC>();
+    }
+    v.launch = [b0o](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y,
+                     cudaStream_t s, int dt) {
+        if constexpr (F16OK) {
+            if (dt == 2) {
+                if (M <= 8) launch_v6<true, 1, W, BPS, D, DEC>(w, c, x, M, N, K, b, y, s, b0o);
+                else launch_v6<true, 2, W, BPS, D, DEC>(w, c, x, M, N, K, b, y, s, b0o);
+                return;
+            }
+        }
+        if (M <= 8) launch_v6<false, 1, W, BPS, D, DEC>(w, c, x, M, N, K, b, y, s, b0o);
+        else launch_v6<false, 2, W, BPS, D, DEC>(w, c, x, M, N, K, b, y, s, b0o);
+    };
+    cudaFuncAttributes a1, a2;
+    CK(cudaFuncGetAttributes(&a1, nf4v6::gemv6_kernel<false, 1, W, BPS, D, DEC, false>));
+    CK(cudaFuncGetAttributes(&a2, nf4v6::gemv6_kernel<false, 2, W, BPS, D, DEC, false>));
+    struct { int K, N, M; } probes[] = {{4096, 11008, 1}, {11008, 4096, 1}, {8192, 28672, 1}, {4096, 11008, 16}};
+    std::string occs;
+    for (auto& p : probes) {
+        const int xs = DEC != nf4v6::DEC_LOADS && nf4v6::x_fits(DEC, p.K, p.M) ? 1 : 0;
+        const int nt = p.M <= 8 ? 1 : 2;
+        const int smem = nf4v6::smem_bytes(DEC, W, nt, D, p.K, p.M, xs);
+        const int occ = nt == 1 ? v6_blocks_per_sm<false, 1, W, BPS, D, DEC>(smem) : v6_blocks_per_sm<false, 2, W, BPS, D, DEC>(smem);
+        const int tt = (p.N + 15) / 16, grid = g_sms * std::max(1, std::min(BPS, occ));
+        char b[128];
+        snprintf(b, sizeof b, "%s%dx%d M%d: x %s, %d B smem, %d/SM, %.1f tiles/block", occs.empty() ? "" : "; ", p.K, p.N,
+                 p.M, xs ? "smem" : "global", smem, std::min(BPS, occ), (double)tt / grid);
+        occs += b;
+    }
+    char buf[640];
+    snprintf(buf, sizeof buf, "m8: %d regs, %zu B local; m16: %d regs, %zu B local%s; %s", a1.numRegs, a1.localSizeBytes,
+             a2.numRegs, a2.localSizeBytes, b0o ? " (tiny grid)" : "", occs.c_str());
+    v.facts = buf;
+    return v;
+}
+
 #ifdef QL_BENCH_OLD
 // nf4.cu's stream kernel (S as Quant4bitKernels.streamSplits), for comparison with the Java numbers
 static Variant old_stream(int reg_period) {
@@ -634,6 +721,7 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     g_sms = prop.multiProcessorCount;
+    g_smem_optin = (int)prop.sharedMemPerBlockOptin;
     int clock_khz = 0;
     cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0);
     printf("%s, %d SMs, %.2f GHz max, L2 %d MB\n", prop.name, g_sms, clock_khz / 1e6, prop.l2CacheSize >> 20);
@@ -696,6 +784,19 @@ int main(int argc, char** argv) {
     all.push_back(v5<nf4v5::DEC_LOADS, 4>("v5 loads b4 d4", 4));
     all.push_back(v5<nf4v5::DEC_LOADS, 4>("v5 loads b8 d4", 8));
     all.push_back(v5<nf4v5::DEC_LOADS, 4>("v5 loads b16 d4", 16));
+    // v6 (address-order tile sweep + mma): numerics exact (v2 contract) | bnb (v4 numerics), bf16 + f16, M = 1..16;
+    // none = no decode (x + mma on the raw words), loads = loads + tile reductions only (timing only); wN warps per
+    // block, bN blocks per SM (launch bounds; capped by occupancy at the launch's shared memory), dN chunks in flight.
+    all.push_back(v6<8, 2, 4, nf4v6::DEC_EXACT>("v6 exact w8 b2 d4"));  // = q4v6_gemv_* (Java, -Dqlora4j.nf4.gemv=v6)
+    all.push_back(v6<8, 2, 3, nf4v6::DEC_EXACT>("v6 exact w8 b2 d3"));
+    all.push_back(v6<4, 4, 4, nf4v6::DEC_EXACT>("v6 exact w4 b4 d4"));
+    all.push_back(v6<16, 1, 4, nf4v6::DEC_EXACT>("v6 exact w16 b1 d4"));
+    all.push_back(v6<8, 2, 4, nf4v6::DEC_EXACT>("v6 exact w8 b2 d4 tiny-grid", 3, true));  // checks only: many tiles per block
+    all.push_back(v6<8, 2, 4, nf4v6::DEC_BNB>("v6 bnb w8 b2 d4"));
+    all.push_back(v6<4, 4, 4, nf4v6::DEC_BNB>("v6 bnb w4 b4 d4"));
+    all.push_back(v6<8, 2, 4, nf4v6::DEC_BNB>("v6 bnb w8 b2 d4 tiny-grid", 5, true));
+    all.push_back(v6<8, 2, 4, nf4v6::DEC_NONE>("v6 none w8 b2 d4 (no decode)"));
+    all.push_back(v6<8, 2, 4, nf4v6::DEC_LOADS>("v6 loads w8 b2 d4"));
     // v2 / v3 (exact numerics): the measured references
     all.push_back(v2<8, 1, 4, nf4v2::DEC_TAB, 0>("v2 tab w8 t1 d4"));  // = q4v2_gemv_* (the Java default)
     all.push_back(v2<8, 1, 4, nf4v2::DEC_NONE, 0>("v2 none w8 t1 d4 (no decode)"));
@@ -736,7 +837,7 @@ int main(int argc, char** argv) {
     // ---- correctness sweep on small odd shapes: blocksizes, dq, M, K tails (K % 128 != 0), dtypes
     if (!getenv("QL_GEMV_NOSWEEP")) {
         printf("\ncorrectness sweep (exact one-hot + random with bias): v4 M = 1..16 bf16 + f16, v2 / v3 M = 1, 3, 8, 9, 16 bf16, "
-               "v5 M = 1 (bnb: bf16 + f16)\n");
+               "v5 M = 1 (bnb: bf16 + f16), v6 exact and bnb M = 1..16 bf16 + f16\n");
         struct SweepShape { int K, N; std::vector<int> bss; bool v5only = false; };
         // the last two: large K for v5 only (one block per row: 896 threads; K > 32768: 2 pieces per thread)
         const SweepShape shapes[] = {{192, 77, {32, 64, 128, 256}}, {320, 33, {32, 64, 128, 256}},
@@ -751,16 +852,20 @@ int main(int argc, char** argv) {
                     Q4 q = make_q4(sh.K, sh.N, bs, dq, 1, 1000 + sh.K + bs + dq);
                     for (int M = 1; M <= 16; M++) {
                         const bool oldM = std::find(std::begin(oldMs), std::end(oldMs), M) != std::end(oldMs);
-                        for (int kind = 0; kind < 3; kind++) {  // 0: exact bf16, 1: bnb bf16, 2: bnb f16
-                            const bool bnb = kind > 0;
-                            const int dt = kind == 2 ? 2 : 1;
+                        for (int kind = 0; kind < 4; kind++) {  // 0: exact bf16, 1: bnb bf16, 2: bnb f16, 3: exact f16
+                            const bool bnb = kind == 1 || kind == 2;
+                            const int dt = kind >= 2 ? 2 : 1;
+                            auto runs = [&](const Variant& v) {
+                                return v.checked && v.bnb == bnb && (dt == 1 || v.f16) && M <= v.max_m &&
+                                       (bnb || oldM || v.all_m) && in_shape(sh, v);
+                            };
                             bool any = false;
                             for (auto& v : vars)
-                                if (v.checked && v.bnb == bnb && (dt == 1 || v.f16) && M <= v.max_m && (bnb || oldM) && in_shape(sh, v)) any = true;
+                                if (runs(v)) any = true;
                             if (!any) continue;
                             Checker c = make_checker(q, M, 7 + M, bnb, dt);
                             for (auto& v : vars) {
-                                if (!(v.checked && v.bnb == bnb && (dt == 1 || v.f16) && M <= v.max_m && (bnb || oldM) && in_shape(sh, v))) continue;
+                                if (!runs(v)) continue;
                                 char where[96];
                                 snprintf(where, sizeof where, "K=%d N=%d bs=%d dq=%d M=%d %s", sh.K, sh.N, bs, dq, M,
                                          dt == 2 ? "f16" : "bf16");
