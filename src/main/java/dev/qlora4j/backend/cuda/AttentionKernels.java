@@ -28,7 +28,7 @@ final class AttentionKernels {
         return gm;
     }
     /** Fewest cache slots worth a split of their own in decode. */
-    static final int MIN_SLOTS_PER_SPLIT = 256;
+    static final int MIN_SLOTS_PER_SPLIT = Integer.getInteger("qlora4j.attention.decodeMinSlots", 256);
     static final int MAX_SPLITS = 64;
 
     /** Checked sizes of one call. */
