@@ -61,7 +61,7 @@ class CudaBackendCoreTest {
     }
 
     @ParameterizedTest
-    @CsvSource({"160, 1, 4, 32, 132, 1", "1500, 1, 2, 4, 132, 6", "4096, 8, 32, 32, 132, 2", "100000, 1, 8, 64, 132, 33",
+    @CsvSource({"160, 1, 4, 32, 132, 3", "1500, 1, 2, 4, 132, 24", "4096, 8, 32, 32, 132, 2", "100000, 1, 8, 64, 132, 33",
             "1000000, 1, 1, 1, 132, 64", "300, 64, 8, 32, 132, 1"})
     void decodeSplitsFollowCapacityAndGpuSizeOnly(int capacity, int batch, int kvHeads, int heads, int sms, int expected) {
         int s = AttentionKernels.decodeSplits(capacity, batch, kvHeads, heads, sms);
