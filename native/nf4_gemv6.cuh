@@ -100,34 +100,10 @@ struct Weight {
     int nested;
 };
 
-__device__ __forceinline__ uint4 ld_stream(const void* p) {
-    uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-    return r;
-}
-
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
-    uint32_t r;
-    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
-    return r;
-}
-
-// One word (8 values, bytes 0..3 = k pairs 0..3) decoded into 4 bf16x2 / f16x2 registers, r[b] = (value of byte b's
-// high nibble in the low half, low nibble's in the high half): per nibble one LDS of the 16-float table (16 distinct
-// words: conflict-free), fl(code * absmax), one cvt per pair (through the state dtype when DR).
-template <bool F16C, bool DR>
-__device__ __forceinline__ void decode_word_tab(uint32_t w, const float* tab, float amax, uint32_t* r) {
-    const uint32_t A = (w >> 2) & 0x3C3C3C3Cu, B = (w << 2) & 0x3C3C3C3Cu;
-    const char* base = reinterpret_cast<const char*>(tab);
-#pragma unroll
-    for (int b = 0; b < 4; b++) {
-        const uint32_t oh = __byte_perm(A, 0, 0x4440 | b), ol = __byte_perm(B, 0, 0x4440 | b);
-        const float vh = *reinterpret_cast<const float*>(base + oh);
-        const float vl = *reinterpret_cast<const float*>(base + ol);
-        r[b] = pack_pair<F16C, DR>(__fmul_rn(vh, amax), __fmul_rn(vl, amax));
-    }
-}
+// The streaming load, prmt and the exact table decode are v2's (native/nf4_gemv.cu, which the bench includes first).
+__device__ __forceinline__ uint4 ld_stream(const void* p) { return nf4v2::ld_stream_u4<0>(p); }
+using nf4v2::prmt;
+using nf4v2::decode_word_tab;
 
 // One chunk's loads of a thread: 16 packed bytes (32 values, zero past N or K) of rows g and g + 8 of the tile and the
 // absmax word of each: the F32 absmax bits (plain) or the 8-bit absmax code (nested). The group's nested absmax is
