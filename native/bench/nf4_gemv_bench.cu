@@ -10,6 +10,8 @@
 // shapes), QL_GEMV_NOSWEEP=1 (skip the small-shape correctness sweep), QL_GEMV_PROFILE=1 (a few launches for ncu).
 //
 // v4 variants are checked against the "bnb inference" numerics (weight = round_T(round_T(code) * round_T(absmax)))
+// v7 (native/nf4_gemv7.cuh, M = 1) against bitsandbytes' batch-1 numerics: the same weight, each product x * w rounded
+// to T, f32 sums (reference: float64 sum of the rounded products);
 // in bf16 AND f16 (x, bias, y and compute in T), M = 1..16; v2 / v3 against the exact contract in bf16.
 //
 // Weights are random, in the exact bitsandbytes layout: packed [(n+1)/2] bytes (value 2i = high nibble of byte i),
@@ -23,6 +25,7 @@
 #include "nf4_gemv4.cuh"
 #include "nf4_gemv5.cuh"
 #include "nf4_gemv6.cuh"
+#include "nf4_gemv7.cuh"
 #ifdef QL_BENCH_OLD
 #include "nf4.cu"
 #endif
@@ -119,7 +122,14 @@ __device__ __forceinline__ float t_round(float v) {
     if (F16) return __half2float(__float2half_rn(v));
     return __bfloat162float(__float2bfloat16_rn(v));
 }
-template <bool BNB, bool F16>
+// PROD: every product x * w rounded to T (bitsandbytes' batch-1 kernel, v7): x * w is exact in float64 (two 16-bit
+// values), so __double2{half,bfloat16} of it is the single rounding HMUL2 performs.
+template <bool F16>
+__device__ __forceinline__ double round_t_d(double v) {
+    if (F16) return (double)__half2float(__double2half(v));
+    return (double)__bfloat162float(__double2bfloat16(v));
+}
+template <bool BNB, bool F16, bool PROD = false>
 __global__ void k_ref(DevWeight w, const float* code16, const uint16_t* x, int M, int N, int K,
                       const uint16_t* bias, float* ref, float* sabs) {
     int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
@@ -128,6 +138,7 @@ __global__ void k_ref(DevWeight w, const float* code16, const uint16_t* x, int M
     double acc = 0, sa = 0;
     for (int k = 0; k < K; k++) {
         double p = (double)ref_weight<BNB, F16>(w, code16, (int64_t)o * K + k) * (double)t_to_f32<F16>(x[(int64_t)m * K + k]);
+        if (PROD) p = round_t_d<F16>(p);
         acc += p;
         sa += fabs(p);
     }
@@ -219,6 +230,7 @@ struct Variant {
     bool extra;             // only timed on the M = 1 rows of the big sweep
     int max_m = 16;         // checked and timed only for M <= max_m
     bool bnb = false;       // numerics: bnb inference (v4) or the exact contract (v2 / v3)
+    bool prod_t = false;    // bnb numerics with every product rounded to T (bnb's batch-1 kernel: v7)
     bool f16 = false;       // also checked with f16 x / compute
     bool all_m = false;     // exact numerics: checked at every M = 1..16 of the sweep (else M = 1, 3, 8, 9, 16)
 };
@@ -450,6 +462,82 @@ static Variant v5(const std::string& name, int bps) {
     return v;
 }
 
+// v7 (nf4_gemv7.cuh), M = 1: v5's row sweep (same grid rule, ring, reduction) with bitsandbytes' batch-1 arithmetic
+// (pair-table LDS, HMUL2 by the absmax pair, HMUL2 by the x pair, f32 sums). TAB: nf4v7::TAB_REP (64 KiB per-bank
+// replicated table) | TAB_BCAST (one 1 KiB table). The table is dynamic shared memory (64 KiB > the static limit).
+template <bool F16, int TAB, int D, int P>
+static int v7_blocks_per_sm(int T) {  // occupancy per block size, cached (queried outside graph capture: check/warm first)
+    static std::map<int, int> cache;
+    auto it = cache.find(T);
+    if (it != cache.end()) return it->second;
+    auto fn = nf4v7::gemv7_kernel<F16, TAB, D, P>;
+    CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, nf4v7::table_bytes(TAB)));
+    int occ = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, T, nf4v7::table_bytes(TAB)));
+    cache[T] = occ;
+    return occ;
+}
+template <bool F16, int TAB, int D, int P>
+static void launch_v7_p(const nf4v5::Args& a, int bps, cudaStream_t s) {
+    const int T = nf4v5::threads_for(a.K, P);
+    const int occ = v7_blocks_per_sm<F16, TAB, D, P>(T);
+    if (occ < 1) { fprintf(stderr, "v7 kernel does not fit an SM at %d threads (K=%d)\n", T, a.K); exit(2); }
+    const int grid = std::max(1, std::min(a.N, g_sms * std::min(bps, occ)));
+    nf4v7::gemv7_kernel<F16, TAB, D, P><<<grid, T, nf4v7::table_bytes(TAB), s>>>(a);
+}
+template <bool F16, int TAB, int D>
+static void launch_v7(const DevWeight& w, const float* code16, const void* x, int N, int K, const void* bias, void* y,
+                      cudaStream_t s, int bps) {
+    if (K % 32 != 0 || w.log2_bs < 5) { fprintf(stderr, "v7 needs K %% 32 == 0 and blocksize >= 32 (K=%d)\n", K); exit(2); }
+    nf4v5::Args a;
+    a.packed = w.packed; a.absmax = w.absmax; a.nested_absmax = w.nested_absmax; a.nested_code = w.nested_code;
+    a.offset = w.offset; a.log2_bs = w.log2_bs; a.nested_bs = w.nested_bs; a.nested_shift = w.nested_shift;
+    a.nested = w.nested; a.code16 = code16; a.x = (const uint16_t*)x; a.N = N; a.K = K;
+    a.bias = (const uint16_t*)bias; a.y = (uint16_t*)y;
+    const int P = nf4v5::pieces_for(K, D);
+    if (P == 1) launch_v7_p<F16, TAB, D, 1>(a, bps, s);
+    else if (P == 2) launch_v7_p<F16, TAB, 2, 2>(a, bps, s);
+    else { fprintf(stderr, "v7: K=%d > 65536 unsupported\n", K); exit(2); }
+}
+template <int TAB, int D>
+static Variant v7(const std::string& name, int bps) {
+    Variant v;
+    v.name = name;
+    v.checked = true;
+    v.extra = false;
+    v.max_m = 1;
+    v.bnb = true;
+    v.prod_t = true;
+    v.f16 = true;
+    v.launch = [bps](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y,
+                     cudaStream_t s, int dt) {
+        if (M != 1) { fprintf(stderr, "v7 is M = 1 only\n"); exit(2); }
+        if (dt == 2) launch_v7<true, TAB, D>(w, c, x, N, K, b, y, s, bps);
+        else launch_v7<false, TAB, D>(w, c, x, N, K, b, y, s, bps);
+    };
+    cudaFuncAttributes a1, a2, a3;
+    CK(cudaFuncGetAttributes(&a1, nf4v7::gemv7_kernel<false, TAB, D, 1>));
+    CK(cudaFuncGetAttributes(&a3, nf4v7::gemv7_kernel<true, TAB, D, 1>));
+    CK(cudaFuncGetAttributes(&a2, nf4v7::gemv7_kernel<false, TAB, 2, 2>));
+    const int Ks[] = {4096, 11008, 8192, 28672};
+    std::string occs;
+    for (int K : Ks) {
+        const int P = nf4v5::pieces_for(K, D);
+        const int T = nf4v5::threads_for(K, P);
+        const int occ = P == 1 ? v7_blocks_per_sm<false, TAB, D, 1>(T) : v7_blocks_per_sm<false, TAB, 2, 2>(T);
+        char b[64];
+        snprintf(b, sizeof b, "%sK=%d: P%d %d thr, %d/SM", occs.empty() ? "" : "; ", K, P, T, std::min(bps, occ));
+        occs += b;
+    }
+    char buf[400];
+    snprintf(buf, sizeof buf, "P1: bf16 %d regs, %zu B local, f16 %d regs, %zu B local, %zu B static + %d B table smem; "
+             "P2 (K > 32768, d2): %d regs, %zu B local; blocks/SM launched (min(%d, fit)) %s", a1.numRegs,
+             a1.localSizeBytes, a3.numRegs, a3.localSizeBytes, a1.sharedSizeBytes, nf4v7::table_bytes(TAB), a2.numRegs,
+             a2.localSizeBytes, bps, occs.c_str());
+    v.facts = buf;
+    return v;
+}
+
 // v6 (nf4_gemv6.cuh): v5's address-order sweep of 16-row tiles with v2's mma arithmetic. Persistent grid of
 // min(BPS, occupancy at the launch's shared memory) x SMs blocks (b0o > 0: that many blocks, a tiny grid for checks),
 // W warps, D chunks in flight per thread. DEC: exact (v2 contract) | bnb (v4 numerics) | none / loads (timing only).
@@ -605,18 +693,19 @@ struct Checker {
     uint16_t* y;
     int M, N, K;
     bool bnb;
+    bool prod_t;  // bnb + products rounded to T (v7)
     int dt;
 };
-template <bool BNB, bool F16>
+template <bool BNB, bool F16, bool PROD = false>
 static void run_ref(const Q4& q, const Checker& c) {
     const DevWeight& w = q.copies[0];
     size_t ys = (size_t)c.M * c.N;
     int blocks = (int)((ys + 127) / 128);
-    k_ref<BNB, F16><<<blocks, 128>>>(w, q.code16, c.x_rand, c.M, q.N, q.K, c.bias, c.ref_rand, c.sabs_rand);
-    k_ref<BNB, F16><<<blocks, 128>>>(w, q.code16, c.x_hot, c.M, q.N, q.K, nullptr, c.ref_hot, c.sabs_hot);
+    k_ref<BNB, F16, PROD><<<blocks, 128>>>(w, q.code16, c.x_rand, c.M, q.N, q.K, c.bias, c.ref_rand, c.sabs_rand);
+    k_ref<BNB, F16, PROD><<<blocks, 128>>>(w, q.code16, c.x_hot, c.M, q.N, q.K, nullptr, c.ref_hot, c.sabs_hot);
 }
-static Checker make_checker(const Q4& q, int M, uint64_t seed, bool bnb = false, int dt = 1) {
-    Checker c{}; c.M = M; c.N = q.N; c.K = q.K; c.bnb = bnb; c.dt = dt;
+static Checker make_checker(const Q4& q, int M, uint64_t seed, bool bnb = false, int dt = 1, bool prod_t = false) {
+    Checker c{}; c.M = M; c.N = q.N; c.K = q.K; c.bnb = bnb || prod_t; c.prod_t = prod_t; c.dt = dt;
     size_t xs = (size_t)M * q.K, ys = (size_t)M * q.N;
     CK(cudaMalloc(&c.x_rand, xs * 2)); CK(cudaMalloc(&c.x_hot, xs * 2)); CK(cudaMalloc(&c.bias, q.N * 2));
     CK(cudaMalloc(&c.ref_rand, ys * 4)); CK(cudaMalloc(&c.sabs_rand, ys * 4));
@@ -636,7 +725,8 @@ static Checker make_checker(const Q4& q, int M, uint64_t seed, bool bnb = false,
     CK(cudaMalloc(&dks, M * 4));
     CK(cudaMemcpy(dks, ks.data(), M * 4, cudaMemcpyHostToDevice));
     k_onehot<<<256, 256>>>(c.x_hot, M, q.K, dks, dt);
-    if (bnb) { if (dt == 2) run_ref<true, true>(q, c); else run_ref<true, false>(q, c); }
+    if (prod_t) { if (dt == 2) run_ref<true, true, true>(q, c); else run_ref<true, false, true>(q, c); }
+    else if (bnb) { if (dt == 2) run_ref<true, true>(q, c); else run_ref<true, false>(q, c); }
     else { if (dt == 2) run_ref<false, true>(q, c); else run_ref<false, false>(q, c); }
     CK(cudaDeviceSynchronize());
     cudaFree(dks);
@@ -653,7 +743,7 @@ static float t_val(uint16_t h, int dt) { return dt == 2 ? hf(h) : bf(h); }
 // Returns a short verdict; counts failures. The checker's numerics / dtype must be the variant's.
 static std::string check_variant(const Variant& v, const Q4& q, const Checker& c, const char* where) {
     if (!v.checked) return "timing-only";
-    if (v.bnb != c.bnb || (c.dt == 2 && !v.f16)) { fprintf(stderr, "checker / variant mismatch: %s\n", v.name.c_str()); exit(2); }
+    if (v.bnb != c.bnb || v.prod_t != c.prod_t || (c.dt == 2 && !v.f16)) { fprintf(stderr, "checker / variant mismatch: %s\n", v.name.c_str()); exit(2); }
     size_t ys = (size_t)c.M * c.N;
     std::vector<uint16_t> y(ys);
     std::vector<float> ref(ys), sabs(ys);
@@ -684,6 +774,9 @@ static std::string check_variant(const Variant& v, const Q4& q, const Checker& c
     double worst = 0;
     size_t wi = 0;
     const int p = c.dt == 2 ? 10 : 7;  // half an ulp of the output rounding, relative (2^-8 bf16, 2^-11 f16), x2
+    // 2e-5 sum|w x|: the f32 sums in another order than the float64 reference. For v7 (products rounded to T) the
+    // same bound holds unchanged: its kernels' products are bit-identical to the reference's (both are the exact
+    // product rounded once to T), so only the f32 summation order differs, and sabs is the sum of |rounded products|.
     for (size_t i = 0; i < ys; i++) {
         double d = fabs((double)t_val(y[i], c.dt) - ref[i]);
         double tol = std::ldexp(fabs((double)ref[i]), -p) + 2e-5 * sabs[i] + 1e-30;
@@ -784,6 +877,14 @@ int main(int argc, char** argv) {
     all.push_back(v5<nf4v5::DEC_LOADS, 4>("v5 loads b4 d4", 4));
     all.push_back(v5<nf4v5::DEC_LOADS, 4>("v5 loads b8 d4", 8));
     all.push_back(v5<nf4v5::DEC_LOADS, 4>("v5 loads b16 d4", 16));
+    // v7 (M = 1): v5's row sweep + bitsandbytes' batch-1 arithmetic (products rounded to T, f32 sums), bf16 + f16;
+    // rep = per-bank replicated pair table (64 KiB, conflict-free), bcast = one 1 KiB table (bank conflicts).
+    all.push_back(v7<nf4v7::TAB_REP, 2>("v7 bnb rep b8 d2", 8));
+    all.push_back(v7<nf4v7::TAB_REP, 2>("v7 bnb rep b16 d2", 16));
+    all.push_back(v7<nf4v7::TAB_REP, 4>("v7 bnb rep b8 d4", 8));
+    all.push_back(v7<nf4v7::TAB_BCAST, 2>("v7 bnb bcast b8 d2", 8));
+    all.push_back(v7<nf4v7::TAB_BCAST, 2>("v7 bnb bcast b16 d2", 16));
+    all.push_back(v7<nf4v7::TAB_BCAST, 4>("v7 bnb bcast b8 d4", 8));
     // v6 (address-order tile sweep + mma): numerics exact (v2 contract) | bnb (v4 numerics), bf16 + f16, M = 1..16;
     // none = no decode (x + mma on the raw words), loads = loads + tile reductions only (timing only); wN warps per
     // block, bN blocks per SM (launch bounds; capped by occupancy at the launch's shared memory), dN chunks in flight.
@@ -837,13 +938,15 @@ int main(int argc, char** argv) {
     // ---- correctness sweep on small odd shapes: blocksizes, dq, M, K tails (K % 128 != 0), dtypes
     if (!getenv("QL_GEMV_NOSWEEP")) {
         printf("\ncorrectness sweep (exact one-hot + random with bias): v4 M = 1..16 bf16 + f16, v2 / v3 M = 1, 3, 8, 9, 16 bf16, "
-               "v5 M = 1 (bnb: bf16 + f16), v6 exact and bnb M = 1..16 bf16 + f16\n");
+               "v5 M = 1 (bnb: bf16 + f16), v6 exact and bnb M = 1..16 bf16 + f16, v7 M = 1 bf16 + f16\n");
         struct SweepShape { int K, N; std::vector<int> bss; bool v5only = false; };
         // the last two: large K for v5 only (one block per row: 896 threads; K > 32768: 2 pieces per thread)
         const SweepShape shapes[] = {{192, 77, {32, 64, 128, 256}}, {320, 33, {32, 64, 128, 256}},
                                      {4160, 1001, {32, 64, 256, 4096}}, {96, 40, {32, 64}}, {2048, 300, {64, 1024}},
                                      {28672, 40, {32, 64, 4096}, true}, {33792, 24, {32, 64}, true}};
-        auto in_shape = [](const SweepShape& sh, const Variant& v) { return !sh.v5only || v.name.rfind("v5", 0) == 0; };
+        auto in_shape = [](const SweepShape& sh, const Variant& v) {
+            return !sh.v5only || v.name.rfind("v5", 0) == 0 || v.name.rfind("v7", 0) == 0;
+        };
         const int oldMs[] = {1, 3, 8, 9, 16};
         int cases = 0;
         for (auto& sh : shapes)
@@ -852,18 +955,20 @@ int main(int argc, char** argv) {
                     Q4 q = make_q4(sh.K, sh.N, bs, dq, 1, 1000 + sh.K + bs + dq);
                     for (int M = 1; M <= 16; M++) {
                         const bool oldM = std::find(std::begin(oldMs), std::end(oldMs), M) != std::end(oldMs);
-                        for (int kind = 0; kind < 4; kind++) {  // 0: exact bf16, 1: bnb bf16, 2: bnb f16, 3: exact f16
-                            const bool bnb = kind == 1 || kind == 2;
-                            const int dt = kind >= 2 ? 2 : 1;
+                        // 0: exact bf16, 1: bnb bf16, 2: bnb f16, 3: exact f16, 4 / 5: bnb + products rounded (v7) bf16 / f16
+                        for (int kind = 0; kind < 6; kind++) {
+                            const bool prod_t = kind >= 4;
+                            const bool bnb = kind == 1 || kind == 2 || prod_t;
+                            const int dt = kind == 2 || kind == 3 || kind == 5 ? 2 : 1;
                             auto runs = [&](const Variant& v) {
-                                return v.checked && v.bnb == bnb && (dt == 1 || v.f16) && M <= v.max_m &&
+                                return v.checked && v.bnb == bnb && v.prod_t == prod_t && (dt == 1 || v.f16) && M <= v.max_m &&
                                        (bnb || oldM || v.all_m) && in_shape(sh, v);
                             };
                             bool any = false;
                             for (auto& v : vars)
                                 if (runs(v)) any = true;
                             if (!any) continue;
-                            Checker c = make_checker(q, M, 7 + M, bnb, dt);
+                            Checker c = make_checker(q, M, 7 + M, bnb, dt, prod_t);
                             for (auto& v : vars) {
                                 if (!runs(v)) continue;
                                 char where[96];
@@ -945,18 +1050,19 @@ int main(int argc, char** argv) {
                     CB(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, wb[c], CUDA_R_16BF, K, xb, CUDA_R_16BF, K,
                                     &beta, yb, CUDA_R_16BF, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
                 }, bcopies);
-                Checker chk_exact{}, chk_bnb{};
-                bool have_exact = false, have_bnb = false;
+                Checker chk_exact{}, chk_bnb{}, chk_prod{};
+                bool have_exact = false, have_bnb = false, have_prod = false;
                 for (auto& v : vars) {
                     if (v.extra || M > v.max_m) continue;
-                    if (v.checked && v.bnb && !have_bnb) { chk_bnb = make_checker(q, M, 99 + M, true, 1); have_bnb = true; }
+                    if (v.checked && v.prod_t && !have_prod) { chk_prod = make_checker(q, M, 99 + M, true, 1, true); have_prod = true; }
+                    if (v.checked && v.bnb && !v.prod_t && !have_bnb) { chk_bnb = make_checker(q, M, 99 + M, true, 1); have_bnb = true; }
                     if (v.checked && !v.bnb && !have_exact) { chk_exact = make_checker(q, M, 99 + M, false, 1); have_exact = true; }
                 }
                 for (auto& v : vars) {
                     if (v.extra || M > v.max_m) continue;
                     char where[64];
                     snprintf(where, sizeof where, "K=%d N=%d dq=%d M=%d", K, N, dq, M);
-                    std::string verdict = check_variant(v, q, v.bnb ? chk_bnb : chk_exact, where);
+                    std::string verdict = check_variant(v, q, v.prod_t ? chk_prod : v.bnb ? chk_bnb : chk_exact, where);
                     float us = time_graph([&](int c, cudaStream_t s) {
                         v.launch(q.copies[c], q.code16, xb, M, N, K, nullptr, yb, s, 1);
                     }, copies);
@@ -967,6 +1073,7 @@ int main(int argc, char** argv) {
                 }
                 if (have_exact) free_checker(chk_exact);
                 if (have_bnb) free_checker(chk_bnb);
+                if (have_prod) free_checker(chk_prod);
             }
             free_q4(q);
         }
