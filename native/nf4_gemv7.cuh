@@ -44,8 +44,10 @@ __device__ __forceinline__ uint32_t hmul2_rn(uint32_t a, uint32_t b) {
     return *reinterpret_cast<uint32_t*>(&r);
 }
 
+// The kernel body: shared by the bench's gemv7_kernel below and the engine's extern "C" entry points (nf4_gemv7.cu),
+// which must be launched with __launch_bounds__(nf4v5::max_threads(D, P)) and table_bytes(TAB) of dynamic shared memory.
 template <bool F16, int TAB, int D, int P>
-__global__ void __launch_bounds__(nf4v5::max_threads(D, P)) gemv7_kernel(const nf4v5::Args g) {
+__device__ __forceinline__ void gemv7_body(const nf4v5::Args& g) {
     static_assert(D % 2 == 0, "the shared partial slot parity (i0 + s) & 1 = s & 1 needs an even D");
     extern __shared__ __align__(16) uint32_t s_tab[];  // table_bytes(TAB)
     __shared__ float s_ncode[256];
@@ -164,6 +166,11 @@ __global__ void __launch_bounds__(nf4v5::max_threads(D, P)) gemv7_kernel(const n
             }
         }
     }
+}
+
+template <bool F16, int TAB, int D, int P>
+__global__ void __launch_bounds__(nf4v5::max_threads(D, P)) gemv7_kernel(const nf4v5::Args g) {
+    gemv7_body<F16, TAB, D, P>(g);
 }
 
 }  // namespace nf4v7
