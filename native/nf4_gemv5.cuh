@@ -142,6 +142,22 @@ __device__ __forceinline__ float piece_absmax(const Args& g, const float* ncode,
     return __fadd_rn(__fmul_rn(ncode[a], __ldg(g.nested_absmax + nb)), g.offset);
 }
 
+// The thread's 32 x values as 16 T pairs (element 2i in the low half of word i) when each thread owns one piece
+// (P == 1, thread t < C); zeros otherwise (P == 2 reads x per piece from global memory).
+template <int P>
+__device__ __forceinline__ void load_x_pairs(const Args& g, int t, int C, uint32_t* xr) {
+#pragma unroll
+    for (int i = 0; i < 16; i++) xr[i] = 0;
+    if (P == 1 && t < C) {
+        const uint4* xp = reinterpret_cast<const uint4*>(g.x + 32 * t);
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const uint4 v = __ldg(xp + q);
+            xr[4 * q] = v.x; xr[4 * q + 1] = v.y; xr[4 * q + 2] = v.z; xr[4 * q + 3] = v.w;
+        }
+    }
+}
+
 template <bool F16, int DEC, int D, int P>
 __global__ void __launch_bounds__(max_threads(D, P)) gemv5_kernel(const Args g) {
     static_assert(D % 2 == 0, "the shared partial slot parity (i0 + s) & 1 = s & 1 needs an even D");
@@ -177,16 +193,7 @@ __global__ void __launch_bounds__(max_threads(D, P)) gemv5_kernel(const Args g) 
     }
     // x: the thread's 32 values (16 T pairs, element 2i in the low half of word i) per piece; registers when P == 1
     uint32_t xr[16];
-#pragma unroll
-    for (int i = 0; i < 16; i++) xr[i] = 0;
-    if (P == 1 && t < C) {
-        const uint4* xp = reinterpret_cast<const uint4*>(g.x + 32 * t);
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-            const uint4 v = __ldg(xp + q);
-            xr[4 * q] = v.x; xr[4 * q + 1] = v.y; xr[4 * q + 2] = v.z; xr[4 * q + 3] = v.w;
-        }
-    }
+    load_x_pairs<P>(g, t, C, xr);
     __syncthreads();
 
     bool go = true;

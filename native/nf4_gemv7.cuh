@@ -89,16 +89,7 @@ __device__ __forceinline__ void gemv7_body(const nf4v5::Args& g) {
         for (int i = t; i < 256; i += T) s_ncode[i] = __ldg(g.nested_code + i);
     // x: the thread's 32 values (16 T pairs, element 2i in the low half of word i) per piece; registers when P == 1
     uint32_t xr[16];
-#pragma unroll
-    for (int i = 0; i < 16; i++) xr[i] = 0;
-    if (P == 1 && t < C) {
-        const uint4* xp = reinterpret_cast<const uint4*>(g.x + 32 * t);
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-            const uint4 v = __ldg(xp + q);
-            xr[4 * q] = v.x; xr[4 * q + 1] = v.y; xr[4 * q + 2] = v.z; xr[4 * q + 3] = v.w;
-        }
-    }
+    nf4v5::load_x_pairs<P>(g, t, C, xr);
     __syncthreads();
 
     bool go = true;
