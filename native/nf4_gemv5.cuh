@@ -158,6 +158,22 @@ __device__ __forceinline__ void load_x_pairs(const Args& g, int t, int C, uint32
     }
 }
 
+// The x pairs of piece j: the thread's registers when it owns one piece (P == 1), else read from global memory.
+template <int P>
+__device__ __forceinline__ void piece_x_pairs(const Args& g, int j, const uint32_t* xr, uint32_t* xw) {
+    if (P == 1) {
+#pragma unroll
+        for (int i = 0; i < 16; i++) xw[i] = xr[i];
+    } else {
+        const uint4* xp = reinterpret_cast<const uint4*>(g.x + 32 * (int64_t)j);
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const uint4 v = __ldg(xp + q);
+            xw[4 * q] = v.x; xw[4 * q + 1] = v.y; xw[4 * q + 2] = v.z; xw[4 * q + 3] = v.w;
+        }
+    }
+}
+
 template <bool F16, int DEC, int D, int P>
 __global__ void __launch_bounds__(max_threads(D, P)) gemv5_kernel(const Args g) {
     static_assert(D % 2 == 0, "the shared partial slot parity (i0 + s) & 1 = s & 1 needs an even D");
@@ -220,17 +236,7 @@ __global__ void __launch_bounds__(max_threads(D, P)) gemv5_kernel(const Args g) 
                 float amax = piece_absmax(g, s_ncode, araw, row, j);
                 if (DEC == DEC_BNB) amax = round_t<F16>(amax);
                 uint32_t xw[16];
-                if (P == 1) {
-#pragma unroll
-                    for (int i = 0; i < 16; i++) xw[i] = xr[i];
-                } else {
-                    const uint4* xp = reinterpret_cast<const uint4*>(g.x + 32 * (int64_t)j);
-#pragma unroll
-                    for (int q = 0; q < 4; q++) {
-                        const uint4 v = __ldg(xp + q);
-                        xw[4 * q] = v.x; xw[4 * q + 1] = v.y; xw[4 * q + 2] = v.z; xw[4 * q + 3] = v.w;
-                    }
-                }
+                piece_x_pairs<P>(g, j, xr, xw);
 #pragma unroll
                 for (int wi = 0; wi < 4; wi++) {
                     const uint32_t word = wi == 0 ? w.x : wi == 1 ? w.y : wi == 2 ? w.z : w.w;

@@ -85,20 +85,8 @@ __device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
     return r;
 }
 
-// ---- v2's load and decode code (nf4_gemv.cu, namespace nf4v2), restated here so that this module does not carry the
-// v2 / v3 kernels: the same statistics, the same loads, the same per-value decode (the exact contract).
-
-// The statistics of one 4-bit weight (the same leading kernel arguments as nf4.cu's Q4_WEIGHT_PARAMS).
-struct Weight {
-    const uint8_t* packed;        // [(N*K+1)/2]
-    const void* absmax;           // F32 [blocks], or U8 [blocks] when nested
-    const float* nested_absmax;   // F32 [ceil(blocks / nested_bs)] (nested only)
-    float offset;                 // nested only
-    int log2_blocksize;
-    int nested_bs;
-    int nested_shift;             // log2(nested_bs) when a power of two, else -1
-    int nested;
-};
+// ---- v2's weight statistics, load and decode (nf4_gemv.cu, namespace nf4v2; the bench includes it first).
+using Weight = nf4v2::Weight;
 
 // The streaming load, prmt and the exact table decode are v2's (native/nf4_gemv.cu, which the bench includes first).
 __device__ __forceinline__ uint4 ld_stream(const void* p) { return nf4v2::ld_stream_u4<0>(p); }

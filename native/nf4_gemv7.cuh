@@ -111,17 +111,7 @@ __device__ __forceinline__ void gemv7_body(const nf4v5::Args& g) {
                 const float amax = nf4v5::piece_absmax(g, s_ncode, araw, row, j);
                 const uint32_t am2 = nf4v5::pack_t2<F16>(amax, amax);  // round_T(absmax), both halves
                 uint32_t xw[16];
-                if (P == 1) {
-#pragma unroll
-                    for (int i = 0; i < 16; i++) xw[i] = xr[i];
-                } else {
-                    const uint4* xp = reinterpret_cast<const uint4*>(g.x + 32 * (int64_t)j);
-#pragma unroll
-                    for (int q = 0; q < 4; q++) {
-                        const uint4 v = __ldg(xp + q);
-                        xw[4 * q] = v.x; xw[4 * q + 1] = v.y; xw[4 * q + 2] = v.z; xw[4 * q + 3] = v.w;
-                    }
-                }
+                nf4v5::piece_x_pairs<P>(g, j, xr, xw);
 #pragma unroll
                 for (int wi = 0; wi < 4; wi++) {
                     const uint32_t word = wi == 0 ? w.x : wi == 1 ? w.y : wi == 2 ? w.z : w.w;

@@ -41,14 +41,7 @@ final class FusedKernels {
     /** RoPE in place on q [n, heads*headDim] and k [n, kvHeads*headDim] (act); invFreq F32 [headDim/2]. */
     static void ropeQk(CudaContext ctx, DType act, Tensor q, Tensor k, Tensor positions, Tensor invFreq, int heads,
                        int kvHeads, int headDim, float scaling) {
-        RopeKernels.check(act, q, positions, invFreq, heads, headDim);
-        RopeKernels.check(act, k, positions, invFreq, kvHeads, headDim);
-        int n = q.dim(0);
-        long pairs = (long) n * (headDim / 2);
-        int groups = ropeHeadGroups(pairs, heads + kvHeads);
-        ctx.launch1d(ctx.function("fused", "rope_qk_" + KernelTypes.act(act)), pairs * groups,
-                KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(positions))
-                        .ptr(CudaContext.ptr(invFreq)).i32(n).i32(heads).i32(kvHeads).i32(headDim).f32(scaling).i32(groups));
+        launchRopeQk(ctx, "rope_qk_", act, q, k, positions, invFreq, heads, kvHeads, headDim, scaling);
     }
 
     /** Fewest (row, pair) items that fill the GPU on their own; below it the heads are split into groups. */
@@ -68,14 +61,20 @@ final class FusedKernels {
     /** The backward of {@link #ropeQk}: gq and gk rotated back in place, as two TrainKernels.ropeBackward calls. */
     static void ropeQkBackward(CudaContext ctx, DType act, Tensor gq, Tensor gk, Tensor positions, Tensor invFreq, int heads,
                                int kvHeads, int headDim, float scaling) {
-        RopeKernels.check(act, gq, positions, invFreq, heads, headDim);
-        RopeKernels.check(act, gk, positions, invFreq, kvHeads, headDim);
-        int n = gq.dim(0);
+        launchRopeQk(ctx, "rope_qk_bwd_", act, gq, gk, positions, invFreq, heads, kvHeads, headDim, scaling);
+    }
+
+    /** One launch of a fused.cu rope_qk kernel (prefix + act) over a [n, heads*headDim] and b [n, kvHeads*headDim]. */
+    private static void launchRopeQk(CudaContext ctx, String kernelPrefix, DType act, Tensor a, Tensor b, Tensor positions,
+                                     Tensor invFreq, int heads, int kvHeads, int headDim, float scaling) {
+        RopeKernels.check(act, a, positions, invFreq, heads, headDim);
+        RopeKernels.check(act, b, positions, invFreq, kvHeads, headDim);
+        int n = a.dim(0);
         long pairs = (long) n * (headDim / 2);
         if (pairs == 0) return;
         int groups = ropeHeadGroups(pairs, heads + kvHeads);
-        ctx.launch1d(ctx.function("fused", "rope_qk_bwd_" + KernelTypes.act(act)), pairs * groups,
-                KernelArgs.of().ptr(CudaContext.ptr(gq)).ptr(CudaContext.ptr(gk)).ptr(CudaContext.ptr(positions))
+        ctx.launch1d(ctx.function("fused", kernelPrefix + KernelTypes.act(act)), pairs * groups,
+                KernelArgs.of().ptr(CudaContext.ptr(a)).ptr(CudaContext.ptr(b)).ptr(CudaContext.ptr(positions))
                         .ptr(CudaContext.ptr(invFreq)).i32(n).i32(heads).i32(kvHeads).i32(headDim).f32(scaling).i32(groups));
     }
 }
