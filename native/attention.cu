@@ -351,7 +351,7 @@ __device__ __forceinline__ void combine_impl(const float* __restrict__ part_ml, 
 #define QL_ATTN_DECODE(tn, T, D, GM)                                                                             \
     extern "C" __global__ void __launch_bounds__(128) attn_decode_##tn##_d##D##_g##GM(                          \
         const T* q, const T* kc, const T* vc, T* out, float* part_ml, float* part_acc, const int* pad_start,     \
-        int heads, int kv_heads, int cap, int start, const int* start_ptr, float scale, int window) {           \
+        int heads, int kv_heads, int cap, int start, const int* start_ptr, float scale, int window) { pdl_enter();           \
         decode_impl<T, D, GM>(q, kc, vc, out, part_ml, part_acc, pad_start, heads, kv_heads, cap, start,         \
                               start_ptr, scale, window);                                                        \
     }
@@ -359,7 +359,7 @@ __device__ __forceinline__ void combine_impl(const float* __restrict__ part_ml, 
 #define QL_ATTN_D(tn, T, D, R)                                                                                   \
     extern "C" __global__ void __launch_bounds__(128) attn_prefill_##tn##_d##D(                                 \
         const T* q, const T* kc, const T* vc, T* out, const int* pad_start, int tokens, int heads, int kv_heads, \
-        int cap, int start, const int* start_ptr, float scale, int window) {                                    \
+        int cap, int start, const int* start_ptr, float scale, int window) { pdl_enter();                                    \
         prefill_impl<T, D, R>(q, kc, vc, out, pad_start, tokens, heads, kv_heads, cap, start, start_ptr, scale,  \
                               window);                                                                          \
     }                                                                                                           \
@@ -368,13 +368,13 @@ __device__ __forceinline__ void combine_impl(const float* __restrict__ part_ml, 
     QL_ATTN_DECODE(tn, T, D, 4)                                                                                 \
     QL_ATTN_DECODE(tn, T, D, 8)                                                                                 \
     extern "C" __global__ void attn_combine_##tn##_d##D(const float* part_ml, const float* part_acc, T* out,     \
-                                                       int heads, int splits) {                                 \
+                                                       int heads, int splits) { pdl_enter();                                 \
         combine_impl<T, D>(part_ml, part_acc, out, heads, splits);                                              \
     }
 
 #define QL_ATTN(tn, T)                                                                                           \
     extern "C" __global__ void kv_write_##tn(const T* k, const T* v, T* kc, T* vc, int batch, int tokens,        \
-                                             int kv_heads, int head_dim, int cap, int start, const int* start_ptr) { \
+                                             int kv_heads, int head_dim, int cap, int start, const int* start_ptr) { pdl_enter(); \
         kv_write_impl<T>(k, v, kc, vc, batch, tokens, kv_heads, head_dim, cap, start, start_ptr);               \
     }                                                                                                           \
     QL_ATTN_D(tn, T, 16, 8)                                                                                     \

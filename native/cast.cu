@@ -14,31 +14,31 @@
 // (the hardware writes the canonical NaN, the CPU keeps payload bits, so NaN bits may differ).
 #include "common.cuh"
 
-extern "C" __global__ void cast_f32_to_bf16(const float* __restrict__ x, __nv_bfloat16* __restrict__ y, int64_t n) {
+extern "C" __global__ void cast_f32_to_bf16(const float* __restrict__ x, __nv_bfloat16* __restrict__ y, int64_t n) { pdl_enter();
     for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
         y[i] = f32_to_bf16(x[i]);
     }
 }
 
-extern "C" __global__ void cast_bf16_to_f32(const __nv_bfloat16* __restrict__ x, float* __restrict__ y, int64_t n) {
+extern "C" __global__ void cast_bf16_to_f32(const __nv_bfloat16* __restrict__ x, float* __restrict__ y, int64_t n) { pdl_enter();
     for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
         y[i] = bf16_to_f32(x[i]);
     }
 }
 
-extern "C" __global__ void cast_f32_to_f16(const float* __restrict__ x, __half* __restrict__ y, int64_t n) {
+extern "C" __global__ void cast_f32_to_f16(const float* __restrict__ x, __half* __restrict__ y, int64_t n) { pdl_enter();
     for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
         y[i] = f32_to_f16(x[i]);
     }
 }
 
-extern "C" __global__ void cast_f16_to_f32(const __half* __restrict__ x, float* __restrict__ y, int64_t n) {
+extern "C" __global__ void cast_f16_to_f32(const __half* __restrict__ x, float* __restrict__ y, int64_t n) { pdl_enter();
     for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
         y[i] = f16_to_f32(x[i]);
     }
 }
 
-extern "C" __global__ void fill_f32(float* __restrict__ y, float value, int64_t n) {
+extern "C" __global__ void fill_f32(float* __restrict__ y, float value, int64_t n) { pdl_enter();
     for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
         y[i] = value;
     }

@@ -14,6 +14,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "pdl.cuh"
+
 // Index of this thread in a 1-D launch, computed in 64 bits (blockIdx.x * blockDim.x can exceed 2^31).
 __device__ __forceinline__ int64_t global_thread_index() {
     return (int64_t)blockIdx.x * (int64_t)blockDim.x + (int64_t)threadIdx.x;

@@ -83,18 +83,18 @@ __device__ __forceinline__ void bias_rows_impl(T* __restrict__ y, const W* __res
 }
 
 #define QL_ELEMENTWISE(tn, T)                                                                                   \
-    extern "C" __global__ void add_fwd_##tn(const T* a, const T* b, T* out, int64_t n) { add_impl<T>(a, b, out, n); } \
-    extern "C" __global__ void silu_mul_fwd_##tn(const T* gate, const T* up, T* out, int64_t n) {                  \
+    extern "C" __global__ void add_fwd_##tn(const T* a, const T* b, T* out, int64_t n) { pdl_enter(); add_impl<T>(a, b, out, n); } \
+    extern "C" __global__ void silu_mul_fwd_##tn(const T* gate, const T* up, T* out, int64_t n) { pdl_enter();                  \
         silu_mul_impl<T>(gate, up, out, n);                                                                     \
     }                                                                                                           \
     extern "C" __global__ void gather_rows_fwd_##tn(const T* x, const int* rows, T* out, int r, int h, int nx,   \
-                                                    int* status) {                                              \
+                                                    int* status) { pdl_enter();                                              \
         gather_rows_impl<T>(x, rows, out, r, h, nx, status);                                                    \
     }                                                                                                           \
-    extern "C" __global__ void bias_rows_##tn##_wf32(T* y, const float* b, int n, int m) { bias_rows_impl(y, b, n, m); } \
-    extern "C" __global__ void bias_rows_##tn##_wbf16(T* y, const __nv_bfloat16* b, int n, int m) {              \
+    extern "C" __global__ void bias_rows_##tn##_wf32(T* y, const float* b, int n, int m) { pdl_enter(); bias_rows_impl(y, b, n, m); } \
+    extern "C" __global__ void bias_rows_##tn##_wbf16(T* y, const __nv_bfloat16* b, int n, int m) { pdl_enter();              \
         bias_rows_impl(y, b, n, m);                                                                             \
     }                                                                                                           \
-    extern "C" __global__ void bias_rows_##tn##_wf16(T* y, const __half* b, int n, int m) { bias_rows_impl(y, b, n, m); }
+    extern "C" __global__ void bias_rows_##tn##_wf16(T* y, const __half* b, int n, int m) { pdl_enter(); bias_rows_impl(y, b, n, m); }
 
 QL_FOR_ACT(QL_ELEMENTWISE)

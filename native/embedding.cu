@@ -26,15 +26,15 @@ __device__ __forceinline__ void embedding_impl(const int* __restrict__ ids, cons
 
 #define QL_EMBEDDING(tn, T)                                                                                      \
     extern "C" __global__ void embedding_fwd_##tn##_wf32(const int* ids, const float* table, T* out, int vocab,   \
-                                                         int hidden, int* status) {                             \
+                                                         int hidden, int* status) { pdl_enter();                             \
         embedding_impl(ids, table, out, vocab, hidden, status);                                                 \
     }                                                                                                           \
     extern "C" __global__ void embedding_fwd_##tn##_wbf16(const int* ids, const __nv_bfloat16* table, T* out,     \
-                                                          int vocab, int hidden, int* status) {                 \
+                                                          int vocab, int hidden, int* status) { pdl_enter();                 \
         embedding_impl(ids, table, out, vocab, hidden, status);                                                 \
     }                                                                                                           \
     extern "C" __global__ void embedding_fwd_##tn##_wf16(const int* ids, const __half* table, T* out, int vocab,  \
-                                                         int hidden, int* status) {                             \
+                                                         int hidden, int* status) { pdl_enter();                             \
         embedding_impl(ids, table, out, vocab, hidden, status);                                                 \
     }
 

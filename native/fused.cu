@@ -81,24 +81,24 @@ __device__ __forceinline__ void rope_qk_impl(T* q, T* k, const int* __restrict__
 
 #define QL_FUSED(tn, T)                                                                                          \
     extern "C" __global__ void add_rmsnorm_##tn##_wf32(T* resid, const T* y, const float* w, T* out, int h,      \
-                                                       float eps, int vec) {                                    \
+                                                       float eps, int vec) { pdl_enter();                                    \
         add_rmsnorm_impl(resid, y, w, out, h, eps, vec);                                                        \
     }                                                                                                           \
     extern "C" __global__ void add_rmsnorm_##tn##_wbf16(T* resid, const T* y, const __nv_bfloat16* w, T* out,    \
-                                                        int h, float eps, int vec) {                            \
+                                                        int h, float eps, int vec) { pdl_enter();                            \
         add_rmsnorm_impl(resid, y, w, out, h, eps, vec);                                                        \
     }                                                                                                           \
     extern "C" __global__ void add_rmsnorm_##tn##_wf16(T* resid, const T* y, const __half* w, T* out, int h,     \
-                                                       float eps, int vec) {                                    \
+                                                       float eps, int vec) { pdl_enter();                                    \
         add_rmsnorm_impl(resid, y, w, out, h, eps, vec);                                                        \
     }                                                                                                           \
     extern "C" __global__ void rope_qk_##tn(T* q, T* k, const int* positions, const float* inv_freq, int n,       \
-                                            int heads, int kv_heads, int head_dim, float scaling, int groups) { \
+                                            int heads, int kv_heads, int head_dim, float scaling, int groups) { pdl_enter(); \
         rope_qk_impl<T, false>(q, k, positions, inv_freq, n, heads, kv_heads, head_dim, scaling, groups);       \
     }                                                                                                           \
     extern "C" __global__ void rope_qk_bwd_##tn(T* gq, T* gk, const int* positions, const float* inv_freq, int n, \
                                                 int heads, int kv_heads, int head_dim, float scaling,           \
-                                                int groups) {                                                   \
+                                                int groups) { pdl_enter();                                                   \
         rope_qk_impl<T, true>(gq, gk, positions, inv_freq, n, heads, kv_heads, head_dim, scaling, groups);      \
     }
 

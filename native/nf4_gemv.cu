@@ -253,6 +253,10 @@ __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restri
     if (w.nested) {
         for (int j = threadIdx.x; j < 256; j += W * 32) sm.ncode[j] = __ldg(nested_code + j);
     }
+    // programmatic dependent launch (pdl.cuh): the weight loads and tables above overlap the previous kernel's tail;
+    // x is read and y written only after it has completed
+    pdl_wait();
+    pdl_launch_dependents();
     __syncthreads();
 
     float acc[TILES][NT][4];
@@ -450,6 +454,8 @@ __device__ __forceinline__ void gemv3_body(const Weight& w, const float* __restr
         if (++lj == J) { lj = 0; lrb += C; }
     }
 
+    pdl_wait();  // the ring's weight loads above overlap the previous kernel (pdl.cuh); x only after it
+    pdl_launch_dependents();
     const int xsb = x_smem_bytes(M, K);
     if (xsb) {
         const uint4* src = reinterpret_cast<const uint4*>(x);

@@ -35,6 +35,8 @@
 #include <cuda_fp16.h>
 #include <cstdint>
 
+#include "pdl.cuh"
+
 namespace nf4v5 {
 
 constexpr int DEC_EXACT = 0;

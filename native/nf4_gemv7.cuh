@@ -89,6 +89,8 @@ __device__ __forceinline__ void gemv7_body(const nf4v5::Args& g) {
         for (int i = t; i < 256; i += T) s_ncode[i] = __ldg(g.nested_code + i);
     // x: the thread's 32 values (16 T pairs, element 2i in the low half of word i) per piece; registers when P == 1
     uint32_t xr[16];
+    pdl_wait();  // the prologue's weight loads and tables overlap the previous kernel (pdl.cuh); x only after it
+    pdl_launch_dependents();
     nf4v5::load_x_pairs<P>(g, t, C, xr);
     __syncthreads();
 

@@ -37,14 +37,14 @@ __device__ __forceinline__ void rmsnorm_impl(const T* __restrict__ x, const W* _
 }
 
 #define QL_RMSNORM(tn, T)                                                                                        \
-    extern "C" __global__ void rmsnorm_fwd_##tn##_wf32(const T* x, const float* w, T* out, int h, float eps, int vec) { \
+    extern "C" __global__ void rmsnorm_fwd_##tn##_wf32(const T* x, const float* w, T* out, int h, float eps, int vec) { pdl_enter(); \
         rmsnorm_impl(x, w, out, h, eps, vec);                                                                   \
     }                                                                                                           \
     extern "C" __global__ void rmsnorm_fwd_##tn##_wbf16(const T* x, const __nv_bfloat16* w, T* out, int h, float eps, \
-                                                        int vec) {                                              \
+                                                        int vec) { pdl_enter();                                              \
         rmsnorm_impl(x, w, out, h, eps, vec);                                                                   \
     }                                                                                                           \
-    extern "C" __global__ void rmsnorm_fwd_##tn##_wf16(const T* x, const __half* w, T* out, int h, float eps, int vec) { \
+    extern "C" __global__ void rmsnorm_fwd_##tn##_wf16(const T* x, const __half* w, T* out, int h, float eps, int vec) { pdl_enter(); \
         rmsnorm_impl(x, w, out, h, eps, vec);                                                                   \
     }
 

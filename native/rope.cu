@@ -27,7 +27,7 @@ __device__ __forceinline__ void rope_impl(T* x, const int* __restrict__ position
 
 #define QL_ROPE(tn, T)                                                                                           \
     extern "C" __global__ void rope_fwd_##tn(T* x, const int* positions, const float* inv_freq, int n, int heads,  \
-                                             int head_dim, float scaling) {                                     \
+                                             int head_dim, float scaling) { pdl_enter();                                     \
         rope_impl<T>(x, positions, inv_freq, n, heads, head_dim, scaling);                                      \
     }
 

@@ -184,6 +184,21 @@ public interface CudaDriver {
     /** cuLaunchKernel; asynchronous on stream. Check errors of the kernel itself with a synchronize. */
     void launchKernel(long function, Dim3 grid, Dim3 block, int dynamicSharedBytes, long stream, KernelArgs args);
 
+    /**
+     * A programmatic dependent launch (cuLaunchKernelEx with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+     * compute capability 9.0+): the kernel may be scheduled while the kernel before it in stream is still running,
+     * so its launch latency and input-independent prologue overlap that kernel's tail. Only for kernels that keep
+     * native/pdl.cuh's contract (griddepcontrol.wait before touching what earlier kernels write). Bindings without
+     * cuLaunchKernelEx make it a plain {@link #launchKernel}, which is always correct.
+     */
+    default void launchKernelProgrammatic(long function, Dim3 grid, Dim3 block, int dynamicSharedBytes, long stream,
+                                          KernelArgs args) {
+        launchKernel(function, grid, block, dynamicSharedBytes, stream, args);
+    }
+
+    /** Whether {@link #launchKernelProgrammatic} really lets kernels overlap (false: it launches plainly). */
+    default boolean supportsProgrammaticLaunch() { return false; }
+
     // ---- graphs ----
 
     /** cuStreamBeginCapture_v2: work issued to stream is recorded, not run, until endCapture. */

@@ -494,6 +494,39 @@ public final class FfmCudaDriver implements CudaDriver {
         }
     }
 
+    private static final ThreadLocal<ProgrammaticLaunchConfig> PROGRAMMATIC_CONFIG =
+            ThreadLocal.withInitial(ProgrammaticLaunchConfig::new);
+    private volatile Boolean launchKernelExPresent;  // looked up once, on first use
+
+    @Override
+    public boolean supportsProgrammaticLaunch() {
+        Boolean present = launchKernelExPresent;
+        if (present == null) {
+            present = cu.library.lookup().find("cuLaunchKernelEx").isPresent();
+            launchKernelExPresent = present;
+        }
+        return present;
+    }
+
+    @Override
+    public void launchKernelProgrammatic(long function, Dim3 grid, Dim3 block, int dynamicSharedBytes, long stream,
+                                         KernelArgs args) {
+        if (!supportsProgrammaticLaunch()) {
+            launchKernel(function, grid, block, dynamicSharedBytes, stream, args);
+            return;
+        }
+        int r;
+        try {
+            MemorySegment params = args.layout(LAUNCH_SCRATCH.get());
+            MemorySegment config = PROGRAMMATIC_CONFIG.get().config(grid, block, dynamicSharedBytes, stream);
+            r = (int) cu.launchKernelEx.handle().invokeExact(config, function, params, MemorySegment.NULL);
+        } catch (Throwable t) { throw Downcall.propagate(t); }
+        if (r != CudaErrors.CUDA_SUCCESS) {
+            check(cu.launchKernelEx, r, "programmatic launch, grid " + grid + ", block " + block + ", shared "
+                    + dynamicSharedBytes + " B, " + args);
+        }
+    }
+
     // ---- graphs ----
 
     @Override

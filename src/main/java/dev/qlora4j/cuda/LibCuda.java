@@ -112,6 +112,8 @@ final class LibCuda {
     // cuLaunchKernel(CUfunction, gx, gy, gz, bx, by, bz, unsigned sharedBytes, CUstream, void** params, void** extra)
     final Downcall launchKernel = fn(a(JAVA_LONG, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT,
             JAVA_INT, JAVA_LONG, ADDRESS, ADDRESS), "cuLaunchKernel");
+    // cuLaunchKernelEx(const CUlaunchConfig*, CUfunction, void** params, void** extra) (CUDA 12+; see ProgrammaticLaunchConfig)
+    final Downcall launchKernelEx = fn(a(ADDRESS, JAVA_LONG, ADDRESS, ADDRESS), "cuLaunchKernelEx");
 
     // graphs: cuStreamBeginCapture_v2(CUstream, CUstreamCaptureMode), cuStreamEndCapture(CUstream, CUgraph*),
     // cuGraphInstantiateWithFlags(CUgraphExec*, CUgraph, unsigned long long), cuGraphLaunch(CUgraphExec, CUstream),

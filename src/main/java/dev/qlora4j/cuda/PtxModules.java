@@ -4,6 +4,7 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.io.UncheckedIOException;
 import java.util.Map;
+import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.function.Predicate;
 
@@ -15,6 +16,10 @@ import java.util.function.Predicate;
  * when it exists (Hopper-only instructions: wgmma, setmaxnreg, which run on 9.0 and nowhere else);
  * otherwise {@code <name>.ptx} (portable compute_80 PTX the driver JIT-compiles for the GPU).
  * Module and function handles are cached; they stay valid as long as the context does.
+ *
+ * <p>The sm90a modules are built with programmatic dependent launch (native/pdl.cuh; native/Makefile's SM90A list):
+ * {@link #launchesAsDependent} tells the launcher which kernels keep that contract and so may be started with
+ * {@link CudaDriver#launchKernelProgrammatic}.
  */
 public final class PtxModules {
     static final String RESOURCE_DIR = "kernels-ptx/";
@@ -32,6 +37,8 @@ public final class PtxModules {
     private final Map<String, Long> modules = new ConcurrentHashMap<>();
     // module -> kernel -> CUfunction: two lookups on the names as the launchers pass them (no key string built)
     private final Map<String, Map<String, Long>> functions = new ConcurrentHashMap<>();
+    private final Set<String> hopperModules = ConcurrentHashMap.newKeySet();
+    private final Set<Long> dependentLaunchable = ConcurrentHashMap.newKeySet();
 
     PtxModules(CudaDriver driver, int ccMajor, int ccMinor) {
         this(driver, ccMajor, ccMinor, CACHE);
@@ -66,7 +73,11 @@ public final class PtxModules {
         }
         synchronized (this) {
             return functions.computeIfAbsent(module, k -> new ConcurrentHashMap<>())
-                    .computeIfAbsent(kernel, k -> driver.moduleGetFunction(module(module), kernel));
+                    .computeIfAbsent(kernel, k -> {
+                        long f = driver.moduleGetFunction(module(module), kernel);
+                        if (hopperModules.contains(module)) dependentLaunchable.add(f);
+                        return f;
+                    });
         }
     }
 
@@ -77,7 +88,9 @@ public final class PtxModules {
         synchronized (this) {
             return modules.computeIfAbsent(name, n -> {
                 String resource = resourceFor(n, ccMajor, ccMinor, PtxModules::resourceExists);
-                return load(readResource(resource));
+                long loaded = load(readResource(resource));
+                if (isHopperResource(resource)) hopperModules.add(n);
+                return loaded;
             });
         }
     }
@@ -107,6 +120,18 @@ public final class PtxModules {
         long module = driver.moduleLoadData(cubin);
         cache.write(key, cubin);
         return module;
+    }
+
+    /**
+     * Whether function (from {@link #function}) comes from an sm90a module, whose kernels all keep native/pdl.cuh's
+     * contract and may therefore be launched as programmatic dependents of the kernel before them.
+     */
+    public boolean launchesAsDependent(long function) {
+        return dependentLaunchable.contains(function);
+    }
+
+    static boolean isHopperResource(String resource) {
+        return resource.endsWith(".sm90a.ptx");
     }
 
     /** Which resource a module loads from on a device of compute capability major.minor. */

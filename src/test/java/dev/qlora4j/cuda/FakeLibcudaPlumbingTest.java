@@ -23,6 +23,7 @@ import org.junit.jupiter.api.io.TempDir;
  */
 class FakeLibcudaPlumbingTest {
     private static CudaDriver d;
+    private static Path fakeLibrary;
 
     @BeforeAll
     static void compileFake(@TempDir Path dir) throws Exception {
@@ -39,6 +40,7 @@ class FakeLibcudaPlumbingTest {
             rc = -1;
         }
         assumeTrue(rc == 0, "no working C compiler (cc) here");
+        fakeLibrary = lib;
         d = new FfmCudaDriver(lib.toString());
         d.usePrimaryContext(0);
     }
@@ -113,6 +115,37 @@ class FakeLibcudaPlumbingTest {
             d.memFree(dy);
             d.memFree(dz);
         }
+    }
+
+    @Test
+    void programmaticLaunchesPassTheirConfigAndAttributeToCuLaunchKernelEx() throws Throwable {
+        assertTrue(d.supportsProgrammaticLaunch(), "the fake has cuLaunchKernelEx");
+        long fill = PtxModules.forCurrentContext(d).function("cast", "fill_f32");
+        int n = 5_000;
+        long dz = d.memAlloc(4L * n);
+        long stream = d.streamCreate(true);
+        try {
+            int before = fakeProgrammaticLaunches();
+            d.memsetD32(dz, 0x7FC00000, n);
+            // the fake refuses any other layout of CUlaunchConfig / CUlaunchAttribute, and runs the kernel over
+            // grid.x * block.x threads: a wrong grid or argument block would leave NaNs
+            d.launchKernelProgrammatic(fill, Dim3.of(3), Dim3.of(256), 0, stream, KernelArgs.of().ptr(dz).f32(7.25f).i64(n));
+            d.streamSynchronize(stream);
+            for (float z : GpuSupport.downloadFloats(d, dz, n)) assertEquals(7.25f, z);
+            assertEquals(before + 1, fakeProgrammaticLaunches());
+        } finally {
+            d.streamDestroy(stream);
+            d.memFree(dz);
+        }
+    }
+
+    private static int fakeProgrammaticLaunches() throws Throwable {
+        var linker = java.lang.foreign.Linker.nativeLinker();
+        var symbol = java.lang.foreign.SymbolLookup.libraryLookup(fakeLibrary, java.lang.foreign.Arena.global())
+                .find("fake_programmatic_launches").orElseThrow();
+        var handle = linker.downcallHandle(symbol,
+                java.lang.foreign.FunctionDescriptor.of(java.lang.foreign.ValueLayout.JAVA_INT));
+        return (int) handle.invokeExact();
     }
 
     @Test

@@ -107,6 +107,7 @@ class PtxManifestTest {
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
                 () -> PtxModules.resourceFor("nope", 9, 0, both::contains));
         assertTrue(e.getMessage().contains("native/nope.cu"), e.getMessage());
-        assertEquals("kernels-ptx/cast.ptx", PtxModules.resourceFor("cast", 9, 0, PtxModules::resourceExists));
+        assertEquals("kernels-ptx/adamw.ptx", PtxModules.resourceFor("adamw", 9, 0, PtxModules::resourceExists));
+        assertEquals("kernels-ptx/cast.sm90a.ptx", PtxModules.resourceFor("cast", 9, 0, PtxModules::resourceExists));
     }
 }

@@ -85,6 +85,17 @@ static void run(Launch*l){
 CUresult cuLaunchKernel(Fn*f,unsigned gx,unsigned gy,unsigned gz,unsigned bx,unsigned by,unsigned bz,unsigned sh,Stream*s,void**p,void**extra){
   Launch l={f,gx,bx,{0,0,0}}; for(int i=0;i<3;i++) memcpy(&l.slots[i],p[i],i==1&&!strcmp(f->name,"fill_f32")?4:8);
   if(s&&s->capturing){s->rec[s->n++]=l;return 0;} run(&l);return 0;}
+// cuLaunchKernelEx: the CUlaunchConfig / CUlaunchAttribute of cuda.h (CUDA 12+); anything but exactly one
+// PROGRAMMATIC_STREAM_SERIALIZATION (id 6) attribute with the value 1 is refused (CUDA_ERROR_INVALID_VALUE).
+typedef struct { int id; char pad[4]; union { char pad[64]; int programmatic; } value; } LaunchAttr;
+typedef struct { unsigned gx,gy,gz,bx,by,bz,sh; Stream* s; LaunchAttr* attrs; unsigned num; } LaunchCfg;
+static int programmatic_launches=0;
+CUresult cuLaunchKernelEx(const LaunchCfg*c,Fn*f,void**p,void**extra){
+  if(sizeof(LaunchCfg)!=56||sizeof(LaunchAttr)!=72) return 1;
+  if(c->num!=1||!c->attrs||c->attrs[0].id!=6||c->attrs[0].value.programmatic!=1) return 1;
+  programmatic_launches++;
+  return cuLaunchKernel(f,c->gx,c->gy,c->gz,c->bx,c->by,c->bz,c->sh,c->s,p,extra);}
+int fake_programmatic_launches(void){return programmatic_launches;}
 CUresult cuStreamBeginCapture_v2(Stream*s,int mode){if(!s)return 900;s->capturing=1;s->n=0;return 0;}
 CUresult cuStreamEndCapture(Stream*s,Graph**g){*g=calloc(1,sizeof(Graph));memcpy((*g)->rec,s->rec,sizeof s->rec);(*g)->n=s->n;s->capturing=0;return 0;}
 CUresult cuGraphInstantiateWithFlags(Graph**e,Graph*g,unsigned long long fl){*e=malloc(sizeof(Graph));memcpy(*e,g,sizeof(Graph));return 0;}

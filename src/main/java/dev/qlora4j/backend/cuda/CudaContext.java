@@ -30,6 +30,8 @@ public final class CudaContext implements AutoCloseable {
     private final CachingAllocator allocator;
     private CachingAllocator current;  // where empty() allocates: the allocator, or a graph's private pool
     private final PtxModules modules;
+    // programmatic dependent launch of the kernels that allow it (-Dqlora4j.cuda.pdl=false turns it off)
+    private final boolean programmaticLaunch;
     private final Set<Long> sharedMemoryRaised = ConcurrentHashMap.newKeySet();
     private volatile Cublas cublas; // created on first use (the kernels alone do not need libcublas); stream and math mode set once
     private long transferEvent;      // ordering event of cross-device copies (DeviceTransfer), created on first use
@@ -55,6 +57,8 @@ public final class CudaContext implements AutoCloseable {
         this.allocator = CachingAllocator.over(driver);
         this.current = allocator;
         this.modules = PtxModules.forCurrentContext(driver);
+        this.programmaticLaunch = Boolean.parseBoolean(System.getProperty("qlora4j.cuda.pdl", "true"))
+                && driver.supportsProgrammaticLaunch();
     }
 
     public CudaDriver driver() { return driver; }
@@ -161,10 +165,23 @@ public final class CudaContext implements AutoCloseable {
         return cublas;
     }
 
-    /** Launches a kernel on the context's stream. */
+    /**
+     * Launches a kernel on the context's stream. Kernels of the sm90a modules (on Hopper) go out as programmatic
+     * dependents ({@link CudaDriver#launchKernelProgrammatic}): each waits in the kernel for the one before it, so
+     * the stream's order holds, but its launch and prologue overlap the previous kernel's tail (native/pdl.cuh).
+     */
     public void launch(long function, Dim3 grid, Dim3 block, int sharedBytes, KernelArgs args) {
         bind();
-        driver.launchKernel(function, grid, block, sharedBytes, stream, args);
+        if (programmaticLaunch && modules.launchesAsDependent(function)) {
+            driver.launchKernelProgrammatic(function, grid, block, sharedBytes, stream, args);
+        } else {
+            driver.launchKernel(function, grid, block, sharedBytes, stream, args);
+        }
+    }
+
+    /** Whether {@link #launch} starts function as a programmatic dependent (Hopper, sm90a module, not turned off). */
+    public boolean launchesAsDependent(long function) {
+        return programmaticLaunch && modules.launchesAsDependent(function);
     }
 
     // ---- tensors in device memory ----
