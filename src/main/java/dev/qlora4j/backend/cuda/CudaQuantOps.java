@@ -29,6 +29,8 @@ import java.util.List;
  *   <li>n &gt; 16 (prefill, training): dequantize into a compute-dtype workspace, then one cuBLAS GEMM (float32
  *       output plus a bias epilogue when there is a bias, see {@link PrefillPlan}).</li>
  * </ul>
+ * Several 4-bit weights that read the same x at decode (q/k/v, gate/up: Backend.linearQuantizedGroup) go through
+ * one grouped v2 launch ({@link #fusedGroup}, {@link #linear4bitGroup}) with the per-weight launches' exact values.
  * Compute dtype semantics (Nf4Matmul, bitsandbytes' Linear4bit): weight rounded to the state's dtype then to
  * the compute dtype; x and bias rounded to the compute dtype; float32 accumulation; the sum plus bias
  * rounded once to the compute dtype, then stored in x's dtype.
