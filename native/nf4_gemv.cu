@@ -230,17 +230,19 @@ struct Smem {
 };
 
 // The kernel body. Launch: grid = ceil(N / (16 * TILES)) blocks of W * 32 threads, no dynamic shared memory.
+// bx: this block's tile of output rows, rows [16 TILES bx, 16 TILES (bx + 1)) (blockIdx.x for a one-weight launch;
+// the grouped entries below give each weight its own range of blocks).
 template <bool F16C, bool DR, int NT, int W, int TILES, int DEPTH, int DEC, int PF>
 __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restrict__ nested_code,
                                           const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                           int N, int K, const void* __restrict__ bias, int bias_dtype,
-                                          void* __restrict__ y, int y_dtype) {
+                                          void* __restrict__ y, int y_dtype, int bx) {
     __shared__ __align__(16) Smem<W, TILES, NT> sm;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     const int C = (K + CHUNK_K - 1) / CHUNK_K;
     const int cpw = warp < C ? (C - warp + W - 1) / W : 0;  // this warp's chunks: warp, warp + W, ...
-    const int64_t row0 = (int64_t)blockIdx.x * (16 * TILES) + g;
+    const int64_t row0 = (int64_t)bx * (16 * TILES) + g;
     const int kb0 = warp * CHUNK_K + 32 * t;                 // k of this thread's first chunk
     const int kstep = W * CHUNK_K;
 
@@ -291,7 +293,7 @@ __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restri
         // e = ((ti * NT + nt) * 32 + ln) * 4 + q: fragment entry q of lane ln = (row g' + 8 (q >> 1), x row 2 t' + (q & 1))
         const int q = e & 3, ln = (e >> 2) & 31, tn = e >> 7;
         const int ti = tn / NT, nt = tn - ti * NT;
-        const int64_t o = ((int64_t)blockIdx.x * TILES + ti) * 16 + (ln >> 2) + 8 * (q >> 1);
+        const int64_t o = ((int64_t)bx * TILES + ti) * 16 + (ln >> 2) + 8 * (q >> 1);
         const int m = 8 * nt + 2 * (ln & 3) + (q & 1);
         if (o >= N || m >= M) continue;
         float sum = 0.0f;
@@ -319,9 +321,11 @@ gemv_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax,
             void* __restrict__ y, int y_dtype, int double_round) {
     Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};
     if (double_round) {
-        gemv_body<F16C, true, NT, W, TILES, DEPTH, DEC, PF>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype);
+        gemv_body<F16C, true, NT, W, TILES, DEPTH, DEC, PF>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype,
+                                                            blockIdx.x);
     } else {
-        gemv_body<F16C, false, NT, W, TILES, DEPTH, DEC, PF>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype);
+        gemv_body<F16C, false, NT, W, TILES, DEPTH, DEC, PF>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype,
+                                                             blockIdx.x);
     }
 }
 
@@ -551,10 +555,12 @@ gemv3_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax
         nf4v2::Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};     \
         if (double_round) {                                                                                          \
             nf4v2::gemv_body<F16C, true, NT, V2_WARPS, V2_TILES, V2_DEPTH, DEC, 0>(w, nested_code, code16, x, M, N, K,  \
-                                                                                bias, bias_dtype, y, y_dtype);       \
+                                                                                bias, bias_dtype, y, y_dtype,        \
+                                                                                blockIdx.x);                         \
         } else {                                                                                                     \
             nf4v2::gemv_body<F16C, false, NT, V2_WARPS, V2_TILES, V2_DEPTH, DEC, 0>(w, nested_code, code16, x, M, N, K, \
-                                                                                 bias, bias_dtype, y, y_dtype);      \
+                                                                                 bias, bias_dtype, y, y_dtype,       \
+                                                                                 blockIdx.x);                        \
         }                                                                                                            \
     }
 
@@ -566,6 +572,59 @@ V2_ENTRY(q4v2reg_gemv_bf16_m8, false, 1, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_bf16_m16, false, 2, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_f16_m8, true, 1, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
+
+// ---------------------------------------------------------------------------------------------
+// Grouped v2 entry points (Nf4GemvKernels.gemvGroup): up to 3 weights ("segments") that read the same x [M, K], in one
+// launch (a decoder layer's q/k/v, or gate/up, at decode). Arguments: per segment s = 0, 1, 2 (all of segment 0's,
+// then 1's, then 2's): its weight (as nf4.cu's Q4_WEIGHT_PARAMS), code16_s, N_s, bias_s (or null) and its dtype code,
+// y_s [M, N_s], double_round_s; then x [M, K] in the compute dtype, M, K, and the dtype code of every y_s.
+// A segment with N = 0 has no blocks and none of its pointers is read (a group of 2 passes N_2 = 0).
+// Launch: grid = sum_s ceil(N_s / (16 * V2_TILES)) blocks (segment 0's, then 1's, then 2's), block V2_WARPS * 32, no
+// dynamic shared memory. Block b of segment s runs gemv_body as block b of that weight's own v2 launch does (same
+// template, same arguments): the outputs are bit-identical to one launch per weight.
+#define V2G_SEG_PARAMS(i)                                                                                            \
+    const uint8_t* __restrict__ packed##i, const void* __restrict__ absmax##i,                                       \
+    const float* __restrict__ nested_absmax##i, const float* __restrict__ nested_code##i, float offset##i,           \
+    int log2_blocksize##i, int nested_bs##i, int nested_shift##i, int nested##i, const float* __restrict__ code16##i, \
+    int N##i, const void* __restrict__ bias##i, int bias_dtype##i, void* __restrict__ y##i, int double_round##i
+
+// the value of argument f of the block's segment s (block-uniform selects of kernel parameters)
+#define V2G_PICK(f) (s == 0 ? f##0 : s == 1 ? f##1 : f##2)
+
+#define V2G_ENTRY(name, F16C, NT, DEC)                                                                               \
+    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
+        V2G_SEG_PARAMS(0), V2G_SEG_PARAMS(1), V2G_SEG_PARAMS(2), const uint16_t* __restrict__ x, int M, int K,        \
+        int y_dtype) {                                                                                               \
+        constexpr int rows_per_block = 16 * V2_TILES;                                                                \
+        const int nb0 = (N0 + rows_per_block - 1) / rows_per_block, nb1 = (N1 + rows_per_block - 1) / rows_per_block; \
+        const int b = blockIdx.x;                                                                                    \
+        const int s = b < nb0 ? 0 : b < nb0 + nb1 ? 1 : 2;                                                          \
+        const int bx = b - (s == 0 ? 0 : s == 1 ? nb0 : nb0 + nb1);                                                  \
+        nf4v2::Weight w{V2G_PICK(packed), V2G_PICK(absmax), V2G_PICK(nested_absmax), V2G_PICK(offset),               \
+                        V2G_PICK(log2_blocksize), V2G_PICK(nested_bs), V2G_PICK(nested_shift), V2G_PICK(nested)};    \
+        const float* nested_code = V2G_PICK(nested_code);                                                            \
+        const float* code16 = V2G_PICK(code16);                                                                      \
+        const int N = V2G_PICK(N);                                                                                   \
+        const void* bias = V2G_PICK(bias);                                                                           \
+        const int bias_dtype = V2G_PICK(bias_dtype);                                                                 \
+        void* y = V2G_PICK(y);                                                                                       \
+        if (V2G_PICK(double_round)) {                                                                                \
+            nf4v2::gemv_body<F16C, true, NT, V2_WARPS, V2_TILES, V2_DEPTH, DEC, 0>(w, nested_code, code16, x, M, N, K,  \
+                                                                                bias, bias_dtype, y, y_dtype, bx);   \
+        } else {                                                                                                     \
+            nf4v2::gemv_body<F16C, false, NT, V2_WARPS, V2_TILES, V2_DEPTH, DEC, 0>(w, nested_code, code16, x, M, N, K, \
+                                                                                 bias, bias_dtype, y, y_dtype, bx);  \
+        }                                                                                                            \
+    }
+
+V2G_ENTRY(q4v2g_gemv_bf16_m8, false, 1, nf4v2::DEC_TAB)
+V2G_ENTRY(q4v2g_gemv_bf16_m16, false, 2, nf4v2::DEC_TAB)
+V2G_ENTRY(q4v2g_gemv_f16_m8, true, 1, nf4v2::DEC_TAB)
+V2G_ENTRY(q4v2g_gemv_f16_m16, true, 2, nf4v2::DEC_TAB)
+V2G_ENTRY(q4v2greg_gemv_bf16_m8, false, 1, nf4v2::DEC_REG)
+V2G_ENTRY(q4v2greg_gemv_bf16_m16, false, 2, nf4v2::DEC_REG)
+V2G_ENTRY(q4v2greg_gemv_f16_m8, true, 1, nf4v2::DEC_REG)
+V2G_ENTRY(q4v2greg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
 
 // ---------------------------------------------------------------------------------------------
 // v3 entry points (Nf4GemvKernels.java, -Dqlora4j.nf4.gemv=v3): same arguments as the v2 ones; M <= 1 (m1) or

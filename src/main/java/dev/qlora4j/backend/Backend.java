@@ -136,6 +136,28 @@ public interface Backend extends AutoCloseable {
     /** x [n, in] times the quantized weight [out, in] transposed, + bias [out] or null -> [n, out]. */
     Tensor linearQuantized(Tensor x, QuantizedWeight w, Tensor bias);
 
+    /**
+     * {@link #linearQuantized} of one x [n, in] with several weights [out_i, in] (a decoder layer's q/k/v, or
+     * gate/up): result i = linearQuantized(x, ws.get(i), biases.get(i)), [n, out_i], with the same values bit for bit.
+     * biases has one entry per weight, null for none (e.g. {@code Arrays.asList(qb, null, null)}). Backends with
+     * kernel launches may compute the group in one launch (the CUDA backend at decode); the default runs one
+     * linearQuantized per weight.
+     */
+    default Tensor[] linearQuantizedGroup(Tensor x, java.util.List<? extends QuantizedWeight> ws, java.util.List<Tensor> biases) {
+        if (ws.size() != biases.size()) {
+            throw new IllegalArgumentException("linearQuantizedGroup needs one bias (or null) per weight: " + ws.size()
+                    + " weights, " + biases.size() + " biases");
+        }
+        Tensor[] out = new Tensor[ws.size()];
+        try {
+            for (int i = 0; i < out.length; i++) out[i] = linearQuantized(x, ws.get(i), biases.get(i));
+        } catch (RuntimeException e) {
+            for (Tensor t : out) if (t != null) t.close();
+            throw e;
+        }
+        return out;
+    }
+
     /** The dequantized weight [out, in] in dtype (for merges and for grad_input = grad_out @ W). */
     Tensor dequantize(QuantizedWeight w, DType dtype);
 

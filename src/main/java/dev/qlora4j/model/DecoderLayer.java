@@ -3,6 +3,7 @@ package dev.qlora4j.model;
 import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.KvCache;
 import dev.qlora4j.nn.Linear;
+import dev.qlora4j.nn.LinearGroup;
 import dev.qlora4j.peft.LayerHooks;
 import dev.qlora4j.tensor.Tensor;
 
@@ -73,7 +74,8 @@ public final class DecoderLayer implements AutoCloseable {
         int heads = c.numAttentionHeads(), kvHeads = c.numKeyValueHeads(), hd = c.headDim();
         float eps = (float) c.rmsNormEps();
         if (h == null) h = b.rmsNorm(x, inputNorm, eps);
-        Tensor qs = q.forward(b, h), ks = k.forward(b, h), vs = v.forward(b, h);
+        Tensor[] qkv = LinearGroup.forward(b, h, q, k, v); // one grouped quantized GEMV at decode when all three allow it
+        Tensor qs = qkv[0], ks = qkv[1], vs = qkv[2];
         b.ropeQkInPlace(qs, ks, positions, invFreq, heads, kvHeads, hd, ropeScaling);
         Integer w = c.slidingWindow(index); // Qwen2 uses full attention below max_window_layers
         int window = w == null ? 0 : w;
@@ -85,7 +87,8 @@ public final class DecoderLayer implements AutoCloseable {
         h.close();
         Tensor h2 = b.addInPlaceRmsNorm(resid, x, postAttnNorm, eps);
 
-        Tensor g = gate.forward(b, h2), u = up.forward(b, h2);
+        Tensor[] gu = LinearGroup.forward(b, h2, gate, up);
+        Tensor g = gu[0], u = gu[1];
         Tensor act = b.siluMul(g, u);
         g.close(); u.close();
         Tensor mlp = afterMlp(h2, down.forward(b, act));

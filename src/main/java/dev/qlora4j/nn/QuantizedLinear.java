@@ -8,7 +8,7 @@ import dev.qlora4j.tensor.Tensor;
  * A frozen quantized linear layer (bitsandbytes Linear4bit or Linear8bitLt): the weight stays
  * packed on the device and is dequantized inside the matmul; the bias stays 16/32-bit.
  */
-public final class QuantizedLinear implements Linear {
+public final class QuantizedLinear implements QuantizedBaseLinear {
     private final QuantizedWeight weight; // [out, in], quantized
     private final Tensor bias;            // [out] or null
 
@@ -29,6 +29,14 @@ public final class QuantizedLinear implements Linear {
     public Tensor forward(Backend backend, Tensor x) {
         return backend.linearQuantized(x, weight, bias);
     }
+
+    /** Itself: its forward is its quantized matmul. */
+    @Override
+    public QuantizedLinear quantizedBase() { return this; }
+
+    /** baseOut is this layer's whole output. */
+    @Override
+    public Tensor forwardFromBase(Backend backend, Tensor x, Tensor baseOut) { return baseOut; }
 
     /** Frozen (as bitsandbytes' layers are): grad_x = gradOut dequant(W), no weight gradient. */
     @Override

@@ -5,6 +5,7 @@ import dev.qlora4j.backend.cuda.CudaBackend;
 import dev.qlora4j.backend.cuda.CudaLora;
 import dev.qlora4j.nn.DenseLinear;
 import dev.qlora4j.nn.Linear;
+import dev.qlora4j.nn.QuantizedBaseLinear;
 import dev.qlora4j.nn.QuantizedLinear;
 import dev.qlora4j.optim.Param;
 import dev.qlora4j.peft.config.InitLoraWeights;
@@ -39,7 +40,7 @@ import java.util.Map;
  * {@link #unmerge} drops the copy, so the base is restored exactly (the base weight may be a
  * read-only memory-mapped view or shared with the embedding, so it is never written).
  */
-public final class LoraLinear implements Linear {
+public final class LoraLinear implements QuantizedBaseLinear {
     private static final System.Logger LOG = System.getLogger(LoraLinear.class.getName());
 
     private final String path;
@@ -189,28 +190,42 @@ public final class LoraLinear implements Linear {
 
     @Override
     public Tensor forward(Backend b, Tensor x) {
-        if (disabled) {
-            if (merged()) unmerge(b);
-            return base.forward(b, x);
-        }
+        if (disabled && merged()) unmerge(b);
         if (merged()) return merged.forward(b, x);
-        List<LoraAdapter> chain = chain();
-        if (chain.isEmpty()) return base.forward(b, x);
-        if (bf16Path(b, chain)) {
-            Tensor result = base.forward(b, x);
-            try {
-                for (LoraAdapter a : chain) {
-                    CudaLora.forwardInto((CudaBackend) b, result, x, a.a().value(), a.b().value(),
-                            a.a().castCopy(b, DType.BF16), a.b().castCopy(b, DType.BF16), (float) a.scaling(),
-                            dropoutOn(a) ? (float) a.dropout() : 0f, dropoutSeed(a));
-                }
-            } catch (RuntimeException e) {
-                result.close();
-                throw e;
-            }
-            return result;
+        return forwardFromBase(b, x, base.forward(b, x));
+    }
+
+    /** The quantized base while forward starts from its output (not merged; a quantized base never is), else null. */
+    @Override
+    public QuantizedLinear quantizedBase() {
+        return !merged() && base instanceof QuantizedLinear q ? q : null;
+    }
+
+    /**
+     * forward given result = base.forward(b, x) (owned: returned or closed): unchanged when disabled or without
+     * active adapters, else the active adapters' terms added in activation order. Never for a merged layer.
+     */
+    @Override
+    public Tensor forwardFromBase(Backend b, Tensor x, Tensor result) {
+        if (merged()) {
+            result.close();
+            throw new IllegalStateException(path + ": merged, its forward is the merged weight's, not the base's plus adapters");
         }
-        return run(b, x, chain, null);
+        if (disabled) return result;
+        List<LoraAdapter> chain = chain();
+        if (chain.isEmpty()) return result;
+        try {
+            if (!bf16Path(b, chain)) return addAdapters(b, x, result, chain, null);
+            for (LoraAdapter a : chain) {
+                CudaLora.forwardInto((CudaBackend) b, result, x, a.a().value(), a.b().value(),
+                        a.a().castCopy(b, DType.BF16), a.b().castCopy(b, DType.BF16), (float) a.scaling(),
+                        dropoutOn(a) ? (float) a.dropout() : 0f, dropoutSeed(a));
+            }
+        } catch (RuntimeException e) {
+            result.close();
+            throw e;
+        }
+        return result;
     }
 
     /**
@@ -230,7 +245,11 @@ public final class LoraLinear implements Linear {
 
     /** The forward chain; with trace != null the intermediates are kept for backward. */
     private Tensor run(Backend b, Tensor x, List<LoraAdapter> chain, List<Step> trace) {
-        Tensor result = base.forward(b, x);
+        return addAdapters(b, x, base.forward(b, x), chain, trace);
+    }
+
+    /** The chain's terms added to result = base.forward(b, x) (in place; returned); trace as in {@link #run}. */
+    private Tensor addAdapters(Backend b, Tensor x, Tensor result, List<LoraAdapter> chain, List<Step> trace) {
         Tensor w = null;
         boolean ownW = false;
         try {

@@ -11,6 +11,7 @@ import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Device;
 import dev.qlora4j.tensor.Tensor;
 
+import java.util.List;
 import java.util.Locale;
 
 /**
@@ -331,6 +332,29 @@ public final class CudaBackend implements Backend, GraphCapable {
             try (y) {
                 return profEnd("linearQuantized", mark, CastKernels.cast(ctx, y, act));
             }
+        }
+    }
+
+    /**
+     * One grouped v2 GEMV launch when {@link CudaQuantOps#fusedGroup} takes the group (decode: 1..16 rows, 4-bit
+     * weights with the same in_features and compute dtype, the v2 / v2reg kernel selected), else one
+     * {@link #linearQuantized} per weight. Same values either way.
+     */
+    @Override
+    public Tensor[] linearQuantizedGroup(Tensor x, List<? extends QuantizedWeight> ws, List<Tensor> biases) {
+        List<CudaQuant4bit> group = biases.size() == ws.size() ? CudaQuantOps.fusedGroup(x, ws) : null;
+        if (group == null) return Backend.super.linearQuantizedGroup(x, ws, biases);
+        int mark = profBegin();
+        KernelTypes.requireRank(x, 2, "linearQuantizedGroup x");
+        try (Owned xa = activation(x, "linearQuantizedGroup x")) {
+            Tensor[] ys = CudaQuantOps.linear4bitGroup(ctx, xa.t, group, biases);
+            for (int i = 0; i < ys.length; i++) {
+                if (ys[i].dtype() == act) continue;
+                try (Tensor y = ys[i]) {
+                    ys[i] = CastKernels.cast(ctx, y, act);
+                }
+            }
+            return profEnd("linearQuantizedGroup", mark, ys);
         }
     }
 

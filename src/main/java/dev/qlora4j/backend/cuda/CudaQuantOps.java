@@ -11,7 +11,9 @@ import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
 
 import java.lang.foreign.MemorySegment;
+import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.List;
 
 /**
  * The CUDA backend's quantized-weight ops (bitsandbytes 4-bit and LLM.int8), with the numerics of the CPU
@@ -27,6 +29,8 @@ import java.util.Arrays;
  *   <li>n &gt; 16 (prefill, training): dequantize into a compute-dtype workspace, then one cuBLAS GEMM (float32
  *       output plus a bias epilogue when there is a bias, see {@link PrefillPlan}).</li>
  * </ul>
+ * Several 4-bit weights that read the same x at decode (q/k/v, gate/up: Backend.linearQuantizedGroup) go through
+ * one grouped v2 launch ({@link #fusedGroup}, {@link #linear4bitGroup}) with the per-weight launches' exact values.
  * Compute dtype semantics (Nf4Matmul, bitsandbytes' Linear4bit): weight rounded to the state's dtype then to
  * the compute dtype; x and bias rounded to the compute dtype; float32 accumulation; the sum plus bias
  * rounded once to the compute dtype, then stored in x's dtype.
@@ -153,6 +157,57 @@ public final class CudaQuantOps {
             case CudaInt8 q -> Int8Kernels.linear(ctx, x, q, bias);
             default -> throw wrongBackend(w);
         };
+    }
+
+    /**
+     * The 4-bit weights of ws when one grouped GEMV launch takes x [rows, in] times all of them (decode q/k/v or
+     * gate/up): every weight a {@link CudaQuant4bit} the grouped v2 kernel applies to (same in_features and compute
+     * dtype, at most 3, see {@link Nf4GemvKernels#groupApplies}), 1..16 rows, and the GEMV variant property
+     * (qlora4j.nf4.gemv) naming a v2 kernel (v2 or v2reg: the ones with a grouped form). Else null: the caller runs
+     * {@link #linear} per weight.
+     */
+    static List<CudaQuant4bit> fusedGroup(Tensor x, List<? extends QuantizedWeight> ws) {
+        if (x.rank() != 2 || groupDecode(Quant4bitKernels.gemvVariant()) == null) return null;
+        List<CudaQuant4bit> q = new ArrayList<>(ws.size());
+        for (QuantizedWeight w : ws) {
+            if (!(w instanceof CudaQuant4bit c)) return null;
+            q.add(c);
+        }
+        return Nf4GemvKernels.groupApplies(q, x.dim(0)) ? q : null;
+    }
+
+    /** The v2 decode of a grouped launch under a GEMV variant, or null when the variant has no grouped form. */
+    static Nf4GemvKernels.Decode groupDecode(Quant4bitKernels.GemvVariant v) {
+        return switch (v) {
+            case V2 -> Nf4GemvKernels.Decode.TABLE;
+            case V2REG -> Nf4GemvKernels.Decode.REGISTERS;
+            default -> null;
+        };
+    }
+
+    /**
+     * ys[s] [n, out_s] in x's dtype = x [n, in] ws[s]^T + biases[s], for a group {@link #fusedGroup} accepted, in one
+     * kernel launch: bit-identical to {@link #linear} per weight. biases: one per weight, null entries for none.
+     */
+    static Tensor[] linear4bitGroup(CudaContext ctx, Tensor x, List<CudaQuant4bit> ws, List<Tensor> biases) {
+        for (int s = 0; s < ws.size(); s++) checkLinearArgs(x, ws.get(s), biases.get(s));
+        Nf4GemvKernels.Decode decode = groupDecode(Quant4bitKernels.gemvVariant());
+        if (decode == null) throw new IllegalStateException("qlora4j.nf4.gemv names no kernel with a grouped form");
+        int n = x.dim(0);
+        DType compute = ws.get(0).computeDType();
+        Tensor[] ys = new Tensor[ws.size()];
+        Tensor xc = null;
+        try {
+            for (int s = 0; s < ws.size(); s++) ys[s] = ctx.empty(x.dtype(), n, ws.get(s).outFeatures());
+            xc = x.dtype() == compute ? x : converted(ctx, x, compute);
+            Nf4GemvKernels.gemvGroup(ctx, ws, xc, n, biases, Arrays.asList(ys), decode);
+        } catch (RuntimeException e) {
+            closeAll(ys);
+            throw e;
+        } finally {
+            if (xc != null && xc != x) xc.close();
+        }
+        return ys;
     }
 
     /** The dequantized weight [out, in] in dtype (F32, BF16 or F16), bit-exact with the CPU. */

@@ -5,6 +5,9 @@ import dev.qlora4j.cuda.KernelArgs;
 import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
 
+import java.util.List;
+import java.util.concurrent.atomic.AtomicLong;
+
 /**
  * Launcher of native/nf4_gemv.cu (module "nf4_gemv"): the "v2" decode GEMV of a 4-bit weight, y [rows, out] =
  * x [rows, in] W^T (+ bias) for rows &lt;= 16, 16-bit compute and in % 32 == 0 (the same preconditions and numerics
@@ -50,6 +53,80 @@ final class Nf4GemvKernels {
             default -> throw new IllegalArgumentException("the v2 GEMV computes in BF16 or F16, not " + compute);
         };
         return (decode == Decode.REGISTERS ? "q4v2reg_gemv_" : "q4v2_gemv_") + dt + (rows <= 8 ? "_m8" : "_m16");
+    }
+
+    /** Weights one grouped launch takes at most (the segments of native/nf4_gemv.cu's q4v2g entries). */
+    static final int GROUP_MAX_SEGMENTS = 3;
+
+    /** Grouped launches made so far (all contexts): lets a test see that the grouped kernel ran, not a fallback. */
+    static final AtomicLong GROUP_LAUNCHES = new AtomicLong();
+
+    /**
+     * Whether one grouped v2 launch takes these weights for rows of x: 1..3 weights, each one the v2 GEMV applies to
+     * ({@link #applies}), all with the same in_features and compute dtype, and 1..16 rows.
+     */
+    static boolean groupApplies(List<CudaQuant4bit> ws, int rows) {
+        if (ws.isEmpty() || ws.size() > GROUP_MAX_SEGMENTS || rows < 1 || rows > Quant4bitKernels.GEMV_MAX_ROWS) return false;
+        CudaQuant4bit first = ws.get(0);
+        for (CudaQuant4bit w : ws) {
+            if (!applies(w) || w.inFeatures() != first.inFeatures() || w.computeDType() != first.computeDType()) return false;
+        }
+        return true;
+    }
+
+    /** The grouped v2 kernel name (native/nf4_gemv.cu, V2G_ENTRY): as {@link #kernelName} with "q4v2g" / "q4v2greg". */
+    static String groupKernelName(DType compute, int rows, Decode decode) {
+        if (decode == Decode.V3_STREAM) throw new IllegalArgumentException("the grouped GEMV has no v3 form");
+        return kernelName(compute, rows, decode).replaceFirst("^q4v2", "q4v2g");
+    }
+
+    /**
+     * One launch of the v2 GEMV for several weights reading the same x: ys.get(s) [rows, out_s] = the result of
+     * {@link #gemv}(ctx, ws.get(s), xc, rows, biases.get(s), ys.get(s), decode), bit for bit (each block runs the
+     * single-weight kernel's body on its weight). decode: TABLE or REGISTERS. biases: one entry per weight, null for
+     * none; every y in the same dtype.
+     */
+    static void gemvGroup(CudaContext ctx, List<CudaQuant4bit> ws, Tensor xc, int rows, List<Tensor> biases,
+                          List<Tensor> ys, Decode decode) {
+        if (!groupApplies(ws, rows)) {
+            throw new IllegalArgumentException("the grouped v2 GEMV takes 1.." + GROUP_MAX_SEGMENTS + " weights with BF16/F16"
+                    + " compute, in % 32 == 0, the same in_features and compute dtype, and 1.." + Quant4bitKernels.GEMV_MAX_ROWS
+                    + " rows of x; got " + ws + " with " + rows + " rows");
+        }
+        if (biases.size() != ws.size() || ys.size() != ws.size()) {
+            throw new IllegalArgumentException("the grouped GEMV needs one bias (or null) and one output per weight: "
+                    + ws.size() + " weights, " + biases.size() + " biases, " + ys.size() + " outputs");
+        }
+        DType compute = ws.get(0).computeDType();
+        if (xc.dtype() != compute) {
+            throw new IllegalArgumentException("x must be in the compute dtype " + compute + ", got " + xc.dtype());
+        }
+        DType yType = ys.get(0).dtype();
+        KernelArgs args = KernelArgs.of();
+        int blocks = 0;
+        for (int s = 0; s < GROUP_MAX_SEGMENTS; s++) {
+            if (s >= ws.size()) {  // unused segment: no blocks, pointers never read
+                args.ptr(0L).ptr(0L).ptr(0L).ptr(0L).f32(0f).i32(0).i32(1).i32(0).i32(0).ptr(0L)
+                        .i32(0).ptr(0L).i32(0).ptr(0L).i32(0);
+                continue;
+            }
+            CudaQuant4bit w = ws.get(s);
+            Tensor bias = biases.get(s), y = ys.get(s);
+            if (y.dtype() != yType) {
+                throw new IllegalArgumentException("the grouped GEMV writes every output in one dtype: " + yType + " and " + y.dtype());
+            }
+            boolean doubleRound = w.stateDType() != DType.F32 && w.stateDType() != w.computeDType();
+            Quant4bitKernels.addWeightArgs(args, w).ptr(CudaContext.ptr(w.code16())).i32(w.outFeatures())
+                    .ptr(bias == null ? 0L : CudaContext.ptr(bias))
+                    .i32(bias == null ? 0 : Quant4bitKernels.dtypeCode(bias.dtype(), "bias"))
+                    .ptr(CudaContext.ptr(y)).i32(doubleRound ? 1 : 0);
+            blocks += grid(w.outFeatures());
+        }
+        args.ptr(CudaContext.ptr(xc)).i32(rows).i32(ws.get(0).inFeatures()).i32(Quant4bitKernels.dtypeCode(yType, "output"));
+        if (blocks == 0) return;  // every weight has 0 output features: nothing to write
+        long fn = ctx.function(MODULE, groupKernelName(compute, rows, decode));
+        ctx.launch(fn, Dim3.of(blocks), Dim3.of(THREADS), 0, args);
+        GROUP_LAUNCHES.incrementAndGet();
     }
 
     /** Whether the v3 kernel takes this call (else V3_STREAM falls back to the v2 table kernel). */

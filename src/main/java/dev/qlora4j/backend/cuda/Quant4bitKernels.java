@@ -60,9 +60,14 @@ final class Quant4bitKernels {
 
     /** The weight's leading kernel arguments (Q4_WEIGHT_PARAMS in nf4.cu). */
     static KernelArgs weightArgs(CudaQuant4bit w) {
+        return addWeightArgs(KernelArgs.of(), w);
+    }
+
+    /** Appends the weight's Q4_WEIGHT_PARAMS to args (the grouped GEMV passes several weights). */
+    static KernelArgs addWeightArgs(KernelArgs args, CudaQuant4bit w) {
         int nbs = w.nested() ? w.nestedBlocksize() : 1;
         int nshift = Integer.bitCount(nbs) == 1 ? Integer.numberOfTrailingZeros(nbs) : -1;
-        return KernelArgs.of()
+        return args
                 .ptr(CudaContext.ptr(w.packed()))
                 .ptr(CudaContext.ptr(w.absmax()))
                 .ptr(w.nested() ? CudaContext.ptr(w.nestedAbsmax()) : 0L)

@@ -1,0 +1,61 @@
+package dev.qlora4j.nn;
+
+import dev.qlora4j.backend.Backend;
+import dev.qlora4j.backend.QuantizedWeight;
+import dev.qlora4j.tensor.Tensor;
+
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * Forward of several linear layers that read the same x (a decoder layer's q/k/v, or gate/up). When every layer is a
+ * {@link QuantizedBaseLinear} with a quantized base now, their quantized matmuls go through one
+ * {@link Backend#linearQuantizedGroup} call (one kernel launch on the GPU at decode instead of one per layer), and
+ * each layer finishes its own output from its base output ({@link QuantizedBaseLinear#forwardFromBase}); otherwise
+ * each layer runs its own forward. Same results either way: the group's values equal the per-weight ones bit for bit.
+ */
+public final class LinearGroup {
+    private LinearGroup() {}
+
+    /** layers[i].forward(b, x) for every i, x [n, in] -> [n, out_i]; the caller owns the results. */
+    public static Tensor[] forward(Backend b, Tensor x, Linear... layers) {
+        List<QuantizedWeight> weights = new ArrayList<>(layers.length);
+        List<Tensor> biases = new ArrayList<>(layers.length);
+        for (Linear l : layers) {
+            QuantizedLinear base = l instanceof QuantizedBaseLinear g ? g.quantizedBase() : null;
+            if (base == null) return each(b, x, layers);
+            weights.add(base.weight());
+            biases.add(base.bias());
+        }
+        Tensor[] baseOut = b.linearQuantizedGroup(x, weights, biases);
+        Tensor[] out = new Tensor[layers.length];
+        int i = 0;
+        try {
+            for (; i < layers.length; i++) {
+                Tensor bo = baseOut[i];
+                baseOut[i] = null;  // owned by forwardFromBase from here, also when it throws
+                out[i] = ((QuantizedBaseLinear) layers[i]).forwardFromBase(b, x, bo);
+            }
+        } catch (RuntimeException e) {
+            closeAll(out);
+            closeAll(baseOut);
+            throw e;
+        }
+        return out;
+    }
+
+    private static Tensor[] each(Backend b, Tensor x, Linear... layers) {
+        Tensor[] out = new Tensor[layers.length];
+        try {
+            for (int i = 0; i < layers.length; i++) out[i] = layers[i].forward(b, x);
+        } catch (RuntimeException e) {
+            closeAll(out);
+            throw e;
+        }
+        return out;
+    }
+
+    private static void closeAll(Tensor[] ts) {
+        for (Tensor t : ts) if (t != null) t.close();
+    }
+}
