@@ -30,6 +30,9 @@ public final class PtxModules {
 
     private static final KernelCache CACHE = KernelCache.fromEnvironment();
 
+    /** -Dqlora4j.cuda.sm90a=false: the portable PTX on Hopper too (no programmatic launches; for A/B timing). */
+    private static final boolean HOPPER_BUILDS = Boolean.parseBoolean(System.getProperty("qlora4j.cuda.sm90a", "true"));
+
     private final CudaDriver driver;
     private final int ccMajor;
     private final int ccMinor;
@@ -137,7 +140,7 @@ public final class PtxModules {
     /** Which resource a module loads from on a device of compute capability major.minor. */
     static String resourceFor(String module, int major, int minor, Predicate<String> exists) {
         String hopper = RESOURCE_DIR + module + ".sm90a.ptx";
-        if (major == 9 && minor == 0 && exists.test(hopper)) return hopper;
+        if (major == 9 && minor == 0 && HOPPER_BUILDS && exists.test(hopper)) return hopper;
         String portable = RESOURCE_DIR + module + ".ptx";
         if (exists.test(portable)) return portable;
         throw new IllegalArgumentException("no PTX for kernel module '" + module + "': resource " + portable

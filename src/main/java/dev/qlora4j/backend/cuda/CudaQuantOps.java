@@ -167,6 +167,7 @@ public final class CudaQuantOps {
      * {@link #linear} per weight.
      */
     static List<CudaQuant4bit> fusedGroup(Tensor x, List<? extends QuantizedWeight> ws) {
+        if (!Boolean.parseBoolean(System.getProperty(GROUP_PROPERTY, "true"))) return null;
         if (x.rank() != 2 || groupDecode(Quant4bitKernels.gemvVariant()) == null) return null;
         List<CudaQuant4bit> q = new ArrayList<>(ws.size());
         for (QuantizedWeight w : ws) {
@@ -175,6 +176,9 @@ public final class CudaQuantOps {
         }
         return Nf4GemvKernels.groupApplies(q, x.dim(0)) ? q : null;
     }
+
+    /** -Dqlora4j.nf4.groupGemv=false: one launch per weight even where a grouped launch applies (for A/B timing). */
+    static final String GROUP_PROPERTY = "qlora4j.nf4.groupGemv";
 
     /** The v2 decode of a grouped launch under a GEMV variant, or null when the variant has no grouped form. */
     static Nf4GemvKernels.Decode groupDecode(Quant4bitKernels.GemvVariant v) {
