@@ -702,17 +702,17 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
 #define QL_ATTN_TC_D(tn, T, d)                                                                                         \
     extern "C" __global__ void __launch_bounds__(128, 2) attn_tc_fwd_##tn##_d##d(                                      \
         const T* q, const T* k, const T* v, const int* seg, T* out, float* lse, int T_, int H, int KH, float scale,    \
-        int window) { pdl_enter();                                                                                                  \
+        int window) {                                                                                                  \
         fwd_impl<T, d>(q, k, v, seg, out, lse, T_, H, KH, scale, window);                                              \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(128, 2) attn_tc_dq_##tn##_d##d(                                       \
         const T* q, const T* k, const T* v, const int* seg, const T* dout, const float* lse, const float* delta,       \
-        T* dq, int T_, int H, int KH, float scale, int window) { pdl_enter();                                                       \
+        T* dq, int T_, int H, int KH, float scale, int window) {                                                       \
         dq_impl<T, d>(q, k, v, seg, dout, lse, delta, dq, T_, H, KH, scale, window);                                   \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(128, 2) attn_tc_dkv_##tn##_d##d(                                      \
         const T* q, const T* k, const T* v, const int* seg, const T* dout, const float* lse, const float* delta,       \
-        T* dk, T* dv, int T_, int H, int KH, float scale, int window) { pdl_enter();                                                \
+        T* dk, T* dv, int T_, int H, int KH, float scale, int window) {                                                \
         dkv_impl<T, d>(q, k, v, seg, dout, lse, delta, dk, dv, T_, H, KH, scale, window);                              \
     }
 
@@ -720,7 +720,7 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
     QL_ATTN_TC_D(tn, T, 64)                                                                                            \
     QL_ATTN_TC_D(tn, T, 128)                                                                                           \
     extern "C" __global__ void attn_tc_delta_##tn(const T* o, const T* dout, float* delta, int B, int T_, int H,       \
-                                                  int D) { pdl_enter();                                                             \
+                                                  int D) {                                                             \
         attn_delta_impl<T>(o, dout, delta, B, T_, H, D);                                                                    \
     }
 

@@ -448,19 +448,19 @@ __device__ __forceinline__ void attn_dkv_impl(const T* __restrict__ q, const T* 
 #define QL_ATTN_TRAIN_D(tn, T, dpl, kvlb)                                                                              \
     extern "C" __global__ void __launch_bounds__(256) attn_train_fwd_##tn##_d##dpl(                                    \
         const T* q, const T* k, const T* v, const int* seg, T* out, float* lse, int T_, int H, int KH, int D,          \
-        float scale, int window) { pdl_enter();                                                                                     \
+        float scale, int window) {                                                                                     \
         if (D == 32 * dpl) attn_fwd_impl<T, dpl, true>(q, k, v, seg, out, lse, T_, H, KH, D, scale, window);           \
         else attn_fwd_impl<T, dpl, false>(q, k, v, seg, out, lse, T_, H, KH, D, scale, window);                        \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_##tn##_d##dpl(                                       \
         const T* q, const T* k, const T* v, const int* seg, const T* dout, const float* lse, const float* delta,       \
-        T* dq, int T_, int H, int KH, int D, float scale, int window) { pdl_enter();                                                \
+        T* dq, int T_, int H, int KH, int D, float scale, int window) {                                                \
         if (D == 32 * dpl) attn_dq_impl<T, dpl, true>(q, k, v, seg, dout, lse, delta, dq, T_, H, KH, D, scale, window); \
         else attn_dq_impl<T, dpl, false>(q, k, v, seg, dout, lse, delta, dq, T_, H, KH, D, scale, window);             \
     }                                                                                                                  \
     extern "C" __global__ void kvlb attn_bwd_dkv_##tn##_d##dpl(                                                        \
         const T* q, const T* k, const T* v, const int* seg, const T* dout, const float* lse, const float* delta,       \
-        T* dk, T* dv, int T_, int H, int KH, int D, float scale, int window) { pdl_enter();                                         \
+        T* dk, T* dv, int T_, int H, int KH, int D, float scale, int window) {                                         \
         if (D == 32 * dpl)                                                                                             \
             attn_dkv_impl<T, dpl, true>(q, k, v, seg, dout, lse, delta, dk, dv, T_, H, KH, D, scale, window);          \
         else attn_dkv_impl<T, dpl, false>(q, k, v, seg, dout, lse, delta, dk, dv, T_, H, KH, D, scale, window);        \
@@ -471,7 +471,7 @@ __device__ __forceinline__ void attn_dkv_impl(const T* __restrict__ q, const T* 
     QL_ATTN_TRAIN_D(tn, T, 4, DKV_BOUNDS)                                                                              \
     QL_ATTN_TRAIN_D(tn, T, 8, DKV_BOUNDS_D8)                                                                           \
     extern "C" __global__ void attn_bwd_delta_##tn(const T* o, const T* dout, float* delta, int B, int T_, int H,      \
-                                                   int D) { pdl_enter();                                                            \
+                                                   int D) {                                                            \
         attn_delta_impl<T>(o, dout, delta, B, T_, H, D);                                                               \
     }
 

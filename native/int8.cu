@@ -39,7 +39,7 @@ __device__ __forceinline__ float as_f16(float v) { return f16_to_f32(f32_to_f16(
 
 // flags[j] = 1 for outlier columns of x [n, k] (flags zeroed by the launcher). Grid-stride, block 256.
 extern "C" __global__ void __launch_bounds__(256) i8_outlier_flags(const void* __restrict__ x, int x_dtype, int64_t n, int k,
-                                                                   float t16, uint8_t* __restrict__ flags) { pdl_enter();
+                                                                   float t16, uint8_t* __restrict__ flags) {
     int64_t total = n * k;
     for (int64_t i = global_thread_index(); i < total; i += grid_stride()) {
         if (fabsf(as_f16(i8_load(x, i, x_dtype))) >= t16) flags[i % k] = 1;  // benign race: all write 1
@@ -48,7 +48,7 @@ extern "C" __global__ void __launch_bounds__(256) i8_outlier_flags(const void* _
 
 // cols[0 .. count) = the flagged columns, ascending; count[0] = their number. One block of 1024 threads.
 extern "C" __global__ void __launch_bounds__(1024) i8_compact_columns(const uint8_t* __restrict__ flags, int k,
-                                                                      int* __restrict__ cols, int* __restrict__ count) { pdl_enter();
+                                                                      int* __restrict__ cols, int* __restrict__ count) {
     __shared__ int warp_sums[32];
     __shared__ int base;
     if (threadIdx.x == 0) base = 0;
@@ -78,7 +78,7 @@ extern "C" __global__ void __launch_bounds__(1024) i8_compact_columns(const uint
 extern "C" __global__ void __launch_bounds__(256) i8_quantize_rows(const void* __restrict__ x, int x_dtype, int64_t n, int k,
                                                                    float threshold, float t16, int sparse,
                                                                    const uint8_t* __restrict__ flags,
-                                                                   int8_t* __restrict__ ca, float* __restrict__ sca) { pdl_enter();
+                                                                   int8_t* __restrict__ ca, float* __restrict__ sca) {
     __shared__ float red[8];
     for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
         const int64_t off = i * k;
@@ -127,7 +127,7 @@ __device__ __forceinline__ int load_word(const int8_t* __restrict__ p, int64_t r
 }
 
 extern "C" __global__ void __launch_bounds__(256) i8_gemm_dp4a(const int8_t* __restrict__ ca, const int8_t* __restrict__ cb,
-                                                               int* __restrict__ acc, int n, int m, int k) { pdl_enter();
+                                                               int* __restrict__ acc, int n, int m, int k) {
     __shared__ int As[I8_TILE][I8_KW + 1];
     __shared__ int Bs[I8_TILE][I8_KW + 1];
     int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
@@ -169,7 +169,7 @@ extern "C" __global__ void __launch_bounds__(256) i8_gemm_dp4a(const int8_t* __r
 extern "C" __global__ void __launch_bounds__(256) i8_dequant(const int* __restrict__ acc, const float* __restrict__ sca,
                                                              const float* __restrict__ scb, const void* __restrict__ bias,
                                                              int bias_dtype, int in_dtype, void* __restrict__ out,
-                                                             int64_t n, int m) { pdl_enter();
+                                                             int64_t n, int m) {
     const float MM_DEQUANT_CONST = 6.200012e-05f;
     int64_t total = n * m;
     for (int64_t idx = global_thread_index(); idx < total; idx += grid_stride()) {
@@ -190,7 +190,7 @@ extern "C" __global__ void __launch_bounds__(256) i8_dequant(const int* __restri
 extern "C" __global__ void __launch_bounds__(256) i8_outlier_add(const void* __restrict__ x, int in_dtype,
                                                                  const int* __restrict__ cols, const int* __restrict__ count,
                                                                  const int8_t* __restrict__ cb, const float* __restrict__ scb,
-                                                                 void* __restrict__ out, int64_t n, int m, int k) { pdl_enter();
+                                                                 void* __restrict__ out, int64_t n, int m, int k) {
     const float INV_127 = 1.0f / 127.0f;
     int ncols = count[0];
     if (ncols == 0) return;
@@ -210,7 +210,7 @@ extern "C" __global__ void __launch_bounds__(256) i8_outlier_add(const void* __r
 
 // w [m, k] in out_dtype = round(out, (cb * scb[row]) * (1/127)) (Int8Weight.dequantize, then the cast). Grid-stride.
 extern "C" __global__ void __launch_bounds__(256) i8_dequantize_weight(const int8_t* __restrict__ cb, const float* __restrict__ scb,
-                                                                       void* __restrict__ w, int out_dtype, int64_t m, int k) { pdl_enter();
+                                                                       void* __restrict__ w, int out_dtype, int64_t m, int k) {
     const float INV_127 = 1.0f / 127.0f;
     int64_t total = m * k;
     for (int64_t idx = global_thread_index(); idx < total; idx += grid_stride()) {

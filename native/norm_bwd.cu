@@ -47,14 +47,14 @@ __device__ __forceinline__ void rmsnorm_bwd_weight_impl(const T* __restrict__ x,
 
 #define QL_RMSNORM_BWD_W(tn, T, wn, W)                                                                           \
     extern "C" __global__ void rmsnorm_bwd_##tn##_##wn(const T* x, const W* w, float eps, const T* g, T* gx,      \
-                                                       float* inv, int h) { pdl_enter();                                     \
+                                                       float* inv, int h) {                                     \
         rmsnorm_bwd_impl<T, W>(x, w, eps, g, gx, inv, h);                                                       \
     }
 #define QL_RMSNORM_BWD(tn, T)                                                                                    \
     QL_RMSNORM_BWD_W(tn, T, wf32, float)                                                                        \
     QL_RMSNORM_BWD_W(tn, T, wbf16, __nv_bfloat16)                                                               \
     QL_RMSNORM_BWD_W(tn, T, wf16, __half)                                                                       \
-    extern "C" __global__ void rmsnorm_bwd_weight_##tn(const T* x, const T* g, const float* inv, float* gw, int n, int h) { pdl_enter(); \
+    extern "C" __global__ void rmsnorm_bwd_weight_##tn(const T* x, const T* g, const float* inv, float* gw, int n, int h) { \
         rmsnorm_bwd_weight_impl<T>(x, g, inv, gw, n, h);                                                        \
     }
 

@@ -177,24 +177,24 @@ __device__ __forceinline__ void prefix_bwd_kv_sum_impl(const float* __restrict__
 #define QL_PREFIX_ATTENTION(tn, T)                                                                                   \
     extern "C" __global__ void prefix_attn_fwd_##tn(const T* q, const T* kp, const T* vp, const T* out_s,              \
                                                     const float* lse_s, T* out, float* lse, int N, int T_, int H,      \
-                                                    int KH, int D, int P, float scale) { pdl_enter();                              \
+                                                    int KH, int D, int P, float scale) {                              \
         prefix_fwd_impl<T>(q, kp, vp, out_s, lse_s, out, lse, N, T_, H, KH, D, P, scale);                            \
     }                                                                                                                \
     extern "C" __global__ void prefix_attn_bwd_q_##tn(const T* q, const T* kp, const T* vp, const T* out,              \
                                                       const float* lse, const T* dout, T* dq, float* probs,           \
                                                       float* dscores, int N, int T_, int H, int KH, int D, int P,     \
-                                                      float scale) { pdl_enter();                                                  \
+                                                      float scale) {                                                  \
         prefix_bwd_q_impl<T>(q, kp, vp, out, lse, dout, dq, probs, dscores, N, T_, H, KH, D, P, scale);              \
     }                                                                                                                \
     extern "C" __global__ void prefix_attn_bwd_kv_part_##tn(const T* q, const T* dout, const float* probs,            \
                                                             const float* dscores, float* part_k, float* part_v,      \
-                                                            int N, int H, int KH, int D, int P, int rows_per_chunk) { pdl_enter(); \
+                                                            int N, int H, int KH, int D, int P, int rows_per_chunk) { \
         prefix_bwd_kv_part_impl<T>(q, dout, probs, dscores, part_k, part_v, N, H, KH, D, P, rows_per_chunk);         \
     }
 
 QL_FOR_ACT(QL_PREFIX_ATTENTION)
 
 extern "C" __global__ void prefix_attn_bwd_kv_sum(const float* part_k, const float* part_v, float* gk, float* gv,
-                                                  int64_t count, int chunks) { pdl_enter();
+                                                  int64_t count, int chunks) {
     prefix_bwd_kv_sum_impl(part_k, part_v, gk, gv, count, chunks);
 }

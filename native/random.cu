@@ -22,10 +22,10 @@ __device__ __forceinline__ float normal_at(uint64_t seed, int64_t i) {
     return sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
 }
 
-extern "C" __global__ void random_normal_bf16(__nv_bfloat16* out, int64_t n, uint64_t seed, float mean, float std) { pdl_enter();
+extern "C" __global__ void random_normal_bf16(__nv_bfloat16* out, int64_t n, uint64_t seed, float mean, float std) {
     for (int64_t i = global_thread_index(); i < n; i += grid_stride()) out[i] = f32_to_bf16(mean + std * normal_at(seed, i));
 }
 
-extern "C" __global__ void random_normal_f32(float* out, int64_t n, uint64_t seed, float mean, float std) { pdl_enter();
+extern "C" __global__ void random_normal_f32(float* out, int64_t n, uint64_t seed, float mean, float std) {
     for (int64_t i = global_thread_index(); i < n; i += grid_stride()) out[i] = mean + std * normal_at(seed, i);
 }

@@ -37,7 +37,7 @@ __device__ __forceinline__ void xent_impl(const T* __restrict__ logits, const in
 }
 
 #define QL_XENT(tn, T)                                                                                           \
-    extern "C" __global__ void xent_fwd_##tn(const T* logits, const int* targets, float* loss, int vocab, int* status) { pdl_enter(); \
+    extern "C" __global__ void xent_fwd_##tn(const T* logits, const int* targets, float* loss, int vocab, int* status) { \
         xent_impl<T>(logits, targets, loss, vocab, status);                                                     \
     }
 

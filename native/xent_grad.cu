@@ -42,7 +42,7 @@ __device__ __forceinline__ void xent_grad_impl(const T* __restrict__ logits, con
 
 #define QL_XENT_GRAD(tn, T)                                                                                      \
     extern "C" __global__ void xent_grad_##tn(const T* logits, const int* targets, float* loss, T* grad, int vocab, \
-                                              float scale, int* status) { pdl_enter();                                       \
+                                              float scale, int* status) {                                       \
         xent_grad_impl<T>(logits, targets, loss, grad, vocab, scale, status);                                   \
     }
 
