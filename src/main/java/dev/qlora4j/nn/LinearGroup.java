@@ -10,7 +10,8 @@ import java.util.List;
 /**
  * Forward of several linear layers that read the same x (a decoder layer's q/k/v, or gate/up). When every layer is a
  * {@link QuantizedBaseLinear} with a quantized base now, their quantized matmuls go through one
- * {@link Backend#linearQuantizedGroup} call (one kernel launch on the GPU at decode instead of one per layer), and
+ * {@link Backend#linearQuantizedGroup} call (on the GPU at decode one kernel launch instead of one per layer when
+ * -Dqlora4j.nf4.groupGemv=true: off by default, see CudaQuantOps.GROUP_PROPERTY), and
  * each layer finishes its own output from its base output ({@link QuantizedBaseLinear#forwardFromBase}); otherwise
  * each layer runs its own forward. Same results either way: the group's values equal the per-weight ones bit for bit.
  */

@@ -3,6 +3,8 @@ package dev.qlora4j.model;
 import dev.qlora4j.backend.cuda.CudaBackend;
 import dev.qlora4j.cuda.CudaDriver;
 import dev.qlora4j.tensor.DType;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
@@ -16,6 +18,19 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
  */
 @Tag("gpu")
 class DecoderLayerGroupGpuTest {
+    private static String groupBefore;
+
+    @BeforeAll
+    static void groupedLaunchesOn() {   // off by default (dev.qlora4j.backend.cuda.CudaQuantOps.GROUP_PROPERTY)
+        groupBefore = System.setProperty(dev.qlora4j.backend.cuda.CudaQuantOps.GROUP_PROPERTY, "true");
+    }
+
+    @AfterAll
+    static void restoreGroupedLaunches() {
+        if (groupBefore == null) System.clearProperty(dev.qlora4j.backend.cuda.CudaQuantOps.GROUP_PROPERTY);
+        else System.setProperty(dev.qlora4j.backend.cuda.CudaQuantOps.GROUP_PROPERTY, groupBefore);
+    }
+
     @ParameterizedTest
     @CsvSource({"none,false,BF16", "none,true,F16", "lora,true,BF16", "dora,false,BF16"})
     void groupedProjectionsGiveTheSameLayerOutputBitForBit(String adapter, boolean doubleQuant, DType compute) {

@@ -167,7 +167,7 @@ public final class CudaQuantOps {
      * {@link #linear} per weight.
      */
     static List<CudaQuant4bit> fusedGroup(Tensor x, List<? extends QuantizedWeight> ws) {
-        if (!Boolean.parseBoolean(System.getProperty(GROUP_PROPERTY, "true"))) return null;
+        if (!Boolean.parseBoolean(System.getProperty(GROUP_PROPERTY, "false"))) return null;
         if (x.rank() != 2 || groupDecode(Quant4bitKernels.gemvVariant()) == null) return null;
         List<CudaQuant4bit> q = new ArrayList<>(ws.size());
         for (QuantizedWeight w : ws) {
@@ -177,8 +177,12 @@ public final class CudaQuantOps {
         return Nf4GemvKernels.groupApplies(q, x.dim(0)) ? q : null;
     }
 
-    /** -Dqlora4j.nf4.groupGemv=false: one launch per weight even where a grouped launch applies (for A/B timing). */
-    static final String GROUP_PROPERTY = "qlora4j.nf4.groupGemv";
+    /**
+     * -Dqlora4j.nf4.groupGemv=true: q/k/v and gate/up in one grouped launch each at decode. Off by default: with
+     * programmatic dependent launches the separate launches measured faster (Llama-7B NF4 decode on the H200, same
+     * device call: 240.4 / 241.6 tokens/s per weight vs 229.9 grouped; bench/RESULTS.md, session 4).
+     */
+    public static final String GROUP_PROPERTY = "qlora4j.nf4.groupGemv";
 
     /** The v2 decode of a grouped launch under a GEMV variant, or null when the variant has no grouped form. */
     static Nf4GemvKernels.Decode groupDecode(Quant4bitKernels.GemvVariant v) {

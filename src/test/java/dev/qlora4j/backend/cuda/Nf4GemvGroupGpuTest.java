@@ -38,6 +38,19 @@ import org.junit.jupiter.params.provider.MethodSource;
  */
 @Tag("gpu")
 class Nf4GemvGroupGpuTest {
+    private static String groupBefore;
+
+    @BeforeAll
+    static void groupedLaunchesOn() {   // off by default (CudaQuantOps.GROUP_PROPERTY)
+        groupBefore = System.setProperty(CudaQuantOps.GROUP_PROPERTY, "true");
+    }
+
+    @AfterAll
+    static void restoreGroupedLaunches() {
+        if (groupBefore == null) System.clearProperty(CudaQuantOps.GROUP_PROPERTY);
+        else System.setProperty(CudaQuantOps.GROUP_PROPERTY, groupBefore);
+    }
+
     private static CudaContext ctx;
 
     @BeforeAll
