@@ -129,6 +129,11 @@ public final class TrainCommand implements Callable<Integer> {
             description = "With --gradient-checkpointing: keep each layer's checkpointed input in pinned host memory (GPU: copied out on a "
                     + "side stream, brought back one layer ahead for the backward), so the context length is bounded by host memory.")
     Boolean offloadActivations;
+    @Option(names = "--checkpoint-keep-attention", negatable = true,
+            description = "With --gradient-checkpointing (default on): also keep each layer's attention output and log-sum-exp, so the "
+                    + "backward's recompute skips the attention forward (same results; about 16 MiB more per 7B layer at 2048 tokens). "
+                    + "--no-checkpoint-keep-attention recomputes it. Not used with --offload-activations.")
+    Boolean checkpointKeepAttention;
 
     @Override
     public Integer call() {
@@ -153,6 +158,7 @@ public final class TrainCommand implements Callable<Integer> {
             PeftConfig adapter = adapterConfig(lm.config().modelType(), configPeft(), lm.dir().toString());
             TrainableModel model = createTrainableModel(lm, adapter, initAdapter, args);
             var devices = lm.model().devices();
+            lm.model().setCheckpointKeepAttention(args.checkpointKeepAttention());
             if (args.offloadActivations()) {
                 if (devices.isSingle()) lm.model().setActivationStore(dev.qlora4j.placement.Offloading.activationStore(lm.model().backend()));
                 else lm.model().setActivationStores(dev.qlora4j.placement.Offloading.activationStores(devices));
@@ -359,6 +365,7 @@ public final class TrainCommand implements Callable<Integer> {
         put(m, "completion_only_loss", completionOnlyLoss);
         put(m, "assistant_only_loss", assistantOnlyLoss);
         put(m, "offload_activations", offloadActivations);
+        put(m, "checkpoint_keep_attention", checkpointKeepAttention);
         return m;
     }
 

@@ -102,8 +102,17 @@ public final class DecoderLayer implements AutoCloseable {
     }
 
     /**
-     * Training forward over B rows of T tokens (no KV cache): x [B*T, hidden]. When save is not null
-     * it receives the activations backward needs; the layer output is returned either way.
+     * Training forward over B rows of T tokens (no KV cache): x [B*T, hidden]. The layer output is returned; save
+     * decides what else is kept:
+     * <ul>
+     *   <li>null: nothing (evaluation, or a checkpointed forward that keeps only the layer input);</li>
+     *   <li>{@link LayerActivations#attentionOnly()}: the attention result alone (a checkpointed forward that keeps
+     *       it so the backward's recompute need not run the attention again);</li>
+     *   <li>otherwise every activation backward needs. When save.attn is already set (the recompute under
+     *       checkpointing, handed what the checkpointed forward kept) it is used as this layer's attention result
+     *       instead of running the attention: the training attention is deterministic and its inputs (q, k, v, the
+     *       prefix) are the same, so the kept result is bit for bit the one the attention would return.</li>
+     * </ul>
      */
     Tensor forwardTrain(Backend b, ModelConfig c, Tensor x, Tensor positions, Tensor segments, Tensor invFreq,
                         float ropeScaling, int batch, LayerActivations save) {
@@ -112,9 +121,15 @@ public final class DecoderLayer implements AutoCloseable {
         Tensor h1 = b.rmsNorm(x, inputNorm, (float) c.rmsNormEps());
         Tensor qs = q.forward(b, h1), ks = k.forward(b, h1), vs = v.forward(b, h1);
         b.ropeQkInPlace(qs, ks, positions, invFreq, heads, kvHeads, hd, ropeScaling);   // one pass for q and k
-        var attn = b.attentionTrain(qs, ks, vs, segments, batch, heads, kvHeads, hd, (float) (1.0 / Math.sqrt(hd)),
-                w == null ? 0 : w);
-        if (prefix != null) attn = withPrefix(b, attn, qs, batch, heads, kvHeads, hd, w);
+        dev.qlora4j.backend.AttentionResult attn;
+        if (save != null && save.attn != null) {
+            attn = save.attn; // kept by the checkpointed forward (the prefix already merged in): q, k, v are still
+                              // recomputed above because the attention backward reads them
+        } else {
+            attn = b.attentionTrain(qs, ks, vs, segments, batch, heads, kvHeads, hd, (float) (1.0 / Math.sqrt(hd)),
+                    w == null ? 0 : w);
+            if (prefix != null) attn = withPrefix(b, attn, qs, batch, heads, kvHeads, hd, w);
+        }
         Tensor attnOut = afterAttention(h1, o.forward(b, attn.out()));
         Tensor resid = b.add(x, attnOut);
         attnOut.close();
@@ -124,12 +139,13 @@ public final class DecoderLayer implements AutoCloseable {
         Tensor mlp = afterMlp(h2, down.forward(b, act));
         Tensor out = b.add(resid, mlp);
         mlp.close();
-        if (save != null) {
+        if (save != null && !save.attentionOnly) {
             save.h1 = h1; save.q = qs; save.k = ks; save.v = vs; save.attn = attn;
             save.resid = resid; save.h2 = h2; save.gate = g; save.up = u; save.act = act;
         } else {
             for (Tensor t : new Tensor[] {h1, qs, ks, vs, resid, h2, g, u, act}) t.close();
-            attn.close();
+            if (save != null) save.attn = attn;
+            else attn.close();
         }
         return out;
     }

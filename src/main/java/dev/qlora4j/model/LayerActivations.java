@@ -5,10 +5,13 @@ import dev.qlora4j.tensor.Tensor;
 
 /**
  * What one decoder layer's backward needs from its forward (all [tokens, features] unless noted).
- * Under gradient checkpointing only the layer input is kept, and the backward re-runs the
- * forward to refill this before using it.
+ * Under gradient checkpointing the layer input is kept (plus, with {@link #attentionOnly()}, the
+ * attention result), and the backward re-runs the forward to refill this before using it.
  */
 final class LayerActivations implements AutoCloseable {
+    /** True for what a checkpointed forward keeps besides the layer input: only {@link #attn} is filled. */
+    final boolean attentionOnly;
+
     Tensor h1;              // input_layernorm(x) [n, hidden]: input of q/k/v
     Tensor q, k, v;         // after rope: [n, heads*hd], [n, kv*hd], [n, kv*hd]
     AttentionResult attn;   // out [n, heads*hd] (input of o_proj) + lse
@@ -16,6 +19,25 @@ final class LayerActivations implements AutoCloseable {
     Tensor h2;              // post_attention_layernorm(resid): input of gate/up
     Tensor gate, up;        // [n, intermediate]
     Tensor act;             // silu(gate) * up: input of down
+
+    /** Room for every activation of a layer. */
+    LayerActivations() { this(false); }
+
+    private LayerActivations(boolean attentionOnly) { this.attentionOnly = attentionOnly; }
+
+    /**
+     * Room for the attention result alone: what a checkpointed forward keeps besides the layer input, so the
+     * backward's recompute skips the attention forward (out [n, heads*hd] in the activation dtype + lse F32
+     * [B, heads, T] per layer).
+     */
+    static LayerActivations attentionOnly() { return new LayerActivations(true); }
+
+    /** The attention result, handed over to the caller (this forgets it); null when none is held. */
+    AttentionResult takeAttention() {
+        AttentionResult r = attn;
+        attn = null;
+        return r;
+    }
 
     /** Bytes held (for the checkpointing report). */
     long bytes() {

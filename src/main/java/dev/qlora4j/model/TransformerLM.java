@@ -52,6 +52,8 @@ public final class TransformerLM implements AutoCloseable {
     private ActivationStore activationStore = ActivationStore.ON_DEVICE;
     /** The store of each device when they differ (several GPUs with activation offload); empty: activationStore everywhere. */
     private final Map<Backend, ActivationStore> activationStores = new java.util.IdentityHashMap<>();
+    /** Whether a checkpointed step also keeps each layer's attention result on its device (see setCheckpointKeepAttention). */
+    private boolean checkpointKeepAttention = true;
 
     private TransformerLM(ModelConfig config, ModelDevices devices, Tensor embed, List<DecoderLayer> layers,
                           Tensor finalNorm, Linear lmHead, boolean tied) {
@@ -550,7 +552,9 @@ public final class TransformerLM implements AutoCloseable {
      * parameters) accumulate their gradients. targets [B*T] are the next-token labels already
      * shifted (-100 = not trained); gradScale multiplies d(sum of token losses), e.g.
      * 1/(tokens in the whole accumulated batch) as transformers normalizes. With checkpointing,
-     * only each layer's input is kept and the layer's forward is re-run during backward.
+     * only each layer's input is kept and the layer's forward is re-run during backward; with
+     * {@link #setCheckpointKeepAttention} on (the default) and no activation offload, each layer's
+     * attention result (out + lse) is kept too and the re-run skips the attention forward (same numbers).
      *
      * @param segments per-token example ids for packed rows (no attention across examples), or null
      */
@@ -565,9 +569,12 @@ public final class TransformerLM implements AutoCloseable {
         long tokens = 0;
         for (int y : targets) if (y != -100) tokens++;
         boolean offload = checkpointing && (activationStore != ActivationStore.ON_DEVICE || !activationStores.isEmpty());
+        // Offload exists to bound GPU memory by host memory: kept attention results would grow with the context on
+        // the GPU, so with offload the recompute runs the attention again (the behaviour before keep-attention).
+        boolean keepAttention = checkpointing && checkpointKeepAttention && !offload;
         List<Tensor> inputs = new ArrayList<>();                     // layer inputs kept on their device (null when offloaded)
         List<ActivationStore.Saved> saved = new ArrayList<>();       // layer inputs held by the activation store
-        List<LayerActivations> acts = new ArrayList<>();
+        List<LayerActivations> acts = new ArrayList<>();            // per layer: everything, or the kept attention alone
         long actBytes = 0;
         Backend eb = devices.embedding();
         Tensor g = null;                                             // the gradient flowing back, on gb
@@ -591,7 +598,7 @@ public final class TransformerLM implements AutoCloseable {
                 ActivationStore.Saved s = offload ? store.save(x) : null;
                 inputs.add(offload ? null : x);
                 saved.add(s);
-                LayerActivations a = checkpointing ? null : new LayerActivations();
+                LayerActivations a = !checkpointing ? new LayerActivations() : keepAttention ? LayerActivations.attentionOnly() : null;
                 residency.enter(layer.index, true);
                 Tensor out = layer.forwardTrain(lb, config, x, up.on(lb, posHost), up.on(lb, segHost), invFreq(lb, t), ropeScale, batch, a);
                 residency.exit(layer.index);
@@ -641,7 +648,13 @@ public final class TransformerLM implements AutoCloseable {
                 LayerActivations a;
                 if (checkpointing) {
                     a = new LayerActivations();
-                    layers.get(i).forwardTrain(lb, config, in, pos, seg, inv, ropeScale, batch, a).close();
+                    if (keepAttention) a.attn = acts.get(i).takeAttention(); // the recompute uses it instead of the attention
+                    try {
+                        layers.get(i).forwardTrain(lb, config, in, pos, seg, inv, ropeScale, batch, a).close();
+                    } catch (RuntimeException e) {
+                        a.close();
+                        throw e;
+                    }
                 } else {
                     a = acts.get(i);
                 }
@@ -891,6 +904,21 @@ public final class TransformerLM implements AutoCloseable {
     }
 
     public ActivationStore activationStore() { return activationStore; }
+
+    /**
+     * Under gradient checkpointing, whether each layer's attention result (out [B*T, heads*headDim] in the
+     * activation dtype + lse F32 [B, heads, T]) is kept on its device from the forward to the backward, so the
+     * backward's recompute runs the layer's projections, norms and MLP but not the attention forward (on by
+     * default). The attention is deterministic, so loss and gradients are bit for bit those of the full recompute;
+     * the cost is 2 x B*T x heads x headDim bytes (bf16) + 4 x B x heads x T per layer (16 MiB per Llama-7B layer at
+     * 2048 tokens), counted in {@link StepResult#activationBytes()}. Ignored with activation offload (the attention
+     * is recomputed there, keeping GPU memory independent of the context) and without checkpointing.
+     */
+    public void setCheckpointKeepAttention(boolean keep) {
+        checkpointKeepAttention = keep;
+    }
+
+    public boolean checkpointKeepAttention() { return checkpointKeepAttention; }
 
     @Override
     public void close() {

@@ -1,0 +1,129 @@
+package dev.qlora4j.backend.cuda;
+
+import dev.qlora4j.model.QuantizedLinearFactory;
+import dev.qlora4j.model.TransformerLM;
+import dev.qlora4j.optim.Param;
+import dev.qlora4j.peft.PeftModel;
+import dev.qlora4j.peft.config.InitLoraWeights;
+import dev.qlora4j.peft.config.LoraConfig;
+import dev.qlora4j.peft.config.ModuleSelector;
+import dev.qlora4j.quant.QuantizationConfig;
+import dev.qlora4j.tensor.DType;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/**
+ * Gradient checkpointing keeping the attention result (TransformerLM.setCheckpointKeepAttention) on the GPU: a
+ * two-layer QLoRA model of the TinyLlama shape (NF4 + double quantization, BF16 activations, head dim 64 and 32 query
+ * heads over 4 kv heads: the tensor-core attention kernels), LoRA r=8 with non-zero B on every linear layer, two rows of
+ * 256 tokens with packed segments. Keeping the attention gives the loss and every LoRA gradient bit for bit as the full
+ * recompute and as no checkpointing, and runs the attention forward once per layer instead of twice (counted by the
+ * backend's op profiler, so a silent fallback to the full recompute fails). The peak memory of each mode is printed.
+ */
+@Tag("gpu")
+class CheckpointKeepAttentionGpuTest {
+    private static final String SHAPE = "llama-1b@2";
+    private static final int BATCH = 2, T = 256;
+
+    enum Mode { NONE, RECOMPUTE, KEEP }
+
+    record Step(double loss, List<float[]> grads, long attentionCalls, long peakBytes) {}
+
+    /** A BF16 backend with the op profiler on (it counts calls per op); the property is restored after. */
+    static CudaBackend profiledBackend() {
+        String old = System.getProperty(OpProfiler.PROPERTY);
+        System.setProperty(OpProfiler.PROPERTY, "true");
+        try {
+            return CudaBackend.create(0, DType.BF16, false);
+        } finally {
+            if (old == null) System.clearProperty(OpProfiler.PROPERTY);
+            else System.setProperty(OpProfiler.PROPERTY, old);
+        }
+    }
+
+    static int[][] batch(int vocab) {
+        int n = BATCH * T;
+        int[] ids = new int[n], pos = new int[n], segs = new int[n], targets = new int[n];
+        Random r = new Random(3);
+        int split = 100; // row 0 packs two examples
+        for (int i = 0; i < n; i++) {
+            int row = i / T, j = i % T;
+            int seg = row == 0 && j >= split ? 1 : 0;
+            ids[i] = r.nextInt(vocab);
+            segs[i] = seg;
+            pos[i] = seg == 1 ? j - split : j;
+            targets[i] = j == T - 1 || (row == 0 && j == split - 1) ? -100 : r.nextInt(vocab);
+        }
+        return new int[][] {ids, pos, segs, targets};
+    }
+
+    static Step step(CudaBackend b, TransformerLM m, PeftModel peft, Mode mode) {
+        int[][] x = batch(m.config().vocabSize());
+        peft.zeroGrad();
+        m.setCheckpointKeepAttention(mode == Mode.KEEP);
+        b.synchronize();
+        b.profiler().reset();
+        b.context().allocator().resetPeak();
+        TransformerLM.StepResult r = m.trainStep(x[0], x[1], x[2], x[3], BATCH, mode != Mode.NONE, 1f / (BATCH * T));
+        b.synchronize();
+        long peak = b.context().allocator().stats().peakAllocatedBytes();
+        OpProfiler.Stat s = b.profiler().stats().get("attentionTrain");
+        List<float[]> grads = new ArrayList<>();
+        for (Param p : peft.trainableParameters()) grads.add(b.toHost(p.grad()).toFloatArray().clone());
+        return new Step(r.lossSum(), grads, s == null ? 0 : s.calls(), peak);
+    }
+
+    static void assertBitIdentical(Step expected, Step actual, List<Param> params, String what) {
+        assertEquals(Double.doubleToRawLongBits(expected.loss()), Double.doubleToRawLongBits(actual.loss()),
+                what + ": loss " + expected.loss() + " vs " + actual.loss());
+        int nonZero = 0;
+        for (int i = 0; i < params.size(); i++) {
+            float[] e = expected.grads().get(i), a = actual.grads().get(i);
+            assertEquals(e.length, a.length);
+            for (int j = 0; j < e.length; j++) {
+                if (Float.floatToRawIntBits(e[j]) != Float.floatToRawIntBits(a[j])) {
+                    throw new AssertionError(what + ": gradient of " + params.get(i).name() + "[" + j + "] " + e[j] + " vs " + a[j]);
+                }
+                if (e[j] != 0) nonZero++;
+            }
+        }
+        assertTrue(nonZero > 0, what + ": the gradients are not all zero");
+    }
+
+    @Test
+    void keptAttentionGivesBitIdenticalLoraGradientsWithOneAttentionForwardPerLayer() {
+        assumeTrue(CudaBackend.isAvailable(), "no GPU");
+        try (CudaBackend b = profiledBackend()) {
+            TransformerLM m = SyntheticWeights.model(SHAPE, b, 1234, new QuantizedLinearFactory(QuantizationConfig.qlora()));
+            LoraConfig cfg = LoraConfig.builder().r(8).loraAlpha(16).loraDropout(0.0).targetModules(new ModuleSelector.AllLinear())
+                    .initLoraWeights(new InitLoraWeights.Flag(false)).build();
+            try (PeftModel peft = PeftModel.wrap(m, "synthetic-" + SHAPE, cfg, PeftModel.DEFAULT_ADAPTER, 5)) {
+                peft.train(true);
+                List<Param> params = peft.trainableParameters();
+                Step none = step(b, m, peft, Mode.NONE);
+                Step keep = step(b, m, peft, Mode.KEEP);
+                Step recompute = step(b, m, peft, Mode.RECOMPUTE);
+                Step keepAgain = step(b, m, peft, Mode.KEEP);
+                int layers = m.numLayers();
+                System.out.printf("%s, %d x %d tokens: loss %.6f; attention forwards %d / %d / %d; peak %.1f / %.1f / %.1f MiB "
+                                + "(no checkpointing / full recompute / kept attention)%n", SHAPE, BATCH, T, keep.loss() / (BATCH * T),
+                        none.attentionCalls(), recompute.attentionCalls(), keep.attentionCalls(),
+                        none.peakBytes() / 1048576.0, recompute.peakBytes() / 1048576.0, keep.peakBytes() / 1048576.0);
+                assertBitIdentical(recompute, keep, params, "kept attention vs full recompute");
+                assertBitIdentical(keep, keepAgain, params, "kept attention, second step");
+                assertEquals(layers, none.attentionCalls(), "attention forwards without checkpointing");
+                assertEquals(2L * layers, recompute.attentionCalls(), "attention forwards with the full recompute");
+                assertEquals(layers, keep.attentionCalls(), "attention forwards keeping the attention");
+                assertBitIdentical(none, keep, params, "kept attention vs no checkpointing");
+            } // closing the PeftModel closes m
+        }
+    }
+}

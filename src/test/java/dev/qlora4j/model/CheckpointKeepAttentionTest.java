@@ -1,0 +1,224 @@
+package dev.qlora4j.model;
+
+import dev.qlora4j.Golden;
+import dev.qlora4j.backend.Backend;
+import dev.qlora4j.backend.cpu.CpuBackend;
+import dev.qlora4j.io.CheckpointReader;
+import dev.qlora4j.optim.Param;
+import dev.qlora4j.peft.PeftModel;
+import dev.qlora4j.peft.config.InitLoraWeights;
+import dev.qlora4j.peft.config.LoraConfig;
+import dev.qlora4j.peft.config.ModuleSelector;
+import dev.qlora4j.peft.config.PrefixTuningConfig;
+import dev.qlora4j.peft.prefix.TrainablePrefixTuning;
+import dev.qlora4j.tensor.Tensor;
+import org.junit.jupiter.api.Test;
+
+import java.lang.reflect.InvocationTargetException;
+import java.lang.reflect.Proxy;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.Random;
+import java.util.concurrent.atomic.AtomicInteger;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * Gradient checkpointing that keeps each layer's attention result (TransformerLM.setCheckpointKeepAttention):
+ * loss and every trainable gradient bit for bit those of the full recompute and of no checkpointing, on the golden
+ * Llama (GQA, LoRA r=4 on every linear layer with non-zero B, two rows with packed segments), Mistral (sliding window
+ * 16 over 24 tokens) and prefix tuning; the attention forward runs once per layer (not twice) when kept, which a
+ * counting backend sees (so a silent fallback to the full recompute fails); with an activation store (offload) the
+ * attention is recomputed; the kept bytes are reported in activationBytes.
+ */
+class CheckpointKeepAttentionTest {
+    private static final int BATCH = 2, T = 24;
+
+    /** No checkpointing, checkpointing with the full recompute, checkpointing keeping the attention. */
+    enum Mode { NONE, RECOMPUTE, KEEP }
+
+    /** A CPU backend whose training-attention forwards (and prefix merges) are counted. */
+    static final class Counting {
+        final CpuBackend cpu = new CpuBackend(1);
+        final AtomicInteger attentionTrain = new AtomicInteger(), prefixAttention = new AtomicInteger();
+        final Backend backend = (Backend) Proxy.newProxyInstance(Backend.class.getClassLoader(), new Class<?>[] {Backend.class},
+                (proxy, m, args) -> {
+                    switch (m.getName()) {
+                        case "equals": return proxy == args[0];
+                        case "hashCode": return System.identityHashCode(proxy);
+                        case "toString": return "counting " + cpu;
+                        case "attentionTrain": attentionTrain.incrementAndGet(); break;
+                        case "prefixAttention": prefixAttention.incrementAndGet(); break;
+                        default: break;
+                    }
+                    try {
+                        return m.invoke(cpu, args);
+                    } catch (InvocationTargetException e) {
+                        throw e.getCause();
+                    }
+                });
+    }
+
+    /** What one step gave: loss, gradients in parameter order, attention forwards run, activation bytes reported. */
+    record Step(double loss, List<float[]> grads, int attentionCalls, int prefixCalls, long activationBytes) {}
+
+    /** The golden model on a counting CPU backend, with its reader (the CPU model maps the checkpoint's weights). */
+    record Loaded(TransformerLM model, CheckpointReader reader, Counting counting) implements AutoCloseable {
+        static Loaded of(String golden) {
+            Path dir = Golden.dir(golden);
+            Counting c = new Counting();
+            CheckpointReader r = CheckpointReader.open(dir);
+            try {
+                ModelConfig cfg = ModelConfig.load(dir);
+                return new Loaded(TransformerLM.load(cfg, new CheckpointWeights(r, dir.toString()), c.backend, LinearFactory.DENSE), r, c);
+            } catch (java.io.IOException e) {
+                r.close();
+                throw new java.io.UncheckedIOException(e);
+            }
+        }
+
+        @Override
+        public void close() {
+            model.close();
+            reader.close();
+            counting.cpu.close();
+        }
+    }
+
+    /** Two rows of T tokens; row 0 packs two examples (segments), with ignored targets at each example's end. */
+    static int[][] batch(int vocab) {
+        int n = BATCH * T;
+        int[] ids = new int[n], pos = new int[n], segs = new int[n], targets = new int[n];
+        Random r = new Random(11);
+        for (int i = 0; i < n; i++) {
+            int row = i / T, j = i % T;
+            int seg = row == 0 && j >= 9 ? 1 : 0;
+            ids[i] = r.nextInt(vocab);
+            segs[i] = seg;
+            pos[i] = seg == 1 ? j - 9 : j;
+            targets[i] = j == T - 1 || (row == 0 && j == 8) ? -100 : r.nextInt(vocab);
+        }
+        return new int[][] {ids, pos, segs, targets};
+    }
+
+    static Step step(Loaded l, Mode mode, List<Param> params, Runnable zeroGrad, Runnable begin, Runnable end) {
+        TransformerLM m = l.model();
+        int[][] b = batch(m.config().vocabSize());
+        zeroGrad.run();
+        m.setCheckpointKeepAttention(mode == Mode.KEEP);
+        l.counting().attentionTrain.set(0);
+        l.counting().prefixAttention.set(0);
+        begin.run();
+        TransformerLM.StepResult r = m.trainStep(b[0], b[1], b[2], b[3], BATCH, mode != Mode.NONE, 1f / 40);
+        end.run();
+        List<float[]> grads = new ArrayList<>();
+        for (Param p : params) grads.add(m.backend().toHost(p.grad()).toFloatArray().clone());
+        return new Step(r.lossSum(), grads, l.counting().attentionTrain.get(), l.counting().prefixAttention.get(), r.activationBytes());
+    }
+
+    static void assertBitIdentical(Step expected, Step actual, List<Param> params, String what) {
+        assertEquals(Double.doubleToRawLongBits(expected.loss()), Double.doubleToRawLongBits(actual.loss()),
+                what + ": loss " + expected.loss() + " vs " + actual.loss());
+        assertEquals(expected.grads().size(), actual.grads().size());
+        int nonZero = 0;
+        for (int i = 0; i < expected.grads().size(); i++) {
+            float[] e = expected.grads().get(i), a = actual.grads().get(i);
+            assertEquals(e.length, a.length);
+            for (int j = 0; j < e.length; j++) {
+                if (Float.floatToRawIntBits(e[j]) != Float.floatToRawIntBits(a[j])) {
+                    throw new AssertionError(what + ": gradient of " + params.get(i).name() + "[" + j + "] " + e[j] + " vs " + a[j]);
+                }
+                if (e[j] != 0) nonZero++;
+            }
+        }
+        assertTrue(nonZero > 0, what + ": the gradients are not all zero");
+    }
+
+    /** Bytes of one layer's attention result for the test batch: out [B*T, heads*hd] + lse F32 [B, heads, T]. */
+    static long attentionBytes(TransformerLM m) {
+        ModelConfig c = m.config();
+        long elem = m.backend().activationDType().byteSize();
+        return (long) BATCH * T * c.numAttentionHeads() * c.headDim() * elem + 4L * BATCH * c.numAttentionHeads() * T;
+    }
+
+    /** The three modes give the same bits; keeping the attention runs it once per layer and reports its bytes. */
+    static Map<Mode, Step> compareModes(Loaded l, List<Param> params, Runnable zeroGrad, Runnable begin, Runnable end, String what) {
+        Map<Mode, Step> s = new java.util.EnumMap<>(Mode.class);
+        for (Mode mode : new Mode[] {Mode.NONE, Mode.KEEP, Mode.RECOMPUTE, Mode.KEEP}) {
+            s.put(mode, step(l, mode, params, zeroGrad, begin, end)); // KEEP twice: a second step reuses nothing stale
+        }
+        assertBitIdentical(s.get(Mode.RECOMPUTE), s.get(Mode.KEEP), params, what + ", kept attention vs full recompute");
+        assertBitIdentical(s.get(Mode.NONE), s.get(Mode.KEEP), params, what + ", kept attention vs no checkpointing");
+        int layers = l.model().numLayers();
+        assertEquals(layers, s.get(Mode.NONE).attentionCalls(), what + ": attention forwards without checkpointing");
+        assertEquals(2 * layers, s.get(Mode.RECOMPUTE).attentionCalls(), what + ": attention forwards with the full recompute");
+        assertEquals(layers, s.get(Mode.KEEP).attentionCalls(), what + ": attention forwards keeping the attention (not recomputed)");
+        assertEquals(s.get(Mode.RECOMPUTE).activationBytes() + layers * attentionBytes(l.model()), s.get(Mode.KEEP).activationBytes(),
+                what + ": the kept attention is counted in activationBytes");
+        return s;
+    }
+
+    private static final LoraConfig LORA = LoraConfig.builder().r(4).loraAlpha(8).loraDropout(0.0)
+            .targetModules(new ModuleSelector.AllLinear()).initLoraWeights(new InitLoraWeights.Flag(false)).build();
+
+    @Test
+    void loraGradientsAreBitIdenticalAndTheAttentionRunsOncePerLayer() {
+        for (String golden : new String[] {"llama-f32", "mistral-f32"}) { // mistral: sliding window 16 < 24 tokens
+            try (Loaded l = Loaded.of(golden)) {
+                if (golden.startsWith("mistral")) assertTrue(l.model().config().slidingWindow(0) != null, "the window case has a window");
+                PeftModel peft = PeftModel.wrap(l.model(), golden, LORA, PeftModel.DEFAULT_ADAPTER, 7);
+                peft.train(true);
+                List<Param> params = peft.trainableParameters();
+                assertTrue(l.model().checkpointKeepAttention(), "keeping the attention is the default");
+                Map<Mode, Step> s = compareModes(l, params, peft::zeroGrad, () -> {}, () -> {}, golden + " LoRA");
+                System.out.printf("%s LoRA: loss %.6f identical in 3 modes; attention forwards %d (none) %d (recompute) %d (kept); "
+                                + "activation bytes %,d recompute, %,d kept%n", golden, s.get(Mode.KEEP).loss(),
+                        s.get(Mode.NONE).attentionCalls(), s.get(Mode.RECOMPUTE).attentionCalls(), s.get(Mode.KEEP).attentionCalls(),
+                        s.get(Mode.RECOMPUTE).activationBytes(), s.get(Mode.KEEP).activationBytes());
+            }
+        }
+    }
+
+    @Test
+    void prefixTuningKeepsTheMergedAttention() {
+        try (Loaded l = Loaded.of("llama-f32")) {
+            TransformerLM m = l.model();
+            PrefixTuningConfig cfg = new PrefixTuningConfig(3, null, null, null, null, null, false, null,
+                    "CAUSAL_LM", null, null, false, Map.of());
+            try (TrainablePrefixTuning t = TrainablePrefixTuning.create(cfg, m, 7)) {
+                t.attach();
+                List<Param> params = t.trainableParameters();
+                Map<Mode, Step> s = compareModes(l, params, t::zeroGrad, () -> t.beginStep(true), t::endStep, "prefix tuning");
+                int layers = m.numLayers();
+                assertEquals(layers, s.get(Mode.KEEP).prefixCalls(), "the prefix merge runs once per layer when the merged result is kept");
+                assertEquals(2 * layers, s.get(Mode.RECOMPUTE).prefixCalls(), "and twice with the full recompute");
+            }
+        }
+    }
+
+    @Test
+    void activationOffloadRecomputesTheAttention() {
+        try (Loaded l = Loaded.of("llama-f32")) {
+            PeftModel peft = PeftModel.wrap(l.model(), "llama-f32", LORA, PeftModel.DEFAULT_ADAPTER, 7);
+            peft.train(true);
+            List<Param> params = peft.trainableParameters();
+            Step kept = step(l, Mode.KEEP, params, peft::zeroGrad, () -> {}, () -> {});
+            AtomicInteger saves = new AtomicInteger();
+            l.model().setActivationStore(new ActivationStore() { // an offload store that keeps inputs where they are, counting
+                @Override public Saved save(Tensor x) { saves.incrementAndGet(); return ActivationStore.ON_DEVICE.save(x); }
+                @Override public void release(Saved s, Tensor x) {}
+                @Override public Tensor restore(Saved s) { return ActivationStore.ON_DEVICE.restore(s); }
+                @Override public void discard(Saved s) { ActivationStore.ON_DEVICE.discard(s); }
+            });
+            Step offloaded = step(l, Mode.KEEP, params, peft::zeroGrad, () -> {}, () -> {});
+            l.model().setActivationStore(null);
+            int layers = l.model().numLayers();
+            assertEquals(layers, saves.get(), "every layer input went through the store");
+            assertEquals(2 * layers, offloaded.attentionCalls(), "with activation offload the attention is recomputed");
+            assertBitIdentical(kept, offloaded, params, "offloaded (recomputed) vs kept attention");
+        }
+    }
+}
