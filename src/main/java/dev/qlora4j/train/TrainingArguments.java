@@ -33,7 +33,7 @@ import java.util.function.Consumer;
  * @param resumeFromCheckpoint resume_from_checkpoint: null, "latest" (newest checkpoint-N in output_dir) or a folder
  * @param offloadActivations   offload_activations (qlora4j's own key): with gradient checkpointing, each layer's
  *                             checkpointed input waits for the backward in pinned host memory instead of GPU memory
- * @param checkpointKeepAttention checkpoint_keep_attention (qlora4j's own key, default true): with gradient
+ * @param checkpointKeepAttention checkpoint_keep_attention (qlora4j's own key, default false): with gradient
  *                             checkpointing, each layer's attention result (out + lse) is kept too, so the backward's
  *                             recompute skips the attention forward (same loss and gradients, bit for bit; about
  *                             16 MiB more per Llama-7B layer at 2048 tokens). Ignored with offload_activations.
@@ -164,7 +164,7 @@ public record TrainingArguments(
         d.put("completion_only_loss", true);
         d.put("assistant_only_loss", true);
         d.put("offload_activations", false);
-        d.put("checkpoint_keep_attention", true);
+        d.put("checkpoint_keep_attention", false);
         return d;
     }
 

@@ -12,7 +12,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
- * checkpoint_keep_attention: on by default, --no-checkpoint-keep-attention (or the JSON key) turns it off, and it
+ * checkpoint_keep_attention: off by default, --no-checkpoint-keep-attention (or the JSON key) turns it off, and it
  * round-trips through training_args.json (toMap / with).
  */
 class CheckpointKeepAttentionFlagTest {
@@ -23,11 +23,11 @@ class CheckpointKeepAttentionFlagTest {
     }
 
     @Test
-    void onByDefaultAndTurnedOffByTheNegatedFlagOrTheKey() {
-        assertTrue(TrainingArguments.defaults(Path.of("out")).checkpointKeepAttention());
+    void offByDefaultAndTurnedOffByTheNegatedFlagOrTheKey() {
+        assertFalse(TrainingArguments.defaults(Path.of("out")).checkpointKeepAttention());
         Map<String, Object> none = overrides("--data", "d", "--output", "out", "--gradient-checkpointing");
         assertFalse(none.containsKey("checkpoint_keep_attention"), "an absent flag leaves the default");
-        assertTrue(TrainingArguments.load(null, none, w -> { }).checkpointKeepAttention());
+        assertFalse(TrainingArguments.load(null, none, w -> { }).checkpointKeepAttention());
 
         Map<String, Object> off = overrides("--data", "d", "--output", "out", "--gradient-checkpointing", "--no-checkpoint-keep-attention");
         assertEquals(false, off.get("checkpoint_keep_attention"));

@@ -25,6 +25,7 @@ import java.util.concurrent.atomic.AtomicInteger;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 
 /**
  * Gradient checkpointing that keeps each layer's attention result (TransformerLM.setCheckpointKeepAttention):
@@ -172,7 +173,7 @@ class CheckpointKeepAttentionTest {
                 PeftModel peft = PeftModel.wrap(l.model(), golden, LORA, PeftModel.DEFAULT_ADAPTER, 7);
                 peft.train(true);
                 List<Param> params = peft.trainableParameters();
-                assertTrue(l.model().checkpointKeepAttention(), "keeping the attention is the default");
+                assertFalse(l.model().checkpointKeepAttention(), "keeping the attention is opt-in");
                 Map<Mode, Step> s = compareModes(l, params, peft::zeroGrad, () -> {}, () -> {}, golden + " LoRA");
                 System.out.printf("%s LoRA: loss %.6f identical in 3 modes; attention forwards %d (none) %d (recompute) %d (kept); "
                                 + "activation bytes %,d recompute, %,d kept%n", golden, s.get(Mode.KEEP).loss(),
