@@ -190,6 +190,7 @@ __device__ __forceinline__ void prefill_impl(const T* __restrict__ q, const T* _
 
 // ---------------------------------------------------------------------------------------------------------
 // Split-K decode (T = 1).
+constexpr int DEC_VB = 8;  // value rows loaded per batch in the decode's accumulation loop
 // DEC_GMAX: query heads one block serves (a template parameter: 1, 2, 4 or 8, the smallest power of two
 // >= heads / kvHeads, capped at 8), so plain multi-head attention does no work for absent heads.
 template <typename T, int D, int DEC_GMAX>
@@ -247,7 +248,7 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
         for (int g = 0; g < DEC_GMAX; g++) sc[g] = 0.f;
         if (vis) {
             const int4* krow = reinterpret_cast<const int4*>(kbase + (int64_t)slot * D);
-#pragma unroll 2
+#pragma unroll 4
             for (int p = 0; p < D / KV; p++) {
                 Pack16<T> kp;
                 kp.raw = krow[p];
@@ -271,17 +272,28 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
 #pragma unroll
             for (int c = 0; c < DPL; c++) acc[g][c] *= alpha;
         }
-        int n_keys = min(32, c1 - base);
-        for (int jj = 0; jj < n_keys; jj++) {
-            float vv[DPL];
-            const T* vrow = vbase + (int64_t)(base + jj) * D + lane * DPL;
+        // value rows in batches of DEC_VB: the batch's loads go out together (one memory latency per batch, not one
+        // per key), then the same accumulation order as one key at a time (key ascending), so the sums are unchanged
+        const int n_keys = min(32, c1 - base);
+        const T* vtile = vbase + (int64_t)base * D + lane * DPL;
+        for (int j0 = 0; j0 < n_keys; j0 += DEC_VB) {
+            float vv[DEC_VB][DPL];
 #pragma unroll
-            for (int c = 0; c < DPL; c++) vv[c] = lane < ACTIVE ? to_f32(vrow[c]) : 0.f;
+            for (int u = 0; u < DEC_VB; u++) {
 #pragma unroll
-            for (int g = 0; g < DEC_GMAX; g++) {
-                float pj = __shfl_sync(0xffffffffu, p[g], jj);
+                for (int c = 0; c < DPL; c++) {
+                    vv[u][c] = lane < ACTIVE && j0 + u < n_keys ? to_f32(vtile[(int64_t)(j0 + u) * D + c]) : 0.f;
+                }
+            }
 #pragma unroll
-                for (int c = 0; c < DPL; c++) acc[g][c] += pj * vv[c];
+            for (int u = 0; u < DEC_VB; u++) {
+                if (j0 + u >= n_keys) break;  // warp-uniform
+#pragma unroll
+                for (int g = 0; g < DEC_GMAX; g++) {
+                    float pj = __shfl_sync(0xffffffffu, p[g], j0 + u);
+#pragma unroll
+                    for (int c = 0; c < DPL; c++) acc[g][c] += pj * vv[u][c];
+                }
             }
         }
     }
