@@ -121,21 +121,7 @@ class CheckpointKeepAttentionTest {
     }
 
     static void assertBitIdentical(Step expected, Step actual, List<Param> params, String what) {
-        assertEquals(Double.doubleToRawLongBits(expected.loss()), Double.doubleToRawLongBits(actual.loss()),
-                what + ": loss " + expected.loss() + " vs " + actual.loss());
-        assertEquals(expected.grads().size(), actual.grads().size());
-        int nonZero = 0;
-        for (int i = 0; i < expected.grads().size(); i++) {
-            float[] e = expected.grads().get(i), a = actual.grads().get(i);
-            assertEquals(e.length, a.length);
-            for (int j = 0; j < e.length; j++) {
-                if (Float.floatToRawIntBits(e[j]) != Float.floatToRawIntBits(a[j])) {
-                    throw new AssertionError(what + ": gradient of " + params.get(i).name() + "[" + j + "] " + e[j] + " vs " + a[j]);
-                }
-                if (e[j] != 0) nonZero++;
-            }
-        }
-        assertTrue(nonZero > 0, what + ": the gradients are not all zero");
+        dev.qlora4j.model.BitIdenticalGradients.assertSame(expected.loss(), expected.grads(), actual.loss(), actual.grads(), params, what);
     }
 
     /** Bytes of one layer's attention result for the test batch: out [B*T, heads*hd] + lse F32 [B, heads, T]. */

@@ -82,20 +82,7 @@ class CheckpointKeepAttentionGpuTest {
     }
 
     static void assertBitIdentical(Step expected, Step actual, List<Param> params, String what) {
-        assertEquals(Double.doubleToRawLongBits(expected.loss()), Double.doubleToRawLongBits(actual.loss()),
-                what + ": loss " + expected.loss() + " vs " + actual.loss());
-        int nonZero = 0;
-        for (int i = 0; i < params.size(); i++) {
-            float[] e = expected.grads().get(i), a = actual.grads().get(i);
-            assertEquals(e.length, a.length);
-            for (int j = 0; j < e.length; j++) {
-                if (Float.floatToRawIntBits(e[j]) != Float.floatToRawIntBits(a[j])) {
-                    throw new AssertionError(what + ": gradient of " + params.get(i).name() + "[" + j + "] " + e[j] + " vs " + a[j]);
-                }
-                if (e[j] != 0) nonZero++;
-            }
-        }
-        assertTrue(nonZero > 0, what + ": the gradients are not all zero");
+        dev.qlora4j.model.BitIdenticalGradients.assertSame(expected.loss(), expected.grads(), actual.loss(), actual.grads(), params, what);
     }
 
     @Test
