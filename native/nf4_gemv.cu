@@ -32,6 +32,12 @@ constexpr int CHUNK_K = 128;
 constexpr int DEC_TAB = 0;   // 16-float table in shared memory, one LDS per nibble
 constexpr int DEC_REG = 1;   // per-slice bf16/f16 tables in registers, prmt lookups (ALU only)
 constexpr int DEC_NONE = 2;  // timing only: the packed bits used as if decoded (wrong results; the bench's ceiling)
+constexpr int DEC_PAIR = 3;  // 256-entry (code[hi], code[lo]) pair table, replicated per half-warp lane: one LDS.64 per byte
+// DEC_PAIR: copies of the pair table; lane l reads copy l % 16, so a half-warp's 16 LDS.64 hit 16 distinct bank pairs
+// whatever the bytes (float2 index = byte * 16 + copy). 256 x 16 x 8 B = 32 KiB of shared memory per block.
+constexpr int PAIR_COPIES = 16;
+// At namespace scope so that a kernel's two gemv_body instances (double rounding or not) share one table.
+__shared__ __align__(16) float2 pair_table[256 * PAIR_COPIES];
 
 
 // The statistics of one 4-bit weight (the same leading kernel arguments as nf4.cu's Q4_WEIGHT_PARAMS).
@@ -85,6 +91,20 @@ __device__ __forceinline__ void decode_word_tab(uint32_t w, const float* tab, fl
         const float vh = *reinterpret_cast<const float*>(base + oh);
         const float vl = *reinterpret_cast<const float*>(base + ol);
         r[b] = pack_pair<F16C, DR>(__fmul_rn(vh, amax), __fmul_rn(vl, amax));
+    }
+}
+
+// DEC_PAIR: pair = the lane's copy of the pair table (byte v at pair + v * PAIR_COPIES: (code[v >> 4], code[v & 15])).
+// Per byte: the byte times 128 (its copy's byte offset), one LDS.64, two FMUL and one cvt: the same values as
+// decode_word_tab (the same code factors and products), with one table read per byte instead of two.
+template <bool F16C, bool DR>
+__device__ __forceinline__ void decode_word_pair(uint32_t w, const float2* pair, float amax, uint32_t* r) {
+    const char* base = reinterpret_cast<const char*>(pair);
+#pragma unroll
+    for (int b = 0; b < 4; b++) {
+        const uint32_t off = __byte_perm(w, 0, 0x4440 | b) * (uint32_t)(PAIR_COPIES * sizeof(float2));
+        const float2 c = *reinterpret_cast<const float2*>(base + off);
+        r[b] = pack_pair<F16C, DR>(__fmul_rn(c.x, amax), __fmul_rn(c.y, amax));
     }
 }
 
@@ -161,9 +181,10 @@ __device__ __forceinline__ float chunk_absmax(const Weight& w, const float* ncod
 
 template <bool F16C, bool DR, int NT, int TILES, int DEC>
 __device__ __forceinline__ void compute_chunk(const ChunkLoad<TILES>& L, const Weight& w, const float* tab,
-                                              const float* ncode, const uint16_t* __restrict__ x, int M, int K,
-                                              int kb, int g, float (&acc)[TILES][NT][4]) {
-    static_assert(DEC == DEC_TAB || DEC == DEC_REG || DEC == DEC_NONE, "decode: DEC_TAB, DEC_REG or DEC_NONE");
+                                              const float2* pair, const float* ncode, const uint16_t* __restrict__ x,
+                                              int M, int K, int kb, int g, float (&acc)[TILES][NT][4]) {
+    static_assert(DEC == DEC_TAB || DEC == DEC_REG || DEC == DEC_NONE || DEC == DEC_PAIR,
+                  "decode: DEC_TAB, DEC_REG, DEC_PAIR or DEC_NONE");
     // B fragments: x[g + 8 nt][kb .. kb + 32) as 16 bf16x2 / f16x2 words (zero for rows >= M and past K)
     uint32_t xw[NT][16];
 #pragma unroll
@@ -198,6 +219,9 @@ __device__ __forceinline__ void compute_chunk(const ChunkLoad<TILES>& L, const W
             if (DEC == DEC_TAB) {
                 decode_word_tab<F16C, DR>(w0[word], tab, a0, r0);
                 decode_word_tab<F16C, DR>(w1[word], tab, a1, r1);
+            } else if (DEC == DEC_PAIR) {
+                decode_word_pair<F16C, DR>(w0[word], pair, a0, r0);
+                decode_word_pair<F16C, DR>(w1[word], pair, a1, r1);
             } else if (DEC == DEC_REG) {
                 decode_word_reg(w0[word], P0, r0);
                 decode_word_reg(w1[word], P1, r1);
@@ -255,6 +279,14 @@ __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restri
     if (w.nested) {
         for (int j = threadIdx.x; j < 256; j += W * 32) sm.ncode[j] = __ldg(nested_code + j);
     }
+    const float2* pair = nullptr;
+    if constexpr (DEC == DEC_PAIR) {
+        for (int i = threadIdx.x; i < 256 * PAIR_COPIES; i += W * 32) {
+            const int v = i / PAIR_COPIES;
+            pair_table[i] = make_float2(__ldg(code16 + (v >> 4)), __ldg(code16 + (v & 15)));
+        }
+        pair = pair_table + (lane & (PAIR_COPIES - 1));
+    }
     // programmatic dependent launch (pdl.cuh): the weight loads and tables above overlap the previous kernel's tail;
     // x is read and y written only after it has completed
     pdl_wait();
@@ -274,7 +306,7 @@ __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restri
             if (j < cpw) {  // warp-uniform
                 const int kb = kb0 + j * kstep;
                 ChunkLoad<TILES> ahead = load_chunk<TILES, PF>(w, row0, N, K, kb + DEPTH * kstep, j + DEPTH < cpw);
-                compute_chunk<F16C, DR, NT, TILES, DEC>(buf[d], w, sm.tab, sm.ncode, x, M, K, kb, g, acc);
+                compute_chunk<F16C, DR, NT, TILES, DEC>(buf[d], w, sm.tab, pair, sm.ncode, x, M, K, kb, g, acc);
                 buf[d] = ahead;
             }
         }
@@ -572,6 +604,10 @@ V2_ENTRY(q4v2reg_gemv_bf16_m8, false, 1, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_bf16_m16, false, 2, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_f16_m8, true, 1, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
+// the pair-table decode (-Dqlora4j.nf4.gemv=v2pair) for rows <= 8 only: with two fragment sets (m16) its 32 KiB table
+// would take the block past the 48 KiB of static shared memory
+V2_ENTRY(q4v2pair_gemv_bf16_m8, false, 1, nf4v2::DEC_PAIR)
+V2_ENTRY(q4v2pair_gemv_f16_m8, true, 1, nf4v2::DEC_PAIR)
 
 // ---------------------------------------------------------------------------------------------
 // Grouped v2 entry points (Nf4GemvKernels.gemvGroup): up to 3 weights ("segments") that read the same x [M, K], in one

@@ -31,9 +31,10 @@ final class Nf4GemvKernels {
     /**
      * Which kernel and decode: v2 with the 16-float shared table, v2 with register tables (ALU only), or V3_STREAM
      * = the v3 persistent streaming kernel (table decode, FMA in f32; rows &lt;= 4, blocksize &gt;= 32, else the v2
-     * table kernel runs).
+     * table kernel runs), or PAIR = v2 decoding each byte with one read of a replicated 256-entry (code[hi], code[lo])
+     * table (the same values as TABLE, bit for bit; rows &lt;= 8, else the TABLE kernel runs).
      */
-    enum Decode { TABLE, REGISTERS, V3_STREAM }
+    enum Decode { TABLE, REGISTERS, V3_STREAM, PAIR }
 
     private Nf4GemvKernels() {}
 
@@ -52,7 +53,13 @@ final class Nf4GemvKernels {
             case F16 -> "f16";
             default -> throw new IllegalArgumentException("the v2 GEMV computes in BF16 or F16, not " + compute);
         };
-        return (decode == Decode.REGISTERS ? "q4v2reg_gemv_" : "q4v2_gemv_") + dt + (rows <= 8 ? "_m8" : "_m16");
+        // PAIR has m8 kernels only (its 32 KiB table leaves no room for the m16 fragments): rows 9..16 use TABLE
+        String prefix = switch (decode) {
+            case REGISTERS -> "q4v2reg_gemv_";
+            case PAIR -> rows <= 8 ? "q4v2pair_gemv_" : "q4v2_gemv_";
+            default -> "q4v2_gemv_";
+        };
+        return prefix + dt + (rows <= 8 ? "_m8" : "_m16");
     }
 
     /** Weights one grouped launch takes at most (the segments of native/nf4_gemv.cu's q4v2g entries). */
@@ -172,7 +179,7 @@ final class Nf4GemvKernels {
         }
         boolean v3 = decode == Decode.V3_STREAM && v3Applies(w, rows);
         long fn = ctx.function(MODULE, v3 ? v3KernelName(w.computeDType(), rows)
-                : kernelName(w.computeDType(), rows, decode == Decode.REGISTERS ? Decode.REGISTERS : Decode.TABLE));
+                : kernelName(w.computeDType(), rows, decode == Decode.V3_STREAM ? Decode.TABLE : decode));
         boolean doubleRound = w.stateDType() != DType.F32 && w.stateDType() != w.computeDType();
         KernelArgs args = Quant4bitKernels.weightArgs(w).ptr(CudaContext.ptr(w.code16()))
                 .ptr(CudaContext.ptr(xc)).i32(rows).i32(w.outFeatures()).i32(w.inFeatures())

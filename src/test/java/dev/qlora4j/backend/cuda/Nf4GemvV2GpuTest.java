@@ -80,10 +80,20 @@ class Nf4GemvV2GpuTest {
              Tensor xc = QuantGpuSupport.upload(ctx, x, compute, rows, inF);
              Tensor bdev = bias == null ? null : QuantGpuSupport.upload(ctx, bias, biasD, outF);
              Tensor y = QuantGpuSupport.poisoned(ctx, xd, rows, outF)) {
+            float[] table = null;
             for (Nf4GemvKernels.Decode decode : Nf4GemvKernels.Decode.values()) {
                 ctx.driver().memsetD8Async(CudaContext.ptr(y), (byte) 0xFF, y.byteSize(), ctx.stream());
                 Nf4GemvKernels.gemv(ctx, q, xc, rows, bdev, y, decode);
                 float[] got = ctx.download(y).toFloatArray();
+                if (decode == Nf4GemvKernels.Decode.TABLE) table = got;
+                if (decode == Nf4GemvKernels.Decode.PAIR) {
+                    // the pair table holds the same factors and the kernel forms the same products in the same order
+                    for (int e = 0; e < got.length; e++) {
+                        if (Float.floatToRawIntBits(got[e]) != Float.floatToRawIntBits(table[e])) {
+                            fail(what + ": PAIR element " + e + " = " + got[e] + ", TABLE gave " + table[e]);
+                        }
+                    }
+                }
                 for (int e = 0; e < ref.length; e++) {
                     double want = QuantGpuSupport.round(xd, ref[e]);
                     double tol = 1e-5 * sumAbs[e] + 2 * QuantGpuSupport.quantum(compute, want) + QuantGpuSupport.quantum(xd, want);
