@@ -604,8 +604,9 @@ V2_ENTRY(q4v2reg_gemv_bf16_m8, false, 1, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_bf16_m16, false, 2, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_f16_m8, true, 1, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
-// the pair-table decode (-Dqlora4j.nf4.gemv=v2pair) for rows <= 8 only: with two fragment sets (m16) its 32 KiB table
-// would take the block past the 48 KiB of static shared memory
+// the pair-table decode: the default "v2" decode for rows <= 8 (-Dqlora4j.nf4.gemv=v2table takes the table kernels
+// above); no m16 form, because with two fragment sets its 32 KiB table would take the block past 48 KiB of static
+// shared memory
 V2_ENTRY(q4v2pair_gemv_bf16_m8, false, 1, nf4v2::DEC_PAIR)
 V2_ENTRY(q4v2pair_gemv_f16_m8, true, 1, nf4v2::DEC_PAIR)
 

@@ -187,7 +187,7 @@ public final class CudaQuantOps {
     /** The v2 decode of a grouped launch under a GEMV variant, or null when the variant has no grouped form. */
     static Nf4GemvKernels.Decode groupDecode(Quant4bitKernels.GemvVariant v) {
         return switch (v) {
-            case V2 -> Nf4GemvKernels.Decode.TABLE;
+            case V2, V2TABLE -> Nf4GemvKernels.Decode.TABLE;  // the grouped kernel has no pair-table form
             case V2REG -> Nf4GemvKernels.Decode.REGISTERS;
             default -> null;
         };

@@ -31,9 +31,10 @@ final class Quant4bitKernels {
     /** Shared memory for the x slice of one stream block, at most (two blocks per SM with the 65 KiB tables). */
     static final int STREAM_MAX_X_BYTES = 40 * 1024;
     /**
-     * System property choosing the decode GEMV: "v2" (default, native/nf4_gemv.cu with the shared 16-float table), "v3" (its persistent streaming kernel),
-     * "v2reg" (the same kernel decoding in registers), "v2pair" (the same kernel decoding through a replicated
-     * 256-entry pair table: one shared-memory read per byte instead of two; rows &lt;= 8, same values), "v7" (native/nf4_gemv7.cu: one row of x only, bitsandbytes'
+     * System property choosing the decode GEMV: "v2" (default, native/nf4_gemv.cu decoding each byte with one read of a
+     * replicated 256-entry pair table for rows &lt;= 8, 4% faster Llama-7B decode on the H200 than "v2table", the same
+     * kernel with two reads of the 16-float table per byte; both give the same values bit for bit), "v3" (its
+     * persistent streaming kernel), "v2reg" (the same kernel decoding in registers), "v7" (native/nf4_gemv7.cu: one row of x only, bitsandbytes'
      * batch-1 numerics, see {@link Nf4Gemv7Kernels}), "hybrid", "stream" or "mma" (native/nf4.cu).
      */
     static final String GEMV_VARIANT_PROPERTY = "qlora4j.nf4.gemv";
@@ -169,12 +170,12 @@ final class Quant4bitKernels {
 
     /**
      * The decode GEMV variants of 16-bit compute with K % 32 == 0 (same numerics, bit-identical weights, except V7):
-     * V2 / V2REG / V2PAIR = {@link Nf4GemvKernels} (table / register / pair-table decode), V3 = its persistent streaming kernel (rows &lt;= 4), HYBRID = the streaming kernel with part of the decode on register tables, STREAM = the streaming kernel
+     * V2 / V2TABLE / V2REG = {@link Nf4GemvKernels} (pair-table / table / register decode), V3 = its persistent streaming kernel (rows &lt;= 4), HYBRID = the streaming kernel with part of the decode on register tables, STREAM = the streaming kernel
      * decoding only through the shared-memory pair table, MMA = the stream-K kernel. V7 = {@link Nf4Gemv7Kernels} for
      * one row of x (where {@link Nf4Gemv7Kernels#applies} holds, else v2) with bitsandbytes' batch-1 inference numerics
      * (weights and products rounded to the compute dtype) instead of the exact contract of the others: opt-in only.
      */
-    enum GemvVariant { V2, V2REG, V2PAIR, V3, V7, HYBRID, STREAM, MMA }
+    enum GemvVariant { V2, V2TABLE, V2REG, V3, V7, HYBRID, STREAM, MMA }
 
     /** The variant the system property qlora4j.nf4.gemv names (read per call, so a benchmark can switch). */
     static GemvVariant gemvVariant() {
@@ -186,14 +187,14 @@ final class Quant4bitKernels {
         return switch (v) {
             case "v2", "" -> GemvVariant.V2;
             case "v2reg" -> GemvVariant.V2REG;
-            case "v2pair" -> GemvVariant.V2PAIR;
+            case "v2table" -> GemvVariant.V2TABLE;
             case "v3" -> GemvVariant.V3;
             case "v7" -> GemvVariant.V7;
             case "hybrid" -> GemvVariant.HYBRID;
             case "stream" -> GemvVariant.STREAM;
             case "mma" -> GemvVariant.MMA;
             default -> throw new IllegalArgumentException("system property " + GEMV_VARIANT_PROPERTY
-                    + " must be v2, v2reg, v2pair, v3, v7, hybrid, stream or mma, got '" + value + "'");
+                    + " must be v2, v2table, v2reg, v3, v7, hybrid, stream or mma, got '" + value + "'");
         };
     }
 
@@ -219,9 +220,9 @@ final class Quant4bitKernels {
     /** The tensor-core GEMV of the chosen variant; xc is x in the compute dtype (16-byte aligned rows). */
     static void gemv(CudaContext ctx, CudaQuant4bit w, Tensor xc, int rows, Tensor bias, Tensor y, GemvVariant variant) {
         switch (variant) {
-            case V2 -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.TABLE);
+            case V2 -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.PAIR);
+            case V2TABLE -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.TABLE);
             case V2REG -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.REGISTERS);
-            case V2PAIR -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.PAIR);
             case V3 -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.V3_STREAM);
             case V7 -> {
                 if (Nf4Gemv7Kernels.applies(w, rows, bias, y)) Nf4Gemv7Kernels.gemv(ctx, w, xc, rows, bias, y);

@@ -153,7 +153,7 @@ class CudaQuant4bitLinearGpuTest {
     }
 
     @ParameterizedTest(name = "qlora4j.nf4.gemv={0}")
-    @org.junit.jupiter.params.provider.ValueSource(strings = {"mma", "stream", "hybrid", "v2", "v2reg", "v2pair"})
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"mma", "stream", "hybrid", "v2", "v2table", "v2reg"})
     void publicLinearFollowsTheVariantProperty(String variant) {
         String before = System.getProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY);
         System.setProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY, variant);
