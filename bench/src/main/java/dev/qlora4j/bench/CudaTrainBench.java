@@ -31,7 +31,7 @@ import java.util.Random;
  *
  * <p>Run: java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -cp bench/target/benchmarks.jar
  * dev.qlora4j.bench.CudaTrainBench [--shape llama-7b] [--seq 2048] [--batch 1] [--checkpointing on,off]
- * [--keep-attention on] [--warmup 2] [--steps 5] [--offload-layers 0] [--offload-activations off] [--gpus 1].
+ * [--keep-attention off] [--warmup 2] [--steps 5] [--offload-layers 0] [--offload-activations off] [--gpus 1].
  * --keep-attention on,off: with checkpointing on, whether each layer's attention result (out + lse) is kept so the
  * backward's recompute skips the attention forward (TransformerLM.setCheckpointKeepAttention; one row per value;
  * with --offload-activations on the attention is recomputed either way). --gpus N splits the decoder
@@ -55,7 +55,7 @@ public final class CudaTrainBench {
     }
 
     public static void main(String[] args) {
-        String shape = "llama-7b", ckpt = "on,off", keepAttention = "on";
+        String shape = "llama-7b", ckpt = "on,off", keepAttention = "off";
         int seq = 2048, batch = 1, warmup = 2, steps = 5, offloadLayers = 0, gpus = 1;
         boolean offloadActivations = false;
         for (int i = 0; i + 1 < args.length; i += 2) {
