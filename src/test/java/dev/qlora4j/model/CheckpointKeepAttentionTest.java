@@ -20,7 +20,6 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
-import java.util.Random;
 import java.util.concurrent.atomic.AtomicInteger;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -91,18 +90,7 @@ class CheckpointKeepAttentionTest {
 
     /** Two rows of T tokens; row 0 packs two examples (segments), with ignored targets at each example's end. */
     static int[][] batch(int vocab) {
-        int n = BATCH * T;
-        int[] ids = new int[n], pos = new int[n], segs = new int[n], targets = new int[n];
-        Random r = new Random(11);
-        for (int i = 0; i < n; i++) {
-            int row = i / T, j = i % T;
-            int seg = row == 0 && j >= 9 ? 1 : 0;
-            ids[i] = r.nextInt(vocab);
-            segs[i] = seg;
-            pos[i] = seg == 1 ? j - 9 : j;
-            targets[i] = j == T - 1 || (row == 0 && j == 8) ? -100 : r.nextInt(vocab);
-        }
-        return new int[][] {ids, pos, segs, targets};
+        return PackedTestBatch.of(vocab, BATCH, T, 9, 11);
     }
 
     static Step step(Loaded l, Mode mode, List<Param> params, Runnable zeroGrad, Runnable begin, Runnable end) {

@@ -50,17 +50,9 @@ class CudaTrainEndToEndGpuTest {
 
     /** Two packed examples in one row of 24 tokens plus a second row: segments, batch 2, ignored targets. */
     private static TransformerLM.StepResult step(TransformerLM m, int vocab) {
-        int batch = 2, t = 24, n = batch * t;
-        int[] ids = new int[n], pos = new int[n], segs = new int[n], targets = new int[n];
-        java.util.Random r = new java.util.Random(7);
-        for (int i = 0; i < n; i++) {
-            int row = i / t, j = i % t;
-            int seg = row == 0 && j >= 10 ? 1 : 0;
-            ids[i] = r.nextInt(vocab);
-            segs[i] = seg;
-            pos[i] = seg == 1 ? j - 10 : j;
-            targets[i] = j == t - 1 || (row == 0 && j == 9) ? -100 : r.nextInt(vocab);
-        }
+        int batch = 2, t = 24;
+        int[][] b = dev.qlora4j.model.PackedTestBatch.of(vocab, batch, t, 10, 7);
+        int[] ids = b[0], pos = b[1], segs = b[2], targets = b[3];
         return m.trainStep(ids, pos, segs, targets, batch, false, 1f / 40);
     }
 
