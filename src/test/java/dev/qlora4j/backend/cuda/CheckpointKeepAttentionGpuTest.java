@@ -14,7 +14,6 @@ import org.junit.jupiter.api.Test;
 
 import java.util.ArrayList;
 import java.util.List;
-import java.util.Random;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -50,19 +49,7 @@ class CheckpointKeepAttentionGpuTest {
     }
 
     static int[][] batch(int vocab) {
-        int n = BATCH * T;
-        int[] ids = new int[n], pos = new int[n], segs = new int[n], targets = new int[n];
-        Random r = new Random(3);
-        int split = 100; // row 0 packs two examples
-        for (int i = 0; i < n; i++) {
-            int row = i / T, j = i % T;
-            int seg = row == 0 && j >= split ? 1 : 0;
-            ids[i] = r.nextInt(vocab);
-            segs[i] = seg;
-            pos[i] = seg == 1 ? j - split : j;
-            targets[i] = j == T - 1 || (row == 0 && j == split - 1) ? -100 : r.nextInt(vocab);
-        }
-        return new int[][] {ids, pos, segs, targets};
+        return dev.qlora4j.model.PackedTestBatch.of(vocab, BATCH, T, 100, 3);  // row 0 packs two examples
     }
 
     static Step step(CudaBackend b, TransformerLM m, PeftModel peft, Mode mode) {
