@@ -577,8 +577,8 @@ gemv3_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax
 #define V2_TILES 1
 #define V2_DEPTH 4
 
-#define V2_ENTRY_W(name, F16C, NT, DEC, WS)                                                                           \
-    extern "C" __global__ void __launch_bounds__(WS * 32, nf4v2::MinBlocks<WS>::value) name(                         \
+#define V2_ENTRY(name, F16C, NT, DEC)                                                                                \
+    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
         const uint8_t* __restrict__ packed, const void* __restrict__ absmax,                                         \
         const float* __restrict__ nested_absmax, const float* __restrict__ nested_code, float offset,                \
         int log2_blocksize, int nested_bs, int nested_shift, int nested, const float* __restrict__ code16,           \
@@ -586,17 +586,15 @@ gemv3_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax
         void* __restrict__ y, int y_dtype, int double_round) {                                                       \
         nf4v2::Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};     \
         if (double_round) {                                                                                          \
-            nf4v2::gemv_body<F16C, true, NT, WS, V2_TILES, V2_DEPTH, DEC, 0>(w, nested_code, code16, x, M, N, K,      \
+            nf4v2::gemv_body<F16C, true, NT, V2_WARPS, V2_TILES, V2_DEPTH, DEC, 0>(w, nested_code, code16, x, M, N, K,  \
                                                                                 bias, bias_dtype, y, y_dtype,        \
                                                                                 blockIdx.x);                         \
         } else {                                                                                                     \
-            nf4v2::gemv_body<F16C, false, NT, WS, V2_TILES, V2_DEPTH, DEC, 0>(w, nested_code, code16, x, M, N, K,     \
+            nf4v2::gemv_body<F16C, false, NT, V2_WARPS, V2_TILES, V2_DEPTH, DEC, 0>(w, nested_code, code16, x, M, N, K, \
                                                                                  bias, bias_dtype, y, y_dtype,       \
                                                                                  blockIdx.x);                        \
         }                                                                                                            \
     }
-
-#define V2_ENTRY(name, F16C, NT, DEC) V2_ENTRY_W(name, F16C, NT, DEC, V2_WARPS)
 
 V2_ENTRY(q4v2_gemv_bf16_m8, false, 1, nf4v2::DEC_TAB)
 V2_ENTRY(q4v2_gemv_bf16_m16, false, 2, nf4v2::DEC_TAB)
@@ -611,10 +609,6 @@ V2_ENTRY(q4v2reg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
 // shared memory
 V2_ENTRY(q4v2pair_gemv_bf16_m8, false, 1, nf4v2::DEC_PAIR)
 V2_ENTRY(q4v2pair_gemv_f16_m8, true, 1, nf4v2::DEC_PAIR)
-// the same with 4 warps per block (4 blocks per SM): for outputs so wide that the 8-warp grid needs more than one wave
-// (Nf4GemvKernels picks it; the warps split K's chunks four ways, so the f32 sums group differently from 8 warps')
-V2_ENTRY_W(q4v2pairw4_gemv_bf16_m8, false, 1, nf4v2::DEC_PAIR, 4)
-V2_ENTRY_W(q4v2pairw4_gemv_f16_m8, true, 1, nf4v2::DEC_PAIR, 4)
 
 // ---------------------------------------------------------------------------------------------
 // Grouped v2 entry points (Nf4GemvKernels.gemvGroup): up to 3 weights ("segments") that read the same x [M, K], in one

@@ -190,28 +190,8 @@ final class Nf4GemvKernels {
         if (v3) {  // persistent: any grid is correct; V3_BLOCKS_PER_SM per SM fit (registers, <= 32 KiB of x each)
             ctx.launch(fn, Dim3.of(V3_BLOCKS_PER_SM * ctx.properties().multiprocessorCount()), Dim3.of(V3_THREADS),
                     v3SharedBytes(rows, w.inFeatures()), args);
-        } else if (decode == Decode.PAIR && rows <= 8 && pairWarps(w.outFeatures(), ctx.properties().multiprocessorCount()) == 4) {
-            long fn4 = ctx.function(MODULE, kernelName(w.computeDType(), rows, decode).replace("q4v2pair_", "q4v2pairw4_"));
-            ctx.launch(fn4, Dim3.of(grid(w.outFeatures())), Dim3.of(4 * 32), 0, args);
         } else {
             ctx.launch(fn, Dim3.of(grid(w.outFeatures())), Dim3.of(THREADS), 0, args);
         }
-    }
-
-    /**
-     * -Dqlora4j.nf4.pairWarps=auto|8|4 (read per call): warps per block of the pair-decode kernel. auto: 4 when the
-     * 8-warp grid (one block per 16 outputs, 2 blocks per SM) needs more than one wave, so that 4 blocks per SM halve
-     * the waves of wide outputs (gate/up); else 8, which puts all of a narrower weight in flight at once.
-     */
-    static final String PAIR_WARPS_PROPERTY = "qlora4j.nf4.pairWarps";
-
-    static int pairWarps(int outFeatures, int multiprocessors) {
-        String v = System.getProperty(PAIR_WARPS_PROPERTY, "auto").trim();
-        return switch (v) {
-            case "8" -> 8;
-            case "4" -> 4;
-            case "auto" -> grid(outFeatures) > 2L * multiprocessors ? 4 : 8;
-            default -> throw new IllegalArgumentException("system property " + PAIR_WARPS_PROPERTY + " must be auto, 8 or 4, got '" + v + "'");
-        };
     }
 }

@@ -49,23 +49,6 @@ class Quant4bitLinearPlanTest {
     }
 
     @Test
-    void thePairDecodeTakesFourWarpsOnlyWhereEightWouldNeedMoreThanOneWave() {
-        assertEquals(8, Nf4GemvKernels.pairWarps(4096, 132), "256 blocks fit 2 x 132");
-        assertEquals(8, Nf4GemvKernels.pairWarps(4224, 132), "264 blocks: exactly one wave");
-        assertEquals(4, Nf4GemvKernels.pairWarps(11008, 132), "688 blocks: 2.6 waves of 8 warps");
-        String before = System.setProperty(Nf4GemvKernels.PAIR_WARPS_PROPERTY, "8");
-        try {
-            assertEquals(8, Nf4GemvKernels.pairWarps(11008, 132));
-            System.setProperty(Nf4GemvKernels.PAIR_WARPS_PROPERTY, "2");
-            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> Nf4GemvKernels.pairWarps(11008, 132));
-            assertTrue(e.getMessage().contains("auto, 8 or 4"), e.getMessage());
-        } finally {
-            if (before == null) System.clearProperty(Nf4GemvKernels.PAIR_WARPS_PROPERTY);
-            else System.setProperty(Nf4GemvKernels.PAIR_WARPS_PROPERTY, before);
-        }
-    }
-
-    @Test
     void variantPropertyNamesTheThreeKernels() {
         assertEquals(Quant4bitKernels.GemvVariant.V2, Quant4bitKernels.parseVariant(""));
         assertEquals(Quant4bitKernels.GemvVariant.V2, Quant4bitKernels.parseVariant("v2"));
