@@ -180,30 +180,18 @@ final class Nf4GemvKernels {
         boolean v3 = decode == Decode.V3_STREAM && v3Applies(w, rows);
         long fn = ctx.function(MODULE, v3 ? v3KernelName(w.computeDType(), rows)
                 : kernelName(w.computeDType(), rows, decode == Decode.V3_STREAM ? Decode.TABLE : decode));
+        boolean doubleRound = w.stateDType() != DType.F32 && w.stateDType() != w.computeDType();
+        KernelArgs args = Quant4bitKernels.weightArgs(w).ptr(CudaContext.ptr(w.code16()))
+                .ptr(CudaContext.ptr(xc)).i32(rows).i32(w.outFeatures()).i32(w.inFeatures())
+                .ptr(bias == null ? 0L : CudaContext.ptr(bias))
+                .i32(bias == null ? 0 : Quant4bitKernels.dtypeCode(bias.dtype(), "bias"))
+                .ptr(CudaContext.ptr(y)).i32(Quant4bitKernels.dtypeCode(y.dtype(), "output"))
+                .i32(doubleRound ? 1 : 0);
         if (v3) {  // persistent: any grid is correct; V3_BLOCKS_PER_SM per SM fit (registers, <= 32 KiB of x each)
             ctx.launch(fn, Dim3.of(V3_BLOCKS_PER_SM * ctx.properties().multiprocessorCount()), Dim3.of(V3_THREADS),
-                    v3SharedBytes(rows, w.inFeatures()), args(w, xc, rows, 0, w.outFeatures(), bias, y));
-        } else if (rows == 1 && GemvWaveSplit.enabled()) {
-            for (GemvWaveSplit.Piece p : GemvWaveSplit.pieces(w, ctx.properties().multiprocessorCount())) {
-                ctx.launch(fn, Dim3.of(grid(p.rows())), Dim3.of(THREADS), 0, args(w, xc, rows, p.row0(), p.rows(), bias, y));
-            }
+                    v3SharedBytes(rows, w.inFeatures()), args);
         } else {
-            ctx.launch(fn, Dim3.of(grid(w.outFeatures())), Dim3.of(THREADS), 0, args(w, xc, rows, 0, w.outFeatures(), bias, y));
+            ctx.launch(fn, Dim3.of(grid(w.outFeatures())), Dim3.of(THREADS), 0, args);
         }
-    }
-
-    /**
-     * The arguments of a v2 / v3 launch over output rows [row0, row0 + n) (row0 > 0 only with one row of x: y and
-     * bias are then moved to element row0, and the weight to row0, which starts whole absmax blocks).
-     */
-    private static KernelArgs args(CudaQuant4bit w, Tensor xc, int rows, int row0, int n, Tensor bias, Tensor y) {
-        boolean doubleRound = w.stateDType() != DType.F32 && w.stateDType() != w.computeDType();
-        return Quant4bitKernels.addWeightArgs(KernelArgs.of(), w, row0).ptr(CudaContext.ptr(w.code16()))
-                .ptr(CudaContext.ptr(xc)).i32(rows).i32(n).i32(w.inFeatures())
-                .ptr(bias == null ? 0L : CudaContext.ptr(bias) + (long) row0 * bias.dtype().byteSize())
-                .i32(bias == null ? 0 : Quant4bitKernels.dtypeCode(bias.dtype(), "bias"))
-                .ptr(CudaContext.ptr(y) + (long) row0 * y.dtype().byteSize())
-                .i32(Quant4bitKernels.dtypeCode(y.dtype(), "output"))
-                .i32(doubleRound ? 1 : 0);
     }
 }

@@ -67,22 +67,12 @@ final class Quant4bitKernels {
 
     /** Appends the weight's Q4_WEIGHT_PARAMS to args (the grouped GEMV passes several weights). */
     static KernelArgs addWeightArgs(KernelArgs args, CudaQuant4bit w) {
-        return addWeightArgs(args, w, 0);
-    }
-
-    /**
-     * Q4_WEIGHT_PARAMS of the weight's rows from row0 on: packed, absmax and nested absmax moved to the first value of
-     * row0, which must start an absmax block and (nested) a nested group (GemvWaveSplit.cutsAligned).
-     */
-    static KernelArgs addWeightArgs(KernelArgs args, CudaQuant4bit w, int row0) {
         int nbs = w.nested() ? w.nestedBlocksize() : 1;
         int nshift = Integer.bitCount(nbs) == 1 ? Integer.numberOfTrailingZeros(nbs) : -1;
-        long first = (long) row0 * w.inFeatures();  // flattened index of the first value
-        long blocks = first / w.blocksize();
         return args
-                .ptr(CudaContext.ptr(w.packed()) + first / 2)
-                .ptr(CudaContext.ptr(w.absmax()) + blocks * w.absmax().dtype().byteSize())
-                .ptr(w.nested() ? CudaContext.ptr(w.nestedAbsmax()) + (blocks / nbs) * w.nestedAbsmax().dtype().byteSize() : 0L)
+                .ptr(CudaContext.ptr(w.packed()))
+                .ptr(CudaContext.ptr(w.absmax()))
+                .ptr(w.nested() ? CudaContext.ptr(w.nestedAbsmax()) : 0L)
                 .ptr(w.nested() ? CudaContext.ptr(w.nestedCode()) : 0L)
                 .f32(w.offset())
                 .i32(Integer.numberOfTrailingZeros(w.blocksize()))

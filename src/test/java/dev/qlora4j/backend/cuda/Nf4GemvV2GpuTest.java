@@ -105,37 +105,6 @@ class Nf4GemvV2GpuTest {
         }
     }
 
-    /** -Dqlora4j.nf4.waveLaunches=true: one-wave pieces of a wide one-row GEMV give the one launch's bytes. */
-    @ParameterizedTest(name = "nested={0}")
-    @org.junit.jupiter.params.provider.ValueSource(booleans = {false, true})
-    void waveLaunchesGiveTheSameOutputsBitForBit(boolean nested) {
-        int sms = ctx.properties().multiprocessorCount();
-        int wave = Nf4GemvKernels.ROWS_PER_BLOCK * GemvWaveSplit.BLOCKS_PER_SM * sms;
-        int outF = 2 * wave + 123, inF = 256;
-        Random rnd = new Random();
-        float[] w = QuantGpuSupport.randomWeights(rnd, outF, inF);
-        QuantState4bit qs = Quant4bit.quantize(Tensor.fromFloats(w, DType.BF16, outF, inF), QuantType.NF4, 64, nested);
-        float[] x = QuantGpuSupport.roundedTo(DType.BF16, QuantGpuSupport.gaussian(rnd, inF, 1.0));
-        float[] bias = QuantGpuSupport.roundedTo(DType.BF16, QuantGpuSupport.gaussian(rnd, outF, 0.5));
-        assertEquals(3, GemvWaveSplit.pieces(outF, inF, 64, nested ? Quant4bit.NESTED_BLOCKSIZE : 0, sms).size(), "three pieces");
-        try (CudaQuant4bit q = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, DType.BF16);
-             Tensor xc = QuantGpuSupport.upload(ctx, x, DType.BF16, 1, inF);
-             Tensor bdev = QuantGpuSupport.upload(ctx, bias, DType.BF16, outF);
-             Tensor y = QuantGpuSupport.poisoned(ctx, DType.BF16, 1, outF)) {
-            Nf4GemvKernels.gemv(ctx, q, xc, 1, bdev, y, Nf4GemvKernels.Decode.PAIR);
-            byte[] whole = QuantGpuSupport.bytes(ctx.download(y));
-            String before = System.setProperty(GemvWaveSplit.PROPERTY, "true");
-            try {
-                ctx.driver().memsetD8Async(CudaContext.ptr(y), (byte) 0xFF, y.byteSize(), ctx.stream());
-                Nf4GemvKernels.gemv(ctx, q, xc, 1, bdev, y, Nf4GemvKernels.Decode.PAIR);
-            } finally {
-                if (before == null) System.clearProperty(GemvWaveSplit.PROPERTY);
-                else System.setProperty(GemvWaveSplit.PROPERTY, before);
-            }
-            org.junit.jupiter.api.Assertions.assertArrayEquals(whole, QuantGpuSupport.bytes(ctx.download(y)));
-        }
-    }
-
     static Stream<Arguments> exactCases() {
         return Stream.of(
                 Arguments.of(77, 192, 1, false, 64, DType.BF16, DType.BF16),
