@@ -35,7 +35,9 @@
 //                       scores it against the group's queries (broadcast from shared memory); lane l owns
 //                       output dimensions [l*D/32, (l+1)*D/32) (coalesced value rows). The 4 warps' states
 //                       are merged in shared memory. S == 1: writes out; S > 1: writes the partial state
-//                       (m, l, acc) to part_ml [B, H, S, 2] and part_acc [B, H, S, D] for attn_combine.
+//                       (m, l, acc) to part_ml [B, H, S, 2] and part_acc [B, H, S, D]; then, when counters
+//                       [B * gridDim.y] (zero between launches) is given, the block of each head group that
+//                       arrives last merges the S states into out (no attn_combine launch), else attn_combine does.
 //                       S depends only on the cache capacity and the shapes (chosen on the host), so a
 //                       graph replay and a direct call launch the same grid and round identically.
 //   attn_combine_<t>_d<D>  grid (H, B), D threads (at least 32): out = sum_i e^(m_i-M) acc_i / sum_i e^(m_i-M) l_i.
@@ -189,6 +191,25 @@ __device__ __forceinline__ void prefill_impl(const T* __restrict__ q, const T* _
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Output dimension d of one (batch, head) from its splits' partial states, base = (b * heads + h) * splits: the
+// merge of attn_combine and of the decode's last-arriving block (one code, so both round the same). Loads bypass L1
+// (__ldcg): in the fused path the partials were written by other blocks of the same grid.
+template <int D>
+__device__ __forceinline__ float combine_value(const float* part_ml, const float* part_acc, int64_t base, int splits,
+                                               int d) {
+    float mm = -INFINITY;
+    for (int i = 0; i < splits; i++) mm = fmaxf(mm, __ldcg(part_ml + (base + i) * 2));
+    float ll = 0.f, aa = 0.f;
+    if (mm != -INFINITY) {
+        for (int i = 0; i < splits; i++) {
+            float f = expf(__ldcg(part_ml + (base + i) * 2) - mm);
+            ll += __ldcg(part_ml + (base + i) * 2 + 1) * f;
+            aa += __ldcg(part_acc + (base + i) * D + d) * f;
+        }
+    }
+    return ll > 0.f ? aa / ll : 0.f;
+}
+
 // Split-K decode (T = 1).
 constexpr int DEC_VB = 8;  // value rows loaded per batch in the decode's accumulation loop
 // DEC_GMAX: query heads one block serves (a template parameter: 1, 2, 4 or 8, the smallest power of two
@@ -198,7 +219,7 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
                                             T* __restrict__ out, float* __restrict__ part_ml,
                                             float* __restrict__ part_acc, const int* __restrict__ pad_start,
                                             int heads, int kv_heads, int cap, int start, const int* start_ptr,
-                                            float scale, int window) {
+                                            float scale, int window, int* __restrict__ counters) {
     constexpr int DPL = D >= 32 ? D / 32 : 1;         // output dims per lane (contiguous)
     constexpr int ACTIVE = D >= 32 ? 32 : D;           // lanes that own output dims
     constexpr int KV = Pack16<T>::N;                   // elements of one 16-byte key load
@@ -338,6 +359,27 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
             }
         }
     }
+    if (splits == 1 || counters == nullptr) return;
+    // The block of this head group that arrives last merges the splits (instead of a separate attn_combine launch):
+    // every block publishes its partials (fence), then counts itself in; the last one reads them all and resets the
+    // counter for the next launch (all of this launch's blocks have counted by then).
+    __shared__ int merge_here;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int* counter = counters + (int64_t)b * gridDim.y + blockIdx.y;
+        merge_here = atomicAdd(counter, 1) == splits - 1;
+        if (merge_here) *counter = 0;
+    }
+    __syncthreads();
+    if (!merge_here) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < g_count * D; i += blockDim.x) {
+        int g = i / D, d = i - g * D;
+        int h = h0 + g;
+        int64_t base = ((int64_t)b * heads + h) * splits;
+        out[((int64_t)b * heads + h) * D + d] = from_f32<T>(combine_value<D>(part_ml, part_acc, base, splits, d));
+    }
 }
 
 template <typename T, int D>
@@ -346,26 +388,17 @@ __device__ __forceinline__ void combine_impl(const float* __restrict__ part_ml, 
     const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
     if (d >= D) return;
     int64_t base = ((int64_t)b * heads + h) * splits;
-    float mm = -INFINITY;
-    for (int i = 0; i < splits; i++) mm = fmaxf(mm, part_ml[(base + i) * 2]);
-    float ll = 0.f, aa = 0.f;
-    if (mm != -INFINITY) {
-        for (int i = 0; i < splits; i++) {
-            float f = expf(part_ml[(base + i) * 2] - mm);
-            ll += part_ml[(base + i) * 2 + 1] * f;
-            aa += part_acc[(base + i) * D + d] * f;
-        }
-    }
-    out[((int64_t)b * heads + h) * D + d] = from_f32<T>(ll > 0.f ? aa / ll : 0.f);
+    out[((int64_t)b * heads + h) * D + d] = from_f32<T>(combine_value<D>(part_ml, part_acc, base, splits, d));
 }
 
 // ---------------------------------------------------------------------------------------------------------
 #define QL_ATTN_DECODE(tn, T, D, GM)                                                                             \
     extern "C" __global__ void __launch_bounds__(128) attn_decode_##tn##_d##D##_g##GM(                          \
         const T* q, const T* kc, const T* vc, T* out, float* part_ml, float* part_acc, const int* pad_start,     \
-        int heads, int kv_heads, int cap, int start, const int* start_ptr, float scale, int window) { pdl_enter();           \
+        int heads, int kv_heads, int cap, int start, const int* start_ptr, float scale, int window,              \
+        int* counters) { pdl_enter();                                                                           \
         decode_impl<T, D, GM>(q, kc, vc, out, part_ml, part_acc, pad_start, heads, kv_heads, cap, start,         \
-                              start_ptr, scale, window);                                                        \
+                              start_ptr, scale, window, counters);                                              \
     }
 
 #define QL_ATTN_D(tn, T, D, R)                                                                                   \

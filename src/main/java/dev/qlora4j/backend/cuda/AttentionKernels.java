@@ -156,13 +156,17 @@ final class AttentionKernels {
                 partMl = ctx.empty(DType.F32, s.batch(), s.heads(), splits, 2);
                 partAcc = ctx.empty(DType.F32, s.batch(), s.heads(), splits, d);
             }
+            // with splits, the last block of each head group merges them (arrival counters) when they fit; else the
+            // combine kernel below does
+            boolean mergeInDecode = splits > 1 && (long) s.batch() * s.kvHeads() * chunks <= CudaContext.ARRIVAL_COUNTERS;
             ctx.launch(ctx.function("attention", "attn_decode_" + t + "_d" + d + "_g" + gm),
                     new Dim3(splits, s.kvHeads() * chunks, s.batch()), Dim3.of(THREADS), 0,
                     KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(kc).ptr(vc).ptr(CudaContext.ptr(out))
                             .ptr(CudaContext.ptrOrNull(partMl)).ptr(CudaContext.ptrOrNull(partAcc))
                             .ptr(CudaContext.ptr(padStart)).i32(s.heads()).i32(s.kvHeads()).i32(s.capacity())
-                            .i32(start).ptr(startPtr).f32(scale).i32(window));
-            if (splits > 1) {
+                            .i32(start).ptr(startPtr).f32(scale).i32(window)
+                            .ptr(mergeInDecode ? ctx.arrivalCounters() : 0L));
+            if (splits > 1 && !mergeInDecode) {
                 ctx.launch(ctx.function("attention", "attn_combine_" + t + "_d" + d), Dim3.of(s.heads(), s.batch()),
                         Dim3.of(Math.max(32, d)), 0,
                         KernelArgs.of().ptr(CudaContext.ptr(partMl)).ptr(CudaContext.ptr(partAcc))

@@ -35,6 +35,7 @@ public final class CudaContext implements AutoCloseable {
     private final Set<Long> sharedMemoryRaised = ConcurrentHashMap.newKeySet();
     private volatile Cublas cublas; // created on first use (the kernels alone do not need libcublas); stream and math mode set once
     private long transferEvent;      // ordering event of cross-device copies (DeviceTransfer), created on first use
+    private final Tensor arrivalCounters;  // I32 [ARRIVAL_COUNTERS], zero between launches (see arrivalCounters())
     /** The CUDA context each thread last made current through this class (0: none yet); see {@link #bind}. */
     private static final ThreadLocal<long[]> BOUND = ThreadLocal.withInitial(() -> new long[1]);
 
@@ -59,7 +60,20 @@ public final class CudaContext implements AutoCloseable {
         this.modules = PtxModules.forCurrentContext(driver);
         this.programmaticLaunch = Boolean.parseBoolean(System.getProperty("qlora4j.cuda.pdl", "true"))
                 && driver.supportsProgrammaticLaunch();
+        this.arrivalCounters = empty(DType.I32, ARRIVAL_COUNTERS);
+        driver.memsetD32Async(ptr(arrivalCounters), 0, ARRIVAL_COUNTERS, stream);
     }
+
+    /** Entries of {@link #arrivalCounters()}. */
+    public static final int ARRIVAL_COUNTERS = 1 << 16;
+
+    /**
+     * I32 [ARRIVAL_COUNTERS] device counters, zero between launches: a kernel whose last-arriving block finishes the
+     * work (the decode attention's merge of its splits) counts its blocks here and the last one resets its entry.
+     * Allocated once with the context, so launches inside a CUDA graph capture and direct ones see the same memory.
+     * One user at a time: all work of the context is ordered on its one stream.
+     */
+    public long arrivalCounters() { return ptr(arrivalCounters); }
 
     public CudaDriver driver() { return driver; }
 
@@ -230,6 +244,7 @@ public final class CudaContext implements AutoCloseable {
         synchronize();
         if (transferEvent != 0) driver.eventDestroy(transferEvent);
         if (cublas != null) cublas.close();
+        arrivalCounters.close();
         allocator.close();
         driver.streamDestroy(stream);
     }
