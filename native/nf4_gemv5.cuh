@@ -176,6 +176,39 @@ __device__ __forceinline__ void piece_x_pairs(const Args& g, int j, const uint32
     }
 }
 
+// The ring's first D rows of loads: row s * G + b, the thread's pieces t + p * T (zeros past N or C).
+template <int D, int P>
+__device__ __forceinline__ void prologue_loads(const Args& g, int t, int T, int C, int G, int b, uint4 (&rw)[D][P],
+                                               uint32_t (&ra)[D][P]) {
+#pragma unroll
+    for (int s = 0; s < D; s++) {
+        const int row = s * G + b;
+#pragma unroll
+        for (int p = 0; p < P; p++) {
+            const int j = t + p * T;
+            rw[s][p] = make_uint4(0, 0, 0, 0);
+            ra[s][p] = 0;
+            if (row < g.N && j < C) load_piece(g, row, j, rw[s][p], ra[s][p]);
+        }
+    }
+}
+
+// Finishes row `row` from every warp's reduced partial v (lane 0's): the warps' values go to slot, one barrier,
+// thread 0 adds them in warp order, adds the bias once in f32, rounds once and stores y[row]. The slot is rewritten
+// two rows later, after the next barrier, which thread 0 passes only once it has read this row's partials.
+template <bool F16>
+__device__ __forceinline__ void store_row(const Args& g, float v, float* slot, int lane, int warp, int nw, int t,
+                                          int row) {
+    if (lane == 0) slot[warp] = v;
+    __syncthreads();
+    if (t == 0) {
+        float sum = 0.0f;
+        for (int w2 = 0; w2 < nw; w2++) sum += slot[w2];
+        if (g.bias) sum = __fadd_rn(sum, t_to_f<F16>(g.bias[row]));
+        g.y[row] = f_to_t<F16>(sum);
+    }
+}
+
 template <bool F16, int DEC, int D, int P>
 __global__ void __launch_bounds__(max_threads(D, P)) gemv5_kernel(const Args g) {
     static_assert(D % 2 == 0, "the shared partial slot parity (i0 + s) & 1 = s & 1 needs an even D");
@@ -193,17 +226,7 @@ __global__ void __launch_bounds__(max_threads(D, P)) gemv5_kernel(const Args g) 
     // prologue loads first (they need no table), then the tables and x while they fly
     uint4 rw[D][P];
     uint32_t ra[D][P];
-#pragma unroll
-    for (int s = 0; s < D; s++) {
-        const int row = s * G + b;
-#pragma unroll
-        for (int p = 0; p < P; p++) {
-            const int j = t + p * T;
-            rw[s][p] = make_uint4(0, 0, 0, 0);
-            ra[s][p] = 0;
-            if (row < N && j < C) load_piece(g, row, j, rw[s][p], ra[s][p]);
-        }
-    }
+    prologue_loads<D, P>(g, t, T, C, G, b, rw, ra);
     if (DEC != DEC_LOADS) {
         if (t < 16) s_code[t] = DEC == DEC_BNB ? round_t<F16>(__ldg(g.code16 + t)) : __ldg(g.code16 + t);
         if (g.nested)
@@ -268,16 +291,8 @@ __global__ void __launch_bounds__(max_threads(D, P)) gemv5_kernel(const Args g) 
             }
 #pragma unroll
             for (int off = 16; off >= 1; off >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, off);
-            // slot parity (i0 + s) & 1 = s & 1 (D even); a slot is rewritten two rows later, after the next barrier,
-            // which thread 0 passes only once it has read this row's partials
-            if (lane == 0) s_part[s & 1][warp] = v;
-            __syncthreads();
-            if (t == 0) {
-                float sum = 0.0f;
-                for (int w2 = 0; w2 < nw; w2++) sum += s_part[s & 1][w2];
-                if (g.bias) sum = __fadd_rn(sum, t_to_f<F16>(g.bias[row]));
-                g.y[row] = f_to_t<F16>(sum);
-            }
+            // slot parity (i0 + s) & 1 = s & 1 (D even)
+            store_row<F16>(g, v, s_part[s & 1], lane, warp, nw, t, row);
         }
     }
 }

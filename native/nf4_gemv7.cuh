@@ -64,17 +64,7 @@ __device__ __forceinline__ void gemv7_body(const nf4v5::Args& g) {
     // prologue loads first (they need no table), then the tables and x while they fly
     uint4 rw[D][P];
     uint32_t ra[D][P];
-#pragma unroll
-    for (int s = 0; s < D; s++) {
-        const int row = s * G + b;
-#pragma unroll
-        for (int p = 0; p < P; p++) {
-            const int j = t + p * T;
-            rw[s][p] = make_uint4(0, 0, 0, 0);
-            ra[s][p] = 0;
-            if (row < N && j < C) nf4v5::load_piece(g, row, j, rw[s][p], ra[s][p]);
-        }
-    }
+    nf4v5::prologue_loads<D, P>(g, t, T, C, G, b, rw, ra);
     // pair table: entry v = (round_T(code[v >> 4]) in the low half (the first value of the byte: element 2i of the x
     // pair sits in the low half too), round_T(code[v & 15]) in the high half)
     if (TAB == TAB_REP) {
@@ -137,16 +127,8 @@ __device__ __forceinline__ void gemv7_body(const nf4v5::Args& g) {
             float v = acc0 + acc1;
 #pragma unroll
             for (int off = 16; off >= 1; off >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, off);
-            // slot parity (i0 + s) & 1 = s & 1 (D even); a slot is rewritten two rows later, after the next barrier,
-            // which thread 0 passes only once it has read this row's partials
-            if (lane == 0) s_part[s & 1][warp] = v;
-            __syncthreads();
-            if (t == 0) {
-                float sum = 0.0f;
-                for (int w2 = 0; w2 < nw; w2++) sum += s_part[s & 1][w2];
-                if (g.bias) sum = __fadd_rn(sum, nf4v5::t_to_f<F16>(g.bias[row]));
-                g.y[row] = nf4v5::f_to_t<F16>(sum);
-            }
+            // slot parity (i0 + s) & 1 = s & 1 (D even)
+            nf4v5::store_row<F16>(g, v, s_part[s & 1], lane, warp, nw, t, row);
         }
     }
 }

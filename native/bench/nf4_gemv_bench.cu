@@ -389,6 +389,17 @@ static Variant v4(const std::string& name, int upb, int b0o = 0, bool extra = fa
 // v5 "rows" (nf4_gemv5.cuh), M = 1: one row per block iteration, rows grid-stride in address order, a register ring
 // of the next D rows' loads; grid = min(BPS, occupancy at T threads) x SMs, at most N blocks. K > 32 x the P = 1
 // bound (1024 threads for D = 2, 512 for D = 4) takes the 2-pieces-per-thread D = 2 kernel whatever D is.
+// The arguments of the row-sweep kernels (v5, v7: nf4v5::Args); K % 32 == 0 and blocksize >= 32 or the bench stops.
+static nf4v5::Args row_sweep_args(const DevWeight& w, const float* code16, const void* x, int N, int K, const void* bias,
+                                  void* y, const char* who) {
+    if (K % 32 != 0 || w.log2_bs < 5) { fprintf(stderr, "%s needs K %% 32 == 0 and blocksize >= 32 (K=%d)\n", who, K); exit(2); }
+    nf4v5::Args a;
+    a.packed = w.packed; a.absmax = w.absmax; a.nested_absmax = w.nested_absmax; a.nested_code = w.nested_code;
+    a.offset = w.offset; a.log2_bs = w.log2_bs; a.nested_bs = w.nested_bs; a.nested_shift = w.nested_shift;
+    a.nested = w.nested; a.code16 = code16; a.x = (const uint16_t*)x; a.N = N; a.K = K;
+    a.bias = (const uint16_t*)bias; a.y = (uint16_t*)y;
+    return a;
+}
 template <bool F16, int DEC, int D, int P>
 static int v5_blocks_per_sm(int T) {  // occupancy per block size, cached (queried outside graph capture: check/warm first)
     static std::map<int, int> cache;
@@ -410,12 +421,7 @@ static void launch_v5_p(const nf4v5::Args& a, int bps, cudaStream_t s) {
 template <bool F16, int DEC, int D>
 static void launch_v5(const DevWeight& w, const float* code16, const void* x, int N, int K, const void* bias, void* y,
                       cudaStream_t s, int bps) {
-    if (K % 32 != 0 || w.log2_bs < 5) { fprintf(stderr, "v5 needs K %% 32 == 0 and blocksize >= 32 (K=%d)\n", K); exit(2); }
-    nf4v5::Args a;
-    a.packed = w.packed; a.absmax = w.absmax; a.nested_absmax = w.nested_absmax; a.nested_code = w.nested_code;
-    a.offset = w.offset; a.log2_bs = w.log2_bs; a.nested_bs = w.nested_bs; a.nested_shift = w.nested_shift;
-    a.nested = w.nested; a.code16 = code16; a.x = (const uint16_t*)x; a.N = N; a.K = K;
-    a.bias = (const uint16_t*)bias; a.y = (uint16_t*)y;
+    const nf4v5::Args a = row_sweep_args(w, code16, x, N, K, bias, y, "v5");
     const int P = nf4v5::pieces_for(K, D);
     if (P == 1) launch_v5_p<F16, DEC, D, 1>(a, bps, s);
     else if (P == 2) launch_v5_p<F16, DEC, 2, 2>(a, bps, s);
@@ -488,12 +494,7 @@ static void launch_v7_p(const nf4v5::Args& a, int bps, cudaStream_t s) {
 template <bool F16, int TAB, int D>
 static void launch_v7(const DevWeight& w, const float* code16, const void* x, int N, int K, const void* bias, void* y,
                       cudaStream_t s, int bps) {
-    if (K % 32 != 0 || w.log2_bs < 5) { fprintf(stderr, "v7 needs K %% 32 == 0 and blocksize >= 32 (K=%d)\n", K); exit(2); }
-    nf4v5::Args a;
-    a.packed = w.packed; a.absmax = w.absmax; a.nested_absmax = w.nested_absmax; a.nested_code = w.nested_code;
-    a.offset = w.offset; a.log2_bs = w.log2_bs; a.nested_bs = w.nested_bs; a.nested_shift = w.nested_shift;
-    a.nested = w.nested; a.code16 = code16; a.x = (const uint16_t*)x; a.N = N; a.K = K;
-    a.bias = (const uint16_t*)bias; a.y = (uint16_t*)y;
+    const nf4v5::Args a = row_sweep_args(w, code16, x, N, K, bias, y, "v7");
     const int P = nf4v5::pieces_for(K, D);
     if (P == 1) launch_v7_p<F16, TAB, D, 1>(a, bps, s);
     else if (P == 2) launch_v7_p<F16, TAB, 2, 2>(a, bps, s);
