@@ -111,38 +111,29 @@ public final class CudaTrainBench {
             CudaGradClip clip = new CudaGradClip(b);
             OpProfiler prof = b.profiler(); // -Dqlora4j.cuda.profile=true: a per-op table after each setting's timed steps
             int vocab = model.config().vocabSize();
-            int n = batch * seq;
+            int n = batch * seq, batchRows = batch;  // the lambda below needs an effectively final copy
             int[][] tokens = syntheticTokens(vocab, batch, seq);
             int[] ids = tokens[0], pos = tokens[1], targets = tokens[2];
             for (Setting setting : settings(ckpt, keepAttention)) {
                 boolean on = setting.checkpointing();
                 model.setCheckpointKeepAttention(setting.keepAttention());
-                double[] ms = new double[steps];
-                double loss = 0;
-                for (int s = 0; s < warmup + steps; s++) {
-                    if (s == warmup) {
-                        b.synchronize();
-                        b.context().allocator().resetPeak();
-                        if (prof != null) prof.reset();
-                    }
-                    b.synchronize();
-                    long a = System.nanoTime();
+                Timed t = timeSteps(warmup, steps, b::synchronize, () -> {
+                    b.context().allocator().resetPeak();
+                    if (prof != null) prof.reset();
+                }, () -> {
                     peft.zeroGrad();
-                    loss = model.trainStep(ids, pos, null, targets, batch, on, 1f / (n - batch)).meanLoss();
+                    double loss = model.trainStep(ids, pos, null, targets, batchRows, on, 1f / (n - batchRows)).meanLoss();
                     int mark = prof == null ? -1 : prof.begin();
                     clip.clipAsync(peft.trainableParameters(), 1.0); // no host sync: the norm stays on the device
                     if (mark >= 0) prof.end("clip_grad_norm (CudaGradClip, not a Backend op)", mark);
                     mark = prof == null ? -1 : prof.begin();
                     opt.step();
                     if (mark >= 0) prof.end("AdamW step (CudaAdamW, not a Backend op)", mark);
-                    b.synchronize();
-                    if (s >= warmup) ms[s - warmup] = (System.nanoTime() - a) / 1e6;
-                }
-                double[] sorted = ms.clone();
-                Arrays.sort(sorted);
-                double median = sorted[steps / 2];
+                    return loss;
+                });
+                double median = t.median(), loss = t.loss();
                 if (prof != null) {
-                    double mean = Arrays.stream(ms).average().orElse(Double.NaN);
+                    double mean = Arrays.stream(t.ms()).average().orElse(Double.NaN);
                     System.out.printf(Locale.ROOT, "%nper-op GPU time, checkpointing %s, mean of %d timed steps (%.1f ms/step):%n%s",
                             setting.label(), steps, mean, prof.table(steps, mean));
                 }
@@ -195,25 +186,15 @@ public final class CudaTrainBench {
             for (Setting setting : settings) {
                 boolean on = setting.checkpointing();
                 model.setCheckpointKeepAttention(setting.keepAttention());
-                double[] ms = new double[steps];
-                double loss = 0;
-                for (int s = 0; s < warmup + steps; s++) {
-                    if (s == warmup) {
-                        MultiGpuBench.synchronize(bs);
-                        MultiGpuBench.resetPeaks(bs);
-                    }
-                    MultiGpuBench.synchronize(bs);
-                    long a = System.nanoTime();
-                    peft.zeroGrad();
-                    loss = model.trainStep(ids, pos, null, targets, batch, on, 1f / (n - batch)).meanLoss();
-                    clip.clip(peft.trainableParameters(), 1.0);
-                    opt.step();
-                    MultiGpuBench.synchronize(bs);
-                    if (s >= warmup) ms[s - warmup] = (System.nanoTime() - a) / 1e6;
-                }
-                double[] sorted = ms.clone();
-                Arrays.sort(sorted);
-                double median = sorted[steps / 2];
+                Timed t = timeSteps(warmup, steps, () -> MultiGpuBench.synchronize(bs), () -> MultiGpuBench.resetPeaks(bs),
+                        () -> {
+                            peft.zeroGrad();
+                            double loss = model.trainStep(ids, pos, null, targets, batch, on, 1f / (n - batch)).meanLoss();
+                            clip.clip(peft.trainableParameters(), 1.0);
+                            opt.step();
+                            return loss;
+                        });
+                double median = t.median(), loss = t.loss();
                 rows.add(new String[] {shape, Integer.toString(seq), Integer.toString(batch), on ? "on" : "off", setting.keepColumn(),
                         String.format(Locale.ROOT, "%.1f", median), String.format(Locale.ROOT, "%.0f", n / (median / 1e3)),
                         String.format(Locale.ROOT, "%.4f", loss)});
@@ -227,6 +208,37 @@ public final class CudaTrainBench {
         } finally {
             for (CudaBackend b : bs) b.close();
         }
+    }
+
+    /** The wall times (ms) of the timed steps and the loss of the last step. */
+    record Timed(double[] ms, double loss) {
+        double median() {
+            double[] sorted = ms.clone();
+            Arrays.sort(sorted);
+            return sorted[sorted.length / 2];
+        }
+    }
+
+    /**
+     * warmup + steps calls of step (returning its loss), each timed from a synchronized start to a synchronized end;
+     * afterWarmup runs once, synchronized, before the first timed step (peak-memory and profiler resets).
+     */
+    static Timed timeSteps(int warmup, int steps, Runnable synchronize, Runnable afterWarmup,
+                           java.util.function.DoubleSupplier step) {
+        double[] ms = new double[steps];
+        double loss = 0;
+        for (int s = 0; s < warmup + steps; s++) {
+            if (s == warmup) {
+                synchronize.run();
+                afterWarmup.run();
+            }
+            synchronize.run();
+            long a = System.nanoTime();
+            loss = step.getAsDouble();
+            synchronize.run();
+            if (s >= warmup) ms[s - warmup] = (System.nanoTime() - a) / 1e6;
+        }
+        return new Timed(ms, loss);
     }
 
     /** One measured setting: checkpointing, and (only meaningful with it) whether the attention result is kept. */
