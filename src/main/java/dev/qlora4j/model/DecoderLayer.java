@@ -108,14 +108,42 @@ public final class DecoderLayer implements AutoCloseable {
      *   <li>null: nothing (evaluation, or a checkpointed forward that keeps only the layer input);</li>
      *   <li>{@link LayerActivations#attentionOnly()}: the attention result alone (a checkpointed forward that keeps
      *       it so the backward's recompute need not run the attention again);</li>
-     *   <li>otherwise every activation backward needs. When save.attn is already set (the recompute under
-     *       checkpointing, handed what the checkpointed forward kept) it is used as this layer's attention result
-     *       instead of running the attention: the training attention is deterministic and its inputs (q, k, v, the
-     *       prefix) are the same, so the kept result is bit for bit the one the attention would return.</li>
+     *   <li>otherwise every activation backward needs (no checkpointing).</li>
      * </ul>
+     * Under checkpointing the backward refills the activations with {@link #recomputeForBackward} instead.
      */
     Tensor forwardTrain(Backend b, ModelConfig c, Tensor x, Tensor positions, Tensor segments, Tensor invFreq,
                         float ropeScaling, int batch, LayerActivations save) {
+        return trainForward(b, c, x, positions, segments, invFreq, ropeScaling, batch, save, true);
+    }
+
+    /**
+     * The recompute of gradient checkpointing: re-runs this layer's training forward on its kept input x
+     * [B*T, hidden] only as far as backward reads it, filling every activation of save (which must hold every
+     * activation, not {@link LayerActivations#attentionOnly()}). It stops at act, down's input: the down projection,
+     * the MLP hook and the final residual add only make the layer output, which backward never reads (with hooks,
+     * {@link #backwardTrain} recomputes down's output itself for the hook's backward). Skipping the MLP hook is safe
+     * because a hook's backward re-derives everything (dropout masks included) from the inputs it is handed
+     * ({@link LayerHooks}), so it needs no forward call before it. When save.attn is already set (what the
+     * checkpointed forward kept) it is used as this layer's attention result instead of running the attention: the
+     * training attention is deterministic and its inputs (q, k, v, the prefix) are the same, so the kept result is
+     * bit for bit the one the attention would return.
+     */
+    void recomputeForBackward(Backend b, ModelConfig c, Tensor x, Tensor positions, Tensor segments, Tensor invFreq,
+                              float ropeScaling, int batch, LayerActivations save) {
+        if (save == null || save.attentionOnly) {
+            throw new IllegalArgumentException("recomputeForBackward fills every activation: pass a full LayerActivations");
+        }
+        trainForward(b, c, x, positions, segments, invFreq, ropeScaling, batch, save, false);
+    }
+
+    /**
+     * The training forward shared by {@link #forwardTrain} and {@link #recomputeForBackward}. withOutput false
+     * stops after act (see recomputeForBackward) and returns null. A save with attn already set (only from the
+     * recompute under keep-attention) supplies the attention result.
+     */
+    private Tensor trainForward(Backend b, ModelConfig c, Tensor x, Tensor positions, Tensor segments, Tensor invFreq,
+                                float ropeScaling, int batch, LayerActivations save, boolean withOutput) {
         int heads = c.numAttentionHeads(), kvHeads = c.numKeyValueHeads(), hd = c.headDim();
         Integer w = c.slidingWindow(index);
         Tensor h1 = b.rmsNorm(x, inputNorm, (float) c.rmsNormEps());
@@ -130,15 +158,19 @@ public final class DecoderLayer implements AutoCloseable {
                     w == null ? 0 : w);
             if (prefix != null) attn = withPrefix(b, attn, qs, batch, heads, kvHeads, hd, w);
         }
+        // The attention hook runs in the recompute too: its output is part of resid, which backward reads.
         Tensor attnOut = afterAttention(h1, o.forward(b, attn.out()));
         Tensor resid = b.add(x, attnOut);
         attnOut.close();
         Tensor h2 = b.rmsNorm(resid, postAttnNorm, (float) c.rmsNormEps());
         Tensor g = gate.forward(b, h2), u = up.forward(b, h2);
         Tensor act = b.siluMul(g, u);
-        Tensor mlp = afterMlp(h2, down.forward(b, act));
-        Tensor out = b.add(resid, mlp);
-        mlp.close();
+        Tensor out = null;
+        if (withOutput) {
+            Tensor mlp = afterMlp(h2, down.forward(b, act));
+            out = b.add(resid, mlp);
+            mlp.close();
+        }
         if (save != null && !save.attentionOnly) {
             save.h1 = h1; save.q = qs; save.k = ks; save.v = vs; save.attn = attn;
             save.resid = resid; save.h2 = h2; save.gate = g; save.up = u; save.act = act;

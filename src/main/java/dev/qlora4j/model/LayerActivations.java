@@ -6,7 +6,7 @@ import dev.qlora4j.tensor.Tensor;
 /**
  * What one decoder layer's backward needs from its forward (all [tokens, features] unless noted).
  * Under gradient checkpointing the layer input is kept (plus, with {@link #attentionOnly()}, the
- * attention result), and the backward re-runs the forward to refill this before using it.
+ * attention result), and the backward refills this with DecoderLayer.recomputeForBackward before using it.
  */
 final class LayerActivations implements AutoCloseable {
     /** True for what a checkpointed forward keeps besides the layer input: only {@link #attn} is filled. */

@@ -552,8 +552,9 @@ public final class TransformerLM implements AutoCloseable {
      * parameters) accumulate their gradients. targets [B*T] are the next-token labels already
      * shifted (-100 = not trained); gradScale multiplies d(sum of token losses), e.g.
      * 1/(tokens in the whole accumulated batch) as transformers normalizes. With checkpointing,
-     * only each layer's input is kept and the layer's forward is re-run during backward; with
-     * {@link #setCheckpointKeepAttention} on (the default) and no activation offload, each layer's
+     * only each layer's input is kept and the layer's forward is re-run during backward as far as the
+     * backward reads it (up to the down projection's input: not the layer output); with
+     * {@link #setCheckpointKeepAttention} on (it is off by default) and no activation offload, each layer's
      * attention result (out + lse) is kept too and the re-run skips the attention forward (same numbers).
      *
      * @param segments per-token example ids for packed rows (no attention across examples), or null
@@ -650,7 +651,8 @@ public final class TransformerLM implements AutoCloseable {
                     a = new LayerActivations();
                     if (keepAttention) a.attn = acts.get(i).takeAttention(); // the recompute uses it instead of the attention
                     try {
-                        layers.get(i).forwardTrain(lb, config, in, pos, seg, inv, ropeScale, batch, a).close();
+                        // Only what backward reads: the layer output (down, MLP hook, residual add) is not remade.
+                        layers.get(i).recomputeForBackward(lb, config, in, pos, seg, inv, ropeScale, batch, a);
                     } catch (RuntimeException e) {
                         a.close();
                         throw e;
@@ -908,7 +910,7 @@ public final class TransformerLM implements AutoCloseable {
     /**
      * Under gradient checkpointing, whether each layer's attention result (out [B*T, heads*headDim] in the
      * activation dtype + lse F32 [B, heads, T]) is kept on its device from the forward to the backward, so the
-     * backward's recompute runs the layer's projections, norms and MLP but not the attention forward (off by
+     * backward's recompute runs the layer's projections, norms and MLP activation but not the attention forward (off by
      * default: on the Llama-7B shape at 2048 tokens it measured no faster on the H200, 275.6 vs 273.3 ms per step,
      * for 0.5 GiB more; the attention forward is a few percent of the step there and grows with the context). The attention is deterministic, so loss and gradients are bit for bit those of the full recompute;
      * the cost is 2 x B*T x heads x headDim bytes (bf16) + 4 x B x heads x T per layer (16 MiB per Llama-7B layer at

@@ -23,7 +23,9 @@ import dev.qlora4j.tensor.Tensor;
  * gradient w.r.t. the sublayer output and an extra gradient w.r.t. the sublayer input (null when
  * the hook did not read it), and accumulates the adapter's parameter gradients. The forward
  * inputs are passed again (saved or recomputed under gradient checkpointing); anything else,
- * dropout masks included, is recomputed from them.
+ * dropout masks included, is recomputed from them. A backward must not rely on its forward having
+ * run just before: under gradient checkpointing the backward's recompute calls afterAttention (its
+ * result feeds the saved residual) but not afterMlp (its result is only the layer output).
  */
 public interface LayerHooks {
     /** attnIn, attnOut [n, hidden] -> what the decoder adds to the residual stream. */
