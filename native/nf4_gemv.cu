@@ -38,6 +38,20 @@ constexpr int DEC_PAIR = 3;  // 256-entry (code[hi], code[lo]) pair table, repli
 constexpr int PAIR_COPIES = 16;
 // At namespace scope so that a kernel's two gemv_body instances (double rounding or not) share one table.
 __shared__ __align__(16) float2 pair_table[256 * PAIR_COPIES];
+// DEC_BNB: bitsandbytes' batch-1 weights (kgemm_4bit_inference_naive): w = round_T(round_T(code) * round_T(absmax)),
+// one HMUL2 per byte from a "wide" table of T pairs (round_T(code[hi]), round_T(code[lo])), one copy per lane: byte v
+// for lane l at byte offset v * 256 + l * 4, so the address is ONE prmt of the packed word with l * 4 (byte v lands in
+// bits 8..15; the upper half of each 256-byte row is unused). 64 KiB of dynamic shared memory, conflict-free for any
+// bytes. Products are exact in the f32 mma sums. Not the exact contract of the other decodes: the opt-in "v2bnb"
+// variant, checked against BnbBatch1Reference's weights. (A wide table of DEC_PAIR's float pairs, one prmt instead of
+// a prmt and two IMADs per byte, measured no faster than DEC_PAIR on the H200: session 5, bench/RESULTS.md.)
+constexpr int DEC_BNB = 5;
+// Dynamic shared memory of the DEC_BNB launches (the host passes exactly this).
+constexpr int WIDE_TABLE_BYTES = 256 * 256;
+extern __shared__ __align__(16) uint8_t wide_table[];
+static_assert(WIDE_TABLE_BYTES == 256 * 256, "256 byte values x 256-byte rows");
+
+__host__ __device__ constexpr bool wide_decode(int dec) { return dec == DEC_BNB; }
 
 
 // The statistics of one 4-bit weight (the same leading kernel arguments as nf4.cu's Q4_WEIGHT_PARAMS).
@@ -105,6 +119,42 @@ __device__ __forceinline__ void decode_word_pair(uint32_t w, const float2* pair,
         const uint32_t off = __byte_perm(w, 0, 0x4440 | b) * (uint32_t)(PAIR_COPIES * sizeof(float2));
         const float2 c = *reinterpret_cast<const float2*>(base + off);
         r[b] = pack_pair<F16C, DR>(__fmul_rn(c.x, amax), __fmul_rn(c.y, amax));
+    }
+}
+
+// The byte offset of byte b of w in a wide table: (byte << 8) | (lane_off & 0xFF), lane_off = lane * entry bytes.
+__device__ __forceinline__ uint32_t wide_offset(uint32_t w, uint32_t lane_off, int b) {
+    return prmt(w, lane_off, 0x5504u | (uint32_t)(b << 4));
+}
+
+// round_T(a * b) for two T pairs, one rounding (fma with -0: an exact zero product keeps its sign, as a multiply).
+template <bool F16C>
+__device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
+    uint32_t r;
+    if (F16C) {
+        asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
+    } else {
+        asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
+    }
+    return r;
+}
+
+// DEC_BNB: per byte one prmt, one LDS.32 and one HMUL2 by amax2 = (round_T(absmax), round_T(absmax)).
+template <bool F16C>
+__device__ __forceinline__ void decode_word_bnb(uint32_t w, uint32_t lane_off, uint32_t amax2, uint32_t* r) {
+#pragma unroll
+    for (int b = 0; b < 4; b++) {
+        r[b] = hmul2<F16C>(*reinterpret_cast<const uint32_t*>(wide_table + wide_offset(w, lane_off, b)), amax2);
+    }
+}
+
+// Fills DEC_BNB's wide table: T pairs, 32 copies of 4 bytes in the first half of each 256-byte row, 16-byte stores.
+template <bool F16C>
+__device__ __forceinline__ void fill_wide_table(const float* __restrict__ code16, int threads) {
+    for (int i = threadIdx.x; i < 256 * 8; i += threads) {  // 8 units of 4 copies per row, bytes 0..127
+        const int v = i >> 3, u = i & 7;
+        const uint32_t word = pack_pair<F16C, false>(__ldg(code16 + (v >> 4)), __ldg(code16 + (v & 15)));
+        reinterpret_cast<uint4*>(wide_table + v * 256)[u] = make_uint4(word, word, word, word);
     }
 }
 
@@ -183,8 +233,9 @@ template <bool F16C, bool DR, int NT, int TILES, int DEC>
 __device__ __forceinline__ void compute_chunk(const ChunkLoad<TILES>& L, const Weight& w, const float* tab,
                                               const float2* pair, const float* ncode, const uint16_t* __restrict__ x,
                                               int M, int K, int kb, int g, float (&acc)[TILES][NT][4]) {
-    static_assert(DEC == DEC_TAB || DEC == DEC_REG || DEC == DEC_NONE || DEC == DEC_PAIR,
-                  "decode: DEC_TAB, DEC_REG, DEC_PAIR or DEC_NONE");
+    static_assert(DEC == DEC_TAB || DEC == DEC_REG || DEC == DEC_NONE || DEC == DEC_PAIR || wide_decode(DEC),
+                  "decode: DEC_TAB, DEC_REG, DEC_PAIR, DEC_BNB or DEC_NONE");
+    const uint32_t lane_off = (threadIdx.x & 31) * 4u;  // the lane's byte offset in a wide table row (DEC_BNB)
     // B fragments: x[g + 8 nt][kb .. kb + 32) as 16 bf16x2 / f16x2 words (zero for rows >= M and past K)
     uint32_t xw[NT][16];
 #pragma unroll
@@ -209,6 +260,11 @@ __device__ __forceinline__ void compute_chunk(const ChunkLoad<TILES>& L, const W
         const uint32_t w0[4] = {L.w[ti][0].x, L.w[ti][0].y, L.w[ti][0].z, L.w[ti][0].w};
         const uint32_t w1[4] = {L.w[ti][1].x, L.w[ti][1].y, L.w[ti][1].z, L.w[ti][1].w};
         uint32_t P0[8], P1[8];
+        uint32_t am0 = 0, am1 = 0;
+        if (DEC == DEC_BNB) {
+            am0 = pack_pair<F16C, false>(a0, a0);
+            am1 = pack_pair<F16C, false>(a1, a1);
+        }
         if (DEC == DEC_REG) {
             build_planes<F16C, DR>(tab, a0, P0);
             build_planes<F16C, DR>(tab, a1, P1);
@@ -222,6 +278,9 @@ __device__ __forceinline__ void compute_chunk(const ChunkLoad<TILES>& L, const W
             } else if (DEC == DEC_PAIR) {
                 decode_word_pair<F16C, DR>(w0[word], pair, a0, r0);
                 decode_word_pair<F16C, DR>(w1[word], pair, a1, r1);
+            } else if (DEC == DEC_BNB) {
+                decode_word_bnb<F16C>(w0[word], lane_off, am0, r0);
+                decode_word_bnb<F16C>(w1[word], lane_off, am1, r1);
             } else if (DEC == DEC_REG) {
                 decode_word_reg(w0[word], P0, r0);
                 decode_word_reg(w1[word], P1, r1);
@@ -256,7 +315,9 @@ struct Smem {
 // The kernel body. Launch: grid = ceil(N / (16 * TILES)) blocks of W * 32 threads, no dynamic shared memory.
 // bx: this block's tile of output rows, rows [16 TILES bx, 16 TILES (bx + 1)) (blockIdx.x for a one-weight launch;
 // the grouped entries below give each weight its own range of blocks).
-template <bool F16C, bool DR, int NT, int W, int TILES, int DEPTH, int DEC, int PF>
+// ROLLED: the chunk loop is not unrolled; the ring of loads moves down one slot per chunk (register moves), so the
+// loop body is one chunk's code instead of DEPTH chunks' (a smaller instruction footprint per warp).
+template <bool F16C, bool DR, int NT, int W, int TILES, int DEPTH, int DEC, int PF, bool ROLLED = false>
 __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restrict__ nested_code,
                                           const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                           int N, int K, const void* __restrict__ bias, int bias_dtype,
@@ -287,6 +348,7 @@ __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restri
         }
         pair = pair_table + (lane & (PAIR_COPIES - 1));
     }
+    if constexpr (wide_decode(DEC)) fill_wide_table<F16C>(code16, W * 32);
     // programmatic dependent launch (pdl.cuh): the weight loads and tables above overlap the previous kernel's tail;
     // x is read and y written only after it has completed
     pdl_wait();
@@ -299,15 +361,27 @@ __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restri
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) acc[ti][nt][0] = acc[ti][nt][1] = acc[ti][nt][2] = acc[ti][nt][3] = 0.0f;
 
-    for (int j0 = 0; j0 < cpw; j0 += DEPTH) {
+    if constexpr (ROLLED) {
+#pragma unroll 1
+        for (int j = 0; j < cpw; j++) {
+            const int kb = kb0 + j * kstep;
+            ChunkLoad<TILES> ahead = load_chunk<TILES, PF>(w, row0, N, K, kb + DEPTH * kstep, j + DEPTH < cpw);
+            compute_chunk<F16C, DR, NT, TILES, DEC>(buf[0], w, sm.tab, pair, sm.ncode, x, M, K, kb, g, acc);
 #pragma unroll
-        for (int d = 0; d < DEPTH; d++) {
-            const int j = j0 + d;
-            if (j < cpw) {  // warp-uniform
-                const int kb = kb0 + j * kstep;
-                ChunkLoad<TILES> ahead = load_chunk<TILES, PF>(w, row0, N, K, kb + DEPTH * kstep, j + DEPTH < cpw);
-                compute_chunk<F16C, DR, NT, TILES, DEC>(buf[d], w, sm.tab, pair, sm.ncode, x, M, K, kb, g, acc);
-                buf[d] = ahead;
+            for (int d = 0; d + 1 < DEPTH; d++) buf[d] = buf[d + 1];
+            buf[DEPTH - 1] = ahead;
+        }
+    } else {
+        for (int j0 = 0; j0 < cpw; j0 += DEPTH) {
+#pragma unroll
+            for (int d = 0; d < DEPTH; d++) {
+                const int j = j0 + d;
+                if (j < cpw) {  // warp-uniform
+                    const int kb = kb0 + j * kstep;
+                    ChunkLoad<TILES> ahead = load_chunk<TILES, PF>(w, row0, N, K, kb + DEPTH * kstep, j + DEPTH < cpw);
+                    compute_chunk<F16C, DR, NT, TILES, DEC>(buf[d], w, sm.tab, pair, sm.ncode, x, M, K, kb, g, acc);
+                    buf[d] = ahead;
+                }
             }
         }
     }
@@ -344,7 +418,7 @@ __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restri
 template <int W>
 struct MinBlocks { static constexpr int value = W >= QL_V2_WARPS_PER_SM ? 1 : QL_V2_WARPS_PER_SM / W; };
 
-template <bool F16C, int NT, int W, int TILES, int DEPTH, int DEC, int PF>
+template <bool F16C, int NT, int W, int TILES, int DEPTH, int DEC, int PF, bool ROLLED = false>
 __global__ void __launch_bounds__(W * 32, MinBlocks<W>::value)
 gemv_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax,
             const float* __restrict__ nested_absmax, const float* __restrict__ nested_code, float offset,
@@ -353,10 +427,10 @@ gemv_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax,
             void* __restrict__ y, int y_dtype, int double_round) {
     Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};
     if (double_round) {
-        gemv_body<F16C, true, NT, W, TILES, DEPTH, DEC, PF>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype,
+        gemv_body<F16C, true, NT, W, TILES, DEPTH, DEC, PF, ROLLED>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype,
                                                             blockIdx.x);
     } else {
-        gemv_body<F16C, false, NT, W, TILES, DEPTH, DEC, PF>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype,
+        gemv_body<F16C, false, NT, W, TILES, DEPTH, DEC, PF, ROLLED>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype,
                                                              blockIdx.x);
     }
 }
@@ -577,7 +651,9 @@ gemv3_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax
 #define V2_TILES 1
 #define V2_DEPTH 4
 
-#define V2_ENTRY(name, F16C, NT, DEC)                                                                                \
+#define V2_ENTRY(name, F16C, NT, DEC) V2_ENTRY_LOOP(name, F16C, NT, DEC, false, V2_DEPTH)
+// ROLLED = true: the chunk loop rolled (gemv_body), one chunk's code per loop body; DEPTH chunks of loads in flight
+#define V2_ENTRY_LOOP(name, F16C, NT, DEC, ROLLED, DEPTH)                                                            \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
         const uint8_t* __restrict__ packed, const void* __restrict__ absmax,                                         \
         const float* __restrict__ nested_absmax, const float* __restrict__ nested_code, float offset,                \
@@ -586,12 +662,12 @@ gemv3_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax
         void* __restrict__ y, int y_dtype, int double_round) {                                                       \
         nf4v2::Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};     \
         if (double_round) {                                                                                          \
-            nf4v2::gemv_body<F16C, true, NT, V2_WARPS, V2_TILES, V2_DEPTH, DEC, 0>(w, nested_code, code16, x, M, N, K,  \
-                                                                                bias, bias_dtype, y, y_dtype,        \
+            nf4v2::gemv_body<F16C, true, NT, V2_WARPS, V2_TILES, DEPTH, DEC, 0, ROLLED>(w, nested_code, code16, x, M, \
+                                                                                N, K, bias, bias_dtype, y, y_dtype,  \
                                                                                 blockIdx.x);                         \
         } else {                                                                                                     \
-            nf4v2::gemv_body<F16C, false, NT, V2_WARPS, V2_TILES, V2_DEPTH, DEC, 0>(w, nested_code, code16, x, M, N, K, \
-                                                                                 bias, bias_dtype, y, y_dtype,       \
+            nf4v2::gemv_body<F16C, false, NT, V2_WARPS, V2_TILES, DEPTH, DEC, 0, ROLLED>(w, nested_code, code16, x, M,\
+                                                                                 N, K, bias, bias_dtype, y, y_dtype, \
                                                                                  blockIdx.x);                        \
         }                                                                                                            \
     }
@@ -606,9 +682,15 @@ V2_ENTRY(q4v2reg_gemv_f16_m8, true, 1, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
 // the pair-table decode: the default "v2" decode for rows <= 8 (-Dqlora4j.nf4.gemv=v2table takes the table kernels
 // above); no m16 form, because with two fragment sets its 32 KiB table would take the block past 48 KiB of static
-// shared memory
-V2_ENTRY(q4v2pair_gemv_bf16_m8, false, 1, nf4v2::DEC_PAIR)
-V2_ENTRY(q4v2pair_gemv_f16_m8, true, 1, nf4v2::DEC_PAIR)
+// shared memory. Rolled chunk loop with 2 chunks of loads in flight: the bench's fastest v2 shape (session 5, 5-12%
+// faster than the unrolled loop with 4, which measured the same in the model as the rolled one with 4).
+V2_ENTRY_LOOP(q4v2pair_gemv_bf16_m8, false, 1, nf4v2::DEC_PAIR, true, 2)
+V2_ENTRY_LOOP(q4v2pair_gemv_f16_m8, true, 1, nf4v2::DEC_PAIR, true, 2)
+// -Dqlora4j.nf4.gemv=v2bnb: bitsandbytes' batch-1 weights (64 KiB of dynamic shared memory), rows 1..16
+V2_ENTRY_LOOP(q4v2bnb_gemv_bf16_m8, false, 1, nf4v2::DEC_BNB, true, 2)
+V2_ENTRY_LOOP(q4v2bnb_gemv_bf16_m16, false, 2, nf4v2::DEC_BNB, true, 2)
+V2_ENTRY_LOOP(q4v2bnb_gemv_f16_m8, true, 1, nf4v2::DEC_BNB, true, 2)
+V2_ENTRY_LOOP(q4v2bnb_gemv_f16_m16, true, 2, nf4v2::DEC_BNB, true, 2)
 
 // ---------------------------------------------------------------------------------------------
 // Grouped v2 entry points (Nf4GemvKernels.gemvGroup): up to 3 weights ("segments") that read the same x [M, K], in one

@@ -235,32 +235,48 @@ struct Variant {
     bool all_m = false;     // exact numerics: checked at every M = 1..16 of the sweep (else M = 1, 3, 8, 9, 16)
 };
 
-template <int NT, int W, int TILES, int DEPTH, int DEC, int PF>
+template <int NT, int W, int TILES, int DEPTH, int DEC, int PF, bool ROLLED>
 static void launch_v2(const DevWeight& w, const float* code16, const void* x, int M, int N, int K, const void* bias,
                       void* y, cudaStream_t s) {
     dim3 grid((N + 16 * TILES - 1) / (16 * TILES));
-    nf4v2::gemv_kernel<false, NT, W, TILES, DEPTH, DEC, PF><<<grid, W * 32, 0, s>>>(
+    auto fn = nf4v2::gemv_kernel<false, NT, W, TILES, DEPTH, DEC, PF, ROLLED>;
+    const int smem = nf4v2::wide_decode(DEC) ? nf4v2::WIDE_TABLE_BYTES : 0;
+    static bool raised = false;  // per instantiation: the 64 KiB wide table is past the default 48 KiB
+    if (smem > 0 && !raised) {
+        CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        raised = true;
+    }
+    fn<<<grid, W * 32, smem, s>>>(
         w.packed, w.absmax, w.nested_absmax, w.nested_code, w.offset, w.log2_bs, w.nested_bs, w.nested_shift, w.nested,
         code16, (const uint16_t*)x, M, N, K, bias, 1, y, 1, 0);
 }
 
-template <int W, int TILES, int DEPTH, int DEC, int PF>
+// ROLLED: the chunk loop rolled (nf4_gemv.cu); DEC_PAIR has no m16 form (M <= 8 only, as in the engine).
+template <int W, int TILES, int DEPTH, int DEC, int PF, bool ROLLED = false>
 static Variant v2(const std::string& name, bool extra = false) {
     Variant v;
     v.name = name;
     v.checked = DEC != nf4v2::DEC_NONE;
     v.extra = extra;
+    constexpr int NT2 = DEC == nf4v2::DEC_PAIR ? 1 : 2;
+    if (DEC == nf4v2::DEC_PAIR) v.max_m = 8;
+    v.bnb = DEC == nf4v2::DEC_BNB;  // checked against bitsandbytes' batch-1 weights (v4's numerics), bf16 only
     v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s, int) {
-        if (M <= 8) launch_v2<1, W, TILES, DEPTH, DEC, PF>(w, c, x, M, N, K, b, y, s);
-        else launch_v2<2, W, TILES, DEPTH, DEC, PF>(w, c, x, M, N, K, b, y, s);
+        if (M <= 8) launch_v2<1, W, TILES, DEPTH, DEC, PF, ROLLED>(w, c, x, M, N, K, b, y, s);
+        else launch_v2<NT2, W, TILES, DEPTH, DEC, PF, ROLLED>(w, c, x, M, N, K, b, y, s);
     };
     char buf[256];
     cudaFuncAttributes a1, a2;
     int b1 = 0, b2 = 0;
-    CK(cudaFuncGetAttributes(&a1, nf4v2::gemv_kernel<false, 1, W, TILES, DEPTH, DEC, PF>));
-    CK(cudaFuncGetAttributes(&a2, nf4v2::gemv_kernel<false, 2, W, TILES, DEPTH, DEC, PF>));
-    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b1, nf4v2::gemv_kernel<false, 1, W, TILES, DEPTH, DEC, PF>, W * 32, 0));
-    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b2, nf4v2::gemv_kernel<false, 2, W, TILES, DEPTH, DEC, PF>, W * 32, 0));
+    CK(cudaFuncGetAttributes(&a1, nf4v2::gemv_kernel<false, 1, W, TILES, DEPTH, DEC, PF, ROLLED>));
+    CK(cudaFuncGetAttributes(&a2, nf4v2::gemv_kernel<false, NT2, W, TILES, DEPTH, DEC, PF, ROLLED>));
+    const int dsm = nf4v2::wide_decode(DEC) ? nf4v2::WIDE_TABLE_BYTES : 0;
+    if (dsm > 0) {
+        CK(cudaFuncSetAttribute(nf4v2::gemv_kernel<false, 1, W, TILES, DEPTH, DEC, PF, ROLLED>, cudaFuncAttributeMaxDynamicSharedMemorySize, dsm));
+        CK(cudaFuncSetAttribute(nf4v2::gemv_kernel<false, NT2, W, TILES, DEPTH, DEC, PF, ROLLED>, cudaFuncAttributeMaxDynamicSharedMemorySize, dsm));
+    }
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b1, nf4v2::gemv_kernel<false, 1, W, TILES, DEPTH, DEC, PF, ROLLED>, W * 32, dsm));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b2, nf4v2::gemv_kernel<false, NT2, W, TILES, DEPTH, DEC, PF, ROLLED>, W * 32, dsm));
     snprintf(buf, sizeof buf, "m8: %d regs, %zu B local, %zu B smem, %d blocks/SM (%d warps); m16: %d regs, %zu B local, %d blocks/SM (%d warps)",
              a1.numRegs, a1.localSizeBytes, a1.sharedSizeBytes, b1, b1 * W, a2.numRegs, a2.localSizeBytes, b2, b2 * W);
     v.facts = buf;
@@ -900,8 +916,17 @@ int main(int argc, char** argv) {
     all.push_back(v6<8, 2, 4, nf4v6::DEC_NONE>("v6 none w8 b2 d4 (no decode)"));
     all.push_back(v6<8, 2, 4, nf4v6::DEC_LOADS>("v6 loads w8 b2 d4"));
     // v2 / v3 (exact numerics): the measured references
-    all.push_back(v2<8, 1, 4, nf4v2::DEC_TAB, 0>("v2 tab w8 t1 d4"));  // = q4v2_gemv_* (the Java default)
+    all.push_back(v2<8, 1, 4, nf4v2::DEC_TAB, 0>("v2 tab w8 t1 d4"));  // = q4v2_gemv_* (the Java default for rows 9..16, and v2table)
     all.push_back(v2<8, 1, 4, nf4v2::DEC_NONE, 0>("v2 none w8 t1 d4 (no decode)"));
+    all.push_back(v2<8, 1, 4, nf4v2::DEC_PAIR, 0>("v2 pair w8 t1 d4"));  // the engine's pair decode until session 5
+    all.push_back(v2<8, 1, 2, nf4v2::DEC_PAIR, 0, true>("v2 pair rolled w8 t1 d2"));  // = q4v2pair_gemv_* (rows <= 8)
+    all.push_back(v2<8, 1, 1, nf4v2::DEC_PAIR, 0, true>("v2 pair rolled w8 t1 d1"));
+    all.push_back(v2<8, 1, 2, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w8 t1 d2"));    // = q4v2bnb_gemv_* (v2bnb)
+    all.push_back(v2<8, 1, 1, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w8 t1 d1"));
+    all.push_back(v2<8, 2, 1, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w8 t2 d1"));
+    all.push_back(v2<8, 2, 2, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w8 t2 d2"));
+    all.push_back(v2<4, 1, 2, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w4 t1 d2"));
+    all.push_back(v2<16, 1, 2, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w16 t1 d2"));
     all.push_back(v3<8, 3, 4, nf4v3::DEC_TAB, true>("v3 w8 b3 d4"));
 #ifdef QL_BENCH_OLD
     all.push_back(old_stream(0));

@@ -11,7 +11,7 @@ import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Device;
 import dev.qlora4j.tensor.Tensor;
 
-import java.util.Set;
+import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 
 /**
@@ -32,7 +32,8 @@ public final class CudaContext implements AutoCloseable {
     private final PtxModules modules;
     // programmatic dependent launch of the kernels that allow it (-Dqlora4j.cuda.pdl=false turns it off)
     private final boolean programmaticLaunch;
-    private final Set<Long> sharedMemoryRaised = ConcurrentHashMap.newKeySet();
+    // function -> dynamic shared memory bytes it is allowed (raised past the default 48 KiB)
+    private final Map<Long, Integer> sharedMemoryRaisedTo = new ConcurrentHashMap<>();
     private volatile Cublas cublas; // created on first use (the kernels alone do not need libcublas); stream and math mode set once
     private long transferEvent;      // ordering event of cross-device copies (DeviceTransfer), created on first use
     private final Tensor arrivalCounters;  // I32 [ARRIVAL_COUNTERS], zero between launches (see arrivalCounters())
@@ -147,17 +148,21 @@ public final class CudaContext implements AutoCloseable {
     }
 
     /**
-     * Allows function more than the default 48 KiB of dynamic shared memory (once per function); fails with
-     * the device's limit in the message when bytes is more than the GPU offers.
+     * Allows function bytes of dynamic shared memory when that is more than the default 48 KiB (raised to exactly
+     * bytes, and again only for a larger request: the limit covers dynamic plus the kernel's static shared memory, so
+     * the device's per-block maximum itself would be refused for a kernel with static shared memory); fails with the
+     * device's limit in the message when bytes is more than the GPU offers.
      */
     public void allowSharedMemory(long function, int bytes) {
-        if (bytes <= 48 * 1024 || !sharedMemoryRaised.add(function)) return;
+        if (bytes <= 48 * 1024) return;
+        Integer allowed = sharedMemoryRaisedTo.get(function);
+        if (allowed != null && allowed >= bytes) return;
         if (bytes > properties.maxSharedMemoryPerBlockOptin()) {
-            sharedMemoryRaised.remove(function);
             throw new IllegalArgumentException("kernel needs " + bytes + " bytes of shared memory but "
                     + properties.name() + " allows " + properties.maxSharedMemoryPerBlockOptin() + " per block");
         }
-        driver.funcSetMaxDynamicSharedMemory(function, properties.maxSharedMemoryPerBlockOptin());
+        driver.funcSetMaxDynamicSharedMemory(function, bytes);
+        sharedMemoryRaisedTo.merge(function, bytes, Math::max);
     }
     /** The kernel handle of an extern "C" kernel in kernels-ptx/&lt;module&gt;.ptx (loaded once). */
     public long function(String module, String kernel) { return modules.function(module, kernel); }

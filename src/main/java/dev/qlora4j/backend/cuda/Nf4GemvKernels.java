@@ -32,9 +32,20 @@ final class Nf4GemvKernels {
      * Which kernel and decode: v2 with the 16-float shared table, v2 with register tables (ALU only), or V3_STREAM
      * = the v3 persistent streaming kernel (table decode, FMA in f32; rows &lt;= 4, blocksize &gt;= 32, else the v2
      * table kernel runs), or PAIR = v2 decoding each byte with one read of a replicated 256-entry (code[hi], code[lo])
-     * table (the same values as TABLE, bit for bit; rows &lt;= 8, else the TABLE kernel runs).
+     * table (the same values as TABLE, bit for bit; rows &lt;= 8, else the TABLE kernel runs). BNB = bitsandbytes'
+     * batch-1 weights round_T(round_T(code) * round_T(absmax)) (one HMUL2 per byte from a 64 KiB "wide" table of T
+     * pairs, one copy per lane; rows 1..16), products exact in float32: NOT the exact contract of the others (opt-in
+     * "v2bnb").
      */
-    enum Decode { TABLE, REGISTERS, V3_STREAM, PAIR }
+    enum Decode {
+        TABLE, REGISTERS, V3_STREAM, PAIR, BNB;
+
+        /** Whether the kernels take the 64 KiB wide table as dynamic shared memory. */
+        boolean wideTable() { return this == BNB; }
+    }
+
+    /** Dynamic shared memory of the BNB kernels: nf4v2::WIDE_TABLE_BYTES (256 rows of 256 bytes). */
+    static final int WIDE_TABLE_BYTES = 256 * 256;
 
     private Nf4GemvKernels() {}
 
@@ -57,6 +68,7 @@ final class Nf4GemvKernels {
         String prefix = switch (decode) {
             case REGISTERS -> "q4v2reg_gemv_";
             case PAIR -> rows <= 8 ? "q4v2pair_gemv_" : "q4v2_gemv_";
+            case BNB -> "q4v2bnb_gemv_";
             default -> "q4v2_gemv_";
         };
         return prefix + dt + (rows <= 8 ? "_m8" : "_m16");
@@ -191,7 +203,9 @@ final class Nf4GemvKernels {
             ctx.launch(fn, Dim3.of(V3_BLOCKS_PER_SM * ctx.properties().multiprocessorCount()), Dim3.of(V3_THREADS),
                     v3SharedBytes(rows, w.inFeatures()), args);
         } else {
-            ctx.launch(fn, Dim3.of(grid(w.outFeatures())), Dim3.of(THREADS), 0, args);
+            int shared = decode.wideTable() ? WIDE_TABLE_BYTES : 0;
+            ctx.allowSharedMemory(fn, shared);
+            ctx.launch(fn, Dim3.of(grid(w.outFeatures())), Dim3.of(THREADS), shared, args);
         }
     }
 }

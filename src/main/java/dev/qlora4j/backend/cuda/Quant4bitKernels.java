@@ -174,8 +174,9 @@ final class Quant4bitKernels {
      * decoding only through the shared-memory pair table, MMA = the stream-K kernel. V7 = {@link Nf4Gemv7Kernels} for
      * one row of x (where {@link Nf4Gemv7Kernels#applies} holds, else v2) with bitsandbytes' batch-1 inference numerics
      * (weights and products rounded to the compute dtype) instead of the exact contract of the others: opt-in only.
+     * V2BNB = v2 with bitsandbytes' batch-1 weights (not the exact contract; products exact): opt-in.
      */
-    enum GemvVariant { V2, V2TABLE, V2REG, V3, V7, HYBRID, STREAM, MMA }
+    enum GemvVariant { V2, V2BNB, V2TABLE, V2REG, V3, V7, HYBRID, STREAM, MMA }
 
     /** The variant the system property qlora4j.nf4.gemv names (read per call, so a benchmark can switch). */
     static GemvVariant gemvVariant() {
@@ -188,13 +189,14 @@ final class Quant4bitKernels {
             case "v2", "" -> GemvVariant.V2;
             case "v2reg" -> GemvVariant.V2REG;
             case "v2table" -> GemvVariant.V2TABLE;
+            case "v2bnb" -> GemvVariant.V2BNB;
             case "v3" -> GemvVariant.V3;
             case "v7" -> GemvVariant.V7;
             case "hybrid" -> GemvVariant.HYBRID;
             case "stream" -> GemvVariant.STREAM;
             case "mma" -> GemvVariant.MMA;
             default -> throw new IllegalArgumentException("system property " + GEMV_VARIANT_PROPERTY
-                    + " must be v2, v2table, v2reg, v3, v7, hybrid, stream or mma, got '" + value + "'");
+                     + " must be v2, v2bnb, v2table, v2reg, v3, v7, hybrid, stream or mma, got '" + value + "'");
         };
     }
 
@@ -221,6 +223,7 @@ final class Quant4bitKernels {
     static void gemv(CudaContext ctx, CudaQuant4bit w, Tensor xc, int rows, Tensor bias, Tensor y, GemvVariant variant) {
         switch (variant) {
             case V2 -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.PAIR);
+            case V2BNB -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.BNB);
             case V2TABLE -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.TABLE);
             case V2REG -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.REGISTERS);
             case V3 -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.V3_STREAM);

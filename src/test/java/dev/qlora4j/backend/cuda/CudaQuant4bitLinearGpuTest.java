@@ -203,9 +203,9 @@ class CudaQuant4bitLinearGpuTest {
                         // the streaming kernel with every chunk (period 1) and every other chunk decoded in registers
                         try (Tensor xc = QuantGpuSupport.upload(ctx, x, compute, rows, inF)) {
                             for (Quant4bitKernels.GemvVariant v : Quant4bitKernels.GemvVariant.values()) {
-                                // V7 computes bitsandbytes' batch-1 numerics, not Nf4Matmul's: Nf4GemvV7GpuTest checks it
-                                // against its own reference (and its fallback to v2 bit for bit)
-                                if (v == Quant4bitKernels.GemvVariant.V7) continue;
+                                // V7 / V2BNB compute bitsandbytes' batch-1 numerics, not Nf4Matmul's: Nf4GemvV7GpuTest and
+                                // Nf4GemvV2GpuTest check them against their own references (and V7's fallback to v2)
+                                if (v == Quant4bitKernels.GemvVariant.V7 || v == Quant4bitKernels.GemvVariant.V2BNB) continue;
                                 for (int rep = 0; rep < 2; rep++) {
                                     ctx.driver().memsetD8Async(CudaContext.ptr(y), (byte) 0xFF, y.byteSize(), ctx.stream());
                                     Quant4bitKernels.gemv(ctx, q, xc, rows, bdev, y, v);

@@ -82,15 +82,17 @@ class Nf4GemvV2GpuTest {
              Tensor y = QuantGpuSupport.poisoned(ctx, xd, rows, outF)) {
             float[] table = null;
             for (Nf4GemvKernels.Decode decode : Nf4GemvKernels.Decode.values()) {
+                if (decode == Nf4GemvKernels.Decode.BNB) continue;  // bitsandbytes' weights: bnbDecodeMatchesItsWeights
                 ctx.driver().memsetD8Async(CudaContext.ptr(y), (byte) 0xFF, y.byteSize(), ctx.stream());
                 Nf4GemvKernels.gemv(ctx, q, xc, rows, bdev, y, decode);
                 float[] got = ctx.download(y).toFloatArray();
                 if (decode == Nf4GemvKernels.Decode.TABLE) table = got;
                 if (decode == Nf4GemvKernels.Decode.PAIR) {
                     // the pair table holds the same factors and the kernel forms the same products in the same order
+                    // (its rolled loop changes the loop's shape, not the order of the chunks)
                     for (int e = 0; e < got.length; e++) {
                         if (Float.floatToRawIntBits(got[e]) != Float.floatToRawIntBits(table[e])) {
-                            fail(what + ": PAIR element " + e + " = " + got[e] + ", TABLE gave " + table[e]);
+                            fail(what + ": " + decode + " element " + e + " = " + got[e] + ", TABLE gave " + table[e]);
                         }
                     }
                 }
@@ -135,6 +137,7 @@ class Nf4GemvV2GpuTest {
              Tensor xc = QuantGpuSupport.upload(ctx, x, compute, rows, inF);
              Tensor y = QuantGpuSupport.poisoned(ctx, DType.F32, rows, outF)) {
             for (Nf4GemvKernels.Decode decode : Nf4GemvKernels.Decode.values()) {
+                if (decode == Nf4GemvKernels.Decode.BNB) continue;  // bitsandbytes' weights: bnbDecodeMatchesItsWeights
                 ctx.driver().memsetD8Async(CudaContext.ptr(y), (byte) 0xFF, y.byteSize(), ctx.stream());
                 Nf4GemvKernels.gemv(ctx, q, xc, rows, null, y, decode);
                 float[] got = ctx.download(y).toFloatArray();
@@ -153,10 +156,72 @@ class Nf4GemvV2GpuTest {
         }
     }
 
+    /**
+     * The BNB decode against bitsandbytes' batch-1 weights w = round_T(round_T(code) * round_T(absmax))
+     * ({@link BnbBatch1Reference.Weights}), whose products with x the mma forms exactly: one-hot rows of x must give
+     * w [o, k] bit for bit (F32 output); random x with a bias (T output) must be within the float32 summation-order
+     * tolerance of the float64 sum, plus one quantum of T for the final rounding.
+     */
+    @ParameterizedTest(name = "[{0}, {1}] rows={2} nested={3} bs={4} compute={5}")
+    @MethodSource("exactCases")
+    void bnbDecodeMatchesItsWeights(int outF, int inF, int rows, boolean nested, int blocksize, DType compute, DType state) {
+        Random rnd = new Random();
+        QuantType type = rnd.nextInt(3) == 0 ? QuantType.FP4 : QuantType.NF4;
+        float[] w = QuantGpuSupport.randomWeights(rnd, outF, inF);
+        QuantState4bit qs = Quant4bit.quantize(Tensor.fromFloats(w, state, outF, inF), type, blocksize, nested);
+        BnbBatch1Reference.Weights bw = new BnbBatch1Reference.Weights(qs, compute);
+        String what = type + " nested=" + nested + " bs=" + blocksize + " compute=" + compute + " [" + outF + ", " + inF + "] rows=" + rows;
+        float[] hot = new float[rows * inF];
+        int[] ks = new int[rows];
+        for (int m = 0; m < rows; m++) {
+            ks[m] = m == 0 ? inF - 1 : rnd.nextInt(inF);
+            hot[m * inF + ks[m]] = 1f;
+        }
+        float[] x = QuantGpuSupport.roundedTo(compute, QuantGpuSupport.gaussian(rnd, rows * inF, 1.0));
+        float[] bias = QuantGpuSupport.roundedTo(compute, QuantGpuSupport.gaussian(rnd, outF, 0.5));
+        try (CudaQuant4bit q = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, compute);
+             Tensor hotc = QuantGpuSupport.upload(ctx, hot, compute, rows, inF);
+             Tensor xc = QuantGpuSupport.upload(ctx, x, compute, rows, inF);
+             Tensor bdev = QuantGpuSupport.upload(ctx, bias, compute, outF);
+             Tensor yHot = QuantGpuSupport.poisoned(ctx, DType.F32, rows, outF);
+             Tensor y = QuantGpuSupport.poisoned(ctx, compute, rows, outF)) {
+            Nf4GemvKernels.gemv(ctx, q, hotc, rows, null, yHot, Nf4GemvKernels.Decode.BNB);
+            float[] got = ctx.download(yHot).toFloatArray();
+            for (int m = 0; m < rows; m++) {
+                for (int o = 0; o < outF; o++) {
+                    float want = bw.at(o, ks[m]);
+                    if (!(got[m * outF + o] == want)) {
+                        fail(what + ": one-hot y[" + m + ", " + o + "] = " + got[m * outF + o] + ", bnb weight [" + o + ", " + ks[m] + "] = " + want);
+                    }
+                }
+            }
+            Nf4GemvKernels.gemv(ctx, q, xc, rows, bdev, y, Nf4GemvKernels.Decode.BNB);
+            got = ctx.download(y).toFloatArray();
+            for (int m = 0; m < rows; m++) {
+                for (int o = 0; o < outF; o++) {
+                    double sum = 0, sumAbs = 0;
+                    for (int k = 0; k < inF; k++) {
+                        double p = (double) x[m * inF + k] * bw.at(o, k);
+                        sum += p;
+                        sumAbs += Math.abs(p);
+                    }
+                    double want = QuantGpuSupport.round(compute, (float) (sum + bias[o]));
+                    double tol = 2e-5 * sumAbs + QuantGpuSupport.quantum(compute, want) + 1e-6 * Math.abs(bias[o]);
+                    if (!(Math.abs(got[m * outF + o] - want) <= tol)) {
+                        fail(what + ": y[" + m + ", " + o + "] = " + got[m * outF + o] + ", reference " + want + ", tolerance " + tol);
+                    }
+                }
+            }
+        }
+    }
+
     @Test
     void kernelNamesAndGrid() {
         assertEquals("q4v2_gemv_bf16_m8", Nf4GemvKernels.kernelName(DType.BF16, 1, Nf4GemvKernels.Decode.TABLE));
         assertEquals("q4v2reg_gemv_f16_m16", Nf4GemvKernels.kernelName(DType.F16, 9, Nf4GemvKernels.Decode.REGISTERS));
+        assertEquals("q4v2pair_gemv_bf16_m8", Nf4GemvKernels.kernelName(DType.BF16, 8, Nf4GemvKernels.Decode.PAIR));
+        assertEquals("q4v2_gemv_f16_m16", Nf4GemvKernels.kernelName(DType.F16, 9, Nf4GemvKernels.Decode.PAIR));
+        assertEquals("q4v2bnb_gemv_f16_m16", Nf4GemvKernels.kernelName(DType.F16, 16, Nf4GemvKernels.Decode.BNB));        assertEquals("q4v2bnb_gemv_bf16_m8", Nf4GemvKernels.kernelName(DType.BF16, 1, Nf4GemvKernels.Decode.BNB));
         assertEquals(689, Nf4GemvKernels.grid(11009));
         assertEquals("q4v3_gemv_bf16_m1", Nf4GemvKernels.v3KernelName(DType.BF16, 1));
         assertEquals("q4v3_gemv_f16_m4", Nf4GemvKernels.v3KernelName(DType.F16, 3));
