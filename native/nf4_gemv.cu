@@ -188,6 +188,13 @@ __device__ __forceinline__ void decode_word_reg(uint32_t w, const uint32_t (&P)[
     }
 }
 
+// a when B, else b (a compile-time choice between two arrays of the same type).
+template <bool B, class T>
+__device__ __forceinline__ T& pick(T& a, T& b) {
+    if constexpr (B) return a;
+    else return b;
+}
+
 // One chunk's loads for one thread: rows g and g + 8 of each of the block's TILES tiles.
 template <int TILES>
 struct ChunkLoad {
@@ -229,18 +236,25 @@ __device__ __forceinline__ float chunk_absmax(const Weight& w, const float* ncod
     return w.nested ? __fadd_rn(__fmul_rn(ncode[q], s), w.offset) : s;
 }
 
-template <bool F16C, bool DR, int NT, int TILES, int DEC>
+template <bool F16C, bool DR, int NT, int TILES, int DEC, bool XKEPT>
 __device__ __forceinline__ void compute_chunk(const ChunkLoad<TILES>& L, const Weight& w, const float* tab,
                                               const float2* pair, const float* ncode, const uint16_t* __restrict__ x,
-                                              int M, int K, int kb, int g, float (&acc)[TILES][NT][4]) {
+                                              int M, int K, int kb, int g, uint32_t (&xw_kept)[NT][16],
+                                              float (&acc)[TILES][NT][4]) {
     static_assert(DEC == DEC_TAB || DEC == DEC_REG || DEC == DEC_NONE || DEC == DEC_PAIR || wide_decode(DEC),
                   "decode: DEC_TAB, DEC_REG, DEC_PAIR, DEC_BNB or DEC_NONE");
     const uint32_t lane_off = (threadIdx.x & 31) * 4u;  // the lane's byte offset in a wide table row (DEC_BNB)
     // B fragments: x[g + 8 nt][kb .. kb + 32) as 16 bf16x2 / f16x2 words (zero for rows >= M and past K)
-    uint32_t xw[NT][16];
+    // B fragments x[g + 8 nt][the chunk's 32 k of this thread]. XKEPT: the caller's xw_kept, zero on entry to the
+    // kernel; rows >= M never write theirs (they stay zero without a per-chunk clear; the registers then live across
+    // the chunk loop, which the rolled loops have room for), rows < M load theirs, or clear them past K. Otherwise a
+    // local array that every chunk writes in full (the unrolled m16 loops would spill with the kept one).
+    uint32_t xw_local[NT][16];
+    auto& xw = pick<XKEPT>(xw_kept, xw_local);
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         const int xr = g + 8 * nt;
+        if (XKEPT && xr >= M) continue;
         if (xr < M && kb < K) {
             const uint4* xp = reinterpret_cast<const uint4*>(x + (int64_t)xr * K + kb);
 #pragma unroll
@@ -360,13 +374,18 @@ __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restri
     for (int ti = 0; ti < TILES; ti++)
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) acc[ti][nt][0] = acc[ti][nt][1] = acc[ti][nt][2] = acc[ti][nt][3] = 0.0f;
+    uint32_t xw[NT][16];  // B fragments: x[g + 8 nt][the chunk's 32 k of this thread] (compute_chunk)
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int j = 0; j < 16; j++) xw[nt][j] = 0;
 
     if constexpr (ROLLED) {
 #pragma unroll 1
         for (int j = 0; j < cpw; j++) {
             const int kb = kb0 + j * kstep;
             ChunkLoad<TILES> ahead = load_chunk<TILES, PF>(w, row0, N, K, kb + DEPTH * kstep, j + DEPTH < cpw);
-            compute_chunk<F16C, DR, NT, TILES, DEC>(buf[0], w, sm.tab, pair, sm.ncode, x, M, K, kb, g, acc);
+            compute_chunk<F16C, DR, NT, TILES, DEC, true>(buf[0], w, sm.tab, pair, sm.ncode, x, M, K, kb, g, xw, acc);
 #pragma unroll
             for (int d = 0; d + 1 < DEPTH; d++) buf[d] = buf[d + 1];
             buf[DEPTH - 1] = ahead;
@@ -379,7 +398,7 @@ __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restri
                 if (j < cpw) {  // warp-uniform
                     const int kb = kb0 + j * kstep;
                     ChunkLoad<TILES> ahead = load_chunk<TILES, PF>(w, row0, N, K, kb + DEPTH * kstep, j + DEPTH < cpw);
-                    compute_chunk<F16C, DR, NT, TILES, DEC>(buf[d], w, sm.tab, pair, sm.ncode, x, M, K, kb, g, acc);
+                    compute_chunk<F16C, DR, NT, TILES, DEC, false>(buf[d], w, sm.tab, pair, sm.ncode, x, M, K, kb, g, xw, acc);
                     buf[d] = ahead;
                 }
             }
