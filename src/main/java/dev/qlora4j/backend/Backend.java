@@ -200,18 +200,6 @@ public interface Backend extends AutoCloseable {
         throw unsupported("linearQuantizedBackwardInput");
     }
 
-    /**
-     * Opens a weight-reuse scope: until {@link #endWeightReuse}, a backend may keep the dense weights its quantized
-     * linears dequantize and use them in {@link #linearQuantizedBackwardInput} of the same weights instead of
-     * dequantizing again, where that gives the same values bit for bit (gradient checkpointing runs a layer's
-     * forward again right before its backward). Values are unchanged; only time and memory (one layer's dense
-     * weights while the scope is open) differ. Scopes do not nest. Default: no-op.
-     */
-    default void beginWeightReuse() {}
-
-    /** Closes the weight-reuse scope and frees what it kept; harmless without an open scope. Default: no-op. */
-    default void endWeightReuse() {}
-
     /** Accumulate grad_w of y = x w^T: gradW [m, k] F32 += gradOut^T [m, n] x [n, k]. */
     default void linearBackwardWeight(Tensor gradOut, Tensor x, Tensor gradW) { throw unsupported("linearBackwardWeight"); }
 

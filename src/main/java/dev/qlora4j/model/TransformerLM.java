@@ -54,11 +54,6 @@ public final class TransformerLM implements AutoCloseable {
     private final Map<Backend, ActivationStore> activationStores = new java.util.IdentityHashMap<>();
     /** Whether a checkpointed step also keeps each layer's attention result on its device (see setCheckpointKeepAttention). */
     private boolean checkpointKeepAttention = false;
-    /** Whether a checkpointed layer's recompute hands its dequantized weights to its backward (see setReuseDequantizedWeights). */
-    private boolean reuseDequantized = reuseDequantizedFromProperty();
-
-    /** System property: {@code -Dqlora4j.train.reuseDequantized=false} turns {@link #setReuseDequantizedWeights} off by default. */
-    public static final String REUSE_DEQUANTIZED_PROPERTY = "qlora4j.train.reuseDequantized";
 
     private TransformerLM(ModelConfig config, ModelDevices devices, Tensor embed, List<DecoderLayer> layers,
                           Tensor finalNorm, Linear lmHead, boolean tied) {
@@ -560,9 +555,7 @@ public final class TransformerLM implements AutoCloseable {
      * only each layer's input is kept and the layer's forward is re-run during backward as far as the
      * backward reads it (up to the down projection's input: not the layer output); with
      * {@link #setCheckpointKeepAttention} on (it is off by default) and no activation offload, each layer's
-     * attention result (out + lse) is kept too and the re-run skips the attention forward (same numbers); with
-     * {@link #setReuseDequantizedWeights} on (the default) the re-run's dequantized weights serve the layer's
-     * backward (same numbers).
+     * attention result (out + lse) is kept too and the re-run skips the attention forward (same numbers).
      *
      * @param segments per-token example ids for packed rows (no attention across examples), or null
      */
@@ -653,30 +646,21 @@ public final class TransformerLM implements AutoCloseable {
                 Tensor in = inputs.get(i);
                 Tensor pos = up.on(lb, posHost), seg = up.on(lb, segHost), inv = invFreq(lb, t);
                 residency.enter(i, false);
-                // The recompute's dequantized weights serve this layer's backward, and are freed when it ends (the
-                // scope lies inside enter/exit: the layer's weights are the same objects throughout).
-                boolean reuse = checkpointing && reuseDequantized;
-                if (reuse) lb.beginWeightReuse();
                 LayerActivations a;
-                Tensor gPrev;
-                try {
-                    if (checkpointing) {
-                        a = new LayerActivations();
-                        if (keepAttention) a.attn = acts.get(i).takeAttention(); // the recompute uses it instead of the attention
-                        try {
-                            // Only what backward reads: the layer output (down, MLP hook, residual add) is not remade.
-                            layers.get(i).recomputeForBackward(lb, config, in, pos, seg, inv, ropeScale, batch, a);
-                        } catch (RuntimeException e) {
-                            a.close();
-                            throw e;
-                        }
-                    } else {
-                        a = acts.get(i);
+                if (checkpointing) {
+                    a = new LayerActivations();
+                    if (keepAttention) a.attn = acts.get(i).takeAttention(); // the recompute uses it instead of the attention
+                    try {
+                        // Only what backward reads: the layer output (down, MLP hook, residual add) is not remade.
+                        layers.get(i).recomputeForBackward(lb, config, in, pos, seg, inv, ropeScale, batch, a);
+                    } catch (RuntimeException e) {
+                        a.close();
+                        throw e;
                     }
-                    gPrev = layers.get(i).backwardTrain(lb, config, in, pos, seg, inv, ropeScale, batch, a, g);
-                } finally {
-                    if (reuse) lb.endWeightReuse();
+                } else {
+                    a = acts.get(i);
                 }
+                Tensor gPrev = layers.get(i).backwardTrain(lb, config, in, pos, seg, inv, ropeScale, batch, a, g);
                 residency.exit(i);
                 a.close();
                 g.close();
@@ -938,27 +922,6 @@ public final class TransformerLM implements AutoCloseable {
     }
 
     public boolean checkpointKeepAttention() { return checkpointKeepAttention; }
-
-    /**
-     * Under gradient checkpointing, whether each layer's backward reuses the dense weights its recompute dequantized
-     * (on by default; {@code -Dqlora4j.train.reuseDequantized=false}, {@link #REUSE_DEQUANTIZED_PROPERTY}, sets the
-     * default off): the step opens a weight-reuse scope ({@link Backend#beginWeightReuse}) on the layer's backend
-     * around its recompute and backward, so a backend that can (CUDA, for 4-bit weights whose dequantized form is
-     * bit for bit the one the backward would make) skips dequantizing those weights a second time for grad_x. Loss
-     * and gradients are unchanged bit for bit. Cost: one layer's recomputed weights in the activation dtype stay on
-     * its device during its backward, each freed once its grad_x is made (about 0.3 GB per Llama-7B layer in bf16:
-     * q, k, v, o, gate, up; down is not recomputed). Ignored without checkpointing; works with activation offload.
-     */
-    public void setReuseDequantizedWeights(boolean reuse) {
-        reuseDequantized = reuse;
-    }
-
-    public boolean reuseDequantizedWeights() { return reuseDequantized; }
-
-    /** {@value #REUSE_DEQUANTIZED_PROPERTY}: true unless set to "false". */
-    static boolean reuseDequantizedFromProperty() {
-        return !"false".equalsIgnoreCase(System.getProperty(REUSE_DEQUANTIZED_PROPERTY, "true").trim());
-    }
 
     @Override
     public void close() {

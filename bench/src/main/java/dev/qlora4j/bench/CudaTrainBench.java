@@ -27,17 +27,14 @@ import java.util.Random;
  * BF16 compute, BF16 activations), LoRA r=16 alpha=32 on every linear layer, full steps (forward, backward,
  * clip_grad_norm 1.0, AdamW) of batch x seq random tokens; warm-up steps, then timed steps (synchronize +
  * nanoTime around each); tokens/s from the median step and the peak GPU memory of the timed steps (allocator
- * peak, reset after warm-up). One row per checkpointing setting (and, with checkpointing on, per keep-attention and
- * reuse-dequantized setting).
+ * peak, reset after warm-up). One row per checkpointing setting (and, with checkpointing on, per keep-attention setting).
  *
  * <p>Run: java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -cp bench/target/benchmarks.jar
  * dev.qlora4j.bench.CudaTrainBench [--shape llama-7b] [--seq 2048] [--batch 1] [--checkpointing on,off]
- * [--keep-attention off] [--reuse-dequantized on] [--warmup 2] [--steps 5] [--offload-layers 0] [--offload-activations off] [--gpus 1].
+ * [--keep-attention off] [--warmup 2] [--steps 5] [--offload-layers 0] [--offload-activations off] [--gpus 1].
  * --keep-attention on,off: with checkpointing on, whether each layer's attention result (out + lse) is kept so the
  * backward's recompute skips the attention forward (TransformerLM.setCheckpointKeepAttention; one row per value;
- * with --offload-activations on the attention is recomputed either way). --reuse-dequantized on,off: with
- * checkpointing on, whether each layer's backward reuses the NF4 weights its recompute dequantized instead of
- * dequantizing them again (TransformerLM.setReuseDequantizedWeights, default on; one row per value). --gpus N splits the decoder
+ * with --offload-activations on the attention is recomputed either way). --gpus N splits the decoder
  * layers evenly over cuda:0..N-1 (embedding on the first, final norm + LM head on the last; each GPU's adapters,
  * AdamW state and gradients on it; clipping by the global norm) and adds a per-GPU peak memory line per setting.
  * --offload-layers N streams the last N
@@ -58,7 +55,7 @@ public final class CudaTrainBench {
     }
 
     public static void main(String[] args) {
-        String shape = "llama-7b", ckpt = "on,off", keepAttention = "off", reuseDequantized = "on";
+        String shape = "llama-7b", ckpt = "on,off", keepAttention = "off";
         int seq = 2048, batch = 1, warmup = 2, steps = 5, offloadLayers = 0, gpus = 1;
         boolean offloadActivations = false;
         for (int i = 0; i + 1 < args.length; i += 2) {
@@ -69,14 +66,13 @@ public final class CudaTrainBench {
                 case "--batch" -> batch = Integer.parseInt(v);
                 case "--checkpointing" -> ckpt = v;
                 case "--keep-attention" -> keepAttention = v;
-                case "--reuse-dequantized" -> reuseDequantized = v;
                 case "--warmup" -> warmup = Integer.parseInt(v);
                 case "--steps" -> steps = Integer.parseInt(v);
                 case "--offload-layers" -> offloadLayers = Integer.parseInt(v);
                 case "--offload-activations" -> offloadActivations = onOff(v, "--offload-activations");
                 case "--gpus" -> gpus = Integer.parseInt(v);
                 default -> throw new IllegalArgumentException("unknown option " + args[i]
-                        + "; use --shape --seq --batch --checkpointing on,off --keep-attention on,off --reuse-dequantized on,off --warmup --steps --offload-layers N --offload-activations on|off --gpus N");
+                        + "; use --shape --seq --batch --checkpointing on,off --keep-attention on,off --warmup --steps --offload-layers N --offload-activations on|off --gpus N");
             }
         }
         if (!CudaDriver.isAvailable()) {
@@ -85,7 +81,7 @@ public final class CudaTrainBench {
         }
         if (gpus > 1) {
             if (offloadLayers > 0) throw new IllegalArgumentException("--gpus N with --offload-layers is not measured here: pick one");
-            multiGpu(shape, seq, batch, settings(ckpt, keepAttention, reuseDequantized), warmup, steps, gpus, offloadActivations);
+            multiGpu(shape, seq, batch, settings(ckpt, keepAttention), warmup, steps, gpus, offloadActivations);
             return;
         }
         List<String[]> rows = new ArrayList<>();
@@ -118,10 +114,9 @@ public final class CudaTrainBench {
             int n = batch * seq, batchRows = batch;  // the lambda below needs an effectively final copy
             int[][] tokens = syntheticTokens(vocab, batch, seq);
             int[] ids = tokens[0], pos = tokens[1], targets = tokens[2];
-            for (Setting setting : settings(ckpt, keepAttention, reuseDequantized)) {
+            for (Setting setting : settings(ckpt, keepAttention)) {
                 boolean on = setting.checkpointing();
                 model.setCheckpointKeepAttention(setting.keepAttention());
-                model.setReuseDequantizedWeights(setting.reuseDequantized());
                 Timed t = timeSteps(warmup, steps, b::synchronize, () -> {
                     b.context().allocator().resetPeak();
                     if (prof != null) prof.reset();
@@ -143,17 +138,17 @@ public final class CudaTrainBench {
                             setting.label(), steps, mean, prof.table(steps, mean));
                 }
                 long peak = b.context().allocator().stats().peakAllocatedBytes();
-                rows.add(new String[] {shape, Integer.toString(seq), Integer.toString(batch), on ? "on" : "off", setting.keepColumn(), setting.reuseColumn(),
+                rows.add(new String[] {shape, Integer.toString(seq), Integer.toString(batch), on ? "on" : "off", setting.keepColumn(),
                         String.format(Locale.ROOT, "%.1f", median), String.format(Locale.ROOT, "%.0f", n / (median / 1e3)),
                         String.format(Locale.ROOT, "%.2f", peak / (double) (1L << 30)),
                         String.format(Locale.ROOT, "%.4f", loss)});
             }
             opt.close();
         }
-        System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %8s %8s %10s %9s %9s %8s%n", "shape", "seq", "batch", "ckpt", "keepAttn",
-                "reuseDq", "step ms", "tokens/s", "peak GiB", "loss");
+        System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %8s %10s %9s %9s %8s%n", "shape", "seq", "batch", "ckpt", "keepAttn",
+                "step ms", "tokens/s", "peak GiB", "loss");
         for (String[] row : rows) {
-            System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %8s %8s %10s %9s %9s %8s%n", (Object[]) row);
+            System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %8s %10s %9s %9s %8s%n", (Object[]) row);
         }
         System.out.println("HF peer (transformers + bitsandbytes + peft, measured once on the H200): 6,130 tokens/s, 14.7 GiB peak");
     }
@@ -191,7 +186,6 @@ public final class CudaTrainBench {
             for (Setting setting : settings) {
                 boolean on = setting.checkpointing();
                 model.setCheckpointKeepAttention(setting.keepAttention());
-                model.setReuseDequantizedWeights(setting.reuseDequantized());
                 Timed t = timeSteps(warmup, steps, () -> MultiGpuBench.synchronize(bs), () -> MultiGpuBench.resetPeaks(bs),
                         () -> {
                             peft.zeroGrad();
@@ -201,15 +195,15 @@ public final class CudaTrainBench {
                             return loss;
                         });
                 double median = t.median(), loss = t.loss();
-                rows.add(new String[] {shape, Integer.toString(seq), Integer.toString(batch), on ? "on" : "off", setting.keepColumn(), setting.reuseColumn(),
+                rows.add(new String[] {shape, Integer.toString(seq), Integer.toString(batch), on ? "on" : "off", setting.keepColumn(),
                         String.format(Locale.ROOT, "%.1f", median), String.format(Locale.ROOT, "%.0f", n / (median / 1e3)),
                         String.format(Locale.ROOT, "%.4f", loss)});
                 memory.add("checkpointing " + setting.label() + ": " + MultiGpuBench.peaks(bs));
             }
             peft.close();
-            System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %8s %8s %10s %9s %8s%n", "shape", "seq", "batch", "ckpt", "keepAttn",
-                    "reuseDq", "step ms", "tokens/s", "loss");
-            for (String[] row : rows) System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %8s %8s %10s %9s %8s%n", (Object[]) row);
+            System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %8s %10s %9s %8s%n", "shape", "seq", "batch", "ckpt", "keepAttn",
+                    "step ms", "tokens/s", "loss");
+            for (String[] row : rows) System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %8s %10s %9s %8s%n", (Object[]) row);
             for (String m : memory) System.out.println("peak GPU memory per device, " + m);
         } finally {
             for (CudaBackend b : bs) b.close();
@@ -247,36 +241,22 @@ public final class CudaTrainBench {
         return new Timed(ms, loss);
     }
 
-    /**
-     * One measured setting: checkpointing, and (only meaningful with it) whether the attention result is kept and
-     * whether the backward reuses the recompute's dequantized weights.
-     */
-    record Setting(boolean checkpointing, boolean keepAttention, boolean reuseDequantized) {
+    /** One measured setting: checkpointing, and (only meaningful with it) whether the attention result is kept. */
+    record Setting(boolean checkpointing, boolean keepAttention) {
         String keepColumn() { return checkpointing ? (keepAttention ? "on" : "off") : "-"; }
 
-        String reuseColumn() { return checkpointing ? (reuseDequantized ? "on" : "off") : "-"; }
-
-        String label() {
-            return checkpointing ? "on (keep-attention " + keepColumn() + ", reuse-dequantized " + reuseColumn() + ")" : "off";
-        }
+        String label() { return checkpointing ? "on (keep-attention " + keepColumn() + ")" : "off"; }
     }
 
-    /**
-     * --checkpointing values x --keep-attention values x --reuse-dequantized values (the latter two only for
-     * checkpointing on), in the order given.
-     */
-    static List<Setting> settings(String checkpointing, String keepAttention, String reuseDequantized) {
+    /** --checkpointing values x --keep-attention values (the latter only for checkpointing on), in the order given. */
+    static List<Setting> settings(String checkpointing, String keepAttention) {
         List<Setting> out = new ArrayList<>();
         for (String c : checkpointing.split(",")) {
             if (!onOff(c, "--checkpointing")) {
-                out.add(new Setting(false, false, false));
+                out.add(new Setting(false, false));
                 continue;
             }
-            for (String k : keepAttention.split(",")) {
-                for (String r : reuseDequantized.split(",")) {
-                    out.add(new Setting(true, onOff(k, "--keep-attention"), onOff(r, "--reuse-dequantized")));
-                }
-            }
+            for (String k : keepAttention.split(",")) out.add(new Setting(true, onOff(k, "--keep-attention")));
         }
         return out;
     }

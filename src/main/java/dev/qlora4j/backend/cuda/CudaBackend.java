@@ -41,8 +41,6 @@ public final class CudaBackend implements Backend, GraphCapable {
     private final DeviceStatus status;
     /** Per-op GPU times when -Dqlora4j.cuda.profile=true (OpProfiler), else null: then each op costs a null check. */
     private final OpProfiler profiler;
-    /** Dequantized 4-bit weights kept between a checkpointed layer's recompute and its backward (beginWeightReuse). */
-    private final DequantizedWeightReuse weightReuse;
     /** Device address of the int a captured decode step reads its cache slot from; 0 outside graphs. */
     private long graphStartPointer;
 
@@ -53,7 +51,6 @@ public final class CudaBackend implements Backend, GraphCapable {
         this.graphs = decodeGraphs;
         this.status = new DeviceStatus(ctx);
         this.profiler = OpProfiler.fromProperty(ctx.driver(), ctx.stream());
-        this.weightReuse = new DequantizedWeightReuse(activations);
     }
 
     /** Whether a GPU with a driver is present (never throws). Called by Backends reflectively. */
@@ -330,7 +327,7 @@ public final class CudaBackend implements Backend, GraphCapable {
                     + w.outFeatures() + ", " + w.inFeatures() + "]");
         }
         try (Owned xa = activation(x, "linearQuantized x")) {
-            Tensor y = CudaQuantOps.linear(ctx, xa.t, w, bias, weightReuse);
+            Tensor y = CudaQuantOps.linear(ctx, xa.t, w, bias);
             if (y.dtype() == act) return profEnd("linearQuantized", mark, y);
             try (y) {
                 return profEnd("linearQuantized", mark, CastKernels.cast(ctx, y, act));
@@ -499,7 +496,7 @@ public final class CudaBackend implements Backend, GraphCapable {
                     + w.outFeatures() + "])");
         }
         try (Owned g = activation(gradOut, "linearQuantizedBackwardInput gradOut");
-             Tensor dense = dequantizedForBackward(w)) {
+             Tensor dense = timedDequantize(w)) {
             return profEnd("linearQuantizedBackwardInput", mark, TrainLinearOps.backwardInput(ctx, act, g.t, dense));
         }
     }
@@ -802,7 +799,6 @@ public final class CudaBackend implements Backend, GraphCapable {
     @Override
     public void close() {
         try {
-            weightReuse.end(); // an abandoned scope's weights are freed with the context anyway; free them first
             ctx.synchronize();
             if (profiler != null) profiler.close();
             status.close();
@@ -828,38 +824,6 @@ public final class CudaBackend implements Backend, GraphCapable {
 
     private void profEnd(String op, int mark) {
         if (mark >= 0) profiler.end(op, mark);
-    }
-
-    /**
-     * Opens a weight-reuse scope (see {@link Backend#beginWeightReuse}): until {@link #endWeightReuse}, a 4-bit
-     * linear's prefill/training path (more than 16 rows) keeps its dequantized weight [out, in] instead of freeing it
-     * when that is bit for bit what linearQuantizedBackwardInput would dequantize (the compute dtype is the activation
-     * dtype and the state dtype is F32 or the compute dtype), and linearQuantizedBackwardInput uses it, then frees
-     * it, instead of dequantizing again (the profile op "linearQuantizedBackwardInput/dequantize" counts only the
-     * dequantizations still made). Other weights (LLM.int8, decode rows) are unaffected.
-     *
-     * @throws IllegalStateException when a scope is already open (scopes do not nest)
-     */
-    @Override
-    public void beginWeightReuse() { weightReuse.begin(); }
-
-    /** Closes the scope and frees every weight still kept; harmless without an open scope. */
-    @Override
-    public void endWeightReuse() { weightReuse.end(); }
-
-    /** Backward dequantizations replaced by kept weights since this backend was made (tests). */
-    long reusedDequantizations() { return weightReuse.reused(); }
-
-    /** Weights kept by the open scope now (tests: 0 after endWeightReuse). */
-    int keptDequantizedWeights() { return weightReuse.keptCount(); }
-
-    /**
-     * w dequantized to the activation dtype for grad_x, owned by the caller: the one this layer's recompute kept
-     * (an open weight-reuse scope, same bits), else made now.
-     */
-    private Tensor dequantizedForBackward(QuantizedWeight w) {
-        Tensor kept = weightReuse.take(w);
-        return kept != null ? kept : timedDequantize(w);
     }
 
     /** The whole weight dequantized to the activation dtype (a part of linearQuantizedBackwardInput's time). */

@@ -27,9 +27,7 @@ import java.util.List;
  *       picks its register-decode form or one of native/nf4.cu's kernels; a float32 SIMT kernel for F32 compute or
  *       other in);</li>
  *   <li>n &gt; 16 (prefill, training): dequantize into a compute-dtype workspace, then one cuBLAS GEMM (float32
- *       output plus a bias epilogue when there is a bias, see {@link PrefillPlan}); inside a weight-reuse scope
- *       (CudaBackend.beginWeightReuse) the dequantized weight is kept for the backward when it has the backward's
- *       exact bits ({@link DequantizedWeightReuse}).</li>
+ *       output plus a bias epilogue when there is a bias, see {@link PrefillPlan}).</li>
  * </ul>
  * Several 4-bit weights that read the same x at decode (q/k/v, gate/up: Backend.linearQuantizedGroup) go through
  * one grouped v2 launch ({@link #fusedGroup}, {@link #linear4bitGroup}) with the per-weight launches' exact values.
@@ -151,20 +149,11 @@ public final class CudaQuantOps {
      * (F32, BF16 or F16) or null.
      */
     public static Tensor linear(CudaContext ctx, Tensor x, QuantizedWeight w, Tensor bias) {
-        return linear(ctx, x, w, bias, null);
-    }
-
-    /**
-     * {@link #linear(CudaContext, Tensor, QuantizedWeight, Tensor)}, handing the prefill path's dequantized 4-bit
-     * weight to reuse (when not null and it wants it: an open scope, see {@link DequantizedWeightReuse}) instead of
-     * closing it. Same y either way.
-     */
-    static Tensor linear(CudaContext ctx, Tensor x, QuantizedWeight w, Tensor bias, DequantizedWeightReuse reuse) {
         checkLinearArgs(x, w, bias);
         int n = x.dim(0);
         if (n == 0) return ctx.empty(x.dtype(), 0, w.outFeatures());
         return switch (w) {
-            case CudaQuant4bit q -> linear4bit(ctx, x, q, bias, reuse);
+            case CudaQuant4bit q -> linear4bit(ctx, x, q, bias);
             case CudaInt8 q -> Int8Kernels.linear(ctx, x, q, bias);
             default -> throw wrongBackend(w);
         };
@@ -243,7 +232,7 @@ public final class CudaQuantOps {
         };
     }
 
-    static Tensor linear4bit(CudaContext ctx, Tensor x, CudaQuant4bit w, Tensor bias, DequantizedWeightReuse reuse) {
+    static Tensor linear4bit(CudaContext ctx, Tensor x, CudaQuant4bit w, Tensor bias) {
         int n = x.dim(0);
         DType compute = w.computeDType();
         Tensor y = ctx.empty(x.dtype(), n, w.outFeatures());
@@ -265,14 +254,8 @@ public final class CudaQuantOps {
         PrefillPlan plan = prefillPlan(x.dtype(), compute, bias != null);
         Tensor xc = x.dtype() == compute ? x : converted(ctx, x, compute);
         Tensor gemmOut = plan.gemmOutput() == y.dtype() ? y : ctx.empty(plan.gemmOutput(), n, w.outFeatures());
-        // wc [out, in]: the scope's copy when it holds w already (same bits; the scope keeps owning it), else made
-        // here and closed after the GEMM, or kept for the backward of a checkpointed layer's recompute
-        Tensor held = reuse == null ? null : reuse.peek(w, compute, mid);
-        boolean keep = held == null && reuse != null && reuse.wants(w, compute, mid);
-        Tensor wc = held != null ? held : ctx.empty(compute, w.outFeatures(), w.inFeatures());
-        Tensor ownWc = held != null ? null : wc; // closed here unless handed to the scope
-        try {
-            if (held == null) Quant4bitKernels.dequantize(ctx, w, wc, mid);
+        try (Tensor wc = ctx.empty(compute, w.outFeatures(), w.inFeatures())) {
+            Quant4bitKernels.dequantize(ctx, w, wc, mid);
             ctx.cublas().gemmRowMajor(false, true, n, w.outFeatures(), w.inFeatures(), 1f, CudaContext.ptr(xc),
                     CudaContext.ptr(wc), cublasType(compute), 0f, CudaContext.ptr(gemmOut), cublasType(plan.gemmOutput()));
             if (plan.biasEpilogue()) {
@@ -281,15 +264,7 @@ public final class CudaQuantOps {
             } else if (gemmOut != y) {
                 Quant4bitKernels.convert(ctx, gemmOut, y);
             }
-            if (keep) {
-                reuse.keep(w, wc);
-                ownWc = null;
-            }
-        } catch (RuntimeException e) {
-            y.close();
-            throw e;
         } finally {
-            if (ownWc != null) ownWc.close();
             if (xc != x) xc.close();
             if (gemmOut != y) gemmOut.close();
         }
