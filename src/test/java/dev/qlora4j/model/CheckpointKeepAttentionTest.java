@@ -157,14 +157,20 @@ class CheckpointKeepAttentionTest {
         }
     }
 
+    /** A 3-slot prefix (seed 7) made for and attached to m: the prefix-tuning case of the checkpointing tests. */
+    static TrainablePrefixTuning attachedPrefix(TransformerLM m) {
+        PrefixTuningConfig cfg = new PrefixTuningConfig(3, null, null, null, null, null, false, null,
+                "CAUSAL_LM", null, null, false, Map.of());
+        TrainablePrefixTuning t = TrainablePrefixTuning.create(cfg, m, 7);
+        t.attach();
+        return t;
+    }
+
     @Test
     void prefixTuningKeepsTheMergedAttention() {
         try (Loaded l = Loaded.of("llama-f32")) {
             TransformerLM m = l.model();
-            PrefixTuningConfig cfg = new PrefixTuningConfig(3, null, null, null, null, null, false, null,
-                    "CAUSAL_LM", null, null, false, Map.of());
-            try (TrainablePrefixTuning t = TrainablePrefixTuning.create(cfg, m, 7)) {
-                t.attach();
+            try (TrainablePrefixTuning t = attachedPrefix(m)) {
                 List<Param> params = t.trainableParameters();
                 Map<Mode, Step> s = compareModes(l, params, t::zeroGrad, () -> t.beginStep(true), t::endStep, "prefix tuning");
                 int layers = m.numLayers();

@@ -12,7 +12,6 @@ import dev.qlora4j.peft.config.BottleneckConfig;
 import dev.qlora4j.peft.config.InitLoraWeights;
 import dev.qlora4j.peft.config.LoraConfig;
 import dev.qlora4j.peft.config.ModuleSelector;
-import dev.qlora4j.peft.config.PrefixTuningConfig;
 import dev.qlora4j.peft.prefix.TrainablePrefixTuning;
 import dev.qlora4j.tensor.Tensor;
 import org.junit.jupiter.api.Test;
@@ -136,10 +135,7 @@ class CheckpointRecomputeTest {
     void prefixTuningRecomputeSkipsTheDownProjection() {
         try (Loaded l = Loaded.of("llama-f32")) {
             TransformerLM m = l.model();
-            PrefixTuningConfig cfg = new PrefixTuningConfig(3, null, null, null, null, null, false, null,
-                    "CAUSAL_LM", null, null, false, Map.of());
-            try (TrainablePrefixTuning t = TrainablePrefixTuning.create(cfg, m, 7)) {
-                t.attach();
+            try (TrainablePrefixTuning t = CheckpointKeepAttentionTest.attachedPrefix(m)) {
                 DownCounter down = new DownCounter(m);
                 compare(l, down, t.trainableParameters(), t::zeroGrad, () -> t.beginStep(true), t::endStep, 1, "prefix tuning");
             }
