@@ -7,7 +7,9 @@
 //                          out [n, h] = rmsnorm(resid) * weight [h] exactly as rmsnorm_fwd (same thread/pack
 //                          layout, same block_sum tree, same 1/sqrt in double). grid = n blocks, 256 threads;
 //                          vec = 1 when h is a multiple of the 16-byte pack (rows 16-byte aligned), else 0.
-//                          A thread's second pass reads back only the packs it wrote itself.
+//                          Rows of at most 4 packs per thread keep their sums in registers and read the weight
+//                          before the programmatic-launch wait (add_rmsnorm_registers); longer rows' second pass
+//                          reads back only the packs the thread wrote itself.
 //   rope_qk_<t>            rotary embedding of q [n, heads*D] and k [n, kvHeads*D] in place, one grid-stride
 //                          loop over n * D/2 * groups (row, i, head group) items: the angle's cos/sin computed once
 //                          per item for all its heads (groups > 1 only when n * D/2 alone would leave the GPU idle).
@@ -53,6 +55,76 @@ __device__ __forceinline__ void add_rmsnorm_impl(T* __restrict__ resid, const T*
     rmsnorm_write_row(row, w, dst, h, inv, vec);
 }
 
+// add_rmsnorm with the row in registers (vec rows of at most ADD_RMSNORM_REG_PACKS packs per thread: h <= 8192 for
+// 16-bit T at 256 threads): the weight is read before the programmatic-launch wait (it is a constant; the previous
+// kernel cannot be writing it), and the second pass normalizes the sums the thread still holds instead of reading back
+// what it wrote. The same per-thread order of the squares, the same block_sum tree and the same arithmetic as
+// add_rmsnorm_impl, so the same values bit for bit; one global round trip less, and the weight's off the critical path.
+constexpr int ADD_RMSNORM_REG_PACKS = 4;
+
+template <typename T, typename W>
+__device__ __forceinline__ bool add_rmsnorm_fits_registers(int h, int vec) {
+    return vec && h / Pack16<T>::N <= (int)blockDim.x * ADD_RMSNORM_REG_PACKS;
+}
+
+template <typename T, typename W>
+__device__ __forceinline__ void add_rmsnorm_registers(T* __restrict__ resid, const T* __restrict__ y,
+                                                      const W* __restrict__ w, T* __restrict__ out, int h, float eps) {
+    __shared__ float scratch[32];
+    constexpr int V = Pack16<T>::N;
+    const int packs = h / V;
+    float wv[ADD_RMSNORM_REG_PACKS][V];
+#pragma unroll
+    for (int k = 0; k < ADD_RMSNORM_REG_PACKS; k++) {
+        const int p = threadIdx.x + k * blockDim.x;
+#pragma unroll
+        for (int i = 0; i < V; i++) wv[k][i] = p < packs ? to_f32(w[p * V + i]) : 0.f;
+    }
+    pdl_enter();
+    int4* r4 = reinterpret_cast<int4*>(resid + (int64_t)blockIdx.x * h);
+    const int4* y4 = reinterpret_cast<const int4*>(y + (int64_t)blockIdx.x * h);
+    int4* d4 = reinterpret_cast<int4*>(out + (int64_t)blockIdx.x * h);
+    Pack16<T> s[ADD_RMSNORM_REG_PACKS];
+    float ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < ADD_RMSNORM_REG_PACKS; k++) {
+        const int p = threadIdx.x + k * blockDim.x;
+        if (p < packs) {
+            Pack16<T> a, b;
+            a.raw = r4[p];
+            b.raw = y4[p];
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                s[k].v[i] = from_f32<T>(to_f32(a.v[i]) + to_f32(b.v[i]));
+                float f = to_f32(s[k].v[i]);
+                ss += f * f;
+            }
+            r4[p] = s[k].raw;
+        }
+    }
+    const float inv = rmsnorm_inverse(ss, h, eps, scratch);
+#pragma unroll
+    for (int k = 0; k < ADD_RMSNORM_REG_PACKS; k++) {
+        const int p = threadIdx.x + k * blockDim.x;
+        if (p < packs) {
+            Pack16<T> z;
+#pragma unroll
+            for (int i = 0; i < V; i++) z.v[i] = from_f32<T>((to_f32(s[k].v[i]) * inv) * wv[k][i]);
+            d4[p] = z.raw;
+        }
+    }
+}
+
+template <typename T, typename W>
+__device__ __forceinline__ void add_rmsnorm_entry(T* resid, const T* y, const W* w, T* out, int h, float eps, int vec) {
+    if (add_rmsnorm_fits_registers<T, W>(h, vec)) {
+        add_rmsnorm_registers(resid, y, w, out, h, eps);
+    } else {
+        pdl_enter();
+        add_rmsnorm_impl(resid, y, w, out, h, eps, vec);
+    }
+}
+
 // RoPE (forward, or its backward when BACKWARD) on q [n, heads*D] and k [n, kv_heads*D]. Work item = (row, pair i,
 // head group g): the heads + kv_heads heads (q's, then k's) are cut into `groups` consecutive ranges so that a decode
 // step (n = 1: only D/2 pairs) still spreads over enough threads; with groups = 1 one angle serves every head of a row.
@@ -81,16 +153,16 @@ __device__ __forceinline__ void rope_qk_impl(T* q, T* k, const int* __restrict__
 
 #define QL_FUSED(tn, T)                                                                                          \
     extern "C" __global__ void add_rmsnorm_##tn##_wf32(T* resid, const T* y, const float* w, T* out, int h,      \
-                                                       float eps, int vec) { pdl_enter();                                    \
-        add_rmsnorm_impl(resid, y, w, out, h, eps, vec);                                                        \
+                                                       float eps, int vec) {                                                  \
+        add_rmsnorm_entry(resid, y, w, out, h, eps, vec);                                                        \
     }                                                                                                           \
     extern "C" __global__ void add_rmsnorm_##tn##_wbf16(T* resid, const T* y, const __nv_bfloat16* w, T* out,    \
-                                                        int h, float eps, int vec) { pdl_enter();                            \
-        add_rmsnorm_impl(resid, y, w, out, h, eps, vec);                                                        \
+                                                        int h, float eps, int vec) {                                          \
+        add_rmsnorm_entry(resid, y, w, out, h, eps, vec);                                                        \
     }                                                                                                           \
     extern "C" __global__ void add_rmsnorm_##tn##_wf16(T* resid, const T* y, const __half* w, T* out, int h,     \
-                                                       float eps, int vec) { pdl_enter();                                    \
-        add_rmsnorm_impl(resid, y, w, out, h, eps, vec);                                                        \
+                                                       float eps, int vec) {                                                  \
+        add_rmsnorm_entry(resid, y, w, out, h, eps, vec);                                                        \
     }                                                                                                           \
     extern "C" __global__ void rope_qk_##tn(T* q, T* k, const int* positions, const float* inv_freq, int n,       \
                                             int heads, int kv_heads, int head_dim, float scaling, int groups) { pdl_enter(); \
