@@ -62,7 +62,7 @@ __device__ __forceinline__ void add_rmsnorm_impl(T* __restrict__ resid, const T*
 // add_rmsnorm_impl, so the same values bit for bit; one global round trip less, and the weight's off the critical path.
 constexpr int ADD_RMSNORM_REG_PACKS = 4;
 
-template <typename T, typename W>
+template <typename T>
 __device__ __forceinline__ bool add_rmsnorm_fits_registers(int h, int vec) {
     return vec && h / Pack16<T>::N <= (int)blockDim.x * ADD_RMSNORM_REG_PACKS;
 }
@@ -117,7 +117,7 @@ __device__ __forceinline__ void add_rmsnorm_registers(T* __restrict__ resid, con
 
 template <typename T, typename W>
 __device__ __forceinline__ void add_rmsnorm_entry(T* resid, const T* y, const W* w, T* out, int h, float eps, int vec) {
-    if (add_rmsnorm_fits_registers<T, W>(h, vec)) {
+    if (add_rmsnorm_fits_registers<T>(h, vec)) {
         add_rmsnorm_registers(resid, y, w, out, h, eps);
     } else {
         pdl_enter();

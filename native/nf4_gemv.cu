@@ -46,10 +46,10 @@ __shared__ __align__(16) float2 pair_table[256 * PAIR_COPIES];
 // variant, checked against BnbBatch1Reference's weights. (A wide table of DEC_PAIR's float pairs, one prmt instead of
 // a prmt and two IMADs per byte, measured no faster than DEC_PAIR on the H200: session 5, bench/RESULTS.md.)
 constexpr int DEC_BNB = 5;
-// Dynamic shared memory of the DEC_BNB launches (the host passes exactly this).
-constexpr int WIDE_TABLE_BYTES = 256 * 256;
+// Dynamic shared memory of the DEC_BNB launches (the host passes exactly this; the bench reads it, the engine's
+// Nf4GemvKernels.WIDE_TABLE_BYTES mirrors it).
+[[maybe_unused]] constexpr int WIDE_TABLE_BYTES = 256 * 256;
 extern __shared__ __align__(16) uint8_t wide_table[];
-static_assert(WIDE_TABLE_BYTES == 256 * 256, "256 byte values x 256-byte rows");
 
 __host__ __device__ constexpr bool wide_decode(int dec) { return dec == DEC_BNB; }
 
@@ -244,8 +244,7 @@ __device__ __forceinline__ void compute_chunk(const ChunkLoad<TILES>& L, const W
     static_assert(DEC == DEC_TAB || DEC == DEC_REG || DEC == DEC_NONE || DEC == DEC_PAIR || wide_decode(DEC),
                   "decode: DEC_TAB, DEC_REG, DEC_PAIR, DEC_BNB or DEC_NONE");
     const uint32_t lane_off = (threadIdx.x & 31) * 4u;  // the lane's byte offset in a wide table row (DEC_BNB)
-    // B fragments: x[g + 8 nt][kb .. kb + 32) as 16 bf16x2 / f16x2 words (zero for rows >= M and past K)
-    // B fragments x[g + 8 nt][the chunk's 32 k of this thread]. XKEPT: the caller's xw_kept, zero on entry to the
+    // B fragments x[g + 8 nt][kb .. kb + 32) as 16 bf16x2 / f16x2 words (zero for rows >= M and past K). XKEPT: the caller's xw_kept, zero on entry to the
     // kernel; rows >= M never write theirs (they stay zero without a per-chunk clear; the registers then live across
     // the chunk loop, which the rolled loops have room for), rows < M load theirs, or clear them past K. Otherwise a
     // local array that every chunk writes in full (the unrolled m16 loops would spill with the kept one).
@@ -437,6 +436,22 @@ __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restri
 template <int W>
 struct MinBlocks { static constexpr int value = W >= QL_V2_WARPS_PER_SM ? 1 : QL_V2_WARPS_PER_SM / W; };
 
+// gemv_body with the double rounding chosen by the launch argument (1 when the state dtype is a 16-bit type other than
+// the compute dtype): the one place every v2 kernel and entry point turns it into the template argument.
+template <bool F16C, int NT, int W, int TILES, int DEPTH, int DEC, int PF, bool ROLLED = false>
+__device__ __forceinline__ void gemv_body_rounding(int double_round, const Weight& w, const float* __restrict__ nested_code,
+                                                   const float* __restrict__ code16, const uint16_t* __restrict__ x,
+                                                   int M, int N, int K, const void* __restrict__ bias, int bias_dtype,
+                                                   void* __restrict__ y, int y_dtype, int bx) {
+    if (double_round) {
+        gemv_body<F16C, true, NT, W, TILES, DEPTH, DEC, PF, ROLLED>(w, nested_code, code16, x, M, N, K, bias, bias_dtype,
+                                                                    y, y_dtype, bx);
+    } else {
+        gemv_body<F16C, false, NT, W, TILES, DEPTH, DEC, PF, ROLLED>(w, nested_code, code16, x, M, N, K, bias, bias_dtype,
+                                                                     y, y_dtype, bx);
+    }
+}
+
 template <bool F16C, int NT, int W, int TILES, int DEPTH, int DEC, int PF, bool ROLLED = false>
 __global__ void __launch_bounds__(W * 32, MinBlocks<W>::value)
 gemv_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax,
@@ -445,13 +460,8 @@ gemv_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax,
             const uint16_t* __restrict__ x, int M, int N, int K, const void* __restrict__ bias, int bias_dtype,
             void* __restrict__ y, int y_dtype, int double_round) {
     Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};
-    if (double_round) {
-        gemv_body<F16C, true, NT, W, TILES, DEPTH, DEC, PF, ROLLED>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype,
-                                                            blockIdx.x);
-    } else {
-        gemv_body<F16C, false, NT, W, TILES, DEPTH, DEC, PF, ROLLED>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype,
-                                                             blockIdx.x);
-    }
+    gemv_body_rounding<F16C, NT, W, TILES, DEPTH, DEC, PF, ROLLED>(double_round, w, nested_code, code16, x, M, N, K, bias,
+                                                                   bias_dtype, y, y_dtype, blockIdx.x);
 }
 
 }  // namespace nf4v2
@@ -680,15 +690,8 @@ gemv3_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax
         const uint16_t* __restrict__ x, int M, int N, int K, const void* __restrict__ bias, int bias_dtype,          \
         void* __restrict__ y, int y_dtype, int double_round) {                                                       \
         nf4v2::Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};     \
-        if (double_round) {                                                                                          \
-            nf4v2::gemv_body<F16C, true, NT, V2_WARPS, V2_TILES, DEPTH, DEC, 0, ROLLED>(w, nested_code, code16, x, M, \
-                                                                                N, K, bias, bias_dtype, y, y_dtype,  \
-                                                                                blockIdx.x);                         \
-        } else {                                                                                                     \
-            nf4v2::gemv_body<F16C, false, NT, V2_WARPS, V2_TILES, DEPTH, DEC, 0, ROLLED>(w, nested_code, code16, x, M,\
-                                                                                 N, K, bias, bias_dtype, y, y_dtype, \
-                                                                                 blockIdx.x);                        \
-        }                                                                                                            \
+        nf4v2::gemv_body_rounding<F16C, NT, V2_WARPS, V2_TILES, DEPTH, DEC, 0, ROLLED>(                              \
+            double_round, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, blockIdx.x);             \
     }
 
 V2_ENTRY(q4v2_gemv_bf16_m8, false, 1, nf4v2::DEC_TAB)
@@ -746,13 +749,8 @@ V2_ENTRY_LOOP(q4v2bnb_gemv_f16_m16, true, 2, nf4v2::DEC_BNB, true, 2)
         const void* bias = V2G_PICK(bias);                                                                           \
         const int bias_dtype = V2G_PICK(bias_dtype);                                                                 \
         void* y = V2G_PICK(y);                                                                                       \
-        if (V2G_PICK(double_round)) {                                                                                \
-            nf4v2::gemv_body<F16C, true, NT, V2_WARPS, V2_TILES, V2_DEPTH, DEC, 0>(w, nested_code, code16, x, M, N, K,  \
-                                                                                bias, bias_dtype, y, y_dtype, bx);   \
-        } else {                                                                                                     \
-            nf4v2::gemv_body<F16C, false, NT, V2_WARPS, V2_TILES, V2_DEPTH, DEC, 0>(w, nested_code, code16, x, M, N, K, \
-                                                                                 bias, bias_dtype, y, y_dtype, bx);  \
-        }                                                                                                            \
+        nf4v2::gemv_body_rounding<F16C, NT, V2_WARPS, V2_TILES, V2_DEPTH, DEC, 0>(                                   \
+            V2G_PICK(double_round), w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);           \
     }
 
 V2G_ENTRY(q4v2g_gemv_bf16_m8, false, 1, nf4v2::DEC_TAB)

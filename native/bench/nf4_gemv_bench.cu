@@ -239,14 +239,9 @@ template <int NT, int W, int TILES, int DEPTH, int DEC, int PF, bool ROLLED>
 static void launch_v2(const DevWeight& w, const float* code16, const void* x, int M, int N, int K, const void* bias,
                       void* y, cudaStream_t s) {
     dim3 grid((N + 16 * TILES - 1) / (16 * TILES));
-    auto fn = nf4v2::gemv_kernel<false, NT, W, TILES, DEPTH, DEC, PF, ROLLED>;
+    // the 64 KiB wide table: v2() has raised both instantiations' dynamic shared memory limit
     const int smem = nf4v2::wide_decode(DEC) ? nf4v2::WIDE_TABLE_BYTES : 0;
-    static bool raised = false;  // per instantiation: the 64 KiB wide table is past the default 48 KiB
-    if (smem > 0 && !raised) {
-        CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        raised = true;
-    }
-    fn<<<grid, W * 32, smem, s>>>(
+    nf4v2::gemv_kernel<false, NT, W, TILES, DEPTH, DEC, PF, ROLLED><<<grid, W * 32, smem, s>>>(
         w.packed, w.absmax, w.nested_absmax, w.nested_code, w.offset, w.log2_bs, w.nested_bs, w.nested_shift, w.nested,
         code16, (const uint16_t*)x, M, N, K, bias, 1, y, 1, 0);
 }
@@ -271,7 +266,7 @@ static Variant v2(const std::string& name, bool extra = false) {
     CK(cudaFuncGetAttributes(&a1, nf4v2::gemv_kernel<false, 1, W, TILES, DEPTH, DEC, PF, ROLLED>));
     CK(cudaFuncGetAttributes(&a2, nf4v2::gemv_kernel<false, NT2, W, TILES, DEPTH, DEC, PF, ROLLED>));
     const int dsm = nf4v2::wide_decode(DEC) ? nf4v2::WIDE_TABLE_BYTES : 0;
-    if (dsm > 0) {
+    if (dsm > 0) {  // once, before any launch (launch_v2 relies on it)
         CK(cudaFuncSetAttribute(nf4v2::gemv_kernel<false, 1, W, TILES, DEPTH, DEC, PF, ROLLED>, cudaFuncAttributeMaxDynamicSharedMemorySize, dsm));
         CK(cudaFuncSetAttribute(nf4v2::gemv_kernel<false, NT2, W, TILES, DEPTH, DEC, PF, ROLLED>, cudaFuncAttributeMaxDynamicSharedMemorySize, dsm));
     }

@@ -196,7 +196,7 @@ final class Quant4bitKernels {
             case "stream" -> GemvVariant.STREAM;
             case "mma" -> GemvVariant.MMA;
             default -> throw new IllegalArgumentException("system property " + GEMV_VARIANT_PROPERTY
-                     + " must be v2, v2bnb, v2table, v2reg, v3, v7, hybrid, stream or mma, got '" + value + "'");
+                    + " must be v2, v2bnb, v2table, v2reg, v3, v7, hybrid, stream or mma, got '" + value + "'");
         };
     }
 
