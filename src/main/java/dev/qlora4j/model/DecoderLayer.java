@@ -147,7 +147,8 @@ public final class DecoderLayer implements AutoCloseable {
         int heads = c.numAttentionHeads(), kvHeads = c.numKeyValueHeads(), hd = c.headDim();
         Integer w = c.slidingWindow(index);
         Tensor h1 = b.rmsNorm(x, inputNorm, (float) c.rmsNormEps());
-        Tensor qs = q.forward(b, h1), ks = k.forward(b, h1), vs = v.forward(b, h1);
+        Tensor[] qkv = LinearGroup.forward(b, h1, q, k, v);   // LoRA on the CUDA BF16 path: x read once (LoraGroup)
+        Tensor qs = qkv[0], ks = qkv[1], vs = qkv[2];
         b.ropeQkInPlace(qs, ks, positions, invFreq, heads, kvHeads, hd, ropeScaling);   // one pass for q and k
         dev.qlora4j.backend.AttentionResult attn;
         if (save != null && save.attn != null) {
@@ -163,7 +164,8 @@ public final class DecoderLayer implements AutoCloseable {
         Tensor resid = b.add(x, attnOut);
         attnOut.close();
         Tensor h2 = b.rmsNorm(resid, postAttnNorm, (float) c.rmsNormEps());
-        Tensor g = gate.forward(b, h2), u = up.forward(b, h2);
+        Tensor[] gu = LinearGroup.forward(b, h2, gate, up);
+        Tensor g = gu[0], u = gu[1];
         Tensor act = b.siluMul(g, u);
         Tensor out = null;
         if (withOutput) {
@@ -195,8 +197,7 @@ public final class DecoderLayer implements AutoCloseable {
         if (mlpHook.gradSublayerOut() != gradOut) mlpHook.gradSublayerOut().close();
         Tensor[] gGU = b.siluMulBackward(s.gate, s.up, gAct);
         gAct.close();
-        Tensor gH2 = gate.backward(b, s.h2, gGU[0]);
-        try (Tensor gUp = up.backward(b, s.h2, gGU[1])) { b.addInPlace(gH2, gUp); }
+        Tensor gH2 = LinearGroup.backward(b, s.h2, gGU, gate, up);   // gate's grad_x + up's
         gGU[0].close(); gGU[1].close();
         addAndClose(b, gH2, mlpHook.gradSublayerIn());
         Tensor gResid = b.rmsNormBackward(s.resid, postAttnNorm, eps, gH2, null);
@@ -215,11 +216,7 @@ public final class DecoderLayer implements AutoCloseable {
         }
         gAttn.close();
         b.ropeQkBackwardInPlace(gQKV[0], gQKV[1], positions, invFreq, heads, kvHeads, hd, ropeScaling);
-        Tensor gH1 = q.backward(b, s.h1, gQKV[0]);
-        try (Tensor gk = k.backward(b, s.h1, gQKV[1]); Tensor gv = v.backward(b, s.h1, gQKV[2])) {
-            b.addInPlace(gH1, gk);
-            b.addInPlace(gH1, gv);
-        }
+        Tensor gH1 = LinearGroup.backward(b, s.h1, gQKV, q, k, v);   // q's grad_x + k's + v's
         for (Tensor t : gQKV) t.close();
         addAndClose(b, gH1, attnHook.gradSublayerIn());
         Tensor gx = b.rmsNormBackward(x, inputNorm, eps, gH1, null);

@@ -14,6 +14,7 @@ import dev.qlora4j.tensor.Tensor;
 
 import java.util.ArrayList;
 import java.util.Collections;
+import java.util.IdentityHashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -54,6 +55,9 @@ public final class LoraLinear implements QuantizedBaseLinear {
     private final List<String> mergedAdapters = new ArrayList<>();
     private Tensor mergedWeight;        // [out, in] in the base weight dtype, owned; null when nothing is merged
     private DenseLinear merged;         // forwards through mergedWeight and the base bias
+    // CUDA BF16 path: each adapter's h = drop(x) A^T from its last forward, for the backward of the same x
+    private final Map<LoraAdapter, KeptHidden> kept = new IdentityHashMap<>();
+    private StackedA stackedA;          // a LoraGroup led by this layer: the group's lora_A copies stacked
 
     /**
      * @param path       the module path, e.g. "model.layers.0.self_attn.q_proj" (parameter names and seeds)
@@ -150,6 +154,7 @@ public final class LoraLinear implements QuantizedBaseLinear {
         if (mergedAdapters.contains(name)) unmerge(b);
         adapters.remove(name);
         active.remove(name);
+        dropKept(a);
         a.close();
     }
 
@@ -182,9 +187,103 @@ public final class LoraLinear implements QuantizedBaseLinear {
         return out;
     }
 
-    private long dropoutSeed(LoraAdapter a) { return Seeds.derive(stepSeed, path, a.name()); }
+    long dropoutSeed(LoraAdapter a) { return Seeds.derive(stepSeed, path, a.name()); }
 
     private boolean dropoutOn(LoraAdapter a) { return training && a.dropout() > 0; }
+
+    /** The dropout probability the adapter's input gets now (0 in eval mode). */
+    float effectiveDropout(LoraAdapter a) { return dropoutOn(a) ? (float) a.dropout() : 0f; }
+
+    // ---- the CUDA BF16 path's kept h (KeptHidden) ----
+
+    /** Keeps k as adapter a's h (replacing and releasing the one before). */
+    void keep(LoraAdapter a, KeptHidden k) {
+        KeptHidden old = kept.put(a, k);
+        if (old != null && old != k) old.release();
+    }
+
+    /** Releases adapter a's kept h, if any. */
+    void dropKept(LoraAdapter a) {
+        KeptHidden old = kept.remove(a);
+        if (old != null) old.release();
+    }
+
+    /** Keeps h (owned: kept or closed) as the h of adapter a's forward on x now. */
+    void keepOwn(LoraAdapter a, Tensor h, Tensor x) {
+        if (h == null) {
+            dropKept(a);
+            return;
+        }
+        keep(a, KeptHidden.own(h, x, stepSeed, effectiveDropout(a), a.a()));
+    }
+
+    /** A kept h for a group's column block of the shared buffer. */
+    KeptHidden keptBlock(KeptHidden.Shared shared, int column, LoraAdapter a, Tensor x) {
+        return new KeptHidden(shared, column, a.rank(), x, stepSeed, effectiveDropout(a), a.a());
+    }
+
+    /**
+     * Adapter a's kept h when it is the h of x now (see KeptHidden), else null; either way it leaves this layer,
+     * so the caller releases the returned one after its backward (a second backward recomputes).
+     */
+    KeptHidden takeKept(LoraAdapter a, Tensor x) {
+        KeptHidden k = kept.remove(a);
+        if (k == null) return null;
+        if (k.matches(x, stepSeed, effectiveDropout(a), a.a())) return k;
+        k.release();
+        return null;
+    }
+
+    private void releaseAllKept() {
+        for (KeptHidden k : kept.values()) k.release();
+        kept.clear();
+    }
+
+    /**
+     * The adapter of this layer in a LoraGroup now, or null when the layer must run on its own: grouped are layers
+     * on the CUDA BF16 path, not disabled or merged, with exactly one active plain adapter without dropout in
+     * effect (dropout masks differ per layer, so the inputs would differ).
+     */
+    LoraAdapter groupAdapter(Backend b) {
+        if (disabled || merged()) return null;
+        List<LoraAdapter> chain = chain();
+        if (chain.size() != 1 || !bf16Path(b, chain)) return null;
+        LoraAdapter a = chain.getFirst();
+        return effectiveDropout(a) == 0f ? a : null;
+    }
+
+    /** The stacked BF16 lora_A copies [sum r, in] of a group this layer leads (cached; owned by this layer). */
+    Tensor stackedA(CudaBackend b, LoraAdapter[] group) {
+        Tensor[] copies = new Tensor[group.length];
+        for (int i = 0; i < group.length; i++) copies[i] = group[i].a().castCopy(b, DType.BF16);
+        if (stackedA != null && stackedA.matches(group)) return stackedA.tensor();
+        if (stackedA != null) stackedA.close();
+        stackedA = null;
+        stackedA = StackedA.of(group, CudaLora.concatRows(b, copies));
+        return stackedA.tensor();
+    }
+
+    /**
+     * Whether {@link #baseInputGradInto} takes this layer's base: a quantized one, or a dense BF16 weight (the
+     * activation dtype), on the CUDA BF16 path.
+     */
+    boolean baseInputGradIntoApplies() {
+        return switch (base) {
+            case QuantizedLinear q -> true;
+            case DenseLinear d -> CudaLora.denseBaseApplies(d.weight());
+            default -> false;
+        };
+    }
+
+    /** gx (+)= the base layer's grad_x for gradOut, by the base's own GEMM (beta = 1 when accumulating). */
+    void baseInputGradInto(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut) {
+        switch (base) {
+            case QuantizedLinear q -> CudaLora.baseInputGradInto(b, gx, accumulate, gradOut, q.weight());
+            case DenseLinear d -> CudaLora.baseInputGradInto(b, gx, accumulate, gradOut, d.weight());
+            default -> throw new IllegalStateException(path + ": the base " + base.getClass().getSimpleName()
+                    + " has no accumulating backward; check baseInputGradIntoApplies first");
+        }
+    }
 
     // ---- forward / backward ----
 
@@ -217,9 +316,11 @@ public final class LoraLinear implements QuantizedBaseLinear {
         try {
             if (!bf16Path(b, chain)) return addAdapters(b, x, result, chain, null);
             for (LoraAdapter a : chain) {
-                CudaLora.forwardInto((CudaBackend) b, result, x, a.a().value(), a.b().value(),
+                // h is kept for the backward of this x (trainable adapters only: a frozen one has no dB to compute)
+                Tensor h = CudaLora.forwardInto((CudaBackend) b, result, x, a.a().value(), a.b().value(),
                         a.a().castCopy(b, DType.BF16), a.b().castCopy(b, DType.BF16), (float) a.scaling(),
-                        dropoutOn(a) ? (float) a.dropout() : 0f, dropoutSeed(a));
+                        effectiveDropout(a), dropoutSeed(a), a.trainable());
+                keepOwn(a, h, x);
             }
         } catch (RuntimeException e) {
             result.close();
@@ -306,15 +407,11 @@ public final class LoraLinear implements QuantizedBaseLinear {
         List<LoraAdapter> chain = chain();
         if (chain.isEmpty()) return base.backward(b, x, gradOut);
         if (bf16Path(b, chain)) {
-            Tensor gx = base.backward(b, x, gradOut);
+            CudaBackend cb = (CudaBackend) b;
+            boolean into = baseInputGradIntoApplies();
+            Tensor gx = into ? cb.context().empty(DType.BF16, x.dim(0), inFeatures()) : base.backward(b, x, gradOut);
             try {
-                for (LoraAdapter a : chain) {
-                    CudaLora.backwardInto((CudaBackend) b, gx, x, gradOut, a.a().value(), a.b().value(),
-                            a.a().castCopy(b, DType.BF16), a.b().castCopy(b, DType.BF16), (float) a.scaling(),
-                            dropoutOn(a) ? (float) a.dropout() : 0f, dropoutSeed(a),
-                            a.trainable() ? a.a().gradForAccumulation(b) : null,
-                            a.trainable() ? a.b().gradForAccumulation(b) : null);
-                }
+                backwardBf16Into(cb, x, gradOut, gx, !into, !into);
             } catch (RuntimeException e) {
                 gx.close();
                 throw e;
@@ -383,6 +480,58 @@ public final class LoraLinear implements QuantizedBaseLinear {
                 close(s.xd() != x ? s.xd() : null, s.h(), s.y(), s.baseNoBias(), s.cMinus1(), s.cTimesS(), s.invNorm());
             }
         }
+    }
+
+    /**
+     * On the CUDA BF16 path (plain adapters only, {@link #backwardOnBf16Path}): gx [n, in] (BF16) (+)= this layer's
+     * grad_x, and the adapters' gradients accumulated. accumulate false: gx's contents are ignored (overwritten);
+     * true: gx holds other terms to add to. baseDone: the base's grad_x is already in gx (a base without an
+     * accumulating form, {@link #baseInputGradIntoApplies}, was run by its own backward); else it goes in by its own
+     * GEMM here.
+     *
+     * <p>Order, so that cuBLAS does the sums: the adapters without dropout first (the first one writes gx when
+     * nothing is in it yet, each GEMM adds with beta = 1), then the base GEMM (beta = 1 onto them), then the
+     * adapters with dropout (their masked term needs a temporary and an add anyway). Each adapter uses its kept h
+     * when it is the one of this x (KeptHidden), else recomputes it.
+     */
+    void backwardBf16Into(CudaBackend b, Tensor x, Tensor gradOut, Tensor gx, boolean accumulate, boolean baseDone) {
+        List<LoraAdapter> chain = chain();
+        boolean written = accumulate;
+        for (LoraAdapter a : chain) {
+            if (effectiveDropout(a) > 0f) continue;
+            adapterBackwardBf16(b, a, x, gradOut, gx, written);
+            written = true;
+        }
+        if (!baseDone) {
+            baseInputGradInto(b, gx, written, gradOut);
+            written = true;
+        }
+        for (LoraAdapter a : chain) {
+            if (effectiveDropout(a) == 0f) continue;
+            adapterBackwardBf16(b, a, x, gradOut, gx, written);
+            written = true;
+        }
+    }
+
+    private void adapterBackwardBf16(CudaBackend b, LoraAdapter a, Tensor x, Tensor gradOut, Tensor gx, boolean accumulate) {
+        KeptHidden k = a.trainable() ? takeKept(a, x) : null;
+        try {
+            CudaLora.backwardInto(b, gx, accumulate, x, gradOut, a.a().value(), a.b().value(),
+                    a.a().castCopy(b, DType.BF16), a.b().castCopy(b, DType.BF16), (float) a.scaling(),
+                    effectiveDropout(a), dropoutSeed(a),
+                    a.trainable() ? a.a().gradForAccumulation(b) : null,
+                    a.trainable() ? a.b().gradForAccumulation(b) : null,
+                    k == null ? null : k.hidden());
+        } finally {
+            if (k != null) k.release();
+        }
+    }
+
+    /** Whether backward runs on the CUDA BF16 path now (plain adapters, not disabled or merged, some active). */
+    boolean backwardOnBf16Path(Backend b) {
+        if (disabled || merged()) return false;
+        List<LoraAdapter> chain = chain();
+        return !chain.isEmpty() && bf16Path(b, chain);
     }
 
     /** The base weight DoRA needs: the dense weight itself, or the quantized one dequantized (caller closes it then). */
@@ -562,6 +711,8 @@ public final class LoraLinear implements QuantizedBaseLinear {
         if (mergedWeight != null) mergedWeight.close();
         mergedWeight = null;
         merged = null;
+        releaseAllKept();
+        closeStackedA();
         for (LoraAdapter a : adapters.values()) a.close();
         adapters.clear();
         return result;
@@ -596,10 +747,17 @@ public final class LoraLinear implements QuantizedBaseLinear {
 
     @Override
     public void close() {
+        releaseAllKept();
+        closeStackedA();
         for (LoraAdapter a : adapters.values()) a.close();
         adapters.clear();
         if (mergedWeight != null) mergedWeight.close();
         if (!baseShared) base.close();
+    }
+
+    private void closeStackedA() {
+        if (stackedA != null) stackedA.close();
+        stackedA = null;
     }
 
     private static void close(Tensor... ts) {

@@ -1,7 +1,10 @@
 package dev.qlora4j.backend.cuda;
 
 import dev.qlora4j.backend.Backend;
+import dev.qlora4j.backend.QuantizedWeight;
 import dev.qlora4j.cuda.Cublas;
+import dev.qlora4j.cuda.KernelArgs;
+import dev.qlora4j.cuda.RowMajorGemm;
 import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
 
@@ -29,6 +32,7 @@ import java.util.Locale;
  */
 public final class CudaLora {
     public static final String PROPERTY = "qlora4j.cuda.lora";
+    private static final Cublas.DataType BF = Cublas.DataType.BF16;
 
     private CudaLora() {}
 
@@ -64,24 +68,60 @@ public final class CudaLora {
      */
     public static void forwardInto(CudaBackend b, Tensor result, Tensor x, Tensor a, Tensor bw, Tensor aBf16, Tensor bBf16,
                                    float scaling, float dropoutP, long seed) {
+        Tensor h = forwardInto(b, result, x, a, bw, aBf16, bBf16, scaling, dropoutP, seed, false);
+        if (h != null) h.close();
+    }
+
+    /**
+     * The forward as above; with keepH it returns h = drop(x) A^T (BF16 [n, r], owned by the caller) for the
+     * backward to reuse ({@link Hidden}) instead of reading x again, else null. n == 0 returns null.
+     */
+    public static Tensor forwardInto(CudaBackend b, Tensor result, Tensor x, Tensor a, Tensor bw, Tensor aBf16, Tensor bBf16,
+                                     float scaling, float dropoutP, long seed, boolean keepH) {
         int n = x.dim(0), in = x.dim(1), r = a.dim(0), out = bw.dim(0);
         checkShapes(result, x, a, bw, n, in, r, out, "forward");
         if (result.dtype() != DType.BF16) throw new IllegalArgumentException("LoRA forward: result must be BF16, got " + result);
-        if (n == 0) return;
+        if (n == 0) return null;
         CudaContext ctx = b.context();
         OpProfiler prof = b.profiler();
         int mark = prof == null ? -1 : prof.begin();
+        Tensor h = ctx.empty(DType.BF16, n, r);
         try (Held xd = input(b, x, dropoutP, seed);
              Held ab = weight(ctx, a, aBf16, "lora_A");
-             Held bb = weight(ctx, bw, bBf16, "lora_B");
-             Tensor h = ctx.empty(DType.BF16, n, r)) {
+             Held bb = weight(ctx, bw, bBf16, "lora_B")) {
             Cublas cu = ctx.cublas();
-            cu.gemmRowMajor(false, true, n, r, in, 1f, CudaContext.ptr(xd.t), CudaContext.ptr(ab.t), Cublas.DataType.BF16,
-                    0f, CudaContext.ptr(h), Cublas.DataType.BF16);
-            cu.gemmRowMajor(false, true, n, out, r, scaling, CudaContext.ptr(h), CudaContext.ptr(bb.t), Cublas.DataType.BF16,
-                    1f, CudaContext.ptr(result), Cublas.DataType.BF16);
+            cu.gemmRowMajor(false, true, n, r, in, 1f, CudaContext.ptr(xd.t), CudaContext.ptr(ab.t), BF, 0f,
+                    CudaContext.ptr(h), BF);
+            cu.gemmRowMajor(false, true, n, out, r, scaling, CudaContext.ptr(h), CudaContext.ptr(bb.t), BF,
+                    1f, CudaContext.ptr(result), BF);
+        } catch (RuntimeException e) {
+            h.close();
+            throw e;
         }
         if (mark >= 0) prof.end("lora forward (bf16 GEMMs)", mark);
+        if (keepH) return h;
+        h.close();
+        return null;
+    }
+
+    /**
+     * A kept h = drop(x) A^T of one adapter: the columns [column, column + width) of a BF16 [n, ld] buffer (its own
+     * [n, r] tensor, or its block of a group's [n, sum r]). Whether it still belongs to the x and A at hand is the
+     * keeper's business (peft.KeptHidden); here only the shape is checked.
+     */
+    public record Hidden(Tensor buffer, int column, int width) {
+        long pointer() { return CudaContext.ptr(buffer) + (long) column * DType.BF16.byteSize(); }
+
+        int ld() { return buffer.dim(1); }
+
+        void check(int n, int r) {
+            if (buffer.dtype() != DType.BF16 || buffer.rank() != 2 || buffer.dim(0) != n || width != r || column < 0
+                    || column + width > buffer.dim(1)) {
+                throw new IllegalArgumentException("LoRA backward: the kept h must be " + r + " BF16 columns of an [" + n
+                        + ", ld] buffer, got columns [" + column + ", " + (column + width) + ") of " + buffer);
+            }
+            KernelTypes.requireDevice(buffer, "kept LoRA h");
+        }
     }
 
     /**
@@ -98,19 +138,31 @@ public final class CudaLora {
     /** {@link #backwardInto(CudaBackend, Tensor, Tensor, Tensor, Tensor, Tensor, float, float, long, Tensor, Tensor)} with the BF16 copies of A and B given (as in forwardInto). */
     public static void backwardInto(CudaBackend b, Tensor gx, Tensor x, Tensor gradOut, Tensor a, Tensor bw, Tensor aBf16,
                                     Tensor bBf16, float scaling, float dropoutP, long seed, Tensor gradA, Tensor gradB) {
+        backwardInto(b, gx, true, x, gradOut, a, bw, aBf16, bBf16, scaling, dropoutP, seed, gradA, gradB, null);
+    }
+
+    /**
+     * The backward as above, with two more choices: accumulate false writes gx (its old contents, e.g. an
+     * uninitialized buffer, are ignored: the adapter's input gradient is the first term of gx, and the base layer's
+     * GEMM can accumulate onto it, {@link #baseInputGradInto}); kept, when not null, is the forward's h of this x
+     * and A (then x is read once less: only dA reads it).
+     */
+    public static void backwardInto(CudaBackend b, Tensor gx, boolean accumulate, Tensor x, Tensor gradOut, Tensor a,
+                                    Tensor bw, Tensor aBf16, Tensor bBf16, float scaling, float dropoutP, long seed,
+                                    Tensor gradA, Tensor gradB, Hidden kept) {
         int n = x.dim(0), in = x.dim(1), r = a.dim(0), out = bw.dim(0);
         checkShapes(gradOut, x, a, bw, n, in, r, out, "backward gradOut");
-        if (gx.dtype() != DType.BF16 || gx.rank() != 2 || gx.dim(0) != n || gx.dim(1) != in) {
-            throw new IllegalArgumentException("LoRA backward: gx must be BF16 [" + n + ", " + in + "], got " + gx);
-        }
+        requireGx(gx, n, in);
         requireAccumulator(gradA, r, in, "gradA");
         requireAccumulator(gradB, out, r, "gradB");
+        if (kept != null) kept.check(n, r);
         if (n == 0) return;
         CudaContext ctx = b.context();
         OpProfiler prof = b.profiler();
         int mark = prof == null ? -1 : prof.begin();
-        Cublas.DataType bf = Cublas.DataType.BF16;
-        try (Held xd = input(b, x, dropoutP, seed);
+        // x (with its dropout mask) is needed for dA, and for h when none was kept
+        boolean needX = gradA != null || (gradB != null && kept == null);
+        try (Held xd = needX ? input(b, x, dropoutP, seed) : null;
              Held gy = bf16(ctx, gradOut);
              Held abh = weight(ctx, a, aBf16, "lora_A");
              Held bbh = weight(ctx, bw, bBf16, "lora_B");
@@ -118,33 +170,321 @@ public final class CudaLora {
             Tensor ab = abh.t, bb = bbh.t;
             Cublas cu = ctx.cublas();
             if (gradB != null) {
-                try (Tensor h = ctx.empty(DType.BF16, n, r)) {   // the forward's h, recomputed (BF16 as the forward rounds it)
-                    cu.gemmRowMajor(false, true, n, r, in, 1f, CudaContext.ptr(xd.t), CudaContext.ptr(ab), bf, 0f,
-                            CudaContext.ptr(h), bf);
-                    cu.gemmRowMajor(true, false, out, r, n, scaling, CudaContext.ptr(gy.t), CudaContext.ptr(h), bf, 1f,
-                            CudaContext.ptr(gradB), Cublas.DataType.F32);
-                }
-            }
-            cu.gemmRowMajor(false, false, n, r, out, scaling, CudaContext.ptr(gy.t), CudaContext.ptr(bb), bf, 0f,
-                    CudaContext.ptr(gh), bf);
-            if (gradA != null) {
-                cu.gemmRowMajor(true, false, r, in, n, 1f, CudaContext.ptr(gh), CudaContext.ptr(xd.t), bf, 1f,
-                        CudaContext.ptr(gradA), Cublas.DataType.F32);
-            }
-            if (dropoutP == 0f) {
-                cu.gemmRowMajor(false, false, n, in, r, 1f, CudaContext.ptr(gh), CudaContext.ptr(ab), bf, 1f,
-                        CudaContext.ptr(gx), bf);
-            } else {
-                try (Tensor gxd = ctx.empty(DType.BF16, n, in)) {
-                    cu.gemmRowMajor(false, false, n, in, r, 1f, CudaContext.ptr(gh), CudaContext.ptr(ab), bf, 0f,
-                            CudaContext.ptr(gxd), bf);
-                    try (Tensor masked = b.dropout(gxd, dropoutP, seed)) {   // the forward's mask and 1/(1-p)
-                        b.addInPlace(gx, masked);
+                if (kept != null) {
+                    gemm(cu, true, false, out, r, n, scaling, CudaContext.ptr(gy.t), out, kept.pointer(), kept.ld(), BF, 1f,
+                            CudaContext.ptr(gradB), r, Cublas.DataType.F32);
+                } else {
+                    try (Tensor h = ctx.empty(DType.BF16, n, r)) {   // the forward's h, recomputed (BF16 as the forward rounds it)
+                        cu.gemmRowMajor(false, true, n, r, in, 1f, CudaContext.ptr(xd.t), CudaContext.ptr(ab), BF, 0f,
+                                CudaContext.ptr(h), BF);
+                        cu.gemmRowMajor(true, false, out, r, n, scaling, CudaContext.ptr(gy.t), CudaContext.ptr(h), BF, 1f,
+                                CudaContext.ptr(gradB), Cublas.DataType.F32);
                     }
                 }
             }
+            cu.gemmRowMajor(false, false, n, r, out, scaling, CudaContext.ptr(gy.t), CudaContext.ptr(bb), BF, 0f,
+                    CudaContext.ptr(gh), BF);
+            if (gradA != null) {
+                cu.gemmRowMajor(true, false, r, in, n, 1f, CudaContext.ptr(gh), CudaContext.ptr(xd.t), BF, 1f,
+                        CudaContext.ptr(gradA), Cublas.DataType.F32);
+            }
+            inputGradInto(b, gx, accumulate, gh, ab, n, in, r, dropoutP, seed);
         }
         if (mark >= 0) prof.end("lora backward (bf16 GEMMs)", mark);
+    }
+
+    /**
+     * gx (+)= drop_mask(gh A): without dropout one GEMM (beta = 1 accumulates); with dropout the product goes to
+     * a temporary, gets the forward's mask and 1/(1-p), and is added (or copied when not accumulating).
+     */
+    private static void inputGradInto(CudaBackend b, Tensor gx, boolean accumulate, Tensor gh, Tensor ab, int n, int in,
+                                      int r, float dropoutP, long seed) {
+        CudaContext ctx = b.context();
+        Cublas cu = ctx.cublas();
+        if (dropoutP == 0f) {
+            cu.gemmRowMajor(false, false, n, in, r, 1f, CudaContext.ptr(gh), CudaContext.ptr(ab), BF, accumulate ? 1f : 0f,
+                    CudaContext.ptr(gx), BF);
+            return;
+        }
+        try (Tensor gxd = ctx.empty(DType.BF16, n, in)) {
+            cu.gemmRowMajor(false, false, n, in, r, 1f, CudaContext.ptr(gh), CudaContext.ptr(ab), BF, 0f,
+                    CudaContext.ptr(gxd), BF);
+            try (Tensor masked = b.dropout(gxd, dropoutP, seed)) {   // the forward's mask and 1/(1-p)
+                if (accumulate) b.addInPlace(gx, masked);
+                else ctx.driver().memcpyDtoDAsync(CudaContext.ptr(gx), CudaContext.ptr(masked), gx.byteSize(), ctx.stream());
+            }
+        }
+    }
+
+    // ---- layers that read the same x: q/k/v, gate/up (one plain adapter each, no dropout) ----
+
+    /**
+     * -Dqlora4j.cuda.loraGroup=false turns off the grouped products of layers that read the same x (for A/B timing;
+     * on by default): each layer then runs its own LoRA GEMMs.
+     */
+    public static final String GROUP_PROPERTY = "qlora4j.cuda.loraGroup";
+
+    /** Whether layers reading the same x may run their LoRA products together (see {@link #GROUP_PROPERTY}). */
+    public static boolean groupingOn() {
+        String v = System.getProperty(GROUP_PROPERTY, "true").trim().toLowerCase(Locale.ROOT);
+        return switch (v) {
+            case "true", "on", "" -> true;
+            case "false", "off" -> false;
+            default -> throw new IllegalArgumentException("-D" + GROUP_PROPERTY + "=" + v + ": use true (default) or false");
+        };
+    }
+
+    /**
+     * The rows of parts stacked: BF16 [sum rows, cols] from BF16 [rows_i, cols] (the lora_A copies of a group), by
+     * device-to-device copies on the stream. The caller owns the result.
+     */
+    public static Tensor concatRows(CudaBackend b, Tensor... parts) {
+        int cols = parts[0].dim(1), rows = 0;
+        for (Tensor p : parts) {
+            KernelTypes.requireDevice(p, "LoRA group lora_A copy");
+            if (p.dtype() != DType.BF16 || p.rank() != 2 || p.dim(1) != cols) {
+                throw new IllegalArgumentException("LoRA group: the lora_A copies must be BF16 [r_i, " + cols + "], got " + p);
+            }
+            rows += p.dim(0);
+        }
+        CudaContext ctx = b.context();
+        Tensor out = ctx.empty(DType.BF16, rows, cols);
+        long offset = 0;
+        for (Tensor p : parts) {
+            if (p.byteSize() > 0) {
+                ctx.driver().memcpyDtoDAsync(CudaContext.ptr(out) + offset, CudaContext.ptr(p), p.byteSize(), ctx.stream());
+            }
+            offset += p.byteSize();
+        }
+        return out;
+    }
+
+    /**
+     * Layers i reading the same x, each with one plain adapter without dropout: results[i] [n, out_i] (BF16, in
+     * place) += s_i x A_i^T B_i^T, with H = x [A_0; A_1; ...]^T ([n, sum r], ONE GEMM: x read once) and then
+     * results[i] += s_i H_i B_i^T per layer (H_i its column block, read with leading dimension sum r). The values
+     * are those of {@link #forwardInto} per layer up to cuBLAS' summation order (each h element is the same dot
+     * product of BF16 values with float32 accumulation, rounded once to BF16).
+     *
+     * @param aCat  [sum r, in] BF16: the adapters' lora_A copies stacked in layer order ({@link #concatRows})
+     * @param bBf16 per layer lora_B's BF16 copy [out_i, r_i]
+     * @return H (BF16 [n, sum r], owned by the caller) with keepH, else null; null too when n == 0
+     */
+    public static Tensor groupForwardInto(CudaBackend b, Tensor[] results, Tensor x, Tensor aCat, Tensor[] bBf16,
+                                          float[] scalings, boolean keepH) {
+        int n = x.dim(0), in = x.dim(1);
+        int[] cols = groupColumns(aCat, bBf16, in, "forward");
+        int total = aCat.dim(0);
+        if (results.length != bBf16.length || scalings.length != bBf16.length) {
+            throw new IllegalArgumentException("LoRA group forward: " + results.length + " results, " + bBf16.length
+                    + " lora_B and " + scalings.length + " scalings must be one per layer");
+        }
+        for (int i = 0; i < results.length; i++) {
+            Tensor y = results[i];
+            KernelTypes.requireDevice(y, "LoRA group output");
+            if (y.dtype() != DType.BF16 || y.rank() != 2 || y.dim(0) != n || y.dim(1) != bBf16[i].dim(0)) {
+                throw new IllegalArgumentException("LoRA group forward: result " + i + " must be BF16 [" + n + ", "
+                        + bBf16[i].dim(0) + "], got " + y);
+            }
+        }
+        if (n == 0) return null;
+        CudaContext ctx = b.context();
+        OpProfiler prof = b.profiler();
+        int mark = prof == null ? -1 : prof.begin();
+        Tensor h = ctx.empty(DType.BF16, n, total);
+        try (Held xb = bf16(ctx, x)) {
+            Cublas cu = ctx.cublas();
+            cu.gemmRowMajor(false, true, n, total, in, 1f, CudaContext.ptr(xb.t), CudaContext.ptr(aCat), BF, 0f,
+                    CudaContext.ptr(h), BF);
+            for (int i = 0; i < results.length; i++) {
+                int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
+                gemm(cu, false, true, n, out, r, scalings[i], CudaContext.ptr(h) + 2L * cols[i], total,
+                        CudaContext.ptr(bBf16[i]), r, BF, 1f, CudaContext.ptr(results[i]), out, BF);
+            }
+        } catch (RuntimeException e) {
+            h.close();
+            throw e;
+        }
+        if (mark >= 0) prof.end("lora group forward (bf16 GEMMs)", mark);
+        if (keepH) return h;
+        h.close();
+        return null;
+    }
+
+    /**
+     * The backward of {@link #groupForwardInto}: with GH = [s_0 gy_0 B_0 | s_1 gy_1 B_1 | ...] ([n, sum r] BF16,
+     * each block one GEMM into its columns),
+     * <pre>
+     *   dB_i += s_i gy_i^T h_i            per layer, h_i the kept block (or H recomputed once when one is missing)
+     *   dA    = GH^T x                    ONE GEMM into a float32 [sum r, in] temporary, added to each gradA_i
+     *   gx   (+)= GH [A_0; A_1; ...]      ONE GEMM with K = sum r (accumulate false writes gx)
+     * </pre>
+     * gradA / gradB entries are null for frozen adapters; kept entries null where no h was kept.
+     */
+    public static void groupBackwardInto(CudaBackend b, Tensor gx, boolean accumulate, Tensor x, Tensor[] gradOuts,
+                                         Tensor aCat, Tensor[] bBf16, float[] scalings, Hidden[] kept, Tensor[] gradA,
+                                         Tensor[] gradB) {
+        int n = x.dim(0), in = x.dim(1), layers = bBf16.length;
+        int[] cols = groupColumns(aCat, bBf16, in, "backward");
+        int total = aCat.dim(0);
+        if (gradOuts.length != layers || scalings.length != layers || kept.length != layers || gradA.length != layers
+                || gradB.length != layers) {
+            throw new IllegalArgumentException("LoRA group backward: gradOuts, scalings, kept, gradA and gradB need one entry per layer ("
+                    + layers + ")");
+        }
+        requireGx(gx, n, in);
+        boolean needH = false, anyGradA = false;
+        for (int i = 0; i < layers; i++) {
+            int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
+            Tensor g = gradOuts[i];
+            KernelTypes.requireDevice(g, "LoRA group gradOut");
+            if (g.rank() != 2 || g.dim(0) != n || g.dim(1) != out) {
+                throw new IllegalArgumentException("LoRA group backward: gradOut " + i + " must be [" + n + ", " + out + "], got " + g);
+            }
+            requireAccumulator(gradA[i], r, in, "gradA");
+            requireAccumulator(gradB[i], out, r, "gradB");
+            if (kept[i] != null) kept[i].check(n, r);
+            needH |= gradB[i] != null && kept[i] == null;
+            anyGradA |= gradA[i] != null;
+        }
+        if (n == 0) return;
+        CudaContext ctx = b.context();
+        OpProfiler prof = b.profiler();
+        int mark = prof == null ? -1 : prof.begin();
+        Held[] gy = new Held[layers];
+        try (Held xb = bf16(ctx, x);
+             Tensor gh = ctx.empty(DType.BF16, n, total);
+             Tensor h = needH ? ctx.empty(DType.BF16, n, total) : null) {
+            Cublas cu = ctx.cublas();
+            for (int i = 0; i < layers; i++) gy[i] = bf16(ctx, gradOuts[i]);
+            if (needH) {
+                cu.gemmRowMajor(false, true, n, total, in, 1f, CudaContext.ptr(xb.t), CudaContext.ptr(aCat), BF, 0f,
+                        CudaContext.ptr(h), BF);
+            }
+            for (int i = 0; i < layers; i++) {
+                int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
+                if (gradB[i] != null) {
+                    Hidden hi = kept[i] != null ? kept[i] : new Hidden(h, cols[i], r);
+                    gemm(cu, true, false, out, r, n, scalings[i], CudaContext.ptr(gy[i].t), out, hi.pointer(), hi.ld(), BF, 1f,
+                            CudaContext.ptr(gradB[i]), r, Cublas.DataType.F32);
+                }
+                gemm(cu, false, false, n, r, out, scalings[i], CudaContext.ptr(gy[i].t), out, CudaContext.ptr(bBf16[i]), r,
+                        BF, 0f, CudaContext.ptr(gh) + 2L * cols[i], total, BF);
+            }
+            if (anyGradA) {
+                try (Tensor dA = ctx.empty(DType.F32, total, in)) {
+                    cu.gemmRowMajor(true, false, total, in, n, 1f, CudaContext.ptr(gh), CudaContext.ptr(xb.t), BF, 0f,
+                            CudaContext.ptr(dA), Cublas.DataType.F32);
+                    for (int i = 0; i < layers; i++) {
+                        if (gradA[i] == null) continue;
+                        // dA's rows [cols_i, cols_i + r_i) are contiguous: gradA_i += them (fmaf(1, d, g) = g + d)
+                        long count = (long) bBf16[i].dim(1) * in;
+                        ctx.launch1d(ctx.function("train_elementwise", "axpy_f32"), count, KernelArgs.of()
+                                .ptr(CudaContext.ptr(gradA[i])).f32(1f).ptr(CudaContext.ptr(dA) + 4L * cols[i] * in).i64(count));
+                    }
+                }
+            }
+            cu.gemmRowMajor(false, false, n, in, total, 1f, CudaContext.ptr(gh), CudaContext.ptr(aCat), BF,
+                    accumulate ? 1f : 0f, CudaContext.ptr(gx), BF);
+        } finally {
+            for (Held g : gy) if (g != null) g.close();
+        }
+        if (mark >= 0) prof.end("lora group backward (bf16 GEMMs)", mark);
+    }
+
+    /** The first column of each layer's block in H / GH (the prefix sums of the ranks), checking aCat against them. */
+    private static int[] groupColumns(Tensor aCat, Tensor[] bBf16, int in, String what) {
+        KernelTypes.requireDevice(aCat, "LoRA group lora_A");
+        int[] cols = new int[bBf16.length];
+        int total = 0;
+        for (int i = 0; i < bBf16.length; i++) {
+            Tensor bb = bBf16[i];
+            KernelTypes.requireDevice(bb, "LoRA group lora_B copy");
+            if (bb.dtype() != DType.BF16 || bb.rank() != 2) {
+                throw new IllegalArgumentException("LoRA group " + what + ": lora_B copies must be BF16 [out, r], got " + bb);
+            }
+            cols[i] = total;
+            total += bb.dim(1);
+        }
+        if (aCat.dtype() != DType.BF16 || aCat.rank() != 2 || aCat.dim(0) != total || aCat.dim(1) != in) {
+            throw new IllegalArgumentException("LoRA group " + what + ": the stacked lora_A must be BF16 [" + total + ", " + in
+                    + "] (the ranks summed, in_features), got " + aCat);
+        }
+        return cols;
+    }
+
+    // ---- the base layer's input gradient accumulated by its own GEMM ----
+
+    /**
+     * Whether {@link #baseInputGradInto(CudaBackend, Tensor, boolean, Tensor, Tensor)} takes a dense base weight:
+     * BF16 (the activation dtype, so the product is the base layer's own backward GEMM). F32 / F16 weights keep the
+     * base layer's backward (it widens the operands first).
+     */
+    public static boolean denseBaseApplies(Tensor weight) { return weight.dtype() == DType.BF16; }
+
+    /**
+     * gx [n, in] (BF16) (+)= gradOut [n, out] W for the frozen base weight W [out, in] (BF16, see
+     * {@link #denseBaseApplies}): the base layer's backward GEMM, with beta = 1 when accumulating, so the LoRA terms
+     * already in gx cost no extra pass over it.
+     */
+    public static void baseInputGradInto(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut, Tensor weight) {
+        if (!denseBaseApplies(weight) || weight.rank() != 2) {
+            throw new IllegalArgumentException("LoRA: the base weight must be BF16 [out, in] here, got " + weight);
+        }
+        OpProfiler prof = b.profiler();
+        int mark = prof == null ? -1 : prof.begin();
+        baseProduct(b, gx, accumulate, gradOut, weight);
+        if (mark >= 0) prof.end("linearBackwardInput", mark);
+    }
+
+    /**
+     * gx [n, in] (BF16) (+)= gradOut [n, out] dequant(W): the weight dequantized to BF16 into a temporary (as the
+     * backend's linearQuantizedBackwardInput does), then one GEMM, with beta = 1 when accumulating.
+     */
+    public static void baseInputGradInto(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut, QuantizedWeight w) {
+        OpProfiler prof = b.profiler();
+        int mark = prof == null ? -1 : prof.begin();
+        int dq = prof == null ? -1 : prof.begin();
+        try (Tensor dense = CudaQuantOps.dequantize(b.context(), w, DType.BF16)) {
+            if (dq >= 0) prof.end("linearQuantizedBackwardInput/dequantize", dq);
+            baseProduct(b, gx, accumulate, gradOut, dense);
+        }
+        if (mark >= 0) prof.end("linearQuantizedBackwardInput", mark);
+    }
+
+    private static void baseProduct(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut, Tensor w) {
+        int n = gradOut.dim(0), out = w.dim(0), in = w.dim(1);
+        KernelTypes.requireDevice(gradOut, "base gradOut");
+        if (gradOut.rank() != 2 || gradOut.dim(1) != out) {
+            throw new IllegalArgumentException("LoRA base backward: gradOut " + KernelTypes.shape(gradOut) + " does not match the weight ["
+                    + out + ", " + in + "]");
+        }
+        requireGx(gx, n, in);
+        if (n == 0) return;
+        CudaContext ctx = b.context();
+        try (Held gy = bf16(ctx, gradOut)) {
+            ctx.cublas().gemmRowMajor(false, false, n, in, out, 1f, CudaContext.ptr(gy.t), CudaContext.ptr(w), BF,
+                    accumulate ? 1f : 0f, CudaContext.ptr(gx), BF);
+        }
+    }
+
+    /**
+     * Row-major C[m,n] = alpha op(A)[m,k] op(B)[k,n] + beta C where each stored matrix has its own row stride (in
+     * elements): A stored [m,k] (or [k,m] when transA) with row stride lda, likewise B with ldb and C [m,n] with
+     * ldc. The operands go to cuBLAS swapped, as {@link dev.qlora4j.cuda.RowMajorGemm} explains; a column block of a
+     * wider buffer is its pointer advanced to the block and the buffer's width as the stride.
+     */
+    static void gemm(Cublas cu, boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long bp,
+                     int ldb, Cublas.DataType ab, float beta, long c, int ldc, Cublas.DataType ct) {
+        cu.gemmEx(transB ? RowMajorGemm.OP_T : RowMajorGemm.OP_N, transA ? RowMajorGemm.OP_T : RowMajorGemm.OP_N, n, m, k,
+                alpha, bp, ab, ldb, a, lda, beta, c, ct, ldc);
+    }
+
+    private static void requireGx(Tensor gx, int n, int in) {
+        KernelTypes.requireDevice(gx, "LoRA grad_x");
+        if (gx.dtype() != DType.BF16 || gx.rank() != 2 || gx.dim(0) != n || gx.dim(1) != in) {
+            throw new IllegalArgumentException("LoRA backward: gx must be BF16 [" + n + ", " + in + "], got " + gx);
+        }
     }
 
     /** A tensor and whether this code owns (closes) it. */

@@ -1,0 +1,194 @@
+package dev.qlora4j.peft;
+
+import dev.qlora4j.backend.Backend;
+import dev.qlora4j.backend.QuantizedWeight;
+import dev.qlora4j.backend.cuda.CudaBackend;
+import dev.qlora4j.backend.cuda.CudaLora;
+import dev.qlora4j.nn.Linear;
+import dev.qlora4j.nn.QuantizedLinear;
+import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Tensor;
+
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * LoRA layers that read the same x (a decoder layer's q/k/v, gate/up) on the CUDA BF16 path, run together so that
+ * the skinny LoRA GEMMs read x, and write grad_x, once for the group instead of once per layer
+ * ({@link CudaLora#groupForwardInto}, {@link CudaLora#groupBackwardInto}):
+ * <pre>
+ *   forward:   y_i = base_i(x);  H = x [A_0; A_1; ...]^T (one GEMM);  y_i += s_i H_i B_i^T     (H kept for backward)
+ *   backward:  GH = [s_i gy_i B_i]_i;  dB_i += s_i gy_i^T H_i;  dA = GH^T x (one GEMM);
+ *              gx = GH [A_0; A_1; ...] (one GEMM, K = sum r), then each base's grad_x GEMM accumulates onto gx
+ * </pre>
+ * It applies when every layer is a {@link LoraLinear} whose {@link LoraLinear#groupAdapter} is set (one active plain
+ * adapter, no dropout in effect) and -Dqlora4j.cuda.loraGroup is not false. Otherwise the backward still sums the
+ * layers' grad_x in one buffer when every layer is on the BF16 path with an accumulating base (each layer's GEMMs
+ * add onto it, no separate adds); else null, and the caller runs each layer on its own.
+ *
+ * <p>Numerics: every product is the per-layer one (BF16 operands, float32 accumulation, BF16 h / gh) in a different
+ * summation order and with the grad_x terms summed by the GEMMs in float32 before one BF16 rounding, where the
+ * per-layer route rounds each layer's grad_x and then each add: results agree with the per-layer route to the
+ * BF16 rounding of the outputs (tests: a few 1e-3 of the largest magnitude).
+ */
+public final class LoraGroup {
+    private LoraGroup() {}
+
+    /** The layers as LoraLinear with their group adapters when the grouped products apply, else null. */
+    private record Members(LoraLinear[] layers, LoraAdapter[] adapters) {}
+
+    private static Members members(Backend b, Tensor x, Linear[] layers) {
+        if (layers.length < 2 || !CudaLora.applies(b) || !CudaLora.groupingOn() || x.rank() != 2) return null;
+        LoraLinear[] ls = new LoraLinear[layers.length];
+        LoraAdapter[] as = new LoraAdapter[layers.length];
+        for (int i = 0; i < layers.length; i++) {
+            if (!(layers[i] instanceof LoraLinear l) || l.inFeatures() != x.dim(1)) return null;
+            LoraAdapter a = l.groupAdapter(b);
+            if (a == null) return null;
+            for (int j = 0; j < i; j++) if (ls[j] == l || as[j] == a) return null;   // the same layer twice: run alone
+            ls[i] = l;
+            as[i] = a;
+        }
+        return new Members(ls, as);
+    }
+
+    /** layers[i].forward(b, x) for every i, grouped; null when the group does not apply (nothing was run then). */
+    public static Tensor[] forward(Backend b, Tensor x, Linear... layers) {
+        Members m = members(b, x, layers);
+        if (m == null) return null;
+        CudaBackend cb = (CudaBackend) b;
+        LoraLinear[] ls = m.layers();
+        LoraAdapter[] as = m.adapters();
+        int k = ls.length;
+        Tensor[] out = baseOutputs(b, x, ls);
+        try {
+            Tensor[] bCopies = new Tensor[k];
+            float[] scalings = new float[k];
+            int trainable = 0;
+            for (int i = 0; i < k; i++) {
+                bCopies[i] = as[i].b().castCopy(b, DType.BF16);
+                scalings[i] = (float) as[i].scaling();
+                if (as[i].trainable()) trainable++;
+            }
+            Tensor aCat = ls[0].stackedA(cb, as);
+            Tensor h = CudaLora.groupForwardInto(cb, out, x, aCat, bCopies, scalings, trainable > 0);
+            KeptHidden.Shared shared = h == null ? null : new KeptHidden.Shared(h, trainable);
+            int column = 0;
+            for (int i = 0; i < k; i++) {
+                if (shared != null && as[i].trainable()) ls[i].keep(as[i], ls[i].keptBlock(shared, column, as[i], x));
+                else ls[i].dropKept(as[i]);
+                column += as[i].rank();
+            }
+        } catch (RuntimeException e) {
+            for (Tensor t : out) if (t != null) t.close();
+            throw e;
+        }
+        return out;
+    }
+
+    /** The base layers' outputs: one Backend.linearQuantizedGroup call when every base is quantized (as LinearGroup). */
+    private static Tensor[] baseOutputs(Backend b, Tensor x, LoraLinear[] ls) {
+        List<QuantizedWeight> weights = new ArrayList<>(ls.length);
+        List<Tensor> biases = new ArrayList<>(ls.length);
+        for (LoraLinear l : ls) {
+            if (!(l.base() instanceof QuantizedLinear q)) {
+                weights = null;
+                break;
+            }
+            weights.add(q.weight());
+            biases.add(q.bias());
+        }
+        if (weights != null) return b.linearQuantizedGroup(x, weights, biases);
+        Tensor[] out = new Tensor[ls.length];
+        try {
+            for (int i = 0; i < ls.length; i++) out[i] = ls[i].base().forward(b, x);
+        } catch (RuntimeException e) {
+            for (Tensor t : out) if (t != null) t.close();
+            throw e;
+        }
+        return out;
+    }
+
+    /**
+     * The sum over i of layers[i].backward(b, x, gradOuts[i]) (grad_x [n, in]; the adapters' gradients accumulated),
+     * grouped, or in one shared buffer (see the class comment); null when neither applies (nothing was run then).
+     */
+    public static Tensor backward(Backend b, Tensor x, Tensor[] gradOuts, Linear... layers) {
+        if (gradOuts.length != layers.length) {
+            throw new IllegalArgumentException(layers.length + " layers need as many output gradients, got " + gradOuts.length);
+        }
+        Members m = members(b, x, layers);
+        if (m != null) return groupBackward((CudaBackend) b, x, gradOuts, m);
+        return sharedBackward(b, x, gradOuts, layers);
+    }
+
+    private static Tensor groupBackward(CudaBackend b, Tensor x, Tensor[] gradOuts, Members m) {
+        LoraLinear[] ls = m.layers();
+        LoraAdapter[] as = m.adapters();
+        int k = ls.length;
+        KeptHidden[] taken = new KeptHidden[k];
+        Tensor gx = null;
+        try {
+            Tensor[] bCopies = new Tensor[k], gradA = new Tensor[k], gradB = new Tensor[k];
+            float[] scalings = new float[k];
+            CudaLora.Hidden[] kept = new CudaLora.Hidden[k];
+            for (int i = 0; i < k; i++) {
+                bCopies[i] = as[i].b().castCopy(b, DType.BF16);
+                scalings[i] = (float) as[i].scaling();
+                if (as[i].trainable()) {
+                    taken[i] = ls[i].takeKept(as[i], x);
+                    kept[i] = taken[i] == null ? null : taken[i].hidden();
+                    gradA[i] = as[i].a().gradForAccumulation(b);
+                    gradB[i] = as[i].b().gradForAccumulation(b);
+                }
+            }
+            Tensor aCat = ls[0].stackedA(b, as);
+            // bases without an accumulating GEMM first (their own backward, summed), then the LoRA terms, then the
+            // accumulating bases' GEMMs onto them
+            for (int i = 0; i < k; i++) {
+                if (ls[i].baseInputGradIntoApplies()) continue;
+                Tensor g = ls[i].base().backward(b, x, gradOuts[i]);
+                if (gx == null) {
+                    gx = g;
+                } else {
+                    try (g) { b.addInPlace(gx, g); }
+                }
+            }
+            boolean accumulate = gx != null;
+            if (gx == null) gx = b.context().empty(DType.BF16, x.dim(0), x.dim(1));
+            CudaLora.groupBackwardInto(b, gx, accumulate, x, gradOuts, aCat, bCopies, scalings, kept, gradA, gradB);
+            for (int i = 0; i < k; i++) {
+                if (ls[i].baseInputGradIntoApplies()) ls[i].baseInputGradInto(b, gx, true, gradOuts[i]);
+            }
+            return gx;
+        } catch (RuntimeException e) {
+            if (gx != null) gx.close();
+            throw e;
+        } finally {
+            for (KeptHidden t : taken) if (t != null) t.release();
+        }
+    }
+
+    /**
+     * Not groupable, but every layer a LoraLinear on the BF16 path with an accumulating base (e.g. with dropout):
+     * each layer's GEMMs add onto one grad_x (the first writes it), no separate add per layer. Else null.
+     */
+    private static Tensor sharedBackward(Backend b, Tensor x, Tensor[] gradOuts, Linear[] layers) {
+        if (layers.length < 2 || !CudaLora.applies(b) || !CudaLora.groupingOn() || x.rank() != 2) return null;
+        for (Linear l : layers) {
+            if (!(l instanceof LoraLinear ll) || ll.inFeatures() != x.dim(1) || !ll.backwardOnBf16Path(b)
+                    || !ll.baseInputGradIntoApplies()) {
+                return null;
+            }
+        }
+        CudaBackend cb = (CudaBackend) b;
+        Tensor gx = cb.context().empty(DType.BF16, x.dim(0), x.dim(1));
+        try {
+            for (int i = 0; i < layers.length; i++) ((LoraLinear) layers[i]).backwardBf16Into(cb, x, gradOuts[i], gx, i > 0, false);
+        } catch (RuntimeException e) {
+            gx.close();
+            throw e;
+        }
+        return gx;
+    }
+}
