@@ -234,6 +234,12 @@ public final class LoraLinear implements QuantizedBaseLinear {
         return null;
     }
 
+    /** Whether adapter a holds a kept h that is the h of x now (tests; nothing is taken). */
+    boolean holdsKept(LoraAdapter a, Tensor x) {
+        KeptHidden k = kept.get(a);
+        return k != null && k.matches(x, stepSeed, effectiveDropout(a), a.a());
+    }
+
     private void releaseAllKept() {
         for (KeptHidden k : kept.values()) k.release();
         kept.clear();
