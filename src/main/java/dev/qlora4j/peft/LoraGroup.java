@@ -64,18 +64,18 @@ public final class LoraGroup {
         try {
             Tensor[] bCopies = new Tensor[k];
             float[] scalings = new float[k];
-            int trainable = 0;
+            int keeping = 0;   // layers that keep their block of H for the backward
             for (int i = 0; i < k; i++) {
                 bCopies[i] = as[i].b().castCopy(b, DType.BF16);
                 scalings[i] = (float) as[i].scaling();
-                if (as[i].trainable()) trainable++;
+                if (ls[i].keepsHidden(as[i])) keeping++;
             }
             Tensor aCat = ls[0].stackedA(cb, as);
-            Tensor h = CudaLora.groupForwardInto(cb, out, x, aCat, bCopies, scalings, trainable > 0);
-            KeptHidden.Shared shared = h == null ? null : new KeptHidden.Shared(h, trainable);
+            Tensor h = CudaLora.groupForwardInto(cb, out, x, aCat, bCopies, scalings, keeping > 0);
+            KeptHidden.Shared shared = h == null ? null : new KeptHidden.Shared(h, keeping);
             int column = 0;
             for (int i = 0; i < k; i++) {
-                if (shared != null && as[i].trainable()) ls[i].keep(as[i], ls[i].keptBlock(shared, column, as[i], x));
+                if (shared != null && ls[i].keepsHidden(as[i])) ls[i].keep(as[i], ls[i].keptBlock(shared, column, as[i], x));
                 else ls[i].dropKept(as[i]);
                 column += as[i].rank();
             }

@@ -196,6 +196,13 @@ public final class LoraLinear implements QuantizedBaseLinear {
 
     // ---- the CUDA BF16 path's kept h (KeptHidden) ----
 
+    /**
+     * Whether a forward keeps adapter a's h for the backward: in training mode (a backward follows; eval forwards,
+     * generation and its CUDA-graph decode steps keep nothing beyond the call) and for a trainable adapter (a
+     * frozen one has no dB to compute).
+     */
+    boolean keepsHidden(LoraAdapter a) { return training && a.trainable(); }
+
     /** Keeps k as adapter a's h (replacing and releasing the one before). */
     void keep(LoraAdapter a, KeptHidden k) {
         KeptHidden old = kept.put(a, k);
@@ -322,10 +329,9 @@ public final class LoraLinear implements QuantizedBaseLinear {
         try {
             if (!bf16Path(b, chain)) return addAdapters(b, x, result, chain, null);
             for (LoraAdapter a : chain) {
-                // h is kept for the backward of this x (trainable adapters only: a frozen one has no dB to compute)
                 Tensor h = CudaLora.forwardInto((CudaBackend) b, result, x, a.a().value(), a.b().value(),
                         a.a().castCopy(b, DType.BF16), a.b().castCopy(b, DType.BF16), (float) a.scaling(),
-                        effectiveDropout(a), dropoutSeed(a), a.trainable());
+                        effectiveDropout(a), dropoutSeed(a), keepsHidden(a));
                 keepOwn(a, h, x);
             }
         } catch (RuntimeException e) {
