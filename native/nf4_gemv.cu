@@ -236,6 +236,56 @@ __device__ __forceinline__ float chunk_absmax(const Weight& w, const float* ncod
     return w.nested ? __fadd_rn(__fmul_rn(ncode[q], s), w.offset) : s;
 }
 
+// One tile's 32 packed bytes per thread (w0: row g, w1: row g + 8; 16 bytes each) decoded with their absmax (a0, a1)
+// and multiplied into acc by 8 mma.m16n8k16 per x fragment set (xw: the same 32 k of x rows g + 8 nt).
+template <bool F16C, bool DR, int NT, int DEC>
+__device__ __forceinline__ void decode_mma(const uint32_t (&w0)[4], const uint32_t (&w1)[4], float a0, float a1,
+                                           const float* tab, const float2* pair, uint32_t lane_off,
+                                           const uint32_t (&xw)[NT][16], float (&acc)[NT][4]) {
+    uint32_t P0[8], P1[8];
+    uint32_t am0 = 0, am1 = 0;
+    if (DEC == DEC_BNB) {
+        am0 = pack_pair<F16C, false>(a0, a0);
+        am1 = pack_pair<F16C, false>(a1, a1);
+    }
+    if (DEC == DEC_REG) {
+        build_planes<F16C, DR>(tab, a0, P0);
+        build_planes<F16C, DR>(tab, a1, P1);
+    }
+#pragma unroll
+    for (int word = 0; word < 4; word++) {
+        uint32_t r0[4], r1[4];
+        if (DEC == DEC_TAB) {
+            decode_word_tab<F16C, DR>(w0[word], tab, a0, r0);
+            decode_word_tab<F16C, DR>(w1[word], tab, a1, r1);
+        } else if (DEC == DEC_PAIR) {
+            decode_word_pair<F16C, DR>(w0[word], pair, a0, r0);
+            decode_word_pair<F16C, DR>(w1[word], pair, a1, r1);
+        } else if (DEC == DEC_BNB) {
+            decode_word_bnb<F16C>(w0[word], lane_off, am0, r0);
+            decode_word_bnb<F16C>(w1[word], lane_off, am1, r1);
+        } else if (DEC == DEC_REG) {
+            decode_word_reg(w0[word], P0, r0);
+            decode_word_reg(w1[word], P1, r1);
+        } else {
+#pragma unroll
+            for (int b = 0; b < 4; b++) {
+                r0[b] = prmt(w0[word], w1[word], 0x3210 + 0x1111 * b) & 0x3F7F3F7Fu;
+                r1[b] = prmt(w1[word], w0[word], 0x3210 + 0x1111 * b) & 0x3F7F3F7Fu;
+            }
+        }
+        // bytes 2 half, 2 half + 1 of the word = mma k step 2 word + half; x words 2 st, 2 st + 1
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int st = 2 * word + half, b = 2 * half;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                mma16816<F16C>(acc[nt], r0[b], r1[b], r0[b + 1], r1[b + 1], xw[nt][2 * st], xw[nt][2 * st + 1]);
+            }
+        }
+    }
+}
+
 template <bool F16C, bool DR, int NT, int TILES, int DEC, bool XKEPT>
 __device__ __forceinline__ void compute_chunk(const ChunkLoad<TILES>& L, const Weight& w, const float* tab,
                                               const float2* pair, const float* ncode, const uint16_t* __restrict__ x,
@@ -272,49 +322,30 @@ __device__ __forceinline__ void compute_chunk(const ChunkLoad<TILES>& L, const W
         const float a1 = chunk_absmax(w, ncode, L.s[ti][1], L.q[ti][1]);
         const uint32_t w0[4] = {L.w[ti][0].x, L.w[ti][0].y, L.w[ti][0].z, L.w[ti][0].w};
         const uint32_t w1[4] = {L.w[ti][1].x, L.w[ti][1].y, L.w[ti][1].z, L.w[ti][1].w};
-        uint32_t P0[8], P1[8];
-        uint32_t am0 = 0, am1 = 0;
-        if (DEC == DEC_BNB) {
-            am0 = pack_pair<F16C, false>(a0, a0);
-            am1 = pack_pair<F16C, false>(a1, a1);
-        }
-        if (DEC == DEC_REG) {
-            build_planes<F16C, DR>(tab, a0, P0);
-            build_planes<F16C, DR>(tab, a1, P1);
-        }
-#pragma unroll
-        for (int word = 0; word < 4; word++) {
-            uint32_t r0[4], r1[4];
-            if (DEC == DEC_TAB) {
-                decode_word_tab<F16C, DR>(w0[word], tab, a0, r0);
-                decode_word_tab<F16C, DR>(w1[word], tab, a1, r1);
-            } else if (DEC == DEC_PAIR) {
-                decode_word_pair<F16C, DR>(w0[word], pair, a0, r0);
-                decode_word_pair<F16C, DR>(w1[word], pair, a1, r1);
-            } else if (DEC == DEC_BNB) {
-                decode_word_bnb<F16C>(w0[word], lane_off, am0, r0);
-                decode_word_bnb<F16C>(w1[word], lane_off, am1, r1);
-            } else if (DEC == DEC_REG) {
-                decode_word_reg(w0[word], P0, r0);
-                decode_word_reg(w1[word], P1, r1);
-            } else {
-#pragma unroll
-                for (int b = 0; b < 4; b++) {
-                    r0[b] = prmt(w0[word], w1[word], 0x3210 + 0x1111 * b) & 0x3F7F3F7Fu;
-                    r1[b] = prmt(w1[word], w0[word], 0x3210 + 0x1111 * b) & 0x3F7F3F7Fu;
-                }
-            }
-            // bytes 2 half, 2 half + 1 of the word = mma k step 2 word + half; x words 2 st, 2 st + 1
-#pragma unroll
-            for (int half = 0; half < 2; half++) {
-                const int st = 2 * word + half, b = 2 * half;
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    mma16816<F16C>(acc[ti][nt], r0[b], r1[b], r0[b + 1], r1[b + 1], xw[nt][2 * st], xw[nt][2 * st + 1]);
-                }
-            }
+        decode_mma<F16C, DR, NT, DEC>(w0, w1, a0, a1, tab, pair, lane_off, xw, acc[ti]);
+    }
+}
+
+// The tables a block decodes with, in shared memory (before the programmatic-launch wait: they overlap the previous
+// kernel's tail): the 16 factors, the 256 nested codes (nested weights), and DEC_PAIR's / DEC_BNB's pair tables.
+template <bool F16C, int DEC>
+__device__ __forceinline__ void fill_tables(float* tab, float* ncode, const float* __restrict__ code16,
+                                            const float* __restrict__ nested_code, int nested, int threads) {
+    if (threadIdx.x < 16) tab[threadIdx.x] = __ldg(code16 + threadIdx.x);
+    if (nested) {
+        for (int j = threadIdx.x; j < 256; j += threads) ncode[j] = __ldg(nested_code + j);
+    }
+    if constexpr (DEC == DEC_PAIR) {
+        // 16-byte stores of two copies of one entry (unit i holds copies 2 (i % 8), + 1 of byte i / 8): a warp's
+        // stores are 512 contiguous bytes, conflict-free; 8 per thread instead of 16 8-byte ones
+        static_assert(PAIR_COPIES == 16, "unit i = copies of entry i / 8");
+        for (int i = threadIdx.x; i < 256 * PAIR_COPIES / 2; i += threads) {
+            const int v = i >> 3;
+            const float hi = __ldg(code16 + (v >> 4)), lo = __ldg(code16 + (v & 15));
+            reinterpret_cast<float4*>(pair_table)[i] = make_float4(hi, lo, hi, lo);
         }
     }
+    if constexpr (wide_decode(DEC)) fill_wide_table<F16C>(code16, threads);
 }
 
 // Shared memory of a block (static): 16 factors, 256 nested codes, and W x TILES x NT x 32 float4 fragments.
@@ -324,6 +355,43 @@ struct Smem {
     float tab[16];
     float ncode[256];
 };
+
+// The block's Smem: one object per (W, TILES, NT), shared by every body a kernel inlines (double rounding or not,
+// aligned or general), so that a kernel's static shared memory is the Smem of one body, not the sum of all.
+template <int W, int TILES, int NT>
+__device__ __forceinline__ Smem<W, TILES, NT>& block_smem() {
+    __shared__ __align__(16) Smem<W, TILES, NT> sm;
+    return sm;
+}
+
+// The end of a block: the W warps' mma fragments (acc, per tile and x fragment set) added in warp order through
+// shared memory (deterministic), the bias added, y stored for rows < N and x rows < M.
+template <bool F16C, int NT, int W, int TILES>
+__device__ __forceinline__ void reduce_store(float4* red4, const float (&acc)[TILES][NT][4], int M, int N,
+                                             const void* __restrict__ bias, int bias_dtype, void* __restrict__ y,
+                                             int y_dtype, int bx) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int ti = 0; ti < TILES; ti++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+            red4[((warp * TILES + ti) * NT + nt) * 32 + lane] = make_float4(acc[ti][nt][0], acc[ti][nt][1], acc[ti][nt][2], acc[ti][nt][3]);
+    __syncthreads();
+    const int cdt = F16C ? DT_F16 : DT_BF16;
+    const float* red = reinterpret_cast<const float*>(red4);
+    for (int e = threadIdx.x; e < TILES * NT * 128; e += W * 32) {
+        // e = ((ti * NT + nt) * 32 + ln) * 4 + q: fragment entry q of lane ln = (row g' + 8 (q >> 1), x row 2 t' + (q & 1))
+        const int q = e & 3, ln = (e >> 2) & 31, tn = e >> 7;
+        const int ti = tn / NT, nt = tn - ti * NT;
+        const int64_t o = ((int64_t)bx * TILES + ti) * 16 + (ln >> 2) + 8 * (q >> 1);
+        const int m = 8 * nt + 2 * (ln & 3) + (q & 1);
+        if (o >= N || m >= M) continue;
+        float sum = 0.0f;
+        for (int ww = 0; ww < W; ww++) sum += red[ww * (TILES * NT * 128) + e];
+        const float b = bias ? round_to(load_as_f32(bias, o, bias_dtype), cdt) : 0.0f;
+        store_from_f32(y, (int64_t)m * N + o, y_dtype, round_to(__fadd_rn(sum, b), cdt));
+    }
+}
 
 // The kernel body. Launch: grid = ceil(N / (16 * TILES)) blocks of W * 32 threads, no dynamic shared memory.
 // bx: this block's tile of output rows, rows [16 TILES bx, 16 TILES (bx + 1)) (blockIdx.x for a one-weight launch;
@@ -335,7 +403,7 @@ __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restri
                                           const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                           int N, int K, const void* __restrict__ bias, int bias_dtype,
                                           void* __restrict__ y, int y_dtype, int bx) {
-    __shared__ __align__(16) Smem<W, TILES, NT> sm;
+    Smem<W, TILES, NT>& sm = block_smem<W, TILES, NT>();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     const int C = (K + CHUNK_K - 1) / CHUNK_K;
@@ -349,19 +417,8 @@ __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restri
 #pragma unroll
     for (int d = 0; d < DEPTH; d++) buf[d] = load_chunk<TILES, PF>(w, row0, N, K, kb0 + d * kstep, d < cpw);
 
-    if (threadIdx.x < 16) sm.tab[threadIdx.x] = __ldg(code16 + threadIdx.x);
-    if (w.nested) {
-        for (int j = threadIdx.x; j < 256; j += W * 32) sm.ncode[j] = __ldg(nested_code + j);
-    }
-    const float2* pair = nullptr;
-    if constexpr (DEC == DEC_PAIR) {
-        for (int i = threadIdx.x; i < 256 * PAIR_COPIES; i += W * 32) {
-            const int v = i / PAIR_COPIES;
-            pair_table[i] = make_float2(__ldg(code16 + (v >> 4)), __ldg(code16 + (v & 15)));
-        }
-        pair = pair_table + (lane & (PAIR_COPIES - 1));
-    }
-    if constexpr (wide_decode(DEC)) fill_wide_table<F16C>(code16, W * 32);
+    fill_tables<F16C, DEC>(sm.tab, sm.ncode, code16, nested_code, w.nested, W * 32);
+    const float2* pair = DEC == DEC_PAIR ? pair_table + (lane & (PAIR_COPIES - 1)) : nullptr;
     // programmatic dependent launch (pdl.cuh): the weight loads and tables above overlap the previous kernel's tail;
     // x is read and y written only after it has completed
     pdl_wait();
@@ -404,26 +461,149 @@ __device__ __forceinline__ void gemv_body(const Weight& w, const float* __restri
         }
     }
 
-    // the warps' fragments, added in warp order
+    reduce_store<F16C, NT, W, TILES>(sm.red, acc, M, N, bias, bias_dtype, y, y_dtype, bx);
+}
+
+// ---- The "aligned" path of the pair / bnb kernels (gemv_body_fast): the same tiles, warps, k order, decode and
+// reduction as gemv_body (bit-identical results), for the weights of every model (fast_applies): K a multiple of
+// CHUNK_K and of the blocksize, and a nested blocksize that is a power of two. Then every chunk of a thread is whole
+// and inside its row, and gemv_body's per-chunk work that only the general case needs goes away (session 6; it was
+// ~200 of the ~470 SASS instructions of a pair chunk, ~210 of the bnb kernel's ~315 PTX ones):
+//  - no 64-bit (row * K + k) arithmetic per chunk: each row keeps a byte pointer and its first absmax block;
+//  - no per-chunk tests of the row (rows past N are clamped to N - 1 once; their sums are never stored) or of k;
+//  - nested or not, and the nested shift, are compile-time (no branches, no division);
+//  - the ring is unrolled DEPTH times: a chunk's registers are refilled with the load DEPTH chunks ahead right after
+//    they are used (no register moves), so DEPTH - 1 chunks are in flight while one is decoded.
+__host__ __device__ inline bool fast_applies(int K, int log2_blocksize, int nested, int nested_shift) {
+    return K % CHUNK_K == 0 && ((K >> log2_blocksize) << log2_blocksize) == K && (!nested || nested_shift >= 0);
+}
+
+// One chunk of a thread on the aligned path: 16 packed bytes of rows g and g + 8, their absmax (plain), or their
+// 8-bit absmax code and the code's group absmax (nested).
+struct FastChunk {
+    uint4 w[2];
+    float s[2];
+    uint32_t q[2];
+};
+
+template <bool NESTED>
+__device__ __forceinline__ void load_fast(FastChunk& L, const Weight& w, const uint8_t* const (&row)[2],
+                                          const uint32_t (&row_block)[2], int kb, int kb0) {
+    const uint32_t kblock = (uint32_t)kb >> w.log2_blocksize;
 #pragma unroll
-    for (int ti = 0; ti < TILES; ti++)
+    for (int h = 0; h < 2; h++) {
+        L.w[h] = ld_stream_u4<0>(row[h] + ((kb - kb0) >> 1));
+        const uint32_t block = row_block[h] + kblock;
+        if (NESTED) {
+            L.q[h] = __ldg(reinterpret_cast<const uint8_t*>(w.absmax) + block);
+            L.s[h] = __ldg(w.nested_absmax + (block >> w.nested_shift));
+        } else {
+            L.s[h] = __ldg(reinterpret_cast<const float*>(w.absmax) + block);
+        }
+    }
+}
+
+template <bool F16C, bool DR, int NT, int W, int DEPTH, int DEC, bool NESTED>
+__device__ __forceinline__ void gemv_body_fast(const Weight& w, const float* __restrict__ nested_code,
+                                               const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
+                                               int N, int K, const void* __restrict__ bias, int bias_dtype,
+                                               void* __restrict__ y, int y_dtype, int bx) {
+    static_assert(DEC == DEC_PAIR || DEC == DEC_BNB, "the aligned path serves the pair and bnb decodes");
+    Smem<W, 1, NT>& sm = block_smem<W, 1, NT>();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int C = K / CHUNK_K;
+    const int cpw = warp < C ? (C - warp + W - 1) / W : 0;  // this warp's chunks: warp, warp + W, ...
+    const int kb0 = warp * CHUNK_K + 32 * t;                 // k of this thread's first chunk
+    constexpr int KSTEP = W * CHUNK_K;
+    const uint8_t* row[2];
+    uint32_t row_block[2];
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-            sm.red[((warp * TILES + ti) * NT + nt) * 32 + lane] = make_float4(acc[ti][nt][0], acc[ti][nt][1], acc[ti][nt][2], acc[ti][nt][3]);
+    for (int h = 0; h < 2; h++) {
+        const int r = min(bx * 16 + g + 8 * h, N - 1);
+        row[h] = w.packed + (((int64_t)r * K + kb0) >> 1);
+        row_block[h] = (uint32_t)r * (uint32_t)(K >> w.log2_blocksize);
+    }
+
+    FastChunk buf[DEPTH];
+#pragma unroll
+    for (int d = 0; d < DEPTH; d++) {
+        if (d < cpw) load_fast<NESTED>(buf[d], w, row, row_block, kb0 + d * KSTEP, kb0);
+    }
+
+    fill_tables<F16C, DEC>(sm.tab, sm.ncode, code16, nested_code, NESTED, W * 32);
+    const float2* pair = DEC == DEC_PAIR ? pair_table + (lane & (PAIR_COPIES - 1)) : nullptr;
+    const uint32_t lane_off = (uint32_t)lane * 4u;  // DEC_BNB: the lane's byte offset in a wide table row
+    pdl_wait();  // as gemv_body: x is read and y written only after the previous kernel has completed
+    pdl_launch_dependents();
     __syncthreads();
-    const int cdt = F16C ? DT_F16 : DT_BF16;
-    const float* red = reinterpret_cast<const float*>(sm.red);
-    for (int e = threadIdx.x; e < TILES * NT * 128; e += W * 32) {
-        // e = ((ti * NT + nt) * 32 + ln) * 4 + q: fragment entry q of lane ln = (row g' + 8 (q >> 1), x row 2 t' + (q & 1))
-        const int q = e & 3, ln = (e >> 2) & 31, tn = e >> 7;
-        const int ti = tn / NT, nt = tn - ti * NT;
-        const int64_t o = ((int64_t)bx * TILES + ti) * 16 + (ln >> 2) + 8 * (q >> 1);
-        const int m = 8 * nt + 2 * (ln & 3) + (q & 1);
-        if (o >= N || m >= M) continue;
-        float sum = 0.0f;
-        for (int ww = 0; ww < W; ww++) sum += red[ww * (TILES * NT * 128) + e];
-        const float b = bias ? round_to(load_as_f32(bias, o, bias_dtype), cdt) : 0.0f;
-        store_from_f32(y, (int64_t)m * N + o, y_dtype, round_to(__fadd_rn(sum, b), cdt));
+
+    float acc[1][NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) acc[0][nt][0] = acc[0][nt][1] = acc[0][nt][2] = acc[0][nt][3] = 0.0f;
+    uint32_t xw[NT][16];  // x rows g + 8 nt (zero for rows >= M: loaded per chunk only where g + 8 nt < M)
+    const uint16_t* xrow[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+        for (int j = 0; j < 16; j++) xw[nt][j] = 0;
+        xrow[nt] = x + (int64_t)min(g + 8 * nt, M - 1) * K;
+    }
+
+    for (int j0 = 0; j0 < cpw; j0 += DEPTH) {
+#pragma unroll
+        for (int d = 0; d < DEPTH; d++) {
+            const int j = j0 + d;
+            if (j < cpw) {  // warp-uniform
+                const int kb = kb0 + j * KSTEP;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    if (g + 8 * nt < M) {
+                        const uint4* xp = reinterpret_cast<const uint4*>(xrow[nt] + kb);
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            const uint4 v = __ldg(xp + i);
+                            xw[nt][4 * i] = v.x; xw[nt][4 * i + 1] = v.y; xw[nt][4 * i + 2] = v.z; xw[nt][4 * i + 3] = v.w;
+                        }
+                    }
+                }
+                const FastChunk& L = buf[d];
+                const float a0 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[0]], L.s[0]), w.offset) : L.s[0];
+                const float a1 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[1]], L.s[1]), w.offset) : L.s[1];
+                const uint32_t w0[4] = {L.w[0].x, L.w[0].y, L.w[0].z, L.w[0].w};
+                const uint32_t w1[4] = {L.w[1].x, L.w[1].y, L.w[1].z, L.w[1].w};
+                decode_mma<F16C, DR, NT, DEC>(w0, w1, a0, a1, sm.tab, pair, lane_off, xw, acc[0]);
+                if (j + DEPTH < cpw) load_fast<NESTED>(buf[d], w, row, row_block, kb + DEPTH * KSTEP, kb0);
+            }
+        }
+    }
+
+    reduce_store<F16C, NT, W, 1>(sm.red, acc, M, N, bias, bias_dtype, y, y_dtype, bx);
+}
+
+// gemv_body_fast for the launch's double rounding and nesting, when fast_applies; else gemv_body (rolled, GDEPTH
+// chunks in flight). Block-uniform: one test per block.
+template <bool F16C, int NT, int W, int DEPTH, int GDEPTH, int DEC>
+__device__ __forceinline__ void gemv_body_aligned_or_general(int double_round, const Weight& w,
+                                                             const float* __restrict__ nested_code,
+                                                             const float* __restrict__ code16,
+                                                             const uint16_t* __restrict__ x, int M, int N, int K,
+                                                             const void* __restrict__ bias, int bias_dtype,
+                                                             void* __restrict__ y, int y_dtype, int bx) {
+    if (fast_applies(K, w.log2_blocksize, w.nested, w.nested_shift)) {
+        if (double_round) {
+            if (w.nested) gemv_body_fast<F16C, true, NT, W, DEPTH, DEC, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+            else gemv_body_fast<F16C, true, NT, W, DEPTH, DEC, false>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+        } else {
+            if (w.nested) gemv_body_fast<F16C, false, NT, W, DEPTH, DEC, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+            else gemv_body_fast<F16C, false, NT, W, DEPTH, DEC, false>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+        }
+    } else {
+        if (double_round) {
+            gemv_body<F16C, true, NT, W, 1, GDEPTH, DEC, 0, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+        } else {
+            gemv_body<F16C, false, NT, W, 1, GDEPTH, DEC, 0, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+        }
     }
 }
 
@@ -462,6 +642,20 @@ gemv_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax,
     Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};
     gemv_body_rounding<F16C, NT, W, TILES, DEPTH, DEC, PF, ROLLED>(double_round, w, nested_code, code16, x, M, N, K, bias,
                                                                    bias_dtype, y, y_dtype, blockIdx.x);
+}
+
+// The pair / bnb kernels as the engine builds them: the aligned path when it applies, else rolled gemv_body (the bench
+// times this one).
+template <bool F16C, int NT, int W, int DEPTH, int GDEPTH, int DEC>
+__global__ void __launch_bounds__(W * 32, MinBlocks<W>::value)
+gemv_kernel_aligned(const uint8_t* __restrict__ packed, const void* __restrict__ absmax,
+                    const float* __restrict__ nested_absmax, const float* __restrict__ nested_code, float offset,
+                    int log2_blocksize, int nested_bs, int nested_shift, int nested, const float* __restrict__ code16,
+                    const uint16_t* __restrict__ x, int M, int N, int K, const void* __restrict__ bias, int bias_dtype,
+                    void* __restrict__ y, int y_dtype, int double_round) {
+    Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};
+    gemv_body_aligned_or_general<F16C, NT, W, DEPTH, GDEPTH, DEC>(double_round, w, nested_code, code16, x, M, N, K, bias,
+                                                                 bias_dtype, y, y_dtype, blockIdx.x);
 }
 
 }  // namespace nf4v2
@@ -702,17 +896,32 @@ V2_ENTRY(q4v2reg_gemv_bf16_m8, false, 1, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_bf16_m16, false, 2, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_f16_m8, true, 1, nf4v2::DEC_REG)
 V2_ENTRY(q4v2reg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
+// The pair and bnb kernels: the aligned path (nf4v2::gemv_body_fast, V2_FAST_DEPTH chunks per ring) for every weight
+// it applies to (nf4v2::fast_applies), else the rolled chunk loop with 2 chunks of loads in flight (session 5's default,
+// 5-12% faster in the bench than the unrolled loop with 4).
+#define V2_FAST_DEPTH 3
+#define V2_ENTRY_ALIGNED(name, F16C, NT, DEC)                                                                        \
+    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
+        const uint8_t* __restrict__ packed, const void* __restrict__ absmax,                                         \
+        const float* __restrict__ nested_absmax, const float* __restrict__ nested_code, float offset,                \
+        int log2_blocksize, int nested_bs, int nested_shift, int nested, const float* __restrict__ code16,           \
+        const uint16_t* __restrict__ x, int M, int N, int K, const void* __restrict__ bias, int bias_dtype,          \
+        void* __restrict__ y, int y_dtype, int double_round) {                                                       \
+        nf4v2::Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};     \
+        nf4v2::gemv_body_aligned_or_general<F16C, NT, V2_WARPS, V2_FAST_DEPTH, 2, DEC>(                              \
+            double_round, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, blockIdx.x);             \
+    }
+
 // the pair-table decode: the default "v2" decode for rows <= 8 (-Dqlora4j.nf4.gemv=v2table takes the table kernels
 // above); no m16 form, because with two fragment sets its 32 KiB table would take the block past 48 KiB of static
-// shared memory. Rolled chunk loop with 2 chunks of loads in flight: the bench's fastest v2 shape (session 5, 5-12%
-// faster than the unrolled loop with 4, which measured the same in the model as the rolled one with 4).
-V2_ENTRY_LOOP(q4v2pair_gemv_bf16_m8, false, 1, nf4v2::DEC_PAIR, true, 2)
-V2_ENTRY_LOOP(q4v2pair_gemv_f16_m8, true, 1, nf4v2::DEC_PAIR, true, 2)
+// shared memory.
+V2_ENTRY_ALIGNED(q4v2pair_gemv_bf16_m8, false, 1, nf4v2::DEC_PAIR)
+V2_ENTRY_ALIGNED(q4v2pair_gemv_f16_m8, true, 1, nf4v2::DEC_PAIR)
 // -Dqlora4j.nf4.gemv=v2bnb: bitsandbytes' batch-1 weights (64 KiB of dynamic shared memory), rows 1..16
-V2_ENTRY_LOOP(q4v2bnb_gemv_bf16_m8, false, 1, nf4v2::DEC_BNB, true, 2)
-V2_ENTRY_LOOP(q4v2bnb_gemv_bf16_m16, false, 2, nf4v2::DEC_BNB, true, 2)
-V2_ENTRY_LOOP(q4v2bnb_gemv_f16_m8, true, 1, nf4v2::DEC_BNB, true, 2)
-V2_ENTRY_LOOP(q4v2bnb_gemv_f16_m16, true, 2, nf4v2::DEC_BNB, true, 2)
+V2_ENTRY_ALIGNED(q4v2bnb_gemv_bf16_m8, false, 1, nf4v2::DEC_BNB)
+V2_ENTRY_ALIGNED(q4v2bnb_gemv_bf16_m16, false, 2, nf4v2::DEC_BNB)
+V2_ENTRY_ALIGNED(q4v2bnb_gemv_f16_m8, true, 1, nf4v2::DEC_BNB)
+V2_ENTRY_ALIGNED(q4v2bnb_gemv_f16_m16, true, 2, nf4v2::DEC_BNB)
 
 // ---------------------------------------------------------------------------------------------
 // Grouped v2 entry points (Nf4GemvKernels.gemvGroup): up to 3 weights ("segments") that read the same x [M, K], in one

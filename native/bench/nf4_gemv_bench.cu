@@ -278,6 +278,49 @@ static Variant v2(const std::string& name, bool extra = false) {
     return v;
 }
 
+// The engine's pair / bnb kernels (nf4v2::gemv_kernel_aligned): the aligned path with DEPTH chunks per ring where
+// nf4v2::fast_applies (every timed shape; the sweep's K tails and blocksizes also take the general rolled path).
+template <int NT, int W, int DEPTH, int DEC>
+static void launch_v2a(const DevWeight& w, const float* code16, const void* x, int M, int N, int K, const void* bias,
+                       void* y, cudaStream_t s) {
+    const int smem = nf4v2::wide_decode(DEC) ? nf4v2::WIDE_TABLE_BYTES : 0;  // raised in v2a()
+    nf4v2::gemv_kernel_aligned<false, NT, W, DEPTH, 2, DEC><<<(N + 15) / 16, W * 32, smem, s>>>(
+        w.packed, w.absmax, w.nested_absmax, w.nested_code, w.offset, w.log2_bs, w.nested_bs, w.nested_shift, w.nested,
+        code16, (const uint16_t*)x, M, N, K, bias, 1, y, 1, 0);
+}
+
+template <int W, int DEPTH, int DEC>
+static Variant v2a(const std::string& name) {
+    Variant v;
+    v.name = name;
+    v.checked = true;
+    constexpr int NT2 = DEC == nf4v2::DEC_PAIR ? 1 : 2;
+    if (DEC == nf4v2::DEC_PAIR) v.max_m = 8;
+    v.bnb = DEC == nf4v2::DEC_BNB;
+    v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s, int) {
+        if (M <= 8) launch_v2a<1, W, DEPTH, DEC>(w, c, x, M, N, K, b, y, s);
+        else launch_v2a<NT2, W, DEPTH, DEC>(w, c, x, M, N, K, b, y, s);
+    };
+    auto k1 = nf4v2::gemv_kernel_aligned<false, 1, W, DEPTH, 2, DEC>;
+    auto k2 = nf4v2::gemv_kernel_aligned<false, NT2, W, DEPTH, 2, DEC>;
+    const int dsm = nf4v2::wide_decode(DEC) ? nf4v2::WIDE_TABLE_BYTES : 0;
+    if (dsm > 0) {
+        CK(cudaFuncSetAttribute(k1, cudaFuncAttributeMaxDynamicSharedMemorySize, dsm));
+        CK(cudaFuncSetAttribute(k2, cudaFuncAttributeMaxDynamicSharedMemorySize, dsm));
+    }
+    cudaFuncAttributes a1, a2;
+    int b1 = 0, b2 = 0;
+    CK(cudaFuncGetAttributes(&a1, k1));
+    CK(cudaFuncGetAttributes(&a2, k2));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b1, k1, W * 32, dsm));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b2, k2, W * 32, dsm));
+    char buf[256];
+    snprintf(buf, sizeof buf, "m8: %d regs, %zu B local, %zu B smem, %d blocks/SM; m16: %d regs, %zu B local, %d blocks/SM",
+             a1.numRegs, a1.localSizeBytes, a1.sharedSizeBytes, b1, a2.numRegs, a2.localSizeBytes, b2);
+    v.facts = buf;
+    return v;
+}
+
 // v3 (nf4_gemv_v3.cuh): persistent grid of min(MB, occupancy) blocks per SM, W warps, ring depth D.
 // allM: M == 1 -> MAXM 1, M <= 4 -> MAXM 4 (M > 4 is the mma kernels' ground); otherwise M == 1 only.
 template <int W, int MB, int D, int MAXM, int DEC>
@@ -922,6 +965,15 @@ int main(int argc, char** argv) {
     all.push_back(v2<8, 2, 2, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w8 t2 d2"));
     all.push_back(v2<4, 1, 2, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w4 t1 d2"));
     all.push_back(v2<16, 1, 2, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w16 t1 d2"));
+    // the aligned path (session 6): = q4v2pair_gemv_* / q4v2bnb_gemv_* with V2_FAST_DEPTH 3
+    all.push_back(v2a<8, 3, nf4v2::DEC_PAIR>("v2a pair w8 d3"));
+    all.push_back(v2a<8, 2, nf4v2::DEC_PAIR>("v2a pair w8 d2"));
+    all.push_back(v2a<8, 4, nf4v2::DEC_PAIR>("v2a pair w8 d4"));
+    all.push_back(v2a<8, 3, nf4v2::DEC_BNB>("v2a bnb w8 d3"));
+    all.push_back(v2a<8, 2, nf4v2::DEC_BNB>("v2a bnb w8 d2"));
+    all.push_back(v2a<8, 4, nf4v2::DEC_BNB>("v2a bnb w8 d4"));
+    all.push_back(v2a<4, 3, nf4v2::DEC_BNB>("v2a bnb w4 d3"));
+    all.push_back(v2a<16, 3, nf4v2::DEC_PAIR>("v2a pair w16 d3"));
     all.push_back(v3<8, 3, 4, nf4v3::DEC_TAB, true>("v3 w8 b3 d4"));
 #ifdef QL_BENCH_OLD
     all.push_back(old_stream(0));

@@ -47,7 +47,9 @@ class Nf4GemvV2GpuTest {
 
     static Stream<Arguments> cases() {
         List<Arguments> out = new ArrayList<>();
-        int[][] shapes = {{147, 1344}, {77, 192}, {33, 4160}, {1001, 64}};
+        // K % 128 != 0 (the general path of the pair / bnb kernels) and K % 128 == 0 (their aligned path, where K is
+        // also a multiple of the blocksize; K = 128: one chunk, seven idle warps)
+        int[][] shapes = {{147, 1344}, {77, 192}, {33, 4160}, {1001, 64}, {147, 1280}, {33, 4096}, {50, 128}, {1001, 384}};
         int[] blocksizes = {64, 128, 256};
         DType[] xds = {DType.BF16, DType.F16, DType.F32};
         int i = 0;
@@ -116,7 +118,13 @@ class Nf4GemvV2GpuTest {
                 Arguments.of(147, 1344, 5, true, 128, DType.BF16, DType.BF16),
                 Arguments.of(33, 4160, 9, false, 256, DType.F16, DType.F16),
                 Arguments.of(50, 320, 16, true, 64, DType.F16, DType.BF16),
-                Arguments.of(40, 256, 16, false, 64, DType.BF16, DType.F16));
+                Arguments.of(40, 256, 16, false, 64, DType.BF16, DType.F16),
+                // the aligned path: nested and not, double rounding (state != compute), one chunk per row, rows 1..16
+                Arguments.of(147, 1280, 1, true, 64, DType.BF16, DType.BF16),
+                Arguments.of(33, 4096, 8, true, 128, DType.BF16, DType.F16),
+                Arguments.of(50, 128, 3, true, 64, DType.F16, DType.BF16),
+                Arguments.of(129, 2048, 2, false, 64, DType.F16, DType.F16),
+                Arguments.of(1001, 1024, 16, true, 256, DType.BF16, DType.BF16));
     }
 
     @ParameterizedTest(name = "[{0}, {1}] rows={2} nested={3} bs={4} compute={5} state={6}")
