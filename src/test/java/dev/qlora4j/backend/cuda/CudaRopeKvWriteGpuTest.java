@@ -151,6 +151,7 @@ class CudaRopeKvWriteGpuTest {
                     assertBitEqual(values(g, fused.keys(LAYER)), values(g, plain.keys(LAYER)), what + " key cache");
                     assertBitEqual(values(g, fused.values(LAYER)), values(g, plain.values(LAYER)), what + " value cache");
                     assertStillPoisoned(values(g, fused.keys(LAYER)), cap, headDim, start + tokens, what + " keys after T");
+                    assertStillPoisoned(values(g, fused.values(LAYER)), cap, headDim, start + tokens, what + " values after T");
                     assertBitEqual(values(g, fused.keys(0)), initK[0], what + " layer 0 keys untouched");
                     assertBitEqual(values(g, fused.values(0)), initV[0], what + " layer 0 values untouched");
                     float[] out = values(g, fo);
