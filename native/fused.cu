@@ -15,6 +15,16 @@
 //                          per item for all its heads (groups > 1 only when n * D/2 alone would leave the GPU idle).
 //   rope_qk_bwd_<t>        its backward on gq [n, heads*D] and gk [n, kvHeads*D] in place, as two rope_bwd_<t>
 //                          (train_elementwise.cu): (ga, gb) -> (ga c + gb s, gb c - ga s), same angle arithmetic.
+//   rope_qk_kv_write_<t>   rope_qk_<t> followed by attention.cu's kv_write_<t> in one launch (one kernel fewer per
+//                          layer of a decode step, and the rotated k goes straight from registers to the cache): q
+//                          [B*T, heads*D] rotated in place; k [B*T, kvHeads*D] rotated into the key cache kc and v
+//                          [B*T, kvHeads*D] copied into the value cache vc, both [B, kvHeads, cap, D], row b*T + t at
+//                          slot s0 + t (s0 = start, or *start_ptr when not NULL: a decode step captured in a CUDA graph
+//                          reads it from device memory, as kv_write does). k itself is left unrotated unless store_k
+//                          (nobody reads it after the attention). One grid-stride loop over (row, head group g, pair i)
+//                          items, i fastest (consecutive threads touch consecutive elements of one head); groups as in
+//                          rope_qk_<t>. Same angle (rope_cos_sin) and rotation expressions as rope.cuh, so the cache
+//                          holds bit for bit what the two kernels store.
 #include "rmsnorm.cuh"
 #include "rope.cuh"
 
@@ -151,6 +161,57 @@ __device__ __forceinline__ void rope_qk_impl(T* q, T* k, const int* __restrict__
     }
 }
 
+__device__ __forceinline__ int cache_slot_start(int start, const int* start_ptr) { return start_ptr ? *start_ptr : start; }
+
+// RoPE of q and k fused with the KV-cache write (see rope_qk_kv_write_<t> above). The k rotation repeats
+// rope_rotate_head_range's forward expressions (a c - b s, b c + a s, one rounding to T each) on values that stay in
+// registers: the same float32 operations, hence the same bits, without storing k and reading it back.
+template <typename T>
+__device__ __forceinline__ void rope_qk_kv_write_impl(T* __restrict__ q, T* __restrict__ k, const T* __restrict__ v,
+                                                      T* __restrict__ kc, T* __restrict__ vc,
+                                                      const int* __restrict__ positions,
+                                                      const float* __restrict__ inv_freq, int batch, int tokens,
+                                                      int heads, int kv_heads, int head_dim, int cap, int start,
+                                                      const int* start_ptr, float scaling, int groups, int store_k) {
+    const int half = head_dim >> 1;
+    const int all = heads + kv_heads;
+    const int per = (all + groups - 1) / groups;
+    const int s0 = cache_slot_start(start, start_ptr);
+    const int64_t total = (int64_t)batch * tokens * groups * half;
+    for (int64_t p = global_thread_index(); p < total; p += grid_stride()) {
+        const int i = (int)(p % half);
+        const int64_t rest = p / half;
+        const int g = (int)(rest % groups);
+        const int64_t row = rest / groups;
+        const int h0 = g * per, h1 = min(h0 + per, all);
+        if (h0 >= h1) continue;
+        float cs, sn;
+        rope_cos_sin(positions[row], inv_freq[i], scaling, cs, sn);
+        if (h0 < heads) rope_rotate_head_range<T, false>(q, row, i, h0, min(h1, heads), heads, head_dim, cs, sn);
+        if (h1 > heads) {
+            const int b = (int)(row / tokens), t = (int)(row - (int64_t)b * tokens);
+            const int64_t src = row * kv_heads * head_dim + i;                     // k, v: head 0, element i
+            const int64_t dst = ((int64_t)b * kv_heads * cap + s0 + t) * head_dim + i; // cache: head 0, slot s0 + t
+            const int64_t head_stride = (int64_t)cap * head_dim;
+            for (int kh = max(h0, heads) - heads; kh < h1 - heads; kh++) {
+                const int64_t e = src + (int64_t)kh * head_dim, c = dst + kh * head_stride;
+                const float a = to_f32(k[e]);
+                const float bb = to_f32(k[e + half]);
+                const T ra = from_f32<T>(a * cs - bb * sn);
+                const T rb = from_f32<T>(bb * cs + a * sn);
+                kc[c] = ra;
+                kc[c + half] = rb;
+                vc[c] = v[e];
+                vc[c + half] = v[e + half];
+                if (store_k) {
+                    k[e] = ra;
+                    k[e + half] = rb;
+                }
+            }
+        }
+    }
+}
+
 #define QL_FUSED(tn, T)                                                                                          \
     extern "C" __global__ void add_rmsnorm_##tn##_wf32(T* resid, const T* y, const float* w, T* out, int h,      \
                                                        float eps, int vec) {                                                  \
@@ -172,6 +233,14 @@ __device__ __forceinline__ void rope_qk_impl(T* q, T* k, const int* __restrict__
                                                 int heads, int kv_heads, int head_dim, float scaling,           \
                                                 int groups) { pdl_enter();                                                   \
         rope_qk_impl<T, true>(gq, gk, positions, inv_freq, n, heads, kv_heads, head_dim, scaling, groups);      \
+    }                                                                                                           \
+    extern "C" __global__ void rope_qk_kv_write_##tn(T* q, T* k, const T* v, T* kc, T* vc, const int* positions,   \
+                                                     const float* inv_freq, int batch, int tokens, int heads,    \
+                                                     int kv_heads, int head_dim, int cap, int start,             \
+                                                     const int* start_ptr, float scaling, int groups,            \
+                                                     int store_k) { pdl_enter();                                 \
+        rope_qk_kv_write_impl<T>(q, k, v, kc, vc, positions, inv_freq, batch, tokens, heads, kv_heads, head_dim, \
+                                 cap, start, start_ptr, scaling, groups, store_k);                               \
     }
 
 QL_FOR_ACT(QL_FUSED)

@@ -102,6 +102,20 @@ public interface Backend extends AutoCloseable {
     Tensor attention(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int start, Tensor padStart,
                      int heads, int kvHeads, int headDim, float scale, int window);
 
+    /**
+     * {@link #ropeQkInPlace} on q and k, then {@link #attention} of the rotated q, k and v (same arguments as those
+     * two calls; attentionScaling is the rope's factor on cos and sin, scale the attention's on the scores): the same
+     * results, and the same cache contents, as the two calls. Backends with kernel launches rotate k straight into the
+     * cache in the launch that rotates q, so afterwards q is rotated in place but k may hold either its input or
+     * its rotation: read the keys from the cache, not from k.
+     */
+    default Tensor ropeQkAttention(Tensor q, Tensor k, Tensor v, Tensor positions, Tensor invFreq, float attentionScaling,
+                                   KvCache cache, int layer, int start, Tensor padStart, int heads, int kvHeads,
+                                   int headDim, float scale, int window) {
+        ropeQkInPlace(q, k, positions, invFreq, heads, kvHeads, headDim, attentionScaling);
+        return attention(q, k, v, cache, layer, start, padStart, heads, kvHeads, headDim, scale, window);
+    }
+
     /** Rows of x [n, h] picked by rows I32 [r] -> [r, h]. */
     Tensor gatherRows(Tensor x, Tensor rows);
 

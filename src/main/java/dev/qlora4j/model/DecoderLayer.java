@@ -66,8 +66,8 @@ public final class DecoderLayer implements AutoCloseable {
      * layer's index in cache, which holds only the layers of one device on a split model). h is rmsNorm(x) by
      * this layer's input norm when the caller has it (the previous layer's {@link Output#normed}), else null.
      * nextNorm [hidden] or null: the weight of the norm applied to this layer's output next. The residual adds are
-     * fused with the norm after them and RoPE runs on q and k in one pass ({@link Backend#addInPlaceRmsNorm},
-     * {@link Backend#ropeQkInPlace}): the same numbers as the separate ops, fewer launches per decode step.
+     * fused with the norm after them and RoPE runs on q and k with the cache write ({@link Backend#addInPlaceRmsNorm},
+     * {@link Backend#ropeQkAttention}): the same numbers as the separate ops, fewer launches per decode step.
      */
     Output forward(Backend b, ModelConfig c, Tensor x, Tensor h, Tensor nextNorm, Tensor positions, Tensor invFreq,
                    float ropeScaling, KvCache cache, int cacheLayer, int start, Tensor padStart) {
@@ -76,11 +76,11 @@ public final class DecoderLayer implements AutoCloseable {
         if (h == null) h = b.rmsNorm(x, inputNorm, eps);
         Tensor[] qkv = LinearGroup.forward(b, h, q, k, v); // one grouped quantized GEMV at decode when all three allow it
         Tensor qs = qkv[0], ks = qkv[1], vs = qkv[2];
-        b.ropeQkInPlace(qs, ks, positions, invFreq, heads, kvHeads, hd, ropeScaling);
         Integer w = c.slidingWindow(index); // Qwen2 uses full attention below max_window_layers
         int window = w == null ? 0 : w;
-        Tensor attn = b.attention(qs, ks, vs, cache, cacheLayer, start, padStart, heads, kvHeads, hd,
-                (float) (1.0 / Math.sqrt(hd)), window);
+        // RoPE then attention; a GPU rotates k straight into the cache in the launch that rotates q (ks is not read after)
+        Tensor attn = b.ropeQkAttention(qs, ks, vs, positions, invFreq, ropeScaling, cache, cacheLayer, start, padStart,
+                heads, kvHeads, hd, (float) (1.0 / Math.sqrt(hd)), window);
         qs.close(); ks.close(); vs.close();
         Tensor resid = afterAttention(h, o.forward(b, attn)); // owned here: becomes x + attention output in place
         attn.close();

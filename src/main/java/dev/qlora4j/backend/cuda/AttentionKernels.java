@@ -88,12 +88,22 @@ final class AttentionKernels {
      */
     static Tensor attention(CudaContext ctx, DType act, Shape s, Tensor q, Tensor k, Tensor v, CudaKvCache c, int layer,
                             int start, long startPtr, Tensor padStart, float scale, int window) {
-        String t = KernelTypes.act(act);
         long kc = c.keyPointer(layer), vc = c.valuePointer(layer);
         long n = (long) s.batch() * s.tokens() * s.kvHeads() * s.headDim();
-        ctx.launch1d(ctx.function("attention", "kv_write_" + t), n,
+        ctx.launch1d(ctx.function("attention", "kv_write_" + KernelTypes.act(act)), n,
                 KernelArgs.of().ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v)).ptr(kc).ptr(vc).i32(s.batch())
                         .i32(s.tokens()).i32(s.kvHeads()).i32(s.headDim()).i32(s.capacity()).i32(start).ptr(startPtr));
+        return attendCached(ctx, act, s, q, c, layer, start, startPtr, padStart, scale, window);
+    }
+
+    /**
+     * The attention of {@link #attention} without its cache write: the T new keys and values of every row are
+     * already in slots [start, start+T) of the layer (FusedKernels.ropeQkKvWrite put them there). q [B*T, H*D].
+     */
+    static Tensor attendCached(CudaContext ctx, DType act, Shape s, Tensor q, CudaKvCache c, int layer, int start,
+                               long startPtr, Tensor padStart, float scale, int window) {
+        String t = KernelTypes.act(act);
+        long kc = c.keyPointer(layer), vc = c.valuePointer(layer);
         Tensor out = ctx.empty(act, q.shape());
         try {
             if (s.tokens() == 1) {

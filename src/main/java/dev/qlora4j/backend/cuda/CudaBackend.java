@@ -270,6 +270,34 @@ public final class CudaBackend implements Backend, GraphCapable {
         }
     }
 
+    /**
+     * RoPE fused with the cache write when the fusion is on (-Dqlora4j.cuda.fuseRopeKv, default true), the cache is
+     * this backend's and v is already in the activation dtype: q is rotated in place, k is rotated straight into the
+     * cache (k itself keeps its input values), then the attention reads the cache. Otherwise the two calls of the
+     * default. A captured decode step reads the slot from the graph's start pointer, as {@link #attention} does.
+     */
+    @Override
+    public Tensor ropeQkAttention(Tensor q, Tensor k, Tensor v, Tensor positions, Tensor invFreq, float attentionScaling,
+                                  KvCache cache, int layer, int start, Tensor padStart, int heads, int kvHeads,
+                                  int headDim, float scale, int window) {
+        if (!FusedKernels.ropeKvFusion() || !(cache instanceof CudaKvCache c) || v.dtype() != act) {
+            return Backend.super.ropeQkAttention(q, k, v, positions, invFreq, attentionScaling, cache, layer, start,
+                    padStart, heads, kvHeads, headDim, scale, window);
+        }
+        int mark = profBegin();
+        for (Tensor t : new Tensor[] {q, k, v, invFreq}) KernelTypes.requireDevice(t, "ropeQkAttention");
+        AttentionKernels.Shape s = AttentionKernels.check(q, k, v, c, act, start, padStart, heads, kvHeads, headDim);
+        try (Owned f = invFreq.dtype() == DType.F32 ? new Owned(invFreq, false)
+                : new Owned(CastKernels.cast(ctx, invFreq, DType.F32), true)) {
+            FusedKernels.ropeQkKvWrite(ctx, act, s, q, k, v, positions, f.t, attentionScaling, c, layer, start,
+                    graphStartPointer, false);
+        }
+        profEnd("ropeQk+kvWrite", mark);
+        int attend = profBegin();
+        return profEnd("attention (decode)", attend, AttentionKernels.attendCached(ctx, act, s, q, c, layer, start,
+                graphStartPointer, padStart, scale, window));
+    }
+
     @Override
     public Tensor gatherRows(Tensor x, Tensor rows) {
         int mark = profBegin();

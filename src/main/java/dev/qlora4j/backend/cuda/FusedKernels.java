@@ -6,9 +6,10 @@ import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
 
 /**
- * Launchers of native/fused.cu: the residual add fused with the following RMSNorm, and RoPE on q and k in one
- * pass. Their results are bit-identical to the unfused kernels (RmsNormKernels, ElementwiseKernels.add,
- * RopeKernels): the point is fewer launches per decode step.
+ * Launchers of native/fused.cu: the residual add fused with the following RMSNorm, RoPE on q and k in one
+ * pass, and that RoPE fused with the KV-cache write. Their results are bit-identical to the unfused kernels
+ * (RmsNormKernels, ElementwiseKernels.add, RopeKernels, AttentionKernels' kv_write): the point is fewer launches
+ * per decode step.
  */
 final class FusedKernels {
     private FusedKernels() {}
@@ -42,6 +43,44 @@ final class FusedKernels {
     static void ropeQk(CudaContext ctx, DType act, Tensor q, Tensor k, Tensor positions, Tensor invFreq, int heads,
                        int kvHeads, int headDim, float scaling) {
         launchRopeQk(ctx, "rope_qk_", act, q, k, positions, invFreq, heads, kvHeads, headDim, scaling);
+    }
+
+    /** The switch of {@link #ropeKvFusion()}: "false" launches RoPE and the KV-cache write as two kernels (A/B timing). */
+    static final String FUSE_ROPE_KV_PROPERTY = "qlora4j.cuda.fuseRopeKv";
+
+    private static volatile boolean ropeKvFusion =
+            !"false".equalsIgnoreCase(System.getProperty(FUSE_ROPE_KV_PROPERTY, "true").trim());
+
+    /**
+     * Whether CudaBackend.ropeQkAttention rotates q and k and writes the cache in one launch ({@link #ropeQkKvWrite});
+     * -Dqlora4j.cuda.fuseRopeKv=false gives the two launches it replaces (rope_qk, then kv_write), same results.
+     */
+    static boolean ropeKvFusion() { return ropeKvFusion; }
+
+    /** Sets {@link #ropeKvFusion()} for this JVM (tests compare the two paths in one run). */
+    static void setRopeKvFusion(boolean on) { ropeKvFusion = on; }
+
+    /**
+     * RoPE of q [B*T, heads*headDim] (in place) and k [B*T, kvHeads*headDim] fused with the KV-cache write: the
+     * rotated k and v [B*T, kvHeads*headDim] go to slots [start, start+T) of the layer's cache, each row b*T + t at
+     * slot start + t (startPtr: 0, or the device address of an int holding start, as AttentionKernels.attention
+     * reads it in a captured decode graph). Bit for bit what {@link #ropeQk} followed by the kv_write of
+     * AttentionKernels.attention store. k itself is rotated too only when storeK (no caller reads it afterwards).
+     * s comes from AttentionKernels.check on q, k, v; invFreq F32 [headDim/2]; positions I32 [B*T].
+     */
+    static void ropeQkKvWrite(CudaContext ctx, DType act, AttentionKernels.Shape s, Tensor q, Tensor k, Tensor v,
+                              Tensor positions, Tensor invFreq, float scaling, CudaKvCache c, int layer, int start,
+                              long startPtr, boolean storeK) {
+        RopeKernels.check(act, q, positions, invFreq, s.heads(), s.headDim());
+        RopeKernels.check(act, k, positions, invFreq, s.kvHeads(), s.headDim());
+        long pairs = (long) q.dim(0) * (s.headDim() / 2);
+        int groups = ropeHeadGroups(pairs, s.heads() + s.kvHeads());
+        ctx.launch1d(ctx.function("fused", "rope_qk_kv_write_" + KernelTypes.act(act)), pairs * groups,
+                KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v))
+                        .ptr(c.keyPointer(layer)).ptr(c.valuePointer(layer)).ptr(CudaContext.ptr(positions))
+                        .ptr(CudaContext.ptr(invFreq)).i32(s.batch()).i32(s.tokens()).i32(s.heads()).i32(s.kvHeads())
+                        .i32(s.headDim()).i32(s.capacity()).i32(start).ptr(startPtr).f32(scaling).i32(groups)
+                        .i32(storeK ? 1 : 0));
     }
 
     /** Fewest (row, pair) items that fill the GPU on their own; below it the heads are split into groups. */
