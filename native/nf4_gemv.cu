@@ -486,13 +486,15 @@ struct FastChunk {
     uint32_t q[2];
 };
 
-template <bool NESTED>
+// IL (bench only, timing): the bytes in a tile-interleaved layout, [tile][chunk][row half][lane][16 bytes], so that
+// a warp's 16-byte loads of a chunk read 1 KiB contiguously (instead of 16 rows' 64-byte pieces).
+template <bool NESTED, bool IL = false>
 __device__ __forceinline__ void load_fast(FastChunk& L, const Weight& w, const uint8_t* const (&row)[2],
                                           const uint32_t (&row_block)[2], int kb, int kb0) {
     const uint32_t kblock = (uint32_t)kb >> w.log2_blocksize;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        L.w[h] = ld_stream_u4<0>(row[h] + ((kb - kb0) >> 1));
+        L.w[h] = ld_stream_u4<0>(row[h] + (IL ? (kb - kb0) << 3 : (kb - kb0) >> 1));
         const uint32_t block = row_block[h] + kblock;
         if (NESTED) {
             L.q[h] = __ldg(reinterpret_cast<const uint8_t*>(w.absmax) + block);
@@ -503,12 +505,12 @@ __device__ __forceinline__ void load_fast(FastChunk& L, const Weight& w, const u
     }
 }
 
-template <bool F16C, bool DR, int NT, int W, int DEPTH, int DEC, bool NESTED>
+template <bool F16C, bool DR, int NT, int W, int DEPTH, int DEC, bool NESTED, bool IL = false>
 __device__ __forceinline__ void gemv_body_fast(const Weight& w, const float* __restrict__ nested_code,
                                                const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                                int N, int K, const void* __restrict__ bias, int bias_dtype,
                                                void* __restrict__ y, int y_dtype, int bx) {
-    static_assert(DEC == DEC_PAIR || DEC == DEC_BNB, "the aligned path serves the pair and bnb decodes");
+    static_assert(DEC == DEC_PAIR || DEC == DEC_BNB || DEC == DEC_NONE, "the aligned path: pair and bnb decodes (none: the bench)");
     Smem<W, 1, NT>& sm = block_smem<W, 1, NT>();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
@@ -521,14 +523,15 @@ __device__ __forceinline__ void gemv_body_fast(const Weight& w, const float* __r
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         const int r = min(bx * 16 + g + 8 * h, N - 1);
-        row[h] = w.packed + (((int64_t)r * K + kb0) >> 1);
+        row[h] = IL ? w.packed + ((int64_t)bx * C * 2 + h) * 512 + lane * 16 + warp * 1024
+                    : w.packed + (((int64_t)r * K + kb0) >> 1);
         row_block[h] = (uint32_t)r * (uint32_t)(K >> w.log2_blocksize);
     }
 
     FastChunk buf[DEPTH];
 #pragma unroll
     for (int d = 0; d < DEPTH; d++) {
-        if (d < cpw) load_fast<NESTED>(buf[d], w, row, row_block, kb0 + d * KSTEP, kb0);
+        if (d < cpw) load_fast<NESTED, IL>(buf[d], w, row, row_block, kb0 + d * KSTEP, kb0);
     }
 
     fill_tables<F16C, DEC>(sm.tab, sm.ncode, code16, nested_code, NESTED, W * 32);
@@ -573,7 +576,7 @@ __device__ __forceinline__ void gemv_body_fast(const Weight& w, const float* __r
                 const uint32_t w0[4] = {L.w[0].x, L.w[0].y, L.w[0].z, L.w[0].w};
                 const uint32_t w1[4] = {L.w[1].x, L.w[1].y, L.w[1].z, L.w[1].w};
                 decode_mma<F16C, DR, NT, DEC>(w0, w1, a0, a1, sm.tab, pair, lane_off, xw, acc[0]);
-                if (j + DEPTH < cpw) load_fast<NESTED>(buf[d], w, row, row_block, kb + DEPTH * KSTEP, kb0);
+                if (j + DEPTH < cpw) load_fast<NESTED, IL>(buf[d], w, row, row_block, kb + DEPTH * KSTEP, kb0);
             }
         }
     }

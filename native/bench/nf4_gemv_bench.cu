@@ -289,11 +289,40 @@ static void launch_v2a(const DevWeight& w, const float* code16, const void* x, i
         code16, (const uint16_t*)x, M, N, K, bias, 1, y, 1, 0);
 }
 
+// Timing only: the aligned path reading a tile-interleaved byte layout (nf4v2::load_fast IL): what a repacked weight
+// would give. Wrong results by design (the bytes are in the row layout), the same decode work.
+template <int DEPTH, int DEC>
+__global__ void __launch_bounds__(256, 2) gemv_il_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax,
+        const float* __restrict__ nested_absmax, const float* __restrict__ nested_code, float offset, int log2_blocksize,
+        int nested_bs, int nested_shift, int nested, const float* __restrict__ code16, const uint16_t* __restrict__ x,
+        int M, int N, int K, void* __restrict__ y) {
+    nf4v2::Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};
+    if (nested) nf4v2::gemv_body_fast<false, false, 1, 8, DEPTH, DEC, true, true>(w, nested_code, code16, x, M, N, K, nullptr, 0, y, 1, blockIdx.x);
+    else nf4v2::gemv_body_fast<false, false, 1, 8, DEPTH, DEC, false, true>(w, nested_code, code16, x, M, N, K, nullptr, 0, y, 1, blockIdx.x);
+}
+
+template <int DEPTH, int DEC>
+static Variant v2il(const std::string& name) {
+    Variant v;
+    v.name = name;
+    v.checked = false;
+    v.extra = false;
+    v.max_m = 8;
+    if (nf4v2::wide_decode(DEC)) CK(cudaFuncSetAttribute(gemv_il_kernel<DEPTH, DEC>, cudaFuncAttributeMaxDynamicSharedMemorySize, nf4v2::WIDE_TABLE_BYTES));
+    v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s, int) {
+        if (K % 128 != 0 || N % 16 != 0) return;
+        gemv_il_kernel<DEPTH, DEC><<<N / 16, 256, nf4v2::wide_decode(DEC) ? nf4v2::WIDE_TABLE_BYTES : 0, s>>>(
+            w.packed, w.absmax, w.nested_absmax, w.nested_code, w.offset, w.log2_bs, w.nested_bs, w.nested_shift, w.nested,
+            c, (const uint16_t*)x, M, N, K, y);
+    };
+    return v;
+}
+
 template <int W, int DEPTH, int DEC>
 static Variant v2a(const std::string& name) {
     Variant v;
     v.name = name;
-    v.checked = true;
+    v.checked = DEC != nf4v2::DEC_NONE;
     constexpr int NT2 = DEC == nf4v2::DEC_PAIR ? 1 : 2;
     if (DEC == nf4v2::DEC_PAIR) v.max_m = 8;
     v.bnb = DEC == nf4v2::DEC_BNB;
@@ -974,6 +1003,10 @@ int main(int argc, char** argv) {
     all.push_back(v2a<8, 4, nf4v2::DEC_BNB>("v2a bnb w8 d4"));
     all.push_back(v2a<4, 3, nf4v2::DEC_BNB>("v2a bnb w4 d3"));
     all.push_back(v2a<16, 3, nf4v2::DEC_PAIR>("v2a pair w16 d3"));
+    all.push_back(v2il<3, nf4v2::DEC_PAIR>("v2il pair d3 (timing: interleaved bytes)"));
+    all.push_back(v2il<3, nf4v2::DEC_BNB>("v2il bnb d3 (timing: interleaved bytes)"));
+    all.push_back(v2il<3, nf4v2::DEC_NONE>("v2il none d3 (timing: interleaved bytes, no decode)"));
+    all.push_back(v2a<8, 3, nf4v2::DEC_NONE>("v2a none d3 (timing: no decode)"));
     all.push_back(v3<8, 3, 4, nf4v3::DEC_TAB, true>("v3 w8 b3 d4"));
 #ifdef QL_BENCH_OLD
     all.push_back(old_stream(0));
