@@ -58,8 +58,8 @@ __device__ __forceinline__ float q4_absmax(const Q4Weight& w, int64_t block) {
 // Dequantize. y[e] = round(out, round(mid, value(e))) for e < n, flattened.
 // mid = the state's dtype when the result feeds a matmul in another compute dtype (Nf4Matmul rounds the
 // weight to the state's dtype first), or DT_F32 for a plain dequantize (Quant4bit.dequantize).
-// code16: the 16 dequantize factors. Launch: 1-D grid-stride over groups of 32 values (16 bytes);
-// block 256, any grid >= 1.
+// code16: the 16 dequantize factors. Launch: 1-D grid-stride over units of 8 values (4 bytes); block 256, any
+// grid >= 1.
 
 template <typename OutT>
 __device__ __forceinline__ void store_out(OutT* y, int64_t i, float v);
@@ -95,37 +95,73 @@ template <> struct Pack8<float> {
     }
 };
 
+// One thread's piece of the weight: 8 values (4 packed bytes) and its block's absmax inputs.
+struct DqUnit {
+    uint32_t q;
+    float s;        // absmax (plain) or the block's nested group absmax (nested)
+    uint32_t code;  // nested: the block's 8-bit absmax code
+};
+
+__device__ __forceinline__ DqUnit load_dq_unit(const Q4Weight& w, int64_t u) {
+    DqUnit d;
+    const int64_t block = (u * 8) >> w.log2_blocksize;
+    d.q = __ldg(reinterpret_cast<const uint32_t*>(w.packed) + u);
+    if (w.nested) {
+        d.code = __ldg(reinterpret_cast<const uint8_t*>(w.absmax) + block);
+        d.s = __ldg(w.nested_absmax + (w.nested_shift >= 0 ? (block >> w.nested_shift) : block / w.nested_bs));
+    } else {
+        d.code = 0;
+        d.s = __ldg(reinterpret_cast<const float*>(w.absmax) + block);
+    }
+    return d;
+}
+
+// Why this shape (session 6): the weight is written once per matmul of a training step (hundreds of times per step),
+// so the kernel must stream. A lane decodes 8 values (4 packed bytes) per unit and stores them with one 16-byte store,
+// so each warp instruction reads 128 and writes 512 contiguous bytes; each thread issues the loads of UNROLL units
+// (grid-stride apart) before decoding any, and the nested codes sit in shared memory. (Before: 32 values per lane,
+// so a warp's 16-byte stores were 64 bytes apart, behind three dependent loads: ~40% of the copy bandwidth.)
+// The values are the same: value(e) rounded through mid, then to OutT.
 template <typename OutT>
 __device__ void dequantize_body(const Q4Weight& w, const float* __restrict__ code16, OutT* __restrict__ y,
                                 int64_t n, int mid) {
+    constexpr int UNROLL = 4;
     __shared__ float table[16];
+    __shared__ float ncode[256];
     if (threadIdx.x < 16) table[threadIdx.x] = code16[threadIdx.x];
+    if (w.nested) {
+        for (int j = threadIdx.x; j < 256; j += blockDim.x) ncode[j] = w.nested_code[j];
+    }
     __syncthreads();
-    int64_t groups = (n + 31) / 32;
-    for (int64_t gi = global_thread_index(); gi < groups; gi += grid_stride()) {
-        int64_t e0 = gi * 32;
-        // a group of 32 values lies in one block: blocks are >= 32 values and aligned to 32
-        float amax = q4_absmax(w, e0 >> w.log2_blocksize);
-        if (e0 + 32 <= n) {
-            uint4 q = __ldg(reinterpret_cast<const uint4*>(w.packed + e0 / 2));
-            uint32_t words[4] = {q.x, q.y, q.z, q.w};
+    const int64_t units = n / 8;  // whole units (8 values lie in one block: blocksize >= 32, aligned)
+    const int64_t stride = grid_stride();
+    for (int64_t u0 = global_thread_index(); u0 < units; u0 += UNROLL * stride) {
+        DqUnit d[UNROLL];
 #pragma unroll
-            for (int h = 0; h < 4; h++) {
-                float v[8];
+        for (int i = 0; i < UNROLL; i++) {
+            if (u0 + i * stride < units) d[i] = load_dq_unit(w, u0 + i * stride);
+        }
 #pragma unroll
-                for (int b = 0; b < 4; b++) {
-                    uint32_t byte = (words[h] >> (8 * b)) & 0xFF;
-                    v[2 * b] = round_to(__fmul_rn(table[byte >> 4], amax), mid);
-                    v[2 * b + 1] = round_to(__fmul_rn(table[byte & 15], amax), mid);
-                }
-                Pack8<OutT>::store(y + e0 + 8 * h, v);
+        for (int i = 0; i < UNROLL; i++) {
+            const int64_t u = u0 + i * stride;
+            if (u >= units) break;
+            const float amax = w.nested ? __fadd_rn(__fmul_rn(ncode[d[i].code], d[i].s), w.offset) : d[i].s;
+            float v[8];
+#pragma unroll
+            for (int b = 0; b < 4; b++) {
+                const uint32_t byte = (d[i].q >> (8 * b)) & 0xFF;
+                v[2 * b] = round_to(__fmul_rn(table[byte >> 4], amax), mid);
+                v[2 * b + 1] = round_to(__fmul_rn(table[byte & 15], amax), mid);
             }
-        } else {
-            for (int64_t e = e0; e < n; e++) {
-                uint32_t byte = w.packed[e >> 1];
-                uint32_t q = (e & 1) ? (byte & 15) : (byte >> 4);
-                store_out<OutT>(y, e, round_to(__fmul_rn(table[q], amax), mid));
-            }
+            Pack8<OutT>::store(y + u * 8, v);
+        }
+    }
+    // the last values (n % 8 != 0): one thread, value by value
+    if (global_thread_index() == 0 && units * 8 < n) {
+        for (int64_t e = units * 8; e < n; e++) {
+            const uint32_t byte = w.packed[e >> 1];
+            const uint32_t q = (e & 1) ? (byte & 15) : (byte >> 4);
+            store_out<OutT>(y, e, round_to(__fmul_rn(table[q], q4_absmax(w, e >> w.log2_blocksize)), mid));
         }
     }
 }

@@ -97,7 +97,8 @@ final class Quant4bitKernels {
         };
         long n = w.numel();
         KernelArgs args = weightArgs(w).ptr(CudaContext.ptr(w.code16())).ptr(CudaContext.ptr(y)).i64(n).i32(dtypeCode(mid, "mid"));
-        ctx.launch(ctx.function(MODULE, kernel), strideGrid(ctx, (n + 31) / 32, 256), Dim3.of(256), 0, args);
+        // nf4.cu dequantize_body: a thread takes 4 units of 8 values per grid-stride step
+        ctx.launch(ctx.function(MODULE, kernel), strideGrid(ctx, (n / 8 + 3) / 4, 256), Dim3.of(256), 0, args);
     }
 
     /** packed U8 [(n+1)/2] and absmax F32 [blocks] of x (F32/BF16/F16, n values). typeCode 0 NF4, 1 FP4. */
