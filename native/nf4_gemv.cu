@@ -111,14 +111,18 @@ __device__ __forceinline__ void decode_word_tab(uint32_t w, const float* tab, fl
 // DEC_PAIR: pair = the lane's copy of the pair table (byte v at pair + v * PAIR_COPIES: (code[v >> 4], code[v & 15])).
 // Per byte: the byte times 128 (its copy's byte offset), one LDS.64, two FMUL and one cvt: the same values as
 // decode_word_tab (the same code factors and products), with one table read per byte instead of two.
+// The table address is formed as ONE multiply-add of the byte with the lane copy's shared-window address (an opaque
+// register, so that the compiler cannot re-associate it into (byte * 16 + copy) * 8 + table: two IMADs per byte).
 template <bool F16C, bool DR>
 __device__ __forceinline__ void decode_word_pair(uint32_t w, const float2* pair, float amax, uint32_t* r) {
-    const char* base = reinterpret_cast<const char*>(pair);
+    uint32_t base;
+    asm("mov.u32 %0, %1;" : "=r"(base) : "r"((uint32_t)__cvta_generic_to_shared(pair)));
 #pragma unroll
     for (int b = 0; b < 4; b++) {
-        const uint32_t off = __byte_perm(w, 0, 0x4440 | b) * (uint32_t)(PAIR_COPIES * sizeof(float2));
-        const float2 c = *reinterpret_cast<const float2*>(base + off);
-        r[b] = pack_pair<F16C, DR>(__fmul_rn(c.x, amax), __fmul_rn(c.y, amax));
+        const uint32_t a = __byte_perm(w, 0, 0x4440 | b) * (uint32_t)(PAIR_COPIES * sizeof(float2)) + base;
+        float cx, cy;
+        asm("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(cx), "=f"(cy) : "r"(a));
+        r[b] = pack_pair<F16C, DR>(__fmul_rn(cx, amax), __fmul_rn(cy, amax));
     }
 }
 
