@@ -40,6 +40,13 @@ import java.util.Random;
 class CudaLoraLinearGpuTest {
     private static final String PATH = "model.layers.3.self_attn.v_proj";
     private static final double TOL = 1e-2;
+    /**
+     * A chain with a DoRA adapter takes the generic path, which rounds more intermediates to BF16 than the fused
+     * one: the base output, each adapter's B product, its scaled copy and DoRA's two column-scaled terms, each added
+     * into the BF16 result (up to ~5 roundings of 2^-9 of terms as large as the output). One run measured 1.08e-2
+     * there (seed in the log), so these cases get 2e-2.
+     */
+    private static final double DORA_TOL = 2e-2;
 
     private CudaBackend gpu;
     private final CpuBackend cpu = new CpuBackend(2);
@@ -108,7 +115,8 @@ class CudaLoraLinearGpuTest {
         Layer g = Layer.build(gpu, new Random(seed), 1, nf4, bias, n, in, out, specs);
         Layer c = Layer.build(cpu, new Random(seed), 1, nf4, bias, n, in, out, specs);
         Result rg = g.run(gpu), rc = c.run(cpu);
-        rg.compare(rc, "GPU BF16 vs CPU F32");
+        boolean dora = specs.stream().anyMatch(Spec::dora);
+        rg.compare(rc, "GPU BF16 vs CPU F32", dora ? DORA_TOL : TOL);
         g.layer.close();
         c.layer.close();
     }
