@@ -4,6 +4,7 @@ import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.QuantizedWeight;
 import dev.qlora4j.backend.cuda.CudaBackend;
 import dev.qlora4j.backend.cuda.CudaLora;
+import dev.qlora4j.backend.cuda.CudaLoraGroup;
 import dev.qlora4j.nn.Linear;
 import dev.qlora4j.nn.QuantizedLinear;
 import dev.qlora4j.tensor.DType;
@@ -15,7 +16,7 @@ import java.util.List;
 /**
  * LoRA layers that read the same x (a decoder layer's q/k/v, gate/up) on the CUDA BF16 path, run together so that
  * the skinny LoRA GEMMs read x, and write grad_x, once for the group instead of once per layer
- * ({@link CudaLora#groupForwardInto}, {@link CudaLora#groupBackwardInto}):
+ * ({@link CudaLoraGroup#groupForwardInto}, {@link CudaLoraGroup#groupBackwardInto}):
  * <pre>
  *   forward:   y_i = base_i(x);  H = x [A_0; A_1; ...]^T (one GEMM);  y_i += s_i H_i B_i^T     (H kept for backward)
  *   backward:  GH = [s_i gy_i B_i]_i;  dB_i += s_i gy_i^T H_i;  dA = GH^T x (one GEMM);
@@ -38,7 +39,7 @@ public final class LoraGroup {
     private record Members(LoraLinear[] layers, LoraAdapter[] adapters) {}
 
     private static Members members(Backend b, Tensor x, Linear[] layers) {
-        if (layers.length < 2 || !CudaLora.applies(b) || !CudaLora.groupingOn() || x.rank() != 2) return null;
+        if (layers.length < 2 || !CudaLora.applies(b) || !CudaLoraGroup.groupingOn() || x.rank() != 2) return null;
         LoraLinear[] ls = new LoraLinear[layers.length];
         LoraAdapter[] as = new LoraAdapter[layers.length];
         for (int i = 0; i < layers.length; i++) {
@@ -71,7 +72,7 @@ public final class LoraGroup {
                 if (ls[i].keepsHidden(as[i])) keeping++;
             }
             Tensor aCat = ls[0].stackedA(cb, as);
-            Tensor h = CudaLora.groupForwardInto(cb, out, x, aCat, bCopies, scalings, keeping > 0);
+            Tensor h = CudaLoraGroup.groupForwardInto(cb, out, x, aCat, bCopies, scalings, keeping > 0);
             KeptHidden.Shared shared = h == null ? null : new KeptHidden.Shared(h, keeping);
             int column = 0;
             for (int i = 0; i < k; i++) {
@@ -156,7 +157,7 @@ public final class LoraGroup {
             }
             boolean accumulate = gx != null;
             if (gx == null) gx = b.context().empty(DType.BF16, x.dim(0), x.dim(1));
-            CudaLora.groupBackwardInto(b, gx, accumulate, x, gradOuts, aCat, bCopies, scalings, kept, gradA, gradB);
+            CudaLoraGroup.groupBackwardInto(b, gx, accumulate, x, gradOuts, aCat, bCopies, scalings, kept, gradA, gradB);
             for (int i = 0; i < k; i++) {
                 if (ls[i].baseInputGradIntoApplies()) ls[i].baseInputGradInto(b, gx, true, gradOuts[i]);
             }
@@ -174,7 +175,7 @@ public final class LoraGroup {
      * each layer's GEMMs add onto one grad_x (the first writes it), no separate add per layer. Else null.
      */
     private static Tensor sharedBackward(Backend b, Tensor x, Tensor[] gradOuts, Linear[] layers) {
-        if (layers.length < 2 || !CudaLora.applies(b) || !CudaLora.groupingOn() || x.rank() != 2) return null;
+        if (layers.length < 2 || !CudaLora.applies(b) || !CudaLoraGroup.groupingOn() || x.rank() != 2) return null;
         for (Linear l : layers) {
             if (!(l instanceof LoraLinear ll) || ll.inFeatures() != x.dim(1) || !ll.backwardOnBf16Path(b)
                     || !ll.baseInputGradIntoApplies()) {

@@ -3,6 +3,7 @@ package dev.qlora4j.peft;
 import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.cuda.CudaBackend;
 import dev.qlora4j.backend.cuda.CudaLora;
+import dev.qlora4j.backend.cuda.CudaLoraGroup;
 import dev.qlora4j.nn.DenseLinear;
 import dev.qlora4j.nn.Linear;
 import dev.qlora4j.nn.QuantizedBaseLinear;
@@ -272,7 +273,7 @@ public final class LoraLinear implements QuantizedBaseLinear {
         if (stackedA != null && stackedA.matches(group)) return stackedA.tensor();
         if (stackedA != null) stackedA.close();
         stackedA = null;
-        stackedA = StackedA.of(group, CudaLora.concatRows(b, copies));
+        stackedA = StackedA.of(group, CudaLoraGroup.concatRows(b, copies));
         return stackedA.tensor();
     }
 

@@ -12,6 +12,7 @@ import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.cpu.CpuBackend;
 import dev.qlora4j.backend.cuda.CudaBackend;
 import dev.qlora4j.backend.cuda.CudaLora;
+import dev.qlora4j.backend.cuda.CudaLoraGroup;
 import dev.qlora4j.cuda.CudaDriver;
 import dev.qlora4j.nn.DenseLinear;
 import dev.qlora4j.nn.Linear;
@@ -67,7 +68,7 @@ class CudaLoraGroupGpuTest {
 
     @AfterEach
     void close() {
-        System.clearProperty(CudaLora.GROUP_PROPERTY);
+        System.clearProperty(CudaLoraGroup.GROUP_PROPERTY);
         if (gpu != null) gpu.close();
     }
 
@@ -98,10 +99,10 @@ class CudaLoraGroupGpuTest {
         Result g = grouped.run(gpu, checkpointed);
         Result want = ref.run(cpu, checkpointed);
         g.compare(want, "grouped GPU vs CPU float32", TOL);
-        System.setProperty(CudaLora.GROUP_PROPERTY, "false");
+        System.setProperty(CudaLoraGroup.GROUP_PROPERTY, "false");
         assertNull(LoraGroup.forward(gpu, perLayer.x, perLayer.layers), "-Dqlora4j.cuda.loraGroup=false turns the group off");
         Result p = perLayer.run(gpu, checkpointed);
-        System.clearProperty(CudaLora.GROUP_PROPERTY);
+        System.clearProperty(CudaLoraGroup.GROUP_PROPERTY);
         p.compare(want, "per-layer GPU vs CPU float32", TOL);
         g.compare(p, "grouped vs per-layer GPU", 2 * TOL);
         grouped.close();
