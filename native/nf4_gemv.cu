@@ -881,17 +881,19 @@ gemv3_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ absmax
 #define V2_TILES 1
 #define V2_DEPTH 4
 
-#define V2_ENTRY(name, F16C, NT, DEC) V2_ENTRY_LOOP(name, F16C, NT, DEC, false, V2_DEPTH)
-// ROLLED = true: the chunk loop rolled (gemv_body), one chunk's code per loop body; DEPTH chunks of loads in flight
-#define V2_ENTRY_LOOP(name, F16C, NT, DEC, ROLLED, DEPTH)                                                            \
+// The launch arguments of every one-weight v2 entry point (Nf4GemvKernels.gemv), and the Weight they describe.
+#define V2_ENTRY_PARAMS                                                                                              \
+    const uint8_t* __restrict__ packed, const void* __restrict__ absmax, const float* __restrict__ nested_absmax,    \
+        const float* __restrict__ nested_code, float offset, int log2_blocksize, int nested_bs, int nested_shift,    \
+        int nested, const float* __restrict__ code16, const uint16_t* __restrict__ x, int M, int N, int K,           \
+        const void* __restrict__ bias, int bias_dtype, void* __restrict__ y, int y_dtype, int double_round
+#define V2_ENTRY_WEIGHT nf4v2::Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested}
+
+#define V2_ENTRY(name, F16C, NT, DEC)                                                                                \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
-        const uint8_t* __restrict__ packed, const void* __restrict__ absmax,                                         \
-        const float* __restrict__ nested_absmax, const float* __restrict__ nested_code, float offset,                \
-        int log2_blocksize, int nested_bs, int nested_shift, int nested, const float* __restrict__ code16,           \
-        const uint16_t* __restrict__ x, int M, int N, int K, const void* __restrict__ bias, int bias_dtype,          \
-        void* __restrict__ y, int y_dtype, int double_round) {                                                       \
-        nf4v2::Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};     \
-        nf4v2::gemv_body_rounding<F16C, NT, V2_WARPS, V2_TILES, DEPTH, DEC, 0, ROLLED>(                              \
+        V2_ENTRY_PARAMS) {                                                                                           \
+        V2_ENTRY_WEIGHT;                                                                                             \
+        nf4v2::gemv_body_rounding<F16C, NT, V2_WARPS, V2_TILES, V2_DEPTH, DEC, 0>(                                   \
             double_round, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, blockIdx.x);             \
     }
 
@@ -909,12 +911,8 @@ V2_ENTRY(q4v2reg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
 #define V2_FAST_DEPTH 3
 #define V2_ENTRY_ALIGNED(name, F16C, NT, DEC)                                                                        \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
-        const uint8_t* __restrict__ packed, const void* __restrict__ absmax,                                         \
-        const float* __restrict__ nested_absmax, const float* __restrict__ nested_code, float offset,                \
-        int log2_blocksize, int nested_bs, int nested_shift, int nested, const float* __restrict__ code16,           \
-        const uint16_t* __restrict__ x, int M, int N, int K, const void* __restrict__ bias, int bias_dtype,          \
-        void* __restrict__ y, int y_dtype, int double_round) {                                                       \
-        nf4v2::Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};     \
+        V2_ENTRY_PARAMS) {                                                                                           \
+        V2_ENTRY_WEIGHT;                                                                                             \
         nf4v2::gemv_body_aligned_or_general<F16C, NT, V2_WARPS, V2_FAST_DEPTH, 2, DEC>(                              \
             double_round, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, blockIdx.x);             \
     }
@@ -988,13 +986,8 @@ V2G_ENTRY(q4v2greg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
 #define V3_DEPTH 4
 
 #define V3_ENTRY(name, F16C, MAXM)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(V3_WARPS * 32, V3_BLOCKS) name(                                     \
-        const uint8_t* __restrict__ packed, const void* __restrict__ absmax,                                         \
-        const float* __restrict__ nested_absmax, const float* __restrict__ nested_code, float offset,                \
-        int log2_blocksize, int nested_bs, int nested_shift, int nested, const float* __restrict__ code16,           \
-        const uint16_t* __restrict__ x, int M, int N, int K, const void* __restrict__ bias, int bias_dtype,          \
-        void* __restrict__ y, int y_dtype, int double_round) {                                                       \
-        nf4v2::Weight w{packed, absmax, nested_absmax, offset, log2_blocksize, nested_bs, nested_shift, nested};     \
+    extern "C" __global__ void __launch_bounds__(V3_WARPS * 32, V3_BLOCKS) name(V2_ENTRY_PARAMS) {                    \
+        V2_ENTRY_WEIGHT;                                                                                             \
         if (double_round) {                                                                                          \
             nf4v3::gemv3_body<F16C, true, V3_WARPS, V3_DEPTH, MAXM, nf4v3::DEC_TAB>(w, nested_code, code16, x, M, N, \
                                                                                   K, bias, bias_dtype, y, y_dtype);  \
