@@ -917,11 +917,13 @@ V2_ENTRY(q4v2reg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
             double_round, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, blockIdx.x);             \
     }
 
-// the pair-table decode: the default "v2" decode for rows <= 8 (-Dqlora4j.nf4.gemv=v2table takes the table kernels
-// above); no m16 form, because with two fragment sets its 32 KiB table would take the block past 48 KiB of static
-// shared memory.
+// the pair-table decode: the default "v2" decode (-Dqlora4j.nf4.gemv=v2table takes the table kernels above). The m16
+// forms fit since session 6: one Smem per kernel (block_smem) + the 32 KiB table stay under 48 KiB of static shared
+// memory.
 V2_ENTRY_ALIGNED(q4v2pair_gemv_bf16_m8, false, 1, nf4v2::DEC_PAIR)
+V2_ENTRY_ALIGNED(q4v2pair_gemv_bf16_m16, false, 2, nf4v2::DEC_PAIR)
 V2_ENTRY_ALIGNED(q4v2pair_gemv_f16_m8, true, 1, nf4v2::DEC_PAIR)
+V2_ENTRY_ALIGNED(q4v2pair_gemv_f16_m16, true, 2, nf4v2::DEC_PAIR)
 // -Dqlora4j.nf4.gemv=v2bnb: bitsandbytes' batch-1 weights (64 KiB of dynamic shared memory), rows 1..16
 V2_ENTRY_ALIGNED(q4v2bnb_gemv_bf16_m8, false, 1, nf4v2::DEC_BNB)
 V2_ENTRY_ALIGNED(q4v2bnb_gemv_bf16_m16, false, 2, nf4v2::DEC_BNB)

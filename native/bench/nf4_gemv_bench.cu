@@ -323,8 +323,7 @@ static Variant v2a(const std::string& name) {
     Variant v;
     v.name = name;
     v.checked = DEC != nf4v2::DEC_NONE;
-    constexpr int NT2 = DEC == nf4v2::DEC_PAIR ? 1 : 2;
-    if (DEC == nf4v2::DEC_PAIR) v.max_m = 8;
+    constexpr int NT2 = 2;  // the pair kernels have m16 forms since session 6 (one Smem per kernel)
     v.bnb = DEC == nf4v2::DEC_BNB;
     v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s, int) {
         if (M <= 8) launch_v2a<1, W, DEPTH, DEC>(w, c, x, M, N, K, b, y, s);

@@ -32,7 +32,7 @@ final class Nf4GemvKernels {
      * Which kernel and decode: v2 with the 16-float shared table, v2 with register tables (ALU only), or V3_STREAM
      * = the v3 persistent streaming kernel (table decode, FMA in f32; rows &lt;= 4, blocksize &gt;= 32, else the v2
      * table kernel runs), or PAIR = v2 decoding each byte with one read of a replicated 256-entry (code[hi], code[lo])
-     * table (the same values as TABLE, bit for bit; rows &lt;= 8, else the TABLE kernel runs). BNB = bitsandbytes'
+     * table (the same values as TABLE, bit for bit; rows 1..16). BNB = bitsandbytes'
      * batch-1 weights round_T(round_T(code) * round_T(absmax)) (one HMUL2 per byte from a 64 KiB "wide" table of T
      * pairs, one copy per lane; rows 1..16), products exact in float32: NOT the exact contract of the others (opt-in
      * "v2bnb").
@@ -64,10 +64,9 @@ final class Nf4GemvKernels {
             case F16 -> "f16";
             default -> throw new IllegalArgumentException("the v2 GEMV computes in BF16 or F16, not " + compute);
         };
-        // PAIR has m8 kernels only (its 32 KiB table leaves no room for the m16 fragments): rows 9..16 use TABLE
         String prefix = switch (decode) {
             case REGISTERS -> "q4v2reg_gemv_";
-            case PAIR -> rows <= 8 ? "q4v2pair_gemv_" : "q4v2_gemv_";
+            case PAIR -> "q4v2pair_gemv_";
             case BNB -> "q4v2bnb_gemv_";
             default -> "q4v2_gemv_";
         };

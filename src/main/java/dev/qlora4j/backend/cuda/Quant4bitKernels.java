@@ -32,7 +32,7 @@ final class Quant4bitKernels {
     static final int STREAM_MAX_X_BYTES = 40 * 1024;
     /**
      * System property choosing the decode GEMV: "v2" (default, native/nf4_gemv.cu decoding each byte with one read of a
-     * replicated 256-entry pair table for rows &lt;= 8, 4% faster Llama-7B decode on the H200 than "v2table", the same
+     * replicated 256-entry pair table (rows 1..16), 4% faster Llama-7B decode on the H200 than "v2table", the same
      * kernel with two reads of the 16-float table per byte; both give the same values bit for bit), "v3" (its
      * persistent streaming kernel), "v2reg" (the same kernel decoding in registers), "v7" (native/nf4_gemv7.cu: one row of x only, bitsandbytes'
      * batch-1 numerics, see {@link Nf4Gemv7Kernels}), "hybrid", "stream" or "mma" (native/nf4.cu).

@@ -228,7 +228,8 @@ class Nf4GemvV2GpuTest {
         assertEquals("q4v2_gemv_bf16_m8", Nf4GemvKernels.kernelName(DType.BF16, 1, Nf4GemvKernels.Decode.TABLE));
         assertEquals("q4v2reg_gemv_f16_m16", Nf4GemvKernels.kernelName(DType.F16, 9, Nf4GemvKernels.Decode.REGISTERS));
         assertEquals("q4v2pair_gemv_bf16_m8", Nf4GemvKernels.kernelName(DType.BF16, 8, Nf4GemvKernels.Decode.PAIR));
-        assertEquals("q4v2_gemv_f16_m16", Nf4GemvKernels.kernelName(DType.F16, 9, Nf4GemvKernels.Decode.PAIR));
+        assertEquals("q4v2pair_gemv_f16_m16", Nf4GemvKernels.kernelName(DType.F16, 9, Nf4GemvKernels.Decode.PAIR));
+        assertEquals("q4v2_gemv_f16_m16", Nf4GemvKernels.kernelName(DType.F16, 9, Nf4GemvKernels.Decode.TABLE));
         assertEquals("q4v2bnb_gemv_f16_m16", Nf4GemvKernels.kernelName(DType.F16, 16, Nf4GemvKernels.Decode.BNB));
         assertEquals("q4v2bnb_gemv_bf16_m8", Nf4GemvKernels.kernelName(DType.BF16, 1, Nf4GemvKernels.Decode.BNB));
         assertEquals(689, Nf4GemvKernels.grid(11009));
