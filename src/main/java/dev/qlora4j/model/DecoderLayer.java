@@ -3,7 +3,7 @@ package dev.qlora4j.model;
 import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.KvCache;
 import dev.qlora4j.nn.Linear;
-import dev.qlora4j.nn.LinearGroup;
+import dev.qlora4j.peft.SharedInputLinears;
 import dev.qlora4j.peft.LayerHooks;
 import dev.qlora4j.tensor.Tensor;
 
@@ -74,7 +74,7 @@ public final class DecoderLayer implements AutoCloseable {
         int heads = c.numAttentionHeads(), kvHeads = c.numKeyValueHeads(), hd = c.headDim();
         float eps = (float) c.rmsNormEps();
         if (h == null) h = b.rmsNorm(x, inputNorm, eps);
-        Tensor[] qkv = LinearGroup.forward(b, h, q, k, v); // one grouped quantized GEMV at decode when all three allow it
+        Tensor[] qkv = SharedInputLinears.forward(b, h, q, k, v); // one grouped quantized GEMV at decode when all three allow it
         Tensor qs = qkv[0], ks = qkv[1], vs = qkv[2];
         Integer w = c.slidingWindow(index); // Qwen2 uses full attention below max_window_layers
         int window = w == null ? 0 : w;
@@ -87,7 +87,7 @@ public final class DecoderLayer implements AutoCloseable {
         h.close();
         Tensor h2 = b.addInPlaceRmsNorm(resid, x, postAttnNorm, eps);
 
-        Tensor[] gu = LinearGroup.forward(b, h2, gate, up);
+        Tensor[] gu = SharedInputLinears.forward(b, h2, gate, up);
         Tensor g = gu[0], u = gu[1];
         Tensor act = b.siluMul(g, u);
         g.close(); u.close();
@@ -147,7 +147,7 @@ public final class DecoderLayer implements AutoCloseable {
         int heads = c.numAttentionHeads(), kvHeads = c.numKeyValueHeads(), hd = c.headDim();
         Integer w = c.slidingWindow(index);
         Tensor h1 = b.rmsNorm(x, inputNorm, (float) c.rmsNormEps());
-        Tensor[] qkv = LinearGroup.forward(b, h1, q, k, v);   // LoRA on the CUDA BF16 path: x read once (LoraGroup)
+        Tensor[] qkv = SharedInputLinears.forward(b, h1, q, k, v);   // LoRA on the CUDA BF16 path: x read once (LoraGroup)
         Tensor qs = qkv[0], ks = qkv[1], vs = qkv[2];
         b.ropeQkInPlace(qs, ks, positions, invFreq, heads, kvHeads, hd, ropeScaling);   // one pass for q and k
         dev.qlora4j.backend.AttentionResult attn;
@@ -164,7 +164,7 @@ public final class DecoderLayer implements AutoCloseable {
         Tensor resid = b.add(x, attnOut);
         attnOut.close();
         Tensor h2 = b.rmsNorm(resid, postAttnNorm, (float) c.rmsNormEps());
-        Tensor[] gu = LinearGroup.forward(b, h2, gate, up);
+        Tensor[] gu = SharedInputLinears.forward(b, h2, gate, up);
         Tensor g = gu[0], u = gu[1];
         Tensor act = b.siluMul(g, u);
         Tensor out = null;
@@ -197,7 +197,7 @@ public final class DecoderLayer implements AutoCloseable {
         if (mlpHook.gradSublayerOut() != gradOut) mlpHook.gradSublayerOut().close();
         Tensor[] gGU = b.siluMulBackward(s.gate, s.up, gAct);
         gAct.close();
-        Tensor gH2 = LinearGroup.backward(b, s.h2, gGU, gate, up);   // gate's grad_x + up's
+        Tensor gH2 = SharedInputLinears.backward(b, s.h2, gGU, gate, up);   // gate's grad_x + up's
         gGU[0].close(); gGU[1].close();
         addAndClose(b, gH2, mlpHook.gradSublayerIn());
         Tensor gResid = b.rmsNormBackward(s.resid, postAttnNorm, eps, gH2, null);
@@ -216,7 +216,7 @@ public final class DecoderLayer implements AutoCloseable {
         }
         gAttn.close();
         b.ropeQkBackwardInPlace(gQKV[0], gQKV[1], positions, invFreq, heads, kvHeads, hd, ropeScaling);
-        Tensor gH1 = LinearGroup.backward(b, s.h1, gQKV, q, k, v);   // q's grad_x + k's + v's
+        Tensor gH1 = SharedInputLinears.backward(b, s.h1, gQKV, q, k, v);   // q's grad_x + k's + v's
         for (Tensor t : gQKV) t.close();
         addAndClose(b, gH1, attnHook.gradSublayerIn());
         Tensor gx = b.rmsNormBackward(x, inputNorm, eps, gH1, null);

@@ -2,7 +2,6 @@ package dev.qlora4j.nn;
 
 import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.QuantizedWeight;
-import dev.qlora4j.peft.LoraGroup;
 import dev.qlora4j.tensor.Tensor;
 
 import java.util.ArrayList;
@@ -16,17 +15,14 @@ import java.util.List;
  * each layer finishes its own output from its base output ({@link QuantizedBaseLinear#forwardFromBase}); otherwise
  * each layer runs its own forward. Same results either way: the group's values equal the per-weight ones bit for bit.
  *
- * <p>LoRA layers on the CUDA BF16 path with one plain adapter each and no dropout go through {@link LoraGroup}
- * first: their LoRA products read x once for the group (and {@link #backward} writes grad_x once). Those values
- * differ from the per-layer ones by BF16 rounding only (-Dqlora4j.cuda.loraGroup=false turns it off).
+ * <p>LoRA layers go through peft.SharedInputLinears, which groups their LoRA products on the CUDA BF16 path
+ * (peft.LoraGroup) and comes here for the rest.
  */
 public final class LinearGroup {
     private LinearGroup() {}
 
     /** layers[i].forward(b, x) for every i, x [n, in] -> [n, out_i]; the caller owns the results. */
     public static Tensor[] forward(Backend b, Tensor x, Linear... layers) {
-        Tensor[] lora = LoraGroup.forward(b, x, layers);
-        if (lora != null) return lora;
         List<QuantizedWeight> weights = new ArrayList<>(layers.length);
         List<Tensor> biases = new ArrayList<>(layers.length);
         for (Linear l : layers) {
@@ -54,15 +50,13 @@ public final class LinearGroup {
 
     /**
      * The backward of layers that read the same x: sum over i of layers[i].backward(b, x, gradOuts[i]) (grad_x
-     * [n, in], owned by the caller; parameter gradients accumulate as in each layer's backward). Through
-     * {@link LoraGroup} when it applies, else each layer's backward added into the first one's grad_x in order.
+     * [n, in], owned by the caller; parameter gradients accumulate as in each layer's backward): each layer's
+     * backward added into the first one's grad_x in order.
      */
     public static Tensor backward(Backend b, Tensor x, Tensor[] gradOuts, Linear... layers) {
         if (gradOuts.length != layers.length || layers.length == 0) {
             throw new IllegalArgumentException(layers.length + " layers need as many output gradients, got " + gradOuts.length);
         }
-        Tensor lora = LoraGroup.backward(b, x, gradOuts, layers);
-        if (lora != null) return lora;
         Tensor gx = layers[0].backward(b, x, gradOuts[0]);
         try {
             for (int i = 1; i < layers.length; i++) {

@@ -16,7 +16,6 @@ import dev.qlora4j.backend.cuda.CudaLoraGroup;
 import dev.qlora4j.cuda.CudaDriver;
 import dev.qlora4j.nn.DenseLinear;
 import dev.qlora4j.nn.Linear;
-import dev.qlora4j.nn.LinearGroup;
 import dev.qlora4j.nn.QuantizedLinear;
 import dev.qlora4j.optim.Param;
 import dev.qlora4j.peft.config.InitLoraWeights;
@@ -41,7 +40,7 @@ import java.util.Random;
  * The CUDA BF16 LoRA path's grouped products (LoraGroup: q/k/v-like and gate/up-like layers reading one x), the
  * kept forward h (KeptHidden) and the base grad_x GEMM accumulating onto the LoRA terms, on fresh random data:
  * <ul>
- *   <li>grouped (LinearGroup.forward / backward) against the CPU backend's float32 per-layer forward / backward, and
+ *   <li>grouped (SharedInputLinears.forward / backward) against the CPU backend's float32 per-layer forward / backward, and
  *       against the GPU's per-layer route (-Dqlora4j.cuda.loraGroup=false): outputs, grad_x, dA, dB, with dropout 0
  *       (grouped) and > 0 (per layer, one shared grad_x), as without checkpointing (backward on the forward's x)
  *       and with it (a second forward on a fresh copy of x, the recompute, before the backward).
@@ -118,7 +117,7 @@ class CudaLoraGroupGpuTest {
         System.out.println(kind + " p=" + dropout + ": seed " + seed);
         Group kept = Group.build(gpu, seed, true, 72, 128, outs(kind), 16, dropout);
         Group fresh = Group.build(gpu, seed, true, 72, 128, outs(kind), 16, dropout);
-        closeAll(LinearGroup.forward(gpu, kept.x, kept.layers));
+        closeAll(SharedInputLinears.forward(gpu, kept.x, kept.layers));
         for (int i = 0; i < kept.layers.length; i++) {
             LoraAdapter a = kept.layers[i].adapter("default");
             assertTrue(kept.layers[i].holdsKept(a, kept.x), "layer " + i + ": the forward kept its h");
@@ -174,7 +173,7 @@ class CudaLoraGroupGpuTest {
         System.out.println("step seed: seed " + seed);
         Group stale = Group.build(gpu, seed, true, 64, 128, new int[] {96, 64}, 16, 0.2);
         Group fresh = Group.build(gpu, seed, true, 64, 128, new int[] {96, 64}, 16, 0.2);
-        closeAll(LinearGroup.forward(gpu, stale.x, stale.layers));
+        closeAll(SharedInputLinears.forward(gpu, stale.x, stale.layers));
         for (Group g : new Group[] {stale, fresh}) for (LoraLinear l : g.layers) l.setStep(99);
         stale.backward(gpu, stale.x).assertBitEqual(fresh.backward(gpu, fresh.x), "backward after a new step seed");
         stale.close();
@@ -182,7 +181,7 @@ class CudaLoraGroupGpuTest {
     }
 
     private static Tensor[] forward(Backend b, Group g) {
-        return g.layers.length == 1 ? new Tensor[] {g.layers[0].forward(b, g.x)} : LinearGroup.forward(b, g.x, g.layers);
+        return g.layers.length == 1 ? new Tensor[] {g.layers[0].forward(b, g.x)} : SharedInputLinears.forward(b, g.x, g.layers);
     }
 
     private static void closeAll(Tensor[] ts) {
@@ -238,7 +237,7 @@ class CudaLoraGroupGpuTest {
         }
 
         Result backward(Backend b, Tensor xb) {
-            Tensor gx = layers.length == 1 ? layers[0].backward(b, xb, gradOuts[0]) : LinearGroup.backward(b, xb, gradOuts, layers);
+            Tensor gx = layers.length == 1 ? layers[0].backward(b, xb, gradOuts[0]) : SharedInputLinears.backward(b, xb, gradOuts, layers);
             float[] g = b.toHost(gx).toFloatArray();
             gx.close();
             List<float[]> grads = new ArrayList<>();

@@ -1,0 +1,31 @@
+package dev.qlora4j.peft;
+
+import dev.qlora4j.backend.Backend;
+import dev.qlora4j.nn.Linear;
+import dev.qlora4j.nn.LinearGroup;
+import dev.qlora4j.tensor.Tensor;
+
+/**
+ * Linear layers that read the same x (a decoder layer's q/k/v, or gate/up), forward and backward: their LoRA
+ * products as one group ({@link LoraGroup}: x read once, grad_x written once) when that applies, else
+ * {@link LinearGroup} (one grouped quantized GEMV at decode when allowed, else each layer on its own). It lives here,
+ * not in nn, so that nn does not depend on peft.
+ */
+public final class SharedInputLinears {
+    private SharedInputLinears() {}
+
+    /** layers[i].forward(b, x) for every i, x [n, in] -> [n, out_i]; the caller owns the results. */
+    public static Tensor[] forward(Backend b, Tensor x, Linear... layers) {
+        Tensor[] grouped = LoraGroup.forward(b, x, layers);
+        return grouped != null ? grouped : LinearGroup.forward(b, x, layers);
+    }
+
+    /** The sum over i of layers[i].backward(b, x, gradOuts[i]): grad_x [n, in], owned by the caller. */
+    public static Tensor backward(Backend b, Tensor x, Tensor[] gradOuts, Linear... layers) {
+        if (gradOuts.length != layers.length || layers.length == 0) {
+            throw new IllegalArgumentException(layers.length + " layers need as many output gradients, got " + gradOuts.length);
+        }
+        Tensor grouped = LoraGroup.backward(b, x, gradOuts, layers);
+        return grouped != null ? grouped : LinearGroup.backward(b, x, gradOuts, layers);
+    }
+}
