@@ -6,6 +6,7 @@
 //   (no cuBLAS headers / link library: -I <dir with a stub cublas_v2.h> <dir>/cublas_shim.cpp -ldl, see README.md)
 //
 // v6 (native/nf4_gemv6.cuh): exact and bnb numerics, M = 1..16, bf16 and f16, plus timing-only none / loads twins.
+// -DQL_BENCH_V2_ONLY builds only the v2 / v2a / v2il / v3 variants (native/nf4_gemv.cu; a much shorter compile).
 // Environment: QL_GEMV_ONLY=a,b (only variants whose name contains a or b), QL_GEMV_SHAPES=4096x11008,... (timed
 // shapes), QL_GEMV_NOSWEEP=1 (skip the small-shape correctness sweep), QL_GEMV_PROFILE=1 (a few launches for ncu).
 //
@@ -22,10 +23,12 @@
 // Any failure prints FAIL and the process exits 1 at the end. Timings: CUDA graphs of 20 launches rotating over
 // weight copies (> 200 MB, so the 50 MB L2 never holds the weight), median of 15 graph launches.
 #include "nf4_gemv.cu"
+#ifndef QL_BENCH_V2_ONLY
 #include "nf4_gemv4.cuh"
 #include "nf4_gemv5.cuh"
 #include "nf4_gemv6.cuh"
 #include "nf4_gemv7.cuh"
+#endif
 #ifdef QL_BENCH_OLD
 #include "nf4.cu"
 #endif
@@ -400,6 +403,9 @@ static Variant v3(const std::string& name) {
 
 static float* g_partials = nullptr;
 static int* g_counters = nullptr;
+static int g_smem_optin = 0;  // set in main(): the device's opt-in shared memory per block (v6)
+
+#ifndef QL_BENCH_V2_ONLY
 static float* g_scratch4 = nullptr;            // v4 split partials
 static const size_t SCRATCH4_BYTES = 256u << 20;
 
@@ -634,7 +640,6 @@ static int v6_blocks_per_sm(int smem) {  // cached per shared-memory size (queri
     cache[smem] = occ;
     return occ;
 }
-static int g_smem_optin = 0;  // set in main()
 template <bool F16C, int NT, int W, int BPS, int D, int DEC>
 static void v6_raise_smem() {
     CK(cudaFuncSetAttribute(nf4v6::gemv6_kernel<F16C, NT, W, BPS, D, DEC, false>,
@@ -704,6 +709,8 @@ static Variant v6(const std::string& name, int b0o = 0, bool extra = false) {
     v.facts = buf;
     return v;
 }
+
+#endif  // QL_BENCH_V2_ONLY
 
 #ifdef QL_BENCH_OLD
 // nf4.cu's stream kernel (S as Quant4bitKernels.streamSplits), for comparison with the Java numbers
@@ -925,9 +932,11 @@ int main(int argc, char** argv) {
         printf("device-to-device copy: %.0f GB/s (read + write); %%copy below = achieved / that\n", copy_bw / 1e9);
     }
 
+#ifndef QL_BENCH_V2_ONLY
     CK(cudaMalloc(&g_scratch4, SCRATCH4_BYTES));
-
+#endif
     std::vector<Variant> all;
+#ifndef QL_BENCH_V2_ONLY
     // v4 (bnb inference numerics). Name: decode (pair | none = no decode, timing only | loads = loads and unit
     // bookkeeping only), W warps per block, B blocks per SM (launch bounds), D chunks in flight per thread, TL tiles
     // per warp-tile, upb units per block wanted (balance) or S1 (as few splits as the x slice allows).
@@ -981,13 +990,14 @@ int main(int argc, char** argv) {
     all.push_back(v6<8, 2, 4, nf4v6::DEC_BNB>("v6 bnb w8 b2 d4 tiny-grid", 5, true));
     all.push_back(v6<8, 2, 4, nf4v6::DEC_NONE>("v6 none w8 b2 d4 (no decode)"));
     all.push_back(v6<8, 2, 4, nf4v6::DEC_LOADS>("v6 loads w8 b2 d4"));
+#endif  // QL_BENCH_V2_ONLY
     // v2 / v3 (exact numerics): the measured references
     all.push_back(v2<8, 1, 4, nf4v2::DEC_TAB, 0>("v2 tab w8 t1 d4"));  // = q4v2_gemv_* (the Java default for rows 9..16, and v2table)
     all.push_back(v2<8, 1, 4, nf4v2::DEC_NONE, 0>("v2 none w8 t1 d4 (no decode)"));
     all.push_back(v2<8, 1, 4, nf4v2::DEC_PAIR, 0>("v2 pair w8 t1 d4"));  // the engine's pair decode until session 5
-    all.push_back(v2<8, 1, 2, nf4v2::DEC_PAIR, 0, true>("v2 pair rolled w8 t1 d2"));  // = q4v2pair_gemv_* (rows <= 8)
+    all.push_back(v2<8, 1, 2, nf4v2::DEC_PAIR, 0, true>("v2 pair rolled w8 t1 d2"));  // the pair kernel of session 5 (the general path now)
     all.push_back(v2<8, 1, 1, nf4v2::DEC_PAIR, 0, true>("v2 pair rolled w8 t1 d1"));
-    all.push_back(v2<8, 1, 2, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w8 t1 d2"));    // = q4v2bnb_gemv_* (v2bnb)
+    all.push_back(v2<8, 1, 2, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w8 t1 d2"));    // the bnb kernel of session 5 (the general path now)
     all.push_back(v2<8, 1, 1, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w8 t1 d1"));
     all.push_back(v2<8, 2, 1, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w8 t2 d1"));
     all.push_back(v2<8, 2, 2, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w8 t2 d2"));
