@@ -43,14 +43,12 @@
 //   attn_combine_<t>_d<D>  grid (H, B), D threads (at least 32): out = sum_i e^(m_i-M) acc_i / sum_i e^(m_i-M) l_i.
 #include "activations.cuh"
 
-__device__ __forceinline__ int slot_start(int start, const int* start_ptr) { return start_ptr ? *start_ptr : start; }
-
 // ---------------------------------------------------------------------------------------------------------
 template <typename T>
 __device__ __forceinline__ void kv_write_impl(const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ kc,
                                               T* __restrict__ vc, int batch, int tokens, int kv_heads, int head_dim,
                                               int cap, int start, const int* start_ptr) {
-    int s0 = slot_start(start, start_ptr);
+    int s0 = kv_slot_start(start, start_ptr);
     int64_t total = (int64_t)batch * tokens * kv_heads * head_dim;
     for (int64_t i = global_thread_index(); i < total; i += grid_stride()) {
         int d = (int)(i % head_dim);
@@ -86,7 +84,7 @@ __device__ __forceinline__ void prefill_impl(const T* __restrict__ q, const T* _
     const int b = blockIdx.z, h = blockIdx.y, kh = h / (heads / kv_heads);
     const int t0 = blockIdx.x * BQ;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int s0 = slot_start(start, start_ptr);
+    const int s0 = kv_slot_start(start, start_ptr);
     const int pad = pad_start[b];
     const int64_t q_stride = (int64_t)heads * D;
 
@@ -236,7 +234,7 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
     const int g_count = min(DEC_GMAX, kh * group + group - h0);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
-    const int s = slot_start(start, start_ptr);
+    const int s = kv_slot_start(start, start_ptr);
     const int lo = visible_from(s, pad_start[b], window);
     const int len = max(0, s - lo + 1);
     const int chunk = (len + splits - 1) / splits;

@@ -26,6 +26,10 @@ __device__ __forceinline__ int64_t grid_stride() {
     return (int64_t)gridDim.x * (int64_t)blockDim.x;
 }
 
+// The KV-cache slot of a launch's first token: start, or *start_ptr when given (a decode step captured in a CUDA
+// graph reads its position from device memory, so that each replay writes the next slot).
+__device__ __forceinline__ int kv_slot_start(int start, const int* start_ptr) { return start_ptr ? *start_ptr : start; }
+
 // Round-to-nearest-even conversions (IEEE; NaN in gives a NaN out, infinities and overflow give inf).
 __device__ __forceinline__ __nv_bfloat16 f32_to_bf16(float x) { return __float2bfloat16_rn(x); }
 __device__ __forceinline__ float bf16_to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }

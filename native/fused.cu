@@ -161,11 +161,8 @@ __device__ __forceinline__ void rope_qk_impl(T* q, T* k, const int* __restrict__
     }
 }
 
-__device__ __forceinline__ int cache_slot_start(int start, const int* start_ptr) { return start_ptr ? *start_ptr : start; }
-
-// RoPE of q and k fused with the KV-cache write (see rope_qk_kv_write_<t> above). The k rotation repeats
-// rope_rotate_head_range's forward expressions (a c - b s, b c + a s, one rounding to T each) on values that stay in
-// registers: the same float32 operations, hence the same bits, without storing k and reading it back.
+// RoPE of q and k fused with the KV-cache write (see rope_qk_kv_write_<t> above). k is rotated by rope.cuh's
+// rope_rotate_pair, as rope_qk rotates it, with the results going to the cache instead of back into k.
 template <typename T>
 __device__ __forceinline__ void rope_qk_kv_write_impl(T* __restrict__ q, T* __restrict__ k, const T* __restrict__ v,
                                                       T* __restrict__ kc, T* __restrict__ vc,
@@ -176,7 +173,7 @@ __device__ __forceinline__ void rope_qk_kv_write_impl(T* __restrict__ q, T* __re
     const int half = head_dim >> 1;
     const int all = heads + kv_heads;
     const int per = (all + groups - 1) / groups;
-    const int s0 = cache_slot_start(start, start_ptr);
+    const int s0 = kv_slot_start(start, start_ptr);
     const int64_t total = (int64_t)batch * tokens * groups * half;
     for (int64_t p = global_thread_index(); p < total; p += grid_stride()) {
         const int i = (int)(p % half);
@@ -197,8 +194,8 @@ __device__ __forceinline__ void rope_qk_kv_write_impl(T* __restrict__ q, T* __re
                 const int64_t e = src + (int64_t)kh * head_dim, c = dst + kh * head_stride;
                 const float a = to_f32(k[e]);
                 const float bb = to_f32(k[e + half]);
-                const T ra = from_f32<T>(a * cs - bb * sn);
-                const T rb = from_f32<T>(bb * cs + a * sn);
+                T ra, rb;
+                rope_rotate_pair<T, false>(a, bb, cs, sn, ra, rb);
                 kc[c] = ra;
                 kc[c + half] = rb;
                 vc[c] = v[e];

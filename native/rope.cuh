@@ -14,6 +14,18 @@ __device__ __forceinline__ void rope_cos_sin(int position, float inv_freq_i, flo
     sn = (float)s * scaling;
 }
 
+// One pair (a, b) rotated by the angle (forward) or by minus the angle (BACKWARD), each result rounded to T once.
+template <typename T, bool BACKWARD>
+__device__ __forceinline__ void rope_rotate_pair(float a, float b, float cs, float sn, T& ra, T& rb) {
+    if (BACKWARD) {
+        ra = from_f32<T>(a * cs + b * sn);
+        rb = from_f32<T>(b * cs - a * sn);
+    } else {
+        ra = from_f32<T>(a * cs - b * sn);
+        rb = from_f32<T>(b * cs + a * sn);
+    }
+}
+
 // Rotates pair (i, i + head_dim/2) of heads [h0, h1) of one row of x [rows, heads * head_dim] in place.
 template <typename T, bool BACKWARD>
 __device__ __forceinline__ void rope_rotate_head_range(T* x, int64_t row, int i, int h0, int h1, int heads, int head_dim,
@@ -22,15 +34,7 @@ __device__ __forceinline__ void rope_rotate_head_range(T* x, int64_t row, int i,
     T* base = x + row * heads * head_dim + i;
     for (int h = h0; h < h1; h++) {
         T* e = base + (int64_t)h * head_dim;
-        float a = to_f32(e[0]);
-        float b = to_f32(e[half]);
-        if (BACKWARD) {
-            e[0] = from_f32<T>(a * cs + b * sn);
-            e[half] = from_f32<T>(b * cs - a * sn);
-        } else {
-            e[0] = from_f32<T>(a * cs - b * sn);
-            e[half] = from_f32<T>(b * cs + a * sn);
-        }
+        rope_rotate_pair<T, BACKWARD>(to_f32(e[0]), to_f32(e[half]), cs, sn, e[0], e[half]);
     }
 }
 
