@@ -7,6 +7,9 @@ case "${1:-}" in
   out)  mkdir -p $aside; for p in models kernels-ptx src/test/resources/golden/peft src/test/resources/golden/tokenizer; do
           [ -e "$root/$p" ] && { mkdir -p "$aside/$(dirname $p)"; mv "$root/$p" "$aside/$p"; }; done ;;
   back) for p in models kernels-ptx src/test/resources/golden/peft src/test/resources/golden/tokenizer; do
-          [ -e "$aside/$p" ] && mv "$aside/$p" "$root/$p"; done ;;
+          [ -e "$aside/$p" ] || continue
+          # a path restored meanwhile (git checkout) would get the aside copy nested inside it: stop and say so
+          if [ -e "$root/$p" ]; then echo "gpu-aside: $p is in the tree again and also in $aside/$p; keep one" >&2; exit 1; fi
+          mv "$aside/$p" "$root/$p"; done ;;
   *) echo "usage: gpu-aside.sh out|back"; exit 2 ;;
 esac

@@ -31,6 +31,14 @@ public interface Backend extends AutoCloseable {
     /** A copy of a host tensor on this device, same dtype (the tensor itself on the CPU backend). */
     Tensor upload(Tensor host);
 
+    /**
+     * A zero-filled tensor on this device. A GPU backend fills it on its stream, in order with the work queued
+     * before it: no host copy, and the host does not wait for the GPU (an upload of host zeros would, on a GPU,
+     * wait for everything queued; gradients allocated on first use during a backward did that hundreds of times a
+     * step).
+     */
+    default Tensor zeros(DType dtype, int... shape) { return upload(Tensor.zeros(dtype, shape)); }
+
     /** A host copy of a tensor of this device (the tensor itself on the CPU backend). */
     Tensor toHost(Tensor t);
 

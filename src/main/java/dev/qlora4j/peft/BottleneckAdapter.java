@@ -98,7 +98,7 @@ public final class BottleneckAdapter implements AutoCloseable {
             // d/d s = sum(gsu * u)
             Tensor u = b.linear(a, up.value(), upBias.value());
             Tensor prod = b.mul(gsu, u);
-            try (Tensor col = b.upload(Tensor.zeros(dev.qlora4j.tensor.DType.F32, prod.dim(1)))) {
+            try (Tensor col = b.zeros(dev.qlora4j.tensor.DType.F32, prod.dim(1))) {
                 b.sumRowsInto(prod, col);
                 double sum = 0;
                 for (float v : b.toHost(col).toFloatArray()) sum += v;

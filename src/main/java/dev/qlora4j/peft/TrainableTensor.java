@@ -84,7 +84,7 @@ public final class TrainableTensor implements AutoCloseable {
 
     /** The gradient to accumulate into, allocated zero-filled on first use. */
     Tensor gradForAccumulation(Backend backend) {
-        if (grad == null) grad = backend.upload(Tensor.zeros(DType.F32, value.shape()));
+        if (grad == null) grad = backend.zeros(DType.F32, value.shape());
         return grad;
     }
 

@@ -103,6 +103,14 @@ public final class CudaBackend implements Backend, GraphCapable {
     @Override
     public Tensor empty(DType dtype, int... shape) { return ctx.empty(dtype, shape); }
 
+    /** Zero-filled by a memset on the stream (no host copy, no wait for the queued work). */
+    @Override
+    public Tensor zeros(DType dtype, int... shape) {
+        Tensor t = ctx.empty(dtype, shape);
+        if (t.byteSize() > 0) ctx.driver().memsetD8Async(CudaContext.ptr(t), (byte) 0, t.byteSize(), ctx.stream());
+        return t;
+    }
+
     /** A device copy of a host tensor; a tensor already on this GPU is returned as it is (no copy). */
     @Override
     public Tensor upload(Tensor host) {

@@ -169,6 +169,7 @@ public final class CudaLora {
              Tensor gh = ctx.empty(DType.BF16, n, r)) {
             Tensor ab = abh.t, bb = bbh.t;
             Cublas cu = ctx.cublas();
+            int sub = prof == null ? -1 : prof.begin();
             if (gradB != null) {
                 if (kept != null) {
                     gemm(cu, true, false, out, r, n, scaling, CudaContext.ptr(gy.t), out, kept.pointer(), kept.ld(), BF, 1f,
@@ -182,13 +183,20 @@ public final class CudaLora {
                     }
                 }
             }
+            if (sub >= 0) prof.end("lora backward/dB", sub);
+            sub = prof == null ? -1 : prof.begin();
             cu.gemmRowMajor(false, false, n, r, out, scaling, CudaContext.ptr(gy.t), CudaContext.ptr(bb), BF, 0f,
                     CudaContext.ptr(gh), BF);
+            if (sub >= 0) prof.end("lora backward/gh", sub);
+            sub = prof == null ? -1 : prof.begin();
             if (gradA != null) {
                 cu.gemmRowMajor(true, false, r, in, n, 1f, CudaContext.ptr(gh), CudaContext.ptr(xd.t), BF, 1f,
                         CudaContext.ptr(gradA), Cublas.DataType.F32);
             }
+            if (sub >= 0) prof.end("lora backward/dA", sub);
+            sub = prof == null ? -1 : prof.begin();
             inputGradInto(b, gx, accumulate, gh, ab, n, in, r, dropoutP, seed);
+            if (sub >= 0) prof.end("lora backward/gx", sub);
         }
         if (mark >= 0) prof.end("lora backward (bf16 GEMMs)", mark);
     }

@@ -172,13 +172,18 @@ public final class CudaLoraGroup {
             for (int i = 0; i < layers; i++) {
                 int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
                 if (gradB[i] != null) {
+                    int sub = prof == null ? -1 : prof.begin();
                     Hidden hi = kept[i] != null ? kept[i] : new Hidden(h, cols[i], r);
                     gemm(cu, true, false, out, r, n, scalings[i], CudaContext.ptr(gy[i].t()), out, hi.pointer(), hi.ld(), BF, 1f,
                             CudaContext.ptr(gradB[i]), r, Cublas.DataType.F32);
+                    if (sub >= 0) prof.end("lora group backward/dB", sub);
                 }
+                int sub = prof == null ? -1 : prof.begin();
                 gemm(cu, false, false, n, r, out, scalings[i], CudaContext.ptr(gy[i].t()), out, CudaContext.ptr(bBf16[i]), r,
                         BF, 0f, CudaContext.ptr(gh) + 2L * cols[i], total, BF);
+                if (sub >= 0) prof.end("lora group backward/gh", sub);
             }
+            int sub = prof == null ? -1 : prof.begin();
             if (anyGradA) {
                 try (Tensor dA = ctx.empty(DType.F32, total, in)) {
                     cu.gemmRowMajor(true, false, total, in, n, 1f, CudaContext.ptr(gh), CudaContext.ptr(xb.t()), BF, 0f,
@@ -192,8 +197,11 @@ public final class CudaLoraGroup {
                     }
                 }
             }
+            if (sub >= 0) prof.end("lora group backward/dA", sub);
+            sub = prof == null ? -1 : prof.begin();
             cu.gemmRowMajor(false, false, n, in, total, 1f, CudaContext.ptr(gh), CudaContext.ptr(aCat), BF,
                     accumulate ? 1f : 0f, CudaContext.ptr(gx), BF);
+            if (sub >= 0) prof.end("lora group backward/gx", sub);
         } finally {
             for (Held g : gy) if (g != null) g.close();
         }

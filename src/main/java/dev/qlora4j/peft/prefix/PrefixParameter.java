@@ -31,7 +31,7 @@ final class PrefixParameter implements AutoCloseable {
 
     /** The gradient to add into, allocated zero-filled on first use. */
     Tensor gradForAccumulation(Backend b) {
-        if (grad == null) grad = b.upload(Tensor.zeros(DType.F32, value.shape()));
+        if (grad == null) grad = b.zeros(DType.F32, value.shape());
         return grad;
     }
 

@@ -217,8 +217,8 @@ public final class TrainablePrefixTuning implements TransformerLM.TrainingPrefix
             keyGrads = new Tensor[layers];
             valueGrads = new Tensor[layers];
             for (int l = 0; l < layers; l++) {
-                keyGrads[l] = b.upload(Tensor.zeros(DType.F32, length, kvWidth));
-                valueGrads[l] = b.upload(Tensor.zeros(DType.F32, length, kvWidth));
+                keyGrads[l] = b.zeros(DType.F32, length, kvWidth);
+                valueGrads[l] = b.zeros(DType.F32, length, kvWidth);
             }
         }
     }
@@ -273,7 +273,7 @@ public final class TrainablePrefixTuning implements TransformerLM.TrainingPrefix
     public void discardStep() { endStepState(); }
 
     private void backwardToParameters() {
-        try (Tensor gColumns = b.upload(Tensor.zeros(DType.F32, width, length))) { // d loss / d table, transposed
+        try (Tensor gColumns = b.zeros(DType.F32, width, length)) { // d loss / d table, transposed
             for (int l = 0; l < layers; l++) {
                 Tensor gk = b.cast(keyGrads[l], b.activationDType());
                 try {

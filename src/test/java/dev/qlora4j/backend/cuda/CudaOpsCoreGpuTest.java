@@ -68,6 +68,26 @@ class CudaOpsCoreGpuTest {
         return host(x, act, x.length).toFloatArray();
     }
 
+    /**
+     * Backend.zeros fills on the stream: zero even where the caching allocator hands back a block that held other
+     * values (poisoned, freed, reused), and zero after earlier queued work that wrote the old block.
+     */
+    @ParameterizedTest
+    @CsvSource({"F32, 3, 5", "BF16, 37, 72", "F32, 1, 1", "F32, 0, 4"})
+    void zerosAreZeroOnARecycledBlock(DType dtype, int rows, int cols) {
+        CudaBackend g = bf16;
+        for (int round = 0; round < 3; round++) {
+            Tensor old = g.upload(Tensor.fromFloats(gaussian(new Random(round), rows * cols, 3), dtype, rows, cols));
+            poison(g, dtype, rows, cols);
+            old.close();
+            try (Tensor z = g.zeros(dtype, rows, cols)) {
+                assertEquals(dtype, z.dtype());
+                assertEquals(rows * cols, z.numel());
+                for (float v : values(g, z)) assertEquals(0f, v);
+            }
+        }
+    }
+
     @ParameterizedTest
     @CsvSource({"F32, F32", "F32, BF16", "F32, F16", "BF16, BF16", "BF16, F32"})
     void embeddingCopiesTableRows(DType act, DType tableType) {
