@@ -12,7 +12,7 @@ public final class OutOfMemoryAdvice {
     /** What to change, as flags of the train/generate/eval commands. */
     public static final String SETTINGS = "to fit, lower --per-device-train-batch-size (raise --gradient-accumulation-steps to keep the "
             + "effective batch), enable --gradient-checkpointing, add --offload-activations (checkpointed layer inputs go to host "
-            + "memory) or drop --checkpoint-keep-attention (the attention outputs checkpointing keeps per layer are then recomputed), offload layers with --device-map auto --max-memory '{\"0\":\"<GiB for weights>\",\"cpu\":\"64GiB\"}' "
+            + "memory) or add --no-checkpoint-keep-attention (the attention outputs checkpointing keeps per layer, up to 1 GiB by default, are then recomputed), offload layers with --device-map auto --max-memory '{\"0\":\"<GiB for weights>\",\"cpu\":\"64GiB\"}' "
             + "(or --load-in-4bit), or shorten --max-seq-length";
 
     static String message(long requested, long block, long allocated, long reserved, long peak, MemoryInfo info) {

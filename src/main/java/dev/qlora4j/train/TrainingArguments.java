@@ -33,10 +33,12 @@ import java.util.function.Consumer;
  * @param resumeFromCheckpoint resume_from_checkpoint: null, "latest" (newest checkpoint-N in output_dir) or a folder
  * @param offloadActivations   offload_activations (qlora4j's own key): with gradient checkpointing, each layer's
  *                             checkpointed input waits for the backward in pinned host memory instead of GPU memory
- * @param checkpointKeepAttention checkpoint_keep_attention (qlora4j's own key, default false): with gradient
- *                             checkpointing, each layer's attention result (out + lse) is kept too, so the backward's
- *                             recompute skips the attention forward (same loss and gradients, bit for bit; about
- *                             16 MiB more per Llama-7B layer at 2048 tokens). Ignored with offload_activations.
+ * @param checkpointKeepAttention checkpoint_keep_attention (qlora4j's own key; true, false, or null = auto, the
+ *                             default): with gradient checkpointing, each layer's attention result (out + lse) is kept
+ *                             too, so the backward's recompute skips the attention forward (same loss and gradients,
+ *                             bit for bit; about 16 MiB more per Llama-7B layer at 2048 tokens). Auto keeps it when all
+ *                             layers' results take at most 1 GiB (TransformerLM.setCheckpointKeepAttention). Ignored
+ *                             with offload_activations.
  */
 public record TrainingArguments(
         Path outputDir,
@@ -73,7 +75,7 @@ public record TrainingArguments(
         boolean completionOnlyLoss,
         boolean assistantOnlyLoss,
         boolean offloadActivations,
-        boolean checkpointKeepAttention) {
+        Boolean checkpointKeepAttention) {
 
     public static final List<String> OPTIMIZERS =
             List.of("adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd");
@@ -164,7 +166,7 @@ public record TrainingArguments(
         d.put("completion_only_loss", true);
         d.put("assistant_only_loss", true);
         d.put("offload_activations", false);
-        d.put("checkpoint_keep_attention", false);
+        d.put("checkpoint_keep_attention", null);
         return d;
     }
 
@@ -264,7 +266,7 @@ public record TrainingArguments(
                 r.number("save_steps"), r.optInteger("save_total_limit"), r.bool("bf16"), r.longValue("seed"),
                 r.optLong("data_seed"), r.bool("gradient_checkpointing"), (String) resume, r.integer("max_seq_length"),
                 r.bool("packing"), r.bool("completion_only_loss"), r.bool("assistant_only_loss"), r.bool("offload_activations"),
-                r.bool("checkpoint_keep_attention"));
+                r.optBool("checkpoint_keep_attention"));
     }
 
     private static String suggestion(String key) {
@@ -365,8 +367,15 @@ public record TrainingArguments(
         }
 
         boolean bool(String key) {
+            Boolean b = optBool(key);
+            if (b == null) throw bad(key, "true or false", node(key));
+            return b;
+        }
+
+        /** true, false, or null (JSON null, or absent with a null default). */
+        Boolean optBool(String key) {
             JsonNode n = node(key);
-            if (n == null) return (Boolean) DEFAULTS.get(key);
+            if (n == null) return (Boolean) DEFAULTS.get(key);   // absent or JSON null: the default (null = auto where allowed)
             if (n.isBoolean()) return n.asBoolean();
             if (n.isTextual() && (n.asText().equalsIgnoreCase("true") || n.asText().equalsIgnoreCase("false"))) {
                 return Boolean.parseBoolean(n.asText());

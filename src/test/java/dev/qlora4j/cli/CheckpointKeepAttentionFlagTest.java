@@ -9,11 +9,12 @@ import java.util.Map;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
- * checkpoint_keep_attention: off by default, --no-checkpoint-keep-attention (or the JSON key) turns it off, and it
- * round-trips through training_args.json (toMap / with).
+ * checkpoint_keep_attention: auto (null) by default, --no-checkpoint-keep-attention (or the JSON key) turns it off,
+ * --checkpoint-keep-attention on, and it round-trips through training_args.json (toMap / with).
  */
 class CheckpointKeepAttentionFlagTest {
     private static Map<String, Object> overrides(String... argv) {
@@ -23,11 +24,15 @@ class CheckpointKeepAttentionFlagTest {
     }
 
     @Test
-    void offByDefaultAndTurnedOffByTheNegatedFlagOrTheKey() {
-        assertFalse(TrainingArguments.defaults(Path.of("out")).checkpointKeepAttention());
+    void autoByDefaultAndTurnedOffByTheNegatedFlagOrTheKey() {
+        assertNull(TrainingArguments.defaults(Path.of("out")).checkpointKeepAttention(), "auto");
         Map<String, Object> none = overrides("--data", "d", "--output", "out", "--gradient-checkpointing");
         assertFalse(none.containsKey("checkpoint_keep_attention"), "an absent flag leaves the default");
-        assertFalse(TrainingArguments.load(null, none, w -> { }).checkpointKeepAttention());
+        TrainingArguments auto = TrainingArguments.load(null, none, w -> { });
+        assertNull(auto.checkpointKeepAttention(), "auto");
+        assertTrue(auto.toMap().containsKey("checkpoint_keep_attention"), "auto is written (as null) to training_args.json");
+        assertNull(auto.toMap().get("checkpoint_keep_attention"));
+        assertNull(TrainingArguments.load(null, auto.toMap(), w -> { }).checkpointKeepAttention(), "null reads back as auto");
 
         Map<String, Object> off = overrides("--data", "d", "--output", "out", "--gradient-checkpointing", "--no-checkpoint-keep-attention");
         assertEquals(false, off.get("checkpoint_keep_attention"));

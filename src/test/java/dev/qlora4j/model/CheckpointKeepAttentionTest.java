@@ -25,6 +25,7 @@ import java.util.concurrent.atomic.AtomicInteger;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNull;
 
 /**
  * Gradient checkpointing that keeps each layer's attention result (TransformerLM.setCheckpointKeepAttention):
@@ -147,7 +148,7 @@ class CheckpointKeepAttentionTest {
                 PeftModel peft = PeftModel.wrap(l.model(), golden, LORA, PeftModel.DEFAULT_ADAPTER, 7);
                 peft.train(true);
                 List<Param> params = peft.trainableParameters();
-                assertFalse(l.model().checkpointKeepAttention(), "keeping the attention is opt-in");
+                assertNull(l.model().checkpointKeepAttention(), "auto by default");
                 Map<Mode, Step> s = compareModes(l, params, peft::zeroGrad, () -> {}, () -> {}, golden + " LoRA");
                 System.out.printf("%s LoRA: loss %.6f identical in 3 modes; attention forwards %d (none) %d (recompute) %d (kept); "
                                 + "activation bytes %,d recompute, %,d kept%n", golden, s.get(Mode.KEEP).loss(),
@@ -155,6 +156,45 @@ class CheckpointKeepAttentionTest {
                         s.get(Mode.RECOMPUTE).activationBytes(), s.get(Mode.KEEP).activationBytes());
             }
         }
+    }
+
+    /**
+     * Auto (the default) keeps the attention when every layer's result fits in AUTO_KEEP_ATTENTION_BYTES (the test
+     * batch's few KiB do: one attention forward per layer, the kept bytes counted) and recomputes it otherwise (a
+     * batch as large as a Llama-7B one at 8,192 tokens would take 2 GiB).
+     */
+    @Test
+    void autoKeepsTheAttentionWhenItFitsTheBudget() {
+        try (Loaded l = Loaded.of("llama-f32")) {
+            TransformerLM m = l.model();
+            PeftModel peft = PeftModel.wrap(m, "llama-f32", LORA, PeftModel.DEFAULT_ADAPTER, 7);
+            peft.train(true);
+            List<Param> params = peft.trainableParameters();
+            Step recompute = step(l, Mode.RECOMPUTE, params, peft::zeroGrad, () -> {}, () -> {});
+            Step auto = stepWith(l, null, params, peft::zeroGrad);
+            assertEquals(m.numLayers(), auto.attentionCalls(), "auto keeps the small batch's attention");
+            assertEquals(recompute.activationBytes() + m.numLayers() * attentionBytes(m), auto.activationBytes());
+            assertBitIdentical(recompute, auto, params, "auto vs full recompute");
+            assertEquals(m.numLayers() * attentionBytes(m), m.keptAttentionBytes(BATCH, T));
+            // the budget in tokens: a 7B-shaped layer (32 heads x 128, bf16) keeps 16 MiB + 256 KiB per 2048 tokens
+            long perToken7b = 32L * (32 * 128 * 2 + 4 * 32);
+            assertTrue(perToken7b * 2048 <= TransformerLM.AUTO_KEEP_ATTENTION_BYTES, "7B at 2048 tokens: kept");
+            assertTrue(perToken7b * 8192 > TransformerLM.AUTO_KEEP_ATTENTION_BYTES, "7B at 4 x 2048 tokens: recomputed");
+        }
+    }
+
+    /** One checkpointed step with the keep-attention setting keep (null: auto). */
+    static Step stepWith(Loaded l, Boolean keep, List<Param> params, Runnable zeroGrad) {
+        TransformerLM m = l.model();
+        int[][] b = batch(m.config().vocabSize());
+        zeroGrad.run();
+        m.setCheckpointKeepAttention(keep);
+        l.counting().attentionTrain.set(0);
+        l.counting().prefixAttention.set(0);
+        TransformerLM.StepResult r = m.trainStep(b[0], b[1], b[2], b[3], BATCH, true, 1f / 40);
+        List<float[]> grads = new ArrayList<>();
+        for (Param p : params) grads.add(m.backend().toHost(p.grad()).toFloatArray().clone());
+        return new Step(r.lossSum(), grads, l.counting().attentionTrain.get(), l.counting().prefixAttention.get(), r.activationBytes());
     }
 
     /** A 3-slot prefix (seed 7) made for and attached to m: the prefix-tuning case of the checkpointing tests. */

@@ -31,10 +31,11 @@ import java.util.Random;
  *
  * <p>Run: java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -cp bench/target/benchmarks.jar
  * dev.qlora4j.bench.CudaTrainBench [--shape llama-7b] [--seq 2048] [--batch 1] [--checkpointing on,off]
- * [--keep-attention off] [--warmup 2] [--steps 5] [--offload-layers 0] [--offload-activations off] [--gpus 1].
- * --keep-attention on,off: with checkpointing on, whether each layer's attention result (out + lse) is kept so the
- * backward's recompute skips the attention forward (TransformerLM.setCheckpointKeepAttention; one row per value;
- * with --offload-activations on the attention is recomputed either way). --gpus N splits the decoder
+ * [--keep-attention auto] [--warmup 2] [--steps 5] [--offload-layers 0] [--offload-activations off] [--gpus 1].
+ * --keep-attention on,off,auto: with checkpointing on, whether each layer's attention result (out + lse) is kept so the
+ * backward's recompute skips the attention forward (TransformerLM.setCheckpointKeepAttention; auto, the default, keeps
+ * it when all layers' results take at most 1 GiB; one row per value, auto shown as auto-on / auto-off; with
+ * --offload-activations on the attention is recomputed either way). --gpus N splits the decoder
  * layers evenly over cuda:0..N-1 (embedding on the first, final norm + LM head on the last; each GPU's adapters,
  * AdamW state and gradients on it; clipping by the global norm) and adds a per-GPU peak memory line per setting.
  * --offload-layers N streams the last N
@@ -55,7 +56,7 @@ public final class CudaTrainBench {
     }
 
     public static void main(String[] args) {
-        String shape = "llama-7b", ckpt = "on,off", keepAttention = "off";
+        String shape = "llama-7b", ckpt = "on,off", keepAttention = "auto";
         int seq = 2048, batch = 1, warmup = 2, steps = 5, offloadLayers = 0, gpus = 1;
         boolean offloadActivations = false;
         for (int i = 0; i + 1 < args.length; i += 2) {
@@ -138,7 +139,7 @@ public final class CudaTrainBench {
                             setting.label(), steps, mean, prof.table(steps, mean));
                 }
                 long peak = b.context().allocator().stats().peakAllocatedBytes();
-                rows.add(new String[] {shape, Integer.toString(seq), Integer.toString(batch), on ? "on" : "off", setting.keepColumn(),
+                rows.add(new String[] {shape, Integer.toString(seq), Integer.toString(batch), on ? "on" : "off", setting.keepColumn(model, batch, seq),
                         String.format(Locale.ROOT, "%.1f", median), String.format(Locale.ROOT, "%.0f", n / (median / 1e3)),
                         String.format(Locale.ROOT, "%.2f", peak / (double) (1L << 30)),
                         String.format(Locale.ROOT, "%.4f", loss)});
@@ -195,7 +196,7 @@ public final class CudaTrainBench {
                             return loss;
                         });
                 double median = t.median(), loss = t.loss();
-                rows.add(new String[] {shape, Integer.toString(seq), Integer.toString(batch), on ? "on" : "off", setting.keepColumn(),
+                rows.add(new String[] {shape, Integer.toString(seq), Integer.toString(batch), on ? "on" : "off", setting.keepColumn(model, batch, seq),
                         String.format(Locale.ROOT, "%.1f", median), String.format(Locale.ROOT, "%.0f", n / (median / 1e3)),
                         String.format(Locale.ROOT, "%.4f", loss)});
                 memory.add("checkpointing " + setting.label() + ": " + MultiGpuBench.peaks(bs));
@@ -242,8 +243,14 @@ public final class CudaTrainBench {
     }
 
     /** One measured setting: checkpointing, and (only meaningful with it) whether the attention result is kept. */
-    record Setting(boolean checkpointing, boolean keepAttention) {
-        String keepColumn() { return checkpointing ? (keepAttention ? "on" : "off") : "-"; }
+    record Setting(boolean checkpointing, Boolean keepAttention) {
+        String keepColumn() { return checkpointing ? (keepAttention == null ? "auto" : keepAttention ? "on" : "off") : "-"; }
+
+        /** The keep-attention column with what auto chose for this model and batch. */
+        String keepColumn(dev.qlora4j.model.TransformerLM m, int batch, int seq) {
+            if (!checkpointing || keepAttention != null) return keepColumn();
+            return m.keptAttentionBytes(batch, seq) <= dev.qlora4j.model.TransformerLM.AUTO_KEEP_ATTENTION_BYTES ? "auto-on" : "auto-off";
+        }
 
         String label() { return checkpointing ? "on (keep-attention " + keepColumn() + ")" : "off"; }
     }
@@ -256,7 +263,9 @@ public final class CudaTrainBench {
                 out.add(new Setting(false, false));
                 continue;
             }
-            for (String k : keepAttention.split(",")) out.add(new Setting(true, onOff(k, "--keep-attention")));
+            for (String k : keepAttention.split(",")) {
+                out.add(new Setting(true, k.trim().equals("auto") ? null : onOff(k, "--keep-attention")));
+            }
         }
         return out;
     }
