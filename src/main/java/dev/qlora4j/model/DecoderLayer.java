@@ -160,10 +160,10 @@ public final class DecoderLayer implements AutoCloseable {
             if (prefix != null) attn = withPrefix(b, attn, qs, batch, heads, kvHeads, hd, w);
         }
         // The attention hook runs in the recompute too: its output is part of resid, which backward reads.
-        Tensor attnOut = afterAttention(h1, o.forward(b, attn.out()));
-        Tensor resid = b.add(x, attnOut);
-        attnOut.close();
-        Tensor h2 = b.rmsNorm(resid, postAttnNorm, (float) c.rmsNormEps());
+        // resid = x + attention output, summed into the output's buffer (owned here; x stays: it is the checkpoint) by
+        // the launch that norms it: the numbers of add then rmsNorm, one pass fewer over resid.
+        Tensor resid = afterAttention(h1, o.forward(b, attn.out()));
+        Tensor h2 = b.addInPlaceRmsNorm(resid, x, postAttnNorm, (float) c.rmsNormEps());
         Tensor[] gu = SharedInputLinears.forward(b, h2, gate, up);
         Tensor g = gu[0], u = gu[1];
         Tensor act = b.siluMul(g, u);

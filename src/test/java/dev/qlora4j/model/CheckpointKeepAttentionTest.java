@@ -167,8 +167,7 @@ class CheckpointKeepAttentionTest {
     void autoKeepsTheAttentionWhenItFitsTheBudget() {
         try (Loaded l = Loaded.of("llama-f32")) {
             TransformerLM m = l.model();
-            PeftModel peft = PeftModel.wrap(m, "llama-f32", LORA, PeftModel.DEFAULT_ADAPTER, 7);
-            peft.train(true);
+            PeftModel peft = trainingLora(m, "llama-f32", LORA);
             List<Param> params = peft.trainableParameters();
             Step recompute = step(l, Mode.RECOMPUTE, params, peft::zeroGrad, () -> {}, () -> {});
             Step auto = stepWith(l, null, params, peft::zeroGrad);
@@ -181,6 +180,13 @@ class CheckpointKeepAttentionTest {
             assertTrue(perToken7b * 2048 <= TransformerLM.AUTO_KEEP_ATTENTION_BYTES, "7B at 2048 tokens: kept");
             assertTrue(perToken7b * 8192 > TransformerLM.AUTO_KEEP_ATTENTION_BYTES, "7B at 4 x 2048 tokens: recomputed");
         }
+    }
+
+    /** The LoRA config cfg on m (seed 7), in training mode: the adapters the checkpointing tests train. */
+    static PeftModel trainingLora(TransformerLM m, String name, LoraConfig cfg) {
+        PeftModel peft = PeftModel.wrap(m, name, cfg, PeftModel.DEFAULT_ADAPTER, 7);
+        peft.train(true);
+        return peft;
     }
 
     /** One checkpointed step with the keep-attention setting keep (null: auto). */

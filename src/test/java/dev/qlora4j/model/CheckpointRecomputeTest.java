@@ -146,8 +146,7 @@ class CheckpointRecomputeTest {
     void activationOffloadRecomputeSkipsTheDownProjection() {
         try (Loaded l = Loaded.of("llama-f32")) {
             TransformerLM m = l.model();
-            PeftModel peft = PeftModel.wrap(m, "llama-f32", LORA, PeftModel.DEFAULT_ADAPTER, 7);
-            peft.train(true);
+            PeftModel peft = CheckpointKeepAttentionTest.trainingLora(m, "llama-f32", LORA);
             List<Param> params = peft.trainableParameters();
             DownCounter down = new DownCounter(m);
             Step none = CheckpointKeepAttentionTest.step(l, Mode.NONE, params, peft::zeroGrad, () -> {}, () -> {});
