@@ -572,8 +572,7 @@ public final class TransformerLM implements AutoCloseable {
         boolean offload = checkpointing && (activationStore != ActivationStore.ON_DEVICE || !activationStores.isEmpty());
         // Offload exists to bound GPU memory by host memory: kept attention results would grow with the context on
         // the GPU, so with offload the recompute runs the attention again (the behaviour before keep-attention).
-        boolean keepAttention = checkpointing && !offload && (checkpointKeepAttention != null ? checkpointKeepAttention
-                : keptAttentionBytes(batch, n / batch) <= AUTO_KEEP_ATTENTION_BYTES);
+        boolean keepAttention = checkpointing && !offload && keepsAttention(batch, n / batch);
         List<Tensor> inputs = new ArrayList<>();                     // layer inputs kept on their device (null when offloaded)
         List<ActivationStore.Saved> saved = new ArrayList<>();       // layer inputs held by the activation store
         List<LayerActivations> acts = new ArrayList<>();            // per layer: everything, or the kept attention alone
@@ -934,6 +933,15 @@ public final class TransformerLM implements AutoCloseable {
         long rows = (long) batch * tokens, heads = config.numAttentionHeads();
         long perLayer = rows * heads * config.headDim() * backend.activationDType().byteSize() + 4L * rows * heads;
         return perLayer * layers.size();
+    }
+
+    /**
+     * Whether a checkpointed step of batch rows of tokens keeps the attention results (without activation offload): the
+     * forced setting, or auto's choice ({@link #keptAttentionBytes} at most {@link #AUTO_KEEP_ATTENTION_BYTES}).
+     */
+    public boolean keepsAttention(int batch, int tokens) {
+        return checkpointKeepAttention != null ? checkpointKeepAttention
+                : keptAttentionBytes(batch, tokens) <= AUTO_KEEP_ATTENTION_BYTES;
     }
 
     /** The setting of {@link #setCheckpointKeepAttention}: true, false, or null for auto. */

@@ -246,10 +246,10 @@ public final class CudaTrainBench {
     record Setting(boolean checkpointing, Boolean keepAttention) {
         String keepColumn() { return checkpointing ? (keepAttention == null ? "auto" : keepAttention ? "on" : "off") : "-"; }
 
-        /** The keep-attention column with what auto chose for this model and batch. */
+        /** The keep-attention column with what auto chose for this model and batch (m set to this setting). */
         String keepColumn(dev.qlora4j.model.TransformerLM m, int batch, int seq) {
             if (!checkpointing || keepAttention != null) return keepColumn();
-            return m.keptAttentionBytes(batch, seq) <= dev.qlora4j.model.TransformerLM.AUTO_KEEP_ATTENTION_BYTES ? "auto-on" : "auto-off";
+            return m.keepsAttention(batch, seq) ? "auto-on" : "auto-off";
         }
 
         String label() { return checkpointing ? "on (keep-attention " + keepColumn() + ")" : "off"; }
