@@ -37,8 +37,10 @@ struct AdamWEntry {
     long long first_chunk;   // prefix sum of ceil(n / ADAMW_CHUNK) over the entries before this one
     float decay, lerp_weight, beta2, one_minus_beta2, neg_step_size, bias2_sqrt, eps;
     int pad;
+    __nv_bfloat16* copy;     // [n] or null: the parameter's BF16 copy, rewritten with the updated value (one
+                             // rounding), so that the LoRA path's copies need no cast launch per tensor and step
 };
-static_assert(sizeof(AdamWEntry) == 80, "AdamWEntry layout is fixed: CudaAdamW writes it");
+static_assert(sizeof(AdamWEntry) == 88, "AdamWEntry layout is fixed: CudaAdamW writes it");
 
 #define ADAMW_CHUNK 4096
 
@@ -66,8 +68,10 @@ extern "C" __global__ void __launch_bounds__(256) adamw_f32_multi(const AdamWEnt
         mi = lerp_from_start ? fmaf(e.lerp_weight, diff, mi) : fmaf(-diff, __fsub_rn(1.f, e.lerp_weight), gi);
         float vi = __fadd_rn(__fmul_rn(e.v[i], e.beta2), __fmul_rn(__fmul_rn(e.one_minus_beta2, gi), gi));
         float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), e.bias2_sqrt), e.eps);
-        e.p[i] = __fadd_rn(pi, __fdiv_rn(__fmul_rn(e.neg_step_size, mi), denom));
+        const float pn = __fadd_rn(pi, __fdiv_rn(__fmul_rn(e.neg_step_size, mi), denom));
+        e.p[i] = pn;
         e.m[i] = mi;
         e.v[i] = vi;
+        if (e.copy != nullptr) e.copy[i] = f32_to_bf16(pn);
     }
 }

@@ -122,9 +122,12 @@ __device__ __forceinline__ DqUnit load_dq_unit(const Q4Weight& w, int64_t u) {
 // (grid-stride apart) before decoding any, and the nested codes sit in shared memory. (Before: 32 values per lane,
 // so a warp's 16-byte stores were 64 bytes apart, behind three dependent loads: ~40% of the copy bandwidth.)
 // The values are the same: value(e) rounded through mid, then to OutT.
-template <typename OutT>
+// ROWS: the weight [n / cols, cols] is stored with a row stride of ldy elements (ldy >= cols, cols % 8 == 0, so a
+// unit of 8 values never crosses a row; units < 2^32): how the LoRA fold (lora_fold.cu) leaves room after each
+// row for the adapter's columns. Otherwise y is contiguous (cols and ldy unused).
+template <typename OutT, bool ROWS = false>
 __device__ void dequantize_body(const Q4Weight& w, const float* __restrict__ code16, OutT* __restrict__ y,
-                                int64_t n, int mid) {
+                                int64_t n, int mid, int cols = 0, int64_t ldy = 0) {
     constexpr int UNROLL = 4;
     __shared__ float table[16];
     __shared__ float ncode[256];
@@ -153,11 +156,17 @@ __device__ void dequantize_body(const Q4Weight& w, const float* __restrict__ cod
                 v[2 * b] = round_to(__fmul_rn(table[byte >> 4], amax), mid);
                 v[2 * b + 1] = round_to(__fmul_rn(table[byte & 15], amax), mid);
             }
-            Pack8<OutT>::store(y + u * 8, v);
+            if (ROWS) {
+                const uint32_t per_row = static_cast<uint32_t>(cols) / 8, uu = static_cast<uint32_t>(u);
+                const uint32_t row = uu / per_row;
+                Pack8<OutT>::store(y + row * ldy + (uu - row * per_row) * 8, v);
+            } else {
+                Pack8<OutT>::store(y + u * 8, v);
+            }
         }
     }
-    // the last values (n % 8 != 0): one thread, value by value
-    if (global_thread_index() == 0 && units * 8 < n) {
+    // the last values (n % 8 != 0): one thread, value by value (never with ROWS: cols % 8 == 0)
+    if (!ROWS && global_thread_index() == 0 && units * 8 < n) {
         for (int64_t e = units * 8; e < n; e++) {
             const uint32_t byte = w.packed[e >> 1];
             const uint32_t q = (e & 1) ? (byte & 15) : (byte >> 4);
@@ -176,6 +185,15 @@ extern "C" __global__ void __launch_bounds__(256) q4_dequantize_bf16(Q4_WEIGHT_P
                                                                      __nv_bfloat16* __restrict__ y, int64_t n, int mid) {
     Q4_WEIGHT_MAKE;
     dequantize_body<__nv_bfloat16>(w, code16, y, n, mid);
+}
+
+// The bf16 dequantize into rows of stride ldy (see dequantize_body's ROWS): y[row * ldy + col] for the weight's
+// [n / cols, cols] values; the columns [cols, ldy) of each row are not written.
+extern "C" __global__ void __launch_bounds__(256) q4_dequantize_rows_bf16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
+                                                                          __nv_bfloat16* __restrict__ y, int64_t n, int mid,
+                                                                          int cols, int64_t ldy) {
+    Q4_WEIGHT_MAKE;
+    dequantize_body<__nv_bfloat16, true>(w, code16, y, n, mid, cols, ldy);
 }
 
 extern "C" __global__ void __launch_bounds__(256) q4_dequantize_f16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,

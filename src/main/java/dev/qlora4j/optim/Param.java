@@ -20,6 +20,18 @@ public interface Param {
     /** The gradient (same element count as the value), or null when this parameter got none this step. */
     Tensor grad();
 
+    /**
+     * A BF16 copy of the value that an optimizer may rewrite in the same pass that updates the value (the CUDA
+     * AdamW does: the BF16 copies of the LoRA weights that the GPU's BF16 path reads, see
+     * dev.qlora4j.peft.TrainableTensor#castCopy), or null. The optimizer reads it after {@link #value()} and,
+     * once it has written every element, calls {@link #copyRefreshed()}; one that does not leaves it stale, and its
+     * owner re-makes it on next use.
+     */
+    default Tensor refreshableCopy() { return null; }
+
+    /** Tells the owner that {@link #refreshableCopy()} now holds the updated value, rounded to BF16. */
+    default void copyRefreshed() {}
+
     /** A host parameter over plain float arrays (wrapped without copying; both arrays are [numel]). */
     static Param of(String name, float[] value, float[] grad) {
         if (grad != null && grad.length != value.length) {

@@ -4,7 +4,9 @@ import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.QuantizedWeight;
 import dev.qlora4j.backend.cuda.CudaBackend;
 import dev.qlora4j.backend.cuda.CudaLora;
+import dev.qlora4j.backend.cuda.CudaLoraFold;
 import dev.qlora4j.backend.cuda.CudaLoraGroup;
+import dev.qlora4j.backend.cuda.CudaQuant4bit;
 import dev.qlora4j.nn.Linear;
 import dev.qlora4j.nn.QuantizedLinear;
 import dev.qlora4j.tensor.DType;
@@ -19,6 +21,7 @@ import java.util.List;
  * ({@link CudaLoraGroup#groupForwardInto}, {@link CudaLoraGroup#groupBackwardInto}):
  * <pre>
  *   forward:   y_i = base_i(x);  H = x [A_0; A_1; ...]^T (one GEMM);  y_i += s_i H_i B_i^T     (H kept for backward)
+ *              (4-bit bases: y_i = [x | H] [W_i | s_i B_i]^T, one GEMM per layer: CudaLoraFold)
  *   backward:  GH = [s_i gy_i B_i]_i;  dB_i += s_i gy_i^T H_i;  dA = GH^T x (one GEMM);
  *              gx = GH [A_0; A_1; ...] (one GEMM, K = sum r), then each base's grad_x GEMM accumulates onto gx
  * </pre>
@@ -61,18 +64,29 @@ public final class LoraGroup {
         LoraLinear[] ls = m.layers();
         LoraAdapter[] as = m.adapters();
         int k = ls.length;
-        Tensor[] out = baseOutputs(b, x, ls);
+        float[] scalings = new float[k];
+        int keeping = 0;   // layers that keep their block of H for the backward
+        for (int i = 0; i < k; i++) {
+            scalings[i] = (float) as[i].scaling();
+            if (ls[i].keepsHidden(as[i])) keeping++;
+        }
+        List<CudaQuant4bit> folded = foldedBases(x, ls);
+        Tensor[] out = null;
         try {
-            Tensor[] bCopies = new Tensor[k];
-            float[] scalings = new float[k];
-            int keeping = 0;   // layers that keep their block of H for the backward
-            for (int i = 0; i < k; i++) {
-                bCopies[i] = as[i].b().castCopy(b, DType.BF16);
-                scalings[i] = (float) as[i].scaling();
-                if (ls[i].keepsHidden(as[i])) keeping++;
-            }
             Tensor aCat = ls[0].stackedA(cb, as);
-            Tensor h = CudaLoraGroup.groupForwardInto(cb, out, x, aCat, bCopies, scalings, keeping > 0);
+            Tensor h;
+            if (folded != null) {   // base and adapter products in one GEMM per layer
+                Tensor[] bMasters = new Tensor[k];
+                for (int i = 0; i < k; i++) bMasters[i] = as[i].b().value();
+                CudaLoraFold.Result r = CudaLoraFold.forward(cb, x, folded, aCat, bMasters, scalings, keeping > 0);
+                out = r.outputs();
+                h = r.hidden();
+            } else {
+                out = baseOutputs(b, x, ls);
+                Tensor[] bCopies = new Tensor[k];
+                for (int i = 0; i < k; i++) bCopies[i] = as[i].b().castCopy(b, DType.BF16);
+                h = CudaLoraGroup.groupForwardInto(cb, out, x, aCat, bCopies, scalings, keeping > 0);
+            }
             KeptHidden.Shared shared = h == null ? null : new KeptHidden.Shared(h, keeping);
             int column = 0;
             for (int i = 0; i < k; i++) {
@@ -81,10 +95,22 @@ public final class LoraGroup {
                 column += as[i].rank();
             }
         } catch (RuntimeException e) {
-            for (Tensor t : out) if (t != null) t.close();
+            if (out != null) for (Tensor t : out) if (t != null) t.close();
             throw e;
         }
         return out;
+    }
+
+    /** The bases as 4-bit weights when CudaLoraFold takes them with this x (every base quantized, see CudaLoraFold#bases), else null. */
+    private static List<CudaQuant4bit> foldedBases(Tensor x, LoraLinear[] ls) {
+        List<QuantizedWeight> weights = new ArrayList<>(ls.length);
+        List<Tensor> biases = new ArrayList<>(ls.length);
+        for (LoraLinear l : ls) {
+            if (!(l.base() instanceof QuantizedLinear q)) return null;
+            weights.add(q.weight());
+            biases.add(q.bias());
+        }
+        return CudaLoraFold.bases(x, weights, biases);
     }
 
     /** The base layers' outputs: one Backend.linearQuantizedGroup call when every base is quantized (as LinearGroup). */

@@ -18,7 +18,8 @@ import dev.qlora4j.tensor.Tensor;
  * every path that can write the values: {@link #setHostValues}, each {@link Param#value()} of the optimizer
  * view (optimizers update the values in place through it, and resuming a checkpoint writes through it; a
  * read-only use only costs one extra cast), and {@link #markModified()}, which code writing
- * {@link #value()} in place by other means must call.
+ * {@link #value()} in place by other means must call. An optimizer that rewrites the BF16 copy with its update
+ * (the CUDA AdamW: {@link Param#refreshableCopy()}) marks it current again, so the copy is not re-cast per step.
  */
 public final class TrainableTensor implements AutoCloseable {
     private Tensor value; // F32, any shape, on the device
@@ -124,6 +125,14 @@ public final class TrainableTensor implements AutoCloseable {
                 return self.value;
             }
             @Override public Tensor grad() { return self.grad; }
+            // the BF16 cast copy, when one of this value exists: the optimizer writes it with the update, and
+            // copyRefreshed (called after value(), so at the version the update makes) marks it current
+            @Override public Tensor refreshableCopy() {
+                return self.cast != null && self.castDType == DType.BF16 && self.castSource == self.value ? self.cast : null;
+            }
+            @Override public void copyRefreshed() {
+                if (self.cast != null && self.castSource == self.value) self.castVersion = self.version;
+            }
             @Override public String toString() { return name + " " + self.value; }
         };
     }

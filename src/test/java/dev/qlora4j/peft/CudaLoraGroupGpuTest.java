@@ -12,6 +12,7 @@ import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.cpu.CpuBackend;
 import dev.qlora4j.backend.cuda.CudaBackend;
 import dev.qlora4j.backend.cuda.CudaLora;
+import dev.qlora4j.backend.cuda.CudaLoraFold;
 import dev.qlora4j.backend.cuda.CudaLoraGroup;
 import dev.qlora4j.cuda.CudaDriver;
 import dev.qlora4j.nn.DenseLinear;
@@ -106,6 +107,41 @@ class CudaLoraGroupGpuTest {
         g.compare(p, "grouped vs per-layer GPU", 2 * TOL);
         grouped.close();
         perLayer.close();
+        ref.close();
+    }
+
+    /**
+     * The LoRA fold (4-bit bases: base and adapter products in one GEMM, CudaLoraFold) against the CPU's float32 and
+     * against the unfolded grouped route (-Dqlora4j.cuda.loraFold=false) on the same inputs. Outputs: within 1e-2 of
+     * the largest magnitude of each (both are BF16 roundings of the same float32 sum; the fold rounds once, and its
+     * adapter block holds s B rounded to BF16). The kept h is the same GEMM's, so the backward (same code, same h)
+     * gives the unfolded route's gradients bit for bit. Ranks 3 and 4 make H 6 and 12 columns wide, padded with zeros (to 64) like the others.
+     */
+    @ParameterizedTest
+    @CsvSource({"qkv,16", "qkv,4", "gateup,16", "gateup,3"})
+    void foldedForwardMatchesFloat32AndTheUnfoldedRoute(String kind, int r) {
+        long seed = System.nanoTime();
+        System.out.println(kind + " r=" + r + ": seed " + seed);
+        Group folded = Group.build(gpu, seed, true, 72, 128, outs(kind), r, 0.0);
+        Group unfolded = Group.build(gpu, seed, true, 72, 128, outs(kind), r, 0.0);
+        Group ref = Group.build(cpu, seed, true, 72, 128, outs(kind), r, 0.0);
+        Result f = folded.run(gpu, false);
+        System.setProperty(CudaLoraFold.PROPERTY, "false");
+        Result u;
+        try {
+            u = unfolded.run(gpu, false);
+        } finally {
+            System.clearProperty(CudaLoraFold.PROPERTY);
+        }
+        Result want = ref.run(cpu, false);
+        f.compare(want, "folded vs CPU float32", TOL);
+        u.compare(want, "unfolded vs CPU float32", TOL);
+        for (int i = 0; i < f.ys().size(); i++) {
+            CudaLoraLinearGpuTest.relToMax(f.ys().get(i), u.ys().get(i), "folded vs unfolded: output " + i, TOL);
+        }
+        f.assertBitEqual(u, kind + " r=" + r + ": backward on the folded forward's h vs the unfolded one's");
+        folded.close();
+        unfolded.close();
         ref.close();
     }
 

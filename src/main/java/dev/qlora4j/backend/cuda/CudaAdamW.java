@@ -20,7 +20,8 @@ import java.util.Map;
  * torch.optim.AdamW over parameters whose value and gradient live on the GPU: the same update as
  * {@link dev.qlora4j.optim.AdamW} (element for element, bit-identical to {@link AdamWKernel}: native/adamw.cu),
  * state (exp_avg, exp_avg_sq: F32; step on the host) created on a parameter's first step. One kernel launch per
- * step updates every parameter (adamw_f32_multi over a table of pointers and per-parameter scalars).
+ * step updates every parameter (adamw_f32_multi over a table of pointers and per-parameter scalars), and rewrites
+ * the parameters' BF16 copies ({@link Param#refreshableCopy()}) in the same pass.
  *
  * <p>With {@link StateStorage#PAGED} (optim="paged_adamw_32bit") the state lives in pinned host memory that the
  * kernel reads and writes directly (see {@link OptimizerStateBuffer}): no GPU memory for state, the step then
@@ -31,7 +32,7 @@ public final class CudaAdamW extends CudaOptimizerBase<CudaAdamW.State> {
     /** Elements per CUDA block of adamw_f32_multi (ADAMW_CHUNK in native/adamw.cu). */
     static final int CHUNK = 4096;
     /** sizeof(AdamWEntry) in native/adamw.cu. */
-    static final int ENTRY_BYTES = 80;
+    static final int ENTRY_BYTES = 88;
 
     private final AdamWConfig config;
     private final LaunchTable table;
@@ -98,12 +99,25 @@ public final class CudaAdamW extends CudaOptimizerBase<CudaAdamW.State> {
             t.set(ValueLayout.JAVA_FLOAT, o + 68, k.bias2Sqrt());
             t.set(ValueLayout.JAVA_FLOAT, o + 72, k.eps());
             t.set(ValueLayout.JAVA_INT, o + 76, 0);
+            Tensor copy = bf16Copy(w);
+            t.set(ValueLayout.JAVA_LONG, o + 80, copy == null ? 0L : CudaContext.ptr(copy));
             chunks += (w.n() + CHUNK - 1) / CHUNK;
         }
         if (chunks > Integer.MAX_VALUE) throw new IllegalStateException("too many parameters for one launch: " + chunks + " chunks");
         long dev = table.upload(works.size());
         ctx.launch(ctx.function("adamw", "adamw_f32_multi"), Dim3.of((int) chunks), Dim3.of(CudaContext.BLOCK_1D), 0,
                 KernelArgs.of().ptr(dev).i32(works.size()));
+        for (Work<State> w : works) if (bf16Copy(w) != null) w.param().copyRefreshed();
+    }
+
+    /** The parameter's BF16 copy that the kernel rewrites with the update (Param#refreshableCopy), when it fits. */
+    private static Tensor bf16Copy(Work<State> w) {
+        Tensor c = w.param().refreshableCopy();
+        if (c == null || c.dtype() != DType.BF16 || c.numel() != w.n() || !(c.storage() instanceof CudaStorage)
+                || !c.device().equals(w.value().device())) {
+            return null;
+        }
+        return c;
     }
 
     @Override

@@ -101,6 +101,24 @@ final class Quant4bitKernels {
         ctx.launch(ctx.function(MODULE, kernel), strideGrid(ctx, (n / 8 + 3) / 4, 256), Dim3.of(256), 0, args);
     }
 
+    /**
+     * The BF16 dequantize of w [out, in] into the first in columns of y (BF16 [out, ldy], ldy >= in), the columns
+     * [in, ldy) untouched: the same values as {@link #dequantize} into a contiguous tensor (nf4.cu's ROWS store).
+     * in must be a multiple of 8 and the weight have fewer than 2^35 values (the kernel's 32-bit unit index).
+     */
+    static void dequantizeRows(CudaContext ctx, CudaQuant4bit w, Tensor y, DType mid) {
+        int in = w.inFeatures();
+        long n = w.numel();
+        if (y.dtype() != DType.BF16 || y.rank() != 2 || y.dim(0) != w.outFeatures() || y.dim(1) < in || in % 8 != 0
+                || n / 8 >= (1L << 32)) {
+            throw new IllegalArgumentException("dequantizeRows: y must be BF16 [" + w.outFeatures() + ", >= " + in
+                    + "] with in_features a multiple of 8 (and fewer than 2^35 values), got " + y);
+        }
+        KernelArgs args = weightArgs(w).ptr(CudaContext.ptr(w.code16())).ptr(CudaContext.ptr(y)).i64(n)
+                .i32(dtypeCode(mid, "mid")).i32(in).i64(y.dim(1));
+        ctx.launch(ctx.function(MODULE, "q4_dequantize_rows_bf16"), strideGrid(ctx, (n / 8 + 3) / 4, 256), Dim3.of(256), 0, args);
+    }
+
     /** packed U8 [(n+1)/2] and absmax F32 [blocks] of x (F32/BF16/F16, n values). typeCode 0 NF4, 1 FP4. */
     static void quantize(CudaContext ctx, Tensor x, int blocksize, int typeCode, Tensor packed, Tensor absmax) {
         long n = x.numel();
