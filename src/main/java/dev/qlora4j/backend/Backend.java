@@ -339,6 +339,14 @@ public interface Backend extends AutoCloseable {
     /** Waits for queued work (no-op on the CPU). */
     default void synchronize() {}
 
+    /**
+     * Under gradient checkpointing, the model calls this with true before a layer's recompute and with false after
+     * that layer's backward: a backend that dequantizes weights per use may keep the recompute's dequantized weights
+     * for the backward (the CUDA backend does, within a memory budget) and frees them at false. The default does
+     * nothing.
+     */
+    default void keepDequantizedWeights(boolean keep) {}
+
     @Override
     default void close() {}
 }

@@ -647,20 +647,27 @@ public final class TransformerLM implements AutoCloseable {
                 Tensor pos = up.on(lb, posHost), seg = up.on(lb, segHost), inv = invFreq(lb, t);
                 residency.enter(i, false);
                 LayerActivations a;
-                if (checkpointing) {
-                    a = new LayerActivations();
-                    if (keepAttention) a.attn = acts.get(i).takeAttention(); // the recompute uses it instead of the attention
-                    try {
-                        // Only what backward reads: the layer output (down, MLP hook, residual add) is not remade.
-                        layers.get(i).recomputeForBackward(lb, config, in, pos, seg, inv, ropeScale, batch, a);
-                    } catch (RuntimeException e) {
-                        a.close();
-                        throw e;
+                Tensor gPrev;
+                // the recompute's dequantized weights are the backward's too (kept within a budget, freed after it)
+                if (checkpointing) lb.keepDequantizedWeights(true);
+                try {
+                    if (checkpointing) {
+                        a = new LayerActivations();
+                        if (keepAttention) a.attn = acts.get(i).takeAttention(); // the recompute uses it instead of the attention
+                        try {
+                            // Only what backward reads: the layer output (down, MLP hook, residual add) is not remade.
+                            layers.get(i).recomputeForBackward(lb, config, in, pos, seg, inv, ropeScale, batch, a);
+                        } catch (RuntimeException e) {
+                            a.close();
+                            throw e;
+                        }
+                    } else {
+                        a = acts.get(i);
                     }
-                } else {
-                    a = acts.get(i);
+                    gPrev = layers.get(i).backwardTrain(lb, config, in, pos, seg, inv, ropeScale, batch, a, g);
+                } finally {
+                    if (checkpointing) lb.keepDequantizedWeights(false);
                 }
-                Tensor gPrev = layers.get(i).backwardTrain(lb, config, in, pos, seg, inv, ropeScale, batch, a, g);
                 residency.exit(i);
                 a.close();
                 g.close();

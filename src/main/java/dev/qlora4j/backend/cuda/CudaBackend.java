@@ -523,6 +523,12 @@ public final class CudaBackend implements Backend, GraphCapable {
 
     /** gradOut dequant(W): the weight dequantized to the activation dtype into a temporary, then one GEMM. */
     @Override
+    public void keepDequantizedWeights(boolean keep) {
+        if (keep) ctx.dequantCache().open();
+        else ctx.dequantCache().close();
+    }
+
+    @Override
     public Tensor linearQuantizedBackwardInput(Tensor gradOut, QuantizedWeight w) {
         int mark = profBegin();
         KernelTypes.requireRank(gradOut, 2, "linearQuantizedBackwardInput gradOut");
@@ -530,6 +536,12 @@ public final class CudaBackend implements Backend, GraphCapable {
             throw new IllegalArgumentException("linearQuantizedBackwardInput: gradOut " + KernelTypes.shape(gradOut)
                     + " does not match the weight [" + w.outFeatures() + ", " + w.inFeatures() + "] (need [n, "
                     + w.outFeatures() + "])");
+        }
+        DequantCache.Entry kept = ctx.dequantCache().get(w, act);
+        if (kept != null && kept.ld() == w.inFeatures()) {   // the recompute's dequantized weight (a LoRA fold's has its own path)
+            try (Owned g = activation(gradOut, "linearQuantizedBackwardInput gradOut")) {
+                return profEnd("linearQuantizedBackwardInput", mark, TrainLinearOps.backwardInput(ctx, act, g.t, kept.buffer()));
+            }
         }
         try (Owned g = activation(gradOut, "linearQuantizedBackwardInput gradOut");
              Tensor dense = timedDequantize(w)) {

@@ -28,6 +28,7 @@ public final class CudaContext implements AutoCloseable {
     private final long context;
     private final long stream;
     private final CachingAllocator allocator;
+    private final DequantCache dequantCache = new DequantCache();   // a checkpointed layer's weights, forward to backward
     private CachingAllocator current;  // where empty() allocates: the allocator, or a graph's private pool
     private final PtxModules modules;
     // programmatic dependent launch of the kernels that allow it (-Dqlora4j.cuda.pdl=false turns it off)
@@ -244,9 +245,13 @@ public final class CudaContext implements AutoCloseable {
         driver.streamSynchronize(stream);
     }
 
+    /** The dequantized weights kept from a layer's recompute for its backward (see DequantCache). */
+    DequantCache dequantCache() { return dequantCache; }
+
     @Override
     public void close() {
         synchronize();
+        dequantCache.close();
         if (transferEvent != 0) driver.eventDestroy(transferEvent);
         if (cublas != null) cublas.close();
         arrivalCounters.close();

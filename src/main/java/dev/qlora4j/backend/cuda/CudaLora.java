@@ -255,6 +255,12 @@ public final class CudaLora {
     public static void baseInputGradInto(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut, QuantizedWeight w) {
         OpProfiler prof = b.profiler();
         int mark = prof == null ? -1 : prof.begin();
+        DequantCache.Entry kept = b.context().dequantCache().get(w, DType.BF16);
+        if (kept != null) {   // the recompute's dequantized weight: rows of stride ld, the weight in the first in columns
+            baseProduct(b, gx, accumulate, gradOut, kept.buffer(), w.outFeatures(), w.inFeatures(), kept.ld());
+            if (mark >= 0) prof.end("linearQuantizedBackwardInput (kept weight)", mark);
+            return;
+        }
         int dq = prof == null ? -1 : prof.begin();
         try (Tensor dense = CudaQuantOps.dequantize(b.context(), w, DType.BF16)) {
             if (dq >= 0) prof.end("linearQuantizedBackwardInput/dequantize", dq);
@@ -264,7 +270,12 @@ public final class CudaLora {
     }
 
     private static void baseProduct(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut, Tensor w) {
-        int n = gradOut.dim(0), out = w.dim(0), in = w.dim(1);
+        baseProduct(b, gx, accumulate, gradOut, w, w.dim(0), w.dim(1), w.dim(1));
+    }
+
+    /** gx (+)= gradOut W for W [out, in] stored in the first in columns of w's rows of stride ld. */
+    private static void baseProduct(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut, Tensor w, int out, int in, int ld) {
+        int n = gradOut.dim(0);
         KernelTypes.requireDevice(gradOut, "base gradOut");
         if (gradOut.rank() != 2 || gradOut.dim(1) != out) {
             throw new IllegalArgumentException("LoRA base backward: gradOut " + KernelTypes.shape(gradOut) + " does not match the weight ["
@@ -274,8 +285,8 @@ public final class CudaLora {
         if (n == 0) return;
         CudaContext ctx = b.context();
         try (Held gy = bf16(ctx, gradOut)) {
-            ctx.cublas().gemmRowMajor(false, false, n, in, out, 1f, CudaContext.ptr(gy.t), CudaContext.ptr(w), BF,
-                    accumulate ? 1f : 0f, CudaContext.ptr(gx), BF);
+            gemm(ctx.cublas(), false, false, n, in, out, 1f, CudaContext.ptr(gy.t), out, CudaContext.ptr(w), ld, BF,
+                    accumulate ? 1f : 0f, CudaContext.ptr(gx), in, BF);
         }
     }
 

@@ -109,15 +109,22 @@ public final class CudaLoraFold {
                 CudaQuant4bit w = ws.get(i);
                 int out = w.outFeatures(), r = bMasters[i].dim(1);
                 ys[i] = ctx.empty(DType.BF16, n, out);
-                try (Tensor wf = ctx.empty(DType.BF16, out, ld)) {
+                DType mid = stateRounding(w);
+                Tensor wf = ctx.empty(DType.BF16, out, ld);
+                boolean done = false;
+                try {
                     int dq = prof == null ? -1 : prof.begin();
-                    Quant4bitKernels.dequantizeRows(ctx, w, wf, stateRounding(w));
+                    Quant4bitKernels.dequantizeRows(ctx, w, wf, mid);
                     ctx.launch1d(ctx.function(MODULE, "lora_fold_b_bf16"), (long) out * padded, KernelArgs.of()
                             .ptr(CudaContext.ptr(wf)).i64(ld).i32(out).i32(in).ptr(CudaContext.ptr(bMasters[i]))
                             .i32(column).i32(r).f32(scalings[i]));
                     if (dq >= 0) prof.end("lora fold forward/dequantize", dq);
                     gemm(cu, false, true, n, out, ld, 1f, CudaContext.ptr(xh), ld, CudaContext.ptr(wf), ld, BF, 0f,
                             CudaContext.ptr(ys[i]), out, BF);
+                    done = true;
+                } finally {
+                    // W'_i's first in columns are the base weight: kept for a checkpointed layer's backward (DequantCache)
+                    if (!done || mid != DType.F32 || !ctx.dequantCache().offer(w, wf, ld)) wf.close();
                 }
                 column += r;
             }

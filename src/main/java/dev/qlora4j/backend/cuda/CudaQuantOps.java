@@ -254,7 +254,9 @@ public final class CudaQuantOps {
         PrefillPlan plan = prefillPlan(x.dtype(), compute, bias != null);
         Tensor xc = x.dtype() == compute ? x : converted(ctx, x, compute);
         Tensor gemmOut = plan.gemmOutput() == y.dtype() ? y : ctx.empty(plan.gemmOutput(), n, w.outFeatures());
-        try (Tensor wc = ctx.empty(compute, w.outFeatures(), w.inFeatures())) {
+        Tensor wc = ctx.empty(compute, w.outFeatures(), w.inFeatures());
+        boolean done = false;
+        try {
             Quant4bitKernels.dequantize(ctx, w, wc, mid);
             ctx.cublas().gemmRowMajor(false, true, n, w.outFeatures(), w.inFeatures(), 1f, CudaContext.ptr(xc),
                     CudaContext.ptr(wc), cublasType(compute), 0f, CudaContext.ptr(gemmOut), cublasType(plan.gemmOutput()));
@@ -264,9 +266,12 @@ public final class CudaQuantOps {
             } else if (gemmOut != y) {
                 Quant4bitKernels.convert(ctx, gemmOut, y);
             }
+            done = true;
         } finally {
             if (xc != x) xc.close();
             if (gemmOut != y) gemmOut.close();
+            // kept for a checkpointed layer's backward (DequantCache) when rounded as the backward's dequantize is
+            if (!done || mid != DType.F32 || !ctx.dequantCache().offer(w, wc, w.inFeatures())) wc.close();
         }
         return y;
     }
