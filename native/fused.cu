@@ -138,10 +138,64 @@ __device__ __forceinline__ void add_rmsnorm_entry(T* resid, const T* y, const W*
 // RoPE (forward, or its backward when BACKWARD) on q [n, heads*D] and k [n, kv_heads*D]. Work item = (row, pair i,
 // head group g): the heads + kv_heads heads (q's, then k's) are cut into `groups` consecutive ranges so that a decode
 // step (n = 1: only D/2 pairs) still spreads over enough threads; with groups = 1 one angle serves every head of a row.
+// The same rotation with 16-byte accesses, for groups == 1 (prefill and training: many rows) when a head's halves are
+// whole 16-byte chunks (head_dim % (2 * Pack16<T>::N) == 0) and q, k are 16-byte aligned. Work item = (row, group of V
+// consecutive heads of q's then k's, chunk c of V consecutive pairs): V angles (the same rope_cos_sin per pair), then
+// per head one 16-byte load and store of each half, the V heads' loads issued together. Why: the pair-per-thread loop
+// moves 2 bytes per lane and access (64 bytes per warp instruction) and walks the heads one after the other: the
+// training RoPE ran at ~1.7 TB/s (Llama-7B q and k, seq 2048: 37.5 us per call). Same values, element for element.
+// Items: rows x ceil(all heads / V) x half / V, at most the pair-per-thread kernel's rows x half when there are at most
+// V * V heads, so the launcher's grid (sized for pairs) covers them in one pass (else the grid-stride loop goes on).
+template <typename T, bool BACKWARD>
+__device__ __forceinline__ void rope_qk_vec_impl(T* q, T* k, const int* __restrict__ positions,
+                                                 const float* __restrict__ inv_freq, int n, int heads, int kv_heads,
+                                                 int head_dim, float scaling) {
+    constexpr int V = Pack16<T>::N;
+    const int half = head_dim >> 1, chunks = half / V, all = heads + kv_heads, hgroups = (all + V - 1) / V;
+    const int64_t total = (int64_t)n * hgroups * chunks;
+    for (int64_t p = global_thread_index(); p < total; p += grid_stride()) {
+        const int c = (int)(p % chunks);
+        const int64_t rg = p / chunks;
+        const int64_t row = rg / hgroups;
+        const int h0 = (int)(rg - row * hgroups) * V, i0 = c * V;
+        float cs[V], sn[V];
+        const int pos = positions[row];
+#pragma unroll
+        for (int j = 0; j < V; j++) rope_cos_sin(pos, inv_freq[i0 + j], scaling, cs[j], sn[j]);
+        T* e[V];
+        Pack16<T> a[V], b[V];
+#pragma unroll
+        for (int u = 0; u < V; u++) {
+            const int h = h0 + u;
+            e[u] = h >= all ? nullptr
+                   : h < heads ? q + (row * heads + h) * head_dim + i0 : k + (row * kv_heads + (h - heads)) * head_dim + i0;
+            if (e[u] != nullptr) {
+                a[u].raw = *reinterpret_cast<const int4*>(e[u]);
+                b[u].raw = *reinterpret_cast<const int4*>(e[u] + half);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < V; u++) {
+            if (e[u] == nullptr) continue;
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                rope_rotate_pair<T, BACKWARD>(to_f32(a[u].v[j]), to_f32(b[u].v[j]), cs[j], sn[j], a[u].v[j], b[u].v[j]);
+            }
+            *reinterpret_cast<int4*>(e[u]) = a[u].raw;
+            *reinterpret_cast<int4*>(e[u] + half) = b[u].raw;
+        }
+    }
+}
+
 template <typename T, bool BACKWARD>
 __device__ __forceinline__ void rope_qk_impl(T* q, T* k, const int* __restrict__ positions,
                                              const float* __restrict__ inv_freq, int n, int heads, int kv_heads,
                                              int head_dim, float scaling, int groups) {
+    if (groups == 1 && head_dim % (2 * Pack16<T>::N) == 0
+            && ((reinterpret_cast<uintptr_t>(q) | reinterpret_cast<uintptr_t>(k)) & 15) == 0) {
+        rope_qk_vec_impl<T, BACKWARD>(q, k, positions, inv_freq, n, heads, kv_heads, head_dim, scaling);
+        return;
+    }
     int half = head_dim >> 1;
     int all = heads + kv_heads;
     int per = (all + groups - 1) / groups;

@@ -15,14 +15,16 @@ __device__ __forceinline__ void rope_cos_sin(int position, float inv_freq_i, flo
 }
 
 // One pair (a, b) rotated by the angle (forward) or by minus the angle (BACKWARD), each result rounded to T once.
+// Each product and sum rounded to float32 separately (the _rn intrinsics keep nvcc from contracting them into an FMA,
+// which it would do differently at each place this is inlined): the same float32 value in every kernel, and the CPU's.
 template <typename T, bool BACKWARD>
 __device__ __forceinline__ void rope_rotate_pair(float a, float b, float cs, float sn, T& ra, T& rb) {
     if (BACKWARD) {
-        ra = from_f32<T>(a * cs + b * sn);
-        rb = from_f32<T>(b * cs - a * sn);
+        ra = from_f32<T>(__fadd_rn(__fmul_rn(a, cs), __fmul_rn(b, sn)));
+        rb = from_f32<T>(__fsub_rn(__fmul_rn(b, cs), __fmul_rn(a, sn)));
     } else {
-        ra = from_f32<T>(a * cs - b * sn);
-        rb = from_f32<T>(b * cs + a * sn);
+        ra = from_f32<T>(__fsub_rn(__fmul_rn(a, cs), __fmul_rn(b, sn)));
+        rb = from_f32<T>(__fadd_rn(__fmul_rn(b, cs), __fmul_rn(a, sn)));
     }
 }
 

@@ -115,7 +115,8 @@ public final class CudaLoraFold {
                 try {
                     int dq = prof == null ? -1 : prof.begin();
                     Quant4bitKernels.dequantizeRows(ctx, w, wf, mid);
-                    ctx.launch1d(ctx.function(MODULE, "lora_fold_b_bf16"), (long) out * padded, KernelArgs.of()
+                    if ((CudaContext.ptr(wf) & 15) != 0) throw new IllegalStateException("LoRA fold: a 16-byte aligned buffer is needed");
+                    ctx.launch1d(ctx.function(MODULE, "lora_fold_b_bf16"), (long) out * (padded / 8), KernelArgs.of()
                             .ptr(CudaContext.ptr(wf)).i64(ld).i32(out).i32(in).ptr(CudaContext.ptr(bMasters[i]))
                             .i32(column).i32(r).f32(scalings[i]));
                     if (dq >= 0) prof.end("lora fold forward/dequantize", dq);
