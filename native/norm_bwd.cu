@@ -9,11 +9,89 @@
 //          in another order than the CPU's lanes (float32 rounding only).
 #include "activations.cuh"
 
+// Eight weights as floats from w + i (16-byte aligned: one or two vector loads).
+__device__ __forceinline__ void load_w8(const float* w, float (&v)[8]) {
+    const float4 a = *reinterpret_cast<const float4*>(w), b = *reinterpret_cast<const float4*>(w + 4);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+template <typename W>
+__device__ __forceinline__ void load_w8(const W* w, float (&v)[8]) {
+    Pack16<W> p;
+    p.raw = *reinterpret_cast<const int4*>(w);
+#pragma unroll
+    for (int e = 0; e < 8; e++) v[e] = to_f32(p.v[e]);
+}
+
+// The row in registers with 16-byte accesses, for 16-bit activations whose row is whole 16-byte chunks, at most
+// MAXC per thread (h <= 8 * MAXC * blockDim), every pointer 16-byte aligned: x and g are read once (the loop below
+// reads them twice, 2 bytes per lane and access). Returns false (nothing done, the same for the whole block) when
+// it does not apply. Same formula; the sums of x^2 and (g w) x run in another order (float32 rounding only).
+template <typename T, typename W>
+__device__ __forceinline__ bool rmsnorm_bwd_rows_in_registers(const T* __restrict__ x, const W* __restrict__ w, float eps,
+                                                              const T* __restrict__ g, T* __restrict__ gx,
+                                                              float* __restrict__ inv, int h, float* scratch) {
+    if constexpr (sizeof(T) != 2) {
+        return false;
+    } else {
+    constexpr int MAXC = 8;
+    const int chunks = h / 8;
+    if (h % 8 != 0 || chunks > MAXC * (int)blockDim.x
+            || ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(g) | reinterpret_cast<uintptr_t>(gx)
+                 | reinterpret_cast<uintptr_t>(w)) & 15) != 0) {
+        return false;
+    }
+    const int64_t o = (int64_t)blockIdx.x * h;
+    Pack16<T> xv[MAXC], gv[MAXC];
+#pragma unroll
+    for (int c = 0; c < MAXC; c++) {
+        const int ch = threadIdx.x + c * blockDim.x;
+        if (ch < chunks) {
+            xv[c].raw = *reinterpret_cast<const int4*>(x + o + 8 * ch);
+            gv[c].raw = *reinterpret_cast<const int4*>(g + o + 8 * ch);
+        }
+    }
+    float ss = 0.f, dot = 0.f;
+#pragma unroll
+    for (int c = 0; c < MAXC; c++) {
+        const int ch = threadIdx.x + c * blockDim.x;
+        if (ch >= chunks) continue;
+        float wv[8];
+        load_w8(w + 8 * ch, wv);
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const float xf = to_f32(xv[c].v[e]);
+            ss = fmaf(xf, xf, ss);
+            dot = fmaf(to_f32(gv[c].v[e]) * wv[e], xf, dot);
+        }
+    }
+    ss = block_sum(ss, scratch);
+    dot = block_sum(dot, scratch);
+    const float r = (float)(1.0 / sqrt((double)(ss / (float)h + eps)));
+    const float coef = r * r * r * dot / (float)h;
+    if (threadIdx.x == 0 && inv != nullptr) inv[blockIdx.x] = r;
+#pragma unroll
+    for (int c = 0; c < MAXC; c++) {
+        const int ch = threadIdx.x + c * blockDim.x;
+        if (ch >= chunks) continue;
+        float wv[8];
+        load_w8(w + 8 * ch, wv);
+        Pack16<T> out;
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            out.v[e] = from_f32<T>((to_f32(gv[c].v[e]) * wv[e]) * r - to_f32(xv[c].v[e]) * coef);
+        }
+        *reinterpret_cast<int4*>(gx + o + 8 * ch) = out.raw;
+    }
+    return true;
+    }
+}
+
 template <typename T, typename W>
 __device__ __forceinline__ void rmsnorm_bwd_impl(const T* __restrict__ x, const W* __restrict__ w, float eps,
                                                  const T* __restrict__ g, T* __restrict__ gx, float* __restrict__ inv,
                                                  int h) {
     __shared__ float scratch[32];
+    if (rmsnorm_bwd_rows_in_registers<T, W>(x, w, eps, g, gx, inv, h, scratch)) return;
     int64_t o = (int64_t)blockIdx.x * h;
     float ss = 0.f, dot = 0.f;
     for (int j = threadIdx.x; j < h; j += blockDim.x) {

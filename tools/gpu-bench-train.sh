@@ -12,7 +12,7 @@ run() { bash .gpu-pack/run main dev.qlora4j.bench.CudaTrainBench "$@" 2>&1 | gre
 peer() { python3 .gpu-pack/hf-peer-bench.py --train "$@" 2>&1 | grep '^{'; }
 if [ "$mode" = alternate ]; then
   for round in $(seq 1 "${2:-3}"); do
-    ours=$(run --shape llama-7b --seq 2048 --batch 1 --checkpointing on --warmup 2 --steps 5 | awk '$1 == "llama-7b" {print $7}')
+    ours=$(run --shape llama-7b --seq 2048 --batch 1 --checkpointing on --warmup 2 --steps 5 | awk '$1 == "llama-7b" && $2 == "2048" {print $7}')
     theirs=$(peer --shape llama7b --out "$out/hf-7b-ckpt-$round.json" | sed -E 's/.*"tokens_per_s": ([0-9.]+).*/\1/')
     echo "round $round: ours $ours tokens/s, peer $theirs tokens/s, ratio $(awk -v a="$ours" -v b="$theirs" 'BEGIN {printf "%.2f", a / b}')" \
       | tee -a "$out/alternate.txt"

@@ -17,6 +17,7 @@ import java.util.List;
 import java.util.Random;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
 import org.junit.jupiter.params.provider.EnumSource;
 
 /**
@@ -102,6 +103,29 @@ class CudaTrainOpsGpuTest {
                     }
                 }
             }
+        }
+    }
+
+    /**
+     * RMSNorm backward at model widths: 16-bit rows of whole 16-byte chunks take the register path (norm_bwd.cu
+     * rmsnorm_bwd_rows_in_registers; 4096 and 8192 wide, F32 and BF16 weights), other widths and F32 the loop.
+     */
+    @ParameterizedTest
+    @CsvSource({"BF16, 4096, 7, F32", "BF16, 4096, 3, BF16", "BF16, 8192, 2, F32", "BF16, 4100, 3, F32", "F32, 4096, 3, F32"})
+    void rmsNormBackwardAtModelWidthsMatchesCpu(DType act, int h, int n, DType weightType) {
+        Random r = random("rmsNorm backward " + act + " " + h + " " + weightType);
+        try (CudaBackend b = backend(act, false); CpuBackend cpu = new CpuBackend()) {
+            float[] x = gaussian(r, n * h, 1), w = gaussian(r, h, 1), g = gaussian(r, n * h, 1);
+            if (weightType == DType.BF16) w = Tensor.fromFloats(w, DType.BF16, h).toFloatArray();   // exact in both
+            float[] gw0 = gaussian(r, h, 1);
+            Tensor gwDev = b.upload(Tensor.of(gw0, h)), gwCpu = Tensor.of(gw0.clone(), h);
+            poison(b, act, n, h);
+            Tensor gxDev = b.rmsNormBackward(dev(b, x, act, n, h), b.upload(Tensor.fromFloats(w, weightType, h)), 1e-5f,
+                    dev(b, g, act, n, h), gwDev);
+            Tensor gxCpu = cpu.rmsNormBackward(ref(x, act, n, h), Tensor.of(w, h), 1e-5f, ref(g, act, n, h), gwCpu);
+            String what = "rmsNormBackward " + act + " h=" + h + " weight " + weightType;
+            assertClose(values(b, gxDev), gxCpu.toFloatArray(), tol(act), what + " grad_x");
+            assertClose(values(b, gwDev), gwCpu.toFloatArray(), tol(act), what + " grad_weight");
         }
     }
 
