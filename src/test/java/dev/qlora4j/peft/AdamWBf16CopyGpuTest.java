@@ -12,8 +12,6 @@ import dev.qlora4j.optim.AdamWConfig;
 import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
 
-import org.junit.jupiter.api.AfterEach;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
@@ -28,25 +26,14 @@ import java.util.Random;
  */
 @Tag("gpu")
 class AdamWBf16CopyGpuTest {
-    private CudaBackend gpu;
-
-    @BeforeEach
-    void open() {
-        assumeTrue(CudaBackend.isAvailable(), () -> "no GPU: " + CudaDriver.unavailableReason());
-        gpu = CudaBackend.create(0, DType.BF16, false);
-    }
-
-    @AfterEach
-    void close() {
-        if (gpu != null) gpu.close();
-    }
-
     @Test
     void theStepRewritesTheBf16CopyInPlace() {
+        assumeTrue(CudaBackend.isAvailable(), () -> "no GPU: " + CudaDriver.unavailableReason());
         long seed = System.nanoTime();
         System.out.println("seed " + seed);
         Random rnd = new Random(seed);
-        try (TrainableTensor withCopy = TrainableTensor.of(gpu, gaussian(rnd, 16 * 300), 16, 300);
+        try (CudaBackend gpu = CudaBackend.create(0, DType.BF16, false);
+             TrainableTensor withCopy = TrainableTensor.of(gpu, gaussian(rnd, 16 * 300), 16, 300);
              TrainableTensor without = TrainableTensor.of(gpu, gaussian(rnd, 5000), 5000);
              CudaAdamW opt = CudaAdamW.of(gpu, List.of(withCopy.param("a"), without.param("b")),
                      AdamWConfig.torchDefaults().withLr(1e-2).withWeightDecay(0.01))) {

@@ -9,7 +9,6 @@ import dev.qlora4j.tensor.Tensor;
 
 import java.util.ArrayList;
 import java.util.List;
-import java.util.Locale;
 
 import static dev.qlora4j.backend.cuda.CudaLora.BF;
 import static dev.qlora4j.backend.cuda.CudaLora.bf16;
@@ -54,14 +53,7 @@ public final class CudaLoraFold {
     public record Result(Tensor[] outputs, Tensor hidden) {}
 
     /** Whether the fold is on ({@link #PROPERTY}, default true). */
-    public static boolean on() {
-        String v = System.getProperty(PROPERTY, "true").trim().toLowerCase(Locale.ROOT);
-        return switch (v) {
-            case "true", "on", "" -> true;
-            case "false", "off" -> false;
-            default -> throw new IllegalArgumentException("-D" + PROPERTY + "=" + v + ": use true (default) or false");
-        };
-    }
+    public static boolean on() { return Switches.on(PROPERTY, true); }
 
     /**
      * The bases as 4-bit weights when the fold takes them with this x, else null: the fold is on, x is [n, in] with

@@ -7,7 +7,6 @@ import dev.qlora4j.cuda.KernelArgs;
 import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
 
-import java.util.Locale;
 
 import static dev.qlora4j.backend.cuda.CudaLora.BF;
 import static dev.qlora4j.backend.cuda.CudaLora.bf16;
@@ -33,14 +32,7 @@ public final class CudaLoraGroup {
     public static final String GROUP_PROPERTY = "qlora4j.cuda.loraGroup";
 
     /** Whether layers reading the same x may run their LoRA products together (see {@link #GROUP_PROPERTY}). */
-    public static boolean groupingOn() {
-        String v = System.getProperty(GROUP_PROPERTY, "true").trim().toLowerCase(Locale.ROOT);
-        return switch (v) {
-            case "true", "on", "" -> true;
-            case "false", "off" -> false;
-            default -> throw new IllegalArgumentException("-D" + GROUP_PROPERTY + "=" + v + ": use true (default) or false");
-        };
-    }
+    public static boolean groupingOn() { return Switches.on(GROUP_PROPERTY, true); }
 
     /**
      * The rows of parts stacked: BF16 [sum rows, cols] from BF16 [rows_i, cols] (the lora_A copies of a group), by
