@@ -32,7 +32,7 @@ final class DequantCache {
     private boolean open;
     private long bytes;
 
-    /** The budget in bytes (read at each opening, so tests and A/B runs may change it). */
+    /** The budget in bytes (read at each offer, so tests and A/B runs may change it). */
     static long budgetBytes() {
         long mib = Long.getLong(BUDGET_PROPERTY, 512L);
         if (mib < 0) throw new IllegalArgumentException("-D" + BUDGET_PROPERTY + "=" + mib + ": use a size in MiB, 0 to turn it off");
