@@ -82,6 +82,49 @@ class TrainableTensorVersionTest {
         t.close();
     }
 
+    /**
+     * The optimizer view's refreshable copy (what the CUDA AdamW rewrites with its update): it is the BF16 cast copy
+     * when one of the current value exists; after value() (the update) and copyRefreshed() the copy counts as current
+     * and is not re-cast; without copyRefreshed it is re-made; a copy in another dtype or of a replaced value is not
+     * offered.
+     */
+    @Test
+    void anOptimizerThatRewritesTheCopyKeepsItCurrent() {
+        AtomicInteger casts = new AtomicInteger();
+        Backend b = countingCasts(new CpuBackend(1), casts);
+        Random r = new Random(11);
+        TrainableTensor t = TrainableTensor.of(b, randomFloats(r, 12), 3, 4);
+        Param p = t.param("w");
+        assertEquals(null, p.refreshableCopy(), "no copy made yet");
+        Tensor c = t.castCopy(b, DType.BF16);
+        assertSame(c, p.refreshableCopy());
+
+        // an optimizer step that writes the value and the copy, then says so
+        Tensor master = p.value();
+        float[] next = randomFloats(r, 12);
+        for (int i = 0; i < next.length; i++) master.setFloat(i, next[i]);
+        Tensor rewritten = Tensor.fromFloats(next, DType.BF16, 3, 4);
+        for (int i = 0; i < next.length; i++) c.setFloat(i, rewritten.getFloat(i));
+        p.copyRefreshed();
+        assertSame(c, t.castCopy(b, DType.BF16), "refreshed by the optimizer: not re-cast");
+        assertBf16Of(t, c);
+        assertEquals(1, casts.get());
+
+        // an optimizer that does not rewrite it: the next use re-makes it
+        p.value();
+        Tensor remade = t.castCopy(b, DType.BF16);
+        assertNotSame(c, remade);
+        assertEquals(2, casts.get());
+
+        // only the BF16 copy of the current value is offered
+        t.castCopy(b, DType.F16);
+        assertEquals(null, p.refreshableCopy(), "an F16 copy is not the BF16 copy an optimizer writes");
+        t.castCopy(b, DType.BF16);
+        t.setHostValues(b, randomFloats(r, 12));
+        assertEquals(null, p.refreshableCopy(), "a copy of a replaced value is not offered");
+        t.close();
+    }
+
     @Test
     void versionsOnlyGrow() {
         Backend b = new CpuBackend(1);
