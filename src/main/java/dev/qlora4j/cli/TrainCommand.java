@@ -135,6 +135,11 @@ public final class TrainCommand implements Callable<Integer> {
                     + "3.5% faster there). Default: auto, kept when all layers' results take at most 1 GiB; "
                     + "--no-checkpoint-keep-attention always recomputes. Not used with --offload-activations.")
     Boolean checkpointKeepAttention;
+    @Option(names = "--checkpoint-keep-dequantized", negatable = true,
+            description = "With --gradient-checkpointing on a GPU: keep the 4-bit weights a layer's recompute dequantizes for "
+                    + "that layer's backward instead of dequantizing them again (up to 512 MiB, one layer at a time; same results; "
+                    + "Llama-7B: 2.5% faster). Default on; --no-checkpoint-keep-dequantized frees that memory.")
+    Boolean checkpointKeepDequantized;
 
     @Override
     public Integer call() {
@@ -160,6 +165,7 @@ public final class TrainCommand implements Callable<Integer> {
             TrainableModel model = createTrainableModel(lm, adapter, initAdapter, args);
             var devices = lm.model().devices();
             lm.model().setCheckpointKeepAttention(args.checkpointKeepAttention());
+            lm.model().setCheckpointKeepDequantized(args.checkpointKeepDequantized());
             if (args.offloadActivations()) {
                 if (devices.isSingle()) lm.model().setActivationStore(dev.qlora4j.placement.Offloading.activationStore(lm.model().backend()));
                 else lm.model().setActivationStores(dev.qlora4j.placement.Offloading.activationStores(devices));
@@ -367,6 +373,7 @@ public final class TrainCommand implements Callable<Integer> {
         put(m, "assistant_only_loss", assistantOnlyLoss);
         put(m, "offload_activations", offloadActivations);
         put(m, "checkpoint_keep_attention", checkpointKeepAttention);
+        put(m, "checkpoint_keep_dequantized", checkpointKeepDequantized);
         return m;
     }
 

@@ -13,9 +13,8 @@ public final class OutOfMemoryAdvice {
     public static final String SETTINGS = "to fit, lower --per-device-train-batch-size (raise --gradient-accumulation-steps to keep the "
             + "effective batch), enable --gradient-checkpointing, add --offload-activations (checkpointed layer inputs go to host "
             + "memory) or add --no-checkpoint-keep-attention (the attention outputs checkpointing keeps per layer, up to 1 GiB by default, are then recomputed), offload layers with --device-map auto --max-memory '{\"0\":\"<GiB for weights>\",\"cpu\":\"64GiB\"}' "
-            + "(or --load-in-4bit), or shorten --max-seq-length; with checkpointing, "
-            + "QLORA4J_JAVA_OPTS=-Dqlora4j.cuda.dequantCacheMiB=0 also frees the up to 512 MiB of one layer's dequantized "
-            + "weights kept from its recompute for its backward";
+            + "(or --load-in-4bit), or shorten --max-seq-length; with checkpointing, --no-checkpoint-keep-dequantized also "
+            + "frees the up to 512 MiB of one layer's dequantized weights kept from its recompute for its backward";
 
     static String message(long requested, long block, long allocated, long reserved, long peak, MemoryInfo info) {
         StringBuilder sb = new StringBuilder(String.format(Locale.ROOT,

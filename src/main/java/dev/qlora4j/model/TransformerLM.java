@@ -54,6 +54,8 @@ public final class TransformerLM implements AutoCloseable {
     private final Map<Backend, ActivationStore> activationStores = new java.util.IdentityHashMap<>();
     /** Whether a checkpointed step also keeps each layer's attention result on its device: null = auto (see setCheckpointKeepAttention). */
     private Boolean checkpointKeepAttention = null;
+    /** Whether a checkpointed step lets a layer's recompute keep its dequantized weights for its backward (see setCheckpointKeepDequantized). */
+    private boolean checkpointKeepDequantized = true;
 
     private TransformerLM(ModelConfig config, ModelDevices devices, Tensor embed, List<DecoderLayer> layers,
                           Tensor finalNorm, Linear lmHead, boolean tied) {
@@ -649,7 +651,8 @@ public final class TransformerLM implements AutoCloseable {
                 LayerActivations a;
                 Tensor gPrev;
                 // the recompute's dequantized weights are the backward's too (kept within a budget, freed after it)
-                if (checkpointing) lb.keepDequantizedWeights(true);
+                boolean keepDequantized = checkpointing && checkpointKeepDequantized;
+                if (keepDequantized) lb.keepDequantizedWeights(true);
                 try {
                     if (checkpointing) {
                         a = new LayerActivations();
@@ -666,7 +669,7 @@ public final class TransformerLM implements AutoCloseable {
                     }
                     gPrev = layers.get(i).backwardTrain(lb, config, in, pos, seg, inv, ropeScale, batch, a, g);
                 } finally {
-                    if (checkpointing) lb.keepDequantizedWeights(false);
+                    if (keepDequantized) lb.keepDequantizedWeights(false);
                 }
                 residency.exit(i);
                 a.close();
@@ -953,6 +956,16 @@ public final class TransformerLM implements AutoCloseable {
 
     /** The setting of {@link #setCheckpointKeepAttention}: true, false, or null for auto. */
     public Boolean checkpointKeepAttention() { return checkpointKeepAttention; }
+
+    /**
+     * Under gradient checkpointing, whether a layer's recompute keeps the weights it dequantizes for that layer's
+     * backward (Backend#keepDequantizedWeights: the CUDA backend keeps up to -Dqlora4j.cuda.dequantCacheMiB, 512 MiB by
+     * default, and frees them when the layer's backward ends), so the backward does not dequantize them again. Same loss
+     * and gradients; Llama-7B at 2,048 tokens on an H200: 2.5% faster for ~0.25 GiB more peak memory. Default true.
+     */
+    public void setCheckpointKeepDequantized(boolean keep) { checkpointKeepDequantized = keep; }
+
+    public boolean checkpointKeepDequantized() { return checkpointKeepDequantized; }
 
     @Override
     public void close() {

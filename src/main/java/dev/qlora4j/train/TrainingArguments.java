@@ -39,6 +39,10 @@ import java.util.function.Consumer;
  *                             bit for bit; about 16 MiB more per Llama-7B layer at 2048 tokens). Auto keeps it when all
  *                             layers' results take at most 1 GiB (TransformerLM.setCheckpointKeepAttention). Ignored
  *                             with offload_activations.
+ * @param checkpointKeepDequantized checkpoint_keep_dequantized (qlora4j's own key, default true): with gradient
+ *                             checkpointing on a GPU, the 4-bit weights a layer's recompute dequantizes are kept for that
+ *                             layer's backward instead of being dequantized again (up to 512 MiB, one layer at a time;
+ *                             same loss and gradients; TransformerLM.setCheckpointKeepDequantized). false frees that memory.
  */
 public record TrainingArguments(
         Path outputDir,
@@ -75,7 +79,8 @@ public record TrainingArguments(
         boolean completionOnlyLoss,
         boolean assistantOnlyLoss,
         boolean offloadActivations,
-        Boolean checkpointKeepAttention) {
+        Boolean checkpointKeepAttention,
+        boolean checkpointKeepDequantized) {
 
     public static final List<String> OPTIMIZERS =
             List.of("adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd");
@@ -167,6 +172,7 @@ public record TrainingArguments(
         d.put("assistant_only_loss", true);
         d.put("offload_activations", false);
         d.put("checkpoint_keep_attention", null);
+        d.put("checkpoint_keep_dequantized", true);
         return d;
     }
 
@@ -266,7 +272,7 @@ public record TrainingArguments(
                 r.number("save_steps"), r.optInteger("save_total_limit"), r.bool("bf16"), r.longValue("seed"),
                 r.optLong("data_seed"), r.bool("gradient_checkpointing"), (String) resume, r.integer("max_seq_length"),
                 r.bool("packing"), r.bool("completion_only_loss"), r.bool("assistant_only_loss"), r.bool("offload_activations"),
-                r.optBool("checkpoint_keep_attention"));
+                r.optBool("checkpoint_keep_attention"), r.bool("checkpoint_keep_dequantized"));
     }
 
     private static String suggestion(String key) {
@@ -494,6 +500,7 @@ public record TrainingArguments(
         m.put("assistant_only_loss", assistantOnlyLoss);
         m.put("offload_activations", offloadActivations);
         m.put("checkpoint_keep_attention", checkpointKeepAttention);
+        m.put("checkpoint_keep_dequantized", checkpointKeepDequantized);
         return m;
     }
 

@@ -46,4 +46,21 @@ class CheckpointKeepAttentionFlagTest {
         assertEquals(true, on.get("checkpoint_keep_attention"));
         assertFalse(TrainingArguments.of(Map.of("output_dir", "out", "checkpoint_keep_attention", false)).checkpointKeepAttention());
     }
+
+    /** checkpoint_keep_dequantized: on by default, --no-checkpoint-keep-dequantized (or the key) turns it off, round trip. */
+    @Test
+    void keepDequantizedIsOnByDefaultAndTurnedOffByTheNegatedFlagOrTheKey() {
+        assertTrue(TrainingArguments.defaults(Path.of("out")).checkpointKeepDequantized());
+        Map<String, Object> none = overrides("--data", "d", "--output", "out", "--gradient-checkpointing");
+        assertFalse(none.containsKey("checkpoint_keep_dequantized"), "an absent flag leaves the default");
+        assertTrue(TrainingArguments.load(null, none, w -> { }).checkpointKeepDequantized());
+        Map<String, Object> off = overrides("--data", "d", "--output", "out", "--gradient-checkpointing", "--no-checkpoint-keep-dequantized");
+        assertEquals(false, off.get("checkpoint_keep_dequantized"));
+        TrainingArguments a = TrainingArguments.load(null, off, w -> { });
+        assertFalse(a.checkpointKeepDequantized());
+        assertEquals(false, a.toMap().get("checkpoint_keep_dequantized"), "written to training_args.json");
+        assertFalse(TrainingArguments.load(null, a.toMap(), w -> { }).checkpointKeepDequantized(), "reads back");
+        assertTrue(a.with(Map.of("checkpoint_keep_dequantized", true)).checkpointKeepDequantized());
+        assertFalse(TrainingArguments.of(Map.of("output_dir", "out", "checkpoint_keep_dequantized", false)).checkpointKeepDequantized());
+    }
 }

@@ -137,7 +137,7 @@ class CheckpointKeepAttentionTest {
         return s;
     }
 
-    private static final LoraConfig LORA = LoraConfig.builder().r(4).loraAlpha(8).loraDropout(0.0)
+    static final LoraConfig LORA = LoraConfig.builder().r(4).loraAlpha(8).loraDropout(0.0)
             .targetModules(new ModuleSelector.AllLinear()).initLoraWeights(new InitLoraWeights.Flag(false)).build();
 
     @Test
