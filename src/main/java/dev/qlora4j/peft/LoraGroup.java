@@ -101,31 +101,31 @@ public final class LoraGroup {
         return out;
     }
 
+    /** The quantized base layers' weights and biases (null entries for none), in layer order. */
+    private record QuantizedBases(List<QuantizedWeight> weights, List<Tensor> biases) {
+        /** Those of ls when every base is a QuantizedLinear, else null. */
+        static QuantizedBases of(LoraLinear[] ls) {
+            List<QuantizedWeight> weights = new ArrayList<>(ls.length);
+            List<Tensor> biases = new ArrayList<>(ls.length);
+            for (LoraLinear l : ls) {
+                if (!(l.base() instanceof QuantizedLinear q)) return null;
+                weights.add(q.weight());
+                biases.add(q.bias());
+            }
+            return new QuantizedBases(weights, biases);
+        }
+    }
+
     /** The bases as 4-bit weights when CudaLoraFold takes them with this x (every base quantized, see CudaLoraFold#bases), else null. */
     private static List<CudaQuant4bit> foldedBases(Tensor x, LoraLinear[] ls) {
-        List<QuantizedWeight> weights = new ArrayList<>(ls.length);
-        List<Tensor> biases = new ArrayList<>(ls.length);
-        for (LoraLinear l : ls) {
-            if (!(l.base() instanceof QuantizedLinear q)) return null;
-            weights.add(q.weight());
-            biases.add(q.bias());
-        }
-        return CudaLoraFold.bases(x, weights, biases);
+        QuantizedBases q = QuantizedBases.of(ls);
+        return q == null ? null : CudaLoraFold.bases(x, q.weights(), q.biases());
     }
 
     /** The base layers' outputs: one Backend.linearQuantizedGroup call when every base is quantized (as LinearGroup). */
     private static Tensor[] baseOutputs(Backend b, Tensor x, LoraLinear[] ls) {
-        List<QuantizedWeight> weights = new ArrayList<>(ls.length);
-        List<Tensor> biases = new ArrayList<>(ls.length);
-        for (LoraLinear l : ls) {
-            if (!(l.base() instanceof QuantizedLinear q)) {
-                weights = null;
-                break;
-            }
-            weights.add(q.weight());
-            biases.add(q.bias());
-        }
-        if (weights != null) return b.linearQuantizedGroup(x, weights, biases);
+        QuantizedBases q = QuantizedBases.of(ls);
+        if (q != null) return b.linearQuantizedGroup(x, q.weights(), q.biases());
         Tensor[] out = new Tensor[ls.length];
         try {
             for (int i = 0; i < ls.length; i++) out[i] = ls[i].base().forward(b, x);

@@ -521,13 +521,17 @@ public final class CudaBackend implements Backend, GraphCapable {
         }
     }
 
-    /** gradOut dequant(W): the weight dequantized to the activation dtype into a temporary, then one GEMM. */
+    /** Opens or closes this GPU's DequantCache (a checkpointed layer's recompute keeps its weights for its backward). */
     @Override
     public void keepDequantizedWeights(boolean keep) {
         if (keep) ctx.dequantCache().open();
         else ctx.dequantCache().close();
     }
 
+    /**
+     * gradOut dequant(W): the weight dequantized to the activation dtype into a temporary (or the one a checkpointed
+     * recompute kept, DequantCache), then one GEMM.
+     */
     @Override
     public Tensor linearQuantizedBackwardInput(Tensor gradOut, QuantizedWeight w) {
         int mark = profBegin();

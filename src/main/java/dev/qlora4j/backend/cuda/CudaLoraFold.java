@@ -101,7 +101,7 @@ public final class CudaLoraFold {
                 CudaQuant4bit w = ws.get(i);
                 int out = w.outFeatures(), r = bMasters[i].dim(1);
                 ys[i] = ctx.empty(DType.BF16, n, out);
-                DType mid = stateRounding(w);
+                DType mid = CudaQuantOps.stateRounding(w);   // BF16: the fold only takes BF16-computing bases
                 Tensor wf = ctx.empty(DType.BF16, out, ld);
                 boolean done = false;
                 try {
@@ -117,7 +117,7 @@ public final class CudaLoraFold {
                     done = true;
                 } finally {
                     // W'_i's first in columns are the base weight: kept for a checkpointed layer's backward (DequantCache)
-                    if (!done || mid != DType.F32 || !ctx.dequantCache().offer(w, wf, ld)) wf.close();
+                    if (!done || !ctx.dequantCache().offer(w, wf, ld, mid)) wf.close();
                 }
                 column += r;
             }
@@ -132,11 +132,6 @@ public final class CudaLoraFold {
         }
         if (mark >= 0) prof.end("lora fold forward (base + LoRA GEMMs)", mark);
         return new Result(ys, h);
-    }
-
-    /** The dtype the weight passes through before BF16, as the unfolded prefill's dequantize (CudaQuantOps.linear4bit). */
-    private static DType stateRounding(CudaQuant4bit w) {
-        return w.stateDType() == DType.F32 || w.stateDType() == DType.BF16 ? DType.F32 : w.stateDType();
     }
 
     /** dst [rows, ldDst] columns [0, cols) = src's (row stride ldSrc), [cols, zeroTo) = 0; all multiples of 8. */

@@ -250,7 +250,7 @@ public final class CudaQuantOps {
             return y;
         }
         // prefill: weight dequantized to the compute dtype (through the state's dtype), one cuBLAS GEMM
-        DType mid = w.stateDType() == DType.F32 || w.stateDType() == compute ? DType.F32 : w.stateDType();
+        DType mid = stateRounding(w);
         PrefillPlan plan = prefillPlan(x.dtype(), compute, bias != null);
         Tensor xc = x.dtype() == compute ? x : converted(ctx, x, compute);
         Tensor gemmOut = plan.gemmOutput() == y.dtype() ? y : ctx.empty(plan.gemmOutput(), n, w.outFeatures());
@@ -270,10 +270,17 @@ public final class CudaQuantOps {
         } finally {
             if (xc != x) xc.close();
             if (gemmOut != y) gemmOut.close();
-            // kept for a checkpointed layer's backward (DequantCache) when rounded as the backward's dequantize is
-            if (!done || mid != DType.F32 || !ctx.dequantCache().offer(w, wc, w.inFeatures())) wc.close();
+            if (!done || !ctx.dequantCache().offer(w, wc, w.inFeatures(), mid)) wc.close();   // kept for the backward?
         }
         return y;
+    }
+
+    /**
+     * The dtype a weight's values pass through before the compute dtype in a prefill matmul (Nf4Matmul rounds the weight
+     * to the state's dtype first): the state's dtype, or F32 (no extra rounding) when it is F32 or the compute dtype.
+     */
+    static DType stateRounding(CudaQuant4bit w) {
+        return w.stateDType() == DType.F32 || w.stateDType() == w.computeDType() ? DType.F32 : w.stateDType();
     }
 
     /**

@@ -54,11 +54,12 @@ final class DequantCache {
     boolean isOpen() { return open; }
 
     /**
-     * Keeps buffer (ownership passes here) as w's dequantized values when the cache is open, the weight is not kept
-     * yet and the budget allows; else returns false and the caller still owns (and closes) it.
+     * Keeps buffer (ownership passes here) as w's dequantized values when the cache is open, the values went through
+     * float32 only (rounding F32: what the backward's own dequantize gives), the weight is not kept yet and the budget
+     * allows; else returns false and the caller still owns (and closes) it.
      */
-    boolean offer(QuantizedWeight w, Tensor buffer, int ld) {
-        if (!open || entries.containsKey(w) || bytes + buffer.byteSize() > budgetBytes()) return false;
+    boolean offer(QuantizedWeight w, Tensor buffer, int ld, DType rounding) {
+        if (!open || rounding != DType.F32 || entries.containsKey(w) || bytes + buffer.byteSize() > budgetBytes()) return false;
         entries.put(w, new Entry(buffer, ld));
         bytes += buffer.byteSize();
         return true;

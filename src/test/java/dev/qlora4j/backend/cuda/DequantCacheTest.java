@@ -35,13 +35,13 @@ class DequantCacheTest {
         DequantCache cache = new DequantCache();
         QuantizedWeight a = new FakeWeight(256, 1024), b = new FakeWeight(512, 1024), c = new FakeWeight(64, 64);
         Tensor half = Tensor.zeros(DType.BF16, 256, 1024);        // 0.5 MiB
-        assertFalse(cache.offer(a, half, 1024), "closed: nothing is kept");
+        assertFalse(cache.offer(a, half, 1024, DType.F32), "closed: nothing is kept");
         cache.open();
-        assertTrue(cache.offer(a, half, 1024));
-        assertFalse(cache.offer(a, Tensor.zeros(DType.BF16, 256, 1024), 1024), "one buffer per weight");
-        assertFalse(cache.offer(b, Tensor.zeros(DType.BF16, 512, 1024), 1024), "1 MiB more would pass the budget");
+        assertTrue(cache.offer(a, half, 1024, DType.F32));
+        assertFalse(cache.offer(a, Tensor.zeros(DType.BF16, 256, 1024), 1024, DType.F32), "one buffer per weight");
+        assertFalse(cache.offer(b, Tensor.zeros(DType.BF16, 512, 1024), 1024, DType.F32), "1 MiB more would pass the budget");
         Tensor small = Tensor.zeros(DType.BF16, 64, 72);
-        assertTrue(cache.offer(c, small, 72), "a small one still fits");
+        assertTrue(cache.offer(c, small, 72, DType.F32), "a small one still fits");
         assertEquals(half.byteSize() + small.byteSize(), cache.bytes());
         assertSame(half, cache.get(a, DType.BF16).buffer());
         assertEquals(72, cache.get(c, DType.BF16).ld());
@@ -58,10 +58,10 @@ class DequantCacheTest {
         System.setProperty(DequantCache.BUDGET_PROPERTY, "0");
         DequantCache cache = new DequantCache();
         cache.open();
-        assertFalse(cache.offer(new FakeWeight(8, 8), Tensor.zeros(DType.BF16, 8, 8), 8));
+        assertFalse(cache.offer(new FakeWeight(8, 8), Tensor.zeros(DType.BF16, 8, 8), 8, DType.F32));
         System.setProperty(DequantCache.BUDGET_PROPERTY, "-3");
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
-                () -> cache.offer(new FakeWeight(8, 8), Tensor.zeros(DType.BF16, 8, 8), 8));
+                () -> cache.offer(new FakeWeight(8, 8), Tensor.zeros(DType.BF16, 8, 8), 8, DType.F32));
         assertTrue(e.getMessage().contains("0 to turn it off"), e.getMessage());
         cache.close();
     }
