@@ -35,7 +35,14 @@
 //   from expf(score * scale - max) by a few f32 ulps. Expected error against the f32 CPU reference on the same
 //   bf16 inputs: ~3e-3 relative (out, dQ/dK/dV: dominated by the output rounding to bf16 and the bf16 P / dS);
 //   lse ~1e-6 absolute plus the f32 rounding of the scores.
+// Hopper (the sm90a build, native/Makefile's SM90A list): the same three kernels also come as attn_wg_*, with every
+//   matmul a warpgroup MMA (wgmma.cuh: one warpgroup = the block's 4 warps, 64 rows; operands from shared memory
+//   through descriptors, so no ldmatrix) on tiles stored as 8x8 core matrices (WTile); tiles, visibility, k order
+//   inside each product, roundings and outputs as above. Every kernel of the sm90a build starts with pdl_enter()
+//   (it may be launched as a programmatic dependent, native/pdl.cuh).
 #include "attention_delta.cuh"
+#include "pdl.cuh"
+#include "wgmma.cuh"
 #include <limits.h>
 
 namespace tc {
@@ -144,20 +151,54 @@ struct Tile {
     __device__ static uint32_t bt_addr(uint32_t base, int k0, int n0, int lane) { return a_addr(base, k0, n0, lane); }
 };
 
+// ---- Hopper tiles (wgmma): 64 rows x D as 8x8 core matrices of 8 rows x 16 bytes (128 contiguous bytes, no
+// swizzle), core (row group r / 8, 16-byte chunk c) at (c * 8 + r / 8) * 128. One tile serves as a K-major operand
+// when its rows are the M or N dimension (Q, dO, K, V as the left factor, or the keys of S = Q K^T) and as an
+// MN-major one when its rows are the k dimension (V in P V, K in dS K, dO in P^T dO, Q in dS^T Q).
+template <int D>
+struct WTile {
+    static constexpr int BYTES = 64 * D * 2;
+    static constexpr int CHUNK_COL = 8 * 128;   // bytes from one 16-byte chunk column to the next
+    __device__ static uint32_t offset(int r, int ch) { return (ch * 8 + (r >> 3)) * 128 + (r & 7) * 16; }
+    // k-step s (head-dim elements 16s..16s+15) of the tile as a K-major operand
+    __device__ static uint64_t kmajor(uint32_t tile, int s) {
+        return wgmma::desc(tile + 2 * s * CHUNK_COL, CHUNK_COL, 128);
+    }
+    // k-step s (rows 16s..16s+15: two row groups) of the tile as an MN-major operand
+    __device__ static uint64_t mnmajor(uint32_t tile, int s) { return wgmma::desc(tile + s * 256, 128, CHUNK_COL); }
+};
+
 // Copies rows [r0, r0 + 64) of head `head` (D wide) of batch row b (row stride `width` elements) into the tile at
-// dst; rows at or past T_ are zero. Asynchronous: the caller commits and waits.
-template <typename T, int D>
+// dst (padded rows, or WTile's core matrices when WG); rows at or past T_ are zero. Asynchronous: the caller commits
+// and waits. WG: each warp instruction moves 8 rows x 4 chunks, so every row is read 64 contiguous bytes at a time
+// and each 8-lane phase writes one core matrix (128 contiguous bytes: no bank conflict).
+template <typename T, int D, bool WG>
 __device__ __forceinline__ void load_tile_async(uint32_t dst, const T* __restrict__ src, int b, int T_, int r0,
                                                 int width, int head) {
     constexpr int CH = D / 8;   // 16-byte chunks per row
     static_assert(64 * CH % THREADS == 0, "whole chunks per thread");
 #pragma unroll
     for (int i = 0; i < 64 * CH / THREADS; i++) {
-        int c = threadIdx.x + i * THREADS, r = c / CH, ch = c % CH, t = r0 + r;
-        bool ok = t < T_;
+        const int c = threadIdx.x + i * THREADS;
+        int r, ch;
+        if constexpr (WG) {
+            r = ((c >> 5) & 7) * 8 + (c & 7);
+            ch = (c >> 8) * 4 + ((c >> 3) & 3);
+        } else {
+            r = c / CH;
+            ch = c % CH;
+        }
+        const int t = r0 + r;
+        const bool ok = t < T_;
         const T* p = ok ? src + ((int64_t)b * T_ + t) * width + (int64_t)head * D + ch * 8 : src;
-        cp_async16(dst + r * Tile<D>::ROW_BYTES + ch * 16, p, ok);
+        cp_async16(dst + (WG ? WTile<D>::offset(r, ch) : r * Tile<D>::ROW_BYTES + ch * 16), p, ok);
     }
+}
+
+// After cp_async_wait: makes this thread's landed tiles visible to wgmma (async proxy); the caller's barrier follows.
+template <bool WG>
+__device__ __forceinline__ void tiles_landed() {
+    if constexpr (WG) wgmma::fence_smem_for_async();
 }
 
 // Minimum (is_max false) or maximum over the warp, in every lane.
@@ -208,17 +249,18 @@ __device__ __forceinline__ bool visible(int t, int s, int T_, int window, const 
 using namespace tc;
 
 // ------------------------------------------------------------------------------------------------------ forward
-template <typename T, int D>
+template <typename T, int D, bool WG>
 __device__ __forceinline__ void fwd_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                          const int* __restrict__ seg, T* __restrict__ out, float* __restrict__ lse,
                                          int T_, int H, int KH, float scale, int window) {
     constexpr int NB = BN / 8;    // score n-blocks per warp row block
     constexpr int KC = D / 16;    // k-chunks of the head dim
     constexpr int DB = D / 8;     // output n-blocks
-    extern __shared__ __align__(16) unsigned char smem[];
+    constexpr int TB = WG ? WTile<D>::BYTES : Tile<D>::BYTES;   // bytes of one 64-row tile
+    extern __shared__ __align__(128) unsigned char smem[];
     const uint32_t sQ = smem_addr(smem);
-    const uint32_t sK = sQ + Tile<D>::BYTES;             // two buffers
-    const uint32_t sV = sK + 2 * Tile<D>::BYTES;         // two buffers
+    const uint32_t sK = sQ + TB;             // two buffers
+    const uint32_t sV = sK + 2 * TB;         // two buffers
 
     const int q0 = (gridDim.x - 1 - blockIdx.x) * BM, h = blockIdx.y, b = blockIdx.z;
     const int kh = h / (H / KH);
@@ -253,9 +295,9 @@ __device__ __forceinline__ void fwd_impl(const T* __restrict__ q, const T* __res
     int kind;
     int kt = next_tile(kBegin, kind);
     if (kt < kEnd) {
-        load_tile_async<T, D>(sQ, q, b, T_, q0, qw, h);
-        load_tile_async<T, D>(sK, k, b, T_, kt, kw, kh);
-        load_tile_async<T, D>(sV, v, b, T_, kt, kw, kh);
+        load_tile_async<T, D, WG>(sQ, q, b, T_, q0, qw, h);
+        load_tile_async<T, D, WG>(sK, k, b, T_, kt, kw, kh);
+        load_tile_async<T, D, WG>(sV, v, b, T_, kt, kw, kh);
         cp_async_commit();
         uint32_t qf[KC][4];
         int buf = 0;
@@ -264,30 +306,42 @@ __device__ __forceinline__ void fwd_impl(const T* __restrict__ q, const T* __res
             int nkind;
             const int nt = next_tile(kt + BN, nkind);
             if (nt < kEnd) {   // prefetch the next visible tile into the other buffer
-                load_tile_async<T, D>(sK + (buf ^ 1) * Tile<D>::BYTES, k, b, T_, nt, kw, kh);
-                load_tile_async<T, D>(sV + (buf ^ 1) * Tile<D>::BYTES, v, b, T_, nt, kw, kh);
+                load_tile_async<T, D, WG>(sK + (buf ^ 1) * TB, k, b, T_, nt, kw, kh);
+                load_tile_async<T, D, WG>(sV + (buf ^ 1) * TB, v, b, T_, nt, kw, kh);
             }
             cp_async_commit();
             cp_async_wait<1>();   // everything but the prefetch has landed
+            tiles_landed<WG>();
             __syncthreads();
-            if (first) {
+            if (!WG && first) {
 #pragma unroll
                 for (int kc = 0; kc < KC; kc++) ldsm_x4(Tile<D>::a_addr(sQ, warp * 16, kc * 16, lane), qf[kc]);
                 first = false;
             }
-            const uint32_t kb = sK + buf * Tile<D>::BYTES, vb = sV + buf * Tile<D>::BYTES;
+            const uint32_t kb = sK + buf * TB, vb = sV + buf * TB;
             // S = Q K^T: 16 rows x 64 keys per warp.
             float s[NB][4];
 #pragma unroll
             for (int j = 0; j < NB; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+            if constexpr (WG) {
+                wgmma::fence();
 #pragma unroll
-            for (int kc = 0; kc < KC; kc++) {
+                for (int kc = 0; kc < KC; kc++) {
+                    wgmma::mma_ss_n64<T>(s, WTile<D>::kmajor(sQ, kc), WTile<D>::kmajor(kb, kc), kc > 0);
+                }
+                wgmma::commit();
+                wgmma::wait<0>();
+                wgmma::pin(s);
+            } else {
 #pragma unroll
-                for (int j2 = 0; j2 < NB / 2; j2++) {
-                    uint32_t bf[4];
-                    ldsm_x4(Tile<D>::b_addr(kb, j2 * 16, kc * 16, lane), bf);
-                    mma<T>(s[2 * j2], qf[kc], bf[0], bf[1]);
-                    mma<T>(s[2 * j2 + 1], qf[kc], bf[2], bf[3]);
+                for (int kc = 0; kc < KC; kc++) {
+#pragma unroll
+                    for (int j2 = 0; j2 < NB / 2; j2++) {
+                        uint32_t bf[4];
+                        ldsm_x4(Tile<D>::b_addr(kb, j2 * 16, kc * 16, lane), bf);
+                        mma<T>(s[2 * j2], qf[kc], bf[0], bf[1]);
+                        mma<T>(s[2 * j2 + 1], qf[kc], bf[2], bf[3]);
+                    }
                 }
             }
             if (kind == 2) {
@@ -328,16 +382,28 @@ __device__ __forceinline__ void fwd_impl(const T* __restrict__ q, const T* __res
                 }
             }
             // O += P V: P (rounded to T) straight from the score registers.
+            if constexpr (WG) {
+                uint32_t pa[BN / 16][4];
 #pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++) {
-                uint32_t pa[4];
-                acc_to_a<T, NB>(s, kk, pa);
+                for (int kk = 0; kk < BN / 16; kk++) acc_to_a<T, NB>(s, kk, pa[kk]);
+                wgmma::fence();
 #pragma unroll
-                for (int n2 = 0; n2 < DB / 2; n2++) {
-                    uint32_t bf[4];
-                    ldsm_x4_t(Tile<D>::bt_addr(vb, kk * 16, n2 * 16, lane), bf);
-                    mma<T>(o[2 * n2], pa, bf[0], bf[1]);
-                    mma<T>(o[2 * n2 + 1], pa, bf[2], bf[3]);
+                for (int kk = 0; kk < BN / 16; kk++) wgmma::mma_rs<T, D>(o, pa[kk], WTile<D>::mnmajor(vb, kk));
+                wgmma::commit();
+                wgmma::wait<0>();
+                wgmma::pin(o);
+            } else {
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; kk++) {
+                    uint32_t pa[4];
+                    acc_to_a<T, NB>(s, kk, pa);
+#pragma unroll
+                    for (int n2 = 0; n2 < DB / 2; n2++) {
+                        uint32_t bf[4];
+                        ldsm_x4_t(Tile<D>::bt_addr(vb, kk * 16, n2 * 16, lane), bf);
+                        mma<T>(o[2 * n2], pa, bf[0], bf[1]);
+                        mma<T>(o[2 * n2 + 1], pa, bf[2], bf[3]);
+                    }
                 }
             }
             __syncthreads();   // this buffer is refilled by the prefetch of the next iteration
@@ -366,17 +432,18 @@ __device__ __forceinline__ void fwd_impl(const T* __restrict__ q, const T* __res
 }
 
 // ------------------------------------------------------------------------------------------------------ dQ
-template <typename T, int D>
+template <typename T, int D, bool WG>
 __device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                         const int* __restrict__ seg, const T* __restrict__ dout,
                                         const float* __restrict__ lse, const float* __restrict__ delta,
                                         T* __restrict__ dq, int T_, int H, int KH, float scale, int window) {
     constexpr int NB = BN / 8, KC = D / 16, DB = D / 8;
-    extern __shared__ __align__(16) unsigned char smem[];
+    constexpr int TB = WG ? WTile<D>::BYTES : Tile<D>::BYTES;
+    extern __shared__ __align__(128) unsigned char smem[];
     const uint32_t sQ = smem_addr(smem);
-    const uint32_t sG = sQ + Tile<D>::BYTES;             // dO tile
-    const uint32_t sK = sG + Tile<D>::BYTES;             // two buffers
-    const uint32_t sV = sK + 2 * Tile<D>::BYTES;         // two buffers
+    const uint32_t sG = sQ + TB;             // dO tile
+    const uint32_t sK = sG + TB;             // two buffers
+    const uint32_t sV = sK + 2 * TB;         // two buffers
 
     const int q0 = (gridDim.x - 1 - blockIdx.x) * BM, h = blockIdx.y, b = blockIdx.z;   // heaviest tiles first
     const int kh = h / (H / KH);
@@ -417,23 +484,24 @@ __device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __rest
     int kind;
     int kt = next_tile(kBegin, kind);
     if (kt < kEnd) {
-        load_tile_async<T, D>(sQ, q, b, T_, q0, qw, h);
-        load_tile_async<T, D>(sG, dout, b, T_, q0, qw, h);
-        load_tile_async<T, D>(sK, k, b, T_, kt, kw, kh);
-        load_tile_async<T, D>(sV, v, b, T_, kt, kw, kh);
+        load_tile_async<T, D, WG>(sQ, q, b, T_, q0, qw, h);
+        load_tile_async<T, D, WG>(sG, dout, b, T_, q0, qw, h);
+        load_tile_async<T, D, WG>(sK, k, b, T_, kt, kw, kh);
+        load_tile_async<T, D, WG>(sV, v, b, T_, kt, kw, kh);
         cp_async_commit();
         int buf = 0;
         while (kt < kEnd) {
             int nkind;
             const int nt = next_tile(kt + BN, nkind);
             if (nt < kEnd) {
-                load_tile_async<T, D>(sK + (buf ^ 1) * Tile<D>::BYTES, k, b, T_, nt, kw, kh);
-                load_tile_async<T, D>(sV + (buf ^ 1) * Tile<D>::BYTES, v, b, T_, nt, kw, kh);
+                load_tile_async<T, D, WG>(sK + (buf ^ 1) * TB, k, b, T_, nt, kw, kh);
+                load_tile_async<T, D, WG>(sV + (buf ^ 1) * TB, v, b, T_, nt, kw, kh);
             }
             cp_async_commit();
             cp_async_wait<1>();
+            tiles_landed<WG>();
             __syncthreads();
-            const uint32_t kb = sK + buf * Tile<D>::BYTES, vb = sV + buf * Tile<D>::BYTES;
+            const uint32_t kb = sK + buf * TB, vb = sV + buf * TB;
             // S = Q K^T and dP = dO V^T, 16 query rows x 64 keys per warp.
             float s[NB][4], dp[NB][4];
 #pragma unroll
@@ -441,20 +509,36 @@ __device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __rest
                 s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
                 dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.f;
             }
+            if constexpr (WG) {
+                wgmma::fence();
 #pragma unroll
-            for (int kc = 0; kc < KC; kc++) {
-                uint32_t qa[4], ga[4];
-                ldsm_x4(Tile<D>::a_addr(sQ, warp * 16, kc * 16, lane), qa);
-                ldsm_x4(Tile<D>::a_addr(sG, warp * 16, kc * 16, lane), ga);
+                for (int kc = 0; kc < KC; kc++) {
+                    wgmma::mma_ss_n64<T>(s, WTile<D>::kmajor(sQ, kc), WTile<D>::kmajor(kb, kc), kc > 0);
+                }
 #pragma unroll
-                for (int j2 = 0; j2 < NB / 2; j2++) {
-                    uint32_t bf[4];
-                    ldsm_x4(Tile<D>::b_addr(kb, j2 * 16, kc * 16, lane), bf);
-                    mma<T>(s[2 * j2], qa, bf[0], bf[1]);
-                    mma<T>(s[2 * j2 + 1], qa, bf[2], bf[3]);
-                    ldsm_x4(Tile<D>::b_addr(vb, j2 * 16, kc * 16, lane), bf);
-                    mma<T>(dp[2 * j2], ga, bf[0], bf[1]);
-                    mma<T>(dp[2 * j2 + 1], ga, bf[2], bf[3]);
+                for (int kc = 0; kc < KC; kc++) {
+                    wgmma::mma_ss_n64<T>(dp, WTile<D>::kmajor(sG, kc), WTile<D>::kmajor(vb, kc), kc > 0);
+                }
+                wgmma::commit();
+                wgmma::wait<0>();
+                wgmma::pin(s);
+                wgmma::pin(dp);
+            } else {
+#pragma unroll
+                for (int kc = 0; kc < KC; kc++) {
+                    uint32_t qa[4], ga[4];
+                    ldsm_x4(Tile<D>::a_addr(sQ, warp * 16, kc * 16, lane), qa);
+                    ldsm_x4(Tile<D>::a_addr(sG, warp * 16, kc * 16, lane), ga);
+#pragma unroll
+                    for (int j2 = 0; j2 < NB / 2; j2++) {
+                        uint32_t bf[4];
+                        ldsm_x4(Tile<D>::b_addr(kb, j2 * 16, kc * 16, lane), bf);
+                        mma<T>(s[2 * j2], qa, bf[0], bf[1]);
+                        mma<T>(s[2 * j2 + 1], qa, bf[2], bf[3]);
+                        ldsm_x4(Tile<D>::b_addr(vb, j2 * 16, kc * 16, lane), bf);
+                        mma<T>(dp[2 * j2], ga, bf[0], bf[1]);
+                        mma<T>(dp[2 * j2 + 1], ga, bf[2], bf[3]);
+                    }
                 }
             }
             // dS = P (dP - delta), P = exp(S scale - lse); masked pairs give exactly 0.
@@ -471,17 +555,29 @@ __device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __rest
                     s[j][e] = p * (dp[j][e] - rd[r]);
                 }
             }
-            // dQ += dS K: K rows are the k dimension here (transposed loads).
+            // dQ += dS K: K rows are the k dimension here (transposed loads; MN-major for wgmma).
+            if constexpr (WG) {
+                uint32_t da[BN / 16][4];
 #pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++) {
-                uint32_t da[4];
-                acc_to_a<T, NB>(s, kk, da);
+                for (int kk = 0; kk < BN / 16; kk++) acc_to_a<T, NB>(s, kk, da[kk]);
+                wgmma::fence();
 #pragma unroll
-                for (int n2 = 0; n2 < DB / 2; n2++) {
-                    uint32_t bf[4];
-                    ldsm_x4_t(Tile<D>::bt_addr(kb, kk * 16, n2 * 16, lane), bf);
-                    mma<T>(acc[2 * n2], da, bf[0], bf[1]);
-                    mma<T>(acc[2 * n2 + 1], da, bf[2], bf[3]);
+                for (int kk = 0; kk < BN / 16; kk++) wgmma::mma_rs<T, D>(acc, da[kk], WTile<D>::mnmajor(kb, kk));
+                wgmma::commit();
+                wgmma::wait<0>();
+                wgmma::pin(acc);
+            } else {
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; kk++) {
+                    uint32_t da[4];
+                    acc_to_a<T, NB>(s, kk, da);
+#pragma unroll
+                    for (int n2 = 0; n2 < DB / 2; n2++) {
+                        uint32_t bf[4];
+                        ldsm_x4_t(Tile<D>::bt_addr(kb, kk * 16, n2 * 16, lane), bf);
+                        mma<T>(acc[2 * n2], da, bf[0], bf[1]);
+                        mma<T>(acc[2 * n2 + 1], da, bf[2], bf[3]);
+                    }
                 }
             }
             __syncthreads();
@@ -505,19 +601,20 @@ __device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __rest
 }
 
 // ------------------------------------------------------------------------------------------------------ dK, dV
-template <typename T, int D>
+template <typename T, int D, bool WG>
 __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                          const int* __restrict__ seg, const T* __restrict__ dout,
                                          const float* __restrict__ lse, const float* __restrict__ delta,
                                          T* __restrict__ dk, T* __restrict__ dv, int T_, int H, int KH, float scale,
                                          int window) {
     constexpr int NB = BM / 8, KC = D / 16, DB = D / 8;
-    extern __shared__ __align__(16) unsigned char smem[];
+    constexpr int TB = WG ? WTile<D>::BYTES : Tile<D>::BYTES;
+    extern __shared__ __align__(128) unsigned char smem[];
     const uint32_t sK = smem_addr(smem);
-    const uint32_t sV = sK + Tile<D>::BYTES;
-    const uint32_t sQ = sV + Tile<D>::BYTES;             // two buffers
-    const uint32_t sG = sQ + 2 * Tile<D>::BYTES;         // two buffers (dO)
-    float* ls = reinterpret_cast<float*>(smem + 6 * Tile<D>::BYTES);   // [2][BM] lse * log2 e of the query tile
+    const uint32_t sV = sK + TB;
+    const uint32_t sQ = sV + TB;             // two buffers
+    const uint32_t sG = sQ + 2 * TB;         // two buffers (dO)
+    float* ls = reinterpret_cast<float*>(smem + 6 * TB);   // [2][BM] lse * log2 e of the query tile
     float* dl = ls + 2 * BM;                                          // [2][BM] delta of the query tile
 
     const int k0 = blockIdx.x * BN, kh = blockIdx.y, b = blockIdx.z;   // key tile 0 (sees every query) first
@@ -553,8 +650,8 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
     };
     auto load_item = [&](int it, int buf) {
         const int h = kh * group + it / nq, q0 = qBegin + (it % nq) * BM;
-        load_tile_async<T, D>(sQ + buf * Tile<D>::BYTES, q, b, T_, q0, qw, h);
-        load_tile_async<T, D>(sG + buf * Tile<D>::BYTES, dout, b, T_, q0, qw, h);
+        load_tile_async<T, D, WG>(sQ + buf * TB, q, b, T_, q0, qw, h);
+        load_tile_async<T, D, WG>(sG + buf * TB, dout, b, T_, q0, qw, h);
         if (threadIdx.x < BM) {   // plain loads; the barrier after the wait publishes them with the tiles
             int t = q0 + threadIdx.x;
             int64_t li = ((int64_t)b * H + h) * T_ + t;
@@ -573,8 +670,8 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
     int kind;
     int it = k0 < T_ ? next_item(0, kind) : items;
     if (it < items) {
-        load_tile_async<T, D>(sK, k, b, T_, k0, kw, kh);
-        load_tile_async<T, D>(sV, v, b, T_, k0, kw, kh);
+        load_tile_async<T, D, WG>(sK, k, b, T_, k0, kw, kh);
+        load_tile_async<T, D, WG>(sV, v, b, T_, k0, kw, kh);
         load_item(it, 0);
         cp_async_commit();
         int buf = 0;
@@ -584,25 +681,37 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
             if (nit < items) load_item(nit, buf ^ 1);
             cp_async_commit();
             cp_async_wait<1>();
+            tiles_landed<WG>();
             __syncthreads();
             const int q0 = qBegin + (it % nq) * BM;
-            const uint32_t qb = sQ + buf * Tile<D>::BYTES, gb = sG + buf * Tile<D>::BYTES;
+            const uint32_t qb = sQ + buf * TB, gb = sG + buf * TB;
             const float* lsb = ls + buf * BM;
             const float* dlb = dl + buf * BM;
             // S^T = K Q^T: 16 key rows x 64 queries per warp.
             float st[NB][4];
 #pragma unroll
             for (int j = 0; j < NB; j++) st[j][0] = st[j][1] = st[j][2] = st[j][3] = 0.f;
-#pragma unroll 1   // unrolled, ptxas hoists every B load of the tile and spills at D = 128
-            for (int kc = 0; kc < KC; kc++) {
-                uint32_t ka[4];
-                ldsm_x4(Tile<D>::a_addr(sK, warp * 16, kc * 16, lane), ka);
+            if constexpr (WG) {
+                wgmma::fence();
 #pragma unroll
-                for (int j2 = 0; j2 < NB / 2; j2++) {
-                    uint32_t bf[4];
-                    ldsm_x4(Tile<D>::b_addr(qb, j2 * 16, kc * 16, lane), bf);
-                    mma<T>(st[2 * j2], ka, bf[0], bf[1]);
-                    mma<T>(st[2 * j2 + 1], ka, bf[2], bf[3]);
+                for (int kc = 0; kc < KC; kc++) {
+                    wgmma::mma_ss_n64<T>(st, WTile<D>::kmajor(sK, kc), WTile<D>::kmajor(qb, kc), kc > 0);
+                }
+                wgmma::commit();
+                wgmma::wait<0>();
+                wgmma::pin(st);
+            } else {
+#pragma unroll 1   // unrolled, ptxas hoists every B load of the tile and spills at D = 128
+                for (int kc = 0; kc < KC; kc++) {
+                    uint32_t ka[4];
+                    ldsm_x4(Tile<D>::a_addr(sK, warp * 16, kc * 16, lane), ka);
+#pragma unroll
+                    for (int j2 = 0; j2 < NB / 2; j2++) {
+                        uint32_t bf[4];
+                        ldsm_x4(Tile<D>::b_addr(qb, j2 * 16, kc * 16, lane), bf);
+                        mma<T>(st[2 * j2], ka, bf[0], bf[1]);
+                        mma<T>(st[2 * j2 + 1], ka, bf[2], bf[3]);
+                    }
                 }
             }
             // P^T = exp(S^T scale - lse[query]), exactly 0 where masked; kept only rounded to T (packed A
@@ -627,31 +736,45 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
             uint32_t pa[BM / 16][4];
 #pragma unroll
             for (int kk = 0; kk < BM / 16; kk++) acc_to_a<T, NB>(st, kk, pa[kk]);
-            // dV += P^T dO: queries are the k dimension (transposed loads of dO).
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; kk++) {
-#pragma unroll
-                for (int n2 = 0; n2 < DB / 2; n2++) {
-                    uint32_t bf[4];
-                    ldsm_x4_t(Tile<D>::bt_addr(gb, kk * 16, n2 * 16, lane), bf);
-                    mma<T>(av[2 * n2], pa[kk], bf[0], bf[1]);
-                    mma<T>(av[2 * n2 + 1], pa[kk], bf[2], bf[3]);
-                }
-            }
-            // dP^T = V dO^T, then dS^T = P^T (dP^T - delta[query]) in place.
+            // dV += P^T dO: queries are the k dimension (transposed loads of dO; MN-major for wgmma). Then
+            // dP^T = V dO^T, and dS^T = P^T (dP^T - delta[query]) in place.
             float dpt[NB][4];
 #pragma unroll
             for (int j = 0; j < NB; j++) dpt[j][0] = dpt[j][1] = dpt[j][2] = dpt[j][3] = 0.f;
-#pragma unroll 1
-            for (int kc = 0; kc < KC; kc++) {
-                uint32_t va[4];
-                ldsm_x4(Tile<D>::a_addr(sV, warp * 16, kc * 16, lane), va);
+            if constexpr (WG) {   // both products in one group: dV's runs while dP^T's is issued
+                wgmma::fence();
 #pragma unroll
-                for (int j2 = 0; j2 < NB / 2; j2++) {
-                    uint32_t bf[4];
-                    ldsm_x4(Tile<D>::b_addr(gb, j2 * 16, kc * 16, lane), bf);
-                    mma<T>(dpt[2 * j2], va, bf[0], bf[1]);
-                    mma<T>(dpt[2 * j2 + 1], va, bf[2], bf[3]);
+                for (int kk = 0; kk < BM / 16; kk++) wgmma::mma_rs<T, D>(av, pa[kk], WTile<D>::mnmajor(gb, kk));
+#pragma unroll
+                for (int kc = 0; kc < KC; kc++) {
+                    wgmma::mma_ss_n64<T>(dpt, WTile<D>::kmajor(sV, kc), WTile<D>::kmajor(gb, kc), kc > 0);
+                }
+                wgmma::commit();
+                wgmma::wait<0>();
+                wgmma::pin(av);
+                wgmma::pin(dpt);
+            } else {
+#pragma unroll
+                for (int kk = 0; kk < BM / 16; kk++) {
+#pragma unroll
+                    for (int n2 = 0; n2 < DB / 2; n2++) {
+                        uint32_t bf[4];
+                        ldsm_x4_t(Tile<D>::bt_addr(gb, kk * 16, n2 * 16, lane), bf);
+                        mma<T>(av[2 * n2], pa[kk], bf[0], bf[1]);
+                        mma<T>(av[2 * n2 + 1], pa[kk], bf[2], bf[3]);
+                    }
+                }
+#pragma unroll 1
+                for (int kc = 0; kc < KC; kc++) {
+                    uint32_t va[4];
+                    ldsm_x4(Tile<D>::a_addr(sV, warp * 16, kc * 16, lane), va);
+#pragma unroll
+                    for (int j2 = 0; j2 < NB / 2; j2++) {
+                        uint32_t bf[4];
+                        ldsm_x4(Tile<D>::b_addr(gb, j2 * 16, kc * 16, lane), bf);
+                        mma<T>(dpt[2 * j2], va, bf[0], bf[1]);
+                        mma<T>(dpt[2 * j2 + 1], va, bf[2], bf[3]);
+                    }
                 }
             }
 #pragma unroll
@@ -664,17 +787,29 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
                     dpt[j][e] = ((e & 1) ? pp.y : pp.x) * (dpt[j][e] - dlb[col]);
                 }
             }
-            // dK += dS^T Q (transposed loads of Q); dK is scaled once at the end.
+            // dK += dS^T Q (transposed loads of Q; MN-major for wgmma); dK is scaled once at the end.
+            if constexpr (WG) {
+                uint32_t da[BM / 16][4];
 #pragma unroll
-            for (int kk = 0; kk < BM / 16; kk++) {
-                uint32_t da[4];
-                acc_to_a<T, NB>(dpt, kk, da);
+                for (int kk = 0; kk < BM / 16; kk++) acc_to_a<T, NB>(dpt, kk, da[kk]);
+                wgmma::fence();
 #pragma unroll
-                for (int n2 = 0; n2 < DB / 2; n2++) {
-                    uint32_t bf[4];
-                    ldsm_x4_t(Tile<D>::bt_addr(qb, kk * 16, n2 * 16, lane), bf);
-                    mma<T>(ak[2 * n2], da, bf[0], bf[1]);
-                    mma<T>(ak[2 * n2 + 1], da, bf[2], bf[3]);
+                for (int kk = 0; kk < BM / 16; kk++) wgmma::mma_rs<T, D>(ak, da[kk], WTile<D>::mnmajor(qb, kk));
+                wgmma::commit();
+                wgmma::wait<0>();
+                wgmma::pin(ak);
+            } else {
+#pragma unroll
+                for (int kk = 0; kk < BM / 16; kk++) {
+                    uint32_t da[4];
+                    acc_to_a<T, NB>(dpt, kk, da);
+#pragma unroll
+                    for (int n2 = 0; n2 < DB / 2; n2++) {
+                        uint32_t bf[4];
+                        ldsm_x4_t(Tile<D>::bt_addr(qb, kk * 16, n2 * 16, lane), bf);
+                        mma<T>(ak[2 * n2], da, bf[0], bf[1]);
+                        mma<T>(ak[2 * n2 + 1], da, bf[2], bf[3]);
+                    }
                 }
             }
             __syncthreads();
@@ -699,30 +834,42 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
 }
 
 // Two blocks of 4 warps per SM: registers (at most 255 a thread) and shared memory (<= 105 KB a block) allow it.
-#define QL_ATTN_TC_D(tn, T, d)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(128, 2) attn_tc_fwd_##tn##_d##d(                                      \
+// prefix attn_tc (mma.sync, every build) or attn_wg (wgmma, the sm90a build only); WG selects the matmuls.
+#define QL_ATTN_KERNELS(prefix, WG, tn, T, d)                                                                          \
+    extern "C" __global__ void __launch_bounds__(128, 2) prefix##_fwd_##tn##_d##d(                                     \
         const T* q, const T* k, const T* v, const int* seg, T* out, float* lse, int T_, int H, int KH, float scale,    \
         int window) {                                                                                                  \
-        fwd_impl<T, d>(q, k, v, seg, out, lse, T_, H, KH, scale, window);                                              \
+        pdl_enter();                                                                                                   \
+        fwd_impl<T, d, WG>(q, k, v, seg, out, lse, T_, H, KH, scale, window);                                          \
     }                                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(128, 2) attn_tc_dq_##tn##_d##d(                                       \
+    extern "C" __global__ void __launch_bounds__(128, 2) prefix##_dq_##tn##_d##d(                                      \
         const T* q, const T* k, const T* v, const int* seg, const T* dout, const float* lse, const float* delta,       \
         T* dq, int T_, int H, int KH, float scale, int window) {                                                       \
-        dq_impl<T, d>(q, k, v, seg, dout, lse, delta, dq, T_, H, KH, scale, window);                                   \
+        pdl_enter();                                                                                                   \
+        dq_impl<T, d, WG>(q, k, v, seg, dout, lse, delta, dq, T_, H, KH, scale, window);                               \
     }                                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(128, 2) attn_tc_dkv_##tn##_d##d(                                      \
+    extern "C" __global__ void __launch_bounds__(128, 2) prefix##_dkv_##tn##_d##d(                                     \
         const T* q, const T* k, const T* v, const int* seg, const T* dout, const float* lse, const float* delta,       \
         T* dk, T* dv, int T_, int H, int KH, float scale, int window) {                                                \
-        dkv_impl<T, d>(q, k, v, seg, dout, lse, delta, dk, dv, T_, H, KH, scale, window);                              \
+        pdl_enter();                                                                                                   \
+        dkv_impl<T, d, WG>(q, k, v, seg, dout, lse, delta, dk, dv, T_, H, KH, scale, window);                          \
     }
 
 #define QL_ATTN_TC(tn, T)                                                                                              \
-    QL_ATTN_TC_D(tn, T, 64)                                                                                            \
-    QL_ATTN_TC_D(tn, T, 128)                                                                                           \
+    QL_ATTN_KERNELS(attn_tc, false, tn, T, 64)                                                                         \
+    QL_ATTN_KERNELS(attn_tc, false, tn, T, 128)                                                                        \
     extern "C" __global__ void attn_tc_delta_##tn(const T* o, const T* dout, float* delta, int B, int T_, int H,       \
                                                   int D) {                                                             \
-        attn_delta_impl<T>(o, dout, delta, B, T_, H, D);                                                                    \
+        pdl_enter();                                                                                                   \
+        attn_delta_impl<T>(o, dout, delta, B, T_, H, D);                                                               \
     }
 
 QL_ATTN_TC(bf16, __nv_bfloat16)
 QL_ATTN_TC(f16, __half)
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+QL_ATTN_KERNELS(attn_wg, true, bf16, __nv_bfloat16, 64)
+QL_ATTN_KERNELS(attn_wg, true, bf16, __nv_bfloat16, 128)
+QL_ATTN_KERNELS(attn_wg, true, f16, __half, 64)
+QL_ATTN_KERNELS(attn_wg, true, f16, __half, 128)
+#endif

@@ -133,6 +133,12 @@ public final class PtxModules {
         return dependentLaunchable.contains(function);
     }
 
+    /** Whether module (loaded now if it is not yet) comes from its sm90a build: its Hopper-only kernels exist. */
+    public boolean isHopperBuild(String module) {
+        module(module);
+        return hopperModules.contains(module);
+    }
+
     static boolean isHopperResource(String resource) {
         return resource.endsWith(".sm90a.ptx");
     }

@@ -165,6 +165,9 @@ public final class CudaContext implements AutoCloseable {
         driver.funcSetMaxDynamicSharedMemory(function, bytes);
         sharedMemoryRaisedTo.merge(function, bytes, Math::max);
     }
+    /** Whether module runs from its sm90a build on this GPU (Hopper; its wgmma kernels exist). */
+    public boolean hopperBuild(String module) { return modules.isHopperBuild(module); }
+
     /** The kernel handle of an extern "C" kernel in kernels-ptx/&lt;module&gt;.ptx (loaded once). */
     public long function(String module, String kernel) { return modules.function(module, kernel); }
 

@@ -17,6 +17,10 @@ import dev.qlora4j.tensor.Tensor;
  * included). The tensor-core kernels are chosen whenever they apply; the system property
  * {@code qlora4j.attention.train} = {@code tc} or {@code simt} forces one family (benchmarks, debugging), read
  * at every call. Forcing {@code tc} where it does not apply is an error that says why.
+ *
+ * <p>On Hopper (the sm90a build of attention_tc) the tensor-core family runs as {@code attn_wg_*}: the same
+ * tiles and numerics with warpgroup MMAs (wgmma) instead of mma.sync, when {@code -Dqlora4j.attention.wgmma=true}
+ * ({@link #WGMMA_DEFAULT} otherwise; A/B runs, tests of both).
  */
 final class TrainAttentionKernels {
     private TrainAttentionKernels() {}
@@ -28,6 +32,10 @@ final class TrainAttentionKernels {
 
     /** System property that forces a kernel family: "tc" (tensor cores) or "simt" (float32 CUDA cores). */
     static final String MODE_PROPERTY = "qlora4j.attention.train";
+    /** -Dqlora4j.attention.wgmma=true|false: the wgmma or the mma.sync kernels on Hopper (read at every call). */
+    static final String WGMMA_PROPERTY = "qlora4j.attention.wgmma";
+    /** Off until the wgmma kernels measure faster than the mma.sync ones (native/NOTES-attention.md). */
+    static final boolean WGMMA_DEFAULT = false;
     /** Query and key rows per tile of the tensor-core kernels, and their block size (4 warps x 16 rows). */
     static final int TC_TILE = 64;
     static final int TC_THREADS = 128;
@@ -106,6 +114,11 @@ final class TrainAttentionKernels {
         }
     }
 
+    /** "attn_wg_" (wgmma, Hopper's sm90a build, unless turned off) or "attn_tc_" (mma.sync): the tensor-core kernels' prefix. */
+    static String tcKernelPrefix(CudaContext ctx) {
+        return Switches.on(WGMMA_PROPERTY, WGMMA_DEFAULT) && ctx.hopperBuild("attention_tc") ? "attn_wg_" : "attn_tc_";
+    }
+
     // ---- launchers ----
 
     static AttentionResult forward(CudaContext ctx, DType act, Tensor q, Tensor k, Tensor v, Tensor segments, int batch,
@@ -120,7 +133,7 @@ final class TrainAttentionKernels {
                 .ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(out)).ptr(CudaContext.ptr(lse))
                 .i32(tokens).i32(heads).i32(kvHeads);
         if (tc) {
-            long f = ctx.function("attention_tc", "attn_tc_fwd_" + tcType(act) + "_d" + headDim);
+            long f = ctx.function("attention_tc", tcKernelPrefix(ctx) + "fwd_" + tcType(act) + "_d" + headDim);
             int smem = tcSharedBytes(5, headDim, 0);
             ctx.allowSharedMemory(f, smem);
             ctx.launch(f, new Dim3((tokens + TC_TILE - 1) / TC_TILE, heads, batch), Dim3.of(TC_THREADS), smem,
@@ -157,7 +170,8 @@ final class TrainAttentionKernels {
             int tile = tc ? TC_TILE : TILE;
             int tiles = (tokens + tile - 1) / tile;
             Dim3 block = Dim3.of(tc ? TC_THREADS : THREADS);
-            long fq = ctx.function(module, tc ? "attn_tc_dq_" + t + "_d" + headDim : "attn_bwd_dq_" + t + "_d" + dpl);
+            String prefix = tc ? tcKernelPrefix(ctx) : "attn_bwd_";
+            long fq = ctx.function(module, prefix + "dq_" + t + "_d" + (tc ? headDim : dpl));
             int smemQ = tc ? tcSharedBytes(6, headDim, 0) : tileBytes(4, headDim, 2 * TILE);
             ctx.allowSharedMemory(fq, smemQ);
             KernelArgs qArgs = KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v))
@@ -165,7 +179,7 @@ final class TrainAttentionKernels {
                     .ptr(CudaContext.ptr(delta)).ptr(CudaContext.ptr(dq)).i32(tokens).i32(heads).i32(kvHeads);
             if (!tc) qArgs.i32(headDim);
             ctx.launch(fq, new Dim3(tiles, heads, batch), block, smemQ, qArgs.f32(scale).i32(window));
-            long fkv = ctx.function(module, tc ? "attn_tc_dkv_" + t + "_d" + headDim : "attn_bwd_dkv_" + t + "_d" + dpl);
+            long fkv = ctx.function(module, prefix + "dkv_" + t + "_d" + (tc ? headDim : dpl));
             int smemKv = tc ? tcMaxSharedBytes(headDim) : tileBytes(4, headDim, 4 * TILE);
             ctx.allowSharedMemory(fkv, smemKv);
             KernelArgs kvArgs = KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v))

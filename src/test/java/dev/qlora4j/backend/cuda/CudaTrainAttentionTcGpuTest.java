@@ -7,6 +7,7 @@ import static dev.qlora4j.backend.cuda.CudaCoreTestSupport.gaussian;
 import static dev.qlora4j.backend.cuda.CudaCoreTestSupport.poison;
 import static dev.qlora4j.backend.cuda.CudaCoreTestSupport.random;
 import static dev.qlora4j.backend.cuda.CudaCoreTestSupport.values;
+import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -25,7 +26,9 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 
 /**
- * The tensor-core training attention (native/attention_tc.cu, forced with -Dqlora4j.attention.train=tc) against
+ * The tensor-core training attention (native/attention_tc.cu, forced with -Dqlora4j.attention.train=tc; on Hopper
+ * the default kernels here, CudaTrainAttentionWgmmaGpuTest and CudaTrainAttentionMmaSyncGpuTest run the same cases
+ * on the wgmma and on the mma.sync ones) against
  * the CPU's TrainAttention (float32 math on the same bf16/f16-rounded inputs), on fresh random data: head dims 64
  * and 128; T = 1, 17, 64 (one whole tile), 200 and 2048 (tiles cut by T, many causal tiles); batch 2; GQA 8 query
  * heads on 2 kv heads; sliding windows; packed segments, long (random lengths up to T) and short (lengths up to
@@ -151,6 +154,20 @@ class CudaTrainAttentionTcGpuTest {
             for (int i = 0; i < 3; i++) {
                 assertBitEqual(values(b, second[i]), values(b, first[i]), "tc attention backward, run to run: " + names[i]);
             }
+        }
+    }
+
+    /**
+     * Which tensor-core kernels a run tests: on Hopper the wgmma ones (attn_wg_*) when -Dqlora4j.attention.wgmma is
+     * on (CudaTrainAttentionWgmmaGpuTest; off: CudaTrainAttentionMmaSyncGpuTest), elsewhere the mma.sync ones.
+     */
+    @Test
+    void hopperRunsTheWgmmaKernelsWhenTurnedOn() {
+        try (CudaBackend b = backend(DType.BF16, false)) {
+            CudaContext ctx = b.context();
+            boolean wgmma = ctx.properties().computeCapability() == 90
+                    && Switches.on(TrainAttentionKernels.WGMMA_PROPERTY, TrainAttentionKernels.WGMMA_DEFAULT);
+            assertEquals(wgmma ? "attn_wg_" : "attn_tc_", TrainAttentionKernels.tcKernelPrefix(ctx));
         }
     }
 
