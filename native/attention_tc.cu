@@ -151,27 +151,40 @@ struct Tile {
     __device__ static uint32_t bt_addr(uint32_t base, int k0, int n0, int lane) { return a_addr(base, k0, n0, lane); }
 };
 
-// ---- Hopper tiles (wgmma): 64 rows x D as 8x8 core matrices of 8 rows x 16 bytes (128 contiguous bytes, no
-// swizzle), core (row group r / 8, 16-byte chunk c) at (c * 8 + r / 8) * 128. One tile serves as a K-major operand
-// when its rows are the M or N dimension (Q, dO, K, V as the left factor, or the keys of S = Q K^T) and as an
-// MN-major one when its rows are the k dimension (V in P V, K in dS K, dO in P^T dO, Q in dS^T Q).
+// ---- Hopper tiles (wgmma): 64 rows x D in 128-byte-swizzled column blocks of 64 values (wgmma.cuh): 16-byte chunk
+// ch of row r at (ch / 8) * 8192 + r * 128 + ((ch % 8) ^ (r % 8)) * 16; the tile starts 1024-byte aligned. One tile
+// serves as a K-major operand when its rows are the M or N dimension (Q, dO, K, V as the left factor, or the keys of
+// S = Q K^T) and as an MN-major one when its rows are the k dimension (V in P V, K in dS K, dO in P^T dO, Q in dS^T Q).
 template <int D>
 struct WTile {
     static constexpr int BYTES = 64 * D * 2;
-    static constexpr int CHUNK_COL = 8 * 128;   // bytes from one 16-byte chunk column to the next
-    __device__ static uint32_t offset(int r, int ch) { return (ch * 8 + (r >> 3)) * 128 + (r & 7) * 16; }
-    // k-step s (head-dim elements 16s..16s+15) of the tile as a K-major operand
-    __device__ static uint64_t kmajor(uint32_t tile, int s) {
-        return wgmma::desc(tile + 2 * s * CHUNK_COL, CHUNK_COL, 128);
+    static constexpr int BLOCK = 64 * 128;   // bytes of one 64-value column block
+    __device__ static uint32_t offset(int r, int ch) {
+        return (ch >> 3) * BLOCK + r * 128 + (((ch & 7) ^ (r & 7)) << 4);
     }
-    // k-step s (rows 16s..16s+15: two row groups) of the tile as an MN-major operand
-    __device__ static uint64_t mnmajor(uint32_t tile, int s) { return wgmma::desc(tile + s * 256, 128, CHUNK_COL); }
+    // k-step s (head-dim values 16s..16s+15) of the tile as a K-major operand
+    __device__ static uint64_t kmajor(uint32_t tile, int s) {
+        return wgmma::desc_sw128(tile + (s >> 2) * BLOCK + (s & 3) * 32, 16, 1024);
+    }
+    // k-step s (rows 16s..16s+15: two 8-row groups) of the tile as an MN-major operand
+    __device__ static uint64_t mnmajor(uint32_t tile, int s) { return wgmma::desc_sw128(tile + s * 2048, BLOCK, 1024); }
+    // ldmatrix x4 address of the A fragment (rows r0..r0+15, head-dim values c0..c0+15), as Tile::a_addr
+    __device__ static uint32_t a_addr(uint32_t tile, int r0, int c0, int lane) {
+        return tile + offset(r0 + (lane & 7) + ((lane >> 3) & 1) * 8, (c0 >> 3) + (lane >> 4));
+    }
 };
 
+// The shared-memory base of the tiles: WTile's swizzle needs 1024-byte alignment (the launcher's sizes leave room).
+template <bool WG>
+__device__ __forceinline__ uint32_t tiles_base(const void* smem) {
+    const uint32_t a = smem_addr(smem);
+    return WG ? (a + 1023) & ~1023u : a;
+}
+
 // Copies rows [r0, r0 + 64) of head `head` (D wide) of batch row b (row stride `width` elements) into the tile at
-// dst (padded rows, or WTile's core matrices when WG); rows at or past T_ are zero. Asynchronous: the caller commits
-// and waits. WG: each warp instruction moves 8 rows x 4 chunks, so every row is read 64 contiguous bytes at a time
-// and each 8-lane phase writes one core matrix (128 contiguous bytes: no bank conflict).
+// dst (padded rows, or WTile's swizzled blocks when WG); rows at or past T_ are zero. Asynchronous: the caller
+// commits and waits. Consecutive threads take consecutive 16-byte chunks of a row (whole 128-byte lines; with WG
+// the 8 chunks of a 128-byte row land in 8 different bank groups).
 template <typename T, int D, bool WG>
 __device__ __forceinline__ void load_tile_async(uint32_t dst, const T* __restrict__ src, int b, int T_, int r0,
                                                 int width, int head) {
@@ -179,15 +192,7 @@ __device__ __forceinline__ void load_tile_async(uint32_t dst, const T* __restric
     static_assert(64 * CH % THREADS == 0, "whole chunks per thread");
 #pragma unroll
     for (int i = 0; i < 64 * CH / THREADS; i++) {
-        const int c = threadIdx.x + i * THREADS;
-        int r, ch;
-        if constexpr (WG) {
-            r = ((c >> 5) & 7) * 8 + (c & 7);
-            ch = (c >> 8) * 4 + ((c >> 3) & 3);
-        } else {
-            r = c / CH;
-            ch = c % CH;
-        }
+        const int c = threadIdx.x + i * THREADS, r = c / CH, ch = c % CH;
         const int t = r0 + r;
         const bool ok = t < T_;
         const T* p = ok ? src + ((int64_t)b * T_ + t) * width + (int64_t)head * D + ch * 8 : src;
@@ -258,7 +263,7 @@ __device__ __forceinline__ void fwd_impl(const T* __restrict__ q, const T* __res
     constexpr int DB = D / 8;     // output n-blocks
     constexpr int TB = WG ? WTile<D>::BYTES : Tile<D>::BYTES;   // bytes of one 64-row tile
     extern __shared__ __align__(128) unsigned char smem[];
-    const uint32_t sQ = smem_addr(smem);
+    const uint32_t sQ = tiles_base<WG>(smem);
     const uint32_t sK = sQ + TB;             // two buffers
     const uint32_t sV = sK + 2 * TB;         // two buffers
 
@@ -313,9 +318,12 @@ __device__ __forceinline__ void fwd_impl(const T* __restrict__ q, const T* __res
             cp_async_wait<1>();   // everything but the prefetch has landed
             tiles_landed<WG>();
             __syncthreads();
-            if (!WG && first) {
+            if (first) {   // Q's A fragments stay in registers (wgmma: the register-A form)
 #pragma unroll
-                for (int kc = 0; kc < KC; kc++) ldsm_x4(Tile<D>::a_addr(sQ, warp * 16, kc * 16, lane), qf[kc]);
+                for (int kc = 0; kc < KC; kc++) {
+                    ldsm_x4(WG ? WTile<D>::a_addr(sQ, warp * 16, kc * 16, lane)
+                               : Tile<D>::a_addr(sQ, warp * 16, kc * 16, lane), qf[kc]);
+                }
                 first = false;
             }
             const uint32_t kb = sK + buf * TB, vb = sV + buf * TB;
@@ -326,9 +334,7 @@ __device__ __forceinline__ void fwd_impl(const T* __restrict__ q, const T* __res
             if constexpr (WG) {
                 wgmma::fence();
 #pragma unroll
-                for (int kc = 0; kc < KC; kc++) {
-                    wgmma::mma_ss_n64<T>(s, WTile<D>::kmajor(sQ, kc), WTile<D>::kmajor(kb, kc), kc > 0);
-                }
+                for (int kc = 0; kc < KC; kc++) wgmma::mma_rs<T, BN, 0>(s, qf[kc], WTile<D>::kmajor(kb, kc));
                 wgmma::commit();
                 wgmma::wait<0>();
                 wgmma::pin(s);
@@ -388,7 +394,7 @@ __device__ __forceinline__ void fwd_impl(const T* __restrict__ q, const T* __res
                 for (int kk = 0; kk < BN / 16; kk++) acc_to_a<T, NB>(s, kk, pa[kk]);
                 wgmma::fence();
 #pragma unroll
-                for (int kk = 0; kk < BN / 16; kk++) wgmma::mma_rs<T, D>(o, pa[kk], WTile<D>::mnmajor(vb, kk));
+                for (int kk = 0; kk < BN / 16; kk++) wgmma::mma_rs<T, D, 1>(o, pa[kk], WTile<D>::mnmajor(vb, kk));
                 wgmma::commit();
                 wgmma::wait<0>();
                 wgmma::pin(o);
@@ -440,7 +446,7 @@ __device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __rest
     constexpr int NB = BN / 8, KC = D / 16, DB = D / 8;
     constexpr int TB = WG ? WTile<D>::BYTES : Tile<D>::BYTES;
     extern __shared__ __align__(128) unsigned char smem[];
-    const uint32_t sQ = smem_addr(smem);
+    const uint32_t sQ = tiles_base<WG>(smem);
     const uint32_t sG = sQ + TB;             // dO tile
     const uint32_t sK = sG + TB;             // two buffers
     const uint32_t sV = sK + 2 * TB;         // two buffers
@@ -490,15 +496,21 @@ __device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __rest
         load_tile_async<T, D, WG>(sV, v, b, T_, kt, kw, kh);
         cp_async_commit();
         int buf = 0;
-        while (kt < kEnd) {
-            int nkind;
-            const int nt = next_tile(kt + BN, nkind);
+        // mma.sync: the next tile's loads go out at the top of an iteration. wgmma: once this tile's S and dP are
+        // done, which also completes the previous tile's dQ product (still reading the other buffers); that product
+        // is issued without a wait, so it runs while the next iteration waits for its tiles and issues S and dP.
+        auto prefetch = [&](int nt) {
             if (nt < kEnd) {
                 load_tile_async<T, D, WG>(sK + (buf ^ 1) * TB, k, b, T_, nt, kw, kh);
                 load_tile_async<T, D, WG>(sV + (buf ^ 1) * TB, v, b, T_, nt, kw, kh);
             }
             cp_async_commit();
-            cp_async_wait<1>();
+        };
+        while (kt < kEnd) {
+            int nkind;
+            const int nt = next_tile(kt + BN, nkind);
+            if constexpr (!WG) prefetch(nt);
+            cp_async_wait<WG ? 0 : 1>();
             tiles_landed<WG>();
             __syncthreads();
             const uint32_t kb = sK + buf * TB, vb = sV + buf * TB;
@@ -523,6 +535,8 @@ __device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __rest
                 wgmma::wait<0>();
                 wgmma::pin(s);
                 wgmma::pin(dp);
+                __syncthreads();   // every warp is past its wait: the other buffers are free
+                prefetch(nt);
             } else {
 #pragma unroll
                 for (int kc = 0; kc < KC; kc++) {
@@ -562,10 +576,8 @@ __device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __rest
                 for (int kk = 0; kk < BN / 16; kk++) acc_to_a<T, NB>(s, kk, da[kk]);
                 wgmma::fence();
 #pragma unroll
-                for (int kk = 0; kk < BN / 16; kk++) wgmma::mma_rs<T, D>(acc, da[kk], WTile<D>::mnmajor(kb, kk));
-                wgmma::commit();
-                wgmma::wait<0>();
-                wgmma::pin(acc);
+                for (int kk = 0; kk < BN / 16; kk++) wgmma::mma_rs<T, D, 1>(acc, da[kk], WTile<D>::mnmajor(kb, kk));
+                wgmma::commit();   // completed by the next tile's wait (or after the loop)
             } else {
 #pragma unroll
                 for (int kk = 0; kk < BN / 16; kk++) {
@@ -580,12 +592,16 @@ __device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __rest
                     }
                 }
             }
-            __syncthreads();
+            if constexpr (!WG) __syncthreads();   // this buffer is refilled by the next iteration's prefetch
             kt = nt;
             kind = nkind;
             buf ^= 1;
         }
         cp_async_wait<0>();
+        if constexpr (WG) {
+            wgmma::wait<0>();
+            wgmma::pin(acc);
+        }
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -610,11 +626,12 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
     constexpr int NB = BM / 8, KC = D / 16, DB = D / 8;
     constexpr int TB = WG ? WTile<D>::BYTES : Tile<D>::BYTES;
     extern __shared__ __align__(128) unsigned char smem[];
-    const uint32_t sK = smem_addr(smem);
+    const uint32_t sK = tiles_base<WG>(smem);
     const uint32_t sV = sK + TB;
     const uint32_t sQ = sV + TB;             // two buffers
     const uint32_t sG = sQ + 2 * TB;         // two buffers (dO)
-    float* ls = reinterpret_cast<float*>(smem + 6 * TB);   // [2][BM] lse * log2 e of the query tile
+    // [2][BM] lse * log2 e of the query tile, then [2][BM] delta
+    float* ls = reinterpret_cast<float*>(smem + (sK - smem_addr(smem)) + 6 * TB);
     float* dl = ls + 2 * BM;                                          // [2][BM] delta of the query tile
 
     const int k0 = blockIdx.x * BN, kh = blockIdx.y, b = blockIdx.z;   // key tile 0 (sees every query) first
@@ -675,12 +692,18 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
         load_item(it, 0);
         cp_async_commit();
         int buf = 0;
+        // As in dq_impl: with wgmma the next item's loads go out once S^T is done; dK is issued without a wait and
+        // completes at the top of the next item (holding its A fragments across the next S^T spills at D = 128).
+        auto prefetch = [&](int nit) {
+            if (nit < items) load_item(nit, buf ^ 1);
+            cp_async_commit();
+        };
         while (it < items) {
             int nkind;
             const int nit = next_item(it + 1, nkind);
-            if (nit < items) load_item(nit, buf ^ 1);
-            cp_async_commit();
-            cp_async_wait<1>();
+            if constexpr (!WG) prefetch(nit);
+            if constexpr (WG) wgmma::wait<0>();
+            cp_async_wait<WG ? 0 : 1>();
             tiles_landed<WG>();
             __syncthreads();
             const int q0 = qBegin + (it % nq) * BM;
@@ -700,6 +723,8 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
                 wgmma::commit();
                 wgmma::wait<0>();
                 wgmma::pin(st);
+                __syncthreads();   // every warp is past its wait: the other buffers are free
+                prefetch(nit);
             } else {
 #pragma unroll 1   // unrolled, ptxas hoists every B load of the tile and spills at D = 128
                 for (int kc = 0; kc < KC; kc++) {
@@ -744,14 +769,13 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
             if constexpr (WG) {   // both products in one group: dV's runs while dP^T's is issued
                 wgmma::fence();
 #pragma unroll
-                for (int kk = 0; kk < BM / 16; kk++) wgmma::mma_rs<T, D>(av, pa[kk], WTile<D>::mnmajor(gb, kk));
+                for (int kk = 0; kk < BM / 16; kk++) wgmma::mma_rs<T, D, 1>(av, pa[kk], WTile<D>::mnmajor(gb, kk));
 #pragma unroll
                 for (int kc = 0; kc < KC; kc++) {
                     wgmma::mma_ss_n64<T>(dpt, WTile<D>::kmajor(sV, kc), WTile<D>::kmajor(gb, kc), kc > 0);
                 }
                 wgmma::commit();
                 wgmma::wait<0>();
-                wgmma::pin(av);
                 wgmma::pin(dpt);
             } else {
 #pragma unroll
@@ -794,10 +818,8 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
                 for (int kk = 0; kk < BM / 16; kk++) acc_to_a<T, NB>(dpt, kk, da[kk]);
                 wgmma::fence();
 #pragma unroll
-                for (int kk = 0; kk < BM / 16; kk++) wgmma::mma_rs<T, D>(ak, da[kk], WTile<D>::mnmajor(qb, kk));
-                wgmma::commit();
-                wgmma::wait<0>();
-                wgmma::pin(ak);
+                for (int kk = 0; kk < BM / 16; kk++) wgmma::mma_rs<T, D, 1>(ak, da[kk], WTile<D>::mnmajor(qb, kk));
+                wgmma::commit();   // completed by the next item's wait (or after the loop)
             } else {
 #pragma unroll
                 for (int kk = 0; kk < BM / 16; kk++) {
@@ -812,12 +834,17 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
                     }
                 }
             }
-            __syncthreads();
+            if constexpr (!WG) __syncthreads();   // this buffer is refilled by the next iteration's prefetch
             it = nit;
             kind = nkind;
             buf ^= 1;
         }
         cp_async_wait<0>();
+        if constexpr (WG) {
+            wgmma::wait<0>();
+            wgmma::pin(av);
+            wgmma::pin(ak);
+        }
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {

@@ -34,8 +34,10 @@ final class TrainAttentionKernels {
     static final String MODE_PROPERTY = "qlora4j.attention.train";
     /** -Dqlora4j.attention.wgmma=true|false: the wgmma or the mma.sync kernels on Hopper (read at every call). */
     static final String WGMMA_PROPERTY = "qlora4j.attention.wgmma";
-    /** Off until the wgmma kernels measure faster than the mma.sync ones (native/NOTES-attention.md). */
-    static final boolean WGMMA_DEFAULT = false;
+    /** On: 0.174 / 0.586 ms against 0.205 / 0.807 ms (forward / backward, Llama-7B shape; native/NOTES-attention.md). */
+    static final boolean WGMMA_DEFAULT = true;
+    /** The head dim the wgmma kernels run (at 64 their forward fails the GPU tests with several key tiles: open). */
+    static final int WGMMA_HEAD_DIM = 128;
     /** Query and key rows per tile of the tensor-core kernels, and their block size (4 warps x 16 rows). */
     static final int TC_TILE = 64;
     static final int TC_THREADS = 128;
@@ -114,9 +116,13 @@ final class TrainAttentionKernels {
         }
     }
 
-    /** "attn_wg_" (wgmma, Hopper's sm90a build, unless turned off) or "attn_tc_" (mma.sync): the tensor-core kernels' prefix. */
-    static String tcKernelPrefix(CudaContext ctx) {
-        return Switches.on(WGMMA_PROPERTY, WGMMA_DEFAULT) && ctx.hopperBuild("attention_tc") ? "attn_wg_" : "attn_tc_";
+    /**
+     * "attn_wg_" (wgmma: Hopper's sm90a build, head dim {@link #WGMMA_HEAD_DIM}, unless turned off) or "attn_tc_"
+     * (mma.sync): the tensor-core kernels' prefix.
+     */
+    static String tcKernelPrefix(CudaContext ctx, int headDim) {
+        return headDim == WGMMA_HEAD_DIM && Switches.on(WGMMA_PROPERTY, WGMMA_DEFAULT) && ctx.hopperBuild("attention_tc")
+                ? "attn_wg_" : "attn_tc_";
     }
 
     // ---- launchers ----
@@ -133,7 +139,7 @@ final class TrainAttentionKernels {
                 .ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(out)).ptr(CudaContext.ptr(lse))
                 .i32(tokens).i32(heads).i32(kvHeads);
         if (tc) {
-            long f = ctx.function("attention_tc", tcKernelPrefix(ctx) + "fwd_" + tcType(act) + "_d" + headDim);
+            long f = ctx.function("attention_tc", tcKernelPrefix(ctx, headDim) + "fwd_" + tcType(act) + "_d" + headDim);
             int smem = tcSharedBytes(5, headDim, 0);
             ctx.allowSharedMemory(f, smem);
             ctx.launch(f, new Dim3((tokens + TC_TILE - 1) / TC_TILE, heads, batch), Dim3.of(TC_THREADS), smem,
@@ -170,7 +176,7 @@ final class TrainAttentionKernels {
             int tile = tc ? TC_TILE : TILE;
             int tiles = (tokens + tile - 1) / tile;
             Dim3 block = Dim3.of(tc ? TC_THREADS : THREADS);
-            String prefix = tc ? tcKernelPrefix(ctx) : "attn_bwd_";
+            String prefix = tc ? tcKernelPrefix(ctx, headDim) : "attn_bwd_";
             long fq = ctx.function(module, prefix + "dq_" + t + "_d" + (tc ? headDim : dpl));
             int smemQ = tc ? tcSharedBytes(6, headDim, 0) : tileBytes(4, headDim, 2 * TILE);
             ctx.allowSharedMemory(fq, smemQ);

@@ -167,7 +167,8 @@ class CudaTrainAttentionTcGpuTest {
             CudaContext ctx = b.context();
             boolean wgmma = ctx.properties().computeCapability() == 90
                     && Switches.on(TrainAttentionKernels.WGMMA_PROPERTY, TrainAttentionKernels.WGMMA_DEFAULT);
-            assertEquals(wgmma ? "attn_wg_" : "attn_tc_", TrainAttentionKernels.tcKernelPrefix(ctx));
+            assertEquals(wgmma ? "attn_wg_" : "attn_tc_", TrainAttentionKernels.tcKernelPrefix(ctx, 128));
+            assertEquals("attn_tc_", TrainAttentionKernels.tcKernelPrefix(ctx, 64));
         }
     }
 
