@@ -58,8 +58,26 @@ __device__ __forceinline__ float q4_absmax(const Q4Weight& w, int64_t block) {
 // Dequantize. y[e] = round(out, round(mid, value(e))) for e < n, flattened.
 // mid = the state's dtype when the result feeds a matmul in another compute dtype (Nf4Matmul rounds the
 // weight to the state's dtype first), or DT_F32 for a plain dequantize (Quant4bit.dequantize).
-// code16: the 16 dequantize factors. Launch: 1-D grid-stride over units of 8 values (4 bytes); block 256, any
-// grid >= 1.
+// code16: the 16 dequantize factors.
+//
+// Shape (session 9, native/NOTES-dequantize.md): a warp owns a chunk of 32 x DQ_PIECES consecutive "pieces" (a piece =
+// 8 values = 4 packed bytes = one 16-byte bf16 store); at step j lane l takes piece 32 j + l, so every warp load
+// instruction reads 128 contiguous bytes and every store writes 512 contiguous bytes (whole 32-byte sectors). A lane
+// issues all DQ_PIECES packed loads and its chunk's absmax loads before the block fills its tables and before any
+// store (the table fill's L2 round trip overlaps the DRAM one instead of preceding it). The absmax of block b0 + l
+// (b0 = the chunk's first block) is loaded and, when nested, decoded once by lane l, then handed to the lanes that
+// need it with a shuffle (blocksize 64: lanes 8i..8i+7 of a step share block 4 j + i). mid is a template argument
+// (no per-value branch). Launch: block DQ_THREADS; grid = ceil(n / 8 / (DQ_THREADS / 32 * 32 * DQ_PIECES)) blocks
+// covers every chunk exactly once (Quant4bitKernels.dequantizeGrid); any grid >= 1 is correct (warps stride over
+// the chunks, loading the next chunk after storing the current one).
+// The values are those of the earlier kernel bit for bit (same float operations in the same order):
+// fl(table[code] * absmax) rounded through mid, then to OutT.
+// ROWS: the weight [n / cols, cols] is stored with a row stride of ldy elements (ldy >= cols, cols % 8 == 0 and
+// ldy % 8 == 0, so a piece never crosses a row and its store is 16-byte aligned): how the LoRA fold
+// (lora_fold.cu) leaves room after each row for the adapter's columns. Otherwise y is contiguous (cols and ldy unused).
+
+#define DQ_THREADS 256
+#define DQ_PIECES 8
 
 template <typename OutT>
 __device__ __forceinline__ void store_out(OutT* y, int64_t i, float v);
@@ -67,137 +85,185 @@ template <> __device__ __forceinline__ void store_out<float>(float* y, int64_t i
 template <> __device__ __forceinline__ void store_out<__nv_bfloat16>(__nv_bfloat16* y, int64_t i, float v) { y[i] = f32_to_bf16(v); }
 template <> __device__ __forceinline__ void store_out<__half>(__half* y, int64_t i, float v) { y[i] = f32_to_f16(v); }
 
-template <typename OutT> struct Pack8;  // 8 outputs as one 16-byte (or 2x16-byte) store
-template <> struct Pack8<__nv_bfloat16> {
-    static __device__ __forceinline__ void store(__nv_bfloat16* y, const float* v) {
-        uint4 o;
-        __nv_bfloat162 p0 = __floats2bfloat162_rn(v[0], v[1]), p1 = __floats2bfloat162_rn(v[2], v[3]);
-        __nv_bfloat162 p2 = __floats2bfloat162_rn(v[4], v[5]), p3 = __floats2bfloat162_rn(v[6], v[7]);
-        o.x = *reinterpret_cast<uint32_t*>(&p0); o.y = *reinterpret_cast<uint32_t*>(&p1);
-        o.z = *reinterpret_cast<uint32_t*>(&p2); o.w = *reinterpret_cast<uint32_t*>(&p3);
-        *reinterpret_cast<uint4*>(y) = o;
-    }
-};
-template <> struct Pack8<__half> {
-    static __device__ __forceinline__ void store(__half* y, const float* v) {
-        uint4 o;
-        __half2 p0 = __floats2half2_rn(v[0], v[1]), p1 = __floats2half2_rn(v[2], v[3]);
-        __half2 p2 = __floats2half2_rn(v[4], v[5]), p3 = __floats2half2_rn(v[6], v[7]);
-        o.x = *reinterpret_cast<uint32_t*>(&p0); o.y = *reinterpret_cast<uint32_t*>(&p1);
-        o.z = *reinterpret_cast<uint32_t*>(&p2); o.w = *reinterpret_cast<uint32_t*>(&p3);
-        *reinterpret_cast<uint4*>(y) = o;
-    }
-};
-template <> struct Pack8<float> {
-    static __device__ __forceinline__ void store(float* y, const float* v) {
-        *reinterpret_cast<float4*>(y) = make_float4(v[0], v[1], v[2], v[3]);
-        *reinterpret_cast<float4*>(y + 4) = make_float4(v[4], v[5], v[6], v[7]);
-    }
-};
-
-// One thread's piece of the weight: 8 values (4 packed bytes) and its block's absmax inputs.
-struct DqUnit {
-    uint32_t q;
-    float s;        // absmax (plain) or the block's nested group absmax (nested)
-    uint32_t code;  // nested: the block's 8-bit absmax code
-};
-
-__device__ __forceinline__ DqUnit load_dq_unit(const Q4Weight& w, int64_t u) {
-    DqUnit d;
-    const int64_t block = (u * 8) >> w.log2_blocksize;
-    d.q = __ldg(reinterpret_cast<const uint32_t*>(w.packed) + u);
-    if (w.nested) {
-        d.code = __ldg(reinterpret_cast<const uint8_t*>(w.absmax) + block);
-        d.s = __ldg(w.nested_absmax + (w.nested_shift >= 0 ? (block >> w.nested_shift) : block / w.nested_bs));
-    } else {
-        d.code = 0;
-        d.s = __ldg(reinterpret_cast<const float*>(w.absmax) + block);
-    }
-    return d;
+// 16-byte store; CS: st.global.cs (evict-first streaming hint)
+template <bool CS>
+__device__ __forceinline__ void dq_st16(void* p, uint4 v) {
+    if (CS) __stcs(reinterpret_cast<uint4*>(p), v);
+    else *reinterpret_cast<uint4*>(p) = v;
 }
 
-// Why this shape (session 6): the weight is written once per matmul of a training step (hundreds of times per step),
-// so the kernel must stream. A lane decodes 8 values (4 packed bytes) per unit and stores them with one 16-byte store,
-// so each warp instruction reads 128 and writes 512 contiguous bytes; each thread issues the loads of UNROLL units
-// (grid-stride apart) before decoding any, and the nested codes sit in shared memory. (Before: 32 values per lane,
-// so a warp's 16-byte stores were 64 bytes apart, behind three dependent loads: ~40% of the copy bandwidth.)
-// The values are the same: value(e) rounded through mid, then to OutT.
-// ROWS: the weight [n / cols, cols] is stored with a row stride of ldy elements (ldy >= cols, cols % 8 == 0, so a
-// unit of 8 values never crosses a row; units < 2^32): how the LoRA fold (lora_fold.cu) leaves room after each
-// row for the adapter's columns. Otherwise y is contiguous (cols and ldy unused).
-template <typename OutT, bool ROWS = false>
-__device__ void dequantize_body(const Q4Weight& w, const float* __restrict__ code16, OutT* __restrict__ y,
-                                int64_t n, int mid, int cols = 0, int64_t ldy = 0) {
-    constexpr int UNROLL = 4;
-    __shared__ float table[16];
-    __shared__ float ncode[256];
-    if (threadIdx.x < 16) table[threadIdx.x] = code16[threadIdx.x];
-    if (w.nested) {
-        for (int j = threadIdx.x; j < 256; j += blockDim.x) ncode[j] = w.nested_code[j];
+template <typename OutT, bool CS> struct DqPack8;  // 8 outputs as one 16-byte (or 2 x 16-byte) store
+template <bool CS> struct DqPack8<__nv_bfloat16, CS> {
+    static __device__ __forceinline__ void store(__nv_bfloat16* y, const float* v) {
+        __nv_bfloat162 p0 = __floats2bfloat162_rn(v[0], v[1]), p1 = __floats2bfloat162_rn(v[2], v[3]);
+        __nv_bfloat162 p2 = __floats2bfloat162_rn(v[4], v[5]), p3 = __floats2bfloat162_rn(v[6], v[7]);
+        dq_st16<CS>(y, make_uint4(*reinterpret_cast<uint32_t*>(&p0), *reinterpret_cast<uint32_t*>(&p1),
+                                  *reinterpret_cast<uint32_t*>(&p2), *reinterpret_cast<uint32_t*>(&p3)));
     }
-    __syncthreads();
-    const int64_t units = n / 8;  // whole units (8 values lie in one block: blocksize >= 32, aligned)
-    const int64_t stride = grid_stride();
-    for (int64_t u0 = global_thread_index(); u0 < units; u0 += UNROLL * stride) {
-        DqUnit d[UNROLL];
+};
+template <bool CS> struct DqPack8<__half, CS> {
+    static __device__ __forceinline__ void store(__half* y, const float* v) {
+        __half2 p0 = __floats2half2_rn(v[0], v[1]), p1 = __floats2half2_rn(v[2], v[3]);
+        __half2 p2 = __floats2half2_rn(v[4], v[5]), p3 = __floats2half2_rn(v[6], v[7]);
+        dq_st16<CS>(y, make_uint4(*reinterpret_cast<uint32_t*>(&p0), *reinterpret_cast<uint32_t*>(&p1),
+                                  *reinterpret_cast<uint32_t*>(&p2), *reinterpret_cast<uint32_t*>(&p3)));
+    }
+};
+template <bool CS> struct DqPack8<float, CS> {
+    static __device__ __forceinline__ void store(float* y, const float* v) {
+        dq_st16<CS>(y, make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3])));
+        dq_st16<CS>(y + 4, make_uint4(__float_as_uint(v[4]), __float_as_uint(v[5]), __float_as_uint(v[6]), __float_as_uint(v[7])));
+    }
+};
+
+// One lane's loads for one chunk: P packed words (pieces 32 j + lane) and the absmax inputs of the chunk's blocks
+// b0 + lane + 32 k. A chunk spans 256 P values: 8 P blocks at the smallest blocksize (32), hence AK = P / 4.
+template <int P>
+struct DqChunk {
+    static constexpr int AK = P >= 4 ? P / 4 : 1;
+    uint32_t q[P];
+    float s[AK];        // absmax (plain) or the block's nested group absmax (nested)
+    uint32_t code[AK];  // nested: the block's 8-bit absmax code
+};
+
+template <int P>
+__device__ __forceinline__ void dq_load(const Q4Weight& w, uint32_t u0, uint32_t units, uint32_t blocks, int lane,
+                                        DqChunk<P>& c) {
+    const uint32_t* pk = reinterpret_cast<const uint32_t*>(w.packed) + (u0 + lane);
 #pragma unroll
-        for (int i = 0; i < UNROLL; i++) {
-            if (u0 + i * stride < units) d[i] = load_dq_unit(w, u0 + i * stride);
+    for (int j = 0; j < P; j++) c.q[j] = u0 + 32 * j + lane < units ? __ldg(pk + 32 * j) : 0u;
+    const uint32_t b0 = u0 >> (w.log2_blocksize - 3);        // u0 * 8 values / blocksize
+    const int nb = max(1, (256 * P) >> w.log2_blocksize);  // blocks in the chunk (1 when a block outspans it)
+#pragma unroll
+    for (int k = 0; k < DqChunk<P>::AK; k++) {
+        const uint32_t b = b0 + lane + 32 * k;
+        c.s[k] = 0.0f;
+        c.code[k] = 0;
+        if (lane + 32 * k < nb && b < blocks) {
+            if (w.nested) {
+                c.code[k] = __ldg(reinterpret_cast<const uint8_t*>(w.absmax) + b);
+                c.s[k] = __ldg(w.nested_absmax + (w.nested_shift >= 0 ? (b >> w.nested_shift) : b / static_cast<uint32_t>(w.nested_bs)));
+            } else {
+                c.s[k] = __ldg(reinterpret_cast<const float*>(w.absmax) + b);
+            }
         }
+    }
+}
+
+// Decodes and stores one chunk (pieces u0 ..). Called by whole warps (the shuffles): u0 is warp-uniform.
+template <typename OutT, bool ROWS, int P, bool CS, int MID>
+__device__ __forceinline__ void dq_store(const Q4Weight& w, const float* table, const float* ncode, const DqChunk<P>& c,
+                                         uint32_t u0, uint32_t units, OutT* __restrict__ y, uint32_t per_row,
+                                         int64_t ldy, int lane) {
+    constexpr int AK = DqChunk<P>::AK;
+    float amax[AK];
 #pragma unroll
-        for (int i = 0; i < UNROLL; i++) {
-            const int64_t u = u0 + i * stride;
-            if (u >= units) break;
-            const float amax = w.nested ? __fadd_rn(__fmul_rn(ncode[d[i].code], d[i].s), w.offset) : d[i].s;
+    for (int k = 0; k < AK; k++) amax[k] = w.nested ? __fadd_rn(__fmul_rn(ncode[c.code[k]], c.s[k]), w.offset) : c.s[k];
+    uint32_t row = 0, col = 0;
+    OutT* yl = y;
+    if (ROWS) {
+        row = (u0 + lane) / per_row;
+        col = (u0 + lane) - row * per_row;
+    } else {
+        yl = y + static_cast<int64_t>(u0 + lane) * 8;
+    }
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        // the piece's block in the chunk: lane idx & 31's amax[idx >> 5] (idx >> 5 is the same for the whole warp at
+        // one j, and 0 unless the chunk has more than 32 blocks: blocksize 32 at P = 8); shuffled from every amax
+        // register in use and selected after (selecting first makes nvcc index a local-memory array)
+        const int idx = ((32 * j + lane) * 8) >> w.log2_blocksize;
+        float a = __shfl_sync(0xffffffffu, amax[0], idx & 31);
+#pragma unroll
+        for (int k = 1; k < AK; k++) {
+            if (((256 * P) >> w.log2_blocksize) > 32 * k) {
+                const float ak = __shfl_sync(0xffffffffu, amax[k], idx & 31);
+                if ((idx >> 5) == k) a = ak;
+            }
+        }
+        if (ROWS && j > 0) {
+            col += 32;
+            while (col >= per_row) { col -= per_row; row++; }
+        }
+        if (u0 + 32 * j + lane < units) {
             float v[8];
 #pragma unroll
             for (int b = 0; b < 4; b++) {
-                const uint32_t byte = (d[i].q >> (8 * b)) & 0xFF;
-                v[2 * b] = round_to(__fmul_rn(table[byte >> 4], amax), mid);
-                v[2 * b + 1] = round_to(__fmul_rn(table[byte & 15], amax), mid);
+                const uint32_t byte = (c.q[j] >> (8 * b)) & 0xFF;
+                v[2 * b] = round_to(__fmul_rn(table[byte >> 4], a), MID);
+                v[2 * b + 1] = round_to(__fmul_rn(table[byte & 15], a), MID);
             }
-            if (ROWS) {
-                const uint32_t per_row = static_cast<uint32_t>(cols) / 8, uu = static_cast<uint32_t>(u);
-                const uint32_t row = uu / per_row;
-                Pack8<OutT>::store(y + row * ldy + (uu - row * per_row) * 8, v);
-            } else {
-                Pack8<OutT>::store(y + u * 8, v);
-            }
-        }
-    }
-    // the last values (n % 8 != 0): one thread, value by value (never with ROWS: cols % 8 == 0)
-    if (!ROWS && global_thread_index() == 0 && units * 8 < n) {
-        for (int64_t e = units * 8; e < n; e++) {
-            const uint32_t byte = w.packed[e >> 1];
-            const uint32_t q = (e & 1) ? (byte & 15) : (byte >> 4);
-            store_out<OutT>(y, e, round_to(__fmul_rn(table[q], q4_absmax(w, e >> w.log2_blocksize)), mid));
+            DqPack8<OutT, CS>::store(ROWS ? y + static_cast<int64_t>(row) * ldy + col * 8 : yl + 256 * j, v);
         }
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) q4_dequantize_f32(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
-                                                                    float* __restrict__ y, int64_t n, int mid) {
+// Piece and block indices are 32-bit: n / 8 < 2^31 (the launchers check).
+template <typename OutT, bool ROWS, int P, bool CS, int MID>
+__device__ __forceinline__ void dequantize_chunks(const Q4Weight& w, const float* __restrict__ code16, float* table,
+                                                  float* ncode, OutT* __restrict__ y, int64_t n, int cols, int64_t ldy) {
+    const int lane = threadIdx.x & 31;
+    const uint32_t units = static_cast<uint32_t>(n / 8);  // whole pieces (8 values lie in one block: blocksize >= 32)
+    const uint32_t blocks = static_cast<uint32_t>((n + (int64_t(1) << w.log2_blocksize) - 1) >> w.log2_blocksize);
+    const uint32_t chunks = (units + 32 * P - 1) / (32 * P);
+    const uint32_t warps = gridDim.x * (blockDim.x / 32);
+    uint32_t chunk = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    DqChunk<P> c;
+    if (chunk < chunks) dq_load<P>(w, chunk * (32 * P), units, blocks, lane, c);  // in flight while the tables fill
+    if (threadIdx.x < 16) table[threadIdx.x] = __ldg(code16 + threadIdx.x);
+    if (w.nested) {
+        for (int j = threadIdx.x; j < 256; j += blockDim.x) ncode[j] = __ldg(w.nested_code + j);
+    }
+    __syncthreads();
+    const uint32_t per_row = ROWS ? static_cast<uint32_t>(cols) / 8 : 1u;
+    for (; chunk < chunks; chunk += warps) {
+        dq_store<OutT, ROWS, P, CS, MID>(w, table, ncode, c, chunk * (32 * P), units, y, per_row, ldy, lane);
+        if (chunk + warps < chunks) dq_load<P>(w, (chunk + warps) * (32 * P), units, blocks, lane, c);  // short grids only
+    }
+    // the last values (n % 8 != 0): one thread, value by value (never with ROWS: cols % 8 == 0)
+    if (!ROWS && global_thread_index() == 0 && static_cast<int64_t>(units) * 8 < n) {
+        for (int64_t e = static_cast<int64_t>(units) * 8; e < n; e++) {
+            const uint32_t byte = w.packed[e >> 1];
+            const uint32_t q = (e & 1) ? (byte & 15) : (byte >> 4);
+            store_out<OutT>(y, e, round_to(__fmul_rn(table[q], q4_absmax(w, e >> w.log2_blocksize)), MID));
+        }
+    }
+}
+
+// The kernels' body: mid chosen once (a template argument of the loop), the tables in shared memory.
+template <typename OutT, bool ROWS = false, int P = DQ_PIECES, bool CS = false>
+__device__ __forceinline__ void dequantize_body(const Q4Weight& w, const float* __restrict__ code16, OutT* __restrict__ y,
+                                                int64_t n, int mid, int cols = 0, int64_t ldy = 0) {
+    __shared__ float table[16];
+    __shared__ float ncode[256];
+    if (mid == DT_BF16) dequantize_chunks<OutT, ROWS, P, CS, DT_BF16>(w, code16, table, ncode, y, n, cols, ldy);
+    else if (mid == DT_F16) dequantize_chunks<OutT, ROWS, P, CS, DT_F16>(w, code16, table, ncode, y, n, cols, ldy);
+    else dequantize_chunks<OutT, ROWS, P, CS, DT_F32>(w, code16, table, ncode, y, n, cols, ldy);
+}
+
+extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_f32(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
+                                                                           float* __restrict__ y, int64_t n, int mid) {
     Q4_WEIGHT_MAKE;
     dequantize_body<float>(w, code16, y, n, mid);
 }
 
-extern "C" __global__ void __launch_bounds__(256) q4_dequantize_bf16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
-                                                                     __nv_bfloat16* __restrict__ y, int64_t n, int mid) {
+extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_bf16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
+                                                                            __nv_bfloat16* __restrict__ y, int64_t n, int mid) {
     Q4_WEIGHT_MAKE;
     dequantize_body<__nv_bfloat16>(w, code16, y, n, mid);
 }
 
-// The bf16 dequantize into rows of stride ldy (see dequantize_body's ROWS): y[row * ldy + col] for the weight's
+// The bf16 dequantize into rows of stride ldy (see the ROWS note above): y[row * ldy + col] for the weight's
 // [n / cols, cols] values; the columns [cols, ldy) of each row are not written.
-extern "C" __global__ void __launch_bounds__(256) q4_dequantize_rows_bf16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
-                                                                          __nv_bfloat16* __restrict__ y, int64_t n, int mid,
-                                                                          int cols, int64_t ldy) {
+extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_rows_bf16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
+                                                                                 __nv_bfloat16* __restrict__ y, int64_t n, int mid,
+                                                                                 int cols, int64_t ldy) {
     Q4_WEIGHT_MAKE;
     dequantize_body<__nv_bfloat16, true>(w, code16, y, n, mid, cols, ldy);
 }
 
-extern "C" __global__ void __launch_bounds__(256) q4_dequantize_f16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
-                                                                    __half* __restrict__ y, int64_t n, int mid) {
+extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_f16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
+                                                                           __half* __restrict__ y, int64_t n, int mid) {
     Q4_WEIGHT_MAKE;
     dequantize_body<__half>(w, code16, y, n, mid);
 }

@@ -87,6 +87,22 @@ final class Quant4bitKernels {
         return Dim3.of((int) Math.min(blocks, 32L * ctx.properties().multiprocessorCount()));
     }
 
+    // native/nf4.cu dequantize: DQ_THREADS per block, one warp per chunk of 32 x DQ_PIECES pieces of 8 values
+    static final int DQ_THREADS = 256;
+    static final int DQ_PIECES = 8;
+    /** Pieces (8 values) one dequantize block covers: 8 warps x 32 lanes x DQ_PIECES. */
+    static final long DQ_PIECES_PER_BLOCK = (long) DQ_THREADS * DQ_PIECES;
+
+    /**
+     * The dequantize grid: one warp per chunk, every chunk once (any grid >= 1 is correct: warps stride over the
+     * chunks, but a smaller one serializes their loads). n / 8 must be below 2^31 (the kernel's 32-bit piece indices).
+     */
+    static Dim3 dequantizeGrid(long n) {
+        long pieces = n / 8;
+        if (pieces >= (1L << 31)) throw new IllegalArgumentException("dequantize: at most 2^34 values, got " + n);
+        return Dim3.of((int) Math.max(1, (pieces + DQ_PIECES_PER_BLOCK - 1) / DQ_PIECES_PER_BLOCK));
+    }
+
     /** y [numel] in dtype = round(dtype, round(mid, value)); mid = F32 for a plain dequantize. */
     static void dequantize(CudaContext ctx, CudaQuant4bit w, Tensor y, DType mid) {
         String kernel = switch (y.dtype()) {
@@ -97,26 +113,26 @@ final class Quant4bitKernels {
         };
         long n = w.numel();
         KernelArgs args = weightArgs(w).ptr(CudaContext.ptr(w.code16())).ptr(CudaContext.ptr(y)).i64(n).i32(dtypeCode(mid, "mid"));
-        // nf4.cu dequantize_body: a thread takes 4 units of 8 values per grid-stride step
-        ctx.launch(ctx.function(MODULE, kernel), strideGrid(ctx, (n / 8 + 3) / 4, 256), Dim3.of(256), 0, args);
+        ctx.launch(ctx.function(MODULE, kernel), dequantizeGrid(n), Dim3.of(DQ_THREADS), 0, args);
     }
 
     /**
      * The BF16 dequantize of w [out, in] into the first in columns of y (BF16 [out, ldy], ldy >= in), the columns
      * [in, ldy) untouched: the same values as {@link #dequantize} into a contiguous tensor (nf4.cu's ROWS store).
-     * in must be a multiple of 8 and the weight have fewer than 2^35 values (the kernel's 32-bit unit index).
+     * in and y's row stride must be multiples of 8 (16-byte stores) and the weight have fewer than 2^34 values (the
+     * kernel's 32-bit piece indices).
      */
     static void dequantizeRows(CudaContext ctx, CudaQuant4bit w, Tensor y, DType mid) {
         int in = w.inFeatures();
         long n = w.numel();
         if (y.dtype() != DType.BF16 || y.rank() != 2 || y.dim(0) != w.outFeatures() || y.dim(1) < in || in % 8 != 0
-                || n / 8 >= (1L << 32)) {
+                || y.dim(1) % 8 != 0 || n / 8 >= (1L << 31)) {
             throw new IllegalArgumentException("dequantizeRows: y must be BF16 [" + w.outFeatures() + ", >= " + in
-                    + "] with in_features a multiple of 8 (and fewer than 2^35 values), got " + y);
+                    + "] with in_features and the row stride multiples of 8 (and fewer than 2^34 values), got " + y);
         }
         KernelArgs args = weightArgs(w).ptr(CudaContext.ptr(w.code16())).ptr(CudaContext.ptr(y)).i64(n)
                 .i32(dtypeCode(mid, "mid")).i32(in).i64(y.dim(1));
-        ctx.launch(ctx.function(MODULE, "q4_dequantize_rows_bf16"), strideGrid(ctx, (n / 8 + 3) / 4, 256), Dim3.of(256), 0, args);
+        ctx.launch(ctx.function(MODULE, "q4_dequantize_rows_bf16"), dequantizeGrid(n), Dim3.of(DQ_THREADS), 0, args);
     }
 
     /** packed U8 [(n+1)/2] and absmax F32 [blocks] of x (F32/BF16/F16, n values). typeCode 0 NF4, 1 FP4. */

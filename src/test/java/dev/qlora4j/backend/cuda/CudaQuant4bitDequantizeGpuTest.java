@@ -9,6 +9,7 @@ import dev.qlora4j.quant.Quant4bit;
 import dev.qlora4j.quant.QuantState4bit;
 import dev.qlora4j.quant.QuantType;
 import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Half;
 import dev.qlora4j.tensor.Tensor;
 
 import java.util.ArrayList;
@@ -45,12 +46,17 @@ class CudaQuant4bitDequantizeGpuTest {
                 for (int bs : new int[] {64, 128, 256})
                     for (int[] shape : new int[][] {{37, 91}, {300, 1000}})
                         out.add(Arguments.of(t, nested, bs, shape[0], shape[1]));
-        // more groups than the grid's threads (6 blocks of 256 per SM): every thread runs the prefetching loop
-        // several times; 4097 x 4099 also ends in a partial group and a half byte
+        // the Llama-7B shapes (every warp one chunk of 2048 values, 1024 / 2752 blocks); 4097 x 4099 ends in a
+        // partial chunk, a partial block and a half byte; blocksize 32 (two absmax per lane) and 4096 (a block
+        // outspans a chunk)
         for (boolean nested : new boolean[] {false, true}) {
             out.add(Arguments.of(QuantType.NF4, nested, 64, 4096, 4096));
             out.add(Arguments.of(QuantType.FP4, nested, 128, 4097, 4099));
+            out.add(Arguments.of(QuantType.NF4, nested, 32, 301, 999));
+            out.add(Arguments.of(QuantType.NF4, nested, 4096, 301, 999));
         }
+        out.add(Arguments.of(QuantType.NF4, true, 64, 11008, 4096));
+        out.add(Arguments.of(QuantType.NF4, true, 64, 4096, 11008));
         return out.stream();
     }
 
@@ -70,6 +76,55 @@ class CudaQuant4bitDequantizeGpuTest {
                 }
                 try (Tensor y = CudaQuantOps.dequantize(ctx, q, out)) {
                     assertArrayEquals(want, QuantGpuSupport.bytes(ctx.download(y)), "public dequantize " + out);
+                }
+            }
+        }
+    }
+
+    static Stream<Arguments> rowsCases() {
+        List<Arguments> out = new ArrayList<>();
+        // small shapes: a row of one piece (cols 8: rows change every piece), pads of 8 and 64, rows that end inside
+        // a warp's chunk; blocksizes 32 (two absmax per lane), 64 and 4096 (a block outspans the chunk)
+        for (boolean nested : new boolean[] {false, true})
+            for (int bs : new int[] {32, 64, 4096})
+                for (int[] s : new int[][] {{37, 96, 64}, {5, 8, 8}, {300, 1000, 64}, {33, 2056, 64}})
+                    out.add(Arguments.of(QuantType.NF4, nested, bs, s[0], s[1], s[2]));
+        out.add(Arguments.of(QuantType.FP4, true, 128, 300, 1000, 64));
+        // the Llama-7B shapes of the LoRA fold ([W | sB], ldy = in + 64)
+        for (int[] s : new int[][] {{4096, 4096}, {11008, 4096}, {4096, 11008}})
+            out.add(Arguments.of(QuantType.NF4, true, 64, s[0], s[1], 64));
+        return out.stream();
+    }
+
+    /**
+     * Quant4bitKernels.dequantizeRows (q4_dequantize_rows_bf16, the LoRA fold's W columns) against Quant4bit: the
+     * weight's values rounded through mid (F32, BF16, F16) then to BF16, in the first cols columns of rows of stride
+     * cols + pad; the pad columns keep their poison.
+     */
+    @ParameterizedTest(name = "rows {0} nested={1} bs={2} [{3}, {4}] + {5}")
+    @MethodSource("rowsCases")
+    void dequantizeRowsIsBitExact(QuantType type, boolean nested, int blocksize, int rows, int cols, int pad) {
+        Random rnd = new Random();
+        float[] w = QuantGpuSupport.randomWeights(rnd, rows, cols);
+        for (int c = 0; c < Math.min(cols, 70); c++) w[c] = 0f;  // an all-zero block (absmax 0)
+        QuantState4bit state = Quant4bit.quantize(w, new int[] {rows, cols}, type, blocksize, nested);
+        float[] v = Quant4bit.dequantizeToF32(state);
+        int ld = cols + pad;
+        try (QuantizedWeight q = CudaQuantOps.prepare4bit(ctx, state, DType.BF16)) {
+            for (DType mid : new DType[] {DType.F32, DType.BF16, DType.F16}) {
+                byte[] want = new byte[rows * ld * 2];
+                java.util.Arrays.fill(want, (byte) 0xFF);
+                for (int r = 0; r < rows; r++) {
+                    for (int c = 0; c < cols; c++) {
+                        short b = Half.floatToBf16(QuantGpuSupport.round(mid, v[r * cols + c]));
+                        int at = 2 * (r * ld + c);
+                        want[at] = (byte) b;
+                        want[at + 1] = (byte) (b >> 8);
+                    }
+                }
+                try (Tensor y = QuantGpuSupport.poisoned(ctx, DType.BF16, rows, ld)) {
+                    Quant4bitKernels.dequantizeRows(ctx, (CudaQuant4bit) q, y, mid);
+                    assertBytesEqual(want, QuantGpuSupport.bytes(ctx.download(y)), DType.BF16);
                 }
             }
         }
