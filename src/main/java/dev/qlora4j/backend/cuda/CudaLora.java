@@ -90,7 +90,7 @@ public final class CudaLora {
              Held ab = weight(ctx, a, aBf16, "lora_A");
              Held bb = weight(ctx, bw, bBf16, "lora_B")) {
             Cublas cu = ctx.cublas();
-            LoraGemmKernels.gemmRowMajor(ctx, false, true, n, r, in, 1f, CudaContext.ptr(xd.t), CudaContext.ptr(ab.t), 0f,
+            cu.gemmRowMajor(false, true, n, r, in, 1f, CudaContext.ptr(xd.t), CudaContext.ptr(ab.t), BF, 0f,
                     CudaContext.ptr(h), BF);
             cu.gemmRowMajor(false, true, n, out, r, scaling, CudaContext.ptr(h), CudaContext.ptr(bb.t), BF,
                     1f, CudaContext.ptr(result), BF);
@@ -172,25 +172,25 @@ public final class CudaLora {
             int sub = prof == null ? -1 : prof.begin();
             if (gradB != null) {
                 if (kept != null) {
-                    LoraGemmKernels.gemm(ctx, true, false, out, r, n, scaling, CudaContext.ptr(gy.t), out, kept.pointer(),
-                            kept.ld(), 1f, CudaContext.ptr(gradB), r, Cublas.DataType.F32);
+                    gemm(cu, true, false, out, r, n, scaling, CudaContext.ptr(gy.t), out, kept.pointer(), kept.ld(), BF, 1f,
+                            CudaContext.ptr(gradB), r, Cublas.DataType.F32);
                 } else {
                     try (Tensor h = ctx.empty(DType.BF16, n, r)) {   // the forward's h, recomputed (BF16 as the forward rounds it)
-                        LoraGemmKernels.gemmRowMajor(ctx, false, true, n, r, in, 1f, CudaContext.ptr(xd.t), CudaContext.ptr(ab),
-                                0f, CudaContext.ptr(h), BF);
-                        LoraGemmKernels.gemmRowMajor(ctx, true, false, out, r, n, scaling, CudaContext.ptr(gy.t),
-                                CudaContext.ptr(h), 1f, CudaContext.ptr(gradB), Cublas.DataType.F32);
+                        cu.gemmRowMajor(false, true, n, r, in, 1f, CudaContext.ptr(xd.t), CudaContext.ptr(ab), BF, 0f,
+                                CudaContext.ptr(h), BF);
+                        cu.gemmRowMajor(true, false, out, r, n, scaling, CudaContext.ptr(gy.t), CudaContext.ptr(h), BF, 1f,
+                                CudaContext.ptr(gradB), Cublas.DataType.F32);
                     }
                 }
             }
             if (sub >= 0) prof.end("lora backward/dB", sub);
             sub = prof == null ? -1 : prof.begin();
-            LoraGemmKernels.gemmRowMajor(ctx, false, false, n, r, out, scaling, CudaContext.ptr(gy.t), CudaContext.ptr(bb),
-                    0f, CudaContext.ptr(gh), BF);
+            cu.gemmRowMajor(false, false, n, r, out, scaling, CudaContext.ptr(gy.t), CudaContext.ptr(bb), BF, 0f,
+                    CudaContext.ptr(gh), BF);
             if (sub >= 0) prof.end("lora backward/gh", sub);
             sub = prof == null ? -1 : prof.begin();
             if (gradA != null) {
-                LoraGemmKernels.gemmRowMajor(ctx, true, false, r, in, n, 1f, CudaContext.ptr(gh), CudaContext.ptr(xd.t), 1f,
+                cu.gemmRowMajor(true, false, r, in, n, 1f, CudaContext.ptr(gh), CudaContext.ptr(xd.t), BF, 1f,
                         CudaContext.ptr(gradA), Cublas.DataType.F32);
             }
             if (sub >= 0) prof.end("lora backward/dA", sub);

@@ -94,7 +94,7 @@ public final class CudaLoraFold {
              Tensor xh = ctx.empty(DType.BF16, n, ld)) {
             Cublas cu = ctx.cublas();
             copyColumns(ctx, xh, ld, CudaContext.ptr(xb.t()), in, n, in, ld);   // x, and H's columns cleared
-            LoraGemmKernels.gemm(ctx, false, true, n, rank, in, 1f, CudaContext.ptr(xb.t()), in, CudaContext.ptr(aCat), in, 0f,
+            gemm(cu, false, true, n, rank, in, 1f, CudaContext.ptr(xb.t()), in, CudaContext.ptr(aCat), in, BF, 0f,
                     CudaContext.ptr(xh) + 2L * in, ld, BF);
             int column = 0;
             for (int i = 0; i < layers; i++) {

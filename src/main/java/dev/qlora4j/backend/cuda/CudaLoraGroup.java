@@ -94,8 +94,8 @@ public final class CudaLoraGroup {
         Tensor h = ctx.empty(DType.BF16, n, total);
         try (Held xb = bf16(ctx, x)) {
             Cublas cu = ctx.cublas();
-            LoraGemmKernels.gemmRowMajor(ctx, false, true, n, total, in, 1f, CudaContext.ptr(xb.t()), CudaContext.ptr(aCat),
-                    0f, CudaContext.ptr(h), BF);
+            cu.gemmRowMajor(false, true, n, total, in, 1f, CudaContext.ptr(xb.t()), CudaContext.ptr(aCat), BF, 0f,
+                    CudaContext.ptr(h), BF);
             for (int i = 0; i < results.length; i++) {
                 int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
                 gemm(cu, false, true, n, out, r, scalings[i], CudaContext.ptr(h) + 2L * cols[i], total,
@@ -158,28 +158,28 @@ public final class CudaLoraGroup {
             Cublas cu = ctx.cublas();
             for (int i = 0; i < layers; i++) gy[i] = bf16(ctx, gradOuts[i]);
             if (needH) {
-                LoraGemmKernels.gemmRowMajor(ctx, false, true, n, total, in, 1f, CudaContext.ptr(xb.t()),
-                        CudaContext.ptr(aCat), 0f, CudaContext.ptr(h), BF);
+                cu.gemmRowMajor(false, true, n, total, in, 1f, CudaContext.ptr(xb.t()), CudaContext.ptr(aCat), BF, 0f,
+                        CudaContext.ptr(h), BF);
             }
             for (int i = 0; i < layers; i++) {
                 int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
                 if (gradB[i] != null) {
                     int sub = prof == null ? -1 : prof.begin();
                     Hidden hi = kept[i] != null ? kept[i] : new Hidden(h, cols[i], r);
-                    LoraGemmKernels.gemm(ctx, true, false, out, r, n, scalings[i], CudaContext.ptr(gy[i].t()), out,
-                            hi.pointer(), hi.ld(), 1f, CudaContext.ptr(gradB[i]), r, Cublas.DataType.F32);
+                    gemm(cu, true, false, out, r, n, scalings[i], CudaContext.ptr(gy[i].t()), out, hi.pointer(), hi.ld(), BF, 1f,
+                            CudaContext.ptr(gradB[i]), r, Cublas.DataType.F32);
                     if (sub >= 0) prof.end("lora group backward/dB", sub);
                 }
                 int sub = prof == null ? -1 : prof.begin();
-                LoraGemmKernels.gemm(ctx, false, false, n, r, out, scalings[i], CudaContext.ptr(gy[i].t()), out,
-                        CudaContext.ptr(bBf16[i]), r, 0f, CudaContext.ptr(gh) + 2L * cols[i], total, BF);
+                gemm(cu, false, false, n, r, out, scalings[i], CudaContext.ptr(gy[i].t()), out, CudaContext.ptr(bBf16[i]), r,
+                        BF, 0f, CudaContext.ptr(gh) + 2L * cols[i], total, BF);
                 if (sub >= 0) prof.end("lora group backward/gh", sub);
             }
             int sub = prof == null ? -1 : prof.begin();
             if (anyGradA) {
                 try (Tensor dA = ctx.empty(DType.F32, total, in)) {
-                    LoraGemmKernels.gemmRowMajor(ctx, true, false, total, in, n, 1f, CudaContext.ptr(gh),
-                            CudaContext.ptr(xb.t()), 0f, CudaContext.ptr(dA), Cublas.DataType.F32);
+                    cu.gemmRowMajor(true, false, total, in, n, 1f, CudaContext.ptr(gh), CudaContext.ptr(xb.t()), BF, 0f,
+                            CudaContext.ptr(dA), Cublas.DataType.F32);
                     for (int i = 0; i < layers; i++) {
                         if (gradA[i] == null) continue;
                         // dA's rows [cols_i, cols_i + r_i) are contiguous: gradA_i += them (fmaf(1, d, g) = g + d)
