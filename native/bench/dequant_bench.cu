@@ -2,7 +2,7 @@
 // q4_dequantize_rows_bf16, the weights' bf16 copies for cuBLAS in a training step and the LoRA fold's [W | sB]).
 //
 //   nvcc -O3 -std=c++17 -arch=sm_90a -I native native/bench/dequant_bench.cu -o /tmp/db && /tmp/db
-//   (no cuBLAS needed; devrun-deq.sh at the repository root does exactly this with logs under $OUT)
+//   (no cuBLAS needed; tools/gpu-bench-dequant.sh at the repository root does exactly this with logs under $OUT)
 //
 // What it does:
 // 1. checks, bit for bit, that every new variant (nf4.cu's own kernels and the template variants below) writes the
@@ -483,7 +483,7 @@ int main() {
                     free_weight(w);
                 }
         // small and odd: rows (cols % 8 == 0)
-        const int rshape[][3] = {{37, 96, 64}, {5, 8, 8}, {3, 8, 72}, {300, 1000, 1064}, {33, 2056, 2120}, {1, 4096, 4160}};
+        const int rshape[][3] = {{37, 96, 104}, {5, 8, 8}, {3, 8, 72}, {300, 1000, 1064}, {33, 2056, 2120}, {1, 4096, 4160}};
         for (auto& r : rshape)
             for (int lbs : lbss)
                 for (int nest = 0; nest < 3; nest++) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# devrun-deq.sh — the dequantize microbenchmark on the GPU machine (run from the repository root; nvcc 13, no Java).
+# tools/gpu-bench-dequant.sh — the dequantize microbenchmark on the GPU machine (run from the repository root; nvcc 13, no Java).
 # Builds native/bench/dequant_bench.cu (it includes native/nf4.cu, so NEW = the committed kernels) for sm_90a, keeps
 # the ptxas report of the dequantize kernels, runs the checks (bit-equal to the OLD body) and the timings.
 # Logs: $OUT/dequant_bench.txt (the run), $OUT/ptxas.txt, $OUT/build.txt. Exit code = the bench's (0: all checks passed).
