@@ -206,6 +206,36 @@ __device__ __forceinline__ void tiles_landed() {
     if constexpr (WG) wgmma::fence_smem_for_async();
 }
 
+// acc [64 x D] += A B, the second product of each kernel (P V, dS K, dS^T Q): A [64 x 64] is the f32 accumulator
+// tile a rounded to T (used as A fragments straight from registers), B the 64-row tile at `tile` with its rows as the
+// k dimension (transposed ldmatrix; MN-major for wgmma). wgmma: issued and committed, not waited for.
+template <typename T, int D, bool WG>
+__device__ __forceinline__ void add_acc_times_tile(float (&acc)[D / 8][4], const float (&a)[8][4], uint32_t tile,
+                                                   int lane) {
+    if constexpr (WG) {
+        uint32_t af[4][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) acc_to_a<T, 8>(a, kk, af[kk]);
+        wgmma::fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wgmma::mma_rs<T, D, 1>(acc, af[kk], WTile<D>::mnmajor(tile, kk));
+        wgmma::commit();
+    } else {
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            uint32_t af[4];
+            acc_to_a<T, 8>(a, kk, af);
+#pragma unroll
+            for (int n2 = 0; n2 < D / 16; n2++) {
+                uint32_t bf[4];
+                ldsm_x4_t(Tile<D>::bt_addr(tile, kk * 16, n2 * 16, lane), bf);
+                mma<T>(acc[2 * n2], af, bf[0], bf[1]);
+                mma<T>(acc[2 * n2 + 1], af, bf[2], bf[3]);
+            }
+        }
+    }
+}
+
 // Minimum (is_max false) or maximum over the warp, in every lane.
 __device__ __forceinline__ int warp_extreme_i(int v, bool is_max) {
 #pragma unroll
@@ -388,29 +418,10 @@ __device__ __forceinline__ void fwd_impl(const T* __restrict__ q, const T* __res
                 }
             }
             // O += P V: P (rounded to T) straight from the score registers.
+            add_acc_times_tile<T, D, WG>(o, s, vb, lane);
             if constexpr (WG) {
-                uint32_t pa[BN / 16][4];
-#pragma unroll
-                for (int kk = 0; kk < BN / 16; kk++) acc_to_a<T, NB>(s, kk, pa[kk]);
-                wgmma::fence();
-#pragma unroll
-                for (int kk = 0; kk < BN / 16; kk++) wgmma::mma_rs<T, D, 1>(o, pa[kk], WTile<D>::mnmajor(vb, kk));
-                wgmma::commit();
                 wgmma::wait<0>();
                 wgmma::pin(o);
-            } else {
-#pragma unroll
-                for (int kk = 0; kk < BN / 16; kk++) {
-                    uint32_t pa[4];
-                    acc_to_a<T, NB>(s, kk, pa);
-#pragma unroll
-                    for (int n2 = 0; n2 < DB / 2; n2++) {
-                        uint32_t bf[4];
-                        ldsm_x4_t(Tile<D>::bt_addr(vb, kk * 16, n2 * 16, lane), bf);
-                        mma<T>(o[2 * n2], pa, bf[0], bf[1]);
-                        mma<T>(o[2 * n2 + 1], pa, bf[2], bf[3]);
-                    }
-                }
             }
             __syncthreads();   // this buffer is refilled by the prefetch of the next iteration
             kt = nt;
@@ -569,29 +580,8 @@ __device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __rest
                     s[j][e] = p * (dp[j][e] - rd[r]);
                 }
             }
-            // dQ += dS K: K rows are the k dimension here (transposed loads; MN-major for wgmma).
-            if constexpr (WG) {
-                uint32_t da[BN / 16][4];
-#pragma unroll
-                for (int kk = 0; kk < BN / 16; kk++) acc_to_a<T, NB>(s, kk, da[kk]);
-                wgmma::fence();
-#pragma unroll
-                for (int kk = 0; kk < BN / 16; kk++) wgmma::mma_rs<T, D, 1>(acc, da[kk], WTile<D>::mnmajor(kb, kk));
-                wgmma::commit();   // completed by the next tile's wait (or after the loop)
-            } else {
-#pragma unroll
-                for (int kk = 0; kk < BN / 16; kk++) {
-                    uint32_t da[4];
-                    acc_to_a<T, NB>(s, kk, da);
-#pragma unroll
-                    for (int n2 = 0; n2 < DB / 2; n2++) {
-                        uint32_t bf[4];
-                        ldsm_x4_t(Tile<D>::bt_addr(kb, kk * 16, n2 * 16, lane), bf);
-                        mma<T>(acc[2 * n2], da, bf[0], bf[1]);
-                        mma<T>(acc[2 * n2 + 1], da, bf[2], bf[3]);
-                    }
-                }
-            }
+            // dQ += dS K: K rows are the k dimension here. wgmma: completed by the next tile's wait (or after the loop).
+            add_acc_times_tile<T, D, WG>(acc, s, kb, lane);
             if constexpr (!WG) __syncthreads();   // this buffer is refilled by the next iteration's prefetch
             kt = nt;
             kind = nkind;
@@ -811,29 +801,9 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
                     dpt[j][e] = ((e & 1) ? pp.y : pp.x) * (dpt[j][e] - dlb[col]);
                 }
             }
-            // dK += dS^T Q (transposed loads of Q; MN-major for wgmma); dK is scaled once at the end.
-            if constexpr (WG) {
-                uint32_t da[BM / 16][4];
-#pragma unroll
-                for (int kk = 0; kk < BM / 16; kk++) acc_to_a<T, NB>(dpt, kk, da[kk]);
-                wgmma::fence();
-#pragma unroll
-                for (int kk = 0; kk < BM / 16; kk++) wgmma::mma_rs<T, D, 1>(ak, da[kk], WTile<D>::mnmajor(qb, kk));
-                wgmma::commit();   // completed by the next item's wait (or after the loop)
-            } else {
-#pragma unroll
-                for (int kk = 0; kk < BM / 16; kk++) {
-                    uint32_t da[4];
-                    acc_to_a<T, NB>(dpt, kk, da);
-#pragma unroll
-                    for (int n2 = 0; n2 < DB / 2; n2++) {
-                        uint32_t bf[4];
-                        ldsm_x4_t(Tile<D>::bt_addr(qb, kk * 16, n2 * 16, lane), bf);
-                        mma<T>(ak[2 * n2], da, bf[0], bf[1]);
-                        mma<T>(ak[2 * n2 + 1], da, bf[2], bf[3]);
-                    }
-                }
-            }
+            // dK += dS^T Q (Q's rows are the k dimension); dK is scaled once at the end. wgmma: completed by the next
+            // item's wait (or after the loop).
+            add_acc_times_tile<T, D, WG>(ak, dpt, qb, lane);
             if constexpr (!WG) __syncthreads();   // this buffer is refilled by the next iteration's prefetch
             it = nit;
             kind = nkind;
