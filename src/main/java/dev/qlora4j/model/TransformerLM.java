@@ -581,14 +581,10 @@ public final class TransformerLM implements AutoCloseable {
         long actBytes = 0;
         Backend eb = devices.embedding();
         Tensor g = null;                                             // the gradient flowing back, on gb
-        // Every host-to-GPU upload of the step goes out before the first op is queued (they wait for the GPU).
         try (Tensor idT = eb.upload(Tensor.ofInts(ids, n));
              Tensor posHost = Tensor.ofInts(positions, n);
              Tensor segHost = segments == null ? null : Tensor.ofInts(segments, n);
-             HostUploads up = new HostUploads();
-             LossChunks lossChunks = LossChunks.upload(backend, targets, LOSS_CHUNK_ROWS)) {
-            up.on(devices.layer(0), posHost);
-            up.on(devices.layer(0), segHost);
+             HostUploads up = new HostUploads()) {
             float ropeScale = (float) RopeScaling.attentionScaling(config);
             Tensor x = embed(idT);
             Backend cur = eb;
@@ -628,7 +624,7 @@ public final class TransformerLM implements AutoCloseable {
             }
             Tensor hidden = b.rmsNorm(x, finalNorm, (float) config.rmsNormEps());
             List<Tensor> gradRows = new ArrayList<>();
-            chunkedLoss(hidden, lossChunks, gradScale, gradRows);   // the loss is read after the backward is queued
+            double lossSum = chunkedLoss(hidden, targets, gradScale, gradRows);
             hidden.close();
             Tensor gHidden = gradRows.size() == 1 ? gradRows.get(0) : b.concatRows(gradRows);
             if (gradRows.size() > 1) gradRows.forEach(Tensor::close);
@@ -691,7 +687,7 @@ public final class TransformerLM implements AutoCloseable {
                 }
                 trainable.backward(eb, idT, g);
             }
-            return new StepResult(lossChunks.sum(), tokens, actBytes);
+            return new StepResult(lossSum, tokens, actBytes);
         } finally {
             if (g != null) g.close();
             for (Tensor in : inputs) if (in != null) in.close();
@@ -728,26 +724,36 @@ public final class TransformerLM implements AutoCloseable {
     }
 
     /**
-     * The token losses of hidden [n, hidden] against the chunks' targets (-100 ignored), kept in chunks (read by
-     * {@link LossChunks#sum}), in row chunks so [rows x vocab] logits are the largest temporary. When gradRows is not
-     * null, the gradient w.r.t. each chunk's hidden rows (d(loss sum) * gradScale, through the LM head) is appended
-     * to it.
+     * Sum of the token losses of hidden [n, hidden] against targets (-100 ignored), in row chunks so
+     * [rows x vocab] logits are the largest temporary. When gradRows is not null, the gradient
+     * w.r.t. each chunk's hidden rows (d(loss sum) * gradScale, through the LM head) is appended to it.
      */
-    private void chunkedLoss(Tensor hidden, LossChunks chunks, float gradScale, List<Tensor> gradRows) {
+    private double chunkedLoss(Tensor hidden, int[] targets, float gradScale, List<Tensor> gradRows) {
         Backend b = backend;
-        for (int c = 0; c < chunks.count(); c++) {
-            try (Tensor h = b.gatherRows(hidden, chunks.rows(c));
+        int n = targets.length;
+        double lossSum = 0;
+        for (int from = 0; from < n; from += LOSS_CHUNK_ROWS) {
+            int rows = Math.min(LOSS_CHUNK_ROWS, n - from);
+            int[] rowIdx = new int[rows];
+            for (int i = 0; i < rows; i++) rowIdx[i] = from + i;
+            try (Tensor r = b.upload(Tensor.ofInts(rowIdx, rows));
+                 Tensor tg = b.upload(Tensor.ofInts(java.util.Arrays.copyOfRange(targets, from, from + rows), rows));
+                 Tensor h = b.gatherRows(hidden, r);
                  Tensor logits = lmHead.forward(b, h)) {
                 if (gradRows == null) {
-                    chunks.addLosses(b.crossEntropy(logits, chunks.targets(c)));
+                    try (Tensor losses = b.crossEntropy(logits, tg)) {
+                        for (float l : b.toHost(losses).toFloatArray()) lossSum += l;
+                    }
                 } else {
-                    Tensor[] lg = b.crossEntropyWithGrad(logits, chunks.targets(c), gradScale);
-                    chunks.addLosses(lg[0]);
+                    Tensor[] lg = b.crossEntropyWithGrad(logits, tg, gradScale);
+                    for (float l : b.toHost(lg[0]).toFloatArray()) lossSum += l;
                     gradRows.add(lmHead.backward(b, h, lg[1]));
+                    lg[0].close();
                     lg[1].close();
                 }
             }
         }
+        return lossSum;
     }
 
     /**
@@ -765,8 +771,7 @@ public final class TransformerLM implements AutoCloseable {
         try (Tensor idT = eb.upload(Tensor.ofInts(ids, n));
              Tensor posHost = Tensor.ofInts(positions, n);
              Tensor segHost = segments == null ? null : Tensor.ofInts(segments, n);
-             HostUploads up = new HostUploads();
-             LossChunks lossChunks = LossChunks.upload(backend, targets, LOSS_CHUNK_ROWS)) {
+             HostUploads up = new HostUploads()) {
             float ropeScale = (float) RopeScaling.attentionScaling(config);
             Tensor x = embed(idT);
             Backend cur = eb;
@@ -792,8 +797,7 @@ public final class TransformerLM implements AutoCloseable {
             }
             try (Tensor hidden = backend.rmsNorm(x, finalNorm, (float) config.rmsNormEps())) {
                 x.close();
-                chunkedLoss(hidden, lossChunks, 0f, null);
-                lossSum = lossChunks.sum();
+                lossSum = chunkedLoss(hidden, targets, 0f, null);
             }
         }
         return new dev.qlora4j.infer.LossEvaluator.LossSum(lossSum, tokens);
