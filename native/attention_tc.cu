@@ -206,6 +206,26 @@ __device__ __forceinline__ void tiles_landed() {
     if constexpr (WG) wgmma::fence_smem_for_async();
 }
 
+// acc [the warp's 16 rows x 64] += A B^T with A and B 64-row padded tiles (Tile) and k = D (mma.sync): the dK/dV
+// kernel's S^T = K Q^T and dP^T = V dO^T. Not unrolled over k: unrolled, ptxas hoists every B load of the tile and
+// spills at D = 128.
+template <typename T, int D>
+__device__ __forceinline__ void add_tile_times_tile_t(float (&acc)[8][4], uint32_t a_tile, uint32_t b_tile, int warp,
+                                                      int lane) {
+#pragma unroll 1
+    for (int kc = 0; kc < D / 16; kc++) {
+        uint32_t af[4];
+        ldsm_x4(Tile<D>::a_addr(a_tile, warp * 16, kc * 16, lane), af);
+#pragma unroll
+        for (int j2 = 0; j2 < 4; j2++) {
+            uint32_t bf[4];
+            ldsm_x4(Tile<D>::b_addr(b_tile, j2 * 16, kc * 16, lane), bf);
+            mma<T>(acc[2 * j2], af, bf[0], bf[1]);
+            mma<T>(acc[2 * j2 + 1], af, bf[2], bf[3]);
+        }
+    }
+}
+
 // acc [64 x D] += A B, the second product of each kernel (P V, dS K, dS^T Q): A [64 x 64] is the f32 accumulator
 // tile a rounded to T (used as A fragments straight from registers), B the 64-row tile at `tile` with its rows as the
 // k dimension (transposed ldmatrix; MN-major for wgmma). wgmma: issued and committed, not waited for.
@@ -716,18 +736,7 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
                 __syncthreads();   // every warp is past its wait: the other buffers are free
                 prefetch(nit);
             } else {
-#pragma unroll 1   // unrolled, ptxas hoists every B load of the tile and spills at D = 128
-                for (int kc = 0; kc < KC; kc++) {
-                    uint32_t ka[4];
-                    ldsm_x4(Tile<D>::a_addr(sK, warp * 16, kc * 16, lane), ka);
-#pragma unroll
-                    for (int j2 = 0; j2 < NB / 2; j2++) {
-                        uint32_t bf[4];
-                        ldsm_x4(Tile<D>::b_addr(qb, j2 * 16, kc * 16, lane), bf);
-                        mma<T>(st[2 * j2], ka, bf[0], bf[1]);
-                        mma<T>(st[2 * j2 + 1], ka, bf[2], bf[3]);
-                    }
-                }
+                add_tile_times_tile_t<T, D>(st, sK, qb, warp, lane);
             }
             // P^T = exp(S^T scale - lse[query]), exactly 0 where masked; kept only rounded to T (packed A
             // fragments), which is what both its uses read: the dV product and dS^T below. (Keeping it in f32
@@ -778,18 +787,7 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
                         mma<T>(av[2 * n2 + 1], pa[kk], bf[2], bf[3]);
                     }
                 }
-#pragma unroll 1
-                for (int kc = 0; kc < KC; kc++) {
-                    uint32_t va[4];
-                    ldsm_x4(Tile<D>::a_addr(sV, warp * 16, kc * 16, lane), va);
-#pragma unroll
-                    for (int j2 = 0; j2 < NB / 2; j2++) {
-                        uint32_t bf[4];
-                        ldsm_x4(Tile<D>::b_addr(gb, j2 * 16, kc * 16, lane), bf);
-                        mma<T>(dpt[2 * j2], va, bf[0], bf[1]);
-                        mma<T>(dpt[2 * j2 + 1], va, bf[2], bf[3]);
-                    }
-                }
+                add_tile_times_tile_t<T, D>(dpt, sV, gb, warp, lane);
             }
 #pragma unroll
             for (int j = 0; j < NB; j++) {
