@@ -740,41 +740,7 @@ static Variant old_stream(int reg_period) {
 #endif
 
 // ---- timing
-static float time_graph(const std::function<void(int, cudaStream_t)>& op, int copies) {
-    cudaStream_t s;
-    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    const int L = 20;
-    op(0, s);  // warm (module load, attributes) outside the capture
-    CK(cudaStreamSynchronize(s));
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < L; i++) op(i % copies, s);
-    CK(cudaStreamEndCapture(s, &g));
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    for (int i = 0; i < 3; i++) CK(cudaGraphLaunch(ge, s));
-    std::vector<float> ts;
-    for (int r = 0; r < 15; r++) {
-        CK(cudaEventRecord(e0, s));
-        CK(cudaGraphLaunch(ge, s));
-        CK(cudaEventRecord(e1, s));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        ts.push_back(ms * 1000.0f / L);
-    }
-    CK(cudaGetLastError());
-    cudaGraphExecDestroy(ge);
-    cudaGraphDestroy(g);
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    cudaStreamDestroy(s);
-    std::sort(ts.begin(), ts.end());
-    return ts[ts.size() / 2];
-}
+#include "graph_timer.cuh"
 
 // ---- checks: the references of one (numerics, dtype) pair; dt = 1 bf16, 2 f16 (x, bias, y and compute)
 struct Checker {
