@@ -1,6 +1,7 @@
 // wgmma.cuh — Hopper warpgroup MMA (wgmma.mma_async, sm_90a only) for the training attention: shared-memory
 // matrix descriptors, the fences and group waits, and the m64nNk16 products with f32 accumulators that
-// attention_tc.cu uses. Include only from code compiled for compute_90a (the callers' kernels are guarded).
+// attention_tc.cu uses. Any build may include it; only code compiled for compute_90a may instantiate or call it
+// (attention_tc.cu's wgmma kernels are defined under __CUDA_ARCH_FEAT_SM90_ALL).
 //
 // Accumulator fragments: warp w of the warpgroup holds rows 16w..16w+15, and d[j][0..3] are the same elements as
 // an mma.sync m16n8 C fragment of columns 8j..8j+7 (g = lane / 4, t = lane % 4: (g, 2t), (g, 2t+1), (g+8, 2t),

@@ -492,24 +492,8 @@ int main() {
     }
 
     // ---- timing: the Llama-7B shapes, bs 64, nested 256 (and plain for the shipped kernels), mid bf16
-    double copy_bw = 0;
-    {
-        const size_t n = 1ull << 30;
-        void *a, *b;
-        CK(cudaMalloc(&a, n)); CK(cudaMalloc(&b, n));
-        CK(cudaMemset(a, 1, n));
-        cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
-        CK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-        float best = 1e9;
-        for (int r = 0; r < 5; r++) {
-            cudaEventRecord(e0); cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice); cudaEventRecord(e1);
-            cudaEventSynchronize(e1);
-            float ms; cudaEventElapsedTime(&ms, e0, e1); best = std::min(best, ms);
-        }
-        copy_bw = 2.0 * n / (best * 1e-3);
-        cudaFree(a); cudaFree(b);
-        printf("\n1 GiB device-to-device copy: %.2f TB/s (read + write); %%copy = achieved / that\n", copy_bw / 1e12);
-    }
+    const double copy_bw = copy_bandwidth();
+    printf("\n1 GiB device-to-device copy: %.2f TB/s (read + write); %%copy = achieved / that\n", copy_bw / 1e12);
     printf("\n%-28s %-14s %5s %9s %8s %6s %9s\n", "kernel", "shape", "dq", "us", "TB/s", "%copy", "vs OLD");
     const int llama[][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
     for (auto& s : llama) {

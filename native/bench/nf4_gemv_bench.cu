@@ -879,24 +879,8 @@ int main(int argc, char** argv) {
     CK(cudaMemset(g_counters, 0, 1 << 20));
 
     // copy bandwidth (read + write), as CudaNf4Report measures it
-    double copy_bw;
-    {
-        size_t n = 1ull << 30;
-        void *a, *b;
-        CK(cudaMalloc(&a, n)); CK(cudaMalloc(&b, n));
-        CK(cudaMemset(a, 1, n));
-        cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
-        CK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-        float best = 1e9;
-        for (int r = 0; r < 5; r++) {
-            cudaEventRecord(e0); cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice); cudaEventRecord(e1);
-            cudaEventSynchronize(e1);
-            float ms; cudaEventElapsedTime(&ms, e0, e1); best = std::min(best, ms);
-        }
-        copy_bw = 2.0 * n / (best * 1e-3);
-        cudaFree(a); cudaFree(b);
-        printf("device-to-device copy: %.0f GB/s (read + write); %%copy below = achieved / that\n", copy_bw / 1e9);
-    }
+    const double copy_bw = copy_bandwidth();
+    printf("device-to-device copy: %.0f GB/s (read + write); %%copy below = achieved / that\n", copy_bw / 1e9);
 
 #ifndef QL_BENCH_V2_ONLY
     CK(cudaMalloc(&g_scratch4, SCRATCH4_BYTES));

@@ -165,6 +165,7 @@ public final class CudaContext implements AutoCloseable {
         driver.funcSetMaxDynamicSharedMemory(function, bytes);
         sharedMemoryRaisedTo.merge(function, bytes, Math::max);
     }
+
     /** Whether module runs from its sm90a build on this GPU (Hopper; its wgmma kernels exist). */
     public boolean hopperBuild(String module) { return modules.isHopperBuild(module); }
 

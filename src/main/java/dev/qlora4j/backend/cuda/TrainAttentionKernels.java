@@ -66,7 +66,11 @@ final class TrainAttentionKernels {
         };
     }
 
-    /** Shared-memory bytes of a tensor-core kernel: `tiles` tiles of 64 rows padded to D + 8 elements, plus floats. */
+    /**
+     * Shared-memory bytes of a tensor-core kernel: `tiles` tiles of 64 rows padded to D + 8 elements, plus floats.
+     * The same size serves the wgmma kernels: their unpadded tiles leave 8 x 64 x 2 bytes per tile for the up to
+     * 1023 bytes they skip to align their swizzled tiles to 1024 bytes (attention_tc.cu, tiles_base).
+     */
     static int tcSharedBytes(int tiles, int headDim, int extraFloats) {
         return tiles * TC_TILE * (headDim + 8) * 2 + extraFloats * 4;
     }
