@@ -12,7 +12,8 @@
 //   scale_columns_<t>    x[n, m], s F32 [m] -> out[n, m] = x * s[j]
 //   transpose_<t>        x[n, m] -> out[m, n]                             (32 x 32 shared tiles)
 //   sum_rows_<t>         g[n, m] -> gb F32 [m] += column sums (one thread per column, rows in order)
-//   silu_mul_bwd_<t>     gate, up, g -> grad_gate = g up s (1 + gate (1 - s)), grad_up = g silu(gate)
+//   silu_mul_bwd_<t>     gate, up, g -> grad_gate = g up s (1 + gate (1 - s)), grad_up = g silu(gate); outputs
+//                        may be gate / up (in place); packed: 16-byte accesses (all five pointers aligned)
 //   rope_bwd_<t>         grad[n, heads*hd] in place: (ga, gb) -> (ga c + gb s, gb c - ga s)
 //   embedding_bwd_<t>    ids I32 [n], g[n, h] -> table F32 [vocab, h] += g rows (atomicAdd: the order of
 //                        rows with the same id varies, float32 rounding only); bad ids: status code 1
@@ -116,15 +117,47 @@ __device__ __forceinline__ void sum_rows_impl(const T* __restrict__ g, float* __
     }
 }
 
+__device__ __forceinline__ void silu_mul_grads(float x, float u, float go, float& grad_gate, float& grad_up) {
+    float s = 1.f / (1.f + expf(-x));
+    grad_up = go * (x * s);
+    grad_gate = (go * u) * (s * (1.f + x * (1.f - s)));
+}
+
+// No __restrict__ on gate / up / grad_gate / grad_up: the training step passes grad_gate = gate and grad_up = up
+// (CudaBackend.siluMulBackwardInPlace); each element is read before it is written, by the same thread. With
+// packed != 0 (the launcher saw five 16-byte aligned pointers) the bulk runs on 16-byte packs and the n % pack
+// tail element-wise: a [tokens, intermediate] pass moves 5 x its bytes, so it is bandwidth-bound and wants wide
+// accesses. With packed == 0 every element goes the element-wise way.
 template <typename T>
-__device__ __forceinline__ void silu_mul_bwd_impl(const T* __restrict__ gate, const T* __restrict__ up,
-                                                  const T* __restrict__ g, T* __restrict__ grad_gate,
-                                                  T* __restrict__ grad_up, int64_t n) {
-    for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
-        float x = to_f32(gate[i]), u = to_f32(up[i]), go = to_f32(g[i]);
-        float s = 1.f / (1.f + expf(-x));
-        grad_up[i] = from_f32<T>(go * (x * s));
-        grad_gate[i] = from_f32<T>((go * u) * (s * (1.f + x * (1.f - s))));
+__device__ __forceinline__ void silu_mul_bwd_impl(const T* gate, const T* up, const T* __restrict__ g, T* grad_gate,
+                                                  T* grad_up, int64_t n, int packed) {
+    constexpr int V = Pack16<T>::N;
+    const int64_t packs = packed ? n / V : 0;
+    const int4* gate4 = reinterpret_cast<const int4*>(gate);
+    const int4* up4 = reinterpret_cast<const int4*>(up);
+    const int4* g4 = reinterpret_cast<const int4*>(g);
+    int4* gg4 = reinterpret_cast<int4*>(grad_gate);
+    int4* gu4 = reinterpret_cast<int4*>(grad_up);
+    for (int64_t p = global_thread_index(); p < packs; p += grid_stride()) {
+        Pack16<T> x, u, go, dg, du;
+        x.raw = gate4[p];
+        u.raw = up4[p];
+        go.raw = g4[p];
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            float a, b;
+            silu_mul_grads(to_f32(x.v[i]), to_f32(u.v[i]), to_f32(go.v[i]), a, b);
+            dg.v[i] = from_f32<T>(a);
+            du.v[i] = from_f32<T>(b);
+        }
+        gg4[p] = dg.raw;
+        gu4[p] = du.raw;
+    }
+    for (int64_t i = packs * V + global_thread_index(); i < n; i += grid_stride()) {
+        float a, b;
+        silu_mul_grads(to_f32(gate[i]), to_f32(up[i]), to_f32(g[i]), a, b);
+        grad_gate[i] = from_f32<T>(a);
+        grad_up[i] = from_f32<T>(b);
     }
 }
 
@@ -177,8 +210,8 @@ __device__ __forceinline__ void embedding_bwd_impl(const int* __restrict__ ids, 
     extern "C" __global__ void transpose_##tn(const T* x, T* out, int n, int m) { transpose_impl<T>(x, out, n, m); } \
     extern "C" __global__ void sum_rows_##tn(const T* g, float* gb, int n, int m) { sum_rows_impl<T>(g, gb, n, m); } \
     extern "C" __global__ void silu_mul_bwd_##tn(const T* gate, const T* up, const T* g, T* grad_gate, T* grad_up, \
-                                                 int64_t n) {                                                   \
-        silu_mul_bwd_impl<T>(gate, up, g, grad_gate, grad_up, n);                                               \
+                                                 int64_t n, int packed) {                                       \
+        silu_mul_bwd_impl<T>(gate, up, g, grad_gate, grad_up, n, packed);                                       \
     }                                                                                                           \
     extern "C" __global__ void rope_bwd_##tn(T* g, const int* positions, const float* inv_freq, int n, int heads, \
                                              int head_dim, float scaling) {                                     \

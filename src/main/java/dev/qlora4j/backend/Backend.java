@@ -23,6 +23,12 @@ public interface Backend extends AutoCloseable {
     /** The dtype ops produce (F32 on the CPU; BF16 or F32 on CUDA as configured). */
     DType activationDType();
 
+    /**
+     * The memory of the device this backend computes on, in bytes, or -1 when it has no fixed budget of its own (the
+     * CPU backend: host memory). Sizing heuristics (what gradient checkpointing keeps) scale with it.
+     */
+    default long deviceMemoryBytes() { return -1; }
+
     // ---- memory ----
 
     /** An uninitialized tensor on this device. */
@@ -238,6 +244,17 @@ public interface Backend extends AutoCloseable {
 
     /** SwiGLU backward: returns {grad_gate, grad_up} for out = silu(gate) * up. */
     default Tensor[] siluMulBackward(Tensor gate, Tensor up, Tensor gradOut) { throw unsupported("siluMulBackward"); }
+
+    /**
+     * {@link #siluMulBackward} that takes ownership of gate and up: it may write the gradients over them (the CUDA
+     * backend does, saving two [tokens, intermediate] buffers where a training step's memory peaks). The caller must
+     * not use or close gate and up afterwards; it closes the returned {grad_gate, grad_up}. Same values.
+     */
+    default Tensor[] siluMulBackwardInPlace(Tensor gate, Tensor up, Tensor gradOut) {
+        try (gate; up) {
+            return siluMulBackward(gate, up, gradOut);
+        }
+    }
 
     /** RoPE backward in place (the transpose of the rotation: the same rotation by -angle). */
     default void ropeBackwardInPlace(Tensor grad, Tensor positions, Tensor invFreq, int heads, int headDim,

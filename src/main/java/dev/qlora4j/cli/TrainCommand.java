@@ -132,9 +132,15 @@ public final class TrainCommand implements Callable<Integer> {
     @Option(names = "--checkpoint-keep-attention", negatable = true,
             description = "With --gradient-checkpointing: also keep each layer's attention output and log-sum-exp, so the "
                     + "backward's recompute skips the attention forward (same results; about 16 MiB more per 7B layer at 2048 tokens, "
-                    + "3.5% faster there). Default: auto, kept when all layers' results take at most 1 GiB; "
-                    + "--no-checkpoint-keep-attention always recomputes. Not used with --offload-activations.")
+                    + "3.5% faster there). Default: auto, kept when all layers' results take at most 1 GiB (or 1/32 of the GPU's "
+                    + "memory when that is more); --no-checkpoint-keep-attention always recomputes. Not used with --offload-activations.")
     Boolean checkpointKeepAttention;
+    @Option(names = "--checkpoint-keep-residual", negatable = true,
+            description = "With --gradient-checkpointing: also keep each layer's attention block output, so the backward's "
+                    + "recompute skips the o projection (same results; 16 MiB more per 7B layer at 2048 tokens). Default: auto, kept "
+                    + "when it fits the --checkpoint-keep-attention budget beside the kept attention outputs; "
+                    + "--no-checkpoint-keep-residual always recomputes. Not used with --offload-activations.")
+    Boolean checkpointKeepResidual;
     @Option(names = "--checkpoint-keep-dequantized", negatable = true,
             description = "With --gradient-checkpointing on a GPU: keep the 4-bit weights a layer's recompute dequantizes for "
                     + "that layer's backward instead of dequantizing them again (up to 512 MiB, one layer at a time; same results; "
@@ -165,6 +171,7 @@ public final class TrainCommand implements Callable<Integer> {
             TrainableModel model = createTrainableModel(lm, adapter, initAdapter, args);
             var devices = lm.model().devices();
             lm.model().setCheckpointKeepAttention(args.checkpointKeepAttention());
+            lm.model().setCheckpointKeepResidual(args.checkpointKeepResidual());
             lm.model().setCheckpointKeepDequantized(args.checkpointKeepDequantized());
             if (args.offloadActivations()) {
                 if (devices.isSingle()) lm.model().setActivationStore(dev.qlora4j.placement.Offloading.activationStore(lm.model().backend()));
@@ -374,6 +381,7 @@ public final class TrainCommand implements Callable<Integer> {
         put(m, "offload_activations", offloadActivations);
         put(m, "checkpoint_keep_attention", checkpointKeepAttention);
         put(m, "checkpoint_keep_dequantized", checkpointKeepDequantized);
+        put(m, "checkpoint_keep_residual", checkpointKeepResidual);
         return m;
     }
 

@@ -106,32 +106,41 @@ public final class DecoderLayer implements AutoCloseable {
      * decides what else is kept:
      * <ul>
      *   <li>null: nothing (evaluation, or a checkpointed forward that keeps only the layer input);</li>
-     *   <li>{@link LayerActivations#attentionOnly()}: the attention result alone (a checkpointed forward that keeps
-     *       it so the backward's recompute need not run the attention again);</li>
+     *   <li>{@link LayerActivations#checkpointKept}: the attention result and/or the attention block's output resid
+     *       (a checkpointed forward that keeps them so the backward's recompute need not run the attention, or the o
+     *       projection, again);</li>
      *   <li>otherwise every activation backward needs (no checkpointing).</li>
      * </ul>
      * Under checkpointing the backward refills the activations with {@link #recomputeForBackward} instead.
      */
     Tensor forwardTrain(Backend b, ModelConfig c, Tensor x, Tensor positions, Tensor segments, Tensor invFreq,
                         float ropeScaling, int batch, LayerActivations save) {
-        return trainForward(b, c, x, positions, segments, invFreq, ropeScaling, batch, save, true);
+        if (save != null && !save.checkpointKept) return trainForward(b, c, x, positions, segments, invFreq, ropeScaling, batch, save, true);
+        try (LayerActivations all = new LayerActivations()) {
+            Tensor out = trainForward(b, c, x, positions, segments, invFreq, ropeScaling, batch, all, true);
+            if (save != null && save.keepAttention) save.attn = all.takeAttention();
+            if (save != null && save.keepResidual) save.resid = all.takeResidual();
+            return out;   // the rest closes with all
+        }
     }
 
     /**
      * The recompute of gradient checkpointing: re-runs this layer's training forward on its kept input x
      * [B*T, hidden] only as far as backward reads it, filling every activation of save (which must hold every
-     * activation, not {@link LayerActivations#attentionOnly()}). It stops at act, down's input: the down projection,
+     * activation, not {@link LayerActivations#checkpointKept}). It stops at act, down's input: the down projection,
      * the MLP hook and the final residual add only make the layer output, which backward never reads (with hooks,
      * {@link #backwardTrain} recomputes down's output itself for the hook's backward). Skipping the MLP hook is safe
      * because a hook's backward re-derives everything (dropout masks included) from the inputs it is handed
      * ({@link LayerHooks}), so it needs no forward call before it. When save.attn is already set (what the
      * checkpointed forward kept) it is used as this layer's attention result instead of running the attention: the
      * training attention is deterministic and its inputs (q, k, v, the prefix) are the same, so the kept result is
-     * bit for bit the one the attention would return.
+     * bit for bit the one the attention would return. Likewise a save.resid already set is the attention block's
+     * output kept by the checkpointed forward: the o projection, the attention hook and the residual add are skipped
+     * (only the norm after them runs), with the same bits as remaking it.
      */
     void recomputeForBackward(Backend b, ModelConfig c, Tensor x, Tensor positions, Tensor segments, Tensor invFreq,
                               float ropeScaling, int batch, LayerActivations save) {
-        if (save == null || save.attentionOnly) {
+        if (save == null || save.checkpointKept) {
             throw new IllegalArgumentException("recomputeForBackward fills every activation: pass a full LayerActivations");
         }
         trainForward(b, c, x, positions, segments, invFreq, ropeScaling, batch, save, false);
@@ -144,26 +153,22 @@ public final class DecoderLayer implements AutoCloseable {
      */
     private Tensor trainForward(Backend b, ModelConfig c, Tensor x, Tensor positions, Tensor segments, Tensor invFreq,
                                 float ropeScaling, int batch, LayerActivations save, boolean withOutput) {
-        int heads = c.numAttentionHeads(), kvHeads = c.numKeyValueHeads(), hd = c.headDim();
-        Integer w = c.slidingWindow(index);
-        Tensor h1 = b.rmsNorm(x, inputNorm, (float) c.rmsNormEps());
-        Tensor[] qkv = SharedInputLinears.forward(b, h1, q, k, v);   // LoRA on the CUDA BF16 path: x read once (LoraGroup)
-        Tensor qs = qkv[0], ks = qkv[1], vs = qkv[2];
-        b.ropeQkInPlace(qs, ks, positions, invFreq, heads, kvHeads, hd, ropeScaling);   // one pass for q and k
-        dev.qlora4j.backend.AttentionResult attn;
-        if (save != null && save.attn != null) {
-            attn = save.attn; // kept by the checkpointed forward (the prefix already merged in): q, k, v are still
-                              // recomputed above because the attention backward reads them
+        float eps = (float) c.rmsNormEps();
+        Tensor resid, h2;
+        if (save != null && save.resid != null) {
+            // The recompute with the attention block output kept: only the MLP half runs here. backwardTrain
+            // recomputes the attention half's inputs (h1, q, k, v) after the MLP backward, so they and their
+            // dequantized weights are not alive during it (that is where a step's memory peaks).
+            resid = save.resid;   // x + hook(o(attn)), as made below
+            h2 = b.rmsNorm(resid, postAttnNorm, eps);   // what addInPlaceRmsNorm normed: the rounded sum
         } else {
-            attn = b.attentionTrain(qs, ks, vs, segments, batch, heads, kvHeads, hd, (float) (1.0 / Math.sqrt(hd)),
-                    w == null ? 0 : w);
-            if (prefix != null) attn = withPrefix(b, attn, qs, batch, heads, kvHeads, hd, w);
+            recomputeAttentionInputs(b, c, x, positions, segments, invFreq, ropeScaling, batch, save);
+            // The attention hook runs in the recompute too: its output is part of resid, which backward reads.
+            // resid = x + attention output, summed into the output's buffer (owned here; x stays: it is the
+            // checkpoint) by the launch that norms it: the numbers of add then rmsNorm, one pass fewer over resid.
+            resid = afterAttention(save.h1, o.forward(b, save.attn.out()));
+            h2 = b.addInPlaceRmsNorm(resid, x, postAttnNorm, eps);
         }
-        // The attention hook runs in the recompute too: its output is part of resid, which backward reads.
-        // resid = x + attention output, summed into the output's buffer (owned here; x stays: it is the checkpoint) by
-        // the launch that norms it: the numbers of add then rmsNorm, one pass fewer over resid.
-        Tensor resid = afterAttention(h1, o.forward(b, attn.out()));
-        Tensor h2 = b.addInPlaceRmsNorm(resid, x, postAttnNorm, (float) c.rmsNormEps());
         Tensor[] gu = SharedInputLinears.forward(b, h2, gate, up);
         Tensor g = gu[0], u = gu[1];
         Tensor act = b.siluMul(g, u);
@@ -173,15 +178,28 @@ public final class DecoderLayer implements AutoCloseable {
             out = b.add(resid, mlp);
             mlp.close();
         }
-        if (save != null && !save.attentionOnly) {
-            save.h1 = h1; save.q = qs; save.k = ks; save.v = vs; save.attn = attn;
-            save.resid = resid; save.h2 = h2; save.gate = g; save.up = u; save.act = act;
-        } else {
-            for (Tensor t : new Tensor[] {h1, qs, ks, vs, resid, h2, g, u, act}) t.close();
-            if (save != null) save.attn = attn;
-            else attn.close();
-        }
+        save.resid = resid; save.h2 = h2; save.gate = g; save.up = u; save.act = act;
         return out;
+    }
+
+    /**
+     * The attention half's inputs into s: h1 = norm1(x), q, k, v (after RoPE), and the attention result unless s
+     * already holds it (kept by a checkpointed forward: the attention is deterministic, so it is bit for bit the
+     * one it would return; q, k, v are still made because the attention backward reads them).
+     */
+    private void recomputeAttentionInputs(Backend b, ModelConfig c, Tensor x, Tensor positions, Tensor segments,
+                                          Tensor invFreq, float ropeScaling, int batch, LayerActivations s) {
+        int heads = c.numAttentionHeads(), kvHeads = c.numKeyValueHeads(), hd = c.headDim();
+        Integer w = c.slidingWindow(index);
+        s.h1 = b.rmsNorm(x, inputNorm, (float) c.rmsNormEps());
+        Tensor[] qkv = SharedInputLinears.forward(b, s.h1, q, k, v);   // LoRA on the CUDA BF16 path: x read once (LoraGroup)
+        s.q = qkv[0]; s.k = qkv[1]; s.v = qkv[2];
+        b.ropeQkInPlace(s.q, s.k, positions, invFreq, heads, kvHeads, hd, ropeScaling);   // one pass for q and k
+        if (s.attn == null) {
+            dev.qlora4j.backend.AttentionResult attn = b.attentionTrain(s.q, s.k, s.v, segments, batch, heads, kvHeads, hd,
+                    (float) (1.0 / Math.sqrt(hd)), w == null ? 0 : w);
+            s.attn = prefix != null ? withPrefix(b, attn, s.q, batch, heads, kvHeads, hd, w) : attn;
+        }
     }
 
     /** Backward of {@link #forwardTrain}: returns grad_x; adapters accumulate their parameter gradients. */
@@ -195,7 +213,11 @@ public final class DecoderLayer implements AutoCloseable {
                 : hookBackward(b, s.h2, down.forward(b, s.act), gradOut, false);
         Tensor gAct = down.backward(b, s.act, mlpHook.gradSublayerOut());
         if (mlpHook.gradSublayerOut() != gradOut) mlpHook.gradSublayerOut().close();
-        Tensor[] gGU = b.siluMulBackward(s.gate, s.up, gAct);
+        // Activations are freed as soon as the backward is past them: the MLP backward is where a step peaks.
+        s.act.close();
+        s.act = null;
+        Tensor[] gGU = b.siluMulBackwardInPlace(s.gate, s.up, gAct);   // takes gate and up (may reuse their memory)
+        s.gate = s.up = null;
         gAct.close();
         Tensor gH2 = SharedInputLinears.backward(b, s.h2, gGU, gate, up);   // gate's grad_x + up's
         gGU[0].close(); gGU[1].close();
@@ -203,6 +225,8 @@ public final class DecoderLayer implements AutoCloseable {
         Tensor gResid = b.rmsNormBackward(s.resid, postAttnNorm, eps, gH2, null);
         gH2.close();
         b.addInPlace(gResid, gradOut);
+        // A recompute that had the attention block output kept made only the MLP half (see trainForward).
+        if (s.q == null) recomputeAttentionInputs(b, c, x, positions, segments, invFreq, ropeScaling, batch, s);
         // Attention block: resid = x + hook(h1, o(attn(rope(q(h1)), rope(k(h1)), v(h1)))), h1 = norm1(x)
         LayerHooks.HookGrads attnHook = hooks == LayerHooks.NONE ? new LayerHooks.HookGrads(gResid, null)
                 : hookBackward(b, s.h1, o.forward(b, s.attn.out()), gResid, true);

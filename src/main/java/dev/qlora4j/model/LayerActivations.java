@@ -5,12 +5,17 @@ import dev.qlora4j.tensor.Tensor;
 
 /**
  * What one decoder layer's backward needs from its forward (all [tokens, features] unless noted).
- * Under gradient checkpointing the layer input is kept (plus, with {@link #attentionOnly()}, the
+ * Under gradient checkpointing the layer input is kept (plus, with {@link #checkpointKept}, the
  * attention result), and the backward refills this with DecoderLayer.recomputeForBackward before using it.
  */
 final class LayerActivations implements AutoCloseable {
-    /** True for what a checkpointed forward keeps besides the layer input: only {@link #attn} is filled. */
-    final boolean attentionOnly;
+    /**
+     * True for what a checkpointed forward keeps besides the layer input: at most {@link #attn} (when
+     * {@link #keepAttention}) and {@link #resid} (when {@link #keepResidual}) are filled.
+     */
+    final boolean checkpointKept;
+    /** With checkpointKept: whether the forward keeps the attention result / the attention block's output resid. */
+    final boolean keepAttention, keepResidual;
 
     Tensor h1;              // input_layernorm(x) [n, hidden]: input of q/k/v
     Tensor q, k, v;         // after rope: [n, heads*hd], [n, kv*hd], [n, kv*hd]
@@ -21,21 +26,38 @@ final class LayerActivations implements AutoCloseable {
     Tensor act;             // silu(gate) * up: input of down
 
     /** Room for every activation of a layer. */
-    LayerActivations() { this(false); }
+    LayerActivations() { this(false, false, false); }
 
-    private LayerActivations(boolean attentionOnly) { this.attentionOnly = attentionOnly; }
+    private LayerActivations(boolean checkpointKept, boolean keepAttention, boolean keepResidual) {
+        this.checkpointKept = checkpointKept;
+        this.keepAttention = keepAttention;
+        this.keepResidual = keepResidual;
+    }
 
     /**
-     * Room for the attention result alone: what a checkpointed forward keeps besides the layer input, so the
-     * backward's recompute skips the attention forward (out [n, heads*hd] in the activation dtype + lse F32
-     * [B, heads, T] per layer).
+     * Room for what a checkpointed forward keeps besides the layer input, so the backward's recompute skips work:
+     * the attention result (out [n, heads*hd] in the activation dtype + lse F32 [B, heads, T]; the recompute then
+     * skips the attention forward) and/or resid (x + o(attention) [n, hidden]; the recompute then skips the o
+     * projection and its residual add).
      */
-    static LayerActivations attentionOnly() { return new LayerActivations(true); }
+    static LayerActivations checkpointKept(boolean attention, boolean residual) {
+        return new LayerActivations(true, attention, residual);
+    }
+
+    /** Room for the attention result alone (checkpointKept(true, false)). */
+    static LayerActivations attentionOnly() { return checkpointKept(true, false); }
 
     /** The attention result, handed over to the caller (this forgets it); null when none is held. */
     AttentionResult takeAttention() {
         AttentionResult r = attn;
         attn = null;
+        return r;
+    }
+
+    /** resid, handed over to the caller (this forgets it); null when none is held. */
+    Tensor takeResidual() {
+        Tensor r = resid;
+        resid = null;
         return r;
     }
 

@@ -54,6 +54,8 @@ public final class TransformerLM implements AutoCloseable {
     private final Map<Backend, ActivationStore> activationStores = new java.util.IdentityHashMap<>();
     /** Whether a checkpointed step also keeps each layer's attention result on its device: null = auto (see setCheckpointKeepAttention). */
     private Boolean checkpointKeepAttention = null;
+    /** Whether a checkpointed step also keeps each layer's attention block output: null = auto (see setCheckpointKeepResidual). */
+    private Boolean checkpointKeepResidual = null;
     /** Whether a checkpointed step lets a layer's recompute keep its dequantized weights for its backward (see setCheckpointKeepDequantized). */
     private boolean checkpointKeepDequantized = true;
 
@@ -575,6 +577,7 @@ public final class TransformerLM implements AutoCloseable {
         // Offload exists to bound GPU memory by host memory: kept attention results would grow with the context on
         // the GPU, so with offload the recompute runs the attention again (the behaviour before keep-attention).
         boolean keepAttention = checkpointing && !offload && keepsAttention(batch, n / batch);
+        boolean keepResidual = checkpointing && !offload && keepsResidual(batch, n / batch);
         List<Tensor> inputs = new ArrayList<>();                     // layer inputs kept on their device (null when offloaded)
         List<ActivationStore.Saved> saved = new ArrayList<>();       // layer inputs held by the activation store
         List<LayerActivations> acts = new ArrayList<>();            // per layer: everything, or the kept attention alone
@@ -601,7 +604,8 @@ public final class TransformerLM implements AutoCloseable {
                 ActivationStore.Saved s = offload ? store.save(x) : null;
                 inputs.add(offload ? null : x);
                 saved.add(s);
-                LayerActivations a = !checkpointing ? new LayerActivations() : keepAttention ? LayerActivations.attentionOnly() : null;
+                LayerActivations a = !checkpointing ? new LayerActivations()
+                        : keepAttention || keepResidual ? LayerActivations.checkpointKept(keepAttention, keepResidual) : null;
                 residency.enter(layer.index, true);
                 Tensor out = layer.forwardTrain(lb, config, x, up.on(lb, posHost), up.on(lb, segHost), invFreq(lb, t), ropeScale, batch, a);
                 residency.exit(layer.index);
@@ -657,6 +661,7 @@ public final class TransformerLM implements AutoCloseable {
                     if (checkpointing) {
                         a = new LayerActivations();
                         if (keepAttention) a.attn = acts.get(i).takeAttention(); // the recompute uses it instead of the attention
+                        if (keepResidual) a.resid = acts.get(i).takeResidual();  // ... and instead of the o projection
                         try {
                             // Only what backward reads: the layer output (down, MLP hook, residual add) is not remade.
                             layers.get(i).recomputeForBackward(lb, config, in, pos, seg, inv, ropeScale, batch, a);
@@ -927,16 +932,34 @@ public final class TransformerLM implements AutoCloseable {
      * keeping GPU memory independent of the context) and without checkpointing.
      *
      * <p>true / false force it; null (the default) is auto: kept when the whole model's kept results take at most
-     * {@link #AUTO_KEEP_ATTENTION_BYTES}. On the H200 the Llama-7B shape at 2048 tokens keeps 0.5 GiB and steps 3.5%
-     * faster (183.7 / 185.9 against 192.4 / 191.3 ms); longer contexts and larger batches, where memory is what
-     * runs out first, recompute unless asked.
+     * {@link #autoKeepBudget} (1 GiB, or 1/32 of the device's memory when that is more). On the H200 the Llama-7B
+     * shape at 2048 tokens keeps 0.5 GiB and steps 3.5% faster (183.7 / 185.9 against 192.4 / 191.3 ms); longer
+     * contexts and larger batches, where memory is what runs out first, recompute unless asked.
      */
     public void setCheckpointKeepAttention(Boolean keep) {
         checkpointKeepAttention = keep;
     }
 
-    /** The largest kept-attention size (all layers, one step) the auto setting of {@link #setCheckpointKeepAttention} accepts. */
+    /**
+     * The least size of what checkpointing keeps besides the layer inputs (all layers, one step: the attention
+     * results, then the attention block outputs) the auto settings of {@link #setCheckpointKeepAttention} and
+     * {@link #setCheckpointKeepResidual} accept; see {@link #autoKeepBudget}.
+     */
     public static final long AUTO_KEEP_ATTENTION_BYTES = 1L << 30;
+
+    /** The share of the device's memory the auto keep budget may take: 1 / AUTO_KEEP_DEVICE_SHARE of it. */
+    public static final int AUTO_KEEP_DEVICE_SHARE = 32;
+
+    /**
+     * The size auto lets checkpointing keep besides the layer inputs: {@link #AUTO_KEEP_ATTENTION_BYTES} (1 GiB), or
+     * 1/32 of the memory of the device the model's head runs on when that is more (4.4 GiB on a 141 GB H200, 2.5 GiB
+     * on an 80 GB card), so larger cards keep more at larger batches. A small share on purpose: what is kept grows
+     * with batch x tokens, and the rest of the device is the room for everything else a step holds.
+     */
+    public long autoKeepBudget() {
+        long device = backend.deviceMemoryBytes();
+        return Math.max(AUTO_KEEP_ATTENTION_BYTES, device > 0 ? device / AUTO_KEEP_DEVICE_SHARE : 0);
+    }
 
     /** Bytes every layer's kept attention result takes for batch rows of tokens (out in the activation dtype + F32 lse). */
     public long keptAttentionBytes(int batch, int tokens) {
@@ -945,14 +968,45 @@ public final class TransformerLM implements AutoCloseable {
         return perLayer * layers.size();
     }
 
+    /** Bytes every layer's kept attention block output (resid [B*T, hidden] in the activation dtype) takes. */
+    public long keptResidualBytes(int batch, int tokens) {
+        return (long) batch * tokens * config.hiddenSize() * backend.activationDType().byteSize() * layers.size();
+    }
+
     /**
      * Whether a checkpointed step of batch rows of tokens keeps the attention results (without activation offload): the
-     * forced setting, or auto's choice ({@link #keptAttentionBytes} at most {@link #AUTO_KEEP_ATTENTION_BYTES}).
+     * forced setting, or auto's choice ({@link #keptAttentionBytes} at most {@link #autoKeepBudget}).
      */
     public boolean keepsAttention(int batch, int tokens) {
         return checkpointKeepAttention != null ? checkpointKeepAttention
-                : keptAttentionBytes(batch, tokens) <= AUTO_KEEP_ATTENTION_BYTES;
+                : keptAttentionBytes(batch, tokens) <= autoKeepBudget();
     }
+
+    /**
+     * Whether a checkpointed step of batch rows of tokens keeps the attention block outputs (without activation
+     * offload): the forced setting, or auto's choice: the attention results come first (they save more time per byte),
+     * so auto keeps the outputs when they fit in {@link #autoKeepBudget} beside the kept attention results.
+     */
+    public boolean keepsResidual(int batch, int tokens) {
+        if (checkpointKeepResidual != null) return checkpointKeepResidual;
+        long attention = keepsAttention(batch, tokens) ? keptAttentionBytes(batch, tokens) : 0;
+        return attention + keptResidualBytes(batch, tokens) <= autoKeepBudget();
+    }
+
+    /**
+     * Under gradient checkpointing, whether each layer's attention block output (resid = x + o(attention), [B*T,
+     * hidden] in the activation dtype) is kept on its device from the forward to the backward, so the backward's
+     * recompute skips the o projection (with its adapter) and the residual add: one of a layer's seven projections,
+     * ~2% of a Llama-7B step. Same bits as the full recompute; the cost is {@link #keptResidualBytes} (16 MiB per
+     * Llama-7B layer at 2048 tokens), counted in {@link StepResult#activationBytes()}. Ignored with activation offload
+     * and without checkpointing. true / false force it; null (the default) is auto (see {@link #keepsResidual}).
+     */
+    public void setCheckpointKeepResidual(Boolean keep) {
+        checkpointKeepResidual = keep;
+    }
+
+    /** The setting of {@link #setCheckpointKeepResidual}: true, false, or null for auto. */
+    public Boolean checkpointKeepResidual() { return checkpointKeepResidual; }
 
     /** The setting of {@link #setCheckpointKeepAttention}: true, false, or null for auto. */
     public Boolean checkpointKeepAttention() { return checkpointKeepAttention; }

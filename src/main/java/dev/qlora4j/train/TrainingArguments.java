@@ -37,8 +37,14 @@ import java.util.function.Consumer;
  *                             default): with gradient checkpointing, each layer's attention result (out + lse) is kept
  *                             too, so the backward's recompute skips the attention forward (same loss and gradients,
  *                             bit for bit; about 16 MiB more per Llama-7B layer at 2048 tokens). Auto keeps it when all
- *                             layers' results take at most 1 GiB (TransformerLM.setCheckpointKeepAttention). Ignored
- *                             with offload_activations.
+ *                             layers' results take at most 1 GiB, or 1/32 of the GPU's memory when that is more
+ *                             (TransformerLM.setCheckpointKeepAttention). Ignored with offload_activations.
+ * @param checkpointKeepResidual checkpoint_keep_residual (qlora4j's own key; true, false, or null = auto, the default):
+ *                             with gradient checkpointing, each layer's attention block output (x + o(attention)) is
+ *                             kept too, so the recompute skips the o projection (same results, bit for bit; 16 MiB more
+ *                             per Llama-7B layer at 2048 tokens). Auto keeps it when it fits the same budget beside the
+ *                             kept attention results (TransformerLM.setCheckpointKeepResidual). Ignored with
+ *                             offload_activations.
  * @param checkpointKeepDequantized checkpoint_keep_dequantized (qlora4j's own key, default true): with gradient
  *                             checkpointing on a GPU, the 4-bit weights a layer's recompute dequantizes are kept for that
  *                             layer's backward instead of being dequantized again (up to 512 MiB, one layer at a time;
@@ -80,7 +86,8 @@ public record TrainingArguments(
         boolean assistantOnlyLoss,
         boolean offloadActivations,
         Boolean checkpointKeepAttention,
-        boolean checkpointKeepDequantized) {
+        boolean checkpointKeepDequantized,
+        Boolean checkpointKeepResidual) {
 
     public static final List<String> OPTIMIZERS =
             List.of("adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd");
@@ -173,6 +180,7 @@ public record TrainingArguments(
         d.put("offload_activations", false);
         d.put("checkpoint_keep_attention", null);
         d.put("checkpoint_keep_dequantized", true);
+        d.put("checkpoint_keep_residual", null);
         return d;
     }
 
@@ -272,7 +280,7 @@ public record TrainingArguments(
                 r.number("save_steps"), r.optInteger("save_total_limit"), r.bool("bf16"), r.longValue("seed"),
                 r.optLong("data_seed"), r.bool("gradient_checkpointing"), (String) resume, r.integer("max_seq_length"),
                 r.bool("packing"), r.bool("completion_only_loss"), r.bool("assistant_only_loss"), r.bool("offload_activations"),
-                r.optBool("checkpoint_keep_attention"), r.bool("checkpoint_keep_dequantized"));
+                r.optBool("checkpoint_keep_attention"), r.bool("checkpoint_keep_dequantized"), r.optBool("checkpoint_keep_residual"));
     }
 
     private static String suggestion(String key) {
@@ -501,6 +509,7 @@ public record TrainingArguments(
         m.put("offload_activations", offloadActivations);
         m.put("checkpoint_keep_attention", checkpointKeepAttention);
         m.put("checkpoint_keep_dequantized", checkpointKeepDequantized);
+        m.put("checkpoint_keep_residual", checkpointKeepResidual);
         return m;
     }
 

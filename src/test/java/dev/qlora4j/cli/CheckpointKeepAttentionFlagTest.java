@@ -47,6 +47,25 @@ class CheckpointKeepAttentionFlagTest {
         assertFalse(TrainingArguments.of(Map.of("output_dir", "out", "checkpoint_keep_attention", false)).checkpointKeepAttention());
     }
 
+    /** checkpoint_keep_residual: auto (null) by default, the flag and its negation set it, round trip through the map. */
+    @Test
+    void keepResidualIsAutoByDefaultAndSetByTheFlagOrTheKey() {
+        assertNull(TrainingArguments.defaults(Path.of("out")).checkpointKeepResidual(), "auto");
+        Map<String, Object> none = overrides("--data", "d", "--output", "out", "--gradient-checkpointing");
+        assertFalse(none.containsKey("checkpoint_keep_residual"), "an absent flag leaves the default");
+        TrainingArguments auto = TrainingArguments.load(null, none, w -> { });
+        assertNull(auto.checkpointKeepResidual());
+        assertTrue(auto.toMap().containsKey("checkpoint_keep_residual"), "auto is written (as null) to training_args.json");
+        assertNull(TrainingArguments.load(null, auto.toMap(), w -> { }).checkpointKeepResidual(), "null reads back as auto");
+        Map<String, Object> off = overrides("--data", "d", "--output", "out", "--gradient-checkpointing", "--no-checkpoint-keep-residual");
+        assertEquals(false, off.get("checkpoint_keep_residual"));
+        TrainingArguments a = TrainingArguments.load(null, off, w -> { });
+        assertFalse(a.checkpointKeepResidual());
+        assertEquals(false, a.toMap().get("checkpoint_keep_residual"), "written to training_args.json");
+        assertTrue(a.with(Map.of("checkpoint_keep_residual", true)).checkpointKeepResidual());
+        assertEquals(true, overrides("--data", "d", "--output", "out", "--checkpoint-keep-residual").get("checkpoint_keep_residual"));
+    }
+
     /** checkpoint_keep_dequantized: on by default, --no-checkpoint-keep-dequantized (or the key) turns it off, round trip. */
     @Test
     void keepDequantizedIsOnByDefaultAndTurnedOffByTheNegatedFlagOrTheKey() {

@@ -38,13 +38,26 @@ import static org.junit.jupiter.api.Assertions.assertNull;
 class CheckpointKeepAttentionTest {
     private static final int BATCH = 2, T = 24;
 
-    /** No checkpointing, checkpointing with the full recompute, checkpointing keeping the attention. */
-    enum Mode { NONE, RECOMPUTE, KEEP }
+    /**
+     * No checkpointing; checkpointing with the full recompute; keeping the attention result; keeping the attention
+     * block output (resid); keeping both.
+     */
+    enum Mode {
+        NONE, RECOMPUTE, KEEP, KEEP_RESIDUAL, KEEP_BOTH;
+
+        boolean keepsAttention() { return this == KEEP || this == KEEP_BOTH; }
+
+        boolean keepsResidual() { return this == KEEP_RESIDUAL || this == KEEP_BOTH; }
+    }
 
     /** A CPU backend whose training-attention forwards (and prefix merges) are counted. */
     static final class Counting {
         final CpuBackend cpu = new CpuBackend(1);
         final AtomicInteger attentionTrain = new AtomicInteger(), prefixAttention = new AtomicInteger();
+        /** The attention block's residual add + norm: once per layer forward, skipped by a recompute that keeps resid. */
+        final AtomicInteger addRmsNorms = new AtomicInteger();
+        /** What the backend reports as its device memory (-1: none, as the CPU backend). */
+        volatile long deviceMemory = -1;
         final Backend backend = (Backend) Proxy.newProxyInstance(Backend.class.getClassLoader(), new Class<?>[] {Backend.class},
                 (proxy, m, args) -> {
                     switch (m.getName()) {
@@ -53,6 +66,8 @@ class CheckpointKeepAttentionTest {
                         case "toString": return "counting " + cpu;
                         case "attentionTrain": attentionTrain.incrementAndGet(); break;
                         case "prefixAttention": prefixAttention.incrementAndGet(); break;
+                        case "addInPlaceRmsNorm": addRmsNorms.incrementAndGet(); break;
+                        case "deviceMemoryBytes": return deviceMemory;
                         default: break;
                     }
                     try {
@@ -63,8 +78,11 @@ class CheckpointKeepAttentionTest {
                 });
     }
 
-    /** What one step gave: loss, gradients in parameter order, attention forwards run, activation bytes reported. */
-    record Step(double loss, List<float[]> grads, int attentionCalls, int prefixCalls, long activationBytes) {}
+    /**
+     * What one step gave: loss, gradients in parameter order, attention forwards run, prefix merges run, residual
+     * add + norm launches, activation bytes reported.
+     */
+    record Step(double loss, List<float[]> grads, int attentionCalls, int prefixCalls, int addRmsNorms, long activationBytes) {}
 
     /** The golden model on a counting CPU backend, with its reader (the CPU model maps the checkpoint's weights). */
     record Loaded(TransformerLM model, CheckpointReader reader, Counting counting) implements AutoCloseable {
@@ -96,17 +114,26 @@ class CheckpointKeepAttentionTest {
 
     static Step step(Loaded l, Mode mode, List<Param> params, Runnable zeroGrad, Runnable begin, Runnable end) {
         TransformerLM m = l.model();
-        int[][] b = batch(m.config().vocabSize());
         zeroGrad.run();
-        m.setCheckpointKeepAttention(mode == Mode.KEEP);
+        m.setCheckpointKeepAttention(mode.keepsAttention());
+        m.setCheckpointKeepResidual(mode.keepsResidual());
+        return run(l, params, begin, end, mode != Mode.NONE);
+    }
+
+    /** One step with the model's keep settings as they are: counters reset, gradients read back. */
+    private static Step run(Loaded l, List<Param> params, Runnable begin, Runnable end, boolean checkpointing) {
+        TransformerLM m = l.model();
+        int[][] b = batch(m.config().vocabSize());
         l.counting().attentionTrain.set(0);
         l.counting().prefixAttention.set(0);
+        l.counting().addRmsNorms.set(0);
         begin.run();
-        TransformerLM.StepResult r = m.trainStep(b[0], b[1], b[2], b[3], BATCH, mode != Mode.NONE, 1f / 40);
+        TransformerLM.StepResult r = m.trainStep(b[0], b[1], b[2], b[3], BATCH, checkpointing, 1f / 40);
         end.run();
         List<float[]> grads = new ArrayList<>();
         for (Param p : params) grads.add(m.backend().toHost(p.grad()).toFloatArray().clone());
-        return new Step(r.lossSum(), grads, l.counting().attentionTrain.get(), l.counting().prefixAttention.get(), r.activationBytes());
+        return new Step(r.lossSum(), grads, l.counting().attentionTrain.get(), l.counting().prefixAttention.get(),
+                l.counting().addRmsNorms.get(), r.activationBytes());
     }
 
     static void assertBitIdentical(Step expected, Step actual, List<Param> params, String what) {
@@ -120,20 +147,39 @@ class CheckpointKeepAttentionTest {
         return (long) BATCH * T * c.numAttentionHeads() * c.headDim() * elem + 4L * BATCH * c.numAttentionHeads() * T;
     }
 
-    /** The three modes give the same bits; keeping the attention runs it once per layer and reports its bytes. */
+    /** Bytes of one layer's attention block output for the test batch: resid [B*T, hidden]. */
+    static long residualBytes(TransformerLM m) {
+        return (long) BATCH * T * m.config().hiddenSize() * m.backend().activationDType().byteSize();
+    }
+
+    /**
+     * Every mode gives the same bits; keeping the attention runs it once per layer, keeping resid runs the attention
+     * block's residual add + norm once per layer (the recompute norms the kept resid instead), and the kept bytes are
+     * reported.
+     */
     static Map<Mode, Step> compareModes(Loaded l, List<Param> params, Runnable zeroGrad, Runnable begin, Runnable end, String what) {
         Map<Mode, Step> s = new java.util.EnumMap<>(Mode.class);
-        for (Mode mode : new Mode[] {Mode.NONE, Mode.KEEP, Mode.RECOMPUTE, Mode.KEEP}) {
+        for (Mode mode : new Mode[] {Mode.NONE, Mode.KEEP, Mode.RECOMPUTE, Mode.KEEP_BOTH, Mode.KEEP_RESIDUAL, Mode.KEEP,
+                Mode.KEEP_BOTH}) {
             s.put(mode, step(l, mode, params, zeroGrad, begin, end)); // KEEP twice: a second step reuses nothing stale
         }
-        assertBitIdentical(s.get(Mode.RECOMPUTE), s.get(Mode.KEEP), params, what + ", kept attention vs full recompute");
-        assertBitIdentical(s.get(Mode.NONE), s.get(Mode.KEEP), params, what + ", kept attention vs no checkpointing");
+        for (Mode mode : new Mode[] {Mode.KEEP, Mode.KEEP_RESIDUAL, Mode.KEEP_BOTH}) {
+            assertBitIdentical(s.get(Mode.RECOMPUTE), s.get(mode), params, what + ", " + mode + " vs full recompute");
+            assertBitIdentical(s.get(Mode.NONE), s.get(mode), params, what + ", " + mode + " vs no checkpointing");
+        }
         int layers = l.model().numLayers();
         assertEquals(layers, s.get(Mode.NONE).attentionCalls(), what + ": attention forwards without checkpointing");
         assertEquals(2 * layers, s.get(Mode.RECOMPUTE).attentionCalls(), what + ": attention forwards with the full recompute");
         assertEquals(layers, s.get(Mode.KEEP).attentionCalls(), what + ": attention forwards keeping the attention (not recomputed)");
-        assertEquals(s.get(Mode.RECOMPUTE).activationBytes() + layers * attentionBytes(l.model()), s.get(Mode.KEEP).activationBytes(),
-                what + ": the kept attention is counted in activationBytes");
+        assertEquals(2 * layers, s.get(Mode.KEEP_RESIDUAL).attentionCalls(), what + ": attention forwards keeping resid alone");
+        assertEquals(layers, s.get(Mode.KEEP_BOTH).attentionCalls(), what + ": attention forwards keeping both");
+        assertEquals(2 * layers, s.get(Mode.RECOMPUTE).addRmsNorms(), what + ": residual add + norm with the full recompute");
+        assertEquals(layers, s.get(Mode.KEEP_RESIDUAL).addRmsNorms(), what + ": residual add + norm keeping resid (not remade)");
+        assertEquals(layers, s.get(Mode.KEEP_BOTH).addRmsNorms(), what + ": residual add + norm keeping both");
+        long base = s.get(Mode.RECOMPUTE).activationBytes(), att = layers * attentionBytes(l.model()), res = layers * residualBytes(l.model());
+        assertEquals(base + att, s.get(Mode.KEEP).activationBytes(), what + ": the kept attention is counted in activationBytes");
+        assertEquals(base + res, s.get(Mode.KEEP_RESIDUAL).activationBytes(), what + ": the kept resid is counted in activationBytes");
+        assertEquals(base + att + res, s.get(Mode.KEEP_BOTH).activationBytes(), what + ": both are counted in activationBytes");
         return s;
     }
 
@@ -171,14 +217,49 @@ class CheckpointKeepAttentionTest {
             List<Param> params = peft.trainableParameters();
             Step recompute = step(l, Mode.RECOMPUTE, params, peft::zeroGrad, () -> {}, () -> {});
             Step auto = stepWith(l, null, params, peft::zeroGrad);
+            assertNull(m.checkpointKeepResidual(), "stepWith leaves the residual setting auto");
             assertEquals(m.numLayers(), auto.attentionCalls(), "auto keeps the small batch's attention");
-            assertEquals(recompute.activationBytes() + m.numLayers() * attentionBytes(m), auto.activationBytes());
+            assertEquals(m.numLayers(), auto.addRmsNorms(), "auto keeps the small batch's attention block outputs");
+            assertEquals(recompute.activationBytes() + m.numLayers() * (attentionBytes(m) + residualBytes(m)), auto.activationBytes());
             assertBitIdentical(recompute, auto, params, "auto vs full recompute");
             assertEquals(m.numLayers() * attentionBytes(m), m.keptAttentionBytes(BATCH, T));
+            assertEquals(m.numLayers() * residualBytes(m), m.keptResidualBytes(BATCH, T));
             // the budget in tokens: a 7B-shaped layer (32 heads x 128, bf16) keeps 16 MiB + 256 KiB per 2048 tokens
             long perToken7b = 32L * (32 * 128 * 2 + 4 * 32);
             assertTrue(perToken7b * 2048 <= TransformerLM.AUTO_KEEP_ATTENTION_BYTES, "7B at 2048 tokens: kept");
             assertTrue(perToken7b * 8192 > TransformerLM.AUTO_KEEP_ATTENTION_BYTES, "7B at 4 x 2048 tokens: recomputed");
+        }
+    }
+
+    /**
+     * The auto budget: 1 GiB on a backend without device memory, 1/32 of the device's memory when that is more; the
+     * attention results take it first, the attention block outputs get what is left.
+     */
+    @Test
+    void autoBudgetGrowsWithTheDevicesMemoryAndTheAttentionComesFirst() {
+        try (Loaded l = Loaded.of("llama-f32")) {
+            TransformerLM m = l.model();
+            m.setCheckpointKeepAttention(null);
+            m.setCheckpointKeepResidual(null);
+            assertEquals(TransformerLM.AUTO_KEEP_ATTENTION_BYTES, m.autoKeepBudget(), "no device memory: 1 GiB");
+            l.counting().deviceMemory = 16L << 30;
+            assertEquals(TransformerLM.AUTO_KEEP_ATTENTION_BYTES, m.autoKeepBudget(), "16 GiB card: 1 GiB (more than 1/32)");
+            l.counting().deviceMemory = 141_000_000_000L;   // an H200
+            long budget = 141_000_000_000L / 32;
+            assertEquals(budget, m.autoKeepBudget());
+            // token counts (batch 1) where the attention alone, then attention + resid, just fit
+            long att = m.keptAttentionBytes(1, 1), res = m.keptResidualBytes(1, 1);
+            int both = (int) (budget / (att + res)), attentionOnly = (int) (budget / att);
+            assertTrue(m.keepsAttention(1, both) && m.keepsResidual(1, both), "both fit");
+            assertTrue(m.keepsAttention(1, both + 1) && !m.keepsResidual(1, both + 1), "past that the attention alone is kept");
+            assertTrue(m.keepsAttention(1, attentionOnly) && !m.keepsAttention(1, attentionOnly + 1), "then neither");
+            assertTrue(m.keepsResidual(1, attentionOnly + 1), "resid alone fits where the attention no longer does");
+            // the Llama-7B shape (32 layers, 32 x 128 heads, hidden 4096, bf16) at 4 x 2048 tokens: 2 GiB + 2 GiB <= 4.4 GiB
+            long perToken7b = 32L * (32 * 128 * 2 + 4 * 32) + 32L * 4096 * 2;
+            assertTrue(perToken7b * 8192 <= budget, "7B at 4 x 2048 tokens keeps both on an H200");
+            m.setCheckpointKeepResidual(false);
+            assertFalse(m.keepsResidual(1, 1), "a forced setting wins");
+            l.counting().deviceMemory = -1;
         }
     }
 
@@ -189,18 +270,13 @@ class CheckpointKeepAttentionTest {
         return peft;
     }
 
-    /** One checkpointed step with the keep-attention setting keep (null: auto). */
+    /** One checkpointed step with the keep-attention setting keep (null: auto) and the keep-residual setting auto. */
     static Step stepWith(Loaded l, Boolean keep, List<Param> params, Runnable zeroGrad) {
         TransformerLM m = l.model();
-        int[][] b = batch(m.config().vocabSize());
         zeroGrad.run();
         m.setCheckpointKeepAttention(keep);
-        l.counting().attentionTrain.set(0);
-        l.counting().prefixAttention.set(0);
-        TransformerLM.StepResult r = m.trainStep(b[0], b[1], b[2], b[3], BATCH, true, 1f / 40);
-        List<float[]> grads = new ArrayList<>();
-        for (Param p : params) grads.add(m.backend().toHost(p.grad()).toFloatArray().clone());
-        return new Step(r.lossSum(), grads, l.counting().attentionTrain.get(), l.counting().prefixAttention.get(), r.activationBytes());
+        m.setCheckpointKeepResidual(null);
+        return run(l, params, () -> {}, () -> {}, true);
     }
 
     /** A 3-slot prefix (seed 7) made for and attached to m: the prefix-tuning case of the checkpointing tests. */

@@ -63,14 +63,14 @@ class CheckpointRecomputeTest {
     record Counted(Step step, int downForwards) {}
 
     /**
-     * No checkpointing, full recompute, kept attention (then no checkpointing again: nothing stale): all bit for bit the
+     * No checkpointing, full recompute, kept attention, kept resid, both (then no checkpointing again: nothing stale): all bit for bit the
      * same, and down's forward runs downPerLayer times per layer in each mode.
      */
     static void compare(Loaded l, DownCounter down, List<Param> params, Runnable zeroGrad, Runnable begin, Runnable end,
                         int downPerLayer, String what) {
         Map<Mode, Counted> s = new EnumMap<>(Mode.class);
         Counted first = null;
-        for (Mode mode : new Mode[] {Mode.NONE, Mode.RECOMPUTE, Mode.KEEP, Mode.NONE}) {
+        for (Mode mode : new Mode[] {Mode.NONE, Mode.RECOMPUTE, Mode.KEEP, Mode.KEEP_RESIDUAL, Mode.KEEP_BOTH, Mode.NONE}) {
             down.forwards.set(0);
             Step st = CheckpointKeepAttentionTest.step(l, mode, params, zeroGrad, begin, end);
             Counted c = new Counted(st, down.forwards.get());
@@ -79,7 +79,7 @@ class CheckpointRecomputeTest {
         }
         int layers = l.model().numLayers();
         CheckpointKeepAttentionTest.assertBitIdentical(first.step(), s.get(Mode.NONE).step(), params, what + ", repeated step");
-        for (Mode mode : new Mode[] {Mode.RECOMPUTE, Mode.KEEP}) {
+        for (Mode mode : new Mode[] {Mode.RECOMPUTE, Mode.KEEP, Mode.KEEP_RESIDUAL, Mode.KEEP_BOTH}) {
             CheckpointKeepAttentionTest.assertBitIdentical(s.get(Mode.NONE).step(), s.get(mode).step(), params,
                     what + ", checkpointing (" + mode + ") vs none");
         }

@@ -31,11 +31,12 @@ import java.util.Random;
  *
  * <p>Run: java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -cp bench/target/benchmarks.jar
  * dev.qlora4j.bench.CudaTrainBench [--shape llama-7b] [--seq 2048] [--batch 1] [--checkpointing on,off]
- * [--keep-attention auto] [--warmup 2] [--steps 5] [--offload-layers 0] [--offload-activations off] [--gpus 1].
+ * [--keep-attention auto] [--keep-residual auto] [--warmup 2] [--steps 5] [--offload-layers 0] [--offload-activations off] [--gpus 1].
  * --keep-attention on,off,auto: with checkpointing on, whether each layer's attention result (out + lse) is kept so the
  * backward's recompute skips the attention forward (TransformerLM.setCheckpointKeepAttention; auto, the default, keeps
  * it when all layers' results take at most 1 GiB; one row per value, auto shown as auto-on / auto-off; with
- * --offload-activations on the attention is recomputed either way). --gpus N splits the decoder
+ * --offload-activations on the attention is recomputed either way). --keep-residual on,off,auto: the same for each
+ * layer's attention block output (the recompute then skips the o projection; TransformerLM.setCheckpointKeepResidual). --gpus N splits the decoder
  * layers evenly over cuda:0..N-1 (embedding on the first, final norm + LM head on the last; each GPU's adapters,
  * AdamW state and gradients on it; clipping by the global norm) and adds a per-GPU peak memory line per setting.
  * --offload-layers N streams the last N
@@ -56,7 +57,7 @@ public final class CudaTrainBench {
     }
 
     public static void main(String[] args) {
-        String shape = "llama-7b", ckpt = "on,off", keepAttention = "auto";
+        String shape = "llama-7b", ckpt = "on,off", keepAttention = "auto", keepResidual = "auto";
         int seq = 2048, batch = 1, warmup = 2, steps = 5, offloadLayers = 0, gpus = 1;
         boolean offloadActivations = false;
         for (int i = 0; i + 1 < args.length; i += 2) {
@@ -67,13 +68,14 @@ public final class CudaTrainBench {
                 case "--batch" -> batch = Integer.parseInt(v);
                 case "--checkpointing" -> ckpt = v;
                 case "--keep-attention" -> keepAttention = v;
+                case "--keep-residual" -> keepResidual = v;
                 case "--warmup" -> warmup = Integer.parseInt(v);
                 case "--steps" -> steps = Integer.parseInt(v);
                 case "--offload-layers" -> offloadLayers = Integer.parseInt(v);
                 case "--offload-activations" -> offloadActivations = onOff(v, "--offload-activations");
                 case "--gpus" -> gpus = Integer.parseInt(v);
                 default -> throw new IllegalArgumentException("unknown option " + args[i]
-                        + "; use --shape --seq --batch --checkpointing on,off --keep-attention on,off --warmup --steps --offload-layers N --offload-activations on|off --gpus N");
+                        + "; use --shape --seq --batch --checkpointing on,off --keep-attention on,off --keep-residual on,off --warmup --steps --offload-layers N --offload-activations on|off --gpus N");
             }
         }
         if (!CudaDriver.isAvailable()) {
@@ -82,7 +84,7 @@ public final class CudaTrainBench {
         }
         if (gpus > 1) {
             if (offloadLayers > 0) throw new IllegalArgumentException("--gpus N with --offload-layers is not measured here: pick one");
-            multiGpu(shape, seq, batch, settings(ckpt, keepAttention), warmup, steps, gpus, offloadActivations);
+            multiGpu(shape, seq, batch, settings(ckpt, keepAttention, keepResidual), warmup, steps, gpus, offloadActivations);
             return;
         }
         List<String[]> rows = new ArrayList<>();
@@ -115,9 +117,9 @@ public final class CudaTrainBench {
             int n = batch * seq, batchRows = batch;  // the lambda below needs an effectively final copy
             int[][] tokens = syntheticTokens(vocab, batch, seq);
             int[] ids = tokens[0], pos = tokens[1], targets = tokens[2];
-            for (Setting setting : settings(ckpt, keepAttention)) {
+            for (Setting setting : settings(ckpt, keepAttention, keepResidual)) {
                 boolean on = setting.checkpointing();
-                model.setCheckpointKeepAttention(setting.keepAttention());
+                setting.apply(model);
                 Timed t = timeSteps(warmup, steps, b::synchronize, () -> {
                     b.context().allocator().resetPeak();
                     if (prof != null) prof.reset();
@@ -146,7 +148,7 @@ public final class CudaTrainBench {
             }
             opt.close();
         }
-        System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %8s %10s %9s %9s %8s%n", "shape", "seq", "batch", "ckpt", "keepAttn",
+        System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %8s %10s %9s %9s %8s%n", "shape", "seq", "batch", "ckpt", "keep a/r",
                 "step ms", "tokens/s", "peak GiB", "loss");
         for (String[] row : rows) {
             System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %8s %10s %9s %9s %8s%n", (Object[]) row);
@@ -186,7 +188,7 @@ public final class CudaTrainBench {
             List<String> memory = new ArrayList<>();
             for (Setting setting : settings) {
                 boolean on = setting.checkpointing();
-                model.setCheckpointKeepAttention(setting.keepAttention());
+                setting.apply(model);
                 Timed t = timeSteps(warmup, steps, () -> MultiGpuBench.synchronize(bs), () -> MultiGpuBench.resetPeaks(bs),
                         () -> {
                             peft.zeroGrad();
@@ -202,7 +204,7 @@ public final class CudaTrainBench {
                 memory.add("checkpointing " + setting.label() + ": " + MultiGpuBench.peaks(bs));
             }
             peft.close();
-            System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %8s %10s %9s %8s%n", "shape", "seq", "batch", "ckpt", "keepAttn",
+            System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %8s %10s %9s %8s%n", "shape", "seq", "batch", "ckpt", "keep a/r",
                     "step ms", "tokens/s", "loss");
             for (String[] row : rows) System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %8s %10s %9s %8s%n", (Object[]) row);
             for (String m : memory) System.out.println("peak GPU memory per device, " + m);
@@ -242,29 +244,48 @@ public final class CudaTrainBench {
         return new Timed(ms, loss);
     }
 
-    /** One measured setting: checkpointing, and (only meaningful with it) whether the attention result is kept. */
-    record Setting(boolean checkpointing, Boolean keepAttention) {
-        String keepColumn() { return checkpointing ? (keepAttention == null ? "auto" : keepAttention ? "on" : "off") : "-"; }
-
-        /** The keep-attention column with what auto chose for this model and batch (m set to this setting). */
-        String keepColumn(dev.qlora4j.model.TransformerLM m, int batch, int seq) {
-            if (!checkpointing || keepAttention != null) return keepColumn();
-            return m.keepsAttention(batch, seq) ? "auto-on" : "auto-off";
+    /**
+     * One measured setting: checkpointing, and (only meaningful with it) whether the attention result and the attention
+     * block output are kept (null: auto).
+     */
+    record Setting(boolean checkpointing, Boolean keepAttention, Boolean keepResidual) {
+        /** Applies the keep settings to m. */
+        void apply(TransformerLM m) {
+            m.setCheckpointKeepAttention(keepAttention);
+            m.setCheckpointKeepResidual(keepResidual);
         }
 
-        String label() { return checkpointing ? "on (keep-attention " + keepColumn() + ")" : "off"; }
+        private static String word(Boolean keep) { return keep == null ? "auto" : keep ? "on" : "off"; }
+
+        String keepColumn() { return checkpointing ? word(keepAttention) + "/" + word(keepResidual) : "-"; }
+
+        /** The keep column (attention/residual) with what auto chose for this model and batch (m set to this setting). */
+        String keepColumn(TransformerLM m, int batch, int seq) {
+            if (!checkpointing) return keepColumn();
+            String a = keepAttention != null ? word(keepAttention) : m.keepsAttention(batch, seq) ? "auto-on" : "auto-off";
+            String r = keepResidual != null ? word(keepResidual) : m.keepsResidual(batch, seq) ? "auto-on" : "auto-off";
+            return a + "/" + r;
+        }
+
+        String label() { return checkpointing ? "on (keep attention/residual " + keepColumn() + ")" : "off"; }
     }
 
-    /** --checkpointing values x --keep-attention values (the latter only for checkpointing on), in the order given. */
-    static List<Setting> settings(String checkpointing, String keepAttention) {
+    /**
+     * --checkpointing values x --keep-attention values x --keep-residual values (the last two only for checkpointing
+     * on), in the order given.
+     */
+    static List<Setting> settings(String checkpointing, String keepAttention, String keepResidual) {
         List<Setting> out = new ArrayList<>();
         for (String c : checkpointing.split(",")) {
             if (!onOff(c, "--checkpointing")) {
-                out.add(new Setting(false, false));
+                out.add(new Setting(false, false, false));
                 continue;
             }
             for (String k : keepAttention.split(",")) {
-                out.add(new Setting(true, k.trim().equals("auto") ? null : onOff(k, "--keep-attention")));
+                for (String r : keepResidual.split(",")) {
+                    out.add(new Setting(true, k.trim().equals("auto") ? null : onOff(k, "--keep-attention"),
+                            r.trim().equals("auto") ? null : onOff(r, "--keep-residual")));
+                }
             }
         }
         return out;

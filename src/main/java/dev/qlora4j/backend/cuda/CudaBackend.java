@@ -50,7 +50,7 @@ public final class CudaBackend implements Backend, GraphCapable {
         this.act = activations;
         this.graphs = decodeGraphs;
         this.status = new DeviceStatus(ctx);
-        this.profiler = OpProfiler.fromProperty(ctx.driver(), ctx.stream());
+        this.profiler = OpProfiler.fromProperty(ctx.driver(), ctx.stream(), () -> ctx.allocator().stats().peakAllocatedBytes());
     }
 
     /** Whether a GPU with a driver is present (never throws). Called by Backends reflectively. */
@@ -618,6 +618,30 @@ public final class CudaBackend implements Backend, GraphCapable {
              Owned g = activation(gradOut, "siluMulBackward gradOut")) {
             return profEnd("siluMulBackward", mark, TrainKernels.siluMulBackward(ctx, act, ga.t, u.t, g.t));
         }
+    }
+
+    @Override
+    public long deviceMemoryBytes() { return ctx.properties().totalMemoryBytes(); }
+
+    /** Writes the gradients over gate and up when they are in the activation dtype (else as the default). */
+    @Override
+    public Tensor[] siluMulBackwardInPlace(Tensor gate, Tensor up, Tensor gradOut) {
+        if (gate.dtype() != act || up.dtype() != act || gate == up) return Backend.super.siluMulBackwardInPlace(gate, up, gradOut);
+        int mark = profBegin();
+        try {
+            KernelTypes.requireDevice(gate, "siluMulBackward gate");
+            KernelTypes.requireDevice(up, "siluMulBackward up");
+            KernelTypes.requireSameShape(gate, up, "siluMulBackward gate and up");
+            KernelTypes.requireSameShape(gate, gradOut, "siluMulBackward gate and gradOut");
+            try (Owned g = activation(gradOut, "siluMulBackward gradOut")) {
+                TrainKernels.siluMulBackwardInto(ctx, act, gate, up, g.t, gate, up);
+            }
+        } catch (RuntimeException e) {
+            gate.close();   // this owns them now
+            up.close();
+            throw e;
+        }
+        return profEnd("siluMulBackward", mark, new Tensor[] {gate, up});
     }
 
     @Override

@@ -8,6 +8,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.function.LongSupplier;
 
 /**
  * Per-op GPU time of the CUDA backend, opt in with {@code -Dqlora4j.cuda.profile=true}: a timing event is
@@ -41,18 +42,25 @@ public final class OpProfiler implements AutoCloseable {
     private int open;                        // ops begun and not ended: their start events must not be reused
     private long[] startNanos = new long[256];   // System.nanoTime at begin, by start event
     private final Map<String, Stat> stats = new LinkedHashMap<>();
+    private final LongSupplier allocatorPeak;  // the allocator's peak bytes (host bookkeeping: reading it never waits)
+    private long peakSeen;                   // the allocator peak at the last op end
+    private String peakOp;                   // the op during which the allocator peak last rose, null when none did
 
     /** Calls, GPU ms and host ms summed over the calls of one op name. */
     public record Stat(long calls, double gpuMillis, double hostMillis) {}
 
-    public OpProfiler(CudaDriver driver, long stream) {
+    /** allocatorPeak: the device allocator's peak allocated bytes, read at each op end to name the op that set it. */
+    public OpProfiler(CudaDriver driver, long stream, LongSupplier allocatorPeak) {
         this.driver = driver;
         this.stream = stream;
+        this.allocatorPeak = allocatorPeak;
+        this.peakSeen = allocatorPeak.getAsLong();
     }
 
     /** A profiler when -Dqlora4j.cuda.profile=true, else null (the backend then only null-checks). */
-    static OpProfiler fromProperty(CudaDriver driver, long stream) {
-        return Boolean.parseBoolean(System.getProperty(PROPERTY, "false").trim()) ? new OpProfiler(driver, stream) : null;
+    static OpProfiler fromProperty(CudaDriver driver, long stream, LongSupplier allocatorPeak) {
+        return Boolean.parseBoolean(System.getProperty(PROPERTY, "false").trim())
+                ? new OpProfiler(driver, stream, allocatorPeak) : null;
     }
 
     /** Records a start event; pass the returned mark to {@link #end}. A mark never ended is simply dropped. */
@@ -81,6 +89,9 @@ public final class OpProfiler implements AutoCloseable {
         pendingEnd[pending] = e;
         pendingHostNanos[pending] = host;
         pending++;
+        long peak = allocatorPeak.getAsLong();
+        if (peak > peakSeen) peakOp = op;   // the peak rose inside this op (an allocation between ops is seen here too)
+        peakSeen = peak;
     }
 
     private int record() {
@@ -116,7 +127,15 @@ public final class OpProfiler implements AutoCloseable {
         open = 0;   // drops the marks of ops an exception left open
         resolve();
         stats.clear();
+        peakSeen = allocatorPeak.getAsLong();
+        peakOp = null;
     }
+
+    /**
+     * The op during which the allocator's peak last rose since {@link #reset} (call reset after resetting the
+     * allocator's peak), or null: where to look when a step's peak memory is too high.
+     */
+    public String peakOp() { return peakOp; }
 
     /** The accumulated stats by op name, in first-seen order (resolves pending pairs first). */
     public Map<String, Stat> stats() {
@@ -151,6 +170,9 @@ public final class OpProfiler implements AutoCloseable {
                 100 * total / stepMillis, totalHost));
         sb.append(String.format(Locale.ROOT, "%-44s %9s %11.2f %7.1f%n", "step time in no op", "", stepMillis - total,
                 100 * (stepMillis - total) / stepMillis));
+        if (peakOp != null) {
+            sb.append(String.format(Locale.ROOT, "allocator peak %.3f GiB, last raised in %s%n", peakSeen / (double) (1L << 30), peakOp));
+        }
         return sb.toString();
     }
 

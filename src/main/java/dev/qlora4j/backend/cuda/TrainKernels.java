@@ -117,13 +117,29 @@ final class TrainKernels {
 
     static Tensor[] siluMulBackward(CudaContext ctx, DType act, Tensor gate, Tensor up, Tensor g) {
         Tensor gg = ctx.empty(act, gate.shape()), gu = ctx.empty(act, gate.shape());
+        siluMulBackwardInto(ctx, act, gate, up, g, gg, gu);
+        return new Tensor[] {gg, gu};
+    }
+
+    /**
+     * grad_gate, grad_up (act, gate's shape) from gate, up, g; the outputs may be gate and up themselves (each
+     * element is read before it is written, by the same thread).
+     */
+    static void siluMulBackwardInto(CudaContext ctx, DType act, Tensor gate, Tensor up, Tensor g, Tensor gradGate,
+                                    Tensor gradUp) {
         long n = gate.numel();
         if (n > 0) {
             ctx.launch1d(ctx.function(EW, "silu_mul_bwd_" + KernelTypes.act(act)), n,
                     KernelArgs.of().ptr(CudaContext.ptr(gate)).ptr(CudaContext.ptr(up)).ptr(CudaContext.ptr(g))
-                            .ptr(CudaContext.ptr(gg)).ptr(CudaContext.ptr(gu)).i64(n));
+                            .ptr(CudaContext.ptr(gradGate)).ptr(CudaContext.ptr(gradUp)).i64(n)
+                            .i32(allAligned16(gate, up, g, gradGate, gradUp) ? 1 : 0));
         }
-        return new Tensor[] {gg, gu};
+    }
+
+    /** Whether every tensor starts at a 16-byte boundary (views into a larger buffer may not). */
+    private static boolean allAligned16(Tensor... ts) {
+        for (Tensor t : ts) if ((CudaContext.ptr(t) & 15) != 0) return false;
+        return true;
     }
 
     /** grad [n, heads*headDim] of act, positions I32 [n], invFreq F32 [headDim/2]; in place. */

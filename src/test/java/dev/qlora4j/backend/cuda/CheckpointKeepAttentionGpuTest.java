@@ -25,14 +25,16 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
  * heads over 4 kv heads: the tensor-core attention kernels), LoRA r=8 with non-zero B on every linear layer, two rows of
  * 256 tokens with packed segments. Keeping the attention gives the loss and every LoRA gradient bit for bit as the full
  * recompute and as no checkpointing, and runs the attention forward once per layer instead of twice (counted by the
- * backend's op profiler, so a silent fallback to the full recompute fails). The peak memory of each mode is printed.
+ * backend's op profiler, so a silent fallback to the full recompute fails). Keeping the attention block output (resid),
+ * alone or with the attention, gives the same bits too. The peak memory of each mode is printed.
  */
 @Tag("gpu")
 class CheckpointKeepAttentionGpuTest {
     private static final String SHAPE = "llama-1b@2";
     private static final int BATCH = 2, T = 256;
 
-    enum Mode { NONE, RECOMPUTE, KEEP }
+    /** KEEP: the attention result; KEEP_RESIDUAL: the attention block output; KEEP_BOTH: both. */
+    enum Mode { NONE, RECOMPUTE, KEEP, KEEP_RESIDUAL, KEEP_BOTH }
 
     record Step(double loss, List<float[]> grads, long attentionCalls, long peakBytes) {}
 
@@ -55,7 +57,8 @@ class CheckpointKeepAttentionGpuTest {
     static Step step(CudaBackend b, TransformerLM m, PeftModel peft, Mode mode) {
         int[][] x = batch(m.config().vocabSize());
         peft.zeroGrad();
-        m.setCheckpointKeepAttention(mode == Mode.KEEP);
+        m.setCheckpointKeepAttention(mode == Mode.KEEP || mode == Mode.KEEP_BOTH);
+        m.setCheckpointKeepResidual(mode == Mode.KEEP_RESIDUAL || mode == Mode.KEEP_BOTH);
         b.synchronize();
         b.profiler().reset();
         b.context().allocator().resetPeak();
@@ -86,6 +89,8 @@ class CheckpointKeepAttentionGpuTest {
                 Step keep = step(b, m, peft, Mode.KEEP);
                 Step recompute = step(b, m, peft, Mode.RECOMPUTE);
                 Step keepAgain = step(b, m, peft, Mode.KEEP);
+                Step keepResidual = step(b, m, peft, Mode.KEEP_RESIDUAL);
+                Step keepBoth = step(b, m, peft, Mode.KEEP_BOTH);
                 int layers = m.numLayers();
                 System.out.printf("%s, %d x %d tokens: loss %.6f; attention forwards %d / %d / %d; peak %.1f / %.1f / %.1f MiB "
                                 + "(no checkpointing / full recompute / kept attention)%n", SHAPE, BATCH, T, keep.loss() / (BATCH * T),
@@ -97,6 +102,12 @@ class CheckpointKeepAttentionGpuTest {
                 assertEquals(2L * layers, recompute.attentionCalls(), "attention forwards with the full recompute");
                 assertEquals(layers, keep.attentionCalls(), "attention forwards keeping the attention");
                 assertBitIdentical(none, keep, params, "kept attention vs no checkpointing");
+                System.out.printf("kept attention block output: peak %.1f MiB; both kept: %.1f MiB%n",
+                        keepResidual.peakBytes() / 1048576.0, keepBoth.peakBytes() / 1048576.0);
+                assertBitIdentical(recompute, keepResidual, params, "kept attention block output vs full recompute");
+                assertBitIdentical(recompute, keepBoth, params, "both kept vs full recompute");
+                assertEquals(2L * layers, keepResidual.attentionCalls(), "attention forwards keeping the block output alone");
+                assertEquals(layers, keepBoth.attentionCalls(), "attention forwards keeping both");
             } // closing the PeftModel closes m
         }
     }

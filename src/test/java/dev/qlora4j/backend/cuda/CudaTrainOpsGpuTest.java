@@ -8,6 +8,7 @@ import static dev.qlora4j.backend.cuda.CudaCoreTestSupport.poison;
 import static dev.qlora4j.backend.cuda.CudaCoreTestSupport.random;
 import static dev.qlora4j.backend.cuda.CudaCoreTestSupport.values;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertSame;
 
 import dev.qlora4j.backend.cpu.CpuBackend;
 import dev.qlora4j.tensor.DType;
@@ -71,6 +72,14 @@ class CudaTrainOpsGpuTest {
             Tensor[] sgCpu = cpu.siluMulBackward(ra, rc, Tensor.of(gOut, n, m));
             assertClose(values(b, sgGpu[0]), sgCpu[0].toFloatArray(), tol(act), "siluMulBackward grad_gate " + act);
             assertClose(values(b, sgGpu[1]), sgCpu[1].toFloatArray(), tol(act), "siluMulBackward grad_up " + act);
+            // the in-place form (gradients written over copies of gate and up) gives the same bits
+            Tensor gateCopy = dev(b, a, act, n, m), upCopy = dev(b, c, act, n, m);
+            Tensor[] inPlace = b.siluMulBackwardInPlace(gateCopy, upCopy, dev(b, gOut, act, n, m));
+            assertSame(gateCopy, inPlace[0], "the CUDA backend writes grad_gate over gate");
+            assertBitEqual(values(b, inPlace[0]), values(b, sgGpu[0]), "siluMulBackwardInPlace grad_gate " + act);
+            assertBitEqual(values(b, inPlace[1]), values(b, sgGpu[1]), "siluMulBackwardInPlace grad_up " + act);
+            inPlace[0].close();
+            inPlace[1].close();
             float[] gb0 = gaussian(r, m, 1);
             Tensor gbDev = b.upload(Tensor.of(gb0, m)), gbCpu = Tensor.of(gb0.clone(), m);
             b.sumRowsInto(ga, gbDev);

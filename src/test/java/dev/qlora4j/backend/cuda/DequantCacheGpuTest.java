@@ -62,6 +62,7 @@ class DequantCacheGpuTest {
                 peft.train(true);
                 List<Param> params = peft.trainableParameters();
                 int layers = m.numLayers();
+                m.setCheckpointKeepResidual(false);   // the recompute runs o_proj: its weight is kept for the backward
                 Step cached = step(b, m, peft, true);
                 System.setProperty(DequantCache.BUDGET_PROPERTY, "0");
                 Step uncached = step(b, m, peft, true);
@@ -77,6 +78,13 @@ class DequantCacheGpuTest {
                         params, "kept dequantized weights vs dequantized again");
                 dev.qlora4j.model.BitIdenticalGradients.assertSame(none.loss(), none.grads(), cached.loss(), cached.grads(),
                         params, "kept dequantized weights vs no checkpointing");
+                // keeping the attention block output: the recompute skips o_proj too, so its backward dequantizes o
+                m.setCheckpointKeepResidual(true);
+                Step keptResidual = step(b, m, peft, true);
+                assertEquals(2L * layers, keptResidual.backwardDequantizes(), "kept resid: the backward dequantizes o_proj and down_proj");
+                assertEquals(5L * layers, keptResidual.keptWeightProducts(), "q, k, v, gate, up: the backward uses the kept weight");
+                dev.qlora4j.model.BitIdenticalGradients.assertSame(cached.loss(), cached.grads(), keptResidual.loss(),
+                        keptResidual.grads(), params, "kept resid vs recomputed");
             } // closing the PeftModel closes m
         } finally {
             if (old == null) System.clearProperty(DequantCache.BUDGET_PROPERTY);

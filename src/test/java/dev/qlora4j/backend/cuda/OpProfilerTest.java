@@ -38,7 +38,7 @@ class OpProfilerTest {
     @Test
     void accumulatesElapsedTimeAndCallsPerOpAndReusesEvents() {
         FakeEvents f = new FakeEvents();
-        OpProfiler p = new OpProfiler(f.driver(), 7);
+        OpProfiler p = new OpProfiler(f.driver(), 7, () -> 0L);
         for (int step = 0; step < 2; step++) {
             int m = p.begin();
             f.clockMs += 2.5;
@@ -65,7 +65,7 @@ class OpProfilerTest {
     @Test
     void nestedPartsAreTimedButNotAddedToTheTotal() {
         FakeEvents f = new FakeEvents();
-        OpProfiler p = new OpProfiler(f.driver(), 7);
+        OpProfiler p = new OpProfiler(f.driver(), 7, () -> 0L);
         int outer = p.begin();
         f.clockMs += 1.0;
         int inner = p.begin();
@@ -88,7 +88,7 @@ class OpProfilerTest {
     @Test
     void resetDropsEarlierTimesAndOffMeansNoProfiler() {
         FakeEvents f = new FakeEvents();
-        OpProfiler p = new OpProfiler(f.driver(), 7);
+        OpProfiler p = new OpProfiler(f.driver(), 7, () -> 0L);
         int m = p.begin();
         f.clockMs += 5;
         p.end("add", m);
@@ -97,14 +97,34 @@ class OpProfilerTest {
         String before = System.getProperty(OpProfiler.PROPERTY);
         try {
             System.clearProperty(OpProfiler.PROPERTY);
-            assertNull(OpProfiler.fromProperty(f.driver(), 7));
+            assertNull(OpProfiler.fromProperty(f.driver(), 7, () -> 0L));
             System.setProperty(OpProfiler.PROPERTY, "true");
-            try (OpProfiler on = OpProfiler.fromProperty(f.driver(), 7)) {
+            try (OpProfiler on = OpProfiler.fromProperty(f.driver(), 7, () -> 0L)) {
                 assertTrue(on != null);
             }
         } finally {
             if (before == null) System.clearProperty(OpProfiler.PROPERTY);
             else System.setProperty(OpProfiler.PROPERTY, before);
         }
+    }
+
+    @Test
+    void namesTheOpDuringWhichTheAllocatorPeakLastRose() {
+        FakeEvents f = new FakeEvents();
+        long[] peak = {100};
+        OpProfiler p = new OpProfiler(f.driver(), 7, () -> peak[0]);
+        int m = p.begin();
+        peak[0] = 150;   // rises inside "gemm"
+        p.end("gemm", m);
+        m = p.begin();
+        p.end("add", m);   // no rise: gemm stays the answer
+        assertEquals("gemm", p.peakOp());
+        m = p.begin();
+        peak[0] = 180;
+        p.end("siluMulBackward", m);
+        assertEquals("siluMulBackward", p.peakOp());
+        assertTrue(p.table(1, 1.0).contains("last raised in siluMulBackward"), p.table(1, 1.0));
+        p.reset();
+        assertNull(p.peakOp(), "reset forgets it");
     }
 }
