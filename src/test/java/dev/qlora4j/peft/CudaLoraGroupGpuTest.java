@@ -55,7 +55,12 @@ import java.util.Random;
  */
 @Tag("gpu")
 class CudaLoraGroupGpuTest {
-    private static final double TOL = 1e-2;
+    /**
+     * BF16 GPU vs float32 CPU, relative to the largest value: grad_x sums three layers' base and adapter terms, each
+     * rounded to BF16 (2^-9 relative) before the sum on the per-layer route, and the seeds are fresh per run; one in
+     * many seeds reached 1.05e-2 (session 10, per-layer route, qkv), so 1.5e-2 leaves room for that tail.
+     */
+    private static final double TOL = 1.5e-2;
 
     private CudaBackend gpu;
     private final CpuBackend cpu = new CpuBackend(2);

@@ -131,6 +131,22 @@ final class TrainAttentionKernels {
 
     // ---- launchers ----
 
+    /**
+     * The grid of the tensor-core kernels: (heads x batch, tiles). The scheduler issues blocks x-fastest, so every
+     * head's heaviest tile starts before any lighter one (attention_tc.cu, tile_rank_grid): at batch 1 the grid with
+     * the tile in x left the last heads' heaviest tiles for the end. grid.y is at most 65,535 tiles (4.2M tokens).
+     */
+    static Dim3 tcGrid(int heads, int batch, int tokens) {
+        int tiles = (tokens + TC_TILE - 1) / TC_TILE;
+        if (tiles > 65_535) {
+            throw new IllegalArgumentException("attention over " + tokens + " tokens per row: at most " + 65_535L * TC_TILE
+                    + " (the kernels' grid); split the sequence into shorter rows");
+        }
+        long x = (long) heads * batch;
+        if (x > Integer.MAX_VALUE) throw new IllegalArgumentException("attention: heads x batch = " + x + " is too large for one launch");
+        return new Dim3((int) x, tiles, 1);
+    }
+
     static AttentionResult forward(CudaContext ctx, DType act, Tensor q, Tensor k, Tensor v, Tensor segments, int batch,
                                    int heads, int kvHeads, int headDim, float scale, int window) {
         int tokens = q.dim(0) / batch;
@@ -146,8 +162,7 @@ final class TrainAttentionKernels {
             long f = ctx.function("attention_tc", tcKernelPrefix(ctx, headDim) + "fwd_" + tcType(act) + "_d" + headDim);
             int smem = tcSharedBytes(5, headDim, 0);
             ctx.allowSharedMemory(f, smem);
-            ctx.launch(f, new Dim3((tokens + TC_TILE - 1) / TC_TILE, heads, batch), Dim3.of(TC_THREADS), smem,
-                    args.f32(scale).i32(window));
+            ctx.launch(f, tcGrid(heads, batch, tokens), Dim3.of(TC_THREADS), smem, args.f32(scale).i32(window));
             return new AttentionResult(out, lse);
         }
         long f = ctx.function("attention_train", "attn_train_fwd_" + KernelTypes.act(act) + "_d" + dpl);
@@ -188,7 +203,8 @@ final class TrainAttentionKernels {
                     .ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(gradOut)).ptr(CudaContext.ptr(lse))
                     .ptr(CudaContext.ptr(delta)).ptr(CudaContext.ptr(dq)).i32(tokens).i32(heads).i32(kvHeads);
             if (!tc) qArgs.i32(headDim);
-            ctx.launch(fq, new Dim3(tiles, heads, batch), block, smemQ, qArgs.f32(scale).i32(window));
+            ctx.launch(fq, tc ? tcGrid(heads, batch, tokens) : new Dim3(tiles, heads, batch), block, smemQ,
+                    qArgs.f32(scale).i32(window));
             long fkv = ctx.function(module, prefix + "dkv_" + t + "_d" + (tc ? headDim : dpl));
             int smemKv = tc ? tcMaxSharedBytes(headDim) : tileBytes(4, headDim, 4 * TILE);
             ctx.allowSharedMemory(fkv, smemKv);
@@ -197,7 +213,8 @@ final class TrainAttentionKernels {
                     .ptr(CudaContext.ptr(delta)).ptr(CudaContext.ptr(dk)).ptr(CudaContext.ptr(dv))
                     .i32(tokens).i32(heads).i32(kvHeads);
             if (!tc) kvArgs.i32(headDim);
-            ctx.launch(fkv, new Dim3(tiles, kvHeads, batch), block, smemKv, kvArgs.f32(scale).i32(window));
+            ctx.launch(fkv, tc ? tcGrid(kvHeads, batch, tokens) : new Dim3(tiles, kvHeads, batch), block, smemKv,
+                    kvArgs.f32(scale).i32(window));
         } catch (RuntimeException e) {
             dq.close(); dk.close(); dv.close();
             throw e;
