@@ -33,7 +33,7 @@ __device__ __forceinline__ bool rmsnorm_bwd_rows_in_registers(const T* __restric
     if constexpr (sizeof(T) != 2) {
         return false;
     } else {
-    constexpr int MAXC = 8;
+    constexpr int MAXC = 4;   // h <= 8192 at 256 threads; 8 made 166 registers: one block per SM, latency-bound
     const int chunks = h / 8;
     if (h % 8 != 0 || chunks > MAXC * (int)blockDim.x
             || ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(g) | reinterpret_cast<uintptr_t>(gx)

@@ -2,9 +2,10 @@
 # gpu-bench-train.sh: the training benchmarks of bench/RESULTS.md in one device call, ours and the HF peer's
 # (hf-peer-bench.py, same card, same call). Run on the GPU machine from the repo root after gpu-pack/gpu-slim:
 #   bash tools/gpu-bench-train.sh [quick|full|alternate [ROUNDS]]  > writes $OUT/train-*.txt and $OUT/hf-*.json
-# quick: Llama-7B seq 2048 batch 1, checkpointing on/off, ours and the peer's.
+# quick: Llama-7B seq 2048 batch 1, checkpointing on/off (and on with the embedding in host memory, the <= 6 GiB
+#        configuration), ours and the peer's.
 # full:  also batch 4, llama-1b, llama3-8b (vocab 128256, both sides) and llama-70b (ours only: bf16 70B does not fit).
-# alternate [ROUNDS]: Llama-7B seq 2048 checkpointing, ours then the peer's, ROUNDS times (default 3), and the ratio of
+# alternate [ROUNDS]: Llama-7B seq 2048 checkpointing (embedding in host memory), ours then the peer's, ROUNDS times (default 3), and the ratio of
 #        each round: the peer's figure moved by 50% between calls in session 7, so one pair per call is a weak ratio.
 set -uo pipefail
 mode=${1:-quick}; out=${OUT:-/tmp/out}; mkdir -p "$out"
@@ -12,14 +13,15 @@ run() { bash .gpu-pack/run main dev.qlora4j.bench.CudaTrainBench "$@" 2>&1 | gre
 peer() { python3 .gpu-pack/hf-peer-bench.py --train "$@" 2>&1 | grep '^{'; }
 if [ "$mode" = alternate ]; then
   for round in $(seq 1 "${2:-3}"); do
-    ours=$(run --shape llama-7b --seq 2048 --batch 1 --checkpointing on --warmup 2 --steps 5 | awk '$1 == "llama-7b" && $2 == "2048" {print $7}')
+    ours=$(run --shape llama-7b --seq 2048 --batch 1 --checkpointing on --host-embedding on --warmup 2 --steps 5 | awk '$1 == "llama-7b" && $2 == "2048" {print $7}')
     theirs=$(peer --shape llama7b --out "$out/hf-7b-ckpt-$round.json" | sed -E 's/.*"tokens_per_s": ([0-9.]+).*/\1/')
     echo "round $round: ours $ours tokens/s, peer $theirs tokens/s, ratio $(awk -v a="$ours" -v b="$theirs" 'BEGIN {printf "%.2f", a / b}')" \
       | tee -a "$out/alternate.txt"
   done
   exit 0
 fi
-{ run --shape llama-7b --seq 2048 --batch 1 --checkpointing on,off --warmup 2 --steps 5; } | tee "$out/train-7b.txt"
+{ run --shape llama-7b --seq 2048 --batch 1 --checkpointing on,off --warmup 2 --steps 5;
+  run --shape llama-7b --seq 2048 --batch 1 --checkpointing on --host-embedding on --warmup 2 --steps 5; } | tee "$out/train-7b.txt"
 peer --shape llama7b --out "$out/hf-7b-ckpt.json"
 peer --shape llama7b --no-checkpointing --out "$out/hf-7b-nockpt.json"
 if [ "$mode" = full ]; then

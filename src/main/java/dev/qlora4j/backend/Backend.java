@@ -29,6 +29,13 @@ public interface Backend extends AutoCloseable {
      */
     default long deviceMemoryBytes() { return -1; }
 
+    /**
+     * A copy of read-only table t (one of this backend's tensors) in page-locked host memory that this backend's kernels
+     * read directly, over the bus, or null when the backend has no such memory (the CPU backend: t is in host memory
+     * already). The caller closes t and later the copy. For tables read a few rows at a time (the token embedding).
+     */
+    default Tensor hostMappedCopy(Tensor t) { return null; }
+
     // ---- memory ----
 
     /** An uninitialized tensor on this device. */

@@ -33,7 +33,8 @@ public final class TransformerLM implements AutoCloseable {
     private final ModelConfig config;
     private final Backend backend;   // the head's (final norm, LM head): inputs arrive and outputs leave here
     private final ModelDevices devices;
-    private final Tensor embed;      // [vocab, hidden] on devices.embedding()
+    private Tensor embed;            // [vocab, hidden] on devices.embedding() (or host memory it reads: setEmbeddingInHostMemory)
+    private boolean embedInHostMemory;
     private final List<DecoderLayer> layers;
     private final Tensor finalNorm;  // [hidden]
     private Linear lmHead;           // [vocab, hidden]; shares embed when tied
@@ -884,6 +885,38 @@ public final class TransformerLM implements AutoCloseable {
 
     /** The embedding table [vocab, hidden] (for embedding adapters and modules_to_save). */
     public Tensor embedTokens() { return embed; }
+
+    /**
+     * Moves the token embedding table to page-locked host memory that the GPU reads over the bus (true), or back to
+     * GPU memory (false). The lookup reads only the rows of a step's tokens (16 MiB for 2,048 Llama-7B tokens: about 1
+     * ms over PCIe), while the table takes vocab x hidden of GPU memory the whole time (250 MiB for Llama-7B, 1 GiB for
+     * Llama 3's 128,256-token vocabulary): room for longer contexts, larger batches or kept activations. The values
+     * read are the same bits. Refused for a tied LM head (the head's product would read the whole table over the bus
+     * per step); a no-op on the CPU backend. Adapters that copy the table (modules_to_save) copy from where it is.
+     */
+    public void setEmbeddingInHostMemory(boolean inHost) {
+        if (inHost == embedInHostMemory) return;
+        Backend eb = devices.embedding();
+        if (inHost) {
+            if (tied || lmHeadIsEmbedding()) {
+                throw new IllegalStateException("the LM head is tied to the token embedding (tie_word_embeddings): keeping the table "
+                        + "in host memory would stream all of it per step; leave the embedding on the GPU");
+            }
+            Tensor host = eb.hostMappedCopy(embed);
+            if (host == null) return;   // the backend's tensors are in host memory already
+            embed.close();
+            embed = host;
+            embedInHostMemory = true;
+        } else {
+            Tensor back = eb.upload(eb.toHost(embed));
+            embed.close();
+            embed = back;
+            embedInHostMemory = false;
+        }
+    }
+
+    /** Whether the token embedding table is in host memory the GPU reads ({@link #setEmbeddingInHostMemory}). */
+    public boolean embeddingInHostMemory() { return embedInHostMemory; }
 
     public List<DecoderLayer> layers() { return java.util.Collections.unmodifiableList(layers); }
 

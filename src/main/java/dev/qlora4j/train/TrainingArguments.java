@@ -45,6 +45,10 @@ import java.util.function.Consumer;
  *                             per Llama-7B layer at 2048 tokens). Auto keeps it when it fits the same budget beside the
  *                             kept attention results (TransformerLM.setCheckpointKeepResidual). Ignored with
  *                             offload_activations.
+ * @param embeddingInHostMemory embedding_in_host_memory (qlora4j's own key, default false): on a GPU, the frozen token
+ *                             embedding table stays in page-locked host memory and the lookup reads a step's rows over
+ *                             the bus (TransformerLM.setEmbeddingInHostMemory): 250 MiB of GPU memory back for Llama-7B,
+ *                             1 GiB for Llama 3's vocabulary, ~1 ms per 2,048 tokens. Not with a tied LM head.
  * @param checkpointKeepDequantized checkpoint_keep_dequantized (qlora4j's own key, default true): with gradient
  *                             checkpointing on a GPU, the 4-bit weights a layer's recompute dequantizes are kept for that
  *                             layer's backward instead of being dequantized again (up to 512 MiB, one layer at a time;
@@ -87,7 +91,8 @@ public record TrainingArguments(
         boolean offloadActivations,
         Boolean checkpointKeepAttention,
         boolean checkpointKeepDequantized,
-        Boolean checkpointKeepResidual) {
+        Boolean checkpointKeepResidual,
+        boolean embeddingInHostMemory) {
 
     public static final List<String> OPTIMIZERS =
             List.of("adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd");
@@ -181,6 +186,7 @@ public record TrainingArguments(
         d.put("checkpoint_keep_attention", null);
         d.put("checkpoint_keep_dequantized", true);
         d.put("checkpoint_keep_residual", null);
+        d.put("embedding_in_host_memory", false);
         return d;
     }
 
@@ -280,7 +286,8 @@ public record TrainingArguments(
                 r.number("save_steps"), r.optInteger("save_total_limit"), r.bool("bf16"), r.longValue("seed"),
                 r.optLong("data_seed"), r.bool("gradient_checkpointing"), (String) resume, r.integer("max_seq_length"),
                 r.bool("packing"), r.bool("completion_only_loss"), r.bool("assistant_only_loss"), r.bool("offload_activations"),
-                r.optBool("checkpoint_keep_attention"), r.bool("checkpoint_keep_dequantized"), r.optBool("checkpoint_keep_residual"));
+                r.optBool("checkpoint_keep_attention"), r.bool("checkpoint_keep_dequantized"), r.optBool("checkpoint_keep_residual"),
+                r.bool("embedding_in_host_memory"));
     }
 
     private static String suggestion(String key) {
@@ -510,6 +517,7 @@ public record TrainingArguments(
         m.put("checkpoint_keep_attention", checkpointKeepAttention);
         m.put("checkpoint_keep_dequantized", checkpointKeepDequantized);
         m.put("checkpoint_keep_residual", checkpointKeepResidual);
+        m.put("embedding_in_host_memory", embeddingInHostMemory);
         return m;
     }
 

@@ -66,6 +66,20 @@ class CheckpointKeepAttentionFlagTest {
         assertEquals(true, overrides("--data", "d", "--output", "out", "--checkpoint-keep-residual").get("checkpoint_keep_residual"));
     }
 
+    /** embedding_in_host_memory: off by default, --embedding-in-host-memory (or the key) turns it on, round trip. */
+    @Test
+    void embeddingInHostMemoryIsOffByDefaultAndTurnedOnByTheFlagOrTheKey() {
+        assertFalse(TrainingArguments.defaults(Path.of("out")).embeddingInHostMemory());
+        Map<String, Object> none = overrides("--data", "d", "--output", "out");
+        assertFalse(none.containsKey("embedding_in_host_memory"), "an absent flag leaves the default");
+        Map<String, Object> on = overrides("--data", "d", "--output", "out", "--embedding-in-host-memory");
+        assertEquals(true, on.get("embedding_in_host_memory"));
+        TrainingArguments a = TrainingArguments.load(null, on, w -> { });
+        assertTrue(a.embeddingInHostMemory());
+        assertEquals(true, a.toMap().get("embedding_in_host_memory"), "written to training_args.json");
+        assertFalse(a.with(Map.of("embedding_in_host_memory", false)).embeddingInHostMemory());
+    }
+
     /** checkpoint_keep_dequantized: on by default, --no-checkpoint-keep-dequantized (or the key) turns it off, round trip. */
     @Test
     void keepDequantizedIsOnByDefaultAndTurnedOffByTheNegatedFlagOrTheKey() {

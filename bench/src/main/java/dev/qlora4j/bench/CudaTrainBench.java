@@ -40,7 +40,8 @@ import java.util.Random;
  * layers evenly over cuda:0..N-1 (embedding on the first, final norm + LM head on the last; each GPU's adapters,
  * AdamW state and gradients on it; clipping by the global norm) and adds a per-GPU peak memory line per setting.
  * --offload-layers N streams the last N
- * decoder layers' (NF4) weights from pinned host memory (weight offload); --offload-activations on keeps the
+ * decoder layers' (NF4) weights from pinned host memory (weight offload); --host-embedding on keeps the token
+ * embedding table in host memory read over the bus (TransformerLM.setEmbeddingInHostMemory); --offload-activations on keeps the
  * checkpointed layer inputs in pinned host memory (only with checkpointing on). Compare with python3 .gpu-pack/hf-peer-bench.py --shape llama7b --train.
  * With -Dqlora4j.cuda.profile=true a per-op GPU time table (OpProfiler) follows each setting's timed steps;
  * the events it records add some host time per op, so compare step times without it.
@@ -59,7 +60,7 @@ public final class CudaTrainBench {
     public static void main(String[] args) {
         String shape = "llama-7b", ckpt = "on,off", keepAttention = "auto", keepResidual = "auto";
         int seq = 2048, batch = 1, warmup = 2, steps = 5, offloadLayers = 0, gpus = 1;
-        boolean offloadActivations = false;
+        boolean offloadActivations = false, hostEmbedding = false;
         for (int i = 0; i + 1 < args.length; i += 2) {
             String v = args[i + 1];
             switch (args[i]) {
@@ -73,6 +74,7 @@ public final class CudaTrainBench {
                 case "--steps" -> steps = Integer.parseInt(v);
                 case "--offload-layers" -> offloadLayers = Integer.parseInt(v);
                 case "--offload-activations" -> offloadActivations = onOff(v, "--offload-activations");
+                case "--host-embedding" -> hostEmbedding = onOff(v, "--host-embedding");
                 case "--gpus" -> gpus = Integer.parseInt(v);
                 default -> throw new IllegalArgumentException("unknown option " + args[i]
                         + "; use --shape --seq --batch --checkpointing on,off --keep-attention on,off --keep-residual on,off --warmup --steps --offload-layers N --offload-activations on|off --gpus N");
@@ -100,9 +102,11 @@ public final class CudaTrainBench {
                         dev.qlora4j.placement.Offloading.lastLayersOnCpu(c, DType.BF16, QuantizationConfig.qlora(), b, offloadLayers));
             }
             if (offloadActivations) model.setActivationStore(dev.qlora4j.placement.Offloading.activationStore(b));
-            System.out.printf(Locale.ROOT, "offload: %d of %d layers streamed from pinned host memory; activations %s; weights on the GPU %.2f GiB%n",
+            if (hostEmbedding) model.setEmbeddingInHostMemory(true);
+            System.out.printf(Locale.ROOT, "offload: %d of %d layers streamed from pinned host memory; activations %s; embedding %s; "
+                            + "weights on the GPU %.2f GiB%n",
                     offloadLayers, model.numLayers(), offloadActivations ? "offloaded (with checkpointing)" : "on the GPU",
-                    b.context().allocator().stats().allocatedBytes() / (double) (1L << 30));
+                    hostEmbedding ? "in host memory" : "on the GPU", b.context().allocator().stats().allocatedBytes() / (double) (1L << 30));
             LoraConfig cfg = LoraConfig.builder().r(16).loraAlpha(32).loraDropout(0.0)
                     .targetModules(new ModuleSelector.AllLinear()).build();
             PeftModel peft = PeftModel.wrap(model, "synthetic-" + shape, cfg, PeftModel.DEFAULT_ADAPTER, 42);

@@ -623,6 +623,12 @@ public final class CudaBackend implements Backend, GraphCapable {
     @Override
     public long deviceMemoryBytes() { return ctx.properties().totalMemoryBytes(); }
 
+    @Override
+    public Tensor hostMappedCopy(Tensor t) {
+        KernelTypes.requireDevice(t, "hostMappedCopy");
+        return ctx.hostMappedCopy(t);
+    }
+
     /** Writes the gradients over gate and up when they are in the activation dtype (else as the default). */
     @Override
     public Tensor[] siluMulBackwardInPlace(Tensor gate, Tensor up, Tensor gradOut) {

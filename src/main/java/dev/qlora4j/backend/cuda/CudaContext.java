@@ -2,6 +2,7 @@ package dev.qlora4j.backend.cuda;
 
 import dev.qlora4j.cuda.CachingAllocator;
 import dev.qlora4j.cuda.Cublas;
+import dev.qlora4j.cuda.DeviceBuffer;
 import dev.qlora4j.cuda.CudaDriver;
 import dev.qlora4j.cuda.DeviceProperties;
 import dev.qlora4j.cuda.Dim3;
@@ -215,6 +216,33 @@ public final class CudaContext implements AutoCloseable {
         bind();
         long bytes = Math.max(1, Tensor.numel(shape) * dtype.byteSize());
         return new Tensor(new CudaStorage(current.allocate(bytes), device), dtype, true, shape);
+    }
+
+    /**
+     * A copy of device tensor t in page-locked host memory that this context's kernels read directly, over the bus
+     * (unified addressing maps cuMemAllocHost memory into the device's address space): for a large table read a few
+     * rows at a time, whose device memory is then better spent elsewhere. Closing the copy frees the host memory.
+     * Waits for the stream (the copy is synchronous).
+     */
+    public Tensor hostMappedCopy(Tensor t) {
+        bind();
+        long bytes = Math.max(1, t.byteSize());
+        java.lang.foreign.MemorySegment host;
+        try {
+            host = driver.memAllocHost(bytes);
+        } catch (RuntimeException e) {
+            throw new IllegalStateException("could not pin " + bytes + " bytes of host memory for " + t
+                    + ": the host is out of page-locked memory; keep the table in GPU memory", e);
+        }
+        try {
+            synchronize();
+            if (t.byteSize() > 0) driver.copyToHost(host.asSlice(0, t.byteSize()), ptr(t));
+        } catch (RuntimeException e) {
+            driver.memFreeHost(host);
+            throw e;
+        }
+        DeviceBuffer view = allocator.view(host.address(), bytes);
+        return new Tensor(new CudaStorage(view, device, () -> driver.memFreeHost(host)), t.dtype(), true, t.shape());
     }
 
     /** The device address of a tensor of this context (0 for null: an optional kernel argument). */
