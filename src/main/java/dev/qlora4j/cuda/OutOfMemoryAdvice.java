@@ -12,7 +12,10 @@ public final class OutOfMemoryAdvice {
     /** What to change, as flags of the train/generate/eval commands. */
     public static final String SETTINGS = "to fit, lower --per-device-train-batch-size (raise --gradient-accumulation-steps to keep the "
             + "effective batch), enable --gradient-checkpointing, add --offload-activations (checkpointed layer inputs go to host "
-            + "memory) or add --no-checkpoint-keep-attention (the attention outputs checkpointing keeps per layer, up to 1 GiB by default, are then recomputed), offload layers with --device-map auto --max-memory '{\"0\":\"<GiB for weights>\",\"cpu\":\"64GiB\"}' "
+            + "memory) or add --no-checkpoint-keep-attention and --no-checkpoint-keep-residual (the attention outputs and attention "
+            + "block outputs checkpointing keeps per layer, within 1 GiB or 1/32 of the GPU's memory by default, are then "
+            + "recomputed), add --embedding-in-host-memory (the token embedding table moves to host memory), offload layers "
+            + "with --device-map auto --max-memory '{\"0\":\"<GiB for weights>\",\"cpu\":\"64GiB\"}' "
             + "(or --load-in-4bit), or shorten --max-seq-length; with checkpointing, --no-checkpoint-keep-dequantized also "
             + "frees the up to 512 MiB of one layer's dequantized weights kept from its recompute for its backward";
 

@@ -558,9 +558,10 @@ public final class TransformerLM implements AutoCloseable {
      * shifted (-100 = not trained); gradScale multiplies d(sum of token losses), e.g.
      * 1/(tokens in the whole accumulated batch) as transformers normalizes. With checkpointing,
      * only each layer's input is kept and the layer's forward is re-run during backward as far as the
-     * backward reads it (up to the down projection's input: not the layer output); with
-     * {@link #setCheckpointKeepAttention} on (it is off by default) and no activation offload, each layer's
-     * attention result (out + lse) is kept too and the re-run skips the attention forward (same numbers).
+     * backward reads it (up to the down projection's input: not the layer output). Without activation offload,
+     * each layer's attention result (out + lse) and attention block output may be kept too
+     * ({@link #setCheckpointKeepAttention}, {@link #setCheckpointKeepResidual}; auto by default, within
+     * {@link #autoKeepBudget}): the re-run then skips the attention forward and the o projection (same numbers).
      *
      * @param segments per-token example ids for packed rows (no attention across examples), or null
      */

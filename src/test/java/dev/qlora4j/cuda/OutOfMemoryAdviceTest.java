@@ -12,7 +12,7 @@ class OutOfMemoryAdviceTest {
         String m = OutOfMemoryAdvice.message(3 * gib, 3 * gib, 130 * gib, 136 * gib, 131 * gib, new MemoryInfo(gib / 2, 140 * gib));
         for (String part : new String[] {"requested 3221225472 bytes (3.00 GiB", "allocated 139586437120 bytes", "device free",
                 "--per-device-train-batch-size", "--gradient-checkpointing", "--offload-activations",
-                "--no-checkpoint-keep-attention", "--device-map auto", "--max-seq-length", "--no-checkpoint-keep-dequantized"}) {
+                "--no-checkpoint-keep-attention", "--no-checkpoint-keep-residual", "--embedding-in-host-memory", "--device-map auto", "--max-seq-length", "--no-checkpoint-keep-dequantized"}) {
             assertTrue(m.contains(part), () -> "'" + part + "' missing from: " + m);
         }
     }
