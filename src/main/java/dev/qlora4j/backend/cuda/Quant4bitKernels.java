@@ -87,7 +87,8 @@ final class Quant4bitKernels {
         return Dim3.of((int) Math.min(blocks, 32L * ctx.properties().multiprocessorCount()));
     }
 
-    // native/nf4.cu dequantize: DQ_THREADS per block, one warp per chunk of 32 x DQ_PIECES pieces of 8 values
+    // native/nf4.cu dequantize: DQ_THREADS per block, one warp per chunk of 32 x DQ_PIECES pieces of 8 values (the two
+    // #defines there; NativeConstantsTest checks that they agree with these)
     static final int DQ_THREADS = 256;
     static final int DQ_PIECES = 8;
     /** Pieces (8 values) one dequantize block covers: 8 warps x 32 lanes x DQ_PIECES. */
