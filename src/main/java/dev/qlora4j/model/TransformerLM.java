@@ -923,7 +923,7 @@ public final class TransformerLM implements AutoCloseable {
 
     public Tensor finalNorm() { return finalNorm; }
 
-    /** Bytes of all weights on the device. */
+    /** Bytes of all weights (the token embedding counted also when it lives in host memory: setEmbeddingInHostMemory). */
     public long weightBytes() {
         long n = embed.byteSize() + finalNorm.byteSize() + (tied ? 0 : lmHead.weightBytes())
                 + (tied && headCopyOfEmbed != null ? headCopyOfEmbed.byteSize() : 0);
