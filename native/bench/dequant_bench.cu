@@ -361,21 +361,9 @@ static void check_case(const Variant& v, const Variant& ref, const DevW& w, int 
 
 // ---- timing
 #include "graph_timer.cuh"
+#include "bench_filter.cuh"
 
-static bool selected(const std::string& name) {
-    const char* only = getenv("QL_DQ_ONLY");
-    if (!only || !*only) return true;
-    std::string s(only);
-    size_t p = 0;
-    while (p <= s.size()) {
-        size_t q = s.find(',', p);
-        if (q == std::string::npos) q = s.size();
-        std::string tok = s.substr(p, q - p);
-        if (!tok.empty() && name.find(tok) != std::string::npos) return true;
-        p = q + 1;
-    }
-    return false;
-}
+static bool selected(const std::string& name) { return bench_selected(name, "QL_DQ_ONLY"); }
 
 int main() {
     cudaDeviceProp prop;

@@ -741,6 +741,7 @@ static Variant old_stream(int reg_period) {
 
 // ---- timing
 #include "graph_timer.cuh"
+#include "bench_filter.cuh"
 
 // ---- checks: the references of one (numerics, dtype) pair; dt = 1 bf16, 2 f16 (x, bias, y and compute)
 struct Checker {
@@ -851,20 +852,7 @@ static std::string check_variant(const Variant& v, const Q4& q, const Checker& c
     return buf;
 }
 
-static bool selected(const std::string& name) {
-    const char* only = getenv("QL_GEMV_ONLY");
-    if (!only || !*only) return true;
-    std::string list(only);
-    size_t p = 0;
-    while (p <= list.size()) {
-        size_t e = list.find(',', p);
-        if (e == std::string::npos) e = list.size();
-        std::string item = list.substr(p, e - p);
-        if (!item.empty() && name.find(item) != std::string::npos) return true;
-        p = e + 1;
-    }
-    return false;
-}
+static bool selected(const std::string& name) { return bench_selected(name, "QL_GEMV_ONLY"); }
 
 int main(int argc, char** argv) {
     cudaDeviceProp prop;

@@ -115,7 +115,7 @@ public final class DecoderLayer implements AutoCloseable {
      */
     Tensor forwardTrain(Backend b, ModelConfig c, Tensor x, Tensor positions, Tensor segments, Tensor invFreq,
                         float ropeScaling, int batch, LayerActivations save) {
-        if (save != null && !save.checkpointKept) return trainForward(b, c, x, positions, segments, invFreq, ropeScaling, batch, save, true);
+        if (save != null && !save.isCheckpointKept()) return trainForward(b, c, x, positions, segments, invFreq, ropeScaling, batch, save, true);
         try (LayerActivations all = new LayerActivations()) {
             Tensor out = trainForward(b, c, x, positions, segments, invFreq, ropeScaling, batch, all, true);
             if (save != null && save.keepAttention) save.attn = all.takeAttention();
@@ -140,7 +140,7 @@ public final class DecoderLayer implements AutoCloseable {
      */
     void recomputeForBackward(Backend b, ModelConfig c, Tensor x, Tensor positions, Tensor segments, Tensor invFreq,
                               float ropeScaling, int batch, LayerActivations save) {
-        if (save == null || save.checkpointKept) {
+        if (save == null || save.isCheckpointKept()) {
             throw new IllegalArgumentException("recomputeForBackward fills every activation: pass a full LayerActivations");
         }
         trainForward(b, c, x, positions, segments, invFreq, ropeScaling, batch, save, false);

@@ -6,15 +6,14 @@ import dev.qlora4j.tensor.Tensor;
 /**
  * What one decoder layer's backward needs from its forward (all [tokens, features] unless noted).
  * Under gradient checkpointing the layer input is kept (plus, with {@link #checkpointKept}, the
- * attention result), and the backward refills this with DecoderLayer.recomputeForBackward before using it.
+ * attention result and/or the attention block output), and the backward refills this with DecoderLayer.recomputeForBackward before using it.
  */
 final class LayerActivations implements AutoCloseable {
     /**
-     * True for what a checkpointed forward keeps besides the layer input: at most {@link #attn} (when
-     * {@link #keepAttention}) and {@link #resid} (when {@link #keepResidual}) are filled.
+     * For what a checkpointed forward keeps besides the layer input (see {@link #isCheckpointKept}): whether it keeps
+     * the attention result ({@link #attn}) / the attention block's output ({@link #resid}); both false for room for
+     * every activation.
      */
-    final boolean checkpointKept;
-    /** With checkpointKept: whether the forward keeps the attention result / the attention block's output resid. */
     final boolean keepAttention, keepResidual;
 
     Tensor h1;              // input_layernorm(x) [n, hidden]: input of q/k/v
@@ -26,10 +25,9 @@ final class LayerActivations implements AutoCloseable {
     Tensor act;             // silu(gate) * up: input of down
 
     /** Room for every activation of a layer. */
-    LayerActivations() { this(false, false, false); }
+    LayerActivations() { this(false, false); }
 
-    private LayerActivations(boolean checkpointKept, boolean keepAttention, boolean keepResidual) {
-        this.checkpointKept = checkpointKept;
+    private LayerActivations(boolean keepAttention, boolean keepResidual) {
         this.keepAttention = keepAttention;
         this.keepResidual = keepResidual;
     }
@@ -41,11 +39,12 @@ final class LayerActivations implements AutoCloseable {
      * projection and its residual add).
      */
     static LayerActivations checkpointKept(boolean attention, boolean residual) {
-        return new LayerActivations(true, attention, residual);
+        if (!attention && !residual) throw new IllegalArgumentException("a checkpointed forward that keeps nothing passes null");
+        return new LayerActivations(attention, residual);
     }
 
-    /** Room for the attention result alone (checkpointKept(true, false)). */
-    static LayerActivations attentionOnly() { return checkpointKept(true, false); }
+    /** True for what a checkpointed forward keeps besides the layer input ({@link #checkpointKept}), not room for everything. */
+    boolean isCheckpointKept() { return keepAttention || keepResidual; }
 
     /** The attention result, handed over to the caller (this forgets it); null when none is held. */
     AttentionResult takeAttention() {

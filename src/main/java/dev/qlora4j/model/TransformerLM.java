@@ -582,7 +582,7 @@ public final class TransformerLM implements AutoCloseable {
         boolean keepResidual = checkpointing && !offload && keepsResidual(batch, n / batch);
         List<Tensor> inputs = new ArrayList<>();                     // layer inputs kept on their device (null when offloaded)
         List<ActivationStore.Saved> saved = new ArrayList<>();       // layer inputs held by the activation store
-        List<LayerActivations> acts = new ArrayList<>();            // per layer: everything, or the kept attention alone
+        List<LayerActivations> acts = new ArrayList<>();            // per layer: everything, or what checkpointing keeps
         long actBytes = 0;
         Backend eb = devices.embedding();
         Tensor g = null;                                             // the gradient flowing back, on gb

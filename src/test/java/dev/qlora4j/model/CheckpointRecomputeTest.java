@@ -169,7 +169,7 @@ class CheckpointRecomputeTest {
         try (Loaded l = Loaded.of("llama-f32")) {
             DecoderLayer layer = l.model().layers().getFirst();
             var e = assertThrows(IllegalArgumentException.class, () -> layer.recomputeForBackward(l.model().backend(),
-                    l.model().config(), null, null, null, null, 1f, 1, LayerActivations.attentionOnly()));
+                    l.model().config(), null, null, null, null, 1f, 1, LayerActivations.checkpointKept(true, false)));
             assertEquals("recomputeForBackward fills every activation: pass a full LayerActivations", e.getMessage());
         }
     }
