@@ -22,6 +22,10 @@
 //                           group's query heads and the query tiles that can see it (Q/dO/lse/delta double
 //                           buffered), all in the transposed form: S^T = K Q^T, dP^T = V dO^T, P^T, dS^T,
 //                           dV += P^T dO, dK += dS^T Q; GQA heads summed in registers; dK * scale is written.
+//   attn_wg_dkvs_<t>_d128 / attn_wg_dqs_<t>_d128 (sm90a build, causal without a window): the dK/dV kernel that also
+//                           stores each dS tile (rounded to T as its dK product uses it), and a dQ kernel that only
+//                           multiplies the stored tiles by K: 5 matmuls per tile pair instead of 7, for a scratch of
+//                           B * H * nt (nt + 1) / 2 tiles of 8 KB (nt = ceil(T / 64)).
 // Tiles: a (query tile, key tile) pair is skipped when no pair in it is visible (causal, window, and with segment
 //   ids when the tiles' id ranges do not overlap), computed without masks when every pair is visible (and both
 //   tiles lie inside T), and masked element by element otherwise. Masked scores are -inf (forward) or P = 0
@@ -126,6 +130,38 @@ __device__ __forceinline__ void acc_to_a(const float (&s)[NB][4], int kk, uint32
     a[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
     a[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
     a[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+// ---- stored dS (Hopper backward, causal without a window): the dK/dV kernel writes each dS tile it forms, and the dQ
+// kernel reads them instead of recomputing S, P, dP and dS (5 matmuls per tile pair in all instead of 7). ----
+
+// Element offset of the dS tile (query tile qi, key tile ki <= qi) of query head h, batch row b, in the scratch: the
+// lower triangle of each (b, h) in row order, nt = ceil(T / 64) tiles a side, 64 x 64 values (8 KB) per tile.
+__device__ __forceinline__ int64_t ds_tile_offset(int b, int h, int H, int nt, int qi, int ki) {
+    return (((int64_t)b * H + h) * ((int64_t)nt * (nt + 1) / 2) + (int64_t)qi * (qi + 1) / 2 + ki) * (BM * BN);
+}
+
+// The 8x8 b16 matrix held by the warp (lane l: row l / 4, columns 2 (l % 4) and + 1) transposed, in the same layout.
+__device__ __forceinline__ uint32_t transpose8x8(uint32_t a) {
+    uint32_t d;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(a));
+    return d;
+}
+
+// Writes a dS tile from the dK/dV kernel's dS^T accumulator (this warp: key rows 16 warp .. + 15, 64 query columns),
+// rounded to T exactly as its dK product rounds it, in the dQ kernel's A-fragment order: 16 bytes per (query row
+// group c, key chunk w, lane) at uint4 (c * 4 + w) * 32 + lane, so warp c of the dQ kernel reads its A operand for
+// key chunk w with one coalesced 16-byte load per lane. dS's A fragment a' (query rows 16c.., keys 16w..) is dS^T's
+// a (key rows 16w.., query columns 16c..) with each 8x8 block transposed and the two off-diagonal blocks swapped.
+template <typename T>
+__device__ __forceinline__ void store_ds_tile(T* __restrict__ tile, const float (&dst)[8][4], int warp, int lane) {
+    uint4* out = reinterpret_cast<uint4*>(tile) + warp * 32 + lane;
+#pragma unroll
+    for (int c = 0; c < 4; c++) {
+        uint32_t a[4];
+        acc_to_a<T, 8>(dst, c, a);
+        __stcg(out + c * 4 * 32, make_uint4(transpose8x8(a[0]), transpose8x8(a[2]), transpose8x8(a[1]), transpose8x8(a[3])));
+    }
 }
 
 // ---- shared-memory tiles: rows of D elements at a stride of D + 8 ----
@@ -633,13 +669,105 @@ __device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __rest
     }
 }
 
+// ------------------------------------------------------------------------------------------- dQ from stored dS
+// dQ = scale sum_k dS K per query tile (grid as dq_impl) with the dS tiles the dK/dV kernel stored (causal, no
+// window): one matmul per tile pair. K tiles double-buffered by cp.async; the next tile's dS fragments (four 16-byte
+// loads per lane, A operands straight from registers) are loaded while this tile's product runs. Visits the tiles
+// dkv_impl visits (tile_kind), so no tile is read that was not written; masked pairs are exact zeros in dS.
+template <typename T, int D>
+__device__ __forceinline__ void dqs_impl(const T* __restrict__ k, const int* __restrict__ seg,
+                                         const T* __restrict__ ds, T* __restrict__ dq, int T_, int H, int KH,
+                                         float scale) {
+    constexpr int DB = D / 8;
+    constexpr int TB = WTile<D>::BYTES;
+    extern __shared__ __align__(128) unsigned char smem[];
+    const uint32_t sK = tiles_base<true>(smem);   // two buffers
+
+    const int q0 = (gridDim.y - 1 - blockIdx.y) * BM, h = blockIdx.x % H, b = blockIdx.x / H;   // see tile_rank_grid
+    const int kh = h / (H / KH);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+    const int qw = H * D, kw = KH * D;
+    const int* segb = seg != nullptr ? seg + (int64_t)b * T_ : nullptr;
+    const int q1 = min(q0 + BM, T_);
+    int sqlo = 0, sqhi = 0;
+    if (segb != nullptr) seg_range(segb, q0, q1, sqlo, sqhi);
+    const int nt = (T_ + BM - 1) / BM;
+    // this lane's 16 bytes of key chunk 0 in key tile 0 of the query tile; chunk kk at + kk * 32, tile ki at + ki * 512
+    const uint4* dsq = reinterpret_cast<const uint4*>(ds + ds_tile_offset(b, h, H, nt, q0 / BM, 0)) + warp * 4 * 32 + lane;
+    auto next_tile = [&](int k0, int& kind) {
+        for (; k0 < q1; k0 += BN) {
+            kind = tile_kind(q0, k0, T_, 0, segb, sqlo, sqhi);
+            if (kind != 0) return k0;
+        }
+        return k0;
+    };
+    auto load_frags = [&](uint4 (&f)[4], int k0) {
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) f[kk] = __ldcs(dsq + (k0 / BN) * (BM * BN / 8) + kk * 32);
+    };
+
+    float acc[DB][4];
+#pragma unroll
+    for (int j = 0; j < DB; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+
+    int kind;
+    int kt = next_tile(0, kind);
+    if (kt < q1) {
+        load_tile_async<T, D, true>(sK, k, b, T_, kt, kw, kh);
+        cp_async_commit();
+        uint4 cur[4], nxt[4];
+        load_frags(cur, kt);
+        int buf = 0;
+        while (kt < q1) {
+            const int nt2 = next_tile(kt + BN, kind);
+            cp_async_wait<0>();
+            tiles_landed<true>();
+            __syncthreads();   // this tile landed for every thread; every warp is past the previous product
+            if (nt2 < q1) {
+                load_tile_async<T, D, true>(sK + (buf ^ 1) * TB, k, b, T_, nt2, kw, kh);
+                load_frags(nxt, nt2);
+            }
+            cp_async_commit();
+            uint32_t af[4][4];
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+                af[kk][0] = cur[kk].x; af[kk][1] = cur[kk].y; af[kk][2] = cur[kk].z; af[kk][3] = cur[kk].w;
+            }
+            wgmma::fence();
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) wgmma::mma_rs<T, D, 1>(acc, af[kk], WTile<D>::mnmajor(sK + buf * TB, kk));
+            wgmma::commit();
+            wgmma::wait<0>();
+            wgmma::pin(acc);
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) cur[kk] = nxt[kk];
+            kt = nt2;
+            buf ^= 1;
+        }
+        cp_async_wait<0>();
+    }
+    const int tr0 = q0 + warp * 16 + g;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int t = tr0 + 8 * r;
+        if (t >= T_) continue;
+        T* row = dq + ((int64_t)b * T_ + t) * qw + (int64_t)h * D;
+#pragma unroll
+        for (int j = 0; j < DB; j++) {
+            *reinterpret_cast<uint32_t*>(row + 8 * j + 2 * tq) =
+                    pack2<T>(acc[j][2 * r] * scale, acc[j][2 * r + 1] * scale);
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------------------ dK, dV
-template <typename T, int D, bool WG>
+// STORE_DS (wgmma kernels, window <= 0): also writes every dS tile it forms to ds (store_ds_tile) for dqs_impl.
+template <typename T, int D, bool WG, bool STORE_DS = false>
 __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                          const int* __restrict__ seg, const T* __restrict__ dout,
                                          const float* __restrict__ lse, const float* __restrict__ delta,
                                          T* __restrict__ dk, T* __restrict__ dv, int T_, int H, int KH, float scale,
-                                         int window) {
+                                         int window, T* __restrict__ ds = nullptr) {
     constexpr int NB = BM / 8, KC = D / 16, DB = D / 8;
     constexpr int TB = WG ? WTile<D>::BYTES : Tile<D>::BYTES;
     extern __shared__ __align__(128) unsigned char smem[];
@@ -806,6 +934,10 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
                     dpt[j][e] = ((e & 1) ? pp.y : pp.x) * (dpt[j][e] - dlb[col]);
                 }
             }
+            if constexpr (STORE_DS) {
+                const int nt = (T_ + BM - 1) / BM;
+                store_ds_tile<T>(ds + ds_tile_offset(b, kh * group + it / nq, H, nt, q0 / BM, k0 / BN), dpt, warp, lane);
+            }
             // dK += dS^T Q (Q's rows are the k dimension); dK is scaled once at the end. wgmma: completed by the next
             // item's wait (or after the loop).
             add_acc_times_tile<T, D, WG>(ak, dpt, qb, lane);
@@ -870,8 +1002,25 @@ QL_ATTN_TC(bf16, __nv_bfloat16)
 QL_ATTN_TC(f16, __half)
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// The stored-dS backward (causal, no window): attn_wg_dkvs_* writes the dS tiles, then attn_wg_dqs_* forms dQ from
+// them (3 blocks per SM).
+#define QL_ATTN_STORED_DS(tn, T, d)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(128, 2) attn_wg_dkvs_##tn##_d##d(                                     \
+        const T* q, const T* k, const T* v, const int* seg, const T* dout, const float* lse, const float* delta,       \
+        T* dk, T* dv, T* ds, int T_, int H, int KH, float scale) {                                                     \
+        pdl_enter();                                                                                                   \
+        dkv_impl<T, d, true, true>(q, k, v, seg, dout, lse, delta, dk, dv, T_, H, KH, scale, 0, ds);                   \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(128, 3) attn_wg_dqs_##tn##_d##d(                                      \
+        const T* k, const int* seg, const T* ds, T* dq, int T_, int H, int KH, float scale) {                          \
+        pdl_enter();                                                                                                   \
+        dqs_impl<T, d>(k, seg, ds, dq, T_, H, KH, scale);                                                              \
+    }
+
 QL_ATTN_KERNELS(attn_wg, true, bf16, __nv_bfloat16, 64)
 QL_ATTN_KERNELS(attn_wg, true, bf16, __nv_bfloat16, 128)
 QL_ATTN_KERNELS(attn_wg, true, f16, __half, 64)
 QL_ATTN_KERNELS(attn_wg, true, f16, __half, 128)
+QL_ATTN_STORED_DS(bf16, __nv_bfloat16, 128)
+QL_ATTN_STORED_DS(f16, __half, 128)
 #endif

@@ -21,6 +21,13 @@ import dev.qlora4j.tensor.Tensor;
  * <p>On Hopper (the sm90a build of attention_tc) the tensor-core family runs as {@code attn_wg_*}: the same
  * tiles and numerics with warpgroup MMAs (wgmma) instead of mma.sync, when {@code -Dqlora4j.attention.wgmma=true}
  * ({@link #WGMMA_DEFAULT} otherwise; A/B runs, tests of both).
+ *
+ * <p>Stored dS (wgmma kernels, causal without a window, {@link #STORED_DS_PROPERTY}): the dK/dV kernel also writes
+ * every dS tile it forms into a scratch buffer, and the dQ kernel multiplies those by K instead of recomputing S, P,
+ * dP and dS: 5 matmuls per tile pair instead of 7, for {@link #storedDsBytes} of scratch (138 MB per layer at
+ * Llama-7B's 32 heads and 2,048 tokens), taken when it fits {@link #storedDsBudget}. dQ then uses the dS^T values
+ * the dK product uses (P rounded to bf16 before dS is formed), not its own recomputed ones: the same function, other
+ * roundings, deterministic either way.
  */
 final class TrainAttentionKernels {
     private TrainAttentionKernels() {}
@@ -36,6 +43,8 @@ final class TrainAttentionKernels {
     static final String WGMMA_PROPERTY = "qlora4j.attention.wgmma";
     /** On: 0.174 / 0.586 ms against 0.205 / 0.807 ms (forward / backward, Llama-7B shape; native/NOTES-attention.md). */
     static final boolean WGMMA_DEFAULT = true;
+    /** -Dqlora4j.attention.storedDs=true|false: the stored-dS backward where it applies (read at every call). */
+    static final String STORED_DS_PROPERTY = "qlora4j.attention.storedDs";
     /** The head dim the wgmma kernels run (at 64 their forward fails the GPU tests with several key tiles: open). */
     static final int WGMMA_HEAD_DIM = 128;
     /** Query and key rows per tile of the tensor-core kernels, and their block size (4 warps x 16 rows). */
@@ -173,6 +182,27 @@ final class TrainAttentionKernels {
         return new AttentionResult(out, lse);
     }
 
+    /** Bytes of the stored-dS scratch: one 64 x 64 tile of act per causal (query tile, key tile) pair and query head. */
+    static long storedDsBytes(int batch, int heads, int tokens) {
+        long tiles = (tokens + TC_TILE - 1) / TC_TILE;
+        return (long) batch * heads * (tiles * (tiles + 1) / 2) * TC_TILE * TC_TILE * 2;
+    }
+
+    /**
+     * The largest stored-dS scratch the backward allocates: 1/64 of the device's memory, at least 256 MiB (2.2 GB on
+     * an H200: Llama-7B's 32 heads up to ~8,000 tokens per batch row). Longer rows recompute dS in the dQ kernel,
+     * whose memory does not grow with T^2.
+     */
+    static long storedDsBudget(CudaContext ctx) {
+        return Math.max(256L << 20, ctx.properties().totalMemoryBytes() / 64);
+    }
+
+    /** Whether this backward call stores dS (see the class comment): prefix is the tensor-core kernels' prefix. */
+    static boolean storesDs(CudaContext ctx, String prefix, int window, int batch, int heads, int tokens) {
+        return prefix.equals("attn_wg_") && window <= 0 && Switches.on(STORED_DS_PROPERTY, true)
+                && storedDsBytes(batch, heads, tokens) <= storedDsBudget(ctx);
+    }
+
     /** {dQ, dK, dV} shaped like q, k, v, in act. */
     static Tensor[] backward(CudaContext ctx, DType act, Tensor q, Tensor k, Tensor v, Tensor segments, Tensor out,
                              Tensor lse, Tensor gradOut, int batch, int heads, int kvHeads, int headDim, float scale,
@@ -196,6 +226,11 @@ final class TrainAttentionKernels {
             int tiles = (tokens + tile - 1) / tile;
             Dim3 block = Dim3.of(tc ? TC_THREADS : THREADS);
             String prefix = tc ? tcKernelPrefix(ctx, headDim) : "attn_bwd_";
+            if (tc && storesDs(ctx, prefix, window, batch, heads, tokens)) {
+                storedDsBackward(ctx, t, q, k, v, segments, lse, delta, gradOut, dq, dk, dv, batch, heads, kvHeads,
+                        headDim, scale);
+                return new Tensor[] {dq, dk, dv};
+            }
             long fq = ctx.function(module, prefix + "dq_" + t + "_d" + (tc ? headDim : dpl));
             int smemQ = tc ? tcSharedBytes(6, headDim, 0) : tileBytes(4, headDim, 2 * TILE);
             ctx.allowSharedMemory(fq, smemQ);
@@ -220,5 +255,29 @@ final class TrainAttentionKernels {
             throw e;
         }
         return new Tensor[] {dq, dk, dv};
+    }
+
+    /** The stored-dS backward (attn_wg_dkvs_* then attn_wg_dqs_*): delta is already formed. */
+    private static void storedDsBackward(CudaContext ctx, String t, Tensor q, Tensor k, Tensor v, Tensor segments,
+                                         Tensor lse, Tensor delta, Tensor gradOut, Tensor dq, Tensor dk, Tensor dv,
+                                         int batch, int heads, int kvHeads, int headDim, float scale) {
+        int tokens = q.dim(0) / batch;
+        int tileValues = TC_TILE * TC_TILE;
+        try (Tensor ds = ctx.empty(q.dtype(), (int) (storedDsBytes(batch, heads, tokens) / 2 / tileValues), tileValues)) {
+            long fkv = ctx.function("attention_tc", "attn_wg_dkvs_" + t + "_d" + headDim);
+            int smemKv = tcMaxSharedBytes(headDim);
+            ctx.allowSharedMemory(fkv, smemKv);
+            ctx.launch(fkv, tcGrid(kvHeads, batch, tokens), Dim3.of(TC_THREADS), smemKv, KernelArgs.of()
+                    .ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v))
+                    .ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(gradOut)).ptr(CudaContext.ptr(lse))
+                    .ptr(CudaContext.ptr(delta)).ptr(CudaContext.ptr(dk)).ptr(CudaContext.ptr(dv)).ptr(CudaContext.ptr(ds))
+                    .i32(tokens).i32(heads).i32(kvHeads).f32(scale));
+            long fq = ctx.function("attention_tc", "attn_wg_dqs_" + t + "_d" + headDim);
+            int smemQ = tcSharedBytes(2, headDim, 0);   // two K tiles (+ the 1 KB the swizzle alignment may skip)
+            ctx.allowSharedMemory(fq, smemQ);
+            ctx.launch(fq, tcGrid(heads, batch, tokens), Dim3.of(TC_THREADS), smemQ, KernelArgs.of()
+                    .ptr(CudaContext.ptr(k)).ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(ds))
+                    .ptr(CudaContext.ptr(dq)).i32(tokens).i32(heads).i32(kvHeads).f32(scale));
+        }
     }
 }

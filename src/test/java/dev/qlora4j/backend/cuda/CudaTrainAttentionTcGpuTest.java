@@ -190,7 +190,7 @@ class CudaTrainAttentionTcGpuTest {
     }
 
     /** Examples of random lengths in [1, maxLength] packed into each row; ids count up from 0 per row. */
-    private static int[] segments(Random r, int batch, int tokens, int maxLength) {
+    static int[] segments(Random r, int batch, int tokens, int maxLength) {
         int[] segs = new int[batch * tokens];
         for (int row = 0; row < batch; row++) {
             int id = 0, left = 1 + r.nextInt(maxLength);

@@ -1,0 +1,28 @@
+package dev.qlora4j.backend.cuda;
+
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Tag;
+
+/**
+ * CudaTrainAttentionTcGpuTest's cases on the wgmma kernels with the stored-dS backward turned off
+ * (-Dqlora4j.attention.storedDs=false): the dQ kernel that recomputes S, P, dP and dS, which every windowed case and
+ * every sequence past the scratch budget still uses. (On Hopper the parent classes run the stored-dS kernels for the
+ * cases without a window.)
+ */
+@Tag("gpu")
+class CudaTrainAttentionRecomputedDsGpuTest extends CudaTrainAttentionWgmmaGpuTest {
+    private String savedStoredDs;
+
+    @BeforeEach
+    void turnStoredDsOff() {
+        savedStoredDs = System.getProperty(TrainAttentionKernels.STORED_DS_PROPERTY);
+        System.setProperty(TrainAttentionKernels.STORED_DS_PROPERTY, "false");
+    }
+
+    @AfterEach
+    void restoreStoredDs() {
+        if (savedStoredDs == null) System.clearProperty(TrainAttentionKernels.STORED_DS_PROPERTY);
+        else System.setProperty(TrainAttentionKernels.STORED_DS_PROPERTY, savedStoredDs);
+    }
+}
