@@ -14,6 +14,7 @@ import dev.qlora4j.backend.cuda.CudaBackend;
 import dev.qlora4j.backend.cuda.CudaLora;
 import dev.qlora4j.backend.cuda.CudaLoraFold;
 import dev.qlora4j.backend.cuda.CudaLoraGroup;
+import dev.qlora4j.backend.cuda.SideStream;
 import dev.qlora4j.cuda.CudaDriver;
 import dev.qlora4j.nn.DenseLinear;
 import dev.qlora4j.nn.Linear;
@@ -151,6 +152,31 @@ class CudaLoraGroupGpuTest {
         folded.close();
         unfolded.close();
         ref.close();
+    }
+
+    /**
+     * dB on the side stream (SideStream, the default when no profiler runs) against everything on one stream
+     * (-Dqlora4j.cuda.sideStream=false): the same bits, for a group and for one layer alone (CudaLora's backward).
+     */
+    @ParameterizedTest
+    @CsvSource({"qkv", "gateup", "single"})
+    void sideStreamGivesTheOneStreamGradientsBitForBit(String kind) {
+        long seed = System.nanoTime();
+        System.out.println(kind + ": seed " + seed);
+        int[] outs = kind.equals("single") ? new int[] {320} : outs(kind);
+        Group onSide = Group.build(gpu, seed, true, 136, 192, outs, 16, 0.0);
+        Group oneStream = Group.build(gpu, seed, true, 136, 192, outs, 16, 0.0);
+        Result side = onSide.run(gpu, false);
+        System.setProperty(SideStream.PROPERTY, "false");
+        Result serial;
+        try {
+            serial = oneStream.run(gpu, false);
+        } finally {
+            System.clearProperty(SideStream.PROPERTY);
+        }
+        side.assertBitEqual(serial, kind + ": side stream vs one stream");
+        onSide.close();
+        oneStream.close();
     }
 
     /** A kept h (forward then backward) against no forward at all (backward recomputes h): the same bits. */

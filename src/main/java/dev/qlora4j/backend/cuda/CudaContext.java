@@ -37,6 +37,7 @@ public final class CudaContext implements AutoCloseable {
     // function -> dynamic shared memory bytes it is allowed (raised past the default 48 KiB)
     private final Map<Long, Integer> sharedMemoryRaisedTo = new ConcurrentHashMap<>();
     private volatile Cublas cublas; // created on first use (the kernels alone do not need libcublas); stream and math mode set once
+    private SideStream side;         // created on first use (LoRA backward products)
     private long transferEvent;      // ordering event of cross-device copies (DeviceTransfer), created on first use
     private final Tensor arrivalCounters;  // I32 [ARRIVAL_COUNTERS], zero between launches (see arrivalCounters())
     /** The CUDA context each thread last made current through this class (0: none yet); see {@link #bind}. */
@@ -190,6 +191,15 @@ public final class CudaContext implements AutoCloseable {
         return cublas;
     }
 
+    /** The context's second stream (created on first use; see {@link SideStream}). */
+    SideStream side() {
+        if (side == null) {
+            bind();
+            side = new SideStream(driver);
+        }
+        return side;
+    }
+
     /**
      * Launches a kernel on the context's stream. Kernels of the sm90a modules (on Hopper) go out as programmatic
      * dependents ({@link CudaDriver#launchKernelProgrammatic}): each waits in the kernel for the one before it, so
@@ -286,6 +296,7 @@ public final class CudaContext implements AutoCloseable {
         dequantCache.close();
         if (transferEvent != 0) driver.eventDestroy(transferEvent);
         if (cublas != null) cublas.close();
+        if (side != null) side.close();
         arrivalCounters.close();
         allocator.close();
         driver.streamDestroy(stream);

@@ -166,37 +166,41 @@ public final class CudaLora {
              Held gy = bf16(ctx, gradOut);
              Held abh = weight(ctx, a, aBf16, "lora_A");
              Held bbh = weight(ctx, bw, bBf16, "lora_B");
-             Tensor gh = ctx.empty(DType.BF16, n, r)) {
+             Tensor gh = ctx.empty(DType.BF16, n, r);
+             Tensor h = gradB != null && kept == null ? ctx.empty(DType.BF16, n, r) : null) {
             Tensor ab = abh.t, bb = bbh.t;
             Cublas cu = ctx.cublas();
-            int sub = prof == null ? -1 : prof.begin();
-            if (gradB != null) {
-                if (kept != null) {
-                    gemm(cu, true, false, out, r, n, scaling, CudaContext.ptr(gy.t), out, kept.pointer(), kept.ld(), BF, 1f,
-                            CudaContext.ptr(gradB), r, Cublas.DataType.F32);
-                } else {
-                    try (Tensor h = ctx.empty(DType.BF16, n, r)) {   // the forward's h, recomputed (BF16 as the forward rounds it)
-                        cu.gemmRowMajor(false, true, n, r, in, 1f, CudaContext.ptr(xd.t), CudaContext.ptr(ab), BF, 0f,
-                                CudaContext.ptr(h), BF);
-                        cu.gemmRowMajor(true, false, out, r, n, scaling, CudaContext.ptr(gy.t), CudaContext.ptr(h), BF, 1f,
-                                CudaContext.ptr(gradB), Cublas.DataType.F32);
-                    }
+            if (h != null) {   // the forward's h, recomputed (BF16 as the forward rounds it)
+                cu.gemmRowMajor(false, true, n, r, in, 1f, CudaContext.ptr(xd.t), CudaContext.ptr(ab), BF, 0f,
+                        CudaContext.ptr(h), BF);
+            }
+            // dB on the side stream (when on) while gh, dA and gx run here: everything dB touches exists already
+            SideStream side = gradB != null && SideStream.on(b) ? ctx.side() : null;
+            if (side != null) side.fork(ctx.stream());
+            try {
+                int sub = prof == null ? -1 : prof.begin();
+                if (gradB != null) {
+                    long hp = kept != null ? kept.pointer() : CudaContext.ptr(h);
+                    gemm(side != null ? side.cublas() : cu, true, false, out, r, n, scaling, CudaContext.ptr(gy.t), out, hp,
+                            kept != null ? kept.ld() : r, BF, 1f, CudaContext.ptr(gradB), r, Cublas.DataType.F32);
                 }
+                if (sub >= 0) prof.end("lora backward/dB", sub);
+                sub = prof == null ? -1 : prof.begin();
+                cu.gemmRowMajor(false, false, n, r, out, scaling, CudaContext.ptr(gy.t), CudaContext.ptr(bb), BF, 0f,
+                        CudaContext.ptr(gh), BF);
+                if (sub >= 0) prof.end("lora backward/gh", sub);
+                sub = prof == null ? -1 : prof.begin();
+                if (gradA != null) {
+                    cu.gemmRowMajor(true, false, r, in, n, 1f, CudaContext.ptr(gh), CudaContext.ptr(xd.t), BF, 1f,
+                            CudaContext.ptr(gradA), Cublas.DataType.F32);
+                }
+                if (sub >= 0) prof.end("lora backward/dA", sub);
+                sub = prof == null ? -1 : prof.begin();
+                inputGradInto(b, gx, accumulate, gh, ab, n, in, r, dropoutP, seed);
+                if (sub >= 0) prof.end("lora backward/gx", sub);
+            } finally {
+                if (side != null) side.join(ctx.stream());
             }
-            if (sub >= 0) prof.end("lora backward/dB", sub);
-            sub = prof == null ? -1 : prof.begin();
-            cu.gemmRowMajor(false, false, n, r, out, scaling, CudaContext.ptr(gy.t), CudaContext.ptr(bb), BF, 0f,
-                    CudaContext.ptr(gh), BF);
-            if (sub >= 0) prof.end("lora backward/gh", sub);
-            sub = prof == null ? -1 : prof.begin();
-            if (gradA != null) {
-                cu.gemmRowMajor(true, false, r, in, n, 1f, CudaContext.ptr(gh), CudaContext.ptr(xd.t), BF, 1f,
-                        CudaContext.ptr(gradA), Cublas.DataType.F32);
-            }
-            if (sub >= 0) prof.end("lora backward/dA", sub);
-            sub = prof == null ? -1 : prof.begin();
-            inputGradInto(b, gx, accumulate, gh, ab, n, in, r, dropoutP, seed);
-            if (sub >= 0) prof.end("lora backward/gx", sub);
         }
         if (mark >= 0) prof.end("lora backward (bf16 GEMMs)", mark);
     }

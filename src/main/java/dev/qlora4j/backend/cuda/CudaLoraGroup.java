@@ -161,43 +161,64 @@ public final class CudaLoraGroup {
                 cu.gemmRowMajor(false, true, n, total, in, 1f, CudaContext.ptr(xb.t()), CudaContext.ptr(aCat), BF, 0f,
                         CudaContext.ptr(h), BF);
             }
-            for (int i = 0; i < layers; i++) {
-                int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
-                if (gradB[i] != null) {
+            // dB on the side stream (when on) while gh, dA and gx run here: everything dB touches exists already
+            SideStream side = SideStream.on(b) ? ctx.side() : null;
+            if (side != null) side.fork(ctx.stream());
+            try {
+                Cublas cuB = side != null ? side.cublas() : cu;
+                for (int i = 0; i < layers; i++) {
+                    if (gradB[i] == null) continue;
+                    int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
                     int sub = prof == null ? -1 : prof.begin();
                     Hidden hi = kept[i] != null ? kept[i] : new Hidden(h, cols[i], r);
-                    gemm(cu, true, false, out, r, n, scalings[i], CudaContext.ptr(gy[i].t()), out, hi.pointer(), hi.ld(), BF, 1f,
+                    gemm(cuB, true, false, out, r, n, scalings[i], CudaContext.ptr(gy[i].t()), out, hi.pointer(), hi.ld(), BF, 1f,
                             CudaContext.ptr(gradB[i]), r, Cublas.DataType.F32);
                     if (sub >= 0) prof.end("lora group backward/dB", sub);
                 }
-                int sub = prof == null ? -1 : prof.begin();
-                gemm(cu, false, false, n, r, out, scalings[i], CudaContext.ptr(gy[i].t()), out, CudaContext.ptr(bBf16[i]), r,
-                        BF, 0f, CudaContext.ptr(gh) + 2L * cols[i], total, BF);
-                if (sub >= 0) prof.end("lora group backward/gh", sub);
+                groupGhDaGx(b, gx, accumulate, xb.t(), gy, gh, aCat, bBf16, scalings, cols, gradA, anyGradA);
+            } finally {
+                if (side != null) side.join(ctx.stream());
             }
-            int sub = prof == null ? -1 : prof.begin();
-            if (anyGradA) {
-                try (Tensor dA = ctx.empty(DType.F32, total, in)) {
-                    cu.gemmRowMajor(true, false, total, in, n, 1f, CudaContext.ptr(gh), CudaContext.ptr(xb.t()), BF, 0f,
-                            CudaContext.ptr(dA), Cublas.DataType.F32);
-                    for (int i = 0; i < layers; i++) {
-                        if (gradA[i] == null) continue;
-                        // dA's rows [cols_i, cols_i + r_i) are contiguous: gradA_i += them (fmaf(1, d, g) = g + d)
-                        long count = (long) bBf16[i].dim(1) * in;
-                        ctx.launch1d(ctx.function("train_elementwise", "axpy_f32"), count, KernelArgs.of()
-                                .ptr(CudaContext.ptr(gradA[i])).f32(1f).ptr(CudaContext.ptr(dA) + 4L * cols[i] * in).i64(count));
-                    }
-                }
-            }
-            if (sub >= 0) prof.end("lora group backward/dA", sub);
-            sub = prof == null ? -1 : prof.begin();
-            cu.gemmRowMajor(false, false, n, in, total, 1f, CudaContext.ptr(gh), CudaContext.ptr(aCat), BF,
-                    accumulate ? 1f : 0f, CudaContext.ptr(gx), BF);
-            if (sub >= 0) prof.end("lora group backward/gx", sub);
         } finally {
             for (Held g : gy) if (g != null) g.close();
         }
         if (mark >= 0) prof.end("lora group backward (bf16 GEMMs)", mark);
+    }
+
+    /** The main stream's part of {@link #groupBackwardInto}: GH, then dA = GH^T x and gx (+)= GH [A_0; A_1; ...]. */
+    private static void groupGhDaGx(CudaBackend b, Tensor gx, boolean accumulate, Tensor xb, Held[] gy, Tensor gh,
+                                       Tensor aCat, Tensor[] bBf16, float[] scalings, int[] cols, Tensor[] gradA,
+                                       boolean anyGradA) {
+        int n = xb.dim(0), in = xb.dim(1), total = aCat.dim(0);
+        CudaContext ctx = b.context();
+        OpProfiler prof = b.profiler();
+        Cublas cu = ctx.cublas();
+        for (int i = 0; i < bBf16.length; i++) {
+            int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
+            int sub = prof == null ? -1 : prof.begin();
+            gemm(cu, false, false, n, r, out, scalings[i], CudaContext.ptr(gy[i].t()), out, CudaContext.ptr(bBf16[i]), r,
+                    BF, 0f, CudaContext.ptr(gh) + 2L * cols[i], total, BF);
+            if (sub >= 0) prof.end("lora group backward/gh", sub);
+        }
+        int sub = prof == null ? -1 : prof.begin();
+        if (anyGradA) {
+            try (Tensor dA = ctx.empty(DType.F32, total, in)) {
+                cu.gemmRowMajor(true, false, total, in, n, 1f, CudaContext.ptr(gh), CudaContext.ptr(xb), BF, 0f,
+                        CudaContext.ptr(dA), Cublas.DataType.F32);
+                for (int i = 0; i < bBf16.length; i++) {
+                    if (gradA[i] == null) continue;
+                    // dA's rows [cols_i, cols_i + r_i) are contiguous: gradA_i += them (fmaf(1, d, g) = g + d)
+                    long count = (long) bBf16[i].dim(1) * in;
+                    ctx.launch1d(ctx.function("train_elementwise", "axpy_f32"), count, KernelArgs.of()
+                            .ptr(CudaContext.ptr(gradA[i])).f32(1f).ptr(CudaContext.ptr(dA) + 4L * cols[i] * in).i64(count));
+                }
+            }
+        }
+        if (sub >= 0) prof.end("lora group backward/dA", sub);
+        sub = prof == null ? -1 : prof.begin();
+        cu.gemmRowMajor(false, false, n, in, total, 1f, CudaContext.ptr(gh), CudaContext.ptr(aCat), BF,
+                accumulate ? 1f : 0f, CudaContext.ptr(gx), BF);
+        if (sub >= 0) prof.end("lora group backward/gx", sub);
     }
 
     /** The first column of each layer's block in H / GH (the prefix sums of the ranks), checking aCat against them. */

@@ -1,0 +1,66 @@
+package dev.qlora4j.backend.cuda;
+
+import dev.qlora4j.cuda.Cublas;
+import dev.qlora4j.cuda.CudaDriver;
+
+/**
+ * A second stream of a {@link CudaContext}, with its own cuBLAS handle, for small products that do not depend on
+ * each other: a LoRA layer's weight gradient dB = s gy^T h runs here while the main stream forms gh = s gy B, dA
+ * and grad_x from the same gy. Why: each of these is a skinny, memory-bound GEMM (one dimension is the rank) that
+ * alone keeps only part of the GPU's bandwidth busy (session 8's profile: 1-1.5 TB/s of 4.2), and dB and gh read
+ * the same gy, which the second one then finds in L2.
+ *
+ * <p>{@link #fork} orders this stream after the work queued on the main stream so far; {@link #join} orders the
+ * main stream after the work queued here. A caller allocates everything the side work touches before fork and
+ * releases it after join: the caching allocator orders the reuse of a block by the main stream only. Off while the
+ * op profiler runs (its events time ops on the main stream) and with -Dqlora4j.cuda.sideStream=false (A/B runs).
+ */
+public final class SideStream implements AutoCloseable {
+    public static final String PROPERTY = "qlora4j.cuda.sideStream";
+
+    private final CudaDriver driver;
+    private final long stream;
+    private final long forked;
+    private final long joined;
+    private final Cublas cublas;
+
+    SideStream(CudaDriver driver) {
+        this.driver = driver;
+        this.stream = driver.streamCreate(false);   // blocking, like the context's stream
+        this.forked = driver.eventCreate(false);
+        this.joined = driver.eventCreate(false);
+        Cublas c = Cublas.create();
+        c.setStream(stream);
+        c.setMathMode(Cublas.MathMode.DEFAULT_NO_REDUCED_PRECISION_REDUCTION);   // as the context's handle
+        this.cublas = c;
+    }
+
+    /** Whether b's side work may run on the side stream now (see the class comment). */
+    static boolean on(CudaBackend b) {
+        return b.profiler() == null && Switches.on(PROPERTY, true);
+    }
+
+    /** The cuBLAS handle bound to this stream. */
+    Cublas cublas() { return cublas; }
+
+    /** Work queued here from now on starts after everything queued on main so far. */
+    void fork(long main) {
+        driver.eventRecord(forked, main);
+        driver.streamWaitEvent(stream, forked);
+    }
+
+    /** Work queued on main from now on starts after everything queued here so far. */
+    void join(long main) {
+        driver.eventRecord(joined, stream);
+        driver.streamWaitEvent(main, joined);
+    }
+
+    @Override
+    public void close() {
+        driver.streamSynchronize(stream);
+        cublas.close();
+        driver.eventDestroy(forked);
+        driver.eventDestroy(joined);
+        driver.streamDestroy(stream);
+    }
+}
