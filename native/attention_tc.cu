@@ -35,8 +35,9 @@
 //   at D = 128: 87040, 104448, 105472 bytes (two blocks per SM on an H100/H200).
 // Numerics: every product is exact in the f32 accumulator; sums run in other orders than the CPU's. P (forward:
 //   [0, 1]) and dS (backward) are rounded to T (bf16: 2^-9 relative) before their second matmul, as in
-//   flash-attention 2; the row sums l use the unrounded f32 P. exp2f of (score * scale * log2 e - max) differs
-//   from expf(score * scale - max) by a few f32 ulps. Expected error against the f32 CPU reference on the same
+//   flash-attention 2, and the backward forms dS from P rounded to T in both kernels (the same dS in each); the
+//   row sums l use the unrounded f32 P. exp2f of (score * scale * log2 e - max) differs from expf(score * scale -
+//   max) by a few f32 ulps. Expected error against the f32 CPU reference on the same
 //   bf16 inputs: ~3e-3 relative (out, dQ/dK/dV: dominated by the output rounding to bf16 and the bf16 P / dS);
 //   lse ~1e-6 absolute plus the f32 rounding of the scores.
 // Hopper (the sm90a build, native/Makefile's SM90A list): the same three kernels also come as attn_wg_*, with every
@@ -121,6 +122,11 @@ template <> __device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t u)
 template <> __device__ __forceinline__ float2 unpack2<__half>(uint32_t u) {
     return __half22float2(*reinterpret_cast<__half2*>(&u));
 }
+
+// v rounded (nearest even) to T, as a float.
+template <typename T> __device__ __forceinline__ float round_to(float v);
+template <> __device__ __forceinline__ float round_to<__nv_bfloat16>(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+template <> __device__ __forceinline__ float round_to<__half>(float v) { return __half2float(__float2half_rn(v)); }
 
 // A fragments (16 rows x 16 k) of the k-chunk kk from a 16 x (8 * NB) f32 accumulator tile (the n-blocks 2kk and
 // 2kk+1): how P (or dS) computed by one matmul becomes the left operand of the next without shared memory.
@@ -629,13 +635,14 @@ __device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __rest
                     }
                 }
             }
-            // dS = P (dP - delta), P = exp(S scale - lse); masked pairs give exactly 0.
+            // dS = P (dP - delta), P = exp(S scale - lse) rounded to T as the dK/dV kernel rounds it (so dS here is
+            // the dS^T it forms, and the stored-dS dQ kernel gives these bits); masked pairs give exactly 0.
 #pragma unroll
             for (int j = 0; j < NB; j++) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1;
-                    float p = exp2f(fmaf(s[j][e], c, -rl[r]));
+                    float p = round_to<T>(exp2f(fmaf(s[j][e], c, -rl[r])));
                     if (kind == 2) {
                         int t = r == 0 ? tr0 : tr1, sk = kt + 8 * j + 2 * tq + (e & 1);
                         if (!visible(t, sk, T_, window, segb, sg[r])) p = 0.f;

@@ -1,6 +1,7 @@
 package dev.qlora4j.backend.cuda;
 
 import dev.qlora4j.backend.AttentionResult;
+import dev.qlora4j.cuda.AllocatorStats;
 import dev.qlora4j.cuda.Dim3;
 import dev.qlora4j.cuda.KernelArgs;
 import dev.qlora4j.tensor.DType;
@@ -25,9 +26,9 @@ import dev.qlora4j.tensor.Tensor;
  * <p>Stored dS (wgmma kernels, causal without a window, {@link #STORED_DS_PROPERTY}): the dK/dV kernel also writes
  * every dS tile it forms into a scratch buffer, and the dQ kernel multiplies those by K instead of recomputing S, P,
  * dP and dS: 5 matmuls per tile pair instead of 7, for {@link #storedDsBytes} of scratch (138 MB per layer at
- * Llama-7B's 32 heads and 2,048 tokens), taken when it fits {@link #storedDsBudget}. dQ then uses the dS^T values
- * the dK product uses (P rounded to bf16 before dS is formed), not its own recomputed ones: the same function, other
- * roundings, deterministic either way.
+ * Llama-7B's 32 heads and 2,048 tokens), taken only where it does not raise the memory a step peaks at
+ * ({@link #storedDsFits}). The recomputing dQ kernel forms dS as the dK/dV kernel does (from P rounded to bf16), so
+ * both give dQ the same bits, and which one a call takes never shows in the gradients.
  */
 final class TrainAttentionKernels {
     private TrainAttentionKernels() {}
@@ -188,19 +189,29 @@ final class TrainAttentionKernels {
         return (long) batch * heads * (tiles * (tiles + 1) / 2) * TC_TILE * TC_TILE * 2;
     }
 
-    /**
-     * The largest stored-dS scratch the backward allocates: 1/64 of the device's memory, at least 256 MiB (2.2 GB on
-     * an H200: Llama-7B's 32 heads up to ~8,000 tokens per batch row). Longer rows recompute dS in the dQ kernel,
-     * whose memory does not grow with T^2.
-     */
+    /** The largest stored-dS scratch: 1/64 of the device's memory, at least 256 MiB (2.2 GB on an H200). */
     static long storedDsBudget(CudaContext ctx) {
         return Math.max(256L << 20, ctx.properties().totalMemoryBytes() / 64);
     }
 
+    /**
+     * Whether a stored-dS scratch of the given bytes may be taken now: at most budget, and with the bytes already
+     * allocated, at most the allocator's peak so far (or budget, while the peak is still below it). Why: the scratch
+     * buys speed only; it must not raise the memory a training step peaks at (Llama-7B, checkpointing: 5.93 GiB
+     * without it, 6.05 GiB with it in every layer; splitting it over the heads instead cost more than it saved:
+     * 0.50 ms for the backward in 3 launch pairs against 0.36 in one). Late layers' backwards, which run after the
+     * step's peak with their kept activations released, take it; the first ones may recompute dS.
+     */
+    static boolean storedDsFits(long scratch, long allocated, long peak, long budget) {
+        return scratch <= budget && allocated + scratch <= Math.max(peak, budget);
+    }
+
     /** Whether this backward call stores dS (see the class comment): prefix is the tensor-core kernels' prefix. */
     static boolean storesDs(CudaContext ctx, String prefix, int window, int batch, int heads, int tokens) {
-        return prefix.equals("attn_wg_") && window <= 0 && Switches.on(STORED_DS_PROPERTY, true)
-                && storedDsBytes(batch, heads, tokens) <= storedDsBudget(ctx);
+        if (!prefix.equals("attn_wg_") || window > 0 || !Switches.on(STORED_DS_PROPERTY, true)) return false;
+        AllocatorStats st = ctx.allocator().stats();
+        return storedDsFits(storedDsBytes(batch, heads, tokens), st.allocatedBytes(), st.peakAllocatedBytes(),
+                storedDsBudget(ctx));
     }
 
     /** {dQ, dK, dV} shaped like q, k, v, in act. */
@@ -261,9 +272,9 @@ final class TrainAttentionKernels {
     private static void storedDsBackward(CudaContext ctx, String t, Tensor q, Tensor k, Tensor v, Tensor segments,
                                          Tensor lse, Tensor delta, Tensor gradOut, Tensor dq, Tensor dk, Tensor dv,
                                          int batch, int heads, int kvHeads, int headDim, float scale) {
-        int tokens = q.dim(0) / batch;
-        int tileValues = TC_TILE * TC_TILE;
-        try (Tensor ds = ctx.empty(q.dtype(), (int) (storedDsBytes(batch, heads, tokens) / 2 / tileValues), tileValues)) {
+        int tokens = q.dim(0) / batch, tileValues = TC_TILE * TC_TILE;
+        long tiles = storedDsBytes(batch, heads, tokens) / 2 / tileValues;
+        try (Tensor ds = ctx.empty(q.dtype(), (int) tiles, tileValues)) {
             long fkv = ctx.function("attention_tc", "attn_wg_dkvs_" + t + "_d" + headDim);
             int smemKv = tcMaxSharedBytes(headDim);
             ctx.allowSharedMemory(fkv, smemKv);
