@@ -68,8 +68,17 @@ public interface CudaDriver {
 
     // ---- streams and events ----
 
-    /** cuStreamCreate; nonBlocking = CU_STREAM_NON_BLOCKING (no implicit sync with stream 0). */
-    long streamCreate(boolean nonBlocking);
+    /** A stream of the default priority (0); nonBlocking = CU_STREAM_NON_BLOCKING (no implicit sync with stream 0). */
+    default long streamCreate(boolean nonBlocking) { return streamCreate(nonBlocking, 0); }
+
+    /**
+     * cuStreamCreateWithPriority: work of a stream with a numerically lower priority is scheduled first where both
+     * have blocks waiting ({@link #streamPriorityRange}).
+     */
+    long streamCreate(boolean nonBlocking, int priority);
+
+    /** cuCtxGetStreamPriorityRange of the current context: {least, greatest} (greatest is the lower number). */
+    int[] streamPriorityRange();
 
     void streamDestroy(long stream);
 

@@ -170,12 +170,21 @@ public final class FfmCudaDriver implements CudaDriver {
     // ---- streams and events ----
 
     @Override
-    public long streamCreate(boolean nonBlocking) {
+    public long streamCreate(boolean nonBlocking, int priority) {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment out = a.allocate(JAVA_LONG);
             int flags = nonBlocking ? CudaAttributes.STREAM_NON_BLOCKING : 0;
-            check(cu.streamCreate, (int) cu.streamCreate.handle().invokeExact(out, flags));
+            check(cu.streamCreateWithPriority, (int) cu.streamCreateWithPriority.handle().invokeExact(out, flags, priority));
             return out.get(JAVA_LONG, 0);
+        } catch (Throwable t) { throw Downcall.propagate(t); }
+    }
+
+    @Override
+    public int[] streamPriorityRange() {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment least = a.allocate(JAVA_INT), greatest = a.allocate(JAVA_INT);
+            check(cu.ctxGetStreamPriorityRange, (int) cu.ctxGetStreamPriorityRange.handle().invokeExact(least, greatest));
+            return new int[] {least.get(JAVA_INT, 0), greatest.get(JAVA_INT, 0)};
         } catch (Throwable t) { throw Downcall.propagate(t); }
     }
 

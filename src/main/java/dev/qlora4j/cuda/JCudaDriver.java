@@ -180,11 +180,19 @@ public final class JCudaDriver implements CudaDriver {
     // ---- streams and events ----
 
     @Override
-    public long streamCreate(boolean nonBlocking) {
+    public long streamCreate(boolean nonBlocking, int priority) {
         ensureLoaded();
         CUstream s = new CUstream();
-        check("cuStreamCreate", cuStreamCreate(s, nonBlocking ? CudaAttributes.STREAM_NON_BLOCKING : 0));
+        check("cuStreamCreateWithPriority", cuStreamCreateWithPriority(s, nonBlocking ? CudaAttributes.STREAM_NON_BLOCKING : 0, priority));
         return JCudaHandles.value(s);
+    }
+
+    @Override
+    public int[] streamPriorityRange() {
+        ensureLoaded();
+        int[] least = new int[1], greatest = new int[1];
+        check("cuCtxGetStreamPriorityRange", cuCtxGetStreamPriorityRange(least, greatest));
+        return new int[] {least[0], greatest[0]};
     }
 
     @Override

@@ -55,8 +55,10 @@ final class LibCuda {
     final Downcall ctxGetDevice = fn(a(ADDRESS), "cuCtxGetDevice");
     final Downcall ctxSynchronize = fn(a(), "cuCtxSynchronize");
 
-    // streams: cuStreamCreate(CUstream*, unsigned flags), cuStreamDestroy_v2(CUstream), cuStreamSynchronize(CUstream)
-    final Downcall streamCreate = fn(a(ADDRESS, JAVA_INT), "cuStreamCreate");
+    // streams: cuStreamDestroy_v2(CUstream), cuStreamSynchronize(CUstream)
+    // cuStreamCreateWithPriority(CUstream*, unsigned flags, int priority), cuCtxGetStreamPriorityRange(int*, int*)
+    final Downcall streamCreateWithPriority = fn(a(ADDRESS, JAVA_INT, JAVA_INT), "cuStreamCreateWithPriority");
+    final Downcall ctxGetStreamPriorityRange = fn(a(ADDRESS, ADDRESS), "cuCtxGetStreamPriorityRange");
     final Downcall streamDestroy = fn(a(JAVA_LONG), "cuStreamDestroy_v2");
     final Downcall streamSynchronize = fn(a(JAVA_LONG), "cuStreamSynchronize");
 

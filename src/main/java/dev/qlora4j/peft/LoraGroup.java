@@ -6,6 +6,7 @@ import dev.qlora4j.backend.cuda.CudaBackend;
 import dev.qlora4j.backend.cuda.CudaLora;
 import dev.qlora4j.backend.cuda.CudaLoraFold;
 import dev.qlora4j.backend.cuda.CudaLoraGroup;
+import dev.qlora4j.backend.cuda.CudaLoraGroupBackward;
 import dev.qlora4j.backend.cuda.CudaQuant4bit;
 import dev.qlora4j.nn.Linear;
 import dev.qlora4j.nn.QuantizedLinear;
@@ -18,7 +19,7 @@ import java.util.List;
 /**
  * LoRA layers that read the same x (a decoder layer's q/k/v, gate/up) on the CUDA BF16 path, run together so that
  * the skinny LoRA GEMMs read x, and write grad_x, once for the group instead of once per layer
- * ({@link CudaLoraGroup#groupForwardInto}, {@link CudaLoraGroup#groupBackwardInto}):
+ * ({@link CudaLoraGroup#groupForwardInto}, {@link CudaLoraGroupBackward}):
  * <pre>
  *   forward:   y_i = base_i(x);  H = x [A_0; A_1; ...]^T (one GEMM);  y_i += s_i H_i B_i^T     (H kept for backward)
  *              (4-bit bases: y_i = [x | H] [W_i | s_i B_i]^T, one GEMM per layer: CudaLoraFold)
@@ -170,22 +171,28 @@ public final class LoraGroup {
                 }
             }
             Tensor aCat = ls[0].stackedA(b, as);
-            // bases without an accumulating GEMM first (their own backward, summed), then the LoRA terms, then the
-            // accumulating bases' GEMMs onto them
-            for (int i = 0; i < k; i++) {
-                if (ls[i].baseInputGradIntoApplies()) continue;
-                Tensor g = ls[i].base().backward(b, x, gradOuts[i]);
-                if (gx == null) {
-                    gx = g;
-                } else {
-                    try (g) { b.addInPlace(gx, g); }
+            // the LoRA products that do not write grad_x first (on the side stream, beside what follows), then the
+            // bases without an accumulating GEMM (their own backward, summed), the accumulating bases' GEMMs onto
+            // them, and last grad_x += GH [A_0; A_1; ...]
+            try (CudaLoraGroupBackward lora = CudaLoraGroupBackward.begin(b, x, gradOuts, aCat, bCopies, scalings, kept,
+                    gradA, gradB)) {
+                for (int i = 0; i < k; i++) {
+                    if (ls[i].baseInputGradIntoApplies()) continue;
+                    Tensor g = ls[i].base().backward(b, x, gradOuts[i]);
+                    if (gx == null) {
+                        gx = g;
+                    } else {
+                        try (g) { b.addInPlace(gx, g); }
+                    }
                 }
-            }
-            boolean accumulate = gx != null;
-            if (gx == null) gx = b.context().empty(DType.BF16, x.dim(0), x.dim(1));
-            CudaLoraGroup.groupBackwardInto(b, gx, accumulate, x, gradOuts, aCat, bCopies, scalings, kept, gradA, gradB);
-            for (int i = 0; i < k; i++) {
-                if (ls[i].baseInputGradIntoApplies()) ls[i].baseInputGradInto(b, gx, true, gradOuts[i]);
+                boolean written = gx != null;
+                if (gx == null) gx = b.context().empty(DType.BF16, x.dim(0), x.dim(1));
+                for (int i = 0; i < k; i++) {
+                    if (!ls[i].baseInputGradIntoApplies()) continue;
+                    ls[i].baseInputGradInto(b, gx, written, gradOuts[i]);
+                    written = true;
+                }
+                lora.finishInto(gx, written);
             }
             return gx;
         } catch (RuntimeException e) {

@@ -29,7 +29,8 @@ CUresult cuCtxSetCurrent(long long c){ctx=c;return 0;}
 CUresult cuCtxGetCurrent(long long*c){*c=ctx;return 0;}
 CUresult cuCtxGetDevice(int*d){*d=0;return 0;}
 CUresult cuCtxSynchronize(void){return 0;}
-CUresult cuStreamCreate(Stream**s,unsigned f){*s=calloc(1,sizeof(Stream));return 0;}
+CUresult cuStreamCreateWithPriority(Stream**s,unsigned f,int p){*s=calloc(1,sizeof(Stream));return 0;}
+CUresult cuCtxGetStreamPriorityRange(int*least,int*greatest){*least=0;*greatest=-5;return 0;}
 CUresult cuStreamDestroy_v2(Stream*s){free(s);return 0;}
 CUresult cuStreamSynchronize(Stream*s){return 0;}
 CUresult cuEventCreate(void**e,unsigned f){*e=malloc(8);return 0;}

@@ -150,6 +150,12 @@ public final class CudaContext implements AutoCloseable {
         launch(function, grid1d(n), BLOCK_1D_DIM, 0, args);
     }
 
+    /** {@link #launch1d(long, long, KernelArgs)} on another stream of this context (a plain launch; SideStream's work). */
+    void launch1d(long function, long n, KernelArgs args, long onStream) {
+        bind();
+        driver.launchKernel(function, grid1d(n), BLOCK_1D_DIM, 0, onStream, args);
+    }
+
     /**
      * Allows function bytes of dynamic shared memory when that is more than the default 48 KiB (raised to exactly
      * bytes, and again only for a larger request: the limit covers dynamic plus the kernel's static shared memory, so

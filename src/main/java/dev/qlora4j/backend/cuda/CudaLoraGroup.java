@@ -1,9 +1,7 @@
 package dev.qlora4j.backend.cuda;
 
 import dev.qlora4j.backend.cuda.CudaLora.Held;
-import dev.qlora4j.backend.cuda.CudaLora.Hidden;
 import dev.qlora4j.cuda.Cublas;
-import dev.qlora4j.cuda.KernelArgs;
 import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
 
@@ -11,8 +9,6 @@ import dev.qlora4j.tensor.Tensor;
 import static dev.qlora4j.backend.cuda.CudaLora.BF;
 import static dev.qlora4j.backend.cuda.CudaLora.bf16;
 import static dev.qlora4j.backend.cuda.CudaLora.gemm;
-import static dev.qlora4j.backend.cuda.CudaLora.requireAccumulator;
-import static dev.qlora4j.backend.cuda.CudaLora.requireGx;
 
 /**
  * The LoRA products of layers that read the same x (a decoder layer's q/k/v, or gate/up), each with one plain
@@ -111,118 +107,8 @@ public final class CudaLoraGroup {
         return null;
     }
 
-    /**
-     * The backward of {@link #groupForwardInto}: with GH = [s_0 gy_0 B_0 | s_1 gy_1 B_1 | ...] ([n, sum r] BF16,
-     * each block one GEMM into its columns),
-     * <pre>
-     *   dB_i += s_i gy_i^T h_i            per layer, h_i the kept block (or H recomputed once when one is missing)
-     *   dA    = GH^T x                    ONE GEMM into a float32 [sum r, in] temporary, added to each gradA_i
-     *   gx   (+)= GH [A_0; A_1; ...]      ONE GEMM with K = sum r (accumulate false writes gx)
-     * </pre>
-     * gradA / gradB entries are null for frozen adapters; kept entries null where no h was kept.
-     */
-    public static void groupBackwardInto(CudaBackend b, Tensor gx, boolean accumulate, Tensor x, Tensor[] gradOuts,
-                                         Tensor aCat, Tensor[] bBf16, float[] scalings, Hidden[] kept, Tensor[] gradA,
-                                         Tensor[] gradB) {
-        int n = x.dim(0), in = x.dim(1), layers = bBf16.length;
-        int[] cols = groupColumns(aCat, bBf16, in, "backward");
-        int total = aCat.dim(0);
-        if (gradOuts.length != layers || scalings.length != layers || kept.length != layers || gradA.length != layers
-                || gradB.length != layers) {
-            throw new IllegalArgumentException("LoRA group backward: gradOuts, scalings, kept, gradA and gradB need one entry per layer ("
-                    + layers + ")");
-        }
-        requireGx(gx, n, in);
-        boolean needH = false, anyGradA = false;
-        for (int i = 0; i < layers; i++) {
-            int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
-            Tensor g = gradOuts[i];
-            KernelTypes.requireDevice(g, "LoRA group gradOut");
-            if (g.rank() != 2 || g.dim(0) != n || g.dim(1) != out) {
-                throw new IllegalArgumentException("LoRA group backward: gradOut " + i + " must be [" + n + ", " + out + "], got " + g);
-            }
-            requireAccumulator(gradA[i], r, in, "gradA");
-            requireAccumulator(gradB[i], out, r, "gradB");
-            if (kept[i] != null) kept[i].check(n, r);
-            needH |= gradB[i] != null && kept[i] == null;
-            anyGradA |= gradA[i] != null;
-        }
-        if (n == 0) return;
-        CudaContext ctx = b.context();
-        OpProfiler prof = b.profiler();
-        int mark = prof == null ? -1 : prof.begin();
-        Held[] gy = new Held[layers];
-        try (Held xb = bf16(ctx, x);
-             Tensor gh = ctx.empty(DType.BF16, n, total);
-             Tensor h = needH ? ctx.empty(DType.BF16, n, total) : null) {
-            Cublas cu = ctx.cublas();
-            for (int i = 0; i < layers; i++) gy[i] = bf16(ctx, gradOuts[i]);
-            if (needH) {
-                cu.gemmRowMajor(false, true, n, total, in, 1f, CudaContext.ptr(xb.t()), CudaContext.ptr(aCat), BF, 0f,
-                        CudaContext.ptr(h), BF);
-            }
-            // dB on the side stream (when on) while gh, dA and gx run here: everything dB touches exists already
-            SideStream side = SideStream.on(b) ? ctx.side() : null;
-            if (side != null) side.fork(ctx.stream());
-            try {
-                Cublas cuB = side != null ? side.cublas() : cu;
-                for (int i = 0; i < layers; i++) {
-                    if (gradB[i] == null) continue;
-                    int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
-                    int sub = prof == null ? -1 : prof.begin();
-                    Hidden hi = kept[i] != null ? kept[i] : new Hidden(h, cols[i], r);
-                    gemm(cuB, true, false, out, r, n, scalings[i], CudaContext.ptr(gy[i].t()), out, hi.pointer(), hi.ld(), BF, 1f,
-                            CudaContext.ptr(gradB[i]), r, Cublas.DataType.F32);
-                    if (sub >= 0) prof.end("lora group backward/dB", sub);
-                }
-                groupGhDaGx(b, gx, accumulate, xb.t(), gy, gh, aCat, bBf16, scalings, cols, gradA, anyGradA);
-            } finally {
-                if (side != null) side.join(ctx.stream());
-            }
-        } finally {
-            for (Held g : gy) if (g != null) g.close();
-        }
-        if (mark >= 0) prof.end("lora group backward (bf16 GEMMs)", mark);
-    }
-
-    /** The main stream's part of {@link #groupBackwardInto}: GH, then dA = GH^T x and gx (+)= GH [A_0; A_1; ...]. */
-    private static void groupGhDaGx(CudaBackend b, Tensor gx, boolean accumulate, Tensor xb, Held[] gy, Tensor gh,
-                                       Tensor aCat, Tensor[] bBf16, float[] scalings, int[] cols, Tensor[] gradA,
-                                       boolean anyGradA) {
-        int n = xb.dim(0), in = xb.dim(1), total = aCat.dim(0);
-        CudaContext ctx = b.context();
-        OpProfiler prof = b.profiler();
-        Cublas cu = ctx.cublas();
-        for (int i = 0; i < bBf16.length; i++) {
-            int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
-            int sub = prof == null ? -1 : prof.begin();
-            gemm(cu, false, false, n, r, out, scalings[i], CudaContext.ptr(gy[i].t()), out, CudaContext.ptr(bBf16[i]), r,
-                    BF, 0f, CudaContext.ptr(gh) + 2L * cols[i], total, BF);
-            if (sub >= 0) prof.end("lora group backward/gh", sub);
-        }
-        int sub = prof == null ? -1 : prof.begin();
-        if (anyGradA) {
-            try (Tensor dA = ctx.empty(DType.F32, total, in)) {
-                cu.gemmRowMajor(true, false, total, in, n, 1f, CudaContext.ptr(gh), CudaContext.ptr(xb), BF, 0f,
-                        CudaContext.ptr(dA), Cublas.DataType.F32);
-                for (int i = 0; i < bBf16.length; i++) {
-                    if (gradA[i] == null) continue;
-                    // dA's rows [cols_i, cols_i + r_i) are contiguous: gradA_i += them (fmaf(1, d, g) = g + d)
-                    long count = (long) bBf16[i].dim(1) * in;
-                    ctx.launch1d(ctx.function("train_elementwise", "axpy_f32"), count, KernelArgs.of()
-                            .ptr(CudaContext.ptr(gradA[i])).f32(1f).ptr(CudaContext.ptr(dA) + 4L * cols[i] * in).i64(count));
-                }
-            }
-        }
-        if (sub >= 0) prof.end("lora group backward/dA", sub);
-        sub = prof == null ? -1 : prof.begin();
-        cu.gemmRowMajor(false, false, n, in, total, 1f, CudaContext.ptr(gh), CudaContext.ptr(aCat), BF,
-                accumulate ? 1f : 0f, CudaContext.ptr(gx), BF);
-        if (sub >= 0) prof.end("lora group backward/gx", sub);
-    }
-
     /** The first column of each layer's block in H / GH (the prefix sums of the ranks), checking aCat against them. */
-    private static int[] groupColumns(Tensor aCat, Tensor[] bBf16, int in, String what) {
+    static int[] groupColumns(Tensor aCat, Tensor[] bBf16, int in, String what) {
         KernelTypes.requireDevice(aCat, "LoRA group lora_A");
         int[] cols = new int[bBf16.length];
         int total = 0;

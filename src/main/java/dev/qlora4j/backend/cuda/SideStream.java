@@ -5,10 +5,11 @@ import dev.qlora4j.cuda.CudaDriver;
 
 /**
  * A second stream of a {@link CudaContext}, with its own cuBLAS handle, for small products that do not depend on
- * each other: a LoRA layer's weight gradient dB = s gy^T h runs here while the main stream forms gh = s gy B, dA
- * and grad_x from the same gy. Why: each of these is a skinny, memory-bound GEMM (one dimension is the rank) that
- * alone keeps only part of the GPU's bandwidth busy (session 8's profile: 1-1.5 TB/s of 4.2), and dB and gh read
- * the same gy, which the second one then finds in L2.
+ * the main stream's next work: a LoRA layer's weight gradient dB = s gy^T h runs here while the main stream forms
+ * gh = s gy B, dA and grad_x from the same gy, and a group's gh, dB and dA run here while the main stream runs the
+ * base layers' input-gradient GEMMs (CudaLoraGroupBackward). Why: each LoRA product is a skinny, memory-bound
+ * GEMM (one dimension is the rank) that alone keeps only part of the GPU busy (session 8's profile: 1-1.5 TB/s of
+ * 4.2), while the base GEMMs are bound by the tensor cores.
  *
  * <p>{@link #fork} orders this stream after the work queued on the main stream so far; {@link #join} orders the
  * main stream after the work queued here. A caller allocates everything the side work touches before fork and
@@ -26,7 +27,9 @@ public final class SideStream implements AutoCloseable {
 
     SideStream(CudaDriver driver) {
         this.driver = driver;
-        this.stream = driver.streamCreate(false);   // blocking, like the context's stream
+        // blocking, like the context's stream; the highest priority, so that its few blocks are scheduled ahead of the
+        // main stream's waiting ones (a base GEMM's later waves) and run beside that GEMM rather than after it
+        this.stream = driver.streamCreate(false, driver.streamPriorityRange()[1]);
         this.forked = driver.eventCreate(false);
         this.joined = driver.eventCreate(false);
         Cublas c = Cublas.create();
@@ -39,6 +42,9 @@ public final class SideStream implements AutoCloseable {
     static boolean on(CudaBackend b) {
         return b.profiler() == null && Switches.on(PROPERTY, true);
     }
+
+    /** The stream (for launches: {@link CudaContext#launch1d(long, long, dev.qlora4j.cuda.KernelArgs, long)}). */
+    long stream() { return stream; }
 
     /** The cuBLAS handle bound to this stream. */
     Cublas cublas() { return cublas; }

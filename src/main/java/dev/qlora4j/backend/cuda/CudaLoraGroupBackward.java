@@ -1,0 +1,178 @@
+package dev.qlora4j.backend.cuda;
+
+import dev.qlora4j.backend.cuda.CudaLora.Held;
+import dev.qlora4j.backend.cuda.CudaLora.Hidden;
+import dev.qlora4j.cuda.Cublas;
+import dev.qlora4j.cuda.KernelArgs;
+import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Tensor;
+
+import static dev.qlora4j.backend.cuda.CudaLora.BF;
+import static dev.qlora4j.backend.cuda.CudaLora.bf16;
+import static dev.qlora4j.backend.cuda.CudaLora.gemm;
+import static dev.qlora4j.backend.cuda.CudaLora.requireAccumulator;
+import static dev.qlora4j.backend.cuda.CudaLora.requireGx;
+
+/**
+ * The backward of {@link CudaLoraGroup#groupForwardInto} (layers i reading the same x, one plain adapter each), in
+ * two parts around the caller's base-layer input gradients:
+ * <pre>
+ *   begin:   GH    = [s_0 gy_0 B_0 | s_1 gy_1 B_1 | ...]   [n, sum r] BF16, each block one GEMM into its columns
+ *            dB_i += s_i gy_i^T h_i                        per layer, h_i the kept block (or H recomputed once)
+ *            dA    = GH^T x                                ONE GEMM into a float32 [sum r, in] temporary, added to each gradA_i
+ *   (the caller's base GEMMs write grad_x)
+ *   finish:  gx  (+)= GH [A_0; A_1; ...]                   ONE GEMM with K = sum r
+ * </pre>
+ * Why two parts: begin's products read only gy, x and h, so they run on the side stream ({@link SideStream}, when
+ * on) while the main stream runs the base layers' dequantize + GEMMs (bound by the tensor cores; the LoRA products
+ * are skinny and memory-bound); finish joins the streams first. With the side stream off the same operations run in
+ * the same order on the main stream: the same bits.
+ *
+ * <p>gradA / gradB entries are null for frozen adapters; kept entries null where no h was kept. Everything begin's
+ * work touches is allocated before it forks and released by {@link #close} after the join.
+ */
+public final class CudaLoraGroupBackward implements AutoCloseable {
+    private final CudaBackend b;
+    private final Tensor aCat;                 // [sum r, in] BF16
+    private final Held xb;                     // x [n, in] BF16
+    private final Held[] gy;                   // gradOut_i [n, out_i] BF16
+    private final Tensor gh;                   // GH [n, sum r] BF16
+    private final Tensor h;                    // H [n, sum r] BF16 recomputed where a kept h is missing, else null
+    private final Tensor dA;                   // [sum r, in] F32 temporary, null when no adapter trains lora_A
+    private final SideStream side;             // null: everything on the main stream
+    private boolean joined;
+
+    private CudaLoraGroupBackward(CudaBackend b, Tensor aCat, Held xb, Held[] gy, Tensor gh, Tensor h, Tensor dA,
+                                  SideStream side) {
+        this.b = b;
+        this.aCat = aCat;
+        this.xb = xb;
+        this.gy = gy;
+        this.gh = gh;
+        this.h = h;
+        this.dA = dA;
+        this.side = side;
+    }
+
+    /**
+     * Queues GH, dB and dA (see the class comment): on the side stream when {@link SideStream#on}, else on the main
+     * stream. Returns the pending part to finish with {@link #finishInto} and close.
+     *
+     * @param aCat  [sum r, in] BF16: the adapters' lora_A copies stacked in layer order ({@link CudaLoraGroup#concatRows})
+     * @param bBf16 per layer lora_B's BF16 copy [out_i, r_i]
+     */
+    public static CudaLoraGroupBackward begin(CudaBackend b, Tensor x, Tensor[] gradOuts, Tensor aCat, Tensor[] bBf16,
+                                              float[] scalings, Hidden[] kept, Tensor[] gradA, Tensor[] gradB) {
+        int n = x.dim(0), in = x.dim(1), layers = bBf16.length;
+        int[] cols = CudaLoraGroup.groupColumns(aCat, bBf16, in, "backward");
+        int total = aCat.dim(0);
+        if (gradOuts.length != layers || scalings.length != layers || kept.length != layers || gradA.length != layers
+                || gradB.length != layers) {
+            throw new IllegalArgumentException("LoRA group backward: gradOuts, scalings, kept, gradA and gradB need one entry per layer ("
+                    + layers + ")");
+        }
+        boolean needH = false, anyGradA = false;
+        for (int i = 0; i < layers; i++) {
+            int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
+            Tensor g = gradOuts[i];
+            KernelTypes.requireDevice(g, "LoRA group gradOut");
+            if (g.rank() != 2 || g.dim(0) != n || g.dim(1) != out) {
+                throw new IllegalArgumentException("LoRA group backward: gradOut " + i + " must be [" + n + ", " + out + "], got " + g);
+            }
+            requireAccumulator(gradA[i], r, in, "gradA");
+            requireAccumulator(gradB[i], out, r, "gradB");
+            if (kept[i] != null) kept[i].check(n, r);
+            needH |= gradB[i] != null && kept[i] == null;
+            anyGradA |= gradA[i] != null;
+        }
+        CudaContext ctx = b.context();
+        OpProfiler prof = b.profiler();
+        Held[] gy = new Held[layers];
+        Held xb = null;
+        Tensor gh = null, h = null, dA = null;
+        SideStream side = n > 0 && SideStream.on(b) ? ctx.side() : null;
+        try {
+            xb = bf16(ctx, x);
+            for (int i = 0; i < layers; i++) gy[i] = bf16(ctx, gradOuts[i]);
+            gh = ctx.empty(DType.BF16, n, total);
+            if (needH) h = ctx.empty(DType.BF16, n, total);
+            if (anyGradA) dA = ctx.empty(DType.F32, total, in);
+            CudaLoraGroupBackward pending = new CudaLoraGroupBackward(b, aCat, xb, gy, gh, h, dA, side);
+            if (n == 0) return pending;
+            int mark = prof == null ? -1 : prof.begin();
+            Cublas cu = side != null ? side.cublas() : ctx.cublas();
+            if (side != null) side.fork(ctx.stream());
+            if (needH) {
+                cu.gemmRowMajor(false, true, n, total, in, 1f, CudaContext.ptr(xb.t()), CudaContext.ptr(aCat), BF, 0f,
+                        CudaContext.ptr(h), BF);
+            }
+            for (int i = 0; i < layers; i++) {
+                int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
+                int sub = prof == null ? -1 : prof.begin();
+                gemm(cu, false, false, n, r, out, scalings[i], CudaContext.ptr(gy[i].t()), out, CudaContext.ptr(bBf16[i]), r,
+                        BF, 0f, CudaContext.ptr(gh) + 2L * cols[i], total, BF);
+                if (sub >= 0) prof.end("lora group backward/gh", sub);
+                if (gradB[i] == null) continue;
+                sub = prof == null ? -1 : prof.begin();
+                Hidden hi = kept[i] != null ? kept[i] : new Hidden(h, cols[i], r);
+                gemm(cu, true, false, out, r, n, scalings[i], CudaContext.ptr(gy[i].t()), out, hi.pointer(), hi.ld(), BF, 1f,
+                        CudaContext.ptr(gradB[i]), r, Cublas.DataType.F32);
+                if (sub >= 0) prof.end("lora group backward/dB", sub);
+            }
+            int sub = prof == null ? -1 : prof.begin();
+            if (dA != null) {
+                cu.gemmRowMajor(true, false, total, in, n, 1f, CudaContext.ptr(gh), CudaContext.ptr(xb.t()), BF, 0f,
+                        CudaContext.ptr(dA), Cublas.DataType.F32);
+                long axpy = ctx.function("train_elementwise", "axpy_f32");
+                for (int i = 0; i < layers; i++) {
+                    if (gradA[i] == null) continue;
+                    // dA's rows [cols_i, cols_i + r_i) are contiguous: gradA_i += them (fmaf(1, d, g) = g + d)
+                    long count = (long) bBf16[i].dim(1) * in;
+                    KernelArgs args = KernelArgs.of().ptr(CudaContext.ptr(gradA[i])).f32(1f)
+                            .ptr(CudaContext.ptr(dA) + 4L * cols[i] * in).i64(count);
+                    if (side != null) ctx.launch1d(axpy, count, args, side.stream());
+                    else ctx.launch1d(axpy, count, args);
+                }
+            }
+            if (sub >= 0) prof.end("lora group backward/dA", sub);
+            if (mark >= 0) prof.end("lora group backward (bf16 GEMMs)", mark);
+            return pending;
+        } catch (RuntimeException e) {
+            if (side != null) side.join(ctx.stream());
+            for (Held g : gy) if (g != null) g.close();
+            if (xb != null) xb.close();
+            for (Tensor t : new Tensor[] {gh, h, dA}) if (t != null) t.close();
+            throw e;
+        }
+    }
+
+    /** gx [n, in] (+)= GH [A_0; A_1; ...] on the main stream, after the side stream's work (accumulate false writes gx). */
+    public void finishInto(Tensor gx, boolean accumulate) {
+        int n = xb.t().dim(0), in = xb.t().dim(1), total = aCat.dim(0);
+        requireGx(gx, n, in);
+        join();
+        if (n == 0) return;
+        CudaContext ctx = b.context();
+        OpProfiler prof = b.profiler();
+        int sub = prof == null ? -1 : prof.begin();
+        ctx.cublas().gemmRowMajor(false, false, n, in, total, 1f, CudaContext.ptr(gh), CudaContext.ptr(aCat), BF,
+                accumulate ? 1f : 0f, CudaContext.ptr(gx), BF);
+        if (sub >= 0) prof.end("lora group backward grad_x (bf16 GEMM)", sub);
+    }
+
+    private void join() {
+        if (side != null && !joined) side.join(b.context().stream());
+        joined = true;
+    }
+
+    /** Joins the streams (if finishInto did not) and releases the temporaries. */
+    @Override
+    public void close() {
+        join();
+        for (Held g : gy) g.close();
+        xb.close();
+        gh.close();
+        if (h != null) h.close();
+        if (dA != null) dA.close();
+    }
+}
