@@ -132,13 +132,7 @@ class CudaLoraGroupGpuTest {
         Group unfolded = Group.build(gpu, seed, true, 72, 128, outs(kind), r, 0.0);
         Group ref = Group.build(cpu, seed, true, 72, 128, outs(kind), r, 0.0);
         Result f = folded.run(gpu, false);
-        System.setProperty(CudaLoraFold.PROPERTY, "false");
-        Result u;
-        try {
-            u = unfolded.run(gpu, false);
-        } finally {
-            System.clearProperty(CudaLoraFold.PROPERTY);
-        }
+        Result u = runWithSwitchOff(CudaLoraFold.PROPERTY, unfolded);
         Result want = ref.run(cpu, false);
         // 2e-2 against float32: this smaller problem (72 x 128) with ranks down to 3 put grad_x at 1.05e-2 for one
         // seed (GPU suite, session 8), in both routes alike (their backward is the same code on the same h, asserted
@@ -167,13 +161,7 @@ class CudaLoraGroupGpuTest {
         Group onSide = Group.build(gpu, seed, true, 136, 192, outs, 16, 0.0);
         Group oneStream = Group.build(gpu, seed, true, 136, 192, outs, 16, 0.0);
         Result side = onSide.run(gpu, false);
-        System.setProperty(SideStream.PROPERTY, "false");
-        Result serial;
-        try {
-            serial = oneStream.run(gpu, false);
-        } finally {
-            System.clearProperty(SideStream.PROPERTY);
-        }
+        Result serial = runWithSwitchOff(SideStream.PROPERTY, oneStream);
         side.assertBitEqual(serial, kind + ": side stream vs one stream");
         onSide.close();
         oneStream.close();
@@ -252,6 +240,16 @@ class CudaLoraGroupGpuTest {
 
     private static Tensor[] forward(Backend b, Group g) {
         return g.layers.length == 1 ? new Tensor[] {g.layers[0].forward(b, g.x)} : SharedInputLinears.forward(b, g.x, g.layers);
+    }
+
+    /** g.run(gpu, false) with the switch property set to false for the run. */
+    private Result runWithSwitchOff(String property, Group g) {
+        System.setProperty(property, "false");
+        try {
+            return g.run(gpu, false);
+        } finally {
+            System.clearProperty(property);
+        }
     }
 
     private static void closeAll(Tensor[] ts) {
