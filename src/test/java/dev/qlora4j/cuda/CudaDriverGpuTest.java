@@ -43,6 +43,20 @@ class CudaDriverGpuTest {
         assertEquals(FfmCudaDriver.instance().deviceProperties(0), p);
     }
 
+    /** Stream priorities (the LoRA side stream is created at the greatest): a range with greatest <= least, usable. */
+    @ParameterizedTest
+    @ValueSource(strings = {"ffm", "jcuda"})
+    void streamPriorityRangeIsUsable(String binding) {
+        CudaDriver d = GpuSupport.driver(binding);
+        int[] range = d.streamPriorityRange();
+        assertTrue(range[1] <= range[0] && range[1] < 0, "priorities {least, greatest} = " + range[0] + ", " + range[1]);
+        long high = d.streamCreate(false, range[1]), plain = d.streamCreate(true);
+        d.streamSynchronize(high);
+        d.streamSynchronize(plain);
+        d.streamDestroy(high);
+        d.streamDestroy(plain);
+    }
+
     @ParameterizedTest
     @ValueSource(strings = {"ffm", "jcuda"})
     void hostToDeviceToDeviceToHostRoundTripKeepsEveryByte(String binding) {
