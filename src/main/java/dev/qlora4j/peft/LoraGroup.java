@@ -23,8 +23,9 @@ import java.util.List;
  * <pre>
  *   forward:   y_i = base_i(x);  H = x [A_0; A_1; ...]^T (one GEMM);  y_i += s_i H_i B_i^T     (H kept for backward)
  *              (4-bit bases: y_i = [x | H] [W_i | s_i B_i]^T, one GEMM per layer: CudaLoraFold)
- *   backward:  GH = [s_i gy_i B_i]_i;  dB_i += s_i gy_i^T H_i;  dA = GH^T x (one GEMM);
- *              gx = GH [A_0; A_1; ...] (one GEMM, K = sum r), then each base's grad_x GEMM accumulates onto gx
+ *   backward:  GH = [s_i gy_i B_i]_i;  dB_i += s_i gy_i^T H_i;  dA = GH^T x (one GEMM), on the side stream
+ *              beside the bases' grad_x GEMMs (the first writes gx, the others accumulate onto it);
+ *              then gx += GH [A_0; A_1; ...] (one GEMM, K = sum r)
  * </pre>
  * It applies when every layer is a {@link LoraLinear} whose {@link LoraLinear#groupAdapter} is set (one active plain
  * adapter, no dropout in effect) and -Dqlora4j.cuda.loraGroup is not false. Otherwise the backward still sums the
