@@ -2,6 +2,7 @@ package dev.qlora4j.backend.cuda;
 
 import dev.qlora4j.backend.AttentionResult;
 import dev.qlora4j.cuda.AllocatorStats;
+import dev.qlora4j.cuda.CudaException;
 import dev.qlora4j.cuda.Dim3;
 import dev.qlora4j.cuda.KernelArgs;
 import dev.qlora4j.tensor.DType;
@@ -237,9 +238,13 @@ final class TrainAttentionKernels {
             int tiles = (tokens + tile - 1) / tile;
             Dim3 block = Dim3.of(tc ? TC_THREADS : THREADS);
             String prefix = tc ? tcKernelPrefix(ctx, headDim) : "attn_bwd_";
-            if (tc && storesDs(ctx, prefix, window, batch, heads, tokens)) {
-                storedDsBackward(ctx, t, q, k, v, segments, lse, delta, gradOut, dq, dk, dv, batch, heads, kvHeads,
-                        headDim, scale);
+            Tensor ds = tc && storesDs(ctx, prefix, window, batch, heads, tokens)
+                    ? storedDsScratch(ctx, act, batch, heads, tokens) : null;   // null: recompute dS
+            if (ds != null) {
+                try (ds) {
+                    storedDsBackward(ctx, t, q, k, v, segments, lse, delta, gradOut, ds, dq, dk, dv, batch, heads,
+                            kvHeads, headDim, scale);
+                }
                 return new Tensor[] {dq, dk, dv};
             }
             long fq = ctx.function(module, prefix + "dq_" + t + "_d" + (tc ? headDim : dpl));
@@ -268,27 +273,39 @@ final class TrainAttentionKernels {
         return new Tensor[] {dq, dk, dv};
     }
 
-    /** The stored-dS backward (attn_wg_dkvs_* then attn_wg_dqs_*): delta is already formed. */
-    private static void storedDsBackward(CudaContext ctx, String t, Tensor q, Tensor k, Tensor v, Tensor segments,
-                                         Tensor lse, Tensor delta, Tensor gradOut, Tensor dq, Tensor dk, Tensor dv,
-                                         int batch, int heads, int kvHeads, int headDim, float scale) {
-        int tokens = q.dim(0) / batch, tileValues = TC_TILE * TC_TILE;
+    /**
+     * The stored-dS scratch ({@link #storedDsBytes} of act), or null when the GPU cannot hold it now: out of memory
+     * the recomputing dQ kernel, which needs none, runs instead.
+     */
+    private static Tensor storedDsScratch(CudaContext ctx, DType act, int batch, int heads, int tokens) {
+        int tileValues = TC_TILE * TC_TILE;
         long tiles = storedDsBytes(batch, heads, tokens) / 2 / tileValues;
-        try (Tensor ds = ctx.empty(q.dtype(), (int) tiles, tileValues)) {
-            long fkv = ctx.function("attention_tc", "attn_wg_dkvs_" + t + "_d" + headDim);
-            int smemKv = tcMaxSharedBytes(headDim);
-            ctx.allowSharedMemory(fkv, smemKv);
-            ctx.launch(fkv, tcGrid(kvHeads, batch, tokens), Dim3.of(TC_THREADS), smemKv, KernelArgs.of()
-                    .ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v))
-                    .ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(gradOut)).ptr(CudaContext.ptr(lse))
-                    .ptr(CudaContext.ptr(delta)).ptr(CudaContext.ptr(dk)).ptr(CudaContext.ptr(dv)).ptr(CudaContext.ptr(ds))
-                    .i32(tokens).i32(heads).i32(kvHeads).f32(scale));
-            long fq = ctx.function("attention_tc", "attn_wg_dqs_" + t + "_d" + headDim);
-            int smemQ = tcSharedBytes(2, headDim, 0);   // two K tiles (+ the 1 KB the swizzle alignment may skip)
-            ctx.allowSharedMemory(fq, smemQ);
-            ctx.launch(fq, tcGrid(heads, batch, tokens), Dim3.of(TC_THREADS), smemQ, KernelArgs.of()
-                    .ptr(CudaContext.ptr(k)).ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(ds))
-                    .ptr(CudaContext.ptr(dq)).i32(tokens).i32(heads).i32(kvHeads).f32(scale));
+        try {
+            return ctx.empty(act, (int) tiles, tileValues);
+        } catch (CudaException e) {
+            if (e.isOutOfMemory()) return null;
+            throw e;
         }
+    }
+
+    /** The stored-dS backward (attn_wg_dkvs_* then attn_wg_dqs_*) with its scratch ds: delta is already formed. */
+    private static void storedDsBackward(CudaContext ctx, String t, Tensor q, Tensor k, Tensor v, Tensor segments,
+                                         Tensor lse, Tensor delta, Tensor gradOut, Tensor ds, Tensor dq, Tensor dk,
+                                         Tensor dv, int batch, int heads, int kvHeads, int headDim, float scale) {
+        int tokens = q.dim(0) / batch;
+        long fkv = ctx.function("attention_tc", "attn_wg_dkvs_" + t + "_d" + headDim);
+        int smemKv = tcMaxSharedBytes(headDim);
+        ctx.allowSharedMemory(fkv, smemKv);
+        ctx.launch(fkv, tcGrid(kvHeads, batch, tokens), Dim3.of(TC_THREADS), smemKv, KernelArgs.of()
+                .ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v))
+                .ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(gradOut)).ptr(CudaContext.ptr(lse))
+                .ptr(CudaContext.ptr(delta)).ptr(CudaContext.ptr(dk)).ptr(CudaContext.ptr(dv)).ptr(CudaContext.ptr(ds))
+                .i32(tokens).i32(heads).i32(kvHeads).f32(scale));
+        long fq = ctx.function("attention_tc", "attn_wg_dqs_" + t + "_d" + headDim);
+        int smemQ = tcSharedBytes(2, headDim, 0);   // two K tiles (+ the 1 KB the swizzle alignment may skip)
+        ctx.allowSharedMemory(fq, smemQ);
+        ctx.launch(fq, tcGrid(heads, batch, tokens), Dim3.of(TC_THREADS), smemQ, KernelArgs.of()
+                .ptr(CudaContext.ptr(k)).ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(ds))
+                .ptr(CudaContext.ptr(dq)).i32(tokens).i32(heads).i32(kvHeads).f32(scale));
     }
 }
