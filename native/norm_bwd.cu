@@ -1,8 +1,10 @@
 // norm_bwd.cu — RMSNorm backward (backend/cpu/ActivationBackward.rmsNorm / rmsNormWeight).
 //
 // Tensors: x [n, h] of T, weight [h] of W (float, bf16 or half), g [n, h] of T -> gx [n, h] of T;
-//          inv F32 [n] (1/rms per row, written for the weight gradient); gw F32 [h] += sum_rows g x inv.
-// Launch:  rmsnorm_bwd_<t>_w<w>: grid = n blocks, 256 threads (one row each);
+//          inv F32 [n] (1/rms per row, written for the weight gradient); gw F32 [h] += sum_rows g x inv;
+//          add [n, h] of T or null: gx = round(T, round(T, gx) + add) (the residual stream's skip path, with the bits
+//          of a separate add_fwd: one pass over gx fewer in a decoder layer's backward).
+// Launch:  rmsnorm_bwd_<t>_w<w> (x, w, eps, g, gx, inv, h, add): grid = n blocks, 256 threads (one row each);
 //          rmsnorm_bwd_weight_<t>: 1-D grid-stride over the h columns, rows summed in order.
 // Math:    r = (float)(1 / sqrt((double)(mean(x^2) + eps))) as the forward; dot = sum_j (g_j w_j) x_j;
 //          coef = r^3 dot / h; gx_k = (g_k w_k) r - x_k coef. Float32 throughout; the block reductions sum
@@ -29,7 +31,8 @@ __device__ __forceinline__ void load_w8(const W* w, float (&v)[8]) {
 template <typename T, typename W>
 __device__ __forceinline__ bool rmsnorm_bwd_rows_in_registers(const T* __restrict__ x, const W* __restrict__ w, float eps,
                                                               const T* __restrict__ g, T* __restrict__ gx,
-                                                              float* __restrict__ inv, int h, float* scratch) {
+                                                              float* __restrict__ inv, int h,
+                                                              const T* __restrict__ add, float* scratch) {
     if constexpr (sizeof(T) != 2) {
         return false;
     } else {
@@ -37,7 +40,7 @@ __device__ __forceinline__ bool rmsnorm_bwd_rows_in_registers(const T* __restric
     const int chunks = h / 8;
     if (h % 8 != 0 || chunks > MAXC * (int)blockDim.x
             || ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(g) | reinterpret_cast<uintptr_t>(gx)
-                 | reinterpret_cast<uintptr_t>(w)) & 15) != 0) {
+                 | reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(add)) & 15) != 0) {
         return false;
     }
     const int64_t o = (int64_t)blockIdx.x * h;
@@ -75,10 +78,12 @@ __device__ __forceinline__ bool rmsnorm_bwd_rows_in_registers(const T* __restric
         if (ch >= chunks) continue;
         float wv[8];
         load_w8(w + 8 * ch, wv);
-        Pack16<T> out;
+        Pack16<T> out, ad;
+        if (add != nullptr) ad.raw = *reinterpret_cast<const int4*>(add + o + 8 * ch);
 #pragma unroll
         for (int e = 0; e < 8; e++) {
             out.v[e] = from_f32<T>((to_f32(gv[c].v[e]) * wv[e]) * r - to_f32(xv[c].v[e]) * coef);
+            if (add != nullptr) out.v[e] = from_f32<T>(to_f32(out.v[e]) + to_f32(ad.v[e]));
         }
         *reinterpret_cast<int4*>(gx + o + 8 * ch) = out.raw;
     }
@@ -89,9 +94,9 @@ __device__ __forceinline__ bool rmsnorm_bwd_rows_in_registers(const T* __restric
 template <typename T, typename W>
 __device__ __forceinline__ void rmsnorm_bwd_impl(const T* __restrict__ x, const W* __restrict__ w, float eps,
                                                  const T* __restrict__ g, T* __restrict__ gx, float* __restrict__ inv,
-                                                 int h) {
+                                                 int h, const T* __restrict__ add) {
     __shared__ float scratch[32];
-    if (rmsnorm_bwd_rows_in_registers<T, W>(x, w, eps, g, gx, inv, h, scratch)) return;
+    if (rmsnorm_bwd_rows_in_registers<T, W>(x, w, eps, g, gx, inv, h, add, scratch)) return;
     int64_t o = (int64_t)blockIdx.x * h;
     float ss = 0.f, dot = 0.f;
     for (int j = threadIdx.x; j < h; j += blockDim.x) {
@@ -105,7 +110,9 @@ __device__ __forceinline__ void rmsnorm_bwd_impl(const T* __restrict__ x, const 
     float coef = r * r * r * dot / (float)h;
     if (threadIdx.x == 0 && inv != nullptr) inv[blockIdx.x] = r;
     for (int j = threadIdx.x; j < h; j += blockDim.x) {
-        gx[o + j] = from_f32<T>((to_f32(g[o + j]) * to_f32(w[j])) * r - to_f32(x[o + j]) * coef);
+        T v = from_f32<T>((to_f32(g[o + j]) * to_f32(w[j])) * r - to_f32(x[o + j]) * coef);
+        if (add != nullptr) v = from_f32<T>(to_f32(v) + to_f32(add[o + j]));
+        gx[o + j] = v;
     }
 }
 
@@ -125,8 +132,8 @@ __device__ __forceinline__ void rmsnorm_bwd_weight_impl(const T* __restrict__ x,
 
 #define QL_RMSNORM_BWD_W(tn, T, wn, W)                                                                           \
     extern "C" __global__ void rmsnorm_bwd_##tn##_##wn(const T* x, const W* w, float eps, const T* g, T* gx,      \
-                                                       float* inv, int h) {                                     \
-        rmsnorm_bwd_impl<T, W>(x, w, eps, g, gx, inv, h);                                                       \
+                                                       float* inv, int h, const T* add) {                       \
+        rmsnorm_bwd_impl<T, W>(x, w, eps, g, gx, inv, h, add);                                                  \
     }
 #define QL_RMSNORM_BWD(tn, T)                                                                                    \
     QL_RMSNORM_BWD_W(tn, T, wf32, float)                                                                        \

@@ -6,7 +6,8 @@
 //   (no cuBLAS headers / link library: -I <dir with a stub cublas_v2.h> <dir>/cublas_shim.cpp -ldl, see README.md)
 //
 // v6 (native/nf4_gemv6.cuh): exact and bnb numerics, M = 1..16, bf16 and f16, plus timing-only none / loads twins.
-// -DQL_BENCH_V2_ONLY builds only the v2 / v2a / v2il / v3 variants (native/nf4_gemv.cu; a much shorter compile).
+// -DQL_BENCH_V2_ONLY builds only the v2 / v2a / v2il / v3 variants (native/nf4_gemv.cu; a much shorter compile);
+// with -DQL_BENCH_V8_ONLY as well, only v8 and its v2a references.
 // Environment: QL_GEMV_ONLY=a,b (only variants whose name contains a or b), QL_GEMV_SHAPES=4096x11008,... (timed
 // shapes), QL_GEMV_NOSWEEP=1 (skip the small-shape correctness sweep), QL_GEMV_PROFILE=1 (a few launches for ncu).
 //
@@ -23,6 +24,7 @@
 // Any failure prints FAIL and the process exits 1 at the end. Timings: CUDA graphs of 20 launches rotating over
 // weight copies (> 200 MB, so the 50 MB L2 never holds the weight), median of 15 graph launches.
 #include "nf4_gemv.cu"
+#include "nf4_gemv8.cuh"
 #ifndef QL_BENCH_V2_ONLY
 #include "nf4_gemv4.cuh"
 #include "nf4_gemv5.cuh"
@@ -348,6 +350,40 @@ static Variant v2a(const std::string& name) {
     char buf[256];
     snprintf(buf, sizeof buf, "m8: %d regs, %zu B local, %zu B smem, %d blocks/SM; m16: %d regs, %zu B local, %d blocks/SM",
              a1.numRegs, a1.localSizeBytes, a1.sharedSizeBytes, b1, a2.numRegs, a2.localSizeBytes, b2);
+    v.facts = buf;
+    return v;
+}
+
+// v8 (nf4_gemv8.cuh, bench only): the aligned pair decode fed by bulk copies into shared memory, persistent grid;
+// rows 1..8. Where nf4v8::fast8_applies does not hold it launches the v2a pair kernel.
+__global__ void __launch_bounds__(nf4v8::THREADS, nf4v8::BLOCKS_PER_SM) q4v8pair_gemv_bf16_m8(V2_ENTRY_PARAMS) {
+    V2_ENTRY_WEIGHT;
+    nf4v8::gemv8<false, 1>(double_round, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype);
+}
+
+static Variant v8(const std::string& name) {
+    Variant v;
+    v.name = name;
+    v.checked = true;
+    v.max_m = 8;
+    CK(cudaFuncSetAttribute(q4v8pair_gemv_bf16_m8, cudaFuncAttributeMaxDynamicSharedMemorySize, nf4v8::DYN_SMEM));
+    v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s, int) {
+        if (!nf4v8::fast8_applies(K, w.log2_bs, w.nested, w.nested_shift)) {
+            launch_v2a<1, 8, 3, nf4v2::DEC_PAIR>(w, c, x, M, N, K, b, y, s);
+            return;
+        }
+        const int grid = std::min((N + 15) / 16, nf4v8::BLOCKS_PER_SM * g_sms);
+        q4v8pair_gemv_bf16_m8<<<grid, nf4v8::THREADS, nf4v8::DYN_SMEM, s>>>(
+            w.packed, w.absmax, w.nested_absmax, w.nested_code, w.offset, w.log2_bs, w.nested_bs, w.nested_shift, w.nested,
+            c, (const uint16_t*)x, M, N, K, b, 1, y, 1, 0);
+    };
+    cudaFuncAttributes a;
+    int blocks = 0;
+    CK(cudaFuncGetAttributes(&a, q4v8pair_gemv_bf16_m8));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, q4v8pair_gemv_bf16_m8, nf4v8::THREADS, nf4v8::DYN_SMEM));
+    char buf[256];
+    snprintf(buf, sizeof buf, "m8: %d regs, %zu B local, %zu B static + %d B dynamic smem, %d blocks/SM", a.numRegs,
+             a.localSizeBytes, a.sharedSizeBytes, nf4v8::DYN_SMEM, blocks);
     v.facts = buf;
     return v;
 }
@@ -929,6 +965,10 @@ int main(int argc, char** argv) {
     all.push_back(v6<8, 2, 4, nf4v6::DEC_NONE>("v6 none w8 b2 d4 (no decode)"));
     all.push_back(v6<8, 2, 4, nf4v6::DEC_LOADS>("v6 loads w8 b2 d4"));
 #endif  // QL_BENCH_V2_ONLY
+    all.push_back(v8("v8 pair"));
+    all.push_back(v2a<8, 3, nf4v2::DEC_PAIR>("v2a pair w8 d3"));
+    all.push_back(v2a<8, 3, nf4v2::DEC_NONE>("v2a none d3 (timing: no decode)"));
+#ifndef QL_BENCH_V8_ONLY
     // v2 / v3 (exact numerics): the measured references
     all.push_back(v2<8, 1, 4, nf4v2::DEC_TAB, 0>("v2 tab w8 t1 d4"));  // = q4v2_gemv_* (the Java default for rows 9..16, and v2table)
     all.push_back(v2<8, 1, 4, nf4v2::DEC_NONE, 0>("v2 none w8 t1 d4 (no decode)"));
@@ -942,7 +982,6 @@ int main(int argc, char** argv) {
     all.push_back(v2<4, 1, 2, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w4 t1 d2"));
     all.push_back(v2<16, 1, 2, nf4v2::DEC_BNB, 0, true>("v2 bnb rolled w16 t1 d2"));
     // the aligned path (session 6): = q4v2pair_gemv_* / q4v2bnb_gemv_* with V2_FAST_DEPTH 3
-    all.push_back(v2a<8, 3, nf4v2::DEC_PAIR>("v2a pair w8 d3"));
     all.push_back(v2a<8, 2, nf4v2::DEC_PAIR>("v2a pair w8 d2"));
     all.push_back(v2a<8, 4, nf4v2::DEC_PAIR>("v2a pair w8 d4"));
     all.push_back(v2a<8, 3, nf4v2::DEC_BNB>("v2a bnb w8 d3"));
@@ -953,8 +992,8 @@ int main(int argc, char** argv) {
     all.push_back(v2il<3, nf4v2::DEC_PAIR>("v2il pair d3 (timing: interleaved bytes)"));
     all.push_back(v2il<3, nf4v2::DEC_BNB>("v2il bnb d3 (timing: interleaved bytes)"));
     all.push_back(v2il<3, nf4v2::DEC_NONE>("v2il none d3 (timing: interleaved bytes, no decode)"));
-    all.push_back(v2a<8, 3, nf4v2::DEC_NONE>("v2a none d3 (timing: no decode)"));
     all.push_back(v3<8, 3, 4, nf4v3::DEC_TAB, true>("v3 w8 b3 d4"));
+#endif  // QL_BENCH_V8_ONLY
 #ifdef QL_BENCH_OLD
     all.push_back(old_stream(0));
     all.push_back(old_stream(3));

@@ -249,6 +249,21 @@ public interface Backend extends AutoCloseable {
         throw unsupported("rmsNormBackward");
     }
 
+    /**
+     * rmsNormBackward(x, weight, eps, gradOut, gradWeight) with addend added (rounded to the result's dtype, as
+     * {@link #addInPlace}): the residual stream's gradient in a decoder layer's backward (norm path + skip path).
+     * Same results as those two calls; backends with kernel launches fuse them (one pass over grad_x fewer).
+     */
+    default Tensor rmsNormBackwardAdd(Tensor x, Tensor weight, float eps, Tensor gradOut, Tensor gradWeight, Tensor addend) {
+        Tensor gx = rmsNormBackward(x, weight, eps, gradOut, gradWeight);
+        try {
+            return addInPlace(gx, addend);
+        } catch (RuntimeException e) {
+            gx.close();
+            throw e;
+        }
+    }
+
     /** SwiGLU backward: returns {grad_gate, grad_up} for out = silu(gate) * up. */
     default Tensor[] siluMulBackward(Tensor gate, Tensor up, Tensor gradOut) { throw unsupported("siluMulBackward"); }
 

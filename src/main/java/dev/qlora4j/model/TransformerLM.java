@@ -674,7 +674,9 @@ public final class TransformerLM implements AutoCloseable {
                     } else {
                         a = acts.get(i);
                     }
-                    gPrev = layers.get(i).backwardTrain(lb, config, in, pos, seg, inv, ropeScale, batch, a, g);
+                    // grad_x of the first layer feeds only a trainable embedding
+                    gPrev = layers.get(i).backwardTrain(lb, config, in, pos, seg, inv, ropeScale, batch, a, g,
+                            i > 0 || activeEmbedding() != null);
                 } finally {
                     if (keepDequantized) lb.keepDequantizedWeights(false);
                 }

@@ -143,15 +143,33 @@ public final class LoraGroup {
      * grouped, or in one shared buffer (see the class comment); null when neither applies (nothing was run then).
      */
     public static Tensor backward(Backend b, Tensor x, Tensor[] gradOuts, Linear... layers) {
-        if (gradOuts.length != layers.length) {
-            throw new IllegalArgumentException(layers.length + " layers need as many output gradients, got " + gradOuts.length);
-        }
+        checkGradients(gradOuts, layers);
         Members m = members(b, x, layers);
-        if (m != null) return groupBackward((CudaBackend) b, x, gradOuts, m);
+        if (m != null) return groupBackward((CudaBackend) b, x, gradOuts, m, true);
         return sharedBackward(b, x, gradOuts, layers);
     }
 
-    private static Tensor groupBackward(CudaBackend b, Tensor x, Tensor[] gradOuts, Members m) {
+    /**
+     * The adapters' gradients of {@link #backward} without grad_x, grouped: the base layers' input-gradient GEMMs
+     * (and their dequantize) and grad_x's LoRA term are skipped. Returns false when the group does not apply
+     * (nothing was run then).
+     */
+    public static boolean backwardParametersOnly(Backend b, Tensor x, Tensor[] gradOuts, Linear... layers) {
+        checkGradients(gradOuts, layers);
+        Members m = members(b, x, layers);
+        if (m == null) return false;
+        groupBackward((CudaBackend) b, x, gradOuts, m, false);
+        return true;
+    }
+
+    private static void checkGradients(Tensor[] gradOuts, Linear[] layers) {
+        if (gradOuts.length != layers.length) {
+            throw new IllegalArgumentException(layers.length + " layers need as many output gradients, got " + gradOuts.length);
+        }
+    }
+
+    /** inputGrad false: only the adapters' gradients (the bases' input-gradient GEMMs and grad_x's LoRA term skipped); returns null. */
+    private static Tensor groupBackward(CudaBackend b, Tensor x, Tensor[] gradOuts, Members m, boolean inputGrad) {
         LoraLinear[] ls = m.layers();
         LoraAdapter[] as = m.adapters();
         int k = ls.length;
@@ -177,6 +195,7 @@ public final class LoraGroup {
             // them, and last grad_x += GH [A_0; A_1; ...]
             try (CudaLoraGroupBackward lora = CudaLoraGroupBackward.begin(b, x, gradOuts, aCat, bCopies, scalings, kept,
                     gradA, gradB)) {
+                if (!inputGrad) return null;   // close() joins the side stream's dB / dA
                 for (int i = 0; i < k; i++) {
                     if (ls[i].baseInputGradIntoApplies()) continue;
                     Tensor g = ls[i].base().backward(b, x, gradOuts[i]);

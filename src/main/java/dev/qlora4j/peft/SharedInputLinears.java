@@ -28,4 +28,14 @@ public final class SharedInputLinears {
         Tensor grouped = LoraGroup.backward(b, x, gradOuts, layers);
         return grouped != null ? grouped : LinearGroup.backward(b, x, gradOuts, layers);
     }
+
+    /**
+     * The parameter gradients of {@link #backward} without grad_x, for a caller that does not need it (the first
+     * decoder layer under a frozen embedding): the grouped LoRA path then skips the base layers' input-gradient
+     * GEMMs (and their dequantize) and the adapters' grad_x term; other layers compute grad_x and drop it.
+     */
+    public static void backwardParametersOnly(Backend b, Tensor x, Tensor[] gradOuts, Linear... layers) {
+        if (LoraGroup.backwardParametersOnly(b, x, gradOuts, layers)) return;
+        backward(b, x, gradOuts, layers).close();
+    }
 }

@@ -589,9 +589,25 @@ public final class CudaBackend implements Backend, GraphCapable {
 
     @Override
     public Tensor rmsNormBackward(Tensor x, Tensor weight, float eps, Tensor gradOut, Tensor gradWeight) {
+        return rmsNormBackwardAdd(x, weight, eps, gradOut, gradWeight, null);
+    }
+
+    /**
+     * -Dqlora4j.cuda.fusedNormBackwardAdd=false: {@link #rmsNormBackwardAdd} as two launches (backward, then add), for
+     * A/B runs; the same bits either way.
+     */
+    public static final String FUSED_NORM_BACKWARD_ADD_PROPERTY = "qlora4j.cuda.fusedNormBackwardAdd";
+
+    /** One launch: the addend is added where grad_x is stored (native/norm_bwd.cu), the same bits as the two calls. */
+    @Override
+    public Tensor rmsNormBackwardAdd(Tensor x, Tensor weight, float eps, Tensor gradOut, Tensor gradWeight, Tensor addend) {
+        if (addend != null && !Switches.on(FUSED_NORM_BACKWARD_ADD_PROPERTY, true)) {
+            return Backend.super.rmsNormBackwardAdd(x, weight, eps, gradOut, gradWeight, addend);
+        }
         int mark = profBegin();
         KernelTypes.requireRank(x, 2, "rmsNormBackward x");
         KernelTypes.requireSameShape(x, gradOut, "rmsNormBackward x and gradOut");
+        if (addend != null) KernelTypes.requireSameShape(x, addend, "rmsNormBackward x and the addend");
         KernelTypes.requireDevice(weight, "rmsNormBackward weight");
         if (weight.rank() != 1 || weight.dim(0) != x.dim(1)) {
             throw new IllegalArgumentException("rmsNormBackward: x " + KernelTypes.shape(x) + " and weight "
@@ -604,8 +620,10 @@ public final class CudaBackend implements Backend, GraphCapable {
                         + " must be [" + x.dim(1) + "] like the weight");
             }
         }
-        try (Owned xa = activation(x, "rmsNormBackward x"); Owned g = activation(gradOut, "rmsNormBackward gradOut")) {
-            return profEnd("rmsNormBackward", mark, TrainKernels.rmsNormBackward(ctx, act, xa.t, weight, eps, g.t, gradWeight));
+        try (Owned xa = activation(x, "rmsNormBackward x"); Owned g = activation(gradOut, "rmsNormBackward gradOut");
+             Owned ad = addend == null ? null : activation(addend, "rmsNormBackward addend")) {
+            return profEnd(addend == null ? "rmsNormBackward" : "rmsNormBackwardAdd", mark,
+                    TrainKernels.rmsNormBackward(ctx, act, xa.t, weight, eps, g.t, gradWeight, ad == null ? null : ad.t));
         }
     }
 

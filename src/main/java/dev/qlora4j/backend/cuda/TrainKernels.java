@@ -162,9 +162,12 @@ final class TrainKernels {
                         .i32(n).i32(h).i32(vocab).ptr(status.pointer()));
     }
 
-    /** RMSNorm backward; accumulates into gradWeight (F32 [h]) when not null. */
+    /**
+     * RMSNorm backward; accumulates into gradWeight (F32 [h]) when not null; adds addend ([n, h] of act, or null) to
+     * grad_x as it is stored (round(act, round(act, gx) + addend): the bits of a separate add).
+     */
     static Tensor rmsNormBackward(CudaContext ctx, DType act, Tensor x, Tensor weight, float eps, Tensor g,
-                                  Tensor gradWeight) {
+                                  Tensor gradWeight, Tensor addend) {
         int n = x.dim(0), h = x.dim(1);
         Tensor gx = ctx.empty(act, n, h);
         if (n == 0) return gx;
@@ -173,7 +176,8 @@ final class TrainKernels {
             String kernel = "rmsnorm_bwd_" + KernelTypes.act(act) + "_" + KernelTypes.weight(weight, "rmsNormBackward weight");
             ctx.launch(ctx.function("norm_bwd", kernel), Dim3.of(n), Dim3.of(256), 0,
                     KernelArgs.of().ptr(CudaContext.ptr(x)).ptr(CudaContext.ptr(weight)).f32(eps).ptr(CudaContext.ptr(g))
-                            .ptr(CudaContext.ptr(gx)).ptr(CudaContext.ptrOrNull(inv)).i32(h));
+                            .ptr(CudaContext.ptr(gx)).ptr(CudaContext.ptrOrNull(inv)).i32(h)
+                            .ptr(CudaContext.ptrOrNull(addend)));
             if (gradWeight != null) {
                 ctx.launch1d(ctx.function("norm_bwd", "rmsnorm_bwd_weight_" + KernelTypes.act(act)), h,
                         KernelArgs.of().ptr(CudaContext.ptr(x)).ptr(CudaContext.ptr(g)).ptr(CudaContext.ptr(inv))

@@ -138,6 +138,25 @@ class CudaTrainOpsGpuTest {
         }
     }
 
+    /**
+     * The fused residual form (norm_bwd.cu's add argument): rmsNormBackwardAdd must give the bits of rmsNormBackward
+     * followed by addInPlace, on the register path (4096 wide, BF16) and the loop (4100 wide; F32).
+     */
+    @ParameterizedTest
+    @CsvSource({"BF16, 4096, 5", "BF16, 4100, 3", "F32, 4096, 2"})
+    void rmsNormBackwardAddEqualsTheTwoCalls(DType act, int h, int n) {
+        Random r = random("rmsNorm backward add " + act + " " + h);
+        try (CudaBackend b = backend(act, false)) {
+            float[] x = gaussian(r, n * h, 1), w = gaussian(r, h, 1), g = gaussian(r, n * h, 1), a = gaussian(r, n * h, 2);
+            Tensor wDev = b.upload(Tensor.of(w, h));
+            poison(b, act, n, h);
+            Tensor fused = b.rmsNormBackwardAdd(dev(b, x, act, n, h), wDev, 1e-5f, dev(b, g, act, n, h), null, dev(b, a, act, n, h));
+            Tensor apart = b.addInPlace(b.rmsNormBackward(dev(b, x, act, n, h), wDev, 1e-5f, dev(b, g, act, n, h), null),
+                    dev(b, a, act, n, h));
+            assertBitEqual(values(b, fused), values(b, apart), "rmsNormBackwardAdd " + act + " h=" + h);
+        }
+    }
+
     @ParameterizedTest
     @EnumSource(value = DType.class, names = {"F32", "BF16"})
     void backwardOpsMatchCpu(DType act) {
