@@ -7,6 +7,7 @@ import static dev.qlora4j.backend.cuda.CudaCoreTestSupport.random;
 import static dev.qlora4j.backend.cuda.CudaCoreTestSupport.values;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import dev.qlora4j.backend.AttentionResult;
@@ -40,11 +41,9 @@ class AttentionStoredDsGpuTest {
             assertEquals(true, TrainAttentionKernels.storesDs(ctx, prefix, 0, batch, heads, tokens));
             assertFalse(TrainAttentionKernels.storesDs(ctx, prefix, 64, batch, heads, tokens), "a window recomputes dS");
             DType act = DType.BF16;
-            int n = batch * tokens, qw = heads * headDim, kw = kvHeads * headDim;
-            Tensor qd = b.upload(Tensor.fromFloats(gaussian(r, n * qw, 1), act, n, qw));
-            Tensor kd = b.upload(Tensor.fromFloats(gaussian(r, n * kw, 1), act, n, kw));
-            Tensor vd = b.upload(Tensor.fromFloats(gaussian(r, n * kw, 1), act, n, kw));
-            Tensor gd = b.upload(Tensor.fromFloats(gaussian(r, n * qw, 1), act, n, qw));
+            int n = batch * tokens;
+            Tensor[] in = inputs(b, r, n, heads * headDim, kvHeads * headDim);
+            Tensor qd = in[0], kd = in[1], vd = in[2], gd = in[3];
             Tensor sd = maxSegment > 0 ? b.upload(Tensor.ofInts(CudaTrainAttentionTcGpuTest.segments(r, batch, tokens, maxSegment), n)) : null;
             float scale = (float) (1 / Math.sqrt(headDim));
             AttentionResult fwd = TrainAttentionKernels.forward(ctx, act, qd, kd, vd, sd, batch, heads, kvHeads, headDim,
@@ -58,6 +57,59 @@ class AttentionStoredDsGpuTest {
             assertBitEqual(values(b, stored[1]), values(b, recomputed[1]), "dK, stored vs recomputed dS");
             assertBitEqual(values(b, stored[2]), values(b, recomputed[2]), "dV, stored vs recomputed dS");
         }
+    }
+
+    /**
+     * Out of memory for the scratch (storedDsFits allows it, the driver has no room): the backward recomputes dS
+     * instead of failing, with the same bits. The memory is taken by raw driver allocations outside the caching
+     * allocator, so its own counts (which storedDsFits reads) still allow the scratch and the allocation itself fails.
+     */
+    @org.junit.jupiter.api.Test
+    void outOfMemoryForTheScratchRecomputesDs() {
+        int batch = 1, tokens = 6144, heads = 32, kvHeads = 8, headDim = 128;
+        Random r = random("stored dS out of memory");
+        try (CudaBackend b = backend(DType.BF16, false)) {
+            CudaContext ctx = b.context();
+            String prefix = TrainAttentionKernels.tcKernelPrefix(ctx, headDim);
+            assumeTrue(prefix.equals("attn_wg_"), "the stored-dS kernels are in the Hopper (sm90a) build");
+            assumeTrue(TrainAttentionKernels.storesDs(ctx, prefix, 0, batch, heads, tokens), "the scratch fits the budget");
+            DType act = DType.BF16;
+            Tensor[] in = inputs(b, r, batch * tokens, heads * headDim, kvHeads * headDim);
+            Tensor qd = in[0], kd = in[1], vd = in[2], gd = in[3];
+            float scale = (float) (1 / Math.sqrt(headDim));
+            AttentionResult fwd = TrainAttentionKernels.forward(ctx, act, qd, kd, vd, null, batch, heads, kvHeads, headDim,
+                    scale, 0);
+            Tensor[] want = withProperty(TrainAttentionKernels.STORED_DS_PROPERTY, "false", () ->
+                    TrainAttentionKernels.backward(ctx, act, qd, kd, vd, null, fwd.out(), fwd.lse(), gd, batch, heads,
+                            kvHeads, headDim, scale, 0));
+            // the backward's own buffers (dq, dk, dv, delta: ~80 MB) must still fit, the scratch (1.2 GB) must not
+            long keepFree = 384L << 20, scratch = TrainAttentionKernels.storedDsBytes(batch, heads, tokens);
+            assertTrue(scratch > 2 * keepFree, "the scratch is larger than what is left free");
+            java.util.List<Long> hog = new java.util.ArrayList<>();
+            try {
+                ctx.synchronize();
+                ctx.allocator().emptyCache();
+                for (long chunk = 1L << 30; chunk >= 16L << 20; chunk >>= 1) {
+                    while (ctx.driver().memGetInfo().freeBytes() > keepFree + chunk) hog.add(ctx.driver().memAlloc(chunk));
+                }
+                Tensor[] got = TrainAttentionKernels.backward(ctx, act, qd, kd, vd, null, fwd.out(), fwd.lse(), gd, batch,
+                        heads, kvHeads, headDim, scale, 0);
+                assertBitEqual(values(b, got[0]), values(b, want[0]), "dQ after the scratch ran out of memory");
+                assertBitEqual(values(b, got[1]), values(b, want[1]), "dK after the scratch ran out of memory");
+                assertBitEqual(values(b, got[2]), values(b, want[2]), "dV after the scratch ran out of memory");
+            } finally {
+                for (long p : hog) ctx.driver().memFree(p);
+            }
+        }
+    }
+
+    /** Random BF16 q [n, qw], k and v [n, kw] and the output gradient [n, qw] on the GPU. */
+    private static Tensor[] inputs(CudaBackend b, Random r, int n, int qw, int kw) {
+        DType act = DType.BF16;
+        return new Tensor[] {b.upload(Tensor.fromFloats(gaussian(r, n * qw, 1), act, n, qw)),
+                b.upload(Tensor.fromFloats(gaussian(r, n * kw, 1), act, n, kw)),
+                b.upload(Tensor.fromFloats(gaussian(r, n * kw, 1), act, n, kw)),
+                b.upload(Tensor.fromFloats(gaussian(r, n * qw, 1), act, n, qw))};
     }
 
     private static Tensor[] withProperty(String key, String value, java.util.function.Supplier<Tensor[]> run) {
