@@ -509,6 +509,23 @@ __device__ __forceinline__ void load_fast(FastChunk& L, const Weight& w, const u
     }
 }
 
+// x's B fragments of a chunk (the 32 k at kb of x rows g + 8 nt) into xw; rows >= M keep theirs (zero on entry to the
+// kernel), so the registers live across the chunk loop.
+template <int NT>
+__device__ __forceinline__ void load_x_kept(uint32_t (&xw)[NT][16], const uint16_t* const (&xrow)[NT], int kb, int g, int M) {
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        if (g + 8 * nt < M) {
+            const uint4* xp = reinterpret_cast<const uint4*>(xrow[nt] + kb);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const uint4 v = __ldg(xp + i);
+                xw[nt][4 * i] = v.x; xw[nt][4 * i + 1] = v.y; xw[nt][4 * i + 2] = v.z; xw[nt][4 * i + 3] = v.w;
+            }
+        }
+    }
+}
+
 template <bool F16C, bool DR, int NT, int W, int DEPTH, int DEC, bool NESTED, bool IL = false>
 __device__ __forceinline__ void gemv_body_fast(const Weight& w, const float* __restrict__ nested_code,
                                                const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
@@ -563,17 +580,7 @@ __device__ __forceinline__ void gemv_body_fast(const Weight& w, const float* __r
             const int j = j0 + d;
             if (j < cpw) {  // warp-uniform
                 const int kb = kb0 + j * KSTEP;
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    if (g + 8 * nt < M) {
-                        const uint4* xp = reinterpret_cast<const uint4*>(xrow[nt] + kb);
-#pragma unroll
-                        for (int i = 0; i < 4; i++) {
-                            const uint4 v = __ldg(xp + i);
-                            xw[nt][4 * i] = v.x; xw[nt][4 * i + 1] = v.y; xw[nt][4 * i + 2] = v.z; xw[nt][4 * i + 3] = v.w;
-                        }
-                    }
-                }
+                load_x_kept<NT>(xw, xrow, kb, g, M);
                 const FastChunk& L = buf[d];
                 const float a0 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[0]], L.s[0]), w.offset) : L.s[0];
                 const float a1 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[1]], L.s[1]), w.offset) : L.s[1];

@@ -215,18 +215,7 @@ __device__ __forceinline__ void gemv8_body(const Weight& w, const float* __restr
             for (int h = 0; h < 2; h++) {
                 const int c = warp + W * h;
                 if (c < chunks) {   // warp-uniform
-                    const int kb = s * GROUP * CHUNK_K + c * CHUNK_K + 32 * t;
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++) {
-                        if (g + 8 * nt < M) {
-                            const uint4* xp = reinterpret_cast<const uint4*>(xrow[nt] + kb);
-#pragma unroll
-                            for (int i = 0; i < 4; i++) {
-                                const uint4 v = __ldg(xp + i);
-                                xw[nt][4 * i] = v.x; xw[nt][4 * i + 1] = v.y; xw[nt][4 * i + 2] = v.z; xw[nt][4 * i + 3] = v.w;
-                            }
-                        }
-                    }
+                    nf4v2::load_x_kept<NT>(xw, xrow, s * GROUP * CHUNK_K + c * CHUNK_K + 32 * t, g, M);
                     const uint4 p0 = *reinterpret_cast<const uint4*>(st + g * PITCH + c * 64 + 16 * t);
                     const uint4 p1 = *reinterpret_cast<const uint4*>(st + (g + 8) * PITCH + c * 64 + 16 * t);
                     const int bl = 2 * c + (t >> 1);   // the thread's absmax block within the stage row
