@@ -38,6 +38,8 @@
 //                       (m, l, acc) to part_ml [B, H, S, 2] and part_acc [B, H, S, D]; then, when counters
 //                       [B * gridDim.y] (zero between launches) is given, the block of each head group that
 //                       arrives last merges the S states into out (no attn_combine launch), else attn_combine does.
+//                       prefetch != 0 (sm_90): the block's cache rows are requested into L2 before the wait for
+//                       the previous kernel (prefetch_decode_rows).
 //                       S depends only on the cache capacity and the shapes (chosen on the host), so a
 //                       graph replay and a direct call launch the same grid and round identically.
 //   attn_combine_<t>_d<D>  grid (H, B), D threads (at least 32): out = sum_i e^(m_i-M) acc_i / sum_i e^(m_i-M) l_i.
@@ -212,12 +214,41 @@ __device__ __forceinline__ float combine_value(const float* part_ml, const float
 constexpr int DEC_VB = 8;  // value rows loaded per batch in the decode's accumulation loop
 // DEC_GMAX: query heads one block serves (a template parameter: 1, 2, 4 or 8, the smallest power of two
 // >= heads / kvHeads, capped at 8), so plain multi-head attention does no work for absent heads.
+// Before waiting for the kernel that writes q and the new slot (programmatic dependent launch), one thread of the
+// block asks L2 for the block's slots of the key and value cache (cp.async.bulk.prefetch, sm_90; the first
+// DEC_PREFETCH_SLOTS of its chunk): the cache rows of earlier tokens do not change, and the loads after the wait then
+// come from L2 instead of DRAM, one latency each for the key rows and every batch of value rows. Only a hint: the
+// slot range is computed again after the wait, and whatever L2 holds stays coherent with later writes.
+[[maybe_unused]] constexpr int DEC_PREFETCH_SLOTS = 256;
+template <typename T, int D>
+__device__ __forceinline__ void prefetch_decode_rows(const T* __restrict__ kc, const T* __restrict__ vc,
+                                                     const int* __restrict__ pad_start, int kv_heads, int cap, int start,
+                                                     const int* start_ptr, int window, int prefetch) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
+    if (!prefetch || threadIdx.x != 0) return;
+    const int group_chunks = gridDim.y / kv_heads;   // blockIdx.y = kh * chunks + chunk (decode_impl)
+    const int b = blockIdx.z, kh = blockIdx.y / group_chunks;
+    const int s = kv_slot_start(start, start_ptr);
+    const int lo = visible_from(s, pad_start[b], window);
+    const int len = max(0, s - lo + 1);
+    const int chunk = (len + gridDim.x - 1) / gridDim.x;
+    const int c0 = lo + blockIdx.x * chunk, c1 = min(min(c0 + chunk, s + 1), c0 + DEC_PREFETCH_SLOTS);
+    if (c1 <= c0) return;
+    const int64_t row0 = ((int64_t)b * kv_heads + kh) * cap + c0;
+    const uint32_t bytes = (uint32_t)(c1 - c0) * D * sizeof(T);
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(kc + row0 * D), "r"(bytes) : "memory");
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(vc + row0 * D), "r"(bytes) : "memory");
+#endif
+}
+
 template <typename T, int D, int DEC_GMAX>
 __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                                             T* __restrict__ out, float* __restrict__ part_ml,
                                             float* __restrict__ part_acc, const int* __restrict__ pad_start,
                                             int heads, int kv_heads, int cap, int start, const int* start_ptr,
-                                            float scale, int window, int* __restrict__ counters) {
+                                            float scale, int window, int* __restrict__ counters, int prefetch) {
+    prefetch_decode_rows<T, D>(kc, vc, pad_start, kv_heads, cap, start, start_ptr, window, prefetch);
+    pdl_enter();
     constexpr int DPL = D >= 32 ? D / 32 : 1;         // output dims per lane (contiguous)
     constexpr int ACTIVE = D >= 32 ? 32 : D;           // lanes that own output dims
     constexpr int KV = Pack16<T>::N;                   // elements of one 16-byte key load
@@ -394,9 +425,9 @@ __device__ __forceinline__ void combine_impl(const float* __restrict__ part_ml, 
     extern "C" __global__ void __launch_bounds__(128) attn_decode_##tn##_d##D##_g##GM(                          \
         const T* q, const T* kc, const T* vc, T* out, float* part_ml, float* part_acc, const int* pad_start,     \
         int heads, int kv_heads, int cap, int start, const int* start_ptr, float scale, int window,              \
-        int* counters) { pdl_enter();                                                                           \
+        int* counters, int prefetch) {                                                                          \
         decode_impl<T, D, GM>(q, kc, vc, out, part_ml, part_acc, pad_start, heads, kv_heads, cap, start,         \
-                              start_ptr, scale, window, counters);                                              \
+                              start_ptr, scale, window, counters, prefetch);                                    \
     }
 
 #define QL_ATTN_D(tn, T, D, R)                                                                                   \

@@ -32,6 +32,11 @@ final class AttentionKernels {
      * best on the H200 (Llama-7B NF4, 1,024 new tokens: 220.5 tokens/s vs 215.8 with 256; no change at 128).
      */
     static final int MIN_SLOTS_PER_SPLIT = Integer.getInteger("qlora4j.attention.decodeMinSlots", 64);
+    /**
+     * -Dqlora4j.attention.decodePrefetch=false: the decode kernel does not ask L2 for its cache rows before waiting
+     * for the previous kernel (native/attention.cu, prefetch_decode_rows; Hopper builds only). For A/B runs.
+     */
+    static final String DECODE_PREFETCH_PROPERTY = "qlora4j.attention.decodePrefetch";
     static final int MAX_SPLITS = 64;
 
     /** Checked sizes of one call. */
@@ -175,7 +180,8 @@ final class AttentionKernels {
                             .ptr(CudaContext.ptrOrNull(partMl)).ptr(CudaContext.ptrOrNull(partAcc))
                             .ptr(CudaContext.ptr(padStart)).i32(s.heads()).i32(s.kvHeads()).i32(s.capacity())
                             .i32(start).ptr(startPtr).f32(scale).i32(window)
-                            .ptr(mergeInDecode ? ctx.arrivalCounters() : 0L));
+                            .ptr(mergeInDecode ? ctx.arrivalCounters() : 0L)
+                            .i32(Switches.on(DECODE_PREFETCH_PROPERTY, true) ? 1 : 0));
             if (splits > 1 && !mergeInDecode) {
                 ctx.launch(ctx.function("attention", "attn_combine_" + t + "_d" + d), Dim3.of(s.heads(), s.batch()),
                         Dim3.of(Math.max(32, d)), 0,
