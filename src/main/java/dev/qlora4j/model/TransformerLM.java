@@ -638,6 +638,7 @@ public final class TransformerLM implements AutoCloseable {
             Backend gb = b;
             gHidden.close();
             x.close();
+            TokenEmbedding trainable = activeEmbedding();   // modules_to_save embed_tokens, or null (frozen)
             for (int i = layers.size() - 1; i >= 0; i--) {
                 Backend lb = devices.layer(i);
                 if (lb != gb) { // the gradient crosses back to the layer's device
@@ -676,7 +677,7 @@ public final class TransformerLM implements AutoCloseable {
                     }
                     // grad_x of the first layer feeds only a trainable embedding
                     gPrev = layers.get(i).backwardTrain(lb, config, in, pos, seg, inv, ropeScale, batch, a, g,
-                            i > 0 || activeEmbedding() != null);
+                            i > 0 || trainable != null);
                 } finally {
                     if (keepDequantized) lb.keepDequantizedWeights(false);
                 }
@@ -687,8 +688,7 @@ public final class TransformerLM implements AutoCloseable {
                 in.close();
                 inputs.set(i, null);
             }
-            TokenEmbedding trainable = activeEmbedding();
-            if (trainable != null) { // modules_to_save embed_tokens
+            if (trainable != null) {
                 if (gb != eb) {
                     Tensor moved = DeviceTransfer.copy(g, gb, eb);
                     g.close();
