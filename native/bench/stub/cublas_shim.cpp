@@ -24,6 +24,8 @@ cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t h, void* w, size_t n) {
   return sym<cublasStatus_t (*)(cublasHandle_t, void*, size_t)>("cublasSetWorkspace_v2")(h, w, n); }
 cublasStatus_t cublasSetStream_v2(cublasHandle_t h, cudaStream_t s) {
   return sym<cublasStatus_t (*)(cublasHandle_t, cudaStream_t)>("cublasSetStream_v2")(h, s); }
+cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t m) {
+  return sym<cublasStatus_t (*)(cublasHandle_t, cublasMath_t)>("cublasSetMathMode")(h, m); }
 cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
     const void* alpha, const void* A, cudaDataType at, int lda, const void* B, cudaDataType bt, int ldb,
     const void* beta, void* C, cudaDataType ct, int ldc, cublasComputeType_t ctype, cublasGemmAlgo_t algo) {
