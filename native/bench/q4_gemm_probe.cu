@@ -54,6 +54,11 @@ __device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
         "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
         "@!done bra QG_WAIT;\n}\n" ::"r"(saddr(b)), "r"(parity) : "memory");
 }
+// The dynamic shared memory rounded up to 1024 bytes by pointer arithmetic only: a pointer rebuilt from an integer
+// loses its address space, and every access through it becomes a generic LD / ST (measured: the decode's table
+// lookups and packed loads ran as LD.E, long-scoreboard stalls, 0.7x; LDS after this).
+__device__ __forceinline__ uint8_t* align1024(uint8_t* p) { return p + ((1024u - (saddr(p) & 1023u)) & 1023u); }
+
 // A 2-D box of a tensor map into shared memory; completes `bar`'s transaction bytes.
 __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
     asm volatile(
@@ -78,7 +83,7 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_bf16(const __grid_constant
                                                            const __grid_constant__ CUtensorMap tw,
                                                            __nv_bfloat16* __restrict__ y, int N, int K) {
     extern __shared__ uint8_t smem_raw[];
-    uint8_t* base = (uint8_t*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);   // 1024-aligned: swizzle atoms
+    uint8_t* base = align1024(smem_raw);   // swizzle atoms
     uint8_t* a_tiles = base;
     uint8_t* b_tiles = base + STAGES * A_BYTES;
     uint64_t* full = (uint64_t*)(base + STAGES * STAGE_BYTES);
@@ -161,7 +166,7 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_q4(const __grid_constant__
                                                          const float* __restrict__ code16g,
                                                          __nv_bfloat16* __restrict__ y, int N, int K) {
     extern __shared__ uint8_t smem_raw[];
-    uint8_t* base = (uint8_t*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+    uint8_t* base = align1024(smem_raw);
     uint8_t* x_tiles = base;                                  // [STAGES][128 x 64 bf16], swizzled (TMA)
     uint8_t* w_tiles = x_tiles + STAGES * A_BYTES;            // [STAGES][256 x 64 bf16], swizzled (decoded)
     uint8_t* p_tiles = w_tiles + STAGES * B_BYTES;            // [PST][256 x 32 bytes] packed (TMA)
@@ -401,7 +406,7 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_rs(const __grid_constant__
                                                          const float* __restrict__ code16g,
                                                          __nv_bfloat16* __restrict__ y, int N, int K) {
     extern __shared__ uint8_t smem_raw[];
-    uint8_t* base = (uint8_t*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+    uint8_t* base = align1024(smem_raw);
     uint8_t* stages = base;                                              // [S][X 256 x 64 bf16 | packed 128 x 32]
     __nv_bfloat16* epi = (__nv_bfloat16*)(base + RS_STAGES * RS_STAGE_BYTES);   // [2][256 tokens][64 features]
     uint8_t* tabs = (uint8_t*)epi + RS_EPI_BYTES;
@@ -447,6 +452,9 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_rs(const __grid_constant__
 #if QG_RS_PINGPONG
     // one fragment buffer: each warpgroup decodes, then multiplies and waits; the two warpgroups' products interleave
     uint32_t A[4][4];
+#if QG_RS_PINGPONG == 2
+    if (c == 1) asm volatile("bar.arrive 4, 256;" ::: "memory");   // warpgroup 0 takes the first turn
+#endif
     for (int kt = 0; kt < ktiles; kt++) {
         const int s = kt % RS_STAGES;
         mbar_wait(full + s, (uint32_t)((kt / RS_STAGES) & 1));
@@ -454,10 +462,18 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_rs(const __grid_constant__
         if (kt + 1 < ktiles) st.fetch(kt + 1);
         decode_a(stages + s * RS_STAGE_BYTES + RS_X_BYTES, lr, t, a0, a1, code16, A, wtab, c4);
         const uint32_t xb = saddr(stages + s * RS_STAGE_BYTES);
+#if QG_RS_PINGPONG == 2
+        // explicit turns (named barriers 4 + c): the warpgroups' products alternate on the tensor cores, so one
+        // warpgroup decodes while the other's product runs (left alone, both decode at once, then both multiply)
+        asm volatile("bar.sync %0, 256;" ::"r"(4 + c) : "memory");
+#endif
         wgmma::fence();
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) mma_rs_n256(d, A[kk], wgmma::desc_sw128(xb + kk * 32, 16, 1024));
         wgmma::commit();
+#if QG_RS_PINGPONG == 2
+        asm volatile("bar.arrive %0, 256;" ::"r"(5 - c) : "memory");
+#endif
         wgmma::wait<0>();
         keep(A);
         if (lane == 0) mbar_arrive(empty + s);
