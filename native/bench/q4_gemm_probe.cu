@@ -530,6 +530,121 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_rs(const __grid_constant__
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// The 4-bit GEMM, shared-A form: the producer warpgroup decodes a 64-feature x 64 tile of W into shared memory
+// (wgmma's A operand, K-major, 128-byte swizzle) and both consumer warpgroups multiply it, each by its own 256
+// tokens of X: 512 tokens per decoded value (the register-A form gets 256: each warpgroup decodes its own A), and
+// the decode runs on warps that otherwise only issue TMA. D[64 features x 256 tokens] per consumer warpgroup; the
+// epilogue transposes it through shared memory into Y[token][feature].
+constexpr int SS_BM = 64, SS_BN = 512, SS_STAGES = 3;
+constexpr int SS_X_BYTES = SS_BN * BK * 2, SS_A_BYTES = SS_BM * BK * 2, SS_P_BYTES = SS_BM * BK / 2;
+constexpr int SS_SMEM_BYTES = SS_STAGES * (SS_X_BYTES + SS_A_BYTES + SS_P_BYTES) + 1024 + (16 + 256) * 4 + 3 * SS_STAGES * 8;
+
+__global__ void __launch_bounds__(THREADS, 1) gemm_q4_ss(const __grid_constant__ CUtensorMap tx,
+                                                         const __grid_constant__ CUtensorMap tp,
+                                                         const uint8_t* __restrict__ absmax_q,
+                                                         const float* __restrict__ nested_absmax,
+                                                         const float* __restrict__ nested_code, float offset,
+                                                         const float* __restrict__ code16g,
+                                                         __nv_bfloat16* __restrict__ y, int N, int K) {
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t* base = align1024(smem_raw);
+    uint8_t* x_tiles = base;                                   // [S][512 tokens x 64] (two 256-row TMA boxes)
+    uint8_t* a_tiles = x_tiles + SS_STAGES * SS_X_BYTES;       // [S][64 features x 64] decoded, swizzled
+    uint8_t* p_tiles = a_tiles + SS_STAGES * SS_A_BYTES;       // [S][64 x 32 bytes] packed
+    float* code16 = (float*)(p_tiles + SS_STAGES * SS_P_BYTES);
+    float* ncode = code16 + 16;
+    uint64_t* xfull = (uint64_t*)(ncode + 256);                // X and packed bytes landed (TMA)
+    uint64_t* afull = xfull + SS_STAGES;                       // A decoded (128 producer threads)
+    uint64_t* empty = afull + SS_STAGES;                       // consumers done with the stage (8 warps)
+    const int wg = threadIdx.x / 128, f0 = blockIdx.x * SS_BM, t0 = blockIdx.y * SS_BN, ktiles = K / BK;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < SS_STAGES; s++) { mbar_init(xfull + s, 1); mbar_init(afull + s, 128); mbar_init(empty + s, 8); }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    if (threadIdx.x < 16) code16[threadIdx.x] = code16g[threadIdx.x];
+    for (int j = threadIdx.x; j < 256; j += THREADS) ncode[j] = nested_code[j];
+    __syncthreads();
+    if (wg == 0) {
+        const int i = threadIdx.x, r = i >> 1, h = i & 1;
+        auto issue = [&](int kt) {   // thread 0: stage kt's X (two boxes) and packed bytes
+            const int s = kt % SS_STAGES;
+            if (kt >= SS_STAGES) mbar_wait(empty + s, (uint32_t)((kt / SS_STAGES - 1) & 1));
+            mbar_expect_tx(xfull + s, SS_X_BYTES + SS_P_BYTES);
+            tma_load_2d(x_tiles + s * SS_X_BYTES, &tx, kt * BK, t0, xfull + s);
+            tma_load_2d(x_tiles + s * SS_X_BYTES + SS_X_BYTES / 2, &tx, kt * BK, t0 + SS_BN / 2, xfull + s);
+            tma_load_2d(p_tiles + s * SS_P_BYTES, &tp, kt * (BK / 2), f0, xfull + s);
+        };
+        if (i == 0) for (int kt = 0; kt < SS_STAGES - 1 && kt < ktiles; kt++) issue(kt);
+        const long blk = (long)(f0 + r) * (K / BK);
+        uint32_t q = absmax_q[blk];
+        float ns = nested_absmax[blk >> 8];
+        for (int kt = 0; kt < ktiles; kt++) {
+            const int s = kt % SS_STAGES;
+            const float a = __fadd_rn(__fmul_rn(ncode[q], ns), offset);
+            if (kt + 1 < ktiles) { q = absmax_q[blk + kt + 1]; ns = nested_absmax[(blk + kt + 1) >> 8]; }
+            mbar_wait(xfull + s, (uint32_t)((kt / SS_STAGES) & 1));   // (A[s] is free: its TMA waited for empty[s])
+            const uint4 pk = *reinterpret_cast<const uint4*>(p_tiles + s * SS_P_BYTES + r * 32 + h * 16);
+            const uint32_t wd[4] = {pk.x, pk.y, pk.z, pk.w};
+            uint8_t* A = a_tiles + s * SS_A_BYTES;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                uint32_t o[4];
+#pragma unroll
+                for (int bb = 0; bb < 4; bb++) o[bb] = decode_pair(wd[j] >> (8 * bb), a, code16);
+                const int c = h * 4 + j;
+                *reinterpret_cast<uint4*>(A + r * 128 + ((c ^ (r & 7)) << 4)) = make_uint4(o[0], o[1], o[2], o[3]);
+            }
+            wgmma::fence_smem_for_async();
+            mbar_arrive(afull + s);
+            // after this stage's decode: the refill waits for the consumers to release stage kt - 1, which they do
+            // only once this stage is decoded (issuing it before the decode deadlocks)
+            if (i == 0 && kt + SS_STAGES - 1 < ktiles) issue(kt + SS_STAGES - 1);
+        }
+        return;
+    }
+    const int c = wg - 1, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    float d[32][4];
+#pragma unroll
+    for (int j = 0; j < 32; j++) d[j][0] = d[j][1] = d[j][2] = d[j][3] = 0.f;
+    for (int kt = 0; kt < ktiles; kt++) {
+        const int s = kt % SS_STAGES;
+        mbar_wait(xfull + s, (uint32_t)((kt / SS_STAGES) & 1));
+        mbar_wait(afull + s, (uint32_t)((kt / SS_STAGES) & 1));
+        const uint32_t ab = saddr(a_tiles + s * SS_A_BYTES), xb = saddr(x_tiles + s * SS_X_BYTES + c * (SS_X_BYTES / 2));
+        wgmma::fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            mma_ss_n256<0>(d, wgmma::desc_sw128(ab + kk * 32, 16, 1024), wgmma::desc_sw128(xb + kk * 32, 16, 1024), 1);
+        }
+        wgmma::commit();
+        wgmma::wait<1>();
+        if (kt > 0 && lane == 0) mbar_arrive(empty + (kt - 1) % SS_STAGES);
+    }
+    wgmma::wait<0>();
+    wgmma::pin(d);
+    asm volatile("bar.sync 2, 256;" ::: "memory");   // both consumer warpgroups are done reading the stages
+    // D[feature][token] -> staging [256 tokens][64 features] in this warpgroup's half of stage 0's X -> Y rows
+    __nv_bfloat16* stg = reinterpret_cast<__nv_bfloat16*>(x_tiles + c * (SS_X_BYTES / 2));
+    const int f = warp * 16 + g;
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+        const int n = 8 * j + 2 * t;
+        stg[n * 64 + f] = __float2bfloat16_rn(d[j][0]);
+        stg[(n + 1) * 64 + f] = __float2bfloat16_rn(d[j][1]);
+        stg[n * 64 + f + 8] = __float2bfloat16_rn(d[j][2]);
+        stg[(n + 1) * 64 + f + 8] = __float2bfloat16_rn(d[j][3]);
+    }
+    asm volatile("bar.sync %0, 128;" ::"r"(3 + c) : "memory");
+    const int i = threadIdx.x % 128;
+#pragma unroll 4
+    for (int m = 0; m < 16; m++) {
+        const int qq = i + 128 * m, tok = qq / 8, part = qq % 8;
+        *reinterpret_cast<uint4*>(y + (long)(t0 + c * 256 + tok) * N + f0 + part * 8) =
+            *reinterpret_cast<const uint4*>(stg + tok * 64 + part * 8);
+    }
+}
+
 }  // namespace qg
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -587,6 +702,7 @@ int main() {
     CK(cudaFuncSetAttribute(qg::gemm_tn_bf16, cudaFuncAttributeMaxDynamicSharedMemorySize, qg::SMEM_BYTES));
     CK(cudaFuncSetAttribute(qg::gemm_tn_q4, cudaFuncAttributeMaxDynamicSharedMemorySize, qg::Q4_SMEM_BYTES));
     CK(cudaFuncSetAttribute(qg::gemm_q4_rs, cudaFuncAttributeMaxDynamicSharedMemorySize, qg::RS_SMEM_BYTES));
+    CK(cudaFuncSetAttribute(qg::gemm_q4_ss, cudaFuncAttributeMaxDynamicSharedMemorySize, qg::SS_SMEM_BYTES));
     cublasHandle_t h;
     CB(cublasCreate(&h));
     CB(cublasSetMathMode(h, (cublasMath_t)(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
@@ -671,6 +787,11 @@ int main() {
                 qg::gemm_q4_rs<<<dim3(s.T / qg::RS_BN, s.N / qg::RS_BM), qg::THREADS, qg::RS_SMEM_BYTES>>>(
                     tx256, tp128, aq, nabs, ncode, offset, code16, y, s.N, s.K);
             };
+            CUtensorMap tp64 = packed_map(encode, packed, s.N, s.K / 2, qg::SS_BM);
+            auto fused_ss = [&]() {
+                qg::gemm_q4_ss<<<dim3(s.N / qg::SS_BM, s.T / qg::SS_BN), qg::THREADS, qg::SS_SMEM_BYTES>>>(
+                    tx256, tp64, aq, nabs, ncode, offset, code16, y, s.N, s.K);
+            };
             auto dq = [&]() {
                 q4_dequantize_bf16<<<(int)((n + 16383) / 16384), DQ_THREADS>>>(packed, aq, nabs, ncode, offset, 6, 256, 8, 1,
                                                                                code16, w, n, 1);
@@ -702,10 +823,17 @@ int main() {
             CK(cudaDeviceSynchronize());
             CK(cudaMemcpy(a.data(), y, a.size() * 2, cudaMemcpyDeviceToHost));
             compare("4-bit (register A)");
+            CK(cudaMemset(y, 0xFF, (size_t)s.T * s.N * 2));
+            fused_ss();
+            CK(cudaGetLastError());
+            CK(cudaDeviceSynchronize());
+            CK(cudaMemcpy(a.data(), y, a.size() * 2, cudaMemcpyDeviceToHost));
+            compare("4-bit (shared A)");
             for (int round = 0; round < 2; round++) {
-                float tf = round == 0 ? timeit(fused) : 0, tr = timeit(fused_rs), tdg = timeit(dq_gemm), td = timeit(dq), tc = timeit(theirs);
-                printf("%-30s 4-bit register-A %.1f us (%.0f TF/s), producer-decode %.1f | dequantize + cuBLAS %.1f us (dequantize %.1f, cuBLAS %.1f) | speedup %.3f\n",
-                       s.name, tr, fl / tr / 1e6, tf, tdg, td, tc, tdg / tr);
+                float tf = round == 0 ? timeit(fused) : 0, tr = timeit(fused_rs), tsa = timeit(fused_ss), tdg = timeit(dq_gemm),
+                      td = timeit(dq), tc = timeit(theirs);
+                printf("%-30s 4-bit shared-A %.1f us (%.0f TF/s), register-A %.1f, producer-decode %.1f | dequantize + cuBLAS %.1f us (dequantize %.1f, cuBLAS %.1f) | speedup shared-A %.3f, register-A %.3f\n",
+                       s.name, tsa, fl / tsa / 1e6, tr, tf, tdg, td, tc, tdg / tsa, tdg / tr);
             }
             CK(cudaFree(packed)); CK(cudaFree(aq)); CK(cudaFree(nabs)); CK(cudaFree(ncode)); CK(cudaFree(code16));
         }
