@@ -78,6 +78,58 @@ __device__ __forceinline__ void mma_ss_n256(float (&d)[32][4], uint64_t a, uint6
         : "l"(a), "l"(b), "r"(scale_d), "n"(TRANS_B));
 }
 
+__device__ __forceinline__ void zero(float (&d)[32][4]) {
+#pragma unroll
+    for (int j = 0; j < 32; j++) d[j][0] = d[j][1] = d[j][2] = d[j][3] = 0.f;
+}
+
+// One stage of a consumer warpgroup: d += A[64 x 64] B[64 x 256], both K-major 128-byte-swizzled tiles at shared
+// addresses a and b, as one committed group of 4 k16 products.
+__device__ __forceinline__ void mma_stage_ss(float (&d)[32][4], uint32_t a, uint32_t b) {
+    wgmma::fence();
+#pragma unroll
+    for (int k16 = 0; k16 < BK / 16; k16++) {
+        mma_ss_n256<0>(d, wgmma::desc_sw128(a + k16 * 32, 16, 1024), wgmma::desc_sw128(b + k16 * 32, 16, 1024), 1);
+    }
+    wgmma::commit();
+}
+
+// A consumer warpgroup's D [64 rows x 256 columns] as bf16 into y (row stride N) at (row0, col0): accumulator
+// fragment of warp w: rows 16w + g and 16w + g + 8, columns 8j + 2t and 8j + 2t + 1.
+__device__ __forceinline__ void store_rows(const float (&d)[32][4], __nv_bfloat16* y, long row0, int col0, int N) {
+    const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    __nv_bfloat16* y0 = y + (row0 + warp * 16 + g) * N + col0 + 2 * t;
+    __nv_bfloat16* y1 = y0 + 8L * N;
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+        *reinterpret_cast<__nv_bfloat162*>(y0 + 8 * j) = __floats2bfloat162_rn(d[j][0], d[j][1]);
+        *reinterpret_cast<__nv_bfloat162*>(y1 + 8 * j) = __floats2bfloat162_rn(d[j][2], d[j][3]);
+    }
+}
+
+// A consumer warpgroup's D [64 features x 256 tokens] into y[token][feature] (row stride N) at (tok0, f0), through
+// stg [256 tokens][64 features] in shared memory, then 128-byte rows; `bar` is the warpgroup's named barrier.
+__device__ __forceinline__ void store_transposed(const float (&d)[32][4], __nv_bfloat16* stg, __nv_bfloat16* y,
+                                                 long tok0, int f0, int N, int bar) {
+    const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int f = warp * 16 + g;
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+        const int n = 8 * j + 2 * t;
+        stg[n * 64 + f] = __float2bfloat16_rn(d[j][0]);
+        stg[(n + 1) * 64 + f] = __float2bfloat16_rn(d[j][1]);
+        stg[n * 64 + f + 8] = __float2bfloat16_rn(d[j][2]);
+        stg[(n + 1) * 64 + f + 8] = __float2bfloat16_rn(d[j][3]);
+    }
+    asm volatile("bar.sync %0, 128;" ::"r"(bar) : "memory");
+    const int i = threadIdx.x % 128;
+#pragma unroll 4
+    for (int m = 0; m < 16; m++) {
+        const int q = i + 128 * m, tok = q / 8, part = q % 8;
+        *reinterpret_cast<uint4*>(y + (tok0 + tok) * N + f0 + part * 8) = *reinterpret_cast<const uint4*>(stg + tok * 64 + part * 8);
+    }
+}
+
 // Grid: (T / BM, N / BN): consecutive blocks share one W tile (read from DRAM once, then from L2); X (T x K) stays in L2.
 __global__ void __launch_bounds__(THREADS, 1) gemm_tn_bf16(const __grid_constant__ CUtensorMap tx,
                                                            const __grid_constant__ CUtensorMap tw,
@@ -110,35 +162,29 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_bf16(const __grid_constant
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     const int c = wg - 1;
     float d[32][4];
-#pragma unroll
-    for (int j = 0; j < 32; j++) d[j][0] = d[j][1] = d[j][2] = d[j][3] = 0.f;
+    zero(d);
     for (int kt = 0; kt < ktiles; kt++) {
         int s = kt % STAGES;
         mbar_wait(full + s, (uint32_t)((kt / STAGES) & 1));
-        uint32_t a0 = saddr(a_tiles + s * A_BYTES) + c * 64 * 128, b0 = saddr(b_tiles + s * B_BYTES);
-        wgmma::fence();
-#pragma unroll
-        for (int k16 = 0; k16 < BK / 16; k16++) {
-            mma_ss_n256<0>(d, wgmma::desc_sw128(a0 + k16 * 32, 16, 1024), wgmma::desc_sw128(b0 + k16 * 32, 16, 1024), 1);
-        }
-        wgmma::commit();
+        mma_stage_ss(d, saddr(a_tiles + s * A_BYTES) + c * 64 * 128, saddr(b_tiles + s * B_BYTES));
         wgmma::wait<1>();   // the group before this one has read its stage: give it back to the producer
         if (kt > 0 && threadIdx.x % 128 == 0) mbar_arrive(empty + (kt - 1) % STAGES);
     }
     wgmma::wait<0>();
     wgmma::pin(d);
-    // epilogue: accumulator fragment (warp w: rows 16w.., lane: row g / g + 8, columns 8j + 2t, +1) -> bf16 pairs
-    const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const long row = m0 + c * 64 + warp * 16 + g;
-    __nv_bfloat16* y0 = y + row * N + n0 + 2 * t;
-    __nv_bfloat16* y1 = y0 + 8L * N;
-#pragma unroll
-    for (int j = 0; j < 32; j++) {
-        *reinterpret_cast<__nv_bfloat162*>(y0 + 8 * j) = __floats2bfloat162_rn(d[j][0], d[j][1]);
-        *reinterpret_cast<__nv_bfloat162*>(y1 + 8 * j) = __floats2bfloat162_rn(d[j][2], d[j][3]);
-    }
+    store_rows(d, y, m0 + c * 64, n0, N);
 }
 
+
+// The statistics of a double-quantized NF4 weight (blocksize 64): U8 absmax codes [N * K / 64], nested absmax
+// [blocks / 256] and the 256-entry nested code, the nested offset, and the 16 NF4 code values.
+struct Q4Stats {
+    const uint8_t* absmax_q;
+    const float* nested_absmax;
+    const float* nested_code;
+    const float* code16;
+    float offset;
+};
 
 // ---------------------------------------------------------------------------------------------------------------
 // The 4-bit GEMM: the W tile is decoded from NF4 by the producer warpgroup instead of loaded as bf16.
@@ -159,11 +205,7 @@ constexpr int Q4_SMEM_BYTES = STAGES * STAGE_BYTES + PST * P_BYTES + 1024 + (16 
 __device__ __forceinline__ void named_sync_producers() { asm volatile("bar.sync 1, 128;" ::: "memory"); }
 
 __global__ void __launch_bounds__(THREADS, 1) gemm_tn_q4(const __grid_constant__ CUtensorMap tx,
-                                                         const __grid_constant__ CUtensorMap tp,
-                                                         const uint8_t* __restrict__ absmax_q,
-                                                         const float* __restrict__ nested_absmax,
-                                                         const float* __restrict__ nested_code, float offset,
-                                                         const float* __restrict__ code16g,
+                                                         const __grid_constant__ CUtensorMap tp, const Q4Stats q4,
                                                          __nv_bfloat16* __restrict__ y, int N, int K) {
     extern __shared__ uint8_t smem_raw[];
     uint8_t* base = align1024(smem_raw);
@@ -182,8 +224,8 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_q4(const __grid_constant__
         for (int s = 0; s < PST; s++) mbar_init(pfull + s, 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    if (threadIdx.x < 16) code16[threadIdx.x] = code16g[threadIdx.x];
-    for (int j = threadIdx.x; j < 256; j += THREADS) ncode[j] = nested_code[j];
+    if (threadIdx.x < 16) code16[threadIdx.x] = q4.code16[threadIdx.x];
+    for (int j = threadIdx.x; j < 256; j += THREADS) ncode[j] = q4.nested_code[j];
     __syncthreads();
     if (wg == 0) {
         const int i = threadIdx.x, h = i & 1, rr = i >> 1, kb = K / BK;
@@ -200,8 +242,8 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_q4(const __grid_constant__
 #pragma unroll
         for (int p = 0; p < 4; p++) {
             blk[p] = (long)(n0 + 64 * p + rr) * kb;
-            qn[p] = absmax_q[blk[p]];
-            nn[p] = nested_absmax[blk[p] >> 8];
+            qn[p] = q4.absmax_q[blk[p]];
+            nn[p] = q4.nested_absmax[blk[p] >> 8];
         }
         for (int kt = 0; kt < ktiles; kt++) {
             const int s = kt % STAGES, ps = kt % PST;
@@ -218,8 +260,8 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_q4(const __grid_constant__
             float a[4];
 #pragma unroll
             for (int p = 0; p < 4; p++) {
-                a[p] = __fadd_rn(__fmul_rn(ncode[qn[p]], nn[p]), offset);
-                if (kt + 1 < ktiles) { qn[p] = absmax_q[blk[p] + kt + 1]; nn[p] = nested_absmax[(blk[p] + kt + 1) >> 8]; }
+                a[p] = __fadd_rn(__fmul_rn(ncode[qn[p]], nn[p]), q4.offset);
+                if (kt + 1 < ktiles) { qn[p] = q4.absmax_q[blk[p] + kt + 1]; nn[p] = q4.nested_absmax[(blk[p] + kt + 1) >> 8]; }
             }
             if (kt >= STAGES) mbar_wait(empty + s, (uint32_t)((kt / STAGES - 1) & 1));
             mbar_wait(pfull + ps, (uint32_t)((kt / PST) & 1));
@@ -252,33 +294,18 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_q4(const __grid_constant__
     }
     const int c = wg - 1;
     float d[32][4];
-#pragma unroll
-    for (int j = 0; j < 32; j++) d[j][0] = d[j][1] = d[j][2] = d[j][3] = 0.f;
+    zero(d);
     for (int kt = 0; kt < ktiles; kt++) {
         int s = kt % STAGES;
         mbar_wait(xfull + s, (uint32_t)((kt / STAGES) & 1));
         mbar_wait(wfull + s, (uint32_t)((kt / STAGES) & 1));
-        uint32_t a0 = saddr(x_tiles + s * A_BYTES) + c * 64 * 128, b0 = saddr(w_tiles + s * B_BYTES);
-        wgmma::fence();
-#pragma unroll
-        for (int k16 = 0; k16 < BK / 16; k16++) {
-            mma_ss_n256<0>(d, wgmma::desc_sw128(a0 + k16 * 32, 16, 1024), wgmma::desc_sw128(b0 + k16 * 32, 16, 1024), 1);
-        }
-        wgmma::commit();
+        mma_stage_ss(d, saddr(x_tiles + s * A_BYTES) + c * 64 * 128, saddr(w_tiles + s * B_BYTES));
         wgmma::wait<1>();
         if (kt > 0 && threadIdx.x % 128 == 0) mbar_arrive(empty + (kt - 1) % STAGES);
     }
     wgmma::wait<0>();
     wgmma::pin(d);
-    const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const long row = m0 + c * 64 + warp * 16 + g;
-    __nv_bfloat16* y0 = y + row * N + n0 + 2 * t;
-    __nv_bfloat16* y1 = y0 + 8L * N;
-#pragma unroll
-    for (int j = 0; j < 32; j++) {
-        *reinterpret_cast<__nv_bfloat162*>(y0 + 8 * j) = __floats2bfloat162_rn(d[j][0], d[j][1]);
-        *reinterpret_cast<__nv_bfloat162*>(y1 + 8 * j) = __floats2bfloat162_rn(d[j][2], d[j][3]);
-    }
+    store_rows(d, y, m0 + c * 64, n0, N);
 }
 
 // d[64 x 256] += A[64 x 16] B[16 x 256]; A in registers (the mma.sync m16n8k16 A fragment of each warp's 16 rows),
@@ -399,11 +426,7 @@ struct RsState {
 };
 
 __global__ void __launch_bounds__(THREADS, 1) gemm_q4_rs(const __grid_constant__ CUtensorMap tx,
-                                                         const __grid_constant__ CUtensorMap tp,
-                                                         const uint8_t* __restrict__ absmax_q,
-                                                         const float* __restrict__ nested_absmax,
-                                                         const float* __restrict__ nested_code, float offset,
-                                                         const float* __restrict__ code16g,
+                                                         const __grid_constant__ CUtensorMap tp, const Q4Stats q4,
                                                          __nv_bfloat16* __restrict__ y, int N, int K) {
     extern __shared__ uint8_t smem_raw[];
     uint8_t* base = align1024(smem_raw);
@@ -419,8 +442,8 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_rs(const __grid_constant__
         for (int s = 0; s < RS_STAGES; s++) { mbar_init(full + s, 1); mbar_init(empty + s, 8); }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    if (threadIdx.x < 16) code16[threadIdx.x] = code16g[threadIdx.x];
-    for (int j = threadIdx.x; j < 256; j += THREADS) ncode[j] = nested_code[j];
+    if (threadIdx.x < 16) code16[threadIdx.x] = q4.code16[threadIdx.x];
+    for (int j = threadIdx.x; j < 256; j += THREADS) ncode[j] = q4.nested_code[j];
     __syncthreads();
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
@@ -439,13 +462,12 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_rs(const __grid_constant__
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     const int c = wg - 1, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int lr = c * 64 + warp * 16 + g;    // this lane's first feature row in the tile (and lr + 8)
-    RsState st{absmax_q, nested_absmax, ncode, code16, offset, (long)(f0 + lr) * (K / BK), (long)(f0 + lr + 8) * (K / BK)};
+    RsState st{q4.absmax_q, q4.nested_absmax, ncode, code16, q4.offset, (long)(f0 + lr) * (K / BK), (long)(f0 + lr + 8) * (K / BK)};
     st.fetch(0);
     uint8_t* wtab = tabs + (c * 4 + warp) * 512;
     const float c4[4] = {code16[4 * t], code16[4 * t + 1], code16[4 * t + 2], code16[4 * t + 3]};
     float d[32][4];
-#pragma unroll
-    for (int j = 0; j < 32; j++) d[j][0] = d[j][1] = d[j][2] = d[j][3] = 0.f;
+    zero(d);
 #ifndef QG_RS_PINGPONG
 #define QG_RS_PINGPONG 1   // 1: one fragment buffer, the two warpgroups interleave; 0: double-buffered fragments
 #endif
@@ -509,25 +531,7 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_rs(const __grid_constant__
 #endif
     wgmma::wait<0>();
     wgmma::pin(d);
-    // epilogue: D[feature][token] -> staging [token][64 features of this warpgroup] -> Y rows (128-byte pieces)
-    __nv_bfloat16* stg = epi + c * 64 * RS_BN;
-    const int f = warp * 16 + g;
-#pragma unroll
-    for (int j = 0; j < 32; j++) {
-        const int n = 8 * j + 2 * t;
-        stg[n * 64 + f] = __float2bfloat16_rn(d[j][0]);
-        stg[(n + 1) * 64 + f] = __float2bfloat16_rn(d[j][1]);
-        stg[n * 64 + f + 8] = __float2bfloat16_rn(d[j][2]);
-        stg[(n + 1) * 64 + f + 8] = __float2bfloat16_rn(d[j][3]);
-    }
-    asm volatile("bar.sync %0, 128;" ::"r"(2 + c) : "memory");
-    const int i = threadIdx.x % 128;
-#pragma unroll 4
-    for (int m = 0; m < 16; m++) {
-        const int q = i + 128 * m, tok = q / 8, part = q % 8;
-        *reinterpret_cast<uint4*>(y + (long)(t0 + tok) * N + f0 + c * 64 + part * 8) =
-            *reinterpret_cast<const uint4*>(stg + tok * 64 + part * 8);
-    }
+    store_transposed(d, epi + c * 64 * RS_BN, y, t0, f0 + c * 64, N, 2 + c);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -541,11 +545,7 @@ constexpr int SS_X_BYTES = SS_BN * BK * 2, SS_A_BYTES = SS_BM * BK * 2, SS_P_BYT
 constexpr int SS_SMEM_BYTES = SS_STAGES * (SS_X_BYTES + SS_A_BYTES + SS_P_BYTES) + 1024 + (16 + 256) * 4 + 3 * SS_STAGES * 8;
 
 __global__ void __launch_bounds__(THREADS, 1) gemm_q4_ss(const __grid_constant__ CUtensorMap tx,
-                                                         const __grid_constant__ CUtensorMap tp,
-                                                         const uint8_t* __restrict__ absmax_q,
-                                                         const float* __restrict__ nested_absmax,
-                                                         const float* __restrict__ nested_code, float offset,
-                                                         const float* __restrict__ code16g,
+                                                         const __grid_constant__ CUtensorMap tp, const Q4Stats q4,
                                                          __nv_bfloat16* __restrict__ y, int N, int K) {
     extern __shared__ uint8_t smem_raw[];
     uint8_t* base = align1024(smem_raw);
@@ -562,8 +562,8 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_ss(const __grid_constant__
         for (int s = 0; s < SS_STAGES; s++) { mbar_init(xfull + s, 1); mbar_init(afull + s, 128); mbar_init(empty + s, 8); }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    if (threadIdx.x < 16) code16[threadIdx.x] = code16g[threadIdx.x];
-    for (int j = threadIdx.x; j < 256; j += THREADS) ncode[j] = nested_code[j];
+    if (threadIdx.x < 16) code16[threadIdx.x] = q4.code16[threadIdx.x];
+    for (int j = threadIdx.x; j < 256; j += THREADS) ncode[j] = q4.nested_code[j];
     __syncthreads();
     if (wg == 0) {
         const int i = threadIdx.x, r = i >> 1, h = i & 1;
@@ -577,12 +577,12 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_ss(const __grid_constant__
         };
         if (i == 0) for (int kt = 0; kt < SS_STAGES - 1 && kt < ktiles; kt++) issue(kt);
         const long blk = (long)(f0 + r) * (K / BK);
-        uint32_t q = absmax_q[blk];
-        float ns = nested_absmax[blk >> 8];
+        uint32_t q = q4.absmax_q[blk];
+        float ns = q4.nested_absmax[blk >> 8];
         for (int kt = 0; kt < ktiles; kt++) {
             const int s = kt % SS_STAGES;
-            const float a = __fadd_rn(__fmul_rn(ncode[q], ns), offset);
-            if (kt + 1 < ktiles) { q = absmax_q[blk + kt + 1]; ns = nested_absmax[(blk + kt + 1) >> 8]; }
+            const float a = __fadd_rn(__fmul_rn(ncode[q], ns), q4.offset);
+            if (kt + 1 < ktiles) { q = q4.absmax_q[blk + kt + 1]; ns = q4.nested_absmax[(blk + kt + 1) >> 8]; }
             mbar_wait(xfull + s, (uint32_t)((kt / SS_STAGES) & 1));   // (A[s] is free: its TMA waited for empty[s])
             const uint4 pk = *reinterpret_cast<const uint4*>(p_tiles + s * SS_P_BYTES + r * 32 + h * 16);
             const uint32_t wd[4] = {pk.x, pk.y, pk.z, pk.w};
@@ -603,46 +603,22 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_ss(const __grid_constant__
         }
         return;
     }
-    const int c = wg - 1, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int c = wg - 1, lane = threadIdx.x % 32;
     float d[32][4];
-#pragma unroll
-    for (int j = 0; j < 32; j++) d[j][0] = d[j][1] = d[j][2] = d[j][3] = 0.f;
+    zero(d);
     for (int kt = 0; kt < ktiles; kt++) {
         const int s = kt % SS_STAGES;
         mbar_wait(xfull + s, (uint32_t)((kt / SS_STAGES) & 1));
         mbar_wait(afull + s, (uint32_t)((kt / SS_STAGES) & 1));
-        const uint32_t ab = saddr(a_tiles + s * SS_A_BYTES), xb = saddr(x_tiles + s * SS_X_BYTES + c * (SS_X_BYTES / 2));
-        wgmma::fence();
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            mma_ss_n256<0>(d, wgmma::desc_sw128(ab + kk * 32, 16, 1024), wgmma::desc_sw128(xb + kk * 32, 16, 1024), 1);
-        }
-        wgmma::commit();
+        mma_stage_ss(d, saddr(a_tiles + s * SS_A_BYTES), saddr(x_tiles + s * SS_X_BYTES + c * (SS_X_BYTES / 2)));
         wgmma::wait<1>();
         if (kt > 0 && lane == 0) mbar_arrive(empty + (kt - 1) % SS_STAGES);
     }
     wgmma::wait<0>();
     wgmma::pin(d);
     asm volatile("bar.sync 2, 256;" ::: "memory");   // both consumer warpgroups are done reading the stages
-    // D[feature][token] -> staging [256 tokens][64 features] in this warpgroup's half of stage 0's X -> Y rows
-    __nv_bfloat16* stg = reinterpret_cast<__nv_bfloat16*>(x_tiles + c * (SS_X_BYTES / 2));
-    const int f = warp * 16 + g;
-#pragma unroll
-    for (int j = 0; j < 32; j++) {
-        const int n = 8 * j + 2 * t;
-        stg[n * 64 + f] = __float2bfloat16_rn(d[j][0]);
-        stg[(n + 1) * 64 + f] = __float2bfloat16_rn(d[j][1]);
-        stg[n * 64 + f + 8] = __float2bfloat16_rn(d[j][2]);
-        stg[(n + 1) * 64 + f + 8] = __float2bfloat16_rn(d[j][3]);
-    }
-    asm volatile("bar.sync %0, 128;" ::"r"(3 + c) : "memory");
-    const int i = threadIdx.x % 128;
-#pragma unroll 4
-    for (int m = 0; m < 16; m++) {
-        const int qq = i + 128 * m, tok = qq / 8, part = qq % 8;
-        *reinterpret_cast<uint4*>(y + (long)(t0 + c * 256 + tok) * N + f0 + part * 8) =
-            *reinterpret_cast<const uint4*>(stg + tok * 64 + part * 8);
-    }
+    // staging: this warpgroup's half of stage 0's X tile
+    store_transposed(d, reinterpret_cast<__nv_bfloat16*>(x_tiles + c * (SS_X_BYTES / 2)), y, t0 + c * 256, f0, N, 3 + c);
 }
 
 }  // namespace qg
@@ -777,20 +753,21 @@ int main() {
             CK(cudaMemcpy(code16, nf4, 64, cudaMemcpyHostToDevice));
             const float offset = 0.0271f;
             CUtensorMap tp = packed_map(encode, packed, s.N, s.K / 2);
+            const qg::Q4Stats q4s{aq, nabs, ncode, code16, offset};
             auto fused = [&]() {
                 qg::gemm_tn_q4<<<dim3(s.T / qg::BM, s.N / qg::BN), qg::THREADS, qg::Q4_SMEM_BYTES>>>(
-                    tx, tp, aq, nabs, ncode, offset, code16, y, s.N, s.K);
+                    tx, tp, q4s, y, s.N, s.K);
             };
             CUtensorMap tp128 = packed_map(encode, packed, s.N, s.K / 2, qg::RS_BM);
             CUtensorMap tx256 = tensor_map(encode, x, s.T, s.K, qg::RS_BN);
             auto fused_rs = [&]() {
                 qg::gemm_q4_rs<<<dim3(s.T / qg::RS_BN, s.N / qg::RS_BM), qg::THREADS, qg::RS_SMEM_BYTES>>>(
-                    tx256, tp128, aq, nabs, ncode, offset, code16, y, s.N, s.K);
+                    tx256, tp128, q4s, y, s.N, s.K);
             };
             CUtensorMap tp64 = packed_map(encode, packed, s.N, s.K / 2, qg::SS_BM);
             auto fused_ss = [&]() {
                 qg::gemm_q4_ss<<<dim3(s.N / qg::SS_BM, s.T / qg::SS_BN), qg::THREADS, qg::SS_SMEM_BYTES>>>(
-                    tx256, tp64, aq, nabs, ncode, offset, code16, y, s.N, s.K);
+                    tx256, tp64, q4s, y, s.N, s.K);
             };
             auto dq = [&]() {
                 q4_dequantize_bf16<<<(int)((n + 16383) / 16384), DQ_THREADS>>>(packed, aq, nabs, ncode, offset, 6, 256, 8, 1,
