@@ -10,13 +10,7 @@
 #include <cstdlib>
 #include <vector>
 #include <algorithm>
-// Random bf16 in [-1, 1) from a hash of the index (constant inputs draw less power and run faster than real data).
-__global__ void fill_random(__nv_bfloat16* p, size_t n, unsigned seed) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    unsigned h = (unsigned)i * 2654435761u ^ seed; h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
-    p[i] = __float2bfloat16((h & 0xffff) / 32768.f - 1.f);
-  }
-}
+#include "hash_fill.cuh"   // fill_bf16: random inputs (constant ones draw less power and run faster)
 #define CK(x) do { auto e = (x); if ((int)e != 0) { printf("err %d at %s:%d\n", (int)e, __FILE__, __LINE__); exit(1);} } while (0)
 struct Shape { const char* name; int m, n, k; bool transW; };
 int main() {
@@ -35,7 +29,7 @@ int main() {
     int M = s.m, N = s.n, K = s.k;
     __nv_bfloat16 *x, *w, *y; CK(cudaMalloc(&x, (size_t)M*K*2)); CK(cudaMalloc(&w, (size_t)N*K*2)); CK(cudaMalloc(&y, (size_t)M*N*2));
     if (getenv("QL_LT_CONSTANT")) { cudaMemset(x, 0x3c, (size_t)M*K*2); cudaMemset(w, 0x3c, (size_t)N*K*2); }
-    else { fill_random<<<1024, 256>>>(x, (size_t)M*K, 1); fill_random<<<1024, 256>>>(w, (size_t)N*K, 2); }
+    else { fill_bf16<<<1024, 256>>>(x, (size_t)M*K, 1); fill_bf16<<<1024, 256>>>(w, (size_t)N*K, 2); }
     float alpha = 1, beta = 0;
     // transW: C[N,M] = op(A)[N,K] * B[K,M], A stored col-major [K,N] (row-major W[N,K]) -> op T, lda K; B = X row-major [M,K] = col-major [K,M], ldb K
     // !transW (dX): C[K?]... dX[M,Kd] = G[M,Nd] W[Nd,Kd]: col-major C[Kd,M] = A[Kd,Nd] (W row-major [Nd,Kd] = col-major [Kd,Nd], op N, lda Kd) * B[Nd,M] (G col-major [Nd,M], ldb Nd)

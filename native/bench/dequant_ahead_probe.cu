@@ -11,6 +11,7 @@
 // (M = 2,048 tokens, random data; nf4.cu's q4_dequantize_bf16, blocksize 64, nested absmax); 4 copies of a layer's weights
 // rotate so that L2 holds none of them. Times: 32 layers, median of 5 runs.
 #include "nf4.cu"
+#include "hash_fill.cuh"   // random data: constant data draws less power and runs faster
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -24,20 +25,6 @@
     fprintf(stderr, "CUDA %s at %d: %s\n", cudaGetErrorString(e_), __LINE__, #x); exit(2); } } while (0)
 #define CB(x) do { cublasStatus_t s_ = (x); if (s_ != CUBLAS_STATUS_SUCCESS) { \
     fprintf(stderr, "cuBLAS %d at %d: %s\n", (int)s_, __LINE__, #x); exit(2); } } while (0)
-
-// Random bytes from a hash of the index (constant data draws less power and runs faster than real weights).
-__global__ void fill_bytes(uint8_t* p, size_t n, unsigned seed) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned h = (unsigned)i * 2654435761u ^ seed; h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
-        p[i] = (uint8_t)h;
-    }
-}
-__global__ void fill_bf16(__nv_bfloat16* p, size_t n, unsigned seed) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned h = (unsigned)i * 2654435761u ^ seed; h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
-        p[i] = __float2bfloat16((h & 0xffff) / 32768.f - 1.f);
-    }
-}
 
 static const int T = 2048, COPIES = 4, LAYERS = 32;
 struct Proj { const char* name; int in, out; };
@@ -101,8 +88,8 @@ int main() {
             CK(cudaMalloc(&w.packed, w.n / 2));
             CK(cudaMalloc(&w.absmax, w.n / 64));
             CK(cudaMalloc(&w.nested_absmax, (w.n / 64 / 256 + 1) * 4));
-            fill_bytes<<<1024, 256>>>(w.packed, w.n / 2, 7 * c + i);
-            fill_bytes<<<1024, 256>>>(w.absmax, w.n / 64, 100 + 7 * c + i);
+            fill_u8<<<1024, 256>>>(w.packed, w.n / 2, 7 * c + i);
+            fill_u8<<<1024, 256>>>(w.absmax, w.n / 64, 100 + 7 * c + i);
             std::vector<float> na(w.n / 64 / 256 + 1, 0.02f);
             CK(cudaMemcpy(w.nested_absmax, na.data(), na.size() * 4, cudaMemcpyHostToDevice));
         }

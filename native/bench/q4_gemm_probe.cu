@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "wgmma.cuh"
+#include "hash_fill.cuh"
 
 #define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { \
     fprintf(stderr, "CUDA %s at %d: %s\n", cudaGetErrorString(e_), __LINE__, #x); exit(2); } } while (0)
@@ -626,13 +627,6 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_ss(const __grid_constant__
 // ---------------------------------------------------------------------------------------------------------------
 // host
 
-__global__ void fill_bf16(__nv_bfloat16* p, size_t n, unsigned seed) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned h = (unsigned)i * 2654435761u ^ seed; h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
-        p[i] = __float2bfloat16((h & 0xffff) / 32768.f - 1.f);
-    }
-}
-
 typedef CUresult (*EncodeTiled)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
@@ -647,13 +641,6 @@ static CUtensorMap tensor_map(EncodeTiled encode, const void* p, int rows, int c
                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS) { fprintf(stderr, "cuTensorMapEncodeTiled: %d\n", (int)r); exit(2); }
     return m;
-}
-
-__global__ void fill_u8(uint8_t* p, size_t n, unsigned seed) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned h = (unsigned)i * 2654435761u ^ seed; h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
-        p[i] = (uint8_t)h;
-    }
 }
 
 // The packed 4-bit weight [rows, bytes_per_row] read in boxes of 256 rows x 32 bytes (one stage), no swizzle.
