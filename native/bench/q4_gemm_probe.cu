@@ -761,38 +761,33 @@ int main() {
                                                                                code16, w, n, 1);
             };
             auto dq_gemm = [&]() { dq(); theirs(); };
-            CK(cudaMemset(y, 0xFF, (size_t)s.T * s.N * 2));
-            fused(); dq_gemm();
-            CK(cudaGetLastError());
+            // the reference once, then each 4-bit kernel into the poisoned y, compared bit for bit
+            dq_gemm();
             CK(cudaDeviceSynchronize());
-            CK(cudaMemcpy(a.data(), y, a.size() * 2, cudaMemcpyDeviceToHost));
             CK(cudaMemcpy(b.data(), yref, b.size() * 2, cudaMemcpyDeviceToHost));
-            auto compare = [&](const char* what) {
-            size_t diff = 0, bad4 = 0; double md = 0;
-            for (size_t i = 0; i < a.size(); i++) {
-                uint16_t u, v; memcpy(&u, &a[i], 2); memcpy(&v, &b[i], 2);
-                diff += u != v;
-                double dd = std::fabs((double)__bfloat162float(a[i]) - __bfloat162float(b[i]));
-                if (!(dd <= 0.02 * std::fabs((double)__bfloat162float(b[i])) + 0.05)) bad4++;
-                md = std::max(md, std::isnan(dd) ? 1e30 : dd);
-            }
-            printf("%-30s %s check: %zu of %zu outputs differ in bits from dequantize + cuBLAS (max %.3g), %zu outside tolerance\n",
-                   s.name, what, diff, a.size(), md, bad4);
-            ok &= bad4 == 0;
+            auto check = [&](const char* what, auto launch) {
+                CK(cudaMemset(y, 0xFF, (size_t)s.T * s.N * 2));
+                launch();
+                CK(cudaGetLastError());
+                CK(cudaDeviceSynchronize());
+                CK(cudaMemcpy(a.data(), y, a.size() * 2, cudaMemcpyDeviceToHost));
+                size_t diff = 0, bad4 = 0;
+                double md = 0;
+                for (size_t i = 0; i < a.size(); i++) {
+                    uint16_t u, v;
+                    memcpy(&u, &a[i], 2); memcpy(&v, &b[i], 2);
+                    diff += u != v;
+                    double dd = std::fabs((double)__bfloat162float(a[i]) - __bfloat162float(b[i]));
+                    if (!(dd <= 0.02 * std::fabs((double)__bfloat162float(b[i])) + 0.05)) bad4++;
+                    md = std::max(md, std::isnan(dd) ? 1e30 : dd);
+                }
+                printf("%-30s %s check: %zu of %zu outputs differ in bits from dequantize + cuBLAS (max %.3g), %zu outside tolerance\n",
+                       s.name, what, diff, a.size(), md, bad4);
+                ok &= bad4 == 0;
             };
-            compare("4-bit (producer decode)");
-            CK(cudaMemset(y, 0xFF, (size_t)s.T * s.N * 2));
-            fused_rs();
-            CK(cudaGetLastError());
-            CK(cudaDeviceSynchronize());
-            CK(cudaMemcpy(a.data(), y, a.size() * 2, cudaMemcpyDeviceToHost));
-            compare("4-bit (register A)");
-            CK(cudaMemset(y, 0xFF, (size_t)s.T * s.N * 2));
-            fused_ss();
-            CK(cudaGetLastError());
-            CK(cudaDeviceSynchronize());
-            CK(cudaMemcpy(a.data(), y, a.size() * 2, cudaMemcpyDeviceToHost));
-            compare("4-bit (shared A)");
+            check("4-bit (producer decode)", fused);
+            check("4-bit (register A)", fused_rs);
+            check("4-bit (shared A)", fused_ss);
             for (int round = 0; round < 2; round++) {
                 float tf = round == 0 ? timeit(fused) : 0, tr = timeit(fused_rs), tsa = timeit(fused_ss), tdg = timeit(dq_gemm),
                       td = timeit(dq), tc = timeit(theirs);
