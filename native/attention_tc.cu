@@ -1030,4 +1030,16 @@ QL_ATTN_KERNELS(attn_wg, true, f16, __half, 64)
 QL_ATTN_KERNELS(attn_wg, true, f16, __half, 128)
 QL_ATTN_STORED_DS(bf16, __nv_bfloat16, 128)
 QL_ATTN_STORED_DS(f16, __half, 128)
+
+// The warp-specialized forward (attention_fwd_ws.cuh: causal without a window or segment ids, head dim 128; one
+// block of 384 threads per SM: a producer warpgroup and two consumer warpgroups).
+#include "attention_fwd_ws.cuh"
+#define QL_ATTN_FWD_WS(tn, T)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(fws::THREADS, 1) attn_ws_fwd_##tn##_d128(                           \
+        const T* q, const T* k, const T* v, T* out, float* lse, int T_, int H, int KH, float scale) {                  \
+        pdl_enter();                                                                                                   \
+        fws::fwd_impl<T>(q, k, v, out, lse, T_, H, KH, scale);                                                         \
+    }
+QL_ATTN_FWD_WS(bf16, __nv_bfloat16)
+QL_ATTN_FWD_WS(f16, __half)
 #endif

@@ -170,6 +170,10 @@ final class TrainAttentionKernels {
                 .ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(out)).ptr(CudaContext.ptr(lse))
                 .i32(tokens).i32(heads).i32(kvHeads);
         if (tc) {
+            if (TrainAttentionWsForward.applies(ctx, tcKernelPrefix(ctx, headDim), headDim, segments, window)) {
+                TrainAttentionWsForward.launch(ctx, tcType(act), q, k, v, out, lse, batch, heads, kvHeads, scale);
+                return new AttentionResult(out, lse);
+            }
             long f = ctx.function("attention_tc", tcKernelPrefix(ctx, headDim) + "fwd_" + tcType(act) + "_d" + headDim);
             int smem = tcSharedBytes(5, headDim, 0);
             ctx.allowSharedMemory(f, smem);
