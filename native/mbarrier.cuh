@@ -22,6 +22,17 @@ __device__ __forceinline__ void arrive(uint32_t bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 
+// One arrival that also raises the phase's expected transaction bytes (the bulk copies that complete_tx on it).
+__device__ __forceinline__ void arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+// An arrival triggered when every cp.async this thread has issued so far has landed (the barrier's pending count is
+// raised by one now, so the arrival is on top of the count the barrier was initialised with).
+__device__ __forceinline__ void cp_async_arrive(uint32_t bar) {
+    asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+
 // Waits (acquire) until the phase of the given parity has completed.
 __device__ __forceinline__ void wait(uint32_t bar, uint32_t parity) {
     asm volatile(

@@ -22,6 +22,8 @@
 //
 // Applies (fast8_applies) when K % 256 == 0 (so every row's absmax codes of a stage start on a 4-byte boundary and
 // every stage holds an even number of chunks), blocksize 64, and for nested weights a power-of-two nested blocksize.
+#include "mbarrier.cuh"
+
 namespace nf4v8 {
 
 using nf4v2::CHUNK_K;
@@ -49,36 +51,6 @@ __host__ __device__ inline bool fast8_applies(int K, int log2_blocksize, int nes
 }
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void mbar_init(uint64_t* b, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(b)), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(b)) : "memory");
-}
-
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* b, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(b)), "r"(bytes) : "memory");
-}
-
-// Waits until the phase of the given parity has completed.
-__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
-    asm volatile(
-        "{\n"
-        ".reg .pred done;\n"
-        "V8_WAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra V8_WAIT;\n"
-        "}\n" ::"r"(smem_addr(b)),
-        "r"(parity)
-        : "memory");
-}
-
-// The barrier's current phase also waits for every cp.async this thread has issued so far.
-__device__ __forceinline__ void cp_async_arrive(uint64_t* b) {
-    asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];" ::"r"(smem_addr(b)) : "memory");
-}
 
 __device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* b) {
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
@@ -135,9 +107,9 @@ __device__ __forceinline__ void fill_stage(const Weight& w, int N, int K, int bx
         if (NESTED) cp_async4(ab + rl * ABS_ROW + 4 * j, reinterpret_cast<const uint8_t*>(w.absmax) + blk);
         else cp_async16(ab + rl * ABS_ROW + 16 * j, reinterpret_cast<const float*>(w.absmax) + blk);
     }
-    cp_async_arrive(full + slot);
+    mbar::cp_async_arrive(smem_addr(full + slot));
     __syncwarp();
-    if (lane == 0) mbar_arrive_expect_tx(full + slot, 16u * chunks * (CHUNK_K / 2));
+    if (lane == 0) mbar::arrive_expect_tx(smem_addr(full + slot), 16u * chunks * (CHUNK_K / 2));
     __syncwarp();
     if (lane < 16) {
         const int r = min(bx * 16 + lane, N - 1);
@@ -158,10 +130,10 @@ __device__ __forceinline__ void gemv8_body(const Weight& w, const float* __restr
     const int tiles = (N + 15) / 16;
     if (threadIdx.x == 0) {
         for (int i = 0; i < STAGES; i++) {
-            mbar_init(sm.full + i, 1);   // the producer's arrive.expect_tx (its lanes' cp.async arrivals add their own)
-            mbar_init(sm.empty + i, W);  // one arrival per consumer warp
+            mbar::init(smem_addr(sm.full + i), 1);   // the producer's arrive.expect_tx (its lanes' cp.async arrivals add their own)
+            mbar::init(smem_addr(sm.empty + i), W);  // one arrival per consumer warp
         }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        mbar::fence_init();
     }
     __syncthreads();
     // The producer's first STAGES fills go out before the tables are filled (they overlap the first DRAM latency and,
@@ -181,7 +153,7 @@ __device__ __forceinline__ void gemv8_body(const Weight& w, const float* __restr
     if (warp == W) {   // producer: the remaining fills, each after the consumers released its slot
         for (; pbx < tiles; pit++) {
             const int slot = pit % STAGES;
-            mbar_wait(sm.empty + slot, (uint32_t)((pit / STAGES - 1) & 1));
+            mbar::wait(smem_addr(sm.empty + slot), (uint32_t)((pit / STAGES - 1) & 1));
             fill_stage<NESTED>(w, N, K, pbx, ps, slot, sm.full, lane);
             if (++ps == S) { ps = 0; pbx += gridDim.x; }
         }
@@ -207,7 +179,7 @@ __device__ __forceinline__ void gemv8_body(const Weight& w, const float* __restr
         const int r0 = min(bx * 16 + g, N - 1), r1 = min(bx * 16 + g + 8, N - 1);
         for (int s = 0; s < S; s++, it++) {
             const int slot = it % STAGES;
-            mbar_wait(sm.full + slot, (uint32_t)((it / STAGES) & 1));
+            mbar::wait(smem_addr(sm.full + slot), (uint32_t)((it / STAGES) & 1));
             const uint8_t* st = v8_stages + slot * STAGE_BYTES;
             const uint8_t* ab = st + 16 * PITCH;
             const int chunks = min(GROUP, C - s * GROUP);
@@ -236,7 +208,7 @@ __device__ __forceinline__ void gemv8_body(const Weight& w, const float* __restr
                 }
             }
             __syncwarp();
-            if (lane == 0) mbar_arrive(sm.empty + slot);
+            if (lane == 0) mbar::arrive(smem_addr(sm.empty + slot));
         }
         // the warps' fragments added in warp order (as nf4v2::reduce_store), bias, store
         float4* red = sm.red[parity_red];

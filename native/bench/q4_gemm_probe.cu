@@ -24,6 +24,7 @@
 #include <cstring>
 #include <vector>
 
+#include "mbarrier.cuh"
 #include "wgmma.cuh"
 #include "hash_fill.cuh"
 
@@ -40,21 +41,6 @@ constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 /* alignment slack */ + 2
 
 __device__ __forceinline__ uint32_t saddr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
-__device__ __forceinline__ void mbar_init(uint64_t* b, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(saddr(b)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(saddr(b)) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t* b, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(saddr(b)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
-    asm volatile(
-        "{\n.reg .pred done;\nQG_WAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra QG_WAIT;\n}\n" ::"r"(saddr(b)), "r"(parity) : "memory");
-}
 // The dynamic shared memory rounded up to 1024 bytes by pointer arithmetic only: a pointer rebuilt from an integer
 // loses its address space, and every access through it becomes a generic LD / ST (measured: the decode's table
 // lookups and packed loads ran as LD.E, long-scoreboard stalls, 0.7x; LDS after this).
@@ -143,8 +129,8 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_bf16(const __grid_constant
     uint64_t* empty = full + STAGES;
     const int wg = threadIdx.x / 128, m0 = blockIdx.x * BM, n0 = blockIdx.y * BN, ktiles = K / BK;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; s++) { mbar_init(full + s, 1); mbar_init(empty + s, 2); }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        for (int s = 0; s < STAGES; s++) { mbar::init(saddr(full + s), 1); mbar::init(saddr(empty + s), 2); }
+        mbar::fence_init();
     }
     __syncthreads();
     if (wg == 0) {   // producer: one thread issues the TMA loads
@@ -152,8 +138,8 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_bf16(const __grid_constant
         if (threadIdx.x == 0) {
             for (int kt = 0; kt < ktiles; kt++) {
                 int s = kt % STAGES;
-                if (kt >= STAGES) mbar_wait(empty + s, (uint32_t)((kt / STAGES - 1) & 1));
-                mbar_expect_tx(full + s, STAGE_BYTES);
+                if (kt >= STAGES) mbar::wait(saddr(empty + s), (uint32_t)((kt / STAGES - 1) & 1));
+                mbar::arrive_expect_tx(saddr(full + s), STAGE_BYTES);
                 tma_load_2d(a_tiles + s * A_BYTES, &tx, kt * BK, m0, full + s);
                 tma_load_2d(b_tiles + s * B_BYTES, &tw, kt * BK, n0, full + s);
             }
@@ -166,10 +152,10 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_bf16(const __grid_constant
     zero(d);
     for (int kt = 0; kt < ktiles; kt++) {
         int s = kt % STAGES;
-        mbar_wait(full + s, (uint32_t)((kt / STAGES) & 1));
+        mbar::wait(saddr(full + s), (uint32_t)((kt / STAGES) & 1));
         mma_stage_ss(d, saddr(a_tiles + s * A_BYTES) + c * 64 * 128, saddr(b_tiles + s * B_BYTES));
         wgmma::wait<1>();   // the group before this one has read its stage: give it back to the producer
-        if (kt > 0 && threadIdx.x % 128 == 0) mbar_arrive(empty + (kt - 1) % STAGES);
+        if (kt > 0 && threadIdx.x % 128 == 0) mbar::arrive(saddr(empty + (kt - 1) % STAGES));
     }
     wgmma::wait<0>();
     wgmma::pin(d);
@@ -221,9 +207,9 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_q4(const __grid_constant__
     uint64_t* pfull = empty + STAGES;                         // packed tile landed
     const int wg = threadIdx.x / 128, m0 = blockIdx.x * BM, n0 = blockIdx.y * BN, ktiles = K / BK;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; s++) { mbar_init(xfull + s, 1); mbar_init(wfull + s, 128); mbar_init(empty + s, 2); }
-        for (int s = 0; s < PST; s++) mbar_init(pfull + s, 1);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        for (int s = 0; s < STAGES; s++) { mbar::init(saddr(xfull + s), 1); mbar::init(saddr(wfull + s), 128); mbar::init(saddr(empty + s), 2); }
+        for (int s = 0; s < PST; s++) mbar::init(saddr(pfull + s), 1);
+        mbar::fence_init();
     }
     if (threadIdx.x < 16) code16[threadIdx.x] = q4.code16[threadIdx.x];
     for (int j = threadIdx.x; j < 256; j += THREADS) ncode[j] = q4.nested_code[j];
@@ -232,7 +218,7 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_q4(const __grid_constant__
         const int i = threadIdx.x, h = i & 1, rr = i >> 1, kb = K / BK;
         if (i == 0) {
             for (int kt = 0; kt < PST - 1 && kt < ktiles; kt++) {
-                mbar_expect_tx(pfull + kt, P_BYTES);
+                mbar::arrive_expect_tx(saddr(pfull + kt), P_BYTES);
                 tma_load_2d(p_tiles + kt * P_BYTES, &tp, kt * (BK / 2), n0, pfull + kt);
             }
         }
@@ -251,11 +237,11 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_q4(const __grid_constant__
             if (i == 0) {
                 int kn = kt + PST - 1;
                 if (kn < ktiles) {
-                    mbar_expect_tx(pfull + kn % PST, P_BYTES);
+                    mbar::arrive_expect_tx(saddr(pfull + kn % PST), P_BYTES);
                     tma_load_2d(p_tiles + (kn % PST) * P_BYTES, &tp, kn * (BK / 2), n0, pfull + kn % PST);
                 }
-                if (kt >= STAGES) mbar_wait(empty + s, (uint32_t)((kt / STAGES - 1) & 1));
-                mbar_expect_tx(xfull + s, A_BYTES);
+                if (kt >= STAGES) mbar::wait(saddr(empty + s), (uint32_t)((kt / STAGES - 1) & 1));
+                mbar::arrive_expect_tx(saddr(xfull + s), A_BYTES);
                 tma_load_2d(x_tiles + s * A_BYTES, &tx, kt * BK, m0, xfull + s);
             }
             float a[4];
@@ -264,8 +250,8 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_q4(const __grid_constant__
                 a[p] = __fadd_rn(__fmul_rn(ncode[qn[p]], nn[p]), q4.offset);
                 if (kt + 1 < ktiles) { qn[p] = q4.absmax_q[blk[p] + kt + 1]; nn[p] = q4.nested_absmax[(blk[p] + kt + 1) >> 8]; }
             }
-            if (kt >= STAGES) mbar_wait(empty + s, (uint32_t)((kt / STAGES - 1) & 1));
-            mbar_wait(pfull + ps, (uint32_t)((kt / PST) & 1));
+            if (kt >= STAGES) mbar::wait(saddr(empty + s), (uint32_t)((kt / STAGES - 1) & 1));
+            mbar::wait(saddr(pfull + ps), (uint32_t)((kt / PST) & 1));
             const uint8_t* P = p_tiles + ps * P_BYTES;
             uint8_t* W = w_tiles + s * B_BYTES;
 #pragma unroll
@@ -288,7 +274,7 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_q4(const __grid_constant__
                 }
             }
             wgmma::fence_smem_for_async();   // the decoded tile is read by wgmma (async proxy)
-            mbar_arrive(wfull + s);
+            mbar::arrive(saddr(wfull + s));
             named_sync_producers();          // every thread is done with packed slot ps before thread 0 refills it
         }
         return;
@@ -298,11 +284,11 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tn_q4(const __grid_constant__
     zero(d);
     for (int kt = 0; kt < ktiles; kt++) {
         int s = kt % STAGES;
-        mbar_wait(xfull + s, (uint32_t)((kt / STAGES) & 1));
-        mbar_wait(wfull + s, (uint32_t)((kt / STAGES) & 1));
+        mbar::wait(saddr(xfull + s), (uint32_t)((kt / STAGES) & 1));
+        mbar::wait(saddr(wfull + s), (uint32_t)((kt / STAGES) & 1));
         mma_stage_ss(d, saddr(x_tiles + s * A_BYTES) + c * 64 * 128, saddr(w_tiles + s * B_BYTES));
         wgmma::wait<1>();
-        if (kt > 0 && threadIdx.x % 128 == 0) mbar_arrive(empty + (kt - 1) % STAGES);
+        if (kt > 0 && threadIdx.x % 128 == 0) mbar::arrive(saddr(empty + (kt - 1) % STAGES));
     }
     wgmma::wait<0>();
     wgmma::pin(d);
@@ -440,8 +426,8 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_rs(const __grid_constant__
     uint64_t* empty = full + RS_STAGES;
     const int wg = threadIdx.x / 128, t0 = blockIdx.x * RS_BN, f0 = blockIdx.y * RS_BM, ktiles = K / BK;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < RS_STAGES; s++) { mbar_init(full + s, 1); mbar_init(empty + s, 8); }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        for (int s = 0; s < RS_STAGES; s++) { mbar::init(saddr(full + s), 1); mbar::init(saddr(empty + s), 8); }
+        mbar::fence_init();
     }
     if (threadIdx.x < 16) code16[threadIdx.x] = q4.code16[threadIdx.x];
     for (int j = threadIdx.x; j < 256; j += THREADS) ncode[j] = q4.nested_code[j];
@@ -451,9 +437,9 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_rs(const __grid_constant__
         if (threadIdx.x == 0) {
             for (int kt = 0; kt < ktiles; kt++) {
                 int s = kt % RS_STAGES;
-                if (kt >= RS_STAGES) mbar_wait(empty + s, (uint32_t)((kt / RS_STAGES - 1) & 1));
+                if (kt >= RS_STAGES) mbar::wait(saddr(empty + s), (uint32_t)((kt / RS_STAGES - 1) & 1));
                 uint8_t* st = stages + s * RS_STAGE_BYTES;
-                mbar_expect_tx(full + s, RS_STAGE_BYTES);
+                mbar::arrive_expect_tx(saddr(full + s), RS_STAGE_BYTES);
                 tma_load_2d(st, &tx, kt * BK, t0, full + s);
                 tma_load_2d(st + RS_X_BYTES, &tp, kt * (BK / 2), f0, full + s);
             }
@@ -480,7 +466,7 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_rs(const __grid_constant__
 #endif
     for (int kt = 0; kt < ktiles; kt++) {
         const int s = kt % RS_STAGES;
-        mbar_wait(full + s, (uint32_t)((kt / RS_STAGES) & 1));
+        mbar::wait(saddr(full + s), (uint32_t)((kt / RS_STAGES) & 1));
         const float a0 = st.absmax0(), a1 = st.absmax1();
         if (kt + 1 < ktiles) st.fetch(kt + 1);
         decode_a(stages + s * RS_STAGE_BYTES + RS_X_BYTES, lr, t, a0, a1, code16, A, wtab, c4);
@@ -499,11 +485,11 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_rs(const __grid_constant__
 #endif
         wgmma::wait<0>();
         keep(A);
-        if (lane == 0) mbar_arrive(empty + s);
+        if (lane == 0) mbar::arrive(saddr(empty + s));
     }
 #else
     uint32_t A0[4][4], A1[4][4];
-    mbar_wait(full, 0);
+    mbar::wait(saddr(full), 0);
     decode_a(stages + RS_X_BYTES, lr, t, st.absmax0(), st.absmax1(), code16, A0, wtab, c4);
     if (ktiles > 1) st.fetch(1);
     // one step: wgmma of stage kt with Acur, then (while it runs) the next stage's fragments into Anext
@@ -516,10 +502,10 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_rs(const __grid_constant__
         wgmma::commit();
         wgmma::wait<1>();   // stage kt - 1's product is done: its X slot and Anext's registers are free
         keep(Anext);
-        if (kt > 0 && lane == 0) mbar_arrive(empty + (kt - 1) % RS_STAGES);
+        if (kt > 0 && lane == 0) mbar::arrive(saddr(empty + (kt - 1) % RS_STAGES));
         if (kt + 1 < ktiles) {
             const int s1 = (kt + 1) % RS_STAGES;
-            mbar_wait(full + s1, (uint32_t)(((kt + 1) / RS_STAGES) & 1));
+            mbar::wait(saddr(full + s1), (uint32_t)(((kt + 1) / RS_STAGES) & 1));
             const float a0 = st.absmax0(), a1 = st.absmax1();
             if (kt + 2 < ktiles) st.fetch(kt + 2);
             decode_a(stages + s1 * RS_STAGE_BYTES + RS_X_BYTES, lr, t, a0, a1, code16, Anext, wtab, c4);
@@ -560,8 +546,8 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_ss(const __grid_constant__
     uint64_t* empty = afull + SS_STAGES;                       // consumers done with the stage (8 warps)
     const int wg = threadIdx.x / 128, f0 = blockIdx.x * SS_BM, t0 = blockIdx.y * SS_BN, ktiles = K / BK;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < SS_STAGES; s++) { mbar_init(xfull + s, 1); mbar_init(afull + s, 128); mbar_init(empty + s, 8); }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        for (int s = 0; s < SS_STAGES; s++) { mbar::init(saddr(xfull + s), 1); mbar::init(saddr(afull + s), 128); mbar::init(saddr(empty + s), 8); }
+        mbar::fence_init();
     }
     if (threadIdx.x < 16) code16[threadIdx.x] = q4.code16[threadIdx.x];
     for (int j = threadIdx.x; j < 256; j += THREADS) ncode[j] = q4.nested_code[j];
@@ -570,8 +556,8 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_ss(const __grid_constant__
         const int i = threadIdx.x, r = i >> 1, h = i & 1;
         auto issue = [&](int kt) {   // thread 0: stage kt's X (two boxes) and packed bytes
             const int s = kt % SS_STAGES;
-            if (kt >= SS_STAGES) mbar_wait(empty + s, (uint32_t)((kt / SS_STAGES - 1) & 1));
-            mbar_expect_tx(xfull + s, SS_X_BYTES + SS_P_BYTES);
+            if (kt >= SS_STAGES) mbar::wait(saddr(empty + s), (uint32_t)((kt / SS_STAGES - 1) & 1));
+            mbar::arrive_expect_tx(saddr(xfull + s), SS_X_BYTES + SS_P_BYTES);
             tma_load_2d(x_tiles + s * SS_X_BYTES, &tx, kt * BK, t0, xfull + s);
             tma_load_2d(x_tiles + s * SS_X_BYTES + SS_X_BYTES / 2, &tx, kt * BK, t0 + SS_BN / 2, xfull + s);
             tma_load_2d(p_tiles + s * SS_P_BYTES, &tp, kt * (BK / 2), f0, xfull + s);
@@ -584,7 +570,7 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_ss(const __grid_constant__
             const int s = kt % SS_STAGES;
             const float a = __fadd_rn(__fmul_rn(ncode[q], ns), q4.offset);
             if (kt + 1 < ktiles) { q = q4.absmax_q[blk + kt + 1]; ns = q4.nested_absmax[(blk + kt + 1) >> 8]; }
-            mbar_wait(xfull + s, (uint32_t)((kt / SS_STAGES) & 1));   // (A[s] is free: its TMA waited for empty[s])
+            mbar::wait(saddr(xfull + s), (uint32_t)((kt / SS_STAGES) & 1));   // (A[s] is free: its TMA waited for empty[s])
             const uint4 pk = *reinterpret_cast<const uint4*>(p_tiles + s * SS_P_BYTES + r * 32 + h * 16);
             const uint32_t wd[4] = {pk.x, pk.y, pk.z, pk.w};
             uint8_t* A = a_tiles + s * SS_A_BYTES;
@@ -597,7 +583,7 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_ss(const __grid_constant__
                 *reinterpret_cast<uint4*>(A + r * 128 + ((c ^ (r & 7)) << 4)) = make_uint4(o[0], o[1], o[2], o[3]);
             }
             wgmma::fence_smem_for_async();
-            mbar_arrive(afull + s);
+            mbar::arrive(saddr(afull + s));
             // after this stage's decode: the refill waits for the consumers to release stage kt - 1, which they do
             // only once this stage is decoded (issuing it before the decode deadlocks)
             if (i == 0 && kt + SS_STAGES - 1 < ktiles) issue(kt + SS_STAGES - 1);
@@ -609,11 +595,11 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_q4_ss(const __grid_constant__
     zero(d);
     for (int kt = 0; kt < ktiles; kt++) {
         const int s = kt % SS_STAGES;
-        mbar_wait(xfull + s, (uint32_t)((kt / SS_STAGES) & 1));
-        mbar_wait(afull + s, (uint32_t)((kt / SS_STAGES) & 1));
+        mbar::wait(saddr(xfull + s), (uint32_t)((kt / SS_STAGES) & 1));
+        mbar::wait(saddr(afull + s), (uint32_t)((kt / SS_STAGES) & 1));
         mma_stage_ss(d, saddr(a_tiles + s * SS_A_BYTES), saddr(x_tiles + s * SS_X_BYTES + c * (SS_X_BYTES / 2)));
         wgmma::wait<1>();
-        if (kt > 0 && lane == 0) mbar_arrive(empty + (kt - 1) % SS_STAGES);
+        if (kt > 0 && lane == 0) mbar::arrive(saddr(empty + (kt - 1) % SS_STAGES));
     }
     wgmma::wait<0>();
     wgmma::pin(d);
