@@ -149,44 +149,6 @@ __device__ __forceinline__ void mask_diagonal(float (&s)[NB][4], int k0, int tr0
     }
 }
 
-// Online softmax of one tile, as attn_wg_fwd's (r = 0: row g, elements 0-1; r = 1: row g + 8, elements 2-3): s
-// becomes P = exp2(s c - max) (unrounded f32), m and l move on, and corr[r] is the factor O's row must be scaled by
-// before this tile's P V is added.
-__device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&m)[2], float (&l)[2], float (&corr)[2],
-                                             float c) {
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int jj = 0; jj < NB; jj++) mx = fmaxf(mx, fmaxf(s[jj][2 * r], s[jj][2 * r + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float mn = fmaxf(m[r], mx * c);
-        const float base = mn == -INFINITY ? 0.f : mn;   // no visible key yet: keep everything 0, no NaN
-        corr[r] = exp2f(m[r] - base);
-        float sum = 0.f;
-#pragma unroll
-        for (int jj = 0; jj < NB; jj++) {
-            const float p0 = exp2f(fmaf(s[jj][2 * r], c, -base)), p1 = exp2f(fmaf(s[jj][2 * r + 1], c, -base));
-            s[jj][2 * r] = p0;
-            s[jj][2 * r + 1] = p1;
-            sum += p0 + p1;
-        }
-        l[r] = l[r] * corr[r] + sum;   // this thread's columns only; the quad is summed at the end
-        m[r] = mn;
-    }
-}
-
-__device__ __forceinline__ void rescale(float (&o)[DB][4], const float (&corr)[2]) {
-#pragma unroll
-    for (int jj = 0; jj < DB; jj++) {
-        o[jj][0] *= corr[0];
-        o[jj][1] *= corr[0];
-        o[jj][2] *= corr[1];
-        o[jj][3] *= corr[1];
-    }
-}
-
 // P rounded to T as the A fragments of P V.
 template <typename T>
 __device__ __forceinline__ void pack_p(const float (&s)[NB][4], uint32_t (&pf)[KS][4]) {
@@ -223,8 +185,8 @@ __device__ __forceinline__ void consume(uint32_t sQ, uint32_t sK, uint32_t sV, B
         wgmma::pin(s);
         if (lane == 0) mbar::arrive(bar.empty_k(j));
         if (j == last) mask_diagonal(s, q0, tr0, tr1, tq);
-        softmax_tile(s, m, l, corr, c);
-        rescale(o, corr);
+        tc::online_softmax<NB>(s, m, l, corr, c);
+        tc::rescale_rows<DB>(o, corr);
         pack_p<T>(s, pf);
         mbar::wait(bar.full_v(j), full(j));
         issue_pv<T>(o, pf, vb(j));
@@ -233,22 +195,7 @@ __device__ __forceinline__ void consume(uint32_t sQ, uint32_t sK, uint32_t sV, B
         if (lane == 0) mbar::arrive(bar.empty_v(j));
     }
 
-    const int qw = H * D;
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        float lt = l[r];
-        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-        const int t = r == 0 ? tr0 : tr1;
-        if (t >= T_) continue;
-        const float inv = lt > 0.f ? 1.f / lt : 0.f;
-        T* orow = out + ((int64_t)b * T_ + t) * qw + (int64_t)h * D;
-#pragma unroll
-        for (int jj = 0; jj < DB; jj++) {
-            *reinterpret_cast<uint32_t*>(orow + 8 * jj + 2 * tq) = tc::pack2<T>(o[jj][2 * r] * inv, o[jj][2 * r + 1] * inv);
-        }
-        if (tq == 0) lse[((int64_t)b * H + h) * T_ + t] = lt > 0.f ? m[r] * tc::LN2 + logf(lt) : -INFINITY;
-    }
+    tc::store_rows<T, D>(o, m, l, tr0, tr1, tq, b, h, T_, H, out, lse);
 }
 
 // grid (heads x batch, ceil(T / 128)) with the heaviest query tile first (attention_tc.cu, tile_rank_grid).

@@ -138,6 +138,72 @@ __device__ __forceinline__ void acc_to_a(const float (&s)[NB][4], int kk, uint32
     a[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 }
 
+// Online softmax of one score tile (NB n-blocks of 8 keys per thread; r = 0: row g, elements 0-1; r = 1: row g + 8,
+// elements 2-3; the quad of 4 threads shares a row): s becomes P = exp2(s c - max) (unrounded f32), the running max
+// m (log2 units) and this thread's partial row sums l move on, and corr[r] is the factor O's row r must be scaled
+// by (rescale_rows) before this tile's P V is added.
+template <int NB>
+__device__ __forceinline__ void online_softmax(float (&s)[NB][4], float (&m)[2], float (&l)[2], float (&corr)[2],
+                                               float c) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < NB; j++) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mn = fmaxf(m[r], mx * c);
+        const float base = mn == -INFINITY ? 0.f : mn;   // no visible key yet: keep everything 0, no NaN
+        corr[r] = exp2f(m[r] - base);
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < NB; j++) {
+            const float p0 = exp2f(fmaf(s[j][2 * r], c, -base)), p1 = exp2f(fmaf(s[j][2 * r + 1], c, -base));
+            s[j][2 * r] = p0;
+            s[j][2 * r + 1] = p1;
+            sum += p0 + p1;
+        }
+        l[r] = l[r] * corr[r] + sum;   // this thread's columns only; the quad is summed at the end
+        m[r] = mn;
+    }
+}
+
+template <int DB>
+__device__ __forceinline__ void rescale_rows(float (&o)[DB][4], const float (&corr)[2]) {
+#pragma unroll
+    for (int j = 0; j < DB; j++) {
+        o[j][0] *= corr[0];
+        o[j][1] *= corr[0];
+        o[j][2] *= corr[1];
+        o[j][3] *= corr[1];
+    }
+}
+
+// The forward's output for this thread's two query rows tr0, tr1 (those inside T): O / l rounded to T into out
+// (row stride H * D, head h) and lse = ln(sum exp(s * scale)) (f32, [B, H, T]), from the running max m and the
+// partial row sums l (summed over the quad here).
+template <typename T, int D>
+__device__ __forceinline__ void store_rows(const float (&o)[D / 8][4], const float (&m)[2], const float (&l)[2],
+                                           int tr0, int tr1, int tq, int b, int h, int T_, int H,
+                                           T* __restrict__ out, float* __restrict__ lse) {
+    const int qw = H * D;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float lt = l[r];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+        const int t = r == 0 ? tr0 : tr1;
+        if (t >= T_) continue;
+        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+        T* orow = out + ((int64_t)b * T_ + t) * qw + (int64_t)h * D;
+#pragma unroll
+        for (int j = 0; j < D / 8; j++) {
+            *reinterpret_cast<uint32_t*>(orow + 8 * j + 2 * tq) = pack2<T>(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+        }
+        if (tq == 0) lse[((int64_t)b * H + h) * T_ + t] = lt > 0.f ? m[r] * LN2 + logf(lt) : -INFINITY;
+    }
+}
+
 // ---- stored dS (Hopper backward, causal without a window): the dK/dV kernel writes each dS tile it forms, and the dQ
 // kernel reads them instead of recomputing S, P, dP and dS (5 matmuls per tile pair in all instead of 7). ----
 
@@ -459,33 +525,9 @@ __device__ __forceinline__ void fwd_impl(const T* __restrict__ q, const T* __res
                     }
                 }
             }
-            // Online softmax per row (r = 0: row g, elements 0-1; r = 1: row g + 8, elements 2-3).
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                float mx = -INFINITY;
-#pragma unroll
-                for (int j = 0; j < NB; j++) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                const float mn = fmaxf(m[r], mx * c);
-                const float base = mn == -INFINITY ? 0.f : mn;   // no visible key yet: keep everything 0, no NaN
-                const float corr = exp2f(m[r] - base);
-                float sum = 0.f;
-#pragma unroll
-                for (int j = 0; j < NB; j++) {
-                    float p0 = exp2f(fmaf(s[j][2 * r], c, -base)), p1 = exp2f(fmaf(s[j][2 * r + 1], c, -base));
-                    s[j][2 * r] = p0;
-                    s[j][2 * r + 1] = p1;
-                    sum += p0 + p1;
-                }
-                l[r] = l[r] * corr + sum;   // this thread's columns only; the quad is summed at the end
-                m[r] = mn;
-#pragma unroll
-                for (int j = 0; j < DB; j++) {
-                    o[j][2 * r] *= corr;
-                    o[j][2 * r + 1] *= corr;
-                }
-            }
+            float corr[2];
+            online_softmax<NB>(s, m, l, corr, c);
+            rescale_rows<DB>(o, corr);
             // O += P V: P (rounded to T) straight from the score registers.
             add_acc_times_tile<T, D, WG>(o, s, vb, lane);
             if constexpr (WG) {
@@ -499,22 +541,7 @@ __device__ __forceinline__ void fwd_impl(const T* __restrict__ q, const T* __res
         }
         cp_async_wait<0>();
     }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        float lt = l[r];
-        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-        const int t = r == 0 ? tr0 : tr1;
-        if (t >= T_) continue;
-        const float inv = lt > 0.f ? 1.f / lt : 0.f;
-        T* orow = out + ((int64_t)b * T_ + t) * qw + (int64_t)h * D;
-#pragma unroll
-        for (int j = 0; j < DB; j++) {
-            uint32_t pr = pack2<T>(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
-            *reinterpret_cast<uint32_t*>(orow + 8 * j + 2 * tq) = pr;
-        }
-        if (tq == 0) lse[((int64_t)b * H + h) * T_ + t] = lt > 0.f ? m[r] * LN2 + logf(lt) : -INFINITY;
-    }
+    store_rows<T, D>(o, m, l, tr0, tr1, tq, b, h, T_, H, out, lse);
 }
 
 // ------------------------------------------------------------------------------------------------------ dQ
