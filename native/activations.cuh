@@ -47,6 +47,23 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return warp_sum(v);
 }
 
+// Two sums over the block at once (x and y each summed by block_sum's tree, so each equals its block_sum bit for bit)
+// with one pair of barriers instead of two. scratch: 64 floats of shared memory, reusable after return.
+__device__ __forceinline__ float2 block_sum2(float2 v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v.x = warp_sum(v.x);
+    v.y = warp_sum(v.y);
+    __syncthreads();                       // scratch may still be read by a previous reduction
+    if (lane == 0) {
+        scratch[warp] = v.x;
+        scratch[32 + warp] = v.y;
+    }
+    __syncthreads();
+    v.x = lane < warps ? scratch[lane] : 0.f;
+    v.y = lane < warps ? scratch[32 + lane] : 0.f;
+    return make_float2(warp_sum(v.x), warp_sum(v.y));
+}
+
 __device__ __forceinline__ float block_max(float v, float* scratch) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     v = warp_max(v);

@@ -44,13 +44,18 @@ __device__ __forceinline__ bool rmsnorm_bwd_rows_in_registers(const T* __restric
         return false;
     }
     const int64_t o = (int64_t)blockIdx.x * h;
-    Pack16<T> xv[MAXC], gv[MAXC];
+    // Every load of the row (x, g, the skip path's add and the weights) is issued before the reduction, so the block
+    // waits for memory once: the add and the weights were loaded after it before (a second round trip per row).
+    Pack16<T> xv[MAXC], gv[MAXC], av[MAXC];
+    float wv[MAXC][8];
 #pragma unroll
     for (int c = 0; c < MAXC; c++) {
         const int ch = threadIdx.x + c * blockDim.x;
         if (ch < chunks) {
             xv[c].raw = *reinterpret_cast<const int4*>(x + o + 8 * ch);
             gv[c].raw = *reinterpret_cast<const int4*>(g + o + 8 * ch);
+            if (add != nullptr) av[c].raw = *reinterpret_cast<const int4*>(add + o + 8 * ch);
+            load_w8(w + 8 * ch, wv[c]);
         }
     }
     float ss = 0.f, dot = 0.f;
@@ -58,17 +63,16 @@ __device__ __forceinline__ bool rmsnorm_bwd_rows_in_registers(const T* __restric
     for (int c = 0; c < MAXC; c++) {
         const int ch = threadIdx.x + c * blockDim.x;
         if (ch >= chunks) continue;
-        float wv[8];
-        load_w8(w + 8 * ch, wv);
 #pragma unroll
         for (int e = 0; e < 8; e++) {
             const float xf = to_f32(xv[c].v[e]);
             ss = fmaf(xf, xf, ss);
-            dot = fmaf(to_f32(gv[c].v[e]) * wv[e], xf, dot);
+            dot = fmaf(to_f32(gv[c].v[e]) * wv[c][e], xf, dot);
         }
     }
-    ss = block_sum(ss, scratch);
-    dot = block_sum(dot, scratch);
+    const float2 sums = block_sum2(make_float2(ss, dot), scratch);   // each as block_sum would give it
+    ss = sums.x;
+    dot = sums.y;
     const float r = (float)(1.0 / sqrt((double)(ss / (float)h + eps)));
     const float coef = r * r * r * dot / (float)h;
     if (threadIdx.x == 0 && inv != nullptr) inv[blockIdx.x] = r;
@@ -76,14 +80,11 @@ __device__ __forceinline__ bool rmsnorm_bwd_rows_in_registers(const T* __restric
     for (int c = 0; c < MAXC; c++) {
         const int ch = threadIdx.x + c * blockDim.x;
         if (ch >= chunks) continue;
-        float wv[8];
-        load_w8(w + 8 * ch, wv);
-        Pack16<T> out, ad;
-        if (add != nullptr) ad.raw = *reinterpret_cast<const int4*>(add + o + 8 * ch);
+        Pack16<T> out;
 #pragma unroll
         for (int e = 0; e < 8; e++) {
-            out.v[e] = from_f32<T>((to_f32(gv[c].v[e]) * wv[e]) * r - to_f32(xv[c].v[e]) * coef);
-            if (add != nullptr) out.v[e] = from_f32<T>(to_f32(out.v[e]) + to_f32(ad.v[e]));
+            out.v[e] = from_f32<T>((to_f32(gv[c].v[e]) * wv[c][e]) * r - to_f32(xv[c].v[e]) * coef);
+            if (add != nullptr) out.v[e] = from_f32<T>(to_f32(out.v[e]) + to_f32(av[c].v[e]));
         }
         *reinterpret_cast<int4*>(gx + o + 8 * ch) = out.raw;
     }
@@ -95,7 +96,7 @@ template <typename T, typename W>
 __device__ __forceinline__ void rmsnorm_bwd_impl(const T* __restrict__ x, const W* __restrict__ w, float eps,
                                                  const T* __restrict__ g, T* __restrict__ gx, float* __restrict__ inv,
                                                  int h, const T* __restrict__ add) {
-    __shared__ float scratch[32];
+    __shared__ float scratch[64];
     if (rmsnorm_bwd_rows_in_registers<T, W>(x, w, eps, g, gx, inv, h, add, scratch)) return;
     int64_t o = (int64_t)blockIdx.x * h;
     float ss = 0.f, dot = 0.f;

@@ -12,6 +12,23 @@ final class RmsNormKernels {
     static final int THREADS = 256;
 
     /** x [n, h] in act, weight [h] (F32/BF16/F16) -> [n, h] in act. */
+    /** Rows from which the norm kernels run narrower blocks ({@link #rowThreads}). */
+    static final int MANY_ROWS = 256;
+
+    /**
+     * Threads per row (one block each) for the row-wise norm kernels (rmsnorm_fwd, add_rmsnorm, rmsnorm_bwd): {@link
+     * #THREADS} for a few rows (a decode step: eight warps finish one row soonest); for {@link #MANY_ROWS} or more
+     * (training, prefill) h / 32 rounded up to whole warps, between 32 and THREADS, so each thread holds four of the
+     * row's 16-byte packs. Why: the register-held kernels take 86-106 registers a thread, so at 256 threads two rows
+     * fit on an SM; at 128 (h 4096) four do, and the SM has twice the loads in flight (Llama-7B step, session 15).
+     * The block sums then add in another order: results move by float32 rounding.
+     */
+    static int rowThreads(int n, int h) {
+        if (n < MANY_ROWS) return THREADS;
+        int warps = (h + 32 * 32 - 1) / (32 * 32);
+        return Math.max(32, Math.min(THREADS, 32 * warps));
+    }
+
     static Tensor rmsNorm(CudaContext ctx, DType act, Tensor x, Tensor weight, float eps) {
         KernelTypes.requireRank(x, 2, "rmsNorm x");
         KernelTypes.requireDevice(weight, "rmsNorm weight");
@@ -27,7 +44,7 @@ final class RmsNormKernels {
         if (n == 0) return out;
         int pack = 16 / act.byteSize();
         int vec = h % pack == 0 ? 1 : 0;
-        ctx.launch(ctx.function("rmsnorm", kernel), Dim3.of(n), Dim3.of(THREADS), 0,
+        ctx.launch(ctx.function("rmsnorm", kernel), Dim3.of(n), Dim3.of(rowThreads(n, h)), 0,
                 KernelArgs.of().ptr(KernelTypes.aligned16(x)).ptr(CudaContext.ptr(weight)).ptr(KernelTypes.aligned16(out))
                         .i32(h).f32(eps).i32(vec));
         return out;

@@ -53,7 +53,9 @@ class CudaFusedOpsGpuTest {
     // 4096 / 8192 (16-bit) and 4096 (f32): rows in registers; 8200 (16-bit) and 4100 (f32): one pack per row more than
     // the registers hold (the read-back path); 203: not a multiple of the 16-byte pack
     @CsvSource({"F32, F32, 72, 37", "F32, BF16, 200, 5", "F32, F16, 4096, 1", "BF16, BF16, 4096, 1", "BF16, BF16, 72, 37",
-            "BF16, F32, 203, 9", "BF16, BF16, 8192, 2", "BF16, F16, 8200, 3", "F32, F32, 4100, 2"})
+            "BF16, F32, 203, 9", "BF16, BF16, 8192, 2", "BF16, F16, 8200, 3", "F32, F32, 4100, 2",
+            // many rows: the narrower blocks (RmsNormKernels.rowThreads), the fused and the plain kernel alike
+            "BF16, BF16, 4096, 300", "BF16, F32, 2048, 256"})
     void addRmsNormEqualsAddThenNorm(DType act, DType wType, int hidden, int n) {
         CudaBackend g = gpu(act);
         Random r = CudaCoreTestSupport.random("addRmsNorm " + act + wType + hidden);

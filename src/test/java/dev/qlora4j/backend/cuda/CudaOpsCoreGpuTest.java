@@ -122,11 +122,12 @@ class CudaOpsCoreGpuTest {
     }
 
     @ParameterizedTest
-    @CsvSource({"F32, F32, 72", "F32, BF16, 200", "F32, F16, 64", "BF16, BF16, 72", "BF16, F32, 203"})
-    void rmsNormMatchesCpu(DType act, DType wType, int hidden) {
+    // 300 rows: the narrower blocks of many rows (RmsNormKernels.rowThreads)
+    @CsvSource({"F32, F32, 72, 37", "F32, BF16, 200, 37", "F32, F16, 64, 37", "BF16, BF16, 72, 37", "BF16, F32, 203, 37",
+            "BF16, BF16, 4096, 300", "F32, F32, 1000, 300"})
+    void rmsNormMatchesCpu(DType act, DType wType, int hidden, int n) {
         CudaBackend g = gpu(act);
         Random r = CudaCoreTestSupport.random("rmsNorm");
-        int n = 37;
         float[] x = held(gaussian(r, n * hidden, 3), act);
         Tensor w = host(gaussian(r, hidden, 1), wType, hidden);
         float[] ref = cpu.rmsNorm(Tensor.of(x, n, hidden), w, 1e-5f).toFloatArray();

@@ -120,7 +120,9 @@ class CudaTrainOpsGpuTest {
      * rmsnorm_bwd_rows_in_registers; 4096 and 8192 wide, F32 and BF16 weights), other widths and F32 the loop.
      */
     @ParameterizedTest
-    @CsvSource({"BF16, 4096, 7, F32", "BF16, 4096, 3, BF16", "BF16, 8192, 2, F32", "BF16, 4100, 3, F32", "F32, 4096, 3, F32"})
+    // 300 and 256 rows: the narrower blocks of many rows (RmsNormKernels.rowThreads: 128 and 64 threads a row)
+    @CsvSource({"BF16, 4096, 7, F32", "BF16, 4096, 3, BF16", "BF16, 8192, 2, F32", "BF16, 4100, 3, F32", "F32, 4096, 3, F32",
+            "BF16, 4096, 300, F32", "BF16, 2048, 256, BF16", "F32, 4096, 260, F32"})
     void rmsNormBackwardAtModelWidthsMatchesCpu(DType act, int h, int n, DType weightType) {
         Random r = random("rmsNorm backward " + act + " " + h + " " + weightType);
         try (CudaBackend b = backend(act, false); CpuBackend cpu = new CpuBackend()) {
@@ -143,7 +145,7 @@ class CudaTrainOpsGpuTest {
      * followed by addInPlace, on the register path (4096 wide, BF16) and the loop (4100 wide; F32).
      */
     @ParameterizedTest
-    @CsvSource({"BF16, 4096, 5", "BF16, 4100, 3", "F32, 4096, 2"})
+    @CsvSource({"BF16, 4096, 5", "BF16, 4100, 3", "F32, 4096, 2", "BF16, 4096, 300"})
     void rmsNormBackwardAddEqualsTheTwoCalls(DType act, int h, int n) {
         Random r = random("rmsNorm backward add " + act + " " + h);
         try (CudaBackend b = backend(act, false)) {
