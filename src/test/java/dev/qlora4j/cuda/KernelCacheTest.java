@@ -7,6 +7,7 @@ import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.qlora4j.TemporaryProperty;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Arrays;
@@ -65,15 +66,10 @@ class KernelCacheTest {
 
     @Test
     void theSystemPropertyChoosesTheFolderOrTurnsTheCacheOff(@TempDir Path dir) {
-        String before = System.getProperty(KernelCache.PROPERTY);
-        try {
-            System.setProperty(KernelCache.PROPERTY, dir.toString());
+        try (var before = TemporaryProperty.set(KernelCache.PROPERTY, dir.toString())) {
             assertEquals(dir, KernelCache.fromEnvironment().directory());
             System.setProperty(KernelCache.PROPERTY, "off");
             assertFalse(KernelCache.fromEnvironment().enabled());
-        } finally {
-            if (before == null) System.clearProperty(KernelCache.PROPERTY);
-            else System.setProperty(KernelCache.PROPERTY, before);
         }
     }
 }

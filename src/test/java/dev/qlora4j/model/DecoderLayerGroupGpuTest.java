@@ -1,5 +1,6 @@
 package dev.qlora4j.model;
 
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.backend.cuda.CudaBackend;
 import dev.qlora4j.cuda.CudaDriver;
 import dev.qlora4j.tensor.DType;
@@ -18,17 +19,16 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
  */
 @Tag("gpu")
 class DecoderLayerGroupGpuTest {
-    private static String groupBefore;
+    private static TemporaryProperty groupBefore;
 
     @BeforeAll
     static void groupedLaunchesOn() {   // off by default (dev.qlora4j.backend.cuda.CudaQuantOps.GROUP_PROPERTY)
-        groupBefore = System.setProperty(dev.qlora4j.backend.cuda.CudaQuantOps.GROUP_PROPERTY, "true");
+        groupBefore = TemporaryProperty.set(dev.qlora4j.backend.cuda.CudaQuantOps.GROUP_PROPERTY, "true");
     }
 
     @AfterAll
     static void restoreGroupedLaunches() {
-        if (groupBefore == null) System.clearProperty(dev.qlora4j.backend.cuda.CudaQuantOps.GROUP_PROPERTY);
-        else System.setProperty(dev.qlora4j.backend.cuda.CudaQuantOps.GROUP_PROPERTY, groupBefore);
+        if (groupBefore != null) groupBefore.close();
     }
 
     @ParameterizedTest

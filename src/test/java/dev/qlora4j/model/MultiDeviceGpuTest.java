@@ -3,6 +3,7 @@ package dev.qlora4j.model;
 import dev.qlora4j.CausalLM;
 import dev.qlora4j.Golden;
 import dev.qlora4j.LoadOptions;
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.DeviceTransfer;
 import dev.qlora4j.backend.cpu.CpuBackend;
@@ -111,9 +112,8 @@ class MultiDeviceGpuTest {
     void balancedDeviceMapOverTwoGpusGeneratesTheSameTokens() {
         assumeTrue(CudaBackend.isAvailable(), "no GPU");
         assumeTrue(CudaDriver.get().deviceCount() >= 2, "needs two GPUs");
-        String before = System.getProperty(CudaBackend.ACTIVATIONS_PROPERTY);
-        System.setProperty(CudaBackend.ACTIVATIONS_PROPERTY, "f32");
-        try (CausalLM one = CausalLM.fromPretrained(Golden.dir("llama-f32"), LoadOptions.defaults().withDevice("cuda:0"));
+        try (var before = TemporaryProperty.set(CudaBackend.ACTIVATIONS_PROPERTY, "f32");
+             CausalLM one = CausalLM.fromPretrained(Golden.dir("llama-f32"), LoadOptions.defaults().withDevice("cuda:0"));
              CausalLM two = CausalLM.fromPretrained(Golden.dir("llama-f32"), LoadOptions.defaults().withDevice("cuda:0"),
                      PlacementOptions.of("balanced", null, null))) {
             assertTrue(!two.model().devices().isSingle(), "balanced over two GPUs: " + two.placementPlan().table());
@@ -122,9 +122,6 @@ class MultiDeviceGpuTest {
             var g2 = two.generateIds(prompts, SamplingParams.greedy(8), TokenListener.NONE);
             for (int i = 0; i < prompts.length; i++) assertArrayEquals(g1.outputIds()[i], g2.outputIds()[i], "row " + i);
             assertEquals(one.loss(new int[] {3, 1, 4, 1, 5, 9, 2, 6}).sum(), two.loss(new int[] {3, 1, 4, 1, 5, 9, 2, 6}).sum(), 1e-5);
-        } finally {
-            if (before == null) System.clearProperty(CudaBackend.ACTIVATIONS_PROPERTY);
-            else System.setProperty(CudaBackend.ACTIVATIONS_PROPERTY, before);
         }
     }
 }

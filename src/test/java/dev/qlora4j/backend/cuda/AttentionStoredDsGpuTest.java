@@ -10,6 +10,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.backend.AttentionResult;
 import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
@@ -113,13 +114,8 @@ class AttentionStoredDsGpuTest {
     }
 
     private static Tensor[] withProperty(String key, String value, java.util.function.Supplier<Tensor[]> run) {
-        String saved = System.getProperty(key);
-        System.setProperty(key, value);
-        try {
+        try (var p = TemporaryProperty.set(key, value)) {
             return run.get();
-        } finally {
-            if (saved == null) System.clearProperty(key);
-            else System.setProperty(key, saved);
         }
     }
 }

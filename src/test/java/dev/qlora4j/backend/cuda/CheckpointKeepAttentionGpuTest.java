@@ -1,5 +1,6 @@
 package dev.qlora4j.backend.cuda;
 
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.model.QuantizedLinearFactory;
 import dev.qlora4j.model.TransformerLM;
 import dev.qlora4j.optim.Param;
@@ -40,13 +41,8 @@ class CheckpointKeepAttentionGpuTest {
 
     /** A BF16 backend with the op profiler on (it counts calls per op); the property is restored after. */
     static CudaBackend profiledBackend() {
-        String old = System.getProperty(OpProfiler.PROPERTY);
-        System.setProperty(OpProfiler.PROPERTY, "true");
-        try {
+        try (var p = TemporaryProperty.set(OpProfiler.PROPERTY, "true")) {
             return CudaBackend.create(0, DType.BF16, false);
-        } finally {
-            if (old == null) System.clearProperty(OpProfiler.PROPERTY);
-            else System.setProperty(OpProfiler.PROPERTY, old);
         }
     }
 

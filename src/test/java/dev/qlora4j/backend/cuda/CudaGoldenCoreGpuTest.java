@@ -9,6 +9,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import dev.qlora4j.CausalLM;
 import dev.qlora4j.Golden;
 import dev.qlora4j.LoadOptions;
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.infer.GenerationResult;
 import dev.qlora4j.infer.LossEvaluator.LossSum;
 import dev.qlora4j.infer.SamplingParams;
@@ -40,22 +41,12 @@ class CudaGoldenCoreGpuTest {
     /** Loads a golden model on cuda:0 with the given activations and graph setting (system properties). */
     private static CausalLM load(String name, String activations, boolean graphs) {
         assumeTrue(CudaBackend.isAvailable(), "no GPU");
-        String a = System.getProperty(CudaBackend.ACTIVATIONS_PROPERTY), gr = System.getProperty(CudaBackend.GRAPHS_PROPERTY);
-        System.setProperty(CudaBackend.ACTIVATIONS_PROPERTY, activations);
-        System.setProperty(CudaBackend.GRAPHS_PROPERTY, Boolean.toString(graphs));
-        try {
+        try (var a = TemporaryProperty.set(CudaBackend.ACTIVATIONS_PROPERTY, activations);
+             var gr = TemporaryProperty.set(CudaBackend.GRAPHS_PROPERTY, Boolean.toString(graphs))) {
             CausalLM lm = CausalLM.fromPretrained(Golden.dir(name), LoadOptions.defaults().withDevice("cuda"));
             assertTrue(lm.backend() instanceof CudaBackend, "loaded on " + lm.backend());
             return lm;
-        } finally {
-            restore(CudaBackend.ACTIVATIONS_PROPERTY, a);
-            restore(CudaBackend.GRAPHS_PROPERTY, gr);
         }
-    }
-
-    private static void restore(String key, String value) {
-        if (value == null) System.clearProperty(key);
-        else System.setProperty(key, value);
     }
 
     @ParameterizedTest

@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
 import dev.qlora4j.CausalLM;
 import dev.qlora4j.Golden;
 import dev.qlora4j.LoadOptions;
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.optim.Param;
 import dev.qlora4j.peft.config.PrefixTuningConfig;
 import dev.qlora4j.peft.config.PromptTuningConfig;
@@ -33,14 +34,9 @@ import java.util.function.Function;
 @Tag("gpu")
 class CudaPromptLearningTrainGpuTest {
     private static CausalLM load(String device) {
-        String a = System.getProperty(CudaBackend.ACTIVATIONS_PROPERTY);
-        System.setProperty(CudaBackend.ACTIVATIONS_PROPERTY, "f32");
-        try {
+        try (var a = TemporaryProperty.set(CudaBackend.ACTIVATIONS_PROPERTY, "f32")) {
             return CausalLM.fromPretrained(Golden.dir("llama-f32"), device.equals("cpu") ? LoadOptions.cpu()
                     : LoadOptions.defaults().withDevice(device));
-        } finally {
-            if (a == null) System.clearProperty(CudaBackend.ACTIVATIONS_PROPERTY);
-            else System.setProperty(CudaBackend.ACTIVATIONS_PROPERTY, a);
         }
     }
 

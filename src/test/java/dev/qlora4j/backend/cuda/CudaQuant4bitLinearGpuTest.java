@@ -2,6 +2,7 @@ package dev.qlora4j.backend.cuda;
 
 import static org.junit.jupiter.api.Assertions.fail;
 
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.quant.Nf4Matmul;
 import dev.qlora4j.quant.Quant4bit;
 import dev.qlora4j.quant.QuantState4bit;
@@ -155,14 +156,9 @@ class CudaQuant4bitLinearGpuTest {
     @ParameterizedTest(name = "qlora4j.nf4.gemv={0}")
     @org.junit.jupiter.params.provider.ValueSource(strings = {"mma", "stream", "hybrid", "v2", "v2table", "v2reg"})
     void publicLinearFollowsTheVariantProperty(String variant) {
-        String before = System.getProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY);
-        System.setProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY, variant);
-        try {
+        try (var p = TemporaryProperty.set(Quant4bitKernels.GEMV_VARIANT_PROPERTY, variant)) {
             Random rnd = new Random();
             check(200, 1056, 7, DType.BF16, QuantType.NF4, true, 64, DType.BF16, DType.BF16, DType.BF16, rnd);
-        } finally {
-            if (before == null) System.clearProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY);
-            else System.setProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY, before);
         }
     }
 

@@ -1,5 +1,6 @@
 package dev.qlora4j.backend.cuda;
 
+import dev.qlora4j.TemporaryProperty;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
@@ -10,17 +11,15 @@ import org.junit.jupiter.api.Tag;
  */
 @Tag("gpu")
 class CudaTrainAttentionMmaSyncGpuTest extends CudaTrainAttentionTcGpuTest {
-    private String savedWgmma;
+    private TemporaryProperty savedWgmma;
 
     @BeforeEach
     void turnWgmmaOff() {
-        savedWgmma = System.getProperty(TrainAttentionKernels.WGMMA_PROPERTY);
-        System.setProperty(TrainAttentionKernels.WGMMA_PROPERTY, "false");
+        savedWgmma = TemporaryProperty.set(TrainAttentionKernels.WGMMA_PROPERTY, "false");
     }
 
     @AfterEach
     void restoreWgmma() {
-        if (savedWgmma == null) System.clearProperty(TrainAttentionKernels.WGMMA_PROPERTY);
-        else System.setProperty(TrainAttentionKernels.WGMMA_PROPERTY, savedWgmma);
+        if (savedWgmma != null) savedWgmma.close();
     }
 }

@@ -1,5 +1,6 @@
 package dev.qlora4j.backend.cuda;
 
+import dev.qlora4j.TemporaryProperty;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
@@ -12,17 +13,15 @@ import org.junit.jupiter.api.Tag;
  */
 @Tag("gpu")
 class CudaTrainAttentionRecomputedDsGpuTest extends CudaTrainAttentionWgmmaGpuTest {
-    private String savedStoredDs;
+    private TemporaryProperty savedStoredDs;
 
     @BeforeEach
     void turnStoredDsOff() {
-        savedStoredDs = System.getProperty(TrainAttentionKernels.STORED_DS_PROPERTY);
-        System.setProperty(TrainAttentionKernels.STORED_DS_PROPERTY, "false");
+        savedStoredDs = TemporaryProperty.set(TrainAttentionKernels.STORED_DS_PROPERTY, "false");
     }
 
     @AfterEach
     void restoreStoredDs() {
-        if (savedStoredDs == null) System.clearProperty(TrainAttentionKernels.STORED_DS_PROPERTY);
-        else System.setProperty(TrainAttentionKernels.STORED_DS_PROPERTY, savedStoredDs);
+        if (savedStoredDs != null) savedStoredDs.close();
     }
 }

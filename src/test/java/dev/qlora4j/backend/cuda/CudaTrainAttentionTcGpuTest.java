@@ -12,6 +12,7 @@ import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.backend.AttentionResult;
 import dev.qlora4j.backend.cpu.CpuBackend;
 import dev.qlora4j.tensor.DType;
@@ -43,18 +44,16 @@ import org.junit.jupiter.params.provider.CsvSource;
  */
 @Tag("gpu")
 class CudaTrainAttentionTcGpuTest {
-    private String savedMode;
+    private TemporaryProperty savedMode;
 
     @BeforeEach
     void forceTensorCores() {
-        savedMode = System.getProperty(TrainAttentionKernels.MODE_PROPERTY);
-        System.setProperty(TrainAttentionKernels.MODE_PROPERTY, "tc");   // an unsupported case fails, not falls back
+        savedMode = TemporaryProperty.set(TrainAttentionKernels.MODE_PROPERTY, "tc");   // an unsupported case fails, not falls back
     }
 
     @AfterEach
     void restoreMode() {
-        if (savedMode == null) System.clearProperty(TrainAttentionKernels.MODE_PROPERTY);
-        else System.setProperty(TrainAttentionKernels.MODE_PROPERTY, savedMode);
+        if (savedMode != null) savedMode.close();
     }
 
     @ParameterizedTest

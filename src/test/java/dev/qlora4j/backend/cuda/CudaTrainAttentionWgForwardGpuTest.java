@@ -1,5 +1,6 @@
 package dev.qlora4j.backend.cuda;
 
+import dev.qlora4j.TemporaryProperty;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
@@ -10,17 +11,15 @@ import org.junit.jupiter.api.Tag;
  */
 @Tag("gpu")
 class CudaTrainAttentionWgForwardGpuTest extends CudaTrainAttentionWgmmaGpuTest {
-    private String savedWs;
+    private TemporaryProperty savedWs;
 
     @BeforeEach
     void turnWsForwardOff() {
-        savedWs = System.getProperty(TrainAttentionWsForward.PROPERTY);
-        System.setProperty(TrainAttentionWsForward.PROPERTY, "false");
+        savedWs = TemporaryProperty.set(TrainAttentionWsForward.PROPERTY, "false");
     }
 
     @AfterEach
     void restoreWsForward() {
-        if (savedWs == null) System.clearProperty(TrainAttentionWsForward.PROPERTY);
-        else System.setProperty(TrainAttentionWsForward.PROPERTY, savedWs);
+        if (savedWs != null) savedWs.close();
     }
 }

@@ -1,5 +1,6 @@
 package dev.qlora4j.backend.cuda;
 
+import dev.qlora4j.TemporaryProperty;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
@@ -10,17 +11,15 @@ import org.junit.jupiter.api.Tag;
  */
 @Tag("gpu")
 class CudaTrainAttentionWgmmaGpuTest extends CudaTrainAttentionTcGpuTest {
-    private String savedWgmma;
+    private TemporaryProperty savedWgmma;
 
     @BeforeEach
     void turnWgmmaOn() {
-        savedWgmma = System.getProperty(TrainAttentionKernels.WGMMA_PROPERTY);
-        System.setProperty(TrainAttentionKernels.WGMMA_PROPERTY, "true");
+        savedWgmma = TemporaryProperty.set(TrainAttentionKernels.WGMMA_PROPERTY, "true");
     }
 
     @AfterEach
     void restoreWgmma() {
-        if (savedWgmma == null) System.clearProperty(TrainAttentionKernels.WGMMA_PROPERTY);
-        else System.setProperty(TrainAttentionKernels.WGMMA_PROPERTY, savedWgmma);
+        if (savedWgmma != null) savedWgmma.close();
     }
 }

@@ -12,6 +12,7 @@ import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.backend.AttentionResult;
 import dev.qlora4j.backend.cpu.CpuBackend;
 import dev.qlora4j.tensor.DType;
@@ -34,15 +35,14 @@ import org.junit.jupiter.params.provider.CsvSource;
  */
 @Tag("gpu")
 class CudaTrainAttentionWsForwardGpuTest {
-    private String saved;
+    private TemporaryProperty saved;
 
-    @BeforeEach
-    void save() { saved = System.getProperty(TrainAttentionWsForward.PROPERTY); }
+    @BeforeEach   // the tests set the property; this only remembers its value
+    void save() { saved = TemporaryProperty.save(TrainAttentionWsForward.PROPERTY); }
 
     @AfterEach
     void restore() {
-        if (saved == null) System.clearProperty(TrainAttentionWsForward.PROPERTY);
-        else System.setProperty(TrainAttentionWsForward.PROPERTY, saved);
+        if (saved != null) saved.close();
     }
 
     @ParameterizedTest

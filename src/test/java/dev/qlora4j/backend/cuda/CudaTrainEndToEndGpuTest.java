@@ -7,6 +7,7 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
 import dev.qlora4j.CausalLM;
 import dev.qlora4j.Golden;
 import dev.qlora4j.LoadOptions;
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.model.TransformerLM;
 import dev.qlora4j.optim.AdamW;
 import dev.qlora4j.optim.AdamWConfig;
@@ -37,14 +38,9 @@ class CudaTrainEndToEndGpuTest {
             .initLoraWeights(new InitLoraWeights.Flag(false)).build();
 
     private static CausalLM load(String device) {
-        String a = System.getProperty(CudaBackend.ACTIVATIONS_PROPERTY);
-        System.setProperty(CudaBackend.ACTIVATIONS_PROPERTY, "f32");
-        try {
+        try (var a = TemporaryProperty.set(CudaBackend.ACTIVATIONS_PROPERTY, "f32")) {
             return CausalLM.fromPretrained(Golden.dir("llama-f32"), device.equals("cpu") ? LoadOptions.cpu()
                     : LoadOptions.defaults().withDevice(device));
-        } finally {
-            if (a == null) System.clearProperty(CudaBackend.ACTIVATIONS_PROPERTY);
-            else System.setProperty(CudaBackend.ACTIVATIONS_PROPERTY, a);
         }
     }
 

@@ -1,5 +1,6 @@
 package dev.qlora4j.backend.cuda;
 
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.model.QuantizedLinearFactory;
 import dev.qlora4j.model.TransformerLM;
 import dev.qlora4j.optim.Param;
@@ -53,8 +54,9 @@ class DequantCacheGpuTest {
     @Test
     void keptWeightsGiveBitIdenticalGradientsAndNoBackwardDequantize() {
         assumeTrue(CudaBackend.isAvailable(), "no GPU");
-        String old = System.getProperty(DequantCache.BUDGET_PROPERTY);
-        try (CudaBackend b = CheckpointKeepAttentionGpuTest.profiledBackend()) {
+        // the budget is switched below; this only remembers its value
+        try (var old = TemporaryProperty.save(DequantCache.BUDGET_PROPERTY);
+             CudaBackend b = CheckpointKeepAttentionGpuTest.profiledBackend()) {
             TransformerLM m = SyntheticWeights.model(SHAPE, b, 4321, new QuantizedLinearFactory(QuantizationConfig.qlora()));
             LoraConfig cfg = LoraConfig.builder().r(8).loraAlpha(16).loraDropout(0.0).targetModules(new ModuleSelector.AllLinear())
                     .initLoraWeights(new InitLoraWeights.Flag(false)).build();
@@ -87,9 +89,6 @@ class DequantCacheGpuTest {
                 dev.qlora4j.model.BitIdenticalGradients.assertSame(cached.loss(), cached.grads(), keptResidual.loss(),
                         keptResidual.grads(), params, "kept resid vs recomputed");
             } // closing the PeftModel closes m
-        } finally {
-            if (old == null) System.clearProperty(DequantCache.BUDGET_PROPERTY);
-            else System.setProperty(DequantCache.BUDGET_PROPERTY, old);
         }
     }
 }

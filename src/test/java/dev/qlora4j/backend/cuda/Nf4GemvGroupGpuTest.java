@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.backend.QuantizedWeight;
 import dev.qlora4j.quant.Quant4bit;
 import dev.qlora4j.quant.QuantState4bit;
@@ -38,17 +39,16 @@ import org.junit.jupiter.params.provider.MethodSource;
  */
 @Tag("gpu")
 class Nf4GemvGroupGpuTest {
-    private static String groupBefore;
+    private static TemporaryProperty groupBefore;
 
     @BeforeAll
     static void groupedLaunchesOn() {   // off by default (CudaQuantOps.GROUP_PROPERTY)
-        groupBefore = System.setProperty(CudaQuantOps.GROUP_PROPERTY, "true");
+        groupBefore = TemporaryProperty.set(CudaQuantOps.GROUP_PROPERTY, "true");
     }
 
     @AfterAll
     static void restoreGroupedLaunches() {
-        if (groupBefore == null) System.clearProperty(CudaQuantOps.GROUP_PROPERTY);
-        else System.setProperty(CudaQuantOps.GROUP_PROPERTY, groupBefore);
+        if (groupBefore != null) groupBefore.close();
     }
 
     private static CudaContext ctx;
@@ -147,9 +147,8 @@ class Nf4GemvGroupGpuTest {
             }
             for (int rows : new int[] {1, 7, 16, 17}) {
                 for (String variant : new String[] {"v2", "v2reg", "v7"}) {
-                    String old = System.getProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY);
-                    System.setProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY, variant);
-                    try (Tensor x = b.upload(Tensor.fromFloats(QuantGpuSupport.gaussian(rnd, rows * inF, 1.0), DType.BF16, rows, inF))) {
+                    try (var old = TemporaryProperty.set(Quant4bitKernels.GEMV_VARIANT_PROPERTY, variant);
+                         Tensor x = b.upload(Tensor.fromFloats(QuantGpuSupport.gaussian(rnd, rows * inF, 1.0), DType.BF16, rows, inF))) {
                         long before = Nf4GemvKernels.GROUP_LAUNCHES.get();
                         Tensor[] grouped = b.linearQuantizedGroup(x, ws, biases);
                         boolean fused = rows <= 16 && !variant.equals("v7");
@@ -161,9 +160,6 @@ class Nf4GemvGroupGpuTest {
                                         "rows=" + rows + " " + variant + " segment " + s);
                             }
                         }
-                    } finally {
-                        if (old == null) System.clearProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY);
-                        else System.setProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY, old);
                     }
                 }
             }

@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
 
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.quant.Quant4bit;
 import dev.qlora4j.quant.QuantState4bit;
 import dev.qlora4j.quant.QuantType;
@@ -158,9 +159,8 @@ class Nf4GemvV7GpuTest {
                 QuantType.NF4, 64, true);
         float[] x = QuantGpuSupport.roundedTo(compute, QuantGpuSupport.gaussian(rnd, 3 * inF, 1.0));
         float[] bias = QuantGpuSupport.roundedTo(compute, QuantGpuSupport.gaussian(rnd, outF, 0.5));
-        String before = System.getProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY);
-        System.setProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY, "v7");
-        try (CudaQuant4bit q = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, compute);
+        try (var before = TemporaryProperty.set(Quant4bitKernels.GEMV_VARIANT_PROPERTY, "v7");
+             CudaQuant4bit q = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, compute);
              Tensor x1 = QuantGpuSupport.upload(ctx, java.util.Arrays.copyOf(x, inF), compute, 1, inF);
              Tensor x3 = QuantGpuSupport.upload(ctx, x, compute, 3, inF);
              Tensor b = QuantGpuSupport.upload(ctx, bias, compute, outF);
@@ -172,9 +172,6 @@ class Nf4GemvV7GpuTest {
             Nf4GemvKernels.gemv(ctx, q, x3, 3, b, y3, Nf4GemvKernels.Decode.TABLE);
             assertBitIdentical(ctx.download(y1).toFloatArray(), ctx.download(got1).toFloatArray(), "linear, 1 row, v7");
             assertBitIdentical(ctx.download(y3).toFloatArray(), ctx.download(got3).toFloatArray(), "linear, 3 rows, v2");
-        } finally {
-            if (before == null) System.clearProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY);
-            else System.setProperty(Quant4bitKernels.GEMV_VARIANT_PROPERTY, before);
         }
     }
 

@@ -5,6 +5,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.cuda.CudaDriver;
 
 import java.lang.reflect.Proxy;
@@ -94,17 +95,12 @@ class OpProfilerTest {
         p.end("add", m);
         p.reset();
         assertFalse(p.stats().containsKey("add"));
-        String before = System.getProperty(OpProfiler.PROPERTY);
-        try {
-            System.clearProperty(OpProfiler.PROPERTY);
+        try (var before = TemporaryProperty.clear(OpProfiler.PROPERTY)) {
             assertNull(OpProfiler.fromProperty(f.driver(), 7, () -> 0L));
             System.setProperty(OpProfiler.PROPERTY, "true");
             try (OpProfiler on = OpProfiler.fromProperty(f.driver(), 7, () -> 0L)) {
                 assertTrue(on != null);
             }
-        } finally {
-            if (before == null) System.clearProperty(OpProfiler.PROPERTY);
-            else System.setProperty(OpProfiler.PROPERTY, before);
         }
     }
 

@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.cuda.KernelArgs;
 import dev.qlora4j.infer.Generator;
 import dev.qlora4j.infer.SamplingParams;
@@ -102,18 +103,13 @@ class ProgrammaticLaunchGpuTest {
             }
         };
         int[][] with = decode.get();
-        String before = System.getProperty("qlora4j.cuda.pdl");
         int[][] without;
-        try {
-            System.setProperty("qlora4j.cuda.pdl", "false");
+        try (var before = TemporaryProperty.set("qlora4j.cuda.pdl", "false")) {
             try (CudaBackend g = CudaCoreTestSupport.backend(DType.BF16, true)) {
                 CudaContext ctx = g.context();
                 assertFalse(ctx.launchesAsDependent(ctx.function("nf4_gemv", "q4v2_gemv_bf16_m8")), "-Dqlora4j.cuda.pdl=false");
             }
             without = decode.get();
-        } finally {
-            if (before == null) System.clearProperty("qlora4j.cuda.pdl");
-            else System.setProperty("qlora4j.cuda.pdl", before);
         }
         for (int r = 0; r < prompts.length; r++) assertArrayEquals(without[r], with[r], "row " + r);
     }
