@@ -33,7 +33,7 @@ final class FusedKernels {
         Tensor out = ctx.empty(act, n, h);
         if (n == 0) return out;
         int vec = h % (16 / act.byteSize()) == 0 ? 1 : 0;
-        ctx.launch(ctx.function("fused", kernel), Dim3.of(n), Dim3.of(RmsNormKernels.rowThreads(n, h)), 0,
+        ctx.launch(ctx.function("fused", kernel), Dim3.of(n), Dim3.of(RmsNormKernels.rowThreads(n, h, act)), 0,
                 KernelArgs.of().ptr(KernelTypes.aligned16(resid)).ptr(KernelTypes.aligned16(y)).ptr(CudaContext.ptr(weight))
                         .ptr(KernelTypes.aligned16(out)).i32(h).f32(eps).i32(vec));
         return out;

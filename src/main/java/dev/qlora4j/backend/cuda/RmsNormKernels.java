@@ -16,17 +16,19 @@ final class RmsNormKernels {
     static final int MANY_ROWS = 256;
 
     /**
-     * Threads per row (one block each) for the row-wise norm kernels (rmsnorm_fwd, add_rmsnorm, rmsnorm_bwd): {@link
-     * #THREADS} for a few rows (a decode step: eight warps finish one row soonest); for {@link #MANY_ROWS} or more
-     * (training, prefill) h / 32 rounded up to whole warps, between 32 and THREADS, so each thread holds four of the
-     * row's 16-byte packs. Why: the register-held kernels take 86-106 registers a thread, so at 256 threads two rows
-     * fit on an SM; at 128 (h 4096) four do, and the SM has twice the loads in flight (Llama-7B step, session 15).
-     * The block sums then add in another order: results move by float32 rounding.
+     * Threads per row (one block each) for the row-wise norm kernels (rmsnorm_fwd, add_rmsnorm, rmsnorm_bwd) on rows
+     * of h elements of act: {@link #THREADS} for a few rows (a decode step: eight warps finish one row soonest); for
+     * {@link #MANY_ROWS} or more (training, prefill) a quarter of the row's 16-byte packs, rounded up to whole warps,
+     * between 32 and THREADS, so each thread holds four packs (the register-held paths' limit). Why: those kernels take
+     * 86-106 registers a thread, so at 256 threads two rows fit on an SM; at 128 (BF16, h 4,096) four do, and the SM
+     * has twice the loads in flight (Llama-7B step, session 15). The block sums then add in another order: results
+     * move by float32 rounding.
      */
-    static int rowThreads(int n, int h) {
+    static int rowThreads(int n, int h, DType act) {
         if (n < MANY_ROWS) return THREADS;
-        int warps = (h + 32 * 32 - 1) / (32 * 32);
-        return Math.max(32, Math.min(THREADS, 32 * warps));
+        long packs = ((long) h * act.byteSize() + 15) / 16;
+        long warps = (packs + 4 * 32 - 1) / (4 * 32);
+        return (int) Math.max(32, Math.min(THREADS, 32 * warps));
     }
 
     static Tensor rmsNorm(CudaContext ctx, DType act, Tensor x, Tensor weight, float eps) {
@@ -44,7 +46,7 @@ final class RmsNormKernels {
         if (n == 0) return out;
         int pack = 16 / act.byteSize();
         int vec = h % pack == 0 ? 1 : 0;
-        ctx.launch(ctx.function("rmsnorm", kernel), Dim3.of(n), Dim3.of(rowThreads(n, h)), 0,
+        ctx.launch(ctx.function("rmsnorm", kernel), Dim3.of(n), Dim3.of(rowThreads(n, h, act)), 0,
                 KernelArgs.of().ptr(KernelTypes.aligned16(x)).ptr(CudaContext.ptr(weight)).ptr(KernelTypes.aligned16(out))
                         .i32(h).f32(eps).i32(vec));
         return out;

@@ -174,7 +174,7 @@ final class TrainKernels {
         Tensor inv = gradWeight == null ? null : ctx.empty(DType.F32, n);
         try {
             String kernel = "rmsnorm_bwd_" + KernelTypes.act(act) + "_" + KernelTypes.weight(weight, "rmsNormBackward weight");
-            ctx.launch(ctx.function("norm_bwd", kernel), Dim3.of(n), Dim3.of(RmsNormKernels.rowThreads(n, h)), 0,
+            ctx.launch(ctx.function("norm_bwd", kernel), Dim3.of(n), Dim3.of(RmsNormKernels.rowThreads(n, h, act)), 0,
                     KernelArgs.of().ptr(CudaContext.ptr(x)).ptr(CudaContext.ptr(weight)).f32(eps).ptr(CudaContext.ptr(g))
                             .ptr(CudaContext.ptr(gx)).ptr(CudaContext.ptrOrNull(inv)).i32(h)
                             .ptr(CudaContext.ptrOrNull(addend)));
