@@ -5,7 +5,7 @@
 //
 //   add_rmsnorm_<t>_w<w>   resid [n, h] += y [n, h] (rounded to T, as add_fwd does), then
 //                          out [n, h] = rmsnorm(resid) * weight [h] exactly as rmsnorm_fwd (same thread/pack
-//                          layout, same block_sum tree, same 1/sqrt in double). grid = n blocks, 256 threads;
+//                          layout, same block_sum tree, same 1/sqrt in double). grid = n blocks, RmsNormKernels.rowThreads;
 //                          vec = 1 when h is a multiple of the 16-byte pack (rows 16-byte aligned), else 0.
 //                          Rows of at most 4 packs per thread keep their sums in registers and read the weight
 //                          before the programmatic-launch wait (add_rmsnorm_registers); longer rows' second pass

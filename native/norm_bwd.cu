@@ -4,7 +4,8 @@
 //          inv F32 [n] (1/rms per row, written for the weight gradient); gw F32 [h] += sum_rows g x inv;
 //          add [n, h] of T or null: gx = round(T, round(T, gx) + add) (the residual stream's skip path, with the bits
 //          of a separate add_fwd: one pass over gx fewer in a decoder layer's backward).
-// Launch:  rmsnorm_bwd_<t>_w<w> (x, w, eps, g, gx, inv, h, add): grid = n blocks, 256 threads (one row each);
+// Launch:  rmsnorm_bwd_<t>_w<w> (x, w, eps, g, gx, inv, h, add): grid = n blocks (one row each) of
+//          RmsNormKernels.rowThreads threads (256 for few rows; a quarter of the row's 16-byte packs for many);
 //          rmsnorm_bwd_weight_<t>: 1-D grid-stride over the h columns, rows summed in order.
 // Math:    r = (float)(1 / sqrt((double)(mean(x^2) + eps))) as the forward; dot = sum_j (g_j w_j) x_j;
 //          coef = r^3 dot / h; gx_k = (g_k w_k) r - x_k coef. Float32 throughout; the block reductions sum

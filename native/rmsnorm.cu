@@ -2,7 +2,7 @@
 //
 // Tensors: x [n, h] of T (float or bf16 activations); weight [h] of W (float, bf16 or half);
 //          out [n, h] of T.
-// Launch:  grid = n blocks (one row each), block = 256 threads (a multiple of 32), 32 floats of static
+// Launch:  grid = n blocks (one row each), block = RmsNormKernels.rowThreads (a multiple of 32), 32 floats of static
 //          shared memory for the block reduction. Rows are read with 16-byte loads when h is a multiple
 //          of the pack (4 floats / 8 bf16; the launcher passes vec = 1 then, and every row then starts
 //          16-byte aligned because blocks from the allocator do), else element by element (vec = 0).
