@@ -11,7 +11,6 @@ final class RmsNormKernels {
 
     static final int THREADS = 256;
 
-    /** x [n, h] in act, weight [h] (F32/BF16/F16) -> [n, h] in act. */
     /** Rows from which the norm kernels run narrower blocks ({@link #rowThreads}). */
     static final int MANY_ROWS = 256;
 
@@ -31,6 +30,7 @@ final class RmsNormKernels {
         return (int) Math.max(32, Math.min(THREADS, 32 * warps));
     }
 
+    /** x [n, h] in act, weight [h] (F32/BF16/F16) -> [n, h] in act. */
     static Tensor rmsNorm(CudaContext ctx, DType act, Tensor x, Tensor weight, float eps) {
         KernelTypes.requireRank(x, 2, "rmsNorm x");
         KernelTypes.requireDevice(weight, "rmsNorm weight");
