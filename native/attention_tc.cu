@@ -1023,4 +1023,23 @@ QL_ATTN_STORED_DS(f16, __half, 128)
     }
 QL_ATTN_FWD_WS(bf16, __nv_bfloat16)
 QL_ATTN_FWD_WS(f16, __half)
+
+// The warp-specialized dK/dV backward (attention_bwd_ws.cuh: the same cases; 128 keys a block of 384 threads): _dkv
+// pairs with attn_wg_dq (dS recomputed), _dkvs stores the dS tiles for attn_wg_dqs. Same bits as attn_wg_dkv(s).
+#include "attention_bwd_ws.cuh"
+#define QL_ATTN_BWD_WS(tn, T)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(bws::THREADS, 1) attn_ws_dkv_##tn##_d128(                           \
+        const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, T* dk, T* dv,         \
+        int T_, int H, int KH, float scale) {                                                                          \
+        pdl_enter();                                                                                                   \
+        bws::dkv_impl<T, false>(q, k, v, dout, lse, delta, dk, dv, nullptr, T_, H, KH, scale);                         \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(bws::THREADS, 1) attn_ws_dkvs_##tn##_d128(                          \
+        const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, T* dk, T* dv,         \
+        T* ds, int T_, int H, int KH, float scale) {                                                                   \
+        pdl_enter();                                                                                                   \
+        bws::dkv_impl<T, true>(q, k, v, dout, lse, delta, dk, dv, ds, T_, H, KH, scale);                               \
+    }
+QL_ATTN_BWD_WS(bf16, __nv_bfloat16)
+QL_ATTN_BWD_WS(f16, __half)
 #endif

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks that the committed kernels-ptx/ (PTX + MANIFEST) is exactly what native/*.cu compile to:
+# Checks that the committed kernels-ptx/ (PTX, Hopper cubins, MANIFEST) is exactly what native/*.cu compile to:
 # rebuilds into a temporary directory with native/Makefile's pinned flags and diffs the two.
 # PTX is deterministic for one nvcc release, so a difference means a source was edited without
 # `make -C native` (or nvcc differs from the MANIFEST's). Exit 0: identical or nvcc absent (skipped);
@@ -13,7 +13,7 @@ if ! command -v "$nvcc_bin" >/dev/null 2>&1; then
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-if ! make -s -C "$root/native" NVCC="$nvcc_bin" OUT="$tmp" all >"$tmp.log" 2>&1; then
+if ! make -s -j"$(nproc)" -C "$root/native" NVCC="$nvcc_bin" OUT="$tmp" all >"$tmp.log" 2>&1; then
   cat "$tmp.log"; rm -f "$tmp.log"
   echo "check-ptx: building native/*.cu failed (see above)"
   exit 1
@@ -35,9 +35,19 @@ for f in "$tmp"/*.ptx; do
   fi
 done
 for f in "$root"/kernels-ptx/*.ptx; do [ -f "$tmp/$(basename "$f")" ] || { echo "check-ptx: $(basename "$f") has no source"; same=0; }; done
-if ! diff -q <(grep -v '^ptx ' "$root/kernels-ptx/MANIFEST") <(grep -v '^ptx ' "$tmp/MANIFEST") >/dev/null; then
+# The Hopper cubins: each must be exactly what this nvcc's ptxas makes of the committed PTX beside it (ptxas is
+# deterministic), and the set must be the build's.
+for f in "$tmp"/*.cubin; do
+  n=$(basename "$f"); c="$root/kernels-ptx/$n"
+  if [ ! -f "$c" ]; then echo "check-ptx: kernels-ptx/$n is missing"; same=0; continue; fi
+  case "$n" in *.sm90a.cubin) src=${n%.cubin}.ptx; arch=sm_90a ;; *) src=${n%.sm90.cubin}.ptx; arch=sm_90 ;; esac
+  "$nvcc_bin" -cubin -O3 -arch=$arch "$root/kernels-ptx/$src" -o "$tmp/again.cubin"
+  cmp -s "$c" "$tmp/again.cubin" || { echo "check-ptx: kernels-ptx/$n is not what kernels-ptx/$src assembles to"; same=0; }
+done
+for f in "$root"/kernels-ptx/*.cubin; do [ -f "$tmp/$(basename "$f")" ] || { echo "check-ptx: $(basename "$f") has no source"; same=0; }; done
+if ! diff -q <(grep -vE '^(ptx|cubin) ' "$root/kernels-ptx/MANIFEST") <(grep -vE '^(ptx|cubin) ' "$tmp/MANIFEST") >/dev/null; then
   echo "check-ptx: MANIFEST sources, flags or nvcc release differ from native/:"
-  diff <(grep -v '^ptx ' "$root/kernels-ptx/MANIFEST") <(grep -v '^ptx ' "$tmp/MANIFEST") | head -20
+  diff <(grep -vE '^(ptx|cubin) ' "$root/kernels-ptx/MANIFEST") <(grep -vE '^(ptx|cubin) ' "$tmp/MANIFEST") | head -20
   same=0
 fi
 if [ "$same" = 1 ]; then

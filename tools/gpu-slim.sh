@@ -3,7 +3,7 @@
 # the pack plus the working tree fit the device tool's transfer limit (64 MiB). Jars only the CLI, chat templates
 # or plotting use are dropped; the bench jar goes on the class path (run main dev.qlora4j.bench.X).
 #   tools/gpu-slim.sh [--jmh]   # --jmh keeps JMH and its dependencies (run jmh finds the benchmarks in the bench jar on lib/)
-# The device command then starts with: tar xzf .gpu-pack/kernels-ptx.tgz -C .gpu-pack/classes/ && cp -r src/test/resources/golden .gpu-pack/test-classes/
+# The device command then starts with: tar xJf .gpu-pack/kernels-ptx.txz -C .gpu-pack/classes/ && cp -r src/test/resources/golden .gpu-pack/test-classes/
 # Large tracked folders (models/, golden/peft, golden/tokenizer) are moved aside by tools/gpu-aside.sh.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)/.gpu-pack"
@@ -30,7 +30,9 @@ if [ "$jmh" = "--jmh" ]; then
 else
   rm -f lib/commons-math3-*.jar lib/jmh-core-*.jar lib/jopt-simple-*.jar
 fi
-# The PTX travels compressed (~10x): the device command unpacks it with
-#   tar xzf .gpu-pack/kernels-ptx.tgz -C .gpu-pack/classes/   (gpu-aside.sh out moves kernels-ptx/ out of the tree)
-tar czf kernels-ptx.tgz -C .. kernels-ptx
+# The PTX and the Hopper cubins travel compressed by xz (4 MB; gzip: 9.4 MB, too much beside the rest): the device
+# command unpacks them with
+#   tar xJf .gpu-pack/kernels-ptx.txz -C .gpu-pack/classes/   (gpu-aside.sh out moves kernels-ptx/ out of the tree)
+rm -f kernels-ptx.tgz
+tar cJf kernels-ptx.txz -C .. kernels-ptx
 du -sh . | cut -f1

@@ -14,7 +14,9 @@ import java.util.function.Predicate;
  *
  * <p>Module choice: on compute capability 9.0 a module named {@code <name>.sm90a.ptx} is preferred
  * when it exists (Hopper-only instructions: wgmma, setmaxnreg, which run on 9.0 and nowhere else);
- * otherwise {@code <name>.ptx} (portable compute_80 PTX the driver JIT-compiles for the GPU).
+ * otherwise {@code <name>.ptx} (portable compute_80 PTX the driver JIT-compiles for the GPU). On 9.0 the
+ * chosen PTX's machine code, assembled by the build's ptxas and committed beside it ({@link #cubinFor}), is
+ * loaded instead when the driver accepts it: the driver's own JIT compiles some kernels worse.
  * Module and function handles are cached; they stay valid as long as the context does.
  *
  * <p>The sm90a modules are built with programmatic dependent launch (native/pdl.cuh; native/Makefile's SM90A list):
@@ -32,6 +34,12 @@ public final class PtxModules {
 
     /** -Dqlora4j.cuda.sm90a=false: the portable PTX on Hopper too (no programmatic launches; for A/B timing). */
     private static final boolean HOPPER_BUILDS = Boolean.parseBoolean(System.getProperty("qlora4j.cuda.sm90a", "true"));
+
+    /**
+     * -Dqlora4j.cuda.cubins=false: JIT-compile the PTX on Hopper too instead of loading the committed cubins (for A/B
+     * timing; the driver's JIT ignores setmaxnreg when it allocates registers, native/Makefile).
+     */
+    private static final boolean CUBINS = Boolean.parseBoolean(System.getProperty("qlora4j.cuda.cubins", "true"));
 
     private final CudaDriver driver;
     private final int ccMajor;
@@ -90,6 +98,16 @@ public final class PtxModules {
         if (m != null) return m;
         synchronized (this) {
             return modules.computeIfAbsent(name, n -> {
+                String cubin = cubinFor(n, ccMajor, ccMinor, PtxModules::resourceExists);
+                if (cubin != null) {
+                    try {
+                        long loaded = driver.moduleLoadData(readResource(cubin));
+                        if (isHopperResource(cubin)) hopperModules.add(n);
+                        return loaded;
+                    } catch (CudaException e) {
+                        // a driver older than the nvcc that assembled it: the PTX below, compiled by the driver
+                    }
+                }
                 String resource = resourceFor(n, ccMajor, ccMinor, PtxModules::resourceExists);
                 long loaded = load(readResource(resource));
                 if (isHopperResource(resource)) hopperModules.add(n);
@@ -140,7 +158,22 @@ public final class PtxModules {
     }
 
     static boolean isHopperResource(String resource) {
-        return resource.endsWith(".sm90a.ptx");
+        return resource.endsWith(".sm90a.ptx") || resource.endsWith(".sm90a.cubin");
+    }
+
+    /**
+     * The machine code a module loads from on a device of compute capability major.minor, or null for its PTX: on 9.0
+     * {@code <name>.sm90a.cubin} (assembled from the sm90a PTX), or {@code <name>.sm90.cubin} for a module that has
+     * no sm90a build (from its portable PTX). What the PTX would be chosen from, in the same order.
+     */
+    static String cubinFor(String module, int major, int minor, Predicate<String> exists) {
+        if (major != 9 || minor != 0 || !CUBINS) return null;
+        if (HOPPER_BUILDS && exists.test(RESOURCE_DIR + module + ".sm90a.ptx")) {
+            String hopper = RESOURCE_DIR + module + ".sm90a.cubin";
+            return exists.test(hopper) ? hopper : null;
+        }
+        String portable = RESOURCE_DIR + module + ".sm90.cubin";
+        return exists.test(portable) ? portable : null;
     }
 
     /** Which resource a module loads from on a device of compute capability major.minor. */

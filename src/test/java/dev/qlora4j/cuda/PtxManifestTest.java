@@ -3,6 +3,7 @@ package dev.qlora4j.cuda;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -31,7 +32,7 @@ class PtxManifestTest {
         return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(bytes));
     }
 
-    /** path -> sha256 for the MANIFEST's lines of one kind ("source" or "ptx"). */
+    /** path -> sha256 for the MANIFEST's lines of one kind ("source", "ptx" or "cubin"). */
     private static Map<String, String> manifest(String kind) throws IOException {
         Map<String, String> m = new LinkedHashMap<>();
         for (String line : Files.readAllLines(ROOT.resolve("kernels-ptx/MANIFEST"))) {
@@ -94,6 +95,40 @@ class PtxManifestTest {
         }
         assertTrue(ptx.contains(".target sm_80"), "portable PTX targets compute_80");
         assertFalse(ptx.contains(ROOT.toString()), "PTX must not embed the checkout path");
+    }
+
+    /** Every PTX has its Hopper cubin (sm90a from the sm90a PTX, sm90 from a portable-only module's), as listed. */
+    @Test
+    void everyModuleHasItsHopperCubinMatchingTheManifest() throws Exception {
+        Map<String, String> ptx = manifest("ptx"), cubin = manifest("cubin");
+        for (String p : ptx.keySet()) {
+            if (p.endsWith(".sm90a.ptx")) {
+                assertTrue(cubin.containsKey(p.replace(".ptx", ".cubin")), "no cubin listed for " + p);
+            } else if (!ptx.containsKey(p.replace(".ptx", ".sm90a.ptx"))) {
+                assertTrue(cubin.containsKey(p.replace(".ptx", ".sm90.cubin")), "no cubin listed for " + p);
+            }
+        }
+        for (var e : cubin.entrySet()) {
+            assertEquals(e.getValue(), sha256(PtxModules.readResource(e.getKey())),
+                    e.getKey() + " on the classpath differs from the MANIFEST");
+        }
+    }
+
+    @Test
+    void cubinsAreChosenOnlyOnComputeCapability90BesideThePtxTheyComeFrom() {
+        Set<String> hopper = Set.of("kernels-ptx/x.ptx", "kernels-ptx/x.sm90a.ptx", "kernels-ptx/x.sm90a.cubin");
+        Set<String> portable = Set.of("kernels-ptx/x.ptx", "kernels-ptx/x.sm90.cubin");
+        Set<String> noCubin = Set.of("kernels-ptx/x.ptx", "kernels-ptx/x.sm90a.ptx", "kernels-ptx/x.sm90.cubin");
+        assertEquals("kernels-ptx/x.sm90a.cubin", PtxModules.cubinFor("x", 9, 0, hopper::contains));
+        assertEquals("kernels-ptx/x.sm90.cubin", PtxModules.cubinFor("x", 9, 0, portable::contains));
+        assertNull(PtxModules.cubinFor("x", 9, 0, noCubin::contains), "the sm90a PTX wins over a portable cubin");
+        assertNull(PtxModules.cubinFor("x", 8, 9, hopper::contains));
+        assertNull(PtxModules.cubinFor("x", 10, 0, hopper::contains));
+        assertTrue(PtxModules.isHopperResource("kernels-ptx/x.sm90a.cubin"));
+        assertFalse(PtxModules.isHopperResource("kernels-ptx/x.sm90.cubin"));
+        assertEquals("kernels-ptx/attention_tc.sm90a.cubin",
+                PtxModules.cubinFor("attention_tc", 9, 0, PtxModules::resourceExists));
+        assertEquals("kernels-ptx/adamw.sm90.cubin", PtxModules.cubinFor("adamw", 9, 0, PtxModules::resourceExists));
     }
 
     @Test

@@ -260,6 +260,11 @@ final class TrainAttentionKernels {
             if (!tc) qArgs.i32(headDim);
             ctx.launch(fq, tc ? tcGrid(heads, batch, tokens) : new Dim3(tiles, heads, batch), block, smemQ,
                     qArgs.f32(scale).i32(window));
+            if (tc && TrainAttentionWsBackward.applies(ctx, prefix, headDim, segments, window)) {
+                TrainAttentionWsBackward.launch(ctx, t, q, k, v, gradOut, lse, delta, dk, dv, null, batch, heads,
+                        kvHeads, scale);
+                return new Tensor[] {dq, dk, dv};
+            }
             long fkv = ctx.function(module, prefix + "dkv_" + t + "_d" + (tc ? headDim : dpl));
             int smemKv = tc ? tcMaxSharedBytes(headDim) : tileBytes(4, headDim, 4 * TILE);
             ctx.allowSharedMemory(fkv, smemKv);
@@ -297,14 +302,19 @@ final class TrainAttentionKernels {
                                          Tensor lse, Tensor delta, Tensor gradOut, Tensor ds, Tensor dq, Tensor dk,
                                          Tensor dv, int batch, int heads, int kvHeads, int headDim, float scale) {
         int tokens = q.dim(0) / batch;
-        long fkv = ctx.function("attention_tc", "attn_wg_dkvs_" + t + "_d" + headDim);
-        int smemKv = tcMaxSharedBytes(headDim);
-        ctx.allowSharedMemory(fkv, smemKv);
-        ctx.launch(fkv, tcGrid(kvHeads, batch, tokens), Dim3.of(TC_THREADS), smemKv, KernelArgs.of()
-                .ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v))
-                .ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(gradOut)).ptr(CudaContext.ptr(lse))
-                .ptr(CudaContext.ptr(delta)).ptr(CudaContext.ptr(dk)).ptr(CudaContext.ptr(dv)).ptr(CudaContext.ptr(ds))
-                .i32(tokens).i32(heads).i32(kvHeads).f32(scale));
+        if (TrainAttentionWsBackward.applies(ctx, "attn_wg_", headDim, segments, 0)) {
+            TrainAttentionWsBackward.launch(ctx, t, q, k, v, gradOut, lse, delta, dk, dv, ds, batch, heads, kvHeads,
+                    scale);
+        } else {
+            long fkv = ctx.function("attention_tc", "attn_wg_dkvs_" + t + "_d" + headDim);
+            int smemKv = tcMaxSharedBytes(headDim);
+            ctx.allowSharedMemory(fkv, smemKv);
+            ctx.launch(fkv, tcGrid(kvHeads, batch, tokens), Dim3.of(TC_THREADS), smemKv, KernelArgs.of()
+                    .ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v))
+                    .ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(gradOut)).ptr(CudaContext.ptr(lse))
+                    .ptr(CudaContext.ptr(delta)).ptr(CudaContext.ptr(dk)).ptr(CudaContext.ptr(dv))
+                    .ptr(CudaContext.ptr(ds)).i32(tokens).i32(heads).i32(kvHeads).f32(scale));
+        }
         long fq = ctx.function("attention_tc", "attn_wg_dqs_" + t + "_d" + headDim);
         int smemQ = tcSharedBytes(2, headDim, 0);   // two K tiles (+ the 1 KB the swizzle alignment may skip)
         ctx.allowSharedMemory(fq, smemQ);
