@@ -127,12 +127,8 @@ __device__ __forceinline__ uint32_t opaque(uint32_t x) {
 // tc::store_ds_tile from the A fragments a[c] = acc_to_a(dS^T, c) the dK product used (the same bits).
 template <typename T>
 __device__ __forceinline__ void store_frags(T* __restrict__ tile, const uint32_t (&a)[4][4], int warp, int lane) {
-    uint4* out = reinterpret_cast<uint4*>(tile) + warp * 32 + lane;
 #pragma unroll
-    for (int c = 0; c < 4; c++) {
-        __stcg(out + c * 4 * 32, make_uint4(tc::transpose8x8(a[c][0]), tc::transpose8x8(a[c][2]),
-                                            tc::transpose8x8(a[c][1]), tc::transpose8x8(a[c][3])));
-    }
+    for (int c = 0; c < 4; c++) tc::store_ds_frags<T>(tile, a[c], c, warp, lane);
 }
 
 constexpr int NB = QROWS / 8;   // n-blocks (8 queries each) of a thread's S^T rows

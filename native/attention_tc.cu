@@ -179,14 +179,19 @@ __device__ __forceinline__ uint32_t transpose8x8(uint32_t a) {
 // group c, key chunk w, lane) at uint4 (c * 4 + w) * 32 + lane, so warp c of the dQ kernel reads its A operand for
 // key chunk w with one coalesced 16-byte load per lane. dS's A fragment a' (query rows 16c.., keys 16w..) is dS^T's
 // a (key rows 16w.., query columns 16c..) with each 8x8 block transposed and the two off-diagonal blocks swapped.
+// store_ds_frags stores query row group c from its A fragments a = acc_to_a(dS^T, c).
+template <typename T>
+__device__ __forceinline__ void store_ds_frags(T* __restrict__ tile, const uint32_t (&a)[4], int c, int warp, int lane) {
+    uint4* out = reinterpret_cast<uint4*>(tile) + warp * 32 + lane + c * 4 * 32;
+    __stcg(out, make_uint4(transpose8x8(a[0]), transpose8x8(a[2]), transpose8x8(a[1]), transpose8x8(a[3])));
+}
 template <typename T>
 __device__ __forceinline__ void store_ds_tile(T* __restrict__ tile, const float (&dst)[8][4], int warp, int lane) {
-    uint4* out = reinterpret_cast<uint4*>(tile) + warp * 32 + lane;
 #pragma unroll
     for (int c = 0; c < 4; c++) {
         uint32_t a[4];
         acc_to_a<T, 8>(dst, c, a);
-        __stcg(out + c * 4 * 32, make_uint4(transpose8x8(a[0]), transpose8x8(a[2]), transpose8x8(a[1]), transpose8x8(a[3])));
+        store_ds_frags<T>(tile, a, c, warp, lane);
     }
 }
 
