@@ -148,6 +148,21 @@ class FakeLibcudaPlumbingTest {
         return (int) handle.invokeExact();
     }
 
+    /**
+     * A compute capability 9.0 device whose driver refuses the committed cubin (as one older than the toolkit that
+     * assembled it does; the fake refuses every binary image) still gets the module, from its sm90a PTX.
+     */
+    @Test
+    void aCubinTheDriverRefusesFallsBackToThePtx() {
+        assertEquals("kernels-ptx/cast.sm90a.cubin", PtxModules.cubinFor("cast", 9, 0, PtxModules::resourceExists));
+        CudaException refused = assertThrows(CudaException.class,
+                () -> d.moduleLoadData(PtxModules.readResource("kernels-ptx/cast.sm90a.cubin")));
+        assertEquals("CUDA_ERROR_INVALID_PTX", refused.errorName());
+        PtxModules m = new PtxModules(d, 9, 0, KernelCache.off());
+        assertTrue(m.function("cast", "cast_f32_to_bf16") != 0);
+        assertTrue(m.isHopperBuild("cast"), "the sm90a PTX, after the cubin");
+    }
+
     @Test
     void moduleErrorsCarryTheJitLogAndTheKernelName() {
         CudaException jit = assertThrows(CudaException.class, () -> d.moduleLoadData(
