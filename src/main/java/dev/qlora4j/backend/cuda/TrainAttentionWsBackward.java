@@ -18,8 +18,6 @@ final class TrainAttentionWsBackward {
     private TrainAttentionWsBackward() {}
 
     static final String PROPERTY = "qlora4j.attention.wsBackward";
-    /** Keys per block (bws::KEYS); query tiles of 64 per ring stage. */
-    static final int KEYS = 128;
     static final int HEAD_DIM = 128;
     /** Two consumer warpgroups and the producer warpgroup. */
     static final int THREADS = 384;
@@ -37,7 +35,7 @@ final class TrainAttentionWsBackward {
                 && SHARED_BYTES <= ctx.properties().maxSharedMemoryPerBlockOptin() && Switches.on(PROPERTY, true);
     }
 
-    /** Grid (kv heads x batch, key blocks of 128): the block every query tile sees first. */
+    /** Grid (kv heads x batch, key blocks of 128 = bws::KEYS): the block every query tile sees first. */
     static Dim3 grid(int kvHeads, int batch, int tokens) {
         return TrainAttentionWsForward.grid(kvHeads, batch, tokens);   // the same shape: 128-row tiles x (heads, rows)
     }
