@@ -3,6 +3,8 @@
 // Tensors (T = float for F32 activations, __nv_bfloat16 for BF16; W = float, bf16 or half weights):
 //   add_fwd_<t>            a[n], b[n] -> out[n] = a + b           (out may be a: addInPlace; no restrict)
 //   silu_mul_fwd_<t>       gate[n], up[n] -> out[n] = silu(gate) * up = gate / (1 + exp(-gate)) * up
+//   silu_mul_halves_fwd_<t> gu[rows, 2 cols] (gate's columns, then up's: the gate/up projections run as one GEMM)
+//                          -> out[rows, cols] = silu(gate) * up, element for element what silu_mul_fwd gives
 //   gather_rows_fwd_<t>    x[nx, h], rows I32 [r] -> out[r, h] = x[rows[i], :]; a row outside [0, nx)
 //                          writes zeros and reports code 2 in the status word
 //   bias_rows_<t>_w<w>     b[m] -> y[n, m] = b[j] for every row (the linear's bias, preloaded so that
@@ -57,6 +59,36 @@ __device__ __forceinline__ void silu_mul_impl(const T* __restrict__ gate, const 
     }
 }
 
+// packed != 0: cols is a multiple of the 16-byte pack and gu / out are 16-byte aligned (the launcher checks), so
+// each pack of a row lies inside gate's or up's half.
+template <typename T>
+__device__ __forceinline__ void silu_mul_halves_impl(const T* __restrict__ gu, T* __restrict__ out, int64_t rows, int cols,
+                                                     int packed) {
+    constexpr int V = Pack16<T>::N;
+    if (packed) {
+        const int cp = cols / V;
+        const int64_t packs = rows * cp;
+        const int4* g4 = reinterpret_cast<const int4*>(gu);
+        int4* o4 = reinterpret_cast<int4*>(out);
+        for (int64_t p = global_thread_index(); p < packs; p += grid_stride()) {
+            int64_t r = p / cp;
+            int64_t c = p - r * cp;
+            Pack16<T> g, u, z;
+            g.raw = g4[r * 2 * cp + c];
+            u.raw = g4[r * 2 * cp + cp + c];
+#pragma unroll
+            for (int i = 0; i < V; i++) z.v[i] = from_f32<T>(silu_times(to_f32(g.v[i]), to_f32(u.v[i])));
+            o4[p] = z.raw;
+        }
+        return;
+    }
+    for (int64_t i = global_thread_index(); i < rows * cols; i += grid_stride()) {
+        int64_t r = i / cols;
+        int64_t c = i - r * cols;
+        out[i] = from_f32<T>(silu_times(to_f32(gu[r * 2 * cols + c]), to_f32(gu[r * 2 * cols + cols + c])));
+    }
+}
+
 template <typename T>
 __device__ __forceinline__ void gather_rows_impl(const T* __restrict__ x, const int* __restrict__ rows,
                                                  T* __restrict__ out, int r, int h, int nx, int* status) {
@@ -86,6 +118,10 @@ __device__ __forceinline__ void bias_rows_impl(T* __restrict__ y, const W* __res
     extern "C" __global__ void add_fwd_##tn(const T* a, const T* b, T* out, int64_t n) { pdl_enter(); add_impl<T>(a, b, out, n); } \
     extern "C" __global__ void silu_mul_fwd_##tn(const T* gate, const T* up, T* out, int64_t n) { pdl_enter();                  \
         silu_mul_impl<T>(gate, up, out, n);                                                                     \
+    }                                                                                                           \
+    extern "C" __global__ void silu_mul_halves_fwd_##tn(const T* gu, T* out, int64_t rows, int cols, int packed) { \
+        pdl_enter();                                                                                            \
+        silu_mul_halves_impl<T>(gu, out, rows, cols, packed);                                                   \
     }                                                                                                           \
     extern "C" __global__ void gather_rows_fwd_##tn(const T* x, const int* rows, T* out, int r, int h, int nx,   \
                                                     int* status) { pdl_enter();                                              \

@@ -12,6 +12,7 @@
 //   scale_columns_<t>    x[n, m], s F32 [m] -> out[n, m] = x * s[j]
 //   transpose_<t>        x[n, m] -> out[m, n]                             (32 x 32 shared tiles)
 //   sum_rows_<t>         g[n, m] -> gb F32 [m] += column sums (one thread per column, rows in order)
+//   silu_mul_halves_bwd_<t> the same over one buffer [rows, 2 cols] holding gate's columns then up's, in place
 //   silu_mul_bwd_<t>     gate, up, g -> grad_gate = g up s (1 + gate (1 - s)), grad_up = g silu(gate); outputs
 //                        may be gate / up (in place); packed: 16-byte accesses (all five pointers aligned)
 //   rope_bwd_<t>         grad[n, heads*hd] in place: (ga, gb) -> (ga c + gb s, gb c - ga s)
@@ -161,6 +162,47 @@ __device__ __forceinline__ void silu_mul_bwd_impl(const T* gate, const T* up, co
     }
 }
 
+// The same gradients for gate and up held as one buffer gu [rows, 2 cols] (gate's columns, then up's), written in
+// place over it ([grad_gate | grad_up]: the layout the joined gate/up input-gradient GEMM reads). packed: as
+// elementwise.cu's silu_mul_halves (cols a multiple of the pack, gu and g 16-byte aligned).
+template <typename T>
+__device__ __forceinline__ void silu_mul_halves_bwd_impl(T* gu, const T* __restrict__ g, int64_t rows, int cols, int packed) {
+    constexpr int V = Pack16<T>::N;
+    if (packed) {
+        const int cp = cols / V;
+        const int64_t packs = rows * cp;
+        int4* gu4 = reinterpret_cast<int4*>(gu);
+        const int4* g4 = reinterpret_cast<const int4*>(g);
+        for (int64_t p = global_thread_index(); p < packs; p += grid_stride()) {
+            int64_t r = p / cp;
+            int64_t c = p - r * cp;
+            int64_t gi = r * 2 * cp + c, ui = gi + cp;
+            Pack16<T> x, u, go, dg, du;
+            x.raw = gu4[gi];
+            u.raw = gu4[ui];
+            go.raw = g4[p];
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                float a, b;
+                silu_mul_grads(to_f32(x.v[i]), to_f32(u.v[i]), to_f32(go.v[i]), a, b);
+                dg.v[i] = from_f32<T>(a);
+                du.v[i] = from_f32<T>(b);
+            }
+            gu4[gi] = dg.raw;
+            gu4[ui] = du.raw;
+        }
+        return;
+    }
+    for (int64_t i = global_thread_index(); i < rows * cols; i += grid_stride()) {
+        int64_t r = i / cols;
+        int64_t gi = r * 2 * cols + (i - r * cols), ui = gi + cols;
+        float a, b;
+        silu_mul_grads(to_f32(gu[gi]), to_f32(gu[ui]), to_f32(g[i]), a, b);
+        gu[gi] = from_f32<T>(a);
+        gu[ui] = from_f32<T>(b);
+    }
+}
+
 // Same layout and angle arithmetic as rope.cu's forward; the rotation by -angle.
 template <typename T>
 __device__ __forceinline__ void rope_bwd_impl(T* g, const int* __restrict__ positions, const float* __restrict__ inv_freq,
@@ -212,6 +254,9 @@ __device__ __forceinline__ void embedding_bwd_impl(const int* __restrict__ ids, 
     extern "C" __global__ void silu_mul_bwd_##tn(const T* gate, const T* up, const T* g, T* grad_gate, T* grad_up, \
                                                  int64_t n, int packed) {                                       \
         silu_mul_bwd_impl<T>(gate, up, g, grad_gate, grad_up, n, packed);                                       \
+    }                                                                                                           \
+    extern "C" __global__ void silu_mul_halves_bwd_##tn(T* gu, const T* g, int64_t rows, int cols, int packed) {  \
+        silu_mul_halves_bwd_impl<T>(gu, g, rows, cols, packed);                                                 \
     }                                                                                                           \
     extern "C" __global__ void rope_bwd_##tn(T* g, const int* positions, const float* inv_freq, int n, int heads, \
                                              int head_dim, float scaling) {                                     \

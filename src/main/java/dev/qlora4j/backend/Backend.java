@@ -79,6 +79,12 @@ public interface Backend extends AutoCloseable {
     Tensor siluMul(Tensor gate, Tensor up);
 
     /**
+     * {@link #siluMul} for gate and up held as one buffer gateUp [n, 2 m] (gate's m columns, then up's: what a
+     * backend that runs the gate/up projections as one GEMM returns, see SharedInputLinears#forwardJoined): [n, m].
+     */
+    default Tensor siluMulHalves(Tensor gateUp) { throw unsupported("siluMulHalves"); }
+
+    /**
      * Rotary position embedding, HF "rotate_half" layout, in place on x [n, heads * headDim]:
      * for each head and i < headDim/2, with angle = positions[row] * invFreq[i],
      * (x_i, x_{i+d/2}) -> (x_i cos - x_{i+d/2} sin, x_{i+d/2} cos + x_i sin), cos and sin
@@ -276,6 +282,15 @@ public interface Backend extends AutoCloseable {
         try (gate; up) {
             return siluMulBackward(gate, up, gradOut);
         }
+    }
+
+    /**
+     * {@link #siluMulBackwardInPlace} for gate and up held as one buffer gateUp [n, 2 m] ({@link #siluMulHalves}):
+     * writes [grad_gate | grad_up] over it and returns it (ownership passes back to the caller, who closes it; on
+     * failure it is closed here). Same values as the two-tensor form.
+     */
+    default Tensor siluMulHalvesBackwardInPlace(Tensor gateUp, Tensor gradOut) {
+        throw unsupported("siluMulHalvesBackwardInPlace");
     }
 
     /** RoPE backward in place (the transpose of the rotation: the same rotation by -angle). */

@@ -87,10 +87,15 @@ public final class DecoderLayer implements AutoCloseable {
         h.close();
         Tensor h2 = b.addInPlaceRmsNorm(resid, x, postAttnNorm, eps);
 
-        Tensor[] gu = SharedInputLinears.forward(b, h2, gate, up);
-        Tensor g = gu[0], u = gu[1];
-        Tensor act = b.siluMul(g, u);
-        g.close(); u.close();
+        Tensor act;
+        Tensor gateUp = SharedInputLinears.forwardJoined(b, h2, gate, up);
+        if (gateUp != null) {
+            try (gateUp) { act = b.siluMulHalves(gateUp); }
+        } else {
+            Tensor[] gu = SharedInputLinears.forward(b, h2, gate, up);
+            act = b.siluMul(gu[0], gu[1]);
+            gu[0].close(); gu[1].close();
+        }
         Tensor mlp = afterMlp(h2, down.forward(b, act));
         act.close();
         h2.close();
@@ -169,16 +174,24 @@ public final class DecoderLayer implements AutoCloseable {
             resid = afterAttention(save.h1, o.forward(b, save.attn.out()));
             h2 = b.addInPlaceRmsNorm(resid, x, postAttnNorm, eps);
         }
-        Tensor[] gu = SharedInputLinears.forward(b, h2, gate, up);
-        Tensor g = gu[0], u = gu[1];
-        Tensor act = b.siluMul(g, u);
+        // gate/up as one GEMM where the backend joins them (one [n, 2 * intermediate] activation), else two
+        Tensor g = null, u = null, act;
+        Tensor gateUp = SharedInputLinears.forwardJoined(b, h2, gate, up);
+        if (gateUp != null) {
+            act = b.siluMulHalves(gateUp);
+        } else {
+            Tensor[] gu = SharedInputLinears.forward(b, h2, gate, up);
+            g = gu[0];
+            u = gu[1];
+            act = b.siluMul(g, u);
+        }
         Tensor out = null;
         if (withOutput) {
             Tensor mlp = afterMlp(h2, down.forward(b, act));
             out = b.add(resid, mlp);
             mlp.close();
         }
-        save.resid = resid; save.h2 = h2; save.gate = g; save.up = u; save.act = act;
+        save.resid = resid; save.h2 = h2; save.gate = g; save.up = u; save.gateUp = gateUp; save.act = act;
         return out;
     }
 
@@ -221,11 +234,19 @@ public final class DecoderLayer implements AutoCloseable {
         // Activations are freed as soon as the backward is past them: the MLP backward is where a step peaks.
         s.act.close();
         s.act = null;
-        Tensor[] gGU = b.siluMulBackwardInPlace(s.gate, s.up, gAct);   // takes gate and up (may reuse their memory)
-        s.gate = s.up = null;
-        gAct.close();
-        Tensor gH2 = SharedInputLinears.backward(b, s.h2, gGU, gate, up);   // gate's grad_x + up's
-        gGU[0].close(); gGU[1].close();
+        Tensor gH2;   // gate's grad_x + up's
+        if (s.gateUp != null) {   // the forward ran gate/up as one GEMM: their gradients side by side in its buffer
+            Tensor gGateUp = b.siluMulHalvesBackwardInPlace(s.gateUp, gAct);   // takes gateUp, writes over it
+            s.gateUp = null;
+            gAct.close();
+            try (gGateUp) { gH2 = SharedInputLinears.backwardJoined(b, s.h2, gGateUp, gate, up); }
+        } else {
+            Tensor[] gGU = b.siluMulBackwardInPlace(s.gate, s.up, gAct);   // takes gate and up (may reuse their memory)
+            s.gate = s.up = null;
+            gAct.close();
+            gH2 = SharedInputLinears.backward(b, s.h2, gGU, gate, up);
+            gGU[0].close(); gGU[1].close();
+        }
         addAndClose(b, gH2, mlpHook.gradSublayerIn());
         Tensor gResid = b.rmsNormBackwardAdd(s.resid, postAttnNorm, eps, gH2, null, gradOut);   // norm path + skip path
         gH2.close();

@@ -21,7 +21,8 @@ final class LayerActivations implements AutoCloseable {
     AttentionResult attn;   // out [n, heads*hd] (input of o_proj) + lse
     Tensor resid;           // x + o(attn) [n, hidden]
     Tensor h2;              // post_attention_layernorm(resid): input of gate/up
-    Tensor gate, up;        // [n, intermediate]
+    Tensor gate, up;        // [n, intermediate]; null when gateUp holds them
+    Tensor gateUp;          // [n, 2 * intermediate]: gate's columns, then up's (the group ran as one GEMM), else null
     Tensor act;             // silu(gate) * up: input of down
 
     /** Room for every activation of a layer. */
@@ -63,16 +64,16 @@ final class LayerActivations implements AutoCloseable {
     /** Bytes held (for the checkpointing report). */
     long bytes() {
         long n = 0;
-        for (Tensor t : new Tensor[] {h1, q, k, v, resid, h2, gate, up, act}) if (t != null) n += t.byteSize();
+        for (Tensor t : new Tensor[] {h1, q, k, v, resid, h2, gate, up, gateUp, act}) if (t != null) n += t.byteSize();
         if (attn != null) n += attn.out().byteSize() + attn.lse().byteSize();
         return n;
     }
 
     @Override
     public void close() {
-        for (Tensor t : new Tensor[] {h1, q, k, v, resid, h2, gate, up, act}) if (t != null) t.close();
+        for (Tensor t : new Tensor[] {h1, q, k, v, resid, h2, gate, up, gateUp, act}) if (t != null) t.close();
         if (attn != null) attn.close();
-        h1 = q = k = v = resid = h2 = gate = up = act = null;
+        h1 = q = k = v = resid = h2 = gate = up = gateUp = act = null;
         attn = null;
     }
 }

@@ -4,6 +4,7 @@ import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.QuantizedWeight;
 import dev.qlora4j.backend.cuda.CudaBackend;
 import dev.qlora4j.backend.cuda.CudaLora;
+import dev.qlora4j.backend.cuda.CudaJoinedInputGrad;
 import dev.qlora4j.backend.cuda.CudaLoraFold;
 import dev.qlora4j.backend.cuda.CudaLoraGroup;
 import dev.qlora4j.backend.cuda.CudaLoraGroupBackward;
@@ -89,18 +90,62 @@ public final class LoraGroup {
                 for (int i = 0; i < k; i++) bCopies[i] = as[i].b().castCopy(b, DType.BF16);
                 h = CudaLoraGroup.groupForwardInto(cb, out, x, aCat, bCopies, scalings, keeping > 0);
             }
-            KeptHidden.Shared shared = h == null ? null : new KeptHidden.Shared(h, keeping);
-            int column = 0;
-            for (int i = 0; i < k; i++) {
-                if (shared != null && ls[i].keepsHidden(as[i])) ls[i].keep(as[i], ls[i].keptBlock(shared, column, as[i], x));
-                else ls[i].dropKept(as[i]);
-                column += as[i].rank();
-            }
+            keepHidden(x, ls, as, h, keeping);
         } catch (RuntimeException e) {
             if (out != null) for (Tensor t : out) if (t != null) t.close();
             throw e;
         }
         return out;
+    }
+
+    /** The layers that keep their block of H for the backward keep it (a share of h); the others drop what they held. */
+    private static void keepHidden(Tensor x, LoraLinear[] ls, LoraAdapter[] as, Tensor h, int keeping) {
+        KeptHidden.Shared shared = h == null ? null : new KeptHidden.Shared(h, keeping);
+        int column = 0;
+        for (int i = 0; i < ls.length; i++) {
+            if (shared != null && ls[i].keepsHidden(as[i])) ls[i].keep(as[i], ls[i].keptBlock(shared, column, as[i], x));
+            else ls[i].dropKept(as[i]);
+            column += as[i].rank();
+        }
+    }
+
+    /**
+     * -Dqlora4j.cuda.joinedGroups=false: {@link #forwardJoined} declines (a group's outputs separate, one GEMM per
+     * layer), for A/B runs.
+     */
+    public static final String JOINED_PROPERTY = "qlora4j.cuda.joinedGroups";
+
+    /**
+     * layers[i].forward(b, x) for every i as ONE [n, sum out_i] tensor (layer i's columns after layer i-1's) when the
+     * 4-bit fold applies to the group with its adapters (CudaLoraFold#forwardJoined: one GEMM for the group); null
+     * when it does not (nothing was run then). {@link #backwardJoined} takes the gradient of that tensor.
+     */
+    public static Tensor forwardJoined(Backend b, Tensor x, Linear... layers) {
+        if (!Boolean.parseBoolean(System.getProperty(JOINED_PROPERTY, "true"))) return null;
+        Members m = members(b, x, layers);
+        if (m == null) return null;
+        List<CudaQuant4bit> folded = foldedBases(x, m.layers());
+        if (folded == null) return null;
+        CudaBackend cb = (CudaBackend) b;
+        LoraLinear[] ls = m.layers();
+        LoraAdapter[] as = m.adapters();
+        int k = ls.length, keeping = 0;
+        float[] scalings = new float[k];
+        Tensor[] bMasters = new Tensor[k];
+        for (int i = 0; i < k; i++) {
+            scalings[i] = (float) as[i].scaling();
+            bMasters[i] = as[i].b().value();
+            if (ls[i].keepsHidden(as[i])) keeping++;
+        }
+        Tensor aCat = ls[0].stackedA(cb, as);
+        CudaLoraFold.Result r = CudaLoraFold.forwardJoined(cb, x, folded, aCat, bMasters, scalings, keeping > 0);
+        try {
+            keepHidden(x, ls, as, r.hidden(), keeping);
+        } catch (RuntimeException e) {
+            r.outputs()[0].close();
+            throw e;
+        }
+        return r.outputs()[0];
     }
 
     /** The quantized base layers' weights and biases (null entries for none), in layer order. */
@@ -168,8 +213,32 @@ public final class LoraGroup {
         }
     }
 
+    /**
+     * The backward of {@link #forwardJoined}: gradJoined [n, sum out_i] is the gradient of its output (the caller
+     * keeps it and closes it after). Returns grad_x [n, in] (the adapters' gradients accumulated): the LoRA products
+     * read each layer's columns of gradJoined, the bases' input gradient is one GEMM over all of them
+     * (CudaJoinedInputGrad).
+     */
+    public static Tensor backwardJoined(Backend b, Tensor x, Tensor gradJoined, Linear... layers) {
+        Members m = members(b, x, layers);
+        List<CudaQuant4bit> folded = m == null ? null : foldedBases(x, m.layers());
+        if (folded == null) {
+            throw new IllegalStateException("backwardJoined: these layers do not run as a joined group (their forward was not forwardJoined's)");
+        }
+        return groupBackward((CudaBackend) b, x, null, gradJoined, folded, m, true);
+    }
+
     /** inputGrad false: only the adapters' gradients (the bases' input-gradient GEMMs and grad_x's LoRA term skipped); returns null. */
     private static Tensor groupBackward(CudaBackend b, Tensor x, Tensor[] gradOuts, Members m, boolean inputGrad) {
+        return groupBackward(b, x, gradOuts, null, null, m, inputGrad);
+    }
+
+    /**
+     * The group's backward with the output gradients per layer (gradOuts) or joined (gradJoined, with the 4-bit
+     * bases joinedBases; gradOuts null).
+     */
+    private static Tensor groupBackward(CudaBackend b, Tensor x, Tensor[] gradOuts, Tensor gradJoined,
+                                        List<CudaQuant4bit> joinedBases, Members m, boolean inputGrad) {
         LoraLinear[] ls = m.layers();
         LoraAdapter[] as = m.adapters();
         int k = ls.length;
@@ -193,9 +262,16 @@ public final class LoraGroup {
             // the LoRA products that do not write grad_x first (on the side stream, beside what follows), then the
             // bases without an accumulating GEMM (their own backward, summed), the accumulating bases' GEMMs onto
             // them, and last grad_x += GH [A_0; A_1; ...]
-            try (CudaLoraGroupBackward lora = CudaLoraGroupBackward.begin(b, x, gradOuts, aCat, bCopies, scalings, kept,
-                    gradA, gradB)) {
+            try (CudaLoraGroupBackward lora = gradJoined != null
+                    ? CudaLoraGroupBackward.beginJoined(b, x, gradJoined, aCat, bCopies, scalings, kept, gradA, gradB)
+                    : CudaLoraGroupBackward.begin(b, x, gradOuts, aCat, bCopies, scalings, kept, gradA, gradB)) {
                 if (!inputGrad) return null;   // close() joins the side stream's dB / dA
+                if (gradJoined != null) {
+                    gx = b.context().empty(DType.BF16, x.dim(0), x.dim(1));
+                    CudaJoinedInputGrad.into(b, gx, false, gradJoined, joinedBases);
+                    lora.finishInto(gx, true);
+                    return gx;
+                }
                 for (int i = 0; i < k; i++) {
                     if (ls[i].baseInputGradIntoApplies()) continue;
                     Tensor g = ls[i].base().backward(b, x, gradOuts[i]);

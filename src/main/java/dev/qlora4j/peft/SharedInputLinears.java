@@ -20,6 +20,21 @@ public final class SharedInputLinears {
         return grouped != null ? grouped : LinearGroup.forward(b, x, layers);
     }
 
+    /**
+     * The layers' outputs as ONE tensor [n, sum out_i] (layer i's columns after layer i-1's) when the backend runs
+     * the group as one GEMM (4-bit bases with their LoRA adapters folded in, CUDA: LoraGroup#forwardJoined); null
+     * when it does not (nothing was run then: use {@link #forward}). The backward of a joined output is
+     * {@link #backwardJoined}.
+     */
+    public static Tensor forwardJoined(Backend b, Tensor x, Linear... layers) {
+        return LoraGroup.forwardJoined(b, x, layers);
+    }
+
+    /** The backward of {@link #forwardJoined}: grad_x [n, in] (owned by the caller) for gradJoined [n, sum out_i]. */
+    public static Tensor backwardJoined(Backend b, Tensor x, Tensor gradJoined, Linear... layers) {
+        return LoraGroup.backwardJoined(b, x, gradJoined, layers);
+    }
+
     /** The sum over i of layers[i].backward(b, x, gradOuts[i]): grad_x [n, in], owned by the caller. */
     public static Tensor backward(Backend b, Tensor x, Tensor[] gradOuts, Linear... layers) {
         if (gradOuts.length != layers.length || layers.length == 0) {

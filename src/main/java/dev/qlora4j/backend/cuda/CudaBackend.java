@@ -218,6 +218,24 @@ public final class CudaBackend implements Backend, GraphCapable {
     }
 
     @Override
+    public Tensor siluMulHalves(Tensor gateUp) {
+        int mark = profBegin();
+        requireHalves(gateUp, "siluMulHalves");
+        Tensor out = ctx.empty(act, gateUp.dim(0), gateUp.dim(1) / 2);
+        ElementwiseKernels.siluMulHalves(ctx, act, gateUp, out);
+        return profEnd("siluMul", mark, out);
+    }
+
+    /** gateUp must be a device [n, 2 m] tensor of the activation dtype. */
+    private void requireHalves(Tensor gateUp, String op) {
+        KernelTypes.requireDevice(gateUp, op + " gateUp");
+        if (gateUp.dtype() != act || gateUp.rank() != 2 || gateUp.dim(1) % 2 != 0) {
+            throw new IllegalArgumentException(op + ": gateUp must be " + act + " [n, 2 * intermediate] (gate's columns, then up's), got "
+                    + gateUp);
+        }
+    }
+
+    @Override
     public void ropeInPlace(Tensor x, Tensor positions, Tensor invFreq, int heads, int headDim, float attentionScaling) {
         int mark = profBegin();
         KernelTypes.requireDevice(x, "rope x");
@@ -542,7 +560,7 @@ public final class CudaBackend implements Backend, GraphCapable {
                     + w.outFeatures() + "])");
         }
         DequantCache.Entry kept = ctx.dequantCache().get(w, act);
-        if (kept != null && kept.ld() == w.inFeatures()) {   // the recompute's dequantized weight (a LoRA fold's has its own path)
+        if (kept != null && kept.ld() == w.inFeatures() && kept.row() == 0) {   // the recompute's dequantized weight (a LoRA fold's has its own path)
             try (Owned g = activation(gradOut, "linearQuantizedBackwardInput gradOut")) {
                 return profEnd("linearQuantizedBackwardInput", mark, TrainLinearOps.backwardInput(ctx, act, g.t, kept.buffer()));
             }
@@ -666,6 +684,25 @@ public final class CudaBackend implements Backend, GraphCapable {
             throw e;
         }
         return profEnd("siluMulBackward", mark, new Tensor[] {gate, up});
+    }
+
+    @Override
+    public Tensor siluMulHalvesBackwardInPlace(Tensor gateUp, Tensor gradOut) {
+        int mark = profBegin();
+        try {
+            requireHalves(gateUp, "siluMulHalvesBackward");
+            if (gradOut.rank() != 2 || gradOut.dim(0) != gateUp.dim(0) || gradOut.dim(1) * 2 != gateUp.dim(1)) {
+                throw new IllegalArgumentException("siluMulHalvesBackward: gradOut must be [" + gateUp.dim(0) + ", "
+                        + gateUp.dim(1) / 2 + "] for gateUp " + KernelTypes.shape(gateUp) + ", got " + KernelTypes.shape(gradOut));
+            }
+            try (Owned g = activation(gradOut, "siluMulHalvesBackward gradOut")) {
+                TrainKernels.siluMulHalvesBackwardInPlace(ctx, act, gateUp, g.t);
+            }
+        } catch (RuntimeException e) {
+            gateUp.close();   // this owns it until it returns
+            throw e;
+        }
+        return profEnd("siluMulBackward", mark, gateUp);
     }
 
     @Override

@@ -261,7 +261,7 @@ public final class CudaLora {
         int mark = prof == null ? -1 : prof.begin();
         DequantCache.Entry kept = b.context().dequantCache().get(w, DType.BF16);
         if (kept != null) {   // the recompute's dequantized weight: rows of stride ld, the weight in the first in columns
-            baseProduct(b, gx, accumulate, gradOut, kept.buffer(), w.outFeatures(), w.inFeatures(), kept.ld());
+            baseProduct(b, gx, accumulate, gradOut, kept.pointer(), w.outFeatures(), w.inFeatures(), kept.ld());
             if (mark >= 0) prof.end("linearQuantizedBackwardInput (kept weight)", mark);
             return;
         }
@@ -274,11 +274,11 @@ public final class CudaLora {
     }
 
     private static void baseProduct(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut, Tensor w) {
-        baseProduct(b, gx, accumulate, gradOut, w, w.dim(0), w.dim(1), w.dim(1));
+        baseProduct(b, gx, accumulate, gradOut, CudaContext.ptr(w), w.dim(0), w.dim(1), w.dim(1));
     }
 
-    /** gx (+)= gradOut W for W [out, in] stored in the first in columns of w's rows of stride ld. */
-    private static void baseProduct(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut, Tensor w, int out, int in, int ld) {
+    /** gx (+)= gradOut W for W [out, in] stored in the first in columns of rows of stride ld from device address w. */
+    private static void baseProduct(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut, long w, int out, int in, int ld) {
         int n = gradOut.dim(0);
         KernelTypes.requireDevice(gradOut, "base gradOut");
         if (gradOut.rank() != 2 || gradOut.dim(1) != out) {
@@ -289,7 +289,7 @@ public final class CudaLora {
         if (n == 0) return;
         CudaContext ctx = b.context();
         try (Held gy = bf16(ctx, gradOut)) {
-            gemm(ctx.cublas(), false, false, n, in, out, 1f, CudaContext.ptr(gy.t), out, CudaContext.ptr(w), ld, BF,
+            gemm(ctx.cublas(), false, false, n, in, out, 1f, CudaContext.ptr(gy.t), out, w, ld, BF,
                     accumulate ? 1f : 0f, CudaContext.ptr(gx), in, BF);
         }
     }

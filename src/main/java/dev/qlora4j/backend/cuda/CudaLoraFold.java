@@ -82,13 +82,31 @@ public final class CudaLoraFold {
      */
     public static Result forward(CudaBackend b, Tensor x, List<CudaQuant4bit> ws, Tensor aCat, Tensor[] bMasters,
                                  float[] scalings, boolean keepH) {
+        return fold(b, x, ws, aCat, bMasters, scalings, keepH, false);
+    }
+
+    /**
+     * {@link #forward} with the layers' outputs joined: one BF16 [n, sum out_i] (layer i's columns after layer
+     * i-1's), from ONE GEMM over the W'_i stacked in one buffer ([sum out_i, in + R]), so the result has a single
+     * output and the group's GEMM runs as one launch (Llama-7B gate/up on an H200: ~6% faster than two; bench
+     * RESULTS, session 17). Each output value is the same dot product as in {@link #forward}.
+     */
+    public static Result forwardJoined(CudaBackend b, Tensor x, List<CudaQuant4bit> ws, Tensor aCat, Tensor[] bMasters,
+                                       float[] scalings, boolean keepH) {
+        return fold(b, x, ws, aCat, bMasters, scalings, keepH, true);
+    }
+
+    private static Result fold(CudaBackend b, Tensor x, List<CudaQuant4bit> ws, Tensor aCat, Tensor[] bMasters,
+                               float[] scalings, boolean keepH, boolean joined) {
         int n = x.dim(0), in = x.dim(1), layers = ws.size();
         int rank = checkArgs(x, ws, aCat, bMasters, scalings);
         int padded = (rank + COLUMN_ALIGN - 1) / COLUMN_ALIGN * COLUMN_ALIGN, ld = in + padded;
+        int total = 0;
+        for (CudaQuant4bit w : ws) total += w.outFeatures();
         CudaContext ctx = b.context();
         OpProfiler prof = b.profiler();
         int mark = prof == null ? -1 : prof.begin();
-        Tensor[] ys = new Tensor[layers];
+        Tensor[] ys = new Tensor[joined ? 1 : layers];
         Tensor h = null;
         try (Held xb = bf16(ctx, x);
              Tensor xh = ctx.empty(DType.BF16, n, ld)) {
@@ -96,30 +114,43 @@ public final class CudaLoraFold {
             copyColumns(ctx, xh, ld, CudaContext.ptr(xb.t()), in, n, in, ld);   // x, and H's columns cleared
             gemm(cu, false, true, n, rank, in, 1f, CudaContext.ptr(xb.t()), in, CudaContext.ptr(aCat), in, BF, 0f,
                     CudaContext.ptr(xh) + 2L * in, ld, BF);
-            int column = 0;
-            for (int i = 0; i < layers; i++) {
-                CudaQuant4bit w = ws.get(i);
-                int out = w.outFeatures(), r = bMasters[i].dim(1);
-                ys[i] = ctx.empty(DType.BF16, n, out);
-                DType mid = CudaQuantOps.stateRounding(w);   // BF16: the fold only takes BF16-computing bases
-                Tensor wf = ctx.empty(DType.BF16, out, ld);
+            if (joined) {
+                ys[0] = ctx.empty(DType.BF16, n, total);
+                Tensor stack = ctx.empty(DType.BF16, total, ld);
                 boolean done = false;
                 try {
-                    int dq = prof == null ? -1 : prof.begin();
-                    Quant4bitKernels.dequantizeRows(ctx, w, wf, mid);
-                    if ((CudaContext.ptr(wf) & 15) != 0) throw new IllegalStateException("LoRA fold: a 16-byte aligned buffer is needed");
-                    ctx.launch1d(ctx.function(MODULE, "lora_fold_b_bf16"), (long) out * (padded / 8), KernelArgs.of()
-                            .ptr(CudaContext.ptr(wf)).i64(ld).i32(out).i32(in).ptr(CudaContext.ptr(bMasters[i]))
-                            .i32(column).i32(r).f32(scalings[i]));
-                    if (dq >= 0) prof.end("lora fold forward/dequantize", dq);
-                    gemm(cu, false, true, n, out, ld, 1f, CudaContext.ptr(xh), ld, CudaContext.ptr(wf), ld, BF, 0f,
-                            CudaContext.ptr(ys[i]), out, BF);
+                    int row = 0, column = 0;
+                    for (int i = 0; i < layers; i++) {
+                        foldedWeight(ctx, prof, ws.get(i), CudaContext.ptr(stack) + 2L * row * ld, ld, in, padded,
+                                bMasters[i], column, scalings[i]);
+                        row += ws.get(i).outFeatures();
+                        column += bMasters[i].dim(1);
+                    }
+                    gemm(cu, false, true, n, total, ld, 1f, CudaContext.ptr(xh), ld, CudaContext.ptr(stack), ld, BF, 0f,
+                            CudaContext.ptr(ys[0]), total, BF);
                     done = true;
                 } finally {
-                    // W'_i's first in columns are the base weight: kept for a checkpointed layer's backward (DequantCache)
-                    if (!done || !ctx.dequantCache().offer(w, wf, ld, mid)) wf.close();
+                    if (!done || !ctx.dequantCache().offerStack(ws, stack, ld, stackRounding(ws))) stack.close();
                 }
-                column += r;
+            } else {
+                int column = 0;
+                for (int i = 0; i < layers; i++) {
+                    CudaQuant4bit w = ws.get(i);
+                    int out = w.outFeatures();
+                    ys[i] = ctx.empty(DType.BF16, n, out);
+                    Tensor wf = ctx.empty(DType.BF16, out, ld);
+                    boolean done = false;
+                    try {
+                        foldedWeight(ctx, prof, w, CudaContext.ptr(wf), ld, in, padded, bMasters[i], column, scalings[i]);
+                        gemm(cu, false, true, n, out, ld, 1f, CudaContext.ptr(xh), ld, CudaContext.ptr(wf), ld, BF, 0f,
+                                CudaContext.ptr(ys[i]), out, BF);
+                        done = true;
+                    } finally {
+                        // W'_i's first in columns are the base weight: kept for a checkpointed layer's backward (DequantCache)
+                        if (!done || !ctx.dequantCache().offer(w, wf, ld, CudaQuantOps.stateRounding(w))) wf.close();
+                    }
+                    column += bMasters[i].dim(1);
+                }
             }
             if (keepH) {
                 h = ctx.empty(DType.BF16, n, padded);
@@ -132,6 +163,27 @@ public final class CudaLoraFold {
         }
         if (mark >= 0) prof.end("lora fold forward (base + LoRA GEMMs)", mark);
         return new Result(ys, h);
+    }
+
+    /**
+     * W'_i into the out rows of stride ld from device address wf: the dequantized base weight in columns [0, in),
+     * s_i B_i in layer i's columns of H's block ([in + column, in + column + r)), zeros in the rest of the block.
+     */
+    private static void foldedWeight(CudaContext ctx, OpProfiler prof, CudaQuant4bit w, long wf, int ld, int in, int padded,
+                                     Tensor bMaster, int column, float scaling) {
+        if ((wf & 15) != 0) throw new IllegalStateException("LoRA fold: a 16-byte aligned buffer is needed");
+        int out = w.outFeatures();
+        int dq = prof == null ? -1 : prof.begin();
+        Quant4bitKernels.dequantizeRows(ctx, w, wf, ld, CudaQuantOps.stateRounding(w));   // BF16: the fold only takes BF16-computing bases
+        ctx.launch1d(ctx.function(MODULE, "lora_fold_b_bf16"), (long) out * (padded / 8), KernelArgs.of()
+                .ptr(wf).i64(ld).i32(out).i32(in).ptr(CudaContext.ptr(bMaster)).i32(column).i32(bMaster.dim(1)).f32(scaling));
+        if (dq >= 0) prof.end("lora fold forward/dequantize", dq);
+    }
+
+    /** The rounding the stacked weights went through: F32 when every one's is (what the cache keeps), else the first other. */
+    private static DType stackRounding(List<CudaQuant4bit> ws) {
+        for (CudaQuant4bit w : ws) if (CudaQuantOps.stateRounding(w) != DType.F32) return CudaQuantOps.stateRounding(w);
+        return DType.F32;
     }
 
     /** dst [rows, ldDst] columns [0, cols) = src's (row stride ldSrc), [cols, zeroTo) = 0; all multiples of 8. */

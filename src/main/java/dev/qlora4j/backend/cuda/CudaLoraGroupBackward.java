@@ -35,7 +35,7 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
     private final CudaBackend b;
     private final Tensor aCat;                 // [sum r, in] BF16
     private final Held xb;                     // x [n, in] BF16
-    private final Held[] gy;                   // gradOut_i [n, out_i] BF16
+    private final Held[] gy;                   // gradOut_i [n, out_i] BF16 (null entries: the caller's joined buffer)
     private final Tensor gh;                   // GH [n, sum r] BF16
     private final Tensor h;                    // H [n, sum r] BF16 recomputed where a kept h is missing, else null
     private final Tensor dA;                   // [sum r, in] F32 temporary, null when no adapter trains lora_A
@@ -63,22 +63,51 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
      */
     public static CudaLoraGroupBackward begin(CudaBackend b, Tensor x, Tensor[] gradOuts, Tensor aCat, Tensor[] bBf16,
                                               float[] scalings, Hidden[] kept, Tensor[] gradA, Tensor[] gradB) {
-        int n = x.dim(0), in = x.dim(1), layers = bBf16.length;
-        int[] cols = CudaLoraGroup.groupColumns(aCat, bBf16, in, "backward");
-        int total = aCat.dim(0);
-        if (gradOuts.length != layers || scalings.length != layers || kept.length != layers || gradA.length != layers
-                || gradB.length != layers) {
-            throw new IllegalArgumentException("LoRA group backward: gradOuts, scalings, kept, gradA and gradB need one entry per layer ("
-                    + layers + ")");
+        int n = x.dim(0), layers = bBf16.length;
+        if (gradOuts.length != layers) {
+            throw new IllegalArgumentException("LoRA group backward: " + layers + " layers need as many gradOuts, got " + gradOuts.length);
         }
-        boolean needH = false, anyGradA = false;
         for (int i = 0; i < layers; i++) {
-            int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
+            int out = bBf16[i].dim(0);
             Tensor g = gradOuts[i];
             KernelTypes.requireDevice(g, "LoRA group gradOut");
             if (g.rank() != 2 || g.dim(0) != n || g.dim(1) != out) {
                 throw new IllegalArgumentException("LoRA group backward: gradOut " + i + " must be [" + n + ", " + out + "], got " + g);
             }
+        }
+        return start(b, x, gradOuts, null, aCat, bBf16, scalings, kept, gradA, gradB);
+    }
+
+    /**
+     * {@link #begin} for the layers' output gradients held as one buffer gradJoined BF16 [n, sum out_i] (layer i's
+     * columns after layer i-1's: a joined group's, see CudaLoraFold#forwardJoined). The caller keeps gradJoined
+     * alive until {@link #close}.
+     */
+    public static CudaLoraGroupBackward beginJoined(CudaBackend b, Tensor x, Tensor gradJoined, Tensor aCat, Tensor[] bBf16,
+                                                    float[] scalings, Hidden[] kept, Tensor[] gradA, Tensor[] gradB) {
+        int total = 0;
+        for (Tensor bb : bBf16) total += bb.dim(0);
+        KernelTypes.requireDevice(gradJoined, "LoRA group joined gradOut");
+        if (gradJoined.dtype() != DType.BF16 || gradJoined.rank() != 2 || gradJoined.dim(0) != x.dim(0) || gradJoined.dim(1) != total) {
+            throw new IllegalArgumentException("LoRA group backward: the joined gradOut must be BF16 [" + x.dim(0) + ", " + total
+                    + "], got " + gradJoined);
+        }
+        return start(b, x, null, gradJoined, aCat, bBf16, scalings, kept, gradA, gradB);
+    }
+
+    /** begin's work with the gradients either per layer (gradOuts) or joined (gradJoined), the other null. */
+    private static CudaLoraGroupBackward start(CudaBackend b, Tensor x, Tensor[] gradOuts, Tensor gradJoined, Tensor aCat,
+                                               Tensor[] bBf16, float[] scalings, Hidden[] kept, Tensor[] gradA, Tensor[] gradB) {
+        int n = x.dim(0), in = x.dim(1), layers = bBf16.length;
+        int[] cols = CudaLoraGroup.groupColumns(aCat, bBf16, in, "backward");
+        int total = aCat.dim(0);
+        if (scalings.length != layers || kept.length != layers || gradA.length != layers || gradB.length != layers) {
+            throw new IllegalArgumentException("LoRA group backward: scalings, kept, gradA and gradB need one entry per layer ("
+                    + layers + ")");
+        }
+        boolean needH = false, anyGradA = false;
+        for (int i = 0; i < layers; i++) {
+            int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
             requireAccumulator(gradA[i], r, in, "gradA");
             requireAccumulator(gradB[i], out, r, "gradB");
             if (kept[i] != null) kept[i].check(n, r);
@@ -93,7 +122,22 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
         SideStream side = n > 0 && SideStream.on(b) ? ctx.side() : null;
         try {
             xb = bf16(ctx, x);
-            for (int i = 0; i < layers; i++) gy[i] = bf16(ctx, gradOuts[i]);
+            // gradient i: pointer and row stride (its own [n, out_i] buffer, or its columns of the joined one)
+            long[] gyPtr = new long[layers];
+            int[] gyLd = new int[layers];
+            int joinedColumn = 0;
+            for (int i = 0; i < layers; i++) {
+                int out = bBf16[i].dim(0);
+                if (gradJoined != null) {
+                    gyPtr[i] = CudaContext.ptr(gradJoined) + 2L * joinedColumn;
+                    gyLd[i] = gradJoined.dim(1);
+                    joinedColumn += out;
+                } else {
+                    gy[i] = bf16(ctx, gradOuts[i]);
+                    gyPtr[i] = CudaContext.ptr(gy[i].t());
+                    gyLd[i] = out;
+                }
+            }
             gh = ctx.empty(DType.BF16, n, total);
             if (needH) h = ctx.empty(DType.BF16, n, total);
             if (anyGradA) dA = ctx.empty(DType.F32, total, in);
@@ -109,13 +153,13 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
             for (int i = 0; i < layers; i++) {
                 int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
                 int sub = prof == null ? -1 : prof.begin();
-                gemm(cu, false, false, n, r, out, scalings[i], CudaContext.ptr(gy[i].t()), out, CudaContext.ptr(bBf16[i]), r,
+                gemm(cu, false, false, n, r, out, scalings[i], gyPtr[i], gyLd[i], CudaContext.ptr(bBf16[i]), r,
                         BF, 0f, CudaContext.ptr(gh) + 2L * cols[i], total, BF);
                 if (sub >= 0) prof.end("lora group backward/gh", sub);
                 if (gradB[i] == null) continue;
                 sub = prof == null ? -1 : prof.begin();
                 Hidden hi = kept[i] != null ? kept[i] : new Hidden(h, cols[i], r);
-                gemm(cu, true, false, out, r, n, scalings[i], CudaContext.ptr(gy[i].t()), out, hi.pointer(), hi.ld(), BF, 1f,
+                gemm(cu, true, false, out, r, n, scalings[i], gyPtr[i], gyLd[i], hi.pointer(), hi.ld(), BF, 1f,
                         CudaContext.ptr(gradB[i]), r, Cublas.DataType.F32);
                 if (sub >= 0) prof.end("lora group backward/dB", sub);
             }
@@ -169,7 +213,7 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
     @Override
     public void close() {
         join();
-        for (Held g : gy) g.close();
+        for (Held g : gy) if (g != null) g.close();
         xb.close();
         gh.close();
         if (h != null) h.close();

@@ -18,6 +18,25 @@ final class ElementwiseKernels {
         binary(ctx, "silu_mul_fwd_", act, gate, up, out);
     }
 
+    /**
+     * out [rows, cols] = silu(gate) * up for gate and up held as one buffer gu [rows, 2 cols] (gate's columns, then
+     * up's), element for element the values {@link #siluMul} gives on the two halves.
+     */
+    static void siluMulHalves(CudaContext ctx, DType act, Tensor gu, Tensor out) {
+        int rows = out.dim(0), cols = out.dim(1);
+        if ((long) rows * cols == 0) return;
+        ctx.launch1d(ctx.function("elementwise", "silu_mul_halves_fwd_" + KernelTypes.act(act)), (long) rows * cols,
+                KernelArgs.of().ptr(CudaContext.ptr(gu)).ptr(CudaContext.ptr(out)).i64(rows).i32(cols)
+                        .i32(halvesPacked(act, cols, gu, out) ? 1 : 0));
+    }
+
+    /** Whether the halves kernels may run on 16-byte packs: cols a multiple of the pack and every buffer aligned. */
+    static boolean halvesPacked(DType act, int cols, Tensor... ts) {
+        if (cols % (16 / act.byteSize()) != 0) return false;
+        for (Tensor t : ts) if ((CudaContext.ptr(t) & 15) != 0) return false;
+        return true;
+    }
+
     private static void binary(CudaContext ctx, String op, DType act, Tensor a, Tensor b, Tensor out) {
         long n = a.numel();
         ctx.launch1d(ctx.function("elementwise", op + KernelTypes.act(act)), n,

@@ -124,15 +124,26 @@ final class Quant4bitKernels {
      * kernel's 32-bit piece indices).
      */
     static void dequantizeRows(CudaContext ctx, CudaQuant4bit w, Tensor y, DType mid) {
+        if (y.dtype() != DType.BF16 || y.rank() != 2 || y.dim(0) != w.outFeatures()) {
+            throw new IllegalArgumentException("dequantizeRows: y must be BF16 [" + w.outFeatures() + ", >= "
+                    + w.inFeatures() + "], got " + y);
+        }
+        dequantizeRows(ctx, w, CudaContext.ptr(y), y.dim(1), mid);
+    }
+
+    /**
+     * The same into BF16 rows of stride ld at device address y (out_features rows from there: e.g. one layer's
+     * block of rows in a buffer that stacks several weights, 16-byte aligned).
+     */
+    static void dequantizeRows(CudaContext ctx, CudaQuant4bit w, long y, int ld, DType mid) {
         int in = w.inFeatures();
         long n = w.numel();
-        if (y.dtype() != DType.BF16 || y.rank() != 2 || y.dim(0) != w.outFeatures() || y.dim(1) < in || in % 8 != 0
-                || y.dim(1) % 8 != 0 || n / 8 >= (1L << 31)) {
-            throw new IllegalArgumentException("dequantizeRows: y must be BF16 [" + w.outFeatures() + ", >= " + in
-                    + "] with in_features and the row stride multiples of 8 (and fewer than 2^34 values), got " + y);
+        if (ld < in || in % 8 != 0 || ld % 8 != 0 || n / 8 >= (1L << 31) || (y & 15) != 0) {
+            throw new IllegalArgumentException("dequantizeRows: the rows need a stride >= " + in + ", in_features and the "
+                    + "stride multiples of 8, a 16-byte aligned start and fewer than 2^34 values (stride " + ld + ")");
         }
-        KernelArgs args = weightArgs(w).ptr(CudaContext.ptr(w.code16())).ptr(CudaContext.ptr(y)).i64(n)
-                .i32(dtypeCode(mid, "mid")).i32(in).i64(y.dim(1));
+        KernelArgs args = weightArgs(w).ptr(CudaContext.ptr(w.code16())).ptr(y).i64(n)
+                .i32(dtypeCode(mid, "mid")).i32(in).i64(ld);
         ctx.launch(ctx.function(MODULE, "q4_dequantize_rows_bf16"), dequantizeGrid(n), Dim3.of(DQ_THREADS), 0, args);
     }
 

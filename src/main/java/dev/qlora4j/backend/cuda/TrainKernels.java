@@ -136,6 +136,18 @@ final class TrainKernels {
         }
     }
 
+    /**
+     * gu [rows, 2 cols] (gate's columns, then up's) := [grad_gate | grad_up] for g [rows, cols]: the gradients
+     * {@link #siluMulBackwardInto} gives, element for element, written over the forward's values.
+     */
+    static void siluMulHalvesBackwardInPlace(CudaContext ctx, DType act, Tensor gu, Tensor g) {
+        int rows = g.dim(0), cols = g.dim(1);
+        if ((long) rows * cols == 0) return;
+        ctx.launch1d(ctx.function(EW, "silu_mul_halves_bwd_" + KernelTypes.act(act)), (long) rows * cols,
+                KernelArgs.of().ptr(CudaContext.ptr(gu)).ptr(CudaContext.ptr(g)).i64(rows).i32(cols)
+                        .i32(ElementwiseKernels.halvesPacked(act, cols, gu, g) ? 1 : 0));
+    }
+
     /** Whether every tensor starts at a 16-byte boundary (views into a larger buffer may not). */
     private static boolean allAligned16(Tensor... ts) {
         for (Tensor t : ts) if ((CudaContext.ptr(t) & 15) != 0) return false;

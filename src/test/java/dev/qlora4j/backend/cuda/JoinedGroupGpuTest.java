@@ -1,0 +1,81 @@
+package dev.qlora4j.backend.cuda;
+
+import dev.qlora4j.TemporaryProperty;
+import dev.qlora4j.model.QuantizedLinearFactory;
+import dev.qlora4j.model.TransformerLM;
+import dev.qlora4j.optim.Param;
+import dev.qlora4j.peft.LoraGroup;
+import dev.qlora4j.peft.PeftModel;
+import dev.qlora4j.peft.config.InitLoraWeights;
+import dev.qlora4j.peft.config.LoraConfig;
+import dev.qlora4j.peft.config.ModuleSelector;
+import dev.qlora4j.quant.QuantizationConfig;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+
+import java.util.List;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/**
+ * gate/up as one joined GEMM (LoraGroup#forwardJoined: one [n, 2 * intermediate] output, SwiGLU over its halves,
+ * the input gradient as one GEMM over both layers' gradients) against the two layers run separately
+ * (-Dqlora4j.cuda.joinedGroups=false), on a two-layer QLoRA model (NF4 + double quantization, BF16, LoRA on every
+ * linear layer): the loss and every LoRA gradient agree to BF16 rounding (grad_x is rounded once instead of once
+ * per layer), the joined step is deterministic (bit for bit run to run), it runs one input-gradient product fewer
+ * per layer, and with checkpointing (the recompute keeps the joined fold buffer) it gives the bits of the step
+ * without.
+ */
+@Tag("gpu")
+class JoinedGroupGpuTest {
+    private static final String SHAPE = "llama-1b@2";
+
+    @Test
+    void joinedGateUpAgreesWithSeparateLayersAndIsDeterministic() {
+        assumeTrue(CudaBackend.isAvailable(), "no GPU");
+        try (var old = TemporaryProperty.save(LoraGroup.JOINED_PROPERTY);
+             CudaBackend b = CheckpointKeepAttentionGpuTest.profiledBackend()) {
+            TransformerLM m = SyntheticWeights.model(SHAPE, b, 987, new QuantizedLinearFactory(QuantizationConfig.qlora()));
+            LoraConfig cfg = LoraConfig.builder().r(8).loraAlpha(16).loraDropout(0.0).targetModules(new ModuleSelector.AllLinear())
+                    .initLoraWeights(new InitLoraWeights.Flag(false)).build();
+            try (PeftModel peft = PeftModel.wrap(m, "synthetic-" + SHAPE, cfg, PeftModel.DEFAULT_ADAPTER, 5)) {
+                peft.train(true);
+                List<Param> params = peft.trainableParameters();
+                int layers = m.numLayers();
+                System.setProperty(LoraGroup.JOINED_PROPERTY, "false");
+                DequantCacheGpuTest.Step separate = DequantCacheGpuTest.step(b, m, peft, false);
+                long separateProducts = b.profiler().stats().get("linearQuantizedBackwardInput").calls();
+                System.clearProperty(LoraGroup.JOINED_PROPERTY);
+                DequantCacheGpuTest.Step joined = DequantCacheGpuTest.step(b, m, peft, false);
+                long joinedProducts = b.profiler().stats().get("linearQuantizedBackwardInput").calls();
+                DequantCacheGpuTest.Step again = DequantCacheGpuTest.step(b, m, peft, false);
+                DequantCacheGpuTest.Step checkpointed = DequantCacheGpuTest.step(b, m, peft, true);
+
+                assertEquals(separateProducts - layers, joinedProducts, "gate/up: one input-gradient GEMM per layer instead of two");
+                dev.qlora4j.model.BitIdenticalGradients.assertSame(joined.loss(), joined.grads(), again.loss(), again.grads(),
+                        params, "joined, run to run");
+                dev.qlora4j.model.BitIdenticalGradients.assertSame(joined.loss(), joined.grads(), checkpointed.loss(),
+                        checkpointed.grads(), params, "joined, checkpointing vs none");
+                assertEquals(separate.loss(), joined.loss(), 1e-3 * Math.abs(separate.loss()), "loss");
+                for (int i = 0; i < params.size(); i++) {
+                    double err = relativeError(joined.grads().get(i), separate.grads().get(i));
+                    assertTrue(err <= 1e-2, params.get(i).name() + ": relative error " + err + " against the separate layers");
+                }
+            } // closing the PeftModel closes m
+        }
+    }
+
+    /** |a - b| / |b| over the whole array (b not all zero). */
+    private static double relativeError(float[] a, float[] b) {
+        double num = 0, den = 0;
+        for (int i = 0; i < a.length; i++) {
+            double d = a[i] - b[i];
+            num += d * d;
+            den += (double) b[i] * b[i];
+        }
+        assertTrue(den > 0, "a gradient that is all zero");
+        return Math.sqrt(num / den);
+    }
+}
