@@ -664,18 +664,28 @@ __device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __rest
 
 // ------------------------------------------------------------------------------------------- dQ from stored dS
 // dQ = scale sum_k dS K per query tile (grid as dq_impl) with the dS tiles the dK/dV kernel stored (causal, no
-// window): one matmul per tile pair. K tiles double-buffered by cp.async; the next tile's dS fragments (four 16-byte
-// loads per lane, A operands straight from registers) are loaded while this tile's product runs. Visits the tiles
-// dkv_impl visits (tile_kind), so no tile is read that was not written; masked pairs are exact zeros in dS.
+// window): one matmul per tile pair. Visits the tiles dkv_impl visits (tile_kind), so no tile is read that was not
+// written; masked pairs are exact zeros in dS. The kernel streams the dS tiles (8 KB per tile pair, ~140 MB per
+// Llama-7B layer) and is bound by how many of their bytes are in flight: each thread copies its own four 16-byte
+// A-operand pieces of a tile into a ring of DQS_STAGES tiles in shared memory by cp.async, three tiles ahead, and
+// reads them back (no block barrier needed for them: every thread reads only what it copied). K tiles
+// (L2-resident) double-buffered one tile ahead. cp.async groups, in this order:
+//   prologue: dS_0, dS_1, K_0, dS_2      tile j: wait until all but the newest group landed (K_j, dS_j, dS_j+1),
+//                                                then issue K_j+1, dS_j+3
+// so dS_j+3 has two tiles' time to land before tile j+2's wait needs it. Measured (H200, B 1, T 2,048, 32 x 128
+// heads, ncu, same call): 63-65 us, against 77 with only the next tile's pieces in registers and 68-70 with thread
+// 0's bulk copies (cp.async.bulk on per-stage mbarriers, four tiles ahead); bench/RESULTS.md, session 17.
 template <typename T, int D>
 __device__ __forceinline__ void dqs_impl(const T* __restrict__ k, const int* __restrict__ seg,
                                          const T* __restrict__ ds, T* __restrict__ dq, int T_, int H, int KH,
                                          float scale) {
+    constexpr int DQS_STAGES = 4;                 // TrainAttentionKernels.DQS_STAGES sizes the shared memory for it
+    constexpr int DQS_TILE_BYTES = BM * BN * 2;   // one dS tile of 16-bit values
     constexpr int DB = D / 8;
     constexpr int TB = WTile<D>::BYTES;
     extern __shared__ __align__(128) unsigned char smem[];
-    const uint32_t sK = tiles_base<true>(smem);   // two buffers
-
+    const uint32_t sK = tiles_base<true>(smem);   // two K buffers, then DQS_STAGES dS tiles
+    const uint32_t sD = sK + 2 * TB;
     const int q0 = (gridDim.y - 1 - blockIdx.y) * BM, h = blockIdx.x % H, b = blockIdx.x / H;   // see tile_rank_grid
     const int kh = h / (H / KH);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
@@ -685,57 +695,61 @@ __device__ __forceinline__ void dqs_impl(const T* __restrict__ k, const int* __r
     int sqlo = 0, sqhi = 0;
     if (segb != nullptr) seg_range(segb, q0, q1, sqlo, sqhi);
     const int nt = (T_ + BM - 1) / BM;
-    // this lane's 16 bytes of key chunk 0 in key tile 0 of the query tile; chunk kk at + kk * 32, tile ki at + ki * 512
+    // this lane's piece 0 of key tile 0 of the query tile; piece kk at + kk * 32, tile ki at + ki * 512 (uint4), and
+    // at own + kk * 512 bytes in a staged tile (the A fragment order store_ds_tile wrote)
     const uint4* dsq = reinterpret_cast<const uint4*>(ds + ds_tile_offset(b, h, H, nt, q0 / BM, 0)) + warp * 4 * 32 + lane;
-    auto next_tile = [&](int k0, int& kind) {
+    const uint32_t own = (uint32_t)(warp * 4 * 32 + lane) * 16;
+    auto next_tile = [&](int k0) {
         for (; k0 < q1; k0 += BN) {
-            kind = tile_kind(q0, k0, T_, 0, segb, sqlo, sqhi);
-            if (kind != 0) return k0;
+            if (tile_kind(q0, k0, T_, 0, segb, sqlo, sqhi) != 0) return k0;
         }
-        return k0;
+        return q1;
     };
-    auto load_frags = [&](uint4 (&f)[4], int k0) {
+    // this thread's pieces of tile k0's dS into stage st (nothing past the last tile); one cp.async group
+    auto stage_ds = [&](int k0, int st) {
+        if (k0 < q1) {
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) f[kk] = __ldcs(dsq + (k0 / BN) * (BM * BN / 8) + kk * 32);
+            for (int kk = 0; kk < 4; kk++)
+                cp_async16(sD + st * DQS_TILE_BYTES + own + kk * 512, dsq + (k0 / BN) * (BM * BN / 8) + kk * 32, true);
+        }
+        cp_async_commit();
     };
-
     float acc[DB][4];
 #pragma unroll
     for (int j = 0; j < DB; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-
-    int kind;
-    int kt = next_tile(0, kind);
-    if (kt < q1) {
-        load_tile_async<T, D, true>(sK, k, b, T_, kt, kw, kh);
+    int t0 = next_tile(0);
+    if (t0 < q1) {
+        int t1 = next_tile(t0 + BN), t2 = next_tile(t1 + BN);
+        stage_ds(t0, 0);
+        stage_ds(t1, 1);
+        load_tile_async<T, D, true>(sK, k, b, T_, t0, kw, kh);
         cp_async_commit();
-        uint4 cur[4], nxt[4];
-        load_frags(cur, kt);
-        int buf = 0;
-        while (kt < q1) {
-            const int nt2 = next_tile(kt + BN, kind);
-            cp_async_wait<0>();
+        stage_ds(t2, 2);
+        for (int j = 0; t0 < q1; j++) {
+            const int t3 = next_tile(t2 + BN);
+            cp_async_wait<1>();   // all but the newest group (dS of tile j + 2): K_j, dS_j and dS_j+1 landed
             tiles_landed<true>();
-            __syncthreads();   // this tile landed for every thread; every warp is past the previous product
-            if (nt2 < q1) {
-                load_tile_async<T, D, true>(sK + (buf ^ 1) * TB, k, b, T_, nt2, kw, kh);
-                load_frags(nxt, nt2);
-            }
+            __syncthreads();      // K_j landed for every thread; every warp is past product j - 1 (its K buffer is free)
+            if (t1 < q1) load_tile_async<T, D, true>(sK + ((j + 1) & 1) * TB, k, b, T_, t1, kw, kh);
             cp_async_commit();
+            stage_ds(t3, (j + 3) % DQS_STAGES);   // the stage of tile j - 1: this thread read it before product j - 1
             uint32_t af[4][4];
+            const uint32_t st = sD + (j % DQS_STAGES) * DQS_TILE_BYTES + own;
 #pragma unroll
             for (int kk = 0; kk < 4; kk++) {
-                af[kk][0] = cur[kk].x; af[kk][1] = cur[kk].y; af[kk][2] = cur[kk].z; af[kk][3] = cur[kk].w;
+                asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                             : "=r"(af[kk][0]), "=r"(af[kk][1]), "=r"(af[kk][2]), "=r"(af[kk][3])
+                             : "r"(st + kk * 512));
             }
             wgmma::fence();
 #pragma unroll
-            for (int kk = 0; kk < 4; kk++) wgmma::mma_rs<T, D, 1>(acc, af[kk], WTile<D>::mnmajor(sK + buf * TB, kk));
+            for (int kk = 0; kk < 4; kk++) wgmma::mma_rs<T, D, 1>(acc, af[kk], WTile<D>::mnmajor(sK + (j & 1) * TB, kk));
             wgmma::commit();
             wgmma::wait<0>();
             wgmma::pin(acc);
-#pragma unroll
-            for (int kk = 0; kk < 4; kk++) cur[kk] = nxt[kk];
-            kt = nt2;
-            buf ^= 1;
+            t0 = t1;
+            t1 = t2;
+            t2 = t3;
         }
         cp_async_wait<0>();
     }

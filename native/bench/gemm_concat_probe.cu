@@ -37,7 +37,8 @@ static bf16* randomBf16(size_t count, unsigned seed) {
 }
 
 template <class A, class B>
-static void race(const char* name, double flop, A separate, B joined) {
+static void race(const char* name, double flop, A separate, B joined, double flopSecond = 0) {
+    if (flopSecond == 0) flopSecond = flop;
     cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
     for (int i = 0; i < 5; i++) { separate(); joined(); }
     std::vector<float> ts, tj;
@@ -52,7 +53,7 @@ static void race(const char* name, double flop, A separate, B joined) {
     std::sort(ts.begin(), ts.end()); std::sort(tj.begin(), tj.end());
     float s = ts[ts.size() / 2], j = tj[tj.size() / 2];
     printf("%-42s first %8.1f us (%5.0f TFLOP/s)  second %8.1f us (%5.0f TFLOP/s)  gain %6.1f us (%.1f%%)\n", name, s,
-           flop / s * 1e-6, j, flop / j * 1e-6, s - j, 100.0 * (s - j) / s);
+           flop / s * 1e-6, j, flopSecond / j * 1e-6, s - j, 100.0 * (s - j) / s);
 }
 
 // row-major Y_b [n, out] (stride n * out) = X [n, k] W_b [out, k]^T (stride out * k), b < batch: one strided-batched GEMM
@@ -112,6 +113,23 @@ int main() {
         race("  separate / strided-batched", flop, fSeparate, fBatched);
         race("  one GEMM / strided-batched", flop, fJoined, fBatched);
         CK(cudaFree(G)); CK(cudaFree(W)); CK(cudaFree(gx)); CK(cudaFree(X)); CK(cudaFree(Wf)); CK(cudaFree(Y));
+    }
+    // the fold's k: in + R with H's R columns padded to 64 (4160) against 128 (4224) and no adapter (4096), for the
+    // joined gate/up (N = 22016) and q/k/v (N = 12288) outputs. Measured (session 17): the time grows with k alone
+    // (same TFLOP/s within ~1%): the 64-column padding costs no efficiency.
+    for (int nOut : {22016, 12288, 4096}) {
+        int ks[] = {4096, 4160, 4224};
+        bf16* X = randomBf16((size_t)n * 4224, 6);
+        bf16* Wf = randomBf16((size_t)nOut * 4224, 7);
+        bf16* Y; CK(cudaMalloc(&Y, (size_t)n * nOut * 2));
+        auto fwd = [&](int k) { return [=] { gemmRowMajor(n, nOut, k, X, k, Wf, k, true, 0.f, Y, nOut); }; };
+        char name[96];
+        for (int a = 0; a < 3; a++)
+            for (int c = a + 1; c < 3; c++) {
+                snprintf(name, sizeof name, "fold k %d / %d (N %d), per-call us", ks[a], ks[c], nOut);
+                race(name, 2.0 * n * nOut * ks[a], fwd(ks[a]), fwd(ks[c]), 2.0 * n * nOut * ks[c]);
+            }
+        CK(cudaFree(X)); CK(cudaFree(Wf)); CK(cudaFree(Y));
     }
     CK(cudaDeviceSynchronize());
     return 0;

@@ -82,6 +82,9 @@ final class TrainAttentionKernels {
      * The same size serves the wgmma kernels: their unpadded tiles leave 8 x 64 x 2 bytes per tile for the up to
      * 1023 bytes they skip to align their swizzled tiles to 1024 bytes (attention_tc.cu, tiles_base).
      */
+    /** The dS tiles attn_wg_dqs_* keeps in flight in shared memory (attention_tc.cu's DQS_STAGES). */
+    private static final int DQS_STAGES = 4;
+
     static int tcSharedBytes(int tiles, int headDim, int extraFloats) {
         return tiles * TC_TILE * (headDim + 8) * 2 + extraFloats * 4;
     }
@@ -316,7 +319,8 @@ final class TrainAttentionKernels {
                     .ptr(CudaContext.ptr(ds)).i32(tokens).i32(heads).i32(kvHeads).f32(scale));
         }
         long fq = ctx.function("attention_tc", "attn_wg_dqs_" + t + "_d" + headDim);
-        int smemQ = tcSharedBytes(2, headDim, 0);   // two K tiles (+ the 1 KB the swizzle alignment may skip)
+        // two K tiles (+ the 1 KB the swizzle alignment may skip), then the ring of dS tiles (attention_tc.cu's DQS_STAGES)
+        int smemQ = tcSharedBytes(2, headDim, 0) + DQS_STAGES * TC_TILE * TC_TILE * 2;
         ctx.allowSharedMemory(fq, smemQ);
         ctx.launch(fq, tcGrid(heads, batch, tokens), Dim3.of(TC_THREADS), smemQ, KernelArgs.of()
                 .ptr(CudaContext.ptr(k)).ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(ds))
