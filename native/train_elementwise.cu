@@ -124,6 +124,23 @@ __device__ __forceinline__ void silu_mul_grads(float x, float u, float go, float
     grad_gate = (go * u) * (s * (1.f + x * (1.f - s)));
 }
 
+// silu_mul_grads on one 16-byte pack of gate, up and g each (raw), rounded to T into dg and du.
+template <typename T>
+__device__ __forceinline__ void silu_mul_grads_pack(int4 gate, int4 up, int4 g, Pack16<T>& dg, Pack16<T>& du) {
+    constexpr int V = Pack16<T>::N;
+    Pack16<T> x, u, go;
+    x.raw = gate;
+    u.raw = up;
+    go.raw = g;
+#pragma unroll
+    for (int i = 0; i < V; i++) {
+        float a, b;
+        silu_mul_grads(to_f32(x.v[i]), to_f32(u.v[i]), to_f32(go.v[i]), a, b);
+        dg.v[i] = from_f32<T>(a);
+        du.v[i] = from_f32<T>(b);
+    }
+}
+
 // No __restrict__ on gate / up / grad_gate / grad_up: the training step passes grad_gate = gate and grad_up = up
 // (CudaBackend.siluMulBackwardInPlace); each element is read before it is written, by the same thread. With
 // packed != 0 (the launcher saw five 16-byte aligned pointers) the bulk runs on 16-byte packs and the n % pack
@@ -140,17 +157,8 @@ __device__ __forceinline__ void silu_mul_bwd_impl(const T* gate, const T* up, co
     int4* gg4 = reinterpret_cast<int4*>(grad_gate);
     int4* gu4 = reinterpret_cast<int4*>(grad_up);
     for (int64_t p = global_thread_index(); p < packs; p += grid_stride()) {
-        Pack16<T> x, u, go, dg, du;
-        x.raw = gate4[p];
-        u.raw = up4[p];
-        go.raw = g4[p];
-#pragma unroll
-        for (int i = 0; i < V; i++) {
-            float a, b;
-            silu_mul_grads(to_f32(x.v[i]), to_f32(u.v[i]), to_f32(go.v[i]), a, b);
-            dg.v[i] = from_f32<T>(a);
-            du.v[i] = from_f32<T>(b);
-        }
+        Pack16<T> dg, du;
+        silu_mul_grads_pack<T>(gate4[p], up4[p], g4[p], dg, du);
         gg4[p] = dg.raw;
         gu4[p] = du.raw;
     }
@@ -177,17 +185,8 @@ __device__ __forceinline__ void silu_mul_halves_bwd_impl(T* gu, const T* __restr
             int64_t r = p / cp;
             int64_t c = p - r * cp;
             int64_t gi = r * 2 * cp + c, ui = gi + cp;
-            Pack16<T> x, u, go, dg, du;
-            x.raw = gu4[gi];
-            u.raw = gu4[ui];
-            go.raw = g4[p];
-#pragma unroll
-            for (int i = 0; i < V; i++) {
-                float a, b;
-                silu_mul_grads(to_f32(x.v[i]), to_f32(u.v[i]), to_f32(go.v[i]), a, b);
-                dg.v[i] = from_f32<T>(a);
-                du.v[i] = from_f32<T>(b);
-            }
+            Pack16<T> dg, du;
+            silu_mul_grads_pack<T>(gu4[gi], gu4[ui], g4[p], dg, du);
             gu4[gi] = dg.raw;
             gu4[ui] = du.raw;
         }

@@ -46,6 +46,19 @@ class CheckpointKeepAttentionGpuTest {
         }
     }
 
+    /**
+     * A synthetic QLoRA model of the shape (NF4 + double quantization, BF16) with LoRA r 8 on every linear layer and
+     * a random lora_B (so every product is live), in training mode; closing it closes the model.
+     */
+    static PeftModel qloraAllLinear(CudaBackend b, String shape, int seed) {
+        TransformerLM m = SyntheticWeights.model(shape, b, seed, new QuantizedLinearFactory(QuantizationConfig.qlora()));
+        LoraConfig cfg = LoraConfig.builder().r(8).loraAlpha(16).loraDropout(0.0).targetModules(new ModuleSelector.AllLinear())
+                .initLoraWeights(new InitLoraWeights.Flag(false)).build();
+        PeftModel peft = PeftModel.wrap(m, "synthetic-" + shape, cfg, PeftModel.DEFAULT_ADAPTER, 5);
+        peft.train(true);
+        return peft;
+    }
+
     static int[][] batch(int vocab) {
         return dev.qlora4j.model.PackedTestBatch.of(vocab, BATCH, T, 100, 3);  // row 0 packs two examples
     }
@@ -75,11 +88,8 @@ class CheckpointKeepAttentionGpuTest {
     void keptAttentionGivesBitIdenticalLoraGradientsWithOneAttentionForwardPerLayer() {
         assumeTrue(CudaBackend.isAvailable(), "no GPU");
         try (CudaBackend b = profiledBackend()) {
-            TransformerLM m = SyntheticWeights.model(SHAPE, b, 1234, new QuantizedLinearFactory(QuantizationConfig.qlora()));
-            LoraConfig cfg = LoraConfig.builder().r(8).loraAlpha(16).loraDropout(0.0).targetModules(new ModuleSelector.AllLinear())
-                    .initLoraWeights(new InitLoraWeights.Flag(false)).build();
-            try (PeftModel peft = PeftModel.wrap(m, "synthetic-" + SHAPE, cfg, PeftModel.DEFAULT_ADAPTER, 5)) {
-                peft.train(true);
+            try (PeftModel peft = qloraAllLinear(b, SHAPE, 1234)) {
+                TransformerLM m = peft.model();
                 List<Param> params = peft.trainableParameters();
                 Step none = step(b, m, peft, Mode.NONE);
                 Step keep = step(b, m, peft, Mode.KEEP);

@@ -1,14 +1,9 @@
 package dev.qlora4j.backend.cuda;
 
 import dev.qlora4j.TemporaryProperty;
-import dev.qlora4j.model.QuantizedLinearFactory;
 import dev.qlora4j.model.TransformerLM;
 import dev.qlora4j.optim.Param;
 import dev.qlora4j.peft.PeftModel;
-import dev.qlora4j.peft.config.InitLoraWeights;
-import dev.qlora4j.peft.config.LoraConfig;
-import dev.qlora4j.peft.config.ModuleSelector;
-import dev.qlora4j.quant.QuantizationConfig;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
@@ -57,11 +52,8 @@ class DequantCacheGpuTest {
         // the budget is switched below; this only remembers its value
         try (var old = TemporaryProperty.save(DequantCache.BUDGET_PROPERTY);
              CudaBackend b = CheckpointKeepAttentionGpuTest.profiledBackend()) {
-            TransformerLM m = SyntheticWeights.model(SHAPE, b, 4321, new QuantizedLinearFactory(QuantizationConfig.qlora()));
-            LoraConfig cfg = LoraConfig.builder().r(8).loraAlpha(16).loraDropout(0.0).targetModules(new ModuleSelector.AllLinear())
-                    .initLoraWeights(new InitLoraWeights.Flag(false)).build();
-            try (PeftModel peft = PeftModel.wrap(m, "synthetic-" + SHAPE, cfg, PeftModel.DEFAULT_ADAPTER, 5)) {
-                peft.train(true);
+            try (PeftModel peft = CheckpointKeepAttentionGpuTest.qloraAllLinear(b, SHAPE, 4321)) {
+                TransformerLM m = peft.model();
                 List<Param> params = peft.trainableParameters();
                 int layers = m.numLayers();
                 m.setCheckpointKeepResidual(false);   // the recompute runs o_proj: its weight is kept for the backward
