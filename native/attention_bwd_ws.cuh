@@ -138,7 +138,7 @@ constexpr int KC = D / 16;      // k-steps of S^T and dP^T
 // A consumer warpgroup: its 64 keys against every item, attn_wg_dkv's tile work (see dkv_impl in attention_tc.cu).
 template <typename T, bool STORE_DS>
 __device__ __forceinline__ void consume(Smem sm, Work w, T* __restrict__ dk, T* __restrict__ dv, T* __restrict__ ds,
-                                        int T_, int H, int KH, float scale, int warp, int lane) {
+                                        int T_, int H, int KH, int ldkv, float scale, int warp, int lane) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int wg = warp >> 2, w4 = warp & 3, g = lane >> 2, tq = lane & 3;
     const int kw0 = w.k0 + wg * 64;                       // this warpgroup's first key
@@ -240,12 +240,11 @@ __device__ __forceinline__ void consume(Smem sm, Work w, T* __restrict__ dk, T* 
     if constexpr (STORE_DS) {
         if (pending >= 0) store_frags<T>(dst, dsa, w4, lane);
     }
-    const int kwd = KH * D;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const int sk = r == 0 ? sr0 : sr1;
         if (sk >= T_) continue;
-        const int64_t off = ((int64_t)w.b * T_ + sk) * kwd + (int64_t)w.kh * D;
+        const int64_t off = ((int64_t)w.b * T_ + sk) * ldkv + (int64_t)w.kh * D;   // rows of dK and dV: stride ldkv
 #pragma unroll
         for (int j = 0; j < DB; j++) {
             *reinterpret_cast<uint32_t*>(dk + off + 8 * j + 2 * tq) =
@@ -261,7 +260,7 @@ template <typename T, bool STORE_DS>
 __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                          const T* __restrict__ dout, const float* __restrict__ lse,
                                          const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv,
-                                         T* __restrict__ ds, int T_, int H, int KH, float scale) {
+                                         T* __restrict__ ds, int T_, int H, int KH, int ldkv, float scale) {
     extern __shared__ __align__(128) unsigned char smem[];
     Smem sm;
     sm.k = (tc::smem_addr(smem) + 1023) & ~1023u;
@@ -289,7 +288,7 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
         produce<T>(q, k, v, dout, lse, delta, sm, w, T_, H, KH, threadIdx.x - CONSUMER_THREADS);
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-        consume<T, STORE_DS>(sm, w, dk, dv, ds, T_, H, KH, scale, threadIdx.x >> 5, threadIdx.x & 31);
+        consume<T, STORE_DS>(sm, w, dk, dv, ds, T_, H, KH, ldkv, scale, threadIdx.x >> 5, threadIdx.x & 31);
     }
 }
 

@@ -677,7 +677,7 @@ __device__ __forceinline__ void dq_impl(const T* __restrict__ q, const T* __rest
 // 0's bulk copies (cp.async.bulk on per-stage mbarriers, four tiles ahead); bench/RESULTS.md, session 17.
 template <typename T, int D>
 __device__ __forceinline__ void dqs_impl(const T* __restrict__ k, const int* __restrict__ seg,
-                                         const T* __restrict__ ds, T* __restrict__ dq, int T_, int H, int KH,
+                                         const T* __restrict__ ds, T* __restrict__ dq, int ldq, int T_, int H, int KH,
                                          float scale) {
     constexpr int DQS_STAGES = 4;                 // TrainAttentionKernels.DQS_STAGES sizes the shared memory for it
     constexpr int DQS_TILE_BYTES = BM * BN * 2;   // one dS tile of 16-bit values
@@ -689,7 +689,7 @@ __device__ __forceinline__ void dqs_impl(const T* __restrict__ k, const int* __r
     const int q0 = (gridDim.y - 1 - blockIdx.y) * BM, h = blockIdx.x % H, b = blockIdx.x / H;   // see tile_rank_grid
     const int kh = h / (H / KH);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
-    const int qw = H * D, kw = KH * D;
+    const int kw = KH * D;
     const int* segb = seg != nullptr ? seg + (int64_t)b * T_ : nullptr;
     const int q1 = min(q0 + BM, T_);
     int sqlo = 0, sqhi = 0;
@@ -758,7 +758,7 @@ __device__ __forceinline__ void dqs_impl(const T* __restrict__ k, const int* __r
     for (int r = 0; r < 2; r++) {
         const int t = tr0 + 8 * r;
         if (t >= T_) continue;
-        T* row = dq + ((int64_t)b * T_ + t) * qw + (int64_t)h * D;
+        T* row = dq + ((int64_t)b * T_ + t) * ldq + (int64_t)h * D;   // rows of dQ: stride ldq
 #pragma unroll
         for (int j = 0; j < DB; j++) {
             *reinterpret_cast<uint32_t*>(row + 8 * j + 2 * tq) =
@@ -1019,9 +1019,9 @@ QL_ATTN_TC(f16, __half)
         dkv_impl<T, d, true, true>(q, k, v, seg, dout, lse, delta, dk, dv, T_, H, KH, scale, 0, ds);                   \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(128, 3) attn_wg_dqs_##tn##_d##d(                                      \
-        const T* k, const int* seg, const T* ds, T* dq, int T_, int H, int KH, float scale) {                          \
+        const T* k, const int* seg, const T* ds, T* dq, int ldq, int T_, int H, int KH, float scale) {                 \
         pdl_enter();                                                                                                   \
-        dqs_impl<T, d>(k, seg, ds, dq, T_, H, KH, scale);                                                              \
+        dqs_impl<T, d>(k, seg, ds, dq, ldq, T_, H, KH, scale);                                                         \
     }
 
 QL_ATTN_KERNELS(attn_wg, true, bf16, __nv_bfloat16, 64)
@@ -1049,15 +1049,15 @@ QL_ATTN_FWD_WS(f16, __half)
 #define QL_ATTN_BWD_WS(tn, T)                                                                                          \
     extern "C" __global__ void __launch_bounds__(bws::THREADS, 1) attn_ws_dkv_##tn##_d128(                           \
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, T* dk, T* dv,         \
-        int T_, int H, int KH, float scale) {                                                                          \
+        int T_, int H, int KH, int ldkv, float scale) {                                                                \
         pdl_enter();                                                                                                   \
-        bws::dkv_impl<T, false>(q, k, v, dout, lse, delta, dk, dv, nullptr, T_, H, KH, scale);                         \
+        bws::dkv_impl<T, false>(q, k, v, dout, lse, delta, dk, dv, nullptr, T_, H, KH, ldkv, scale);                   \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(bws::THREADS, 1) attn_ws_dkvs_##tn##_d128(                          \
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, T* dk, T* dv,         \
-        T* ds, int T_, int H, int KH, float scale) {                                                                   \
+        T* ds, int T_, int H, int KH, int ldkv, float scale) {                                                         \
         pdl_enter();                                                                                                   \
-        bws::dkv_impl<T, true>(q, k, v, dout, lse, delta, dk, dv, ds, T_, H, KH, scale);                               \
+        bws::dkv_impl<T, true>(q, k, v, dout, lse, delta, dk, dv, ds, T_, H, KH, ldkv, scale);                         \
     }
 QL_ATTN_BWD_WS(bf16, __nv_bfloat16)
 QL_ATTN_BWD_WS(f16, __half)

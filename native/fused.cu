@@ -14,7 +14,8 @@
 //                          loop over n * D/2 * groups (row, i, head group) items: the angle's cos/sin computed once
 //                          per item for all its heads (groups > 1 only when n * D/2 alone would leave the GPU idle).
 //   rope_qk_bwd_<t>        its backward on gq [n, heads*D] and gk [n, kvHeads*D] in place, as two rope_bwd_<t>
-//                          (train_elementwise.cu): (ga, gb) -> (ga c + gb s, gb c - ga s), same angle arithmetic.
+//                          (train_elementwise.cu): (ga, gb) -> (ga c + gb s, gb c - ga s), same angle arithmetic;
+//                          rows of strides ldq / ldk (heads*D / kvHeads*D, or the joined q/k/v gradient's width).
 //   rope_qk_kv_write_<t>   rope_qk_<t> followed by attention.cu's kv_write_<t> in one launch (one kernel fewer per
 //                          layer of a decode step, and the rotated k goes straight from registers to the cache): q
 //                          [B*T, heads*D] rotated in place; k [B*T, kvHeads*D] rotated into the key cache kc and v
@@ -147,7 +148,7 @@ __device__ __forceinline__ void add_rmsnorm_entry(T* resid, const T* y, const W*
 // Items: rows x ceil(all heads / V) x half / V, at most the pair-per-thread kernel's rows x half when there are at most
 // V * V heads, so the launcher's grid (sized for pairs) covers them in one pass (else the grid-stride loop goes on).
 template <typename T, bool BACKWARD>
-__device__ __forceinline__ void rope_qk_vec_impl(T* q, T* k, const int* __restrict__ positions,
+__device__ __forceinline__ void rope_qk_vec_impl(T* q, T* k, int64_t ldq, int64_t ldk, const int* __restrict__ positions,
                                                  const float* __restrict__ inv_freq, int n, int heads, int kv_heads,
                                                  int head_dim, float scaling) {
     constexpr int V = Pack16<T>::N;
@@ -174,7 +175,7 @@ __device__ __forceinline__ void rope_qk_vec_impl(T* q, T* k, const int* __restri
             for (int u = 0; u < U; u++) {
                 const int h = h0 + u0 + u;
                 e[u] = h >= all ? nullptr
-                       : h < heads ? q + (row * heads + h) * head_dim + i0 : k + (row * kv_heads + (h - heads)) * head_dim + i0;
+                       : h < heads ? q + row * ldq + h * head_dim + i0 : k + row * ldk + (h - heads) * head_dim + i0;
                 if (e[u] != nullptr) {
                     a[u].raw = *reinterpret_cast<const int4*>(e[u]);
                     b[u].raw = *reinterpret_cast<const int4*>(e[u] + half);
@@ -195,12 +196,12 @@ __device__ __forceinline__ void rope_qk_vec_impl(T* q, T* k, const int* __restri
 }
 
 template <typename T, bool BACKWARD>
-__device__ __forceinline__ void rope_qk_impl(T* q, T* k, const int* __restrict__ positions,
+__device__ __forceinline__ void rope_qk_impl(T* q, T* k, int64_t ldq, int64_t ldk, const int* __restrict__ positions,
                                              const float* __restrict__ inv_freq, int n, int heads, int kv_heads,
                                              int head_dim, float scaling, int groups) {
-    if (groups == 1 && head_dim % (2 * Pack16<T>::N) == 0
+    if (groups == 1 && head_dim % (2 * Pack16<T>::N) == 0 && (ldq | ldk) % Pack16<T>::N == 0
             && ((reinterpret_cast<uintptr_t>(q) | reinterpret_cast<uintptr_t>(k)) & 15) == 0) {
-        rope_qk_vec_impl<T, BACKWARD>(q, k, positions, inv_freq, n, heads, kv_heads, head_dim, scaling);
+        rope_qk_vec_impl<T, BACKWARD>(q, k, ldq, ldk, positions, inv_freq, n, heads, kv_heads, head_dim, scaling);
         return;
     }
     int half = head_dim >> 1;
@@ -216,8 +217,8 @@ __device__ __forceinline__ void rope_qk_impl(T* q, T* k, const int* __restrict__
         if (h0 >= h1) continue;
         float cs, sn;
         rope_cos_sin(positions[row], inv_freq[i], scaling, cs, sn);
-        if (h0 < heads) rope_rotate_head_range<T, BACKWARD>(q, row, i, h0, min(h1, heads), heads, head_dim, cs, sn);
-        if (h1 > heads) rope_rotate_head_range<T, BACKWARD>(k, row, i, max(h0, heads) - heads, h1 - heads, kv_heads,
+        if (h0 < heads) rope_rotate_head_range<T, BACKWARD>(q, row, i, h0, min(h1, heads), ldq, head_dim, cs, sn);
+        if (h1 > heads) rope_rotate_head_range<T, BACKWARD>(k, row, i, max(h0, heads) - heads, h1 - heads, ldk,
                                                             head_dim, cs, sn);
     }
 }
@@ -245,7 +246,8 @@ __device__ __forceinline__ void rope_qk_kv_write_impl(T* __restrict__ q, T* __re
         if (h0 >= h1) continue;
         float cs, sn;
         rope_cos_sin(positions[row], inv_freq[i], scaling, cs, sn);
-        if (h0 < heads) rope_rotate_head_range<T, false>(q, row, i, h0, min(h1, heads), heads, head_dim, cs, sn);
+        if (h0 < heads) rope_rotate_head_range<T, false>(q, row, i, h0, min(h1, heads), (int64_t)heads * head_dim,
+                                                         head_dim, cs, sn);
         if (h1 > heads) {
             const int b = (int)(row / tokens), t = (int)(row - (int64_t)b * tokens);
             const int64_t src = row * kv_heads * head_dim + i;                     // k, v: head 0, element i
@@ -285,12 +287,13 @@ __device__ __forceinline__ void rope_qk_kv_write_impl(T* __restrict__ q, T* __re
     }                                                                                                           \
     extern "C" __global__ void rope_qk_##tn(T* q, T* k, const int* positions, const float* inv_freq, int n,       \
                                             int heads, int kv_heads, int head_dim, float scaling, int groups) { pdl_enter(); \
-        rope_qk_impl<T, false>(q, k, positions, inv_freq, n, heads, kv_heads, head_dim, scaling, groups);       \
+        rope_qk_impl<T, false>(q, k, (int64_t)heads * head_dim, (int64_t)kv_heads * head_dim, positions, inv_freq, n, \
+                               heads, kv_heads, head_dim, scaling, groups);                                     \
     }                                                                                                           \
-    extern "C" __global__ void rope_qk_bwd_##tn(T* gq, T* gk, const int* positions, const float* inv_freq, int n, \
-                                                int heads, int kv_heads, int head_dim, float scaling,           \
-                                                int groups) { pdl_enter();                                                   \
-        rope_qk_impl<T, true>(gq, gk, positions, inv_freq, n, heads, kv_heads, head_dim, scaling, groups);      \
+    extern "C" __global__ void rope_qk_bwd_##tn(T* gq, T* gk, int64_t ldq, int64_t ldk, const int* positions,     \
+                                                const float* inv_freq, int n, int heads, int kv_heads,          \
+                                                int head_dim, float scaling, int groups) { pdl_enter();         \
+        rope_qk_impl<T, true>(gq, gk, ldq, ldk, positions, inv_freq, n, heads, kv_heads, head_dim, scaling, groups); \
     }                                                                                                           \
     extern "C" __global__ void rope_qk_kv_write_##tn(T* q, T* k, const T* v, T* kc, T* vc, const int* positions,   \
                                                      const float* inv_freq, int batch, int tokens, int heads,    \

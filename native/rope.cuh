@@ -28,12 +28,13 @@ __device__ __forceinline__ void rope_rotate_pair(float a, float b, float cs, flo
     }
 }
 
-// Rotates pair (i, i + head_dim/2) of heads [h0, h1) of one row of x [rows, heads * head_dim] in place.
+// Rotates pair (i, i + head_dim/2) of heads [h0, h1) of one row of x (rows of stride ld elements, head h at
+// h * head_dim) in place.
 template <typename T, bool BACKWARD>
-__device__ __forceinline__ void rope_rotate_head_range(T* x, int64_t row, int i, int h0, int h1, int heads, int head_dim,
+__device__ __forceinline__ void rope_rotate_head_range(T* x, int64_t row, int i, int h0, int h1, int64_t ld, int head_dim,
                                                        float cs, float sn) {
     int half = head_dim >> 1;
-    T* base = x + row * heads * head_dim + i;
+    T* base = x + row * ld + i;
     for (int h = h0; h < h1; h++) {
         T* e = base + (int64_t)h * head_dim;
         rope_rotate_pair<T, BACKWARD>(to_f32(e[0]), to_f32(e[half]), cs, sn, e[0], e[half]);
@@ -43,5 +44,5 @@ __device__ __forceinline__ void rope_rotate_head_range(T* x, int64_t row, int i,
 // Rotates pair (i, i + head_dim/2) of every head of one row of x [rows, heads * head_dim] in place.
 template <typename T, bool BACKWARD>
 __device__ __forceinline__ void rope_rotate_heads(T* x, int64_t row, int i, int heads, int head_dim, float cs, float sn) {
-    rope_rotate_head_range<T, BACKWARD>(x, row, i, 0, heads, heads, head_dim, cs, sn);
+    rope_rotate_head_range<T, BACKWARD>(x, row, i, 0, heads, (int64_t)heads * head_dim, head_dim, cs, sn);
 }

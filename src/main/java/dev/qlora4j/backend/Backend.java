@@ -293,6 +293,22 @@ public interface Backend extends AutoCloseable {
         throw unsupported("siluMulHalvesBackwardInPlace");
     }
 
+    /**
+     * {@link #attentionBackward} with its three gradients in ONE tensor [n, (heads + 2 kvHeads) headDim]: dQ's columns,
+     * then dK's, then dV's (the layout the q/k/v projections' joined input-gradient GEMM reads), or null when this
+     * backend does not form them that way for these arguments (nothing was run then: call attentionBackward).
+     */
+    default Tensor attentionBackwardJoined(Tensor q, Tensor k, Tensor v, Tensor segments, AttentionResult fwd, Tensor gradOut,
+                                           int batch, int heads, int kvHeads, int headDim, float scale, int window) {
+        return null;
+    }
+
+    /** {@link #ropeQkBackwardInPlace} on the dQ and dK columns of {@link #attentionBackwardJoined}'s result. */
+    default void ropeQkBackwardJoinedInPlace(Tensor gradJoined, Tensor positions, Tensor invFreq, int heads, int kvHeads,
+                                             int headDim, float attentionScaling) {
+        throw unsupported("ropeQkBackwardJoinedInPlace");
+    }
+
     /** RoPE backward in place (the transpose of the rotation: the same rotation by -angle). */
     default void ropeBackwardInPlace(Tensor grad, Tensor positions, Tensor invFreq, int heads, int headDim,
                                      float attentionScaling) {

@@ -257,31 +257,82 @@ public final class DecoderLayer implements AutoCloseable {
                 : hookBackward(b, s.h1, o.forward(b, s.attn.out()), gResid, true);
         Tensor gAttn = o.backward(b, s.attn.out(), attnHook.gradSublayerOut());
         if (attnHook.gradSublayerOut() != gResid) attnHook.gradSublayerOut().close();
-        Tensor[] gQKV = b.attentionBackward(s.q, s.k, s.v, segments, s.attn, gAttn, batch, heads, kvHeads, hd,
-                (float) (1.0 / Math.sqrt(hd)), w == null ? 0 : w);
-        if (prefix != null) { // the prefix's share of grad_q (before rope's backward, like the rest) and its own gradients
-            b.prefixAttentionBackward(s.q, prefix.keys(index), prefix.values(index), s.attn, gAttn, gQKV[0],
-                    prefix.keyGradients(index), prefix.valueGradients(index), batch, heads, kvHeads, hd, (float) (1.0 / Math.sqrt(hd)));
-        }
-        gAttn.close();
-        b.ropeQkBackwardInPlace(gQKV[0], gQKV[1], positions, invFreq, heads, kvHeads, hd, ropeScaling);
+        Tensor gH1 = qkvBackward(b, s, gAttn, segments, positions, invFreq, ropeScaling, batch, heads, kvHeads, hd, w,
+                inputGrad);   // q's grad_x + k's + v's; closes gAttn
         if (!inputGrad) {
-            try {
-                SharedInputLinears.backwardParametersOnly(b, s.h1, gQKV, q, k, v);
-            } finally {
-                for (Tensor t : gQKV) t.close();
-                if (attnHook.gradSublayerIn() != null) attnHook.gradSublayerIn().close();
-                gResid.close();
-            }
+            if (attnHook.gradSublayerIn() != null) attnHook.gradSublayerIn().close();
+            gResid.close();
             return null;
         }
-        Tensor gH1 = SharedInputLinears.backward(b, s.h1, gQKV, q, k, v);   // q's grad_x + k's + v's
-        for (Tensor t : gQKV) t.close();
         addAndClose(b, gH1, attnHook.gradSublayerIn());
         Tensor gx = b.rmsNormBackwardAdd(x, inputNorm, eps, gH1, null, gResid);
         gH1.close();
         gResid.close();
         return gx;
+    }
+
+    /**
+     * The attention backward from gAttn (closed here) through RoPE into the q/k/v projections: their grad_x summed
+     * (null when inputGrad is false: only the adapters' gradients are formed). Where the backend forms dQ, dK, dV in
+     * one buffer and the projections run as a joined group (no prefix), that buffer goes straight into one
+     * input-gradient GEMM (SharedInputLinears#backwardJoined); else the three gradients go separately.
+     */
+    private Tensor qkvBackward(Backend b, LayerActivations s, Tensor gAttn, Tensor segments, Tensor positions,
+                               Tensor invFreq, float ropeScaling, int batch, int heads, int kvHeads, int hd, Integer w,
+                               boolean inputGrad) {
+        float scale = (float) (1.0 / Math.sqrt(hd));
+        int window = w == null ? 0 : w;
+        Tensor gJoined = null;
+        try {
+            if (prefix == null && SharedInputLinears.joinedApplies(b, s.h1, q, k, v)) {
+                gJoined = b.attentionBackwardJoined(s.q, s.k, s.v, segments, s.attn, gAttn, batch, heads, kvHeads, hd,
+                        scale, window);
+            }
+        } catch (RuntimeException e) {
+            gAttn.close();
+            throw e;
+        }
+        if (gJoined == null) return qkvBackwardSeparate(b, s, gAttn, segments, positions, invFreq, ropeScaling, batch,
+                heads, kvHeads, hd, window, inputGrad);
+        gAttn.close();
+        try (Tensor g = gJoined) {
+            b.ropeQkBackwardJoinedInPlace(g, positions, invFreq, heads, kvHeads, hd, ropeScaling);
+            if (!inputGrad) {
+                SharedInputLinears.backwardJoinedParametersOnly(b, s.h1, g, q, k, v);
+                return null;
+            }
+            return SharedInputLinears.backwardJoined(b, s.h1, g, q, k, v);
+        }
+    }
+
+    /** qkvBackward with dQ, dK, dV as three tensors; closes gAttn as soon as the attention backward is past it. */
+    private Tensor qkvBackwardSeparate(Backend b, LayerActivations s, Tensor gAttn, Tensor segments, Tensor positions,
+                                       Tensor invFreq, float ropeScaling, int batch, int heads, int kvHeads, int hd,
+                                       int window, boolean inputGrad) {
+        float scale = (float) (1.0 / Math.sqrt(hd));
+        Tensor[] gQKV;
+        try (gAttn) {
+            gQKV = b.attentionBackward(s.q, s.k, s.v, segments, s.attn, gAttn, batch, heads, kvHeads, hd, scale, window);
+            if (prefix != null) { // the prefix's share of grad_q (before rope's backward, like the rest) and its own gradients
+                try {
+                    b.prefixAttentionBackward(s.q, prefix.keys(index), prefix.values(index), s.attn, gAttn, gQKV[0],
+                            prefix.keyGradients(index), prefix.valueGradients(index), batch, heads, kvHeads, hd, scale);
+                } catch (RuntimeException e) {
+                    for (Tensor t : gQKV) t.close();
+                    throw e;
+                }
+            }
+        }
+        try {
+            b.ropeQkBackwardInPlace(gQKV[0], gQKV[1], positions, invFreq, heads, kvHeads, hd, ropeScaling);
+            if (!inputGrad) {
+                SharedInputLinears.backwardParametersOnly(b, s.h1, gQKV, q, k, v);
+                return null;
+            }
+            return SharedInputLinears.backward(b, s.h1, gQKV, q, k, v);
+        } finally {
+            for (Tensor t : gQKV) t.close();
+        }
     }
 
     /**

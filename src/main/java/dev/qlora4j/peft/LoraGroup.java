@@ -121,11 +121,9 @@ public final class LoraGroup {
      * when it does not (nothing was run then). {@link #backwardJoined} takes the gradient of that tensor.
      */
     public static Tensor forwardJoined(Backend b, Tensor x, Linear... layers) {
-        if (!Boolean.parseBoolean(System.getProperty(JOINED_PROPERTY, "true"))) return null;
-        Members m = members(b, x, layers);
+        Members m = joinedMembers(b, x, layers);
         if (m == null) return null;
         List<CudaQuant4bit> folded = foldedBases(x, m.layers());
-        if (folded == null) return null;
         CudaBackend cb = (CudaBackend) b;
         LoraLinear[] ls = m.layers();
         LoraAdapter[] as = m.adapters();
@@ -220,12 +218,36 @@ public final class LoraGroup {
      * (CudaJoinedInputGrad).
      */
     public static Tensor backwardJoined(Backend b, Tensor x, Tensor gradJoined, Linear... layers) {
-        Members m = members(b, x, layers);
-        List<CudaQuant4bit> folded = m == null ? null : foldedBases(x, m.layers());
-        if (folded == null) {
-            throw new IllegalStateException("backwardJoined: these layers do not run as a joined group (their forward was not forwardJoined's)");
+        Members m = joinedMembers(b, x, layers);
+        if (m == null) {
+            throw new IllegalStateException("backwardJoined: these layers do not run as a joined group (check joinedApplies first)");
         }
-        return groupBackward((CudaBackend) b, x, null, gradJoined, folded, m, true);
+        return groupBackward((CudaBackend) b, x, null, gradJoined, foldedBases(x, m.layers()), m, true);
+    }
+
+    /** {@link #backwardJoined} without grad_x: only the adapters' gradients (as {@link #backwardParametersOnly}). */
+    public static void backwardJoinedParametersOnly(Backend b, Tensor x, Tensor gradJoined, Linear... layers) {
+        Members m = joinedMembers(b, x, layers);
+        if (m == null) {
+            throw new IllegalStateException("backwardJoined: these layers do not run as a joined group (check joinedApplies first)");
+        }
+        groupBackward((CudaBackend) b, x, null, gradJoined, foldedBases(x, m.layers()), m, false);
+    }
+
+    /**
+     * Whether the layers run as a joined group with this x ({@link #forwardJoined} returns their output, and
+     * {@link #backwardJoined} takes the gradient of one): the property is on, they form a LoRA group, and the 4-bit
+     * fold takes their bases.
+     */
+    public static boolean joinedApplies(Backend b, Tensor x, Linear... layers) {
+        return joinedMembers(b, x, layers) != null;
+    }
+
+    /** The group's members when {@link #joinedApplies}, else null. */
+    private static Members joinedMembers(Backend b, Tensor x, Linear... layers) {
+        if (!Boolean.parseBoolean(System.getProperty(JOINED_PROPERTY, "true"))) return null;
+        Members m = members(b, x, layers);
+        return m != null && foldedBases(x, m.layers()) != null ? m : null;
     }
 
     /** inputGrad false: only the adapters' gradients (the bases' input-gradient GEMMs and grad_x's LoRA term skipped); returns null. */

@@ -35,6 +35,16 @@ public final class SharedInputLinears {
         return LoraGroup.backwardJoined(b, x, gradJoined, layers);
     }
 
+    /** {@link #backwardJoined} without grad_x: the adapters' gradients only (see {@link #backwardParametersOnly}). */
+    public static void backwardJoinedParametersOnly(Backend b, Tensor x, Tensor gradJoined, Linear... layers) {
+        LoraGroup.backwardJoinedParametersOnly(b, x, gradJoined, layers);
+    }
+
+    /** Whether the layers run as a joined group with this x: {@link #forwardJoined} and {@link #backwardJoined} apply. */
+    public static boolean joinedApplies(Backend b, Tensor x, Linear... layers) {
+        return LoraGroup.joinedApplies(b, x, layers);
+    }
+
     /** The sum over i of layers[i].backward(b, x, gradOuts[i]): grad_x [n, in], owned by the caller. */
     public static Tensor backward(Backend b, Tensor x, Tensor[] gradOuts, Linear... layers) {
         if (gradOuts.length != layers.length || layers.length == 0) {

@@ -780,6 +780,17 @@ public final class CudaBackend implements Backend, GraphCapable {
                                       Tensor gradOut, int batch, int heads, int kvHeads, int headDim,
                                       float scale, int window) {
         int mark = profBegin();
+        checkAttentionBackward(q, k, v, segments, fwd, gradOut, batch, heads, kvHeads, headDim);
+        try (Owned qa = activation(q, "attentionBackward q"); Owned ka = activation(k, "attentionBackward k");
+             Owned va = activation(v, "attentionBackward v"); Owned o = activation(fwd.out(), "attentionBackward fwd.out");
+             Owned g = activation(gradOut, "attentionBackward gradOut")) {
+            return profEnd("attentionBackward", mark, TrainAttentionKernels.backward(ctx, act, qa.t, ka.t, va.t, segments,
+                    o.t, fwd.lse(), g.t, batch, heads, kvHeads, headDim, scale, window));
+        }
+    }
+
+    private void checkAttentionBackward(Tensor q, Tensor k, Tensor v, Tensor segments, AttentionResult fwd, Tensor gradOut,
+                                        int batch, int heads, int kvHeads, int headDim) {
         checkTrainAttention(q, k, v, segments, batch, heads, kvHeads, headDim, "attentionBackward");
         KernelTypes.requireSameShape(q, fwd.out(), "attentionBackward q and fwd.out");
         KernelTypes.requireSameShape(q, gradOut, "attentionBackward q and gradOut");
@@ -789,11 +800,30 @@ public final class CudaBackend implements Backend, GraphCapable {
             throw new IllegalArgumentException("attentionBackward: fwd.lse " + fwd.lse() + " must be F32 [" + batch + ", "
                     + heads + ", " + tokens + "]; pass the AttentionResult attentionTrain returned for these inputs");
         }
-        try (Owned qa = activation(q, "attentionBackward q"); Owned ka = activation(k, "attentionBackward k");
-             Owned va = activation(v, "attentionBackward v"); Owned o = activation(fwd.out(), "attentionBackward fwd.out");
-             Owned g = activation(gradOut, "attentionBackward gradOut")) {
-            return profEnd("attentionBackward", mark, TrainAttentionKernels.backward(ctx, act, qa.t, ka.t, va.t, segments,
-                    o.t, fwd.lse(), g.t, batch, heads, kvHeads, headDim, scale, window));
+    }
+
+    /** The warp-specialized Hopper backward with the stored dS writes dQ / dK / dV into one buffer; null elsewhere. */
+    @Override
+    public Tensor attentionBackwardJoined(Tensor q, Tensor k, Tensor v, Tensor segments, AttentionResult fwd, Tensor gradOut,
+                                          int batch, int heads, int kvHeads, int headDim, float scale, int window) {
+        for (Tensor t : new Tensor[] {q, k, v, fwd.out(), gradOut}) if (t.dtype() != act) return null;   // no conversions here
+        int mark = profBegin();
+        checkAttentionBackward(q, k, v, segments, fwd, gradOut, batch, heads, kvHeads, headDim);
+        Tensor g = TrainAttentionKernels.backwardJoined(ctx, act, q, k, v, segments, fwd.out(), fwd.lse(), gradOut, batch,
+                heads, kvHeads, headDim, scale, window);
+        // declined (the dS scratch did not fit): a mark must still be ended, under its own name
+        return profEnd(g == null ? "attentionBackward (joined declined)" : "attentionBackward", mark, g);
+    }
+
+    @Override
+    public void ropeQkBackwardJoinedInPlace(Tensor gradJoined, Tensor positions, Tensor invFreq, int heads, int kvHeads,
+                                            int headDim, float attentionScaling) {
+        int mark = profBegin();
+        KernelTypes.requireDevice(gradJoined, "rope backward joined gradient");
+        KernelTypes.requireDevice(invFreq, "rope backward invFreq");
+        try (Owned f = f32(invFreq, "rope backward invFreq")) {
+            FusedKernels.ropeQkBackwardJoined(ctx, act, gradJoined, positions, f.t, heads, kvHeads, headDim, attentionScaling);
+            profEnd("ropeQkBackward", mark);
         }
     }
 

@@ -114,43 +114,35 @@ public final class CudaLoraFold {
             copyColumns(ctx, xh, ld, CudaContext.ptr(xb.t()), in, n, in, ld);   // x, and H's columns cleared
             gemm(cu, false, true, n, rank, in, 1f, CudaContext.ptr(xb.t()), in, CudaContext.ptr(aCat), in, BF, 0f,
                     CudaContext.ptr(xh) + 2L * in, ld, BF);
-            if (joined) {
-                ys[0] = ctx.empty(DType.BF16, n, total);
-                Tensor stack = ctx.empty(DType.BF16, total, ld);
-                boolean done = false;
-                try {
-                    int row = 0, column = 0;
-                    for (int i = 0; i < layers; i++) {
-                        foldedWeight(ctx, prof, ws.get(i), CudaContext.ptr(stack) + 2L * row * ld, ld, in, padded,
-                                bMasters[i], column, scalings[i]);
-                        row += ws.get(i).outFeatures();
-                        column += bMasters[i].dim(1);
-                    }
-                    gemm(cu, false, true, n, total, ld, 1f, CudaContext.ptr(xh), ld, CudaContext.ptr(stack), ld, BF, 0f,
-                            CudaContext.ptr(ys[0]), total, BF);
-                    done = true;
-                } finally {
-                    if (!done || !ctx.dequantCache().offerStack(ws, stack, ld, stackRounding(ws))) stack.close();
-                }
-            } else {
-                int column = 0;
+            // every layer's W'_i in one buffer, layer i's rows after layer i-1's: a checkpointed recompute keeps
+            // it for the backward (DequantCache), where a joined group's input gradient reads it as one matrix
+            Tensor stack = ctx.empty(DType.BF16, total, ld);
+            boolean done = false;
+            try {
+                int row = 0, column = 0;
                 for (int i = 0; i < layers; i++) {
-                    CudaQuant4bit w = ws.get(i);
-                    int out = w.outFeatures();
-                    ys[i] = ctx.empty(DType.BF16, n, out);
-                    Tensor wf = ctx.empty(DType.BF16, out, ld);
-                    boolean done = false;
-                    try {
-                        foldedWeight(ctx, prof, w, CudaContext.ptr(wf), ld, in, padded, bMasters[i], column, scalings[i]);
-                        gemm(cu, false, true, n, out, ld, 1f, CudaContext.ptr(xh), ld, CudaContext.ptr(wf), ld, BF, 0f,
-                                CudaContext.ptr(ys[i]), out, BF);
-                        done = true;
-                    } finally {
-                        // W'_i's first in columns are the base weight: kept for a checkpointed layer's backward (DequantCache)
-                        if (!done || !ctx.dequantCache().offer(w, wf, ld, CudaQuantOps.stateRounding(w))) wf.close();
-                    }
+                    foldedWeight(ctx, prof, ws.get(i), CudaContext.ptr(stack) + 2L * row * ld, ld, in, padded,
+                            bMasters[i], column, scalings[i]);
+                    row += ws.get(i).outFeatures();
                     column += bMasters[i].dim(1);
                 }
+                if (joined) {   // one GEMM for the group
+                    ys[0] = ctx.empty(DType.BF16, n, total);
+                    gemm(cu, false, true, n, total, ld, 1f, CudaContext.ptr(xh), ld, CudaContext.ptr(stack), ld, BF, 0f,
+                            CudaContext.ptr(ys[0]), total, BF);
+                } else {        // one per layer, each over its rows of the stack
+                    row = 0;
+                    for (int i = 0; i < layers; i++) {
+                        int out = ws.get(i).outFeatures();
+                        ys[i] = ctx.empty(DType.BF16, n, out);
+                        gemm(cu, false, true, n, out, ld, 1f, CudaContext.ptr(xh), ld, CudaContext.ptr(stack) + 2L * row * ld,
+                                ld, BF, 0f, CudaContext.ptr(ys[i]), out, BF);
+                        row += out;
+                    }
+                }
+                done = true;
+            } finally {
+                if (!done || !ctx.dequantCache().offerStack(ws, stack, ld, stackRounding(ws))) stack.close();
             }
             if (keepH) {
                 h = ctx.empty(DType.BF16, n, padded);

@@ -100,7 +100,39 @@ final class FusedKernels {
     /** The backward of {@link #ropeQk}: gq and gk rotated back in place, as two TrainKernels.ropeBackward calls. */
     static void ropeQkBackward(CudaContext ctx, DType act, Tensor gq, Tensor gk, Tensor positions, Tensor invFreq, int heads,
                                int kvHeads, int headDim, float scaling) {
-        launchRopeQk(ctx, "rope_qk_bwd_", act, gq, gk, positions, invFreq, heads, kvHeads, headDim, scaling);
+        RopeKernels.check(act, gq, positions, invFreq, heads, headDim);
+        RopeKernels.check(act, gk, positions, invFreq, kvHeads, headDim);
+        ropeQkBackwardRows(ctx, act, CudaContext.ptr(gq), (long) heads * headDim, CudaContext.ptr(gk),
+                (long) kvHeads * headDim, gq.dim(0), positions, invFreq, heads, kvHeads, headDim, scaling);
+    }
+
+    /**
+     * The same on the joined q/k/v gradient g [n, (heads + 2 kvHeads) * headDim] (dQ's columns, then dK's, then
+     * dV's): dQ and dK rotated back in place in their columns, dV untouched.
+     */
+    static void ropeQkBackwardJoined(CudaContext ctx, DType act, Tensor g, Tensor positions, Tensor invFreq, int heads,
+                                     int kvHeads, int headDim, float scaling) {
+        long width = (long) (heads + 2 * kvHeads) * headDim;
+        KernelTypes.requireRank(g, 2, "rope backward joined gradient");
+        if (g.dtype() != act || g.dim(1) != width) {
+            throw new IllegalArgumentException("rope backward: the joined q/k/v gradient must be " + act + " [n, " + width
+                    + "], got " + g);
+        }
+        KernelTypes.requireIndices(positions, "rope positions");
+        long base = CudaContext.ptr(g);
+        ropeQkBackwardRows(ctx, act, base, width, base + (long) heads * headDim * act.byteSize(), width, g.dim(0), positions,
+                invFreq, heads, kvHeads, headDim, scaling);
+    }
+
+    /** rope_qk_bwd over n rows of dQ at gq (row stride ldq elements) and dK at gk (ldk). */
+    private static void ropeQkBackwardRows(CudaContext ctx, DType act, long gq, long ldq, long gk, long ldk, int n,
+                                           Tensor positions, Tensor invFreq, int heads, int kvHeads, int headDim, float scaling) {
+        long pairs = (long) n * (headDim / 2);
+        if (pairs == 0) return;
+        int groups = ropeHeadGroups(pairs, heads + kvHeads);
+        ctx.launch1d(ctx.function("fused", "rope_qk_bwd_" + KernelTypes.act(act)), pairs * groups,
+                KernelArgs.of().ptr(gq).ptr(gk).i64(ldq).i64(ldk).ptr(CudaContext.ptr(positions))
+                        .ptr(CudaContext.ptr(invFreq)).i32(n).i32(heads).i32(kvHeads).i32(headDim).f32(scaling).i32(groups));
     }
 
     /** One launch of a fused.cu rope_qk kernel (prefix + act) over a [n, heads*headDim] and b [n, kvHeads*headDim]. */

@@ -236,11 +236,8 @@ final class TrainAttentionKernels {
             if (tc && (CudaContext.ptr(dq) & 15 | CudaContext.ptr(dk) & 15 | CudaContext.ptr(dv) & 15) != 0) {
                 throw new IllegalStateException("the allocator returned a gradient buffer that is not 16-byte aligned");
             }
-            long warps = (long) batch * tokens * heads;
             String module = tc ? "attention_tc" : "attention_train";
-            ctx.launch1d(ctx.function(module, (tc ? "attn_tc_delta_" : "attn_bwd_delta_") + t), warps * 32,
-                    KernelArgs.of().ptr(CudaContext.ptr(out)).ptr(CudaContext.ptr(gradOut)).ptr(CudaContext.ptr(delta))
-                            .i32(batch).i32(tokens).i32(heads).i32(headDim));
+            launchDelta(ctx, tc, t, out, gradOut, delta, batch, tokens, heads, headDim);
             int tile = tc ? TC_TILE : TILE;
             int tiles = (tokens + tile - 1) / tile;
             Dim3 block = Dim3.of(tc ? TC_THREADS : THREADS);
@@ -318,12 +315,69 @@ final class TrainAttentionKernels {
                     .ptr(CudaContext.ptr(delta)).ptr(CudaContext.ptr(dk)).ptr(CudaContext.ptr(dv))
                     .ptr(CudaContext.ptr(ds)).i32(tokens).i32(heads).i32(kvHeads).f32(scale));
         }
+        storedDsQuery(ctx, t, k, segments, ds, CudaContext.ptr(dq), heads * headDim, batch, heads, kvHeads, headDim, scale);
+    }
+
+    /** attn_wg_dqs_*: dQ from the stored dS tiles, written at device address dq in rows of stride ldq elements. */
+    private static void storedDsQuery(CudaContext ctx, String t, Tensor k, Tensor segments, Tensor ds, long dq, int ldq,
+                                      int batch, int heads, int kvHeads, int headDim, float scale) {
+        int tokens = k.dim(0) / batch;
         long fq = ctx.function("attention_tc", "attn_wg_dqs_" + t + "_d" + headDim);
         // two K tiles (+ the 1 KB the swizzle alignment may skip), then the ring of dS tiles (attention_tc.cu's DQS_STAGES)
         int smemQ = tcSharedBytes(2, headDim, 0) + DQS_STAGES * TC_TILE * TC_TILE * 2;
         ctx.allowSharedMemory(fq, smemQ);
         ctx.launch(fq, tcGrid(heads, batch, tokens), Dim3.of(TC_THREADS), smemQ, KernelArgs.of()
                 .ptr(CudaContext.ptr(k)).ptr(CudaContext.ptrOrNull(segments)).ptr(CudaContext.ptr(ds))
-                .ptr(CudaContext.ptr(dq)).i32(tokens).i32(heads).i32(kvHeads).f32(scale));
+                .ptr(dq).i32(ldq).i32(tokens).i32(heads).i32(kvHeads).f32(scale));
+    }
+
+    /**
+     * The backward with its three gradients in one buffer [n, (heads + 2 kvHeads) headDim]: dQ's columns, then dK's,
+     * then dV's (the layout the joined q/k/v input-gradient GEMM reads, see LoraGroup#backwardJoined), from the same
+     * kernels as {@link #backward} with row strides; the same values. Only where those kernels are the warp-specialized
+     * dK/dV and the stored-dS dQ (Hopper, head dim 128, causal without a window or packed segments, the dS scratch
+     * fits); else null, with nothing run.
+     */
+    static Tensor backwardJoined(CudaContext ctx, DType act, Tensor q, Tensor k, Tensor v, Tensor segments, Tensor out,
+                                 Tensor lse, Tensor gradOut, int batch, int heads, int kvHeads, int headDim, float scale,
+                                 int window) {
+        int tokens = q.dim(0) / batch;
+        if (tokens == 0 || !useTensorCores(ctx, act, headDim, scale, q, k, v, out, gradOut)) return null;
+        String prefix = tcKernelPrefix(ctx, headDim);
+        if (!TrainAttentionWsBackward.applies(ctx, prefix, headDim, segments, window)) return null;
+        String t = tcType(act);
+        int width = (heads + 2 * kvHeads) * headDim;
+        Tensor g = ctx.empty(act, q.dim(0), width);
+        // the scratch rule as backward applies it (there with dQ, dK, dV allocated: here with g)
+        if (!storesDs(ctx, prefix, window, batch, heads, tokens)) {
+            g.close();
+            return null;
+        }
+        try (Tensor ds = storedDsScratch(ctx, act, batch, heads, tokens);
+             Tensor delta = ctx.empty(DType.F32, batch, heads, tokens)) {
+            if (ds == null) {
+                g.close();
+                return null;
+            }
+            launchDelta(ctx, true, t, out, gradOut, delta, batch, tokens, heads, headDim);
+            long dq = CudaContext.ptr(g), dk = dq + (long) heads * headDim * act.byteSize();
+            long dv = dk + (long) kvHeads * headDim * act.byteSize();
+            TrainAttentionWsBackward.launch(ctx, t, q, k, v, gradOut, lse, delta, dk, dv, width, ds, batch, heads, kvHeads,
+                    scale);
+            storedDsQuery(ctx, t, k, segments, ds, dq, width, batch, heads, kvHeads, headDim, scale);
+        } catch (RuntimeException e) {
+            g.close();
+            throw e;
+        }
+        return g;
+    }
+
+    /** delta = rowsum(dO * O) per query and head (attn_tc_delta_* / attn_bwd_delta_*: a warp per row and head). */
+    private static void launchDelta(CudaContext ctx, boolean tc, String t, Tensor out, Tensor gradOut, Tensor delta,
+                                    int batch, int tokens, int heads, int headDim) {
+        long warps = (long) batch * tokens * heads;
+        ctx.launch1d(ctx.function(tc ? "attention_tc" : "attention_train", (tc ? "attn_tc_delta_" : "attn_bwd_delta_") + t),
+                warps * 32, KernelArgs.of().ptr(CudaContext.ptr(out)).ptr(CudaContext.ptr(gradOut))
+                        .ptr(CudaContext.ptr(delta)).i32(batch).i32(tokens).i32(heads).i32(headDim));
     }
 }

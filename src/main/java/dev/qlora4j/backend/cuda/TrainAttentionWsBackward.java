@@ -46,14 +46,20 @@ final class TrainAttentionWsBackward {
      */
     static void launch(CudaContext ctx, String type, Tensor q, Tensor k, Tensor v, Tensor gradOut, Tensor lse,
                        Tensor delta, Tensor dk, Tensor dv, Tensor ds, int batch, int heads, int kvHeads, float scale) {
+        launch(ctx, type, q, k, v, gradOut, lse, delta, CudaContext.ptr(dk), CudaContext.ptr(dv), kvHeads * HEAD_DIM, ds,
+                batch, heads, kvHeads, scale);
+    }
+
+    /** The same with dK and dV written at device addresses dk and dv, rows of stride ldkv elements (16-byte aligned). */
+    static void launch(CudaContext ctx, String type, Tensor q, Tensor k, Tensor v, Tensor gradOut, Tensor lse,
+                       Tensor delta, long dk, long dv, int ldkv, Tensor ds, int batch, int heads, int kvHeads, float scale) {
         int tokens = q.dim(0) / batch;
         long f = ctx.function("attention_tc", (ds != null ? "attn_ws_dkvs_" : "attn_ws_dkv_") + type + "_d" + HEAD_DIM);
         ctx.allowSharedMemory(f, SHARED_BYTES);
         KernelArgs args = KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(CudaContext.ptr(k)).ptr(CudaContext.ptr(v))
-                .ptr(CudaContext.ptr(gradOut)).ptr(CudaContext.ptr(lse)).ptr(CudaContext.ptr(delta))
-                .ptr(CudaContext.ptr(dk)).ptr(CudaContext.ptr(dv));
+                .ptr(CudaContext.ptr(gradOut)).ptr(CudaContext.ptr(lse)).ptr(CudaContext.ptr(delta)).ptr(dk).ptr(dv);
         if (ds != null) args.ptr(CudaContext.ptr(ds));
         ctx.launch(f, grid(kvHeads, batch, tokens), Dim3.of(THREADS), SHARED_BYTES,
-                args.i32(tokens).i32(heads).i32(kvHeads).f32(scale));
+                args.i32(tokens).i32(heads).i32(kvHeads).i32(ldkv).f32(scale));
     }
 }

@@ -24,12 +24,16 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
 @Tag("gpu")
 class DequantCacheGpuTest {
     private static final String SHAPE = "llama-1b@2";
-    private static final int BATCH = 2, T = 256;
+    static final int BATCH = 2, T = 256;
 
     record Step(double loss, List<float[]> grads, long backwardDequantizes, long keptWeightProducts, long peakBytes) {}
 
     static Step step(CudaBackend b, TransformerLM m, PeftModel peft, boolean checkpointing) {
-        int[][] x = CheckpointKeepAttentionGpuTest.batch(m.config().vocabSize());
+        return step(b, m, peft, checkpointing, CheckpointKeepAttentionGpuTest.batch(m.config().vocabSize()));
+    }
+
+    /** One training step on x = {ids, positions, segments (or null), targets} of BATCH rows of T tokens. */
+    static Step step(CudaBackend b, TransformerLM m, PeftModel peft, boolean checkpointing, int[][] x) {
         peft.zeroGrad();
         b.synchronize();
         b.profiler().reset();

@@ -59,6 +59,62 @@ class JoinedGroupGpuTest {
         }
     }
 
+    /**
+     * q/k/v joined too: on a GQA shape with head dim 128 (two Llama3-8B layers) and unpacked rows, where the Hopper
+     * attention backward writes dQ / dK / dV into one buffer and the q/k/v input gradient is one GEMM over it. The
+     * same checks as for gate/up; the first layer (frozen embedding) forms only the adapters' gradients from it.
+     */
+    @Test
+    void joinedQkvAgreesWithSeparateLayersAndIsDeterministic() {
+        assumeTrue(CudaBackend.isAvailable(), "no GPU");
+        try (var old = TemporaryProperty.save(LoraGroup.JOINED_PROPERTY);
+             CudaBackend b = CheckpointKeepAttentionGpuTest.profiledBackend()) {
+            try (PeftModel peft = CheckpointKeepAttentionGpuTest.qloraAllLinear(b, "llama3-8b@2", 654)) {
+                TransformerLM m = peft.model();
+                List<Param> params = peft.trainableParameters();
+                int layers = m.numLayers();
+                int[][] x = unpackedBatch(m.config().vocabSize(), 11);
+                System.setProperty(LoraGroup.JOINED_PROPERTY, "false");
+                DequantCacheGpuTest.Step separate = DequantCacheGpuTest.step(b, m, peft, false, x);
+                long separateProducts = b.profiler().stats().get("linearQuantizedBackwardInput").calls();
+                System.clearProperty(LoraGroup.JOINED_PROPERTY);
+                DequantCacheGpuTest.Step joined = DequantCacheGpuTest.step(b, m, peft, false, x);
+                long joinedProducts = b.profiler().stats().get("linearQuantizedBackwardInput").calls();
+                assertTrue(b.profiler().stats().get("attentionBackward (joined declined)") == null,
+                        "the joined attention backward ran in every layer");
+                DequantCacheGpuTest.Step again = DequantCacheGpuTest.step(b, m, peft, false, x);
+                DequantCacheGpuTest.Step checkpointed = DequantCacheGpuTest.step(b, m, peft, true, x);
+
+                // separate: q, k, v, o, gate, up, down per layer, the first layer's q, k, v skipped (frozen embedding);
+                // joined: q/k/v, o, gate/up, down, the first layer's q/k/v skipped
+                assertEquals(7L * layers - 3, separateProducts, "separate input-gradient products");
+                assertEquals(4L * layers - 1, joinedProducts, "joined input-gradient products");
+                dev.qlora4j.model.BitIdenticalGradients.assertSame(joined.loss(), joined.grads(), again.loss(), again.grads(),
+                        params, "joined q/k/v, run to run");
+                dev.qlora4j.model.BitIdenticalGradients.assertSame(joined.loss(), joined.grads(), checkpointed.loss(),
+                        checkpointed.grads(), params, "joined q/k/v, checkpointing vs none");
+                assertEquals(separate.loss(), joined.loss(), 1e-3 * Math.abs(separate.loss()), "loss");
+                for (int i = 0; i < params.size(); i++) {
+                    double err = relativeError(joined.grads().get(i), separate.grads().get(i));
+                    assertTrue(err <= 1e-2, params.get(i).name() + ": relative error " + err + " against the separate layers");
+                }
+            }
+        }
+    }
+
+    /** {ids, positions, null segments, targets}: BATCH rows of T tokens, one example each (the last target ignored). */
+    private static int[][] unpackedBatch(int vocab, long seed) {
+        int rows = DequantCacheGpuTest.BATCH, t = DequantCacheGpuTest.T, n = rows * t;
+        java.util.Random r = new java.util.Random(seed);
+        int[] ids = new int[n], pos = new int[n], targets = new int[n];
+        for (int i = 0; i < n; i++) {
+            ids[i] = r.nextInt(vocab);
+            pos[i] = i % t;
+            targets[i] = i % t == t - 1 ? -100 : r.nextInt(vocab);
+        }
+        return new int[][] {ids, pos, null, targets};
+    }
+
     /** |a - b| / |b| over the whole array (b not all zero). */
     private static double relativeError(float[] a, float[] b) {
         double num = 0, den = 0;
