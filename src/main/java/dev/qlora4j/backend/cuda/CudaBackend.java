@@ -811,8 +811,11 @@ public final class CudaBackend implements Backend, GraphCapable {
         checkAttentionBackward(q, k, v, segments, fwd, gradOut, batch, heads, kvHeads, headDim);
         Tensor g = TrainAttentionKernels.backwardJoined(ctx, act, q, k, v, segments, fwd.out(), fwd.lse(), gradOut, batch,
                 heads, kvHeads, headDim, scale, window);
-        // declined (the dS scratch did not fit): a mark must still be ended, under its own name
-        return profEnd(g == null ? "attentionBackward (joined declined)" : "attentionBackward", mark, g);
+        if (g == null) {   // declined (the dS scratch did not fit): nothing to record
+            if (mark >= 0) profiler.cancel(mark);
+            return null;
+        }
+        return profEnd("attentionBackward", mark, g);
     }
 
     @Override

@@ -63,13 +63,21 @@ public final class OpProfiler implements AutoCloseable {
                 ? new OpProfiler(driver, stream, allocatorPeak) : null;
     }
 
-    /** Records a start event; pass the returned mark to {@link #end}. A mark never ended is simply dropped. */
+    /**
+     * Records a start event; pass the returned mark to {@link #end}, or to {@link #cancel} when the op turns out to
+     * record nothing. A mark neither ended nor cancelled holds {@link #resolve} off until {@link #reset}.
+     */
     public int begin() {
         if (pending >= MAX_PENDING) resolve();
         open++;
         int i = record();
         startNanos[i] = System.nanoTime();
         return i;
+    }
+
+    /** Closes the op begun at mark without recording it (e.g. a path that declined before doing any work). */
+    public void cancel(int mark) {
+        open = Math.max(0, open - 1);
     }
 
     /** Records the end event of the op begun at mark and queues the pair under op's name. */

@@ -80,8 +80,8 @@ class JoinedGroupGpuTest {
                 System.clearProperty(LoraGroup.JOINED_PROPERTY);
                 DequantCacheGpuTest.Step joined = DequantCacheGpuTest.step(b, m, peft, false, x);
                 long joinedProducts = b.profiler().stats().get("linearQuantizedBackwardInput").calls();
-                assertTrue(b.profiler().stats().get("attentionBackward (joined declined)") == null,
-                        "the joined attention backward ran in every layer");
+                assertEquals(layers, b.profiler().stats().get("attentionBackward").calls(),
+                        "one attention backward per layer (the joined one)");
                 DequantCacheGpuTest.Step again = DequantCacheGpuTest.step(b, m, peft, false, x);
                 DequantCacheGpuTest.Step checkpointed = DequantCacheGpuTest.step(b, m, peft, true, x);
 

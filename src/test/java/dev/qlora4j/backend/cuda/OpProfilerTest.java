@@ -87,6 +87,24 @@ class OpProfilerTest {
     }
 
     @Test
+    void aCancelledMarkRecordsNothingAndLetsResolveRun() {
+        FakeEvents f = new FakeEvents();
+        OpProfiler p = new OpProfiler(f.driver(), 7, () -> 0L);
+        int declined = p.begin();
+        f.clockMs += 1.0;
+        p.cancel(declined);
+        int m = p.begin();
+        f.clockMs += 2.0;
+        p.end("attentionBackward", m);
+        p.resolve();
+        assertEquals(1, f.synchronizes, "no op is left open: resolve ran");
+        Map<String, OpProfiler.Stat> s = p.stats();
+        assertEquals(1, s.get("attentionBackward").calls());
+        assertEquals(2.0, s.get("attentionBackward").gpuMillis(), 1e-6);
+        assertEquals(1, s.size(), "the cancelled op has no line");
+    }
+
+    @Test
     void resetDropsEarlierTimesAndOffMeansNoProfiler() {
         FakeEvents f = new FakeEvents();
         OpProfiler p = new OpProfiler(f.driver(), 7, () -> 0L);
