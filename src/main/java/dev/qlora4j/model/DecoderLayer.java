@@ -87,15 +87,7 @@ public final class DecoderLayer implements AutoCloseable {
         h.close();
         Tensor h2 = b.addInPlaceRmsNorm(resid, x, postAttnNorm, eps);
 
-        Tensor act;
-        Tensor gateUp = SharedInputLinears.forwardJoined(b, h2, gate, up);
-        if (gateUp != null) {
-            try (gateUp) { act = b.siluMulHalves(gateUp); }
-        } else {
-            Tensor[] gu = SharedInputLinears.forward(b, h2, gate, up);
-            act = b.siluMul(gu[0], gu[1]);
-            gu[0].close(); gu[1].close();
-        }
+        Tensor act = swiGlu(b, h2, null);
         Tensor mlp = afterMlp(h2, down.forward(b, act));
         act.close();
         h2.close();
@@ -174,24 +166,14 @@ public final class DecoderLayer implements AutoCloseable {
             resid = afterAttention(save.h1, o.forward(b, save.attn.out()));
             h2 = b.addInPlaceRmsNorm(resid, x, postAttnNorm, eps);
         }
-        // gate/up as one GEMM where the backend joins them (one [n, 2 * intermediate] activation), else two
-        Tensor g = null, u = null, act;
-        Tensor gateUp = SharedInputLinears.forwardJoined(b, h2, gate, up);
-        if (gateUp != null) {
-            act = b.siluMulHalves(gateUp);
-        } else {
-            Tensor[] gu = SharedInputLinears.forward(b, h2, gate, up);
-            g = gu[0];
-            u = gu[1];
-            act = b.siluMul(g, u);
-        }
+        Tensor act = swiGlu(b, h2, save);
         Tensor out = null;
         if (withOutput) {
             Tensor mlp = afterMlp(h2, down.forward(b, act));
             out = b.add(resid, mlp);
             mlp.close();
         }
-        save.resid = resid; save.h2 = h2; save.gate = g; save.up = u; save.gateUp = gateUp; save.act = act;
+        save.resid = resid; save.h2 = h2; save.act = act;
         return out;
     }
 
@@ -213,6 +195,29 @@ public final class DecoderLayer implements AutoCloseable {
                     (float) (1.0 / Math.sqrt(hd)), w == null ? 0 : w);
             s.attn = prefix != null ? withPrefix(b, attn, s.q, batch, heads, kvHeads, hd, w) : attn;
         }
+    }
+
+    /**
+     * silu(gate(h2)) * up(h2). gate/up run as one GEMM where the backend joins them (one [n, 2 * intermediate]
+     * activation), else as two. keep null: the projections' outputs are freed here; else they go into keep (gateUp,
+     * or gate and up) for the backward.
+     */
+    private Tensor swiGlu(Backend b, Tensor h2, LayerActivations keep) {
+        Tensor gateUp = SharedInputLinears.forwardJoined(b, h2, gate, up);
+        if (gateUp != null) {
+            if (keep == null) {
+                try (gateUp) { return b.siluMulHalves(gateUp); }
+            }
+            keep.gateUp = gateUp;
+            return b.siluMulHalves(gateUp);
+        }
+        Tensor[] gu = SharedInputLinears.forward(b, h2, gate, up);
+        if (keep == null) {
+            try (Tensor g = gu[0]; Tensor u = gu[1]) { return b.siluMul(g, u); }
+        }
+        keep.gate = gu[0];
+        keep.up = gu[1];
+        return b.siluMul(gu[0], gu[1]);
     }
 
     /**

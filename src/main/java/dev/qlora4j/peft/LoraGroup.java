@@ -66,36 +66,46 @@ public final class LoraGroup {
         CudaBackend cb = (CudaBackend) b;
         LoraLinear[] ls = m.layers();
         LoraAdapter[] as = m.adapters();
-        int k = ls.length;
-        float[] scalings = new float[k];
-        int keeping = 0;   // layers that keep their block of H for the backward
-        for (int i = 0; i < k; i++) {
-            scalings[i] = (float) as[i].scaling();
-            if (ls[i].keepsHidden(as[i])) keeping++;
-        }
+        Adapters ad = Adapters.of(ls, as);
         List<CudaQuant4bit> folded = foldedBases(x, ls);
         Tensor[] out = null;
         try {
             Tensor aCat = ls[0].stackedA(cb, as);
             Tensor h;
             if (folded != null) {   // base and adapter products in one GEMM per layer
-                Tensor[] bMasters = new Tensor[k];
-                for (int i = 0; i < k; i++) bMasters[i] = as[i].b().value();
-                CudaLoraFold.Result r = CudaLoraFold.forward(cb, x, folded, aCat, bMasters, scalings, keeping > 0);
+                CudaLoraFold.Result r = CudaLoraFold.forward(cb, x, folded, aCat, ad.bMasters(), ad.scalings(), ad.keeping() > 0);
                 out = r.outputs();
                 h = r.hidden();
             } else {
                 out = baseOutputs(b, x, ls);
-                Tensor[] bCopies = new Tensor[k];
-                for (int i = 0; i < k; i++) bCopies[i] = as[i].b().castCopy(b, DType.BF16);
-                h = CudaLoraGroup.groupForwardInto(cb, out, x, aCat, bCopies, scalings, keeping > 0);
+                Tensor[] bCopies = new Tensor[ls.length];
+                for (int i = 0; i < ls.length; i++) bCopies[i] = as[i].b().castCopy(b, DType.BF16);
+                h = CudaLoraGroup.groupForwardInto(cb, out, x, aCat, bCopies, ad.scalings(), ad.keeping() > 0);
             }
-            keepHidden(x, ls, as, h, keeping);
+            keepHidden(x, ls, as, h, ad.keeping());
         } catch (RuntimeException e) {
             if (out != null) for (Tensor t : out) if (t != null) t.close();
             throw e;
         }
         return out;
+    }
+
+    /**
+     * What the forward needs of the group's adapters: scalings, lora_B's F32 masters, and how many layers keep their
+     * block of H for the backward.
+     */
+    private record Adapters(float[] scalings, Tensor[] bMasters, int keeping) {
+        static Adapters of(LoraLinear[] ls, LoraAdapter[] as) {
+            float[] scalings = new float[ls.length];
+            Tensor[] bMasters = new Tensor[ls.length];
+            int keeping = 0;
+            for (int i = 0; i < ls.length; i++) {
+                scalings[i] = (float) as[i].scaling();
+                bMasters[i] = as[i].b().value();
+                if (ls[i].keepsHidden(as[i])) keeping++;
+            }
+            return new Adapters(scalings, bMasters, keeping);
+        }
     }
 
     /** The layers that keep their block of H for the backward keep it (a share of h); the others drop what they held. */
@@ -121,24 +131,16 @@ public final class LoraGroup {
      * when it does not (nothing was run then). {@link #backwardJoined} takes the gradient of that tensor.
      */
     public static Tensor forwardJoined(Backend b, Tensor x, Linear... layers) {
-        Members m = joinedMembers(b, x, layers);
-        if (m == null) return null;
-        List<CudaQuant4bit> folded = foldedBases(x, m.layers());
+        Joined j = joined(b, x, layers);
+        if (j == null) return null;
         CudaBackend cb = (CudaBackend) b;
-        LoraLinear[] ls = m.layers();
-        LoraAdapter[] as = m.adapters();
-        int k = ls.length, keeping = 0;
-        float[] scalings = new float[k];
-        Tensor[] bMasters = new Tensor[k];
-        for (int i = 0; i < k; i++) {
-            scalings[i] = (float) as[i].scaling();
-            bMasters[i] = as[i].b().value();
-            if (ls[i].keepsHidden(as[i])) keeping++;
-        }
+        LoraLinear[] ls = j.members().layers();
+        LoraAdapter[] as = j.members().adapters();
+        Adapters ad = Adapters.of(ls, as);
         Tensor aCat = ls[0].stackedA(cb, as);
-        CudaLoraFold.Result r = CudaLoraFold.forwardJoined(cb, x, folded, aCat, bMasters, scalings, keeping > 0);
+        CudaLoraFold.Result r = CudaLoraFold.forwardJoined(cb, x, j.bases(), aCat, ad.bMasters(), ad.scalings(), ad.keeping() > 0);
         try {
-            keepHidden(x, ls, as, r.hidden(), keeping);
+            keepHidden(x, ls, as, r.hidden(), ad.keeping());
         } catch (RuntimeException e) {
             r.outputs()[0].close();
             throw e;
@@ -218,20 +220,22 @@ public final class LoraGroup {
      * (CudaJoinedInputGrad).
      */
     public static Tensor backwardJoined(Backend b, Tensor x, Tensor gradJoined, Linear... layers) {
-        Members m = joinedMembers(b, x, layers);
-        if (m == null) {
-            throw new IllegalStateException("backwardJoined: these layers do not run as a joined group (check joinedApplies first)");
-        }
-        return groupBackward((CudaBackend) b, x, null, gradJoined, foldedBases(x, m.layers()), m, true);
+        Joined j = requireJoined(b, x, layers);
+        return groupBackward((CudaBackend) b, x, null, gradJoined, j.bases(), j.members(), true);
     }
 
     /** {@link #backwardJoined} without grad_x: only the adapters' gradients (as {@link #backwardParametersOnly}). */
     public static void backwardJoinedParametersOnly(Backend b, Tensor x, Tensor gradJoined, Linear... layers) {
-        Members m = joinedMembers(b, x, layers);
-        if (m == null) {
+        Joined j = requireJoined(b, x, layers);
+        groupBackward((CudaBackend) b, x, null, gradJoined, j.bases(), j.members(), false);
+    }
+
+    private static Joined requireJoined(Backend b, Tensor x, Linear... layers) {
+        Joined j = joined(b, x, layers);
+        if (j == null) {
             throw new IllegalStateException("backwardJoined: these layers do not run as a joined group (check joinedApplies first)");
         }
-        groupBackward((CudaBackend) b, x, null, gradJoined, foldedBases(x, m.layers()), m, false);
+        return j;
     }
 
     /**
@@ -240,14 +244,18 @@ public final class LoraGroup {
      * fold takes their bases.
      */
     public static boolean joinedApplies(Backend b, Tensor x, Linear... layers) {
-        return joinedMembers(b, x, layers) != null;
+        return joined(b, x, layers) != null;
     }
 
-    /** The group's members when {@link #joinedApplies}, else null. */
-    private static Members joinedMembers(Backend b, Tensor x, Linear... layers) {
+    /** A joined group: its members and their 4-bit bases. */
+    private record Joined(Members members, List<CudaQuant4bit> bases) {}
+
+    /** The group when {@link #joinedApplies}, else null. */
+    private static Joined joined(Backend b, Tensor x, Linear... layers) {
         if (!Boolean.parseBoolean(System.getProperty(JOINED_PROPERTY, "true"))) return null;
         Members m = members(b, x, layers);
-        return m != null && foldedBases(x, m.layers()) != null ? m : null;
+        List<CudaQuant4bit> bases = m == null ? null : foldedBases(x, m.layers());
+        return bases == null ? null : new Joined(m, bases);
     }
 
     /** inputGrad false: only the adapters' gradients (the bases' input-gradient GEMMs and grad_x's LoRA term skipped); returns null. */
