@@ -244,7 +244,10 @@ public final class DecoderLayer implements AutoCloseable {
             Tensor gGateUp = b.siluMulHalvesBackwardInPlace(s.gateUp, gAct);   // takes gateUp, writes over it
             s.gateUp = null;
             gAct.close();
-            try (gGateUp) { gH2 = SharedInputLinears.backwardJoined(b, s.h2, gGateUp, gate, up); }
+            // without a hook gradient to add, gH2's only reader is the norm backward below, which reads a wider
+            // gradient: it may come back as the first columns of [grad_x | GH] (one GEMM for both)
+            boolean wideOk = mlpHook.gradSublayerIn() == null;
+            try (gGateUp) { gH2 = SharedInputLinears.backwardJoined(b, s.h2, gGateUp, wideOk, gate, up); }
         } else {
             Tensor[] gGU = b.siluMulBackwardInPlace(s.gate, s.up, gAct);   // takes gate and up (may reuse their memory)
             s.gate = s.up = null;
@@ -263,7 +266,7 @@ public final class DecoderLayer implements AutoCloseable {
         Tensor gAttn = o.backward(b, s.attn.out(), attnHook.gradSublayerOut());
         if (attnHook.gradSublayerOut() != gResid) attnHook.gradSublayerOut().close();
         Tensor gH1 = qkvBackward(b, s, gAttn, segments, positions, invFreq, ropeScaling, batch, heads, kvHeads, hd, w,
-                inputGrad);   // q's grad_x + k's + v's; closes gAttn
+                inputGrad, attnHook.gradSublayerIn() == null);   // q's grad_x + k's + v's; closes gAttn
         if (!inputGrad) {
             if (attnHook.gradSublayerIn() != null) attnHook.gradSublayerIn().close();
             gResid.close();
@@ -280,11 +283,12 @@ public final class DecoderLayer implements AutoCloseable {
      * The attention backward from gAttn (closed here) through RoPE into the q/k/v projections: their grad_x summed
      * (null when inputGrad is false: only the adapters' gradients are formed). Where the backend forms dQ, dK, dV in
      * one buffer and the projections run as a joined group (no prefix), that buffer goes straight into one
-     * input-gradient GEMM (SharedInputLinears#backwardJoined); else the three gradients go separately.
+     * input-gradient GEMM (SharedInputLinears#backwardJoined); else the three gradients go separately. wideOk: the
+     * result may be wider than h1 (grad_x in its first columns), for a caller that only hands it to the norm backward.
      */
     private Tensor qkvBackward(Backend b, LayerActivations s, Tensor gAttn, Tensor segments, Tensor positions,
                                Tensor invFreq, float ropeScaling, int batch, int heads, int kvHeads, int hd, Integer w,
-                               boolean inputGrad) {
+                               boolean inputGrad, boolean wideOk) {
         float scale = (float) (1.0 / Math.sqrt(hd));
         int window = w == null ? 0 : w;
         Tensor gJoined = null;
@@ -306,7 +310,7 @@ public final class DecoderLayer implements AutoCloseable {
                 SharedInputLinears.backwardJoinedParametersOnly(b, s.h1, g, q, k, v);
                 return null;
             }
-            return SharedInputLinears.backwardJoined(b, s.h1, g, q, k, v);
+            return SharedInputLinears.backwardJoined(b, s.h1, g, wideOk, q, k, v);
         }
     }
 

@@ -45,7 +45,12 @@ public final class LoraGroup {
     private record Members(LoraLinear[] layers, LoraAdapter[] adapters) {}
 
     private static Members members(Backend b, Tensor x, Linear[] layers) {
-        if (layers.length < 2 || !CudaLora.applies(b) || !CudaLoraGroup.groupingOn() || x.rank() != 2) return null;
+        return layers.length < 2 ? null : members(b, x, layers, 2);
+    }
+
+    /** The members when at least minLayers layers take the grouped products, else null. */
+    private static Members members(Backend b, Tensor x, Linear[] layers, int minLayers) {
+        if (layers.length < minLayers || !CudaLora.applies(b) || !CudaLoraGroup.groupingOn() || x.rank() != 2) return null;
         LoraLinear[] ls = new LoraLinear[layers.length];
         LoraAdapter[] as = new LoraAdapter[layers.length];
         for (int i = 0; i < layers.length; i++) {
@@ -195,6 +200,25 @@ public final class LoraGroup {
     }
 
     /**
+     * -Dqlora4j.cuda.aloneOnSide=false: {@link #backwardAlone} declines (a lone layer's LoRA products run on the main
+     * stream around its base GEMM, LoraLinear's own backward), for A/B runs.
+     */
+    public static final String ALONE_PROPERTY = "qlora4j.cuda.aloneOnSide";
+
+    /**
+     * layer.backward(b, x, gradOut) for a layer that shares its x with no other (a decoder layer's o_proj, down_proj)
+     * as a group of one: its gh, dB and dA run on the side stream beside the base layer's dequantize + input-gradient
+     * GEMM, then grad_x += gh A. Why: on its own the layer runs gh, dA and the grad_x term on the main stream before
+     * its base GEMM, and only dB beside them (Llama-7B: 4.2 ms of o / down LoRA products a step, mostly serial).
+     * Returns null when the group does not apply (nothing was run then).
+     */
+    public static Tensor backwardAlone(Backend b, Tensor x, Tensor gradOut, LoraLinear layer) {
+        if (!Boolean.parseBoolean(System.getProperty(ALONE_PROPERTY, "true"))) return null;
+        Members m = members(b, x, new Linear[] {layer}, 1);
+        return m == null ? null : groupBackward((CudaBackend) b, x, new Tensor[] {gradOut}, m, true);
+    }
+
+    /**
      * The adapters' gradients of {@link #backward} without grad_x, grouped: the base layers' input-gradient GEMMs
      * (and their dequantize) and grad_x's LoRA term are skipped. Returns false when the group does not apply
      * (nothing was run then).
@@ -220,14 +244,24 @@ public final class LoraGroup {
      * (CudaJoinedInputGrad).
      */
     public static Tensor backwardJoined(Backend b, Tensor x, Tensor gradJoined, Linear... layers) {
+        return backwardJoined(b, x, gradJoined, false, layers);
+    }
+
+    /**
+     * {@link #backwardJoined}; with wideOk the result may be WIDER than x: BF16 [n, ld >= in] whose first in columns
+     * are grad_x (the adapters' GH beside them: CudaJoinedInputGrad#intoWide, one GEMM for both), for a caller whose
+     * only use of grad_x is an op that reads a wider gradient (CudaBackend#rmsNormBackwardAdd).
+     */
+    public static Tensor backwardJoined(Backend b, Tensor x, Tensor gradJoined, boolean wideOk, Linear... layers) {
         Joined j = requireJoined(b, x, layers);
-        return groupBackward((CudaBackend) b, x, null, gradJoined, j.bases(), j.members(), true);
+        return groupBackward((CudaBackend) b, x, null, gradJoined, j.bases(), j.members(), true,
+                wideOk && CudaJoinedInputGrad.wideOn());
     }
 
     /** {@link #backwardJoined} without grad_x: only the adapters' gradients (as {@link #backwardParametersOnly}). */
     public static void backwardJoinedParametersOnly(Backend b, Tensor x, Tensor gradJoined, Linear... layers) {
         Joined j = requireJoined(b, x, layers);
-        groupBackward((CudaBackend) b, x, null, gradJoined, j.bases(), j.members(), false);
+        groupBackward((CudaBackend) b, x, null, gradJoined, j.bases(), j.members(), false, false);
     }
 
     private static Joined requireJoined(Backend b, Tensor x, Linear... layers) {
@@ -260,15 +294,16 @@ public final class LoraGroup {
 
     /** inputGrad false: only the adapters' gradients (the bases' input-gradient GEMMs and grad_x's LoRA term skipped); returns null. */
     private static Tensor groupBackward(CudaBackend b, Tensor x, Tensor[] gradOuts, Members m, boolean inputGrad) {
-        return groupBackward(b, x, gradOuts, null, null, m, inputGrad);
+        return groupBackward(b, x, gradOuts, null, null, m, inputGrad, false);
     }
 
     /**
      * The group's backward with the output gradients per layer (gradOuts) or joined (gradJoined, with the 4-bit
-     * bases joinedBases; gradOuts null).
+     * bases joinedBases; gradOuts null); wide: grad_x comes back as the first in columns of
+     * CudaJoinedInputGrad#intoWide's wider buffer (joined only).
      */
     private static Tensor groupBackward(CudaBackend b, Tensor x, Tensor[] gradOuts, Tensor gradJoined,
-                                        List<CudaQuant4bit> joinedBases, Members m, boolean inputGrad) {
+                                        List<CudaQuant4bit> joinedBases, Members m, boolean inputGrad, boolean wide) {
         LoraLinear[] ls = m.layers();
         LoraAdapter[] as = m.adapters();
         int k = ls.length;
@@ -293,9 +328,17 @@ public final class LoraGroup {
             // bases without an accumulating GEMM (their own backward, summed), the accumulating bases' GEMMs onto
             // them, and last grad_x += GH [A_0; A_1; ...]
             try (CudaLoraGroupBackward lora = gradJoined != null
-                    ? CudaLoraGroupBackward.beginJoined(b, x, gradJoined, aCat, bCopies, scalings, kept, gradA, gradB)
+                    ? CudaLoraGroupBackward.beginJoined(b, x, gradJoined, aCat, bCopies, scalings, kept, gradA, gradB, wide)
                     : CudaLoraGroupBackward.begin(b, x, gradOuts, aCat, bCopies, scalings, kept, gradA, gradB)) {
                 if (!inputGrad) return null;   // close() joins the side stream's dB / dA
+                if (gradJoined != null && wide) {   // [grad_x | GH] from one GEMM, then dA and grad_x's LoRA term
+                    gx = b.context().empty(DType.BF16, x.dim(0), CudaJoinedInputGrad.wideColumns(x.dim(1), aCat.dim(0)));
+                    Tensor[] bMasters = new Tensor[k];
+                    for (int i = 0; i < k; i++) bMasters[i] = as[i].b().value();
+                    CudaJoinedInputGrad.intoWide(b, gx, gradJoined, joinedBases, bMasters, scalings);
+                    lora.finishWide(gx);
+                    return gx;
+                }
                 if (gradJoined != null) {
                     gx = b.context().empty(DType.BF16, x.dim(0), x.dim(1));
                     CudaJoinedInputGrad.into(b, gx, false, gradJoined, joinedBases);

@@ -266,10 +266,11 @@ public final class LoraLinear implements QuantizedBaseLinear {
         return effectiveDropout(a) == 0f ? a : null;
     }
 
-    /** The stacked BF16 lora_A copies [sum r, in] of a group this layer leads (cached; owned by this layer). */
+    /** The stacked BF16 lora_A copies [sum r, in] of a group this layer leads (cached; owned by this layer, or the adapter's own copy for a group of one). */
     Tensor stackedA(CudaBackend b, LoraAdapter[] group) {
         Tensor[] copies = new Tensor[group.length];
         for (int i = 0; i < group.length; i++) copies[i] = group[i].a().castCopy(b, DType.BF16);
+        if (group.length == 1) return copies[0];   // a group of one (LoraGroup#backwardAlone): the copy itself
         if (stackedA != null && stackedA.matches(group)) return stackedA.tensor();
         if (stackedA != null) stackedA.close();
         stackedA = null;
@@ -420,6 +421,8 @@ public final class LoraLinear implements QuantizedBaseLinear {
         List<LoraAdapter> chain = chain();
         if (chain.isEmpty()) return base.backward(b, x, gradOut);
         if (bf16Path(b, chain)) {
+            Tensor alone = LoraGroup.backwardAlone(b, x, gradOut, this);   // its LoRA products beside the base GEMM
+            if (alone != null) return alone;
             CudaBackend cb = (CudaBackend) b;
             boolean into = baseInputGradIntoApplies();
             Tensor gx = into ? cb.context().empty(DType.BF16, x.dim(0), inFeatures()) : base.backward(b, x, gradOut);

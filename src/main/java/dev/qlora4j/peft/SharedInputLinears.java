@@ -35,6 +35,14 @@ public final class SharedInputLinears {
         return LoraGroup.backwardJoined(b, x, gradJoined, layers);
     }
 
+    /**
+     * {@link #backwardJoined}; with wideOk grad_x may come back as the first in columns of a wider [n, ld] tensor (for
+     * a caller that only passes it to an op reading a wider gradient: CudaBackend#rmsNormBackwardAdd).
+     */
+    public static Tensor backwardJoined(Backend b, Tensor x, Tensor gradJoined, boolean wideOk, Linear... layers) {
+        return LoraGroup.backwardJoined(b, x, gradJoined, wideOk, layers);
+    }
+
     /** {@link #backwardJoined} without grad_x: the adapters' gradients only (see {@link #backwardParametersOnly}). */
     public static void backwardJoinedParametersOnly(Backend b, Tensor x, Tensor gradJoined, Linear... layers) {
         LoraGroup.backwardJoinedParametersOnly(b, x, gradJoined, layers);

@@ -75,6 +75,7 @@ class CudaLoraGroupGpuTest {
     @AfterEach
     void close() {
         System.clearProperty(CudaLoraGroup.GROUP_PROPERTY);
+        System.clearProperty(LoraGroup.ALONE_PROPERTY);
         if (gpu != null) gpu.close();
     }
 
@@ -165,6 +166,48 @@ class CudaLoraGroupGpuTest {
         side.assertBitEqual(serial, kind + ": side stream vs one stream");
         onSide.close();
         oneStream.close();
+    }
+
+    /**
+     * A layer alone (o_proj / down_proj-like) runs as a group of one (LoraGroup#backwardAlone: gh, dB, dA beside the
+     * base GEMM, then grad_x += gh A) against the CPU's float32 and LoraLinear's own route
+     * (-Dqlora4j.cuda.aloneOnSide=false), with and without a recompute before the backward; tolerances as
+     * groupedMatchesFloat32AndThePerLayerRoute's (both routes are BF16 roundings of the same float32 sums, the group
+     * of one adding the base term first and the adapter's last).
+     */
+    @ParameterizedTest
+    @CsvSource({"true,false", "true,true", "false,false"})
+    void aLayerAloneRunsAsAGroupOfOne(boolean nf4, boolean checkpointed) {
+        long seed = System.nanoTime();
+        System.out.println("alone nf4=" + nf4 + " ckpt=" + checkpointed + ": seed " + seed);
+        int[] outs = {320};
+        Group probe = Group.build(gpu, seed, nf4, 136, 192, outs, 16, 0.0);
+        try (Tensor gx = LoraGroup.backwardAlone(gpu, probe.x(), probe.gradOuts()[0], probe.layers()[0])) {
+            assertNotNull(gx, "a lone LoRA layer without dropout must run as a group of one");
+        }
+        System.setProperty(LoraGroup.ALONE_PROPERTY, "false");
+        assertNull(LoraGroup.backwardAlone(gpu, probe.x(), probe.gradOuts()[0], probe.layers()[0]),
+                "-Dqlora4j.cuda.aloneOnSide=false turns it off");
+        System.clearProperty(LoraGroup.ALONE_PROPERTY);
+        probe.close();
+        Group alone = Group.build(gpu, seed, nf4, 136, 192, outs, 16, 0.0);
+        Group own = Group.build(gpu, seed, nf4, 136, 192, outs, 16, 0.0);
+        Group ref = Group.build(cpu, seed, nf4, 136, 192, outs, 16, 0.0);
+        Result a = alone.run(gpu, checkpointed);
+        Result want = ref.run(cpu, checkpointed);
+        a.compare(want, "alone as a group of one vs CPU float32", TOL);
+        System.setProperty(LoraGroup.ALONE_PROPERTY, "false");
+        Result o;
+        try {
+            o = own.run(gpu, checkpointed);
+        } finally {
+            System.clearProperty(LoraGroup.ALONE_PROPERTY);
+        }
+        o.compare(want, "alone on its own route vs CPU float32", TOL);
+        a.compare(o, "group of one vs own route", 2 * TOL);
+        alone.close();
+        own.close();
+        ref.close();
     }
 
     /** A kept h (forward then backward) against no forward at all (backward recomputes h): the same bits. */

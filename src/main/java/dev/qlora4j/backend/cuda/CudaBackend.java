@@ -616,7 +616,11 @@ public final class CudaBackend implements Backend, GraphCapable {
      */
     public static final String FUSED_NORM_BACKWARD_ADD_PROPERTY = "qlora4j.cuda.fusedNormBackwardAdd";
 
-    /** One launch: the addend is added where grad_x is stored (native/norm_bwd.cu), the same bits as the two calls. */
+    /**
+     * One launch: the addend is added where grad_x is stored (native/norm_bwd.cu), the same bits as the two calls.
+     * gradOut may be wider than x ([n, ld], ld >= h, 16-bit activations): its first h columns are the gradient, read
+     * with row stride ld (a joined input gradient with its LoRA products beside it, CudaJoinedInputGrad#intoWide).
+     */
     @Override
     public Tensor rmsNormBackwardAdd(Tensor x, Tensor weight, float eps, Tensor gradOut, Tensor gradWeight, Tensor addend) {
         if (addend != null && !Switches.on(FUSED_NORM_BACKWARD_ADD_PROPERTY, true)) {
@@ -624,7 +628,12 @@ public final class CudaBackend implements Backend, GraphCapable {
         }
         int mark = profBegin();
         KernelTypes.requireRank(x, 2, "rmsNormBackward x");
-        KernelTypes.requireSameShape(x, gradOut, "rmsNormBackward x and gradOut");
+        if (gradOut.rank() != 2 || gradOut.dim(0) != x.dim(0) || gradOut.dim(1) < x.dim(1)
+                || (gradOut.dim(1) != x.dim(1) && (gradOut.dim(1) % 8 != 0 || gradOut.dtype() != act || act == DType.F32))) {
+            KernelTypes.requireSameShape(x, gradOut, "rmsNormBackward x and gradOut");   // the message for a mismatch
+            throw new IllegalArgumentException("rmsNormBackward: a gradOut wider than x " + KernelTypes.shape(x)
+                    + " must be in the 16-bit activation dtype " + act + " with a multiple of 8 columns, got " + gradOut);
+        }
         if (addend != null) KernelTypes.requireSameShape(x, addend, "rmsNormBackward x and the addend");
         KernelTypes.requireDevice(weight, "rmsNormBackward weight");
         if (weight.rank() != 1 || weight.dim(0) != x.dim(1)) {

@@ -68,4 +68,80 @@ public final class CudaJoinedInputGrad {
         }
         if (mark >= 0) prof.end("linearQuantizedBackwardInput", mark);
     }
+
+    /**
+     * -Dqlora4j.cuda.ghInGemm=false: the joined group's backward forms GH by its own skinny GEMMs (CudaLoraGroupBackward
+     * on the side stream) and grad_x by {@link #into}, not {@link #intoWide}; for A/B runs.
+     */
+    public static final String WIDE_PROPERTY = "qlora4j.cuda.ghInGemm";
+
+    /** Whether {@link #intoWide} is on ({@link #WIDE_PROPERTY}, default true). */
+    public static boolean wideOn() { return Switches.on(WIDE_PROPERTY, true); }
+
+    /** The width of {@link #intoWide}'s result for x's in features and adapters of total rank: in + the fold's padded H width. */
+    public static int wideColumns(int in, int rank) { return in + CudaLoraFold.paddedRank(rank); }
+
+    /**
+     * The bases' input gradient and the adapters' GH from ONE GEMM over the fold's weights W'_i = [W_i | 0 .. s_i B_i
+     * .. 0] ({@link CudaLoraFold}'s layout, s_i B_i in layer i's block of the padded H columns):
+     * <pre>
+     *   wide [n, in + P] = g [n, sum out_i] [W'_0; W'_1; ...]
+     *   columns [0, in):                   sum_i g_i W_i                    (the bases' grad_x)
+     *   columns [in + c_i, in + c_i + r_i): g_i s_i B_i = GH_i              (c_i: layer i's first H column)
+     * </pre>
+     * Why: GH_i = s_i g_i B_i on its own is a skinny GEMM that reads all of g_i again (Llama-7B: 48 MB for q/k/v, 90 MB
+     * for gate/up per layer); here it costs P more output columns of a GEMM that reads g anyway (probe,
+     * native/bench/gh_in_gemm_probe.cu: 26-35 us a layer and group on an H200, bench RESULTS session 18). The
+     * weights are the checkpointed recompute's kept fold buffer when there is one, else dequantized and filled here.
+     *
+     * <p>Numerics: GH_i uses s_i B_i rounded to BF16 from the F32 master, as the fold's forward (the separate GEMM
+     * applies s_i in float32 to B_i's BF16 copy: the same values when s_i is a power of two).
+     *
+     * @param wide     BF16 [n, {@link #wideColumns}(in, sum r_i)], written (all columns)
+     * @param bMasters per layer lora_B's F32 master [out_i, r_i]
+     */
+    public static void intoWide(CudaBackend b, Tensor wide, Tensor g, List<CudaQuant4bit> ws, Tensor[] bMasters,
+                                float[] scalings) {
+        int n = g.dim(0), total = 0, rank = 0;
+        if (bMasters.length != ws.size() || scalings.length != ws.size()) {
+            throw new IllegalArgumentException("joined input gradient: " + ws.size() + " bases need as many lora_B and scalings");
+        }
+        for (int i = 0; i < ws.size(); i++) {
+            total += ws.get(i).outFeatures();
+            rank += bMasters[i].dim(1);
+        }
+        int in = ws.getFirst().inFeatures(), padded = CudaLoraFold.paddedRank(rank), ld = in + padded;
+        KernelTypes.requireDevice(wide, "joined input gradient output");
+        if (wide.dtype() != DType.BF16 || wide.rank() != 2 || wide.dim(0) != n || wide.dim(1) != ld) {
+            throw new IllegalArgumentException("joined input gradient: the output must be BF16 [" + n + ", " + ld
+                    + "] (grad_x and the adapters' GH side by side), got " + wide);
+        }
+        if (g.dtype() != DType.BF16 || g.rank() != 2 || g.dim(1) != total) {
+            throw new IllegalArgumentException("joined input gradient: G must be BF16 [n, " + total + "], got " + g);
+        }
+        if (n == 0) return;
+        CudaContext ctx = b.context();
+        OpProfiler prof = b.profiler();
+        int mark = prof == null ? -1 : prof.begin();
+        DequantCache.Entry kept = ctx.dequantCache().getStack(ws, DType.BF16);
+        if (kept != null && kept.ld() == ld) {   // the recompute's fold buffer: exactly W'
+            gemm(ctx.cublas(), false, false, n, ld, total, 1f, CudaContext.ptr(g), total, kept.pointer(), ld, BF,
+                    0f, CudaContext.ptr(wide), ld, BF);
+            if (mark >= 0) prof.end("linearQuantizedBackwardInput (kept weight)", mark);   // the same product, GH beside it
+            return;
+        }
+        try (Tensor stack = ctx.empty(DType.BF16, total, ld)) {
+            int row = 0, column = 0;
+            for (int i = 0; i < ws.size(); i++) {
+                // float32 only between the code and BF16, as into's (the kept buffer is only ever rounded so)
+                CudaLoraFold.foldedWeight(ctx, prof, "linearQuantizedBackwardInput/dequantize", ws.get(i), DType.F32,
+                        CudaContext.ptr(stack) + 2L * row * ld, ld, in, padded, bMasters[i], column, scalings[i]);
+                row += ws.get(i).outFeatures();
+                column += bMasters[i].dim(1);
+            }
+            gemm(ctx.cublas(), false, false, n, ld, total, 1f, CudaContext.ptr(g), total, CudaContext.ptr(stack), ld, BF,
+                    0f, CudaContext.ptr(wide), ld, BF);
+        }
+        if (mark >= 0) prof.end("linearQuantizedBackwardInput", mark);
+    }
 }

@@ -100,7 +100,7 @@ public final class CudaLoraFold {
                                float[] scalings, boolean keepH, boolean joined) {
         int n = x.dim(0), in = x.dim(1), layers = ws.size();
         int rank = checkArgs(x, ws, aCat, bMasters, scalings);
-        int padded = (rank + COLUMN_ALIGN - 1) / COLUMN_ALIGN * COLUMN_ALIGN, ld = in + padded;
+        int padded = paddedRank(rank), ld = in + padded;
         int total = 0;
         for (CudaQuant4bit w : ws) total += w.outFeatures();
         CudaContext ctx = b.context();
@@ -121,8 +121,8 @@ public final class CudaLoraFold {
             try {
                 int row = 0, column = 0;
                 for (int i = 0; i < layers; i++) {
-                    foldedWeight(ctx, prof, ws.get(i), CudaContext.ptr(stack) + 2L * row * ld, ld, in, padded,
-                            bMasters[i], column, scalings[i]);
+                    foldedWeight(ctx, prof, "lora fold forward/dequantize", ws.get(i), CudaQuantOps.stateRounding(ws.get(i)),
+                            CudaContext.ptr(stack) + 2L * row * ld, ld, in, padded, bMasters[i], column, scalings[i]);
                     row += ws.get(i).outFeatures();
                     column += bMasters[i].dim(1);
                 }
@@ -158,18 +158,24 @@ public final class CudaLoraFold {
     }
 
     /**
-     * W'_i into the out rows of stride ld from device address wf: the dequantized base weight in columns [0, in),
+     * W'_i into the out rows of stride ld from device address wf: the dequantized base weight (rounded to BF16
+     * through the dtype rounding, see Quant4bitKernels#dequantizeRows) in columns [0, in),
      * s_i B_i in layer i's columns of H's block ([in + column, in + column + r)), zeros in the rest of the block.
      */
-    private static void foldedWeight(CudaContext ctx, OpProfiler prof, CudaQuant4bit w, long wf, int ld, int in, int padded,
-                                     Tensor bMaster, int column, float scaling) {
+    static void foldedWeight(CudaContext ctx, OpProfiler prof, String label, CudaQuant4bit w, DType rounding, long wf,
+                             int ld, int in, int padded, Tensor bMaster, int column, float scaling) {
         if ((wf & 15) != 0) throw new IllegalStateException("LoRA fold: a 16-byte aligned buffer is needed");
         int out = w.outFeatures();
         int dq = prof == null ? -1 : prof.begin();
-        Quant4bitKernels.dequantizeRows(ctx, w, wf, ld, CudaQuantOps.stateRounding(w));   // BF16: the fold only takes BF16-computing bases
+        Quant4bitKernels.dequantizeRows(ctx, w, wf, ld, rounding);   // BF16: the fold only takes BF16-computing bases
         ctx.launch1d(ctx.function(MODULE, "lora_fold_b_bf16"), (long) out * (padded / 8), KernelArgs.of()
                 .ptr(wf).i64(ld).i32(out).i32(in).ptr(CudaContext.ptr(bMaster)).i32(column).i32(bMaster.dim(1)).f32(scaling));
-        if (dq >= 0) prof.end("lora fold forward/dequantize", dq);
+        if (dq >= 0) prof.end(label, dq);
+    }
+
+    /** H's width for adapters of total rank rank: rank padded with zero columns to a multiple of {@link #COLUMN_ALIGN}. */
+    static int paddedRank(int rank) {
+        return (rank + COLUMN_ALIGN - 1) / COLUMN_ALIGN * COLUMN_ALIGN;
     }
 
     /** The rounding the stacked weights went through: F32 when every one's is (what the cache keeps), else the first other. */

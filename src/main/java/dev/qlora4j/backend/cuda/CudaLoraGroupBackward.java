@@ -36,14 +36,16 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
     private final Tensor aCat;                 // [sum r, in] BF16
     private final Held xb;                     // x [n, in] BF16
     private final Held[] gy;                   // gradOut_i [n, out_i] BF16 (null entries: the caller's joined buffer)
-    private final Tensor gh;                   // GH [n, sum r] BF16
+    private final Tensor gh;                   // GH [n, sum r] BF16; null when the caller's wide GEMM forms it (finishWide)
     private final Tensor h;                    // H [n, sum r] BF16 recomputed where a kept h is missing, else null
     private final Tensor dA;                   // [sum r, in] F32 temporary, null when no adapter trains lora_A
     private final SideStream side;             // null: everything on the main stream
+    private final Tensor[] gradA;              // per layer [r_i, in] F32, null entries for frozen adapters
+    private final int[] cols;                  // per layer its first column of GH (and row of dA)
     private boolean joined;
 
     private CudaLoraGroupBackward(CudaBackend b, Tensor aCat, Held xb, Held[] gy, Tensor gh, Tensor h, Tensor dA,
-                                  SideStream side) {
+                                  SideStream side, Tensor[] gradA, int[] cols) {
         this.b = b;
         this.aCat = aCat;
         this.xb = xb;
@@ -52,6 +54,8 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
         this.h = h;
         this.dA = dA;
         this.side = side;
+        this.gradA = gradA;
+        this.cols = cols;
     }
 
     /**
@@ -75,7 +79,7 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
                 throw new IllegalArgumentException("LoRA group backward: gradOut " + i + " must be [" + n + ", " + out + "], got " + g);
             }
         }
-        return start(b, x, gradOuts, null, aCat, bBf16, scalings, kept, gradA, gradB);
+        return start(b, x, gradOuts, null, aCat, bBf16, scalings, kept, gradA, gradB, false);
     }
 
     /**
@@ -85,6 +89,17 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
      */
     public static CudaLoraGroupBackward beginJoined(CudaBackend b, Tensor x, Tensor gradJoined, Tensor aCat, Tensor[] bBf16,
                                                     float[] scalings, Hidden[] kept, Tensor[] gradA, Tensor[] gradB) {
+        return beginJoined(b, x, gradJoined, aCat, bBf16, scalings, kept, gradA, gradB, false);
+    }
+
+    /**
+     * {@link #beginJoined} that, with ghInGemm, queues only dB (and H where no kept h exists): GH comes from the
+     * caller's wide GEMM ({@link CudaJoinedInputGrad#intoWide}), and {@link #finishWide} queues dA and grad_x's
+     * LoRA term from it.
+     */
+    public static CudaLoraGroupBackward beginJoined(CudaBackend b, Tensor x, Tensor gradJoined, Tensor aCat, Tensor[] bBf16,
+                                                    float[] scalings, Hidden[] kept, Tensor[] gradA, Tensor[] gradB,
+                                                    boolean ghInGemm) {
         int total = 0;
         for (Tensor bb : bBf16) total += bb.dim(0);
         KernelTypes.requireDevice(gradJoined, "LoRA group joined gradOut");
@@ -92,12 +107,13 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
             throw new IllegalArgumentException("LoRA group backward: the joined gradOut must be BF16 [" + x.dim(0) + ", " + total
                     + "], got " + gradJoined);
         }
-        return start(b, x, null, gradJoined, aCat, bBf16, scalings, kept, gradA, gradB);
+        return start(b, x, null, gradJoined, aCat, bBf16, scalings, kept, gradA, gradB, ghInGemm);
     }
 
     /** begin's work with the gradients either per layer (gradOuts) or joined (gradJoined), the other null. */
     private static CudaLoraGroupBackward start(CudaBackend b, Tensor x, Tensor[] gradOuts, Tensor gradJoined, Tensor aCat,
-                                               Tensor[] bBf16, float[] scalings, Hidden[] kept, Tensor[] gradA, Tensor[] gradB) {
+                                               Tensor[] bBf16, float[] scalings, Hidden[] kept, Tensor[] gradA, Tensor[] gradB,
+                                               boolean ghInGemm) {
         int n = x.dim(0), in = x.dim(1), layers = bBf16.length;
         int[] cols = CudaLoraGroup.groupColumns(aCat, bBf16, in, "backward");
         int total = aCat.dim(0);
@@ -138,10 +154,10 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
                     gyLd[i] = out;
                 }
             }
-            gh = ctx.empty(DType.BF16, n, total);
+            if (!ghInGemm) gh = ctx.empty(DType.BF16, n, total);
             if (needH) h = ctx.empty(DType.BF16, n, total);
             if (anyGradA) dA = ctx.empty(DType.F32, total, in);
-            CudaLoraGroupBackward pending = new CudaLoraGroupBackward(b, aCat, xb, gy, gh, h, dA, side);
+            CudaLoraGroupBackward pending = new CudaLoraGroupBackward(b, aCat, xb, gy, gh, h, dA, side, gradA, cols);
             if (n == 0) return pending;
             int mark = prof == null ? -1 : prof.begin();
             Cublas cu = side != null ? side.cublas() : ctx.cublas();
@@ -152,10 +168,13 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
             }
             for (int i = 0; i < layers; i++) {
                 int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
-                int sub = prof == null ? -1 : prof.begin();
-                gemm(cu, false, false, n, r, out, scalings[i], gyPtr[i], gyLd[i], CudaContext.ptr(bBf16[i]), r,
-                        BF, 0f, CudaContext.ptr(gh) + 2L * cols[i], total, BF);
-                if (sub >= 0) prof.end("lora group backward/gh", sub);
+                int sub;
+                if (gh != null) {
+                    sub = prof == null ? -1 : prof.begin();
+                    gemm(cu, false, false, n, r, out, scalings[i], gyPtr[i], gyLd[i], CudaContext.ptr(bBf16[i]), r,
+                            BF, 0f, CudaContext.ptr(gh) + 2L * cols[i], total, BF);
+                    if (sub >= 0) prof.end("lora group backward/gh", sub);
+                }
                 if (gradB[i] == null) continue;
                 sub = prof == null ? -1 : prof.begin();
                 Hidden hi = kept[i] != null ? kept[i] : new Hidden(h, cols[i], r);
@@ -163,22 +182,7 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
                         CudaContext.ptr(gradB[i]), r, Cublas.DataType.F32);
                 if (sub >= 0) prof.end("lora group backward/dB", sub);
             }
-            int sub = prof == null ? -1 : prof.begin();
-            if (dA != null) {
-                cu.gemmRowMajor(true, false, total, in, n, 1f, CudaContext.ptr(gh), CudaContext.ptr(xb.t()), BF, 0f,
-                        CudaContext.ptr(dA), Cublas.DataType.F32);
-                long axpy = ctx.function("train_elementwise", "axpy_f32");
-                for (int i = 0; i < layers; i++) {
-                    if (gradA[i] == null) continue;
-                    // dA's rows [cols_i, cols_i + r_i) are contiguous: gradA_i += them (fmaf(1, d, g) = g + d)
-                    long count = (long) bBf16[i].dim(1) * in;
-                    KernelArgs args = KernelArgs.of().ptr(CudaContext.ptr(gradA[i])).f32(1f)
-                            .ptr(CudaContext.ptr(dA) + 4L * cols[i] * in).i64(count);
-                    if (side != null) ctx.launch1d(axpy, count, args, side.stream());
-                    else ctx.launch1d(axpy, count, args);
-                }
-            }
-            if (sub >= 0) prof.end("lora group backward/dA", sub);
+            if (gh != null) pending.queueDA(cu, CudaContext.ptr(gh), total);
             if (mark >= 0) prof.end("lora group backward (bf16 GEMMs)", mark);
             return pending;
         } catch (RuntimeException e) {
@@ -190,10 +194,61 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
         }
     }
 
+    /**
+     * dA = GH^T x into the float32 temporary, then gradA_i += its rows [cols_i, cols_i + r_i) (contiguous), on cu's
+     * stream (the side stream's when on); GH at ghPtr with row stride ghLd.
+     */
+    private void queueDA(Cublas cu, long ghPtr, int ghLd) {
+        if (dA == null) return;
+        CudaContext ctx = b.context();
+        OpProfiler prof = b.profiler();
+        int n = xb.t().dim(0), in = xb.t().dim(1), total = aCat.dim(0);
+        int sub = prof == null ? -1 : prof.begin();
+        gemm(cu, true, false, total, in, n, 1f, ghPtr, ghLd, CudaContext.ptr(xb.t()), in, BF, 0f, CudaContext.ptr(dA), in,
+                Cublas.DataType.F32);
+        long axpy = ctx.function("train_elementwise", "axpy_f32");
+        for (int i = 0; i < gradA.length; i++) {
+            if (gradA[i] == null) continue;
+            long count = (long) gradA[i].dim(0) * in;   // fmaf(1, d, g) = g + d
+            KernelArgs args = KernelArgs.of().ptr(CudaContext.ptr(gradA[i])).f32(1f)
+                    .ptr(CudaContext.ptr(dA) + 4L * cols[i] * in).i64(count);
+            if (side != null) ctx.launch1d(axpy, count, args, side.stream());
+            else ctx.launch1d(axpy, count, args);
+        }
+        if (sub >= 0) prof.end("lora group backward/dA", sub);
+    }
+
+    /**
+     * The end of a {@link #beginJoined} with ghInGemm, after the caller's {@link CudaJoinedInputGrad#intoWide} wrote
+     * wide [n, in + P] (grad_x in columns [0, in), GH from column in on): dA = GH^T x on the side stream (when on),
+     * beside grad_x += GH [A_0; A_1; ...] on the main stream (in place in wide's first in columns: the two touch
+     * different columns).
+     */
+    public void finishWide(Tensor wide) {
+        int n = xb.t().dim(0), in = xb.t().dim(1), total = aCat.dim(0);
+        if (gh != null) throw new IllegalStateException("finishWide: this backward formed GH itself; use finishInto");
+        KernelTypes.requireDevice(wide, "LoRA group wide grad_x");
+        if (wide.dtype() != DType.BF16 || wide.rank() != 2 || wide.dim(0) != n || wide.dim(1) < in + total) {
+            throw new IllegalArgumentException("finishWide: wide must be BF16 [" + n + ", >= " + (in + total) + "], got " + wide);
+        }
+        if (n == 0) return;
+        CudaContext ctx = b.context();
+        OpProfiler prof = b.profiler();
+        int ld = wide.dim(1);
+        long ghPtr = CudaContext.ptr(wide) + 2L * in;
+        if (side != null) side.fork(ctx.stream());   // after the wide GEMM
+        queueDA(side != null ? side.cublas() : ctx.cublas(), ghPtr, ld);
+        int sub = prof == null ? -1 : prof.begin();
+        gemm(ctx.cublas(), false, false, n, in, total, 1f, ghPtr, ld, CudaContext.ptr(aCat), in, BF, 1f,
+                CudaContext.ptr(wide), ld, BF);
+        if (sub >= 0) prof.end("lora group backward grad_x (bf16 GEMM)", sub);
+    }
+
     /** gx [n, in] (+)= GH [A_0; A_1; ...] on the main stream, after the side stream's work (accumulate false writes gx). */
     public void finishInto(Tensor gx, boolean accumulate) {
         int n = xb.t().dim(0), in = xb.t().dim(1), total = aCat.dim(0);
         requireGx(gx, n, in);
+        if (gh == null) throw new IllegalStateException("finishInto: GH is formed by the caller's wide GEMM; use finishWide");
         join();
         if (n == 0) return;
         CudaContext ctx = b.context();
@@ -215,7 +270,7 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
         join();
         for (Held g : gy) if (g != null) g.close();
         xb.close();
-        gh.close();
+        if (gh != null) gh.close();
         if (h != null) h.close();
         if (dA != null) dA.close();
     }

@@ -176,11 +176,13 @@ final class TrainKernels {
 
     /**
      * RMSNorm backward; accumulates into gradWeight (F32 [h]) when not null; adds addend ([n, h] of act, or null) to
-     * grad_x as it is stored (round(act, round(act, gx) + addend): the bits of a separate add).
+     * grad_x as it is stored (round(act, round(act, gx) + addend): the bits of a separate add). g may be wider than
+     * x ([n, ldg], ldg >= h): its first h columns are the gradient (a joined input gradient's buffer).
      */
     static Tensor rmsNormBackward(CudaContext ctx, DType act, Tensor x, Tensor weight, float eps, Tensor g,
                                   Tensor gradWeight, Tensor addend) {
         int n = x.dim(0), h = x.dim(1);
+        long ldg = g.dim(1);
         Tensor gx = ctx.empty(act, n, h);
         if (n == 0) return gx;
         Tensor inv = gradWeight == null ? null : ctx.empty(DType.F32, n);
@@ -189,11 +191,11 @@ final class TrainKernels {
             ctx.launch(ctx.function("norm_bwd", kernel), Dim3.of(n), Dim3.of(RmsNormKernels.rowThreads(n, h, act)), 0,
                     KernelArgs.of().ptr(CudaContext.ptr(x)).ptr(CudaContext.ptr(weight)).f32(eps).ptr(CudaContext.ptr(g))
                             .ptr(CudaContext.ptr(gx)).ptr(CudaContext.ptrOrNull(inv)).i32(h)
-                            .ptr(CudaContext.ptrOrNull(addend)));
+                            .ptr(CudaContext.ptrOrNull(addend)).i64(ldg));
             if (gradWeight != null) {
                 ctx.launch1d(ctx.function("norm_bwd", "rmsnorm_bwd_weight_" + KernelTypes.act(act)), h,
                         KernelArgs.of().ptr(CudaContext.ptr(x)).ptr(CudaContext.ptr(g)).ptr(CudaContext.ptr(inv))
-                                .ptr(CudaContext.ptr(gradWeight)).i32(n).i32(h));
+                                .ptr(CudaContext.ptr(gradWeight)).i32(n).i32(h).i64(ldg));
             }
         } finally {
             if (inv != null) inv.close();

@@ -8,6 +8,7 @@ import static dev.qlora4j.backend.cuda.CudaCoreTestSupport.poison;
 import static dev.qlora4j.backend.cuda.CudaCoreTestSupport.random;
 import static dev.qlora4j.backend.cuda.CudaCoreTestSupport.values;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertSame;
 
 import dev.qlora4j.backend.cpu.CpuBackend;
@@ -156,6 +157,38 @@ class CudaTrainOpsGpuTest {
             Tensor apart = b.addInPlace(b.rmsNormBackward(dev(b, x, act, n, h), wDev, 1e-5f, dev(b, g, act, n, h), null),
                     dev(b, a, act, n, h));
             assertBitEqual(values(b, fused), values(b, apart), "rmsNormBackwardAdd " + act + " h=" + h);
+        }
+    }
+
+    /**
+     * A gradient wider than x (a joined input gradient's [grad_x | GH] buffer, CudaJoinedInputGrad#intoWide): the
+     * norm backward reads its first h columns with the wider row stride, with the bits of the same gradient given
+     * contiguous, with and without the addend and the weight gradient, on the register path (4096 wide) and the loop
+     * (4100 wide: not whole 16-byte chunks); the extra columns hold other values and must not matter.
+     */
+    @ParameterizedTest
+    @CsvSource({"4096, 5, 64", "4096, 300, 128", "4100, 3, 68"})
+    void rmsNormBackwardReadsAWiderGradient(int h, int n, int extra) {
+        Random r = random("rmsNorm backward wide " + h);
+        DType act = DType.BF16;
+        int ld = h + extra;
+        try (CudaBackend b = backend(act, false)) {
+            float[] x = gaussian(r, n * h, 1), w = gaussian(r, h, 1), a = gaussian(r, n * h, 2);
+            float[] wide = gaussian(r, n * ld, 1), g = new float[n * h];
+            for (int i = 0; i < n; i++) System.arraycopy(wide, i * ld, g, i * h, h);
+            Tensor wDev = b.upload(Tensor.of(w, h));
+            Tensor gwWide = b.upload(Tensor.of(new float[h], h)), gwNarrow = b.upload(Tensor.of(new float[h], h));
+            Tensor fromWide = b.rmsNormBackwardAdd(dev(b, x, act, n, h), wDev, 1e-5f, dev(b, wide, act, n, ld), gwWide,
+                    dev(b, a, act, n, h));
+            Tensor fromNarrow = b.rmsNormBackwardAdd(dev(b, x, act, n, h), wDev, 1e-5f, dev(b, g, act, n, h), gwNarrow,
+                    dev(b, a, act, n, h));
+            assertBitEqual(values(b, fromWide), values(b, fromNarrow), "rmsNormBackwardAdd, gradient of stride " + ld);
+            assertBitEqual(values(b, gwWide), values(b, gwNarrow), "weight gradient, gradient of stride " + ld);
+            Tensor plainWide = b.rmsNormBackward(dev(b, x, act, n, h), wDev, 1e-5f, dev(b, wide, act, n, ld), null);
+            Tensor plainNarrow = b.rmsNormBackward(dev(b, x, act, n, h), wDev, 1e-5f, dev(b, g, act, n, h), null);
+            assertBitEqual(values(b, plainWide), values(b, plainNarrow), "rmsNormBackward, gradient of stride " + ld);
+            assertThrows(IllegalArgumentException.class, () -> b.rmsNormBackward(dev(b, x, act, n, h), wDev, 1e-5f,
+                    dev(b, new float[n * (h - 8)], act, n, h - 8), null), "a narrower gradient is a shape mismatch");
         }
     }
 

@@ -102,6 +102,40 @@ class JoinedGroupGpuTest {
         }
     }
 
+    /**
+     * The joined groups' GH from the input-gradient GEMM (CudaJoinedInputGrad#intoWide: [grad_x | GH] in one GEMM,
+     * the norm backward reading grad_x with the wider row stride) against GH by its own GEMMs
+     * (-Dqlora4j.cuda.ghInGemm=false), q/k/v and gate/up joined (two Llama3-8B layers, unpacked rows): the loss and
+     * every LoRA gradient agree to BF16 rounding (s B is rounded to BF16 in the wide GEMM's weights; lora_alpha = 2r
+     * makes s = 2, a power of two, so that differs only in the sums' order), and the wide path with checkpointing
+     * (GH from the recompute's kept fold buffer) gives the bits of the step without.
+     */
+    @Test
+    void ghFromTheInputGradientGemmAgreesWithItsOwnGemms() {
+        assumeTrue(CudaBackend.isAvailable(), "no GPU");
+        try (var old = TemporaryProperty.save(CudaJoinedInputGrad.WIDE_PROPERTY);
+             CudaBackend b = CheckpointKeepAttentionGpuTest.profiledBackend()) {
+            try (PeftModel peft = CheckpointKeepAttentionGpuTest.qloraAllLinear(b, "llama3-8b@2", 321)) {
+                TransformerLM m = peft.model();
+                List<Param> params = peft.trainableParameters();
+                int[][] x = unpackedBatch(m.config().vocabSize(), 12);
+                System.setProperty(CudaJoinedInputGrad.WIDE_PROPERTY, "false");
+                DequantCacheGpuTest.Step own = DequantCacheGpuTest.step(b, m, peft, false, x);
+                System.clearProperty(CudaJoinedInputGrad.WIDE_PROPERTY);
+                DequantCacheGpuTest.Step wide = DequantCacheGpuTest.step(b, m, peft, false, x);
+                DequantCacheGpuTest.Step checkpointed = DequantCacheGpuTest.step(b, m, peft, true, x);
+
+                dev.qlora4j.model.BitIdenticalGradients.assertSame(wide.loss(), wide.grads(), checkpointed.loss(),
+                        checkpointed.grads(), params, "GH in the GEMM, checkpointing vs none");
+                assertEquals(own.loss(), wide.loss(), 1e-3 * Math.abs(own.loss()), "loss");
+                for (int i = 0; i < params.size(); i++) {
+                    double err = relativeError(wide.grads().get(i), own.grads().get(i));
+                    assertTrue(err <= 1e-2, params.get(i).name() + ": relative error " + err + " against GH by its own GEMMs");
+                }
+            }
+        }
+    }
+
     /** {ids, positions, null segments, targets}: BATCH rows of T tokens, one example each (the last target ignored). */
     private static int[][] unpackedBatch(int vocab, long seed) {
         int rows = DequantCacheGpuTest.BATCH, t = DequantCacheGpuTest.T, n = rows * t;
