@@ -28,6 +28,11 @@ import static dev.qlora4j.backend.cuda.CudaLora.requireGx;
  * are skinny and memory-bound); finish joins the streams first. With the side stream off the same operations run in
  * the same order on the main stream: the same bits.
  *
+ * <p>Wide form ({@link #beginJoined} with ghInGemm, then {@link #finishWide}): begin queues only dB; the caller's
+ * input-gradient GEMM writes [grad_x | GH] ({@link CudaJoinedInputGrad#intoWide}: GH from the columns that GEMM
+ * adds, no second read of gy); then dA = GH^T x on the side stream beside grad_x += GH [A_0; A_1; ...] here. A group
+ * of one (a lone o_proj / down_proj, LoraGroup#backwardAlone) accumulates dA straight into its gradA.
+ *
  * <p>gradA / gradB entries are null for frozen adapters; kept entries null where no h was kept. Everything begin's
  * work touches is allocated before it forks and released by {@link #close} after the join.
  */
@@ -38,7 +43,7 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
     private final Held[] gy;                   // gradOut_i [n, out_i] BF16 (null entries: the caller's joined buffer)
     private final Tensor gh;                   // GH [n, sum r] BF16; null when the caller's wide GEMM forms it (finishWide)
     private final Tensor h;                    // H [n, sum r] BF16 recomputed where a kept h is missing, else null
-    private final Tensor dA;                   // [sum r, in] F32 temporary, null when no adapter trains lora_A
+    private final Tensor dA;                   // [sum r, in] F32 temporary, null when no adapter trains lora_A or for a group of one
     private final SideStream side;             // null: everything on the main stream
     private final Tensor[] gradA;              // per layer [r_i, in] F32, null entries for frozen adapters
     private final int[] cols;                  // per layer its first column of GH (and row of dA)
@@ -156,7 +161,7 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
             }
             if (!ghInGemm) gh = ctx.empty(DType.BF16, n, total);
             if (needH) h = ctx.empty(DType.BF16, n, total);
-            if (anyGradA) dA = ctx.empty(DType.F32, total, in);
+            if (anyGradA && layers > 1) dA = ctx.empty(DType.F32, total, in);   // one layer: straight into its gradA
             CudaLoraGroupBackward pending = new CudaLoraGroupBackward(b, aCat, xb, gy, gh, h, dA, side, gradA, cols);
             if (n == 0) return pending;
             int mark = prof == null ? -1 : prof.begin();
@@ -182,7 +187,7 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
                         CudaContext.ptr(gradB[i]), r, Cublas.DataType.F32);
                 if (sub >= 0) prof.end("lora group backward/dB", sub);
             }
-            if (gh != null) pending.queueDA(cu, CudaContext.ptr(gh), total);
+            if (gh != null && anyGradA) pending.queueDA(cu, CudaContext.ptr(gh), total);
             if (mark >= 0) prof.end("lora group backward (bf16 GEMMs)", mark);
             return pending;
         } catch (RuntimeException e) {
@@ -196,14 +201,22 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
 
     /**
      * dA = GH^T x into the float32 temporary, then gradA_i += its rows [cols_i, cols_i + r_i) (contiguous), on cu's
-     * stream (the side stream's when on); GH at ghPtr with row stride ghLd.
+     * stream (the side stream's when on); GH at ghPtr with row stride ghLd. A group of one accumulates into its
+     * gradA directly (the GEMM's beta = 1).
      */
     private void queueDA(Cublas cu, long ghPtr, int ghLd) {
-        if (dA == null) return;
         CudaContext ctx = b.context();
         OpProfiler prof = b.profiler();
         int n = xb.t().dim(0), in = xb.t().dim(1), total = aCat.dim(0);
         int sub = prof == null ? -1 : prof.begin();
+        if (dA == null) {   // a group of one: gradA += GH^T x by the GEMM's beta, no temporary
+            if (gradA[0] != null) {
+                gemm(cu, true, false, total, in, n, 1f, ghPtr, ghLd, CudaContext.ptr(xb.t()), in, BF, 1f,
+                        CudaContext.ptr(gradA[0]), in, Cublas.DataType.F32);
+            }
+            if (sub >= 0) prof.end("lora group backward/dA", sub);
+            return;
+        }
         gemm(cu, true, false, total, in, n, 1f, ghPtr, ghLd, CudaContext.ptr(xb.t()), in, BF, 0f, CudaContext.ptr(dA), in,
                 Cublas.DataType.F32);
         long axpy = ctx.function("train_elementwise", "axpy_f32");
@@ -237,7 +250,9 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
         int ld = wide.dim(1);
         long ghPtr = CudaContext.ptr(wide) + 2L * in;
         if (side != null) side.fork(ctx.stream());   // after the wide GEMM
-        queueDA(side != null ? side.cublas() : ctx.cublas(), ghPtr, ld);
+        boolean anyGradA = false;
+        for (Tensor g : gradA) anyGradA |= g != null;
+        if (anyGradA) queueDA(side != null ? side.cublas() : ctx.cublas(), ghPtr, ld);
         int sub = prof == null ? -1 : prof.begin();
         gemm(ctx.cublas(), false, false, n, in, total, 1f, ghPtr, ld, CudaContext.ptr(aCat), in, BF, 1f,
                 CudaContext.ptr(wide), ld, BF);
