@@ -14,7 +14,7 @@
 // reach this output). Eight columns (one 16-byte store) per item: (ldw - in) and in are multiples of 8 and w is
 // 16-byte aligned (the launcher checks). 1-D grid-stride over rows x (ldw - in) / 8 items.
 extern "C" __global__ void lora_fold_b_bf16(__nv_bfloat16* __restrict__ w, int64_t ldw, int rows, int in,
-                                            const float* __restrict__ b, int col0, int r, float s) {
+                                            const float* __restrict__ b, int col0, int r, float s) { pdl_enter();
     const int chunks = static_cast<int>(ldw - in) / 8;
     const int64_t total = static_cast<int64_t>(rows) * chunks;
     for (int64_t i = global_thread_index(); i < total; i += grid_stride()) {
@@ -34,7 +34,7 @@ extern "C" __global__ void lora_fold_b_bf16(__nv_bfloat16* __restrict__ w, int64
 // multiples of 8 and both pointers 16-byte aligned (the launcher checks). 1-D grid-stride over the chunks.
 extern "C" __global__ void copy_columns_bf16(__nv_bfloat16* __restrict__ dst, int64_t ldd,
                                              const __nv_bfloat16* __restrict__ src, int64_t lds, int rows, int cols,
-                                             int zero_to) {
+                                             int zero_to) { pdl_enter();
     const int chunks = zero_to / 8;
     const int64_t total = static_cast<int64_t>(rows) * chunks;
     for (int64_t i = global_thread_index(); i < total; i += grid_stride()) {

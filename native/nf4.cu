@@ -242,13 +242,13 @@ __device__ __forceinline__ void dequantize_body(const Q4Weight& w, const float* 
 }
 
 extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_f32(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
-                                                                           float* __restrict__ y, int64_t n, int mid) {
+                                                                           float* __restrict__ y, int64_t n, int mid) { pdl_enter();
     Q4_WEIGHT_MAKE;
     dequantize_body<float>(w, code16, y, n, mid);
 }
 
 extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_bf16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
-                                                                            __nv_bfloat16* __restrict__ y, int64_t n, int mid) {
+                                                                            __nv_bfloat16* __restrict__ y, int64_t n, int mid) { pdl_enter();
     Q4_WEIGHT_MAKE;
     dequantize_body<__nv_bfloat16>(w, code16, y, n, mid);
 }
@@ -257,13 +257,13 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_bf16(Q4_W
 // [n / cols, cols] values; the columns [cols, ldy) of each row are not written.
 extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_rows_bf16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
                                                                                  __nv_bfloat16* __restrict__ y, int64_t n, int mid,
-                                                                                 int cols, int64_t ldy) {
+                                                                                 int cols, int64_t ldy) { pdl_enter();
     Q4_WEIGHT_MAKE;
     dequantize_body<__nv_bfloat16, true>(w, code16, y, n, mid, cols, ldy);
 }
 
 extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_f16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
-                                                                           __half* __restrict__ y, int64_t n, int mid) {
+                                                                           __half* __restrict__ y, int64_t n, int mid) { pdl_enter();
     Q4_WEIGHT_MAKE;
     dequantize_body<__half>(w, code16, y, n, mid);
 }
@@ -303,7 +303,7 @@ __device__ __forceinline__ int quantize_fp4(float x) {
 
 extern "C" __global__ void __launch_bounds__(256) q4_quantize(const void* __restrict__ x, int x_dtype, int64_t n,
                                                               int blocksize, int quant_type,
-                                                              uint8_t* __restrict__ packed, float* __restrict__ absmax) {
+                                                              uint8_t* __restrict__ packed, float* __restrict__ absmax) { pdl_enter();
     int lane = threadIdx.x & 31;
     int64_t warp = global_thread_index() >> 5;
     int64_t warps = grid_stride() >> 5;
@@ -355,7 +355,7 @@ __device__ __forceinline__ int dynamic_map_quantize(const float* code, float x) 
 extern "C" __global__ void __launch_bounds__(256) q4_double_quantize(const float* __restrict__ absmax, int64_t n,
                                                                      float offset, const float* __restrict__ map256,
                                                                      int nested_bs, uint8_t* __restrict__ codes,
-                                                                     float* __restrict__ nested_absmax) {
+                                                                     float* __restrict__ nested_absmax) { pdl_enter();
     __shared__ float map[256];
     map[threadIdx.x] = map256[threadIdx.x];
     __syncthreads();
@@ -383,7 +383,7 @@ extern "C" __global__ void __launch_bounds__(256) q4_double_quantize(const float
 // Conversions around the cuBLAS path and the GEMV.
 // q4_convert: y[i] = round(y_dtype, x[i]) (x widened exactly first). Grid-stride, block 256.
 extern "C" __global__ void __launch_bounds__(256) q4_convert(const void* __restrict__ x, int x_dtype,
-                                                             void* __restrict__ y, int y_dtype, int64_t n) {
+                                                             void* __restrict__ y, int y_dtype, int64_t n) { pdl_enter();
     for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
         store_from_f32(y, i, y_dtype, load_as_f32(x, i, x_dtype));
     }
@@ -397,7 +397,7 @@ extern "C" __global__ void __launch_bounds__(256) q4_convert(const void* __restr
 extern "C" __global__ void __launch_bounds__(256) q4_bias_epilogue(const float* __restrict__ acc,
                                                                    const void* __restrict__ bias, int bias_dtype,
                                                                    int compute_dtype, void* __restrict__ y, int y_dtype,
-                                                                   int64_t rows, int cols) {
+                                                                   int64_t rows, int cols) { pdl_enter();
     int64_t n = rows * cols;
     for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
         float b = round_to(load_as_f32(bias, i % cols, bias_dtype), compute_dtype);
@@ -417,7 +417,7 @@ extern "C" __global__ void __launch_bounds__(256) q4_gemv_simt(Q4_WEIGHT_PARAMS,
                                                                const void* __restrict__ x, int x_dtype, int M, int N, int K,
                                                                int compute_dtype, int state_dtype,
                                                                const void* __restrict__ bias, int bias_dtype,
-                                                               void* __restrict__ y, int y_dtype) {
+                                                               void* __restrict__ y, int y_dtype) { pdl_enter();
     Q4_WEIGHT_MAKE;
     __shared__ float table[16];
     if (threadIdx.x < 16) table[threadIdx.x] = code16[threadIdx.x];
@@ -703,7 +703,7 @@ __device__ void gemv_mma_kernel(Q4Weight w, const float* __restrict__ code16, co
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS, NT == 1 ? 3 : 2) name(                                              \
         Q4_WEIGHT_PARAMS, const float* __restrict__ code16, const uint16_t* __restrict__ x, int M, int N, int K,      \
         const void* __restrict__ bias, int bias_dtype, void* __restrict__ y, int y_dtype,                           \
-        float* __restrict__ partials, int* __restrict__ counters, int double_round) {                               \
+        float* __restrict__ partials, int* __restrict__ counters, int double_round) { pdl_enter();                               \
         Q4_WEIGHT_MAKE;                                                                                              \
         gemv_mma_kernel<F16C, NT>(w, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, partials, counters,          \
                                   double_round);                                                                     \
@@ -994,7 +994,7 @@ __device__ void gemv_stream_body(Q4Weight w, const float* __restrict__ code16, c
     extern "C" __global__ void __launch_bounds__(STREAM_THREADS, 2) name(                                            \
         Q4_WEIGHT_PARAMS, const float* __restrict__ code16, const uint16_t* __restrict__ x, int M, int N, int K,      \
         int S, const void* __restrict__ bias, int bias_dtype, void* __restrict__ y, int y_dtype,                    \
-        float* __restrict__ partials, int* __restrict__ counters, int double_round, int reg_period) {                \
+        float* __restrict__ partials, int* __restrict__ counters, int double_round, int reg_period) { pdl_enter();                \
         Q4_WEIGHT_MAKE;                                                                                              \
         if (double_round) {                                                                                          \
             gemv_stream_body<F16C, true, NT>(w, code16, x, M, N, K, S, bias, bias_dtype, y, y_dtype, partials,       \

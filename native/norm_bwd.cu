@@ -135,7 +135,7 @@ __device__ __forceinline__ void rmsnorm_bwd_weight_impl(const T* __restrict__ x,
 
 #define QL_RMSNORM_BWD_W(tn, T, wn, W)                                                                           \
     extern "C" __global__ void rmsnorm_bwd_##tn##_##wn(const T* x, const W* w, float eps, const T* g, T* gx,      \
-                                                       float* inv, int h, const T* add, int64_t ldg) {          \
+                                                       float* inv, int h, const T* add, int64_t ldg) { pdl_enter();          \
         rmsnorm_bwd_impl<T, W>(x, w, eps, g, gx, inv, h, add, ldg);                                             \
     }
 #define QL_RMSNORM_BWD(tn, T)                                                                                    \
@@ -143,7 +143,7 @@ __device__ __forceinline__ void rmsnorm_bwd_weight_impl(const T* __restrict__ x,
     QL_RMSNORM_BWD_W(tn, T, wbf16, __nv_bfloat16)                                                               \
     QL_RMSNORM_BWD_W(tn, T, wf16, __half)                                                                       \
     extern "C" __global__ void rmsnorm_bwd_weight_##tn(const T* x, const T* g, const float* inv, float* gw, int n, int h, \
-                                                       int64_t ldg) {                                           \
+                                                       int64_t ldg) { pdl_enter();                                           \
         rmsnorm_bwd_weight_impl<T>(x, g, inv, gw, n, h, ldg);                                                   \
     }
 

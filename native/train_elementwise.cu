@@ -234,35 +234,35 @@ __device__ __forceinline__ void embedding_bwd_impl(const int* __restrict__ ids, 
 }
 
 #define QL_TRAIN_ELEMENTWISE(tn, T)                                                                              \
-    extern "C" __global__ void scale_##tn(const T* a, float s, T* out, int64_t n) { scale_impl<T>(a, s, out, n); } \
-    extern "C" __global__ void mul_##tn(const T* a, const T* b, T* out, int64_t n) { mul_impl<T>(a, b, out, n); }  \
-    extern "C" __global__ void axpy_##tn(T* a, float alpha, const T* b, int64_t n) { axpy_impl<T>(a, alpha, b, n); } \
-    extern "C" __global__ void sum_squares_##tn(const T* a, int64_t n, double* partial) {                        \
+    extern "C" __global__ void scale_##tn(const T* a, float s, T* out, int64_t n) { pdl_enter(); scale_impl<T>(a, s, out, n); } \
+    extern "C" __global__ void mul_##tn(const T* a, const T* b, T* out, int64_t n) { pdl_enter(); mul_impl<T>(a, b, out, n); }  \
+    extern "C" __global__ void axpy_##tn(T* a, float alpha, const T* b, int64_t n) { pdl_enter(); axpy_impl<T>(a, alpha, b, n); } \
+    extern "C" __global__ void sum_squares_##tn(const T* a, int64_t n, double* partial) { pdl_enter();                        \
         sum_squares_impl<T>(a, n, partial);                                                                     \
     }                                                                                                           \
     extern "C" __global__ void dropout_##tn(const T* x, T* out, int64_t n, unsigned long long seed, int threshold, \
-                                            float scale) {                                                      \
+                                            float scale) { pdl_enter();                                                      \
         dropout_impl<T>(x, out, n, seed, threshold, scale);                                                     \
     }                                                                                                           \
-    extern "C" __global__ void row_norms_##tn(const T* x, float* norms, int h) { row_norms_impl<T>(x, norms, h); } \
-    extern "C" __global__ void scale_columns_##tn(const T* x, const float* s, T* out, int n, int m) {            \
+    extern "C" __global__ void row_norms_##tn(const T* x, float* norms, int h) { pdl_enter(); row_norms_impl<T>(x, norms, h); } \
+    extern "C" __global__ void scale_columns_##tn(const T* x, const float* s, T* out, int n, int m) { pdl_enter();            \
         scale_columns_impl<T>(x, s, out, n, m);                                                                 \
     }                                                                                                           \
-    extern "C" __global__ void transpose_##tn(const T* x, T* out, int n, int m) { transpose_impl<T>(x, out, n, m); } \
-    extern "C" __global__ void sum_rows_##tn(const T* g, float* gb, int n, int m) { sum_rows_impl<T>(g, gb, n, m); } \
+    extern "C" __global__ void transpose_##tn(const T* x, T* out, int n, int m) { pdl_enter(); transpose_impl<T>(x, out, n, m); } \
+    extern "C" __global__ void sum_rows_##tn(const T* g, float* gb, int n, int m) { pdl_enter(); sum_rows_impl<T>(g, gb, n, m); } \
     extern "C" __global__ void silu_mul_bwd_##tn(const T* gate, const T* up, const T* g, T* grad_gate, T* grad_up, \
-                                                 int64_t n, int packed) {                                       \
+                                                 int64_t n, int packed) { pdl_enter();                                       \
         silu_mul_bwd_impl<T>(gate, up, g, grad_gate, grad_up, n, packed);                                       \
     }                                                                                                           \
-    extern "C" __global__ void silu_mul_halves_bwd_##tn(T* gu, const T* g, int64_t rows, int cols, int packed) {  \
+    extern "C" __global__ void silu_mul_halves_bwd_##tn(T* gu, const T* g, int64_t rows, int cols, int packed) { pdl_enter();  \
         silu_mul_halves_bwd_impl<T>(gu, g, rows, cols, packed);                                                 \
     }                                                                                                           \
     extern "C" __global__ void rope_bwd_##tn(T* g, const int* positions, const float* inv_freq, int n, int heads, \
-                                             int head_dim, float scaling) {                                     \
+                                             int head_dim, float scaling) { pdl_enter();                                     \
         rope_bwd_impl<T>(g, positions, inv_freq, n, heads, head_dim, scaling);                                  \
     }                                                                                                           \
     extern "C" __global__ void embedding_bwd_##tn(const int* ids, const T* g, float* table, int n, int h, int vocab, \
-                                                  int* status) {                                                \
+                                                  int* status) { pdl_enter();                                                \
         embedding_bwd_impl<T>(ids, g, table, n, h, vocab, status);                                              \
     }
 

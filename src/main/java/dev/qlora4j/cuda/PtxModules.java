@@ -36,6 +36,15 @@ public final class PtxModules {
     private static final boolean HOPPER_BUILDS = Boolean.parseBoolean(System.getProperty("qlora4j.cuda.sm90a", "true"));
 
     /**
+     * The modules whose kernels run between the training step's GEMMs (the 4-bit dequantize, the LoRA fold's
+     * copies, the norm and SwiGLU backwards, the adapters' gradient adds): sm90a builds with programmatic dependent
+     * launch since session 18. -Dqlora4j.cuda.pdlTrain=false launches them plainly (their sm90a code still runs; for
+     * A/B timing).
+     */
+    static final Set<String> TRAINING_MODULES = Set.of("nf4", "lora_fold", "norm_bwd", "train_elementwise");
+    private static final boolean TRAINING_PDL = Boolean.parseBoolean(System.getProperty("qlora4j.cuda.pdlTrain", "true"));
+
+    /**
      * -Dqlora4j.cuda.cubins=false: JIT-compile the PTX on Hopper too instead of loading the committed cubins (for A/B
      * timing; the driver's JIT ignores setmaxnreg when it allocates registers, native/Makefile).
      */
@@ -86,7 +95,9 @@ public final class PtxModules {
             return functions.computeIfAbsent(module, k -> new ConcurrentHashMap<>())
                     .computeIfAbsent(kernel, k -> {
                         long f = driver.moduleGetFunction(module(module), kernel);
-                        if (hopperModules.contains(module)) dependentLaunchable.add(f);
+                        if (hopperModules.contains(module) && (TRAINING_PDL || !TRAINING_MODULES.contains(module))) {
+                            dependentLaunchable.add(f);
+                        }
                         return f;
                     });
         }
