@@ -196,13 +196,7 @@ class CudaLoraGroupGpuTest {
         Result a = alone.run(gpu, checkpointed);
         Result want = ref.run(cpu, checkpointed);
         a.compare(want, "alone as a group of one vs CPU float32", TOL);
-        System.setProperty(LoraGroup.ALONE_PROPERTY, "false");
-        Result o;
-        try {
-            o = own.run(gpu, checkpointed);
-        } finally {
-            System.clearProperty(LoraGroup.ALONE_PROPERTY);
-        }
+        Result o = runWithSwitchOff(LoraGroup.ALONE_PROPERTY, own, checkpointed);
         o.compare(want, "alone on its own route vs CPU float32", TOL);
         a.compare(o, "group of one vs own route", 2 * TOL);
         alone.close();
@@ -287,9 +281,14 @@ class CudaLoraGroupGpuTest {
 
     /** g.run(gpu, false) with the switch property set to false for the run. */
     private Result runWithSwitchOff(String property, Group g) {
+        return runWithSwitchOff(property, g, false);
+    }
+
+    /** g.run(gpu, checkpointed) with the switch property set to false for the run. */
+    private Result runWithSwitchOff(String property, Group g, boolean checkpointed) {
         System.setProperty(property, "false");
         try {
-            return g.run(gpu, false);
+            return g.run(gpu, checkpointed);
         } finally {
             System.clearProperty(property);
         }
