@@ -262,6 +262,31 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_rows_bf16
     dequantize_body<__nv_bfloat16, true>(w, code16, y, n, mid, cols, ldy);
 }
 
+// The LoRA fold's weight W'_i (backend/cuda/CudaLoraFold, lora_fold.cu) in one launch: q4_dequantize_rows_bf16's
+// values in columns [0, cols) of each row, and columns [cols, ldy) as lora_fold_b_bf16 writes them: s * b[row, c - col0]
+// rounded once to BF16 for c - cols in [col0, col0 + r) (b the F32 master lora_B [rows, r]), else 0. The same bits as
+// the two kernels in turn, one launch and one kernel boundary fewer per weight. (ldy - cols) % 8 == 0 (the launcher
+// checks); the same grid-stride threads run both loops.
+extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_fold_bf16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
+                                                                                 __nv_bfloat16* __restrict__ y, int64_t n, int mid,
+                                                                                 int cols, int64_t ldy, const float* __restrict__ b,
+                                                                                 int col0, int r, float s) { pdl_enter();
+    Q4_WEIGHT_MAKE;
+    dequantize_body<__nv_bfloat16, true>(w, code16, y, n, mid, cols, ldy);
+    const int rows = static_cast<int>(n / cols), chunks = static_cast<int>(ldy - cols) / 8;
+    const int64_t total = static_cast<int64_t>(rows) * chunks;
+    for (int64_t i = global_thread_index(); i < total; i += grid_stride()) {
+        const int row = static_cast<int>(i / chunks), c0 = static_cast<int>(i - static_cast<int64_t>(row) * chunks) * 8;
+        __align__(16) __nv_bfloat16 v[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const int j = c0 + e - col0;
+            v[e] = f32_to_bf16(j >= 0 && j < r ? s * b[static_cast<int64_t>(row) * r + j] : 0.f);
+        }
+        *reinterpret_cast<uint4*>(y + row * ldy + cols + c0) = *reinterpret_cast<const uint4*>(v);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_f16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
                                                                            __half* __restrict__ y, int64_t n, int mid) { pdl_enter();
     Q4_WEIGHT_MAKE;

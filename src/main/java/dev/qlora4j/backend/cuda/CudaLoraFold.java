@@ -47,6 +47,12 @@ public final class CudaLoraFold {
      */
     static final int COLUMN_ALIGN = 64;
 
+    /**
+     * -Dqlora4j.cuda.foldFusedFill=false: W'_i by the dequantize and then lora_fold_b_bf16 (two launches) instead of
+     * nf4.cu's q4_dequantize_fold_bf16 (one; the same bits), for A/B runs and the kernels' test.
+     */
+    static final String FUSED_FILL_PROPERTY = "qlora4j.cuda.foldFusedFill";
+
     private CudaLoraFold() {}
 
     /** The folded outputs y_i (BF16 [n, out_i]) and H (BF16 [n, R padded to 64], owned by the caller; null unless kept). */
@@ -167,9 +173,13 @@ public final class CudaLoraFold {
         if ((wf & 15) != 0) throw new IllegalStateException("LoRA fold: a 16-byte aligned buffer is needed");
         int out = w.outFeatures();
         int dq = prof == null ? -1 : prof.begin();
-        Quant4bitKernels.dequantizeRows(ctx, w, wf, ld, rounding);   // BF16: the fold only takes BF16-computing bases
-        ctx.launch1d(ctx.function(MODULE, "lora_fold_b_bf16"), (long) out * (padded / 8), KernelArgs.of()
-                .ptr(wf).i64(ld).i32(out).i32(in).ptr(CudaContext.ptr(bMaster)).i32(column).i32(bMaster.dim(1)).f32(scaling));
+        if (Switches.on(FUSED_FILL_PROPERTY, true)) {   // one launch: the dequantize fills the adapter's columns too
+            Quant4bitKernels.dequantizeRowsFold(ctx, w, wf, ld, rounding, bMaster, column, scaling);
+        } else {
+            Quant4bitKernels.dequantizeRows(ctx, w, wf, ld, rounding);   // BF16: the fold only takes BF16-computing bases
+            ctx.launch1d(ctx.function(MODULE, "lora_fold_b_bf16"), (long) out * (padded / 8), KernelArgs.of()
+                    .ptr(wf).i64(ld).i32(out).i32(in).ptr(CudaContext.ptr(bMaster)).i32(column).i32(bMaster.dim(1)).f32(scaling));
+        }
         if (dq >= 0) prof.end(label, dq);
     }
 

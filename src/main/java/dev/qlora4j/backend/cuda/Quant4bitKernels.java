@@ -147,6 +147,32 @@ final class Quant4bitKernels {
         ctx.launch(ctx.function(MODULE, "q4_dequantize_rows_bf16"), dequantizeGrid(n), Dim3.of(DQ_THREADS), 0, args);
     }
 
+    /**
+     * {@link #dequantizeRows} into rows of stride ld at y that also fills each row's columns [in, ld) the way the LoRA
+     * fold's lora_fold_b_bf16 does (CudaLoraFold#foldedWeight): scaling * bMaster[row, c - column] rounded once to
+     * BF16 in the adapter's block c - in in [column, column + r), zeros elsewhere. One launch (nf4.cu,
+     * q4_dequantize_fold_bf16), the bits of the two kernels in turn.
+     *
+     * @param bMaster F32 [out_features, r] on the device
+     */
+    static void dequantizeRowsFold(CudaContext ctx, CudaQuant4bit w, long y, int ld, DType mid, Tensor bMaster, int column,
+                                   float scaling) {
+        int in = w.inFeatures();
+        long n = w.numel();
+        if (ld < in || in % 8 != 0 || ld % 8 != 0 || n / 8 >= (1L << 31) || (y & 15) != 0) {
+            throw new IllegalArgumentException("dequantizeRowsFold: the rows need a stride >= " + in + ", in_features and the "
+                    + "stride multiples of 8, a 16-byte aligned start and fewer than 2^34 values (stride " + ld + ")");
+        }
+        if (bMaster.dtype() != DType.F32 || bMaster.rank() != 2 || bMaster.dim(0) != w.outFeatures()) {
+            throw new IllegalArgumentException("dequantizeRowsFold: lora_B must be the F32 master [" + w.outFeatures()
+                    + ", r], got " + bMaster);
+        }
+        KernelArgs args = weightArgs(w).ptr(CudaContext.ptr(w.code16())).ptr(y).i64(n)
+                .i32(dtypeCode(mid, "mid")).i32(in).i64(ld).ptr(CudaContext.ptr(bMaster)).i32(column).i32(bMaster.dim(1))
+                .f32(scaling);
+        ctx.launch(ctx.function(MODULE, "q4_dequantize_fold_bf16"), dequantizeGrid(n), Dim3.of(DQ_THREADS), 0, args);
+    }
+
     /** packed U8 [(n+1)/2] and absmax F32 [blocks] of x (F32/BF16/F16, n values). typeCode 0 NF4, 1 FP4. */
     static void quantize(CudaContext ctx, Tensor x, int blocksize, int typeCode, Tensor packed, Tensor absmax) {
         long n = x.numel();

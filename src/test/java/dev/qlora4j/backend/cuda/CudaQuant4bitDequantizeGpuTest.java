@@ -130,6 +130,47 @@ class CudaQuant4bitDequantizeGpuTest {
         }
     }
 
+    /**
+     * Quant4bitKernels.dequantizeRowsFold (q4_dequantize_fold_bf16: the LoRA fold's whole W'_i in one launch) against
+     * Quant4bit and lora_fold_b_bf16's formula: the weight's columns as dequantizeRowsIsBitExact, and in the pad
+     * columns s * B[row, c - col0] rounded once to BF16 inside the adapter's block (rank 3 at col0 0 for an 8-column
+     * pad, rank 16 at col0 16 for 64), zeros elsewhere; s = 1.5 (not a power of two: the product is rounded). Every
+     * byte of the poisoned output compared.
+     */
+    @ParameterizedTest(name = "fold {0} nested={1} bs={2} [{3}, {4}] + {5}")
+    @MethodSource("rowsCases")
+    void dequantizeRowsFoldIsBitExact(QuantType type, boolean nested, int blocksize, int rows, int cols, int pad) {
+        Random rnd = new Random();
+        float[] w = QuantGpuSupport.randomWeights(rnd, rows, cols);
+        QuantState4bit state = Quant4bit.quantize(w, new int[] {rows, cols}, type, blocksize, nested);
+        float[] v = Quant4bit.dequantizeToF32(state);
+        int ld = cols + pad, rank = pad == 8 ? 3 : 16, col0 = pad == 8 ? 0 : 16;
+        float s = 1.5f;
+        float[] bw = new float[rows * rank];
+        for (int i = 0; i < bw.length; i++) bw[i] = (float) rnd.nextGaussian();
+        try (QuantizedWeight q = CudaQuantOps.prepare4bit(ctx, state, DType.BF16);
+             Tensor bDev = ctx.upload(Tensor.of(bw, rows, rank))) {
+            for (DType mid : new DType[] {DType.F32, DType.F16}) {
+                byte[] want = new byte[rows * ld * 2];
+                for (int r = 0; r < rows; r++) {
+                    for (int c = 0; c < ld; c++) {
+                        int j = c - cols - col0;
+                        float value = c < cols ? QuantGpuSupport.round(mid, v[r * cols + c])
+                                : j >= 0 && j < rank ? s * bw[r * rank + j] : 0f;
+                        short b = Half.floatToBf16(value);
+                        int at = 2 * (r * ld + c);
+                        want[at] = (byte) b;
+                        want[at + 1] = (byte) (b >> 8);
+                    }
+                }
+                try (Tensor y = QuantGpuSupport.poisoned(ctx, DType.BF16, rows, ld)) {
+                    Quant4bitKernels.dequantizeRowsFold(ctx, (CudaQuant4bit) q, CudaContext.ptr(y), ld, mid, bDev, col0, s);
+                    assertBytesEqual(want, QuantGpuSupport.bytes(ctx.download(y)), DType.BF16);
+                }
+            }
+        }
+    }
+
     private static void assertBytesEqual(byte[] want, byte[] got, DType dtype) {
         assertEquals(want.length, got.length);
         int size = dtype.byteSize();
