@@ -206,10 +206,22 @@ public final class LoraGroup {
     public static final String ALONE_PROPERTY = "qlora4j.cuda.aloneOnSide";
 
     /**
+     * -Dqlora4j.cuda.aloneTermFirst=false: {@link #backwardAlone} adds its grad_x term after the base GEMM (a
+     * separate pass over grad_x) instead of writing it first, beside the dequantize, for the GEMM to add onto; A/B.
+     */
+    public static final String TERM_FIRST_PROPERTY = "qlora4j.cuda.aloneTermFirst";
+
+    private static boolean termFirstOn() {
+        return Boolean.parseBoolean(System.getProperty(TERM_FIRST_PROPERTY, "true"));
+    }
+
+    /**
      * layer.backward(b, x, gradOut) for a layer that shares its x with no other (a decoder layer's o_proj, down_proj)
-     * as a group of one: its gh, dB and dA run on the side stream beside the base layer's dequantize + input-gradient
-     * GEMM, then grad_x += gh A. Why: on its own the layer runs gh, dA and the grad_x term on the main stream before
-     * its base GEMM, and only dB beside them (Llama-7B: 4.2 ms of o / down LoRA products a step, mostly serial).
+     * as a group of one: its gh and grad_x's adapter term gh A run on the side stream beside the base weight's
+     * dequantize, the base GEMM adds onto that term, and dB and dA run beside the GEMM (with
+     * -Dqlora4j.cuda.aloneTermFirst=false: gh, dB, dA beside the dequantize + GEMM, then grad_x += gh A). Why: on its
+     * own the layer runs gh, dA and the grad_x term on the main stream before its base GEMM, and only dB beside them
+     * (Llama-7B: 4.2 ms of o / down LoRA products a step, mostly serial).
      * Returns null when the group does not apply (nothing was run then).
      */
     public static Tensor backwardAlone(Backend b, Tensor x, Tensor gradOut, LoraLinear layer) {
@@ -324,6 +336,16 @@ public final class LoraGroup {
                 }
             }
             Tensor aCat = ls[0].stackedA(b, as);
+            if (k == 1 && gradOuts != null && inputGrad && ls[0].baseInputGradIntoApplies() && termFirstOn()) {
+                // a group of one: gh and its grad_x term beside the base weight's dequantize, the base GEMM onto
+                // them, dB and dA beside that GEMM
+                gx = b.context().empty(DType.BF16, x.dim(0), x.dim(1));
+                try (CudaLoraGroupBackward lora = CudaLoraGroupBackward.beginTermFirst(b, x, gradOuts[0], aCat, bCopies[0],
+                        scalings[0], kept[0], gradA[0], gradB[0], gx)) {
+                    ls[0].baseInputGradInto(b, gx, true, gradOuts[0], lora::awaitLoraTerm);
+                }
+                return gx;
+            }
             // the LoRA products that do not write grad_x first (on the side stream, beside what follows), then the
             // bases without an accumulating GEMM (their own backward, summed), the accumulating bases' GEMMs onto
             // them, and last grad_x += GH [A_0; A_1; ...]

@@ -290,6 +290,19 @@ public final class LoraLinear implements QuantizedBaseLinear {
         };
     }
 
+    /**
+     * {@link #baseInputGradInto(CudaBackend, Tensor, boolean, Tensor)} with beforeProduct run right before the GEMM
+     * (after a 4-bit base's dequantize).
+     */
+    void baseInputGradInto(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut, Runnable beforeProduct) {
+        if (base instanceof QuantizedLinear q) {
+            CudaLora.baseInputGradInto(b, gx, accumulate, gradOut, q.weight(), beforeProduct);
+            return;
+        }
+        beforeProduct.run();
+        baseInputGradInto(b, gx, accumulate, gradOut);
+    }
+
     /** gx (+)= the base layer's grad_x for gradOut, by the base's own GEMM (beta = 1 when accumulating). */
     void baseInputGradInto(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut) {
         switch (base) {

@@ -169,11 +169,11 @@ class CudaLoraGroupGpuTest {
     }
 
     /**
-     * A layer alone (o_proj / down_proj-like) runs as a group of one (LoraGroup#backwardAlone: gh, dB, dA beside the
-     * base GEMM, then grad_x += gh A) against the CPU's float32 and LoraLinear's own route
-     * (-Dqlora4j.cuda.aloneOnSide=false), with and without a recompute before the backward; tolerances as
-     * groupedMatchesFloat32AndThePerLayerRoute's (both routes are BF16 roundings of the same float32 sums, the group
-     * of one adding the base term first and the adapter's last).
+     * A layer alone (o_proj / down_proj-like) runs as a group of one (LoraGroup#backwardAlone: gh and grad_x's
+     * adapter term beside the base weight's dequantize, the base GEMM onto them, dB and dA beside it) against the
+     * CPU's float32, LoraLinear's own route (-Dqlora4j.cuda.aloneOnSide=false) and the group of one that adds its term
+     * after the base GEMM (-Dqlora4j.cuda.aloneTermFirst=false), with and without a recompute before the backward;
+     * tolerances as groupedMatchesFloat32AndThePerLayerRoute's (all are BF16 roundings of the same float32 sums).
      */
     @ParameterizedTest
     @CsvSource({"true,false", "true,true", "false,false"})
@@ -192,6 +192,7 @@ class CudaLoraGroupGpuTest {
         probe.close();
         Group alone = Group.build(gpu, seed, nf4, 136, 192, outs, 16, 0.0);
         Group own = Group.build(gpu, seed, nf4, 136, 192, outs, 16, 0.0);
+        Group termLast = Group.build(gpu, seed, nf4, 136, 192, outs, 16, 0.0);
         Group ref = Group.build(cpu, seed, nf4, 136, 192, outs, 16, 0.0);
         Result a = alone.run(gpu, checkpointed);
         Result want = ref.run(cpu, checkpointed);
@@ -199,8 +200,12 @@ class CudaLoraGroupGpuTest {
         Result o = runWithSwitchOff(LoraGroup.ALONE_PROPERTY, own, checkpointed);
         o.compare(want, "alone on its own route vs CPU float32", TOL);
         a.compare(o, "group of one vs own route", 2 * TOL);
+        Result t = runWithSwitchOff(LoraGroup.TERM_FIRST_PROPERTY, termLast, checkpointed);
+        t.compare(want, "group of one, term last, vs CPU float32", TOL);
+        a.compare(t, "group of one, term first vs last", 2 * TOL);
         alone.close();
         own.close();
+        termLast.close();
         ref.close();
     }
 

@@ -257,10 +257,21 @@ public final class CudaLora {
      * backend's linearQuantizedBackwardInput does), then one GEMM, with beta = 1 when accumulating.
      */
     public static void baseInputGradInto(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut, QuantizedWeight w) {
+        baseInputGradInto(b, gx, accumulate, gradOut, w, () -> {});
+    }
+
+    /**
+     * {@link #baseInputGradInto(CudaBackend, Tensor, boolean, Tensor, QuantizedWeight)} with beforeProduct run between
+     * the dequantize and the GEMM (e.g. to order the GEMM after another stream's work on gx while the dequantize
+     * runs beside that work).
+     */
+    public static void baseInputGradInto(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut, QuantizedWeight w,
+                                         Runnable beforeProduct) {
         OpProfiler prof = b.profiler();
         int mark = prof == null ? -1 : prof.begin();
         DequantCache.Entry kept = b.context().dequantCache().get(w, DType.BF16);
         if (kept != null) {   // the recompute's dequantized weight: rows of stride ld, the weight in the first in columns
+            beforeProduct.run();
             baseProduct(b, gx, accumulate, gradOut, kept.pointer(), w.outFeatures(), w.inFeatures(), kept.ld());
             if (mark >= 0) prof.end("linearQuantizedBackwardInput (kept weight)", mark);
             return;
@@ -268,6 +279,7 @@ public final class CudaLora {
         int dq = prof == null ? -1 : prof.begin();
         try (Tensor dense = CudaQuantOps.dequantize(b.context(), w, DType.BF16)) {
             if (dq >= 0) prof.end("linearQuantizedBackwardInput/dequantize", dq);
+            beforeProduct.run();
             baseProduct(b, gx, accumulate, gradOut, dense);
         }
         if (mark >= 0) prof.end("linearQuantizedBackwardInput", mark);

@@ -48,6 +48,7 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
     private final Tensor[] gradA;              // per layer [r_i, in] F32, null entries for frozen adapters
     private final int[] cols;                  // per layer its first column of GH (and row of dA)
     private boolean joined;
+    private boolean termFirst;                 // beginTermFirst: the grad_x term is in gx already
 
     private CudaLoraGroupBackward(CudaBackend b, Tensor aCat, Held xb, Held[] gy, Tensor gh, Tensor h, Tensor dA,
                                   SideStream side, Tensor[] gradA, int[] cols) {
@@ -84,7 +85,24 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
                 throw new IllegalArgumentException("LoRA group backward: gradOut " + i + " must be [" + n + ", " + out + "], got " + g);
             }
         }
-        return start(b, x, gradOuts, null, aCat, bBf16, scalings, kept, gradA, gradB, false);
+        return start(b, x, gradOuts, null, aCat, bBf16, scalings, kept, gradA, gradB, false, null);
+    }
+
+    /**
+     * {@link #begin} for a group of one whose grad_x term goes first: queues GH = s gy B and gx = GH A (writing gx,
+     * allocated by the caller) before dB and dA, on the side stream when on, so that they run beside the caller's
+     * dequantize of the base weight; the caller then calls {@link #awaitLoraTerm} and accumulates the base layer's
+     * GEMM onto gx (beta = 1), while dB and dA run beside that GEMM. No {@link #finishInto}.
+     */
+    public static CudaLoraGroupBackward beginTermFirst(CudaBackend b, Tensor x, Tensor gradOut, Tensor aBf16, Tensor bBf16,
+                                                       float scaling, Hidden kept, Tensor gradA, Tensor gradB, Tensor gx) {
+        requireGx(gx, x.dim(0), x.dim(1));
+        KernelTypes.requireDevice(gradOut, "LoRA gradOut");
+        if (gradOut.rank() != 2 || gradOut.dim(0) != x.dim(0) || gradOut.dim(1) != bBf16.dim(0)) {
+            throw new IllegalArgumentException("LoRA backward: gradOut must be [" + x.dim(0) + ", " + bBf16.dim(0) + "], got " + gradOut);
+        }
+        return start(b, x, new Tensor[] {gradOut}, null, aBf16, new Tensor[] {bBf16}, new float[] {scaling},
+                new Hidden[] {kept}, new Tensor[] {gradA}, new Tensor[] {gradB}, false, gx);
     }
 
     /**
@@ -112,13 +130,16 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
             throw new IllegalArgumentException("LoRA group backward: the joined gradOut must be BF16 [" + x.dim(0) + ", " + total
                     + "], got " + gradJoined);
         }
-        return start(b, x, null, gradJoined, aCat, bBf16, scalings, kept, gradA, gradB, ghInGemm);
+        return start(b, x, null, gradJoined, aCat, bBf16, scalings, kept, gradA, gradB, ghInGemm, null);
     }
 
-    /** begin's work with the gradients either per layer (gradOuts) or joined (gradJoined), the other null. */
+    /**
+     * begin's work with the gradients either per layer (gradOuts) or joined (gradJoined), the other null; termInto
+     * (a group of one only, else null): gx written with GH A right after GH, and marked for {@link #awaitLoraTerm}.
+     */
     private static CudaLoraGroupBackward start(CudaBackend b, Tensor x, Tensor[] gradOuts, Tensor gradJoined, Tensor aCat,
                                                Tensor[] bBf16, float[] scalings, Hidden[] kept, Tensor[] gradA, Tensor[] gradB,
-                                               boolean ghInGemm) {
+                                               boolean ghInGemm, Tensor termInto) {
         int n = x.dim(0), in = x.dim(1), layers = bBf16.length;
         int[] cols = CudaLoraGroup.groupColumns(aCat, bBf16, in, "backward");
         int total = aCat.dim(0);
@@ -163,6 +184,7 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
             if (needH) h = ctx.empty(DType.BF16, n, total);
             if (anyGradA && layers > 1) dA = ctx.empty(DType.F32, total, in);   // one layer: straight into its gradA
             CudaLoraGroupBackward pending = new CudaLoraGroupBackward(b, aCat, xb, gy, gh, h, dA, side, gradA, cols);
+            pending.termFirst = termInto != null;
             if (n == 0) return pending;
             int mark = prof == null ? -1 : prof.begin();
             Cublas cu = side != null ? side.cublas() : ctx.cublas();
@@ -179,6 +201,13 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
                     gemm(cu, false, false, n, r, out, scalings[i], gyPtr[i], gyLd[i], CudaContext.ptr(bBf16[i]), r,
                             BF, 0f, CudaContext.ptr(gh) + 2L * cols[i], total, BF);
                     if (sub >= 0) prof.end("lora group backward/gh", sub);
+                }
+                if (termInto != null) {   // a group of one: its grad_x term now, for the caller's base GEMM to add onto
+                    sub = prof == null ? -1 : prof.begin();
+                    gemm(cu, false, false, n, in, total, 1f, CudaContext.ptr(gh), total, CudaContext.ptr(aCat), in, BF, 0f,
+                            CudaContext.ptr(termInto), in, BF);
+                    if (side != null) side.mark();
+                    if (sub >= 0) prof.end("lora group backward grad_x (bf16 GEMM)", sub);
                 }
                 if (gradB[i] == null) continue;
                 sub = prof == null ? -1 : prof.begin();
@@ -259,11 +288,21 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
         if (sub >= 0) prof.end("lora group backward grad_x (bf16 GEMM)", sub);
     }
 
+    /**
+     * After {@link #beginTermFirst}: orders the main stream's next work after gx's LoRA term (not after dB and dA,
+     * which keep running on the side stream until {@link #close}).
+     */
+    public void awaitLoraTerm() {
+        if (!termFirst) throw new IllegalStateException("awaitLoraTerm: only after beginTermFirst");
+        if (side != null && !joined) side.awaitMark(b.context().stream());
+    }
+
     /** gx [n, in] (+)= GH [A_0; A_1; ...] on the main stream, after the side stream's work (accumulate false writes gx). */
     public void finishInto(Tensor gx, boolean accumulate) {
         int n = xb.t().dim(0), in = xb.t().dim(1), total = aCat.dim(0);
         requireGx(gx, n, in);
         if (gh == null) throw new IllegalStateException("finishInto: GH is formed by the caller's wide GEMM; use finishWide");
+        if (termFirst) throw new IllegalStateException("finishInto: beginTermFirst wrote the LoRA term already");
         join();
         if (n == 0) return;
         CudaContext ctx = b.context();

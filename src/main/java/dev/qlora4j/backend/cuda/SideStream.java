@@ -23,6 +23,7 @@ public final class SideStream implements AutoCloseable {
     private final long stream;
     private final long forked;
     private final long joined;
+    private final long marked;
     private final Cublas cublas;
 
     SideStream(CudaDriver driver) {
@@ -32,6 +33,7 @@ public final class SideStream implements AutoCloseable {
         this.stream = driver.streamCreate(false, driver.streamPriorityRange()[1]);
         this.forked = driver.eventCreate(false);
         this.joined = driver.eventCreate(false);
+        this.marked = driver.eventCreate(false);
         Cublas c = Cublas.create();
         c.setStream(stream);
         c.setMathMode(Cublas.MathMode.DEFAULT_NO_REDUCED_PRECISION_REDUCTION);   // as the context's handle
@@ -61,12 +63,23 @@ public final class SideStream implements AutoCloseable {
         driver.streamWaitEvent(main, joined);
     }
 
+    /** Marks the work queued here so far: {@link #awaitMark} orders main after it (not after what is queued later). */
+    void mark() {
+        driver.eventRecord(marked, stream);
+    }
+
+    /** Work queued on main from now on starts after the work queued here before the last {@link #mark}. */
+    void awaitMark(long main) {
+        driver.streamWaitEvent(main, marked);
+    }
+
     @Override
     public void close() {
         driver.streamSynchronize(stream);
         cublas.close();
         driver.eventDestroy(forked);
         driver.eventDestroy(joined);
+        driver.eventDestroy(marked);
         driver.streamDestroy(stream);
     }
 }
