@@ -20,6 +20,7 @@
 //
 // Dtype codes (launch arguments): 0 = float32, 1 = bfloat16, 2 = float16.
 #include "q4_common.cuh"
+#include "lora_fold.cuh"
 #include <float.h>
 
 // ---------------------------------------------------------------------------------------------
@@ -273,18 +274,7 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_fold_bf16
                                                                                  int col0, int r, float s) { pdl_enter();
     Q4_WEIGHT_MAKE;
     dequantize_body<__nv_bfloat16, true>(w, code16, y, n, mid, cols, ldy);
-    const int rows = static_cast<int>(n / cols), chunks = static_cast<int>(ldy - cols) / 8;
-    const int64_t total = static_cast<int64_t>(rows) * chunks;
-    for (int64_t i = global_thread_index(); i < total; i += grid_stride()) {
-        const int row = static_cast<int>(i / chunks), c0 = static_cast<int>(i - static_cast<int64_t>(row) * chunks) * 8;
-        __align__(16) __nv_bfloat16 v[8];
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-            const int j = c0 + e - col0;
-            v[e] = f32_to_bf16(j >= 0 && j < r ? s * b[static_cast<int64_t>(row) * r + j] : 0.f);
-        }
-        *reinterpret_cast<uint4*>(y + row * ldy + cols + c0) = *reinterpret_cast<const uint4*>(v);
-    }
+    lora_fold_fill_b(y, ldy, static_cast<int>(n / cols), cols, b, col0, r, s);
 }
 
 extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_f16(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
