@@ -30,8 +30,12 @@ import static dev.qlora4j.backend.cuda.CudaLora.requireGx;
  *
  * <p>Wide form ({@link #beginJoined} with ghInGemm, then {@link #finishWide}): begin queues only dB; the caller's
  * input-gradient GEMM writes [grad_x | GH] ({@link CudaJoinedInputGrad#intoWide}: GH from the columns that GEMM
- * adds, no second read of gy); then dA = GH^T x on the side stream beside grad_x += GH [A_0; A_1; ...] here. A group
- * of one (a lone o_proj / down_proj, LoraGroup#backwardAlone) accumulates dA straight into its gradA.
+ * adds, no second read of gy); then dA = GH^T x on the side stream beside grad_x += GH [A_0; A_1; ...] here.
+ *
+ * <p>Term-first form for a group of one (a lone o_proj / down_proj, LoraGroup#backwardAlone; {@link #beginTermFirst},
+ * then {@link #awaitLoraTerm}): GH and grad_x = GH A first, beside the caller's dequantize of the base weight, whose
+ * GEMM then adds onto grad_x; dB and dA after them, beside that GEMM. A group of one accumulates dA straight into its
+ * gradA (no float32 temporary).
  *
  * <p>gradA / gradB entries are null for frozen adapters; kept entries null where no h was kept. Everything begin's
  * work touches is allocated before it forks and released by {@link #close} after the join.
