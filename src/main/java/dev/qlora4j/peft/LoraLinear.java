@@ -295,22 +295,20 @@ public final class LoraLinear implements QuantizedBaseLinear {
      * (after a 4-bit base's dequantize).
      */
     void baseInputGradInto(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut, Runnable beforeProduct) {
-        if (base instanceof QuantizedLinear q) {
-            CudaLora.baseInputGradInto(b, gx, accumulate, gradOut, q.weight(), beforeProduct);
-            return;
+        switch (base) {
+            case QuantizedLinear q -> CudaLora.baseInputGradInto(b, gx, accumulate, gradOut, q.weight(), beforeProduct);
+            case DenseLinear d -> {
+                beforeProduct.run();
+                CudaLora.baseInputGradInto(b, gx, accumulate, gradOut, d.weight());
+            }
+            default -> throw new IllegalStateException(path + ": the base " + base.getClass().getSimpleName()
+                    + " has no accumulating backward; check baseInputGradIntoApplies first");
         }
-        beforeProduct.run();
-        baseInputGradInto(b, gx, accumulate, gradOut);
     }
 
     /** gx (+)= the base layer's grad_x for gradOut, by the base's own GEMM (beta = 1 when accumulating). */
     void baseInputGradInto(CudaBackend b, Tensor gx, boolean accumulate, Tensor gradOut) {
-        switch (base) {
-            case QuantizedLinear q -> CudaLora.baseInputGradInto(b, gx, accumulate, gradOut, q.weight());
-            case DenseLinear d -> CudaLora.baseInputGradInto(b, gx, accumulate, gradOut, d.weight());
-            default -> throw new IllegalStateException(path + ": the base " + base.getClass().getSimpleName()
-                    + " has no accumulating backward; check baseInputGradIntoApplies first");
-        }
+        baseInputGradInto(b, gx, accumulate, gradOut, () -> {});
     }
 
     // ---- forward / backward ----

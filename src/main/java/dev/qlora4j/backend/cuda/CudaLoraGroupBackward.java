@@ -52,10 +52,10 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
     private final Tensor[] gradA;              // per layer [r_i, in] F32, null entries for frozen adapters
     private final int[] cols;                  // per layer its first column of GH (and row of dA)
     private boolean joined;
-    private boolean termFirst;                 // beginTermFirst: the grad_x term is in gx already
+    private final boolean termFirst;           // beginTermFirst: the grad_x term is in gx already
 
     private CudaLoraGroupBackward(CudaBackend b, Tensor aCat, Held xb, Held[] gy, Tensor gh, Tensor h, Tensor dA,
-                                  SideStream side, Tensor[] gradA, int[] cols) {
+                                  SideStream side, Tensor[] gradA, int[] cols, boolean termFirst) {
         this.b = b;
         this.aCat = aCat;
         this.xb = xb;
@@ -66,6 +66,7 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
         this.side = side;
         this.gradA = gradA;
         this.cols = cols;
+        this.termFirst = termFirst;
     }
 
     /**
@@ -187,8 +188,8 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
             if (!ghInGemm) gh = ctx.empty(DType.BF16, n, total);
             if (needH) h = ctx.empty(DType.BF16, n, total);
             if (anyGradA && layers > 1) dA = ctx.empty(DType.F32, total, in);   // one layer: straight into its gradA
-            CudaLoraGroupBackward pending = new CudaLoraGroupBackward(b, aCat, xb, gy, gh, h, dA, side, gradA, cols);
-            pending.termFirst = termInto != null;
+            CudaLoraGroupBackward pending = new CudaLoraGroupBackward(b, aCat, xb, gy, gh, h, dA, side, gradA, cols,
+                    termInto != null);
             if (n == 0) return pending;
             int mark = prof == null ? -1 : prof.begin();
             Cublas cu = side != null ? side.cublas() : ctx.cublas();
@@ -220,7 +221,7 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
                         CudaContext.ptr(gradB[i]), r, Cublas.DataType.F32);
                 if (sub >= 0) prof.end("lora group backward/dB", sub);
             }
-            if (gh != null && anyGradA) pending.queueDA(cu, CudaContext.ptr(gh), total);
+            if (gh != null) pending.queueDA(cu, CudaContext.ptr(gh), total);
             if (mark >= 0) prof.end("lora group backward (bf16 GEMMs)", mark);
             return pending;
         } catch (RuntimeException e) {
@@ -235,18 +236,19 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
     /**
      * dA = GH^T x into the float32 temporary, then gradA_i += its rows [cols_i, cols_i + r_i) (contiguous), on cu's
      * stream (the side stream's when on); GH at ghPtr with row stride ghLd. A group of one accumulates into its
-     * gradA directly (the GEMM's beta = 1).
+     * gradA directly (the GEMM's beta = 1). Nothing when no adapter trains lora_A.
      */
     private void queueDA(Cublas cu, long ghPtr, int ghLd) {
+        boolean anyGradA = false;
+        for (Tensor g : gradA) anyGradA |= g != null;
+        if (!anyGradA) return;
         CudaContext ctx = b.context();
         OpProfiler prof = b.profiler();
         int n = xb.t().dim(0), in = xb.t().dim(1), total = aCat.dim(0);
         int sub = prof == null ? -1 : prof.begin();
-        if (dA == null) {   // a group of one: gradA += GH^T x by the GEMM's beta, no temporary
-            if (gradA[0] != null) {
-                gemm(cu, true, false, total, in, n, 1f, ghPtr, ghLd, CudaContext.ptr(xb.t()), in, BF, 1f,
-                        CudaContext.ptr(gradA[0]), in, Cublas.DataType.F32);
-            }
+        if (dA == null) {   // a group of one (training lora_A): gradA += GH^T x by the GEMM's beta, no temporary
+            gemm(cu, true, false, total, in, n, 1f, ghPtr, ghLd, CudaContext.ptr(xb.t()), in, BF, 1f,
+                    CudaContext.ptr(gradA[0]), in, Cublas.DataType.F32);
             if (sub >= 0) prof.end("lora group backward/dA", sub);
             return;
         }
@@ -283,9 +285,7 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
         int ld = wide.dim(1);
         long ghPtr = CudaContext.ptr(wide) + 2L * in;
         if (side != null) side.fork(ctx.stream());   // after the wide GEMM
-        boolean anyGradA = false;
-        for (Tensor g : gradA) anyGradA |= g != null;
-        if (anyGradA) queueDA(side != null ? side.cublas() : ctx.cublas(), ghPtr, ld);
+        queueDA(side != null ? side.cublas() : ctx.cublas(), ghPtr, ld);
         int sub = prof == null ? -1 : prof.begin();
         gemm(ctx.cublas(), false, false, n, in, total, 1f, ghPtr, ld, CudaContext.ptr(aCat), in, BF, 1f,
                 CudaContext.ptr(wide), ld, BF);
