@@ -14,7 +14,7 @@
 //                           Per key tile: S = Q K^T (mma.m16n8k16, f32 accumulate), online softmax in registers
 //                           (exp2 of scores pre-scaled by scale * log2 e), P rounded to T and used as the A
 //                           operand of O += P V. Writes O (T) and lse = ln(sum exp(s * scale)) (f32, natural log).
-//   attn_tc_delta_<t>       one warp per (row, head): delta = dO . O (f32).
+//   attn_tc_delta_<t>       delta = dO . O (f32): D / 8 lanes per (row, head) with 16-byte loads (attention_delta.cuh).
 //   attn_tc_dq_<t>_d<D>     grid (ceil(T/64), H, B): a block owns a query tile, loops over key tiles (K/V double
 //                           buffered): S = Q K^T, dP = dO V^T, P = exp(S scale - lse), dS = P (dP - delta),
 //                           dQ += dS K; dQ * scale is written. No atomics: deterministic.
@@ -1002,7 +1002,8 @@ __device__ __forceinline__ void dkv_impl(const T* __restrict__ q, const T* __res
     extern "C" __global__ void attn_tc_delta_##tn(const T* o, const T* dout, float* delta, int B, int T_, int H,       \
                                                   int D) {                                                             \
         pdl_enter();                                                                                                   \
-        attn_delta_impl<T>(o, dout, delta, B, T_, H, D);                                                               \
+        if (attn_delta_vec_applies<T>(o, dout, D)) attn_delta_vec_impl<T>(o, dout, delta, B, T_, H, D);                         \
+        else attn_delta_impl<T>(o, dout, delta, B, T_, H, D);                                                          \
     }
 
 QL_ATTN_TC(bf16, __nv_bfloat16)

@@ -372,7 +372,7 @@ final class TrainAttentionKernels {
         return g;
     }
 
-    /** delta = rowsum(dO * O) per query and head (attn_tc_delta_* / attn_bwd_delta_*: a warp per row and head). */
+    /** delta = rowsum(dO * O) per query and head (attn_tc_delta_* / attn_bwd_delta_*; native/attention_delta.cuh). */
     private static void launchDelta(CudaContext ctx, boolean tc, String t, Tensor out, Tensor gradOut, Tensor delta,
                                     int batch, int tokens, int heads, int headDim) {
         long warps = (long) batch * tokens * heads;
