@@ -44,29 +44,17 @@ public final class CudaJoinedInputGrad {
         }
         requireGx(gx, n, in);
         if (n == 0) return;
-        CudaContext ctx = b.context();
-        OpProfiler prof = b.profiler();
-        int mark = prof == null ? -1 : prof.begin();
-        DequantCache.Entry kept = ctx.dequantCache().getStack(ws, DType.BF16);
-        if (kept != null) {   // the recompute's joined fold buffer: the weights in the first in columns of its rows
-            gemm(ctx.cublas(), false, false, n, in, total, 1f, CudaContext.ptr(g), total, kept.pointer(), kept.ld(), BF,
-                    accumulate ? 1f : 0f, CudaContext.ptr(gx), in, BF);
-            if (mark >= 0) prof.end("linearQuantizedBackwardInput (kept weight)", mark);
-            return;
-        }
-        try (Tensor stack = ctx.empty(DType.BF16, total, in)) {
+        // the recompute's joined fold buffer at any stride (the weights are the first in columns of its rows)
+        stackedProduct(b, gx, accumulate ? 1f : 0f, g, ws, total, true, (ctx, prof, stack) -> {
             int row = 0;
             for (CudaQuant4bit w : ws) {
                 int dq = prof == null ? -1 : prof.begin();
                 // float32 only between the code and BF16: the values of the per-layer backward's dequantize
-                Quant4bitKernels.dequantizeRows(ctx, w, CudaContext.ptr(stack) + 2L * row * in, in, DType.F32);
+                Quant4bitKernels.dequantizeRows(ctx, w, stack + 2L * row * in, in, DType.F32);
                 if (dq >= 0) prof.end("linearQuantizedBackwardInput/dequantize", dq);
                 row += w.outFeatures();
             }
-            gemm(ctx.cublas(), false, false, n, in, total, 1f, CudaContext.ptr(g), total, CudaContext.ptr(stack), in, BF,
-                    accumulate ? 1f : 0f, CudaContext.ptr(gx), in, BF);
-        }
-        if (mark >= 0) prof.end("linearQuantizedBackwardInput", mark);
+        });
     }
 
     /**
@@ -120,27 +108,47 @@ public final class CudaJoinedInputGrad {
             throw new IllegalArgumentException("joined input gradient: G must be BF16 [n, " + total + "], got " + g);
         }
         if (n == 0) return;
-        CudaContext ctx = b.context();
-        OpProfiler prof = b.profiler();
-        int mark = prof == null ? -1 : prof.begin();
-        DequantCache.Entry kept = ctx.dequantCache().getStack(ws, DType.BF16);
-        if (kept != null && kept.ld() == ld) {   // the recompute's fold buffer: exactly W'
-            gemm(ctx.cublas(), false, false, n, ld, total, 1f, CudaContext.ptr(g), total, kept.pointer(), ld, BF,
-                    0f, CudaContext.ptr(wide), ld, BF);
-            if (mark >= 0) prof.end("linearQuantizedBackwardInput (kept weight)", mark);   // the same product, GH beside it
-            return;
-        }
-        try (Tensor stack = ctx.empty(DType.BF16, total, ld)) {
+        // the recompute's fold buffer only when it is exactly W' (its stride is in + P)
+        stackedProduct(b, wide, 0f, g, ws, total, false, (ctx, prof, stack) -> {
             int row = 0, column = 0;
             for (int i = 0; i < ws.size(); i++) {
                 // float32 only between the code and BF16, as into's (the kept buffer is only ever rounded so)
                 CudaLoraFold.foldedWeight(ctx, prof, "linearQuantizedBackwardInput/dequantize", ws.get(i), DType.F32,
-                        CudaContext.ptr(stack) + 2L * row * ld, ld, in, padded, bMasters[i], column, scalings[i]);
+                        stack + 2L * row * ld, ld, in, padded, bMasters[i], column, scalings[i]);
                 row += ws.get(i).outFeatures();
                 column += bMasters[i].dim(1);
             }
-            gemm(ctx.cublas(), false, false, n, ld, total, 1f, CudaContext.ptr(g), total, CudaContext.ptr(stack), ld, BF,
-                    0f, CudaContext.ptr(wide), ld, BF);
+        });
+    }
+
+    /** Fills a fresh stack of the weights [total, out's width] at device address stack (rows of out's width). */
+    private interface StackFill {
+        void fill(CudaContext ctx, OpProfiler prof, long stack);
+    }
+
+    /**
+     * out [n, cols] = g [n, total] S + beta out, where S is the first cols columns of the weights stacked in layer
+     * order: the checkpointed recompute's kept stack (DequantCache#getStack) when there is one and, unless
+     * keptAnyStride, its rows are exactly cols wide; else a fresh [total, cols] stack that fill writes. One GEMM,
+     * profiled as the bases' input gradient.
+     */
+    private static void stackedProduct(CudaBackend b, Tensor out, float beta, Tensor g, List<CudaQuant4bit> ws, int total,
+                                       boolean keptAnyStride, StackFill fill) {
+        int n = g.dim(0), cols = out.dim(1);
+        CudaContext ctx = b.context();
+        OpProfiler prof = b.profiler();
+        int mark = prof == null ? -1 : prof.begin();
+        DequantCache.Entry kept = ctx.dequantCache().getStack(ws, DType.BF16);
+        if (kept != null && (keptAnyStride || kept.ld() == cols)) {
+            gemm(ctx.cublas(), false, false, n, cols, total, 1f, CudaContext.ptr(g), total, kept.pointer(), kept.ld(), BF,
+                    beta, CudaContext.ptr(out), cols, BF);
+            if (mark >= 0) prof.end("linearQuantizedBackwardInput (kept weight)", mark);
+            return;
+        }
+        try (Tensor stack = ctx.empty(DType.BF16, total, cols)) {
+            fill.fill(ctx, prof, CudaContext.ptr(stack));
+            gemm(ctx.cublas(), false, false, n, cols, total, 1f, CudaContext.ptr(g), total, CudaContext.ptr(stack), cols, BF,
+                    beta, CudaContext.ptr(out), cols, BF);
         }
         if (mark >= 0) prof.end("linearQuantizedBackwardInput", mark);
     }
