@@ -4,7 +4,8 @@
 // elementwise.cu add, rope.cu) and to the CPU backend up to the same float32 reduction-order rounding.
 //
 //   add_rmsnorm_<t>_w<w>   resid [n, h] += y [n, h] (rounded to T, as add_fwd does), then
-//                          out [n, h] = rmsnorm(resid) * weight [h] exactly as rmsnorm_fwd (same thread/pack
+//                          out [n, h] (rows of stride ldo >= h; columns [h, ldo) written as zeros, as rmsnorm_fwd's)
+//                          = rmsnorm(resid) * weight [h] exactly as rmsnorm_fwd (same thread/pack
 //                          layout, same block_sum tree, same 1/sqrt in double). grid = n blocks, RmsNormKernels.rowThreads;
 //                          vec = 1 when h is a multiple of the 16-byte pack (rows 16-byte aligned), else 0.
 //                          Rows of at most 4 packs per thread keep their sums in registers and read the weight
@@ -32,11 +33,11 @@
 template <typename T, typename W>
 __device__ __forceinline__ void add_rmsnorm_impl(T* __restrict__ resid, const T* __restrict__ y,
                                                  const W* __restrict__ w, T* __restrict__ out, int h, float eps,
-                                                 int vec) {
+                                                 int vec, int64_t ldo) {
     __shared__ float scratch[32];
     T* row = resid + (int64_t)blockIdx.x * h;
     const T* yrow = y + (int64_t)blockIdx.x * h;
-    T* dst = out + (int64_t)blockIdx.x * h;
+    T* dst = out + (int64_t)blockIdx.x * ldo;
     constexpr int V = Pack16<T>::N;
     float ss = 0.f;
     if (vec) {
@@ -64,6 +65,7 @@ __device__ __forceinline__ void add_rmsnorm_impl(T* __restrict__ resid, const T*
     }
     float inv = rmsnorm_inverse(ss, h, eps, scratch);
     rmsnorm_write_row(row, w, dst, h, inv, vec);
+    rmsnorm_zero_tail(dst, h, ldo, vec);
 }
 
 // add_rmsnorm with the row in registers (vec rows of at most ADD_RMSNORM_REG_PACKS packs per thread: h <= 8192 for
@@ -80,7 +82,8 @@ __device__ __forceinline__ bool add_rmsnorm_fits_registers(int h, int vec) {
 
 template <typename T, typename W>
 __device__ __forceinline__ void add_rmsnorm_registers(T* __restrict__ resid, const T* __restrict__ y,
-                                                      const W* __restrict__ w, T* __restrict__ out, int h, float eps) {
+                                                      const W* __restrict__ w, T* __restrict__ out, int h, float eps,
+                                                      int64_t ldo) {
     __shared__ float scratch[32];
     constexpr int V = Pack16<T>::N;
     const int packs = h / V;
@@ -94,7 +97,8 @@ __device__ __forceinline__ void add_rmsnorm_registers(T* __restrict__ resid, con
     pdl_enter();
     int4* r4 = reinterpret_cast<int4*>(resid + (int64_t)blockIdx.x * h);
     const int4* y4 = reinterpret_cast<const int4*>(y + (int64_t)blockIdx.x * h);
-    int4* d4 = reinterpret_cast<int4*>(out + (int64_t)blockIdx.x * h);
+    T* dst = out + (int64_t)blockIdx.x * ldo;
+    int4* d4 = reinterpret_cast<int4*>(dst);
     Pack16<T> s[ADD_RMSNORM_REG_PACKS];
     float ss = 0.f;
 #pragma unroll
@@ -124,15 +128,17 @@ __device__ __forceinline__ void add_rmsnorm_registers(T* __restrict__ resid, con
             d4[p] = z.raw;
         }
     }
+    rmsnorm_zero_tail(dst, h, ldo, 1);
 }
 
 template <typename T, typename W>
-__device__ __forceinline__ void add_rmsnorm_entry(T* resid, const T* y, const W* w, T* out, int h, float eps, int vec) {
+__device__ __forceinline__ void add_rmsnorm_entry(T* resid, const T* y, const W* w, T* out, int h, float eps, int vec,
+                                                  int64_t ldo) {
     if (add_rmsnorm_fits_registers<T>(h, vec)) {
-        add_rmsnorm_registers(resid, y, w, out, h, eps);
+        add_rmsnorm_registers(resid, y, w, out, h, eps, ldo);
     } else {
         pdl_enter();
-        add_rmsnorm_impl(resid, y, w, out, h, eps, vec);
+        add_rmsnorm_impl(resid, y, w, out, h, eps, vec, ldo);
     }
 }
 
@@ -274,16 +280,16 @@ __device__ __forceinline__ void rope_qk_kv_write_impl(T* __restrict__ q, T* __re
 
 #define QL_FUSED(tn, T)                                                                                          \
     extern "C" __global__ void add_rmsnorm_##tn##_wf32(T* resid, const T* y, const float* w, T* out, int h,      \
-                                                       float eps, int vec) {                                                  \
-        add_rmsnorm_entry(resid, y, w, out, h, eps, vec);                                                        \
+                                                       float eps, int vec, int64_t ldo) {                       \
+        add_rmsnorm_entry(resid, y, w, out, h, eps, vec, ldo);                                                   \
     }                                                                                                           \
     extern "C" __global__ void add_rmsnorm_##tn##_wbf16(T* resid, const T* y, const __nv_bfloat16* w, T* out,    \
-                                                        int h, float eps, int vec) {                                          \
-        add_rmsnorm_entry(resid, y, w, out, h, eps, vec);                                                        \
+                                                        int h, float eps, int vec, int64_t ldo) {               \
+        add_rmsnorm_entry(resid, y, w, out, h, eps, vec, ldo);                                                   \
     }                                                                                                           \
     extern "C" __global__ void add_rmsnorm_##tn##_wf16(T* resid, const T* y, const __half* w, T* out, int h,     \
-                                                       float eps, int vec) {                                                  \
-        add_rmsnorm_entry(resid, y, w, out, h, eps, vec);                                                        \
+                                                       float eps, int vec, int64_t ldo) {                       \
+        add_rmsnorm_entry(resid, y, w, out, h, eps, vec, ldo);                                                   \
     }                                                                                                           \
     extern "C" __global__ void rope_qk_##tn(T* q, T* k, const int* positions, const float* inv_freq, int n,       \
                                             int heads, int kv_heads, int head_dim, float scaling, int groups) { pdl_enter(); \

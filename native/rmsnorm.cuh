@@ -29,3 +29,19 @@ __device__ __forceinline__ void rmsnorm_write_row(const T* row, const W* __restr
         for (int j = threadIdx.x; j < h; j += blockDim.x) dst[j] = from_f32<T>((to_f32(row[j]) * inv) * to_f32(w[j]));
     }
 }
+
+// Columns [h, ldo) of an output row written as zeros: a norm writing into the first h columns of a wider buffer (the
+// LoRA fold's [x | H], backend/cuda/CudaLoraFold: H's columns start cleared, the fold's GEMM fills the adapters').
+// vec: in 16-byte packs (h and ldo multiples of the pack, rows 16-byte aligned), else element by element.
+template <typename T>
+__device__ __forceinline__ void rmsnorm_zero_tail(T* __restrict__ dst, int h, int64_t ldo, int vec) {
+    if (ldo <= h) return;
+    if (vec) {
+        constexpr int V = Pack16<T>::N;
+        int4* d4 = reinterpret_cast<int4*>(dst);
+        for (int64_t p = h / V + threadIdx.x; p < ldo / V; p += blockDim.x) d4[p] = make_int4(0, 0, 0, 0);
+    } else {
+        for (int64_t j = h + threadIdx.x; j < ldo; j += blockDim.x) dst[j] = from_f32<T>(0.f);
+    }
+}
+

@@ -157,14 +157,17 @@ public final class DecoderLayer implements AutoCloseable {
             // recomputes the attention half's inputs (h1, q, k, v) after the MLP backward, so they and their
             // dequantized weights are not alive during it (that is where a step's memory peaks).
             resid = save.resid;   // x + hook(o(attn)), as made below
-            h2 = b.rmsNorm(resid, postAttnNorm, eps);   // what addInPlaceRmsNorm normed: the rounded sum
+            h2 = hooks == LayerHooks.NONE   // what addInPlaceRmsNorm normed: the rounded sum
+                    ? SharedInputLinears.normedInput(b, resid, postAttnNorm, eps, gate, up) : b.rmsNorm(resid, postAttnNorm, eps);
         } else {
             recomputeAttentionInputs(b, c, x, positions, segments, invFreq, ropeScaling, batch, save);
             // The attention hook runs in the recompute too: its output is part of resid, which backward reads.
             // resid = x + attention output, summed into the output's buffer (owned here; x stays: it is the
             // checkpoint) by the launch that norms it: the numbers of add then rmsNorm, one pass fewer over resid.
             resid = afterAttention(save.h1, o.forward(b, save.attn.out()));
-            h2 = b.addInPlaceRmsNorm(resid, x, postAttnNorm, eps);
+            // h2 may be written into gate/up's fold buffer (read by those projections only: no hook reads it)
+            h2 = hooks == LayerHooks.NONE ? SharedInputLinears.addNormedInput(b, resid, x, postAttnNorm, eps, gate, up)
+                    : b.addInPlaceRmsNorm(resid, x, postAttnNorm, eps);
         }
         Tensor act = swiGlu(b, h2, save);
         Tensor out = null;
@@ -186,7 +189,10 @@ public final class DecoderLayer implements AutoCloseable {
                                           Tensor invFreq, float ropeScaling, int batch, LayerActivations s) {
         int heads = c.numAttentionHeads(), kvHeads = c.numKeyValueHeads(), hd = c.headDim();
         Integer w = c.slidingWindow(index);
-        s.h1 = b.rmsNorm(x, inputNorm, (float) c.rmsNormEps());
+        // h1 may be written into q/k/v's fold buffer when only those projections read it (no hook, no prefix)
+        s.h1 = hooks == LayerHooks.NONE && prefix == null
+                ? SharedInputLinears.normedInput(b, x, inputNorm, (float) c.rmsNormEps(), q, k, v)
+                : b.rmsNorm(x, inputNorm, (float) c.rmsNormEps());
         Tensor[] qkv = SharedInputLinears.forward(b, s.h1, q, k, v);   // LoRA on the CUDA BF16 path: x read once (LoraGroup)
         s.q = qkv[0]; s.k = qkv[1]; s.v = qkv[2];
         b.ropeQkInPlace(s.q, s.k, positions, invFreq, heads, kvHeads, hd, ropeScaling);   // one pass for q and k

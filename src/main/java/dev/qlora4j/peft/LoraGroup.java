@@ -44,24 +44,56 @@ public final class LoraGroup {
     /** The layers as LoraLinear with their group adapters when the grouped products apply, else null. */
     private record Members(LoraLinear[] layers, LoraAdapter[] adapters) {}
 
+    /** The members of a group of two or more (see the four-argument form). */
     private static Members members(Backend b, Tensor x, Linear[] layers) {
         return layers.length < 2 ? null : members(b, x, layers, 2);
     }
 
-    /** The members when at least minLayers layers take the grouped products, else null. */
+    /**
+     * The members when at least minLayers layers take the grouped products, else null. x is [n, in] (in: the layers'
+     * in_features), or the LoRA fold's [x | H] buffer [n, in + P] ({@link #foldInputWidth}) when the fold takes the
+     * layers' bases with it: every grouped path then reads x's first in columns with its row stride.
+     */
     private static Members members(Backend b, Tensor x, Linear[] layers, int minLayers) {
         if (layers.length < minLayers || !CudaLora.applies(b) || !CudaLoraGroup.groupingOn() || x.rank() != 2) return null;
         LoraLinear[] ls = new LoraLinear[layers.length];
         LoraAdapter[] as = new LoraAdapter[layers.length];
+        int rank = 0;
         for (int i = 0; i < layers.length; i++) {
-            if (!(layers[i] instanceof LoraLinear l) || l.inFeatures() != x.dim(1)) return null;
+            if (!(layers[i] instanceof LoraLinear l) || l.inFeatures() != layers[0].inFeatures()) return null;
             LoraAdapter a = l.groupAdapter(b);
             if (a == null) return null;
             for (int j = 0; j < i; j++) if (ls[j] == l || as[j] == a) return null;   // the same layer twice: run alone
             ls[i] = l;
             as[i] = a;
+            rank += a.rank();
         }
-        return new Members(ls, as);
+        int in = ls[0].inFeatures();
+        if (x.dim(1) == in) return new Members(ls, as);
+        boolean foldInput = x.dim(1) == CudaJoinedInputGrad.wideColumns(in, rank) && foldedBases(x, ls) != null;
+        return foldInput ? new Members(ls, as) : null;
+    }
+
+    /**
+     * -Dqlora4j.cuda.normIntoFold=false: {@link #foldInputWidth} returns 0, so the norm before a joined group writes
+     * its own [n, in] output and the fold copies it into [x | H]; for A/B runs (the same bits either way).
+     */
+    public static final String NORM_INTO_FOLD_PROPERTY = "qlora4j.cuda.normIntoFold";
+
+    /**
+     * The width of the [x | H] buffer (in + the padded H width, CudaLoraFold) that the layers' fold reads when they
+     * run as a joined group with an x shaped as xShape ([n, in], the activation dtype), or 0 when they do not (or the
+     * property is off). A norm may then write x straight into the first in columns of such a buffer (zeros in the rest:
+     * CudaBackend#rmsNormPadded), and that buffer goes to every grouped call of these layers in x's place: the
+     * fold's forward uses it as [x | H] (no copy of x) and the backward reads x from it with its row stride.
+     */
+    public static int foldInputWidth(Backend b, Tensor xShape, Linear... layers) {
+        if (!Boolean.parseBoolean(System.getProperty(NORM_INTO_FOLD_PROPERTY, "true"))) return 0;
+        Joined j = joined(b, xShape, layers);
+        if (j == null || xShape.dim(1) != j.members().layers()[0].inFeatures()) return 0;
+        int rank = 0;
+        for (LoraAdapter a : j.members().adapters()) rank += a.rank();
+        return CudaJoinedInputGrad.wideColumns(xShape.dim(1), rank);
     }
 
     /** layers[i].forward(b, x) for every i, grouped; null when the group does not apply (nothing was run then). */
@@ -72,7 +104,7 @@ public final class LoraGroup {
         LoraLinear[] ls = m.layers();
         LoraAdapter[] as = m.adapters();
         Adapters ad = Adapters.of(ls, as);
-        List<CudaQuant4bit> folded = foldedBases(x, ls);
+        List<CudaQuant4bit> folded = foldedBases(x, ls);   // never null for an [x | H] buffer (members)
         Tensor[] out = null;
         try {
             Tensor aCat = ls[0].stackedA(cb, as);
@@ -318,7 +350,7 @@ public final class LoraGroup {
                                         List<CudaQuant4bit> joinedBases, Members m, boolean inputGrad, boolean wide) {
         LoraLinear[] ls = m.layers();
         LoraAdapter[] as = m.adapters();
-        int k = ls.length;
+        int k = ls.length, in = ls[0].inFeatures();   // x may be the fold's wider [x | H] buffer (joined groups)
         KeptHidden[] taken = new KeptHidden[k];
         Tensor gx = null;
         try {
@@ -339,7 +371,7 @@ public final class LoraGroup {
             if (k == 1 && gradOuts != null && inputGrad && ls[0].baseInputGradIntoApplies() && termFirstOn()) {
                 // a group of one: gh and its grad_x term beside the base weight's dequantize, the base GEMM onto
                 // them, dB and dA beside that GEMM
-                gx = b.context().empty(DType.BF16, x.dim(0), x.dim(1));
+                gx = b.context().empty(DType.BF16, x.dim(0), in);
                 try (CudaLoraGroupBackward lora = CudaLoraGroupBackward.beginTermFirst(b, x, gradOuts[0], aCat, bCopies[0],
                         scalings[0], kept[0], gradA[0], gradB[0], gx)) {
                     ls[0].baseInputGradInto(b, gx, true, gradOuts[0], lora::awaitLoraTerm);
@@ -354,7 +386,7 @@ public final class LoraGroup {
                     : CudaLoraGroupBackward.begin(b, x, gradOuts, aCat, bCopies, scalings, kept, gradA, gradB)) {
                 if (!inputGrad) return null;   // close() joins the side stream's dB / dA
                 if (gradJoined != null && wide) {   // [grad_x | GH] from one GEMM, then dA and grad_x's LoRA term
-                    gx = b.context().empty(DType.BF16, x.dim(0), CudaJoinedInputGrad.wideColumns(x.dim(1), aCat.dim(0)));
+                    gx = b.context().empty(DType.BF16, x.dim(0), CudaJoinedInputGrad.wideColumns(in, aCat.dim(0)));
                     Tensor[] bMasters = new Tensor[k];
                     for (int i = 0; i < k; i++) bMasters[i] = as[i].b().value();
                     CudaJoinedInputGrad.intoWide(b, gx, gradJoined, joinedBases, bMasters, scalings);
@@ -362,7 +394,7 @@ public final class LoraGroup {
                     return gx;
                 }
                 if (gradJoined != null) {
-                    gx = b.context().empty(DType.BF16, x.dim(0), x.dim(1));
+                    gx = b.context().empty(DType.BF16, x.dim(0), in);
                     CudaJoinedInputGrad.into(b, gx, false, gradJoined, joinedBases);
                     lora.finishInto(gx, true);
                     return gx;
@@ -377,7 +409,7 @@ public final class LoraGroup {
                     }
                 }
                 boolean written = gx != null;
-                if (gx == null) gx = b.context().empty(DType.BF16, x.dim(0), x.dim(1));
+                if (gx == null) gx = b.context().empty(DType.BF16, x.dim(0), in);
                 for (int i = 0; i < k; i++) {
                     if (!ls[i].baseInputGradIntoApplies()) continue;
                     ls[i].baseInputGradInto(b, gx, written, gradOuts[i]);

@@ -1,6 +1,7 @@
 package dev.qlora4j.peft;
 
 import dev.qlora4j.backend.Backend;
+import dev.qlora4j.backend.cuda.CudaBackend;
 import dev.qlora4j.nn.Linear;
 import dev.qlora4j.nn.LinearGroup;
 import dev.qlora4j.tensor.Tensor;
@@ -13,6 +14,24 @@ import dev.qlora4j.tensor.Tensor;
  */
 public final class SharedInputLinears {
     private SharedInputLinears() {}
+
+    /**
+     * rmsNorm(x) by weight as the input of these layers: where they run as a joined LoRA group on the CUDA backend
+     * ({@link LoraGroup#foldInputWidth}), written straight into the first columns of their fold's [x | H] buffer,
+     * which then stands for the norm's output in every grouped call of these layers (forward and backward: they read
+     * it with its row stride); else b.rmsNorm. For a caller whose only readers of the result are those calls.
+     */
+    public static Tensor normedInput(Backend b, Tensor x, Tensor weight, float eps, Linear... layers) {
+        int width = LoraGroup.foldInputWidth(b, x, layers);
+        return width > 0 ? ((CudaBackend) b).rmsNormPadded(x, weight, eps, width) : b.rmsNorm(x, weight, eps);
+    }
+
+    /** b.addInPlaceRmsNorm(resid, y, weight, eps) with the norm written as {@link #normedInput} writes it. */
+    public static Tensor addNormedInput(Backend b, Tensor resid, Tensor y, Tensor weight, float eps, Linear... layers) {
+        int width = LoraGroup.foldInputWidth(b, resid, layers);
+        return width > 0 ? ((CudaBackend) b).addInPlaceRmsNormPadded(resid, y, weight, eps, width)
+                : b.addInPlaceRmsNorm(resid, y, weight, eps);
+    }
 
     /** layers[i].forward(b, x) for every i, x [n, in] -> [n, out_i]; the caller owns the results. */
     public static Tensor[] forward(Backend b, Tensor x, Linear... layers) {

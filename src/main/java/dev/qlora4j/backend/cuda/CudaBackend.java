@@ -148,10 +148,33 @@ public final class CudaBackend implements Backend, GraphCapable {
 
     @Override
     public Tensor rmsNorm(Tensor x, Tensor weight, float eps) {
+        KernelTypes.requireRank(x, 2, "rmsNorm x");
+        return rmsNormPadded(x, weight, eps, x.dim(1));
+    }
+
+    /**
+     * {@link #rmsNorm} into the first h columns of a new [n, width] tensor (width >= h, a multiple of 8 for 16-byte
+     * rows) whose columns [h, width) are zero: a LoRA fold's [x | H] buffer with x written by the norm itself
+     * (peft.LoraGroup#normedInput), so the fold need not copy x. The same values as rmsNorm in the first h columns.
+     */
+    public Tensor rmsNormPadded(Tensor x, Tensor weight, float eps, int width) {
         int mark = profBegin();
         KernelTypes.requireRank(x, 2, "rmsNorm x");
         try (Owned xa = activation(x, "rmsNorm x")) {
-            return profEnd("rmsNorm", mark, RmsNormKernels.rmsNorm(ctx, act, xa.t, weight, eps));
+            return profEnd("rmsNorm", mark, RmsNormKernels.rmsNorm(ctx, act, xa.t, weight, eps, width));
+        }
+    }
+
+    /** {@link #addInPlaceRmsNorm} with the norm written as {@link #rmsNormPadded} writes it. */
+    public Tensor addInPlaceRmsNormPadded(Tensor resid, Tensor y, Tensor weight, float eps, int width) {
+        int mark = profBegin();
+        KernelTypes.requireDevice(resid, "addInPlaceRmsNorm resid");
+        if (resid.dtype() != act) {
+            throw new IllegalArgumentException("addInPlaceRmsNorm resid must be " + act
+                    + " (the CUDA backend's activation dtype: it is updated in place), got " + resid);
+        }
+        try (Owned yy = activation(y, "addInPlaceRmsNorm y")) {
+            return profEnd("addInPlaceRmsNorm", mark, FusedKernels.addRmsNorm(ctx, act, resid, yy.t, weight, eps, width));
         }
     }
 
@@ -249,15 +272,8 @@ public final class CudaBackend implements Backend, GraphCapable {
 
     @Override
     public Tensor addInPlaceRmsNorm(Tensor resid, Tensor y, Tensor weight, float eps) {
-        int mark = profBegin();
-        KernelTypes.requireDevice(resid, "addInPlaceRmsNorm resid");
-        if (resid.dtype() != act) {
-            throw new IllegalArgumentException("addInPlaceRmsNorm resid must be " + act
-                    + " (the CUDA backend's activation dtype: it is updated in place), got " + resid);
-        }
-        try (Owned yy = activation(y, "addInPlaceRmsNorm y")) {
-            return profEnd("addInPlaceRmsNorm", mark, FusedKernels.addRmsNorm(ctx, act, resid, yy.t, weight, eps));
-        }
+        KernelTypes.requireRank(resid, 2, "addInPlaceRmsNorm resid");
+        return addInPlaceRmsNormPadded(resid, y, weight, eps, resid.dim(1));
     }
 
     @Override

@@ -33,6 +33,10 @@ import static dev.qlora4j.backend.cuda.CudaLora.gemm;
  * values when s_i is a power of two). H is the same BF16 h as unfolded. Results agree with the unfolded path to
  * the BF16 rounding of the outputs.
  *
+ * <p>x may also arrive already laid out as X' (BF16 [n, in + R], its first in columns x and the rest zero: a norm
+ * written straight into it, CudaBackend#rmsNormPadded and peft.LoraGroup#foldInputWidth); then the fold copies nothing
+ * and writes H into that buffer's columns (the caller's x keeps them; only its first in columns are x).
+ *
  * <p>Applies on the CUDA BF16 LoRA path to prefill/training shapes (more rows than the decode GEMV takes) of
  * bias-free 4-bit bases computing in BF16 with in_features a multiple of 8; -Dqlora4j.cuda.loraFold=false turns it
  * off (for A/B runs).
@@ -67,11 +71,14 @@ public final class CudaLoraFold {
      * BF16 with in_features in and no bias.
      */
     public static List<CudaQuant4bit> bases(Tensor x, List<? extends QuantizedWeight> ws, List<Tensor> biases) {
-        if (!on() || x.rank() != 2 || x.dim(0) <= Quant4bitKernels.GEMV_MAX_ROWS || x.dim(1) % 8 != 0) return null;
+        if (!on() || x.rank() != 2 || x.dim(0) <= Quant4bitKernels.GEMV_MAX_ROWS || ws.isEmpty()) return null;
+        int in = ws.getFirst().inFeatures();
+        // x itself, or an [x | H] buffer already laid out for the fold (forward's x argument)
+        if (in % 8 != 0 || (x.dim(1) != in && (x.dim(1) < in || (x.dim(1) - in) % COLUMN_ALIGN != 0))) return null;
         List<CudaQuant4bit> q = new ArrayList<>(ws.size());
         for (int i = 0; i < ws.size(); i++) {
             if (!(ws.get(i) instanceof CudaQuant4bit c) || biases.get(i) != null || c.computeDType() != DType.BF16
-                    || c.inFeatures() != x.dim(1)) {
+                    || c.inFeatures() != in) {
                 return null;
             }
             q.add(c);
@@ -104,9 +111,15 @@ public final class CudaLoraFold {
 
     private static Result fold(CudaBackend b, Tensor x, List<CudaQuant4bit> ws, Tensor aCat, Tensor[] bMasters,
                                float[] scalings, boolean keepH, boolean joined) {
-        int n = x.dim(0), in = x.dim(1), layers = ws.size();
-        int rank = checkArgs(x, ws, aCat, bMasters, scalings);
+        int n = x.dim(0), in = ws.getFirst().inFeatures(), layers = ws.size();
+        int rank = checkArgs(in, ws, aCat, bMasters, scalings);
         int padded = paddedRank(rank), ld = in + padded;
+        // x already written into the first in columns of X' (a norm's padded output, zeros in H's columns)?
+        boolean inPlace = x.dim(1) == ld;
+        if (!inPlace && x.dim(1) != in) {
+            throw new IllegalArgumentException("LoRA fold: x must be [n, " + in + "] or the fold's [n, " + ld + "] [x | H] buffer, got " + x);
+        }
+        if (inPlace && x.dtype() != DType.BF16) throw new IllegalArgumentException("LoRA fold: an [x | H] buffer must be BF16, got " + x);
         int total = 0;
         for (CudaQuant4bit w : ws) total += w.outFeatures();
         CudaContext ctx = b.context();
@@ -115,10 +128,11 @@ public final class CudaLoraFold {
         Tensor[] ys = new Tensor[joined ? 1 : layers];
         Tensor h = null;
         try (Held xb = bf16(ctx, x);
-             Tensor xh = ctx.empty(DType.BF16, n, ld)) {
+             Held xhHeld = inPlace ? new Held(x, false) : new Held(ctx.empty(DType.BF16, n, ld), true)) {
+            Tensor xh = xhHeld.t();
             Cublas cu = ctx.cublas();
-            copyColumns(ctx, xh, ld, CudaContext.ptr(xb.t()), in, n, in, ld);   // x, and H's columns cleared
-            gemm(cu, false, true, n, rank, in, 1f, CudaContext.ptr(xb.t()), in, CudaContext.ptr(aCat), in, BF, 0f,
+            if (!inPlace) copyColumns(ctx, xh, ld, CudaContext.ptr(xb.t()), in, n, in, ld);   // x, and H's columns cleared
+            gemm(cu, false, true, n, rank, in, 1f, CudaContext.ptr(xb.t()), xb.t().dim(1), CudaContext.ptr(aCat), in, BF, 0f,
                     CudaContext.ptr(xh) + 2L * in, ld, BF);
             // every layer's W'_i in one buffer, layer i's rows after layer i-1's: a checkpointed recompute keeps
             // it for the backward (DequantCache), where a joined group's input gradient reads it as one matrix
@@ -208,8 +222,8 @@ public final class CudaLoraFold {
     }
 
     /** Checks the shapes; returns the sum of the ranks. */
-    private static int checkArgs(Tensor x, List<CudaQuant4bit> ws, Tensor aCat, Tensor[] bMasters, float[] scalings) {
-        int in = x.dim(1), layers = ws.size();
+    private static int checkArgs(int in, List<CudaQuant4bit> ws, Tensor aCat, Tensor[] bMasters, float[] scalings) {
+        int layers = ws.size();
         if (bMasters.length != layers || scalings.length != layers) {
             throw new IllegalArgumentException("LoRA fold: " + layers + " bases need as many lora_B and scalings, got "
                     + bMasters.length + " and " + scalings.length);
@@ -224,7 +238,7 @@ public final class CudaLoraFold {
                         + ", r], got " + bm);
             }
             if (ws.get(i).inFeatures() != in) {
-                throw new IllegalArgumentException("LoRA fold: base " + i + " takes " + ws.get(i).inFeatures() + " features, x has " + in);
+                throw new IllegalArgumentException("LoRA fold: base " + i + " takes " + ws.get(i).inFeatures() + " features, base 0 " + in);
             }
             rank += bm.dim(1);
         }

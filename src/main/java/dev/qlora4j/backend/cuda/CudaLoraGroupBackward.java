@@ -43,7 +43,7 @@ import static dev.qlora4j.backend.cuda.CudaLora.requireGx;
 public final class CudaLoraGroupBackward implements AutoCloseable {
     private final CudaBackend b;
     private final Tensor aCat;                 // [sum r, in] BF16
-    private final Held xb;                     // x [n, in] BF16
+    private final Held xb;                     // x BF16 [n, in], or the fold's [n, in + P] [x | H] buffer
     private final Held[] gy;                   // gradOut_i [n, out_i] BF16 (null entries: the caller's joined buffer)
     private final Tensor gh;                   // GH [n, sum r] BF16; null when the caller's wide GEMM forms it (finishWide)
     private final Tensor h;                    // H [n, sum r] BF16 recomputed where a kept h is missing, else null
@@ -145,7 +145,11 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
     private static CudaLoraGroupBackward start(CudaBackend b, Tensor x, Tensor[] gradOuts, Tensor gradJoined, Tensor aCat,
                                                Tensor[] bBf16, float[] scalings, Hidden[] kept, Tensor[] gradA, Tensor[] gradB,
                                                boolean ghInGemm, Tensor termInto) {
-        int n = x.dim(0), in = x.dim(1), layers = bBf16.length;
+        // x [n, in], or the LoRA fold's wider [x | H] buffer (x in its first in columns, read with its row stride)
+        if (x.rank() != 2 || x.dim(1) < aCat.dim(1)) {
+            throw new IllegalArgumentException("LoRA group backward: x must be [n, >= " + aCat.dim(1) + "], got " + x);
+        }
+        int n = x.dim(0), in = aCat.dim(1), ldx = x.dim(1), layers = bBf16.length;
         int[] cols = CudaLoraGroup.groupColumns(aCat, bBf16, in, "backward");
         int total = aCat.dim(0);
         if (scalings.length != layers || kept.length != layers || gradA.length != layers || gradB.length != layers) {
@@ -195,8 +199,8 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
             Cublas cu = side != null ? side.cublas() : ctx.cublas();
             if (side != null) side.fork(ctx.stream());
             if (needH) {
-                cu.gemmRowMajor(false, true, n, total, in, 1f, CudaContext.ptr(xb.t()), CudaContext.ptr(aCat), BF, 0f,
-                        CudaContext.ptr(h), BF);
+                gemm(cu, false, true, n, total, in, 1f, CudaContext.ptr(xb.t()), ldx, CudaContext.ptr(aCat), in, BF, 0f,
+                        CudaContext.ptr(h), total, BF);
             }
             for (int i = 0; i < layers; i++) {
                 int r = bBf16[i].dim(1), out = bBf16[i].dim(0);
@@ -244,15 +248,15 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
         if (!anyGradA) return;
         CudaContext ctx = b.context();
         OpProfiler prof = b.profiler();
-        int n = xb.t().dim(0), in = xb.t().dim(1), total = aCat.dim(0);
+        int n = xb.t().dim(0), in = aCat.dim(1), ldx = xb.t().dim(1), total = aCat.dim(0);
         int sub = prof == null ? -1 : prof.begin();
         if (dA == null) {   // a group of one (training lora_A): gradA += GH^T x by the GEMM's beta, no temporary
-            gemm(cu, true, false, total, in, n, 1f, ghPtr, ghLd, CudaContext.ptr(xb.t()), in, BF, 1f,
+            gemm(cu, true, false, total, in, n, 1f, ghPtr, ghLd, CudaContext.ptr(xb.t()), ldx, BF, 1f,
                     CudaContext.ptr(gradA[0]), in, Cublas.DataType.F32);
             if (sub >= 0) prof.end("lora group backward/dA", sub);
             return;
         }
-        gemm(cu, true, false, total, in, n, 1f, ghPtr, ghLd, CudaContext.ptr(xb.t()), in, BF, 0f, CudaContext.ptr(dA), in,
+        gemm(cu, true, false, total, in, n, 1f, ghPtr, ghLd, CudaContext.ptr(xb.t()), ldx, BF, 0f, CudaContext.ptr(dA), in,
                 Cublas.DataType.F32);
         long axpy = ctx.function("train_elementwise", "axpy_f32");
         for (int i = 0; i < gradA.length; i++) {
@@ -273,7 +277,7 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
      * different columns).
      */
     public void finishWide(Tensor wide) {
-        int n = xb.t().dim(0), in = xb.t().dim(1), total = aCat.dim(0);
+        int n = xb.t().dim(0), in = aCat.dim(1), total = aCat.dim(0);
         if (gh != null) throw new IllegalStateException("finishWide: this backward formed GH itself; use finishInto");
         KernelTypes.requireDevice(wide, "LoRA group wide grad_x");
         if (wide.dtype() != DType.BF16 || wide.rank() != 2 || wide.dim(0) != n || wide.dim(1) < in + total) {
@@ -303,7 +307,7 @@ public final class CudaLoraGroupBackward implements AutoCloseable {
 
     /** gx [n, in] (+)= GH [A_0; A_1; ...] on the main stream, after the side stream's work (accumulate false writes gx). */
     public void finishInto(Tensor gx, boolean accumulate) {
-        int n = xb.t().dim(0), in = xb.t().dim(1), total = aCat.dim(0);
+        int n = xb.t().dim(0), in = aCat.dim(1), total = aCat.dim(0);
         requireGx(gx, n, in);
         if (gh == null) throw new IllegalStateException("finishInto: GH is formed by the caller's wide GEMM; use finishWide");
         if (termFirst) throw new IllegalStateException("finishInto: beginTermFirst wrote the LoRA term already");

@@ -14,8 +14,12 @@ import dev.qlora4j.tensor.Tensor;
 final class FusedKernels {
     private FusedKernels() {}
 
-    /** resid [n, h] (act, updated in place) += y [n, h] (act); returns rmsNorm(resid) * weight [h] in act. */
-    static Tensor addRmsNorm(CudaContext ctx, DType act, Tensor resid, Tensor y, Tensor weight, float eps) {
+    /**
+     * resid [n, h] (act, updated in place) += y [n, h] (act); returns rmsNorm(resid) * weight [h] in act, in the first
+     * h columns of a new [n, width] tensor (width >= h; h for the plain op), the columns [h, width) zero (as
+     * RmsNormKernels#rmsNorm's).
+     */
+    static Tensor addRmsNorm(CudaContext ctx, DType act, Tensor resid, Tensor y, Tensor weight, float eps, int width) {
         KernelTypes.requireRank(resid, 2, "addInPlaceRmsNorm resid");
         KernelTypes.requireSameShape(resid, y, "addInPlaceRmsNorm");
         KernelTypes.requireDevice(weight, "addInPlaceRmsNorm weight");
@@ -29,13 +33,15 @@ final class FusedKernels {
             throw new IllegalArgumentException("addInPlaceRmsNorm: resid and y must be " + act + ", got " + resid.dtype()
                     + " and " + y.dtype());
         }
+        if (width < h) throw new IllegalArgumentException("addInPlaceRmsNorm: an output " + width + " wide cannot hold rows of " + h);
         String kernel = "add_rmsnorm_" + KernelTypes.act(act) + "_" + KernelTypes.weight(weight, "addInPlaceRmsNorm weight");
-        Tensor out = ctx.empty(act, n, h);
+        Tensor out = ctx.empty(act, n, width);
         if (n == 0) return out;
-        int vec = h % (16 / act.byteSize()) == 0 ? 1 : 0;
+        int pack = 16 / act.byteSize();
+        int vec = h % pack == 0 && width % pack == 0 ? 1 : 0;
         ctx.launch(ctx.function("fused", kernel), Dim3.of(n), Dim3.of(RmsNormKernels.rowThreads(n, h, act)), 0,
                 KernelArgs.of().ptr(KernelTypes.aligned16(resid)).ptr(KernelTypes.aligned16(y)).ptr(CudaContext.ptr(weight))
-                        .ptr(KernelTypes.aligned16(out)).i32(h).f32(eps).i32(vec));
+                        .ptr(KernelTypes.aligned16(out)).i32(h).f32(eps).i32(vec).i64(width));
         return out;
     }
 

@@ -30,8 +30,12 @@ final class RmsNormKernels {
         return (int) Math.max(32, Math.min(THREADS, 32 * warps));
     }
 
-    /** x [n, h] in act, weight [h] (F32/BF16/F16) -> [n, h] in act. */
-    static Tensor rmsNorm(CudaContext ctx, DType act, Tensor x, Tensor weight, float eps) {
+    /**
+     * x [n, h] in act, weight [h] (F32/BF16/F16) -> the norm in act, in the first h columns of a new [n, width] tensor
+     * (width >= h; width = h for the plain norm), the columns [h, width) zero: x's norm as the first block of a wider
+     * buffer (the LoRA fold's [x | H]).
+     */
+    static Tensor rmsNorm(CudaContext ctx, DType act, Tensor x, Tensor weight, float eps, int width) {
         KernelTypes.requireRank(x, 2, "rmsNorm x");
         KernelTypes.requireDevice(weight, "rmsNorm weight");
         KernelTypes.requireRank(weight, 1, "rmsNorm weight");
@@ -41,14 +45,15 @@ final class RmsNormKernels {
                     + KernelTypes.shape(weight) + " disagree on the hidden size");
         }
         if (x.dtype() != act) throw new IllegalArgumentException("rmsNorm x must be " + act + ", got " + x.dtype());
+        if (width < h) throw new IllegalArgumentException("rmsNorm: an output " + width + " wide cannot hold rows of " + h);
         String kernel = "rmsnorm_fwd_" + KernelTypes.act(act) + "_" + KernelTypes.weight(weight, "rmsNorm weight");
-        Tensor out = ctx.empty(act, n, h);
+        Tensor out = ctx.empty(act, n, width);
         if (n == 0) return out;
         int pack = 16 / act.byteSize();
-        int vec = h % pack == 0 ? 1 : 0;
+        int vec = h % pack == 0 && width % pack == 0 ? 1 : 0;
         ctx.launch(ctx.function("rmsnorm", kernel), Dim3.of(n), Dim3.of(rowThreads(n, h, act)), 0,
                 KernelArgs.of().ptr(KernelTypes.aligned16(x)).ptr(CudaContext.ptr(weight)).ptr(KernelTypes.aligned16(out))
-                        .i32(h).f32(eps).i32(vec));
+                        .i32(h).f32(eps).i32(vec).i64(width));
         return out;
     }
 }
