@@ -33,6 +33,10 @@ import java.util.List;
  * layers' grad_x in one buffer when every layer is on the BF16 path with an accumulating base (each layer's GEMMs
  * add onto it, no separate adds); else null, and the caller runs each layer on its own.
  *
+ * <p>Where the 4-bit fold takes the layers, x may be the fold's [x | H] buffer itself ({@link #foldInputWidth}: a norm
+ * wrote x into its first in columns), in every call of this class for those layers: the fold then copies nothing, and
+ * the backward reads x from it with its row stride.
+ *
  * <p>Numerics: every product is the per-layer one (BF16 operands, float32 accumulation, BF16 h / gh) in a different
  * summation order and with the grad_x terms summed by the GEMMs in float32 before one BF16 rounding, where the
  * per-layer route rounds each layer's grad_x and then each add: results agree with the per-layer route to the
