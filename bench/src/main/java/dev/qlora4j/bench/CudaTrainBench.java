@@ -90,6 +90,7 @@ public final class CudaTrainBench {
             return;
         }
         List<String[]> rows = new ArrayList<>();
+        List<String> boards = new ArrayList<>();   // the board's power state during each setting's timed steps
         try (CudaBackend b = CudaBackend.create(0, DType.BF16, false)) {
             long t0 = System.nanoTime();
             TransformerLM model;
@@ -124,9 +125,11 @@ public final class CudaTrainBench {
             for (Setting setting : settings(ckpt, keepAttention, keepResidual)) {
                 boolean on = setting.checkpointing();
                 setting.apply(model);
+                BoardPower[] power = {null};   // sampled over the timed steps only
                 Timed t = timeSteps(warmup, steps, b::synchronize, () -> {
                     b.context().allocator().resetPeak();
                     if (prof != null) prof.reset();
+                    power[0] = BoardPower.start(BoardPower.nvmlIndex(0), 20);
                 }, () -> {
                     peft.zeroGrad();
                     double loss = model.trainStep(ids, pos, null, targets, batchRows, on, 1f / (n - batchRows)).meanLoss();
@@ -138,6 +141,7 @@ public final class CudaTrainBench {
                     if (mark >= 0) prof.end("AdamW step (CudaAdamW, not a Backend op)", mark);
                     return loss;
                 });
+                if (power[0] != null) boards.add("checkpointing " + setting.label() + ": " + power[0].stop().describe());
                 double median = t.median(), loss = t.loss();
                 if (prof != null) {
                     double mean = Arrays.stream(t.ms()).average().orElse(Double.NaN);
@@ -157,6 +161,7 @@ public final class CudaTrainBench {
         for (String[] row : rows) {
             System.out.printf(Locale.ROOT, "%-10s %5s %5s %5s %8s %10s %9s %9s %8s%n", (Object[]) row);
         }
+        boards.forEach(System.out::println);
         System.out.println("HF peer (transformers + bitsandbytes + peft, measured once on the H200): 6,130 tokens/s, 14.7 GiB peak");
     }
 
