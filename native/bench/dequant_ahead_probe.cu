@@ -27,31 +27,11 @@
     fprintf(stderr, "cuBLAS %d at %d: %s\n", (int)s_, __LINE__, #x); exit(2); } } while (0)
 
 static const int T = 2048, COPIES = 4, LAYERS = 32;
-struct Proj { const char* name; int in, out; };
+#include "q4_probe_weights.cuh"   // Proj, W4, probe_weights, dequant
+
 static const Proj PROJ[7] = {{"q", 4096, 4096}, {"k", 4096, 4096}, {"v", 4096, 4096}, {"o", 4096, 4096},
                              {"gate", 4096, 11008}, {"up", 4096, 11008}, {"down", 11008, 4096}};
 
-struct W4 { uint8_t* packed; uint8_t* absmax; float* nested_absmax; long n; };
-static float *g_ncode, *g_code16;
-
-static void dequant(const W4& w, __nv_bfloat16* y, cudaStream_t s) {
-    int grid = (int)((w.n + 16383) / 16384);
-    q4_dequantize_bf16<<<grid, DQ_THREADS, 0, s>>>(w.packed, w.absmax, w.nested_absmax, g_ncode, 0.01f, 6, 256, 8, 1,
-                                                   g_code16, y, w.n, 1);
-}
-
-// forward: y [T, out] = x [T, in] W^T; backward: dx [T, in] = gy [T, out] W (row-major, as CudaLora's calls)
-static void gemm(cublasHandle_t h, bool backward, const Proj& p, const __nv_bfloat16* wbf, const __nv_bfloat16* x,
-                 __nv_bfloat16* y) {
-    float one = 1.f, zero = 0.f;
-    if (!backward) {
-        CB(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, p.out, T, p.in, &one, wbf, CUDA_R_16BF, p.in, x, CUDA_R_16BF, p.in,
-                        &zero, y, CUDA_R_16BF, p.out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    } else {
-        CB(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, p.in, T, p.out, &one, wbf, CUDA_R_16BF, p.in, x, CUDA_R_16BF, p.out,
-                        &zero, y, CUDA_R_16BF, p.in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    }
-}
 
 // The weight in slices of `chunk` output rows (forward) or input columns (backward; emulated: the slice's values come
 // from the weight's first out x chunk values, the same bytes and work), each dequantized into a buffer small enough to
@@ -80,25 +60,7 @@ static void chunked(cublasHandle_t h, bool backward, const Proj& p, const W4& w,
 int main() {
     int least, greatest;
     CK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-    std::vector<W4> ws(COPIES * 7);
-    for (int c = 0; c < COPIES; c++)
-        for (int i = 0; i < 7; i++) {
-            W4& w = ws[c * 7 + i];
-            w.n = (long)PROJ[i].in * PROJ[i].out;
-            CK(cudaMalloc(&w.packed, w.n / 2));
-            CK(cudaMalloc(&w.absmax, w.n / 64));
-            CK(cudaMalloc(&w.nested_absmax, (w.n / 64 / 256 + 1) * 4));
-            fill_u8<<<1024, 256>>>(w.packed, w.n / 2, 7 * c + i);
-            fill_u8<<<1024, 256>>>(w.absmax, w.n / 64, 100 + 7 * c + i);
-            std::vector<float> na(w.n / 64 / 256 + 1, 0.02f);
-            CK(cudaMemcpy(w.nested_absmax, na.data(), na.size() * 4, cudaMemcpyHostToDevice));
-        }
-    std::vector<float> code(16), ncode(256);
-    for (int i = 0; i < 16; i++) code[i] = (i - 7.5f) / 8.f;
-    for (int i = 0; i < 256; i++) ncode[i] = (i - 127.5f) / 128.f;
-    CK(cudaMalloc(&g_code16, 64)); CK(cudaMalloc(&g_ncode, 1024));
-    CK(cudaMemcpy(g_code16, code.data(), 64, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(g_ncode, ncode.data(), 1024, cudaMemcpyHostToDevice));
+    std::vector<W4> ws = probe_weights(PROJ, 7, COPIES);
     size_t maxw = (size_t)11008 * 4096;
     __nv_bfloat16 *wbf[2], *x, *y;
     CK(cudaMalloc(&wbf[0], maxw * 2)); CK(cudaMalloc(&wbf[1], maxw * 2));
@@ -154,11 +116,11 @@ int main() {
                         int buf = seq & 1;
                         if (mode == 0) {
                             dequant(*w, wbf[0], m);
-                            gemm(h, backward, PROJ[p], wbf[0], x, y);
+                            probe_gemm(h, backward, PROJ[p], wbf[0], x, y);
                         } else if (mode >= 5) {
                             chunked(h, backward, PROJ[p], *w, mode == 5 ? 2048 : mode == 6 ? 1024 : 3072, wbf[0], x, y, m);
                         } else if (mode == 4) {
-                            gemm(h, backward, PROJ[p], wbf[0], x, y);
+                            probe_gemm(h, backward, PROJ[p], wbf[0], x, y);
                         } else {
                             bool last = l == LAYERS - 1 && j == 6;
                             if (!last) {   // the next weight, into the other buffer, once its previous GEMM is done
@@ -169,7 +131,7 @@ int main() {
                                 CK(cudaEventRecord(dqDone[buf ^ 1], s));
                             }
                             CK(cudaStreamWaitEvent(m, dqDone[buf]));
-                            gemm(h, backward, PROJ[p], wbf[buf], x, y);
+                            probe_gemm(h, backward, PROJ[p], wbf[buf], x, y);
                             CK(cudaEventRecord(gemmDone[buf], m));
                         }
                     }

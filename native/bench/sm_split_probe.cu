@@ -1,12 +1,12 @@
 // sm_split_probe.cu — measures whether the 4-bit weights' dequantize can hide behind the bf16 GEMMs when the GPU's
-// SMs are split between them: the GEMM is planned by cuBLASLt for 132 - S SMs (CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET)
+// SMs are split between them: the GEMM is planned by cuBLAS for 132 - S SMs (cublasSetSmCountTarget)
 // while the next weight's dequantize runs on a lower-priority side stream as S blocks of 1,024 threads (each block
 // holds a whole SM's registers, so the S blocks sit on S SMs and leave the rest to the GEMM).
 //
-//   nvcc -O2 -std=c++17 -arch=sm_90a -I native -I native/bench native/bench/sm_split_probe.cu -lcublasLt -lcublas -o /tmp/ssp
-//   /tmp/ssp                  # the sustained forward comparison (after ~15 s of heating), then the capped dequantize's bandwidth
-//   QL_SSP_SHORT=1 /tmp/ssp   # also the first, short runs: six 32-layer passes per mode, forward and backward
-//   (on the GPU machine, which has the cuBLAS headers)
+//   nvcc -O2 -std=c++17 -arch=sm_90a -I native -I native/bench native/bench/sm_split_probe.cu -lcublas -o /tmp/ssp
+//   /tmp/ssp   # the sustained forward comparison (after ~15 s of heating), then the capped dequantize's bandwidth
+//   (on the GPU machine, which has the cuBLAS headers). The first, short runs of session 20's call 1 (six passes per
+//   mode, forward and backward, cuBLASLt and GemmEx SM targets) are this file at commit 73e1566 (QL_SSP_SHORT=1).
 //
 // Measured (H200, bench/RESULTS.md session 20): not a lever. A dequantize confined to S SMs is issue-bound at ~50 GB/s
 // an SM (0.41 TB/s on 8, 0.80 on 16), and the GEMMs planned for fewer SMs lose about what they give up even at the
@@ -22,14 +22,12 @@
 #include "nf4.cu"
 #include "hash_fill.cuh"
 
-#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <map>
 #include <vector>
 
 #define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { \
@@ -37,20 +35,11 @@
 #define CB(x) do { int s_ = (int)(x); if (s_ != 0) { fprintf(stderr, "cuBLAS %d at %d: %s\n", s_, __LINE__, #x); exit(2); } } while (0)
 
 static const int T = 2048, COPIES = 3, LAYERS = 32, NPROJ = 4;
-struct Proj { const char* name; int in, out; };
+#include "q4_probe_weights.cuh"   // Proj, W4, probe_weights, dequant
+
 static const Proj PROJ[NPROJ] = {{"qkv", 4096, 12288}, {"o", 4096, 4096}, {"gate/up", 4096, 22016}, {"down", 11008, 4096}};
 
-struct W4 { uint8_t* packed; uint8_t* absmax; float* nested_absmax; long n; };
-static float *g_ncode, *g_code16;
-
-// The engine's dequantize (256 threads, a grid covering every chunk once).
-static void dequant(const W4& w, __nv_bfloat16* y, cudaStream_t s) {
-    int grid = (int)((w.n + 16383) / 16384);
-    q4_dequantize_bf16<<<grid, DQ_THREADS, 0, s>>>(w.packed, w.absmax, w.nested_absmax, g_ncode, 0.01f, 6, 256, 8, 1,
-                                                   g_code16, y, w.n, 1);
-}
-
-// The same values from `blocks` blocks of 1,024 threads striding over the chunks (any grid is correct).
+// The engine's dequantize's values from `blocks` blocks of 1,024 threads striding over the chunks (any grid is correct).
 extern "C" __global__ void __launch_bounds__(1024, 1) dq_wide(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
                                                               __nv_bfloat16* __restrict__ y, int64_t n, int mid) {
     Q4_WEIGHT_MAKE;
@@ -62,83 +51,14 @@ static void dequant_capped(const W4& w, __nv_bfloat16* y, int blocks, cudaStream
 }
 
 static cublasHandle_t g_h;
-static cublasLtHandle_t g_lt;
 static void* g_ws;
 static const size_t WS_BYTES = 32u << 20;
-
-// forward: y [T, out] = x [T, in] W^T; backward: dx [T, in] = gy [T, out] W (column-major views as the engine's calls)
-static void gemm_ex(bool backward, const Proj& p, const __nv_bfloat16* w, const __nv_bfloat16* x, __nv_bfloat16* y) {
-    float one = 1.f, zero = 0.f;
-    if (!backward) {
-        CB(cublasGemmEx(g_h, CUBLAS_OP_T, CUBLAS_OP_N, p.out, T, p.in, &one, w, CUDA_R_16BF, p.in, x, CUDA_R_16BF, p.in,
-                        &zero, y, CUDA_R_16BF, p.out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    } else {
-        CB(cublasGemmEx(g_h, CUBLAS_OP_N, CUBLAS_OP_N, p.in, T, p.out, &one, w, CUDA_R_16BF, p.in, x, CUDA_R_16BF, p.out,
-                        &zero, y, CUDA_R_16BF, p.in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    }
-}
-
-struct LtPlan { cublasLtMatmulDesc_t op; cublasLtMatrixLayout_t a, b, c; cublasLtMatmulAlgo_t algo; };
-static std::map<int, LtPlan> g_plans;   // key: (sm target, backward, projection)
-
-static const LtPlan& plan(bool backward, int p, int smTarget) {
-    int key = smTarget * 16 + backward * 8 + p;
-    auto it = g_plans.find(key);
-    if (it != g_plans.end()) return it->second;
-    const Proj& pr = PROJ[p];
-    LtPlan l;
-    CB(cublasLtMatmulDescCreate(&l.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t opA = backward ? CUBLAS_OP_N : CUBLAS_OP_T;
-    CB(cublasLtMatmulDescSetAttribute(l.op, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof(opA)));
-    if (smTarget > 0) CB(cublasLtMatmulDescSetAttribute(l.op, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &smTarget, sizeof(smTarget)));
-    int m = backward ? pr.in : pr.out, k = backward ? pr.out : pr.in;
-    CB(cublasLtMatrixLayoutCreate(&l.a, CUDA_R_16BF, pr.in, pr.out, pr.in));   // W: col-major [in, out]
-    CB(cublasLtMatrixLayoutCreate(&l.b, CUDA_R_16BF, k, T, k));
-    CB(cublasLtMatrixLayoutCreate(&l.c, CUDA_R_16BF, m, T, m));
-    cublasLtMatmulPreference_t pref;
-    CB(cublasLtMatmulPreferenceCreate(&pref));
-    size_t ws = WS_BYTES;
-    CB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    uint32_t mask = CUBLASLT_REDUCTION_SCHEME_MASK & ~CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;   // as the engine's math mode
-    CB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &mask, sizeof(mask)));
-    cublasLtMatmulHeuristicResult_t res;
-    int found = 0;
-    CB(cublasLtMatmulAlgoGetHeuristic(g_lt, l.op, l.a, l.b, l.c, l.c, pref, 1, &res, &found));
-    if (found < 1) { fprintf(stderr, "no algo for %s target %d\n", pr.name, smTarget); exit(2); }
-    l.algo = res.algo;
-    return g_plans[key] = l;
-}
-
-static void gemm_lt(bool backward, int p, int smTarget, const __nv_bfloat16* w, const __nv_bfloat16* x, __nv_bfloat16* y,
-                    cudaStream_t s) {
-    const LtPlan& l = plan(backward, p, smTarget);
-    float one = 1.f, zero = 0.f;
-    CB(cublasLtMatmul(g_lt, l.op, &one, w, l.a, x, l.b, &zero, y, l.c, y, l.c, &l.algo, g_ws, WS_BYTES, s));
-}
 
 int main() {
     int least, greatest, sms;
     CK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
     CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-    std::vector<W4> ws(COPIES * NPROJ);
-    for (int c = 0; c < COPIES; c++)
-        for (int i = 0; i < NPROJ; i++) {
-            W4& w = ws[c * NPROJ + i];
-            w.n = (long)PROJ[i].in * PROJ[i].out;
-            CK(cudaMalloc(&w.packed, w.n / 2));
-            CK(cudaMalloc(&w.absmax, w.n / 64));
-            CK(cudaMalloc(&w.nested_absmax, (w.n / 64 / 256 + 1) * 4));
-            fill_u8<<<1024, 256>>>(w.packed, w.n / 2, 7 * c + i);
-            fill_u8<<<1024, 256>>>(w.absmax, w.n / 64, 100 + 7 * c + i);
-            std::vector<float> na(w.n / 64 / 256 + 1, 0.02f);
-            CK(cudaMemcpy(w.nested_absmax, na.data(), na.size() * 4, cudaMemcpyHostToDevice));
-        }
-    std::vector<float> code(16), ncode(256);
-    for (int i = 0; i < 16; i++) code[i] = (i - 7.5f) / 8.f;
-    for (int i = 0; i < 256; i++) ncode[i] = (i - 127.5f) / 128.f;
-    CK(cudaMalloc(&g_code16, 64)); CK(cudaMalloc(&g_ncode, 1024));
-    CK(cudaMemcpy(g_code16, code.data(), 64, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(g_ncode, ncode.data(), 1024, cudaMemcpyHostToDevice));
+    std::vector<W4> ws = probe_weights(PROJ, NPROJ, COPIES);
     size_t maxw = (size_t)22016 * 4096;
     __nv_bfloat16 *wbf[2], *x, *y;
     CK(cudaMalloc(&wbf[0], maxw * 2)); CK(cudaMalloc(&wbf[1], maxw * 2));
@@ -170,104 +90,9 @@ int main() {
     CB(cublasSetMathMode(g_h, (cublasMath_t)(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
     CB(cublasSetWorkspace(g_h, g_ws, WS_BYTES));
     CB(cublasSetStream(g_h, mainS));
-    CB(cublasLtCreate(&g_lt));
-    cudaEvent_t dqDone[2], gemmDone[2], t0, t1;
-    for (int i = 0; i < 2; i++) {
-        CK(cudaEventCreateWithFlags(&dqDone[i], cudaEventDisableTiming));
-        CK(cudaEventCreateWithFlags(&gemmDone[i], cudaEventDisableTiming));
-    }
+    cudaEvent_t t0, t1;
     CK(cudaEventCreate(&t0)); CK(cudaEventCreate(&t1));
 
-    // A mode: how the GEMMs run (GemmEx, or Lt planned for `target` SMs, 0 = all) and where the dequantizes go
-    // (none: the floor; serial: before each GEMM on the main stream; ahead: the next weight's on the side stream,
-    // as `capped` blocks of 1,024 threads, or the engine's full grid when capped = 0).
-    // GemmEx with a target: the handle's cublasSetSmCountTarget (the engine's call with one more setting).
-    struct Mode { const char* name; bool lt; int target; int dq; int capped; };   // dq: 0 none, 1 serial, 2 ahead
-    std::vector<Mode> modes = {
-        {"GemmEx, serial dequantize (engine)", false, 0, 1, 0},
-        {"GemmEx, GEMMs only (floor)", false, 0, 0, 0},
-        {"Lt all SMs, serial dequantize", true, 0, 1, 0},
-        {"Lt all SMs, GEMMs only", true, 0, 0, 0},
-        {"GemmEx, ahead on 8 capped blocks", false, 0, 2, 8},
-        {"Lt all SMs, ahead on 8 capped blocks", true, 0, 2, 8},
-    };
-    static char names[24][80];
-    int splits[] = {4, 8, 12, 16};
-    for (int i = 0; i < 4; i++) {
-        int S = splits[i];
-        snprintf(names[2 * i], 80, "Lt %d SMs, GEMMs only", sms - S);
-        snprintf(names[2 * i + 1], 80, "Lt %d SMs, ahead on %d capped blocks", sms - S, S);
-        modes.push_back({names[2 * i], true, sms - S, 0, 0});
-        modes.push_back({names[2 * i + 1], true, sms - S, 2, S});
-    }
-    snprintf(names[8], 80, "Lt %d SMs, ahead on 16 capped blocks", sms - 8);
-    modes.push_back({names[8], true, sms - 8, 2, 16});
-    for (int i = 0; i < 3; i++) {
-        int S = splits[i];
-        snprintf(names[9 + 2 * i], 80, "GemmEx target %d, GEMMs only", sms - S);
-        snprintf(names[10 + 2 * i], 80, "GemmEx target %d, ahead on %d capped", sms - S, S);
-        modes.push_back({names[9 + 2 * i], false, sms - S, 0, 0});
-        modes.push_back({names[10 + 2 * i], false, sms - S, 2, S});
-    }
-
-    for (int backward = 0; backward < (getenv("QL_SSP_SHORT") ? 2 : 0); backward++) {
-        for (const Mode& md : modes) {
-            CB(cublasSetSmCountTarget(g_h, md.lt ? 0 : md.target));
-            std::vector<float> times;
-            auto weightAt = [&](int l, int j) { int p = backward ? NPROJ - 1 - j : j; return std::make_pair(p, &ws[(l % COPIES) * NPROJ + p]); };
-            auto run_gemm = [&](int p, const __nv_bfloat16* w) {
-                if (md.lt) gemm_lt(backward, p, md.target, w, x, y, mainS);
-                else gemm_ex(backward, PROJ[p], w, x, y);
-            };
-            auto run_dq = [&](const W4& w, __nv_bfloat16* dst, cudaStream_t s) {
-                if (md.capped > 0) dequant_capped(w, dst, md.capped, s);
-                else dequant(w, dst, s);
-            };
-            for (int rep = 0; rep < 6; rep++) {
-                CK(cudaDeviceSynchronize());
-                CK(cudaEventRecord(t0, mainS));
-                CK(cudaStreamWaitEvent(sideS, t0));
-                int seq = 0;
-                if (md.dq == 2) {
-                    auto [p0, w0] = weightAt(0, 0);
-                    dequant(*w0, wbf[0], mainS);
-                    CK(cudaEventRecord(dqDone[0], mainS));
-                }
-                for (int l = 0; l < LAYERS; l++)
-                    for (int j = 0; j < NPROJ; j++, seq++) {
-                        auto [p, w] = weightAt(l, j);
-                        int buf = seq & 1;
-                        if (md.dq == 0) {
-                            run_gemm(p, wbf[0]);
-                        } else if (md.dq == 1) {
-                            dequant(*w, wbf[0], mainS);
-                            run_gemm(p, wbf[0]);
-                        } else {
-                            bool last = l == LAYERS - 1 && j == NPROJ - 1;
-                            if (!last) {
-                                auto [pn, wn] = weightAt(j == NPROJ - 1 ? l + 1 : l, j == NPROJ - 1 ? 0 : j + 1);
-                                if (seq >= 1) CK(cudaStreamWaitEvent(sideS, gemmDone[buf ^ 1]));
-                                CK(cudaStreamWaitEvent(sideS, dqDone[buf]));
-                                run_dq(*wn, wbf[buf ^ 1], sideS);
-                                CK(cudaEventRecord(dqDone[buf ^ 1], sideS));
-                            }
-                            CK(cudaStreamWaitEvent(mainS, dqDone[buf]));
-                            run_gemm(p, wbf[buf]);
-                            CK(cudaEventRecord(gemmDone[buf], mainS));
-                        }
-                    }
-                CK(cudaEventRecord(t1, mainS));
-                CK(cudaEventSynchronize(t1));
-                float ms;
-                CK(cudaEventElapsedTime(&ms, t0, t1));
-                if (rep > 0) times.push_back(ms);
-            }
-            std::sort(times.begin(), times.end());
-            printf("%s  %-40s %8.3f ms (32 layers; min %.3f)\n", backward ? "backward" : "forward ", md.name,
-                   times[times.size() / 2], times[0]);
-            fflush(stdout);
-        }
-    }
     // Sustained (the training step runs at the board's power cap: ~690 W, SM clocks 1.4-1.7 GHz, bench/RESULTS.md
     // session 20): the forward pass's 32 layers again and again, the modes taking turns pass by pass after ~15 s of
     // heating, so every mode sees the same power state. "layer ahead": the side stream dequantizes all four weights
@@ -318,9 +143,9 @@ int main() {
                 for (int p = 0; p < NPROJ; p++) {
                     if (md.dq == 1) {
                         dequant(ws[(l % COPIES) * NPROJ + p], wbf[0], mainS);
-                        gemm_ex(false, PROJ[p], wbf[0], x, y);
+                        probe_gemm(g_h, false, PROJ[p], wbf[0], x, y);
                     } else {
-                        gemm_ex(false, PROJ[p], md.dq == 3 ? set[k][p] : wbf[0], x, y);
+                        probe_gemm(g_h, false, PROJ[p], md.dq == 3 ? set[k][p] : wbf[0], x, y);
                     }
                 }
                 if (md.dq == 3) CK(cudaEventRecord(lGemm[k], mainS));
