@@ -21,7 +21,7 @@ import java.util.Locale;
  * <p>The device is NVML's index, which is the CUDA ordinal when CUDA_VISIBLE_DEVICES does not reorder the GPUs
  * ({@link #nvmlIndex}).
  */
-final class BoardPower implements AutoCloseable {
+final class BoardPower {
     private static final int NVML_CLOCK_SM = 1;
     /** nvmlClocksThrottleReasonSwPowerCap: the clocks are held down to stay within the power limit. */
     private static final long SW_POWER_CAP = 0x4L;
@@ -120,11 +120,6 @@ final class BoardPower implements AutoCloseable {
             return samples == 0 ? new Summary(0, 0, limit, 0, 0, (int) maxMhz, null)
                     : new Summary(samples, wattSum / samples, limit, capped / (double) samples, mhzSum / samples, (int) maxMhz, null);
         }
-    }
-
-    @Override
-    public void close() {
-        stop();
     }
 
     /** The few NVML calls used, bound once; every call's nvmlReturn_t checked (0 = success). */
