@@ -46,12 +46,15 @@ __shared__ __align__(16) float2 pair_table[256 * PAIR_COPIES];
 // variant, checked against BnbBatch1Reference's weights. (A wide table of DEC_PAIR's float pairs, one prmt instead of
 // a prmt and two IMADs per byte, measured no faster than DEC_PAIR on the H200: session 5, bench/RESULTS.md.)
 constexpr int DEC_BNB = 5;
+// DEC_CODE: x times the codes alone (DEC_BNB's wide table, no HMUL2), each absmax block's float32 sum scaled once by
+// its absmax (nf4_gemv_code.cuh): not the exact contract either, the opt-in "v2code" variant.
+constexpr int DEC_CODE = 6;
 // Dynamic shared memory of the DEC_BNB launches (the host passes exactly this; the bench reads it, the engine's
 // Nf4GemvKernels.WIDE_TABLE_BYTES mirrors it).
 [[maybe_unused]] constexpr int WIDE_TABLE_BYTES = 256 * 256;
 extern __shared__ __align__(16) uint8_t wide_table[];
 
-__host__ __device__ constexpr bool wide_decode(int dec) { return dec == DEC_BNB; }
+__host__ __device__ constexpr bool wide_decode(int dec) { return dec == DEC_BNB || dec == DEC_CODE; }
 
 
 // The statistics of one 4-bit weight (the same leading kernel arguments as nf4.cu's Q4_WEIGHT_PARAMS).
@@ -673,6 +676,7 @@ gemv_kernel_aligned(const uint8_t* __restrict__ packed, const void* __restrict__
 }
 
 }  // namespace nf4v2
+#include "nf4_gemv_code.cuh"
 
 // ---- "v3": persistent, software-pipelined streaming decode GEMV (FMA, M <= MAXM; q4v3_gemv_* below).
 //
@@ -936,6 +940,20 @@ V2_ENTRY_ALIGNED(q4v2bnb_gemv_bf16_m8, false, 1, nf4v2::DEC_BNB)
 V2_ENTRY_ALIGNED(q4v2bnb_gemv_bf16_m16, false, 2, nf4v2::DEC_BNB)
 V2_ENTRY_ALIGNED(q4v2bnb_gemv_f16_m8, true, 1, nf4v2::DEC_BNB)
 V2_ENTRY_ALIGNED(q4v2bnb_gemv_f16_m16, true, 2, nf4v2::DEC_BNB)
+// -Dqlora4j.nf4.gemv=v2code: the codes alone in the mma, the absmax applied to each block's sum (nf4_gemv_code.cuh;
+// 64 KiB of dynamic shared memory), rows 1..4 (m4) and 1..8 (m8); where nf4v2::code_applies does not hold, the exact
+// table decode
+#define V2_ENTRY_CODE(name, F16C, NT)                                                                                \
+    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
+        V2_ENTRY_PARAMS) {                                                                                           \
+        V2_ENTRY_WEIGHT;                                                                                             \
+        nf4v2::gemv_body_code_or_table<F16C, NT, 1, V2_WARPS, V2_FAST_DEPTH, 2>(                                     \
+            double_round, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, blockIdx.x);             \
+    }
+V2_ENTRY_CODE(q4v2code_gemv_bf16_m4, false, 1)
+V2_ENTRY_CODE(q4v2code_gemv_bf16_m8, false, 2)
+V2_ENTRY_CODE(q4v2code_gemv_f16_m4, true, 1)
+V2_ENTRY_CODE(q4v2code_gemv_f16_m8, true, 2)
 
 // ---------------------------------------------------------------------------------------------
 // Grouped v2 entry points (Nf4GemvKernels.gemvGroup): up to 3 weights ("segments") that read the same x [M, K], in one

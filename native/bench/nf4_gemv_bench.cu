@@ -93,8 +93,10 @@ struct DevWeight {
     uint8_t* packed; void* absmax; float* nested_absmax; float* nested_code; float offset;
     int log2_bs; int nested_bs; int nested_shift; int nested;
 };
-// BNB: round_T(round_T(code) * round_T(absmax)) (v4), else round_T(fl(code * absmax)) (v2 / v3); T = f16 if F16.
-template <bool BNB, bool F16>
+// BNB: round_T(round_T(code) * round_T(absmax)) (v4), CODE: fl(round_T(code) * absmax) (v2a code: the codes alone in
+// the mma, each block's float32 sum scaled by its absmax; a one-hot x gives this product rounded to T), else
+// round_T(fl(code * absmax)) (v2 / v3); T = f16 if F16.
+template <bool BNB, bool F16, bool CODE = false>
 __device__ float ref_weight(const DevWeight& w, const float* code16, int64_t e) {
     int64_t block = e >> w.log2_bs;
     float amax;
@@ -106,6 +108,10 @@ __device__ float ref_weight(const DevWeight& w, const float* code16, int64_t e) 
     }
     uint32_t byte = w.packed[e >> 1];
     uint32_t q = (e & 1) ? (byte & 15) : (byte >> 4);
+    if (CODE) {
+        const float c = F16 ? __half2float(__float2half_rn(code16[q])) : __bfloat162float(__float2bfloat16_rn(code16[q]));
+        return __fmul_rn(c, amax);
+    }
     if (BNB) {
         if (F16) {
             const double c = __half2float(__float2half_rn(code16[q])), a = __half2float(__float2half_rn(amax));
@@ -134,7 +140,7 @@ __device__ __forceinline__ double round_t_d(double v) {
     if (F16) return (double)__half2float(__double2half(v));
     return (double)__bfloat162float(__double2bfloat16(v));
 }
-template <bool BNB, bool F16, bool PROD = false>
+template <bool BNB, bool F16, bool PROD = false, bool CODE = false>
 __global__ void k_ref(DevWeight w, const float* code16, const uint16_t* x, int M, int N, int K,
                       const uint16_t* bias, float* ref, float* sabs) {
     int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
@@ -142,7 +148,7 @@ __global__ void k_ref(DevWeight w, const float* code16, const uint16_t* x, int M
     int m = (int)(i / N), o = (int)(i % N);
     double acc = 0, sa = 0;
     for (int k = 0; k < K; k++) {
-        double p = (double)ref_weight<BNB, F16>(w, code16, (int64_t)o * K + k) * (double)t_to_f32<F16>(x[(int64_t)m * K + k]);
+        double p = (double)ref_weight<BNB, F16, CODE>(w, code16, (int64_t)o * K + k) * (double)t_to_f32<F16>(x[(int64_t)m * K + k]);
         if (PROD) p = round_t_d<F16>(p);
         acc += p;
         sa += fabs(p);
@@ -236,6 +242,7 @@ struct Variant {
     int max_m = 16;         // checked and timed only for M <= max_m
     bool bnb = false;       // numerics: bnb inference (v4) or the exact contract (v2 / v3)
     bool prod_t = false;    // bnb numerics with every product rounded to T (bnb's batch-1 kernel: v7)
+    bool code = false;      // numerics of the code decode (v2a code): ref_weight's CODE
     bool f16 = false;       // also checked with f16 x / compute
     bool all_m = false;     // exact numerics: checked at every M = 1..16 of the sweep (else M = 1, 3, 8, 9, 16)
 };
@@ -349,6 +356,45 @@ static Variant v2a(const std::string& name) {
     CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b2, k2, W * 32, dsm));
     char buf[256];
     snprintf(buf, sizeof buf, "m8: %d regs, %zu B local, %zu B smem, %d blocks/SM; m16: %d regs, %zu B local, %d blocks/SM",
+             a1.numRegs, a1.localSizeBytes, a1.sharedSizeBytes, b1, a2.numRegs, a2.localSizeBytes, b2);
+    v.facts = buf;
+    return v;
+}
+
+// The code decode (nf4_gemv_code.cuh; = the engine's q4v2code_gemv_* with DEPTH = V2_FAST_DEPTH): NT 1 (m4) for M <= 4,
+// NT 2 (m8) for M <= 8; bf16 and f16 (dt). Where nf4v2::code_applies does not hold it is the exact table kernel.
+template <bool F16C, int NT, int DEPTH>
+__global__ void __launch_bounds__(256, 2) gemv_code_kernel(V2_ENTRY_PARAMS) {
+    V2_ENTRY_WEIGHT;
+    nf4v2::gemv_body_code_or_table<F16C, NT, 1, 8, DEPTH, 2>(double_round, w, nested_code, code16, x, M, N, K, bias,
+                                                            bias_dtype, y, y_dtype, blockIdx.x);
+}
+
+template <int DEPTH>
+static Variant v2code(const std::string& name) {
+    Variant v;
+    v.name = name;
+    v.checked = true;
+    v.code = true;
+    v.f16 = true;
+    v.max_m = 8;
+    auto k1 = gemv_code_kernel<false, 1, DEPTH>, k2 = gemv_code_kernel<false, 2, DEPTH>;
+    auto h1 = gemv_code_kernel<true, 1, DEPTH>, h2 = gemv_code_kernel<true, 2, DEPTH>;
+    for (auto k : {k1, k2, h1, h2}) CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, nf4v2::WIDE_TABLE_BYTES));
+    v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s, int dt) {
+        auto k = dt == 2 ? (M <= 4 ? gemv_code_kernel<true, 1, DEPTH> : gemv_code_kernel<true, 2, DEPTH>)
+                         : (M <= 4 ? gemv_code_kernel<false, 1, DEPTH> : gemv_code_kernel<false, 2, DEPTH>);
+        k<<<(N + 15) / 16, 256, nf4v2::WIDE_TABLE_BYTES, s>>>(w.packed, w.absmax, w.nested_absmax, w.nested_code, w.offset,
+            w.log2_bs, w.nested_bs, w.nested_shift, w.nested, c, (const uint16_t*)x, M, N, K, b, dt, y, dt, 0);
+    };
+    cudaFuncAttributes a1, a2;
+    int b1 = 0, b2 = 0;
+    CK(cudaFuncGetAttributes(&a1, k1));
+    CK(cudaFuncGetAttributes(&a2, k2));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b1, k1, 256, nf4v2::WIDE_TABLE_BYTES));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b2, k2, 256, nf4v2::WIDE_TABLE_BYTES));
+    char buf[256];
+    snprintf(buf, sizeof buf, "m4: %d regs, %zu B local, %zu B smem, %d blocks/SM; m8: %d regs, %zu B local, %d blocks/SM",
              a1.numRegs, a1.localSizeBytes, a1.sharedSizeBytes, b1, a2.numRegs, a2.localSizeBytes, b2);
     v.facts = buf;
     return v;
@@ -787,18 +833,20 @@ struct Checker {
     int M, N, K;
     bool bnb;
     bool prod_t;  // bnb + products rounded to T (v7)
+    bool code;    // the code decode's numerics (v2a code)
     int dt;
 };
-template <bool BNB, bool F16, bool PROD = false>
+template <bool BNB, bool F16, bool PROD = false, bool CODE = false>
 static void run_ref(const Q4& q, const Checker& c) {
     const DevWeight& w = q.copies[0];
     size_t ys = (size_t)c.M * c.N;
     int blocks = (int)((ys + 127) / 128);
-    k_ref<BNB, F16, PROD><<<blocks, 128>>>(w, q.code16, c.x_rand, c.M, q.N, q.K, c.bias, c.ref_rand, c.sabs_rand);
-    k_ref<BNB, F16, PROD><<<blocks, 128>>>(w, q.code16, c.x_hot, c.M, q.N, q.K, nullptr, c.ref_hot, c.sabs_hot);
+    k_ref<BNB, F16, PROD, CODE><<<blocks, 128>>>(w, q.code16, c.x_rand, c.M, q.N, q.K, c.bias, c.ref_rand, c.sabs_rand);
+    k_ref<BNB, F16, PROD, CODE><<<blocks, 128>>>(w, q.code16, c.x_hot, c.M, q.N, q.K, nullptr, c.ref_hot, c.sabs_hot);
 }
-static Checker make_checker(const Q4& q, int M, uint64_t seed, bool bnb = false, int dt = 1, bool prod_t = false) {
-    Checker c{}; c.M = M; c.N = q.N; c.K = q.K; c.bnb = bnb || prod_t; c.prod_t = prod_t; c.dt = dt;
+static Checker make_checker(const Q4& q, int M, uint64_t seed, bool bnb = false, int dt = 1, bool prod_t = false,
+                            bool code = false) {
+    Checker c{}; c.M = M; c.N = q.N; c.K = q.K; c.bnb = bnb || prod_t; c.prod_t = prod_t; c.code = code; c.dt = dt;
     size_t xs = (size_t)M * q.K, ys = (size_t)M * q.N;
     CK(cudaMalloc(&c.x_rand, xs * 2)); CK(cudaMalloc(&c.x_hot, xs * 2)); CK(cudaMalloc(&c.bias, q.N * 2));
     CK(cudaMalloc(&c.ref_rand, ys * 4)); CK(cudaMalloc(&c.sabs_rand, ys * 4));
@@ -818,7 +866,8 @@ static Checker make_checker(const Q4& q, int M, uint64_t seed, bool bnb = false,
     CK(cudaMalloc(&dks, M * 4));
     CK(cudaMemcpy(dks, ks.data(), M * 4, cudaMemcpyHostToDevice));
     k_onehot<<<256, 256>>>(c.x_hot, M, q.K, dks, dt);
-    if (prod_t) { if (dt == 2) run_ref<true, true, true>(q, c); else run_ref<true, false, true>(q, c); }
+    if (code) { if (dt == 2) run_ref<false, true, false, true>(q, c); else run_ref<false, false, false, true>(q, c); }
+    else if (prod_t) { if (dt == 2) run_ref<true, true, true>(q, c); else run_ref<true, false, true>(q, c); }
     else if (bnb) { if (dt == 2) run_ref<true, true>(q, c); else run_ref<true, false>(q, c); }
     else { if (dt == 2) run_ref<false, true>(q, c); else run_ref<false, false>(q, c); }
     CK(cudaDeviceSynchronize());
@@ -836,7 +885,7 @@ static float t_val(uint16_t h, int dt) { return dt == 2 ? hf(h) : bf(h); }
 // Returns a short verdict; counts failures. The checker's numerics / dtype must be the variant's.
 static std::string check_variant(const Variant& v, const Q4& q, const Checker& c, const char* where) {
     if (!v.checked) return "timing-only";
-    if (v.bnb != c.bnb || v.prod_t != c.prod_t || (c.dt == 2 && !v.f16)) { fprintf(stderr, "checker / variant mismatch: %s\n", v.name.c_str()); exit(2); }
+    if (v.bnb != c.bnb || v.prod_t != c.prod_t || v.code != c.code || (c.dt == 2 && !v.f16)) { fprintf(stderr, "checker / variant mismatch: %s\n", v.name.c_str()); exit(2); }
     size_t ys = (size_t)c.M * c.N;
     std::vector<uint16_t> y(ys);
     std::vector<float> ref(ys), sabs(ys);
@@ -968,6 +1017,10 @@ int main(int argc, char** argv) {
     all.push_back(v8("v8 pair"));
     all.push_back(v2a<8, 3, nf4v2::DEC_PAIR>("v2a pair w8 d3"));
     all.push_back(v2a<8, 3, nf4v2::DEC_NONE>("v2a none d3 (timing: no decode)"));
+    all.push_back(v2a<8, 3, nf4v2::DEC_BNB>("v2a bnb w8 d3"));
+    all.push_back(v2code<3>("v2a code d3"));
+    all.push_back(v2code<2>("v2a code d2"));
+    all.push_back(v2code<4>("v2a code d4"));
 #ifndef QL_BENCH_V8_ONLY
     // v2 / v3 (exact numerics): the measured references
     all.push_back(v2<8, 1, 4, nf4v2::DEC_TAB, 0>("v2 tab w8 t1 d4"));  // = q4v2_gemv_* (the Java default for rows 9..16, and v2table)
@@ -984,7 +1037,6 @@ int main(int argc, char** argv) {
     // the aligned path (session 6): = q4v2pair_gemv_* / q4v2bnb_gemv_* with V2_FAST_DEPTH 3
     all.push_back(v2a<8, 2, nf4v2::DEC_PAIR>("v2a pair w8 d2"));
     all.push_back(v2a<8, 4, nf4v2::DEC_PAIR>("v2a pair w8 d4"));
-    all.push_back(v2a<8, 3, nf4v2::DEC_BNB>("v2a bnb w8 d3"));
     all.push_back(v2a<8, 2, nf4v2::DEC_BNB>("v2a bnb w8 d2"));
     all.push_back(v2a<8, 4, nf4v2::DEC_BNB>("v2a bnb w8 d4"));
     all.push_back(v2a<4, 3, nf4v2::DEC_BNB>("v2a bnb w4 d3"));
@@ -1047,20 +1099,23 @@ int main(int argc, char** argv) {
                     Q4 q = make_q4(sh.K, sh.N, bs, dq, 1, 1000 + sh.K + bs + dq);
                     for (int M = 1; M <= 16; M++) {
                         const bool oldM = std::find(std::begin(oldMs), std::end(oldMs), M) != std::end(oldMs);
-                        // 0: exact bf16, 1: bnb bf16, 2: bnb f16, 3: exact f16, 4 / 5: bnb + products rounded (v7) bf16 / f16
-                        for (int kind = 0; kind < 6; kind++) {
-                            const bool prod_t = kind >= 4;
+                        // 0: exact bf16, 1: bnb bf16, 2: bnb f16, 3: exact f16, 4 / 5: bnb + products rounded (v7) bf16 / f16,
+                        // 6 / 7: the code decode bf16 / f16 (only where nf4v2::code_applies: elsewhere it is the exact kernel)
+                        for (int kind = 0; kind < 8; kind++) {
+                            const bool prod_t = kind == 4 || kind == 5;
+                            const bool code = kind >= 6;
                             const bool bnb = kind == 1 || kind == 2 || prod_t;
-                            const int dt = kind == 2 || kind == 3 || kind == 5 ? 2 : 1;
+                            const int dt = kind == 2 || kind == 3 || kind == 5 || kind == 7 ? 2 : 1;
+                            if (code && !nf4v2::code_applies(sh.K, __builtin_ctz(bs), dq, 8)) continue;
                             auto runs = [&](const Variant& v) {
-                                return v.checked && v.bnb == bnb && v.prod_t == prod_t && (dt == 1 || v.f16) && M <= v.max_m &&
-                                       (bnb || oldM || v.all_m) && in_shape(sh, v);
+                                return v.checked && v.bnb == bnb && v.prod_t == prod_t && v.code == code && (dt == 1 || v.f16) &&
+                                       M <= v.max_m && (bnb || code || oldM || v.all_m) && in_shape(sh, v);
                             };
                             bool any = false;
                             for (auto& v : vars)
                                 if (runs(v)) any = true;
                             if (!any) continue;
-                            Checker c = make_checker(q, M, 7 + M, bnb, dt, prod_t);
+                            Checker c = make_checker(q, M, 7 + M, bnb, dt, prod_t, code);
                             for (auto& v : vars) {
                                 if (!runs(v)) continue;
                                 char where[96];
@@ -1142,19 +1197,20 @@ int main(int argc, char** argv) {
                     CB(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, wb[c], CUDA_R_16BF, K, xb, CUDA_R_16BF, K,
                                     &beta, yb, CUDA_R_16BF, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
                 }, bcopies);
-                Checker chk_exact{}, chk_bnb{}, chk_prod{};
-                bool have_exact = false, have_bnb = false, have_prod = false;
+                Checker chk_exact{}, chk_bnb{}, chk_prod{}, chk_code{};
+                bool have_exact = false, have_bnb = false, have_prod = false, have_code = false;
                 for (auto& v : vars) {
                     if (v.extra || M > v.max_m) continue;
                     if (v.checked && v.prod_t && !have_prod) { chk_prod = make_checker(q, M, 99 + M, true, 1, true); have_prod = true; }
                     if (v.checked && v.bnb && !v.prod_t && !have_bnb) { chk_bnb = make_checker(q, M, 99 + M, true, 1); have_bnb = true; }
-                    if (v.checked && !v.bnb && !have_exact) { chk_exact = make_checker(q, M, 99 + M, false, 1); have_exact = true; }
+                    if (v.checked && v.code && !have_code) { chk_code = make_checker(q, M, 99 + M, false, 1, false, true); have_code = true; }
+                    if (v.checked && !v.bnb && !v.code && !have_exact) { chk_exact = make_checker(q, M, 99 + M, false, 1); have_exact = true; }
                 }
                 for (auto& v : vars) {
                     if (v.extra || M > v.max_m) continue;
                     char where[64];
                     snprintf(where, sizeof where, "K=%d N=%d dq=%d M=%d", K, N, dq, M);
-                    std::string verdict = check_variant(v, q, v.prod_t ? chk_prod : v.bnb ? chk_bnb : chk_exact, where);
+                    std::string verdict = check_variant(v, q, v.code ? chk_code : v.prod_t ? chk_prod : v.bnb ? chk_bnb : chk_exact, where);
                     float us = time_graph([&](int c, cudaStream_t s) {
                         v.launch(q.copies[c], q.code16, xb, M, N, K, nullptr, yb, s, 1);
                     }, copies);
@@ -1166,6 +1222,7 @@ int main(int argc, char** argv) {
                 if (have_exact) free_checker(chk_exact);
                 if (have_bnb) free_checker(chk_bnb);
                 if (have_prod) free_checker(chk_prod);
+                if (have_code) free_checker(chk_code);
             }
             free_q4(q);
         }

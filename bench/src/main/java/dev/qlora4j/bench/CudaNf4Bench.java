@@ -39,8 +39,8 @@ public class CudaNf4Bench {
     @Param({"false", "true"})
     public boolean doubleQuant;
 
-    /** Decode GEMV variant (rows <= 16): v2 (default), v2reg, hybrid, hybrid:P, stream or mma; ignored above 16 rows. */
-    @Param({"v2", "hybrid", "stream", "mma"})
+    /** Decode GEMV variant (rows <= 16): v2code (default; rows 9..16 as v2), v2 (the exact decode), v2reg, hybrid, hybrid:P, stream or mma; ignored above 16 rows. */
+    @Param({"v2code", "v2", "hybrid", "stream", "mma"})
     public String gemv;
 
     private CudaContext ctx;

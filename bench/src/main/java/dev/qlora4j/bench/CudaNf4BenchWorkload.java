@@ -102,7 +102,7 @@ final class CudaNf4BenchWorkload implements AutoCloseable {
     }
 
     /**
-     * As {@link #nf4Graph()} with the decode GEMV variant chosen for the capture: "v2", "v2reg", "hybrid", "hybrid:P" (every P-th
+     * As {@link #nf4Graph()} with the decode GEMV variant chosen for the capture: "v2code", "v2", "v2reg", "hybrid", "hybrid:P" (every P-th
      * chunk decoded in registers), "stream" or "mma". The launcher reads the properties at each call, so the
      * captured kernels are that variant's. Not cached.
      */

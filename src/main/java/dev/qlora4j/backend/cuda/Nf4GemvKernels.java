@@ -35,13 +35,30 @@ final class Nf4GemvKernels {
      * table (the same values as TABLE, bit for bit; rows 1..16). BNB = bitsandbytes'
      * batch-1 weights round_T(round_T(code) * round_T(absmax)) (one HMUL2 per byte from a 64 KiB "wide" table of T
      * pairs, one copy per lane; rows 1..16), products exact in float32: NOT the exact contract of the others (opt-in
-     * "v2bnb").
+     * "v2bnb"). CODE = the codes alone in the mma, round_T(code), with each absmax block's float32 sum scaled once by
+     * its absmax (native/nf4_gemv_code.cuh; rows 1..8, where {@link #codeApplies} holds, else the exact TABLE decode
+     * in the same kernel): NOT the exact contract either (the weight code * absmax is never rounded to 16 bits; only
+     * the code is), opt-in "v2code".
      */
     enum Decode {
-        TABLE, REGISTERS, V3_STREAM, PAIR, BNB;
+        TABLE, REGISTERS, V3_STREAM, PAIR, BNB, CODE;
 
         /** Whether the kernels take the 64 KiB wide table as dynamic shared memory. */
-        boolean wideTable() { return this == BNB; }
+        boolean wideTable() { return this == BNB || this == CODE; }
+    }
+
+    /** Rows of x the CODE kernels take (m4: 1..4, m8: 5..8); more rows take the PAIR kernels. */
+    static final int CODE_MAX_ROWS = 8;
+
+    /**
+     * Whether the CODE kernel decodes this weight with its own numerics (native/nf4_gemv_code.cuh, nf4v2::code_applies):
+     * in % 128 == 0, in a multiple of the blocksize, blocksize &gt;= 64, and a power-of-two nested blocksize. Else the
+     * CODE kernel runs the exact table decode.
+     */
+    static boolean codeApplies(CudaQuant4bit w) {
+        int k = w.inFeatures(), bs = w.blocksize();
+        return k % 128 == 0 && k % bs == 0 && bs >= 64 && Integer.bitCount(bs) == 1
+                && (!w.nested() || Integer.bitCount(w.nestedBlocksize()) == 1);
     }
 
     /** Dynamic shared memory of the BNB kernels: nf4v2::WIDE_TABLE_BYTES (256 rows of 256 bytes). */
@@ -68,8 +85,13 @@ final class Nf4GemvKernels {
             case REGISTERS -> "q4v2reg_gemv_";
             case PAIR -> "q4v2pair_gemv_";
             case BNB -> "q4v2bnb_gemv_";
+            case CODE -> "q4v2code_gemv_";
             default -> "q4v2_gemv_";
         };
+        if (decode == Decode.CODE) {
+            if (rows > CODE_MAX_ROWS) throw new IllegalArgumentException("the v2 CODE GEMV takes 1.." + CODE_MAX_ROWS + " rows of x, got " + rows);
+            return prefix + dt + (rows <= 4 ? "_m4" : "_m8");
+        }
         return prefix + dt + (rows <= 8 ? "_m8" : "_m16");
     }
 
@@ -188,6 +210,7 @@ final class Nf4GemvKernels {
         if (xc.dtype() != w.computeDType()) {
             throw new IllegalArgumentException("x must be in the compute dtype " + w.computeDType() + ", got " + xc.dtype());
         }
+        if (decode == Decode.CODE && rows > CODE_MAX_ROWS) decode = Decode.PAIR;  // no m16 form
         boolean v3 = decode == Decode.V3_STREAM && v3Applies(w, rows);
         long fn = ctx.function(MODULE, v3 ? v3KernelName(w.computeDType(), rows)
                 : kernelName(w.computeDType(), rows, decode == Decode.V3_STREAM ? Decode.TABLE : decode));

@@ -31,9 +31,14 @@ final class Quant4bitKernels {
     /** Shared memory for the x slice of one stream block, at most (two blocks per SM with the 65 KiB tables). */
     static final int STREAM_MAX_X_BYTES = 40 * 1024;
     /**
-     * System property choosing the decode GEMV: "v2" (default, native/nf4_gemv.cu decoding each byte with one read of a
-     * replicated 256-entry pair table (rows 1..16), 4% faster Llama-7B decode on the H200 than "v2table", the same
-     * kernel with two reads of the 16-float table per byte; both give the same values bit for bit), "v3" (its
+     * System property choosing the decode GEMV: "v2code" (default: native/nf4_gemv_code.cuh, rows 1..8 of x, the
+     * tensor cores multiplying x by the 16-bit-rounded codes and each absmax block's float32 sum scaled by its absmax;
+     * the weight code * absmax is never rounded to 16 bits, so the bits differ from the exact dequantize contract, not
+     * the accuracy; 9% faster Llama-7B decode on the H200 than "v2"; rows 9..16 and the weights it does not apply to
+     * take the exact decode), "v2" (the exact contract: native/nf4_gemv.cu decoding each byte with one read of a
+     * replicated 256-entry pair table (rows 1..16), 4% faster Llama-7B decode than "v2table", the same kernel with two
+     * reads of the 16-float table per byte; both give the same values bit for bit), "v2bnb" (bitsandbytes' batch-1
+     * weights, as transformers gets them at batch 1), "v3" (its
      * persistent streaming kernel), "v2reg" (the same kernel decoding in registers), "v7" (native/nf4_gemv7.cu: one row of x only, bitsandbytes'
      * batch-1 numerics, see {@link Nf4Gemv7Kernels}), "hybrid", "stream" or "mma" (native/nf4.cu).
      */
@@ -247,29 +252,32 @@ final class Quant4bitKernels {
      * decoding only through the shared-memory pair table, MMA = the stream-K kernel. V7 = {@link Nf4Gemv7Kernels} for
      * one row of x (where {@link Nf4Gemv7Kernels#applies} holds, else v2) with bitsandbytes' batch-1 inference numerics
      * (weights and products rounded to the compute dtype) instead of the exact contract of the others: opt-in only.
-     * V2BNB = v2 with bitsandbytes' batch-1 weights (not the exact contract; products exact): opt-in.
+     * V2BNB = v2 with bitsandbytes' batch-1 weights (not the exact contract; products exact): opt-in. V2CODE = v2
+     * multiplying x by the rounded codes and scaling each block's float32 sum by its absmax (not the exact contract:
+     * the weight is never rounded to 16 bits; rows 1..8, more rows as V2): opt-in.
      */
-    enum GemvVariant { V2, V2BNB, V2TABLE, V2REG, V3, V7, HYBRID, STREAM, MMA }
+    enum GemvVariant { V2, V2BNB, V2CODE, V2TABLE, V2REG, V3, V7, HYBRID, STREAM, MMA }
 
     /** The variant the system property qlora4j.nf4.gemv names (read per call, so a benchmark can switch). */
     static GemvVariant gemvVariant() {
-        return parseVariant(System.getProperty(GEMV_VARIANT_PROPERTY, "v2"));
+        return parseVariant(System.getProperty(GEMV_VARIANT_PROPERTY, "v2code"));
     }
 
     static GemvVariant parseVariant(String value) {
         String v = value.trim().toLowerCase(java.util.Locale.ROOT);
         return switch (v) {
-            case "v2", "" -> GemvVariant.V2;
+            case "v2" -> GemvVariant.V2;
             case "v2reg" -> GemvVariant.V2REG;
             case "v2table" -> GemvVariant.V2TABLE;
             case "v2bnb" -> GemvVariant.V2BNB;
+            case "v2code", "" -> GemvVariant.V2CODE;
             case "v3" -> GemvVariant.V3;
             case "v7" -> GemvVariant.V7;
             case "hybrid" -> GemvVariant.HYBRID;
             case "stream" -> GemvVariant.STREAM;
             case "mma" -> GemvVariant.MMA;
             default -> throw new IllegalArgumentException("system property " + GEMV_VARIANT_PROPERTY
-                    + " must be v2, v2bnb, v2table, v2reg, v3, v7, hybrid, stream or mma, got '" + value + "'");
+                    + " must be v2code (the default), v2, v2bnb, v2table, v2reg, v3, v7, hybrid, stream or mma, got '" + value + "'");
         };
     }
 
@@ -297,6 +305,7 @@ final class Quant4bitKernels {
         switch (variant) {
             case V2 -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.PAIR);
             case V2BNB -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.BNB);
+            case V2CODE -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.CODE);
             case V2TABLE -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.TABLE);
             case V2REG -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.REGISTERS);
             case V3 -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.V3_STREAM);

@@ -85,6 +85,7 @@ class Nf4GemvV2GpuTest {
             float[] table = null;
             for (Nf4GemvKernels.Decode decode : Nf4GemvKernels.Decode.values()) {
                 if (decode == Nf4GemvKernels.Decode.BNB) continue;  // bitsandbytes' weights: bnbDecodeMatchesItsWeights
+                if (decode == Nf4GemvKernels.Decode.CODE) continue;  // its own numerics: codeDecodeMatchesItsNumerics
                 ctx.driver().memsetD8Async(CudaContext.ptr(y), (byte) 0xFF, y.byteSize(), ctx.stream());
                 Nf4GemvKernels.gemv(ctx, q, xc, rows, bdev, y, decode);
                 float[] got = ctx.download(y).toFloatArray();
@@ -124,6 +125,7 @@ class Nf4GemvV2GpuTest {
                 Arguments.of(33, 4096, 8, true, 128, DType.BF16, DType.F16),
                 Arguments.of(50, 128, 3, true, 64, DType.F16, DType.BF16),
                 Arguments.of(129, 2048, 2, false, 64, DType.F16, DType.F16),
+                Arguments.of(300, 1536, 6, false, 256, DType.F16, DType.F16),
                 Arguments.of(1001, 1024, 16, true, 256, DType.BF16, DType.BF16));
     }
 
@@ -146,6 +148,7 @@ class Nf4GemvV2GpuTest {
              Tensor y = QuantGpuSupport.poisoned(ctx, DType.F32, rows, outF)) {
             for (Nf4GemvKernels.Decode decode : Nf4GemvKernels.Decode.values()) {
                 if (decode == Nf4GemvKernels.Decode.BNB) continue;  // bitsandbytes' weights: bnbDecodeMatchesItsWeights
+                if (decode == Nf4GemvKernels.Decode.CODE) continue;  // its own numerics: codeDecodeMatchesItsNumerics
                 ctx.driver().memsetD8Async(CudaContext.ptr(y), (byte) 0xFF, y.byteSize(), ctx.stream());
                 Nf4GemvKernels.gemv(ctx, q, xc, rows, null, y, decode);
                 float[] got = ctx.download(y).toFloatArray();
@@ -223,6 +226,88 @@ class Nf4GemvV2GpuTest {
         }
     }
 
+    /**
+     * The CODE decode against its numerics: y = sum over blocks of fl(absmax * sum_k x_k round_T(code_k)). One-hot rows
+     * of x give fl(round_T(code) * absmax) rounded to the compute dtype bit for bit (F32 output); random x with a bias
+     * (compute-dtype output) is within the float32 summation-order tolerance of the float64 sum of x_k round_T(code_k)
+     * absmax. Where the CODE kernel does not apply (K % 128 != 0, rows 9..16) it must give the exact decodes' bits:
+     * the TABLE kernel's (rows 1..8) or the PAIR kernel's (rows 9..16).
+     */
+    @ParameterizedTest(name = "[{0}, {1}] rows={2} nested={3} bs={4} compute={5}")
+    @MethodSource("exactCases")
+    void codeDecodeMatchesItsNumerics(int outF, int inF, int rows, boolean nested, int blocksize, DType compute, DType state) {
+        Random rnd = new Random();
+        QuantType type = rnd.nextInt(3) == 0 ? QuantType.FP4 : QuantType.NF4;
+        float[] w = QuantGpuSupport.randomWeights(rnd, outF, inF);
+        QuantState4bit qs = Quant4bit.quantize(Tensor.fromFloats(w, state, outF, inF), type, blocksize, nested);
+        String what = type + " nested=" + nested + " bs=" + blocksize + " compute=" + compute + " [" + outF + ", " + inF + "] rows=" + rows;
+        float[] hot = new float[rows * inF];
+        int[] ks = new int[rows];
+        for (int m = 0; m < rows; m++) {
+            ks[m] = m == 0 ? inF - 1 : rnd.nextInt(inF);
+            hot[m * inF + ks[m]] = 1f;
+        }
+        float[] x = QuantGpuSupport.roundedTo(compute, QuantGpuSupport.gaussian(rnd, rows * inF, 1.0));
+        float[] bias = QuantGpuSupport.roundedTo(compute, QuantGpuSupport.gaussian(rnd, outF, 0.5));
+        try (CudaQuant4bit q = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, compute);
+             Tensor hotc = QuantGpuSupport.upload(ctx, hot, compute, rows, inF);
+             Tensor xc = QuantGpuSupport.upload(ctx, x, compute, rows, inF);
+             Tensor bdev = QuantGpuSupport.upload(ctx, bias, compute, outF);
+             Tensor yHot = QuantGpuSupport.poisoned(ctx, DType.F32, rows, outF);
+             Tensor y = QuantGpuSupport.poisoned(ctx, compute, rows, outF)) {
+            if (rows > Nf4GemvKernels.CODE_MAX_ROWS || !Nf4GemvKernels.codeApplies(q)) {
+                Nf4GemvKernels.Decode exact = rows > Nf4GemvKernels.CODE_MAX_ROWS ? Nf4GemvKernels.Decode.PAIR : Nf4GemvKernels.Decode.TABLE;
+                Nf4GemvKernels.gemv(ctx, q, xc, rows, bdev, y, Nf4GemvKernels.Decode.CODE);
+                float[] got = ctx.download(y).toFloatArray();
+                Nf4GemvKernels.gemv(ctx, q, xc, rows, bdev, y, exact);
+                float[] want = ctx.download(y).toFloatArray();
+                for (int e = 0; e < got.length; e++) {
+                    if (Float.floatToRawIntBits(got[e]) != Float.floatToRawIntBits(want[e])) {
+                        fail(what + ": CODE (not applicable) element " + e + " = " + got[e] + ", " + exact + " gave " + want[e]);
+                    }
+                }
+                return;
+            }
+            float[] absmax = qs.dequantizedAbsmax();
+            float[] codeT = new float[16];
+            for (int c = 0; c < 16; c++) codeT[c] = QuantGpuSupport.round(compute, qs.quantType().dequantValue(c));
+            java.lang.foreign.MemorySegment packed = qs.weight().segment();
+            java.util.function.IntBinaryOperator codeAt = (o, k) -> {
+                long e = (long) o * inF + k;
+                int b = packed.get(java.lang.foreign.ValueLayout.JAVA_BYTE, e >> 1) & 0xFF;
+                return (e & 1) == 0 ? b >> 4 : b & 15;  // high nibble = the even element
+            };
+            Nf4GemvKernels.gemv(ctx, q, hotc, rows, null, yHot, Nf4GemvKernels.Decode.CODE);
+            float[] got = ctx.download(yHot).toFloatArray();
+            for (int m = 0; m < rows; m++) {
+                for (int o = 0; o < outF; o++) {
+                    int k = ks[m];
+                    float want = QuantGpuSupport.round(compute, codeT[codeAt.applyAsInt(o, k)] * absmax[(o * inF + k) / blocksize]);
+                    if (!(got[m * outF + o] == want)) {
+                        fail(what + ": one-hot y[" + m + ", " + o + "] = " + got[m * outF + o] + ", round(code) * absmax [" + o + ", " + k + "] = " + want);
+                    }
+                }
+            }
+            Nf4GemvKernels.gemv(ctx, q, xc, rows, bdev, y, Nf4GemvKernels.Decode.CODE);
+            got = ctx.download(y).toFloatArray();
+            for (int m = 0; m < rows; m++) {
+                for (int o = 0; o < outF; o++) {
+                    double sum = 0, sumAbs = 0;
+                    for (int k = 0; k < inF; k++) {
+                        double p = (double) x[m * inF + k] * codeT[codeAt.applyAsInt(o, k)] * absmax[(o * inF + k) / blocksize];
+                        sum += p;
+                        sumAbs += Math.abs(p);
+                    }
+                    double want = QuantGpuSupport.round(compute, (float) (sum + bias[o]));
+                    double tol = 2e-5 * sumAbs + QuantGpuSupport.quantum(compute, want) + 1e-6 * Math.abs(bias[o]);
+                    if (!(Math.abs(got[m * outF + o] - want) <= tol)) {
+                        fail(what + ": y[" + m + ", " + o + "] = " + got[m * outF + o] + ", reference " + want + ", tolerance " + tol);
+                    }
+                }
+            }
+        }
+    }
+
     @Test
     void kernelNamesAndGrid() {
         assertEquals("q4v2_gemv_bf16_m8", Nf4GemvKernels.kernelName(DType.BF16, 1, Nf4GemvKernels.Decode.TABLE));
@@ -232,6 +317,8 @@ class Nf4GemvV2GpuTest {
         assertEquals("q4v2_gemv_f16_m16", Nf4GemvKernels.kernelName(DType.F16, 9, Nf4GemvKernels.Decode.TABLE));
         assertEquals("q4v2bnb_gemv_f16_m16", Nf4GemvKernels.kernelName(DType.F16, 16, Nf4GemvKernels.Decode.BNB));
         assertEquals("q4v2bnb_gemv_bf16_m8", Nf4GemvKernels.kernelName(DType.BF16, 1, Nf4GemvKernels.Decode.BNB));
+        assertEquals("q4v2code_gemv_bf16_m4", Nf4GemvKernels.kernelName(DType.BF16, 4, Nf4GemvKernels.Decode.CODE));
+        assertEquals("q4v2code_gemv_f16_m8", Nf4GemvKernels.kernelName(DType.F16, 5, Nf4GemvKernels.Decode.CODE));
         assertEquals(689, Nf4GemvKernels.grid(11009));
         assertEquals("q4v3_gemv_bf16_m1", Nf4GemvKernels.v3KernelName(DType.BF16, 1));
         assertEquals("q4v3_gemv_f16_m4", Nf4GemvKernels.v3KernelName(DType.F16, 3));

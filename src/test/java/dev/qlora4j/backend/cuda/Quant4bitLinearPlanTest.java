@@ -50,11 +50,12 @@ class Quant4bitLinearPlanTest {
 
     @Test
     void variantPropertyNamesTheThreeKernels() {
-        assertEquals(Quant4bitKernels.GemvVariant.V2, Quant4bitKernels.parseVariant(""));
+        assertEquals(Quant4bitKernels.GemvVariant.V2CODE, Quant4bitKernels.parseVariant(""));
         assertEquals(Quant4bitKernels.GemvVariant.V2, Quant4bitKernels.parseVariant("v2"));
         assertEquals(Quant4bitKernels.GemvVariant.V2REG, Quant4bitKernels.parseVariant(" V2reg "));
         assertEquals(Quant4bitKernels.GemvVariant.V2TABLE, Quant4bitKernels.parseVariant("v2table"));
         assertEquals(Quant4bitKernels.GemvVariant.V2BNB, Quant4bitKernels.parseVariant("v2bnb"));
+        assertEquals(Quant4bitKernels.GemvVariant.V2CODE, Quant4bitKernels.parseVariant("v2code"));
         assertEquals(Quant4bitKernels.GemvVariant.HYBRID, Quant4bitKernels.parseVariant(" Hybrid "));
         assertEquals(Quant4bitKernels.GemvVariant.STREAM, Quant4bitKernels.parseVariant("stream"));
         assertEquals(Quant4bitKernels.GemvVariant.MMA, Quant4bitKernels.parseVariant("MMA"));

@@ -1,0 +1,189 @@
+// nf4_gemv_code.cuh — the "code" decode of the v2 GEMV (nf4_gemv.cu, DEC_CODE; -Dqlora4j.nf4.gemv=v2code): the
+// tensor cores multiply x by the 4-bit codes alone, and each absmax block's float32 sum is scaled once by its absmax.
+//
+// Numerics (T = the compute dtype, bf16 or f16):
+//   S_b[m, o] = sum_{k in block b} x[m, k] * round_T(code[q[o, k]])     float32 mma sums (exact 16-bit products)
+//   y[m, o]   = round(y, round(compute, sum_b fl(absmax_b * S_b) + round(compute, bias[o])))
+// i.e. the weight absmax_b * code[q] is never rounded to 16 bits: only the code is (round_T(code) is within half an
+// ulp of T of code, the same relative error as the exact contract's round_T(fl(code * absmax))). Not the exact
+// contract of the other decodes (different bits, same accuracy), hence opt-in. Why: the exact contract costs a lookup,
+// two FMUL and a cvt per packed byte (NOTES-nf4-gemv.md: the decode is the GEMV's limit); here a byte is one prmt and
+// one LDS.32 of a ready T pair (DEC_BNB's wide table without its HMUL2), and the absmax costs 4 FFMA per chunk.
+//
+// How the per-block sums come out of one mma: a chunk of 128 k holds two absmax blocks (blocksize >= 64): thread
+// (g, t) holds k 32t .. 32t + 31 of rows g and g + 8, in block t >> 1. The mma's k slots of thread column t are that
+// thread's k, so giving the B operand (x) two columns per x row, column 2m + h = x row m where t >> 1 == h and zero
+// elsewhere, makes the accumulator's column 2m + h the block-h sum of x row m: thread (g, t) ends a chunk holding
+// rows g and g + 8 of x row m = t (+ 4 nt) for both blocks, and scales them by the two blocks' absmax (its own
+// block's, and lane t ^ 2's by a shuffle). 4 x rows per n-tile of 8 columns: NT = 1 for M <= 4, NT = 2 for M <= 8.
+// The lanes that load x (rows g >> 1 < M, half g & 1 == t >> 1) are as many as the exact kernels' (g < M).
+#pragma once
+
+namespace nf4v2 {
+
+// One packed word's 4 bytes as 4 T pairs (round_T(code[hi]), round_T(code[lo])): one prmt and one LDS.32 a byte.
+__device__ __forceinline__ void decode_word_code(uint32_t w, uint32_t lane_off, uint32_t* r) {
+#pragma unroll
+    for (int b = 0; b < 4; b++) r[b] = *reinterpret_cast<const uint32_t*>(wide_table + wide_offset(w, lane_off, b));
+}
+
+// Whether the code decode applies: the aligned path's conditions and whole 64-value blocks (a thread's 32 k lie in
+// one block, and a chunk's two halves in at most two).
+__host__ __device__ inline bool code_applies(int K, int log2_blocksize, int nested, int nested_shift) {
+    return fast_applies(K, log2_blocksize, nested, nested_shift) && log2_blocksize >= 6;
+}
+
+// The end of a block: run[nt] = (row g, row g + 8) of x row 4 nt + t, added over the W warps in warp order through
+// shared memory (deterministic), the bias added, y stored for rows < N and x rows < M.
+template <bool F16C, int NT, int W>
+__device__ __forceinline__ void reduce_store_code(float4* red4, const float (&run)[NT][2], int M, int N,
+                                                  const void* __restrict__ bias, int bias_dtype, void* __restrict__ y,
+                                                  int y_dtype, int bx) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float2* red2 = reinterpret_cast<float2*>(red4);  // [W][NT][32] pairs: half of Smem::red
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) red2[(warp * NT + nt) * 32 + lane] = make_float2(run[nt][0], run[nt][1]);
+    __syncthreads();
+    const int cdt = F16C ? DT_F16 : DT_BF16;
+    const float* red = reinterpret_cast<const float*>(red4);
+    for (int e = threadIdx.x; e < NT * 64; e += W * 32) {
+        // e = (nt * 32 + ln) * 2 + q: output row g' + 8 q of the tile, x row 4 nt + t' (ln = 4 g' + t')
+        const int q = e & 1, ln = (e >> 1) & 31, nt = e >> 6;
+        const int64_t o = (int64_t)bx * 16 + (ln >> 2) + 8 * q;
+        const int m = 4 * nt + (ln & 3);
+        if (o >= N || m >= M) continue;
+        float sum = 0.0f;
+        for (int ww = 0; ww < W; ww++) sum += red[ww * (NT * 64) + e];
+        const float b = bias ? round_to(load_as_f32(bias, o, bias_dtype), cdt) : 0.0f;
+        store_from_f32(y, (int64_t)m * N + o, y_dtype, round_to(__fadd_rn(sum, b), cdt));
+    }
+}
+
+// The code decode's body: gemv_body_fast's tiles, warps, chunks and ring of loads (code_applies must hold). Launch:
+// one block of W warps per 16 output rows, WIDE_TABLE_BYTES of dynamic shared memory; M <= 4 NT.
+template <bool F16C, int NT, int W, int DEPTH, bool NESTED>
+__device__ __forceinline__ void gemv_body_code(const Weight& w, const float* __restrict__ nested_code,
+                                               const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
+                                               int N, int K, const void* __restrict__ bias, int bias_dtype,
+                                               void* __restrict__ y, int y_dtype, int bx) {
+    Smem<W, 1, NT>& sm = block_smem<W, 1, NT>();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int C = K / CHUNK_K;
+    const int cpw = warp < C ? (C - warp + W - 1) / W : 0;  // this warp's chunks: warp, warp + W, ...
+    const int kb0 = warp * CHUNK_K + 32 * t;                 // k of this thread's first chunk
+    constexpr int KSTEP = W * CHUNK_K;
+    const uint8_t* row[2];
+    uint32_t row_block[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int r = min(bx * 16 + g + 8 * h, N - 1);
+        row[h] = w.packed + (((int64_t)r * K + kb0) >> 1);
+        row_block[h] = (uint32_t)r * (uint32_t)(K >> w.log2_blocksize);
+    }
+
+    FastChunk buf[DEPTH];
+#pragma unroll
+    for (int d = 0; d < DEPTH; d++) {
+        if (d < cpw) load_fast<NESTED>(buf[d], w, row, row_block, kb0 + d * KSTEP, kb0);
+    }
+
+    fill_tables<F16C, DEC_CODE>(sm.tab, sm.ncode, code16, nested_code, NESTED, W * 32);
+    const uint32_t lane_off = (uint32_t)lane * 4u;
+    pdl_wait();  // as gemv_body: x is read and y written only after the previous kernel has completed
+    pdl_launch_dependents();
+    __syncthreads();
+
+    // B column g of n-tile nt: x row 4 nt + (g >> 1), nonzero only in the k of the threads of block half g & 1
+    const bool half_mine = (g & 1) == (t >> 1);
+    const uint16_t* xrow[NT];
+    bool xload[NT];
+    uint32_t xw[NT][16];
+    float run[NT][2];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const int m = 4 * nt + (g >> 1);
+        xload[nt] = half_mine && m < M;
+        xrow[nt] = x + (int64_t)min(m, M - 1) * K;
+        run[nt][0] = run[nt][1] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 16; j++) xw[nt][j] = 0;
+    }
+
+    for (int j0 = 0; j0 < cpw; j0 += DEPTH) {
+#pragma unroll
+        for (int d = 0; d < DEPTH; d++) {
+            const int j = j0 + d;
+            if (j < cpw) {  // warp-uniform
+                const int kb = kb0 + j * KSTEP;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    if (xload[nt]) {
+                        const uint4* xp = reinterpret_cast<const uint4*>(xrow[nt] + kb);
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            const uint4 v = __ldg(xp + i);
+                            xw[nt][4 * i] = v.x; xw[nt][4 * i + 1] = v.y; xw[nt][4 * i + 2] = v.z; xw[nt][4 * i + 3] = v.w;
+                        }
+                    }
+                }
+                const FastChunk& L = buf[d];
+                const float a0 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[0]], L.s[0]), w.offset) : L.s[0];
+                const float a1 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[1]], L.s[1]), w.offset) : L.s[1];
+                // the chunk's other block (lane t ^ 2's): [h] = absmax of block half h for row g (a*0) / g + 8 (a*1)
+                const float o0 = __shfl_xor_sync(0xFFFFFFFFu, a0, 2), o1 = __shfl_xor_sync(0xFFFFFFFFu, a1, 2);
+                const bool first = t < 2;
+                const float ag[2] = {first ? a0 : o0, first ? o0 : a0};
+                const float ah[2] = {first ? a1 : o1, first ? o1 : a1};
+                const uint32_t w0[4] = {L.w[0].x, L.w[0].y, L.w[0].z, L.w[0].w};
+                const uint32_t w1[4] = {L.w[1].x, L.w[1].y, L.w[1].z, L.w[1].w};
+                float s[NT][4];  // the chunk's sums (bench, session 21: two chains of 4 mma instead of 8 measured the same)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+                for (int word = 0; word < 4; word++) {
+                    uint32_t r0[4], r1[4];
+                    decode_word_code(w0[word], lane_off, r0);
+                    decode_word_code(w1[word], lane_off, r1);
+#pragma unroll
+                    for (int half = 0; half < 2; half++) {  // as decode_mma: k step 2 word + half
+                        const int st = 2 * word + half, b = 2 * half;
+#pragma unroll
+                        for (int nt = 0; nt < NT; nt++) {
+                            mma16816<F16C>(s[nt], r0[b], r1[b], r0[b + 1], r1[b + 1], xw[nt][2 * st], xw[nt][2 * st + 1]);
+                        }
+                    }
+                }
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {  // s[nt]: (row g, row g + 8) x (block half 0, 1) of x row 4 nt + t
+                    run[nt][0] = fmaf(s[nt][1], ag[1], fmaf(s[nt][0], ag[0], run[nt][0]));
+                    run[nt][1] = fmaf(s[nt][3], ah[1], fmaf(s[nt][2], ah[0], run[nt][1]));
+                }
+                if (j + DEPTH < cpw) load_fast<NESTED>(buf[d], w, row, row_block, kb + DEPTH * KSTEP, kb0);
+            }
+        }
+    }
+
+    reduce_store_code<F16C, NT, W>(sm.red, run, M, N, bias, bias_dtype, y, y_dtype, bx);
+}
+
+// The code decode where it applies (code_applies), else the exact table decode (gemv_body, rolled, NT_EXACT x-row
+// fragments: M <= 8 NT_EXACT). Block-uniform: one test per block.
+template <bool F16C, int NT, int NT_EXACT, int W, int DEPTH, int GDEPTH>
+__device__ __forceinline__ void gemv_body_code_or_table(int double_round, const Weight& w,
+                                                        const float* __restrict__ nested_code,
+                                                        const float* __restrict__ code16,
+                                                        const uint16_t* __restrict__ x, int M, int N, int K,
+                                                        const void* __restrict__ bias, int bias_dtype,
+                                                        void* __restrict__ y, int y_dtype, int bx) {
+    if (code_applies(K, w.log2_blocksize, w.nested, w.nested_shift)) {
+        if (w.nested) gemv_body_code<F16C, NT, W, DEPTH, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+        else gemv_body_code<F16C, NT, W, DEPTH, false>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+    } else if (double_round) {
+        gemv_body<F16C, true, NT_EXACT, W, 1, GDEPTH, DEC_TAB, 0, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+    } else {
+        gemv_body<F16C, false, NT_EXACT, W, 1, GDEPTH, DEC_TAB, 0, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+    }
+}
+
+}  // namespace nf4v2
