@@ -1003,6 +1003,28 @@ V2G_ENTRY(q4v2greg_gemv_bf16_m16, false, 2, nf4v2::DEC_REG)
 V2G_ENTRY(q4v2greg_gemv_f16_m8, true, 1, nf4v2::DEC_REG)
 V2G_ENTRY(q4v2greg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
 
+// The grouped code decode (nf4_gemv_code.cuh, as V2_ENTRY_CODE per block; 64 KiB of dynamic shared memory): rows 1..4
+// (m4) and 1..8 (m8). Block b of segment s runs block b of that weight's own q4v2code launch: bit-identical outputs.
+#define V2G_ENTRY_CODE(name, F16C, NT)                                                                               \
+    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
+        V2G_SEG_PARAMS(0), V2G_SEG_PARAMS(1), V2G_SEG_PARAMS(2), const uint16_t* __restrict__ x, int M, int K,        \
+        int y_dtype) {                                                                                               \
+        const int nb0 = (N0 + 15) / 16, nb1 = (N1 + 15) / 16;                                                        \
+        const int b = blockIdx.x;                                                                                    \
+        const int s = b < nb0 ? 0 : b < nb0 + nb1 ? 1 : 2;                                                          \
+        const int bx = b - (s == 0 ? 0 : s == 1 ? nb0 : nb0 + nb1);                                                  \
+        nf4v2::Weight w{V2G_PICK(packed), V2G_PICK(absmax), V2G_PICK(nested_absmax), V2G_PICK(offset),               \
+                        V2G_PICK(log2_blocksize), V2G_PICK(nested_bs), V2G_PICK(nested_shift), V2G_PICK(nested)};    \
+        nf4v2::gemv_body_code_or_table<F16C, NT, 1, V2_WARPS, V2_FAST_DEPTH, 2>(                                     \
+            V2G_PICK(double_round), w, V2G_PICK(nested_code), V2G_PICK(code16), x, M, V2G_PICK(N), K,                \
+            V2G_PICK(bias), V2G_PICK(bias_dtype), V2G_PICK(y), y_dtype, bx);                                         \
+    }
+
+V2G_ENTRY_CODE(q4v2gcode_gemv_bf16_m4, false, 1)
+V2G_ENTRY_CODE(q4v2gcode_gemv_bf16_m8, false, 2)
+V2G_ENTRY_CODE(q4v2gcode_gemv_f16_m4, true, 1)
+V2G_ENTRY_CODE(q4v2gcode_gemv_f16_m8, true, 2)
+
 // ---------------------------------------------------------------------------------------------
 // v3 entry points (Nf4GemvKernels.java, -Dqlora4j.nf4.gemv=v3): same arguments as the v2 ones; M <= 1 (m1) or
 // M <= 4 (m4). Launch: grid V3_BLOCKS x SMs (any grid is correct), block V3_WARPS * 32, dynamic shared memory

@@ -189,6 +189,7 @@ public final class CudaQuantOps {
         return switch (v) {
             case V2, V2TABLE -> Nf4GemvKernels.Decode.TABLE;  // the grouped kernel has no pair-table form
             case V2REG -> Nf4GemvKernels.Decode.REGISTERS;
+            case V2CODE -> Nf4GemvKernels.Decode.CODE;
             default -> null;
         };
     }

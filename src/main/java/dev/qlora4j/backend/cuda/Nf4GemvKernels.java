@@ -114,7 +114,10 @@ final class Nf4GemvKernels {
         return true;
     }
 
-    /** The grouped v2 kernel name (native/nf4_gemv.cu, V2G_ENTRY): as {@link #kernelName} with "q4v2g" / "q4v2greg". */
+    /**
+     * The grouped v2 kernel name (native/nf4_gemv.cu, V2G_ENTRY / V2G_ENTRY_CODE): as {@link #kernelName} with "q4v2g",
+     * "q4v2greg" or "q4v2gcode".
+     */
     static String groupKernelName(DType compute, int rows, Decode decode) {
         if (decode == Decode.V3_STREAM) throw new IllegalArgumentException("the grouped GEMV has no v3 form");
         return kernelName(compute, rows, decode).replaceFirst("^q4v2", "q4v2g");
@@ -123,11 +126,13 @@ final class Nf4GemvKernels {
     /**
      * One launch of the v2 GEMV for several weights reading the same x: ys.get(s) [rows, out_s] = the result of
      * {@link #gemv}(ctx, ws.get(s), xc, rows, biases.get(s), ys.get(s), decode), bit for bit (each block runs the
-     * single-weight kernel's body on its weight). decode: TABLE or REGISTERS. biases: one entry per weight, null for
-     * none; every y in the same dtype.
+     * single-weight kernel's body on its weight). decode: TABLE, REGISTERS or CODE (rows 9..16: TABLE, the same values
+     * as the PAIR kernel {@link #gemv} then takes). biases: one entry per weight, null for none; every y in the same
+     * dtype.
      */
     static void gemvGroup(CudaContext ctx, List<CudaQuant4bit> ws, Tensor xc, int rows, List<Tensor> biases,
                           List<Tensor> ys, Decode decode) {
+        if (decode == Decode.CODE && rows > CODE_MAX_ROWS) decode = Decode.TABLE;
         if (!groupApplies(ws, rows)) {
             throw new IllegalArgumentException("the grouped v2 GEMV takes 1.." + GROUP_MAX_SEGMENTS + " weights with BF16/F16"
                     + " compute, in % 32 == 0, the same in_features and compute dtype, and 1.." + Quant4bitKernels.GEMV_MAX_ROWS
@@ -165,7 +170,9 @@ final class Nf4GemvKernels {
         args.ptr(CudaContext.ptr(xc)).i32(rows).i32(ws.get(0).inFeatures()).i32(Quant4bitKernels.dtypeCode(yType, "output"));
         if (blocks == 0) return;  // every weight has 0 output features: nothing to write
         long fn = ctx.function(MODULE, groupKernelName(compute, rows, decode));
-        ctx.launch(fn, Dim3.of(blocks), Dim3.of(THREADS), 0, args);
+        int shared = decode.wideTable() ? WIDE_TABLE_BYTES : 0;
+        ctx.allowSharedMemory(fn, shared);
+        ctx.launch(fn, Dim3.of(blocks), Dim3.of(THREADS), shared, args);
         GROUP_LAUNCHES.incrementAndGet();
     }
 

@@ -28,11 +28,11 @@ import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
 
 /**
- * The grouped v2 GEMV (native/nf4_gemv.cu, q4v2g / q4v2greg entries: up to 3 weights sharing x in one launch) against
+ * The grouped v2 GEMV (native/nf4_gemv.cu, q4v2g / q4v2greg / q4v2gcode entries: up to 3 weights sharing x in one launch) against
  * one single-weight v2 launch per weight: the outputs must be equal BIT FOR BIT (each block runs the same body on its
  * weight). Segment shapes with N not a multiple of 16 and different per segment, rows 1 / 3 / 9 / 16, BF16 and F16
  * compute, biases on some segments (in different dtypes), double quantization, the state dtype (double rounding)
- * and NF4 / FP4 differing per segment; both decodes. Every output is poisoned before each launch (different poison
+ * and NF4 / FP4 differing per segment; the three decodes (the code decode on its own path where in % 128 == 0). Every output is poisoned before each launch (different poison
  * for the two paths). {@link Nf4GemvKernels#GROUP_LAUNCHES} proves the grouped kernel ran, not a fallback.
  * Also CudaBackend.linearQuantizedGroup: grouped at decode, per weight (same values) for 17 rows or under
  * -Dqlora4j.nf4.gemv=v7.
@@ -72,8 +72,11 @@ class Nf4GemvGroupGpuTest {
                 {new Seg(1001, true, 256, DType.BF16, QuantType.NF4, DType.F16)},
                 {new Seg(5, false, 64, DType.BF16, QuantType.NF4, DType.BF16), new Seg(16, true, 128, DType.F32, QuantType.NF4, null),
                         new Seg(17, false, 64, DType.F16, QuantType.FP4, DType.BF16)},
+                // in % 128 == 0: the code decode's own path (the others' aligned shapes)
+                {new Seg(300, true, 64, DType.BF16, QuantType.NF4, null), new Seg(64, false, 128, DType.F16, QuantType.FP4, DType.BF16),
+                        new Seg(97, true, 256, DType.F32, QuantType.NF4, null)},
         };
-        int[] ins = {1344, 4160, 192, 320};
+        int[] ins = {1344, 4160, 192, 320, 2048};
         int[] rowsList = {1, 3, 9, 16};
         DType[] computes = {DType.BF16, DType.F16};
         DType[] xds = {DType.BF16, DType.F16, DType.F32};
@@ -107,7 +110,8 @@ class Nf4GemvGroupGpuTest {
             }
             xc = QuantGpuSupport.upload(ctx, QuantGpuSupport.gaussian(rnd, rows * inF, 1.0), compute, rows, inF);
             assertTrue(Nf4GemvKernels.groupApplies(ws, rows));
-            for (Nf4GemvKernels.Decode decode : new Nf4GemvKernels.Decode[] {Nf4GemvKernels.Decode.TABLE, Nf4GemvKernels.Decode.REGISTERS}) {
+            for (Nf4GemvKernels.Decode decode : new Nf4GemvKernels.Decode[] {Nf4GemvKernels.Decode.TABLE, Nf4GemvKernels.Decode.REGISTERS,
+                    Nf4GemvKernels.Decode.CODE}) {
                 for (int s = 0; s < segs.length; s++) {
                     poison(ysSingle.get(s), (byte) 0xFF);
                     poison(ysGroup.get(s), (byte) 0x7F);
@@ -146,7 +150,7 @@ class Nf4GemvGroupGpuTest {
                 biases.add(s == 0 ? b.upload(Tensor.fromFloats(QuantGpuSupport.gaussian(rnd, outs[s], 0.5), DType.BF16, outs[s])) : null);
             }
             for (int rows : new int[] {1, 7, 16, 17}) {
-                for (String variant : new String[] {"v2", "v2reg", "v7"}) {
+                for (String variant : new String[] {"v2code", "v2", "v2reg", "v7"}) {
                     try (var old = TemporaryProperty.set(Quant4bitKernels.GEMV_VARIANT_PROPERTY, variant);
                          Tensor x = b.upload(Tensor.fromFloats(QuantGpuSupport.gaussian(rnd, rows * inF, 1.0), DType.BF16, rows, inF))) {
                         long before = Nf4GemvKernels.GROUP_LAUNCHES.get();
@@ -188,6 +192,7 @@ class Nf4GemvGroupGpuTest {
             }
             assertEquals("q4v2g_gemv_bf16_m8", Nf4GemvKernels.groupKernelName(DType.BF16, 8, Nf4GemvKernels.Decode.TABLE));
             assertEquals("q4v2greg_gemv_f16_m16", Nf4GemvKernels.groupKernelName(DType.F16, 9, Nf4GemvKernels.Decode.REGISTERS));
+            assertEquals("q4v2gcode_gemv_bf16_m4", Nf4GemvKernels.groupKernelName(DType.BF16, 3, Nf4GemvKernels.Decode.CODE));
         } finally {
             for (CudaQuant4bit w : made) w.close();
         }
