@@ -940,15 +940,17 @@ V2_ENTRY_ALIGNED(q4v2bnb_gemv_bf16_m8, false, 1, nf4v2::DEC_BNB)
 V2_ENTRY_ALIGNED(q4v2bnb_gemv_bf16_m16, false, 2, nf4v2::DEC_BNB)
 V2_ENTRY_ALIGNED(q4v2bnb_gemv_f16_m8, true, 1, nf4v2::DEC_BNB)
 V2_ENTRY_ALIGNED(q4v2bnb_gemv_f16_m16, true, 2, nf4v2::DEC_BNB)
-// -Dqlora4j.nf4.gemv=v2code: the codes alone in the mma, the absmax applied to each block's sum (nf4_gemv_code.cuh;
-// 64 KiB of dynamic shared memory), rows 1..4 (m4) and 1..8 (m8); where nf4v2::code_applies does not hold, the exact
-// table decode
+// -Dqlora4j.nf4.gemv=v2code (the default): the codes alone in the mma, the absmax applied to each block's sum
+// (nf4_gemv_code.cuh; 64 KiB of dynamic shared memory), rows 1..4 (m4) and 1..8 (m8), weights where
+// nf4v2::code_applies holds (the launcher gives the others the exact kernels). V2_CODE_DEPTH chunks per ring: 2
+// measured 0-9% faster than 3 (bench, session 21).
+#define V2_CODE_DEPTH 2
 #define V2_ENTRY_CODE(name, F16C, NT)                                                                                \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
         V2_ENTRY_PARAMS) {                                                                                           \
         V2_ENTRY_WEIGHT;                                                                                             \
-        nf4v2::gemv_body_code_or_table<F16C, NT, 1, V2_WARPS, V2_FAST_DEPTH, 2>(                                     \
-            double_round, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, blockIdx.x);             \
+        nf4v2::gemv_code<F16C, NT, V2_WARPS, V2_CODE_DEPTH>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y,  \
+                                                            y_dtype, blockIdx.x);                                    \
     }
 V2_ENTRY_CODE(q4v2code_gemv_bf16_m4, false, 1)
 V2_ENTRY_CODE(q4v2code_gemv_bf16_m8, false, 2)
@@ -1004,7 +1006,8 @@ V2G_ENTRY(q4v2greg_gemv_f16_m8, true, 1, nf4v2::DEC_REG)
 V2G_ENTRY(q4v2greg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
 
 // The grouped code decode (nf4_gemv_code.cuh, as V2_ENTRY_CODE per block; 64 KiB of dynamic shared memory): rows 1..4
-// (m4) and 1..8 (m8). Block b of segment s runs block b of that weight's own q4v2code launch: bit-identical outputs.
+// (m4) and 1..8 (m8), every weight code_applies. Block b of segment s runs block b of that weight's own q4v2code
+// launch: bit-identical outputs.
 #define V2G_ENTRY_CODE(name, F16C, NT)                                                                               \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
         V2G_SEG_PARAMS(0), V2G_SEG_PARAMS(1), V2G_SEG_PARAMS(2), const uint16_t* __restrict__ x, int M, int K,        \
@@ -1015,9 +1018,9 @@ V2G_ENTRY(q4v2greg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
         const int bx = b - (s == 0 ? 0 : s == 1 ? nb0 : nb0 + nb1);                                                  \
         nf4v2::Weight w{V2G_PICK(packed), V2G_PICK(absmax), V2G_PICK(nested_absmax), V2G_PICK(offset),               \
                         V2G_PICK(log2_blocksize), V2G_PICK(nested_bs), V2G_PICK(nested_shift), V2G_PICK(nested)};    \
-        nf4v2::gemv_body_code_or_table<F16C, NT, 1, V2_WARPS, V2_FAST_DEPTH, 2>(                                     \
-            V2G_PICK(double_round), w, V2G_PICK(nested_code), V2G_PICK(code16), x, M, V2G_PICK(N), K,                \
-            V2G_PICK(bias), V2G_PICK(bias_dtype), V2G_PICK(y), y_dtype, bx);                                         \
+        nf4v2::gemv_code<F16C, NT, V2_WARPS, V2_CODE_DEPTH>(w, V2G_PICK(nested_code), V2G_PICK(code16), x, M,        \
+                                                            V2G_PICK(N), K, V2G_PICK(bias), V2G_PICK(bias_dtype),    \
+                                                            V2G_PICK(y), y_dtype, bx);                               \
     }
 
 V2G_ENTRY_CODE(q4v2gcode_gemv_bf16_m4, false, 1)

@@ -167,23 +167,17 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const float* __r
     reduce_store_code<F16C, NT, W>(sm.red, run, M, N, bias, bias_dtype, y, y_dtype, bx);
 }
 
-// The code decode where it applies (code_applies), else the exact table decode (gemv_body, rolled, NT_EXACT x-row
-// fragments: M <= 8 NT_EXACT). Block-uniform: one test per block.
-template <bool F16C, int NT, int NT_EXACT, int W, int DEPTH, int GDEPTH>
-__device__ __forceinline__ void gemv_body_code_or_table(int double_round, const Weight& w,
-                                                        const float* __restrict__ nested_code,
-                                                        const float* __restrict__ code16,
-                                                        const uint16_t* __restrict__ x, int M, int N, int K,
-                                                        const void* __restrict__ bias, int bias_dtype,
-                                                        void* __restrict__ y, int y_dtype, int bx) {
-    if (code_applies(K, w.log2_blocksize, w.nested, w.nested_shift)) {
-        if (w.nested) gemv_body_code<F16C, NT, W, DEPTH, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
-        else gemv_body_code<F16C, NT, W, DEPTH, false>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
-    } else if (double_round) {
-        gemv_body<F16C, true, NT_EXACT, W, 1, GDEPTH, DEC_TAB, 0, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
-    } else {
-        gemv_body<F16C, false, NT_EXACT, W, 1, GDEPTH, DEC_TAB, 0, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
-    }
+// The code decode's kernel body: the launcher (Nf4GemvKernels) takes it only where code_applies holds and gives the
+// other weights the exact kernels. A kernel of its own, without the exact decode's body as a fallback: the fallback
+// raised it from 93 to 119 registers and cost 5-12% (bench, session 21). A launch that breaks the contract traps.
+template <bool F16C, int NT, int W, int DEPTH>
+__device__ __forceinline__ void gemv_code(const Weight& w, const float* __restrict__ nested_code,
+                                          const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
+                                          int N, int K, const void* __restrict__ bias, int bias_dtype,
+                                          void* __restrict__ y, int y_dtype, int bx) {
+    if (!code_applies(K, w.log2_blocksize, w.nested, w.nested_shift) || M > 4 * NT) __trap();
+    if (w.nested) gemv_body_code<F16C, NT, W, DEPTH, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+    else gemv_body_code<F16C, NT, W, DEPTH, false>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
 }
 
 }  // namespace nf4v2

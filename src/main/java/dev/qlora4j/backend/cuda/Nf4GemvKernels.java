@@ -36,9 +36,9 @@ final class Nf4GemvKernels {
      * batch-1 weights round_T(round_T(code) * round_T(absmax)) (one HMUL2 per byte from a 64 KiB "wide" table of T
      * pairs, one copy per lane; rows 1..16), products exact in float32: NOT the exact contract of the others (opt-in
      * "v2bnb"). CODE = the codes alone in the mma, round_T(code), with each absmax block's float32 sum scaled once by
-     * its absmax (native/nf4_gemv_code.cuh; rows 1..8, where {@link #codeApplies} holds, else the exact TABLE decode
-     * in the same kernel): NOT the exact contract either (the weight code * absmax is never rounded to 16 bits; only
-     * the code is), opt-in "v2code".
+     * its absmax (native/nf4_gemv_code.cuh; rows 1..8 where {@link #codeApplies} holds, else the exact PAIR kernel):
+     * NOT the exact contract (the weight code * absmax is never rounded to 16 bits; only the code is): "v2code", the
+     * default variant of {@link Quant4bitKernels}.
      */
     enum Decode {
         TABLE, REGISTERS, V3_STREAM, PAIR, BNB, CODE;
@@ -52,8 +52,8 @@ final class Nf4GemvKernels {
 
     /**
      * Whether the CODE kernel decodes this weight with its own numerics (native/nf4_gemv_code.cuh, nf4v2::code_applies):
-     * in % 128 == 0, in a multiple of the blocksize, blocksize &gt;= 64, and a power-of-two nested blocksize. Else the
-     * CODE kernel runs the exact table decode.
+     * in % 128 == 0, in a multiple of the blocksize, blocksize &gt;= 64, and a power-of-two nested blocksize. The
+     * CODE kernels trap on other weights: {@link #gemv} and {@link #gemvGroup} give those the exact kernels.
      */
     static boolean codeApplies(CudaQuant4bit w) {
         int k = w.inFeatures(), bs = w.blocksize();
@@ -126,13 +126,15 @@ final class Nf4GemvKernels {
     /**
      * One launch of the v2 GEMV for several weights reading the same x: ys.get(s) [rows, out_s] = the result of
      * {@link #gemv}(ctx, ws.get(s), xc, rows, biases.get(s), ys.get(s), decode), bit for bit (each block runs the
-     * single-weight kernel's body on its weight). decode: TABLE, REGISTERS or CODE (rows 9..16: TABLE, the same values
-     * as the PAIR kernel {@link #gemv} then takes). biases: one entry per weight, null for none; every y in the same
-     * dtype.
+     * single-weight kernel's body on its weight). decode: TABLE, REGISTERS or CODE (where rows &gt; 8 or a weight is
+     * not {@link #codeApplies}: TABLE, the values of the PAIR kernel {@link #gemv} then takes). biases: one entry per
+     * weight, null for none; every y in the same dtype.
      */
     static void gemvGroup(CudaContext ctx, List<CudaQuant4bit> ws, Tensor xc, int rows, List<Tensor> biases,
                           List<Tensor> ys, Decode decode) {
-        if (decode == Decode.CODE && rows > CODE_MAX_ROWS) decode = Decode.TABLE;
+        if (decode == Decode.CODE && (rows > CODE_MAX_ROWS || !ws.stream().allMatch(Nf4GemvKernels::codeApplies))) {
+            decode = Decode.TABLE;
+        }
         if (!groupApplies(ws, rows)) {
             throw new IllegalArgumentException("the grouped v2 GEMV takes 1.." + GROUP_MAX_SEGMENTS + " weights with BF16/F16"
                     + " compute, in % 32 == 0, the same in_features and compute dtype, and 1.." + Quant4bitKernels.GEMV_MAX_ROWS
@@ -217,7 +219,7 @@ final class Nf4GemvKernels {
         if (xc.dtype() != w.computeDType()) {
             throw new IllegalArgumentException("x must be in the compute dtype " + w.computeDType() + ", got " + xc.dtype());
         }
-        if (decode == Decode.CODE && rows > CODE_MAX_ROWS) decode = Decode.PAIR;  // no m16 form
+        if (decode == Decode.CODE && (rows > CODE_MAX_ROWS || !codeApplies(w))) decode = Decode.PAIR;  // the exact kernel
         boolean v3 = decode == Decode.V3_STREAM && v3Applies(w, rows);
         long fn = ctx.function(MODULE, v3 ? v3KernelName(w.computeDType(), rows)
                 : kernelName(w.computeDType(), rows, decode == Decode.V3_STREAM ? Decode.TABLE : decode));

@@ -230,8 +230,8 @@ class Nf4GemvV2GpuTest {
      * The CODE decode against its numerics: y = sum over blocks of fl(absmax * sum_k x_k round_T(code_k)). One-hot rows
      * of x give fl(round_T(code) * absmax) rounded to the compute dtype bit for bit (F32 output); random x with a bias
      * (compute-dtype output) is within the float32 summation-order tolerance of the float64 sum of x_k round_T(code_k)
-     * absmax. Where the CODE kernel does not apply (K % 128 != 0, rows 9..16) it must give the exact decodes' bits:
-     * the TABLE kernel's (rows 1..8) or the PAIR kernel's (rows 9..16).
+     * absmax. Where the CODE kernel does not apply (K % 128 != 0, rows 9..16) the launcher takes the exact PAIR kernel:
+     * the TABLE kernel's bits.
      */
     @ParameterizedTest(name = "[{0}, {1}] rows={2} nested={3} bs={4} compute={5}")
     @MethodSource("exactCases")
@@ -256,7 +256,7 @@ class Nf4GemvV2GpuTest {
              Tensor yHot = QuantGpuSupport.poisoned(ctx, DType.F32, rows, outF);
              Tensor y = QuantGpuSupport.poisoned(ctx, compute, rows, outF)) {
             if (rows > Nf4GemvKernels.CODE_MAX_ROWS || !Nf4GemvKernels.codeApplies(q)) {
-                Nf4GemvKernels.Decode exact = rows > Nf4GemvKernels.CODE_MAX_ROWS ? Nf4GemvKernels.Decode.PAIR : Nf4GemvKernels.Decode.TABLE;
+                Nf4GemvKernels.Decode exact = Nf4GemvKernels.Decode.TABLE;
                 Nf4GemvKernels.gemv(ctx, q, xc, rows, bdev, y, Nf4GemvKernels.Decode.CODE);
                 float[] got = ctx.download(y).toFloatArray();
                 Nf4GemvKernels.gemv(ctx, q, xc, rows, bdev, y, exact);
