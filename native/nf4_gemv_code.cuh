@@ -61,7 +61,8 @@ __device__ __forceinline__ void reduce_store_code(float4* red4, const float (&ru
 
 // The code decode's body: gemv_body_fast's tiles, warps, chunks and ring of loads (code_applies must hold). Launch:
 // one block of W warps per 16 output rows, WIDE_TABLE_BYTES of dynamic shared memory; M <= 4 NT.
-template <bool F16C, int NT, int W, int DEPTH, bool NESTED>
+// IL (bench only, timing): the bytes read as gemv_body_fast's IL reads them (a tile-interleaved layout).
+template <bool F16C, int NT, int W, int DEPTH, bool NESTED, bool IL = false>
 __device__ __forceinline__ void gemv_body_code(const Weight& w, const float* __restrict__ nested_code,
                                                const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                                int N, int K, const void* __restrict__ bias, int bias_dtype,
@@ -78,14 +79,15 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const float* __r
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         const int r = min(bx * 16 + g + 8 * h, N - 1);
-        row[h] = w.packed + (((int64_t)r * K + kb0) >> 1);
+        row[h] = IL ? w.packed + ((int64_t)bx * C * 2 + h) * 512 + lane * 16 + warp * 1024
+                    : w.packed + (((int64_t)r * K + kb0) >> 1);
         row_block[h] = (uint32_t)r * (uint32_t)(K >> w.log2_blocksize);
     }
 
     FastChunk buf[DEPTH];
 #pragma unroll
     for (int d = 0; d < DEPTH; d++) {
-        if (d < cpw) load_fast<NESTED>(buf[d], w, row, row_block, kb0 + d * KSTEP, kb0);
+        if (d < cpw) load_fast<NESTED, IL>(buf[d], w, row, row_block, kb0 + d * KSTEP, kb0);
     }
 
     fill_tables<F16C, DEC_CODE>(sm.tab, sm.ncode, code16, nested_code, NESTED, W * 32);
@@ -159,7 +161,7 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const float* __r
                     run[nt][0] = fmaf(s[nt][1], ag[1], fmaf(s[nt][0], ag[0], run[nt][0]));
                     run[nt][1] = fmaf(s[nt][3], ah[1], fmaf(s[nt][2], ah[0], run[nt][1]));
                 }
-                if (j + DEPTH < cpw) load_fast<NESTED>(buf[d], w, row, row_block, kb + DEPTH * KSTEP, kb0);
+                if (j + DEPTH < cpw) load_fast<NESTED, IL>(buf[d], w, row, row_block, kb + DEPTH * KSTEP, kb0);
             }
         }
     }

@@ -370,6 +370,28 @@ __global__ void __launch_bounds__(256, 2) gemv_code_kernel(V2_ENTRY_PARAMS) {
     nf4v2::gemv_code<F16C, NT, 8, DEPTH>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, blockIdx.x);
 }
 
+// Timing only: the code kernel reading a tile-interleaved byte layout (as v2il): what a repacked weight would give.
+template <int DEPTH>
+__global__ void __launch_bounds__(256, 2) gemv_code_il_kernel(V2_ENTRY_PARAMS) {
+    V2_ENTRY_WEIGHT;
+    if (nested) nf4v2::gemv_body_code<false, 1, 8, DEPTH, true, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, blockIdx.x);
+    else nf4v2::gemv_body_code<false, 1, 8, DEPTH, false, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, blockIdx.x);
+}
+
+template <int DEPTH>
+static Variant v2code_il(const std::string& name) {
+    Variant v;
+    v.name = name;
+    v.max_m = 4;
+    CK(cudaFuncSetAttribute(gemv_code_il_kernel<DEPTH>, cudaFuncAttributeMaxDynamicSharedMemorySize, nf4v2::WIDE_TABLE_BYTES));
+    v.launch = [](const DevWeight& w, const float* c, const void* x, int M, int N, int K, const void* b, void* y, cudaStream_t s, int dt) {
+        if (K % 128 != 0 || N % 16 != 0) return;
+        gemv_code_il_kernel<DEPTH><<<N / 16, 256, nf4v2::WIDE_TABLE_BYTES, s>>>(w.packed, w.absmax, w.nested_absmax,
+            w.nested_code, w.offset, w.log2_bs, w.nested_bs, w.nested_shift, w.nested, c, (const uint16_t*)x, M, N, K, b, dt, y, dt, 0);
+    };
+    return v;
+}
+
 template <int DEPTH>
 static Variant v2code(const std::string& name) {
     Variant v;
@@ -1020,6 +1042,8 @@ int main(int argc, char** argv) {
     all.push_back(v2a<8, 3, nf4v2::DEC_BNB>("v2a bnb w8 d3"));
     all.push_back(v2code<2>("v2a code d2"));
     all.push_back(v2code<3>("v2a code d3"));
+    all.push_back(v2code_il<2>("v2il code d2 (timing: interleaved bytes)"));
+    all.push_back(v2il<3, nf4v2::DEC_NONE>("v2il none d3 (timing: interleaved bytes, no decode)"));
 #ifndef QL_BENCH_V8_ONLY
     // v2 / v3 (exact numerics): the measured references
     all.push_back(v2<8, 1, 4, nf4v2::DEC_TAB, 0>("v2 tab w8 t1 d4"));  // = q4v2_gemv_* (the Java default for rows 9..16, and v2table)
@@ -1042,7 +1066,6 @@ int main(int argc, char** argv) {
     all.push_back(v2a<16, 3, nf4v2::DEC_PAIR>("v2a pair w16 d3"));
     all.push_back(v2il<3, nf4v2::DEC_PAIR>("v2il pair d3 (timing: interleaved bytes)"));
     all.push_back(v2il<3, nf4v2::DEC_BNB>("v2il bnb d3 (timing: interleaved bytes)"));
-    all.push_back(v2il<3, nf4v2::DEC_NONE>("v2il none d3 (timing: interleaved bytes, no decode)"));
     all.push_back(v3<8, 3, 4, nf4v3::DEC_TAB, true>("v3 w8 b3 d4"));
 #endif  // QL_BENCH_V8_ONLY
 #ifdef QL_BENCH_OLD
