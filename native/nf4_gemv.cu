@@ -512,13 +512,14 @@ __device__ __forceinline__ void load_fast(FastChunk& L, const Weight& w, const u
     }
 }
 
-// x's B fragments of a chunk (the 32 k at kb of x rows g + 8 nt) into xw; rows >= M keep theirs (zero on entry to the
-// kernel), so the registers live across the chunk loop.
+// x's B fragments of a chunk (the 32 k at kb of x row pointers xrow[nt]) into xw where load[nt]; the others keep theirs
+// (zero on entry to the kernel), so the registers live across the chunk loop.
 template <int NT>
-__device__ __forceinline__ void load_x_kept(uint32_t (&xw)[NT][16], const uint16_t* const (&xrow)[NT], int kb, int g, int M) {
+__device__ __forceinline__ void load_x_where(uint32_t (&xw)[NT][16], const uint16_t* const (&xrow)[NT], int kb,
+                                             const bool (&load)[NT]) {
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
-        if (g + 8 * nt < M) {
+        if (load[nt]) {
             const uint4* xp = reinterpret_cast<const uint4*>(xrow[nt] + kb);
 #pragma unroll
             for (int i = 0; i < 4; i++) {
@@ -529,6 +530,48 @@ __device__ __forceinline__ void load_x_kept(uint32_t (&xw)[NT][16], const uint16
     }
 }
 
+// load_x_where for x rows g + 8 nt (rows >= M keep their zero fragments).
+template <int NT>
+__device__ __forceinline__ void load_x_kept(uint32_t (&xw)[NT][16], const uint16_t* const (&xrow)[NT], int kb, int g, int M) {
+    bool load[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) load[nt] = g + 8 * nt < M;
+    load_x_where<NT>(xw, xrow, kb, load);
+}
+
+// A thread's start on the aligned path (gemv_body_fast, and nf4_gemv_code.cuh's gemv_body_code): its chunks (cpw of
+// them: warp, warp + W, ...), the k of its first, the byte pointers and first absmax blocks of its rows g and g + 8
+// (rows past N clamped to N - 1), and the ring of loads with its first DEPTH chunks issued.
+template <int W, int DEPTH, bool NESTED, bool IL>
+struct FastStart {
+    int cpw, kb0;
+    const uint8_t* row[2];
+    uint32_t row_block[2];
+    FastChunk buf[DEPTH];
+
+    __device__ __forceinline__ FastStart(const Weight& w, int N, int K, int bx) {
+        const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+        const int g = lane >> 2, t = lane & 3;
+        const int C = K / CHUNK_K;
+        cpw = warp < C ? (C - warp + W - 1) / W : 0;
+        kb0 = warp * CHUNK_K + 32 * t;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int r = min(bx * 16 + g + 8 * h, N - 1);
+            row[h] = IL ? w.packed + ((int64_t)bx * C * 2 + h) * 512 + lane * 16 + warp * 1024
+                        : w.packed + (((int64_t)r * K + kb0) >> 1);
+            row_block[h] = (uint32_t)r * (uint32_t)(K >> w.log2_blocksize);
+        }
+#pragma unroll
+        for (int d = 0; d < DEPTH; d++) {
+            if (d < cpw) load(w, d, kb0 + d * W * CHUNK_K);
+        }
+    }
+
+    // chunk k base kb into ring slot d
+    __device__ __forceinline__ void load(const Weight& w, int d, int kb) { load_fast<NESTED, IL>(buf[d], w, row, row_block, kb, kb0); }
+};
+
 template <bool F16C, bool DR, int NT, int W, int DEPTH, int DEC, bool NESTED, bool IL = false>
 __device__ __forceinline__ void gemv_body_fast(const Weight& w, const float* __restrict__ nested_code,
                                                const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
@@ -536,27 +579,11 @@ __device__ __forceinline__ void gemv_body_fast(const Weight& w, const float* __r
                                                void* __restrict__ y, int y_dtype, int bx) {
     static_assert(DEC == DEC_PAIR || DEC == DEC_BNB || DEC == DEC_NONE, "the aligned path: pair and bnb decodes (none: the bench)");
     Smem<W, 1, NT>& sm = block_smem<W, 1, NT>();
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int g = lane >> 2, t = lane & 3;
-    const int C = K / CHUNK_K;
-    const int cpw = warp < C ? (C - warp + W - 1) / W : 0;  // this warp's chunks: warp, warp + W, ...
-    const int kb0 = warp * CHUNK_K + 32 * t;                 // k of this thread's first chunk
+    const int lane = threadIdx.x & 31;
+    const int g = lane >> 2;
     constexpr int KSTEP = W * CHUNK_K;
-    const uint8_t* row[2];
-    uint32_t row_block[2];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int r = min(bx * 16 + g + 8 * h, N - 1);
-        row[h] = IL ? w.packed + ((int64_t)bx * C * 2 + h) * 512 + lane * 16 + warp * 1024
-                    : w.packed + (((int64_t)r * K + kb0) >> 1);
-        row_block[h] = (uint32_t)r * (uint32_t)(K >> w.log2_blocksize);
-    }
-
-    FastChunk buf[DEPTH];
-#pragma unroll
-    for (int d = 0; d < DEPTH; d++) {
-        if (d < cpw) load_fast<NESTED, IL>(buf[d], w, row, row_block, kb0 + d * KSTEP, kb0);
-    }
+    FastStart<W, DEPTH, NESTED, IL> fs(w, N, K, bx);
+    const int cpw = fs.cpw, kb0 = fs.kb0;
 
     fill_tables<F16C, DEC>(sm.tab, sm.ncode, code16, nested_code, NESTED, W * 32);
     const float2* pair = DEC == DEC_PAIR ? pair_table + (lane & (PAIR_COPIES - 1)) : nullptr;
@@ -584,13 +611,13 @@ __device__ __forceinline__ void gemv_body_fast(const Weight& w, const float* __r
             if (j < cpw) {  // warp-uniform
                 const int kb = kb0 + j * KSTEP;
                 load_x_kept<NT>(xw, xrow, kb, g, M);
-                const FastChunk& L = buf[d];
+                const FastChunk& L = fs.buf[d];
                 const float a0 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[0]], L.s[0]), w.offset) : L.s[0];
                 const float a1 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[1]], L.s[1]), w.offset) : L.s[1];
                 const uint32_t w0[4] = {L.w[0].x, L.w[0].y, L.w[0].z, L.w[0].w};
                 const uint32_t w1[4] = {L.w[1].x, L.w[1].y, L.w[1].z, L.w[1].w};
                 decode_mma<F16C, DR, NT, DEC>(w0, w1, a0, a1, sm.tab, pair, lane_off, xw, acc[0]);
-                if (j + DEPTH < cpw) load_fast<NESTED, IL>(buf[d], w, row, row_block, kb + DEPTH * KSTEP, kb0);
+                if (j + DEPTH < cpw) fs.load(w, d, kb + DEPTH * KSTEP);
             }
         }
     }

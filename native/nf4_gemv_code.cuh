@@ -68,27 +68,11 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const float* __r
                                                int N, int K, const void* __restrict__ bias, int bias_dtype,
                                                void* __restrict__ y, int y_dtype, int bx) {
     Smem<W, 1, NT>& sm = block_smem<W, 1, NT>();
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
-    const int C = K / CHUNK_K;
-    const int cpw = warp < C ? (C - warp + W - 1) / W : 0;  // this warp's chunks: warp, warp + W, ...
-    const int kb0 = warp * CHUNK_K + 32 * t;                 // k of this thread's first chunk
     constexpr int KSTEP = W * CHUNK_K;
-    const uint8_t* row[2];
-    uint32_t row_block[2];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int r = min(bx * 16 + g + 8 * h, N - 1);
-        row[h] = IL ? w.packed + ((int64_t)bx * C * 2 + h) * 512 + lane * 16 + warp * 1024
-                    : w.packed + (((int64_t)r * K + kb0) >> 1);
-        row_block[h] = (uint32_t)r * (uint32_t)(K >> w.log2_blocksize);
-    }
-
-    FastChunk buf[DEPTH];
-#pragma unroll
-    for (int d = 0; d < DEPTH; d++) {
-        if (d < cpw) load_fast<NESTED, IL>(buf[d], w, row, row_block, kb0 + d * KSTEP, kb0);
-    }
+    FastStart<W, DEPTH, NESTED, IL> fs(w, N, K, bx);
+    const int cpw = fs.cpw, kb0 = fs.kb0;
 
     fill_tables<F16C, DEC_CODE>(sm.tab, sm.ncode, code16, nested_code, NESTED, W * 32);
     const uint32_t lane_off = (uint32_t)lane * 4u;
@@ -118,18 +102,8 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const float* __r
             const int j = j0 + d;
             if (j < cpw) {  // warp-uniform
                 const int kb = kb0 + j * KSTEP;
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    if (xload[nt]) {
-                        const uint4* xp = reinterpret_cast<const uint4*>(xrow[nt] + kb);
-#pragma unroll
-                        for (int i = 0; i < 4; i++) {
-                            const uint4 v = __ldg(xp + i);
-                            xw[nt][4 * i] = v.x; xw[nt][4 * i + 1] = v.y; xw[nt][4 * i + 2] = v.z; xw[nt][4 * i + 3] = v.w;
-                        }
-                    }
-                }
-                const FastChunk& L = buf[d];
+                load_x_where<NT>(xw, xrow, kb, xload);
+                const FastChunk& L = fs.buf[d];
                 const float a0 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[0]], L.s[0]), w.offset) : L.s[0];
                 const float a1 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[1]], L.s[1]), w.offset) : L.s[1];
                 // the chunk's other block (lane t ^ 2's): [h] = absmax of block half h for row g (a*0) / g + 8 (a*1)
@@ -161,7 +135,7 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const float* __r
                     run[nt][0] = fmaf(s[nt][1], ag[1], fmaf(s[nt][0], ag[0], run[nt][0]));
                     run[nt][1] = fmaf(s[nt][3], ah[1], fmaf(s[nt][2], ah[0], run[nt][1]));
                 }
-                if (j + DEPTH < cpw) load_fast<NESTED, IL>(buf[d], w, row, row_block, kb + DEPTH * KSTEP, kb0);
+                if (j + DEPTH < cpw) fs.load(w, d, kb + DEPTH * KSTEP);
             }
         }
     }

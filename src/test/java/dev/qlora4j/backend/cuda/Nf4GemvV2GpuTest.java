@@ -10,6 +10,8 @@ import dev.qlora4j.quant.QuantType;
 import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
 
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Random;
@@ -169,101 +171,45 @@ class Nf4GemvV2GpuTest {
 
     /**
      * The BNB decode against bitsandbytes' batch-1 weights w = round_T(round_T(code) * round_T(absmax))
-     * ({@link BnbBatch1Reference.Weights}), whose products with x the mma forms exactly: one-hot rows of x must give
-     * w [o, k] bit for bit (F32 output); random x with a bias (T output) must be within the float32 summation-order
-     * tolerance of the float64 sum, plus one quantum of T for the final rounding.
+     * ({@link BnbBatch1Reference.Weights}), whose products with x the mma forms exactly (see {@link #checkAgainstWeights}).
      */
     @ParameterizedTest(name = "[{0}, {1}] rows={2} nested={3} bs={4} compute={5}")
     @MethodSource("exactCases")
     void bnbDecodeMatchesItsWeights(int outF, int inF, int rows, boolean nested, int blocksize, DType compute, DType state) {
         Random rnd = new Random();
-        QuantType type = rnd.nextInt(3) == 0 ? QuantType.FP4 : QuantType.NF4;
-        float[] w = QuantGpuSupport.randomWeights(rnd, outF, inF);
-        QuantState4bit qs = Quant4bit.quantize(Tensor.fromFloats(w, state, outF, inF), type, blocksize, nested);
+        QuantState4bit qs = randomQuantized(rnd, outF, inF, nested, blocksize, state);
         BnbBatch1Reference.Weights bw = new BnbBatch1Reference.Weights(qs, compute);
-        String what = type + " nested=" + nested + " bs=" + blocksize + " compute=" + compute + " [" + outF + ", " + inF + "] rows=" + rows;
-        float[] hot = new float[rows * inF];
-        int[] ks = new int[rows];
-        for (int m = 0; m < rows; m++) {
-            ks[m] = m == 0 ? inF - 1 : rnd.nextInt(inF);
-            hot[m * inF + ks[m]] = 1f;
-        }
-        float[] x = QuantGpuSupport.roundedTo(compute, QuantGpuSupport.gaussian(rnd, rows * inF, 1.0));
-        float[] bias = QuantGpuSupport.roundedTo(compute, QuantGpuSupport.gaussian(rnd, outF, 0.5));
-        try (CudaQuant4bit q = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, compute);
-             Tensor hotc = QuantGpuSupport.upload(ctx, hot, compute, rows, inF);
-             Tensor xc = QuantGpuSupport.upload(ctx, x, compute, rows, inF);
-             Tensor bdev = QuantGpuSupport.upload(ctx, bias, compute, outF);
-             Tensor yHot = QuantGpuSupport.poisoned(ctx, DType.F32, rows, outF);
-             Tensor y = QuantGpuSupport.poisoned(ctx, compute, rows, outF)) {
-            Nf4GemvKernels.gemv(ctx, q, hotc, rows, null, yHot, Nf4GemvKernels.Decode.BNB);
-            float[] got = ctx.download(yHot).toFloatArray();
-            for (int m = 0; m < rows; m++) {
-                for (int o = 0; o < outF; o++) {
-                    float want = bw.at(o, ks[m]);
-                    if (!(got[m * outF + o] == want)) {
-                        fail(what + ": one-hot y[" + m + ", " + o + "] = " + got[m * outF + o] + ", bnb weight [" + o + ", " + ks[m] + "] = " + want);
-                    }
-                }
-            }
-            Nf4GemvKernels.gemv(ctx, q, xc, rows, bdev, y, Nf4GemvKernels.Decode.BNB);
-            got = ctx.download(y).toFloatArray();
-            for (int m = 0; m < rows; m++) {
-                for (int o = 0; o < outF; o++) {
-                    double sum = 0, sumAbs = 0;
-                    for (int k = 0; k < inF; k++) {
-                        double p = (double) x[m * inF + k] * bw.at(o, k);
-                        sum += p;
-                        sumAbs += Math.abs(p);
-                    }
-                    double want = QuantGpuSupport.round(compute, (float) (sum + bias[o]));
-                    double tol = 2e-5 * sumAbs + QuantGpuSupport.quantum(compute, want) + 1e-6 * Math.abs(bias[o]);
-                    if (!(Math.abs(got[m * outF + o] - want) <= tol)) {
-                        fail(what + ": y[" + m + ", " + o + "] = " + got[m * outF + o] + ", reference " + want + ", tolerance " + tol);
-                    }
-                }
-            }
+        try (CudaQuant4bit q = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, compute)) {
+            checkAgainstWeights(q, rows, compute, rnd, Nf4GemvKernels.Decode.BNB, bw::at, describe(qs, compute, rows));
         }
     }
 
     /**
-     * The CODE decode against its numerics: y = sum over blocks of fl(absmax * sum_k x_k round_T(code_k)). One-hot rows
-     * of x give fl(round_T(code) * absmax) rounded to the compute dtype bit for bit (F32 output); random x with a bias
-     * (compute-dtype output) is within the float32 summation-order tolerance of the float64 sum of x_k round_T(code_k)
-     * absmax. Where the CODE kernel does not apply (K % 128 != 0, rows 9..16) the launcher takes the exact PAIR kernel:
-     * the TABLE kernel's bits.
+     * The CODE decode against its numerics: y = sum over blocks of fl(absmax * sum_k x_k round_T(code_k)), i.e. x times
+     * the weights round_T(code) * absmax with the products exact (see {@link #checkAgainstWeights}; the float32 product
+     * there is within 2^-24 of the exact one, far inside the tolerance, and one-hot rows give it bit for bit). Where
+     * the CODE kernel does not apply (K % 128 != 0, rows 9..16) the launcher takes the exact PAIR kernel: the TABLE
+     * kernel's bits.
      */
     @ParameterizedTest(name = "[{0}, {1}] rows={2} nested={3} bs={4} compute={5}")
     @MethodSource("exactCases")
     void codeDecodeMatchesItsNumerics(int outF, int inF, int rows, boolean nested, int blocksize, DType compute, DType state) {
         Random rnd = new Random();
-        QuantType type = rnd.nextInt(3) == 0 ? QuantType.FP4 : QuantType.NF4;
-        float[] w = QuantGpuSupport.randomWeights(rnd, outF, inF);
-        QuantState4bit qs = Quant4bit.quantize(Tensor.fromFloats(w, state, outF, inF), type, blocksize, nested);
-        String what = type + " nested=" + nested + " bs=" + blocksize + " compute=" + compute + " [" + outF + ", " + inF + "] rows=" + rows;
-        float[] hot = new float[rows * inF];
-        int[] ks = new int[rows];
-        for (int m = 0; m < rows; m++) {
-            ks[m] = m == 0 ? inF - 1 : rnd.nextInt(inF);
-            hot[m * inF + ks[m]] = 1f;
-        }
-        float[] x = QuantGpuSupport.roundedTo(compute, QuantGpuSupport.gaussian(rnd, rows * inF, 1.0));
-        float[] bias = QuantGpuSupport.roundedTo(compute, QuantGpuSupport.gaussian(rnd, outF, 0.5));
-        try (CudaQuant4bit q = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, compute);
-             Tensor hotc = QuantGpuSupport.upload(ctx, hot, compute, rows, inF);
-             Tensor xc = QuantGpuSupport.upload(ctx, x, compute, rows, inF);
-             Tensor bdev = QuantGpuSupport.upload(ctx, bias, compute, outF);
-             Tensor yHot = QuantGpuSupport.poisoned(ctx, DType.F32, rows, outF);
-             Tensor y = QuantGpuSupport.poisoned(ctx, compute, rows, outF)) {
+        QuantState4bit qs = randomQuantized(rnd, outF, inF, nested, blocksize, state);
+        String what = describe(qs, compute, rows);
+        try (CudaQuant4bit q = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, compute)) {
             if (rows > Nf4GemvKernels.CODE_MAX_ROWS || !Nf4GemvKernels.codeApplies(q)) {
-                Nf4GemvKernels.Decode exact = Nf4GemvKernels.Decode.TABLE;
-                Nf4GemvKernels.gemv(ctx, q, xc, rows, bdev, y, Nf4GemvKernels.Decode.CODE);
-                float[] got = ctx.download(y).toFloatArray();
-                Nf4GemvKernels.gemv(ctx, q, xc, rows, bdev, y, exact);
-                float[] want = ctx.download(y).toFloatArray();
-                for (int e = 0; e < got.length; e++) {
-                    if (Float.floatToRawIntBits(got[e]) != Float.floatToRawIntBits(want[e])) {
-                        fail(what + ": CODE (not applicable) element " + e + " = " + got[e] + ", " + exact + " gave " + want[e]);
+                float[] x = QuantGpuSupport.roundedTo(compute, QuantGpuSupport.gaussian(rnd, rows * inF, 1.0));
+                try (Tensor xc = QuantGpuSupport.upload(ctx, x, compute, rows, inF);
+                     Tensor y = QuantGpuSupport.poisoned(ctx, compute, rows, outF)) {
+                    Nf4GemvKernels.gemv(ctx, q, xc, rows, null, y, Nf4GemvKernels.Decode.CODE);
+                    float[] got = ctx.download(y).toFloatArray();
+                    Nf4GemvKernels.gemv(ctx, q, xc, rows, null, y, Nf4GemvKernels.Decode.TABLE);
+                    float[] want = ctx.download(y).toFloatArray();
+                    for (int e = 0; e < got.length; e++) {
+                        if (Float.floatToRawIntBits(got[e]) != Float.floatToRawIntBits(want[e])) {
+                            fail(what + ": CODE (not applicable) element " + e + " = " + got[e] + ", TABLE gave " + want[e]);
+                        }
                     }
                 }
                 return;
@@ -271,41 +217,84 @@ class Nf4GemvV2GpuTest {
             float[] absmax = qs.dequantizedAbsmax();
             float[] codeT = new float[16];
             for (int c = 0; c < 16; c++) codeT[c] = QuantGpuSupport.round(compute, qs.quantType().dequantValue(c));
-            java.lang.foreign.MemorySegment packed = qs.weight().segment();
-            java.util.function.IntBinaryOperator codeAt = (o, k) -> {
+            MemorySegment packed = qs.weight().segment();
+            WeightAt weight = (o, k) -> {
                 long e = (long) o * inF + k;
-                int b = packed.get(java.lang.foreign.ValueLayout.JAVA_BYTE, e >> 1) & 0xFF;
-                return (e & 1) == 0 ? b >> 4 : b & 15;  // high nibble = the even element
+                int b = packed.get(ValueLayout.JAVA_BYTE, e >> 1) & 0xFF;
+                int code = (e & 1) == 0 ? b >> 4 : b & 15;  // high nibble = the even element
+                return codeT[code] * absmax[(int) (e / blocksize)];
             };
-            Nf4GemvKernels.gemv(ctx, q, hotc, rows, null, yHot, Nf4GemvKernels.Decode.CODE);
+            checkAgainstWeights(q, rows, compute, rnd, Nf4GemvKernels.Decode.CODE, weight, what);
+        }
+    }
+
+    /** w [o, k] of a decode's own weights, as a float32 value. */
+    @FunctionalInterface
+    interface WeightAt { float at(int o, int k); }
+
+    /**
+     * A decode whose GEMV is x times its own weights with the products exact in float32: one-hot rows of x must give
+     * round_T(w [o, k]) bit for bit (F32 output); random x with a bias (T output) must be within the float32
+     * summation-order tolerance of the float64 sum, plus one quantum of T for the final rounding.
+     */
+    private static void checkAgainstWeights(CudaQuant4bit q, int rows, DType compute, Random rnd, Nf4GemvKernels.Decode decode,
+                                            WeightAt weight, String what) {
+        int outF = q.outFeatures(), inF = q.inFeatures();
+        float[] hot = new float[rows * inF];
+        int[] ks = new int[rows];
+        for (int m = 0; m < rows; m++) {
+            ks[m] = m == 0 ? inF - 1 : rnd.nextInt(inF);  // row 0: the last k
+            hot[m * inF + ks[m]] = 1f;
+        }
+        float[] x = QuantGpuSupport.roundedTo(compute, QuantGpuSupport.gaussian(rnd, rows * inF, 1.0));
+        float[] bias = QuantGpuSupport.roundedTo(compute, QuantGpuSupport.gaussian(rnd, outF, 0.5));
+        try (Tensor hotc = QuantGpuSupport.upload(ctx, hot, compute, rows, inF);
+             Tensor xc = QuantGpuSupport.upload(ctx, x, compute, rows, inF);
+             Tensor bdev = QuantGpuSupport.upload(ctx, bias, compute, outF);
+             Tensor yHot = QuantGpuSupport.poisoned(ctx, DType.F32, rows, outF);
+             Tensor y = QuantGpuSupport.poisoned(ctx, compute, rows, outF)) {
+            Nf4GemvKernels.gemv(ctx, q, hotc, rows, null, yHot, decode);
             float[] got = ctx.download(yHot).toFloatArray();
             for (int m = 0; m < rows; m++) {
                 for (int o = 0; o < outF; o++) {
-                    int k = ks[m];
-                    float want = QuantGpuSupport.round(compute, codeT[codeAt.applyAsInt(o, k)] * absmax[(o * inF + k) / blocksize]);
+                    float want = QuantGpuSupport.round(compute, weight.at(o, ks[m]));
                     if (!(got[m * outF + o] == want)) {
-                        fail(what + ": one-hot y[" + m + ", " + o + "] = " + got[m * outF + o] + ", round(code) * absmax [" + o + ", " + k + "] = " + want);
+                        fail(what + " (" + decode + "): one-hot y[" + m + ", " + o + "] = " + got[m * outF + o] + ", weight ["
+                                + o + ", " + ks[m] + "] = " + want);
                     }
                 }
             }
-            Nf4GemvKernels.gemv(ctx, q, xc, rows, bdev, y, Nf4GemvKernels.Decode.CODE);
+            Nf4GemvKernels.gemv(ctx, q, xc, rows, bdev, y, decode);
             got = ctx.download(y).toFloatArray();
             for (int m = 0; m < rows; m++) {
                 for (int o = 0; o < outF; o++) {
                     double sum = 0, sumAbs = 0;
                     for (int k = 0; k < inF; k++) {
-                        double p = (double) x[m * inF + k] * codeT[codeAt.applyAsInt(o, k)] * absmax[(o * inF + k) / blocksize];
+                        double p = (double) x[m * inF + k] * weight.at(o, k);
                         sum += p;
                         sumAbs += Math.abs(p);
                     }
                     double want = QuantGpuSupport.round(compute, (float) (sum + bias[o]));
                     double tol = 2e-5 * sumAbs + QuantGpuSupport.quantum(compute, want) + 1e-6 * Math.abs(bias[o]);
                     if (!(Math.abs(got[m * outF + o] - want) <= tol)) {
-                        fail(what + ": y[" + m + ", " + o + "] = " + got[m * outF + o] + ", reference " + want + ", tolerance " + tol);
+                        fail(what + " (" + decode + "): y[" + m + ", " + o + "] = " + got[m * outF + o] + ", reference " + want
+                                + ", tolerance " + tol);
                     }
                 }
             }
         }
+    }
+
+    /** NF4 (or FP4 one time in three) of random weights in the state dtype. */
+    private static QuantState4bit randomQuantized(Random rnd, int outF, int inF, boolean nested, int blocksize, DType state) {
+        QuantType type = rnd.nextInt(3) == 0 ? QuantType.FP4 : QuantType.NF4;
+        float[] w = QuantGpuSupport.randomWeights(rnd, outF, inF);
+        return Quant4bit.quantize(Tensor.fromFloats(w, state, outF, inF), type, blocksize, nested);
+    }
+
+    private static String describe(QuantState4bit qs, DType compute, int rows) {
+        return qs.quantType() + " nested=" + qs.nested() + " bs=" + qs.blocksize() + " compute=" + compute
+                + " [" + qs.shape()[0] + ", " + qs.shape()[1] + "] rows=" + rows;
     }
 
     @Test
