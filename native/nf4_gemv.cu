@@ -47,7 +47,7 @@ __shared__ __align__(16) float2 pair_table[256 * PAIR_COPIES];
 // a prmt and two IMADs per byte, measured no faster than DEC_PAIR on the H200: session 5, bench/RESULTS.md.)
 constexpr int DEC_BNB = 5;
 // DEC_CODE: x times the codes alone (DEC_BNB's wide table, no HMUL2), each absmax block's float32 sum scaled once by
-// its absmax (nf4_gemv_code.cuh): not the exact contract either, the opt-in "v2code" variant.
+// its absmax (nf4_gemv_code.cuh): not the exact contract either; the default "v2code" variant for 1..8 rows.
 constexpr int DEC_CODE = 6;
 // Dynamic shared memory of the DEC_BNB launches (the host passes exactly this; the bench reads it, the engine's
 // Nf4GemvKernels.WIDE_TABLE_BYTES mirrors it).
@@ -1002,25 +1002,30 @@ V2_ENTRY_CODE(q4v2code_gemv_f16_m8, true, 2)
 // the value of argument f of the block's segment s (block-uniform selects of kernel parameters)
 #define V2G_PICK(f) (s == 0 ? f##0 : s == 1 ? f##1 : f##2)
 
+// The block's segment s and its block bx within it (blocks of rows_per_block output rows), and that segment's
+// arguments as the one-weight entries name them (w, nested_code, code16, N, bias, bias_dtype, y, double_round).
+#define V2G_SEGMENT(rows_per_block)                                                                                  \
+    const int nb0 = (N0 + (rows_per_block) - 1) / (rows_per_block), nb1 = (N1 + (rows_per_block) - 1) / (rows_per_block); \
+    const int b = blockIdx.x;                                                                                        \
+    const int s = b < nb0 ? 0 : b < nb0 + nb1 ? 1 : 2;                                                              \
+    const int bx = b - (s == 0 ? 0 : s == 1 ? nb0 : nb0 + nb1);                                                      \
+    nf4v2::Weight w{V2G_PICK(packed), V2G_PICK(absmax), V2G_PICK(nested_absmax), V2G_PICK(offset),                   \
+                    V2G_PICK(log2_blocksize), V2G_PICK(nested_bs), V2G_PICK(nested_shift), V2G_PICK(nested)};        \
+    const float* nested_code = V2G_PICK(nested_code);                                                                \
+    const float* code16 = V2G_PICK(code16);                                                                          \
+    const int N = V2G_PICK(N);                                                                                       \
+    const void* bias = V2G_PICK(bias);                                                                               \
+    const int bias_dtype = V2G_PICK(bias_dtype);                                                                     \
+    void* y = V2G_PICK(y);                                                                                           \
+    const int double_round = V2G_PICK(double_round)
+
 #define V2G_ENTRY(name, F16C, NT, DEC)                                                                               \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
         V2G_SEG_PARAMS(0), V2G_SEG_PARAMS(1), V2G_SEG_PARAMS(2), const uint16_t* __restrict__ x, int M, int K,        \
         int y_dtype) {                                                                                               \
-        constexpr int rows_per_block = 16 * V2_TILES;                                                                \
-        const int nb0 = (N0 + rows_per_block - 1) / rows_per_block, nb1 = (N1 + rows_per_block - 1) / rows_per_block; \
-        const int b = blockIdx.x;                                                                                    \
-        const int s = b < nb0 ? 0 : b < nb0 + nb1 ? 1 : 2;                                                          \
-        const int bx = b - (s == 0 ? 0 : s == 1 ? nb0 : nb0 + nb1);                                                  \
-        nf4v2::Weight w{V2G_PICK(packed), V2G_PICK(absmax), V2G_PICK(nested_absmax), V2G_PICK(offset),               \
-                        V2G_PICK(log2_blocksize), V2G_PICK(nested_bs), V2G_PICK(nested_shift), V2G_PICK(nested)};    \
-        const float* nested_code = V2G_PICK(nested_code);                                                            \
-        const float* code16 = V2G_PICK(code16);                                                                      \
-        const int N = V2G_PICK(N);                                                                                   \
-        const void* bias = V2G_PICK(bias);                                                                           \
-        const int bias_dtype = V2G_PICK(bias_dtype);                                                                 \
-        void* y = V2G_PICK(y);                                                                                       \
+        V2G_SEGMENT(16 * V2_TILES);                                                                                  \
         nf4v2::gemv_body_rounding<F16C, NT, V2_WARPS, V2_TILES, V2_DEPTH, DEC, 0>(                                   \
-            V2G_PICK(double_round), w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);           \
+            double_round, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);                     \
     }
 
 V2G_ENTRY(q4v2g_gemv_bf16_m8, false, 1, nf4v2::DEC_TAB)
@@ -1039,15 +1044,10 @@ V2G_ENTRY(q4v2greg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
         V2G_SEG_PARAMS(0), V2G_SEG_PARAMS(1), V2G_SEG_PARAMS(2), const uint16_t* __restrict__ x, int M, int K,        \
         int y_dtype) {                                                                                               \
-        const int nb0 = (N0 + 15) / 16, nb1 = (N1 + 15) / 16;                                                        \
-        const int b = blockIdx.x;                                                                                    \
-        const int s = b < nb0 ? 0 : b < nb0 + nb1 ? 1 : 2;                                                          \
-        const int bx = b - (s == 0 ? 0 : s == 1 ? nb0 : nb0 + nb1);                                                  \
-        nf4v2::Weight w{V2G_PICK(packed), V2G_PICK(absmax), V2G_PICK(nested_absmax), V2G_PICK(offset),               \
-                        V2G_PICK(log2_blocksize), V2G_PICK(nested_bs), V2G_PICK(nested_shift), V2G_PICK(nested)};    \
-        nf4v2::gemv_code<F16C, NT, V2_WARPS, V2_CODE_DEPTH>(w, V2G_PICK(nested_code), V2G_PICK(code16), x, M,        \
-                                                            V2G_PICK(N), K, V2G_PICK(bias), V2G_PICK(bias_dtype),    \
-                                                            V2G_PICK(y), y_dtype, bx);                               \
+        V2G_SEGMENT(16);  /* the code body's blocks are one 16-row tile */                                           \
+        (void)double_round;  /* no weight is rounded */                                                              \
+        nf4v2::gemv_code<F16C, NT, V2_WARPS, V2_CODE_DEPTH>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, \
+                                                            y_dtype, bx);                                            \
     }
 
 V2G_ENTRY_CODE(q4v2gcode_gemv_bf16_m4, false, 1)

@@ -6,9 +6,10 @@
 //   y[m, o]   = round(y, round(compute, sum_b fl(absmax_b * S_b) + round(compute, bias[o])))
 // i.e. the weight absmax_b * code[q] is never rounded to 16 bits: only the code is (round_T(code) is within half an
 // ulp of T of code, the same relative error as the exact contract's round_T(fl(code * absmax))). Not the exact
-// contract of the other decodes (different bits, same accuracy), hence opt-in. Why: the exact contract costs a lookup,
-// two FMUL and a cvt per packed byte (NOTES-nf4-gemv.md: the decode is the GEMV's limit); here a byte is one prmt and
-// one LDS.32 of a ready T pair (DEC_BNB's wide table without its HMUL2), and the absmax costs 4 FFMA per chunk.
+// contract of the other decodes (different bits, same accuracy); the default decode for 1..8 rows, "v2" keeps the
+// exact one. Why: the exact contract costs a lookup, two FMUL and a cvt per packed byte; here a byte is one prmt and
+// one LDS.32 of a ready T pair (DEC_BNB's wide table without its HMUL2), and the absmax costs 4 FFMA per chunk
+// (7-11% faster decode of a Llama-7B on an H200; NOTES-nf4-gemv.md, session 21).
 //
 // How the per-block sums come out of one mma: a chunk of 128 k holds two absmax blocks (blocksize >= 64): thread
 // (g, t) holds k 32t .. 32t + 31 of rows g and g + 8, in block t >> 1. The mma's k slots of thread column t are that

@@ -254,7 +254,7 @@ final class Quant4bitKernels {
      * (weights and products rounded to the compute dtype) instead of the exact contract of the others: opt-in only.
      * V2BNB = v2 with bitsandbytes' batch-1 weights (not the exact contract; products exact): opt-in. V2CODE = v2
      * multiplying x by the rounded codes and scaling each block's float32 sum by its absmax (not the exact contract:
-     * the weight is never rounded to 16 bits; rows 1..8, more rows as V2): opt-in.
+     * the weight is never rounded to 16 bits; rows 1..8, more rows as V2): the default.
      */
     enum GemvVariant { V2, V2BNB, V2CODE, V2TABLE, V2REG, V3, V7, HYBRID, STREAM, MMA }
 
