@@ -127,12 +127,25 @@ struct DqChunk {
     uint32_t code[AK];  // nested: the block's 8-bit absmax code
 };
 
-template <int P>
+// TL: the packed bytes are in the tile layout (q4_tile_word); per_row = K / 8 pieces per row (TL only).
+template <int P, bool TL = false>
 __device__ __forceinline__ void dq_load(const Q4Weight& w, uint32_t u0, uint32_t units, uint32_t blocks, int lane,
-                                        DqChunk<P>& c) {
-    const uint32_t* pk = reinterpret_cast<const uint32_t*>(w.packed) + (u0 + lane);
+                                        DqChunk<P>& c, uint32_t per_row = 0) {
+    if (TL) {
+        const uint32_t* words = reinterpret_cast<const uint32_t*>(w.packed);
+        const uint32_t chunks = per_row >> 4;
+        uint32_t r = (u0 + lane) / per_row, kp = (u0 + lane) - r * per_row;
 #pragma unroll
-    for (int j = 0; j < P; j++) c.q[j] = u0 + 32 * j + lane < units ? __ldg(pk + 32 * j) : 0u;
+        for (int j = 0; j < P; j++) {
+            c.q[j] = u0 + 32 * j + lane < units ? __ldg(words + q4_tile_word(r, kp, chunks)) : 0u;
+            kp += 32;
+            while (kp >= per_row) { kp -= per_row; r++; }
+        }
+    } else {
+        const uint32_t* pk = reinterpret_cast<const uint32_t*>(w.packed) + (u0 + lane);
+#pragma unroll
+        for (int j = 0; j < P; j++) c.q[j] = u0 + 32 * j + lane < units ? __ldg(pk + 32 * j) : 0u;
+    }
     const uint32_t b0 = u0 >> (w.log2_blocksize - 3);        // u0 * 8 values / blocksize
     const int nb = max(1, (256 * P) >> w.log2_blocksize);  // blocks in the chunk (1 when a block outspans it)
 #pragma unroll
@@ -200,7 +213,7 @@ __device__ __forceinline__ void dq_store(const Q4Weight& w, const float* table, 
 }
 
 // Piece and block indices are 32-bit: n / 8 < 2^31 (the launchers check).
-template <typename OutT, bool ROWS, int P, bool CS, int MID>
+template <typename OutT, bool ROWS, int P, bool CS, int MID, bool TL>
 __device__ __forceinline__ void dequantize_chunks(const Q4Weight& w, const float* __restrict__ code16, float* table,
                                                   float* ncode, OutT* __restrict__ y, int64_t n, int cols, int64_t ldy) {
     const int lane = threadIdx.x & 31;
@@ -209,8 +222,9 @@ __device__ __forceinline__ void dequantize_chunks(const Q4Weight& w, const float
     const uint32_t chunks = (units + 32 * P - 1) / (32 * P);
     const uint32_t warps = gridDim.x * (blockDim.x / 32);
     uint32_t chunk = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const uint32_t tl_per_row = TL ? static_cast<uint32_t>(cols) / 8 : 0u;
     DqChunk<P> c;
-    if (chunk < chunks) dq_load<P>(w, chunk * (32 * P), units, blocks, lane, c);  // in flight while the tables fill
+    if (chunk < chunks) dq_load<P, TL>(w, chunk * (32 * P), units, blocks, lane, c, tl_per_row);  // in flight while the tables fill
     if (threadIdx.x < 16) table[threadIdx.x] = __ldg(code16 + threadIdx.x);
     if (w.nested) {
         for (int j = threadIdx.x; j < 256; j += blockDim.x) ncode[j] = __ldg(w.nested_code + j);
@@ -219,10 +233,10 @@ __device__ __forceinline__ void dequantize_chunks(const Q4Weight& w, const float
     const uint32_t per_row = ROWS ? static_cast<uint32_t>(cols) / 8 : 1u;
     for (; chunk < chunks; chunk += warps) {
         dq_store<OutT, ROWS, P, CS, MID>(w, table, ncode, c, chunk * (32 * P), units, y, per_row, ldy, lane);
-        if (chunk + warps < chunks) dq_load<P>(w, (chunk + warps) * (32 * P), units, blocks, lane, c);  // short grids only
+        if (chunk + warps < chunks) dq_load<P, TL>(w, (chunk + warps) * (32 * P), units, blocks, lane, c, tl_per_row);  // short grids only
     }
-    // the last values (n % 8 != 0): one thread, value by value (never with ROWS: cols % 8 == 0)
-    if (!ROWS && global_thread_index() == 0 && static_cast<int64_t>(units) * 8 < n) {
+    // the last values (n % 8 != 0): one thread, value by value (never with ROWS: cols % 8 == 0; nor TL: K % 128 == 0)
+    if (!ROWS && !TL && global_thread_index() == 0 && static_cast<int64_t>(units) * 8 < n) {
         for (int64_t e = static_cast<int64_t>(units) * 8; e < n; e++) {
             const uint32_t byte = w.packed[e >> 1];
             const uint32_t q = (e & 1) ? (byte & 15) : (byte >> 4);
@@ -232,14 +246,15 @@ __device__ __forceinline__ void dequantize_chunks(const Q4Weight& w, const float
 }
 
 // The kernels' body: mid chosen once (a template argument of the loop), the tables in shared memory.
-template <typename OutT, bool ROWS = false, int P = DQ_PIECES, bool CS = false>
+// TL: the weight's bytes in the tile layout (cols = K, a multiple of 128; the rows a multiple of 16).
+template <typename OutT, bool ROWS = false, int P = DQ_PIECES, bool CS = false, bool TL = false>
 __device__ __forceinline__ void dequantize_body(const Q4Weight& w, const float* __restrict__ code16, OutT* __restrict__ y,
                                                 int64_t n, int mid, int cols = 0, int64_t ldy = 0) {
     __shared__ float table[16];
     __shared__ float ncode[256];
-    if (mid == DT_BF16) dequantize_chunks<OutT, ROWS, P, CS, DT_BF16>(w, code16, table, ncode, y, n, cols, ldy);
-    else if (mid == DT_F16) dequantize_chunks<OutT, ROWS, P, CS, DT_F16>(w, code16, table, ncode, y, n, cols, ldy);
-    else dequantize_chunks<OutT, ROWS, P, CS, DT_F32>(w, code16, table, ncode, y, n, cols, ldy);
+    if (mid == DT_BF16) dequantize_chunks<OutT, ROWS, P, CS, DT_BF16, TL>(w, code16, table, ncode, y, n, cols, ldy);
+    else if (mid == DT_F16) dequantize_chunks<OutT, ROWS, P, CS, DT_F16, TL>(w, code16, table, ncode, y, n, cols, ldy);
+    else dequantize_chunks<OutT, ROWS, P, CS, DT_F32, TL>(w, code16, table, ncode, y, n, cols, ldy);
 }
 
 extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_f32(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
@@ -281,6 +296,52 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_f16(Q4_WE
                                                                            __half* __restrict__ y, int64_t n, int mid) { pdl_enter();
     Q4_WEIGHT_MAKE;
     dequantize_body<__half>(w, code16, y, n, mid);
+}
+
+// The same five dequantize kernels for a weight whose bytes are in the tile layout (q4_tile_word; CudaQuant4bit.Layout
+// .TILES): the same values bit for bit, y in the same row-major order. cols = K (in % 128 == 0, out % 16 == 0: the
+// launcher checks) is an argument of all of them.
+#define Q4_DEQUANTIZE_TILES(name, OutT)                                                                              \
+    extern "C" __global__ void __launch_bounds__(DQ_THREADS) name(Q4_WEIGHT_PARAMS, const float* __restrict__ code16, \
+                                                                  OutT* __restrict__ y, int64_t n, int mid, int cols) { \
+        pdl_enter();                                                                                                 \
+        Q4_WEIGHT_MAKE;                                                                                              \
+        dequantize_body<OutT, false, DQ_PIECES, false, true>(w, code16, y, n, mid, cols);                           \
+    }
+Q4_DEQUANTIZE_TILES(q4_dequantize_f32_tiles, float)
+Q4_DEQUANTIZE_TILES(q4_dequantize_bf16_tiles, __nv_bfloat16)
+Q4_DEQUANTIZE_TILES(q4_dequantize_f16_tiles, __half)
+
+extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_rows_bf16_tiles(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
+                                                                                       __nv_bfloat16* __restrict__ y, int64_t n, int mid,
+                                                                                       int cols, int64_t ldy) { pdl_enter();
+    Q4_WEIGHT_MAKE;
+    dequantize_body<__nv_bfloat16, true, DQ_PIECES, false, true>(w, code16, y, n, mid, cols, ldy);
+}
+
+extern "C" __global__ void __launch_bounds__(DQ_THREADS) q4_dequantize_fold_bf16_tiles(Q4_WEIGHT_PARAMS, const float* __restrict__ code16,
+                                                                                       __nv_bfloat16* __restrict__ y, int64_t n, int mid,
+                                                                                       int cols, int64_t ldy, const float* __restrict__ b,
+                                                                                       int col0, int r, float s) { pdl_enter();
+    Q4_WEIGHT_MAKE;
+    dequantize_body<__nv_bfloat16, true, DQ_PIECES, false, true>(w, code16, y, n, mid, cols, ldy);
+    lora_fold_fill_b(y, ldy, static_cast<int>(n / cols), cols, b, col0, r, s);
+}
+
+// Moves a weight [N, K]'s packed bytes between the row layout and the tile layout (N % 16 == 0, K % 128 == 0), 16
+// bytes (32 values of one row) at a time: to_tiles = 1 reads rows and writes tiles, 0 the reverse. src and dst are
+// distinct buffers of N * K / 2 bytes. Grid-stride over the records.
+extern "C" __global__ void __launch_bounds__(256) q4_tile_layout(const uint4* __restrict__ src, uint4* __restrict__ dst,
+                                                                 int N, int K, int to_tiles) {
+    pdl_enter();
+    const uint32_t per_row = static_cast<uint32_t>(K) / 32, chunks = static_cast<uint32_t>(K) / 128;
+    const uint32_t records = static_cast<uint32_t>(N) * per_row;
+    for (uint32_t i = global_thread_index(); i < records; i += gridDim.x * blockDim.x) {
+        const uint32_t r = i / per_row, kq = i - r * per_row;  // row r, k = 32 kq
+        const uint32_t j = q4_tile_word(r, 4 * kq, chunks) >> 2;
+        if (to_tiles) dst[j] = src[i];
+        else dst[i] = src[j];
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -493,8 +493,8 @@ struct FastChunk {
     uint32_t q[2];
 };
 
-// IL (bench only, timing): the bytes in a tile-interleaved layout, [tile][chunk][row half][lane][16 bytes], so that
-// a warp's 16-byte loads of a chunk read 1 KiB contiguously (instead of 16 rows' 64-byte pieces).
+// IL: the bytes in the tile layout (q4_tile_word: [tile][chunk][row half][lane][16 bytes]), so that a warp's 16-byte
+// loads of a chunk read 1 KiB contiguously (instead of 16 rows' 64-byte pieces); N % 16 == 0.
 template <bool NESTED, bool IL = false>
 __device__ __forceinline__ void load_fast(FastChunk& L, const Weight& w, const uint8_t* const (&row)[2],
                                           const uint32_t (&row_block)[2], int kb, int kb0) {
@@ -648,6 +648,24 @@ __device__ __forceinline__ void gemv_body_aligned_or_general(int double_round, c
         } else {
             gemv_body<F16C, false, NT, W, 1, GDEPTH, DEC, 0, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
         }
+    }
+}
+
+// gemv_body_fast for a weight whose bytes are in the tile layout (q4_common.cuh's q4_tile_word; the launcher's
+// CudaQuant4bit.Layout.TILES): the same values bit for bit as the row layout's aligned path. The tile layout exists
+// only where fast_applies holds and N % 16 == 0, so there is no general path: a launch outside that traps.
+template <bool F16C, int NT, int W, int DEPTH, int DEC>
+__device__ __forceinline__ void gemv_body_tiles(int double_round, const Weight& w, const float* __restrict__ nested_code,
+                                                const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
+                                                int N, int K, const void* __restrict__ bias, int bias_dtype,
+                                                void* __restrict__ y, int y_dtype, int bx) {
+    if (!fast_applies(K, w.log2_blocksize, w.nested, w.nested_shift) || N % 16 != 0) __trap();
+    if (double_round) {
+        if (w.nested) gemv_body_fast<F16C, true, NT, W, DEPTH, DEC, true, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+        else gemv_body_fast<F16C, true, NT, W, DEPTH, DEC, false, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+    } else {
+        if (w.nested) gemv_body_fast<F16C, false, NT, W, DEPTH, DEC, true, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+        else gemv_body_fast<F16C, false, NT, W, DEPTH, DEC, false, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
     }
 }
 
@@ -983,6 +1001,31 @@ V2_ENTRY_CODE(q4v2code_gemv_bf16_m4, false, 1)
 V2_ENTRY_CODE(q4v2code_gemv_bf16_m8, false, 2)
 V2_ENTRY_CODE(q4v2code_gemv_f16_m4, true, 1)
 V2_ENTRY_CODE(q4v2code_gemv_f16_m8, true, 2)
+
+// The same entry points for weights in the tile layout (q4_common.cuh, q4_tile_word; CudaQuant4bit.Layout.TILES):
+// the code decode (rows 1..8) and the exact pair decode (rows 1..16), each bit for bit its row-layout kernel's values.
+#define V2_ENTRY_CODE_TILES(name, F16C, NT)                                                                          \
+    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
+        V2_ENTRY_PARAMS) {                                                                                           \
+        V2_ENTRY_WEIGHT;                                                                                             \
+        nf4v2::gemv_code<F16C, NT, V2_WARPS, V2_CODE_DEPTH, true>(w, nested_code, code16, x, M, N, K, bias,           \
+                                                                  bias_dtype, y, y_dtype, blockIdx.x);               \
+    }
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles, false, 1)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles, false, 2)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m4_tiles, true, 1)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m8_tiles, true, 2)
+#define V2_ENTRY_PAIR_TILES(name, F16C, NT)                                                                          \
+    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
+        V2_ENTRY_PARAMS) {                                                                                           \
+        V2_ENTRY_WEIGHT;                                                                                             \
+        nf4v2::gemv_body_tiles<F16C, NT, V2_WARPS, V2_FAST_DEPTH, nf4v2::DEC_PAIR>(                                   \
+            double_round, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, blockIdx.x);             \
+    }
+V2_ENTRY_PAIR_TILES(q4v2pair_gemv_bf16_m8_tiles, false, 1)
+V2_ENTRY_PAIR_TILES(q4v2pair_gemv_bf16_m16_tiles, false, 2)
+V2_ENTRY_PAIR_TILES(q4v2pair_gemv_f16_m8_tiles, true, 1)
+V2_ENTRY_PAIR_TILES(q4v2pair_gemv_f16_m16_tiles, true, 2)
 
 // ---------------------------------------------------------------------------------------------
 // Grouped v2 entry points (Nf4GemvKernels.gemvGroup): up to 3 weights ("segments") that read the same x [M, K], in one

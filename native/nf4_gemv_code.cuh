@@ -62,7 +62,7 @@ __device__ __forceinline__ void reduce_store_code(float4* red4, const float (&ru
 
 // The code decode's body: gemv_body_fast's tiles, warps, chunks and ring of loads (code_applies must hold). Launch:
 // one block of W warps per 16 output rows, WIDE_TABLE_BYTES of dynamic shared memory; M <= 4 NT.
-// IL (bench only, timing): the bytes read as gemv_body_fast's IL reads them (a tile-interleaved layout).
+// IL: the bytes in the tile layout, read as gemv_body_fast's IL reads them (N % 16 == 0).
 template <bool F16C, int NT, int W, int DEPTH, bool NESTED, bool IL = false>
 __device__ __forceinline__ void gemv_body_code(const Weight& w, const float* __restrict__ nested_code,
                                                const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
@@ -147,14 +147,15 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const float* __r
 // The code decode's kernel body: the launcher (Nf4GemvKernels) takes it only where code_applies holds and gives the
 // other weights the exact kernels. A kernel of its own, without the exact decode's body as a fallback: the fallback
 // raised it from 93 to 119 registers and cost 5-12% (bench, session 21). A launch that breaks the contract traps.
-template <bool F16C, int NT, int W, int DEPTH>
+// IL: the weight's bytes in the tile layout (N % 16 == 0 too).
+template <bool F16C, int NT, int W, int DEPTH, bool IL = false>
 __device__ __forceinline__ void gemv_code(const Weight& w, const float* __restrict__ nested_code,
                                           const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                           int N, int K, const void* __restrict__ bias, int bias_dtype,
                                           void* __restrict__ y, int y_dtype, int bx) {
-    if (!code_applies(K, w.log2_blocksize, w.nested, w.nested_shift) || M > 4 * NT) __trap();
-    if (w.nested) gemv_body_code<F16C, NT, W, DEPTH, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
-    else gemv_body_code<F16C, NT, W, DEPTH, false>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+    if (!code_applies(K, w.log2_blocksize, w.nested, w.nested_shift) || M > 4 * NT || (IL && N % 16 != 0)) __trap();
+    if (w.nested) gemv_body_code<F16C, NT, W, DEPTH, true, IL>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+    else gemv_body_code<F16C, NT, W, DEPTH, false, IL>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
 }
 
 }  // namespace nf4v2

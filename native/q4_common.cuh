@@ -21,6 +21,17 @@ __device__ __forceinline__ void store_from_f32(void* p, int64_t i, int dtype, fl
     else reinterpret_cast<float*>(p)[i] = v;
 }
 
+// The tile layout of a 4-bit weight [N, K] (N % 16 == 0, K % 128 == 0; CudaQuant4bit.Layout.TILES): the bytes of
+// bitsandbytes' row layout regrouped as [N / 16 tiles][K / 128 chunks][2 row halves][32 lanes][16 bytes], lane
+// 4 (r % 8) + (k % 128) / 32 holding the 16 bytes (32 values) of row r = 16 tile + 8 half + r % 8 from k = 128 chunk +
+// 32 (lane % 4) in the row layout's order. So the decode GEMV's warp reads a chunk's 1 KiB for 16 rows contiguously
+// (16 rows' 64-byte pieces in the row layout; 10-13% faster code decode, NOTES-nf4-gemv.md, session 21-22).
+// The 32-bit word holding values 8 kp .. 8 kp + 7 of row r (kp = piece of the row), chunks = K / 128.
+__device__ __forceinline__ uint32_t q4_tile_word(uint32_t r, uint32_t kp, uint32_t chunks) {
+    const uint32_t record = (((r >> 4) * chunks + (kp >> 4)) * 2 + ((r >> 3) & 1)) * 32 + 4 * (r & 7) + ((kp >> 2) & 3);
+    return record * 4 + (kp & 3);
+}
+
 // v rounded to the dtype's precision and widened back (exact widening), as Nf4Matmul.round does.
 __device__ __forceinline__ float round_to(float v, int dtype) {
     if (dtype == DT_BF16) return bf16_to_f32(f32_to_bf16(v));

@@ -49,7 +49,10 @@ final class CudaNf4BenchWorkload implements AutoCloseable {
             // Generated on the GPU (hash-based normal, std 0.02): host generation of 8192 x 28672
             // weights took minutes of the lease.
             Tensor w = dev.qlora4j.backend.cuda.RandomKernels.normal(ctx, DType.BF16, 1000L + c, 0f, 0.02f, out, in);
-            if (c < nf4Copies) nf4.add(CudaQuantOps.quantize4bit(ctx, w, QuantType.NF4, 64, doubleQuant, DType.BF16));
+            // in the layout the backend gives its weights (-Dqlora4j.nf4.layout=rows|tiles, and the GEMV variant)
+            if (c < nf4Copies) {
+                nf4.add(CudaQuantOps.arranged(ctx, CudaQuantOps.quantize4bit(ctx, w, QuantType.NF4, 64, doubleQuant, DType.BF16)));
+            }
             if (c < bf16Copies) bf16.add(w);
             else w.close();
         }

@@ -372,7 +372,7 @@ public final class CudaBackend implements Backend, GraphCapable {
         boolean onDevice = weight.storage() instanceof CudaStorage;
         Tensor w = onDevice ? weight : ctx.upload(weight);
         try {
-            return CudaQuantOps.quantize4bit(ctx, w, type, blocksize, doubleQuant, computeDType);
+            return CudaQuantOps.arranged(ctx, CudaQuantOps.quantize4bit(ctx, w, type, blocksize, doubleQuant, computeDType));
         } finally {
             if (!onDevice) w.close();
         }
@@ -380,7 +380,7 @@ public final class CudaBackend implements Backend, GraphCapable {
 
     @Override
     public QuantizedWeight prepare4bit(QuantState4bit weight, DType computeDType) {
-        return CudaQuantOps.prepare4bit(ctx, weight, computeDType);
+        return CudaQuantOps.arranged(ctx, (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, weight, computeDType));
     }
 
     @Override

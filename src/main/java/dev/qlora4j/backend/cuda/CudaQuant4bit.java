@@ -13,9 +13,10 @@ import java.util.Objects;
  * as {@link QuantState4bit} holds them (nothing is expanded), plus the 16 dequantize factors of the type
  * and the dtype its matmul computes in.
  *
- * <p>Device tensors: packed U8 [(n+1)/2]; absmax F32 [blocks], or U8 [blocks] when nested; nestedAbsmax
- * F32 [ceil(blocks / nestedBlocksize)] and nestedCode F32 [256] when nested (else null); code16 F32 [16]
- * ({@link QuantType#dequantValue}). Closing releases them all.
+ * <p>Device tensors: packed U8 [(n+1)/2] in the {@link Q4Layout} {@link #layout()} (bitsandbytes' row order, or
+ * regrouped into 16-row tiles for the decode GEMV; {@link #toHostState} always gives the row order); absmax F32
+ * [blocks], or U8 [blocks] when nested; nestedAbsmax F32 [ceil(blocks / nestedBlocksize)] and nestedCode F32 [256]
+ * when nested (else null); code16 F32 [16] ({@link QuantType#dequantValue}). Closing releases them all.
  */
 public final class CudaQuant4bit implements QuantizedWeight {
     private final Tensor packed;
@@ -32,11 +33,24 @@ public final class CudaQuant4bit implements QuantizedWeight {
     private final DType stateDType;
     private final DType computeDType;
     private final float offset;
+    private final Q4Layout layout;
     private boolean closed;
 
     CudaQuant4bit(Tensor packed, Tensor absmax, Tensor nestedAbsmax, Tensor nestedCode, float[] nestedCodeHost,
                   Tensor code16, int outFeatures, int inFeatures, int blocksize, int nestedBlocksize,
                   QuantType quantType, DType stateDType, DType computeDType, float offset) {
+        this(packed, absmax, nestedAbsmax, nestedCode, nestedCodeHost, code16, outFeatures, inFeatures, blocksize,
+                nestedBlocksize, quantType, stateDType, computeDType, offset, Q4Layout.ROWS);
+    }
+
+    CudaQuant4bit(Tensor packed, Tensor absmax, Tensor nestedAbsmax, Tensor nestedCode, float[] nestedCodeHost,
+                  Tensor code16, int outFeatures, int inFeatures, int blocksize, int nestedBlocksize,
+                  QuantType quantType, DType stateDType, DType computeDType, float offset, Q4Layout layout) {
+        if (layout == Q4Layout.TILES && !Q4Layout.tilesApply(outFeatures, inFeatures, blocksize,
+                nestedAbsmax != null, nestedBlocksize, computeDType)) {
+            throw new IllegalArgumentException("a 4-bit weight [" + outFeatures + ", " + inFeatures + "] cannot have the tile layout");
+        }
+        this.layout = layout;
         this.packed = Objects.requireNonNull(packed);
         this.absmax = Objects.requireNonNull(absmax);
         this.nestedAbsmax = nestedAbsmax;
@@ -77,6 +91,22 @@ public final class CudaQuant4bit implements QuantizedWeight {
 
     float[] nestedCodeHost() { return nestedCodeHost; }
 
+    /** The order of the packed bytes on the device. */
+    public Q4Layout layout() { return layout; }
+
+    /**
+     * This weight with its packed bytes replaced by packed (in layout), the statistics moved over: this object is
+     * closed afterwards without releasing them, its old packed bytes are released.
+     */
+    synchronized CudaQuant4bit withPacked(Tensor newPacked, Q4Layout newLayout) {
+        live(packed);
+        CudaQuant4bit moved = new CudaQuant4bit(newPacked, absmax, nestedAbsmax, nestedCode, nestedCodeHost, code16,
+                outFeatures, inFeatures, blocksize, nestedBlocksize, quantType, stateDType, computeDType, offset, newLayout);
+        closed = true;
+        packed.close();
+        return moved;
+    }
+
     public int nestedBlocksize() { return nestedBlocksize; }
 
     Tensor packed() { return live(packed); }
@@ -98,7 +128,15 @@ public final class CudaQuant4bit implements QuantizedWeight {
 
     /** A host copy as bitsandbytes' QuantState (for checkpoints and for comparing with the CPU reference). */
     public QuantState4bit toHostState(CudaContext ctx) {
-        Tensor hostPacked = ctx.download(packed()).reshape(Math.toIntExact(packed.numel()), 1);
+        Tensor hostPacked;
+        if (layout == Q4Layout.TILES) {
+            try (Tensor rows = ctx.empty(DType.U8, Math.toIntExact(packed().numel()))) {
+                Quant4bitKernels.tileLayout(ctx, packed, rows, outFeatures, inFeatures, false);
+                hostPacked = ctx.download(rows).reshape(Math.toIntExact(packed.numel()), 1);
+            }
+        } else {
+            hostPacked = ctx.download(packed()).reshape(Math.toIntExact(packed.numel()), 1);
+        }
         Tensor hostAbsmax = ctx.download(absmax());
         QuantState4bit.Nested state2 = null;
         if (nested()) {
@@ -127,6 +165,7 @@ public final class CudaQuant4bit implements QuantizedWeight {
     @Override
     public String toString() {
         return "CudaQuant4bit[" + outFeatures + ", " + inFeatures + ", " + quantType.bnbName() + ", blocksize " + blocksize
-                + (nested() ? ", nested" : "") + ", " + stateDType + " -> " + computeDType + "]";
+                + (nested() ? ", nested" : "") + ", " + stateDType + " -> " + computeDType
+                + (layout == Q4Layout.TILES ? ", tiles" : "") + "]";
     }
 }

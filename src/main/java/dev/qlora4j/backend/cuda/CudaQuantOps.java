@@ -72,6 +72,39 @@ public final class CudaQuantOps {
     }
 
     /**
+     * w in the layout the backend gives its weights ({@link Q4Layout}): w itself in the row layout, or, where the tile
+     * layout applies, is asked for (qlora4j.nf4.layout) and the decode GEMV variant has tile kernels (v2code, v2), a
+     * weight with the same values whose bytes are regrouped into tiles (w is consumed: closed, its statistics moved).
+     */
+    public static CudaQuant4bit arranged(CudaContext ctx, CudaQuant4bit w) {
+        Quant4bitKernels.GemvVariant v = Quant4bitKernels.gemvVariant();
+        boolean tileKernels = v == Quant4bitKernels.GemvVariant.V2CODE || v == Quant4bitKernels.GemvVariant.V2;
+        if (w.layout() != Q4Layout.ROWS || !tileKernels || Q4Layout.requested() != Q4Layout.TILES
+                || !Q4Layout.tilesApply(w.outFeatures(), w.inFeatures(), w.blocksize(), w.nested(), w.nestedBlocksize(),
+                w.computeDType())) {
+            return w;
+        }
+        return toTiles(ctx, w);
+    }
+
+    /** Weights given the tile layout so far (all contexts): lets a test see that a model's weights were tiled. */
+    static final java.util.concurrent.atomic.AtomicLong TILED_WEIGHTS = new java.util.concurrent.atomic.AtomicLong();
+
+    /** w with its bytes in the tile layout (Q4Layout.tilesApply must hold; w is consumed). */
+    static CudaQuant4bit toTiles(CudaContext ctx, CudaQuant4bit w) {
+        Tensor rows = w.packed();
+        Tensor tiles = ctx.empty(DType.U8, Math.toIntExact(rows.numel()));
+        try {
+            Quant4bitKernels.tileLayout(ctx, rows, tiles, w.outFeatures(), w.inFeatures(), true);
+            TILED_WEIGHTS.incrementAndGet();
+            return w.withPacked(tiles, Q4Layout.TILES);
+        } catch (RuntimeException e) {
+            tiles.close();
+            throw e;
+        }
+    }
+
+    /**
      * Quantizes a device weight [out, in] (F32, BF16 or F16) on the GPU, bit-exact with
      * {@link Quant4bit#quantize(Tensor, QuantType, int, boolean)}; the matmul computes in the weight's dtype.
      */

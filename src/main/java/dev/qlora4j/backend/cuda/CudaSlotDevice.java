@@ -93,7 +93,8 @@ public final class CudaSlotDevice implements SlotDevice {
                 Tensor nestedCode = q.nested() ? f.apply(q.nestedCode()) : null;
                 Tensor code16 = f.apply(q.code16());
                 yield new CudaQuant4bit(packed, absmax, nestedAbsmax, nestedCode, q.nestedCodeHost(), code16, q.outFeatures(),
-                        q.inFeatures(), q.blocksize(), q.nestedBlocksize(), q.quantType(), q.stateDType(), q.computeDType(), q.offset());
+                        q.inFeatures(), q.blocksize(), q.nestedBlocksize(), q.quantType(), q.stateDType(), q.computeDType(), q.offset(),
+                        q.layout());  // the bytes are copied as they are
             }
             case CudaInt8 q -> {
                 Tensor cb = f.apply(q.cb()), scb = f.apply(q.scb());

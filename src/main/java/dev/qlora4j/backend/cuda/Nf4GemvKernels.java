@@ -103,13 +103,14 @@ final class Nf4GemvKernels {
 
     /**
      * Whether one grouped v2 launch takes these weights for rows of x: 1..3 weights, each one the v2 GEMV applies to
-     * ({@link #applies}), all with the same in_features and compute dtype, and 1..16 rows.
+     * ({@link #applies}) in the row layout, all with the same in_features and compute dtype, and 1..16 rows.
      */
     static boolean groupApplies(List<CudaQuant4bit> ws, int rows) {
         if (ws.isEmpty() || ws.size() > GROUP_MAX_SEGMENTS || rows < 1 || rows > Quant4bitKernels.GEMV_MAX_ROWS) return false;
         CudaQuant4bit first = ws.get(0);
         for (CudaQuant4bit w : ws) {
-            if (!applies(w) || w.inFeatures() != first.inFeatures() || w.computeDType() != first.computeDType()) return false;
+            if (!applies(w) || w.inFeatures() != first.inFeatures() || w.computeDType() != first.computeDType()
+                    || w.layout() != Q4Layout.ROWS) return false;  // the grouped kernels read the row layout only
         }
         return true;
     }
@@ -220,11 +221,15 @@ final class Nf4GemvKernels {
             throw new IllegalArgumentException("x must be in the compute dtype " + w.computeDType() + ", got " + xc.dtype());
         }
         if (decode == Decode.CODE && (rows > CODE_MAX_ROWS || !codeApplies(w))) decode = Decode.PAIR;  // the exact kernel
+        boolean tiles = w.layout() == Q4Layout.TILES;
+        if (tiles && decode != Decode.CODE && decode != Decode.PAIR) {
+            throw new IllegalArgumentException(w + " has the tile layout, which only the CODE and PAIR kernels read, not " + decode);
+        }
         boolean v3 = decode == Decode.V3_STREAM && v3Applies(w, rows);
         long fn = ctx.function(MODULE, v3 ? v3KernelName(w.computeDType(), rows)
-                : kernelName(w.computeDType(), rows, decode == Decode.V3_STREAM ? Decode.TABLE : decode));
+                : kernelName(w.computeDType(), rows, decode == Decode.V3_STREAM ? Decode.TABLE : decode) + Quant4bitKernels.layoutSuffix(w));
         boolean doubleRound = w.stateDType() != DType.F32 && w.stateDType() != w.computeDType();
-        KernelArgs args = Quant4bitKernels.weightArgs(w).ptr(CudaContext.ptr(w.code16()))
+        KernelArgs args = Quant4bitKernels.layoutWeightArgs(w).ptr(CudaContext.ptr(w.code16()))
                 .ptr(CudaContext.ptr(xc)).i32(rows).i32(w.outFeatures()).i32(w.inFeatures())
                 .ptr(bias == null ? 0L : CudaContext.ptr(bias))
                 .i32(bias == null ? 0 : Quant4bitKernels.dtypeCode(bias.dtype(), "bias"))

@@ -65,13 +65,29 @@ final class Quant4bitKernels {
         };
     }
 
-    /** The weight's leading kernel arguments (Q4_WEIGHT_PARAMS in nf4.cu). */
+    /**
+     * The weight's leading kernel arguments (Q4_WEIGHT_PARAMS in nf4.cu) for a kernel that reads the row layout: a
+     * weight in the tile layout is refused (the launchers of the kernels that read it use {@link #layoutWeightArgs}).
+     */
     static KernelArgs weightArgs(CudaQuant4bit w) {
         return addWeightArgs(KernelArgs.of(), w);
     }
 
-    /** Appends the weight's Q4_WEIGHT_PARAMS to args (the grouped GEMV passes several weights). */
+    /** Appends the weight's Q4_WEIGHT_PARAMS to args for a kernel that reads the row layout (as {@link #weightArgs}). */
     static KernelArgs addWeightArgs(KernelArgs args, CudaQuant4bit w) {
+        if (w.layout() != Q4Layout.ROWS) {
+            throw new IllegalStateException(w + " has the tile layout, which this kernel does not read; prepare the weight"
+                    + " with -D" + Q4Layout.PROPERTY + "=rows to use it");
+        }
+        return addLayoutWeightArgs(args, w);
+    }
+
+    /** The weight's Q4_WEIGHT_PARAMS for a kernel chosen for the weight's layout (a "_tiles" entry for TILES). */
+    static KernelArgs layoutWeightArgs(CudaQuant4bit w) {
+        return addLayoutWeightArgs(KernelArgs.of(), w);
+    }
+
+    private static KernelArgs addLayoutWeightArgs(KernelArgs args, CudaQuant4bit w) {
         int nbs = w.nested() ? w.nestedBlocksize() : 1;
         int nshift = Integer.bitCount(nbs) == 1 ? Integer.numberOfTrailingZeros(nbs) : -1;
         return args
@@ -118,8 +134,29 @@ final class Quant4bitKernels {
             default -> throw new IllegalArgumentException("dequantize to F32, BF16 or F16, not " + y.dtype());
         };
         long n = w.numel();
-        KernelArgs args = weightArgs(w).ptr(CudaContext.ptr(w.code16())).ptr(CudaContext.ptr(y)).i64(n).i32(dtypeCode(mid, "mid"));
-        ctx.launch(ctx.function(MODULE, kernel), dequantizeGrid(n), Dim3.of(DQ_THREADS), 0, args);
+        KernelArgs args = layoutWeightArgs(w).ptr(CudaContext.ptr(w.code16())).ptr(CudaContext.ptr(y)).i64(n).i32(dtypeCode(mid, "mid"));
+        if (w.layout() == Q4Layout.TILES) args.i32(w.inFeatures());
+        ctx.launch(ctx.function(MODULE, kernel + layoutSuffix(w)), dequantizeGrid(n), Dim3.of(DQ_THREADS), 0, args);
+    }
+
+    /** The kernel-name suffix of the weight's layout: "" for the row layout, "_tiles" for the tile layout. */
+    static String layoutSuffix(CudaQuant4bit w) {
+        return w.layout() == Q4Layout.TILES ? "_tiles" : "";
+    }
+
+    /**
+     * Moves a weight [out, in]'s packed bytes between the layouts (nf4.cu q4_tile_layout): toTiles reads the row layout
+     * from src and writes the tile layout to dst, else the reverse. src, dst: distinct U8 [out * in / 2] tensors.
+     */
+    static void tileLayout(CudaContext ctx, Tensor src, Tensor dst, int out, int in, boolean toTiles) {
+        long records = (long) out * in / 32;
+        if (out % Q4Layout.TILE_ROWS != 0 || in % Q4Layout.CHUNK_K != 0 || records >= (1L << 32)
+                || src.byteSize() != records * 16 || dst.byteSize() != records * 16) {
+            throw new IllegalArgumentException("tileLayout: [" + out + ", " + in + "] needs out % 16 == 0, in % 128 == 0 and"
+                    + " two buffers of out * in / 2 bytes, got " + src + " and " + dst);
+        }
+        KernelArgs args = KernelArgs.of().ptr(CudaContext.ptr(src)).ptr(CudaContext.ptr(dst)).i32(out).i32(in).i32(toTiles ? 1 : 0);
+        ctx.launch(ctx.function(MODULE, "q4_tile_layout"), strideGrid(ctx, records, 256), Dim3.of(256), 0, args);
     }
 
     /**
@@ -147,9 +184,9 @@ final class Quant4bitKernels {
             throw new IllegalArgumentException("dequantizeRows: the rows need a stride >= " + in + ", in_features and the "
                     + "stride multiples of 8, a 16-byte aligned start and fewer than 2^34 values (stride " + ld + ")");
         }
-        KernelArgs args = weightArgs(w).ptr(CudaContext.ptr(w.code16())).ptr(y).i64(n)
+        KernelArgs args = layoutWeightArgs(w).ptr(CudaContext.ptr(w.code16())).ptr(y).i64(n)
                 .i32(dtypeCode(mid, "mid")).i32(in).i64(ld);
-        ctx.launch(ctx.function(MODULE, "q4_dequantize_rows_bf16"), dequantizeGrid(n), Dim3.of(DQ_THREADS), 0, args);
+        ctx.launch(ctx.function(MODULE, "q4_dequantize_rows_bf16" + layoutSuffix(w)), dequantizeGrid(n), Dim3.of(DQ_THREADS), 0, args);
     }
 
     /**
@@ -172,10 +209,10 @@ final class Quant4bitKernels {
             throw new IllegalArgumentException("dequantizeRowsFold: lora_B must be the F32 master [" + w.outFeatures()
                     + ", r], got " + bMaster);
         }
-        KernelArgs args = weightArgs(w).ptr(CudaContext.ptr(w.code16())).ptr(y).i64(n)
+        KernelArgs args = layoutWeightArgs(w).ptr(CudaContext.ptr(w.code16())).ptr(y).i64(n)
                 .i32(dtypeCode(mid, "mid")).i32(in).i64(ld).ptr(CudaContext.ptr(bMaster)).i32(column).i32(bMaster.dim(1))
                 .f32(scaling);
-        ctx.launch(ctx.function(MODULE, "q4_dequantize_fold_bf16"), dequantizeGrid(n), Dim3.of(DQ_THREADS), 0, args);
+        ctx.launch(ctx.function(MODULE, "q4_dequantize_fold_bf16" + layoutSuffix(w)), dequantizeGrid(n), Dim3.of(DQ_THREADS), 0, args);
     }
 
     /** packed U8 [(n+1)/2] and absmax F32 [blocks] of x (F32/BF16/F16, n values). typeCode 0 NF4, 1 FP4. */
@@ -302,6 +339,11 @@ final class Quant4bitKernels {
 
     /** The tensor-core GEMV of the chosen variant; xc is x in the compute dtype (16-byte aligned rows). */
     static void gemv(CudaContext ctx, CudaQuant4bit w, Tensor xc, int rows, Tensor bias, Tensor y, GemvVariant variant) {
+        if (w.layout() == Q4Layout.TILES) {  // only the code and pair kernels read tiles: the exact pair values otherwise
+            Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y,
+                    variant == GemvVariant.V2CODE ? Nf4GemvKernels.Decode.CODE : Nf4GemvKernels.Decode.PAIR);
+            return;
+        }
         switch (variant) {
             case V2 -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.PAIR);
             case V2BNB -> Nf4GemvKernels.gemv(ctx, w, xc, rows, bias, y, Nf4GemvKernels.Decode.BNB);

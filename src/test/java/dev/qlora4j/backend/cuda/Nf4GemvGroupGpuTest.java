@@ -144,11 +144,29 @@ class Nf4GemvGroupGpuTest {
             int[] outs = {96, 40, 40};
             List<QuantizedWeight> ws = new ArrayList<>();
             List<Tensor> biases = new ArrayList<>();
+            List<QuantizedWeight> tiled = new ArrayList<>();
             for (int s = 0; s < outs.length; s++) {
                 float[] w = QuantGpuSupport.randomWeights(rnd, outs[s], inF);
-                ws.add(b.prepare4bit(Quant4bit.quantize(Tensor.fromFloats(w, DType.BF16, outs[s], inF), QuantType.NF4, 64, s != 1), DType.BF16));
+                var state = Quant4bit.quantize(Tensor.fromFloats(w, DType.BF16, outs[s], inF), QuantType.NF4, 64, s != 1);
+                try (var rowsLayout = TemporaryProperty.set(Q4Layout.PROPERTY, "rows")) {  // the grouped kernels read rows
+                    ws.add(b.prepare4bit(state, DType.BF16));
+                }
+                tiled.add(b.prepare4bit(state, DType.BF16));  // the default layout: tiles where they apply (96 x 512)
                 biases.add(s == 0 ? b.upload(Tensor.fromFloats(QuantGpuSupport.gaussian(rnd, outs[s], 0.5), DType.BF16, outs[s])) : null);
             }
+            // a group with a tiled weight runs per weight (no grouped launch), with the same values
+            try (Tensor x = b.upload(Tensor.fromFloats(QuantGpuSupport.gaussian(rnd, 2 * inF, 1.0), DType.BF16, 2, inF))) {
+                assertEquals(Q4Layout.TILES, ((CudaQuant4bit) tiled.get(0)).layout());
+                long before = Nf4GemvKernels.GROUP_LAUNCHES.get();
+                Tensor[] grouped = b.linearQuantizedGroup(x, tiled, biases);
+                assertEquals(before, Nf4GemvKernels.GROUP_LAUNCHES.get(), "a tiled weight in the group");
+                for (int s = 0; s < outs.length; s++) {
+                    try (Tensor single = b.linearQuantized(x, ws.get(s), biases.get(s)); Tensor gs = grouped[s]) {
+                        assertArrayEquals(QuantGpuSupport.bytes(b.toHost(single)), QuantGpuSupport.bytes(b.toHost(gs)), "tiled segment " + s);
+                    }
+                }
+            }
+            for (QuantizedWeight w : tiled) w.close();
             for (int rows : new int[] {1, 7, 16, 17}) {
                 for (String variant : new String[] {"v2code", "v2", "v2reg", "v7"}) {
                     try (var old = TemporaryProperty.set(Quant4bitKernels.GEMV_VARIANT_PROPERTY, variant);

@@ -1,0 +1,176 @@
+package dev.qlora4j.backend.cuda;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertSame;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.fail;
+
+import dev.qlora4j.TemporaryProperty;
+import dev.qlora4j.quant.Quant4bit;
+import dev.qlora4j.quant.QuantState4bit;
+import dev.qlora4j.quant.QuantType;
+import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Tensor;
+
+import java.lang.foreign.MemorySegment;
+import java.util.Random;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+
+/**
+ * The tile layout of 4-bit weights (Q4Layout.TILES) on the GPU: the repack against its host reference (and back), and
+ * every kernel that reads tiles (the five dequantize kernels, the code and pair decode GEMVs, the prefill linear)
+ * against the same kernel on the row layout of the same weight, bit for bit (same values, same order of operations:
+ * only the byte addresses differ). Fresh random weights each run; outputs poisoned before each launch.
+ */
+@Tag("gpu")
+class Q4TileLayoutGpuTest {
+    private static CudaContext ctx;
+
+    @BeforeAll
+    static void open() { ctx = QuantGpuSupport.context(); }
+
+    @AfterAll
+    static void close() { if (ctx != null) ctx.close(); }
+
+    @Test
+    void repackMatchesTheHostReferenceAndGoesBack() {
+        Random rnd = new Random();
+        int out = 48, in = 640;
+        byte[] rows = new byte[out * in / 2];
+        rnd.nextBytes(rows);
+        try (Tensor src = ctx.upload(Tensor.view(MemorySegment.ofArray(rows), DType.U8, rows.length));
+             Tensor tiles = QuantGpuSupport.poisoned(ctx, DType.U8, rows.length);
+             Tensor back = QuantGpuSupport.poisoned(ctx, DType.U8, rows.length)) {
+            Quant4bitKernels.tileLayout(ctx, src, tiles, out, in, true);
+            assertArrayEquals(Q4Layout.toTiles(rows, out, in), QuantGpuSupport.bytes(ctx.download(tiles)));
+            Quant4bitKernels.tileLayout(ctx, tiles, back, out, in, false);
+            assertArrayEquals(rows, QuantGpuSupport.bytes(ctx.download(back)));
+        }
+    }
+
+    static Stream<Arguments> weights() {
+        return Stream.of(
+                Arguments.of(48, 384, 64, false, DType.BF16, DType.BF16),
+                Arguments.of(32, 1024, 64, true, DType.BF16, DType.F16),     // double rounding (state f16, compute bf16)
+                Arguments.of(160, 512, 128, true, DType.F16, DType.BF16),
+                Arguments.of(16, 128, 32, false, DType.F16, DType.F16),      // one tile, one chunk; blocksize 32: no code decode
+                Arguments.of(1024, 4096, 64, true, DType.BF16, DType.BF16),  // a model's shape: many tiles and chunks
+                Arguments.of(64, 11008, 256, true, DType.BF16, DType.BF16));  // Llama's intermediate size as in_features
+    }
+
+    private static QuantState4bit randomState(Random rnd, int out, int in, int blocksize, boolean nested, DType state) {
+        QuantType type = rnd.nextInt(4) == 0 ? QuantType.FP4 : QuantType.NF4;
+        float[] w = QuantGpuSupport.randomWeights(rnd, out, in);
+        return Quant4bit.quantize(Tensor.fromFloats(w, state, out, in), type, blocksize, nested);
+    }
+
+    @ParameterizedTest(name = "[{0}, {1}] bs={2} nested={3} compute={4} state={5}")
+    @MethodSource("weights")
+    void tileKernelsGiveTheRowLayoutsValues(int out, int in, int blocksize, boolean nested, DType compute, DType state) {
+        Random rnd = new Random();
+        QuantState4bit qs = randomState(rnd, out, in, blocksize, nested, state);
+        try (CudaQuant4bit rows = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, compute);
+             CudaQuant4bit tiles = CudaQuantOps.toTiles(ctx, (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, compute))) {
+            assertEquals(Q4Layout.TILES, tiles.layout());
+            String what = rows + " vs " + tiles;
+            // the download puts the rows back: the checkpoint's bytes
+            assertArrayEquals(QuantGpuSupport.bytes(qs.weight()), QuantGpuSupport.bytes(tiles.toHostState(ctx).weight()), what);
+
+            for (DType dt : new DType[] {DType.F32, DType.BF16, DType.F16}) {
+                assertSameBits(what + " dequantize " + dt, CudaQuantOps.dequantize(ctx, rows, dt), CudaQuantOps.dequantize(ctx, tiles, dt));
+            }
+            int ld = in + 24;  // rows with room after them, as the LoRA fold leaves
+            try (Tensor yr = QuantGpuSupport.poisoned(ctx, DType.BF16, out, ld); Tensor yt = QuantGpuSupport.poisoned(ctx, DType.BF16, out, ld)) {
+                Quant4bitKernels.dequantizeRows(ctx, rows, yr, compute == DType.BF16 ? state : DType.F32);
+                Quant4bitKernels.dequantizeRows(ctx, tiles, yt, compute == DType.BF16 ? state : DType.F32);
+                assertSameBits(what + " dequantizeRows", ctx.download(yr), ctx.download(yt));
+            }
+            try (Tensor b = QuantGpuSupport.upload(ctx, QuantGpuSupport.gaussian(rnd, out * 8, 0.1), DType.F32, out, 8);
+                 Tensor yr = QuantGpuSupport.poisoned(ctx, DType.BF16, out, ld); Tensor yt = QuantGpuSupport.poisoned(ctx, DType.BF16, out, ld)) {
+                Quant4bitKernels.dequantizeRowsFold(ctx, rows, CudaContext.ptr(yr), ld, DType.F32, b, 8, 0.5f);
+                Quant4bitKernels.dequantizeRowsFold(ctx, tiles, CudaContext.ptr(yt), ld, DType.F32, b, 8, 0.5f);
+                assertSameBits(what + " dequantizeRowsFold", ctx.download(yr), ctx.download(yt));
+            }
+
+            for (int m : new int[] {1, 2, 4, 5, 8, 9, 16}) {
+                float[] x = QuantGpuSupport.gaussian(rnd, m * in, 1.0);
+                float[] bias = QuantGpuSupport.gaussian(rnd, out, 0.5);
+                try (Tensor xc = QuantGpuSupport.upload(ctx, x, compute, m, in);
+                     Tensor bd = QuantGpuSupport.upload(ctx, bias, DType.BF16, out)) {
+                    for (Nf4GemvKernels.Decode d : new Nf4GemvKernels.Decode[] {Nf4GemvKernels.Decode.CODE, Nf4GemvKernels.Decode.PAIR}) {
+                        try (Tensor yr = QuantGpuSupport.poisoned(ctx, DType.F32, m, out); Tensor yt = QuantGpuSupport.poisoned(ctx, DType.F32, m, out)) {
+                            Nf4GemvKernels.gemv(ctx, rows, xc, m, bd, yr, d);
+                            Nf4GemvKernels.gemv(ctx, tiles, xc, m, bd, yt, d);
+                            assertSameBits(what + " gemv " + d + " rows=" + m, ctx.download(yr), ctx.download(yt));
+                        }
+                    }
+                    // a variant without tile kernels takes the exact pair kernel on tiles
+                    try (Tensor yr = QuantGpuSupport.poisoned(ctx, DType.F32, m, out); Tensor yt = QuantGpuSupport.poisoned(ctx, DType.F32, m, out)) {
+                        Nf4GemvKernels.gemv(ctx, rows, xc, m, bd, yr, Nf4GemvKernels.Decode.PAIR);
+                        Quant4bitKernels.gemv(ctx, tiles, xc, m, bd, yt, Quant4bitKernels.GemvVariant.V2TABLE);
+                        assertSameBits(what + " v2table on tiles rows=" + m, ctx.download(yr), ctx.download(yt));
+                    }
+                }
+            }
+            // the public linear at a prefill shape (dequantize + cuBLAS) and a decode one
+            for (int n : new int[] {3, 40}) {
+                try (Tensor x = QuantGpuSupport.upload(ctx, QuantGpuSupport.gaussian(rnd, n * in, 1.0), DType.BF16, n, in);
+                     Tensor yr = CudaQuantOps.linear(ctx, x, rows, null); Tensor yt = CudaQuantOps.linear(ctx, x, tiles, null)) {
+                    Quant4bitKernels.GemvVariant v = Quant4bitKernels.gemvVariant();
+                    if (n > Quant4bitKernels.GEMV_MAX_ROWS || v == Quant4bitKernels.GemvVariant.V2CODE
+                            || v == Quant4bitKernels.GemvVariant.V2) {  // the variants whose kernels read both layouts
+                        assertSameBits(what + " linear n=" + n, ctx.download(yr), ctx.download(yt));
+                    }
+                }
+            }
+            // kernels that read only the row layout refuse a tiled weight instead of reading garbage
+            assertThrows(IllegalStateException.class, () -> Quant4bitKernels.weightArgs(tiles));
+            assertThrows(IllegalArgumentException.class, () -> {
+                try (Tensor xc = QuantGpuSupport.upload(ctx, new float[in], compute, 1, in); Tensor y = ctx.empty(DType.F32, 1, out)) {
+                    Nf4GemvKernels.gemv(ctx, tiles, xc, 1, null, y, Nf4GemvKernels.Decode.TABLE);
+                }
+            });
+        }
+    }
+
+    @Test
+    void theBackendTilesTheWeightsItCan() {
+        Random rnd = new Random();
+        try (var p = TemporaryProperty.clear(Q4Layout.PROPERTY)) {
+            QuantState4bit fits = randomState(rnd, 32, 256, 64, true, DType.BF16);
+            try (CudaQuant4bit q = CudaQuantOps.arranged(ctx, (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, fits, DType.BF16))) {
+                assertEquals(Q4Layout.TILES, q.layout());
+                assertArrayEquals(QuantGpuSupport.bytes(fits.weight()), QuantGpuSupport.bytes(q.toHostState(ctx).weight()));
+            }
+            QuantState4bit partialTile = randomState(rnd, 40, 256, 64, false, DType.BF16);
+            try (CudaQuant4bit r = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, partialTile, DType.BF16)) {
+                assertSame(r, CudaQuantOps.arranged(ctx, r));
+                assertEquals(Q4Layout.ROWS, r.layout());
+            }
+            System.setProperty(Q4Layout.PROPERTY, "rows");
+            try (CudaQuant4bit r = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, fits, DType.BF16)) {
+                assertSame(r, CudaQuantOps.arranged(ctx, r));
+            }
+        }
+    }
+
+    private static void assertSameBits(String what, Tensor want, Tensor got) {
+        try (want; got) {
+            Tensor w = want.storage() instanceof CudaStorage ? ctx.download(want) : want;
+            Tensor g = got.storage() instanceof CudaStorage ? ctx.download(got) : got;
+            byte[] wb = QuantGpuSupport.bytes(w), gb = QuantGpuSupport.bytes(g);
+            assertEquals(wb.length, gb.length, what);
+            for (int i = 0; i < wb.length; i++) {
+                if (wb[i] != gb[i]) fail(what + ": byte " + i + " differs (" + wb[i] + " vs " + gb[i] + ")");
+            }
+        }
+    }
+}
