@@ -41,7 +41,7 @@ class Q4TileLayoutModelGpuTest {
         int[] ids = {1, 17, 300, 42, 5, 99, 511, 3, 8, 200, 64, 77, 9, 10, 11, 400, 12, 13, 14};
         int[] pos = new int[ids.length];
         for (int i = 0; i < pos.length; i++) pos[i] = i;
-        try (var p = TemporaryProperty.set(Q4Layout.PROPERTY, layout);
+        try (var layoutProperty = TemporaryProperty.set(Q4Layout.PROPERTY, layout);
              CudaBackend b = CudaCoreTestSupport.backend(DType.BF16, true);
              TransformerLM m = TransformerLM.load(c, SyntheticWeights.onDevice(c, b, 5), b,
                      new QuantizedLinearFactory(QuantizationConfig.qlora()))) {
