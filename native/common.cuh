@@ -30,6 +30,10 @@ __device__ __forceinline__ int64_t grid_stride() {
 // graph reads its position from device memory, so that each replay writes the next slot).
 __device__ __forceinline__ int kv_slot_start(int start, const int* start_ptr) { return start_ptr ? *start_ptr : start; }
 
+// silu(g) * u in float32 (elementwise.cu's silu_mul, and the joint gate / up decode of nf4_gemv_code.cuh, which must
+// give its values bit for bit): expf (IEEE, <= 2 ulp) and an IEEE division, as the CPU twin's RowOps.
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
 // Round-to-nearest-even conversions (IEEE; NaN in gives a NaN out, infinities and overflow give inf).
 __device__ __forceinline__ __nv_bfloat16 f32_to_bf16(float x) { return __float2bfloat16_rn(x); }
 __device__ __forceinline__ float bf16_to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }

@@ -36,7 +36,6 @@ __device__ __forceinline__ void add_impl(const T* a, const T* b, T* out, int64_t
     }
 }
 
-__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
 template <typename T>
 __device__ __forceinline__ void silu_mul_impl(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out,

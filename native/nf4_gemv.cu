@@ -495,19 +495,21 @@ struct FastChunk {
 
 // IL: the bytes in the tile layout (q4_tile_word: [tile][chunk][row half][lane][16 bytes]), so that a warp's 16-byte
 // loads of a chunk read 1 KiB contiguously (instead of 16 rows' 64-byte pieces); N % 16 == 0.
+// w1: the statistics of rows g + 8 (half 1); the same weight as w except in the joint gate / up decode.
 template <bool NESTED, bool IL = false>
-__device__ __forceinline__ void load_fast(FastChunk& L, const Weight& w, const uint8_t* const (&row)[2],
+__device__ __forceinline__ void load_fast(FastChunk& L, const Weight& w, const Weight& w1, const uint8_t* const (&row)[2],
                                           const uint32_t (&row_block)[2], int kb, int kb0) {
     const uint32_t kblock = (uint32_t)kb >> w.log2_blocksize;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
+        const Weight& wh = h == 0 ? w : w1;
         L.w[h] = ld_stream_u4<0>(row[h] + (IL ? (kb - kb0) << 3 : (kb - kb0) >> 1));
         const uint32_t block = row_block[h] + kblock;
         if (NESTED) {
-            L.q[h] = __ldg(reinterpret_cast<const uint8_t*>(w.absmax) + block);
-            L.s[h] = __ldg(w.nested_absmax + (block >> w.nested_shift));
+            L.q[h] = __ldg(reinterpret_cast<const uint8_t*>(wh.absmax) + block);
+            L.s[h] = __ldg(wh.nested_absmax + (block >> wh.nested_shift));
         } else {
-            L.s[h] = __ldg(reinterpret_cast<const float*>(w.absmax) + block);
+            L.s[h] = __ldg(reinterpret_cast<const float*>(wh.absmax) + block);
         }
     }
 }
@@ -542,14 +544,17 @@ __device__ __forceinline__ void load_x_kept(uint32_t (&xw)[NT][16], const uint16
 // A thread's start on the aligned path (gemv_body_fast, and nf4_gemv_code.cuh's gemv_body_code): its chunks (cpw of
 // them: warp, warp + W, ...), the k of its first, the byte pointers and first absmax blocks of its rows g and g + 8
 // (rows past N clamped to N - 1), and the ring of loads with its first DEPTH chunks issued.
-template <int W, int DEPTH, bool NESTED, bool IL>
+// JOINT (the gate / up decode of nf4_gemv_code.cuh, tile layout): block bx holds rows 8 bx + g of two weights, w's as
+// its rows g and w1's as its rows g + 8 (half bx % 2 of tile bx / 2 in each weight's tiles).
+template <int W, int DEPTH, bool NESTED, bool IL, bool JOINT = false>
 struct FastStart {
+    static_assert(!JOINT || IL, "the joint decode reads the tile layout");
     int cpw, kb0;
     const uint8_t* row[2];
     uint32_t row_block[2];
     FastChunk buf[DEPTH];
 
-    __device__ __forceinline__ FastStart(const Weight& w, int N, int K, int bx) {
+    __device__ __forceinline__ FastStart(const Weight& w, const Weight& w1, int N, int K, int bx) {
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
         const int g = lane >> 2, t = lane & 3;
         const int C = K / CHUNK_K;
@@ -557,19 +562,30 @@ struct FastStart {
         kb0 = warp * CHUNK_K + 32 * t;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const int r = min(bx * 16 + g + 8 * h, N - 1);
-            row[h] = IL ? w.packed + ((int64_t)bx * C * 2 + h) * 512 + lane * 16 + warp * 1024
-                        : w.packed + (((int64_t)r * K + kb0) >> 1);
-            row_block[h] = (uint32_t)r * (uint32_t)(K >> w.log2_blocksize);
+            if (JOINT) {
+                const Weight& wh = h == 0 ? w : w1;
+                row[h] = wh.packed + ((int64_t)(bx >> 1) * C * 2 + (bx & 1)) * 512 + lane * 16 + warp * 1024;
+                row_block[h] = (uint32_t)(8 * bx + g) * (uint32_t)(K >> w.log2_blocksize);
+            } else {
+                const int r = min(bx * 16 + g + 8 * h, N - 1);
+                row[h] = IL ? w.packed + ((int64_t)bx * C * 2 + h) * 512 + lane * 16 + warp * 1024
+                            : w.packed + (((int64_t)r * K + kb0) >> 1);
+                row_block[h] = (uint32_t)r * (uint32_t)(K >> w.log2_blocksize);
+            }
         }
 #pragma unroll
         for (int d = 0; d < DEPTH; d++) {
-            if (d < cpw) load(w, d, kb0 + d * W * CHUNK_K);
+            if (d < cpw) load(w, w1, d, kb0 + d * W * CHUNK_K);
         }
     }
 
-    // chunk k base kb into ring slot d
-    __device__ __forceinline__ void load(const Weight& w, int d, int kb) { load_fast<NESTED, IL>(buf[d], w, row, row_block, kb, kb0); }
+    __device__ __forceinline__ FastStart(const Weight& w, int N, int K, int bx) : FastStart(w, w, N, K, bx) {}
+
+    // chunk k base kb into ring slot d (w1: as the constructor's)
+    __device__ __forceinline__ void load(const Weight& w, const Weight& w1, int d, int kb) {
+        load_fast<NESTED, IL>(buf[d], w, w1, row, row_block, kb, kb0);
+    }
+    __device__ __forceinline__ void load(const Weight& w, int d, int kb) { load(w, w, d, kb); }
 };
 
 template <bool F16C, bool DR, int NT, int W, int DEPTH, int DEC, bool NESTED, bool IL = false>
@@ -1015,6 +1031,29 @@ V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles, false, 1)
 V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles, false, 2)
 V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m4_tiles, true, 1)
 V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m8_tiles, true, 2)
+// The joint gate / up decode of an MLP (tile layout, rows 1..8 of x): y [M, N] = silu(x gate^T) * (x up^T), the two
+// code GEMVs and silu_mul's values bit for bit in one launch (nf4_gemv_code.cuh, gemv_code_swiglu). Arguments: gate's
+// and up's weights (as Q4_WEIGHT_PARAMS each), code16 (the type's factors, one type for both), x [M, K], M, N, K, y and
+// its dtype code. Launch: grid N / 8 (8 rows of each weight per block), block V2_WARPS * 32, WIDE_TABLE_BYTES of dynamic
+// shared memory.
+#define V2_ENTRY_SWIGLU(name, F16C, NT)                                                                              \
+    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
+        const uint8_t* __restrict__ packed, const void* __restrict__ absmax, const float* __restrict__ nested_absmax, \
+        const float* __restrict__ nested_code, float offset, int log2_blocksize, int nested_bs, int nested_shift,    \
+        int nested, const uint8_t* __restrict__ packed_up, const void* __restrict__ absmax_up,                      \
+        const float* __restrict__ nested_absmax_up, const float* __restrict__ nested_code_up, float offset_up,       \
+        int log2_blocksize_up, int nested_bs_up, int nested_shift_up, int nested_up, const float* __restrict__ code16, \
+        const uint16_t* __restrict__ x, int M, int N, int K, void* __restrict__ y, int y_dtype) {                   \
+        (void)nested_code_up;  /* the launcher checks that it holds gate's table */                                  \
+        V2_ENTRY_WEIGHT;                                                                                             \
+        const nf4v2::Weight up{packed_up, absmax_up, nested_absmax_up, offset_up, log2_blocksize_up, nested_bs_up,   \
+                               nested_shift_up, nested_up};                                                          \
+        nf4v2::gemv_code_swiglu<F16C, NT, V2_WARPS, V2_CODE_DEPTH>(w, up, nested_code, code16, x, M, N, K, y,         \
+                                                                   y_dtype, blockIdx.x);                             \
+    }
+// bf16 only: the fusion runs where x is the backend's activation dtype, and CUDA activations are F32 or BF16
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles, false, 1)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles, false, 2)
 #define V2_ENTRY_PAIR_TILES(name, F16C, NT)                                                                          \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
         V2_ENTRY_PARAMS) {                                                                                           \

@@ -60,11 +60,41 @@ __device__ __forceinline__ void reduce_store_code(float4* red4, const float (&ru
     }
 }
 
+// The joint gate / up decode's end (JOINT below): run[nt] = (gate row, up row) 8 bx + g of x row 4 nt + t, added over
+// the W warps in warp order as reduce_store_code does; y[m, o] = round(y, silu(g) * u) with g and u the two sums
+// rounded to the compute dtype, i.e. exactly what the two GEMVs (no bias) and silu_mul (elementwise.cu) store in turn.
+template <bool F16C, int NT, int W>
+__device__ __forceinline__ void reduce_store_swiglu(float4* red4, const float (&run)[NT][2], int M, int N,
+                                                    void* __restrict__ y, int y_dtype, int bx) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float2* red2 = reinterpret_cast<float2*>(red4);  // [W][NT][32] pairs
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) red2[(warp * NT + nt) * 32 + lane] = make_float2(run[nt][0], run[nt][1]);
+    __syncthreads();
+    const int cdt = F16C ? DT_F16 : DT_BF16;
+    for (int e = threadIdx.x; e < NT * 32; e += W * 32) {
+        const int ln = e & 31, nt = e >> 5;  // output row 8 bx + g' (ln = 4 g' + t'), x row 4 nt + t'
+        const int64_t o = (int64_t)bx * 8 + (ln >> 2);
+        const int m = 4 * nt + (ln & 3);
+        if (o >= N || m >= M) continue;
+        float gs = 0.0f, us = 0.0f;
+        for (int ww = 0; ww < W; ww++) {
+            const float2 v = red2[(ww * NT + nt) * 32 + ln];
+            gs += v.x;
+            us += v.y;
+        }
+        store_from_f32(y, (int64_t)m * N + o, y_dtype, silu_times(round_to(gs, cdt), round_to(us, cdt)));
+    }
+}
+
 // The code decode's body: gemv_body_fast's tiles, warps, chunks and ring of loads (code_applies must hold). Launch:
 // one block of W warps per 16 output rows, WIDE_TABLE_BYTES of dynamic shared memory; M <= 4 NT.
 // IL: the bytes in the tile layout, read as gemv_body_fast's IL reads them (N % 16 == 0).
-template <bool F16C, int NT, int W, int DEPTH, bool NESTED, bool IL = false>
-__device__ __forceinline__ void gemv_body_code(const Weight& w, const float* __restrict__ nested_code,
+// JOINT (IL only): the gate / up decode. Block bx decodes rows 8 bx .. 8 bx + 7 of w (gate) and of w1 (up), both [N, K]
+// with the same blocksize, nesting and nested code table, and stores y [M, N] = silu(x gate^T) * (x up^T)
+// (reduce_store_swiglu; no bias). Launch: N / 8 blocks.
+template <bool F16C, int NT, int W, int DEPTH, bool NESTED, bool IL = false, bool JOINT = false>
+__device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1, const float* __restrict__ nested_code,
                                                const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                                int N, int K, const void* __restrict__ bias, int bias_dtype,
                                                void* __restrict__ y, int y_dtype, int bx) {
@@ -72,7 +102,7 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const float* __r
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     constexpr int KSTEP = W * CHUNK_K;
-    FastStart<W, DEPTH, NESTED, IL> fs(w, N, K, bx);
+    FastStart<W, DEPTH, NESTED, IL, JOINT> fs(w, w1, N, K, bx);
     const int cpw = fs.cpw, kb0 = fs.kb0;
 
     fill_tables<F16C, DEC_CODE>(sm.tab, sm.ncode, code16, nested_code, NESTED, W * 32);
@@ -106,22 +136,22 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const float* __r
                 load_x_where<NT>(xw, xrow, kb, xload);
                 const FastChunk& L = fs.buf[d];
                 const float a0 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[0]], L.s[0]), w.offset) : L.s[0];
-                const float a1 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[1]], L.s[1]), w.offset) : L.s[1];
+                const float a1 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[1]], L.s[1]), w1.offset) : L.s[1];
                 // the chunk's other block (lane t ^ 2's): [h] = absmax of block half h for row g (a*0) / g + 8 (a*1)
                 const float o0 = __shfl_xor_sync(0xFFFFFFFFu, a0, 2), o1 = __shfl_xor_sync(0xFFFFFFFFu, a1, 2);
                 const bool first = t < 2;
                 const float ag[2] = {first ? a0 : o0, first ? o0 : a0};
                 const float ah[2] = {first ? a1 : o1, first ? o1 : a1};
-                const uint32_t w0[4] = {L.w[0].x, L.w[0].y, L.w[0].z, L.w[0].w};
-                const uint32_t w1[4] = {L.w[1].x, L.w[1].y, L.w[1].z, L.w[1].w};
+                const uint32_t pk0[4] = {L.w[0].x, L.w[0].y, L.w[0].z, L.w[0].w};
+                const uint32_t pk1[4] = {L.w[1].x, L.w[1].y, L.w[1].z, L.w[1].w};
                 float s[NT][4];  // the chunk's sums (bench, session 21: two chains of 4 mma instead of 8 measured the same)
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
                 for (int word = 0; word < 4; word++) {
                     uint32_t r0[4], r1[4];
-                    decode_word_code(w0[word], lane_off, r0);
-                    decode_word_code(w1[word], lane_off, r1);
+                    decode_word_code(pk0[word], lane_off, r0);
+                    decode_word_code(pk1[word], lane_off, r1);
 #pragma unroll
                     for (int half = 0; half < 2; half++) {  // as decode_mma: k step 2 word + half
                         const int st = 2 * word + half, b = 2 * half;
@@ -136,12 +166,13 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const float* __r
                     run[nt][0] = fmaf(s[nt][1], ag[1], fmaf(s[nt][0], ag[0], run[nt][0]));
                     run[nt][1] = fmaf(s[nt][3], ah[1], fmaf(s[nt][2], ah[0], run[nt][1]));
                 }
-                if (j + DEPTH < cpw) fs.load(w, d, kb + DEPTH * KSTEP);
+                if (j + DEPTH < cpw) fs.load(w, w1, d, kb + DEPTH * KSTEP);
             }
         }
     }
 
-    reduce_store_code<F16C, NT, W>(sm.red, run, M, N, bias, bias_dtype, y, y_dtype, bx);
+    if (JOINT) reduce_store_swiglu<F16C, NT, W>(sm.red, run, M, N, y, y_dtype, bx);
+    else reduce_store_code<F16C, NT, W>(sm.red, run, M, N, bias, bias_dtype, y, y_dtype, bx);
 }
 
 // The code decode's kernel body: the launcher (Nf4GemvKernels) takes it only where code_applies holds and gives the
@@ -154,8 +185,23 @@ __device__ __forceinline__ void gemv_code(const Weight& w, const float* __restri
                                           int N, int K, const void* __restrict__ bias, int bias_dtype,
                                           void* __restrict__ y, int y_dtype, int bx) {
     if (!code_applies(K, w.log2_blocksize, w.nested, w.nested_shift) || M > 4 * NT || (IL && N % 16 != 0)) __trap();
-    if (w.nested) gemv_body_code<F16C, NT, W, DEPTH, true, IL>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
-    else gemv_body_code<F16C, NT, W, DEPTH, false, IL>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+    if (w.nested) gemv_body_code<F16C, NT, W, DEPTH, true, IL>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+    else gemv_body_code<F16C, NT, W, DEPTH, false, IL>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+}
+
+// The joint gate / up decode (tile layout): y [M, N] = silu(x gate^T) * (x up^T), bit for bit the two code GEMVs and
+// silu_mul in turn. gate and up: [N, K] with the same blocksize, nesting and nested code (the launcher checks; the
+// kernel traps on the rest of the contract).
+template <bool F16C, int NT, int W, int DEPTH>
+__device__ __forceinline__ void gemv_code_swiglu(const Weight& gate, const Weight& up, const float* __restrict__ nested_code,
+                                                 const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
+                                                 int N, int K, void* __restrict__ y, int y_dtype, int bx) {
+    if (!code_applies(K, gate.log2_blocksize, gate.nested, gate.nested_shift) || M > 4 * NT || N % 16 != 0
+        || up.log2_blocksize != gate.log2_blocksize || up.nested != gate.nested || up.nested_shift != gate.nested_shift) {
+        __trap();
+    }
+    if (gate.nested) gemv_body_code<F16C, NT, W, DEPTH, true, true, true>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
+    else gemv_body_code<F16C, NT, W, DEPTH, false, true, true>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
 }
 
 }  // namespace nf4v2

@@ -374,8 +374,8 @@ __global__ void __launch_bounds__(256, 2) gemv_code_kernel(V2_ENTRY_PARAMS) {
 template <int DEPTH>
 __global__ void __launch_bounds__(256, 2) gemv_code_il_kernel(V2_ENTRY_PARAMS) {
     V2_ENTRY_WEIGHT;
-    if (nested) nf4v2::gemv_body_code<false, 1, 8, DEPTH, true, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, blockIdx.x);
-    else nf4v2::gemv_body_code<false, 1, 8, DEPTH, false, true>(w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, blockIdx.x);
+    if (nested) nf4v2::gemv_body_code<false, 1, 8, DEPTH, true, true>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, blockIdx.x);
+    else nf4v2::gemv_body_code<false, 1, 8, DEPTH, false, true>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, blockIdx.x);
 }
 
 template <int DEPTH>

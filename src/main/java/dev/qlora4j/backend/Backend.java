@@ -199,6 +199,13 @@ public interface Backend extends AutoCloseable {
         return out;
     }
 
+    /**
+     * silu(x gate^T) * (x up^T) [n, out] in one op when the backend has a joint kernel for these weights and this x
+     * (CUDA: the decode's joint gate / up GEMV on tiled 4-bit weights), the same values as the two
+     * {@link #linearQuantized} calls (no bias) and {@link #siluMul}; null when it has none (nothing was run then).
+     */
+    default Tensor linearQuantizedSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up) { return null; }
+
     /** The dequantized weight [out, in] in dtype (for merges and for grad_input = grad_out @ W). */
     Tensor dequantize(QuantizedWeight w, DType dtype);
 

@@ -209,6 +209,10 @@ public final class DecoderLayer implements AutoCloseable {
      * or gate and up) for the backward.
      */
     private Tensor swiGlu(Backend b, Tensor h2, LayerActivations keep) {
+        if (keep == null) {  // inference: one joint op where the backend has one (CUDA decode: the joint gate / up GEMV)
+            Tensor act = dev.qlora4j.nn.LinearGroup.swiGlu(b, h2, gate, up);
+            if (act != null) return act;
+        }
         Tensor gateUp = SharedInputLinears.forwardJoined(b, h2, gate, up);
         if (gateUp != null) {
             if (keep == null) {

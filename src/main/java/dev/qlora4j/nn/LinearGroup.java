@@ -22,6 +22,18 @@ public final class LinearGroup {
     private LinearGroup() {}
 
     /** layers[i].forward(b, x) for every i, x [n, in] -> [n, out_i]; the caller owns the results. */
+    /**
+     * silu(gate(x)) * up(x) in one backend op ({@link Backend#linearQuantizedSwiGlu}) when both layers are plain
+     * quantized linears without bias (no adapter adds to their outputs) and the backend has a joint kernel for them;
+     * else null (nothing was run: the caller runs the layers and the product).
+     */
+    public static Tensor swiGlu(Backend b, Tensor x, Linear gate, Linear up) {
+        if (!(gate instanceof QuantizedLinear g) || !(up instanceof QuantizedLinear u) || g.bias() != null || u.bias() != null) {
+            return null;
+        }
+        return b.linearQuantizedSwiGlu(x, g.weight(), u.weight());
+    }
+
     public static Tensor[] forward(Backend b, Tensor x, Linear... layers) {
         List<QuantizedWeight> weights = new ArrayList<>(layers.length);
         List<Tensor> biases = new ArrayList<>(layers.length);

@@ -428,6 +428,15 @@ public final class CudaBackend implements Backend, GraphCapable {
         }
     }
 
+    /** The joint gate / up decode GEMV where {@link CudaQuantOps#swiGlu} takes the call; else null. */
+    @Override
+    public Tensor linearQuantizedSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up) {
+        if (x.rank() != 2 || x.dtype() != act || !(x.storage() instanceof CudaStorage)) return null;
+        int mark = profBegin();
+        Tensor y = CudaQuantOps.swiGlu(ctx, x, gate, up);
+        return y == null ? null : profEnd("linearQuantizedSwiGlu", mark, y);
+    }
+
     @Override
     public Tensor dequantize(QuantizedWeight w, DType dtype) {
         int mark = profBegin();

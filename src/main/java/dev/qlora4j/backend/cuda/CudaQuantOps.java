@@ -252,6 +252,28 @@ public final class CudaQuantOps {
         return ys;
     }
 
+    /**
+     * silu(x gate^T) * (x up^T) [n, out] in x's dtype by one joint decode GEMV launch (Nf4GemvKernels#swiGlu), where it
+     * applies: the default GEMV variant (v2code), 1..8 rows of x in the compute dtype, and two tiled 4-bit weights of
+     * one shape and quantization ({@link Nf4GemvKernels#swiGluApplies}). The values of {@link #linear} twice and
+     * silu_mul bit for bit. Else null (nothing run).
+     */
+    public static Tensor swiGlu(CudaContext ctx, Tensor x, QuantizedWeight gate, QuantizedWeight up) {
+        if (!(gate instanceof CudaQuant4bit g) || !(up instanceof CudaQuant4bit u) || x.rank() != 2
+                || Quant4bitKernels.gemvVariant() != Quant4bitKernels.GemvVariant.V2CODE
+                || !Nf4GemvKernels.swiGluApplies(g, u, x.dim(0)) || x.dtype() != g.computeDType() || x.dim(1) != g.inFeatures()) {
+            return null;
+        }
+        Tensor y = ctx.empty(x.dtype(), x.dim(0), g.outFeatures());
+        try {
+            Nf4GemvKernels.swiGlu(ctx, g, u, x, x.dim(0), y);
+            return y;
+        } catch (RuntimeException e) {
+            y.close();
+            throw e;
+        }
+    }
+
     /** The dequantized weight [out, in] in dtype (F32, BF16 or F16), bit-exact with the CPU. */
     public static Tensor dequantize(CudaContext ctx, QuantizedWeight w, DType dtype) {
         Quant4bitKernels.dtypeCode(dtype, "dequantize dtype");

@@ -179,6 +179,38 @@ final class Nf4GemvKernels {
         GROUP_LAUNCHES.incrementAndGet();
     }
 
+    /**
+     * Whether the joint gate / up decode (native/nf4_gemv.cu, q4v2code_swiglu_*_tiles) takes gate and up for rows of x:
+     * both tiled, the code decode applies, BF16 compute (the kernels' one form: CUDA activations are F32 or BF16), the
+     * same shape, quantization type, blocksize, nesting (nested blocksize and code table), and 1..8 rows.
+     */
+    static boolean swiGluApplies(CudaQuant4bit gate, CudaQuant4bit up, int rows) {
+        return rows >= 1 && rows <= CODE_MAX_ROWS && gate.layout() == Q4Layout.TILES && up.layout() == Q4Layout.TILES
+                && gate.computeDType() == DType.BF16 && codeApplies(gate) && gate.outFeatures() == up.outFeatures()
+                && gate.inFeatures() == up.inFeatures() && gate.quantType() == up.quantType()
+                && gate.blocksize() == up.blocksize() && gate.nested() == up.nested()
+                && gate.nestedBlocksize() == up.nestedBlocksize() && gate.computeDType() == up.computeDType()
+                && (!gate.nested() || java.util.Arrays.equals(gate.nestedCodeHost(), up.nestedCodeHost()));
+    }
+
+    /**
+     * y [rows, out] = silu(xc gate^T) * (xc up^T) in y's dtype, one launch: the two CODE GEMVs (no bias) and silu_mul
+     * (elementwise.cu) bit for bit. {@link #swiGluApplies} must hold; xc in the compute dtype.
+     */
+    static void swiGlu(CudaContext ctx, CudaQuant4bit gate, CudaQuant4bit up, Tensor xc, int rows, Tensor y) {
+        if (!swiGluApplies(gate, up, rows) || xc.dtype() != gate.computeDType()) {
+            throw new IllegalArgumentException("the joint gate / up GEMV does not take " + gate + " and " + up + " with "
+                    + rows + " rows of " + xc.dtype() + " x");
+        }
+        long fn = ctx.function(MODULE, "q4v2code_swiglu_bf16" + (rows <= 4 ? "_m4" : "_m8") + "_tiles");
+        KernelArgs args = Quant4bitKernels.layoutWeightArgs(gate);
+        Quant4bitKernels.addLayoutWeightArgs(args, up).ptr(CudaContext.ptr(gate.code16()))
+                .ptr(CudaContext.ptr(xc)).i32(rows).i32(gate.outFeatures()).i32(gate.inFeatures())
+                .ptr(CudaContext.ptr(y)).i32(Quant4bitKernels.dtypeCode(y.dtype(), "output"));
+        ctx.allowSharedMemory(fn, WIDE_TABLE_BYTES);
+        ctx.launch(fn, Dim3.of(gate.outFeatures() / 8), Dim3.of(THREADS), WIDE_TABLE_BYTES, args);
+    }
+
     /** Whether the v3 kernel takes this call (else V3_STREAM falls back to the v2 table kernel). */
     static boolean v3Applies(CudaQuant4bit w, int rows) {
         // chunk indices of 32 values are 32-bit in the kernel; absmax blocks hold whole 32-value chunks

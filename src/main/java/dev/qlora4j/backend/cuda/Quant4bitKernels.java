@@ -87,7 +87,8 @@ final class Quant4bitKernels {
         return addLayoutWeightArgs(KernelArgs.of(), w);
     }
 
-    private static KernelArgs addLayoutWeightArgs(KernelArgs args, CudaQuant4bit w) {
+    /** Appends the weight's Q4_WEIGHT_PARAMS for a kernel chosen for the weight's layout. */
+    static KernelArgs addLayoutWeightArgs(KernelArgs args, CudaQuant4bit w) {
         int nbs = w.nested() ? w.nestedBlocksize() : 1;
         int nshift = Integer.bitCount(nbs) == 1 ? Integer.numberOfTrailingZeros(nbs) : -1;
         return args

@@ -2,8 +2,10 @@ package dev.qlora4j.backend.cuda;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
 
 import dev.qlora4j.TemporaryProperty;
@@ -28,7 +30,8 @@ import org.junit.jupiter.params.provider.MethodSource;
  * The tile layout of 4-bit weights (Q4Layout.TILES) on the GPU: the repack against its host reference (and back), and
  * every kernel that reads tiles (the five dequantize kernels, the code and pair decode GEMVs, the prefill linear)
  * against the same kernel on the row layout of the same weight, bit for bit (same values, same order of operations:
- * only the byte addresses differ). Fresh random weights each run; outputs poisoned before each launch.
+ * only the byte addresses differ); the joint gate / up decode against the two GEMVs and silu_mul it replaces. Fresh
+ * random weights each run; outputs poisoned before each launch.
  */
 @Tag("gpu")
 class Q4TileLayoutGpuTest {
@@ -138,6 +141,47 @@ class Q4TileLayoutGpuTest {
                     Nf4GemvKernels.gemv(ctx, tiles, xc, 1, null, y, Nf4GemvKernels.Decode.TABLE);
                 }
             });
+        }
+    }
+
+    static Stream<Arguments> gateUpCases() {
+        return Stream.of(
+                Arguments.of(256, 512, 64, true, DType.BF16),
+                Arguments.of(96, 1024, 128, false, DType.BF16),
+                Arguments.of(160, 384, 64, true, DType.BF16),
+                Arguments.of(11008, 4096, 64, true, DType.BF16));  // Llama-7B's gate / up
+    }
+
+    /** The joint gate / up decode: the two CODE GEMVs (no bias) and silu_mul in turn, bit for bit, rows 1..8. */
+    @ParameterizedTest(name = "[{0}, {1}] bs={2} nested={3} compute={4}")
+    @MethodSource("gateUpCases")
+    void jointGateUpIsTheTwoGemvsAndSiluMul(int out, int in, int blocksize, boolean nested, DType compute) {
+        Random rnd = new Random();
+        QuantState4bit gs = randomState(rnd, out, in, blocksize, nested, compute);
+        QuantState4bit us = Quant4bit.quantize(Tensor.fromFloats(QuantGpuSupport.randomWeights(rnd, out, in), compute, out, in),
+                gs.quantType(), blocksize, nested);
+        try (CudaQuant4bit gate = CudaQuantOps.toTiles(ctx, (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, gs, compute));
+             CudaQuant4bit up = CudaQuantOps.toTiles(ctx, (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, us, compute))) {
+            for (int m = 1; m <= Nf4GemvKernels.CODE_MAX_ROWS; m++) {
+                assertTrue(Nf4GemvKernels.swiGluApplies(gate, up, m));
+                try (Tensor x = QuantGpuSupport.upload(ctx, QuantGpuSupport.gaussian(rnd, m * in, 1.0), compute, m, in);
+                     Tensor yg = QuantGpuSupport.poisoned(ctx, compute, m, out); Tensor yu = QuantGpuSupport.poisoned(ctx, compute, m, out);
+                     Tensor want = QuantGpuSupport.poisoned(ctx, compute, m, out); Tensor got = QuantGpuSupport.poisoned(ctx, compute, m, out)) {
+                    Nf4GemvKernels.gemv(ctx, gate, x, m, null, yg, Nf4GemvKernels.Decode.CODE);
+                    Nf4GemvKernels.gemv(ctx, up, x, m, null, yu, Nf4GemvKernels.Decode.CODE);
+                    ElementwiseKernels.siluMul(ctx, compute, yg, yu, want);
+                    Nf4GemvKernels.swiGlu(ctx, gate, up, x, m, got);
+                    assertSameBits("swiGlu [" + out + ", " + in + "] rows=" + m, ctx.download(want), ctx.download(got));
+                }
+            }
+            // not for 9 rows, nor for a weight in the row layout, nor for F16 compute (no kernel: activations never F16)
+            assertFalse(Nf4GemvKernels.swiGluApplies(gate, up, Nf4GemvKernels.CODE_MAX_ROWS + 1));
+            try (CudaQuant4bit f16 = CudaQuantOps.toTiles(ctx, (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, us, DType.F16))) {
+                assertFalse(Nf4GemvKernels.swiGluApplies(f16, f16, 1));
+            }
+            try (CudaQuant4bit rowsGate = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, gs, compute)) {
+                assertFalse(Nf4GemvKernels.swiGluApplies(rowsGate, up, 1));
+            }
         }
     }
 
