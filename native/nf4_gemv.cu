@@ -585,6 +585,14 @@ struct FastStart {
     __device__ __forceinline__ void load(const Weight& w, const Weight& w1, int d, int kb) {
         load_fast<NESTED, IL>(buf[d], w, w1, row, row_block, kb, kb0);
     }
+    // the same chunk of a later tile (IL): its bytes tile_bytes and its absmax blocks tile_blocks past the first tile's
+    __device__ __forceinline__ void load_tile(const Weight& w, const Weight& w1, int d, int kb, int64_t tile_bytes,
+                                              uint32_t tile_blocks) {
+        static_assert(IL, "tile offsets are those of the tile layout");
+        const uint8_t* const moved[2] = {row[0] + tile_bytes, row[1] + tile_bytes};
+        const uint32_t moved_block[2] = {row_block[0] + tile_blocks, row_block[1] + tile_blocks};
+        load_fast<NESTED, IL>(buf[d], w, w1, moved, moved_block, kb, kb0);
+    }
     __device__ __forceinline__ void load(const Weight& w, int d, int kb) { load(w, w, d, kb); }
 };
 
@@ -1020,23 +1028,27 @@ V2_ENTRY_CODE(q4v2code_gemv_f16_m8, true, 2)
 
 // The same entry points for weights in the tile layout (q4_common.cuh, q4_tile_word; CudaQuant4bit.Layout.TILES):
 // the code decode (rows 1..8) and the exact pair decode (rows 1..16), each bit for bit its row-layout kernel's values.
-#define V2_ENTRY_CODE_TILES(name, F16C, NT)                                                                          \
+#define V2_ENTRY_CODE_TILES(name, F16C, NT, PERSIST)                                                                 \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
         V2_ENTRY_PARAMS) {                                                                                           \
         V2_ENTRY_WEIGHT;                                                                                             \
-        nf4v2::gemv_code<F16C, NT, V2_WARPS, V2_CODE_DEPTH, true>(w, nested_code, code16, x, M, N, K, bias,           \
-                                                                  bias_dtype, y, y_dtype, blockIdx.x);               \
+        nf4v2::gemv_code<F16C, NT, V2_WARPS, V2_CODE_DEPTH, true, PERSIST>(w, nested_code, code16, x, M, N, K, bias,  \
+                                                                           bias_dtype, y, y_dtype, blockIdx.x);      \
     }
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles, false, 1)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles, false, 2)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m4_tiles, true, 1)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m8_tiles, true, 2)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles, false, 1, false)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles, false, 2, false)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m4_tiles, true, 1, false)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m8_tiles, true, 2, false)
+// persistent forms (nf4_gemv_code.cuh, PERSIST): a grid of at most two blocks per SM walks the tiles with one ring of
+// loads (Nf4GemvKernels.persistentGrid); bf16 (CUDA activations are F32 or BF16)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p, false, 1, true)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles_p, false, 2, true)
 // The joint gate / up decode of an MLP (tile layout, rows 1..8 of x): y [M, N] = silu(x gate^T) * (x up^T), the two
 // code GEMVs and silu_mul's values bit for bit in one launch (nf4_gemv_code.cuh, gemv_code_swiglu). Arguments: gate's
 // and up's weights (as Q4_WEIGHT_PARAMS each), code16 (the type's factors, one type for both), x [M, K], M, N, K, y and
 // its dtype code. Launch: grid N / 8 (8 rows of each weight per block), block V2_WARPS * 32, WIDE_TABLE_BYTES of dynamic
 // shared memory.
-#define V2_ENTRY_SWIGLU(name, F16C, NT)                                                                              \
+#define V2_ENTRY_SWIGLU(name, F16C, NT, PERSIST)                                                                     \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
         const uint8_t* __restrict__ packed, const void* __restrict__ absmax, const float* __restrict__ nested_absmax, \
         const float* __restrict__ nested_code, float offset, int log2_blocksize, int nested_bs, int nested_shift,    \
@@ -1048,12 +1060,14 @@ V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m8_tiles, true, 2)
         V2_ENTRY_WEIGHT;                                                                                             \
         const nf4v2::Weight up{packed_up, absmax_up, nested_absmax_up, offset_up, log2_blocksize_up, nested_bs_up,   \
                                nested_shift_up, nested_up};                                                          \
-        nf4v2::gemv_code_swiglu<F16C, NT, V2_WARPS, V2_CODE_DEPTH>(w, up, nested_code, code16, x, M, N, K, y,         \
-                                                                   y_dtype, blockIdx.x);                             \
+        nf4v2::gemv_code_swiglu<F16C, NT, V2_WARPS, V2_CODE_DEPTH, PERSIST>(w, up, nested_code, code16, x, M, N, K, y, \
+                                                                            y_dtype, blockIdx.x);                    \
     }
 // bf16 only: the fusion runs where x is the backend's activation dtype, and CUDA activations are F32 or BF16
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles, false, 1)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles, false, 2)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles, false, 1, false)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles, false, 2, false)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_p, false, 1, true)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles_p, false, 2, true)
 #define V2_ENTRY_PAIR_TILES(name, F16C, NT)                                                                          \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
         V2_ENTRY_PARAMS) {                                                                                           \

@@ -93,11 +93,16 @@ __device__ __forceinline__ void reduce_store_swiglu(float4* red4, const float (&
 // JOINT (IL only): the gate / up decode. Block bx decodes rows 8 bx .. 8 bx + 7 of w (gate) and of w1 (up), both [N, K]
 // with the same blocksize, nesting and nested code table, and stores y [M, N] = silu(x gate^T) * (x up^T)
 // (reduce_store_swiglu; no bias). Launch: N / 8 blocks.
-template <bool F16C, int NT, int W, int DEPTH, bool NESTED, bool IL = false, bool JOINT = false>
+// PERSIST (IL only; persistent_applies): the block decodes tiles bx, bx + gridDim.x, ... (of 16 rows; JOINT: of 8 rows of
+// each weight, gridDim.x even) with one ring of loads running on across them, so a block's ramp (tables, first loads)
+// and tail come once per gridDim.x-th of the weight instead of once per tile. Each tile's sums are those of the
+// one-tile launch, bit for bit.
+template <bool F16C, int NT, int W, int DEPTH, bool NESTED, bool IL = false, bool JOINT = false, bool PERSIST = false>
 __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1, const float* __restrict__ nested_code,
                                                const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                                int N, int K, const void* __restrict__ bias, int bias_dtype,
                                                void* __restrict__ y, int y_dtype, int bx) {
+    static_assert(!PERSIST || IL, "the persistent loop moves through the tile layout");
     Smem<W, 1, NT>& sm = block_smem<W, 1, NT>();
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
@@ -127,14 +132,9 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
         for (int j = 0; j < 16; j++) xw[nt][j] = 0;
     }
 
-    for (int j0 = 0; j0 < cpw; j0 += DEPTH) {
-#pragma unroll
-        for (int d = 0; d < DEPTH; d++) {
-            const int j = j0 + d;
-            if (j < cpw) {  // warp-uniform
-                const int kb = kb0 + j * KSTEP;
+    // one chunk: x's fragments, the decode and the mma, its two blocks' sums scaled into run
+    auto consume = [&](const FastChunk& L, int kb) {
                 load_x_where<NT>(xw, xrow, kb, xload);
-                const FastChunk& L = fs.buf[d];
                 const float a0 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[0]], L.s[0]), w.offset) : L.s[0];
                 const float a1 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[1]], L.s[1]), w1.offset) : L.s[1];
                 // the chunk's other block (lane t ^ 2's): [h] = absmax of block half h for row g (a*0) / g + 8 (a*1)
@@ -166,42 +166,97 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
                     run[nt][0] = fmaf(s[nt][1], ag[1], fmaf(s[nt][0], ag[0], run[nt][0]));
                     run[nt][1] = fmaf(s[nt][3], ah[1], fmaf(s[nt][2], ah[0], run[nt][1]));
                 }
-                if (j + DEPTH < cpw) fs.load(w, w1, d, kb + DEPTH * KSTEP);
+    };
+    auto store = [&](int tile) {
+        if (JOINT) reduce_store_swiglu<F16C, NT, W>(sm.red, run, M, N, y, y_dtype, tile);
+        else reduce_store_code<F16C, NT, W>(sm.red, run, M, N, bias, bias_dtype, y, y_dtype, tile);
+    };
+
+    if constexpr (!PERSIST) {
+        for (int j0 = 0; j0 < cpw; j0 += DEPTH) {
+#pragma unroll
+            for (int d = 0; d < DEPTH; d++) {
+                const int j = j0 + d;
+                if (j < cpw) {  // warp-uniform
+                    const int kb = kb0 + j * KSTEP;
+                    consume(fs.buf[d], kb);
+                    if (j + DEPTH < cpw) fs.load(w, w1, d, kb + DEPTH * KSTEP);
+                }
+            }
+        }
+        store(bx);
+    } else {
+        // every warp has cpw >= DEPTH chunks of every tile (persistent_applies): the steps v = tile i * cpw + chunk j
+        const int stride = gridDim.x, rows_per_tile = JOINT ? 8 : 16;
+        const int tiles = (N / rows_per_tile - bx + stride - 1) / stride;
+        const int total = tiles * cpw;
+        const int64_t tile_bytes = (int64_t)(JOINT ? stride / 2 : stride) * (K / CHUNK_K) * 1024;
+        const uint32_t tile_blocks = (uint32_t)(rows_per_tile * stride) * (uint32_t)(K >> w.log2_blocksize);
+        int j = 0, tile = bx;                   // the chunk consumed next, and its tile
+        int lj = DEPTH, li = 0;                 // the chunk loaded next (ring slot of step v + DEPTH), its tile's index
+        for (int v0 = 0; v0 < total; v0 += DEPTH) {
+#pragma unroll
+            for (int d = 0; d < DEPTH; d++) {
+                if (v0 + d < total) {  // warp- and block-uniform
+                    consume(fs.buf[d], kb0 + j * KSTEP);
+                    if (v0 + d + DEPTH < total) {
+                        if (lj == cpw) { lj = 0; li++; }
+                        fs.load_tile(w, w1, d, kb0 + lj * KSTEP, li * tile_bytes, (uint32_t)li * tile_blocks);
+                        lj++;
+                    }
+                    if (++j == cpw) {
+                        store(tile);
+                        __syncthreads();  // the next tile's store writes the reduction buffer again
+#pragma unroll
+                        for (int nt = 0; nt < NT; nt++) run[nt][0] = run[nt][1] = 0.0f;
+                        j = 0;
+                        tile += stride;
+                    }
+                }
             }
         }
     }
+}
 
-    if (JOINT) reduce_store_swiglu<F16C, NT, W>(sm.red, run, M, N, y, y_dtype, bx);
-    else reduce_store_code<F16C, NT, W>(sm.red, run, M, N, bias, bias_dtype, y, y_dtype, bx);
+// Whether the persistent tile loop applies (PERSIST above): every warp owns the same number of chunks of a tile, at
+// least the ring's depth (K / 128 a multiple of W, and >= W * DEPTH).
+__host__ __device__ inline bool persistent_applies(int K, int W, int DEPTH) {
+    return K % CHUNK_K == 0 && (K / CHUNK_K) % W == 0 && K / CHUNK_K >= W * DEPTH;
 }
 
 // The code decode's kernel body: the launcher (Nf4GemvKernels) takes it only where code_applies holds and gives the
 // other weights the exact kernels. A kernel of its own, without the exact decode's body as a fallback: the fallback
 // raised it from 93 to 119 registers and cost 5-12% (bench, session 21). A launch that breaks the contract traps.
 // IL: the weight's bytes in the tile layout (N % 16 == 0 too).
-template <bool F16C, int NT, int W, int DEPTH, bool IL = false>
+// PERSIST (IL): the persistent tile loop (the launch's grid below N / 16 blocks; persistent_applies must hold).
+template <bool F16C, int NT, int W, int DEPTH, bool IL = false, bool PERSIST = false>
 __device__ __forceinline__ void gemv_code(const Weight& w, const float* __restrict__ nested_code,
                                           const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                           int N, int K, const void* __restrict__ bias, int bias_dtype,
                                           void* __restrict__ y, int y_dtype, int bx) {
-    if (!code_applies(K, w.log2_blocksize, w.nested, w.nested_shift) || M > 4 * NT || (IL && N % 16 != 0)) __trap();
-    if (w.nested) gemv_body_code<F16C, NT, W, DEPTH, true, IL>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
-    else gemv_body_code<F16C, NT, W, DEPTH, false, IL>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+    if (!code_applies(K, w.log2_blocksize, w.nested, w.nested_shift) || M > 4 * NT || (IL && N % 16 != 0)
+        || (PERSIST && !persistent_applies(K, W, DEPTH))) {
+        __trap();
+    }
+    if (w.nested) gemv_body_code<F16C, NT, W, DEPTH, true, IL, false, PERSIST>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+    else gemv_body_code<F16C, NT, W, DEPTH, false, IL, false, PERSIST>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
 }
 
 // The joint gate / up decode (tile layout): y [M, N] = silu(x gate^T) * (x up^T), bit for bit the two code GEMVs and
 // silu_mul in turn. gate and up: [N, K] with the same blocksize, nesting and nested code (the launcher checks; the
 // kernel traps on the rest of the contract).
-template <bool F16C, int NT, int W, int DEPTH>
+// PERSIST: the persistent tile loop (an even grid below N / 8 blocks; persistent_applies must hold).
+template <bool F16C, int NT, int W, int DEPTH, bool PERSIST = false>
 __device__ __forceinline__ void gemv_code_swiglu(const Weight& gate, const Weight& up, const float* __restrict__ nested_code,
                                                  const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                                  int N, int K, void* __restrict__ y, int y_dtype, int bx) {
     if (!code_applies(K, gate.log2_blocksize, gate.nested, gate.nested_shift) || M > 4 * NT || N % 16 != 0
-        || up.log2_blocksize != gate.log2_blocksize || up.nested != gate.nested || up.nested_shift != gate.nested_shift) {
+        || up.log2_blocksize != gate.log2_blocksize || up.nested != gate.nested || up.nested_shift != gate.nested_shift
+        || (PERSIST && (!persistent_applies(K, W, DEPTH) || gridDim.x % 2 != 0))) {
         __trap();
     }
-    if (gate.nested) gemv_body_code<F16C, NT, W, DEPTH, true, true, true>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
-    else gemv_body_code<F16C, NT, W, DEPTH, false, true, true>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
+    if (gate.nested) gemv_body_code<F16C, NT, W, DEPTH, true, true, true, PERSIST>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
+    else gemv_body_code<F16C, NT, W, DEPTH, false, true, true, PERSIST>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
 }
 
 }  // namespace nf4v2

@@ -202,13 +202,42 @@ final class Nf4GemvKernels {
             throw new IllegalArgumentException("the joint gate / up GEMV does not take " + gate + " and " + up + " with "
                     + rows + " rows of " + xc.dtype() + " x");
         }
-        long fn = ctx.function(MODULE, "q4v2code_swiglu_bf16" + (rows <= 4 ? "_m4" : "_m8") + "_tiles");
+        int persistent = persistentGrid(ctx, gate, gate.outFeatures() / 8, true);
+        long fn = ctx.function(MODULE, "q4v2code_swiglu_bf16" + (rows <= 4 ? "_m4" : "_m8") + "_tiles"
+                + (persistent > 0 ? "_p" : ""));
         KernelArgs args = Quant4bitKernels.layoutWeightArgs(gate);
         Quant4bitKernels.addLayoutWeightArgs(args, up).ptr(CudaContext.ptr(gate.code16()))
                 .ptr(CudaContext.ptr(xc)).i32(rows).i32(gate.outFeatures()).i32(gate.inFeatures())
                 .ptr(CudaContext.ptr(y)).i32(Quant4bitKernels.dtypeCode(y.dtype(), "output"));
         ctx.allowSharedMemory(fn, WIDE_TABLE_BYTES);
-        ctx.launch(fn, Dim3.of(gate.outFeatures() / 8), Dim3.of(THREADS), WIDE_TABLE_BYTES, args);
+        ctx.launch(fn, Dim3.of(persistent > 0 ? persistent : gate.outFeatures() / 8), Dim3.of(THREADS), WIDE_TABLE_BYTES, args);
+    }
+
+    /**
+     * System property: "false" launches the code decode on tiles one block per tile (the grid of the row layout)
+     * instead of the persistent grid ({@link #persistentGrid}); A/B timing, same values.
+     */
+    static final String PERSISTENT_PROPERTY = "qlora4j.nf4.persistent";
+    // native/nf4_gemv.cu: V2_CODE_DEPTH (the ring), and the blocks per SM of the code kernels' launch bounds
+    static final int CODE_DEPTH = 2;
+    static final int CODE_BLOCKS_PER_SM = 2;
+
+    /**
+     * The grid of a persistent code-decode launch (nf4_gemv_code.cuh, PERSIST) over tiles blocks' worth of work (16-row
+     * tiles; the joint decode's 8-row pairs), or 0 when one block per tile is the launch: the property is off, the
+     * compute dtype is not BF16 (the persistent kernels' one form), the warps would not own the same number (at least
+     * the ring's depth) of every tile's chunks (nf4v2::persistent_applies), or the tiles fit in one wave anyway. Two
+     * blocks per SM, even for the joint decode (its blocks step over whole 16-row tiles).
+     */
+    static int persistentGrid(CudaContext ctx, CudaQuant4bit w, long tiles, boolean joint) {
+        int chunks = w.inFeatures() / 128;
+        if (!Switches.on(PERSISTENT_PROPERTY, true) || w.computeDType() != DType.BF16 || w.inFeatures() % 128 != 0
+                || chunks % (THREADS / 32) != 0 || chunks < (THREADS / 32) * CODE_DEPTH) {
+            return 0;
+        }
+        long slots = (long) CODE_BLOCKS_PER_SM * ctx.properties().multiprocessorCount();
+        if (tiles <= slots) return 0;
+        return (int) (joint ? slots & ~1L : slots);
     }
 
     /** Whether the v3 kernel takes this call (else V3_STREAM falls back to the v2 table kernel). */
@@ -258,8 +287,10 @@ final class Nf4GemvKernels {
             throw new IllegalArgumentException(w + " has the tile layout, which only the CODE and PAIR kernels read, not " + decode);
         }
         boolean v3 = decode == Decode.V3_STREAM && v3Applies(w, rows);
+        int persistent = tiles && decode == Decode.CODE ? persistentGrid(ctx, w, w.outFeatures() / 16, false) : 0;
         long fn = ctx.function(MODULE, v3 ? v3KernelName(w.computeDType(), rows)
-                : kernelName(w.computeDType(), rows, decode == Decode.V3_STREAM ? Decode.TABLE : decode) + Quant4bitKernels.layoutSuffix(w));
+                : kernelName(w.computeDType(), rows, decode == Decode.V3_STREAM ? Decode.TABLE : decode)
+                + Quant4bitKernels.layoutSuffix(w) + (persistent > 0 ? "_p" : ""));
         boolean doubleRound = w.stateDType() != DType.F32 && w.stateDType() != w.computeDType();
         KernelArgs args = Quant4bitKernels.layoutWeightArgs(w).ptr(CudaContext.ptr(w.code16()))
                 .ptr(CudaContext.ptr(xc)).i32(rows).i32(w.outFeatures()).i32(w.inFeatures())
@@ -273,7 +304,7 @@ final class Nf4GemvKernels {
         } else {
             int shared = decode.wideTable() ? WIDE_TABLE_BYTES : 0;
             ctx.allowSharedMemory(fn, shared);
-            ctx.launch(fn, Dim3.of(grid(w.outFeatures())), Dim3.of(THREADS), shared, args);
+            ctx.launch(fn, Dim3.of(persistent > 0 ? persistent : grid(w.outFeatures())), Dim3.of(THREADS), shared, args);
         }
     }
 }

@@ -30,8 +30,9 @@ import org.junit.jupiter.params.provider.MethodSource;
  * The tile layout of 4-bit weights (Q4Layout.TILES) on the GPU: the repack against its host reference (and back), and
  * every kernel that reads tiles (the five dequantize kernels, the code and pair decode GEMVs, the prefill linear)
  * against the same kernel on the row layout of the same weight, bit for bit (same values, same order of operations:
- * only the byte addresses differ); the joint gate / up decode against the two GEMVs and silu_mul it replaces. Fresh
- * random weights each run; outputs poisoned before each launch.
+ * only the byte addresses differ); the joint gate / up decode against the two GEMVs and silu_mul it replaces; the
+ * persistent code decode (a grid smaller than the tiles) within both. Fresh random weights each run; outputs poisoned
+ * before each launch.
  */
 @Tag("gpu")
 class Q4TileLayoutGpuTest {
@@ -66,7 +67,9 @@ class Q4TileLayoutGpuTest {
                 Arguments.of(160, 512, 128, true, DType.F16, DType.BF16),
                 Arguments.of(16, 128, 32, false, DType.F16, DType.F16),      // one tile, one chunk; blocksize 32: no code decode
                 Arguments.of(1024, 4096, 64, true, DType.BF16, DType.BF16),  // a model's shape: many tiles and chunks
-                Arguments.of(64, 11008, 256, true, DType.BF16, DType.BF16));  // Llama's intermediate size as in_features
+                Arguments.of(64, 11008, 256, true, DType.BF16, DType.BF16),  // Llama's intermediate size as in_features
+                // more tiles than two blocks per SM hold: the persistent code decode (Nf4GemvKernels.persistentGrid)
+                Arguments.of(8192, 2048, 64, true, DType.BF16, DType.BF16));
     }
 
     private static QuantState4bit randomState(Random rnd, int out, int in, int blocksize, boolean nested, DType state) {
