@@ -1146,6 +1146,27 @@ V2G_ENTRY(q4v2greg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
                                                             y_dtype, bx);                                            \
     }
 
+// The grouped persistent code decode on tiles (nf4_gemv_code.cuh, gemv_code_group; Nf4GemvKernels.gemvGroupTiles): the
+// segments' arguments as V2G_SEG_PARAMS (double_round unused: the code decode rounds no weight), x, M, K, y_dtype.
+// Launch: a grid of at most two blocks per SM (any size is correct), block V2_WARPS * 32, WIDE_TABLE_BYTES of dynamic
+// shared memory. bf16 (CUDA activations are F32 or BF16).
+#define V2G_SEG_ARGS(i)                                                                                              \
+    nf4v2::Weight{packed##i, absmax##i, nested_absmax##i, offset##i, log2_blocksize##i, nested_bs##i,                \
+                  nested_shift##i, nested##i}
+#define V2G_ENTRY_CODE_TILES(name, F16C, NT)                                                                         \
+    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
+        V2G_SEG_PARAMS(0), V2G_SEG_PARAMS(1), V2G_SEG_PARAMS(2), const uint16_t* __restrict__ x, int M, int K,        \
+        int y_dtype) {                                                                                               \
+        (void)code161; (void)code162; (void)nested_code1; (void)nested_code2;  /* weight 0's tables (checked equal) */ \
+        (void)double_round0; (void)double_round1; (void)double_round2;                                               \
+        const nf4v2::CodeSegments cs{{V2G_SEG_ARGS(0), V2G_SEG_ARGS(1), V2G_SEG_ARGS(2)}, {bias0, bias1, bias2},     \
+                                     {bias_dtype0, bias_dtype1, bias_dtype2}, {y0, y1, y2},                         \
+                                     {N0 / 16, N1 / 16, N2 / 16}};                                                   \
+        nf4v2::gemv_code_group<F16C, NT, V2_WARPS, V2_CODE_DEPTH>(cs, nested_code0, code160, x, M, K, y_dtype);      \
+    }
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_p, false, 1)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m8_tiles_p, false, 2)
+
 V2G_ENTRY_CODE(q4v2gcode_gemv_bf16_m4, false, 1)
 V2G_ENTRY_CODE(q4v2gcode_gemv_bf16_m8, false, 2)
 V2G_ENTRY_CODE(q4v2gcode_gemv_f16_m4, true, 1)

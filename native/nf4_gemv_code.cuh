@@ -60,6 +60,63 @@ __device__ __forceinline__ void reduce_store_code(float4* red4, const float (&ru
     }
 }
 
+// A thread's x rows and sums at the start of the code decode: B column g of n-tile nt is x row 4 nt + (g >> 1), nonzero
+// only in the k of the threads of block half g & 1 (so only those load it); fragments and sums zero.
+template <int NT>
+__device__ __forceinline__ void code_x_start(const uint16_t* __restrict__ x, int M, int K, int g, int t,
+                                             const uint16_t* (&xrow)[NT], bool (&xload)[NT], uint32_t (&xw)[NT][16],
+                                             float (&run)[NT][2]) {
+    const bool half_mine = (g & 1) == (t >> 1);
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const int m = 4 * nt + (g >> 1);
+        xload[nt] = half_mine && m < M;
+        xrow[nt] = x + (int64_t)min(m, M - 1) * K;
+        run[nt][0] = run[nt][1] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 16; j++) xw[nt][j] = 0;
+    }
+}
+
+// One chunk of the code decode: the two blocks' absmax of rows g (off0: its weight's nested offset) and g + 8 (off1),
+// the other block's by a shuffle, the codes through the wide table into the mma against x's fragments xw, and the two
+// blocks' float32 sums scaled into run[nt] = (row g, row g + 8) of x row 4 nt + t.
+template <bool F16C, int NT, bool NESTED>
+__device__ __forceinline__ void code_chunk(const FastChunk& L, float off0, float off1, const float* ncode,
+                                           uint32_t lane_off, int t, const uint32_t (&xw)[NT][16], float (&run)[NT][2]) {
+    const float a0 = NESTED ? __fadd_rn(__fmul_rn(ncode[L.q[0]], L.s[0]), off0) : L.s[0];
+    const float a1 = NESTED ? __fadd_rn(__fmul_rn(ncode[L.q[1]], L.s[1]), off1) : L.s[1];
+    // the chunk's other block (lane t ^ 2's): [h] = absmax of block half h for row g (a*0) / g + 8 (a*1)
+    const float o0 = __shfl_xor_sync(0xFFFFFFFFu, a0, 2), o1 = __shfl_xor_sync(0xFFFFFFFFu, a1, 2);
+    const bool first = t < 2;
+    const float ag[2] = {first ? a0 : o0, first ? o0 : a0};
+    const float ah[2] = {first ? a1 : o1, first ? o1 : a1};
+    const uint32_t pk0[4] = {L.w[0].x, L.w[0].y, L.w[0].z, L.w[0].w};
+    const uint32_t pk1[4] = {L.w[1].x, L.w[1].y, L.w[1].z, L.w[1].w};
+    float s[NT][4];  // the chunk's sums (bench, session 21: two chains of 4 mma instead of 8 measured the same)
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int word = 0; word < 4; word++) {
+        uint32_t r0[4], r1[4];
+        decode_word_code(pk0[word], lane_off, r0);
+        decode_word_code(pk1[word], lane_off, r1);
+#pragma unroll
+        for (int half = 0; half < 2; half++) {  // as decode_mma: k step 2 word + half
+            const int st = 2 * word + half, b = 2 * half;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                mma16816<F16C>(s[nt], r0[b], r1[b], r0[b + 1], r1[b + 1], xw[nt][2 * st], xw[nt][2 * st + 1]);
+            }
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {  // s[nt]: (row g, row g + 8) x (block half 0, 1) of x row 4 nt + t
+        run[nt][0] = fmaf(s[nt][1], ag[1], fmaf(s[nt][0], ag[0], run[nt][0]));
+        run[nt][1] = fmaf(s[nt][3], ah[1], fmaf(s[nt][2], ah[0], run[nt][1]));
+    }
+}
+
 // The joint gate / up decode's end (JOINT below): run[nt] = (gate row, up row) 8 bx + g of x row 4 nt + t, added over
 // the W warps in warp order as reduce_store_code does; y[m, o] = round(y, silu(g) * u) with g and u the two sums
 // rounded to the compute dtype, i.e. exactly what the two GEMVs (no bias) and silu_mul (elementwise.cu) store in turn.
@@ -116,56 +173,16 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
     pdl_launch_dependents();
     __syncthreads();
 
-    // B column g of n-tile nt: x row 4 nt + (g >> 1), nonzero only in the k of the threads of block half g & 1
-    const bool half_mine = (g & 1) == (t >> 1);
     const uint16_t* xrow[NT];
     bool xload[NT];
     uint32_t xw[NT][16];
     float run[NT][2];
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
-        const int m = 4 * nt + (g >> 1);
-        xload[nt] = half_mine && m < M;
-        xrow[nt] = x + (int64_t)min(m, M - 1) * K;
-        run[nt][0] = run[nt][1] = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 16; j++) xw[nt][j] = 0;
-    }
+    code_x_start<NT>(x, M, K, g, t, xrow, xload, xw, run);
 
-    // one chunk: x's fragments, the decode and the mma, its two blocks' sums scaled into run
+    // one chunk: x's fragments, then code_chunk
     auto consume = [&](const FastChunk& L, int kb) {
-                load_x_where<NT>(xw, xrow, kb, xload);
-                const float a0 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[0]], L.s[0]), w.offset) : L.s[0];
-                const float a1 = NESTED ? __fadd_rn(__fmul_rn(sm.ncode[L.q[1]], L.s[1]), w1.offset) : L.s[1];
-                // the chunk's other block (lane t ^ 2's): [h] = absmax of block half h for row g (a*0) / g + 8 (a*1)
-                const float o0 = __shfl_xor_sync(0xFFFFFFFFu, a0, 2), o1 = __shfl_xor_sync(0xFFFFFFFFu, a1, 2);
-                const bool first = t < 2;
-                const float ag[2] = {first ? a0 : o0, first ? o0 : a0};
-                const float ah[2] = {first ? a1 : o1, first ? o1 : a1};
-                const uint32_t pk0[4] = {L.w[0].x, L.w[0].y, L.w[0].z, L.w[0].w};
-                const uint32_t pk1[4] = {L.w[1].x, L.w[1].y, L.w[1].z, L.w[1].w};
-                float s[NT][4];  // the chunk's sums (bench, session 21: two chains of 4 mma instead of 8 measured the same)
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-                for (int word = 0; word < 4; word++) {
-                    uint32_t r0[4], r1[4];
-                    decode_word_code(pk0[word], lane_off, r0);
-                    decode_word_code(pk1[word], lane_off, r1);
-#pragma unroll
-                    for (int half = 0; half < 2; half++) {  // as decode_mma: k step 2 word + half
-                        const int st = 2 * word + half, b = 2 * half;
-#pragma unroll
-                        for (int nt = 0; nt < NT; nt++) {
-                            mma16816<F16C>(s[nt], r0[b], r1[b], r0[b + 1], r1[b + 1], xw[nt][2 * st], xw[nt][2 * st + 1]);
-                        }
-                    }
-                }
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) {  // s[nt]: (row g, row g + 8) x (block half 0, 1) of x row 4 nt + t
-                    run[nt][0] = fmaf(s[nt][1], ag[1], fmaf(s[nt][0], ag[0], run[nt][0]));
-                    run[nt][1] = fmaf(s[nt][3], ah[1], fmaf(s[nt][2], ah[0], run[nt][1]));
-                }
+        load_x_where<NT>(xw, xrow, kb, xload);
+        code_chunk<F16C, NT, NESTED>(L, w.offset, w1.offset, sm.ncode, lane_off, t, xw, run);
     };
     auto store = [&](int tile) {
         if (JOINT) reduce_store_swiglu<F16C, NT, W>(sm.red, run, M, N, y, y_dtype, tile);
@@ -257,6 +274,126 @@ __device__ __forceinline__ void gemv_code_swiglu(const Weight& gate, const Weigh
     }
     if (gate.nested) gemv_body_code<F16C, NT, W, DEPTH, true, true, true, PERSIST>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
     else gemv_body_code<F16C, NT, W, DEPTH, false, true, true, PERSIST>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
+}
+
+// The grouped persistent code decode (tile layout): up to three weights that read the same x (a layer's q / k / v at
+// decode), [N_s, K] each, as one sequence of 16-row tiles (weight 0's, then 1's, then 2's) that a persistent grid walks
+// with one ring of loads, so the three GEMVs are one launch and one ramp per block. Every tile's values are those of
+// its weight's own code decode, bit for bit. All weights: the same K, blocksize, nesting and nested code table (the
+// launcher checks; the code tables come from weight 0); persistent_applies(K, W, DEPTH).
+struct CodeSegments {
+    Weight w[3];                 // selected by ternaries below (never indexed by a runtime value: no local memory)
+    const void* bias[3];
+    int bias_dtype[3];
+    void* y[3];
+    int tiles[3];                // N_s / 16 (0 for an absent weight)
+};
+
+__device__ __forceinline__ int code_segment(const CodeSegments& cs, int vt) {
+    return vt < cs.tiles[0] ? 0 : vt < cs.tiles[0] + cs.tiles[1] ? 1 : 2;
+}
+
+// Field of segment s, selected by value (a reference chosen at run time would put the segments in local memory).
+#define CODE_PICK(cs, s, f) ((s) == 0 ? (cs).f[0] : (s) == 1 ? (cs).f[1] : (cs).f[2])
+__device__ __forceinline__ Weight code_weight(const CodeSegments& cs, int s) {
+    return Weight{CODE_PICK(cs, s, w).packed, CODE_PICK(cs, s, w).absmax, CODE_PICK(cs, s, w).nested_absmax,
+                  CODE_PICK(cs, s, w).offset, CODE_PICK(cs, s, w).log2_blocksize, CODE_PICK(cs, s, w).nested_bs,
+                  CODE_PICK(cs, s, w).nested_shift, CODE_PICK(cs, s, w).nested};
+}
+
+template <bool F16C, int NT, int W, int DEPTH, bool NESTED>
+__device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, const float* __restrict__ nested_code,
+                                                     const float* __restrict__ code16, const uint16_t* __restrict__ x,
+                                                     int M, int K, int y_dtype) {
+    Smem<W, 1, NT>& sm = block_smem<W, 1, NT>();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    constexpr int KSTEP = W * CHUNK_K;
+    const int C = K / CHUNK_K, cpw = C / W, kb0 = warp * CHUNK_K + 32 * t;
+    const int stride = gridDim.x;
+    const int all = cs.tiles[0] + cs.tiles[1] + cs.tiles[2];
+    const int total = (all - (int)blockIdx.x + stride - 1) / stride * cpw;
+    // chunk j of virtual tile vt into ring slot d: that weight's tile vt - (tiles before it)
+    FastChunk buf[DEPTH];
+    auto issue = [&](int d, int vt, int j) {
+        const int s = code_segment(cs, vt);
+        const Weight w = code_weight(cs, s);
+        const int lt = vt - (s == 0 ? 0 : s == 1 ? cs.tiles[0] : cs.tiles[0] + cs.tiles[1]);
+        const uint8_t* row[2];
+        uint32_t row_block[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            row[h] = w.packed + ((int64_t)lt * C * 2 + h) * 512 + lane * 16 + warp * 1024;
+            row_block[h] = (uint32_t)(16 * lt + g + 8 * h) * (uint32_t)(K >> w.log2_blocksize);
+        }
+        load_fast<NESTED, true>(buf[d], w, w, row, row_block, kb0 + j * KSTEP, kb0);
+    };
+#pragma unroll
+    for (int d = 0; d < DEPTH; d++) {
+        if (d < total) issue(d, blockIdx.x, d);  // cpw >= DEPTH: the first tile's first chunks
+    }
+
+    fill_tables<F16C, DEC_CODE>(sm.tab, sm.ncode, code16, nested_code, NESTED, W * 32);
+    const uint32_t lane_off = (uint32_t)lane * 4u;
+    pdl_wait();  // as gemv_body: x is read and y written only after the previous kernel has completed
+    pdl_launch_dependents();
+    __syncthreads();
+
+    const uint16_t* xrow[NT];
+    bool xload[NT];
+    uint32_t xw[NT][16];
+    float run[NT][2];
+    code_x_start<NT>(x, M, K, g, t, xrow, xload, xw, run);
+
+    int j = 0, vt = blockIdx.x;          // the chunk consumed next and its virtual tile
+    int lj = DEPTH, lvt = blockIdx.x;    // the chunk loaded next
+    int s = code_segment(cs, vt);
+    float off = CODE_PICK(cs, s, w).offset;
+    for (int v0 = 0; v0 < total; v0 += DEPTH) {
+#pragma unroll
+        for (int d = 0; d < DEPTH; d++) {
+            if (v0 + d < total) {  // warp- and block-uniform
+                load_x_where<NT>(xw, xrow, kb0 + j * KSTEP, xload);
+                code_chunk<F16C, NT, NESTED>(buf[d], off, off, sm.ncode, lane_off, t, xw, run);
+                if (v0 + d + DEPTH < total) {
+                    if (lj == cpw) { lj = 0; lvt += stride; }
+                    issue(d, lvt, lj);
+                    lj++;
+                }
+                if (++j == cpw) {
+                    const int lt = vt - (s == 0 ? 0 : s == 1 ? cs.tiles[0] : cs.tiles[0] + cs.tiles[1]);
+                    reduce_store_code<F16C, NT, W>(sm.red, run, M, 16 * CODE_PICK(cs, s, tiles), CODE_PICK(cs, s, bias),
+                                                   CODE_PICK(cs, s, bias_dtype), CODE_PICK(cs, s, y), y_dtype, lt);
+                    __syncthreads();  // the next tile's store writes the reduction buffer again
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++) run[nt][0] = run[nt][1] = 0.0f;
+                    j = 0;
+                    vt += stride;
+                    s = code_segment(cs, vt);
+                    off = CODE_PICK(cs, s, w).offset;
+                }
+            }
+        }
+    }
+}
+
+template <bool F16C, int NT, int W, int DEPTH>
+__device__ __forceinline__ void gemv_code_group(const CodeSegments& cs, const float* __restrict__ nested_code,
+                                                const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
+                                                int K, int y_dtype) {
+    const Weight& w = cs.w[0];
+    if (!code_applies(K, w.log2_blocksize, w.nested, w.nested_shift) || M > 4 * NT || !persistent_applies(K, W, DEPTH)) {
+        __trap();
+    }
+#pragma unroll
+    for (int s = 1; s < 3; s++) {
+        if (cs.tiles[s] > 0 && (cs.w[s].log2_blocksize != w.log2_blocksize || cs.w[s].nested != w.nested
+                                || cs.w[s].nested_shift != w.nested_shift)) {
+            __trap();
+        }
+    }
+    if (w.nested) gemv_body_code_group<F16C, NT, W, DEPTH, true>(cs, nested_code, code16, x, M, K, y_dtype);
+    else gemv_body_code_group<F16C, NT, W, DEPTH, false>(cs, nested_code, code16, x, M, K, y_dtype);
 }
 
 }  // namespace nf4v2

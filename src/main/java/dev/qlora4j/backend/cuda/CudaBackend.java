@@ -412,6 +412,13 @@ public final class CudaBackend implements Backend, GraphCapable {
      */
     @Override
     public Tensor[] linearQuantizedGroup(Tensor x, List<? extends QuantizedWeight> ws, List<Tensor> biases) {
+        if (x.dtype() == act && x.storage() instanceof CudaStorage) {  // decode on tiles: one persistent launch
+            List<CudaQuant4bit> tiles = CudaQuantOps.tilesGroup(ctx, x, ws, biases);
+            if (tiles != null) {
+                int mark = profBegin();
+                return profEnd("linearQuantizedGroup (tiles)", mark, CudaQuantOps.linear4bitTilesGroup(ctx, x, tiles, biases));
+            }
+        }
         List<CudaQuant4bit> group = biases.size() == ws.size() ? CudaQuantOps.fusedGroup(x, ws) : null;
         if (group == null) return Backend.super.linearQuantizedGroup(x, ws, biases);
         int mark = profBegin();

@@ -211,6 +211,39 @@ public final class CudaQuantOps {
     }
 
     /**
+     * The 4-bit weights of ws when the grouped persistent code decode takes x [rows, in] times all of them in one launch
+     * (Nf4GemvKernels#groupTilesApplies: tiled BF16 weights of one quantization, 1..8 rows of BF16 x, the default GEMV
+     * variant), else null. Same values as {@link #linear} per weight.
+     */
+    static List<CudaQuant4bit> tilesGroup(CudaContext ctx, Tensor x, List<? extends QuantizedWeight> ws, List<Tensor> biases) {
+        if (x.rank() != 2 || x.dtype() != DType.BF16 || biases.size() != ws.size()
+                || Quant4bitKernels.gemvVariant() != Quant4bitKernels.GemvVariant.V2CODE) {
+            return null;
+        }
+        List<CudaQuant4bit> q = new ArrayList<>(ws.size());
+        for (QuantizedWeight w : ws) {
+            if (!(w instanceof CudaQuant4bit c) || c.inFeatures() != x.dim(1)) return null;
+            q.add(c);
+        }
+        for (Tensor b : biases) if (b != null && (b.rank() != 1)) return null;
+        return Nf4GemvKernels.groupTilesApplies(ctx, q, x.dim(0)) ? q : null;
+    }
+
+    /** ys[s] [n, out_s] in x's dtype for a group {@link #tilesGroup} accepted, in one launch (bit for bit per weight). */
+    static Tensor[] linear4bitTilesGroup(CudaContext ctx, Tensor x, List<CudaQuant4bit> ws, List<Tensor> biases) {
+        for (int s = 0; s < ws.size(); s++) checkLinearArgs(x, ws.get(s), biases.get(s));
+        Tensor[] ys = new Tensor[ws.size()];
+        try {
+            for (int s = 0; s < ws.size(); s++) ys[s] = ctx.empty(x.dtype(), x.dim(0), ws.get(s).outFeatures());
+            Nf4GemvKernels.gemvGroupTiles(ctx, ws, x, x.dim(0), biases, Arrays.asList(ys));
+        } catch (RuntimeException e) {
+            closeAll(ys);
+            throw e;
+        }
+        return ys;
+    }
+
+    /**
      * -Dqlora4j.nf4.groupGemv=true: q/k/v and gate/up in one grouped launch each at decode. Off by default: with
      * programmatic dependent launches the separate launches measured faster (Llama-7B NF4 decode on the H200, same
      * device call: 240.4 / 241.6 tokens/s per weight vs 229.9 grouped; bench/RESULTS.md, session 4).

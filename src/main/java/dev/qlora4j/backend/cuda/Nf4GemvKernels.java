@@ -202,7 +202,7 @@ final class Nf4GemvKernels {
             throw new IllegalArgumentException("the joint gate / up GEMV does not take " + gate + " and " + up + " with "
                     + rows + " rows of " + xc.dtype() + " x");
         }
-        int persistent = persistentGrid(ctx, gate, gate.outFeatures() / 8, true);
+        int persistent = persistentSingle(ctx, gate, gate.outFeatures() / 8, true);
         long fn = ctx.function(MODULE, "q4v2code_swiglu_bf16" + (rows <= 4 ? "_m4" : "_m8") + "_tiles"
                 + (persistent > 0 ? "_p" : ""));
         KernelArgs args = Quant4bitKernels.layoutWeightArgs(gate);
@@ -224,20 +224,88 @@ final class Nf4GemvKernels {
 
     /**
      * The grid of a persistent code-decode launch (nf4_gemv_code.cuh, PERSIST) over tiles blocks' worth of work (16-row
-     * tiles; the joint decode's 8-row pairs), or 0 when one block per tile is the launch: the property is off, the
-     * compute dtype is not BF16 (the persistent kernels' one form), the warps would not own the same number (at least
-     * the ring's depth) of every tile's chunks (nf4v2::persistent_applies), or the tiles fit in one wave anyway. Two
-     * blocks per SM, even for the joint decode (its blocks step over whole 16-row tiles).
+     * tiles; the joint decode's 8-row pairs): min(tiles, two blocks per SM), even for the joint decode (its blocks step
+     * over whole 16-row tiles); or 0 when the persistent kernels do not apply: the property is off, the compute dtype
+     * is not BF16 (their one form), or the warps would not own the same number (at least the ring's depth) of every
+     * tile's chunks (nf4v2::persistent_applies). A single weight takes them only when the grid is below its tiles
+     * ({@link #persistentSingle}); the grouped launch always (one launch instead of three).
      */
     static int persistentGrid(CudaContext ctx, CudaQuant4bit w, long tiles, boolean joint) {
         int chunks = w.inFeatures() / 128;
         if (!Switches.on(PERSISTENT_PROPERTY, true) || w.computeDType() != DType.BF16 || w.inFeatures() % 128 != 0
-                || chunks % (THREADS / 32) != 0 || chunks < (THREADS / 32) * CODE_DEPTH) {
+                || chunks % (THREADS / 32) != 0 || chunks < (THREADS / 32) * CODE_DEPTH || tiles < 1) {
             return 0;
         }
         long slots = (long) CODE_BLOCKS_PER_SM * ctx.properties().multiprocessorCount();
-        if (tiles <= slots) return 0;
-        return (int) (joint ? slots & ~1L : slots);
+        return (int) Math.min(tiles, joint ? slots & ~1L : slots);
+    }
+
+    /** The persistent grid of one weight's launch, or 0 where one block per tile is as good (the tiles fit one wave). */
+    static int persistentSingle(CudaContext ctx, CudaQuant4bit w, long tiles, boolean joint) {
+        int grid = persistentGrid(ctx, w, tiles, joint);
+        return grid < tiles ? grid : 0;
+    }
+
+    /**
+     * Whether the grouped persistent code decode (native/nf4_gemv.cu, q4v2gcode_gemv_bf16_*_tiles_p) takes these weights
+     * for rows of x: 1..3 tiled weights with BF16 compute, one in_features (where the persistent kernels apply:
+     * persistentGrid), quantization type, blocksize and nesting (nested blocksize and code table), the code decode
+     * applying, and 1..8 rows.
+     */
+    static boolean groupTilesApplies(CudaContext ctx, List<CudaQuant4bit> ws, int rows) {
+        if (ws.isEmpty() || ws.size() > GROUP_MAX_SEGMENTS || rows < 1 || rows > CODE_MAX_ROWS) return false;
+        CudaQuant4bit first = ws.get(0);
+        long tiles = 0;
+        for (CudaQuant4bit w : ws) {
+            if (w.layout() != Q4Layout.TILES || w.computeDType() != DType.BF16 || !codeApplies(w)
+                    || w.inFeatures() != first.inFeatures() || w.quantType() != first.quantType()
+                    || w.blocksize() != first.blocksize() || w.nested() != first.nested()
+                    || w.nestedBlocksize() != first.nestedBlocksize()
+                    || (w.nested() && !java.util.Arrays.equals(w.nestedCodeHost(), first.nestedCodeHost()))) {
+                return false;
+            }
+            tiles += w.outFeatures() / 16;
+        }
+        return persistentGrid(ctx, first, tiles, false) > 0;
+    }
+
+    /**
+     * ys.get(s) [rows, out_s] = xc ws.get(s)^T (+ biases.get(s)) for every weight in one persistent launch over all their
+     * tiles: bit for bit the CODE decode of each weight ({@link #gemv}). {@link #groupTilesApplies} must hold; every y
+     * in one dtype.
+     */
+    static void gemvGroupTiles(CudaContext ctx, List<CudaQuant4bit> ws, Tensor xc, int rows, List<Tensor> biases,
+                               List<Tensor> ys) {
+        if (!groupTilesApplies(ctx, ws, rows) || biases.size() != ws.size() || ys.size() != ws.size()
+                || xc.dtype() != DType.BF16) {
+            throw new IllegalArgumentException("the grouped persistent code GEMV does not take " + ws + " with " + rows
+                    + " rows of " + xc.dtype() + " x");
+        }
+        DType yType = ys.get(0).dtype();
+        KernelArgs args = KernelArgs.of();
+        long tiles = 0;
+        for (int s = 0; s < GROUP_MAX_SEGMENTS; s++) {
+            if (s >= ws.size()) {  // absent weight: no tiles, pointers never read
+                args.ptr(0L).ptr(0L).ptr(0L).ptr(0L).f32(0f).i32(0).i32(1).i32(0).i32(0).ptr(0L)
+                        .i32(0).ptr(0L).i32(0).ptr(0L).i32(0);
+                continue;
+            }
+            CudaQuant4bit w = ws.get(s);
+            Tensor bias = biases.get(s), y = ys.get(s);
+            if (y.dtype() != yType) {
+                throw new IllegalArgumentException("the grouped GEMV writes every output in one dtype: " + yType + " and " + y.dtype());
+            }
+            Quant4bitKernels.addLayoutWeightArgs(args, w).ptr(CudaContext.ptr(w.code16())).i32(w.outFeatures())
+                    .ptr(bias == null ? 0L : CudaContext.ptr(bias))
+                    .i32(bias == null ? 0 : Quant4bitKernels.dtypeCode(bias.dtype(), "bias"))
+                    .ptr(CudaContext.ptr(y)).i32(0);
+            tiles += w.outFeatures() / 16;
+        }
+        args.ptr(CudaContext.ptr(xc)).i32(rows).i32(ws.get(0).inFeatures()).i32(Quant4bitKernels.dtypeCode(yType, "output"));
+        long fn = ctx.function(MODULE, "q4v2gcode_gemv_bf16" + (rows <= 4 ? "_m4" : "_m8") + "_tiles_p");
+        ctx.allowSharedMemory(fn, WIDE_TABLE_BYTES);
+        ctx.launch(fn, Dim3.of(persistentGrid(ctx, ws.get(0), tiles, false)), Dim3.of(THREADS), WIDE_TABLE_BYTES, args);
+        GROUP_LAUNCHES.incrementAndGet();
     }
 
     /** Whether the v3 kernel takes this call (else V3_STREAM falls back to the v2 table kernel). */
@@ -287,7 +355,7 @@ final class Nf4GemvKernels {
             throw new IllegalArgumentException(w + " has the tile layout, which only the CODE and PAIR kernels read, not " + decode);
         }
         boolean v3 = decode == Decode.V3_STREAM && v3Applies(w, rows);
-        int persistent = tiles && decode == Decode.CODE ? persistentGrid(ctx, w, w.outFeatures() / 16, false) : 0;
+        int persistent = tiles && decode == Decode.CODE ? persistentSingle(ctx, w, w.outFeatures() / 16, false) : 0;
         long fn = ctx.function(MODULE, v3 ? v3KernelName(w.computeDType(), rows)
                 : kernelName(w.computeDType(), rows, decode == Decode.V3_STREAM ? Decode.TABLE : decode)
                 + Quant4bitKernels.layoutSuffix(w) + (persistent > 0 ? "_p" : ""));

@@ -16,6 +16,8 @@ import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
 
 import java.lang.foreign.MemorySegment;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Random;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.AfterAll;
@@ -31,7 +33,8 @@ import org.junit.jupiter.params.provider.MethodSource;
  * every kernel that reads tiles (the five dequantize kernels, the code and pair decode GEMVs, the prefill linear)
  * against the same kernel on the row layout of the same weight, bit for bit (same values, same order of operations:
  * only the byte addresses differ); the joint gate / up decode against the two GEMVs and silu_mul it replaces; the
- * persistent code decode (a grid smaller than the tiles) within both. Fresh random weights each run; outputs poisoned
+ * persistent code decode (a grid smaller than the tiles) within both; the grouped persistent decode against each weight's
+ * own. Fresh random weights each run; outputs poisoned
  * before each launch.
  */
 @Tag("gpu")
@@ -185,6 +188,42 @@ class Q4TileLayoutGpuTest {
             try (CudaQuant4bit rowsGate = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, gs, compute)) {
                 assertFalse(Nf4GemvKernels.swiGluApplies(rowsGate, up, 1));
             }
+        }
+    }
+
+    /** The grouped persistent code decode (q / k / v in one launch): each weight's own CODE GEMV, bit for bit. */
+    @Test
+    void groupedPersistentDecodeIsEachWeightsGemv() {
+        Random rnd = new Random();
+        int in = 2048;
+        int[] outs = {2048, 1536, 1536};  // 320 tiles together: more than two blocks per SM of an H200 hold (a block does 1-2)
+        List<CudaQuant4bit> ws = new ArrayList<>();
+        List<Tensor> biases = new ArrayList<>();
+        try {
+            for (int s = 0; s < outs.length; s++) {
+                QuantState4bit qs = Quant4bit.quantize(Tensor.fromFloats(QuantGpuSupport.randomWeights(rnd, outs[s], in),
+                        DType.BF16, outs[s], in), QuantType.NF4, 64, true);
+                ws.add(CudaQuantOps.toTiles(ctx, (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, DType.BF16)));
+                biases.add(s == 1 ? QuantGpuSupport.upload(ctx, QuantGpuSupport.gaussian(rnd, outs[s], 0.5), DType.BF16, outs[s]) : null);
+            }
+            for (int m = 1; m <= Nf4GemvKernels.CODE_MAX_ROWS; m++) {
+                assertTrue(Nf4GemvKernels.groupTilesApplies(ctx, ws, m), "rows " + m);
+                try (Tensor x = QuantGpuSupport.upload(ctx, QuantGpuSupport.gaussian(rnd, m * in, 1.0), DType.BF16, m, in)) {
+                    List<Tensor> ys = new ArrayList<>();
+                    for (int o : outs) ys.add(QuantGpuSupport.poisoned(ctx, DType.BF16, m, o));
+                    Nf4GemvKernels.gemvGroupTiles(ctx, ws, x, m, biases, ys);
+                    for (int s = 0; s < outs.length; s++) {
+                        try (Tensor want = QuantGpuSupport.poisoned(ctx, DType.BF16, m, outs[s]); Tensor got = ys.get(s)) {
+                            Nf4GemvKernels.gemv(ctx, ws.get(s), x, m, biases.get(s), want, Nf4GemvKernels.Decode.CODE);
+                            assertSameBits("group segment " + s + " rows=" + m, ctx.download(want), ctx.download(got));
+                        }
+                    }
+                }
+            }
+            assertFalse(Nf4GemvKernels.groupTilesApplies(ctx, ws, Nf4GemvKernels.CODE_MAX_ROWS + 1));
+        } finally {
+            for (CudaQuant4bit w : ws) w.close();
+            for (Tensor b : biases) if (b != null) b.close();
         }
     }
 

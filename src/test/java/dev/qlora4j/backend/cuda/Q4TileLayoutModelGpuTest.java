@@ -17,27 +17,31 @@ import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
 
 import org.junit.jupiter.api.Tag;
-import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
 
 /**
  * A QLoRA-quantized (NF4, double quantization, BF16 compute) Llama whose linear weights all qualify for the tile layout
- * (hidden 128, intermediate 256) decodes the same on both layouts: the prefill's logits bit for bit (dequantize +
- * cuBLAS) and the greedy tokens of a graph-captured decode (the decode GEMVs), under the default GEMV variant.
+ * decodes the same on both layouts: the prefill's logits bit for bit (dequantize + cuBLAS) and the greedy tokens of a
+ * graph-captured decode (the decode GEMVs: on tiles also the joint gate / up, persistent and grouped launches), under
+ * the default GEMV variant.
  */
 @Tag("gpu")
 class Q4TileLayoutModelGpuTest {
-    private static final String CONFIG = """
-            {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 512, "hidden_size": 128,
-             "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    private static String config(int hidden, int intermediate, int heads, int kvHeads) {
+        return """
+            {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 512, "hidden_size": %d,
+             "intermediate_size": %d, "num_hidden_layers": 2, "num_attention_heads": %d, "num_key_value_heads": %d,
              "max_position_embeddings": 256, "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "tie_word_embeddings": false,
              "torch_dtype": "bfloat16", "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2}
-            """;
+            """.formatted(hidden, intermediate, heads, kvHeads);
+    }
 
     private record Run(float[] prefillLogits, int[][] tokens) {}
 
-    private static Run run(String layout) {
+    private static Run run(String config, String layout) {
         long tiledBefore = CudaQuantOps.TILED_WEIGHTS.get();
-        ModelConfig c = ModelConfig.parse(CONFIG);
+        ModelConfig c = ModelConfig.parse(config);
         int[] ids = {1, 17, 300, 42, 5, 99, 511, 3, 8, 200, 64, 77, 9, 10, 11, 400, 12, 13, 14};
         int[] pos = new int[ids.length];
         for (int i = 0; i < pos.length; i++) pos[i] = i;
@@ -63,10 +67,20 @@ class Q4TileLayoutModelGpuTest {
         }
     }
 
-    @Test
-    void tilesAndRowsGiveTheSameLogitsAndTokens() {
-        Run rows = run("rows");
-        Run tiles = run("tiles");
+    /**
+     * hidden 128: K below the persistent kernels' (one block per tile; q / k / v one launch each); hidden 2048 (GQA 16 /
+     * 4 heads, intermediate 5632): q / k / v take the grouped persistent launch (192 tiles, one a block) and gate / up
+     * the persistent joint one (704 pairs of 8 rows over two blocks per SM).
+     */
+    @ParameterizedTest(name = "hidden {0}, intermediate {1}")
+    @CsvSource({"128, 256, 4, 2", "2048, 5632, 16, 4"})
+    void tilesAndRowsGiveTheSameLogitsAndTokens(int hidden, int intermediate, int heads, int kvHeads) {
+        String config = config(hidden, intermediate, heads, kvHeads);
+        long groupsBefore = Nf4GemvKernels.GROUP_LAUNCHES.get();
+        Run rows = run(config, "rows");
+        assertEquals(groupsBefore, Nf4GemvKernels.GROUP_LAUNCHES.get(), "no grouped launch on the row layout");
+        Run tiles = run(config, "tiles");
+        if (hidden >= 2048) assertTrue(Nf4GemvKernels.GROUP_LAUNCHES.get() > groupsBefore, "the grouped q / k / v launch ran");
         assertEquals(rows.prefillLogits().length, tiles.prefillLogits().length);
         for (int e = 0; e < rows.prefillLogits().length; e++) {
             assertEquals(Float.floatToRawIntBits(rows.prefillLogits()[e]), Float.floatToRawIntBits(tiles.prefillLogits()[e]),
