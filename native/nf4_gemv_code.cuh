@@ -60,6 +60,17 @@ __device__ __forceinline__ void reduce_store_code(float4* red4, const float (&ru
     }
 }
 
+// The code decode's block start once its first loads are out: the tables (code16's wide table, the nested codes), then
+// the wait for the previous kernel (x is read and y written only after it has completed; pdl.cuh) and a barrier.
+template <bool F16C, int W, bool NESTED, typename S>
+__device__ __forceinline__ void code_tables_then_wait(S& sm, const float* __restrict__ code16,
+                                                      const float* __restrict__ nested_code) {
+    fill_tables<F16C, DEC_CODE>(sm.tab, sm.ncode, code16, nested_code, NESTED, W * 32);
+    pdl_wait();
+    pdl_launch_dependents();
+    __syncthreads();
+}
+
 // A thread's x rows and sums at the start of the code decode: B column g of n-tile nt is x row 4 nt + (g >> 1), nonzero
 // only in the k of the threads of block half g & 1 (so only those load it); fragments and sums zero.
 template <int NT>
@@ -167,12 +178,8 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
     FastStart<W, DEPTH, NESTED, IL, JOINT> fs(w, w1, N, K, bx);
     const int cpw = fs.cpw, kb0 = fs.kb0;
 
-    fill_tables<F16C, DEC_CODE>(sm.tab, sm.ncode, code16, nested_code, NESTED, W * 32);
+    code_tables_then_wait<F16C, W, NESTED>(sm, code16, nested_code);
     const uint32_t lane_off = (uint32_t)lane * 4u;
-    pdl_wait();  // as gemv_body: x is read and y written only after the previous kernel has completed
-    pdl_launch_dependents();
-    __syncthreads();
-
     const uint16_t* xrow[NT];
     bool xload[NT];
     uint32_t xw[NT][16];
@@ -333,12 +340,8 @@ __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, con
         if (d < total) issue(d, blockIdx.x, d);  // cpw >= DEPTH: the first tile's first chunks
     }
 
-    fill_tables<F16C, DEC_CODE>(sm.tab, sm.ncode, code16, nested_code, NESTED, W * 32);
+    code_tables_then_wait<F16C, W, NESTED>(sm, code16, nested_code);
     const uint32_t lane_off = (uint32_t)lane * 4u;
-    pdl_wait();  // as gemv_body: x is read and y written only after the previous kernel has completed
-    pdl_launch_dependents();
-    __syncthreads();
-
     const uint16_t* xrow[NT];
     bool xload[NT];
     uint32_t xw[NT][16];

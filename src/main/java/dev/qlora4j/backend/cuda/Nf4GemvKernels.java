@@ -150,26 +150,9 @@ final class Nf4GemvKernels {
             throw new IllegalArgumentException("x must be in the compute dtype " + compute + ", got " + xc.dtype());
         }
         DType yType = ys.get(0).dtype();
-        KernelArgs args = KernelArgs.of();
+        KernelArgs args = segmentArgs(ws, biases, ys, false);
         int blocks = 0;
-        for (int s = 0; s < GROUP_MAX_SEGMENTS; s++) {
-            if (s >= ws.size()) {  // unused segment: no blocks, pointers never read
-                args.ptr(0L).ptr(0L).ptr(0L).ptr(0L).f32(0f).i32(0).i32(1).i32(0).i32(0).ptr(0L)
-                        .i32(0).ptr(0L).i32(0).ptr(0L).i32(0);
-                continue;
-            }
-            CudaQuant4bit w = ws.get(s);
-            Tensor bias = biases.get(s), y = ys.get(s);
-            if (y.dtype() != yType) {
-                throw new IllegalArgumentException("the grouped GEMV writes every output in one dtype: " + yType + " and " + y.dtype());
-            }
-            boolean doubleRound = w.stateDType() != DType.F32 && w.stateDType() != w.computeDType();
-            Quant4bitKernels.addWeightArgs(args, w).ptr(CudaContext.ptr(w.code16())).i32(w.outFeatures())
-                    .ptr(bias == null ? 0L : CudaContext.ptr(bias))
-                    .i32(bias == null ? 0 : Quant4bitKernels.dtypeCode(bias.dtype(), "bias"))
-                    .ptr(CudaContext.ptr(y)).i32(doubleRound ? 1 : 0);
-            blocks += grid(w.outFeatures());
-        }
+        for (CudaQuant4bit w : ws) blocks += grid(w.outFeatures());
         args.ptr(CudaContext.ptr(xc)).i32(rows).i32(ws.get(0).inFeatures()).i32(Quant4bitKernels.dtypeCode(yType, "output"));
         if (blocks == 0) return;  // every weight has 0 output features: nothing to write
         long fn = ctx.function(MODULE, groupKernelName(compute, rows, decode));
@@ -282,10 +265,26 @@ final class Nf4GemvKernels {
                     + " rows of " + xc.dtype() + " x");
         }
         DType yType = ys.get(0).dtype();
-        KernelArgs args = KernelArgs.of();
+        KernelArgs args = segmentArgs(ws, biases, ys, true);
         long tiles = 0;
+        for (CudaQuant4bit w : ws) tiles += w.outFeatures() / 16;
+        args.ptr(CudaContext.ptr(xc)).i32(rows).i32(ws.get(0).inFeatures()).i32(Quant4bitKernels.dtypeCode(yType, "output"));
+        long fn = ctx.function(MODULE, "q4v2gcode_gemv_bf16" + (rows <= 4 ? "_m4" : "_m8") + "_tiles_p");
+        ctx.allowSharedMemory(fn, WIDE_TABLE_BYTES);
+        ctx.launch(fn, Dim3.of(persistentGrid(ctx, ws.get(0), tiles, false)), Dim3.of(THREADS), WIDE_TABLE_BYTES, args);
+        GROUP_LAUNCHES.incrementAndGet();
+    }
+
+    /**
+     * The segments' arguments of a grouped launch (nf4_gemv.cu, V2G_SEG_PARAMS 0..2): per weight its Q4_WEIGHT_PARAMS
+     * (tiles: the layout's own, for the tile kernels; else the row layout's), code16, N, bias (or null) and its dtype,
+     * y, double_round; absent segments zero (no blocks, pointers never read). Every y in one dtype.
+     */
+    private static KernelArgs segmentArgs(List<CudaQuant4bit> ws, List<Tensor> biases, List<Tensor> ys, boolean tiles) {
+        DType yType = ys.get(0).dtype();
+        KernelArgs args = KernelArgs.of();
         for (int s = 0; s < GROUP_MAX_SEGMENTS; s++) {
-            if (s >= ws.size()) {  // absent weight: no tiles, pointers never read
+            if (s >= ws.size()) {
                 args.ptr(0L).ptr(0L).ptr(0L).ptr(0L).f32(0f).i32(0).i32(1).i32(0).i32(0).ptr(0L)
                         .i32(0).ptr(0L).i32(0).ptr(0L).i32(0);
                 continue;
@@ -295,17 +294,14 @@ final class Nf4GemvKernels {
             if (y.dtype() != yType) {
                 throw new IllegalArgumentException("the grouped GEMV writes every output in one dtype: " + yType + " and " + y.dtype());
             }
-            Quant4bitKernels.addLayoutWeightArgs(args, w).ptr(CudaContext.ptr(w.code16())).i32(w.outFeatures())
+            boolean doubleRound = w.stateDType() != DType.F32 && w.stateDType() != w.computeDType();
+            (tiles ? Quant4bitKernels.addLayoutWeightArgs(args, w) : Quant4bitKernels.addWeightArgs(args, w))
+                    .ptr(CudaContext.ptr(w.code16())).i32(w.outFeatures())
                     .ptr(bias == null ? 0L : CudaContext.ptr(bias))
                     .i32(bias == null ? 0 : Quant4bitKernels.dtypeCode(bias.dtype(), "bias"))
-                    .ptr(CudaContext.ptr(y)).i32(0);
-            tiles += w.outFeatures() / 16;
+                    .ptr(CudaContext.ptr(y)).i32(doubleRound ? 1 : 0);
         }
-        args.ptr(CudaContext.ptr(xc)).i32(rows).i32(ws.get(0).inFeatures()).i32(Quant4bitKernels.dtypeCode(yType, "output"));
-        long fn = ctx.function(MODULE, "q4v2gcode_gemv_bf16" + (rows <= 4 ? "_m4" : "_m8") + "_tiles_p");
-        ctx.allowSharedMemory(fn, WIDE_TABLE_BYTES);
-        ctx.launch(fn, Dim3.of(persistentGrid(ctx, ws.get(0), tiles, false)), Dim3.of(THREADS), WIDE_TABLE_BYTES, args);
-        GROUP_LAUNCHES.incrementAndGet();
+        return args;
     }
 
     /** Whether the v3 kernel takes this call (else V3_STREAM falls back to the v2 table kernel). */
