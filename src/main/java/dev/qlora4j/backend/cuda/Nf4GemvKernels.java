@@ -214,18 +214,27 @@ final class Nf4GemvKernels {
      * ({@link #persistentSingle}); the grouped launch always (one launch instead of three).
      */
     static int persistentGrid(CudaContext ctx, CudaQuant4bit w, long tiles, boolean joint) {
-        int chunks = w.inFeatures() / 128;
-        if (!Switches.on(PERSISTENT_PROPERTY, true) || w.computeDType() != DType.BF16 || w.inFeatures() % 128 != 0
+        return persistentGrid(ctx.properties().multiprocessorCount(), w.computeDType(), w.inFeatures(), tiles, joint);
+    }
+
+    /** {@link #persistentGrid} on a GPU of that many SMs, for a weight of that compute dtype and in_features. */
+    static int persistentGrid(int multiprocessors, DType compute, int inFeatures, long tiles, boolean joint) {
+        int chunks = inFeatures / 128;
+        if (!Switches.on(PERSISTENT_PROPERTY, true) || compute != DType.BF16 || inFeatures % 128 != 0
                 || chunks % (THREADS / 32) != 0 || chunks < (THREADS / 32) * CODE_DEPTH || tiles < 1) {
             return 0;
         }
-        long slots = (long) CODE_BLOCKS_PER_SM * ctx.properties().multiprocessorCount();
+        long slots = (long) CODE_BLOCKS_PER_SM * multiprocessors;
         return (int) Math.min(tiles, joint ? slots & ~1L : slots);
     }
 
     /** The persistent grid of one weight's launch, or 0 where one block per tile is as good (the tiles fit one wave). */
     static int persistentSingle(CudaContext ctx, CudaQuant4bit w, long tiles, boolean joint) {
-        int grid = persistentGrid(ctx, w, tiles, joint);
+        return persistentSingle(ctx.properties().multiprocessorCount(), w.computeDType(), w.inFeatures(), tiles, joint);
+    }
+
+    static int persistentSingle(int multiprocessors, DType compute, int inFeatures, long tiles, boolean joint) {
+        int grid = persistentGrid(multiprocessors, compute, inFeatures, tiles, joint);
         return grid < tiles ? grid : 0;
     }
 
