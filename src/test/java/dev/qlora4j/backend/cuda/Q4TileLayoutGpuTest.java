@@ -72,7 +72,8 @@ class Q4TileLayoutGpuTest {
                 Arguments.of(1024, 4096, 64, true, DType.BF16, DType.BF16),  // a model's shape: many tiles and chunks
                 Arguments.of(64, 11008, 256, true, DType.BF16, DType.BF16),  // Llama's intermediate size as in_features
                 // more tiles than two blocks per SM hold: the persistent code decode (Nf4GemvKernels.persistentGrid)
-                Arguments.of(8192, 2048, 64, true, DType.BF16, DType.BF16));
+                Arguments.of(8192, 2048, 64, true, DType.BF16, DType.BF16),
+                Arguments.of(6144, 4096, 64, true, DType.BF16, DType.BF16));  // K / 128 = 32: also the 3-deep ring's
     }
 
     private static QuantState4bit randomState(Random rnd, int out, int in, int blocksize, boolean nested, DType state) {
