@@ -226,7 +226,7 @@ public final class CudaQuantOps {
             q.add(c);
         }
         for (Tensor b : biases) if (b != null && (b.rank() != 1)) return null;
-        return Nf4GemvKernels.groupTilesApplies(ctx, q, x.dim(0)) ? q : null;
+        return Nf4TileGemvKernels.groupTilesApplies(ctx, q, x.dim(0)) ? q : null;
     }
 
     /** ys[s] [n, out_s] in x's dtype for a group {@link #tilesGroup} accepted, in one launch (bit for bit per weight). */
@@ -235,7 +235,7 @@ public final class CudaQuantOps {
         Tensor[] ys = new Tensor[ws.size()];
         try {
             for (int s = 0; s < ws.size(); s++) ys[s] = ctx.empty(x.dtype(), x.dim(0), ws.get(s).outFeatures());
-            Nf4GemvKernels.gemvGroupTiles(ctx, ws, x, x.dim(0), biases, Arrays.asList(ys));
+            Nf4TileGemvKernels.gemvGroupTiles(ctx, ws, x, x.dim(0), biases, Arrays.asList(ys));
         } catch (RuntimeException e) {
             closeAll(ys);
             throw e;
@@ -294,12 +294,12 @@ public final class CudaQuantOps {
     public static Tensor swiGlu(CudaContext ctx, Tensor x, QuantizedWeight gate, QuantizedWeight up) {
         if (!(gate instanceof CudaQuant4bit g) || !(up instanceof CudaQuant4bit u) || x.rank() != 2
                 || Quant4bitKernels.gemvVariant() != Quant4bitKernels.GemvVariant.V2CODE
-                || !Nf4GemvKernels.swiGluApplies(g, u, x.dim(0)) || x.dtype() != g.computeDType() || x.dim(1) != g.inFeatures()) {
+                || !Nf4TileGemvKernels.swiGluApplies(g, u, x.dim(0)) || x.dtype() != g.computeDType() || x.dim(1) != g.inFeatures()) {
             return null;
         }
         Tensor y = ctx.empty(x.dtype(), x.dim(0), g.outFeatures());
         try {
-            Nf4GemvKernels.swiGlu(ctx, g, u, x, x.dim(0), y);
+            Nf4TileGemvKernels.swiGlu(ctx, g, u, x, x.dim(0), y);
             return y;
         } catch (RuntimeException e) {
             y.close();

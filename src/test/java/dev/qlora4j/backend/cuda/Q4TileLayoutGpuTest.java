@@ -71,7 +71,7 @@ class Q4TileLayoutGpuTest {
                 Arguments.of(16, 128, 32, false, DType.F16, DType.F16),      // one tile, one chunk; blocksize 32: no code decode
                 Arguments.of(1024, 4096, 64, true, DType.BF16, DType.BF16),  // a model's shape: many tiles and chunks
                 Arguments.of(64, 11008, 256, true, DType.BF16, DType.BF16),  // Llama's intermediate size as in_features
-                // more tiles than two blocks per SM hold: the persistent code decode (Nf4GemvKernels.persistentGrid)
+                // more tiles than two blocks per SM hold: the persistent code decode (Nf4TileGemvKernels.persistentGrid)
                 Arguments.of(8192, 2048, 64, true, DType.BF16, DType.BF16),
                 Arguments.of(6144, 4096, 64, true, DType.BF16, DType.BF16));  // K / 128 = 32: also the 3-deep ring's
     }
@@ -170,24 +170,24 @@ class Q4TileLayoutGpuTest {
         try (CudaQuant4bit gate = CudaQuantOps.toTiles(ctx, (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, gs, compute));
              CudaQuant4bit up = CudaQuantOps.toTiles(ctx, (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, us, compute))) {
             for (int m = 1; m <= Nf4GemvKernels.CODE_MAX_ROWS; m++) {
-                assertTrue(Nf4GemvKernels.swiGluApplies(gate, up, m));
+                assertTrue(Nf4TileGemvKernels.swiGluApplies(gate, up, m));
                 try (Tensor x = QuantGpuSupport.upload(ctx, QuantGpuSupport.gaussian(rnd, m * in, 1.0), compute, m, in);
                      Tensor yg = QuantGpuSupport.poisoned(ctx, compute, m, out); Tensor yu = QuantGpuSupport.poisoned(ctx, compute, m, out);
                      Tensor want = QuantGpuSupport.poisoned(ctx, compute, m, out); Tensor got = QuantGpuSupport.poisoned(ctx, compute, m, out)) {
                     Nf4GemvKernels.gemv(ctx, gate, x, m, null, yg, Nf4GemvKernels.Decode.CODE);
                     Nf4GemvKernels.gemv(ctx, up, x, m, null, yu, Nf4GemvKernels.Decode.CODE);
                     ElementwiseKernels.siluMul(ctx, compute, yg, yu, want);
-                    Nf4GemvKernels.swiGlu(ctx, gate, up, x, m, got);
+                    Nf4TileGemvKernels.swiGlu(ctx, gate, up, x, m, got);
                     assertSameBits("swiGlu [" + out + ", " + in + "] rows=" + m, ctx.download(want), ctx.download(got));
                 }
             }
             // not for 9 rows, nor for a weight in the row layout, nor for F16 compute (no kernel: activations never F16)
-            assertFalse(Nf4GemvKernels.swiGluApplies(gate, up, Nf4GemvKernels.CODE_MAX_ROWS + 1));
+            assertFalse(Nf4TileGemvKernels.swiGluApplies(gate, up, Nf4GemvKernels.CODE_MAX_ROWS + 1));
             try (CudaQuant4bit f16 = CudaQuantOps.toTiles(ctx, (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, us, DType.F16))) {
-                assertFalse(Nf4GemvKernels.swiGluApplies(f16, f16, 1));
+                assertFalse(Nf4TileGemvKernels.swiGluApplies(f16, f16, 1));
             }
             try (CudaQuant4bit rowsGate = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, gs, compute)) {
-                assertFalse(Nf4GemvKernels.swiGluApplies(rowsGate, up, 1));
+                assertFalse(Nf4TileGemvKernels.swiGluApplies(rowsGate, up, 1));
             }
         }
     }
@@ -208,11 +208,11 @@ class Q4TileLayoutGpuTest {
                 biases.add(s == 1 ? QuantGpuSupport.upload(ctx, QuantGpuSupport.gaussian(rnd, outs[s], 0.5), DType.BF16, outs[s]) : null);
             }
             for (int m = 1; m <= Nf4GemvKernels.CODE_MAX_ROWS; m++) {
-                assertTrue(Nf4GemvKernels.groupTilesApplies(ctx, ws, m), "rows " + m);
+                assertTrue(Nf4TileGemvKernels.groupTilesApplies(ctx, ws, m), "rows " + m);
                 try (Tensor x = QuantGpuSupport.upload(ctx, QuantGpuSupport.gaussian(rnd, m * in, 1.0), DType.BF16, m, in)) {
                     List<Tensor> ys = new ArrayList<>();
                     for (int o : outs) ys.add(QuantGpuSupport.poisoned(ctx, DType.BF16, m, o));
-                    Nf4GemvKernels.gemvGroupTiles(ctx, ws, x, m, biases, ys);
+                    Nf4TileGemvKernels.gemvGroupTiles(ctx, ws, x, m, biases, ys);
                     for (int s = 0; s < outs.length; s++) {
                         try (Tensor want = QuantGpuSupport.poisoned(ctx, DType.BF16, m, outs[s]); Tensor got = ys.get(s)) {
                             Nf4GemvKernels.gemv(ctx, ws.get(s), x, m, biases.get(s), want, Nf4GemvKernels.Decode.CODE);
@@ -221,7 +221,7 @@ class Q4TileLayoutGpuTest {
                     }
                 }
             }
-            assertFalse(Nf4GemvKernels.groupTilesApplies(ctx, ws, Nf4GemvKernels.CODE_MAX_ROWS + 1));
+            assertFalse(Nf4TileGemvKernels.groupTilesApplies(ctx, ws, Nf4GemvKernels.CODE_MAX_ROWS + 1));
         } finally {
             for (CudaQuant4bit w : ws) w.close();
             for (Tensor b : biases) if (b != null) b.close();

@@ -1,0 +1,143 @@
+package dev.qlora4j.backend.cuda;
+
+import dev.qlora4j.cuda.Dim3;
+import dev.qlora4j.cuda.KernelArgs;
+import dev.qlora4j.tensor.DType;
+import dev.qlora4j.tensor.Tensor;
+
+import java.util.List;
+
+/**
+ * Launchers of the code decode's kernels that read only the tile layout (native/nf4_gemv.cu, nf4_gemv_code.cuh;
+ * {@link Q4Layout#TILES}): the joint gate / up decode (silu_mul in its epilogue), the persistent launches (a grid of two
+ * blocks per SM walking a weight's tiles with one ring of loads) and the grouped persistent launch (q / k / v in one).
+ * Each gives the values of {@link Nf4GemvKernels#gemv}'s CODE decode (and silu_mul) bit for bit.
+ */
+final class Nf4TileGemvKernels {
+    private Nf4TileGemvKernels() {}
+
+    /**
+     * Whether the joint gate / up decode (native/nf4_gemv.cu, q4v2code_swiglu_*_tiles) takes gate and up for rows of x:
+     * both tiled, the code decode applies, BF16 compute (the kernels' one form: CUDA activations are F32 or BF16), the
+     * same shape, quantization type, blocksize, nesting (nested blocksize and code table), and 1..8 rows.
+     */
+    static boolean swiGluApplies(CudaQuant4bit gate, CudaQuant4bit up, int rows) {
+        return rows >= 1 && rows <= Nf4GemvKernels.CODE_MAX_ROWS
+                && gate.layout() == Q4Layout.TILES && up.layout() == Q4Layout.TILES
+                && gate.computeDType() == DType.BF16 && Nf4GemvKernels.codeApplies(gate)
+                && gate.outFeatures() == up.outFeatures()
+                && gate.inFeatures() == up.inFeatures() && gate.quantType() == up.quantType()
+                && gate.blocksize() == up.blocksize() && gate.nested() == up.nested()
+                && gate.nestedBlocksize() == up.nestedBlocksize() && gate.computeDType() == up.computeDType()
+                && (!gate.nested() || java.util.Arrays.equals(gate.nestedCodeHost(), up.nestedCodeHost()));
+    }
+
+    /**
+     * y [rows, out] = silu(xc gate^T) * (xc up^T) in y's dtype, one launch: the two CODE GEMVs (no bias) and silu_mul
+     * (elementwise.cu) bit for bit. {@link #swiGluApplies} must hold; xc in the compute dtype.
+     */
+    static void swiGlu(CudaContext ctx, CudaQuant4bit gate, CudaQuant4bit up, Tensor xc, int rows, Tensor y) {
+        if (!swiGluApplies(gate, up, rows) || xc.dtype() != gate.computeDType()) {
+            throw new IllegalArgumentException("the joint gate / up GEMV does not take " + gate + " and " + up + " with "
+                    + rows + " rows of " + xc.dtype() + " x");
+        }
+        int persistent = persistentSingle(ctx, gate, gate.outFeatures() / 8, true);
+        long fn = ctx.function(Nf4GemvKernels.MODULE, "q4v2code_swiglu_bf16" + (rows <= 4 ? "_m4" : "_m8") + "_tiles"
+                + (persistent > 0 ? "_p" : ""));
+        KernelArgs args = Quant4bitKernels.layoutWeightArgs(gate);
+        Quant4bitKernels.addLayoutWeightArgs(args, up).ptr(CudaContext.ptr(gate.code16()))
+                .ptr(CudaContext.ptr(xc)).i32(rows).i32(gate.outFeatures()).i32(gate.inFeatures())
+                .ptr(CudaContext.ptr(y)).i32(Quant4bitKernels.dtypeCode(y.dtype(), "output"));
+        ctx.allowSharedMemory(fn, Nf4GemvKernels.WIDE_TABLE_BYTES);
+        ctx.launch(fn, Dim3.of(persistent > 0 ? persistent : gate.outFeatures() / 8), Dim3.of(Nf4GemvKernels.THREADS),
+                Nf4GemvKernels.WIDE_TABLE_BYTES, args);
+    }
+
+    /**
+     * System property: "false" launches the code decode on tiles one block per tile (the grid of the row layout)
+     * instead of the persistent grid ({@link #persistentGrid}); A/B timing, same values.
+     */
+    static final String PERSISTENT_PROPERTY = "qlora4j.nf4.persistent";
+    // native/nf4_gemv.cu: V2_CODE_DEPTH (the ring), and the blocks per SM of the code kernels' launch bounds
+    static final int CODE_DEPTH = 2;
+    static final int CODE_BLOCKS_PER_SM = 2;
+
+    /**
+     * The grid of a persistent code-decode launch (nf4_gemv_code.cuh, PERSIST) over tiles blocks' worth of work (16-row
+     * tiles; the joint decode's 8-row pairs): min(tiles, two blocks per SM), even for the joint decode (its blocks step
+     * over whole 16-row tiles); or 0 when the persistent kernels do not apply: the property is off, the compute dtype
+     * is not BF16 (their one form), or the warps would not own the same number (at least the ring's depth) of every
+     * tile's chunks (nf4v2::persistent_applies). A single weight takes them only when the grid is below its tiles
+     * ({@link #persistentSingle}); the grouped launch always (one launch instead of three).
+     */
+    static int persistentGrid(CudaContext ctx, CudaQuant4bit w, long tiles, boolean joint) {
+        return persistentGrid(ctx.properties().multiprocessorCount(), w.computeDType(), w.inFeatures(), tiles, joint);
+    }
+
+    /** {@link #persistentGrid} on a GPU of that many SMs, for a weight of that compute dtype and in_features. */
+    static int persistentGrid(int multiprocessors, DType compute, int inFeatures, long tiles, boolean joint) {
+        int chunks = inFeatures / 128;
+        if (!Switches.on(PERSISTENT_PROPERTY, true) || compute != DType.BF16 || inFeatures % 128 != 0
+                || chunks % (Nf4GemvKernels.THREADS / 32) != 0 || chunks < (Nf4GemvKernels.THREADS / 32) * CODE_DEPTH || tiles < 1) {
+            return 0;
+        }
+        long slots = (long) CODE_BLOCKS_PER_SM * multiprocessors;
+        return (int) Math.min(tiles, joint ? slots & ~1L : slots);
+    }
+
+    /** The persistent grid of one weight's launch, or 0 where one block per tile is as good (the tiles fit one wave). */
+    static int persistentSingle(CudaContext ctx, CudaQuant4bit w, long tiles, boolean joint) {
+        return persistentSingle(ctx.properties().multiprocessorCount(), w.computeDType(), w.inFeatures(), tiles, joint);
+    }
+
+    static int persistentSingle(int multiprocessors, DType compute, int inFeatures, long tiles, boolean joint) {
+        int grid = persistentGrid(multiprocessors, compute, inFeatures, tiles, joint);
+        return grid < tiles ? grid : 0;
+    }
+
+    /**
+     * Whether the grouped persistent code decode (native/nf4_gemv.cu, q4v2gcode_gemv_bf16_*_tiles_p) takes these weights
+     * for rows of x: 1..3 tiled weights with BF16 compute, one in_features (where the persistent kernels apply:
+     * persistentGrid), quantization type, blocksize and nesting (nested blocksize and code table), the code decode
+     * applying, and 1..8 rows.
+     */
+    static boolean groupTilesApplies(CudaContext ctx, List<CudaQuant4bit> ws, int rows) {
+        if (ws.isEmpty() || ws.size() > Nf4GemvKernels.GROUP_MAX_SEGMENTS || rows < 1 || rows > Nf4GemvKernels.CODE_MAX_ROWS) return false;
+        CudaQuant4bit first = ws.get(0);
+        long tiles = 0;
+        for (CudaQuant4bit w : ws) {
+            if (w.layout() != Q4Layout.TILES || w.computeDType() != DType.BF16 || !Nf4GemvKernels.codeApplies(w)
+                    || w.inFeatures() != first.inFeatures() || w.quantType() != first.quantType()
+                    || w.blocksize() != first.blocksize() || w.nested() != first.nested()
+                    || w.nestedBlocksize() != first.nestedBlocksize()
+                    || (w.nested() && !java.util.Arrays.equals(w.nestedCodeHost(), first.nestedCodeHost()))) {
+                return false;
+            }
+            tiles += w.outFeatures() / 16;
+        }
+        return persistentGrid(ctx, first, tiles, false) > 0;
+    }
+
+    /**
+     * ys.get(s) [rows, out_s] = xc ws.get(s)^T (+ biases.get(s)) for every weight in one persistent launch over all their
+     * tiles: bit for bit the CODE decode of each weight ({@link Nf4GemvKernels#gemv}). {@link #groupTilesApplies} must hold; every y
+     * in one dtype.
+     */
+    static void gemvGroupTiles(CudaContext ctx, List<CudaQuant4bit> ws, Tensor xc, int rows, List<Tensor> biases,
+                               List<Tensor> ys) {
+        if (!groupTilesApplies(ctx, ws, rows) || biases.size() != ws.size() || ys.size() != ws.size()
+                || xc.dtype() != DType.BF16) {
+            throw new IllegalArgumentException("the grouped persistent code GEMV does not take " + ws + " with " + rows
+                    + " rows of " + xc.dtype() + " x");
+        }
+        DType yType = ys.get(0).dtype();
+        KernelArgs args = Nf4GemvKernels.segmentArgs(ws, biases, ys, true);
+        long tiles = 0;
+        for (CudaQuant4bit w : ws) tiles += w.outFeatures() / 16;
+        args.ptr(CudaContext.ptr(xc)).i32(rows).i32(ws.get(0).inFeatures()).i32(Quant4bitKernels.dtypeCode(yType, "output"));
+        long fn = ctx.function(Nf4GemvKernels.MODULE, "q4v2gcode_gemv_bf16" + (rows <= 4 ? "_m4" : "_m8") + "_tiles_p");
+        ctx.allowSharedMemory(fn, Nf4GemvKernels.WIDE_TABLE_BYTES);
+        ctx.launch(fn, Dim3.of(persistentGrid(ctx, ws.get(0), tiles, false)), Dim3.of(Nf4GemvKernels.THREADS), Nf4GemvKernels.WIDE_TABLE_BYTES, args);
+        Nf4GemvKernels.GROUP_LAUNCHES.incrementAndGet();
+    }
+}
