@@ -440,8 +440,7 @@ public final class CudaBackend implements Backend, GraphCapable {
     public Tensor linearQuantizedSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up) {
         if (x.rank() != 2 || x.dtype() != act || !(x.storage() instanceof CudaStorage)) return null;
         int mark = profBegin();
-        Tensor y = CudaQuantOps.swiGlu(ctx, x, gate, up);
-        return y == null ? null : profEnd("linearQuantizedSwiGlu", mark, y);
+        return profEndUnlessDeclined("linearQuantizedSwiGlu", mark, CudaQuantOps.swiGlu(ctx, x, gate, up));
     }
 
     @Override
@@ -852,11 +851,7 @@ public final class CudaBackend implements Backend, GraphCapable {
         checkAttentionBackward(q, k, v, segments, fwd, gradOut, batch, heads, kvHeads, headDim);
         Tensor g = TrainAttentionKernels.backwardJoined(ctx, act, q, k, v, segments, fwd.out(), fwd.lse(), gradOut, batch,
                 heads, kvHeads, headDim, scale, window);
-        if (g == null) {   // declined (the dS scratch did not fit): nothing to record
-            if (mark >= 0) profiler.cancel(mark);
-            return null;
-        }
-        return profEnd("attentionBackward", mark, g);
+        return profEndUnlessDeclined("attentionBackward", mark, g);   // null: declined (the dS scratch did not fit)
     }
 
     @Override
@@ -1035,6 +1030,19 @@ public final class CudaBackend implements Backend, GraphCapable {
 
     private void profEnd(String op, int mark) {
         if (mark >= 0) profiler.end(op, mark);
+    }
+
+    /**
+     * profEnd for an op that may decline (return null having run nothing): the mark is then cancelled, so that no
+     * open mark holds the profiler's resolve off (which left the decode profile's table empty: the prefill declines
+     * the joint gate / up GEMV).
+     */
+    private <T> T profEndUnlessDeclined(String op, int mark, T result) {
+        if (mark >= 0) {
+            if (result == null) profiler.cancel(mark);
+            else profiler.end(op, mark);
+        }
+        return result;
     }
 
     /** The whole weight dequantized to the activation dtype (a part of linearQuantizedBackwardInput's time). */
