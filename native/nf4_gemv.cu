@@ -1010,7 +1010,7 @@ V2_ENTRY_ALIGNED(q4v2bnb_gemv_bf16_m16, false, 2, nf4v2::DEC_BNB)
 V2_ENTRY_ALIGNED(q4v2bnb_gemv_f16_m8, true, 1, nf4v2::DEC_BNB)
 V2_ENTRY_ALIGNED(q4v2bnb_gemv_f16_m16, true, 2, nf4v2::DEC_BNB)
 // -Dqlora4j.nf4.gemv=v2code (the default): the codes alone in the mma, the absmax applied to each block's sum
-// (nf4_gemv_code.cuh; 64 KiB of dynamic shared memory), rows 1..4 (m4) and 1..8 (m8), weights where
+// (nf4_gemv_code.cuh; 64 KiB of dynamic shared memory), rows 1..4 (m4), 1..8 (m8) and 1..16 (m16), weights where
 // nf4v2::code_applies holds (the launcher gives the others the exact kernels). V2_CODE_DEPTH chunks per ring: 2
 // measured 0-9% faster than 3 (bench, session 21).
 #define V2_CODE_DEPTH 2
@@ -1025,6 +1025,8 @@ V2_ENTRY_CODE(q4v2code_gemv_bf16_m4, false, 1)
 V2_ENTRY_CODE(q4v2code_gemv_bf16_m8, false, 2)
 V2_ENTRY_CODE(q4v2code_gemv_f16_m4, true, 1)
 V2_ENTRY_CODE(q4v2code_gemv_f16_m8, true, 2)
+V2_ENTRY_CODE(q4v2code_gemv_bf16_m16, false, 4)
+V2_ENTRY_CODE(q4v2code_gemv_f16_m16, true, 4)
 
 // The same entry points for weights in the tile layout (q4_common.cuh, q4_tile_word; CudaQuant4bit.Layout.TILES):
 // the code decode (rows 1..8) and the exact pair decode (rows 1..16), each bit for bit its row-layout kernel's values.
@@ -1039,10 +1041,13 @@ V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles, false, 1, false)
 V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles, false, 2, false)
 V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m4_tiles, true, 1, false)
 V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m8_tiles, true, 2, false)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m16_tiles, false, 4, false)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m16_tiles, true, 4, false)
 // persistent forms (nf4_gemv_code.cuh, PERSIST): a grid of at most two blocks per SM walks the tiles with one ring of
 // loads (Nf4GemvKernels.persistentGrid); bf16 (CUDA activations are F32 or BF16)
 V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p, false, 1, true)
 V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles_p, false, 2, true)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m16_tiles_p, false, 4, true)
 // The joint gate / up decode of an MLP (tile layout, rows 1..8 of x): y [M, N] = silu(x gate^T) * (x up^T), the two
 // code GEMVs and silu_mul's values bit for bit in one launch (nf4_gemv_code.cuh, gemv_code_swiglu). Arguments: gate's
 // and up's weights (as Q4_WEIGHT_PARAMS each), code16 (the type's factors, one type for both), x [M, K], M, N, K, y and
@@ -1068,6 +1073,8 @@ V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles, false, 1, false)
 V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles, false, 2, false)
 V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_p, false, 1, true)
 V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles_p, false, 2, true)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m16_tiles, false, 4, false)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m16_tiles_p, false, 4, true)
 #define V2_ENTRY_PAIR_TILES(name, F16C, NT)                                                                          \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
         V2_ENTRY_PARAMS) {                                                                                           \
@@ -1166,11 +1173,14 @@ V2G_ENTRY(q4v2greg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
     }
 V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_p, false, 1)
 V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m8_tiles_p, false, 2)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m16_tiles_p, false, 4)
 
 V2G_ENTRY_CODE(q4v2gcode_gemv_bf16_m4, false, 1)
 V2G_ENTRY_CODE(q4v2gcode_gemv_bf16_m8, false, 2)
 V2G_ENTRY_CODE(q4v2gcode_gemv_f16_m4, true, 1)
 V2G_ENTRY_CODE(q4v2gcode_gemv_f16_m8, true, 2)
+V2G_ENTRY_CODE(q4v2gcode_gemv_bf16_m16, false, 4)
+V2G_ENTRY_CODE(q4v2gcode_gemv_f16_m16, true, 4)
 
 // ---------------------------------------------------------------------------------------------
 // v3 entry points (Nf4GemvKernels.java, -Dqlora4j.nf4.gemv=v3): same arguments as the v2 ones; M <= 1 (m1) or

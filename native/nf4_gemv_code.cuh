@@ -16,7 +16,8 @@
 // thread's k, so giving the B operand (x) two columns per x row, column 2m + h = x row m where t >> 1 == h and zero
 // elsewhere, makes the accumulator's column 2m + h the block-h sum of x row m: thread (g, t) ends a chunk holding
 // rows g and g + 8 of x row m = t (+ 4 nt) for both blocks, and scales them by the two blocks' absmax (its own
-// block's, and lane t ^ 2's by a shuffle). 4 x rows per n-tile of 8 columns: NT = 1 for M <= 4, NT = 2 for M <= 8.
+// block's, and lane t ^ 2's by a shuffle). 4 x rows per n-tile of 8 columns: NT = 1 for M <= 4, NT = 2 for M <= 8,
+// NT = 4 for M <= 16 (x's fragments then loaded per n-tile inside each chunk: code_chunk_x_in_turn).
 // The lanes that load x (rows g >> 1 < M, half g & 1 == t >> 1) are as many as the exact kernels' (g < M).
 #pragma once
 
@@ -89,19 +90,36 @@ __device__ __forceinline__ void code_x_start(const uint16_t* __restrict__ x, int
     }
 }
 
+// A chunk's absmax for thread (g, t): ag / ah [h] = the absmax of block half h of rows g / g + 8 (off0 / off1: the
+// rows' weights' nested offsets); the thread's own block from its loads, the other block's by a shuffle with lane t ^ 2.
+template <bool NESTED>
+__device__ __forceinline__ void code_scales(const FastChunk& L, float off0, float off1, const float* ncode, int t,
+                                            float (&ag)[2], float (&ah)[2]) {
+    const float a0 = NESTED ? __fadd_rn(__fmul_rn(ncode[L.q[0]], L.s[0]), off0) : L.s[0];
+    const float a1 = NESTED ? __fadd_rn(__fmul_rn(ncode[L.q[1]], L.s[1]), off1) : L.s[1];
+    const float o0 = __shfl_xor_sync(0xFFFFFFFFu, a0, 2), o1 = __shfl_xor_sync(0xFFFFFFFFu, a1, 2);
+    const bool first = t < 2;
+    ag[0] = first ? a0 : o0;
+    ag[1] = first ? o0 : a0;
+    ah[0] = first ? a1 : o1;
+    ah[1] = first ? o1 : a1;
+}
+
+// An n-tile's chunk sums s ((row g, row g + 8) x (block half 0, 1)) scaled by their absmax into run (row g, row g + 8).
+__device__ __forceinline__ void code_scale_add(const float (&s)[4], const float (&ag)[2], const float (&ah)[2],
+                                               float (&run)[2]) {
+    run[0] = fmaf(s[1], ag[1], fmaf(s[0], ag[0], run[0]));
+    run[1] = fmaf(s[3], ah[1], fmaf(s[2], ah[0], run[1]));
+}
+
 // One chunk of the code decode: the two blocks' absmax of rows g (off0: its weight's nested offset) and g + 8 (off1),
-// the other block's by a shuffle, the codes through the wide table into the mma against x's fragments xw, and the two
-// blocks' float32 sums scaled into run[nt] = (row g, row g + 8) of x row 4 nt + t.
+// the codes through the wide table into the mma against x's fragments xw, and the two blocks' float32 sums scaled into
+// run[nt] = (row g, row g + 8) of x row 4 nt + t.
 template <bool F16C, int NT, bool NESTED>
 __device__ __forceinline__ void code_chunk(const FastChunk& L, float off0, float off1, const float* ncode,
                                            uint32_t lane_off, int t, const uint32_t (&xw)[NT][16], float (&run)[NT][2]) {
-    const float a0 = NESTED ? __fadd_rn(__fmul_rn(ncode[L.q[0]], L.s[0]), off0) : L.s[0];
-    const float a1 = NESTED ? __fadd_rn(__fmul_rn(ncode[L.q[1]], L.s[1]), off1) : L.s[1];
-    // the chunk's other block (lane t ^ 2's): [h] = absmax of block half h for row g (a*0) / g + 8 (a*1)
-    const float o0 = __shfl_xor_sync(0xFFFFFFFFu, a0, 2), o1 = __shfl_xor_sync(0xFFFFFFFFu, a1, 2);
-    const bool first = t < 2;
-    const float ag[2] = {first ? a0 : o0, first ? o0 : a0};
-    const float ah[2] = {first ? a1 : o1, first ? o1 : a1};
+    float ag[2], ah[2];
+    code_scales<NESTED>(L, off0, off1, ncode, t, ag, ah);
     const uint32_t pk0[4] = {L.w[0].x, L.w[0].y, L.w[0].z, L.w[0].w};
     const uint32_t pk1[4] = {L.w[1].x, L.w[1].y, L.w[1].z, L.w[1].w};
     float s[NT][4];  // the chunk's sums (bench, session 21: two chains of 4 mma instead of 8 measured the same)
@@ -122,9 +140,63 @@ __device__ __forceinline__ void code_chunk(const FastChunk& L, float off0, float
         }
     }
 #pragma unroll
-    for (int nt = 0; nt < NT; nt++) {  // s[nt]: (row g, row g + 8) x (block half 0, 1) of x row 4 nt + t
-        run[nt][0] = fmaf(s[nt][1], ag[1], fmaf(s[nt][0], ag[0], run[nt][0]));
-        run[nt][1] = fmaf(s[nt][3], ah[1], fmaf(s[nt][2], ah[0], run[nt][1]));
+    for (int nt = 0; nt < NT; nt++) code_scale_add(s[nt], ag, ah, run[nt]);
+}
+
+// code_chunk for 9..16 rows of x (NT = 4; CODE_X_IN_TURN): the x fragments of four n-tiles would not fit the registers
+// beside the ring, so the chunk's codes are decoded once into A fragments, then each n-tile's x fragments (the 32 k at
+// kb of x row 4 nt + (g >> 1), loaded where xload[nt], else zero) are loaded and multiplied in turn. Per n-tile the same
+// 8 mma in the same order as code_chunk, so every x row's sums are those of the m4 / m8 kernels bit for bit.
+template <bool F16C, int NT, bool NESTED>
+__device__ __forceinline__ void code_chunk_x_in_turn(const FastChunk& L, float off0, float off1, const float* ncode,
+                                                     uint32_t lane_off, int t, const uint16_t* const (&xrow)[NT],
+                                                     const bool (&xload)[NT], int kb, float (&run)[NT][2]) {
+    float ag[2], ah[2];
+    code_scales<NESTED>(L, off0, off1, ncode, t, ag, ah);
+    const uint32_t pk0[4] = {L.w[0].x, L.w[0].y, L.w[0].z, L.w[0].w};
+    const uint32_t pk1[4] = {L.w[1].x, L.w[1].y, L.w[1].z, L.w[1].w};
+    uint32_t r0[4][4], r1[4][4];
+#pragma unroll
+    for (int word = 0; word < 4; word++) {
+        decode_word_code(pk0[word], lane_off, r0[word]);
+        decode_word_code(pk1[word], lane_off, r1[word]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        uint32_t xw[1][16];
+#pragma unroll
+        for (int j = 0; j < 16; j++) xw[0][j] = 0;
+        const uint16_t* const xr[1] = {xrow[nt]};
+        const bool xl[1] = {xload[nt]};
+        load_x_where<1>(xw, xr, kb, xl);
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int word = 0; word < 4; word++) {
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                const int st = 2 * word + half, b = 2 * half;
+                mma16816<F16C>(s, r0[word][b], r1[word][b], r0[word][b + 1], r1[word][b + 1], xw[0][2 * st], xw[0][2 * st + 1]);
+            }
+        }
+        code_scale_add(s, ag, ah, run[nt]);
+    }
+}
+
+// NT from which the code decode loads x per n-tile inside each chunk (code_chunk_x_in_turn) instead of holding every
+// n-tile's fragments across the chunk loop.
+constexpr int CODE_X_IN_TURN = 4;
+
+// One chunk with x's fragments: held across chunks in xw and refilled here (NT < CODE_X_IN_TURN), or loaded in turn.
+template <bool F16C, int NT, bool NESTED>
+__device__ __forceinline__ void code_chunk_x(const FastChunk& L, float off0, float off1, const float* ncode,
+                                             uint32_t lane_off, int t, uint32_t (&xw)[NT][16],
+                                             const uint16_t* const (&xrow)[NT], const bool (&xload)[NT], int kb,
+                                             float (&run)[NT][2]) {
+    if constexpr (NT >= CODE_X_IN_TURN) {
+        code_chunk_x_in_turn<F16C, NT, NESTED>(L, off0, off1, ncode, lane_off, t, xrow, xload, kb, run);
+    } else {
+        load_x_where<NT>(xw, xrow, kb, xload);
+        code_chunk<F16C, NT, NESTED>(L, off0, off1, ncode, lane_off, t, xw, run);
     }
 }
 
@@ -186,10 +258,9 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
     float run[NT][2];
     code_x_start<NT>(x, M, K, g, t, xrow, xload, xw, run);
 
-    // one chunk: x's fragments, then code_chunk
+    // one chunk: x's fragments, then its decode
     auto consume = [&](const FastChunk& L, int kb) {
-        load_x_where<NT>(xw, xrow, kb, xload);
-        code_chunk<F16C, NT, NESTED>(L, w.offset, w1.offset, sm.ncode, lane_off, t, xw, run);
+        code_chunk_x<F16C, NT, NESTED>(L, w.offset, w1.offset, sm.ncode, lane_off, t, xw, xrow, xload, kb, run);
     };
     auto store = [&](int tile) {
         if (JOINT) reduce_store_swiglu<F16C, NT, W>(sm.red, run, M, N, y, y_dtype, tile);
@@ -356,8 +427,7 @@ __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, con
 #pragma unroll
         for (int d = 0; d < DEPTH; d++) {
             if (v0 + d < total) {  // warp- and block-uniform
-                load_x_where<NT>(xw, xrow, kb0 + j * KSTEP, xload);
-                code_chunk<F16C, NT, NESTED>(buf[d], off, off, sm.ncode, lane_off, t, xw, run);
+                code_chunk_x<F16C, NT, NESTED>(buf[d], off, off, sm.ncode, lane_off, t, xw, xrow, xload, kb0 + j * KSTEP, run);
                 if (v0 + d + DEPTH < total) {
                     if (lj == cpw) { lj = 0; lvt += stride; }
                     issue(d, lvt, lj);

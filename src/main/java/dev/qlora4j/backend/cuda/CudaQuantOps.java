@@ -212,7 +212,7 @@ public final class CudaQuantOps {
 
     /**
      * The 4-bit weights of ws when the grouped persistent code decode takes x [rows, in] times all of them in one launch
-     * (Nf4GemvKernels#groupTilesApplies: tiled BF16 weights of one quantization, 1..8 rows of BF16 x, the default GEMV
+     * (Nf4GemvKernels#groupTilesApplies: tiled BF16 weights of one quantization, 1..16 rows of BF16 x, the default GEMV
      * variant), else null. Same values as {@link #linear} per weight.
      */
     static List<CudaQuant4bit> tilesGroup(CudaContext ctx, Tensor x, List<? extends QuantizedWeight> ws, List<Tensor> biases) {
@@ -287,7 +287,7 @@ public final class CudaQuantOps {
 
     /**
      * silu(x gate^T) * (x up^T) [n, out] in x's dtype by one joint decode GEMV launch (Nf4GemvKernels#swiGlu), where it
-     * applies: the default GEMV variant (v2code), 1..8 rows of x in the compute dtype, and two tiled 4-bit weights of
+     * applies: the default GEMV variant (v2code), 1..16 rows of x in the compute dtype, and two tiled 4-bit weights of
      * one shape and quantization ({@link Nf4GemvKernels#swiGluApplies}). The values of {@link #linear} twice and
      * silu_mul bit for bit. Else null (nothing run).
      */

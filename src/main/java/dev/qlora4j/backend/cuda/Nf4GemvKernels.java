@@ -47,8 +47,17 @@ final class Nf4GemvKernels {
         boolean wideTable() { return this == BNB || this == CODE; }
     }
 
-    /** Rows of x the CODE kernels take (m4: 1..4, m8: 5..8); more rows take the PAIR kernels. */
-    static final int CODE_MAX_ROWS = 8;
+    /**
+     * Rows of x the CODE kernels take (m4: 1..4, m8: 5..8, m16: 9..16; the m16 kernels load x per n-tile inside each
+     * chunk: nf4_gemv_code.cuh, code_chunk_x_in_turn); more rows take the PAIR kernels.
+     */
+    static final int CODE_MAX_ROWS = 16;
+
+    /** The CODE kernels' name suffix for rows of x: "_m4", "_m8" or "_m16" (1..{@link #CODE_MAX_ROWS} rows). */
+    static String codeRowsSuffix(int rows) {
+        if (rows < 1 || rows > CODE_MAX_ROWS) throw new IllegalArgumentException("the v2 CODE GEMV takes 1.." + CODE_MAX_ROWS + " rows of x, got " + rows);
+        return rows <= 4 ? "_m4" : rows <= 8 ? "_m8" : "_m16";
+    }
 
     /**
      * Whether the CODE kernel decodes this weight with its own numerics (native/nf4_gemv_code.cuh, nf4v2::code_applies):
@@ -88,10 +97,7 @@ final class Nf4GemvKernels {
             case CODE -> "q4v2code_gemv_";
             default -> "q4v2_gemv_";
         };
-        if (decode == Decode.CODE) {
-            if (rows > CODE_MAX_ROWS) throw new IllegalArgumentException("the v2 CODE GEMV takes 1.." + CODE_MAX_ROWS + " rows of x, got " + rows);
-            return prefix + dt + (rows <= 4 ? "_m4" : "_m8");
-        }
+        if (decode == Decode.CODE) return prefix + dt + codeRowsSuffix(rows);
         return prefix + dt + (rows <= 8 ? "_m8" : "_m16");
     }
 

@@ -19,7 +19,7 @@ final class Nf4TileGemvKernels {
     /**
      * Whether the joint gate / up decode (native/nf4_gemv.cu, q4v2code_swiglu_*_tiles) takes gate and up for rows of x:
      * both tiled, the code decode applies, BF16 compute (the kernels' one form: CUDA activations are F32 or BF16), the
-     * same shape, quantization type, blocksize, nesting (nested blocksize and code table), and 1..8 rows.
+     * same shape, quantization type, blocksize, nesting (nested blocksize and code table), and 1..16 rows.
      */
     static boolean swiGluApplies(CudaQuant4bit gate, CudaQuant4bit up, int rows) {
         return rows >= 1 && rows <= Nf4GemvKernels.CODE_MAX_ROWS
@@ -42,7 +42,7 @@ final class Nf4TileGemvKernels {
                     + rows + " rows of " + xc.dtype() + " x");
         }
         int persistent = persistentSingle(ctx, gate, gate.outFeatures() / 8, true);
-        long fn = ctx.function(Nf4GemvKernels.MODULE, "q4v2code_swiglu_bf16" + (rows <= 4 ? "_m4" : "_m8") + "_tiles"
+        long fn = ctx.function(Nf4GemvKernels.MODULE, "q4v2code_swiglu_bf16" + Nf4GemvKernels.codeRowsSuffix(rows) + "_tiles"
                 + (persistent > 0 ? "_p" : ""));
         KernelArgs args = Quant4bitKernels.layoutWeightArgs(gate);
         Quant4bitKernels.addLayoutWeightArgs(args, up).ptr(CudaContext.ptr(gate.code16()))
@@ -99,7 +99,7 @@ final class Nf4TileGemvKernels {
      * Whether the grouped persistent code decode (native/nf4_gemv.cu, q4v2gcode_gemv_bf16_*_tiles_p) takes these weights
      * for rows of x: 1..3 tiled weights with BF16 compute, one in_features (where the persistent kernels apply:
      * persistentGrid), quantization type, blocksize and nesting (nested blocksize and code table), the code decode
-     * applying, and 1..8 rows.
+     * applying, and 1..16 rows.
      */
     static boolean groupTilesApplies(CudaContext ctx, List<CudaQuant4bit> ws, int rows) {
         if (ws.isEmpty() || ws.size() > Nf4GemvKernels.GROUP_MAX_SEGMENTS || rows < 1 || rows > Nf4GemvKernels.CODE_MAX_ROWS) return false;
@@ -135,7 +135,7 @@ final class Nf4TileGemvKernels {
         long tiles = 0;
         for (CudaQuant4bit w : ws) tiles += w.outFeatures() / 16;
         args.ptr(CudaContext.ptr(xc)).i32(rows).i32(ws.get(0).inFeatures()).i32(Quant4bitKernels.dtypeCode(yType, "output"));
-        long fn = ctx.function(Nf4GemvKernels.MODULE, "q4v2gcode_gemv_bf16" + (rows <= 4 ? "_m4" : "_m8") + "_tiles_p");
+        long fn = ctx.function(Nf4GemvKernels.MODULE, "q4v2gcode_gemv_bf16" + Nf4GemvKernels.codeRowsSuffix(rows) + "_tiles_p");
         ctx.allowSharedMemory(fn, Nf4GemvKernels.WIDE_TABLE_BYTES);
         ctx.launch(fn, Dim3.of(persistentGrid(ctx, ws.get(0), tiles, false)), Dim3.of(Nf4GemvKernels.THREADS), Nf4GemvKernels.WIDE_TABLE_BYTES, args);
         Nf4GemvKernels.GROUP_LAUNCHES.incrementAndGet();

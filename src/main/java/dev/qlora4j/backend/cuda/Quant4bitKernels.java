@@ -31,11 +31,11 @@ final class Quant4bitKernels {
     /** Shared memory for the x slice of one stream block, at most (two blocks per SM with the 65 KiB tables). */
     static final int STREAM_MAX_X_BYTES = 40 * 1024;
     /**
-     * System property choosing the decode GEMV: "v2code" (default: native/nf4_gemv_code.cuh, rows 1..8 of x, the
+     * System property choosing the decode GEMV: "v2code" (default: native/nf4_gemv_code.cuh, rows 1..16 of x, the
      * tensor cores multiplying x by the 16-bit-rounded codes and each absmax block's float32 sum scaled by its absmax;
      * the weight code * absmax is never rounded to 16 bits, so the bits differ from the exact dequantize contract, not
-     * the accuracy; 9% faster Llama-7B decode on the H200 than "v2"; rows 9..16 and the weights it does not apply to
-     * take the exact decode), "v2" (the exact contract: native/nf4_gemv.cu decoding each byte with one read of a
+     * the accuracy; 9% faster Llama-7B decode on the H200 than "v2"; the weights it does not apply to take the exact
+     * decode), "v2" (the exact contract: native/nf4_gemv.cu decoding each byte with one read of a
      * replicated 256-entry pair table (rows 1..16), 4% faster Llama-7B decode than "v2table", the same kernel with two
      * reads of the 16-float table per byte; both give the same values bit for bit), "v2bnb" (bitsandbytes' batch-1
      * weights, as transformers gets them at batch 1), "v3" (its

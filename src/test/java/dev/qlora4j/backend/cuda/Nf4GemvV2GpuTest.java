@@ -308,6 +308,8 @@ class Nf4GemvV2GpuTest {
         assertEquals("q4v2bnb_gemv_bf16_m8", Nf4GemvKernels.kernelName(DType.BF16, 1, Nf4GemvKernels.Decode.BNB));
         assertEquals("q4v2code_gemv_bf16_m4", Nf4GemvKernels.kernelName(DType.BF16, 4, Nf4GemvKernels.Decode.CODE));
         assertEquals("q4v2code_gemv_f16_m8", Nf4GemvKernels.kernelName(DType.F16, 5, Nf4GemvKernels.Decode.CODE));
+        assertEquals("q4v2code_gemv_bf16_m16", Nf4GemvKernels.kernelName(DType.BF16, 9, Nf4GemvKernels.Decode.CODE));
+        assertEquals("q4v2code_gemv_f16_m16", Nf4GemvKernels.kernelName(DType.F16, 16, Nf4GemvKernels.Decode.CODE));
         assertEquals(689, Nf4GemvKernels.grid(11009));
         assertEquals("q4v3_gemv_bf16_m1", Nf4GemvKernels.v3KernelName(DType.BF16, 1));
         assertEquals("q4v3_gemv_f16_m4", Nf4GemvKernels.v3KernelName(DType.F16, 3));

@@ -228,6 +228,73 @@ class Q4TileLayoutGpuTest {
         }
     }
 
+    /** A decode of rows 0..7 and one of rows 8.. of x, concatenated: what one launch over all rows must store. */
+    @FunctionalInterface
+    private interface Decode { void run(Tensor x, int rows, Tensor y); }
+
+    private static void assertRowsSplitAtEight(String what, float[] x, int rows, int in, int out, Decode decode) {
+        try (Tensor all = QuantGpuSupport.upload(ctx, x, DType.BF16, rows, in);
+             Tensor lo = QuantGpuSupport.upload(ctx, java.util.Arrays.copyOfRange(x, 0, 8 * in), DType.BF16, 8, in);
+             Tensor hi = QuantGpuSupport.upload(ctx, java.util.Arrays.copyOfRange(x, 8 * in, rows * in), DType.BF16, rows - 8, in);
+             Tensor yAll = QuantGpuSupport.poisoned(ctx, DType.BF16, rows, out);
+             Tensor yLo = QuantGpuSupport.poisoned(ctx, DType.BF16, 8, out);
+             Tensor yHi = QuantGpuSupport.poisoned(ctx, DType.BF16, rows - 8, out)) {
+            decode.run(all, rows, yAll);
+            decode.run(lo, 8, yLo);
+            decode.run(hi, rows - 8, yHi);
+            byte[] want = new byte[rows * out * 2];
+            byte[] a = QuantGpuSupport.bytes(ctx.download(yLo)), b = QuantGpuSupport.bytes(ctx.download(yHi));
+            System.arraycopy(a, 0, want, 0, a.length);
+            System.arraycopy(b, 0, want, a.length, b.length);
+            assertSameBits(what + " rows=" + rows, Tensor.view(MemorySegment.ofArray(want), DType.U8, want.length),
+                    Tensor.view(MemorySegment.ofArray(QuantGpuSupport.bytes(ctx.download(yAll))), DType.U8, want.length));
+        }
+    }
+
+    /**
+     * The m16 code kernels (9..16 rows of x; x's fragments loaded per n-tile inside each chunk) against the m8 / m4
+     * kernels on rows 0..7 and 8..: bit for bit, on tiles (one block per tile, persistent, the joint gate / up, the
+     * grouped q / k / v) and on the row layout (single and grouped).
+     */
+    @Test
+    void nineToSixteenRowsGiveTheEightRowKernelsValues() {
+        Random rnd = new Random();
+        int[][] shapes = {{4096, 4096}, {8192, 2048}, {96, 1024}};  // [out, in]: 256 tiles, persistent, small
+        for (int[] sh : shapes) {
+            int out = sh[0], in = sh[1];
+            QuantState4bit qs = Quant4bit.quantize(Tensor.fromFloats(QuantGpuSupport.randomWeights(rnd, out, in), DType.BF16, out, in),
+                    QuantType.NF4, 64, out != 96);
+            try (CudaQuant4bit rows = (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, DType.BF16);
+                 CudaQuant4bit tiles = CudaQuantOps.toTiles(ctx, (CudaQuant4bit) CudaQuantOps.prepare4bit(ctx, qs, DType.BF16));
+                 Tensor bias = QuantGpuSupport.upload(ctx, QuantGpuSupport.gaussian(rnd, out, 0.5), DType.BF16, out)) {
+                for (int m : new int[] {9, 12, 16}) {
+                    float[] x = QuantGpuSupport.gaussian(rnd, m * in, 1.0);
+                    String what = "[" + out + ", " + in + "]";
+                    assertRowsSplitAtEight(what + " tiles", x, m, in, out,
+                            (xc, r, y) -> Nf4GemvKernels.gemv(ctx, tiles, xc, r, bias, y, Nf4GemvKernels.Decode.CODE));
+                    assertRowsSplitAtEight(what + " rows", x, m, in, out,
+                            (xc, r, y) -> Nf4GemvKernels.gemv(ctx, rows, xc, r, bias, y, Nf4GemvKernels.Decode.CODE));
+                    assertRowsSplitAtEight(what + " swiGlu", x, m, in, out,
+                            (xc, r, y) -> Nf4TileGemvKernels.swiGlu(ctx, tiles, tiles, xc, r, y));
+                    assertRowsSplitAtEight(what + " row-layout group (2 weights, first output)", x, m, in, out, (xc, r, y) -> {
+                        try (Tensor y2 = ctx.empty(DType.BF16, r, out)) {
+                            Nf4GemvKernels.gemvGroup(ctx, List.of(rows, rows), xc, r, java.util.Arrays.asList(bias, null),
+                                    List.of(y, y2), Nf4GemvKernels.Decode.CODE);
+                        }
+                    });
+                    if (Nf4TileGemvKernels.groupTilesApplies(ctx, List.of(tiles, tiles, tiles), m)) {
+                        assertRowsSplitAtEight(what + " tile group (3 weights, last output)", x, m, in, out, (xc, r, y) -> {
+                            try (Tensor y0 = ctx.empty(DType.BF16, r, out); Tensor y1 = ctx.empty(DType.BF16, r, out)) {
+                                Nf4TileGemvKernels.gemvGroupTiles(ctx, List.of(tiles, tiles, tiles), xc, r,
+                                        java.util.Arrays.asList(null, null, bias), List.of(y0, y1, y));
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+
     @Test
     void theBackendTilesTheWeightsItCan() {
         Random rnd = new Random();
