@@ -77,6 +77,7 @@ public final class Generator {
              Tensor pads = b.upload(Tensor.ofInts(padStart, batch));
              DecodeGraph graph = decodeGraph(b, cache, pads, batch)) {
             float[][] logits = step(b, cache, ids, positions, 0, promptLen, pads, batch);
+            int[] picked = null;  // the step's greedy tokens when the device picked them (logits is null then)
             prefill = System.nanoTime() - t0;
             long t1 = System.nanoTime();
             for (int s = 0; s < maxNew; s++) {
@@ -89,7 +90,8 @@ public final class Generator {
                         next[r] = padId;
                         continue;
                     }
-                    int tok = samplers[r].next(logits[r], context[r], prompts[r].length + produced[r], produced[r]);
+                    int tok = picked != null ? picked[r]
+                            : samplers[r].next(logits[r], context[r], prompts[r].length + produced[r], produced[r]);
                     next[r] = tok;
                     context[r][prompts[r].length + produced[r]] = tok;
                     out[r][produced[r]++] = tok;
@@ -102,8 +104,15 @@ public final class Generator {
                     if (reasons[r] == null) anyLive = true;
                 }
                 if (!anyLive) break;
-                logits = graph != null ? graph.step(next, nextPos, promptLen + s)
-                        : step(b, cache, next, nextPos, promptLen + s, 1, pads, batch);
+                int[] excluded = greedyOnDevice(graph, params) ? excludedIds(params, produced, reasons) : null;
+                if (excluded != null) {
+                    picked = graph.stepGreedy(next, nextPos, promptLen + s, excluded);
+                    logits = null;
+                } else {
+                    picked = null;
+                    logits = graph != null ? graph.step(next, nextPos, promptLen + s)
+                            : step(b, cache, next, nextPos, promptLen + s, 1, pads, batch);
+                }
                 steps++;
             }
             decode = System.nanoTime() - t1;
@@ -115,6 +124,27 @@ public final class Generator {
             if (reasons[r] == null) reasons[r] = "length";
         }
         return new GenerationResult(outputIds, texts, reasons, prefill, decode, steps);
+    }
+
+    /**
+     * Whether the next token of every row can be picked on the device ({@link DecodeGraph#stepGreedy}): a recorded
+     * graph that does it, greedy decoding without a repetition penalty (what is left of {@link Sampler#next} is then the
+     * argmax after the EOS suppression), and no more EOS ids than the device masks.
+     */
+    private boolean greedyOnDevice(DecodeGraph graph, SamplingParams params) {
+        return graph != null && graph.picksGreedyOnDevice() && !params.doSample() && params.repetitionPenalty() == 1.0
+                && eosIds.length <= DecodeGraph.MAX_EXCLUDED_IDS;
+    }
+
+    /**
+     * The ids Sampler#next masks before its argmax for the next token: the EOS ids while the live rows (which all
+     * produced the same number of tokens) are below min_new_tokens, else none.
+     */
+    private int[] excludedIds(SamplingParams params, int[] produced, String[] reasons) {
+        for (int r = 0; r < produced.length; r++) {
+            if (reasons[r] == null) return produced[r] < params.minNewTokens() ? eosIds.clone() : new int[0];
+        }
+        return new int[0];
     }
 
     /** Returns why the row ends after this token, or null; a stop string cuts the row's text. */

@@ -41,7 +41,8 @@ final class CudaDecodeGraph implements DecodeGraph {
     private final Tensor ids;        // I32 [batch]
     private final Tensor positions;  // I32 [batch]
     private final Tensor start;      // I32 [1]
-    private final MemorySegment pinnedInputs;   // ids, positions, start, status word (3 ints)
+    private final MemorySegment pinnedInputs;   // ids, positions, start, status word (3 ints), greedy tokens
+    private final Tensor tokens;     // I32 [batch]: stepGreedy's picks
     private MemorySegment pinnedLogits;
     private Tensor logits;           // the captured step's output [batch, vocab]
     private long graph;
@@ -59,7 +60,40 @@ final class CudaDecodeGraph implements DecodeGraph {
         this.ids = ctx.empty(DType.I32, batch);
         this.positions = ctx.empty(DType.I32, batch);
         this.start = ctx.empty(DType.I32, 1);
-        this.pinnedInputs = driver.memAllocHost(4L * (2 * batch + 1 + 3));
+        this.tokens = ctx.empty(DType.I32, batch);
+        this.pinnedInputs = driver.memAllocHost(4L * (2 * batch + 1 + 3 + batch));
+    }
+
+    /** System property: "false" turns {@link #stepGreedy} off (the caller then picks from the logits on the host). */
+    static final String DEVICE_GREEDY_PROPERTY = "qlora4j.cuda.deviceGreedy";
+    /** Steps whose tokens were picked on the device, all graphs (tests read it to see the path ran). */
+    static final java.util.concurrent.atomic.AtomicLong GREEDY_STEPS = new java.util.concurrent.atomic.AtomicLong();
+
+    @Override
+    public boolean picksGreedyOnDevice() { return exec != 0 && Switches.on(DEVICE_GREEDY_PROPERTY, true); }
+
+    @Override
+    public int[] stepGreedy(int[] stepIds, int[] stepPositions, int stepStart, int[] excluded) {
+        if (closed) throw new IllegalStateException("decode graph is closed");
+        if (exec == 0) throw new IllegalStateException("stepGreedy replays a recorded step: call step first");
+        if (stepIds.length != batch || stepPositions.length != batch) {
+            throw new IllegalArgumentException("decode graph of batch " + batch + " got " + stepIds.length + " ids and "
+                    + stepPositions.length + " positions");
+        }
+        writeInputs(stepIds, stepPositions, stepStart);
+        driver.graphLaunch(exec, ctx.stream());
+        SamplingKernels.argmaxRows(ctx, logits, excluded, tokens);
+        long s = ctx.stream();
+        long statusAt = pinnedInputs.address() + 4L * (2 * batch + 1);
+        long tokensAt = statusAt + 12;
+        driver.memcpyDtoHAsync(tokensAt, CudaContext.ptr(tokens), 4L * batch, s);
+        driver.memcpyDtoHAsync(statusAt, backend.status().pointer(), 12, s);
+        driver.streamSynchronize(s);
+        if (pinnedInputs.getAtIndex(ValueLayout.JAVA_INT, 2L * batch + 1) != 0) backend.synchronize(); // throws its error
+        int[] picked = new int[batch];
+        MemorySegment.copy(pinnedInputs, ValueLayout.JAVA_INT, tokensAt - pinnedInputs.address(), picked, 0, batch);
+        GREEDY_STEPS.incrementAndGet();
+        return picked;
     }
 
     @Override
@@ -173,6 +207,7 @@ final class CudaDecodeGraph implements DecodeGraph {
         ids.close();
         positions.close();
         start.close();
+        tokens.close();
         driver.memFreeHost(pinnedInputs);
         if (pinnedLogits != null) driver.memFreeHost(pinnedLogits);
     }

@@ -21,6 +21,23 @@ public interface DecodeGraph extends AutoCloseable {
     /** Whether the step has been recorded (after the first {@link #step}). */
     boolean isCaptured();
 
+    /** Token ids {@link #stepGreedy} masks at most. */
+    int MAX_EXCLUDED_IDS = 4;
+
+    /**
+     * Whether {@link #stepGreedy} may be called: the step is recorded, and the device greedy pick is on
+     * (-Dqlora4j.cuda.deviceGreedy, default true; false returns the logits every step, for A/B timing).
+     */
+    boolean picksGreedyOnDevice();
+
+    /**
+     * Replays the recorded step and returns each row's greedy token, picked on the device so that only the token ids
+     * come back: the argmax of the row's logits with the excluded ids (at most {@link #MAX_EXCLUDED_IDS}; EOS before
+     * min_new_tokens) read as -infinity, the index infer.Sampler's greedy path picks from the logits {@link #step}
+     * returns (the first on ties). Needs {@link #picksGreedyOnDevice}.
+     */
+    int[] stepGreedy(int[] ids, int[] positions, int start, int[] excluded);
+
     @Override
     void close();
 }

@@ -32,7 +32,9 @@ import org.junit.jupiter.params.provider.ValueSource;
 /**
  * The Generator's decode-graph path, on the CPU: a backend that delegates every op to CpuBackend and offers
  * a "graph" that simply runs its body (what a CUDA graph replays) must give the golden greedy tokens, with
- * the step inputs the direct path would use (ids, positions, cache slot), one graph per generate() call.
+ * the step inputs the direct path would use (ids, positions, cache slot), one graph per generate() call; the steps
+ * after the recorded one take the graph's greedy pick (DecodeGraph#stepGreedy, here the host argmax with the EOS ids
+ * masked, as the CUDA kernel computes it), min_new_tokens' EOS suppression included.
  */
 class GeneratorGraphCoreTest {
 
@@ -57,6 +59,7 @@ class GeneratorGraphCoreTest {
             for (int i = 0; i < all.length; i++) assertArrayEquals(Golden.ints(expected.get(i)), r.outputIds()[i], "row " + i);
             assertEquals(1, b.graphs);
             assertEquals(n - 1, b.starts.size(), "one graph step per decode step");
+            assertEquals(n - 2, b.greedySteps, "every step after the recorded one picks its greedy tokens on the device");
             for (int s = 0; s < n - 1; s++) {
                 assertEquals(promptLen + s, b.starts.get(s), "cache slot of step " + s);
                 for (int i = 0; i < all.length; i++) assertEquals(all[i].length + s, b.positions.get(s)[i], "position");
@@ -68,6 +71,7 @@ class GeneratorGraphCoreTest {
     static final class RunBodyBackend implements Backend, GraphCapable {
         final CpuBackend cpu;
         int graphs;
+        int greedySteps;   // decode steps whose tokens the "device" picked (stepGreedy)
         final List<Integer> starts = new ArrayList<>();
         final List<int[]> positions = new ArrayList<>();
 
@@ -95,6 +99,21 @@ class GeneratorGraphCoreTest {
                 }
 
                 @Override public boolean isCaptured() { return captured; }
+
+                @Override public boolean picksGreedyOnDevice() { return captured; }
+
+                /** What the CUDA graph's device pick computes: the argmax with the excluded ids at -infinity. */
+                @Override
+                public int[] stepGreedy(int[] ids, int[] pos, int start, int[] excluded) {
+                    greedySteps++;
+                    float[][] rows = step(ids, pos, start);
+                    int[] picked = new int[batch];
+                    for (int r = 0; r < batch; r++) {
+                        for (int e : excluded) if (e >= 0 && e < rows[r].length) rows[r][e] = Float.NEGATIVE_INFINITY;
+                        picked[r] = dev.qlora4j.infer.Sampler.argmax(rows[r]);
+                    }
+                    return picked;
+                }
 
                 @Override public void close() {}
             };
