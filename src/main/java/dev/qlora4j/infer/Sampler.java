@@ -71,9 +71,7 @@ public final class Sampler {
      */
     static void applyTopP(float[] logits, double p) {
         int n = logits.length;
-        Integer[] order = new Integer[n];
-        for (int i = 0; i < n; i++) order[i] = i;
-        Arrays.sort(order, (a, b) -> Float.compare(logits[a], logits[b]));
+        int[] order = ascendingOrder(logits);
         double[] probs = softmax(logits);
         double cum = 0;
         for (int r = 0; r < n - 1; r++) {
@@ -82,6 +80,26 @@ public final class Sampler {
             if (cum <= 1 - p) logits[i] = Float.NEGATIVE_INFINITY;
             else break;
         }
+    }
+
+    /**
+     * The indices of logits in ascending {@link Float#compare} order (-0.0 before 0.0, NaN last), equal values by
+     * ascending index: what a stable sort of 0..n-1 by value gives, as one primitive sort of longs (an order-preserving
+     * 32-bit key of the value above the index). A boxed comparator sort took ~4.9 ms a token for a 32,000-token
+     * vocabulary's top-p, twice a Llama-7B decode step on an H200 (SamplerTest checks the order against that sort).
+     */
+    static int[] ascendingOrder(float[] logits) {
+        int n = logits.length;
+        long[] keyed = new long[n];
+        for (int i = 0; i < n; i++) {
+            int b = Float.floatToIntBits(logits[i]);            // NaN canonical: above +infinity
+            int key = b ^ ((b >> 31) & 0x7FFFFFFF);             // signed order = Float.compare order
+            keyed[i] = ((long) key << 32) | i;                  // then the index (non-negative) breaks ties
+        }
+        Arrays.sort(keyed);
+        int[] order = new int[n];
+        for (int i = 0; i < n; i++) order[i] = (int) keyed[i];
+        return order;
     }
 
     static double[] softmax(float[] logits) {

@@ -15,6 +15,75 @@ class SamplerTest {
         return new SamplingParams(10, 0, true, temperature, topK, topP, penalty, 0, List.of());
     }
 
+    /** The boxed stable sort the radix order replaced: the reference it must equal. */
+    private static int[] comparatorOrder(float[] logits) {
+        Integer[] order = new Integer[logits.length];
+        for (int i = 0; i < order.length; i++) order[i] = i;
+        java.util.Arrays.sort(order, (a, b) -> Float.compare(logits[a], logits[b]));
+        int[] out = new int[order.length];
+        for (int i = 0; i < out.length; i++) out[i] = order[i];
+        return out;
+    }
+
+    /** Random logits with what sorting gets wrong most easily: ties, -0.0 and 0.0, infinities, NaN, subnormals. */
+    private static float[] awkwardLogits(java.util.Random rnd, int n) {
+        float[] v = new float[n];
+        float[] special = {0f, -0f, Float.NEGATIVE_INFINITY, Float.POSITIVE_INFINITY, Float.NaN, Float.MIN_VALUE,
+                -Float.MIN_VALUE, Float.MAX_VALUE, -Float.MAX_VALUE, 1f, -1f};
+        for (int i = 0; i < n; i++) {
+            int pick = rnd.nextInt(10);
+            v[i] = pick == 0 ? special[rnd.nextInt(special.length)]
+                    : pick == 1 ? (float) Math.round(rnd.nextGaussian() * 2)   // many ties
+                    : (float) (rnd.nextGaussian() * 4);
+        }
+        return v;
+    }
+
+    @Test
+    void ascendingOrderIsTheStableComparatorSort() {
+        java.util.Random rnd = new java.util.Random();
+        for (int n : new int[] {1, 2, 7, 256, 1000, 32000}) {
+            for (int rep = 0; rep < 5; rep++) {
+                float[] v = awkwardLogits(rnd, n);
+                assertArrayEquals(comparatorOrder(v), Sampler.ascendingOrder(v), "n " + n);
+            }
+        }
+    }
+
+    /** top-k and top-p leave the logits the former sort-based filters left, bit for bit (no NaN: softmax is then NaN). */
+    @Test
+    void topKAndTopPFilterAsTheSortBasedForms() {
+        java.util.Random rnd = new java.util.Random();
+        for (int n : new int[] {3, 100, 32000}) {
+            for (int rep = 0; rep < 5; rep++) {
+                float[] v = awkwardLogits(rnd, n);
+                for (int i = 0; i < n; i++) if (Float.isNaN(v[i]) || v[i] == Float.POSITIVE_INFINITY) v[i] = 0f;
+                int k = 1 + rnd.nextInt(Math.min(n, 60));
+                float[] got = v.clone(), want = v.clone();
+                Sampler.applyTopK(got, k);
+                float[] sorted = want.clone();
+                java.util.Arrays.sort(sorted);
+                float threshold = sorted[sorted.length - k];
+                for (int i = 0; i < n; i++) if (want[i] < threshold) want[i] = Float.NEGATIVE_INFINITY;
+                assertArrayEquals(want, got, "top-k " + k + " of " + n);
+
+                double p = 0.05 + 0.9 * rnd.nextDouble();
+                got = v.clone();
+                want = v.clone();
+                Sampler.applyTopP(got, p);
+                int[] order = comparatorOrder(want);
+                double[] probs = Sampler.softmax(want);
+                double cum = 0;
+                for (int r = 0; r < n - 1; r++) {
+                    cum += probs[order[r]];
+                    if (cum <= 1 - p) want[order[r]] = Float.NEGATIVE_INFINITY;
+                    else break;
+                }
+                assertArrayEquals(want, got, "top-p " + p + " of " + n);
+            }
+        }
+    }
+
     @Test
     void greedyTakesTheFirstMaximum() {
         assertEquals(1, Sampler.argmax(new float[] {0f, 3f, 3f, -1f}));
