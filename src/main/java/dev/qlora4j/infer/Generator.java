@@ -78,6 +78,10 @@ public final class Generator {
              DecodeGraph graph = decodeGraph(b, cache, pads, batch)) {
             float[][] logits = step(b, cache, ids, positions, 0, promptLen, pads, batch);
             int[] picked = null;  // the step's greedy tokens when the device picked them (logits is null then)
+            // Each row's text is decoded every step only for stop strings or a listener: a decode of the whole output
+            // grows with it (~0.16 us a token with the HF tokenizer: 330 us a row at 2,048 tokens, a seventh of a 7B
+            // GPU step). Without either the texts are decoded once at the end.
+            boolean textEachStep = !params.stopStrings().isEmpty() || listener != TokenListener.NONE;
             prefill = System.nanoTime() - t0;
             long t1 = System.nanoTime();
             for (int s = 0; s < maxNew; s++) {
@@ -95,12 +99,16 @@ public final class Generator {
                     next[r] = tok;
                     context[r][prompts[r].length + produced[r]] = tok;
                     out[r][produced[r]++] = tok;
-                    String text = decoder.apply(Arrays.copyOf(out[r], produced[r]));
-                    reasons[r] = finishReason(tok, text, params, produced[r], texts, r);
-                    String visible = texts[r] != null ? texts[r] : text;
-                    String delta = stableDelta(visible, emittedChars[r], reasons[r] != null);
-                    emittedChars[r] += delta.length();
-                    listener.onToken(r, tok, delta);
+                    if (textEachStep) {
+                        String text = decoder.apply(Arrays.copyOf(out[r], produced[r]));
+                        reasons[r] = finishReason(tok, text, params, produced[r], texts, r);
+                        String visible = texts[r] != null ? texts[r] : text;
+                        String delta = stableDelta(visible, emittedChars[r], reasons[r] != null);
+                        emittedChars[r] += delta.length();
+                        listener.onToken(r, tok, delta);
+                    } else {
+                        reasons[r] = finishReason(tok, "", params, produced[r], texts, r);
+                    }
                     if (reasons[r] == null) anyLive = true;
                 }
                 if (!anyLive) break;

@@ -47,4 +47,36 @@ class GeneratorStopTest {
             assertTrue(a.outputIds()[0].length <= 24);
         }
     }
+
+    /**
+     * Without stop strings and without a listener the rows' texts are decoded once, at the end (not the whole output
+     * every step); tokens, texts and reasons are those of a run that decodes every step for a listener.
+     */
+    @Test
+    void textsAreDecodedOnceWithoutStopStringsOrAListener() throws Exception {
+        JsonNode g = Golden.json("llama-f32");
+        int[][] prompts = {Golden.ints(g.get("prompts").get(0).get("input_ids")), Golden.ints(g.get("prompts").get(1).get("input_ids"))};
+        try (dev.qlora4j.io.CheckpointReader reader = dev.qlora4j.io.CheckpointReader.open(Golden.dir("llama-f32"));
+             dev.qlora4j.backend.cpu.CpuBackend b = new dev.qlora4j.backend.cpu.CpuBackend(2)) {
+            dev.qlora4j.model.ModelConfig c = dev.qlora4j.model.ModelConfig.load(Golden.dir("llama-f32"));
+            dev.qlora4j.model.TransformerLM m = dev.qlora4j.model.TransformerLM.load(c,
+                    new dev.qlora4j.model.CheckpointWeights(reader, "llama-f32"), b, dev.qlora4j.model.LinearFactory.DENSE);
+            int[] calls = {0};
+            java.util.function.Function<int[], String> decoder = ids -> {
+                calls[0]++;
+                return java.util.Arrays.toString(ids);
+            };
+            SamplingParams greedy = SamplingParams.greedy(10).withMinNewTokens(10);
+            GenerationResult quiet = new Generator(m, c.eosTokenIds(), 0, decoder).generate(prompts, greedy, TokenListener.NONE);
+            assertEquals(prompts.length, calls[0], "one decode a row, at the end");
+            calls[0] = 0;
+            GenerationResult streamed = new Generator(m, c.eosTokenIds(), 0, decoder).generate(prompts, greedy, (row, tok, piece) -> {});
+            assertTrue(calls[0] >= 10 * prompts.length, "a listener gets text every step");
+            for (int r = 0; r < prompts.length; r++) {
+                assertArrayEquals(streamed.outputIds()[r], quiet.outputIds()[r], "row " + r);
+                assertEquals(streamed.texts()[r], quiet.texts()[r], "row " + r);
+                assertEquals(streamed.stopReasons()[r], quiet.stopReasons()[r], "row " + r);
+            }
+        }
+    }
 }
