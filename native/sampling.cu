@@ -4,8 +4,9 @@
 //   argmax_rows_<t>   logits [B, V] (T = float, bf16 or half) -> token [B] (int32): the index of the row's largest
 //                     logit, as infer/Sampler.argmax scans it (the first index on ties; a logit that is NaN never wins,
 //                     except that a NaN first logit gives 0), with up to four excluded ids (e0..e3, the first n_excluded
-//                     of them) read as -infinity first, as Sampler's EOS suppression before min_new_tokens.
-//                     grid B blocks, ARGMAX_THREADS threads.
+//                     of them) read as -infinity first, as Sampler's EOS suppression before min_new_tokens. next_ids
+//                     [B] (or null) gets the same ids: the next decode step's input, so a replayed graph can run on
+//                     without the host (CudaDecodeGraph's pipelined greedy steps). grid B blocks, ARGMAX_THREADS threads.
 //
 // Why the scan's answer comes out of a tree: for non-NaN values "larger, then smaller index" is a total order, so any
 // reduction order picks the first index of the maximum, which is what a left-to-right scan with `>` keeps; NaN logits
@@ -35,7 +36,7 @@ __device__ __forceinline__ void argmax_warp(float& bv, int& bi) {
 
 template <typename T>
 __device__ __forceinline__ void argmax_row(const T* __restrict__ logits, int vocab, int n_excluded, int e0, int e1,
-                                           int e2, int e3, int* __restrict__ token) {
+                                           int e2, int e3, int* __restrict__ token, int* __restrict__ next_ids) {
     __shared__ float s_v[32];
     __shared__ int s_i[32];
     const T* row = logits + (int64_t)blockIdx.x * vocab;
@@ -45,7 +46,10 @@ __device__ __forceinline__ void argmax_row(const T* __restrict__ logits, int voc
         return out ? -INFINITY : to_f32(row[i]);
     };
     if (isnan(value(0))) {  // the scan starts on index 0 and never leaves a NaN
-        if (threadIdx.x == 0) token[blockIdx.x] = 0;
+        if (threadIdx.x == 0) {
+            token[blockIdx.x] = 0;
+            if (next_ids) next_ids[blockIdx.x] = 0;
+        }
         return;
     }
     float bv = -INFINITY;
@@ -68,15 +72,18 @@ __device__ __forceinline__ void argmax_row(const T* __restrict__ logits, int voc
         bv = lane < warps ? s_v[lane] : -INFINITY;
         bi = lane < warps ? s_i[lane] : ARGMAX_EMPTY;
         argmax_warp(bv, bi);
-        if (lane == 0) token[blockIdx.x] = bi;  // never empty: index 0 is a candidate (its value is not NaN)
+        if (lane == 0) {  // never empty: index 0 is a candidate (its value is not NaN)
+            token[blockIdx.x] = bi;
+            if (next_ids) next_ids[blockIdx.x] = bi;
+        }
     }
 }
 
 #define QL_ARGMAX(tn, T)                                                                                          \
     extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_rows_##tn(                               \
         const T* __restrict__ logits, int vocab, int n_excluded, int e0, int e1, int e2, int e3,                 \
-        int* __restrict__ token) {                                                                                \
-        argmax_row<T>(logits, vocab, n_excluded, e0, e1, e2, e3, token);                                          \
+        int* __restrict__ token, int* __restrict__ next_ids) {                                                    \
+        argmax_row<T>(logits, vocab, n_excluded, e0, e1, e2, e3, token, next_ids);                                \
     }
 QL_ARGMAX(f32, float)
 QL_ARGMAX(bf16, __nv_bfloat16)

@@ -41,8 +41,14 @@ final class CudaDecodeGraph implements DecodeGraph {
     private final Tensor ids;        // I32 [batch]
     private final Tensor positions;  // I32 [batch]
     private final Tensor start;      // I32 [1]
-    private final MemorySegment pinnedInputs;   // ids, positions, start, status word (3 ints), greedy tokens
-    private final Tensor tokens;     // I32 [batch]: stepGreedy's picks
+    private final MemorySegment pinnedInputs;   // ids, positions, start, status word (3 ints): step()
+    private final Tensor tokens;     // I32 [batch]: the greedy steps' picks
+    // Pipelined greedy steps (launchGreedy / collectGreedy): two slots of pinned inputs, picks and status word, each
+    // with the event recorded after its copies back; a slot is reused only once its step has been collected.
+    private final MemorySegment[] greedySlots = new MemorySegment[2];
+    private final long[] greedyEvents = new long[2];
+    private final java.util.ArrayDeque<Integer> queued = new java.util.ArrayDeque<>();
+    private int nextSlot;
     private MemorySegment pinnedLogits;
     private Tensor logits;           // the captured step's output [batch, vocab]
     private long graph;
@@ -61,7 +67,7 @@ final class CudaDecodeGraph implements DecodeGraph {
         this.positions = ctx.empty(DType.I32, batch);
         this.start = ctx.empty(DType.I32, 1);
         this.tokens = ctx.empty(DType.I32, batch);
-        this.pinnedInputs = driver.memAllocHost(4L * (2 * batch + 1 + 3 + batch));
+        this.pinnedInputs = driver.memAllocHost(4L * (2 * batch + 1 + 3));
     }
 
     /** System property: "false" turns {@link #stepGreedy} off (the caller then picks from the logits on the host). */
@@ -72,26 +78,56 @@ final class CudaDecodeGraph implements DecodeGraph {
     @Override
     public boolean picksGreedyOnDevice() { return exec != 0 && Switches.on(DEVICE_GREEDY_PROPERTY, true); }
 
+    // A greedy slot: ids [batch], positions [batch], start, status word (3 ints), picks [batch].
+    private long slotStatusOffset() { return 4L * (2 * batch + 1); }
+    private long slotPicksOffset() { return slotStatusOffset() + 12; }
+
     @Override
-    public int[] stepGreedy(int[] stepIds, int[] stepPositions, int stepStart, int[] excluded) {
+    public void launchGreedy(int[] stepIds, int[] stepPositions, int stepStart, int[] excluded) {
         if (closed) throw new IllegalStateException("decode graph is closed");
-        if (exec == 0) throw new IllegalStateException("stepGreedy replays a recorded step: call step first");
-        if (stepIds.length != batch || stepPositions.length != batch) {
-            throw new IllegalArgumentException("decode graph of batch " + batch + " got " + stepIds.length + " ids and "
-                    + stepPositions.length + " positions");
+        if (exec == 0) throw new IllegalStateException("launchGreedy replays a recorded step: call step first");
+        if ((stepIds != null && stepIds.length != batch) || stepPositions.length != batch) {
+            throw new IllegalArgumentException("decode graph of batch " + batch + " got "
+                    + (stepIds == null ? "the previous picks" : stepIds.length + " ids") + " and " + stepPositions.length + " positions");
         }
-        writeInputs(stepIds, stepPositions, stepStart);
-        driver.graphLaunch(exec, ctx.stream());
-        SamplingKernels.argmaxRows(ctx, logits, excluded, tokens);
-        long s = ctx.stream();
-        long statusAt = pinnedInputs.address() + 4L * (2 * batch + 1);
-        long tokensAt = statusAt + 12;
-        driver.memcpyDtoHAsync(tokensAt, CudaContext.ptr(tokens), 4L * batch, s);
-        driver.memcpyDtoHAsync(statusAt, backend.status().pointer(), 12, s);
-        driver.streamSynchronize(s);
-        if (pinnedInputs.getAtIndex(ValueLayout.JAVA_INT, 2L * batch + 1) != 0) backend.synchronize(); // throws its error
+        if (queued.size() == greedySlots.length) {
+            throw new IllegalStateException("two greedy steps are queued uncollected: collectGreedy first");
+        }
+        int k = nextSlot;
+        nextSlot = (nextSlot + 1) % greedySlots.length;
+        if (greedySlots[k] == null) {
+            greedySlots[k] = driver.memAllocHost(slotPicksOffset() + 4L * batch);
+            greedyEvents[k] = driver.eventCreate(false);
+        }
+        MemorySegment slot = greedySlots[k];
+        long host = slot.address(), s = ctx.stream();
+        if (stepIds != null) {
+            MemorySegment.copy(stepIds, 0, slot, ValueLayout.JAVA_INT, 0, batch);
+            driver.memcpyHtoDAsync(CudaContext.ptr(ids), host, 4L * batch, s);
+        }
+        MemorySegment.copy(stepPositions, 0, slot, ValueLayout.JAVA_INT, 4L * batch, batch);
+        slot.setAtIndex(ValueLayout.JAVA_INT, 2L * batch, stepStart);
+        driver.memcpyHtoDAsync(CudaContext.ptr(positions), host + 4L * batch, 4L * batch, s);
+        driver.memcpyHtoDAsync(CudaContext.ptr(start), host + 8L * batch, 4, s);
+        driver.graphLaunch(exec, s);
+        // the picks go to the host and, as the next step's input ids, stay on the device
+        SamplingKernels.argmaxRows(ctx, logits, excluded, tokens, ids);
+        driver.memcpyDtoHAsync(host + slotPicksOffset(), CudaContext.ptr(tokens), 4L * batch, s);
+        driver.memcpyDtoHAsync(host + slotStatusOffset(), backend.status().pointer(), 12, s);
+        driver.eventRecord(greedyEvents[k], s);
+        queued.add(k);
+    }
+
+    @Override
+    public int[] collectGreedy() {
+        if (closed) throw new IllegalStateException("decode graph is closed");
+        Integer k = queued.poll();
+        if (k == null) throw new IllegalStateException("no greedy step is queued: launchGreedy first");
+        driver.eventSynchronize(greedyEvents[k]);
+        MemorySegment slot = greedySlots[k];
+        if (slot.get(ValueLayout.JAVA_INT, slotStatusOffset()) != 0) backend.synchronize(); // clears the word, throws its error
         int[] picked = new int[batch];
-        MemorySegment.copy(pinnedInputs, ValueLayout.JAVA_INT, tokensAt - pinnedInputs.address(), picked, 0, batch);
+        MemorySegment.copy(slot, ValueLayout.JAVA_INT, slotPicksOffset(), picked, 0, batch);
         GREEDY_STEPS.incrementAndGet();
         return picked;
     }
@@ -209,6 +245,12 @@ final class CudaDecodeGraph implements DecodeGraph {
         start.close();
         tokens.close();
         driver.memFreeHost(pinnedInputs);
+        for (int k = 0; k < greedySlots.length; k++) {
+            if (greedySlots[k] != null) {
+                driver.memFreeHost(greedySlots[k]);
+                driver.eventDestroy(greedyEvents[k]);
+            }
+        }
         if (pinnedLogits != null) driver.memFreeHost(pinnedLogits);
     }
 }

@@ -31,12 +31,24 @@ public interface DecodeGraph extends AutoCloseable {
     boolean picksGreedyOnDevice();
 
     /**
-     * Replays the recorded step and returns each row's greedy token, picked on the device so that only the token ids
-     * come back: the argmax of the row's logits with the excluded ids (at most {@link #MAX_EXCLUDED_IDS}; EOS before
-     * min_new_tokens) read as -infinity, the index infer.Sampler's greedy path picks from the logits {@link #step}
-     * returns (the first on ties). Needs {@link #picksGreedyOnDevice}.
+     * Queues a replay of the recorded step whose greedy tokens are picked on the device, so that only the token ids
+     * come back ({@link #collectGreedy}): the argmax of each row's logits with the excluded ids (at most
+     * {@link #MAX_EXCLUDED_IDS}; EOS before min_new_tokens) read as -infinity, the index infer.Sampler's greedy path
+     * picks from the logits {@link #step} returns (the first on ties). ids: the step's input tokens, or null to take
+     * the previous greedy step's picks where the device left them (the host need not have read them: the next step is
+     * queued before the previous one's tokens are collected). Returns at once; at most two steps are queued
+     * uncollected. Needs {@link #picksGreedyOnDevice}.
      */
-    int[] stepGreedy(int[] ids, int[] positions, int start, int[] excluded);
+    void launchGreedy(int[] ids, int[] positions, int start, int[] excluded);
+
+    /** The picks of the oldest queued greedy step not yet collected (waits for it). */
+    int[] collectGreedy();
+
+    /** {@link #launchGreedy} with the ids given, then {@link #collectGreedy}: one step, its picks. */
+    default int[] stepGreedy(int[] ids, int[] positions, int start, int[] excluded) {
+        launchGreedy(ids, positions, start, excluded);
+        return collectGreedy();
+    }
 
     @Override
     void close();

@@ -20,9 +20,10 @@ final class SamplingKernels {
     /**
      * token [rows] (I32, device) = the argmax of each row of logits [rows, vocab] (F32, BF16 or F16) with the excluded
      * ids (at most {@link #MAX_EXCLUDED}) read as -infinity: infer.Sampler's greedy choice after its EOS suppression,
-     * the same index (the first on ties; NaN logits never win, a NaN first logit gives 0).
+     * the same index (the first on ties; NaN logits never win, a NaN first logit gives 0). nextIds (I32 [rows], or null)
+     * gets the same ids: a decode graph's input for its next step.
      */
-    static void argmaxRows(CudaContext ctx, Tensor logits, int[] excluded, Tensor token) {
+    static void argmaxRows(CudaContext ctx, Tensor logits, int[] excluded, Tensor token, Tensor nextIds) {
         KernelTypes.requireDevice(logits, "argmax logits");
         KernelTypes.requireRank(logits, 2, "argmax logits");
         if (excluded.length > MAX_EXCLUDED) {
@@ -40,6 +41,7 @@ final class SamplingKernels {
         int[] e = java.util.Arrays.copyOf(excluded, MAX_EXCLUDED);
         ctx.launch(ctx.function("sampling", "argmax_rows_" + t), Dim3.of(logits.dim(0)), Dim3.of(THREADS), 0,
                 KernelArgs.of().ptr(CudaContext.ptr(logits)).i32(logits.dim(1)).i32(excluded.length)
-                        .i32(e[0]).i32(e[1]).i32(e[2]).i32(e[3]).ptr(CudaContext.ptr(token)));
+                        .i32(e[0]).i32(e[1]).i32(e[2]).i32(e[3]).ptr(CudaContext.ptr(token))
+                        .ptr(nextIds == null ? 0L : CudaContext.ptr(nextIds)));
     }
 }

@@ -58,9 +58,11 @@ class DeviceGreedyGpuTest {
                 }
                 int[] excluded = vocab > 3 ? new int[] {2, vocab + 5} : new int[0];   // the second is outside the vocab
                 try (Tensor logits = QuantGpuSupport.upload(ctx, v, dt, rows, vocab);
-                     Tensor token = QuantGpuSupport.poisoned(ctx, DType.I32, rows)) {
-                    SamplingKernels.argmaxRows(ctx, logits, excluded, token);
+                     Tensor token = QuantGpuSupport.poisoned(ctx, DType.I32, rows);
+                     Tensor next = QuantGpuSupport.poisoned(ctx, DType.I32, rows)) {
+                    SamplingKernels.argmaxRows(ctx, logits, excluded, token, next);
                     int[] got = ctx.download(token).toIntArray();
+                    assertArrayEquals(got, ctx.download(next).toIntArray(), "the next step's ids are the picks");
                     for (int r = 0; r < rows; r++) {
                         float[] row = java.util.Arrays.copyOfRange(v, r * vocab, (r + 1) * vocab);
                         for (int e : excluded) if (e < vocab) row[e] = Float.NEGATIVE_INFINITY;

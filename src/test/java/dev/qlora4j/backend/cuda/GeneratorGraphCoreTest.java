@@ -33,8 +33,9 @@ import org.junit.jupiter.params.provider.ValueSource;
  * The Generator's decode-graph path, on the CPU: a backend that delegates every op to CpuBackend and offers
  * a "graph" that simply runs its body (what a CUDA graph replays) must give the golden greedy tokens, with
  * the step inputs the direct path would use (ids, positions, cache slot), one graph per generate() call; the steps
- * after the recorded one take the graph's greedy pick (DecodeGraph#stepGreedy, here the host argmax with the EOS ids
- * masked, as the CUDA kernel computes it), min_new_tokens' EOS suppression included.
+ * after the recorded one take the graph's pipelined greedy pick (DecodeGraph#launchGreedy: the next step queued on the
+ * previous picks before they are read; here the host argmax with the EOS ids masked, as the CUDA kernel computes it),
+ * min_new_tokens' EOS suppression included.
  */
 class GeneratorGraphCoreTest {
 
@@ -71,7 +72,7 @@ class GeneratorGraphCoreTest {
     static final class RunBodyBackend implements Backend, GraphCapable {
         final CpuBackend cpu;
         int graphs;
-        int greedySteps;   // decode steps whose tokens the "device" picked (stepGreedy)
+        int greedySteps;   // decode steps whose tokens the "device" picked (launchGreedy)
         final List<Integer> starts = new ArrayList<>();
         final List<int[]> positions = new ArrayList<>();
 
@@ -102,18 +103,27 @@ class GeneratorGraphCoreTest {
 
                 @Override public boolean picksGreedyOnDevice() { return captured; }
 
-                /** What the CUDA graph's device pick computes: the argmax with the excluded ids at -infinity. */
+                final java.util.ArrayDeque<int[]> queued = new java.util.ArrayDeque<>();
+                int[] lastPicks;
+
+                /** What the CUDA graph's device pick computes: the argmax with the excluded ids at -infinity; null ids
+                 *  take the previous picks, as the device leaves them. */
                 @Override
-                public int[] stepGreedy(int[] ids, int[] pos, int start, int[] excluded) {
+                public void launchGreedy(int[] ids, int[] pos, int start, int[] excluded) {
+                    if (queued.size() == 2) throw new IllegalStateException("two steps queued uncollected");
                     greedySteps++;
-                    float[][] rows = step(ids, pos, start);
+                    float[][] rows = step(ids != null ? ids : lastPicks, pos, start);
                     int[] picked = new int[batch];
                     for (int r = 0; r < batch; r++) {
                         for (int e : excluded) if (e >= 0 && e < rows[r].length) rows[r][e] = Float.NEGATIVE_INFINITY;
                         picked[r] = dev.qlora4j.infer.Sampler.argmax(rows[r]);
                     }
-                    return picked;
+                    lastPicks = picked;
+                    queued.add(picked);
                 }
+
+                @Override
+                public int[] collectGreedy() { return queued.remove(); }
 
                 @Override public void close() {}
             };
