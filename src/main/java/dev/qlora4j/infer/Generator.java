@@ -146,7 +146,7 @@ public final class Generator {
     }
 
     /**
-     * Whether the next token of every row can be picked on the device ({@link DecodeGraph#stepGreedy}): a recorded
+     * Whether the next token of every row can be picked on the device ({@link DecodeGraph#launchGreedy}): a recorded
      * graph that does it, greedy decoding without a repetition penalty (what is left of {@link Sampler#next} is then the
      * argmax after the EOS suppression), and no more EOS ids than the device masks.
      */

@@ -70,7 +70,7 @@ final class CudaDecodeGraph implements DecodeGraph {
         this.pinnedInputs = driver.memAllocHost(4L * (2 * batch + 1 + 3));
     }
 
-    /** System property: "false" turns {@link #stepGreedy} off (the caller then picks from the logits on the host). */
+    /** System property: "false" turns {@link #launchGreedy} off (the caller then picks from the logits on the host). */
     static final String DEVICE_GREEDY_PROPERTY = "qlora4j.cuda.deviceGreedy";
     /** Steps whose tokens were picked on the device, all graphs (tests read it to see the path ran). */
     static final java.util.concurrent.atomic.AtomicLong GREEDY_STEPS = new java.util.concurrent.atomic.AtomicLong();
@@ -78,9 +78,10 @@ final class CudaDecodeGraph implements DecodeGraph {
     @Override
     public boolean picksGreedyOnDevice() { return exec != 0 && Switches.on(DEVICE_GREEDY_PROPERTY, true); }
 
-    // A greedy slot: ids [batch], positions [batch], start, status word (3 ints), picks [batch].
-    private long slotStatusOffset() { return 4L * (2 * batch + 1); }
-    private long slotPicksOffset() { return slotStatusOffset() + 12; }
+    // Pinned inputs (pinnedInputs, and each greedy slot): ids [batch], positions [batch], start, status word (3 ints);
+    // a greedy slot then its picks [batch].
+    private long statusOffset() { return 4L * (2 * batch + 1); }
+    private long slotPicksOffset() { return statusOffset() + 12; }
 
     @Override
     public void launchGreedy(int[] stepIds, int[] stepPositions, int stepStart, int[] excluded) {
@@ -101,19 +102,12 @@ final class CudaDecodeGraph implements DecodeGraph {
         }
         MemorySegment slot = greedySlots[k];
         long host = slot.address(), s = ctx.stream();
-        if (stepIds != null) {
-            MemorySegment.copy(stepIds, 0, slot, ValueLayout.JAVA_INT, 0, batch);
-            driver.memcpyHtoDAsync(CudaContext.ptr(ids), host, 4L * batch, s);
-        }
-        MemorySegment.copy(stepPositions, 0, slot, ValueLayout.JAVA_INT, 4L * batch, batch);
-        slot.setAtIndex(ValueLayout.JAVA_INT, 2L * batch, stepStart);
-        driver.memcpyHtoDAsync(CudaContext.ptr(positions), host + 4L * batch, 4L * batch, s);
-        driver.memcpyHtoDAsync(CudaContext.ptr(start), host + 8L * batch, 4, s);
+        writeInputs(slot, stepIds, stepPositions, stepStart);
         driver.graphLaunch(exec, s);
         // the picks go to the host and, as the next step's input ids, stay on the device
         SamplingKernels.argmaxRows(ctx, logits, excluded, tokens, ids);
         driver.memcpyDtoHAsync(host + slotPicksOffset(), CudaContext.ptr(tokens), 4L * batch, s);
-        driver.memcpyDtoHAsync(host + slotStatusOffset(), backend.status().pointer(), 12, s);
+        driver.memcpyDtoHAsync(host + statusOffset(), backend.status().pointer(), 12, s);
         driver.eventRecord(greedyEvents[k], s);
         queued.add(k);
     }
@@ -125,7 +119,7 @@ final class CudaDecodeGraph implements DecodeGraph {
         if (k == null) throw new IllegalStateException("no greedy step is queued: launchGreedy first");
         driver.eventSynchronize(greedyEvents[k]);
         MemorySegment slot = greedySlots[k];
-        if (slot.get(ValueLayout.JAVA_INT, slotStatusOffset()) != 0) backend.synchronize(); // clears the word, throws its error
+        if (slot.get(ValueLayout.JAVA_INT, statusOffset()) != 0) backend.synchronize(); // clears the word, throws its error
         int[] picked = new int[batch];
         MemorySegment.copy(slot, ValueLayout.JAVA_INT, slotPicksOffset(), picked, 0, batch);
         GREEDY_STEPS.incrementAndGet();
@@ -142,20 +136,26 @@ final class CudaDecodeGraph implements DecodeGraph {
             throw new IllegalArgumentException("decode graph of batch " + batch + " got " + stepIds.length + " ids and "
                     + stepPositions.length + " positions");
         }
-        writeInputs(stepIds, stepPositions, stepStart);
+        writeInputs(pinnedInputs, stepIds, stepPositions, stepStart);
         if (exec == 0) return firstStepThenCapture(stepStart);
         driver.graphLaunch(exec, ctx.stream());
         return readLogits();
     }
 
-    private void writeInputs(int[] stepIds, int[] stepPositions, int stepStart) {
-        // The previous step's copies have completed: every step ends with a stream synchronization.
-        MemorySegment.copy(stepIds, 0, pinnedInputs, ValueLayout.JAVA_INT, 0, batch);
-        MemorySegment.copy(stepPositions, 0, pinnedInputs, ValueLayout.JAVA_INT, 4L * batch, batch);
-        pinnedInputs.setAtIndex(ValueLayout.JAVA_INT, 2L * batch, stepStart);
-        long host = pinnedInputs.address();
-        long s = ctx.stream();
-        driver.memcpyHtoDAsync(CudaContext.ptr(ids), host, 4L * batch, s);
+    /**
+     * The step's inputs into pinned buffer (its ids, positions and start) and on to the static device tensors, on the
+     * compute stream. stepIds null: the ids tensor keeps what the device left there (the previous greedy picks). The
+     * buffer's previous copies have completed: step ends with a stream synchronization, and a greedy slot is reused
+     * only once its step has been collected.
+     */
+    private void writeInputs(MemorySegment buf, int[] stepIds, int[] stepPositions, int stepStart) {
+        long host = buf.address(), s = ctx.stream();
+        if (stepIds != null) {
+            MemorySegment.copy(stepIds, 0, buf, ValueLayout.JAVA_INT, 0, batch);
+            driver.memcpyHtoDAsync(CudaContext.ptr(ids), host, 4L * batch, s);
+        }
+        MemorySegment.copy(stepPositions, 0, buf, ValueLayout.JAVA_INT, 4L * batch, batch);
+        buf.setAtIndex(ValueLayout.JAVA_INT, 2L * batch, stepStart);
         driver.memcpyHtoDAsync(CudaContext.ptr(positions), host + 4L * batch, 4L * batch, s);
         driver.memcpyHtoDAsync(CudaContext.ptr(start), host + 8L * batch, 4, s);
     }
@@ -204,7 +204,7 @@ final class CudaDecodeGraph implements DecodeGraph {
 
     private float[][] readLogits() {
         long s = ctx.stream();
-        long statusAt = pinnedInputs.address() + 4L * (2 * batch + 1);
+        long statusAt = pinnedInputs.address() + statusOffset();
         driver.memcpyDtoHAsync(pinnedLogits.address(), CudaContext.ptr(logits), logits.byteSize(), s);
         driver.memcpyDtoHAsync(statusAt, backend.status().pointer(), 12, s);
         driver.streamSynchronize(s);

@@ -21,11 +21,11 @@ public interface DecodeGraph extends AutoCloseable {
     /** Whether the step has been recorded (after the first {@link #step}). */
     boolean isCaptured();
 
-    /** Token ids {@link #stepGreedy} masks at most. */
+    /** Token ids {@link #launchGreedy} masks at most. */
     int MAX_EXCLUDED_IDS = 4;
 
     /**
-     * Whether {@link #stepGreedy} may be called: the step is recorded, and the device greedy pick is on
+     * Whether {@link #launchGreedy} may be called: the step is recorded, and the device greedy pick is on
      * (-Dqlora4j.cuda.deviceGreedy, default true; false returns the logits every step, for A/B timing).
      */
     boolean picksGreedyOnDevice();
@@ -43,12 +43,6 @@ public interface DecodeGraph extends AutoCloseable {
 
     /** The picks of the oldest queued greedy step not yet collected (waits for it). */
     int[] collectGreedy();
-
-    /** {@link #launchGreedy} with the ids given, then {@link #collectGreedy}: one step, its picks. */
-    default int[] stepGreedy(int[] ids, int[] positions, int start, int[] excluded) {
-        launchGreedy(ids, positions, start, excluded);
-        return collectGreedy();
-    }
 
     @Override
     void close();

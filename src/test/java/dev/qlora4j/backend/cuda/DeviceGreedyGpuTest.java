@@ -23,7 +23,7 @@ import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
 /**
- * The greedy pick on the GPU (native/sampling.cu argmax_rows; DecodeGraph#stepGreedy): against infer.Sampler's argmax
+ * The greedy pick on the GPU (native/sampling.cu argmax_rows; DecodeGraph#launchGreedy): against infer.Sampler's argmax
  * on the same values with the excluded ids at -infinity, on fresh random logits with planted ties, NaNs (first and
  * elsewhere), all -infinity rows and a maximum at an excluded id, in F32, BF16 and F16, outputs poisoned; and a
  * graph-captured decode giving the same greedy tokens with the pick on the device and on the host.
