@@ -1,5 +1,5 @@
-// sampling.cu — the greedy token of each row of a decode step's logits, on the GPU, so that a decode step sends back
-// one token id per row instead of its logits (infer/Generator's greedy path; backend/cuda/SamplingKernels).
+// sampling.cu — the greedy or sampled token of each row of a decode step's logits, on the GPU, so that a decode step
+// sends back one token id per row instead of its logits (infer/Generator's device pick; backend/cuda/SamplingKernels).
 //
 //   argmax_rows_<t>   logits [B, V] (T = float, bf16 or half) -> token [B] (int32): the index of the row's largest
 //                     logit, as infer/Sampler.argmax scans it (the first index on ties; a logit that is NaN never wins,
@@ -88,3 +88,480 @@ __device__ __forceinline__ void argmax_row(const T* __restrict__ logits, int voc
 QL_ARGMAX(f32, float)
 QL_ARGMAX(bf16, __nv_bfloat16)
 QL_ARGMAX(f16, __half)
+
+// ---------------------------------------------------------------------------------------------------------------------
+//   sample_rows_<t>   logits [B, V] -> token [B] (and next_ids [B], or null): infer.Sampler's sampled choice for the
+//                     uniform draw uniforms[b] (the host draws it from the row's seeded stream, so a seed gives the host
+//                     path's tokens): excluded ids at -infinity, x / temperature (IEEE division, as the host's float
+//                     divide), top-k (0 < top_k < V: keep values >= the k-th largest, ties at it kept), top-p
+//                     (one_minus_p > 0: drop the longest prefix of the ascending (value, index) order whose cumulative
+//                     probability stays <= 1 - p, never the last), then the first index whose cumulative probability in
+//                     index order exceeds u (probabilities in double, as the host's). scratch [B, V] (uint32): each
+//                     row's order keys. grid B blocks, SAMPLE_THREADS threads.
+//
+// The first pass keeps each value's order key (later passes read 4 bytes instead of converting, masking and dividing
+// again). top-k is a radix select on those keys (the smallest key K with count(key <= K) > V - k, 8 bits a pass into a
+// shared histogram). Its survivors, in index order, go to a shared list when they fit (SAMPLE_LIST), and top-p and the
+// draw run there; otherwise (no top-k, or more survivors) over the whole row. top-p is "the smallest key K whose
+// cumulative probability (ascending) exceeds 1 - p", found 4 bits a pass (the probability per 16 digit values of the
+// keys still in the bucket; 8 passes). Ties at that key are cut by index as the host's stable order does: the first
+// j0 of them (index order) go, j0 from the mass below and the tie's probability. The draw sums the kept mass of 128
+// index-order segments (each warp's lanes on consecutive items), and one warp walks the segment whose cumulative mass
+// passes u. Every pass loads SAMPLE_UNROLL items a thread before using them (a row has one SM). The sums run in
+// another order than the host's sequential ones, so a row whose cumulative mass lands within ~1e-16 of 1 - p or of u
+// could pick differently; NaN logits (a diverged model) give no defined choice.
+// ---------------------------------------------------------------------------------------------------------------------
+constexpr int SAMPLE_THREADS = 512;
+constexpr int SAMPLE_WARPS = SAMPLE_THREADS / 32;
+constexpr int SAMPLE_DIGITS = 16;  // 4 bits of the key a pass
+constexpr int SAMPLE_LIST = 4096;  // top-k survivors kept in shared memory (index order) for top-p and the draw
+constexpr int SAMPLE_UNROLL = 8;   // items a thread loads before using them
+constexpr int SAMPLE_SEGMENTS = 128;  // the draw's index-order pieces (sums, then one warp walks the piece holding u)
+
+// A key whose unsigned order is Float.compare's (NaN as Java's canonical NaN, above +infinity).
+__device__ __forceinline__ unsigned order_key(float v) {
+    const unsigned b = isnan(v) ? 0x7FC00000u : __float_as_uint(v);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ float key_value(unsigned k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k);
+}
+
+// The block's sum of v (every thread gets it; a fixed order, so the same inputs give the same sum).
+template <typename W>
+__device__ __forceinline__ W sample_block_sum(W v, W* s_warp) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+    if ((threadIdx.x & 31) == 0) s_warp[threadIdx.x >> 5] = v;
+    __syncthreads();
+    W t = 0;
+#pragma unroll
+    for (int w = 0; w < SAMPLE_WARPS; w++) t += s_warp[w];
+    __syncthreads();
+    return t;
+}
+
+__device__ __forceinline__ float sample_block_max(float v, float* s_warp) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+    if ((threadIdx.x & 31) == 0) s_warp[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float t = s_warp[0];
+#pragma unroll
+    for (int w = 1; w < SAMPLE_WARPS; w++) t = fmaxf(t, s_warp[w]);
+    __syncthreads();
+    return t;
+}
+
+// use(i, valid, load(i)) for i = threadIdx.x + SAMPLE_THREADS * t over [0, n), SAMPLE_UNROLL items a thread at a time
+// with their loads issued first (one load in flight a warp left the passes waiting on L2 latency). The trips are the
+// block's (use may run warp collectives; valid says whether i < n).
+template <typename Load, typename Use>
+__device__ __forceinline__ void for_items(int n, Load load, Use use) {
+    for (int base = 0; base < n; base += SAMPLE_THREADS * SAMPLE_UNROLL) {
+        decltype(load(0)) v[SAMPLE_UNROLL];
+#pragma unroll
+        for (int u = 0; u < SAMPLE_UNROLL; u++) {
+            const int i = base + u * SAMPLE_THREADS + threadIdx.x;
+            v[u] = i < n ? load(i) : decltype(load(0)){};
+        }
+#pragma unroll
+        for (int u = 0; u < SAMPLE_UNROLL; u++) {
+            const int i = base + u * SAMPLE_THREADS + threadIdx.x;
+            use(i, i < n, v[u]);
+        }
+    }
+}
+
+// The same over [lo, hi) for one warp, its lanes on consecutive items (index order within each step of 32).
+template <typename Load, typename Use>
+__device__ __forceinline__ void for_warp_items(int lo, int hi, Load load, Use use) {
+    const int lane = threadIdx.x & 31;
+    for (int base = lo; base < hi; base += 32 * SAMPLE_UNROLL) {
+        decltype(load(0)) v[SAMPLE_UNROLL];
+#pragma unroll
+        for (int u = 0; u < SAMPLE_UNROLL; u++) {
+            const int j = base + u * 32 + lane;
+            v[u] = j < hi ? load(j) : decltype(load(0)){};
+        }
+#pragma unroll
+        for (int u = 0; u < SAMPLE_UNROLL; u++) {
+            const int j = base + u * 32 + lane;
+            if (!use(j, j < hi, v[u])) return;  // use returns false to stop (warp-uniformly)
+        }
+    }
+}
+
+// The smallest key K with W(key <= K) > target over n items (item i's key key_of(i), its weight weight_of(key): only
+// the items still in the bucket are weighed), 4 bits a pass; *below = W(key < K). Returns false when W(all) <= target
+// (no such key). A later pass whose digit sums (added in another order than the bucket's total) do not reach the
+// target takes the bucket's last weighted digit.
+template <typename KeyOf, typename WeightOf>
+__device__ bool search_key(int n, KeyOf key_of, WeightOf weight_of, double target, unsigned* key_out,
+                           double* below_out) {
+    __shared__ double s_w[SAMPLE_WARPS][SAMPLE_DIGITS];
+    __shared__ double s_tot[SAMPLE_DIGITS];
+    unsigned prefix = 0;
+    double below = 0;
+    for (int shift = 32 - 4; shift >= 0; shift -= 4) {
+        const unsigned hi = shift == 28 ? 0u : 0xFFFFFFFFu << (shift + 4);
+        double acc[SAMPLE_DIGITS];
+#pragma unroll
+        for (int d = 0; d < SAMPLE_DIGITS; d++) acc[d] = 0;
+        for_items(n, key_of, [&](int, bool valid, unsigned k) {
+            if (!valid || (k & hi) != prefix) return;
+            const double w = weight_of(k);
+            const unsigned digit = (k >> shift) & (SAMPLE_DIGITS - 1);
+#pragma unroll
+            for (int d = 0; d < SAMPLE_DIGITS; d++) acc[d] += digit == (unsigned)d ? w : 0.0;
+        });
+#pragma unroll
+        for (int d = 0; d < SAMPLE_DIGITS; d++) {
+            double v = acc[d];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+            if ((threadIdx.x & 31) == 0) s_w[threadIdx.x >> 5][d] = v;
+        }
+        __syncthreads();
+        if (threadIdx.x < SAMPLE_DIGITS) {
+            double t = 0;
+#pragma unroll
+            for (int w = 0; w < SAMPLE_WARPS; w++) t += s_w[w][threadIdx.x];
+            s_tot[threadIdx.x] = t;
+        }
+        __syncthreads();
+        int digit = -1, last = -1;
+        double run = below, before_last = below;
+        for (int d = 0; d < SAMPLE_DIGITS; d++) {
+            if (s_tot[d] > 0) {
+                last = d;
+                before_last = run;
+            }
+            if (run + s_tot[d] > target) {
+                digit = d;
+                break;
+            }
+            run += s_tot[d];
+        }
+        __syncthreads();  // s_tot is rewritten next pass
+        if (digit < 0) {
+            if (shift == 28 || last < 0) return false;
+            digit = last;
+            run = before_last;
+        }
+        below = run;
+        prefix |= (unsigned)digit << shift;
+    }
+    *key_out = prefix;
+    *below_out = below;
+    return true;
+}
+
+// The smallest key K with count(key <= K) > rank over keys[0..n) (the k-th largest of n is rank n - k): 8 bits a pass
+// into one shared histogram, the lanes of a warp with the same bin adding once. keys were written by this block.
+__device__ unsigned select_rank_key(const unsigned* keys, int n, int rank) {
+    __shared__ int s_hist[256];
+    __shared__ int s_digit, s_below;
+    const int lane = threadIdx.x & 31;
+    unsigned prefix = 0;
+    int below = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int b = threadIdx.x; b < 256; b += SAMPLE_THREADS) s_hist[b] = 0;
+        __syncthreads();
+        const unsigned hi = shift == 24 ? 0u : 0xFFFFFFFFu << (shift + 8);
+        for_items(n, [&](int i) { return keys[i]; }, [&](int, bool valid, unsigned k) {
+            const bool in = valid && (k & hi) == prefix;
+            const unsigned act = __ballot_sync(0xFFFFFFFFu, in);
+            if (in) {
+                const unsigned bin = (k >> shift) & 255u;
+                const unsigned peers = __match_any_sync(act, bin);
+                if (lane == __ffs(peers) - 1) atomicAdd(&s_hist[bin], __popc(peers));
+            }
+        });
+        __syncthreads();
+        if (threadIdx.x < 32) {  // lane l holds bins 8l..8l+7; the first lane whose running count passes rank has it
+            int c[8], sum = 0;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                c[j] = s_hist[lane * 8 + j];
+                sum += c[j];
+            }
+            int inc = sum;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const int t = __shfl_up_sync(0xFFFFFFFFu, inc, o);
+                if (lane >= o) inc += t;
+            }
+            const unsigned hit = __ballot_sync(0xFFFFFFFFu, below + inc > rank);  // counts are exact: never empty
+            if (lane == __ffs(hit) - 1) {
+                int run = below + inc - sum, d = 0;
+                for (; d < 7 && run + c[d] <= rank; d++) run += c[d];
+                s_digit = lane * 8 + d;
+                s_below = run;
+            }
+        }
+        __syncthreads();
+        prefix |= (unsigned)s_digit << shift;
+        below = s_below;
+        __syncthreads();  // s_hist, s_digit rewritten next pass
+    }
+    return prefix;
+}
+
+// Exclusive prefix sums of v[0..SAMPLE_SEGMENTS) in place, by warp 0 (lane l holds 4 consecutive entries); the total
+// into *total. The caller syncs before and after.
+template <typename W>
+__device__ __forceinline__ void segments_exclusive_scan(W* v, W* total) {
+    static_assert(SAMPLE_SEGMENTS == 128, "four segments a lane");
+    const int lane = threadIdx.x & 31;
+    W c[4], sum = 0;
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        c[q] = v[lane * 4 + q];
+        sum += c[q];
+    }
+    W inc = sum;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const W t = __shfl_up_sync(0xFFFFFFFFu, inc, o);
+        if (lane >= o) inc += t;
+    }
+    W run = inc - sum;  // exact for counts; for masses one more rounding, well inside the ~1e-16 the draw allows
+    if (lane == 31) *total = inc;
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        v[lane * 4 + q] = run;
+        run += c[q];
+    }
+}
+
+// top-p and the draw over n items in index order: value_of(j) the item's value after temperature and top-k, index_of(j)
+// its token. Returns the token.
+template <typename ValueOf, typename IndexOf>
+__device__ int top_p_and_draw(int n, ValueOf value_of, IndexOf index_of, float mx, double one_minus_p, double u) {
+    __shared__ double s_d[SAMPLE_WARPS];
+    __shared__ long long s_l[SAMPLE_WARPS];
+    __shared__ double s_mass[SAMPLE_SEGMENTS];      // each segment's mass, then the mass before it
+    __shared__ long long s_ties[SAMPLE_SEGMENTS];   // each segment's ties at cut_key, then those before it
+    __shared__ int s_last[SAMPLE_SEGMENTS];         // each segment's last item with mass, or -1
+    __shared__ double s_total;
+    __shared__ long long s_tie_total;
+    __shared__ int s_pick;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    // e^(v - max) as the host's softmax: the difference in float, the exponential in double; -infinity gives 0
+    auto expo = [&](float v) { return v == -INFINITY ? 0.0 : exp((double)(v - mx)); };
+    auto key_of = [&](int j) { return order_key(value_of(j)); };
+
+    // top-p: the key of the first ascending position whose cumulative probability exceeds 1 - p, and how many of the
+    // items with that key (index order) still go (cut_ties); nothing goes without top-p
+    unsigned cut_key = 0;
+    long long cut_ties = 0;
+    if (one_minus_p > 0) {
+        double sum = 0;
+        for_items(n, value_of, [&](int, bool valid, float v) { if (valid) sum += expo(v); });
+        sum = sample_block_sum(sum, s_d);
+        double below = 0;
+        const bool crossed = search_key(n, key_of, [&](unsigned k) { return expo(key_value(k)) / sum; }, one_minus_p,
+                                        &cut_key, &below);
+        if (!crossed) cut_key = order_key(mx);  // the host's loop then drops all but the last item
+        long long tied = 0;
+        for_items(n, key_of, [&](int, bool valid, unsigned k) { tied += valid && k == cut_key; });
+        tied = sample_block_sum(tied, s_l);
+        if (!crossed) {
+            cut_ties = tied - 1;
+        } else {
+            const double q = expo(key_value(cut_key)) / sum;  // each tied item's probability
+            long long j = q > 0 ? (long long)floor((one_minus_p - below) / q) : 0;
+            j = max(0LL, min(j, tied));
+            while (j > 0 && below + (double)j * q > one_minus_p) j--;
+            while (j < tied && below + (double)(j + 1) * q <= one_minus_p) j++;
+            cut_ties = min(j, tied - 1);
+        }
+    }
+
+    // The draw over SAMPLE_SEGMENTS index-order segments (a multiple of 32 items each; warp w takes w, w + 16, ...):
+    // ties at cut_key before each segment, then each segment's kept mass, then one warp walks the segment holding u.
+    const int seg = ((n + SAMPLE_SEGMENTS - 1) / SAMPLE_SEGMENTS + 31) & ~31;
+    const unsigned lower_lanes = (1u << lane) - 1;
+    if (cut_ties > 0) {
+        for (int sg = warp; sg < SAMPLE_SEGMENTS; sg += SAMPLE_WARPS) {
+            long long c = 0;
+            for_warp_items(min(n, sg * seg), min(n, (sg + 1) * seg), key_of, [&](int, bool valid, unsigned k) {
+                c += __popc(__ballot_sync(0xFFFFFFFFu, valid && k == cut_key));
+                return true;
+            });
+            if (lane == 0) s_ties[sg] = c;
+        }
+        __syncthreads();
+        if (warp == 0) segments_exclusive_scan(s_ties, &s_tie_total);
+        __syncthreads();
+    }
+    // item j kept (rank: ties at cut_key before it, counted as the warp goes)
+    auto kept_mass = [&](bool valid, float v, long long& rank) {
+        const unsigned k = order_key(v);
+        const bool tie = valid && k == cut_key;
+        const unsigned ties = __ballot_sync(0xFFFFFFFFu, tie);
+        const long long r = rank + __popc(ties & lower_lanes);
+        rank += __popc(ties);
+        const bool kept = valid && (one_minus_p <= 0 || k > cut_key || (tie && r >= cut_ties));
+        return kept ? expo(v) : 0.0;
+    };
+    for (int sg = warp; sg < SAMPLE_SEGMENTS; sg += SAMPLE_WARPS) {
+        long long rank = cut_ties > 0 ? s_ties[sg] : 0;
+        double mass = 0;
+        int last = -1;
+        for_warp_items(min(n, sg * seg), min(n, (sg + 1) * seg), value_of, [&](int j, bool valid, float v) {
+            const double e = kept_mass(valid, v, rank);
+            mass += e;
+            const unsigned nz = __ballot_sync(0xFFFFFFFFu, e != 0);
+            if (nz) last = j - lane + 31 - __clz(nz);
+            return true;
+        });
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) mass += __shfl_xor_sync(0xFFFFFFFFu, mass, o);
+        if (lane == 0) {
+            s_mass[sg] = mass;
+            s_last[sg] = last;
+        }
+    }
+    __syncthreads();
+    if (warp == 0) {
+        double seg_mass[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) seg_mass[q] = s_mass[lane * 4 + q];
+        segments_exclusive_scan(s_mass, &s_total);
+        __syncwarp();
+        const double total = s_total;
+        // the first segment whose cumulative mass passes u; none (u past the rounded total): the last item with mass
+        int found = -1;
+#pragma unroll
+        for (int q = 3; q >= 0; q--) {
+            if (seg_mass[q] > 0 && u < (s_mass[lane * 4 + q] + seg_mass[q]) / total) found = lane * 4 + q;
+        }
+        const unsigned has = __ballot_sync(0xFFFFFFFFu, found >= 0);
+        const int sg = has ? __shfl_sync(0xFFFFFFFFu, found, __ffs(has) - 1) : -1;
+        int pick = -1;
+        if (sg >= 0) {
+            long long rank = cut_ties > 0 ? s_ties[sg] : 0;
+            double cum = s_mass[sg] / total;
+            for_warp_items(min(n, sg * seg), min(n, (sg + 1) * seg), value_of, [&](int j, bool valid, float v) {
+                const double p = kept_mass(valid, v, rank) / total;
+                double inc = p;
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1) {
+                    const double t = __shfl_up_sync(0xFFFFFFFFu, inc, o);
+                    if (lane >= o) inc += t;
+                }
+                const unsigned hit = __ballot_sync(0xFFFFFFFFu, p != 0 && u < cum + inc);
+                if (hit) {
+                    pick = j - lane + __ffs(hit) - 1;
+                    return false;
+                }
+                cum += __shfl_sync(0xFFFFFFFFu, inc, 31);
+                return true;
+            });
+            if (pick < 0) pick = s_last[sg];  // rounding: u past the segment's own sum
+        } else {
+            int last = -1;
+#pragma unroll
+            for (int q = 0; q < 4; q++) last = max(last, s_last[lane * 4 + q]);
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) last = max(last, __shfl_xor_sync(0xFFFFFFFFu, last, o));
+            pick = last;
+        }
+        if (lane == 0) s_pick = pick < 0 ? -1 : index_of(pick);
+    }
+    __syncthreads();
+    const int token = s_pick;
+    __syncthreads();  // s_pick is rewritten by a later call
+    return token < 0 ? 0 : token;  // nothing has mass (all -infinity): token 0
+}
+
+template <typename T>
+__device__ __forceinline__ void sample_row(const T* __restrict__ logits, int vocab, int n_excluded, int e0, int e1,
+                                           int e2, int e3, float temperature, int top_k, double one_minus_p,
+                                           const double* __restrict__ uniforms, unsigned* scratch,
+                                           int* __restrict__ token, int* __restrict__ next_ids) {
+    __shared__ float s_f[SAMPLE_WARPS];
+    __shared__ int s_index[SAMPLE_LIST];
+    __shared__ float s_value[SAMPLE_LIST];
+    const T* row = logits + (int64_t)blockIdx.x * vocab;
+    unsigned* keys = scratch + (int64_t)blockIdx.x * vocab;  // written and read by this block only (no __restrict__)
+    // The values Sampler.sample starts from: excluded ids at -infinity, divided by the temperature; their order keys
+    // are kept so that later passes read 4 bytes instead of converting, masking and dividing again.
+    float mx = -INFINITY;
+    for_items(vocab, [&](int i) { return row[i]; }, [&](int i, bool valid, T raw) {
+        if (!valid) return;
+        const bool out = (n_excluded > 0 && i == e0) || (n_excluded > 1 && i == e1) || (n_excluded > 2 && i == e2)
+                         || (n_excluded > 3 && i == e3);
+        const float v = out ? -INFINITY : __fdiv_rn(to_f32(raw), temperature);
+        keys[i] = order_key(v);
+        mx = fmaxf(mx, v);
+    });
+    mx = sample_block_max(mx, s_f);  // its barrier also makes the keys visible to the block
+    const double u = uniforms[blockIdx.x];
+    const bool top_k_on = top_k > 0 && top_k < vocab;
+    const float kth = top_k_on ? key_value(select_rank_key(keys, vocab, vocab - top_k)) : -INFINITY;
+    auto filtered = [&](int i) {  // after top-k (a float compare, as the host's: -0.0 is not below 0.0)
+        const float v = key_value(keys[i]);
+        return v < kth ? -INFINITY : v;
+    };
+    int pick = -1;
+    if (top_k_on) {  // the survivors, in index order, into shared memory when they fit: top-p and the draw run there
+        __shared__ int s_at[SAMPLE_SEGMENTS];  // each segment's survivors, then the survivors before it
+        __shared__ int s_survivors;
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const unsigned lower_lanes = (1u << lane) - 1;
+        const int seg = ((vocab + SAMPLE_SEGMENTS - 1) / SAMPLE_SEGMENTS + 31) & ~31;
+        auto value_at = [&](int i) { return key_value(keys[i]); };
+        for (int sg = warp; sg < SAMPLE_SEGMENTS; sg += SAMPLE_WARPS) {
+            int c = 0;
+            for_warp_items(min(vocab, sg * seg), min(vocab, (sg + 1) * seg), value_at, [&](int, bool valid, float v) {
+                c += __popc(__ballot_sync(0xFFFFFFFFu, valid && !(v < kth)));
+                return true;
+            });
+            if (lane == 0) s_at[sg] = c;
+        }
+        __syncthreads();
+        if (warp == 0) segments_exclusive_scan(s_at, &s_survivors);
+        __syncthreads();
+        const int survivors = s_survivors;
+        if (survivors <= SAMPLE_LIST) {
+            for (int sg = warp; sg < SAMPLE_SEGMENTS; sg += SAMPLE_WARPS) {
+                int at = s_at[sg];
+                const int lo = min(vocab, sg * seg), hi = min(vocab, (sg + 1) * seg);
+                for_warp_items(lo, hi, value_at, [&](int i, bool valid, float v) {
+                    const bool in = valid && !(v < kth);
+                    const unsigned b = __ballot_sync(0xFFFFFFFFu, in);
+                    if (in) {
+                        s_index[at + __popc(b & lower_lanes)] = i;
+                        s_value[at + __popc(b & lower_lanes)] = v;
+                    }
+                    at += __popc(b);
+                    return true;
+                });
+            }
+            __syncthreads();
+            pick = top_p_and_draw(survivors, [&](int j) { return s_value[j]; }, [&](int j) { return s_index[j]; }, mx,
+                                  one_minus_p, u);
+        }
+    }
+    if (pick < 0) pick = top_p_and_draw(vocab, filtered, [](int i) { return i; }, mx, one_minus_p, u);
+    if (threadIdx.x == 0) {
+        token[blockIdx.x] = pick;
+        if (next_ids) next_ids[blockIdx.x] = pick;
+    }
+}
+
+#define QL_SAMPLE(tn, T)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_##tn(                               \
+        const T* __restrict__ logits, int vocab, int n_excluded, int e0, int e1, int e2, int e3, float temperature, \
+        int top_k, double one_minus_p, const double* __restrict__ uniforms, unsigned* scratch,                   \
+        int* __restrict__ token, int* __restrict__ next_ids) {                                                    \
+        sample_row<T>(logits, vocab, n_excluded, e0, e1, e2, e3, temperature, top_k, one_minus_p, uniforms, scratch, \
+                      token, next_ids);                                                                           \
+    }
+QL_SAMPLE(f32, float)
+QL_SAMPLE(bf16, __nv_bfloat16)
+QL_SAMPLE(f16, __half)

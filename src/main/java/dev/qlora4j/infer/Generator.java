@@ -4,6 +4,7 @@ import dev.qlora4j.backend.Backend;
 import dev.qlora4j.backend.KvCache;
 import dev.qlora4j.backend.cuda.DecodeGraph;
 import dev.qlora4j.backend.cuda.GraphCapable;
+import dev.qlora4j.backend.cuda.TokenPick;
 import dev.qlora4j.model.RopeScaling;
 import dev.qlora4j.model.TransformerLM;
 import dev.qlora4j.tensor.Tensor;
@@ -77,11 +78,12 @@ public final class Generator {
              Tensor pads = b.upload(Tensor.ofInts(padStart, batch));
              DecodeGraph graph = decodeGraph(b, cache, pads, batch)) {
             float[][] logits = step(b, cache, ids, positions, 0, promptLen, pads, batch);
-            int[] picked = null;  // the step's greedy tokens when the device picked them (logits is null then)
-            // Pipelined greedy decoding (DecodeGraph#launchGreedy): once the device picks the tokens, the step that
-            // makes iteration s + 1's tokens is queued at the top of iteration s, before s's picks are read back (its
-            // input ids are those picks, left on the device), so the GPU does not wait for the host between steps.
-            // When every row ends at s, that step was for nothing (its picks are never read).
+            int[] picked = null;  // the step's tokens when the device picked them (logits is null then)
+            // Pipelined decoding (DecodeGraph#launchPick): once the device picks the tokens, the step that makes
+            // iteration s + 1's tokens is queued at the top of iteration s, before s's picks are read back (its input
+            // ids are those picks, left on the device), so the GPU does not wait for the host between steps. When
+            // every row ends at s, that step was for nothing (its picks are never read). A sampled pick takes each
+            // row's next uniform draw when its step is queued: the draw its Sampler would take for that token.
             boolean pipelined = false;
             // Each row's text is decoded every step only for stop strings or a listener: a decode of the whole output
             // grows with it (~0.16 us a token with the HF tokenizer: 330 us a row at 2,048 tokens, a seventh of a 7B
@@ -94,8 +96,8 @@ public final class Generator {
                 int[] nextPos = new int[batch];
                 for (int r = 0; r < batch; r++) nextPos[r] = prompts[r].length + s;
                 if (pipelined) {
-                    if (s + 1 < maxNew) graph.launchGreedy(null, nextPos, promptLen + s, excludedAt(params, s + 1));
-                    picked = graph.collectGreedy();
+                    if (s + 1 < maxNew) graph.launchPick(null, nextPos, promptLen + s, pickAt(params, s + 1, samplers));
+                    picked = graph.collectPicks();
                     steps++;
                 }
                 boolean anyLive = false;
@@ -123,8 +125,8 @@ public final class Generator {
                 }
                 if (!anyLive) break;
                 if (pipelined) continue;  // the next iteration's step is queued already
-                if (greedyOnDevice(graph, params)) {
-                    graph.launchGreedy(next, nextPos, promptLen + s, excludedAt(params, s + 1));
+                if (picksOnDevice(graph, params)) {
+                    graph.launchPick(next, nextPos, promptLen + s, pickAt(params, s + 1, samplers));
                     pipelined = true;
                     logits = null;
                 } else {
@@ -146,13 +148,22 @@ public final class Generator {
     }
 
     /**
-     * Whether the next token of every row can be picked on the device ({@link DecodeGraph#launchGreedy}): a recorded
-     * graph that does it, greedy decoding without a repetition penalty (what is left of {@link Sampler#next} is then the
-     * argmax after the EOS suppression), and no more EOS ids than the device masks.
+     * Whether the next token of every row can be picked on the device ({@link DecodeGraph#launchPick}): a recorded
+     * graph that does it, no repetition penalty (what is left of {@link Sampler#next} is then the EOS suppression and
+     * the argmax or {@link Sampler#sample}), and no more EOS ids than the device masks.
      */
-    private boolean greedyOnDevice(DecodeGraph graph, SamplingParams params) {
-        return graph != null && graph.picksGreedyOnDevice() && !params.doSample() && params.repetitionPenalty() == 1.0
+    private boolean picksOnDevice(DecodeGraph graph, SamplingParams params) {
+        return graph != null && graph.picksOnDevice() && params.repetitionPenalty() == 1.0
                 && eosIds.length <= DecodeGraph.MAX_EXCLUDED_IDS;
+    }
+
+    /** The device pick of iteration s's tokens: greedy, or sampled with each row's next draw. */
+    private TokenPick pickAt(SamplingParams params, int s, Sampler[] samplers) {
+        int[] excluded = excludedAt(params, s);
+        if (!params.doSample()) return TokenPick.greedy(excluded);
+        double[] u = new double[samplers.length];
+        for (int r = 0; r < u.length; r++) u[r] = samplers[r].drawUniform();
+        return TokenPick.sampled(excluded, (float) params.temperature(), params.topK(), params.topP(), u);
     }
 
     /**

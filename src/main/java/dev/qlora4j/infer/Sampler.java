@@ -30,13 +30,28 @@ public final class Sampler {
             for (int e : eosIds) if (e >= 0 && e < logits.length) logits[e] = Float.NEGATIVE_INFINITY;
         }
         if (!params.doSample()) return argmax(logits);
+        return sample(logits, params, drawUniform());
+    }
+
+    /**
+     * The next uniform draw in [0, 1) of this row's stream: {@link #next} takes one per sampled token. A device that
+     * samples the token instead (backend/cuda's sample_rows, {@link #sample}'s twin) is handed this draw, so a seed gives
+     * the same tokens either way.
+     */
+    public double drawUniform() { return random.nextDouble(); }
+
+    /**
+     * The sampled token for uniform draw u: temperature, top-k, top-p, then the first index whose cumulative
+     * probability (index order) exceeds u. logits [vocab] (penalties and EOS suppression applied) are modified in place.
+     */
+    public static int sample(float[] logits, SamplingParams params, double u) {
         if (params.temperature() != 1.0) {
             float t = (float) params.temperature();
             for (int i = 0; i < logits.length; i++) logits[i] /= t;
         }
         if (params.topK() > 0 && params.topK() < logits.length) applyTopK(logits, params.topK());
         if (params.topP() < 1.0) applyTopP(logits, params.topP());
-        return draw(logits);
+        return draw(logits, u);
     }
 
     /** CTRL penalty: each distinct seen token's logit is divided by p if positive, multiplied if negative. */
@@ -115,9 +130,8 @@ public final class Sampler {
         return p;
     }
 
-    private int draw(float[] logits) {
+    private static int draw(float[] logits, double u) {
         double[] p = softmax(logits);
-        double u = random.nextDouble();
         double cum = 0;
         int last = 0;
         for (int i = 0; i < p.length; i++) {

@@ -24,7 +24,8 @@ import java.util.Random;
  * times is the launch overhead the graph still pays).
  *
  * <p>Run: bash .gpu-pack/run main dev.qlora4j.bench.CudaDecodeProfile [--shape llama-7b] [--quant nf4|bf16]
- * [--new-tokens 128] [--offload-layers N] [--graphs on|off] [--gpus N]. --gpus N splits the decoder layers evenly
+ * [--new-tokens 128] [--offload-layers N] [--graphs on|off] [--gpus N] [--sample T,K,P]. --sample decodes with
+ * sampling (temperature T, top_k K, top_p P; seed 0) instead of greedy tokens. --gpus N splits the decoder layers evenly
  * over cuda:0..N-1 (each layer's KV cache on its GPU; decode graphs are off over several GPUs, so the loop runs
  * direct launches) and prints each GPU's peak memory.
  */
@@ -35,6 +36,7 @@ public final class CudaDecodeProfile {
         String shape = "llama-7b", quant = "nf4";
         int newTokens = 128, offloadLayers = 0, gpus = 1;
         boolean graphs = true;
+        String sample = null;
         for (int i = 0; i + 1 < args.length; i += 2) {
             switch (args[i]) {
                 case "--shape" -> shape = args[i + 1];
@@ -43,8 +45,10 @@ public final class CudaDecodeProfile {
                 case "--offload-layers" -> offloadLayers = Integer.parseInt(args[i + 1]);
                 case "--graphs" -> graphs = args[i + 1].equalsIgnoreCase("on") || args[i + 1].equalsIgnoreCase("true");
                 case "--gpus" -> gpus = Integer.parseInt(args[i + 1]);
+                case "--sample" -> sample = args[i + 1];
                 default -> throw new IllegalArgumentException("unknown option " + args[i]
-                        + "; use --shape NAME --quant nf4|bf16 --new-tokens N --offload-layers N --graphs on|off --gpus N");
+                        + "; use --shape NAME --quant nf4|bf16 --new-tokens N --offload-layers N --graphs on|off --gpus N"
+                        + " --sample T,K,P");
             }
         }
         if (!CudaBackend.isAvailable()) {
@@ -68,12 +72,13 @@ public final class CudaDecodeProfile {
                             : dev.qlora4j.placement.Offloading.lastLayersOnCpu(c, DType.BF16, q, b, offloadLayers));
             int vocab = model.config().vocabSize();
             int[][] prompt = {new Random(1).ints(32, 3, vocab).toArray()};
-            SamplingParams params = SamplingParams.greedy(newTokens).withMinNewTokens(newTokens);
+            SamplingParams params = params(newTokens, sample);
             int[] eos = model.config().eosTokenIds();
             Generator gen = new Generator(model, eos, eos.length > 0 ? eos[0] : 0, ids -> "");
-            System.out.printf(Locale.ROOT, "%s %s: %.2f GB of weights; %d of %d layers streamed from host; graphs %s%n", shape,
-                    quant, model.weightBytes() / 1e9, offloadLayers, c.numHiddenLayers(),
-                    b.decodeGraphsEnabled() && offloadLayers == 0 ? "on" : "off");
+            System.out.printf(Locale.ROOT, "%s %s: %.2f GB of weights; %d of %d layers streamed from host; graphs %s; %s%n",
+                    shape, quant, model.weightBytes() / 1e9, offloadLayers, c.numHiddenLayers(),
+                    b.decodeGraphsEnabled() && offloadLayers == 0 ? "on" : "off",
+                    sample == null ? "greedy" : "sampling T,k,p " + sample);
             gen.generate(prompt, params, TokenListener.NONE); // warm-up: kernels loaded, graph captured
             double[] tps = new double[3];
             for (int i = 0; i < tps.length; i++) {
@@ -94,6 +99,15 @@ public final class CudaDecodeProfile {
             }
             model.close();
         }
+    }
+
+    /** Greedy, or sampling with "T,K,P" (seed 0); every token generated (EOS suppressed until the last). */
+    private static SamplingParams params(int newTokens, String sample) {
+        if (sample == null) return SamplingParams.greedy(newTokens).withMinNewTokens(newTokens);
+        String[] f = sample.split(",");
+        if (f.length != 3) throw new IllegalArgumentException("--sample takes T,K,P (e.g. 0.8,50,0.9), got " + sample);
+        return new SamplingParams(newTokens, newTokens, true, Double.parseDouble(f[0]), Integer.parseInt(f[1]),
+                Double.parseDouble(f[2]), 1.0, 0, java.util.List.of());
     }
 
     /** The decode loop with the model split over cuda:0..gpus-1 (direct launches; tokens/s and per-GPU peaks). */

@@ -42,14 +42,16 @@ final class CudaDecodeGraph implements DecodeGraph {
     private final Tensor positions;  // I32 [batch]
     private final Tensor start;      // I32 [1]
     private final MemorySegment pinnedInputs;   // ids, positions, start, status word (3 ints): step()
-    private final Tensor tokens;     // I32 [batch]: the greedy steps' picks
-    // Pipelined greedy steps (launchGreedy / collectGreedy): two slots of pinned inputs, picks and status word, each
-    // with the event recorded after its copies back; a slot is reused only once its step has been collected.
-    private final MemorySegment[] greedySlots = new MemorySegment[2];
-    private final long[] greedyEvents = new long[2];
+    private final Tensor tokens;     // I32 [batch]: the device picks
+    private final Tensor uniforms;   // F64 [batch]: the sampled picks' draws
+    // Pipelined device-pick steps (launchPick / collectPicks): two slots of pinned inputs, draws, status word and picks,
+    // each with the event recorded after its copies back; a slot is reused only once its step has been collected.
+    private final MemorySegment[] pickSlots = new MemorySegment[2];
+    private final long[] pickEvents = new long[2];
     private final java.util.ArrayDeque<Integer> queued = new java.util.ArrayDeque<>();
     private int nextSlot;
     private MemorySegment pinnedLogits;
+    private Tensor sampleScratch;    // I32 [batch, vocab]: the sampling kernel's keys (first sampled pick)
     private Tensor logits;           // the captured step's output [batch, vocab]
     private long graph;
     private long exec;
@@ -67,62 +69,77 @@ final class CudaDecodeGraph implements DecodeGraph {
         this.positions = ctx.empty(DType.I32, batch);
         this.start = ctx.empty(DType.I32, 1);
         this.tokens = ctx.empty(DType.I32, batch);
+        this.uniforms = ctx.empty(DType.F64, batch);
         this.pinnedInputs = driver.memAllocHost(4L * (2 * batch + 1 + 3));
     }
 
-    /** System property: "false" turns {@link #launchGreedy} off (the caller then picks from the logits on the host). */
-    static final String DEVICE_GREEDY_PROPERTY = "qlora4j.cuda.deviceGreedy";
+    /** System property: "false" turns {@link #launchPick} off (the caller then picks from the logits on the host). */
+    static final String DEVICE_PICK_PROPERTY = "qlora4j.cuda.devicePick";
     /** Steps whose tokens were picked on the device, all graphs (tests read it to see the path ran). */
-    static final java.util.concurrent.atomic.AtomicLong GREEDY_STEPS = new java.util.concurrent.atomic.AtomicLong();
+    static final java.util.concurrent.atomic.AtomicLong DEVICE_PICKS = new java.util.concurrent.atomic.AtomicLong();
 
     @Override
-    public boolean picksGreedyOnDevice() { return exec != 0 && Switches.on(DEVICE_GREEDY_PROPERTY, true); }
+    public boolean picksOnDevice() { return exec != 0 && Switches.on(DEVICE_PICK_PROPERTY, true); }
 
-    // Pinned inputs (pinnedInputs, and each greedy slot): ids [batch], positions [batch], start, status word (3 ints);
-    // a greedy slot then its picks [batch].
+    // Pinned inputs (pinnedInputs, and each pick slot): ids [batch], positions [batch], start, status word (3 ints);
+    // a pick slot then its draws [batch] (doubles, 8-aligned: the ints before them are 2 * batch + 4) and picks [batch].
     private long statusOffset() { return 4L * (2 * batch + 1); }
-    private long slotPicksOffset() { return statusOffset() + 12; }
+    private long slotUniformsOffset() { return statusOffset() + 12; }
+    private long slotPicksOffset() { return slotUniformsOffset() + 8L * batch; }
 
     @Override
-    public void launchGreedy(int[] stepIds, int[] stepPositions, int stepStart, int[] excluded) {
+    public void launchPick(int[] stepIds, int[] stepPositions, int stepStart, TokenPick pick) {
         if (closed) throw new IllegalStateException("decode graph is closed");
-        if (exec == 0) throw new IllegalStateException("launchGreedy replays a recorded step: call step first");
+        if (exec == 0) throw new IllegalStateException("launchPick replays a recorded step: call step first");
         if ((stepIds != null && stepIds.length != batch) || stepPositions.length != batch) {
             throw new IllegalArgumentException("decode graph of batch " + batch + " got "
                     + (stepIds == null ? "the previous picks" : stepIds.length + " ids") + " and " + stepPositions.length + " positions");
         }
-        if (queued.size() == greedySlots.length) {
-            throw new IllegalStateException("two greedy steps are queued uncollected: collectGreedy first");
+        if (!pick.greedy() && pick.uniforms().length != batch) {
+            throw new IllegalArgumentException("decode graph of batch " + batch + " got " + pick.uniforms().length + " draws");
+        }
+        if (queued.size() == pickSlots.length) {
+            throw new IllegalStateException("two device-pick steps are queued uncollected: collectPicks first");
         }
         int k = nextSlot;
-        nextSlot = (nextSlot + 1) % greedySlots.length;
-        if (greedySlots[k] == null) {
-            greedySlots[k] = driver.memAllocHost(slotPicksOffset() + 4L * batch);
-            greedyEvents[k] = driver.eventCreate(false);
+        nextSlot = (nextSlot + 1) % pickSlots.length;
+        if (pickSlots[k] == null) {
+            pickSlots[k] = driver.memAllocHost(slotPicksOffset() + 4L * batch);
+            pickEvents[k] = driver.eventCreate(false);
         }
-        MemorySegment slot = greedySlots[k];
+        MemorySegment slot = pickSlots[k];
         long host = slot.address(), s = ctx.stream();
         writeInputs(slot, stepIds, stepPositions, stepStart);
+        if (!pick.greedy()) {
+            MemorySegment.copy(pick.uniforms(), 0, slot, ValueLayout.JAVA_DOUBLE, slotUniformsOffset(), batch);
+            driver.memcpyHtoDAsync(CudaContext.ptr(uniforms), host + slotUniformsOffset(), 8L * batch, s);
+        }
         driver.graphLaunch(exec, s);
         // the picks go to the host and, as the next step's input ids, stay on the device
-        SamplingKernels.argmaxRows(ctx, logits, excluded, tokens, ids);
+        if (pick.greedy()) {
+            SamplingKernels.argmaxRows(ctx, logits, pick.excluded(), tokens, ids);
+        } else {
+            if (sampleScratch == null) sampleScratch = ctx.empty(DType.I32, logits.dim(0), logits.dim(1));
+            SamplingKernels.sampleRows(ctx, logits, pick.excluded(), pick.temperature(), pick.topK(), pick.topP(),
+                    uniforms, sampleScratch, tokens, ids);
+        }
         driver.memcpyDtoHAsync(host + slotPicksOffset(), CudaContext.ptr(tokens), 4L * batch, s);
         driver.memcpyDtoHAsync(host + statusOffset(), backend.status().pointer(), 12, s);
-        driver.eventRecord(greedyEvents[k], s);
+        driver.eventRecord(pickEvents[k], s);
         queued.add(k);
     }
 
     @Override
-    public int[] collectGreedy() {
+    public int[] collectPicks() {
         if (closed) throw new IllegalStateException("decode graph is closed");
         Integer k = queued.poll();
-        if (k == null) throw new IllegalStateException("no greedy step is queued: launchGreedy first");
-        driver.eventSynchronize(greedyEvents[k]);
-        MemorySegment slot = greedySlots[k];
+        if (k == null) throw new IllegalStateException("no device-pick step is queued: launchPick first");
+        driver.eventSynchronize(pickEvents[k]);
+        MemorySegment slot = pickSlots[k];
         if (slot.get(ValueLayout.JAVA_INT, statusOffset()) != 0) backend.synchronize(); // clears the word, throws its error
         int[] picked = new int[batch];
         MemorySegment.copy(slot, ValueLayout.JAVA_INT, slotPicksOffset(), picked, 0, batch);
-        GREEDY_STEPS.incrementAndGet();
+        DEVICE_PICKS.incrementAndGet();
         return picked;
     }
 
@@ -144,8 +161,8 @@ final class CudaDecodeGraph implements DecodeGraph {
 
     /**
      * The step's inputs into pinned buffer (its ids, positions and start) and on to the static device tensors, on the
-     * compute stream. stepIds null: the ids tensor keeps what the device left there (the previous greedy picks). The
-     * buffer's previous copies have completed: step ends with a stream synchronization, and a greedy slot is reused
+     * compute stream. stepIds null: the ids tensor keeps what the device left there (the previous device picks). The
+     * buffer's previous copies have completed: step ends with a stream synchronization, and a pick slot is reused
      * only once its step has been collected.
      */
     private void writeInputs(MemorySegment buf, int[] stepIds, int[] stepPositions, int stepStart) {
@@ -244,11 +261,13 @@ final class CudaDecodeGraph implements DecodeGraph {
         positions.close();
         start.close();
         tokens.close();
+        uniforms.close();
+        if (sampleScratch != null) sampleScratch.close();
         driver.memFreeHost(pinnedInputs);
-        for (int k = 0; k < greedySlots.length; k++) {
-            if (greedySlots[k] != null) {
-                driver.memFreeHost(greedySlots[k]);
-                driver.eventDestroy(greedyEvents[k]);
+        for (int k = 0; k < pickSlots.length; k++) {
+            if (pickSlots[k] != null) {
+                driver.memFreeHost(pickSlots[k]);
+                driver.eventDestroy(pickEvents[k]);
             }
         }
         if (pinnedLogits != null) driver.memFreeHost(pinnedLogits);

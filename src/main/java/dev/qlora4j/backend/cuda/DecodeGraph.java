@@ -21,28 +21,27 @@ public interface DecodeGraph extends AutoCloseable {
     /** Whether the step has been recorded (after the first {@link #step}). */
     boolean isCaptured();
 
-    /** Token ids {@link #launchGreedy} masks at most. */
+    /** Token ids {@link #launchPick} masks at most. */
     int MAX_EXCLUDED_IDS = 4;
 
     /**
-     * Whether {@link #launchGreedy} may be called: the step is recorded, and the device greedy pick is on
-     * (-Dqlora4j.cuda.deviceGreedy, default true; false returns the logits every step, for A/B timing).
+     * Whether {@link #launchPick} may be called: the step is recorded, and the device pick is on
+     * (-Dqlora4j.cuda.devicePick, default true; false returns the logits every step, for A/B timing).
      */
-    boolean picksGreedyOnDevice();
+    boolean picksOnDevice();
 
     /**
-     * Queues a replay of the recorded step whose greedy tokens are picked on the device, so that only the token ids
-     * come back ({@link #collectGreedy}): the argmax of each row's logits with the excluded ids (at most
-     * {@link #MAX_EXCLUDED_IDS}; EOS before min_new_tokens) read as -infinity, the index infer.Sampler's greedy path
-     * picks from the logits {@link #step} returns (the first on ties). ids: the step's input tokens, or null to take
-     * the previous greedy step's picks where the device left them (the host need not have read them: the next step is
-     * queued before the previous one's tokens are collected). Returns at once; at most two steps are queued
-     * uncollected. Needs {@link #picksGreedyOnDevice}.
+     * Queues a replay of the recorded step whose tokens are picked on the device, so that only the token ids come back
+     * ({@link #collectPicks}): the argmax or the sampled choice of {@link TokenPick}, the index infer.Sampler picks from
+     * the logits {@link #step} returns (for sampling, given the same uniform draw). ids: the step's input tokens, or null
+     * to take the previous device step's picks where the device left them (the host need not have read them: the next
+     * step is queued before the previous one's tokens are collected). Returns at once; at most two steps are queued
+     * uncollected. Needs {@link #picksOnDevice}.
      */
-    void launchGreedy(int[] ids, int[] positions, int start, int[] excluded);
+    void launchPick(int[] ids, int[] positions, int start, TokenPick pick);
 
-    /** The picks of the oldest queued greedy step not yet collected (waits for it). */
-    int[] collectGreedy();
+    /** The picks of the oldest queued device-pick step not yet collected (waits for it). */
+    int[] collectPicks();
 
     @Override
     void close();

@@ -6,8 +6,8 @@ import dev.qlora4j.tensor.DType;
 import dev.qlora4j.tensor.Tensor;
 
 /**
- * Launcher of native/sampling.cu: each row's greedy token on the GPU (a decode step then sends back one int per row
- * instead of its logits).
+ * Launcher of native/sampling.cu: each row's greedy or sampled token on the GPU (a decode step then sends back one int
+ * per row instead of its logits).
  */
 final class SamplingKernels {
     private SamplingKernels() {}
@@ -16,6 +16,8 @@ final class SamplingKernels {
     static final int MAX_EXCLUDED = 4;
     /** native/sampling.cu's ARGMAX_THREADS. */
     static final int THREADS = 512;
+    /** native/sampling.cu's SAMPLE_THREADS. */
+    static final int SAMPLE_THREADS = 512;
 
     /**
      * token [rows] (I32, device) = the argmax of each row of logits [rows, vocab] (F32, BF16 or F16) with the excluded
@@ -24,24 +26,63 @@ final class SamplingKernels {
      * gets the same ids: a decode graph's input for its next step.
      */
     static void argmaxRows(CudaContext ctx, Tensor logits, int[] excluded, Tensor token, Tensor nextIds) {
-        KernelTypes.requireDevice(logits, "argmax logits");
-        KernelTypes.requireRank(logits, 2, "argmax logits");
-        if (excluded.length > MAX_EXCLUDED) {
-            throw new IllegalArgumentException("the GPU argmax masks at most " + MAX_EXCLUDED + " ids, got " + excluded.length);
-        }
-        if (token.dtype() != DType.I32 || token.numel() != logits.dim(0)) {
-            throw new IllegalArgumentException("argmax token must be I32 [" + logits.dim(0) + "], got " + token);
-        }
-        String t = switch (logits.dtype()) {
-            case F32 -> "f32";
-            case BF16 -> "bf16";
-            case F16 -> "f16";
-            default -> throw new IllegalArgumentException("argmax logits must be F32, BF16 or F16, got " + logits.dtype());
-        };
+        checkRows(logits, excluded, token, "argmax");
         int[] e = java.util.Arrays.copyOf(excluded, MAX_EXCLUDED);
-        ctx.launch(ctx.function("sampling", "argmax_rows_" + t), Dim3.of(logits.dim(0)), Dim3.of(THREADS), 0,
+        ctx.launch(ctx.function("sampling", "argmax_rows_" + suffix(logits)), Dim3.of(logits.dim(0)), Dim3.of(THREADS), 0,
                 KernelArgs.of().ptr(CudaContext.ptr(logits)).i32(logits.dim(1)).i32(excluded.length)
                         .i32(e[0]).i32(e[1]).i32(e[2]).i32(e[3]).ptr(CudaContext.ptr(token))
                         .ptr(nextIds == null ? 0L : CudaContext.ptr(nextIds)));
+    }
+
+    /**
+     * token [rows] (I32, device) = each row's token as infer.Sampler#sample picks it for the uniform draw uniforms[row]
+     * (F64 [rows], device) from logits [rows, vocab] with the excluded ids read as -infinity: divided by temperature,
+     * top-k (topK 0 = off), top-p (topP 1 = off), then the first index whose cumulative probability exceeds the draw.
+     * The same token as the host for the same draw, except where a cumulative probability lands within ~1e-16 of the
+     * draw or of 1 - topP (the sums run in another order). nextIds as {@link #argmaxRows}. scratch: I32 [rows, vocab]
+     * device memory the kernel uses for each row's order keys (its contents are overwritten).
+     */
+    static void sampleRows(CudaContext ctx, Tensor logits, int[] excluded, float temperature, int topK, double topP,
+                           Tensor uniforms, Tensor scratch, Tensor token, Tensor nextIds) {
+        checkRows(logits, excluded, token, "sample");
+        if (scratch.dtype() != DType.I32 || scratch.numel() < logits.numel()) {
+            throw new IllegalArgumentException("sample scratch must be I32 of " + logits.numel() + " elements, got " + scratch);
+        }
+        if (uniforms.dtype() != DType.F64 || uniforms.numel() != logits.dim(0)) {
+            throw new IllegalArgumentException("sample uniforms must be F64 [" + logits.dim(0) + "], got " + uniforms);
+        }
+        if (!(temperature > 0) || topK < 0 || !(topP > 0 && topP <= 1)) {
+            throw new IllegalArgumentException("sampling needs temperature > 0, top_k >= 0 and top_p in (0, 1], got "
+                    + temperature + ", " + topK + ", " + topP);
+        }
+        int[] e = java.util.Arrays.copyOf(excluded, MAX_EXCLUDED);
+        ctx.launch(ctx.function("sampling", "sample_rows_" + suffix(logits)), Dim3.of(logits.dim(0)),
+                Dim3.of(SAMPLE_THREADS), 0,
+                KernelArgs.of().ptr(CudaContext.ptr(logits)).i32(logits.dim(1)).i32(excluded.length)
+                        .i32(e[0]).i32(e[1]).i32(e[2]).i32(e[3]).f32(temperature).i32(topK)
+                        .i64(Double.doubleToRawLongBits(1 - topP))   // the kernel's double one_minus_p (8 bytes)
+                        .ptr(CudaContext.ptr(uniforms)).ptr(CudaContext.ptr(scratch)).ptr(CudaContext.ptr(token))
+                        .ptr(nextIds == null ? 0L : CudaContext.ptr(nextIds)));
+    }
+
+    private static void checkRows(Tensor logits, int[] excluded, Tensor token, String what) {
+        KernelTypes.requireDevice(logits, what + " logits");
+        KernelTypes.requireRank(logits, 2, what + " logits");
+        if (excluded.length > MAX_EXCLUDED) {
+            throw new IllegalArgumentException("the GPU " + what + " masks at most " + MAX_EXCLUDED + " ids, got "
+                    + excluded.length);
+        }
+        if (token.dtype() != DType.I32 || token.numel() != logits.dim(0)) {
+            throw new IllegalArgumentException(what + " token must be I32 [" + logits.dim(0) + "], got " + token);
+        }
+    }
+
+    private static String suffix(Tensor logits) {
+        return switch (logits.dtype()) {
+            case F32 -> "f32";
+            case BF16 -> "bf16";
+            case F16 -> "f16";
+            default -> throw new IllegalArgumentException("logits must be F32, BF16 or F16, got " + logits.dtype());
+        };
     }
 }

@@ -21,12 +21,15 @@ import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 
 /**
- * The greedy pick on the GPU (native/sampling.cu argmax_rows; DecodeGraph#launchGreedy): against infer.Sampler's argmax
+ * The greedy pick on the GPU (native/sampling.cu argmax_rows; DecodeGraph#launchPick): against infer.Sampler's argmax
  * on the same values with the excluded ids at -infinity, on fresh random logits with planted ties, NaNs (first and
  * elsewhere), all -infinity rows and a maximum at an excluded id, in F32, BF16 and F16, outputs poisoned; and a
- * graph-captured decode giving the same greedy tokens with the pick on the device and on the host.
+ * graph-captured decode giving the same tokens with the pick on the device and on the host, greedy and sampled
+ * (the sampling kernel itself: DeviceSampleGpuTest).
  */
 @Tag("gpu")
 class DeviceGreedyGpuTest {
@@ -73,8 +76,10 @@ class DeviceGreedyGpuTest {
         }
     }
 
-    @Test
-    void aCapturedDecodePicksTheSameGreedyTokensOnTheDevice() {
+    /** Greedy, and sampling (temperature, top-k, top-p; each row's seeded draws), with the pick on and off the device. */
+    @ParameterizedTest
+    @ValueSource(booleans = {false, true})
+    void aCapturedDecodePicksTheSameTokensOnTheDevice(boolean sample) {
         ModelConfig c = ModelConfig.parse("""
             {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 512, "hidden_size": 128,
              "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -84,16 +89,18 @@ class DeviceGreedyGpuTest {
         int[][] prompts = {{1, 5, 9, 200, 300, 17}, {1, 44, 45}};
         int[][][] tokens = new int[2][][];
         for (int on = 0; on < 2; on++) {
-            long before = CudaDecodeGraph.GREEDY_STEPS.get();
-            try (var p = TemporaryProperty.set(CudaDecodeGraph.DEVICE_GREEDY_PROPERTY, Boolean.toString(on == 1));
+            long before = CudaDecodeGraph.DEVICE_PICKS.get();
+            try (var p = TemporaryProperty.set(CudaDecodeGraph.DEVICE_PICK_PROPERTY, Boolean.toString(on == 1));
                  CudaBackend b = CudaCoreTestSupport.backend(DType.BF16, true);
                  TransformerLM m = TransformerLM.load(c, SyntheticWeights.onDevice(c, b, 5), b,
                          new QuantizedLinearFactory(QuantizationConfig.qlora()))) {
                 // min_new_tokens: the EOS id is masked on the device for the first 12 tokens, then not
-                SamplingParams greedy = SamplingParams.greedy(24).withMinNewTokens(12);
-                tokens[on] = new Generator(m, new int[] {2}, 0, x -> "").generate(prompts, greedy, TokenListener.NONE).outputIds();
+                SamplingParams params = sample
+                        ? new SamplingParams(24, 12, true, 0.8, 50, 0.9, 1.0, 77, java.util.List.of())
+                        : SamplingParams.greedy(24).withMinNewTokens(12);
+                tokens[on] = new Generator(m, new int[] {2}, 0, x -> "").generate(prompts, params, TokenListener.NONE).outputIds();
             }
-            long picked = CudaDecodeGraph.GREEDY_STEPS.get() - before;
+            long picked = CudaDecodeGraph.DEVICE_PICKS.get() - before;
             if (on == 1) assertTrue(picked >= 10, picked + " steps picked on the device");
             else assertEquals(0, picked, "the property turns the device pick off");
         }

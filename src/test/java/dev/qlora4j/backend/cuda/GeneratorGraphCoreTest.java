@@ -2,6 +2,7 @@ package dev.qlora4j.backend.cuda;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import dev.qlora4j.Golden;
@@ -11,6 +12,7 @@ import dev.qlora4j.backend.QuantizedWeight;
 import dev.qlora4j.backend.cpu.CpuBackend;
 import dev.qlora4j.infer.GenerationResult;
 import dev.qlora4j.infer.Generator;
+import dev.qlora4j.infer.Sampler;
 import dev.qlora4j.infer.SamplingParams;
 import dev.qlora4j.infer.TokenListener;
 import dev.qlora4j.io.CheckpointReader;
@@ -33,7 +35,7 @@ import org.junit.jupiter.params.provider.ValueSource;
  * The Generator's decode-graph path, on the CPU: a backend that delegates every op to CpuBackend and offers
  * a "graph" that simply runs its body (what a CUDA graph replays) must give the golden greedy tokens, with
  * the step inputs the direct path would use (ids, positions, cache slot), one graph per generate() call; the steps
- * after the recorded one take the graph's pipelined greedy pick (DecodeGraph#launchGreedy: the next step queued on the
+ * after the recorded one take the graph's pipelined greedy pick (DecodeGraph#launchPick: the next step queued on the
  * previous picks before they are read; here the host argmax with the EOS ids masked, as the CUDA kernel computes it),
  * min_new_tokens' EOS suppression included.
  */
@@ -68,11 +70,44 @@ class GeneratorGraphCoreTest {
         }
     }
 
+    /**
+     * Sampling with the pick on the "device": each row's draws are taken in the order its host Sampler would take them
+     * (the pipelined launch draws a step's uniforms before the previous step's tokens are read), so a seed gives the
+     * host path's tokens, rows that end early (EOS, min_new_tokens) included.
+     */
+    @ParameterizedTest
+    @ValueSource(ints = {0, 3})
+    void sampledDevicePicksGiveTheHostSamplersTokens(int minNew) throws Exception {
+        String name = "llama-f32";
+        JsonNode g = Golden.json(name);
+        List<JsonNode> prompts = new ArrayList<>();
+        g.get("prompts").forEach(prompts::add);
+        int[][] all = new int[prompts.size()][];
+        for (int i = 0; i < all.length; i++) all[i] = Golden.ints(prompts.get(i).get("input_ids"));
+        SamplingParams p = new SamplingParams(12, minNew, true, 0.7, 40, 0.9, 1.0, 1234, List.of());
+        try (CheckpointReader reader = CheckpointReader.open(Golden.dir(name));
+             CpuBackend cpu = new CpuBackend(2);
+             RunBodyBackend b = new RunBodyBackend(new CpuBackend(2))) {
+            ModelConfig c = ModelConfig.load(Golden.dir(name));
+            // EOS: a token the model picks early in some row, so rows end at different steps
+            int[] eos = {c.eosTokenIds()[0], 0};
+            GenerationResult host = new Generator(TransformerLM.load(c, new CheckpointWeights(reader, name), cpu,
+                    LinearFactory.DENSE), eos, 0, x -> "").generate(all, p, TokenListener.NONE);
+            GenerationResult dev = new Generator(TransformerLM.load(c, new CheckpointWeights(reader, name), b,
+                    LinearFactory.DENSE), eos, 0, x -> "").generate(all, p, TokenListener.NONE);
+            assertTrue(b.greedySteps > 0, "the device pick ran");
+            for (int i = 0; i < all.length; i++) {
+                assertArrayEquals(host.outputIds()[i], dev.outputIds()[i], "row " + i);
+                assertEquals(host.stopReasons()[i], dev.stopReasons()[i], "row " + i);
+            }
+        }
+    }
+
     /** CpuBackend plus a DecodeGraph that runs its body on host copies of the step inputs. */
     static final class RunBodyBackend implements Backend, GraphCapable {
         final CpuBackend cpu;
         int graphs;
-        int greedySteps;   // decode steps whose tokens the "device" picked (launchGreedy)
+        int greedySteps;   // decode steps whose tokens the "device" picked (launchPick)
         final List<Integer> starts = new ArrayList<>();
         final List<int[]> positions = new ArrayList<>();
 
@@ -101,29 +136,31 @@ class GeneratorGraphCoreTest {
 
                 @Override public boolean isCaptured() { return captured; }
 
-                @Override public boolean picksGreedyOnDevice() { return captured; }
+                @Override public boolean picksOnDevice() { return captured; }
 
                 final java.util.ArrayDeque<int[]> queued = new java.util.ArrayDeque<>();
                 int[] lastPicks;
 
-                /** What the CUDA graph's device pick computes: the argmax with the excluded ids at -infinity; null ids
-                 *  take the previous picks, as the device leaves them. */
+                /** What the CUDA graph's device pick computes: the argmax or Sampler#sample (the kernels' twin) with
+                 *  the excluded ids at -infinity; null ids take the previous picks, as the device leaves them. */
                 @Override
-                public void launchGreedy(int[] ids, int[] pos, int start, int[] excluded) {
+                public void launchPick(int[] ids, int[] pos, int start, TokenPick pick) {
                     if (queued.size() == 2) throw new IllegalStateException("two steps queued uncollected");
                     greedySteps++;
                     float[][] rows = step(ids != null ? ids : lastPicks, pos, start);
                     int[] picked = new int[batch];
                     for (int r = 0; r < batch; r++) {
-                        for (int e : excluded) if (e >= 0 && e < rows[r].length) rows[r][e] = Float.NEGATIVE_INFINITY;
-                        picked[r] = dev.qlora4j.infer.Sampler.argmax(rows[r]);
+                        for (int e : pick.excluded()) if (e >= 0 && e < rows[r].length) rows[r][e] = Float.NEGATIVE_INFINITY;
+                        picked[r] = pick.greedy() ? Sampler.argmax(rows[r])
+                                : Sampler.sample(rows[r], new SamplingParams(1, 0, true, pick.temperature(), pick.topK(),
+                                        pick.topP(), 1.0, 0, List.of()), pick.uniforms()[r]);
                     }
                     lastPicks = picked;
                     queued.add(picked);
                 }
 
                 @Override
-                public int[] collectGreedy() { return queued.remove(); }
+                public int[] collectPicks() { return queued.remove(); }
 
                 @Override public void close() {}
             };

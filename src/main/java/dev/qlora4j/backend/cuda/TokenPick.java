@@ -1,0 +1,42 @@
+package dev.qlora4j.backend.cuda;
+
+/**
+ * How a decode step picks each row's next token on the device ({@link DecodeGraph#launchPick}): the argmax
+ * (greedy, {@code uniforms == null}) or infer.Sampler's sampled choice for each row's uniform draw, after the
+ * excluded ids (EOS before min_new_tokens; at most {@link DecodeGraph#MAX_EXCLUDED_IDS}) are read as -infinity.
+ *
+ * @param excluded    ids masked before the pick
+ * @param temperature > 0; logits are divided by it (as a float)
+ * @param topK        0 = off
+ * @param topP        in (0, 1]; 1 = off
+ * @param uniforms    [batch] each row's draw in [0, 1) (infer.Sampler#drawUniform), or null for greedy
+ */
+public record TokenPick(int[] excluded, float temperature, int topK, double topP, double[] uniforms) {
+
+    public TokenPick {
+        excluded = excluded.clone();
+        if (excluded.length > DecodeGraph.MAX_EXCLUDED_IDS) {
+            throw new IllegalArgumentException("a device pick masks at most " + DecodeGraph.MAX_EXCLUDED_IDS
+                    + " ids, got " + excluded.length);
+        }
+        if (uniforms != null) {
+            uniforms = uniforms.clone();
+            if (!(temperature > 0) || topK < 0 || !(topP > 0 && topP <= 1)) {
+                throw new IllegalArgumentException("sampling needs temperature > 0, top_k >= 0 and top_p in (0, 1], got "
+                        + temperature + ", " + topK + ", " + topP);
+            }
+        }
+    }
+
+    /** The argmax after the excluded ids. */
+    public static TokenPick greedy(int[] excluded) {
+        return new TokenPick(excluded, 1f, 0, 1.0, null);
+    }
+
+    /** Sampling with each row's uniform draw. */
+    public static TokenPick sampled(int[] excluded, float temperature, int topK, double topP, double[] uniforms) {
+        return new TokenPick(excluded, temperature, topK, topP, java.util.Objects.requireNonNull(uniforms, "uniforms"));
+    }
+
+    public boolean greedy() { return uniforms == null; }
+}
