@@ -97,17 +97,20 @@ QL_ARGMAX(f16, __half)
 //                     (one_minus_p > 0: drop the longest prefix of the ascending (value, index) order whose cumulative
 //                     probability stays <= 1 - p, never the last), then the first index whose cumulative probability in
 //                     index order exceeds u (probabilities in double, as the host's). scratch [B, V] (uint32): each
-//                     row's order keys. grid B blocks, SAMPLE_THREADS threads.
+//                     row's order keys; masses [B, V] (double): each row's e^(v - max) for top-p without a top-k list.
+//                     grid B blocks, SAMPLE_THREADS threads.
 //
 // The first pass keeps each value's order key (later passes read 4 bytes instead of converting, masking and dividing
-// again). top-k is a radix select on those keys (the smallest key K with count(key <= K) > V - k, 8 bits a pass into a
-// shared histogram). Its survivors, in index order, go to a shared list when they fit (SAMPLE_LIST), and top-p and the
-// draw run there; otherwise (no top-k, or more survivors) over the whole row. top-p is "the smallest key K whose
-// cumulative probability (ascending) exceeds 1 - p", found 4 bits a pass (the probability per 16 digit values of the
-// keys still in the bucket; 8 passes). Ties at that key are cut by index as the host's stable order does: the first
-// j0 of them (index order) go, j0 from the mass below and the tie's probability. The draw sums the kept mass of 128
-// index-order segments (each warp's lanes on consecutive items), and one warp walks the segment whose cumulative mass
-// passes u. Every pass loads SAMPLE_UNROLL items a thread before using them (a row has one SM). The sums run in
+// again) and counts the keys by their top 12 bits. From those counts, the candidates: with top-k the items of the top
+// bins that hold the k largest; with top-p alone the top bins that fit SAMPLE_LIST, if top-p drops everything below
+// them (peaked distributions). When they fit, one pass copies them (index order) into a shared list and top-k's
+// threshold, top-p and the draw run there; otherwise over the whole row. top-k is a radix select on the keys (the
+// smallest key K with count(key <= K) > n - k, 8 bits a pass into a shared histogram). top-p is "the smallest key K
+// whose cumulative probability (ascending) exceeds 1 - p", found 4 bits a pass (the probability per 16 digit values of
+// the keys still in the bucket; 8 passes). Ties at that key are cut by index as the host's stable order does: the
+// first j0 of them (index order) go, j0 from the mass below and the tie's probability. The draw sums the kept mass of
+// 128 index-order segments (each warp's lanes on consecutive items), and one warp walks the segment whose cumulative
+// mass passes u. Every pass loads SAMPLE_UNROLL items a thread before using them (a row has one SM). The sums run in
 // another order than the host's sequential ones, so a row whose cumulative mass lands within ~1e-16 of 1 - p or of u
 // could pick differently; NaN logits (a diverged model) give no defined choice.
 // ---------------------------------------------------------------------------------------------------------------------
@@ -116,6 +119,8 @@ constexpr int SAMPLE_WARPS = SAMPLE_THREADS / 32;
 constexpr int SAMPLE_DIGITS = 16;  // 4 bits of the key a pass
 constexpr int SAMPLE_LIST = 4096;  // top-k survivors kept in shared memory (index order) for top-p and the draw
 constexpr int SAMPLE_UNROLL = 8;   // items a thread loads before using them
+constexpr int SAMPLE_BIN_SHIFT = 20;  // the first pass counts keys by their top 12 bits (1/8 of a binade)
+constexpr int SAMPLE_BINS = 1 << (32 - SAMPLE_BIN_SHIFT);
 constexpr int SAMPLE_SEGMENTS = 128;  // the draw's index-order pieces (sums, then one warp walks the piece holding u)
 
 // A key whose unsigned order is Float.compare's (NaN as Java's canonical NaN, above +infinity).
@@ -193,25 +198,27 @@ __device__ __forceinline__ void for_warp_items(int lo, int hi, Load load, Use us
     }
 }
 
-// The smallest key K with W(key <= K) > target over n items (item i's key key_of(i), its weight weight_of(key): only
-// the items still in the bucket are weighed), 4 bits a pass; *below = W(key < K). Returns false when W(all) <= target
+// The smallest key K with W(key <= K) > target over n items (item i = load(i), its key item.k, its weight
+// weight_of(item): only the items still in the bucket are weighed), 4 bits a pass, counting start below every item;
+// *below = start + W(key < K). Returns false when W(all) <= target
 // (no such key). A later pass whose digit sums (added in another order than the bucket's total) do not reach the
 // target takes the bucket's last weighted digit.
-template <typename KeyOf, typename WeightOf>
-__device__ bool search_key(int n, KeyOf key_of, WeightOf weight_of, double target, unsigned* key_out,
+template <typename Load, typename WeightOf>
+__device__ bool search_key(int n, Load load, WeightOf weight_of, double start, double target, unsigned* key_out,
                            double* below_out) {
     __shared__ double s_w[SAMPLE_WARPS][SAMPLE_DIGITS];
     __shared__ double s_tot[SAMPLE_DIGITS];
     unsigned prefix = 0;
-    double below = 0;
+    double below = start;
     for (int shift = 32 - 4; shift >= 0; shift -= 4) {
         const unsigned hi = shift == 28 ? 0u : 0xFFFFFFFFu << (shift + 4);
         double acc[SAMPLE_DIGITS];
 #pragma unroll
         for (int d = 0; d < SAMPLE_DIGITS; d++) acc[d] = 0;
-        for_items(n, key_of, [&](int, bool valid, unsigned k) {
+        for_items(n, load, [&](int, bool valid, const auto& item) {
+            const unsigned k = item.k;
             if (!valid || (k & hi) != prefix) return;
-            const double w = weight_of(k);
+            const double w = weight_of(item);
             const unsigned digit = (k >> shift) & (SAMPLE_DIGITS - 1);
 #pragma unroll
             for (int d = 0; d < SAMPLE_DIGITS; d++) acc[d] += digit == (unsigned)d ? w : 0.0;
@@ -336,10 +343,23 @@ __device__ __forceinline__ void segments_exclusive_scan(W* v, W* total) {
     }
 }
 
+struct KeyMass {
+    unsigned k;
+    double e;
+};
+struct ValueMass {
+    float v;
+    double e;
+};
+
 // top-p and the draw over n items in index order: value_of(j) the item's value after temperature and top-k, index_of(j)
-// its token. Returns the token.
+// its token. ex (n doubles, or null): where top-p's first pass keeps each item's e^(v - max) for the later passes (a
+// double exponential each time cost more than the 8-byte load). outside: the summed e^(v - max) of the row's items
+// that are not among the n (all below them); returns -1 when top-p would not drop them all (the caller then runs the
+// whole row), else the token.
 template <typename ValueOf, typename IndexOf>
-__device__ int top_p_and_draw(int n, ValueOf value_of, IndexOf index_of, float mx, double one_minus_p, double u) {
+__device__ int top_p_and_draw(int n, ValueOf value_of, IndexOf index_of, float mx, double one_minus_p, double u,
+                              double* ex, double outside) {
     __shared__ double s_d[SAMPLE_WARPS];
     __shared__ long long s_l[SAMPLE_WARPS];
     __shared__ double s_mass[SAMPLE_SEGMENTS];      // each segment's mass, then the mass before it
@@ -352,6 +372,9 @@ __device__ int top_p_and_draw(int n, ValueOf value_of, IndexOf index_of, float m
     // e^(v - max) as the host's softmax: the difference in float, the exponential in double; -infinity gives 0
     auto expo = [&](float v) { return v == -INFINITY ? 0.0 : exp((double)(v - mx)); };
     auto key_of = [&](int j) { return order_key(value_of(j)); };
+    const bool stored = ex != nullptr && one_minus_p > 0;  // ex is filled by top-p's sum pass
+    auto load_key_mass = [&](int j) { return KeyMass{key_of(j), stored ? ex[j] : 0.0}; };
+    auto load_value_mass = [&](int j) { return ValueMass{value_of(j), stored ? ex[j] : 0.0}; };
 
     // top-p: the key of the first ascending position whose cumulative probability exceeds 1 - p, and how many of the
     // items with that key (index order) still go (cut_ties); nothing goes without top-p
@@ -359,11 +382,18 @@ __device__ int top_p_and_draw(int n, ValueOf value_of, IndexOf index_of, float m
     long long cut_ties = 0;
     if (one_minus_p > 0) {
         double sum = 0;
-        for_items(n, value_of, [&](int, bool valid, float v) { if (valid) sum += expo(v); });
-        sum = sample_block_sum(sum, s_d);
+        for_items(n, value_of, [&](int j, bool valid, float v) {
+            if (!valid) return;
+            const double e = expo(v);
+            if (stored) ex[j] = e;
+            sum += e;
+        });
+        sum = sample_block_sum(sum, s_d) + outside;  // its barrier also makes ex visible to the block
+        if (outside / sum > one_minus_p) return -1;    // the host would keep some item outside the n
         double below = 0;
-        const bool crossed = search_key(n, key_of, [&](unsigned k) { return expo(key_value(k)) / sum; }, one_minus_p,
-                                        &cut_key, &below);
+        const bool crossed = search_key(n, load_key_mass, [&](const KeyMass& km) {
+            return (stored ? km.e : expo(key_value(km.k))) / sum;
+        }, outside / sum, one_minus_p, &cut_key, &below);
         if (!crossed) cut_key = order_key(mx);  // the host's loop then drops all but the last item
         long long tied = 0;
         for_items(n, key_of, [&](int, bool valid, unsigned k) { tied += valid && k == cut_key; });
@@ -398,21 +428,22 @@ __device__ int top_p_and_draw(int n, ValueOf value_of, IndexOf index_of, float m
         __syncthreads();
     }
     // item j kept (rank: ties at cut_key before it, counted as the warp goes)
-    auto kept_mass = [&](bool valid, float v, long long& rank) {
-        const unsigned k = order_key(v);
+    auto kept_mass = [&](bool valid, const ValueMass& vm, long long& rank) {
+        const unsigned k = order_key(vm.v);
         const bool tie = valid && k == cut_key;
         const unsigned ties = __ballot_sync(0xFFFFFFFFu, tie);
         const long long r = rank + __popc(ties & lower_lanes);
         rank += __popc(ties);
         const bool kept = valid && (one_minus_p <= 0 || k > cut_key || (tie && r >= cut_ties));
-        return kept ? expo(v) : 0.0;
+        return kept ? (stored ? vm.e : expo(vm.v)) : 0.0;
     };
     for (int sg = warp; sg < SAMPLE_SEGMENTS; sg += SAMPLE_WARPS) {
         long long rank = cut_ties > 0 ? s_ties[sg] : 0;
         double mass = 0;
         int last = -1;
-        for_warp_items(min(n, sg * seg), min(n, (sg + 1) * seg), value_of, [&](int j, bool valid, float v) {
-            const double e = kept_mass(valid, v, rank);
+        for_warp_items(min(n, sg * seg), min(n, (sg + 1) * seg), load_value_mass, [&](int j, bool valid,
+                                                                                        const ValueMass& vm) {
+            const double e = kept_mass(valid, vm, rank);
             mass += e;
             const unsigned nz = __ballot_sync(0xFFFFFFFFu, e != 0);
             if (nz) last = j - lane + 31 - __clz(nz);
@@ -445,8 +476,9 @@ __device__ int top_p_and_draw(int n, ValueOf value_of, IndexOf index_of, float m
         if (sg >= 0) {
             long long rank = cut_ties > 0 ? s_ties[sg] : 0;
             double cum = s_mass[sg] / total;
-            for_warp_items(min(n, sg * seg), min(n, (sg + 1) * seg), value_of, [&](int j, bool valid, float v) {
-                const double p = kept_mass(valid, v, rank) / total;
+            for_warp_items(min(n, sg * seg), min(n, (sg + 1) * seg), load_value_mass, [&](int j, bool valid,
+                                                                                            const ValueMass& vm) {
+                const double p = kept_mass(valid, vm, rank) / total;
                 double inc = p;
 #pragma unroll
                 for (int o = 1; o < 32; o <<= 1) {
@@ -478,76 +510,151 @@ __device__ int top_p_and_draw(int n, ValueOf value_of, IndexOf index_of, float m
     return token < 0 ? 0 : token;  // nothing has mass (all -infinity): token 0
 }
 
+// Over a histogram of SAMPLE_BINS counts, the first bin from the top whose count from the top (itself included) passes
+// limit: *bin (-1 when none does), *above (the count of the bins above it), *with (that plus its own). Warp 0 finds it;
+// every thread gets it. Ends with a barrier (the histogram's memory may be reused after it).
+__device__ void first_bin_from_top(const int* hist, int limit, int* bin, int* above, int* with) {
+    __shared__ int s_res[3];
+    constexpr int PER_LANE = SAMPLE_BINS / 32;
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x, first = (31 - lane) * PER_LANE;  // lane 0 holds the top bins
+        int sum = 0;
+        for (int b = 0; b < PER_LANE; b++) sum += hist[first + b];
+        int inc = sum;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int t = __shfl_up_sync(0xFFFFFFFFu, inc, o);
+            if (lane >= o) inc += t;
+        }
+        const unsigned hit = __ballot_sync(0xFFFFFFFFu, inc > limit);
+        if (!hit && lane == 31) {
+            s_res[0] = -1;
+            s_res[1] = s_res[2] = inc;
+        }
+        if (hit && lane == __ffs(hit) - 1) {
+            int run = inc - sum, b = PER_LANE - 1;
+            for (; b > 0 && run + hist[first + b] <= limit; b--) run += hist[first + b];
+            s_res[0] = first + b;
+            s_res[1] = run;
+            s_res[2] = run + hist[first + b];
+        }
+    }
+    __syncthreads();
+    *bin = s_res[0];
+    *above = s_res[1];
+    *with = s_res[2];
+    __syncthreads();
+}
+
 template <typename T>
 __device__ __forceinline__ void sample_row(const T* __restrict__ logits, int vocab, int n_excluded, int e0, int e1,
                                            int e2, int e3, float temperature, int top_k, double one_minus_p,
-                                           const double* __restrict__ uniforms, unsigned* scratch,
+                                           const double* __restrict__ uniforms, unsigned* scratch, double* masses,
                                            int* __restrict__ token, int* __restrict__ next_ids) {
     __shared__ float s_f[SAMPLE_WARPS];
-    __shared__ int s_index[SAMPLE_LIST];
-    __shared__ float s_value[SAMPLE_LIST];
+    __shared__ double s_d[SAMPLE_WARPS];
+    // first a histogram of the keys' top bits (SAMPLE_BINS ints), then the list of candidates: keys, then indices
+    __shared__ __align__(16) unsigned s_pool[2 * SAMPLE_LIST];
+    static_assert(SAMPLE_BINS <= 2 * SAMPLE_LIST, "the histogram fits the pool");
+    int* hist = reinterpret_cast<int*>(s_pool);
+    unsigned* list_key = s_pool;
+    int* list_index = reinterpret_cast<int*>(s_pool + SAMPLE_LIST);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const T* row = logits + (int64_t)blockIdx.x * vocab;
     unsigned* keys = scratch + (int64_t)blockIdx.x * vocab;  // written and read by this block only (no __restrict__)
+
     // The values Sampler.sample starts from: excluded ids at -infinity, divided by the temperature; their order keys
-    // are kept so that later passes read 4 bytes instead of converting, masking and dividing again.
+    // are kept so that later passes read 4 bytes instead of converting, masking and dividing again, and counted by
+    // their top bits.
+    for (int b = threadIdx.x; b < SAMPLE_BINS; b += SAMPLE_THREADS) hist[b] = 0;
+    __syncthreads();
     float mx = -INFINITY;
     for_items(vocab, [&](int i) { return row[i]; }, [&](int i, bool valid, T raw) {
-        if (!valid) return;
-        const bool out = (n_excluded > 0 && i == e0) || (n_excluded > 1 && i == e1) || (n_excluded > 2 && i == e2)
-                         || (n_excluded > 3 && i == e3);
-        const float v = out ? -INFINITY : __fdiv_rn(to_f32(raw), temperature);
-        keys[i] = order_key(v);
-        mx = fmaxf(mx, v);
+        unsigned k = 0;
+        if (valid) {
+            const bool out = (n_excluded > 0 && i == e0) || (n_excluded > 1 && i == e1) || (n_excluded > 2 && i == e2)
+                             || (n_excluded > 3 && i == e3);
+            const float v = out ? -INFINITY : __fdiv_rn(to_f32(raw), temperature);
+            k = order_key(v);
+            keys[i] = k;
+            mx = fmaxf(mx, v);
+        }
+        const unsigned act = __ballot_sync(0xFFFFFFFFu, valid);
+        if (valid) {
+            const unsigned bin = k >> SAMPLE_BIN_SHIFT;
+            const unsigned peers = __match_any_sync(act, bin);
+            if (lane == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
+        }
     });
-    mx = sample_block_max(mx, s_f);  // its barrier also makes the keys visible to the block
+    mx = sample_block_max(mx, s_f);  // its barrier also makes the keys and the histogram visible to the block
     const double u = uniforms[blockIdx.x];
     const bool top_k_on = top_k > 0 && top_k < vocab;
-    const float kth = top_k_on ? key_value(select_rank_key(keys, vocab, vocab - top_k)) : -INFINITY;
-    auto filtered = [&](int i) {  // after top-k (a float compare, as the host's: -0.0 is not below 0.0)
-        const float v = key_value(keys[i]);
-        return v < kth ? -INFINITY : v;
-    };
+    auto expo = [&](float v) { return v == -INFINITY ? 0.0 : exp((double)(v - mx)); };
+
+    // The candidates, when they fit the list: with top-k, the items of the bins that hold the k largest; with top-p
+    // alone, the top bins that fit (top-p must then drop everything below them, which holds for peaked
+    // distributions). Their k-th largest, top-p and the draw then run on the list.
     int pick = -1;
-    if (top_k_on) {  // the survivors, in index order, into shared memory when they fit: top-p and the draw run there
-        __shared__ int s_at[SAMPLE_SEGMENTS];  // each segment's survivors, then the survivors before it
-        __shared__ int s_survivors;
-        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-        const unsigned lower_lanes = (1u << lane) - 1;
-        const int seg = ((vocab + SAMPLE_SEGMENTS - 1) / SAMPLE_SEGMENTS + 31) & ~31;
-        auto value_at = [&](int i) { return key_value(keys[i]); };
-        for (int sg = warp; sg < SAMPLE_SEGMENTS; sg += SAMPLE_WARPS) {
-            int c = 0;
-            for_warp_items(min(vocab, sg * seg), min(vocab, (sg + 1) * seg), value_at, [&](int, bool valid, float v) {
-                c += __popc(__ballot_sync(0xFFFFFFFFu, valid && !(v < kth)));
-                return true;
-            });
-            if (lane == 0) s_at[sg] = c;
-        }
-        __syncthreads();
-        if (warp == 0) segments_exclusive_scan(s_at, &s_survivors);
-        __syncthreads();
-        const int survivors = s_survivors;
-        if (survivors <= SAMPLE_LIST) {
+    if (top_k_on || one_minus_p > 0) {
+        int bin, above, with;
+        first_bin_from_top(hist, top_k_on ? top_k - 1 : SAMPLE_LIST, &bin, &above, &with);
+        const int lo_bin = top_k_on ? bin : bin + 1;
+        const int count = top_k_on ? with : above;
+        if (count > 0 && count <= SAMPLE_LIST) {
+            __shared__ int s_at[SAMPLE_SEGMENTS];  // each segment's candidates, then the candidates before it
+            __shared__ int s_count;
+            const unsigned lower_lanes = (1u << lane) - 1, lo_key = (unsigned)lo_bin << SAMPLE_BIN_SHIFT;
+            const int seg = ((vocab + SAMPLE_SEGMENTS - 1) / SAMPLE_SEGMENTS + 31) & ~31;
+            auto key_at = [&](int i) { return keys[i]; };
+            double outside = 0;  // top-p alone: the e^(v - max) of the items below the candidates
+            for (int sg = warp; sg < SAMPLE_SEGMENTS; sg += SAMPLE_WARPS) {
+                int c = 0;
+                const int lo = min(vocab, sg * seg), hi = min(vocab, (sg + 1) * seg);
+                for_warp_items(lo, hi, key_at, [&](int, bool valid, unsigned k) {
+                    const bool in = valid && k >= lo_key;
+                    if (!top_k_on && valid && !in) outside += expo(key_value(k));
+                    c += __popc(__ballot_sync(0xFFFFFFFFu, in));
+                    return true;
+                });
+                if (lane == 0) s_at[sg] = c;
+            }
+            __syncthreads();
+            if (warp == 0) segments_exclusive_scan(s_at, &s_count);
+            __syncthreads();
             for (int sg = warp; sg < SAMPLE_SEGMENTS; sg += SAMPLE_WARPS) {
                 int at = s_at[sg];
                 const int lo = min(vocab, sg * seg), hi = min(vocab, (sg + 1) * seg);
-                for_warp_items(lo, hi, value_at, [&](int i, bool valid, float v) {
-                    const bool in = valid && !(v < kth);
+                for_warp_items(lo, hi, key_at, [&](int i, bool valid, unsigned k) {
+                    const bool in = valid && k >= lo_key;
                     const unsigned b = __ballot_sync(0xFFFFFFFFu, in);
                     if (in) {
-                        s_index[at + __popc(b & lower_lanes)] = i;
-                        s_value[at + __popc(b & lower_lanes)] = v;
+                        list_key[at + __popc(b & lower_lanes)] = k;
+                        list_index[at + __popc(b & lower_lanes)] = i;
                     }
                     at += __popc(b);
                     return true;
                 });
             }
+            outside = top_k_on ? 0.0 : sample_block_sum(outside, s_d);
             __syncthreads();
-            pick = top_p_and_draw(survivors, [&](int j) { return s_value[j]; }, [&](int j) { return s_index[j]; }, mx,
-                                  one_minus_p, u);
+            // top-k's threshold among the candidates (a float compare as the host's: -0.0 is not below 0.0, so a
+            // zero threshold is left to the whole row, where every zero is seen)
+            const float kth = top_k_on ? key_value(select_rank_key(list_key, count, count - top_k)) : -INFINITY;
+            if (kth != 0.0f) {
+                pick = top_p_and_draw(count, [&](int j) {
+                    const float v = key_value(list_key[j]);
+                    return v < kth ? -INFINITY : v;
+                }, [&](int j) { return list_index[j]; }, mx, one_minus_p, u, nullptr, outside);
+            }
         }
     }
-    if (pick < 0) pick = top_p_and_draw(vocab, filtered, [](int i) { return i; }, mx, one_minus_p, u);
+    if (pick < 0) {  // the whole row
+        const float kth = top_k_on ? key_value(select_rank_key(keys, vocab, vocab - top_k)) : -INFINITY;
+        pick = top_p_and_draw(vocab, [&](int i) {
+            const float v = key_value(keys[i]);
+            return v < kth ? -INFINITY : v;
+        }, [](int i) { return i; }, mx, one_minus_p, u, masses + (int64_t)blockIdx.x * vocab, 0.0);
+    }
     if (threadIdx.x == 0) {
         token[blockIdx.x] = pick;
         if (next_ids) next_ids[blockIdx.x] = pick;
@@ -557,10 +664,10 @@ __device__ __forceinline__ void sample_row(const T* __restrict__ logits, int voc
 #define QL_SAMPLE(tn, T)                                                                                          \
     extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_##tn(                               \
         const T* __restrict__ logits, int vocab, int n_excluded, int e0, int e1, int e2, int e3, float temperature, \
-        int top_k, double one_minus_p, const double* __restrict__ uniforms, unsigned* scratch,                   \
+        int top_k, double one_minus_p, const double* __restrict__ uniforms, unsigned* scratch, double* masses,   \
         int* __restrict__ token, int* __restrict__ next_ids) {                                                    \
         sample_row<T>(logits, vocab, n_excluded, e0, e1, e2, e3, temperature, top_k, one_minus_p, uniforms, scratch, \
-                      token, next_ids);                                                                           \
+                      masses, token, next_ids);                                                                   \
     }
 QL_SAMPLE(f32, float)
 QL_SAMPLE(bf16, __nv_bfloat16)

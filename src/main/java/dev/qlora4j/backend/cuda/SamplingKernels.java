@@ -39,14 +39,16 @@ final class SamplingKernels {
      * (F64 [rows], device) from logits [rows, vocab] with the excluded ids read as -infinity: divided by temperature,
      * top-k (topK 0 = off), top-p (topP 1 = off), then the first index whose cumulative probability exceeds the draw.
      * The same token as the host for the same draw, except where a cumulative probability lands within ~1e-16 of the
-     * draw or of 1 - topP (the sums run in another order). nextIds as {@link #argmaxRows}. scratch: I32 [rows, vocab]
-     * device memory the kernel uses for each row's order keys (its contents are overwritten).
+     * draw or of 1 - topP (the sums run in another order). nextIds as {@link #argmaxRows}. keys (I32) and masses (F64),
+     * [rows, vocab] each: device memory the kernel uses for each row's order keys and probabilities (overwritten).
      */
     static void sampleRows(CudaContext ctx, Tensor logits, int[] excluded, float temperature, int topK, double topP,
-                           Tensor uniforms, Tensor scratch, Tensor token, Tensor nextIds) {
+                           Tensor uniforms, Tensor keys, Tensor masses, Tensor token, Tensor nextIds) {
         checkRows(logits, excluded, token, "sample");
-        if (scratch.dtype() != DType.I32 || scratch.numel() < logits.numel()) {
-            throw new IllegalArgumentException("sample scratch must be I32 of " + logits.numel() + " elements, got " + scratch);
+        if (keys.dtype() != DType.I32 || keys.numel() < logits.numel()
+                || masses.dtype() != DType.F64 || masses.numel() < logits.numel()) {
+            throw new IllegalArgumentException("sample scratch must be I32 and F64 of " + logits.numel()
+                    + " elements each, got " + keys + " and " + masses);
         }
         if (uniforms.dtype() != DType.F64 || uniforms.numel() != logits.dim(0)) {
             throw new IllegalArgumentException("sample uniforms must be F64 [" + logits.dim(0) + "], got " + uniforms);
@@ -61,7 +63,8 @@ final class SamplingKernels {
                 KernelArgs.of().ptr(CudaContext.ptr(logits)).i32(logits.dim(1)).i32(excluded.length)
                         .i32(e[0]).i32(e[1]).i32(e[2]).i32(e[3]).f32(temperature).i32(topK)
                         .i64(Double.doubleToRawLongBits(1 - topP))   // the kernel's double one_minus_p (8 bytes)
-                        .ptr(CudaContext.ptr(uniforms)).ptr(CudaContext.ptr(scratch)).ptr(CudaContext.ptr(token))
+                        .ptr(CudaContext.ptr(uniforms)).ptr(CudaContext.ptr(keys)).ptr(CudaContext.ptr(masses))
+                        .ptr(CudaContext.ptr(token))
                         .ptr(nextIds == null ? 0L : CudaContext.ptr(nextIds)));
     }
 

@@ -50,20 +50,24 @@ class DeviceSampleGpuTest {
         int rows = 9;
         for (DType dt : new DType[] {DType.F32, DType.BF16, DType.F16}) {
             for (int vocab : new int[] {1, 7, 1000, 32000, 128256}) {
-                float[] v = QuantGpuSupport.roundedTo(dt, QuantGpuSupport.gaussian(rnd, rows * vocab, 3.0));
+                float[] v = QuantGpuSupport.gaussian(rnd, rows * vocab, 3.0);
                 if (vocab > 10) {
                     Arrays.fill(v, vocab, 2 * vocab, 0.5f);                      // row 1: one repeated value
                     for (int j = 0; j < 10; j++) v[2 * vocab + j * (vocab / 10)] = 12f;  // row 2: ten tied maxima
                     v[3 * vocab + vocab / 2] = 40f;                              // row 3: one dominant token
                     v[4 * vocab + 2] = 60f;                                      // row 4: the maximum is excluded
+                    for (int j = 0; j < vocab; j++) v[7 * vocab + j] = -0.02f * (j % 5000);  // row 7: peaked (a few
+                    // thousand tokens hold the mass: top-p alone runs on the kernel's candidate list)
                 }
+                v = QuantGpuSupport.roundedTo(dt, v);
                 int[] excluded = vocab > 10 ? new int[] {2, vocab + 5} : new int[0];  // the second is outside the vocab
                 for (double[] set : SETTINGS) {
                     double[] u = new double[rows];
                     for (int r = 0; r < rows; r++) u[r] = rnd.nextDouble();
                     u[5] = 0;
                     u[6] = Math.nextDown(1.0);
-                    SamplingParams params = new SamplingParams(1, 0, true, set[0], (int) set[1], set[2], 1.0, 0, List.of());
+                    SamplingParams params =
+                            new SamplingParams(1, 0, true, set[0], (int) set[1], set[2], 1.0, 0, List.of());
                     int[] got = runKernel(v, dt, rows, vocab, excluded, params, u);
                     for (int r = 0; r < rows; r++) {
                         float[] row = Arrays.copyOfRange(v, r * vocab, (r + 1) * vocab);
@@ -80,11 +84,12 @@ class DeviceSampleGpuTest {
                                    double[] u) {
         try (Tensor logits = QuantGpuSupport.upload(ctx, v, dt, rows, vocab);
              Tensor uniforms = ctx.upload(Tensor.view(java.lang.foreign.MemorySegment.ofArray(u), DType.F64, rows));
-             Tensor scratch = QuantGpuSupport.poisoned(ctx, DType.I32, rows, vocab);
+             Tensor keys = QuantGpuSupport.poisoned(ctx, DType.I32, rows, vocab);
+             Tensor masses = QuantGpuSupport.poisoned(ctx, DType.F64, rows, vocab);
              Tensor token = QuantGpuSupport.poisoned(ctx, DType.I32, rows);
              Tensor next = QuantGpuSupport.poisoned(ctx, DType.I32, rows)) {
             SamplingKernels.sampleRows(ctx, logits, excluded, (float) params.temperature(), params.topK(),
-                    params.topP(), uniforms, scratch, token, next);
+                    params.topP(), uniforms, keys, masses, token, next);
             int[] got = ctx.download(token).toIntArray();
             assertArrayEquals(got, ctx.download(next).toIntArray(), "the next step's ids are the picks");
             return got;
