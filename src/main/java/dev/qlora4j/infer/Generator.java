@@ -5,6 +5,7 @@ import dev.qlora4j.backend.KvCache;
 import dev.qlora4j.backend.cuda.DecodeGraph;
 import dev.qlora4j.backend.cuda.GraphCapable;
 import dev.qlora4j.backend.cuda.TokenPick;
+import dev.qlora4j.io.tokenizer.StreamDecoder;
 import dev.qlora4j.model.RopeScaling;
 import dev.qlora4j.model.TransformerLM;
 import dev.qlora4j.tensor.Tensor;
@@ -28,7 +29,8 @@ public final class Generator {
     private final Function<int[], String> decoder;
 
     /**
-     * @param decoder ids -> text with special tokens skipped (used for streaming and stop strings)
+     * @param decoder ids -> text with special tokens skipped: the rows' texts; streaming and stop strings decode a
+     *                window of a row's last few tokens with it each step (io.tokenizer.StreamDecoder)
      */
     public Generator(TransformerLM model, int[] eosIds, int padId, Function<int[], String> decoder) {
         this.model = model;
@@ -68,6 +70,8 @@ public final class Generator {
         String[] reasons = new String[batch];
         String[] texts = new String[batch];
         int[] emittedChars = new int[batch];
+        StreamDecoder[] streams = new StreamDecoder[batch];   // per row, when text is needed each step
+        StringBuilder[] shown = new StringBuilder[batch];     // the streamed text so far
         Sampler[] samplers = new Sampler[batch];
         for (int r = 0; r < batch; r++) samplers[r] = new Sampler(params, eosIds, params.seed() + r);
 
@@ -85,10 +89,17 @@ public final class Generator {
             // every row ends at s, that step was for nothing (its picks are never read). A sampled pick takes each
             // row's next uniform draw when its step is queued: the draw its Sampler would take for that token.
             boolean pipelined = false;
-            // Each row's text is decoded every step only for stop strings or a listener: a decode of the whole output
-            // grows with it (~0.16 us a token with the HF tokenizer: 330 us a row at 2,048 tokens, a seventh of a 7B
-            // GPU step). Without either the texts are decoded once at the end.
+            // Each row's text is followed every step only for stop strings or a listener, and then incrementally
+            // (StreamDecoder: a window of the last few tokens each step; decoding the whole output grows with it,
+            // ~0.16 us a token with the HF tokenizer: 330 us a row at 2,048 tokens, a seventh of a 7B GPU step). The
+            // rows' texts are decoded whole once, when they end.
             boolean textEachStep = !params.stopStrings().isEmpty() || listener != TokenListener.NONE;
+            if (textEachStep) {
+                for (int r = 0; r < batch; r++) {
+                    streams[r] = StreamDecoder.over(decoder);
+                    shown[r] = new StringBuilder();
+                }
+            }
             prefill = System.nanoTime() - t0;
             long t1 = System.nanoTime();
             for (int s = 0; s < maxNew; s++) {
@@ -112,14 +123,18 @@ public final class Generator {
                     context[r][prompts[r].length + produced[r]] = tok;
                     out[r][produced[r]++] = tok;
                     if (textEachStep) {
-                        String text = decoder.apply(Arrays.copyOf(out[r], produced[r]));
-                        reasons[r] = finishReason(tok, text, params, produced[r], texts, r);
-                        String visible = texts[r] != null ? texts[r] : text;
-                        String delta = stableDelta(visible, emittedChars[r], reasons[r] != null);
+                        String delta = streams[r].push(tok);
+                        int before = shown[r].length();
+                        shown[r].append(delta);
+                        reasons[r] = finishReason(tok, shown[r], before, params, produced[r], out[r], texts, r);
+                        if (reasons[r] != null) {  // the last piece reaches the end of the whole text (or the cut)
+                            if (texts[r] == null) texts[r] = decoder.apply(Arrays.copyOf(out[r], produced[r]));
+                            delta = texts[r].length() > emittedChars[r] ? texts[r].substring(emittedChars[r]) : "";
+                        }
                         emittedChars[r] += delta.length();
                         listener.onToken(r, tok, delta);
                     } else {
-                        reasons[r] = finishReason(tok, "", params, produced[r], texts, r);
+                        reasons[r] = finishReason(tok, null, 0, params, produced[r], out[r], texts, r);
                     }
                     if (reasons[r] == null) anyLive = true;
                 }
@@ -174,28 +189,25 @@ public final class Generator {
         return s < params.minNewTokens() ? eosIds.clone() : new int[0];
     }
 
-    /** Returns why the row ends after this token, or null; a stop string cuts the row's text. */
-    private String finishReason(int tok, String text, SamplingParams params, int produced, String[] texts, int r) {
+    /**
+     * Returns why the row ends after this token, or null. shown: the row's streamed text, which grew from before chars
+     * this step (null without stop strings); a stop string that appears in it cuts the row's text (the whole output
+     * decoded at once) where the stop string starts.
+     */
+    private String finishReason(int tok, StringBuilder shown, int before, SamplingParams params, int produced,
+                                int[] ids, String[] texts, int r) {
         for (String stop : params.stopStrings()) {
-            int at = text.indexOf(stop);
+            int at = shown.indexOf(stop, Math.max(0, before - stop.length() + 1));  // only a new occurrence
             if (at >= 0) {
-                texts[r] = text.substring(0, at);
+                String whole = decoder.apply(Arrays.copyOf(ids, produced));
+                int cut = whole.indexOf(stop);
+                texts[r] = cut >= 0 ? whole.substring(0, cut) : shown.substring(0, at);
                 return "stop_string";
             }
         }
         for (int e : eosIds) if (tok == e) return "eos";
         if (produced >= params.maxNewTokens()) return "length";
         return null;
-    }
-
-    /**
-     * Text that is safe to show: while generating, hold back a trailing U+FFFD (an incomplete
-     * multi-byte character) so streamed pieces never contain broken characters.
-     */
-    private static String stableDelta(String text, int emitted, boolean last) {
-        int end = text.length();
-        if (!last) while (end > emitted && text.charAt(end - 1) == '\uFFFD') end--;
-        return end <= emitted ? "" : text.substring(emitted, end);
     }
 
     /**

@@ -49,6 +49,43 @@ class GeneratorStopTest {
     }
 
     /**
+     * Streaming and stop strings follow each row's text with a window of its last tokens (StreamDecoder), not a decode
+     * of the whole output every step: the ids decoded a step stay a handful however long the output; the streamed
+     * pieces still concatenate to the returned text, and a stop string spanning several tokens cuts it as before.
+     */
+    @Test
+    void streamingDecodesAWindowOfTokensEachStep() {
+        JsonNode p = Golden.json("llama-f32").get("prompts").get(0);
+        int[] ids = Golden.ints(p.get("input_ids"));
+        try (CausalLM lm = CausalLM.fromPretrained(Golden.dir("llama-f32"), LoadOptions.cpu())) {
+            dev.qlora4j.io.tokenizer.Tokenizer tok = lm.tokenizer();
+            long[] decodedIds = {0};
+            java.util.function.Function<int[], String> counting = x -> {
+                decodedIds[0] += x.length;
+                return tok.decode(x, true);
+            };
+            int n = 64;
+            SamplingParams sample = new SamplingParams(n, n, true, 1.2, 0, 1.0, 1.0, 99, List.of());
+            Generator g = new Generator(lm.model(), lm.config().eosTokenIds(), 0, counting);
+            StringBuilder streamed = new StringBuilder();
+            GenerationResult r = g.generate(new int[][] {ids}, sample, (row, t, piece) -> streamed.append(piece));
+            assertEquals(n, r.outputIds()[0].length);
+            assertEquals(r.texts()[0], streamed.toString());
+            assertEquals(tok.decode(r.outputIds()[0], true), r.texts()[0]);
+            // a whole-output decode every step would be n (n + 1) / 2 = 2,080 ids; the windows are a few ids a step,
+            // plus one whole decode at the end
+            assertTrue(decodedIds[0] <= 8L * n + n, decodedIds[0] + " ids decoded");
+
+            // a stop string of several tokens from the middle of that text
+            String text = r.texts()[0];
+            String stop = text.substring(text.length() / 2, text.length() / 2 + 7);
+            GenerationResult cut = g.generate(new int[][] {ids}, sample.withStopStrings(List.of(stop)), TokenListener.NONE);
+            assertEquals("stop_string", cut.stopReasons()[0]);
+            assertEquals(text.substring(0, text.indexOf(stop)), cut.texts()[0]);
+        }
+    }
+
+    /**
      * Without stop strings and without a listener the rows' texts are decoded once, at the end (not the whole output
      * every step); tokens, texts and reasons are those of a run that decodes every step for a listener.
      */

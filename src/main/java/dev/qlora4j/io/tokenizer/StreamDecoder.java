@@ -1,6 +1,7 @@
 package dev.qlora4j.io.tokenizer;
 
 import java.util.Arrays;
+import java.util.function.Function;
 
 /**
  * Incremental detokenization for streaming generation.
@@ -11,19 +12,27 @@ import java.util.Arrays;
  * window that starts a little before the new tokens ({@code prefix..end}) and emits only the
  * part after the window's already-emitted text ({@code prefix..read}); text ending in U+FFFD (an
  * incomplete UTF-8 sequence) is held back until the next token completes it. This is the
- * algorithm of text-generation-inference and tokenizers' DecodeStream.
+ * algorithm of text-generation-inference and tokenizers' DecodeStream. Each step costs a decode of a few tokens, where
+ * decoding the whole output grows with it (infer.Generator streams and checks stop strings with it).
  */
 public final class StreamDecoder {
-    private final Tokenizer tokenizer;
-    private final boolean skipSpecialTokens;
+    private final Function<int[], String> decoder;
     private int[] ids = new int[16];
     private int size;
     private int prefixOffset; // start of the decode window
     private int readOffset;   // tokens before this are emitted
 
     StreamDecoder(Tokenizer tokenizer, boolean skipSpecialTokens) {
-        this.tokenizer = tokenizer;
-        this.skipSpecialTokens = skipSpecialTokens;
+        this(ids -> tokenizer.decode(ids, skipSpecialTokens));
+    }
+
+    private StreamDecoder(Function<int[], String> decoder) {
+        this.decoder = decoder;
+    }
+
+    /** A stream decoder over any ids -> text function (one that decodes a window of ids as the whole text would). */
+    public static StreamDecoder over(Function<int[], String> decoder) {
+        return new StreamDecoder(decoder);
     }
 
     /** Adds one token; returns the text it completes (often "", never a partial character). */
@@ -58,7 +67,7 @@ public final class StreamDecoder {
     }
 
     private String decode(int from, int to) {
-        return from >= to ? "" : tokenizer.decode(Arrays.copyOfRange(ids, from, to), skipSpecialTokens);
+        return from >= to ? "" : decoder.apply(Arrays.copyOfRange(ids, from, to));
     }
 
     private static int commonPrefix(String a, String b) {

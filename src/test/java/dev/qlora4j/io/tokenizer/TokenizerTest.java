@@ -167,6 +167,37 @@ class TokenizerTest {
         assertEquals("\uFFFD", t.flush(), "flush emits what is held back");
     }
 
+    /**
+     * On random id sequences of real byte-level tokenizers (the golden models' and the embedded default model's: byte
+     * tokens that split characters, special tokens), the streamed text after each token is the start of the whole decode
+     * of the ids so far, all of it unless that ends in an incomplete character, and with the flush it is the whole
+     * decode.
+     */
+    @Test
+    void streamingRandomIdsGivesTheWholeDecode() throws Exception {
+        java.util.Random rnd = new java.util.Random(7);
+        for (Path dir : new Path[] {dev.qlora4j.Golden.dir("llama-f32"), Path.of("models/default")}) {
+            try (Tokenizer t = Tokenizer.fromPretrained(dir)) {
+                for (int trial = 0; trial < 20; trial++) {
+                    int n = 1 + rnd.nextInt(60);
+                    int[] ids = rnd.ints(n, 0, t.vocabSize()).toArray();
+                    StreamDecoder s = t.streamDecoder(true);
+                    StringBuilder sb = new StringBuilder();
+                    for (int i = 0; i < n; i++) {
+                        sb.append(s.push(ids[i]));
+                        String whole = t.decode(java.util.Arrays.copyOf(ids, i + 1), true);
+                        String where = dir + " ids " + java.util.Arrays.toString(java.util.Arrays.copyOf(ids, i + 1));
+                        assertTrue(whole.startsWith(sb.toString()), where);
+                        assertTrue(whole.length() == sb.length() || whole.endsWith("\uFFFD"), where + ": held back "
+                                + whole.substring(sb.length()));
+                    }
+                    sb.append(s.flush());
+                    assertEquals(t.decode(ids, true), sb.toString());
+                }
+            }
+        }
+    }
+
     @Test
     void streamedTextEqualsFullDecode() {
         int[] ids = {14, 19, 22, 7, 20, 21, 7, 14, 22};
