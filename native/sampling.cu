@@ -90,29 +90,32 @@ QL_ARGMAX(bf16, __nv_bfloat16)
 QL_ARGMAX(f16, __half)
 
 // ---------------------------------------------------------------------------------------------------------------------
-//   sample_rows_<t>   logits [B, V] -> token [B] (and next_ids [B], or null): infer.Sampler's sampled choice for the
-//                     uniform draw uniforms[b] (the host draws it from the row's seeded stream, so a seed gives the host
-//                     path's tokens): excluded ids at -infinity, x / temperature (IEEE division, as the host's float
-//                     divide), top-k (0 < top_k < V: keep values >= the k-th largest, ties at it kept), top-p
-//                     (one_minus_p > 0: drop the longest prefix of the ascending (value, index) order whose cumulative
-//                     probability stays <= 1 - p, never the last), then the first index whose cumulative probability in
-//                     index order exceeds u (probabilities in double, as the host's). scratch [B, V] (uint32): each
-//                     row's order keys; masses [B, V] (double): each row's e^(v - max) for top-p without a top-k list.
-//                     grid B blocks, SAMPLE_THREADS threads.
+//   sample_prepare_<t> then sample_rows: logits [B, V] -> token [B] (and next_ids [B], or null): infer.Sampler's
+//                     sampled choice for the uniform draw uniforms[b] (the host draws it from the row's seeded stream,
+//                     so a seed gives the host path's tokens): excluded ids at -infinity, x / temperature (IEEE
+//                     division, as the host's float divide), top-k (0 < top_k < V: keep values >= the k-th largest,
+//                     ties at it kept), top-p (one_minus_p > 0: drop the longest prefix of the ascending (value, index)
+//                     order whose cumulative probability stays <= 1 - p, never the last), then the first index whose
+//                     cumulative probability in index order exceeds u (probabilities in double, as the host's).
+//                     Scratch: keys [B, V] (uint32, each row's order keys), masses [B, V] (double, e^(v - max) for
+//                     top-p without a candidate list), hist [B, SAMPLE_BINS] (int) and max_key [B] (uint32), both zero
+//                     before the first launch (sample_rows leaves them zero). sample_prepare: grid (G, B) blocks of
+//                     SAMPLE_THREADS, a slice of the row each; sample_rows: grid B blocks of SAMPLE_THREADS.
 //
-// The first pass keeps each value's order key (later passes read 4 bytes instead of converting, masking and dividing
-// again) and counts the keys by their top 12 bits. From those counts, the candidates: with top-k the items of the top
-// bins that hold the k largest; with top-p alone the top bins that fit SAMPLE_LIST, if top-p drops everything below
-// them (peaked distributions). When they fit, one pass copies them (index order) into a shared list and top-k's
-// threshold, top-p and the draw run there; otherwise over the whole row. top-k is a radix select on the keys (the
-// smallest key K with count(key <= K) > n - k, 8 bits a pass into a shared histogram). top-p is "the smallest key K
-// whose cumulative probability (ascending) exceeds 1 - p", found 4 bits a pass (the probability per 16 digit values of
-// the keys still in the bucket; 8 passes). Ties at that key are cut by index as the host's stable order does: the
-// first j0 of them (index order) go, j0 from the mass below and the tie's probability. The draw sums the kept mass of
-// 128 index-order segments (each warp's lanes on consecutive items), and one warp walks the segment whose cumulative
-// mass passes u. Every pass loads SAMPLE_UNROLL items a thread before using them (a row has one SM). The sums run in
-// another order than the host's sequential ones, so a row whose cumulative mass lands within ~1e-16 of 1 - p or of u
-// could pick differently; NaN logits (a diverged model) give no defined choice.
+// The first pass (sample_prepare, G blocks a row: one block would leave the row one SM) keeps each value's order key
+// (later passes read 4 bytes instead of converting, masking and dividing again), counts the keys by their top 12 bits
+// and finds the largest. From the counts, the candidates: with top-k the items of the top bins that hold the k
+// largest; with top-p alone the top bins that fit SAMPLE_LIST, if top-p drops everything below them (peaked
+// distributions). When they fit, one pass copies them (index order) into a shared list and top-k's threshold, top-p
+// and the draw run there; otherwise over the whole row. top-k is a radix select on the keys (the smallest key K with
+// count(key <= K) > n - k, 8 bits a pass into a shared histogram). top-p is "the smallest key K whose cumulative
+// probability (ascending) exceeds 1 - p", found 4 bits a pass (the probability per 16 digit values of the keys still
+// in the bucket; 8 passes). Ties at that key are cut by index as the host's stable order does: the first j0 of them
+// (index order) go, j0 from the mass below and the tie's probability. The draw sums the kept mass of 128 index-order
+// segments (each warp's lanes on consecutive items), and one warp walks the segment whose cumulative mass passes u.
+// Every pass loads SAMPLE_UNROLL items a thread before using them. The sums run in another order than the host's
+// sequential ones, so a row whose cumulative mass lands within ~1e-16 of 1 - p or of u could pick differently; NaN
+// logits (a diverged model) give no defined choice.
 // ---------------------------------------------------------------------------------------------------------------------
 constexpr int SAMPLE_THREADS = 512;
 constexpr int SAMPLE_WARPS = SAMPLE_THREADS / 32;
@@ -159,12 +162,12 @@ __device__ __forceinline__ float sample_block_max(float v, float* s_warp) {
     return t;
 }
 
-// use(i, valid, load(i)) for i = threadIdx.x + SAMPLE_THREADS * t over [0, n), SAMPLE_UNROLL items a thread at a time
-// with their loads issued first (one load in flight a warp left the passes waiting on L2 latency). The trips are the
-// block's (use may run warp collectives; valid says whether i < n).
+// use(i, valid, load(i)) for i = from + threadIdx.x + SAMPLE_THREADS * t over [from, n), SAMPLE_UNROLL items a thread
+// at a time with their loads issued first (one load in flight a warp left the passes waiting on L2 latency). The trips
+// are the block's (use may run warp collectives; valid says whether i < n).
 template <typename Load, typename Use>
-__device__ __forceinline__ void for_items(int n, Load load, Use use) {
-    for (int base = 0; base < n; base += SAMPLE_THREADS * SAMPLE_UNROLL) {
+__device__ __forceinline__ void for_items(int n, Load load, Use use, int from = 0) {
+    for (int base = from; base < n; base += SAMPLE_THREADS * SAMPLE_UNROLL) {
         decltype(load(0)) v[SAMPLE_UNROLL];
 #pragma unroll
         for (int u = 0; u < SAMPLE_UNROLL; u++) {
@@ -546,30 +549,25 @@ __device__ void first_bin_from_top(const int* hist, int limit, int* bin, int* ab
     __syncthreads();
 }
 
+// The first pass, spread over gridDim.x blocks a row (a row's block alone has one SM): the values Sampler.sample starts
+// from (excluded ids at -infinity, divided by the temperature) as order keys into keys [B, V] (later passes read 4
+// bytes instead of converting, masking and dividing again), their count by top 12 bits added into hist [B, SAMPLE_BINS]
+// and their largest key into max_key [B] (both zero before; sample_row reads and re-zeroes them).
 template <typename T>
-__device__ __forceinline__ void sample_row(const T* __restrict__ logits, int vocab, int n_excluded, int e0, int e1,
-                                           int e2, int e3, float temperature, int top_k, double one_minus_p,
-                                           const double* __restrict__ uniforms, unsigned* scratch, double* masses,
-                                           int* __restrict__ token, int* __restrict__ next_ids) {
+__device__ __forceinline__ void sample_prepare_row(const T* __restrict__ logits, int vocab, int n_excluded, int e0,
+                                                   int e1, int e2, int e3, float temperature, unsigned* keys_all,
+                                                   int* hist_all, unsigned* max_key) {
+    __shared__ int s_hist[SAMPLE_BINS];
     __shared__ float s_f[SAMPLE_WARPS];
-    __shared__ double s_d[SAMPLE_WARPS];
-    // first a histogram of the keys' top bits (SAMPLE_BINS ints), then the list of candidates: keys, then indices
-    __shared__ __align__(16) unsigned s_pool[2 * SAMPLE_LIST];
-    static_assert(SAMPLE_BINS <= 2 * SAMPLE_LIST, "the histogram fits the pool");
-    int* hist = reinterpret_cast<int*>(s_pool);
-    unsigned* list_key = s_pool;
-    int* list_index = reinterpret_cast<int*>(s_pool + SAMPLE_LIST);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const T* row = logits + (int64_t)blockIdx.x * vocab;
-    unsigned* keys = scratch + (int64_t)blockIdx.x * vocab;  // written and read by this block only (no __restrict__)
-
-    // The values Sampler.sample starts from: excluded ids at -infinity, divided by the temperature; their order keys
-    // are kept so that later passes read 4 bytes instead of converting, masking and dividing again, and counted by
-    // their top bits.
-    for (int b = threadIdx.x; b < SAMPLE_BINS; b += SAMPLE_THREADS) hist[b] = 0;
+    const int lane = threadIdx.x & 31, row = blockIdx.y;
+    const int slice = ((vocab + gridDim.x - 1) / gridDim.x + 31) & ~31;
+    const int lo = min(vocab, (int)blockIdx.x * slice), hi = min(vocab, lo + slice);
+    const T* x = logits + (int64_t)row * vocab;
+    unsigned* keys = keys_all + (int64_t)row * vocab;
+    for (int b = threadIdx.x; b < SAMPLE_BINS; b += SAMPLE_THREADS) s_hist[b] = 0;
     __syncthreads();
     float mx = -INFINITY;
-    for_items(vocab, [&](int i) { return row[i]; }, [&](int i, bool valid, T raw) {
+    for_items(hi, [&](int i) { return x[i]; }, [&](int i, bool valid, T raw) {
         unsigned k = 0;
         if (valid) {
             const bool out = (n_excluded > 0 && i == e0) || (n_excluded > 1 && i == e1) || (n_excluded > 2 && i == e2)
@@ -583,10 +581,44 @@ __device__ __forceinline__ void sample_row(const T* __restrict__ logits, int voc
         if (valid) {
             const unsigned bin = k >> SAMPLE_BIN_SHIFT;
             const unsigned peers = __match_any_sync(act, bin);
-            if (lane == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
+            if (lane == __ffs(peers) - 1) atomicAdd(&s_hist[bin], __popc(peers));
         }
-    });
-    mx = sample_block_max(mx, s_f);  // its barrier also makes the keys and the histogram visible to the block
+    }, lo);
+    mx = sample_block_max(mx, s_f);  // its barrier also completes the block's histogram
+    int* hist = hist_all + (int64_t)row * SAMPLE_BINS;
+    for (int b = threadIdx.x; b < SAMPLE_BINS; b += SAMPLE_THREADS) {
+        if (s_hist[b]) atomicAdd(&hist[b], s_hist[b]);
+    }
+    if (threadIdx.x == 0 && lo < hi) atomicMax(&max_key[row], order_key(mx));
+}
+
+__device__ __forceinline__ void sample_row(int vocab, int top_k, double one_minus_p, const double* __restrict__ uniforms,
+                                           unsigned* scratch, double* masses, int* hist_all, unsigned* max_key,
+                                           int* __restrict__ token, int* __restrict__ next_ids) {
+    __shared__ double s_d[SAMPLE_WARPS];
+    // first a histogram of the keys' top bits (SAMPLE_BINS ints), then the list of candidates: keys, then indices
+    __shared__ __align__(16) unsigned s_pool[2 * SAMPLE_LIST];
+    static_assert(SAMPLE_BINS <= 2 * SAMPLE_LIST, "the histogram fits the pool");
+    int* hist = reinterpret_cast<int*>(s_pool);
+    unsigned* list_key = s_pool;
+    int* list_index = reinterpret_cast<int*>(s_pool + SAMPLE_LIST);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    unsigned* keys = scratch + (int64_t)blockIdx.x * vocab;  // written by sample_prepare, read and written here
+
+    // The first pass's results (sample_prepare_row): the largest value and the keys' counts by top bits, read and
+    // zeroed for the next launch.
+    for (int b = threadIdx.x; b < SAMPLE_BINS; b += SAMPLE_THREADS) {
+        int* g = hist_all + (int64_t)blockIdx.x * SAMPLE_BINS + b;
+        hist[b] = *g;
+        *g = 0;
+    }
+    __shared__ unsigned s_max;
+    if (threadIdx.x == 0) {
+        s_max = max_key[blockIdx.x];
+        max_key[blockIdx.x] = 0;
+    }
+    __syncthreads();
+    const float mx = key_value(s_max);
     const double u = uniforms[blockIdx.x];
     const bool top_k_on = top_k > 0 && top_k < vocab;
     auto expo = [&](float v) { return v == -INFINITY ? 0.0 : exp((double)(v - mx)); };
@@ -661,14 +693,20 @@ __device__ __forceinline__ void sample_row(const T* __restrict__ logits, int voc
     }
 }
 
-#define QL_SAMPLE(tn, T)                                                                                          \
-    extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_##tn(                               \
+#define QL_SAMPLE_PREPARE(tn, T)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_prepare_##tn(                            \
         const T* __restrict__ logits, int vocab, int n_excluded, int e0, int e1, int e2, int e3, float temperature, \
-        int top_k, double one_minus_p, const double* __restrict__ uniforms, unsigned* scratch, double* masses,   \
-        int* __restrict__ token, int* __restrict__ next_ids) {                                                    \
-        sample_row<T>(logits, vocab, n_excluded, e0, e1, e2, e3, temperature, top_k, one_minus_p, uniforms, scratch, \
-                      masses, token, next_ids);                                                                   \
+        unsigned* keys, int* hist, unsigned* max_key) {                                                           \
+        sample_prepare_row<T>(logits, vocab, n_excluded, e0, e1, e2, e3, temperature, keys, hist, max_key);      \
     }
-QL_SAMPLE(f32, float)
-QL_SAMPLE(bf16, __nv_bfloat16)
-QL_SAMPLE(f16, __half)
+QL_SAMPLE_PREPARE(f32, float)
+QL_SAMPLE_PREPARE(bf16, __nv_bfloat16)
+QL_SAMPLE_PREPARE(f16, __half)
+
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(int vocab, int top_k, double one_minus_p,
+                                                                         const double* __restrict__ uniforms,
+                                                                         unsigned* keys, double* masses, int* hist,
+                                                                         unsigned* max_key, int* __restrict__ token,
+                                                                         int* __restrict__ next_ids) {
+    sample_row(vocab, top_k, one_minus_p, uniforms, keys, masses, hist, max_key, token, next_ids);
+}

@@ -51,8 +51,7 @@ final class CudaDecodeGraph implements DecodeGraph {
     private final java.util.ArrayDeque<Integer> queued = new java.util.ArrayDeque<>();
     private int nextSlot;
     private MemorySegment pinnedLogits;
-    private Tensor sampleKeys;       // I32 [batch, vocab]: the sampling kernel's scratch (first sampled pick)
-    private Tensor sampleMasses;     // F64 [batch, vocab]
+    private SampleScratch sampleScratch;  // the sampling kernels' device memory (first sampled pick)
     private Tensor logits;           // the captured step's output [batch, vocab]
     private long graph;
     private long exec;
@@ -120,12 +119,9 @@ final class CudaDecodeGraph implements DecodeGraph {
         if (pick.greedy()) {
             SamplingKernels.argmaxRows(ctx, logits, pick.excluded(), tokens, ids);
         } else {
-            if (sampleKeys == null) {
-                sampleKeys = ctx.empty(DType.I32, logits.dim(0), logits.dim(1));
-                sampleMasses = ctx.empty(DType.F64, logits.dim(0), logits.dim(1));
-            }
+            if (sampleScratch == null) sampleScratch = new SampleScratch(ctx, logits.dim(0), logits.dim(1));
             SamplingKernels.sampleRows(ctx, logits, pick.excluded(), pick.temperature(), pick.topK(), pick.topP(),
-                    uniforms, sampleKeys, sampleMasses, tokens, ids);
+                    uniforms, sampleScratch, tokens, ids);
         }
         driver.memcpyDtoHAsync(host + slotPicksOffset(), CudaContext.ptr(tokens), 4L * batch, s);
         driver.memcpyDtoHAsync(host + statusOffset(), backend.status().pointer(), 12, s);
@@ -266,10 +262,7 @@ final class CudaDecodeGraph implements DecodeGraph {
         start.close();
         tokens.close();
         uniforms.close();
-        if (sampleKeys != null) {
-            sampleKeys.close();
-            sampleMasses.close();
-        }
+        if (sampleScratch != null) sampleScratch.close();
         driver.memFreeHost(pinnedInputs);
         for (int k = 0; k < pickSlots.length; k++) {
             if (pickSlots[k] != null) {

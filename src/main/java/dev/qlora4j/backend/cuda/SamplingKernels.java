@@ -39,33 +39,46 @@ final class SamplingKernels {
      * (F64 [rows], device) from logits [rows, vocab] with the excluded ids read as -infinity: divided by temperature,
      * top-k (topK 0 = off), top-p (topP 1 = off), then the first index whose cumulative probability exceeds the draw.
      * The same token as the host for the same draw, except where a cumulative probability lands within ~1e-16 of the
-     * draw or of 1 - topP (the sums run in another order). nextIds as {@link #argmaxRows}. keys (I32) and masses (F64),
-     * [rows, vocab] each: device memory the kernel uses for each row's order keys and probabilities (overwritten).
+     * draw or of 1 - topP (the sums run in another order). nextIds as {@link #argmaxRows}. Two launches: the first pass
+     * over the logits spread over several blocks a row, then one block a row.
      */
     static void sampleRows(CudaContext ctx, Tensor logits, int[] excluded, float temperature, int topK, double topP,
-                           Tensor uniforms, Tensor keys, Tensor masses, Tensor token, Tensor nextIds) {
+                           Tensor uniforms, SampleScratch scratch, Tensor token, Tensor nextIds) {
         checkRows(logits, excluded, token, "sample");
-        if (keys.dtype() != DType.I32 || keys.numel() < logits.numel()
-                || masses.dtype() != DType.F64 || masses.numel() < logits.numel()) {
-            throw new IllegalArgumentException("sample scratch must be I32 and F64 of " + logits.numel()
-                    + " elements each, got " + keys + " and " + masses);
+        int rows = logits.dim(0), vocab = logits.dim(1);
+        if (uniforms.dtype() != DType.F64 || uniforms.numel() != rows) {
+            throw new IllegalArgumentException("sample uniforms must be F64 [" + rows + "], got " + uniforms);
         }
-        if (uniforms.dtype() != DType.F64 || uniforms.numel() != logits.dim(0)) {
-            throw new IllegalArgumentException("sample uniforms must be F64 [" + logits.dim(0) + "], got " + uniforms);
+        if (scratch.rows < rows || scratch.vocab != vocab) {
+            throw new IllegalArgumentException("sample scratch is for " + scratch.rows + " x " + scratch.vocab
+                    + " logits, got " + rows + " x " + vocab);
         }
         if (!(temperature > 0) || topK < 0 || !(topP > 0 && topP <= 1)) {
             throw new IllegalArgumentException("sampling needs temperature > 0, top_k >= 0 and top_p in (0, 1], got "
                     + temperature + ", " + topK + ", " + topP);
         }
         int[] e = java.util.Arrays.copyOf(excluded, MAX_EXCLUDED);
-        ctx.launch(ctx.function("sampling", "sample_rows_" + suffix(logits)), Dim3.of(logits.dim(0)),
+        ctx.launch(ctx.function("sampling", "sample_prepare_" + suffix(logits)),
+                Dim3.of(prepareBlocks(ctx.properties().multiprocessorCount(), rows, vocab), rows),
                 Dim3.of(SAMPLE_THREADS), 0,
-                KernelArgs.of().ptr(CudaContext.ptr(logits)).i32(logits.dim(1)).i32(excluded.length)
-                        .i32(e[0]).i32(e[1]).i32(e[2]).i32(e[3]).f32(temperature).i32(topK)
+                KernelArgs.of().ptr(CudaContext.ptr(logits)).i32(vocab).i32(excluded.length)
+                        .i32(e[0]).i32(e[1]).i32(e[2]).i32(e[3]).f32(temperature)
+                        .ptr(CudaContext.ptr(scratch.keys)).ptr(CudaContext.ptr(scratch.hist))
+                        .ptr(CudaContext.ptr(scratch.maxKey)));
+        ctx.launch(ctx.function("sampling", "sample_rows"), Dim3.of(rows), Dim3.of(SAMPLE_THREADS), 0,
+                KernelArgs.of().i32(vocab).i32(topK)
                         .i64(Double.doubleToRawLongBits(1 - topP))   // the kernel's double one_minus_p (8 bytes)
-                        .ptr(CudaContext.ptr(uniforms)).ptr(CudaContext.ptr(keys)).ptr(CudaContext.ptr(masses))
-                        .ptr(CudaContext.ptr(token))
+                        .ptr(CudaContext.ptr(uniforms)).ptr(CudaContext.ptr(scratch.keys))
+                        .ptr(CudaContext.ptr(scratch.masses)).ptr(CudaContext.ptr(scratch.hist))
+                        .ptr(CudaContext.ptr(scratch.maxKey)).ptr(CudaContext.ptr(token))
                         .ptr(nextIds == null ? 0L : CudaContext.ptr(nextIds)));
+    }
+
+    /** Blocks a row for the first pass: about two blocks per SM over all rows, at most 32, at least 1,024 values each. */
+    static int prepareBlocks(int multiprocessors, int rows, int vocab) {
+        int bySms = Math.max(1, 2 * multiprocessors / rows);
+        int byWork = Math.max(1, (vocab + 1023) / 1024);
+        return Math.min(32, Math.min(bySms, byWork));
     }
 
     private static void checkRows(Tensor logits, int[] excluded, Tensor token, String what) {

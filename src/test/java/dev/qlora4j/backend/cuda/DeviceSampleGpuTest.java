@@ -2,6 +2,7 @@ package dev.qlora4j.backend.cuda;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.qlora4j.infer.Sampler;
 import dev.qlora4j.infer.SamplingParams;
@@ -84,12 +85,14 @@ class DeviceSampleGpuTest {
                                    double[] u) {
         try (Tensor logits = QuantGpuSupport.upload(ctx, v, dt, rows, vocab);
              Tensor uniforms = ctx.upload(Tensor.view(java.lang.foreign.MemorySegment.ofArray(u), DType.F64, rows));
-             Tensor keys = QuantGpuSupport.poisoned(ctx, DType.I32, rows, vocab);
-             Tensor masses = QuantGpuSupport.poisoned(ctx, DType.F64, rows, vocab);
+             SampleScratch scratch = new SampleScratch(ctx, rows, vocab);
              Tensor token = QuantGpuSupport.poisoned(ctx, DType.I32, rows);
              Tensor next = QuantGpuSupport.poisoned(ctx, DType.I32, rows)) {
             SamplingKernels.sampleRows(ctx, logits, excluded, (float) params.temperature(), params.topK(),
-                    params.topP(), uniforms, keys, masses, token, next);
+                    params.topP(), uniforms, scratch, token, next);
+            // the scratch's counts are left at zero for the next launch
+            assertTrue(java.util.Arrays.stream(ctx.download(scratch.hist).toIntArray()).allMatch(c -> c == 0));
+            assertTrue(java.util.Arrays.stream(ctx.download(scratch.maxKey).toIntArray()).allMatch(c -> c == 0));
             int[] got = ctx.download(token).toIntArray();
             assertArrayEquals(got, ctx.download(next).toIntArray(), "the next step's ids are the picks");
             return got;
