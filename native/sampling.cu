@@ -3,10 +3,12 @@
 //
 //   argmax_rows_<t>   logits [B, V] (T = float, bf16 or half) -> token [B] (int32): the index of the row's largest
 //                     logit, as infer/Sampler.argmax scans it (the first index on ties; a logit that is NaN never wins,
-//                     except that a NaN first logit gives 0), with up to four excluded ids (e0..e3, the first n_excluded
-//                     of them) read as -infinity first, as Sampler's EOS suppression before min_new_tokens. next_ids
-//                     [B] (or null) gets the same ids: the next decode step's input, so a replayed graph can run on
-//                     without the host (CudaDecodeGraph's pipelined greedy steps). grid B blocks, ARGMAX_THREADS threads.
+//                     except that a NaN first logit gives 0), after Sampler's repetition penalty on the ids flagged in
+//                     seen [B, V] (bytes, or null; the pick is flagged for the next step) and with up to four excluded
+//                     ids (e0..e3, the first n_excluded of them) read as -infinity, as Sampler's EOS suppression before
+//                     min_new_tokens. next_ids [B] (or null) gets the same ids: the next decode step's input, so a
+//                     replayed graph can run on without the host (CudaDecodeGraph's pipelined steps). grid B blocks,
+//                     ARGMAX_THREADS threads.
 //
 // Why the scan's answer comes out of a tree: for non-NaN values "larger, then smaller index" is a total order, so any
 // reduction order picks the first index of the maximum, which is what a left-to-right scan with `>` keeps; NaN logits
@@ -15,6 +17,17 @@
 
 constexpr int ARGMAX_THREADS = 512;
 constexpr int ARGMAX_EMPTY = 0x7FFFFFFF;  // index of "no candidate yet"
+
+// Sampler.next's first steps on logit x of token i: the repetition penalty on the ids seen so far (seen: the row's [V]
+// flags, or null; CTRL's rule as the host's float arithmetic: a negative logit multiplied by penalty, any other
+// divided), then the excluded ids (e0..e3, the first n_excluded of them) at -infinity.
+__device__ __forceinline__ float penalized(float x, int i, const unsigned char* seen, float penalty, int n_excluded,
+                                          int e0, int e1, int e2, int e3) {
+    if (seen != nullptr && seen[i]) x = x < 0 ? __fmul_rn(x, penalty) : __fdiv_rn(x, penalty);
+    const bool out = (n_excluded > 0 && i == e0) || (n_excluded > 1 && i == e1) || (n_excluded > 2 && i == e2)
+                     || (n_excluded > 3 && i == e3);
+    return out ? -INFINITY : x;
+}
 
 // Whether (v, i) beats (bv, bi) (bi == ARGMAX_EMPTY: none yet).
 __device__ __forceinline__ bool argmax_beats(float v, int i, float bv, int bi) {
@@ -35,20 +48,19 @@ __device__ __forceinline__ void argmax_warp(float& bv, int& bi) {
 }
 
 template <typename T>
-__device__ __forceinline__ void argmax_row(const T* __restrict__ logits, int vocab, int n_excluded, int e0, int e1,
-                                           int e2, int e3, int* __restrict__ token, int* __restrict__ next_ids) {
+__device__ __forceinline__ void argmax_row(const T* __restrict__ logits, int vocab, unsigned char* seen_all,
+                                           float penalty, int n_excluded, int e0, int e1, int e2, int e3,
+                                           int* __restrict__ token, int* __restrict__ next_ids) {
     __shared__ float s_v[32];
     __shared__ int s_i[32];
     const T* row = logits + (int64_t)blockIdx.x * vocab;
-    auto value = [&](int i) {
-        const bool out = (n_excluded > 0 && i == e0) || (n_excluded > 1 && i == e1) || (n_excluded > 2 && i == e2)
-                         || (n_excluded > 3 && i == e3);
-        return out ? -INFINITY : to_f32(row[i]);
-    };
+    unsigned char* seen = seen_all ? seen_all + (int64_t)blockIdx.x * vocab : nullptr;
+    auto value = [&](int i) { return penalized(to_f32(row[i]), i, seen, penalty, n_excluded, e0, e1, e2, e3); };
     if (isnan(value(0))) {  // the scan starts on index 0 and never leaves a NaN
         if (threadIdx.x == 0) {
             token[blockIdx.x] = 0;
             if (next_ids) next_ids[blockIdx.x] = 0;
+            if (seen) seen[0] = 1;
         }
         return;
     }
@@ -75,15 +87,16 @@ __device__ __forceinline__ void argmax_row(const T* __restrict__ logits, int voc
         if (lane == 0) {  // never empty: index 0 is a candidate (its value is not NaN)
             token[blockIdx.x] = bi;
             if (next_ids) next_ids[blockIdx.x] = bi;
+            if (seen) seen[bi] = 1;  // the next step's penalty sees it
         }
     }
 }
 
 #define QL_ARGMAX(tn, T)                                                                                          \
     extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_rows_##tn(                               \
-        const T* __restrict__ logits, int vocab, int n_excluded, int e0, int e1, int e2, int e3,                 \
-        int* __restrict__ token, int* __restrict__ next_ids) {                                                    \
-        argmax_row<T>(logits, vocab, n_excluded, e0, e1, e2, e3, token, next_ids);                                \
+        const T* __restrict__ logits, int vocab, unsigned char* seen, float penalty, int n_excluded, int e0,     \
+        int e1, int e2, int e3, int* __restrict__ token, int* __restrict__ next_ids) {                            \
+        argmax_row<T>(logits, vocab, seen, penalty, n_excluded, e0, e1, e2, e3, token, next_ids);                 \
     }
 QL_ARGMAX(f32, float)
 QL_ARGMAX(bf16, __nv_bfloat16)
@@ -92,7 +105,8 @@ QL_ARGMAX(f16, __half)
 // ---------------------------------------------------------------------------------------------------------------------
 //   sample_prepare_<t> then sample_rows: logits [B, V] -> token [B] (and next_ids [B], or null): infer.Sampler's
 //                     sampled choice for the uniform draw uniforms[b] (the host draws it from the row's seeded stream,
-//                     so a seed gives the host path's tokens): excluded ids at -infinity, x / temperature (IEEE
+//                     so a seed gives the host path's tokens): the repetition penalty on the ids flagged in seen (as
+//                     argmax_rows), excluded ids at -infinity, x / temperature (IEEE
 //                     division, as the host's float divide), top-k (0 < top_k < V: keep values >= the k-th largest,
 //                     ties at it kept), top-p (one_minus_p > 0: drop the longest prefix of the ascending (value, index)
 //                     order whose cumulative probability stays <= 1 - p, never the last), then the first index whose
@@ -554,9 +568,10 @@ __device__ void first_bin_from_top(const int* hist, int limit, int* bin, int* ab
 // bytes instead of converting, masking and dividing again), their count by top 12 bits added into hist [B, SAMPLE_BINS]
 // and their largest key into max_key [B] (both zero before; sample_row reads and re-zeroes them).
 template <typename T>
-__device__ __forceinline__ void sample_prepare_row(const T* __restrict__ logits, int vocab, int n_excluded, int e0,
-                                                   int e1, int e2, int e3, float temperature, unsigned* keys_all,
-                                                   int* hist_all, unsigned* max_key) {
+__device__ __forceinline__ void sample_prepare_row(const T* __restrict__ logits, int vocab,
+                                                   const unsigned char* seen_all, float penalty, int n_excluded,
+                                                   int e0, int e1, int e2, int e3, float temperature,
+                                                   unsigned* keys_all, int* hist_all, unsigned* max_key) {
     __shared__ int s_hist[SAMPLE_BINS];
     __shared__ float s_f[SAMPLE_WARPS];
     const int lane = threadIdx.x & 31, row = blockIdx.y;
@@ -564,15 +579,15 @@ __device__ __forceinline__ void sample_prepare_row(const T* __restrict__ logits,
     const int lo = min(vocab, (int)blockIdx.x * slice), hi = min(vocab, lo + slice);
     const T* x = logits + (int64_t)row * vocab;
     unsigned* keys = keys_all + (int64_t)row * vocab;
+    const unsigned char* seen = seen_all ? seen_all + (int64_t)row * vocab : nullptr;
     for (int b = threadIdx.x; b < SAMPLE_BINS; b += SAMPLE_THREADS) s_hist[b] = 0;
     __syncthreads();
     float mx = -INFINITY;
     for_items(hi, [&](int i) { return x[i]; }, [&](int i, bool valid, T raw) {
         unsigned k = 0;
         if (valid) {
-            const bool out = (n_excluded > 0 && i == e0) || (n_excluded > 1 && i == e1) || (n_excluded > 2 && i == e2)
-                             || (n_excluded > 3 && i == e3);
-            const float v = out ? -INFINITY : __fdiv_rn(to_f32(raw), temperature);
+            const float v = __fdiv_rn(penalized(to_f32(raw), i, seen, penalty, n_excluded, e0, e1, e2, e3),
+                                      temperature);
             k = order_key(v);
             keys[i] = k;
             mx = fmaxf(mx, v);
@@ -594,7 +609,7 @@ __device__ __forceinline__ void sample_prepare_row(const T* __restrict__ logits,
 
 __device__ __forceinline__ void sample_row(int vocab, int top_k, double one_minus_p, const double* __restrict__ uniforms,
                                            unsigned* scratch, double* masses, int* hist_all, unsigned* max_key,
-                                           int* __restrict__ token, int* __restrict__ next_ids) {
+                                           unsigned char* seen, int* __restrict__ token, int* __restrict__ next_ids) {
     __shared__ double s_d[SAMPLE_WARPS];
     // first a histogram of the keys' top bits (SAMPLE_BINS ints), then the list of candidates: keys, then indices
     __shared__ __align__(16) unsigned s_pool[2 * SAMPLE_LIST];
@@ -690,14 +705,16 @@ __device__ __forceinline__ void sample_row(int vocab, int top_k, double one_minu
     if (threadIdx.x == 0) {
         token[blockIdx.x] = pick;
         if (next_ids) next_ids[blockIdx.x] = pick;
+        if (seen) seen[(int64_t)blockIdx.x * vocab + pick] = 1;  // the next step's penalty sees it
     }
 }
 
 #define QL_SAMPLE_PREPARE(tn, T)                                                                                  \
     extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_prepare_##tn(                            \
-        const T* __restrict__ logits, int vocab, int n_excluded, int e0, int e1, int e2, int e3, float temperature, \
-        unsigned* keys, int* hist, unsigned* max_key) {                                                           \
-        sample_prepare_row<T>(logits, vocab, n_excluded, e0, e1, e2, e3, temperature, keys, hist, max_key);      \
+        const T* __restrict__ logits, int vocab, const unsigned char* seen, float penalty, int n_excluded, int e0, \
+        int e1, int e2, int e3, float temperature, unsigned* keys, int* hist, unsigned* max_key) {                \
+        sample_prepare_row<T>(logits, vocab, seen, penalty, n_excluded, e0, e1, e2, e3, temperature, keys, hist,  \
+                              max_key);                                                                           \
     }
 QL_SAMPLE_PREPARE(f32, float)
 QL_SAMPLE_PREPARE(bf16, __nv_bfloat16)
@@ -706,7 +723,8 @@ QL_SAMPLE_PREPARE(f16, __half)
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(int vocab, int top_k, double one_minus_p,
                                                                          const double* __restrict__ uniforms,
                                                                          unsigned* keys, double* masses, int* hist,
-                                                                         unsigned* max_key, int* __restrict__ token,
+                                                                         unsigned* max_key, unsigned char* seen,
+                                                                         int* __restrict__ token,
                                                                          int* __restrict__ next_ids) {
-    sample_row(vocab, top_k, one_minus_p, uniforms, keys, masses, hist, max_key, token, next_ids);
+    sample_row(vocab, top_k, one_minus_p, uniforms, keys, masses, hist, max_key, seen, token, next_ids);
 }

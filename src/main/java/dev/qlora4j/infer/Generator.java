@@ -141,6 +141,11 @@ public final class Generator {
                 if (!anyLive) break;
                 if (pipelined) continue;  // the next iteration's step is queued already
                 if (picksOnDevice(graph, params)) {
+                    if (params.repetitionPenalty() != 1.0) {  // the device flags what each row has seen so far
+                        int[][] seen = new int[batch][];
+                        for (int r = 0; r < batch; r++) seen[r] = Arrays.copyOf(context[r], prompts[r].length + produced[r]);
+                        graph.markSeen(seen);
+                    }
                     graph.launchPick(next, nextPos, promptLen + s, pickAt(params, s + 1, samplers));
                     pipelined = true;
                     logits = null;
@@ -163,22 +168,21 @@ public final class Generator {
     }
 
     /**
-     * Whether the next token of every row can be picked on the device ({@link DecodeGraph#launchPick}): a recorded
-     * graph that does it, no repetition penalty (what is left of {@link Sampler#next} is then the EOS suppression and
-     * the argmax or {@link Sampler#sample}), and no more EOS ids than the device masks.
+     * Whether the next token of every row can be picked on the device ({@link DecodeGraph#launchPick}, all of
+     * {@link Sampler#next}): a recorded graph that does it and no more EOS ids than the device masks.
      */
     private boolean picksOnDevice(DecodeGraph graph, SamplingParams params) {
-        return graph != null && graph.picksOnDevice() && params.repetitionPenalty() == 1.0
-                && eosIds.length <= DecodeGraph.MAX_EXCLUDED_IDS;
+        return graph != null && graph.picksOnDevice() && eosIds.length <= DecodeGraph.MAX_EXCLUDED_IDS;
     }
 
     /** The device pick of iteration s's tokens: greedy, or sampled with each row's next draw. */
     private TokenPick pickAt(SamplingParams params, int s, Sampler[] samplers) {
         int[] excluded = excludedAt(params, s);
-        if (!params.doSample()) return TokenPick.greedy(excluded);
+        float penalty = (float) params.repetitionPenalty();
+        if (!params.doSample()) return TokenPick.greedy(excluded, penalty);
         double[] u = new double[samplers.length];
         for (int r = 0; r < u.length; r++) u[r] = samplers[r].drawUniform();
-        return TokenPick.sampled(excluded, (float) params.temperature(), params.topK(), params.topP(), u);
+        return TokenPick.sampled(excluded, penalty, (float) params.temperature(), params.topK(), params.topP(), u);
     }
 
     /**

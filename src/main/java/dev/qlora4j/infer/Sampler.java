@@ -25,7 +25,7 @@ public final class Sampler {
      * @param generated how many new tokens this row has produced
      */
     public int next(float[] logits, int[] context, int contextLen, int generated) {
-        if (params.repetitionPenalty() != 1.0) applyRepetitionPenalty(logits, context, contextLen);
+        if (params.repetitionPenalty() != 1.0) applyRepetitionPenalty(logits, context, contextLen, params.repetitionPenalty());
         if (generated < params.minNewTokens()) {
             for (int e : eosIds) if (e >= 0 && e < logits.length) logits[e] = Float.NEGATIVE_INFINITY;
         }
@@ -54,9 +54,12 @@ public final class Sampler {
         return draw(logits, u);
     }
 
-    /** CTRL penalty: each distinct seen token's logit is divided by p if positive, multiplied if negative. */
-    private void applyRepetitionPenalty(float[] logits, int[] context, int len) {
-        float p = (float) params.repetitionPenalty();
+    /**
+     * CTRL penalty: each distinct token of context[0..len) has its logit multiplied by (float) penalty if negative,
+     * divided by it otherwise (ids outside the vocabulary are skipped).
+     */
+    public static void applyRepetitionPenalty(float[] logits, int[] context, int len, double penalty) {
+        float p = (float) penalty;
         boolean[] seen = new boolean[logits.length];
         for (int i = 0; i < len; i++) {
             int t = context[i];

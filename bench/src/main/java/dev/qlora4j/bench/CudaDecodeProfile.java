@@ -24,8 +24,9 @@ import java.util.Random;
  * times is the launch overhead the graph still pays).
  *
  * <p>Run: bash .gpu-pack/run main dev.qlora4j.bench.CudaDecodeProfile [--shape llama-7b] [--quant nf4|bf16]
- * [--new-tokens 128] [--offload-layers N] [--graphs on|off] [--gpus N] [--sample T,K,P]. --sample decodes with
- * sampling (temperature T, top_k K, top_p P; seed 0) instead of greedy tokens. --gpus N splits the decoder layers evenly
+ * [--new-tokens 128] [--offload-layers N] [--graphs on|off] [--gpus N] [--sample T,K,P[,R]]. --sample decodes with
+ * sampling (temperature T, top_k K, top_p P, repetition penalty R; seed 0; T = 0: greedy with the penalty) instead of
+ * greedy tokens. --gpus N splits the decoder layers evenly
  * over cuda:0..N-1 (each layer's KV cache on its GPU; decode graphs are off over several GPUs, so the loop runs
  * direct launches) and prints each GPU's peak memory.
  */
@@ -101,13 +102,19 @@ public final class CudaDecodeProfile {
         }
     }
 
-    /** Greedy, or sampling with "T,K,P" (seed 0); every token generated (EOS suppressed until the last). */
+    /**
+     * Greedy, or sampling with "T,K,P[,R]" (R: repetition penalty; T 0: greedy with the penalty; seed 0); every token
+     * generated (EOS suppressed until the last).
+     */
     private static SamplingParams params(int newTokens, String sample) {
         if (sample == null) return SamplingParams.greedy(newTokens).withMinNewTokens(newTokens);
         String[] f = sample.split(",");
-        if (f.length != 3) throw new IllegalArgumentException("--sample takes T,K,P (e.g. 0.8,50,0.9), got " + sample);
-        return new SamplingParams(newTokens, newTokens, true, Double.parseDouble(f[0]), Integer.parseInt(f[1]),
-                Double.parseDouble(f[2]), 1.0, 0, java.util.List.of());
+        if (f.length != 3 && f.length != 4) {
+            throw new IllegalArgumentException("--sample takes T,K,P[,R] (e.g. 0.8,50,0.9 or 0.8,50,0.9,1.1), got " + sample);
+        }
+        double t = Double.parseDouble(f[0]);
+        return new SamplingParams(newTokens, newTokens, t > 0, t > 0 ? t : 1.0, Integer.parseInt(f[1]),
+                Double.parseDouble(f[2]), f.length == 4 ? Double.parseDouble(f[3]) : 1.0, 0, java.util.List.of());
     }
 
     /** The decode loop with the model split over cuda:0..gpus-1 (direct launches; tokens/s and per-GPU peaks). */

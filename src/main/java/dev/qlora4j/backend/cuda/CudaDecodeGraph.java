@@ -52,6 +52,7 @@ final class CudaDecodeGraph implements DecodeGraph {
     private int nextSlot;
     private MemorySegment pinnedLogits;
     private SampleScratch sampleScratch;  // the sampling kernels' device memory (first sampled pick)
+    private Tensor seen;             // U8 [batch, vocab]: the repetition penalty's ids (markSeen, then each pick)
     private Tensor logits;           // the captured step's output [batch, vocab]
     private long graph;
     private long exec;
@@ -95,6 +96,9 @@ final class CudaDecodeGraph implements DecodeGraph {
             throw new IllegalArgumentException("decode graph of batch " + batch + " got "
                     + (stepIds == null ? "the previous picks" : stepIds.length + " ids") + " and " + stepPositions.length + " positions");
         }
+        if (pick.penalized() && seen == null) {
+            throw new IllegalStateException("a repetition penalty on the device needs the rows' tokens: markSeen first");
+        }
         if (!pick.greedy() && pick.uniforms().length != batch) {
             throw new IllegalArgumentException("decode graph of batch " + batch + " got " + pick.uniforms().length + " draws");
         }
@@ -116,12 +120,13 @@ final class CudaDecodeGraph implements DecodeGraph {
         }
         driver.graphLaunch(exec, s);
         // the picks go to the host and, as the next step's input ids, stay on the device
+        Tensor flags = pick.penalized() ? seen : null;
         if (pick.greedy()) {
-            SamplingKernels.argmaxRows(ctx, logits, pick.excluded(), tokens, ids);
+            SamplingKernels.argmaxRows(ctx, logits, flags, pick.repetitionPenalty(), pick.excluded(), tokens, ids);
         } else {
             if (sampleScratch == null) sampleScratch = new SampleScratch(ctx, logits.dim(0), logits.dim(1));
-            SamplingKernels.sampleRows(ctx, logits, pick.excluded(), pick.temperature(), pick.topK(), pick.topP(),
-                    uniforms, sampleScratch, tokens, ids);
+            SamplingKernels.sampleRows(ctx, logits, flags, pick.repetitionPenalty(), pick.excluded(), pick.temperature(),
+                    pick.topK(), pick.topP(), uniforms, sampleScratch, tokens, ids);
         }
         driver.memcpyDtoHAsync(host + slotPicksOffset(), CudaContext.ptr(tokens), 4L * batch, s);
         driver.memcpyDtoHAsync(host + statusOffset(), backend.status().pointer(), 12, s);
@@ -141,6 +146,23 @@ final class CudaDecodeGraph implements DecodeGraph {
         MemorySegment.copy(slot, ValueLayout.JAVA_INT, slotPicksOffset(), picked, 0, batch);
         DEVICE_PICKS.incrementAndGet();
         return picked;
+    }
+
+    @Override
+    public void markSeen(int[][] rowTokens) {
+        if (closed) throw new IllegalStateException("decode graph is closed");
+        if (exec == 0) throw new IllegalStateException("markSeen needs the recorded step (its vocabulary): call step first");
+        if (rowTokens.length != batch) {
+            throw new IllegalArgumentException("decode graph of batch " + batch + " got " + rowTokens.length + " rows of tokens");
+        }
+        int vocab = logits.dim(1);
+        byte[] flags = new byte[batch * vocab];
+        for (int r = 0; r < batch; r++) {
+            for (int t : rowTokens[r]) if (t >= 0 && t < vocab) flags[r * vocab + t] = 1;
+        }
+        if (seen == null) seen = ctx.empty(DType.U8, batch, vocab);
+        ctx.synchronize();  // no queued pick still reads the flags (a synchronous copy does not order with our stream)
+        driver.copyToDevice(CudaContext.ptr(seen), MemorySegment.ofArray(flags));
     }
 
     @Override
@@ -263,6 +285,7 @@ final class CudaDecodeGraph implements DecodeGraph {
         tokens.close();
         uniforms.close();
         if (sampleScratch != null) sampleScratch.close();
+        if (seen != null) seen.close();
         driver.memFreeHost(pinnedInputs);
         for (int k = 0; k < pickSlots.length; k++) {
             if (pickSlots[k] != null) {

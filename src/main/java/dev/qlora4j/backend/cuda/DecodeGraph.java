@@ -43,6 +43,13 @@ public interface DecodeGraph extends AutoCloseable {
     /** The picks of the oldest queued device-pick step not yet collected (waits for it). */
     int[] collectPicks();
 
+    /**
+     * Flags each row's tokens[r] (its context so far: prompt without padding, then its generated tokens) for the
+     * repetition penalty of later {@link #launchPick} calls, which add their own picks; replaces earlier flags. Needs
+     * {@link #picksOnDevice}.
+     */
+    void markSeen(int[][] tokens);
+
     @Override
     void close();
 }

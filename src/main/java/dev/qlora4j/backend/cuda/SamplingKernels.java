@@ -23,13 +23,17 @@ final class SamplingKernels {
      * token [rows] (I32, device) = the argmax of each row of logits [rows, vocab] (F32, BF16 or F16) with the excluded
      * ids (at most {@link #MAX_EXCLUDED}) read as -infinity: infer.Sampler's greedy choice after its EOS suppression,
      * the same index (the first on ties; NaN logits never win, a NaN first logit gives 0). nextIds (I32 [rows], or null)
-     * gets the same ids: a decode graph's input for its next step.
+     * gets the same ids: a decode graph's input for its next step. seen (U8 [rows, vocab], or null): the ids whose
+     * logits get the repetition penalty first, as Sampler's (the pick is flagged in it for the next step).
      */
-    static void argmaxRows(CudaContext ctx, Tensor logits, int[] excluded, Tensor token, Tensor nextIds) {
+    static void argmaxRows(CudaContext ctx, Tensor logits, Tensor seen, float penalty, int[] excluded, Tensor token,
+                           Tensor nextIds) {
         checkRows(logits, excluded, token, "argmax");
+        checkSeen(logits, seen);
         int[] e = java.util.Arrays.copyOf(excluded, MAX_EXCLUDED);
         ctx.launch(ctx.function("sampling", "argmax_rows_" + suffix(logits)), Dim3.of(logits.dim(0)), Dim3.of(THREADS), 0,
-                KernelArgs.of().ptr(CudaContext.ptr(logits)).i32(logits.dim(1)).i32(excluded.length)
+                KernelArgs.of().ptr(CudaContext.ptr(logits)).i32(logits.dim(1))
+                        .ptr(seen == null ? 0L : CudaContext.ptr(seen)).f32(penalty).i32(excluded.length)
                         .i32(e[0]).i32(e[1]).i32(e[2]).i32(e[3]).ptr(CudaContext.ptr(token))
                         .ptr(nextIds == null ? 0L : CudaContext.ptr(nextIds)));
     }
@@ -39,12 +43,13 @@ final class SamplingKernels {
      * (F64 [rows], device) from logits [rows, vocab] with the excluded ids read as -infinity: divided by temperature,
      * top-k (topK 0 = off), top-p (topP 1 = off), then the first index whose cumulative probability exceeds the draw.
      * The same token as the host for the same draw, except where a cumulative probability lands within ~1e-16 of the
-     * draw or of 1 - topP (the sums run in another order). nextIds as {@link #argmaxRows}. Two launches: the first pass
-     * over the logits spread over several blocks a row, then one block a row.
+     * draw or of 1 - topP (the sums run in another order). seen, penalty and nextIds as {@link #argmaxRows}. Two
+     * launches: the first pass over the logits spread over several blocks a row, then one block a row.
      */
-    static void sampleRows(CudaContext ctx, Tensor logits, int[] excluded, float temperature, int topK, double topP,
-                           Tensor uniforms, SampleScratch scratch, Tensor token, Tensor nextIds) {
+    static void sampleRows(CudaContext ctx, Tensor logits, Tensor seen, float penalty, int[] excluded, float temperature,
+                           int topK, double topP, Tensor uniforms, SampleScratch scratch, Tensor token, Tensor nextIds) {
         checkRows(logits, excluded, token, "sample");
+        checkSeen(logits, seen);
         int rows = logits.dim(0), vocab = logits.dim(1);
         if (uniforms.dtype() != DType.F64 || uniforms.numel() != rows) {
             throw new IllegalArgumentException("sample uniforms must be F64 [" + rows + "], got " + uniforms);
@@ -61,7 +66,8 @@ final class SamplingKernels {
         ctx.launch(ctx.function("sampling", "sample_prepare_" + suffix(logits)),
                 Dim3.of(prepareBlocks(ctx.properties().multiprocessorCount(), rows, vocab), rows),
                 Dim3.of(SAMPLE_THREADS), 0,
-                KernelArgs.of().ptr(CudaContext.ptr(logits)).i32(vocab).i32(excluded.length)
+                KernelArgs.of().ptr(CudaContext.ptr(logits)).i32(vocab)
+                        .ptr(seen == null ? 0L : CudaContext.ptr(seen)).f32(penalty).i32(excluded.length)
                         .i32(e[0]).i32(e[1]).i32(e[2]).i32(e[3]).f32(temperature)
                         .ptr(CudaContext.ptr(scratch.keys)).ptr(CudaContext.ptr(scratch.hist))
                         .ptr(CudaContext.ptr(scratch.maxKey)));
@@ -70,7 +76,8 @@ final class SamplingKernels {
                         .i64(Double.doubleToRawLongBits(1 - topP))   // the kernel's double one_minus_p (8 bytes)
                         .ptr(CudaContext.ptr(uniforms)).ptr(CudaContext.ptr(scratch.keys))
                         .ptr(CudaContext.ptr(scratch.masses)).ptr(CudaContext.ptr(scratch.hist))
-                        .ptr(CudaContext.ptr(scratch.maxKey)).ptr(CudaContext.ptr(token))
+                        .ptr(CudaContext.ptr(scratch.maxKey)).ptr(seen == null ? 0L : CudaContext.ptr(seen))
+                        .ptr(CudaContext.ptr(token))
                         .ptr(nextIds == null ? 0L : CudaContext.ptr(nextIds)));
     }
 
@@ -90,6 +97,13 @@ final class SamplingKernels {
         }
         if (token.dtype() != DType.I32 || token.numel() != logits.dim(0)) {
             throw new IllegalArgumentException(what + " token must be I32 [" + logits.dim(0) + "], got " + token);
+        }
+    }
+
+    private static void checkSeen(Tensor logits, Tensor seen) {
+        if (seen != null && (seen.dtype() != DType.U8 || seen.numel() != logits.numel())) {
+            throw new IllegalArgumentException("seen flags must be U8 " + java.util.Arrays.toString(logits.shape())
+                    + ", got " + seen);
         }
     }
 

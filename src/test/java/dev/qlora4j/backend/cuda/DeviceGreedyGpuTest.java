@@ -22,7 +22,6 @@ import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
-import org.junit.jupiter.params.provider.ValueSource;
 
 /**
  * The greedy pick on the GPU (native/sampling.cu argmax_rows; DecodeGraph#launchPick): against infer.Sampler's argmax
@@ -63,7 +62,7 @@ class DeviceGreedyGpuTest {
                 try (Tensor logits = QuantGpuSupport.upload(ctx, v, dt, rows, vocab);
                      Tensor token = QuantGpuSupport.poisoned(ctx, DType.I32, rows);
                      Tensor next = QuantGpuSupport.poisoned(ctx, DType.I32, rows)) {
-                    SamplingKernels.argmaxRows(ctx, logits, excluded, token, next);
+                    SamplingKernels.argmaxRows(ctx, logits, null, 1f, excluded, token, next);
                     int[] got = ctx.download(token).toIntArray();
                     assertArrayEquals(got, ctx.download(next).toIntArray(), "the next step's ids are the picks");
                     for (int r = 0; r < rows; r++) {
@@ -76,10 +75,13 @@ class DeviceGreedyGpuTest {
         }
     }
 
-    /** Greedy, and sampling (temperature, top-k, top-p; each row's seeded draws), with the pick on and off the device. */
+    /**
+     * Greedy, and sampling (temperature, top-k, top-p; each row's seeded draws), with and without a repetition penalty,
+     * with the pick on and off the device.
+     */
     @ParameterizedTest
-    @ValueSource(booleans = {false, true})
-    void aCapturedDecodePicksTheSameTokensOnTheDevice(boolean sample) {
+    @org.junit.jupiter.params.provider.CsvSource({"false, 1.0", "true, 1.0", "false, 1.3", "true, 1.2"})
+    void aCapturedDecodePicksTheSameTokensOnTheDevice(boolean sample, double penalty) {
         ModelConfig c = ModelConfig.parse("""
             {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 512, "hidden_size": 128,
              "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -95,9 +97,7 @@ class DeviceGreedyGpuTest {
                  TransformerLM m = TransformerLM.load(c, SyntheticWeights.onDevice(c, b, 5), b,
                          new QuantizedLinearFactory(QuantizationConfig.qlora()))) {
                 // min_new_tokens: the EOS id is masked on the device for the first 12 tokens, then not
-                SamplingParams params = sample
-                        ? new SamplingParams(24, 12, true, 0.8, 50, 0.9, 1.0, 77, java.util.List.of())
-                        : SamplingParams.greedy(24).withMinNewTokens(12);
+                SamplingParams params = new SamplingParams(24, 12, sample, 0.8, 50, 0.9, penalty, 77, java.util.List.of());
                 tokens[on] = new Generator(m, new int[] {2}, 0, x -> "").generate(prompts, params, TokenListener.NONE).outputIds();
             }
             long picked = CudaDecodeGraph.DEVICE_PICKS.get() - before;

@@ -18,8 +18,8 @@ import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
 /**
- * Sampling on the GPU (native/sampling.cu sample_rows) against its CPU twin infer.Sampler#sample, given the same
- * uniform draw: the same token, on fresh random logits in F32, BF16 (many tied values) and F16, vocabularies from 1 to
+ * Sampling on the GPU (native/sampling.cu sample_prepare / sample_rows) against its CPU twin infer.Sampler (repetition
+ * penalty, then #sample), given the same uniform draw: the same token, on fresh random logits in F32, BF16 (many tied values) and F16, vocabularies from 1 to
  * Llama 3's 128,256, with temperature, top-k (ties at the k-th value; survivors that fit the kernel's shared list and
  * more), top-p (ties cut at the boundary by index),
  * excluded ids, rows of one repeated value, a dominant token, draws at 0 and just below 1; outputs poisoned. Exact
@@ -69,12 +69,17 @@ class DeviceSampleGpuTest {
                     u[6] = Math.nextDown(1.0);
                     SamplingParams params =
                             new SamplingParams(1, 0, true, set[0], (int) set[1], set[2], 1.0, 0, List.of());
-                    int[] got = runKernel(v, dt, rows, vocab, excluded, params, u);
+                    // every other setting with a repetition penalty on a random tenth of the ids (1.3, or 0.7)
+                    float penalty = set[0] < 1 ? 1.3f : set[0] > 1 ? 0.7f : 1f;
+                    int[][] context = new int[rows][];
+                    for (int r = 0; r < rows; r++) context[r] = rnd.ints(Math.max(1, vocab / 10), 0, vocab).toArray();
+                    int[] got = runKernel(v, dt, rows, vocab, excluded, params, u, penalty, context);
                     for (int r = 0; r < rows; r++) {
                         float[] row = Arrays.copyOfRange(v, r * vocab, (r + 1) * vocab);
+                        if (penalty != 1f) Sampler.applyRepetitionPenalty(row, context[r], context[r].length, penalty);
                         for (int e : excluded) if (e < vocab) row[e] = Float.NEGATIVE_INFINITY;
-                        assertEquals(Sampler.sample(row, params, u[r]), got[r],
-                                dt + " vocab " + vocab + " row " + r + " T/k/p " + Arrays.toString(set) + " u " + u[r]);
+                        assertEquals(Sampler.sample(row, params, u[r]), got[r], dt + " vocab " + vocab + " row " + r
+                                + " T/k/p " + Arrays.toString(set) + " penalty " + penalty + " u " + u[r]);
                     }
                 }
             }
@@ -82,19 +87,26 @@ class DeviceSampleGpuTest {
     }
 
     private static int[] runKernel(float[] v, DType dt, int rows, int vocab, int[] excluded, SamplingParams params,
-                                   double[] u) {
+                                   double[] u, float penalty, int[][] context) {
+        byte[] flags = new byte[rows * vocab];
+        for (int r = 0; r < rows; r++) for (int t : context[r]) flags[r * vocab + t] = 1;
         try (Tensor logits = QuantGpuSupport.upload(ctx, v, dt, rows, vocab);
              Tensor uniforms = ctx.upload(Tensor.view(java.lang.foreign.MemorySegment.ofArray(u), DType.F64, rows));
              SampleScratch scratch = new SampleScratch(ctx, rows, vocab);
+             Tensor seen = ctx.upload(Tensor.view(java.lang.foreign.MemorySegment.ofArray(flags), DType.U8, rows, vocab));
              Tensor token = QuantGpuSupport.poisoned(ctx, DType.I32, rows);
              Tensor next = QuantGpuSupport.poisoned(ctx, DType.I32, rows)) {
-            SamplingKernels.sampleRows(ctx, logits, excluded, (float) params.temperature(), params.topK(),
-                    params.topP(), uniforms, scratch, token, next);
+            SamplingKernels.sampleRows(ctx, logits, penalty != 1f ? seen : null, penalty, excluded,
+                    (float) params.temperature(), params.topK(), params.topP(), uniforms, scratch, token, next);
             // the scratch's counts are left at zero for the next launch
             assertTrue(java.util.Arrays.stream(ctx.download(scratch.hist).toIntArray()).allMatch(c -> c == 0));
             assertTrue(java.util.Arrays.stream(ctx.download(scratch.maxKey).toIntArray()).allMatch(c -> c == 0));
             int[] got = ctx.download(token).toIntArray();
             assertArrayEquals(got, ctx.download(next).toIntArray(), "the next step's ids are the picks");
+            if (penalty != 1f) {  // the picks are flagged for the next step's penalty
+                byte[] after = ctx.download(seen).segment().toArray(java.lang.foreign.ValueLayout.JAVA_BYTE);
+                for (int r = 0; r < rows; r++) assertEquals(1, after[r * vocab + got[r]], "row " + r + " flagged");
+            }
             return got;
         }
     }

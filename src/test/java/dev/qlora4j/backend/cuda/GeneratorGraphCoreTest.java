@@ -73,18 +73,19 @@ class GeneratorGraphCoreTest {
     /**
      * Sampling with the pick on the "device": each row's draws are taken in the order its host Sampler would take them
      * (the pipelined launch draws a step's uniforms before the previous step's tokens are read), so a seed gives the
-     * host path's tokens, rows that end early (EOS, min_new_tokens) included.
+     * host path's tokens, rows that end early (EOS, min_new_tokens) included; with a repetition penalty, the rows' seen
+     * tokens (markSeen, then each pick) are the host's contexts.
      */
     @ParameterizedTest
-    @ValueSource(ints = {0, 3})
-    void sampledDevicePicksGiveTheHostSamplersTokens(int minNew) throws Exception {
+    @org.junit.jupiter.params.provider.CsvSource({"0, 1.0", "3, 1.0", "0, 1.3", "3, 0.8"})
+    void sampledDevicePicksGiveTheHostSamplersTokens(int minNew, double penalty) throws Exception {
         String name = "llama-f32";
         JsonNode g = Golden.json(name);
         List<JsonNode> prompts = new ArrayList<>();
         g.get("prompts").forEach(prompts::add);
         int[][] all = new int[prompts.size()][];
         for (int i = 0; i < all.length; i++) all[i] = Golden.ints(prompts.get(i).get("input_ids"));
-        SamplingParams p = new SamplingParams(12, minNew, true, 0.7, 40, 0.9, 1.0, 1234, List.of());
+        SamplingParams p = new SamplingParams(12, minNew, true, 0.7, 40, 0.9, penalty, 1234, List.of());
         try (CheckpointReader reader = CheckpointReader.open(Golden.dir(name));
              CpuBackend cpu = new CpuBackend(2);
              RunBodyBackend b = new RunBodyBackend(new CpuBackend(2))) {
@@ -150,13 +151,30 @@ class GeneratorGraphCoreTest {
                     float[][] rows = step(ids != null ? ids : lastPicks, pos, start);
                     int[] picked = new int[batch];
                     for (int r = 0; r < batch; r++) {
+                        if (pick.penalized()) {
+                            int[] ctx = seen.get(r).stream().mapToInt(Integer::intValue).toArray();
+                            Sampler.applyRepetitionPenalty(rows[r], ctx, ctx.length, pick.repetitionPenalty());
+                        }
                         for (int e : pick.excluded()) if (e >= 0 && e < rows[r].length) rows[r][e] = Float.NEGATIVE_INFINITY;
                         picked[r] = pick.greedy() ? Sampler.argmax(rows[r])
                                 : Sampler.sample(rows[r], new SamplingParams(1, 0, true, pick.temperature(), pick.topK(),
                                         pick.topP(), 1.0, 0, List.of()), pick.uniforms()[r]);
                     }
                     lastPicks = picked;
+                    for (int r = 0; r < batch; r++) if (!seen.isEmpty()) seen.get(r).add(picked[r]);
                     queued.add(picked);
+                }
+
+                final List<List<Integer>> seen = new ArrayList<>();
+
+                @Override
+                public void markSeen(int[][] tokens) {
+                    seen.clear();
+                    for (int[] t : tokens) {
+                        List<Integer> l = new ArrayList<>();
+                        for (int x : t) l.add(x);
+                        seen.add(l);
+                    }
                 }
 
                 @Override
