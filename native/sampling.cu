@@ -282,6 +282,32 @@ __device__ bool search_key(int n, Load load, WeightOf weight_of, double start, d
     return true;
 }
 
+// The sum of v over lanes 0..lane of the warp (an inclusive scan; every lane takes part).
+template <typename W>
+__device__ __forceinline__ W warp_inclusive_scan(W v) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const W t = __shfl_up_sync(0xFFFFFFFFu, v, o);
+        if (lane >= o) v += t;
+    }
+    return v;
+}
+
+// Lane l's N consecutive entries v[N l .. N l + N) into c; returns their sum over lanes 0..l (*own: lane l's alone).
+template <int N, typename W>
+__device__ __forceinline__ W lane_entries_scan(const W* v, W (&c)[N], W* own) {
+    const int lane = threadIdx.x & 31;
+    W sum = 0;
+#pragma unroll
+    for (int j = 0; j < N; j++) {
+        c[j] = v[lane * N + j];
+        sum += c[j];
+    }
+    *own = sum;
+    return warp_inclusive_scan(sum);
+}
+
 // The smallest key K with count(key <= K) > rank over keys[0..n) (the k-th largest of n is rank n - k): 8 bits a pass
 // into one shared histogram, the lanes of a warp with the same bin adding once. keys were written by this block.
 __device__ unsigned select_rank_key(const unsigned* keys, int n, int rank) {
@@ -305,18 +331,8 @@ __device__ unsigned select_rank_key(const unsigned* keys, int n, int rank) {
         });
         __syncthreads();
         if (threadIdx.x < 32) {  // lane l holds bins 8l..8l+7; the first lane whose running count passes rank has it
-            int c[8], sum = 0;
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                c[j] = s_hist[lane * 8 + j];
-                sum += c[j];
-            }
-            int inc = sum;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                const int t = __shfl_up_sync(0xFFFFFFFFu, inc, o);
-                if (lane >= o) inc += t;
-            }
+            int c[8], sum;
+            const int inc = lane_entries_scan(s_hist, c, &sum);
             const unsigned hit = __ballot_sync(0xFFFFFFFFu, below + inc > rank);  // counts are exact: never empty
             if (lane == __ffs(hit) - 1) {
                 int run = below + inc - sum, d = 0;
@@ -339,18 +355,8 @@ template <typename W>
 __device__ __forceinline__ void segments_exclusive_scan(W* v, W* total) {
     static_assert(SAMPLE_SEGMENTS == 128, "four segments a lane");
     const int lane = threadIdx.x & 31;
-    W c[4], sum = 0;
-#pragma unroll
-    for (int q = 0; q < 4; q++) {
-        c[q] = v[lane * 4 + q];
-        sum += c[q];
-    }
-    W inc = sum;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const W t = __shfl_up_sync(0xFFFFFFFFu, inc, o);
-        if (lane >= o) inc += t;
-    }
+    W c[4], sum;
+    const W inc = lane_entries_scan(v, c, &sum);
     W run = inc - sum;  // exact for counts; for masses one more rounding, well inside the ~1e-16 the draw allows
     if (lane == 31) *total = inc;
 #pragma unroll
@@ -496,12 +502,7 @@ __device__ int top_p_and_draw(int n, ValueOf value_of, IndexOf index_of, float m
             for_warp_items(min(n, sg * seg), min(n, (sg + 1) * seg), load_value_mass, [&](int j, bool valid,
                                                                                             const ValueMass& vm) {
                 const double p = kept_mass(valid, vm, rank) / total;
-                double inc = p;
-#pragma unroll
-                for (int o = 1; o < 32; o <<= 1) {
-                    const double t = __shfl_up_sync(0xFFFFFFFFu, inc, o);
-                    if (lane >= o) inc += t;
-                }
+                const double inc = warp_inclusive_scan(p);
                 const unsigned hit = __ballot_sync(0xFFFFFFFFu, p != 0 && u < cum + inc);
                 if (hit) {
                     pick = j - lane + __ffs(hit) - 1;
@@ -537,12 +538,7 @@ __device__ void first_bin_from_top(const int* hist, int limit, int* bin, int* ab
         const int lane = threadIdx.x, first = (31 - lane) * PER_LANE;  // lane 0 holds the top bins
         int sum = 0;
         for (int b = 0; b < PER_LANE; b++) sum += hist[first + b];
-        int inc = sum;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const int t = __shfl_up_sync(0xFFFFFFFFu, inc, o);
-            if (lane >= o) inc += t;
-        }
+        const int inc = warp_inclusive_scan(sum);
         const unsigned hit = __ballot_sync(0xFFFFFFFFu, inc > limit);
         if (!hit && lane == 31) {
             s_res[0] = -1;
