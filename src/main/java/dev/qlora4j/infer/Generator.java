@@ -5,6 +5,7 @@ import dev.qlora4j.backend.KvCache;
 import dev.qlora4j.backend.cuda.DecodeGraph;
 import dev.qlora4j.backend.cuda.GraphCapable;
 import dev.qlora4j.backend.cuda.TokenPick;
+import dev.qlora4j.backend.cuda.TokenPicker;
 import dev.qlora4j.io.tokenizer.StreamDecoder;
 import dev.qlora4j.model.RopeScaling;
 import dev.qlora4j.model.TransformerLM;
@@ -80,7 +81,8 @@ public final class Generator {
         int steps = 0;
         try (KvCache cache = model.newCache(batch, promptLen + Math.max(1, maxNew));
              Tensor pads = b.upload(Tensor.ofInts(padStart, batch));
-             DecodeGraph graph = decodeGraph(b, cache, pads, batch)) {
+             DecodeGraph graph = decodeGraph(b, cache, pads, batch);
+             TokenPicker picker = graph == null ? tokenPicker(b, batch) : null) {
             float[][] logits = step(b, cache, ids, positions, 0, promptLen, pads, batch);
             int[] picked = null;  // the step's tokens when the device picked them (logits is null then)
             // Pipelined decoding (DecodeGraph#launchPick): once the device picks the tokens, the step that makes
@@ -141,14 +143,20 @@ public final class Generator {
                 if (!anyLive) break;
                 if (pipelined) continue;  // the next iteration's step is queued already
                 if (picksOnDevice(graph, params)) {
-                    if (params.repetitionPenalty() != 1.0) {  // the device flags what each row has seen so far
-                        int[][] seen = new int[batch][];
-                        for (int r = 0; r < batch; r++) seen[r] = Arrays.copyOf(context[r], prompts[r].length + produced[r]);
-                        graph.markSeen(seen);
-                    }
+                    if (params.repetitionPenalty() != 1.0) graph.markSeen(seenSoFar(context, prompts, produced));
                     graph.launchPick(next, nextPos, promptLen + s, pickAt(params, s + 1, samplers));
                     pipelined = true;
                     logits = null;
+                } else if (picker != null && eosIds.length <= DecodeGraph.MAX_EXCLUDED_IDS) {
+                    // no graph: the step runs op by op, and its tokens are picked on the device all the same
+                    try (Tensor stepLogits = stepLogits(b, cache, next, nextPos, promptLen + s, 1, pads, batch)) {
+                        if (picked == null && params.repetitionPenalty() != 1.0) {  // the first device pick
+                            picker.markSeen(seenSoFar(context, prompts, produced), stepLogits.dim(1));
+                        }
+                        picked = picker.pick(stepLogits, pickAt(params, s + 1, samplers));
+                    }
+                    logits = null;
+                    steps++;
                 } else {
                     picked = null;
                     logits = graph != null ? graph.step(next, nextPos, promptLen + s)
@@ -173,6 +181,18 @@ public final class Generator {
      */
     private boolean picksOnDevice(DecodeGraph graph, SamplingParams params) {
         return graph != null && graph.picksOnDevice() && eosIds.length <= DecodeGraph.MAX_EXCLUDED_IDS;
+    }
+
+    /** Each row's context so far (prompt without padding, then its generated tokens): the repetition penalty's ids. */
+    private static int[][] seenSoFar(int[][] context, int[][] prompts, int[] produced) {
+        int[][] seen = new int[context.length][];
+        for (int r = 0; r < seen.length; r++) seen[r] = Arrays.copyOf(context[r], prompts[r].length + produced[r]);
+        return seen;
+    }
+
+    /** A device token picker for steps without a graph, when the backend offers one. */
+    private static TokenPicker tokenPicker(Backend b, int batch) {
+        return b instanceof GraphCapable g ? g.newTokenPicker(batch) : null;
     }
 
     /** The device pick of iteration s's tokens: greedy, or sampled with each row's next draw. */
@@ -231,16 +251,23 @@ public final class Generator {
         });
     }
 
-    /** Runs T tokens per row through the model and returns the last position's logits per row. */
-    private float[][] step(Backend b, KvCache cache, int[] ids, int[] positions, int start, int t, Tensor pads, int batch) {
+    /** Runs T tokens per row through the model and returns the last position's logits [batch, vocab] (the backend's). */
+    private Tensor stepLogits(Backend b, KvCache cache, int[] ids, int[] positions, int start, int t, Tensor pads,
+                              int batch) {
         int[] lastRows = new int[batch];
         for (int r = 0; r < batch; r++) lastRows[r] = r * t + t - 1;
         try (Tensor idT = b.upload(Tensor.ofInts(ids, ids.length));
              Tensor posT = b.upload(Tensor.ofInts(positions, positions.length));
              Tensor hidden = model.forward(idT, posT, cache, start, pads);
              Tensor rows = b.upload(Tensor.ofInts(lastRows, batch));
-             Tensor last = b.gatherRows(hidden, rows);
-             Tensor logits = model.logits(last)) {
+             Tensor last = b.gatherRows(hidden, rows)) {
+            return model.logits(last);
+        }
+    }
+
+    /** Runs T tokens per row through the model and returns the last position's logits per row on the host. */
+    private float[][] step(Backend b, KvCache cache, int[] ids, int[] positions, int start, int t, Tensor pads, int batch) {
+        try (Tensor logits = stepLogits(b, cache, ids, positions, start, t, pads, batch)) {
             float[] flat = b.toHost(logits).toFloatArray();
             int vocab = logits.dim(1);
             float[][] perRow = new float[batch][];

@@ -991,6 +991,11 @@ public final class CudaBackend implements Backend, GraphCapable {
         return new CudaDecodeGraph(this, batch, body);
     }
 
+    @Override
+    public TokenPicker newTokenPicker(int batch) {
+        return Switches.on(CudaDecodeGraph.DEVICE_PICK_PROPERTY, true) ? new CudaTokenPicker(this, batch) : null;
+    }
+
     /**
      * Turns decode graphs off for this backend (weight offload streams layers through host-side staging that a
      * captured graph would not replay).

@@ -42,8 +42,7 @@ final class CudaDecodeGraph implements DecodeGraph {
     private final Tensor positions;  // I32 [batch]
     private final Tensor start;      // I32 [1]
     private final MemorySegment pinnedInputs;   // ids, positions, start, status word (3 ints): step()
-    private final Tensor tokens;     // I32 [batch]: the device picks
-    private final Tensor uniforms;   // F64 [batch]: the sampled picks' draws
+    private final CudaTokenPicker picker;  // the device picks (kernels, flags, draws, scratch)
     // Pipelined device-pick steps (launchPick / collectPicks): two slots of pinned inputs, draws, status word and picks,
     // each with the event recorded after its copies back; a slot is reused only once its step has been collected.
     private final MemorySegment[] pickSlots = new MemorySegment[2];
@@ -51,8 +50,6 @@ final class CudaDecodeGraph implements DecodeGraph {
     private final java.util.ArrayDeque<Integer> queued = new java.util.ArrayDeque<>();
     private int nextSlot;
     private MemorySegment pinnedLogits;
-    private SampleScratch sampleScratch;  // the sampling kernels' device memory (first sampled pick)
-    private Tensor seen;             // U8 [batch, vocab]: the repetition penalty's ids (markSeen, then each pick)
     private Tensor logits;           // the captured step's output [batch, vocab]
     private long graph;
     private long exec;
@@ -69,14 +66,13 @@ final class CudaDecodeGraph implements DecodeGraph {
         this.ids = ctx.empty(DType.I32, batch);
         this.positions = ctx.empty(DType.I32, batch);
         this.start = ctx.empty(DType.I32, 1);
-        this.tokens = ctx.empty(DType.I32, batch);
-        this.uniforms = ctx.empty(DType.F64, batch);
+        this.picker = new CudaTokenPicker(backend, batch);
         this.pinnedInputs = driver.memAllocHost(4L * (2 * batch + 1 + 3));
     }
 
     /** System property: "false" turns {@link #launchPick} off (the caller then picks from the logits on the host). */
     static final String DEVICE_PICK_PROPERTY = "qlora4j.cuda.devicePick";
-    /** Steps whose tokens were picked on the device, all graphs (tests read it to see the path ran). */
+    /** Steps whose tokens were picked on the device, all graphs and pickers (tests read it to see the path ran). */
     static final java.util.concurrent.atomic.AtomicLong DEVICE_PICKS = new java.util.concurrent.atomic.AtomicLong();
 
     @Override
@@ -96,12 +92,6 @@ final class CudaDecodeGraph implements DecodeGraph {
             throw new IllegalArgumentException("decode graph of batch " + batch + " got "
                     + (stepIds == null ? "the previous picks" : stepIds.length + " ids") + " and " + stepPositions.length + " positions");
         }
-        if (pick.penalized() && seen == null) {
-            throw new IllegalStateException("a repetition penalty on the device needs the rows' tokens: markSeen first");
-        }
-        if (!pick.greedy() && pick.uniforms().length != batch) {
-            throw new IllegalArgumentException("decode graph of batch " + batch + " got " + pick.uniforms().length + " draws");
-        }
         if (queued.size() == pickSlots.length) {
             throw new IllegalStateException("two device-pick steps are queued uncollected: collectPicks first");
         }
@@ -114,21 +104,11 @@ final class CudaDecodeGraph implements DecodeGraph {
         MemorySegment slot = pickSlots[k];
         long host = slot.address(), s = ctx.stream();
         writeInputs(slot, stepIds, stepPositions, stepStart);
-        if (!pick.greedy()) {
-            MemorySegment.copy(pick.uniforms(), 0, slot, ValueLayout.JAVA_DOUBLE, slotUniformsOffset(), batch);
-            driver.memcpyHtoDAsync(CudaContext.ptr(uniforms), host + slotUniformsOffset(), 8L * batch, s);
-        }
+        if (!pick.greedy()) MemorySegment.copy(pick.uniforms(), 0, slot, ValueLayout.JAVA_DOUBLE, slotUniformsOffset(), batch);
         driver.graphLaunch(exec, s);
         // the picks go to the host and, as the next step's input ids, stay on the device
-        Tensor flags = pick.penalized() ? seen : null;
-        if (pick.greedy()) {
-            SamplingKernels.argmaxRows(ctx, logits, flags, pick.repetitionPenalty(), pick.excluded(), tokens, ids);
-        } else {
-            if (sampleScratch == null) sampleScratch = new SampleScratch(ctx, logits.dim(0), logits.dim(1));
-            SamplingKernels.sampleRows(ctx, logits, flags, pick.repetitionPenalty(), pick.excluded(), pick.temperature(),
-                    pick.topK(), pick.topP(), uniforms, sampleScratch, tokens, ids);
-        }
-        driver.memcpyDtoHAsync(host + slotPicksOffset(), CudaContext.ptr(tokens), 4L * batch, s);
+        picker.enqueue(logits, pick, slot.asSlice(slotUniformsOffset()), ids);
+        driver.memcpyDtoHAsync(host + slotPicksOffset(), CudaContext.ptr(picker.tokens()), 4L * batch, s);
         driver.memcpyDtoHAsync(host + statusOffset(), backend.status().pointer(), 12, s);
         driver.eventRecord(pickEvents[k], s);
         queued.add(k);
@@ -152,17 +132,7 @@ final class CudaDecodeGraph implements DecodeGraph {
     public void markSeen(int[][] rowTokens) {
         if (closed) throw new IllegalStateException("decode graph is closed");
         if (exec == 0) throw new IllegalStateException("markSeen needs the recorded step (its vocabulary): call step first");
-        if (rowTokens.length != batch) {
-            throw new IllegalArgumentException("decode graph of batch " + batch + " got " + rowTokens.length + " rows of tokens");
-        }
-        int vocab = logits.dim(1);
-        byte[] flags = new byte[batch * vocab];
-        for (int r = 0; r < batch; r++) {
-            for (int t : rowTokens[r]) if (t >= 0 && t < vocab) flags[r * vocab + t] = 1;
-        }
-        if (seen == null) seen = ctx.empty(DType.U8, batch, vocab);
-        ctx.synchronize();  // no queued pick still reads the flags (a synchronous copy does not order with our stream)
-        driver.copyToDevice(CudaContext.ptr(seen), MemorySegment.ofArray(flags));
+        picker.markSeen(rowTokens, logits.dim(1));
     }
 
     @Override
@@ -282,10 +252,7 @@ final class CudaDecodeGraph implements DecodeGraph {
         ids.close();
         positions.close();
         start.close();
-        tokens.close();
-        uniforms.close();
-        if (sampleScratch != null) sampleScratch.close();
-        if (seen != null) seen.close();
+        picker.close();
         driver.memFreeHost(pinnedInputs);
         for (int k = 0; k < pickSlots.length; k++) {
             if (pickSlots[k] != null) {

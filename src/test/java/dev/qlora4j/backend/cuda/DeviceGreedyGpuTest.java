@@ -77,11 +77,12 @@ class DeviceGreedyGpuTest {
 
     /**
      * Greedy, and sampling (temperature, top-k, top-p; each row's seeded draws), with and without a repetition penalty,
-     * with the pick on and off the device.
+     * with the pick on and off the device; with graphs (DecodeGraph#launchPick) and without (CudaTokenPicker).
      */
     @ParameterizedTest
-    @org.junit.jupiter.params.provider.CsvSource({"false, 1.0", "true, 1.0", "false, 1.3", "true, 1.2"})
-    void aCapturedDecodePicksTheSameTokensOnTheDevice(boolean sample, double penalty) {
+    @org.junit.jupiter.params.provider.CsvSource({"false, 1.0, true", "true, 1.0, true", "false, 1.3, true",
+            "true, 1.2, true", "false, 1.3, false", "true, 1.2, false"})
+    void aDecodePicksTheSameTokensOnTheDevice(boolean sample, double penalty, boolean graphs) {
         ModelConfig c = ModelConfig.parse("""
             {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 512, "hidden_size": 128,
              "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -93,7 +94,7 @@ class DeviceGreedyGpuTest {
         for (int on = 0; on < 2; on++) {
             long before = CudaDecodeGraph.DEVICE_PICKS.get();
             try (var p = TemporaryProperty.set(CudaDecodeGraph.DEVICE_PICK_PROPERTY, Boolean.toString(on == 1));
-                 CudaBackend b = CudaCoreTestSupport.backend(DType.BF16, true);
+                 CudaBackend b = CudaCoreTestSupport.backend(DType.BF16, graphs);
                  TransformerLM m = TransformerLM.load(c, SyntheticWeights.onDevice(c, b, 5), b,
                          new QuantizedLinearFactory(QuantizationConfig.qlora()))) {
                 // min_new_tokens: the EOS id is masked on the device for the first 12 tokens, then not

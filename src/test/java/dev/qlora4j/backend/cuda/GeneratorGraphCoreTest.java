@@ -74,11 +74,13 @@ class GeneratorGraphCoreTest {
      * Sampling with the pick on the "device": each row's draws are taken in the order its host Sampler would take them
      * (the pipelined launch draws a step's uniforms before the previous step's tokens are read), so a seed gives the
      * host path's tokens, rows that end early (EOS, min_new_tokens) included; with a repetition penalty, the rows' seen
-     * tokens (markSeen, then each pick) are the host's contexts.
+     * tokens (markSeen, then each pick) are the host's contexts. Without graphs the steps' logits go to the backend's
+     * TokenPicker, with the same result.
      */
     @ParameterizedTest
-    @org.junit.jupiter.params.provider.CsvSource({"0, 1.0", "3, 1.0", "0, 1.3", "3, 0.8"})
-    void sampledDevicePicksGiveTheHostSamplersTokens(int minNew, double penalty) throws Exception {
+    @org.junit.jupiter.params.provider.CsvSource({"0, 1.0, true", "3, 1.0, true", "0, 1.3, true", "3, 0.8, true",
+            "0, 1.0, false", "3, 1.3, false"})
+    void sampledDevicePicksGiveTheHostSamplersTokens(int minNew, double penalty, boolean graphsOn) throws Exception {
         String name = "llama-f32";
         JsonNode g = Golden.json(name);
         List<JsonNode> prompts = new ArrayList<>();
@@ -88,7 +90,7 @@ class GeneratorGraphCoreTest {
         SamplingParams p = new SamplingParams(12, minNew, true, 0.7, 40, 0.9, penalty, 1234, List.of());
         try (CheckpointReader reader = CheckpointReader.open(Golden.dir(name));
              CpuBackend cpu = new CpuBackend(2);
-             RunBodyBackend b = new RunBodyBackend(new CpuBackend(2))) {
+             RunBodyBackend b = new RunBodyBackend(new CpuBackend(2), graphsOn)) {
             ModelConfig c = ModelConfig.load(Golden.dir(name));
             // EOS: a token the model picks early in some row, so rows end at different steps
             int[] eos = {c.eosTokenIds()[0], 0};
@@ -96,7 +98,7 @@ class GeneratorGraphCoreTest {
                     LinearFactory.DENSE), eos, 0, x -> "").generate(all, p, TokenListener.NONE);
             GenerationResult dev = new Generator(TransformerLM.load(c, new CheckpointWeights(reader, name), b,
                     LinearFactory.DENSE), eos, 0, x -> "").generate(all, p, TokenListener.NONE);
-            assertTrue(b.greedySteps > 0, "the device pick ran");
+            assertTrue((graphsOn ? b.greedySteps : b.pickerSteps) > 0, "the device pick ran");
             for (int i = 0; i < all.length; i++) {
                 assertArrayEquals(host.outputIds()[i], dev.outputIds()[i], "row " + i);
                 assertEquals(host.stopReasons()[i], dev.stopReasons()[i], "row " + i);
@@ -104,17 +106,81 @@ class GeneratorGraphCoreTest {
         }
     }
 
-    /** CpuBackend plus a DecodeGraph that runs its body on host copies of the step inputs. */
+    /**
+     * What the CUDA device pick computes (native/sampling.cu), on the host: the repetition penalty on each row's seen
+     * tokens (markSeen, then every pick), the excluded ids at -infinity, then the argmax or Sampler#sample (the kernels'
+     * twin) for the row's draw.
+     */
+    static final class HostPicks {
+        final List<List<Integer>> seen = new ArrayList<>();
+
+        int[] pick(float[][] rows, TokenPick pick) {
+            int[] picked = new int[rows.length];
+            for (int r = 0; r < rows.length; r++) {
+                if (pick.penalized()) {
+                    int[] ctx = seen.get(r).stream().mapToInt(Integer::intValue).toArray();
+                    Sampler.applyRepetitionPenalty(rows[r], ctx, ctx.length, pick.repetitionPenalty());
+                }
+                for (int e : pick.excluded()) if (e >= 0 && e < rows[r].length) rows[r][e] = Float.NEGATIVE_INFINITY;
+                picked[r] = pick.greedy() ? Sampler.argmax(rows[r])
+                        : Sampler.sample(rows[r], new SamplingParams(1, 0, true, pick.temperature(), pick.topK(),
+                                pick.topP(), 1.0, 0, List.of()), pick.uniforms()[r]);
+            }
+            if (!seen.isEmpty()) for (int r = 0; r < rows.length; r++) seen.get(r).add(picked[r]);
+            return picked;
+        }
+
+        void markSeen(int[][] tokens) {
+            seen.clear();
+            for (int[] t : tokens) {
+                List<Integer> l = new ArrayList<>();
+                for (int x : t) l.add(x);
+                seen.add(l);
+            }
+        }
+    }
+
+    /**
+     * CpuBackend plus a DecodeGraph that runs its body on host copies of the step inputs, or (graphsOn false) no graphs
+     * and a TokenPicker that picks from the step's logits as the device would.
+     */
     static final class RunBodyBackend implements Backend, GraphCapable {
         final CpuBackend cpu;
+        final boolean graphsOn;
         int graphs;
+        int pickerSteps;   // steps picked by the TokenPicker (no graph)
         int greedySteps;   // decode steps whose tokens the "device" picked (launchPick)
         final List<Integer> starts = new ArrayList<>();
         final List<int[]> positions = new ArrayList<>();
 
-        RunBodyBackend(CpuBackend cpu) { this.cpu = cpu; }
+        RunBodyBackend(CpuBackend cpu) { this(cpu, true); }
 
-        @Override public boolean decodeGraphsEnabled() { return true; }
+        RunBodyBackend(CpuBackend cpu, boolean graphsOn) {
+            this.cpu = cpu;
+            this.graphsOn = graphsOn;
+        }
+
+        @Override public boolean decodeGraphsEnabled() { return graphsOn; }
+
+        @Override
+        public TokenPicker newTokenPicker(int batch) {
+            HostPicks picks = new HostPicks();
+            return new TokenPicker() {
+                @Override
+                public int[] pick(Tensor logits, TokenPick pick) {
+                    pickerSteps++;
+                    float[] flat = logits.toFloatArray();
+                    int vocab = logits.dim(1);
+                    float[][] rows = new float[batch][];
+                    for (int r = 0; r < batch; r++) rows[r] = java.util.Arrays.copyOfRange(flat, r * vocab, (r + 1) * vocab);
+                    return picks.pick(rows, pick);
+                }
+
+                @Override public void markSeen(int[][] tokens, int vocab) { picks.markSeen(tokens); }
+
+                @Override public void close() {}
+            };
+        }
 
         @Override
         public DecodeGraph newDecodeGraph(int batch, DecodeGraph.Body body) {
@@ -142,40 +208,21 @@ class GeneratorGraphCoreTest {
                 final java.util.ArrayDeque<int[]> queued = new java.util.ArrayDeque<>();
                 int[] lastPicks;
 
-                /** What the CUDA graph's device pick computes: the argmax or Sampler#sample (the kernels' twin) with
-                 *  the excluded ids at -infinity; null ids take the previous picks, as the device leaves them. */
+                final HostPicks picks = new HostPicks();
+
+                /** What the CUDA graph's device pick computes (HostPicks); null ids take the previous picks, as the
+                 *  device leaves them. */
                 @Override
                 public void launchPick(int[] ids, int[] pos, int start, TokenPick pick) {
                     if (queued.size() == 2) throw new IllegalStateException("two steps queued uncollected");
                     greedySteps++;
-                    float[][] rows = step(ids != null ? ids : lastPicks, pos, start);
-                    int[] picked = new int[batch];
-                    for (int r = 0; r < batch; r++) {
-                        if (pick.penalized()) {
-                            int[] ctx = seen.get(r).stream().mapToInt(Integer::intValue).toArray();
-                            Sampler.applyRepetitionPenalty(rows[r], ctx, ctx.length, pick.repetitionPenalty());
-                        }
-                        for (int e : pick.excluded()) if (e >= 0 && e < rows[r].length) rows[r][e] = Float.NEGATIVE_INFINITY;
-                        picked[r] = pick.greedy() ? Sampler.argmax(rows[r])
-                                : Sampler.sample(rows[r], new SamplingParams(1, 0, true, pick.temperature(), pick.topK(),
-                                        pick.topP(), 1.0, 0, List.of()), pick.uniforms()[r]);
-                    }
+                    int[] picked = picks.pick(step(ids != null ? ids : lastPicks, pos, start), pick);
                     lastPicks = picked;
-                    for (int r = 0; r < batch; r++) if (!seen.isEmpty()) seen.get(r).add(picked[r]);
                     queued.add(picked);
                 }
 
-                final List<List<Integer>> seen = new ArrayList<>();
-
                 @Override
-                public void markSeen(int[][] tokens) {
-                    seen.clear();
-                    for (int[] t : tokens) {
-                        List<Integer> l = new ArrayList<>();
-                        for (int x : t) l.add(x);
-                        seen.add(l);
-                    }
-                }
+                public void markSeen(int[][] tokens) { picks.markSeen(tokens); }
 
                 @Override
                 public int[] collectPicks() { return queued.remove(); }
