@@ -43,6 +43,7 @@ final class CudaTokenPicker implements TokenPicker {
      */
     void enqueue(Tensor logits, TokenPick pick, MemorySegment pinnedDraws, Tensor nextIds) {
         if (closed) throw new IllegalStateException("token picker is closed");
+        ctx.bind();  // the head's GPU: a model over several GPUs leaves another one's context current
         if (logits.rank() != 2 || logits.dim(0) != batch) {
             throw new IllegalArgumentException("token picker of batch " + batch + " got logits " + logits);
         }
@@ -66,6 +67,7 @@ final class CudaTokenPicker implements TokenPicker {
     @Override
     public int[] pick(Tensor logits, TokenPick pick) {
         if (closed) throw new IllegalStateException("token picker is closed");
+        ctx.bind();
         if (pinned == null) pinned = driver.memAllocHost(8L * batch + 4L * batch + 12);
         if (!pick.greedy()) MemorySegment.copy(pick.uniforms(), 0, pinned, ValueLayout.JAVA_DOUBLE, 0, batch);
         enqueue(logits, pick, pinned, null);
@@ -90,12 +92,12 @@ final class CudaTokenPicker implements TokenPicker {
         for (int r = 0; r < batch; r++) {
             for (int t : rowTokens[r]) if (t >= 0 && t < vocab) flags[r * vocab + t] = 1;
         }
+        ctx.synchronize();  // binds the context; no queued pick still reads the flags (a synchronous copy would not wait)
         if (seen != null && seen.dim(1) != vocab) {
             seen.close();
             seen = null;
         }
         if (seen == null) seen = ctx.empty(DType.U8, batch, vocab);
-        ctx.synchronize();  // no queued pick still reads the flags (a synchronous copy does not order with our stream)
         driver.copyToDevice(CudaContext.ptr(seen), MemorySegment.ofArray(flags));
     }
 
