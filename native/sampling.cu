@@ -164,6 +164,18 @@ __device__ __forceinline__ W sample_block_sum(W v, W* s_warp) {
     return t;
 }
 
+__device__ __forceinline__ int sample_block_min(int v, int* s_warp) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+    if ((threadIdx.x & 31) == 0) s_warp[threadIdx.x >> 5] = v;
+    __syncthreads();
+    int t = s_warp[0];
+#pragma unroll
+    for (int w = 1; w < SAMPLE_WARPS; w++) t = min(t, s_warp[w]);
+    __syncthreads();
+    return t;
+}
+
 __device__ __forceinline__ float sample_block_max(float v, float* s_warp) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
@@ -375,12 +387,54 @@ struct ValueMass {
     double e;
 };
 
+// top-p's cut for n <= SAMPLE_THREADS items (a top-k list), as the host computes it: the items sorted ascending by
+// (key, position) in one block-wide bitonic sort, their probabilities e / sum summed in that order (from start, the
+// mass of the items before them), and the first rank whose sum passes 1 - p (never past the last) is the cut:
+// *cut_key its key, *cut_ties the items of that key ranked below it. Eight search passes for ~100 items took ~25 us.
+template <typename KeyOf, typename Expo>
+__device__ void top_p_cut_sorted(int n, KeyOf key_of, Expo expo, double start, double sum, double one_minus_p,
+                                 unsigned* cut_key, long long* cut_ties) {
+    __shared__ unsigned long long s_sorted[SAMPLE_THREADS];
+    __shared__ double s_wsum[SAMPLE_WARPS];
+    __shared__ int s_min[SAMPLE_WARPS];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    s_sorted[t] = t < n ? ((unsigned long long)key_of(t) << 32) | (unsigned)t : ~0ull;
+    __syncthreads();
+    for (int k = 2; k <= SAMPLE_THREADS; k <<= 1) {
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            const int other = t ^ j;
+            if (other > t) {
+                const unsigned long long a = s_sorted[t], b = s_sorted[other];
+                if ((a > b) == ((t & k) == 0)) {
+                    s_sorted[t] = b;
+                    s_sorted[other] = a;
+                }
+            }
+            __syncthreads();
+        }
+    }
+    const unsigned key = (unsigned)(s_sorted[t] >> 32);
+    const double p = t < n ? expo(key_value(key)) / sum : 0.0;
+    const double inc = warp_inclusive_scan(p);
+    if (lane == 31) s_wsum[warp] = inc;
+    __syncthreads();
+    double cum = start + inc;
+    for (int w = 0; w < warp; w++) cum += s_wsum[w];
+    const int rank = sample_block_min(t < n && cum > one_minus_p ? t : n - 1, s_min);
+    const unsigned k_cut = (unsigned)(s_sorted[rank] >> 32);
+    const int first = sample_block_min(t < n && key == k_cut ? t : n - 1, s_min);
+    *cut_key = k_cut;
+    *cut_ties = rank - first;
+    __syncthreads();  // s_sorted is rewritten by a later call
+}
+
 // top-p and the draw over n items in index order: value_of(j) the item's value after temperature and top-k, index_of(j)
-// its token. ex (n doubles, or null): where top-p's first pass keeps each item's e^(v - max) for the later passes (a
+// its token. SortSmall: a list of at most SAMPLE_THREADS items cuts top-p by sorting (top_p_cut_sorted) instead of
+// searching. ex (n doubles, or null): where top-p's first pass keeps each item's e^(v - max) for the later passes (a
 // double exponential each time cost more than the 8-byte load). outside: the summed e^(v - max) of the row's items
 // that are not among the n (all below them); returns -1 when top-p would not drop them all (the caller then runs the
 // whole row), else the token.
-template <typename ValueOf, typename IndexOf>
+template <bool SortSmall, typename ValueOf, typename IndexOf>
 __device__ int top_p_and_draw(int n, ValueOf value_of, IndexOf index_of, float mx, double one_minus_p, double u,
                               double* ex, double outside) {
     __shared__ double s_d[SAMPLE_WARPS];
@@ -413,23 +467,32 @@ __device__ int top_p_and_draw(int n, ValueOf value_of, IndexOf index_of, float m
         });
         sum = sample_block_sum(sum, s_d) + outside;  // its barrier also makes ex visible to the block
         if (outside / sum > one_minus_p) return -1;    // the host would keep some item outside the n
-        double below = 0;
-        const bool crossed = search_key(n, load_key_mass, [&](const KeyMass& km) {
-            return (stored ? km.e : expo(key_value(km.k))) / sum;
-        }, outside / sum, one_minus_p, &cut_key, &below);
-        if (!crossed) cut_key = order_key(mx);  // the host's loop then drops all but the last item
-        long long tied = 0;
-        for_items(n, key_of, [&](int, bool valid, unsigned k) { tied += valid && k == cut_key; });
-        tied = sample_block_sum(tied, s_l);
-        if (!crossed) {
-            cut_ties = tied - 1;
-        } else {
-            const double q = expo(key_value(cut_key)) / sum;  // each tied item's probability
-            long long j = q > 0 ? (long long)floor((one_minus_p - below) / q) : 0;
-            j = max(0LL, min(j, tied));
-            while (j > 0 && below + (double)j * q > one_minus_p) j--;
-            while (j < tied && below + (double)(j + 1) * q <= one_minus_p) j++;
-            cut_ties = min(j, tied - 1);
+        bool sorted = false;
+        if constexpr (SortSmall) {  // (the whole row's instantiation leaves it out: its shared memory would not fit)
+            if (n <= SAMPLE_THREADS) {
+                top_p_cut_sorted(n, key_of, expo, outside / sum, sum, one_minus_p, &cut_key, &cut_ties);
+                sorted = true;
+            }
+        }
+        if (!sorted) {
+            double below = 0;
+            const bool crossed = search_key(n, load_key_mass, [&](const KeyMass& km) {
+                return (stored ? km.e : expo(key_value(km.k))) / sum;
+            }, outside / sum, one_minus_p, &cut_key, &below);
+            if (!crossed) cut_key = order_key(mx);  // the host's loop then drops all but the last item
+            long long tied = 0;
+            for_items(n, key_of, [&](int, bool valid, unsigned k) { tied += valid && k == cut_key; });
+            tied = sample_block_sum(tied, s_l);
+            if (!crossed) {
+                cut_ties = tied - 1;
+            } else {
+                const double q = expo(key_value(cut_key)) / sum;  // each tied item's probability
+                long long j = q > 0 ? (long long)floor((one_minus_p - below) / q) : 0;
+                j = max(0LL, min(j, tied));
+                while (j > 0 && below + (double)j * q > one_minus_p) j--;
+                while (j < tied && below + (double)(j + 1) * q <= one_minus_p) j++;
+                cut_ties = min(j, tied - 1);
+            }
         }
     }
 
@@ -684,7 +747,7 @@ __device__ __forceinline__ void sample_row(int vocab, int top_k, double one_minu
             // zero threshold is left to the whole row, where every zero is seen)
             const float kth = top_k_on ? key_value(select_rank_key(list_key, count, count - top_k)) : -INFINITY;
             if (kth != 0.0f) {
-                pick = top_p_and_draw(count, [&](int j) {
+                pick = top_p_and_draw<true>(count, [&](int j) {
                     const float v = key_value(list_key[j]);
                     return v < kth ? -INFINITY : v;
                 }, [&](int j) { return list_index[j]; }, mx, one_minus_p, u, nullptr, outside);
@@ -693,7 +756,7 @@ __device__ __forceinline__ void sample_row(int vocab, int top_k, double one_minu
     }
     if (pick < 0) {  // the whole row
         const float kth = top_k_on ? key_value(select_rank_key(keys, vocab, vocab - top_k)) : -INFINITY;
-        pick = top_p_and_draw(vocab, [&](int i) {
+        pick = top_p_and_draw<false>(vocab, [&](int i) {
             const float v = key_value(keys[i]);
             return v < kth ? -INFINITY : v;
         }, [](int i) { return i; }, mx, one_minus_p, u, masses + (int64_t)blockIdx.x * vocab, 0.0);
