@@ -76,7 +76,7 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 
 // ---- status word: int[3] = {code, offending value, limit}; the first error wins ----
 // Codes (mirrored in DeviceStatus.java): 1 embedding id out of range, 2 gather row out of range,
-// 3 cross-entropy target out of range.
+// 3 cross-entropy target out of range, 4 a sampled row's logits not finite (NaN or +infinity).
 __device__ __forceinline__ void report_error(int* status, int code, int value, int limit) {
     if (atomicCAS(status, 0, code) == 0) {
         status[1] = value;

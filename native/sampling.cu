@@ -113,7 +113,8 @@ QL_ARGMAX(f16, __half)
 //                     cumulative probability in index order exceeds u (probabilities in double, as the host's).
 //                     Scratch: keys [B, V] (uint32, each row's order keys), masses [B, V] (double, e^(v - max) for
 //                     top-p without a candidate list), hist [B, SAMPLE_BINS] (int) and max_key [B] (uint32), both zero
-//                     before the first launch (sample_rows leaves them zero). sample_prepare: grid (G, B) blocks of
+//                     before the first launch (sample_rows leaves them zero). A row whose values are not finite (NaN
+//                     or +infinity) has no distribution: sample_prepare reports code 4 (row, vocab) in status. sample_prepare: grid (G, B) blocks of
 //                     SAMPLE_THREADS, a slice of the row each; sample_rows: grid B blocks of SAMPLE_THREADS.
 //
 // The first pass (sample_prepare, G blocks a row: one block would leave the row one SM) keeps each value's order key
@@ -630,7 +631,8 @@ template <typename T>
 __device__ __forceinline__ void sample_prepare_row(const T* __restrict__ logits, int vocab,
                                                    const unsigned char* seen_all, float penalty, int n_excluded,
                                                    int e0, int e1, int e2, int e3, float temperature,
-                                                   unsigned* keys_all, int* hist_all, unsigned* max_key) {
+                                                   unsigned* keys_all, int* hist_all, unsigned* max_key,
+                                                   int* status) {
     __shared__ int s_hist[SAMPLE_BINS];
     __shared__ float s_f[SAMPLE_WARPS];
     const int lane = threadIdx.x & 31, row = blockIdx.y;
@@ -647,6 +649,8 @@ __device__ __forceinline__ void sample_prepare_row(const T* __restrict__ logits,
         if (valid) {
             const float v = __fdiv_rn(penalized(to_f32(raw), i, seen, penalty, n_excluded, e0, e1, e2, e3),
                                       temperature);
+            // no distribution to sample from (infer.Sampler#sample refuses it too; torch.multinomial raises)
+            if (isnan(v) || v == INFINITY) report_error(status, 4, row, vocab);
             k = order_key(v);
             keys[i] = k;
             mx = fmaxf(mx, v);
@@ -771,9 +775,9 @@ __device__ __forceinline__ void sample_row(int vocab, int top_k, double one_minu
 #define QL_SAMPLE_PREPARE(tn, T)                                                                                  \
     extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_prepare_##tn(                            \
         const T* __restrict__ logits, int vocab, const unsigned char* seen, float penalty, int n_excluded, int e0, \
-        int e1, int e2, int e3, float temperature, unsigned* keys, int* hist, unsigned* max_key) {                \
+        int e1, int e2, int e3, float temperature, unsigned* keys, int* hist, unsigned* max_key, int* status) {   \
         sample_prepare_row<T>(logits, vocab, seen, penalty, n_excluded, e0, e1, e2, e3, temperature, keys, hist,  \
-                              max_key);                                                                           \
+                              max_key, status);                                                                   \
     }
 QL_SAMPLE_PREPARE(f32, float)
 QL_SAMPLE_PREPARE(bf16, __nv_bfloat16)

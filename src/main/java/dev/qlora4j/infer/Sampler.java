@@ -43,15 +43,29 @@ public final class Sampler {
     /**
      * The sampled token for uniform draw u: temperature, top-k, top-p, then the first index whose cumulative
      * probability (index order) exceeds u. logits [vocab] (penalties and EOS suppression applied) are modified in place.
+     * Throws IllegalStateException when a logit is NaN or +infinity after the temperature ({@link #notFinite}).
      */
     public static int sample(float[] logits, SamplingParams params, double u) {
         if (params.temperature() != 1.0) {
             float t = (float) params.temperature();
             for (int i = 0; i < logits.length; i++) logits[i] /= t;
         }
+        for (float v : logits) {
+            if (Float.isNaN(v) || v == Float.POSITIVE_INFINITY) throw new IllegalStateException(notFinite(-1));
+        }
         if (params.topK() > 0 && params.topK() < logits.length) applyTopK(logits, params.topK());
         if (params.topP() < 1.0) applyTopP(logits, params.topP());
         return draw(logits, u);
+    }
+
+    /**
+     * The error for logits that hold NaN or +infinity, which define no distribution to sample (transformers raises too:
+     * torch.multinomial refuses such probabilities). row: the batch row, or -1 when unknown.
+     */
+    public static String notFinite(int row) {
+        return (row >= 0 ? "row " + row + ": " : "") + "the model's logits hold NaN or +infinity, so no token can be "
+                + "sampled; the model's output diverged: check the weights and the adapter (a merged or trained adapter "
+                + "with NaN values), and prefer bf16 over fp16 compute (fp16 overflows to infinity)";
     }
 
     /**

@@ -156,4 +156,17 @@ class SamplerTest {
         assertTrue(assertThrows(IllegalArgumentException.class, () -> sampling(1, -1, 1, 1)).getMessage().contains("top_k"));
         assertTrue(assertThrows(IllegalArgumentException.class, () -> sampling(1, 0, 1, 0)).getMessage().contains("repetition_penalty"));
     }
+
+    /** NaN or +infinity logits define no distribution: sampling refuses them with what to check (greedy still picks). */
+    @Test
+    void samplingRefusesNotFiniteLogits() {
+        SamplingParams p = new SamplingParams(4, 0, true, 0.7, 0, 0.9, 1.0, 1, java.util.List.of());
+        for (float bad : new float[] {Float.NaN, Float.POSITIVE_INFINITY}) {
+            float[] logits = {0.5f, bad, -1f};
+            IllegalStateException e = assertThrows(IllegalStateException.class,
+                    () -> new Sampler(p, new int[0], 1).next(logits.clone(), new int[0], 0, 0));
+            assertTrue(e.getMessage().contains("NaN or +infinity") && e.getMessage().contains("bf16"), e.getMessage());
+            Sampler.argmax(logits.clone());  // greedy: the argmax as torch.argmax's first maximum (no exception)
+        }
+    }
 }

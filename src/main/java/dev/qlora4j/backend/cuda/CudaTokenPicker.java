@@ -60,7 +60,7 @@ final class CudaTokenPicker implements TokenPicker {
             driver.memcpyHtoDAsync(CudaContext.ptr(uniforms), pinnedDraws.address(), 8L * batch, ctx.stream());
             if (scratch == null) scratch = new SampleScratch(ctx, batch, logits.dim(1));
             SamplingKernels.sampleRows(ctx, logits, flags, pick.repetitionPenalty(), pick.excluded(), pick.temperature(),
-                    pick.topK(), pick.topP(), uniforms, scratch, tokens, nextIds);
+                    pick.topK(), pick.topP(), uniforms, scratch, tokens, nextIds, backend.status().pointer());
         }
     }
 

@@ -8,7 +8,8 @@ import java.lang.foreign.ValueLayout;
 
 /**
  * A small device word, int[3] = {code, value, limit}, through which kernels report bad indices (an
- * embedding id outside the table, a gathered row outside x, a cross-entropy target outside the vocabulary).
+ * embedding id outside the table, a gathered row outside x, a cross-entropy target outside the vocabulary) and
+ * logits that cannot be sampled (not finite).
  * A kernel cannot throw, and checking indices on the host would cost a copy and a synchronization per op
  * (and could not happen inside a CUDA graph), so the first error is recorded here and {@link #check()}
  * turns it into an IllegalArgumentException at the backend's next synchronization (toHost, synchronize).
@@ -18,6 +19,7 @@ final class DeviceStatus implements AutoCloseable {
     static final int EMBEDDING_ID = 1;
     static final int GATHER_ROW = 2;
     static final int XENT_TARGET = 3;
+    static final int SAMPLE_NOT_FINITE = 4;
 
     private final CudaContext ctx;
     private final Tensor word; // I32 [3]
@@ -43,7 +45,8 @@ final class DeviceStatus implements AutoCloseable {
     }
 
     /** The exception for a status word (also used by CUDA graphs, which read the word with their outputs). */
-    static IllegalArgumentException error(int code, int value, int limit) {
+    static RuntimeException error(int code, int value, int limit) {
+        if (code == SAMPLE_NOT_FINITE) return new IllegalStateException(dev.qlora4j.infer.Sampler.notFinite(value));
         return new IllegalArgumentException(switch (code) {
             case EMBEDDING_ID -> "token id " + value + " is outside the embedding table (vocab size " + limit
                     + "); check that the tokenizer matches the model";

@@ -43,11 +43,14 @@ final class SamplingKernels {
      * (F64 [rows], device) from logits [rows, vocab] with the excluded ids read as -infinity: divided by temperature,
      * top-k (topK 0 = off), top-p (topP 1 = off), then the first index whose cumulative probability exceeds the draw.
      * The same token as the host for the same draw, except where a cumulative probability lands within ~1e-16 of the
-     * draw or of 1 - topP (the sums run in another order). seen, penalty and nextIds as {@link #argmaxRows}. Two
-     * launches: the first pass over the logits spread over several blocks a row, then one block a row.
+     * draw or of 1 - topP (the sums run in another order). seen, penalty and nextIds as {@link #argmaxRows}. A row whose
+     * values are NaN or +infinity reports DeviceStatus.SAMPLE_NOT_FINITE (row, vocab) in statusWord (an int[3] on the
+     * device: the backend's status). Two launches: the first pass over the logits spread over several blocks a row,
+     * then one block a row.
      */
     static void sampleRows(CudaContext ctx, Tensor logits, Tensor seen, float penalty, int[] excluded, float temperature,
-                           int topK, double topP, Tensor uniforms, SampleScratch scratch, Tensor token, Tensor nextIds) {
+                           int topK, double topP, Tensor uniforms, SampleScratch scratch, Tensor token, Tensor nextIds,
+                           long statusWord) {
         checkRows(logits, excluded, token, "sample");
         checkSeen(logits, seen);
         int rows = logits.dim(0), vocab = logits.dim(1);
@@ -70,7 +73,7 @@ final class SamplingKernels {
                         .ptr(seen == null ? 0L : CudaContext.ptr(seen)).f32(penalty).i32(excluded.length)
                         .i32(e[0]).i32(e[1]).i32(e[2]).i32(e[3]).f32(temperature)
                         .ptr(CudaContext.ptr(scratch.keys)).ptr(CudaContext.ptr(scratch.hist))
-                        .ptr(CudaContext.ptr(scratch.maxKey)));
+                        .ptr(CudaContext.ptr(scratch.maxKey)).ptr(statusWord));
         ctx.launch(ctx.function("sampling", "sample_rows"), Dim3.of(rows), Dim3.of(SAMPLE_THREADS), 0,
                 KernelArgs.of().i32(vocab).i32(topK)
                         .i64(Double.doubleToRawLongBits(1 - topP))   // the kernel's double one_minus_p (8 bytes)

@@ -86,6 +86,33 @@ class DeviceSampleGpuTest {
         }
     }
 
+    /** A row with a NaN or +infinity logit has no distribution: the kernel reports it (row, vocab), as Sampler throws. */
+    @Test
+    void notFiniteLogitsAreReported() {
+        int rows = 3, vocab = 1000;
+        for (float bad : new float[] {Float.NaN, Float.POSITIVE_INFINITY}) {
+            float[] v = QuantGpuSupport.gaussian(new Random(), rows * vocab, 2.0);
+            v[2 * vocab + 17] = bad;
+            SamplingParams params = new SamplingParams(1, 0, true, 0.8, 50, 0.9, 1.0, 0, List.of());
+            float[] row2 = Arrays.copyOfRange(v, 2 * vocab, 3 * vocab);
+            IllegalStateException host = org.junit.jupiter.api.Assertions.assertThrows(IllegalStateException.class,
+                    () -> Sampler.sample(row2, params, 0.5));
+            assertTrue(host.getMessage().contains("NaN or +infinity"), host.getMessage());
+            try (Tensor logits = QuantGpuSupport.upload(ctx, v, DType.BF16, rows, vocab);
+                 Tensor uniforms = ctx.upload(Tensor.view(java.lang.foreign.MemorySegment.ofArray(new double[] {0.1, 0.5, 0.9}),
+                         DType.F64, rows));
+                 SampleScratch scratch = new SampleScratch(ctx, rows, vocab);
+                 Tensor status = ctx.upload(Tensor.ofInts(new int[3], 3));
+                 Tensor token = QuantGpuSupport.poisoned(ctx, DType.I32, rows)) {
+                SamplingKernels.sampleRows(ctx, logits, null, 1f, new int[0], 0.8f, 50, 0.9, uniforms, scratch, token,
+                        null, CudaContext.ptr(status));
+                assertArrayEquals(new int[] {DeviceStatus.SAMPLE_NOT_FINITE, 2, vocab}, ctx.download(status).toIntArray());
+                assertTrue(DeviceStatus.error(DeviceStatus.SAMPLE_NOT_FINITE, 2, vocab) instanceof IllegalStateException);
+                assertTrue(DeviceStatus.error(DeviceStatus.SAMPLE_NOT_FINITE, 2, vocab).getMessage().startsWith("row 2: "));
+            }
+        }
+    }
+
     private static int[] runKernel(float[] v, DType dt, int rows, int vocab, int[] excluded, SamplingParams params,
                                    double[] u, float penalty, int[][] context) {
         byte[] flags = new byte[rows * vocab];
@@ -93,11 +120,14 @@ class DeviceSampleGpuTest {
         try (Tensor logits = QuantGpuSupport.upload(ctx, v, dt, rows, vocab);
              Tensor uniforms = ctx.upload(Tensor.view(java.lang.foreign.MemorySegment.ofArray(u), DType.F64, rows));
              SampleScratch scratch = new SampleScratch(ctx, rows, vocab);
+             Tensor status = ctx.upload(Tensor.ofInts(new int[3], 3));
              Tensor seen = ctx.upload(Tensor.view(java.lang.foreign.MemorySegment.ofArray(flags), DType.U8, rows, vocab));
              Tensor token = QuantGpuSupport.poisoned(ctx, DType.I32, rows);
              Tensor next = QuantGpuSupport.poisoned(ctx, DType.I32, rows)) {
             SamplingKernels.sampleRows(ctx, logits, penalty != 1f ? seen : null, penalty, excluded,
-                    (float) params.temperature(), params.topK(), params.topP(), uniforms, scratch, token, next);
+                    (float) params.temperature(), params.topK(), params.topP(), uniforms, scratch, token, next,
+                    CudaContext.ptr(status));
+            assertArrayEquals(new int[3], ctx.download(status).toIntArray(), "finite logits report nothing");
             // the scratch's counts are left at zero for the next launch
             assertTrue(java.util.Arrays.stream(ctx.download(scratch.hist).toIntArray()).allMatch(c -> c == 0));
             assertTrue(java.util.Arrays.stream(ctx.download(scratch.maxKey).toIntArray()).allMatch(c -> c == 0));
