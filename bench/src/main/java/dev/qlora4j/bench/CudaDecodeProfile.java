@@ -59,7 +59,7 @@ public final class CudaDecodeProfile {
         boolean profiling = Boolean.getBoolean(OpProfiler.PROPERTY);
         if (gpus > 1) {
             if (offloadLayers > 0) throw new IllegalArgumentException("--gpus N with --offload-layers is not measured here: pick one");
-            multiGpu(shape, quant, newTokens, gpus);
+            multiGpu(shape, quant, newTokens, gpus, sample);
             return;
         }
         // Graph replay is only possible without the profiler; with it, the graph figure is skipped.
@@ -118,7 +118,7 @@ public final class CudaDecodeProfile {
     }
 
     /** The decode loop with the model split over cuda:0..gpus-1 (direct launches; tokens/s and per-GPU peaks). */
-    private static void multiGpu(String shape, String quant, int newTokens, int gpus) {
+    private static void multiGpu(String shape, String quant, int newTokens, int gpus, String sample) {
         java.util.List<CudaBackend> bs = MultiGpuBench.backends(gpus, DType.BF16, false);
         try {
             QuantizationConfig q = quant.equals("nf4") ? QuantizationConfig.qlora() : null;
@@ -128,7 +128,7 @@ public final class CudaDecodeProfile {
                     q == null ? dev.qlora4j.model.LinearFactory.DENSE : new QuantizedLinearFactory(q), dev.qlora4j.model.LayerResidency.NONE);
             int vocab = model.config().vocabSize();
             int[][] prompt = {new Random(1).ints(32, 3, vocab).toArray()};
-            SamplingParams params = SamplingParams.greedy(newTokens).withMinNewTokens(newTokens);
+            SamplingParams params = params(newTokens, sample);
             int[] eos = model.config().eosTokenIds();
             Generator gen = new Generator(model, eos, eos.length > 0 ? eos[0] : 0, ids -> "");
             System.out.printf(Locale.ROOT, "%s %s over %d GPUs (%s): %.2f GB of weights; graphs off (several devices)%n", shape, quant,
