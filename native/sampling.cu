@@ -106,16 +106,17 @@ QL_ARGMAX(f16, __half)
 //   sample_prepare_<t> then sample_rows: logits [B, V] -> token [B] (and next_ids [B], or null): infer.Sampler's
 //                     sampled choice for the uniform draw uniforms[b] (the host draws it from the row's seeded stream,
 //                     so a seed gives the host path's tokens): the repetition penalty on the ids flagged in seen (as
-//                     argmax_rows), excluded ids at -infinity, x / temperature (IEEE
-//                     division, as the host's float divide), top-k (0 < top_k < V: keep values >= the k-th largest,
-//                     ties at it kept), top-p (one_minus_p > 0: drop the longest prefix of the ascending (value, index)
-//                     order whose cumulative probability stays <= 1 - p, never the last), then the first index whose
-//                     cumulative probability in index order exceeds u (probabilities in double, as the host's).
-//                     Scratch: keys [B, V] (uint32, each row's order keys), masses [B, V] (double, e^(v - max) for
-//                     top-p without a candidate list), hist [B, SAMPLE_BINS] (int) and max_key [B] (uint32), both zero
-//                     before the first launch (sample_rows leaves them zero). A row whose values are not finite (NaN
-//                     or +infinity) has no distribution: sample_prepare reports code 4 (row, vocab) in status. sample_prepare: grid (G, B) blocks of
-//                     SAMPLE_THREADS, a slice of the row each; sample_rows: grid B blocks of SAMPLE_THREADS.
+//                     argmax_rows), excluded ids at -infinity, x / temperature (IEEE division, as the host's float
+//                     divide), top-k (0 < top_k < V: keep values >= the k-th largest, ties at it kept), top-p
+//                     (one_minus_p > 0: drop the longest prefix of the ascending (value, index) order whose cumulative
+//                     probability stays <= 1 - p, never the last), then the first index whose cumulative probability
+//                     in index order exceeds u (probabilities in double, as the host's). Scratch: keys [B, V] (uint32,
+//                     each row's order keys), masses [B, V] (double, e^(v - max) for top-p over the whole row),
+//                     hist [B, SAMPLE_BINS] (int) and max_key [B] (uint32), both zero before the first launch
+//                     (sample_rows leaves them zero). A row holding NaN or +infinity has no distribution:
+//                     sample_prepare reports code 4 (row, vocab) in status (the host then throws, as Sampler does).
+//                     sample_prepare: grid (G, B) blocks of SAMPLE_THREADS, a slice of a row each; sample_rows: grid B
+//                     blocks of SAMPLE_THREADS.
 //
 // The first pass (sample_prepare, G blocks a row: one block would leave the row one SM) keeps each value's order key
 // (later passes read 4 bytes instead of converting, masking and dividing again), counts the keys by their top 12 bits
@@ -123,14 +124,14 @@ QL_ARGMAX(f16, __half)
 // largest; with top-p alone the top bins that fit SAMPLE_LIST, if top-p drops everything below them (peaked
 // distributions). When they fit, one pass copies them (index order) into a shared list and top-k's threshold, top-p
 // and the draw run there; otherwise over the whole row. top-k is a radix select on the keys (the smallest key K with
-// count(key <= K) > n - k, 8 bits a pass into a shared histogram). top-p is "the smallest key K whose cumulative
-// probability (ascending) exceeds 1 - p", found 4 bits a pass (the probability per 16 digit values of the keys still
-// in the bucket; 8 passes). Ties at that key are cut by index as the host's stable order does: the first j0 of them
-// (index order) go, j0 from the mass below and the tie's probability. The draw sums the kept mass of 128 index-order
-// segments (each warp's lanes on consecutive items), and one warp walks the segment whose cumulative mass passes u.
-// Every pass loads SAMPLE_UNROLL items a thread before using them. The sums run in another order than the host's
-// sequential ones, so a row whose cumulative mass lands within ~1e-16 of 1 - p or of u could pick differently; NaN
-// logits (a diverged model) give no defined choice.
+// count(key <= K) > n - k, 8 bits a pass into a shared histogram). top-p on a list of at most SAMPLE_THREADS items
+// sorts it (top_p_cut_sorted); otherwise it is "the smallest key K whose cumulative probability (ascending) exceeds
+// 1 - p", found 4 bits a pass (the probability per 16 digit values of the keys still in the bucket; 8 passes), and
+// the ties at that key are cut by index as the host's stable order does: the first j0 of them (index order) go, j0
+// from the mass below and the tie's probability. The draw sums the kept mass of 128 index-order segments (each warp's
+// lanes on consecutive items), and one warp walks the segment whose cumulative mass passes u. Every pass loads
+// SAMPLE_UNROLL items a thread before using them. The sums run in another order than the host's sequential ones, so a
+// row whose cumulative mass lands within ~1e-16 of 1 - p or of u could pick differently.
 // ---------------------------------------------------------------------------------------------------------------------
 constexpr int SAMPLE_THREADS = 512;
 constexpr int SAMPLE_WARPS = SAMPLE_THREADS / 32;
