@@ -166,28 +166,26 @@ __device__ __forceinline__ W sample_block_sum(W v, W* s_warp) {
     return t;
 }
 
-__device__ __forceinline__ int sample_block_min(int v, int* s_warp) {
+// The block's reduction of v by op (min, max: associative and commutative), every thread gets it.
+template <typename W, typename Op>
+__device__ __forceinline__ W sample_block_reduce(W v, W* s_warp, Op op) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
     if ((threadIdx.x & 31) == 0) s_warp[threadIdx.x >> 5] = v;
     __syncthreads();
-    int t = s_warp[0];
+    W t = s_warp[0];
 #pragma unroll
-    for (int w = 1; w < SAMPLE_WARPS; w++) t = min(t, s_warp[w]);
+    for (int w = 1; w < SAMPLE_WARPS; w++) t = op(t, s_warp[w]);
     __syncthreads();
     return t;
 }
 
+__device__ __forceinline__ int sample_block_min(int v, int* s_warp) {
+    return sample_block_reduce(v, s_warp, [](int a, int b) { return min(a, b); });
+}
+
 __device__ __forceinline__ float sample_block_max(float v, float* s_warp) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
-    if ((threadIdx.x & 31) == 0) s_warp[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float t = s_warp[0];
-#pragma unroll
-    for (int w = 1; w < SAMPLE_WARPS; w++) t = fmaxf(t, s_warp[w]);
-    __syncthreads();
-    return t;
+    return sample_block_reduce(v, s_warp, [](float a, float b) { return fmaxf(a, b); });
 }
 
 // use(i, valid, load(i)) for i = from + threadIdx.x + SAMPLE_THREADS * t over [from, n), SAMPLE_UNROLL items a thread
