@@ -142,12 +142,12 @@ public final class Generator {
                 }
                 if (!anyLive) break;
                 if (pipelined) continue;  // the next iteration's step is queued already
-                if (picksOnDevice(graph, params)) {
+                if (picksOnDevice(graph)) {
                     if (params.repetitionPenalty() != 1.0) graph.markSeen(seenSoFar(context, prompts, produced));
                     graph.launchPick(next, nextPos, promptLen + s, pickAt(params, s + 1, samplers));
                     pipelined = true;
                     logits = null;
-                } else if (picker != null && eosIds.length <= DecodeGraph.MAX_EXCLUDED_IDS) {
+                } else if (picker != null && eosMaskFitsDevice()) {
                     // no graph: the step runs op by op, and its tokens are picked on the device all the same
                     try (Tensor stepLogits = stepLogits(b, cache, next, nextPos, promptLen + s, 1, pads, batch)) {
                         if (picked == null && params.repetitionPenalty() != 1.0) {  // the first device pick
@@ -179,9 +179,12 @@ public final class Generator {
      * Whether the next token of every row can be picked on the device ({@link DecodeGraph#launchPick}, all of
      * {@link Sampler#next}): a recorded graph that does it and no more EOS ids than the device masks.
      */
-    private boolean picksOnDevice(DecodeGraph graph, SamplingParams params) {
-        return graph != null && graph.picksOnDevice() && eosIds.length <= DecodeGraph.MAX_EXCLUDED_IDS;
+    private boolean picksOnDevice(DecodeGraph graph) {
+        return graph != null && graph.picksOnDevice() && eosMaskFitsDevice();
     }
+
+    /** Whether the device pick can mask every EOS id (it masks at most {@link DecodeGraph#MAX_EXCLUDED_IDS}). */
+    private boolean eosMaskFitsDevice() { return eosIds.length <= DecodeGraph.MAX_EXCLUDED_IDS; }
 
     /** Each row's context so far (prompt without padding, then its generated tokens): the repetition penalty's ids. */
     private static int[][] seenSoFar(int[][] context, int[][] prompts, int[] produced) {

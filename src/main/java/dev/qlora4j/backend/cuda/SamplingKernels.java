@@ -12,8 +12,8 @@ import dev.qlora4j.tensor.Tensor;
 final class SamplingKernels {
     private SamplingKernels() {}
 
-    /** Token ids the kernel masks at most (argmax_rows' e0..e3: a model's EOS ids). */
-    static final int MAX_EXCLUDED = 4;
+    /** Token ids the kernels mask at most (their e0..e3: a model's EOS ids); DecodeGraph publishes the same bound. */
+    static final int MAX_EXCLUDED = DecodeGraph.MAX_EXCLUDED_IDS;
     /** native/sampling.cu's ARGMAX_THREADS. */
     static final int THREADS = 512;
     /** native/sampling.cu's SAMPLE_THREADS. */
@@ -61,10 +61,7 @@ final class SamplingKernels {
             throw new IllegalArgumentException("sample scratch is for " + scratch.rows + " x " + scratch.vocab
                     + " logits, got " + rows + " x " + vocab);
         }
-        if (!(temperature > 0) || topK < 0 || !(topP > 0 && topP <= 1)) {
-            throw new IllegalArgumentException("sampling needs temperature > 0, top_k >= 0 and top_p in (0, 1], got "
-                    + temperature + ", " + topK + ", " + topP);
-        }
+        TokenPick.checkSampling(temperature, topK, topP);
         int[] e = java.util.Arrays.copyOf(excluded, MAX_EXCLUDED);
         ctx.launch(ctx.function("sampling", "sample_prepare_" + suffix(logits)),
                 Dim3.of(prepareBlocks(ctx.properties().multiprocessorCount(), rows, vocab), rows),

@@ -27,10 +27,15 @@ public record TokenPick(int[] excluded, float repetitionPenalty, float temperatu
         }
         if (uniforms != null) {
             uniforms = uniforms.clone();
-            if (!(temperature > 0) || topK < 0 || !(topP > 0 && topP <= 1)) {
-                throw new IllegalArgumentException("sampling needs temperature > 0, top_k >= 0 and top_p in (0, 1], got "
-                        + temperature + ", " + topK + ", " + topP);
-            }
+            checkSampling(temperature, topK, topP);
+        }
+    }
+
+    /** The sampling settings the kernels take (SamplingKernels checks them too, for its direct callers). */
+    static void checkSampling(float temperature, int topK, double topP) {
+        if (!(temperature > 0) || topK < 0 || !(topP > 0 && topP <= 1)) {
+            throw new IllegalArgumentException("sampling needs temperature > 0, top_k >= 0 and top_p in (0, 1], got "
+                    + temperature + ", " + topK + ", " + topP);
         }
     }
 
