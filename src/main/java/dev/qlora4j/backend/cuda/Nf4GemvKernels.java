@@ -244,10 +244,10 @@ final class Nf4GemvKernels {
             throw new IllegalArgumentException(w + " has the tile layout, which only the CODE and PAIR kernels read, not " + decode);
         }
         boolean v3 = decode == Decode.V3_STREAM && v3Applies(w, rows);
-        int persistent = tiles && decode == Decode.CODE ? Nf4TileGemvKernels.persistentSingle(ctx, w, w.outFeatures() / 16, false) : 0;
+        int persistent = tiles && decode == Decode.CODE ? Nf4TileGemvKernels.persistentSingle(ctx, w, w.outFeatures() / 16, false, rows) : 0;
         long fn = ctx.function(MODULE, v3 ? v3KernelName(w.computeDType(), rows)
                 : kernelName(w.computeDType(), rows, decode == Decode.V3_STREAM ? Decode.TABLE : decode)
-                + Quant4bitKernels.layoutSuffix(w) + (persistent > 0 ? "_p" : ""));
+                + Quant4bitKernels.layoutSuffix(w) + (persistent > 0 ? Nf4TileGemvKernels.persistentForm(rows).suffix() : ""));
         boolean doubleRound = w.stateDType() != DType.F32 && w.stateDType() != w.computeDType();
         KernelArgs args = Quant4bitKernels.layoutWeightArgs(w).ptr(CudaContext.ptr(w.code16()))
                 .ptr(CudaContext.ptr(xc)).i32(rows).i32(w.outFeatures()).i32(w.inFeatures())

@@ -10,7 +10,7 @@ import java.util.List;
 /**
  * Launchers of the code decode's kernels that read only the tile layout (native/nf4_gemv.cu, nf4_gemv_code.cuh;
  * {@link Q4Layout#TILES}): the joint gate / up decode (silu_mul in its epilogue), the persistent launches (a grid of two
- * blocks per SM walking a weight's tiles with one ring of loads) and the grouped persistent launch (q / k / v in one).
+ * or three blocks per SM (persistentForm) walking a weight's tiles with one ring of loads) and the grouped persistent launch (q / k / v in one).
  * Each gives the values of {@link Nf4GemvKernels#gemv}'s CODE decode (and silu_mul) bit for bit.
  */
 final class Nf4TileGemvKernels {
@@ -41,9 +41,9 @@ final class Nf4TileGemvKernels {
             throw new IllegalArgumentException("the joint gate / up GEMV does not take " + gate + " and " + up + " with "
                     + rows + " rows of " + xc.dtype() + " x");
         }
-        int persistent = persistentSingle(ctx, gate, gate.outFeatures() / 8, true);
+        int persistent = persistentSingle(ctx, gate, gate.outFeatures() / 8, true, rows);
         long fn = ctx.function(Nf4GemvKernels.MODULE, "q4v2code_swiglu_bf16" + Nf4GemvKernels.codeRowsSuffix(rows) + "_tiles"
-                + (persistent > 0 ? "_p" : ""));
+                + (persistent > 0 ? persistentForm(rows).suffix() : ""));
         KernelArgs args = Quant4bitKernels.layoutWeightArgs(gate);
         Quant4bitKernels.addLayoutWeightArgs(args, up).ptr(CudaContext.ptr(gate.code16()))
                 .ptr(CudaContext.ptr(xc)).i32(rows).i32(gate.outFeatures()).i32(gate.inFeatures())
@@ -58,40 +58,65 @@ final class Nf4TileGemvKernels {
      * instead of the persistent grid ({@link #persistentGrid}); A/B timing, same values.
      */
     static final String PERSISTENT_PROPERTY = "qlora4j.nf4.persistent";
-    // native/nf4_gemv.cu: V2_CODE_DEPTH (the ring), and the blocks per SM of the code kernels' launch bounds
+    // native/nf4_gemv.cu: V2_CODE_DEPTH (the ring)
     static final int CODE_DEPTH = 2;
-    static final int CODE_BLOCKS_PER_SM = 2;
+    /**
+     * System property: the persistent code decode's form for one row of x (batch-1 decode): "3" (the default: 8 warps,
+     * three blocks per SM, the "_p3" kernels compiled for 80 registers; the 7B decode ~4% faster) or "2" (8 warps, two
+     * blocks, the "_p" kernels: up to 128 registers). 2..16 rows always take "2" ("3" measured 0-7% slower at four rows).
+     * Both give the same values (the same warps, chunks and order per tile).
+     */
+    static final String PERSISTENT_FORM_PROPERTY = "qlora4j.nf4.persistentForm";
+
+    /** A persistent kernel form: blocks per SM (its launch bounds) and the kernel name's suffix; 8 warps a block. */
+    record PersistentForm(int blocksPerSm, String suffix) {
+        static final int WARPS = Nf4GemvKernels.THREADS / 32;
+    }
+
+    static final PersistentForm TWO_BLOCKS = new PersistentForm(2, "_p");
+    static final PersistentForm THREE_BLOCKS = new PersistentForm(3, "_p3");
+
+    /** The persistent form of a launch for this many rows of x (native/nf4_gemv.cu: the kernels' launch bounds). */
+    static PersistentForm persistentForm(int rows) {
+        String v = System.getProperty(PERSISTENT_FORM_PROPERTY, "3").trim();
+        PersistentForm one = switch (v) {
+            case "2" -> TWO_BLOCKS;
+            case "3" -> THREE_BLOCKS;
+            default -> throw new IllegalArgumentException("-D" + PERSISTENT_FORM_PROPERTY + "=" + v + ": use 3 or 2");
+        };
+        return rows == 1 ? one : TWO_BLOCKS;
+    }
 
     /**
      * The grid of a persistent code-decode launch (nf4_gemv_code.cuh, PERSIST) over tiles blocks' worth of work (16-row
-     * tiles; the joint decode's 8-row pairs): min(tiles, two blocks per SM), even for the joint decode (its blocks step
+     * tiles; the joint decode's 8-row pairs): min(tiles, the form's blocks per SM), even for the joint decode (its blocks step
      * over whole 16-row tiles); or 0 when the persistent kernels do not apply: the property is off, the compute dtype
      * is not BF16 (their one form), or the warps would not own the same number (at least the ring's depth) of every
      * tile's chunks (nf4v2::persistent_applies). A single weight takes them only when the grid is below its tiles
      * ({@link #persistentSingle}); the grouped launch always (one launch instead of three).
      */
-    static int persistentGrid(CudaContext ctx, CudaQuant4bit w, long tiles, boolean joint) {
-        return persistentGrid(ctx.properties().multiprocessorCount(), w.computeDType(), w.inFeatures(), tiles, joint);
+    static int persistentGrid(CudaContext ctx, CudaQuant4bit w, long tiles, boolean joint, int rows) {
+        return persistentGrid(ctx.properties().multiprocessorCount(), w.computeDType(), w.inFeatures(), tiles, joint, rows);
     }
 
     /** {@link #persistentGrid} on a GPU of that many SMs, for a weight of that compute dtype and in_features. */
-    static int persistentGrid(int multiprocessors, DType compute, int inFeatures, long tiles, boolean joint) {
+    static int persistentGrid(int multiprocessors, DType compute, int inFeatures, long tiles, boolean joint, int rows) {
         int chunks = inFeatures / 128;
         if (!Switches.on(PERSISTENT_PROPERTY, true) || compute != DType.BF16 || inFeatures % 128 != 0
-                || chunks % (Nf4GemvKernels.THREADS / 32) != 0 || chunks < (Nf4GemvKernels.THREADS / 32) * CODE_DEPTH || tiles < 1) {
+                || chunks % PersistentForm.WARPS != 0 || chunks < PersistentForm.WARPS * CODE_DEPTH || tiles < 1) {
             return 0;
         }
-        long slots = (long) CODE_BLOCKS_PER_SM * multiprocessors;
+        long slots = (long) persistentForm(rows).blocksPerSm() * multiprocessors;
         return (int) Math.min(tiles, joint ? slots & ~1L : slots);
     }
 
     /** The persistent grid of one weight's launch, or 0 where one block per tile is as good (the tiles fit one wave). */
-    static int persistentSingle(CudaContext ctx, CudaQuant4bit w, long tiles, boolean joint) {
-        return persistentSingle(ctx.properties().multiprocessorCount(), w.computeDType(), w.inFeatures(), tiles, joint);
+    static int persistentSingle(CudaContext ctx, CudaQuant4bit w, long tiles, boolean joint, int rows) {
+        return persistentSingle(ctx.properties().multiprocessorCount(), w.computeDType(), w.inFeatures(), tiles, joint, rows);
     }
 
-    static int persistentSingle(int multiprocessors, DType compute, int inFeatures, long tiles, boolean joint) {
-        int grid = persistentGrid(multiprocessors, compute, inFeatures, tiles, joint);
+    static int persistentSingle(int multiprocessors, DType compute, int inFeatures, long tiles, boolean joint, int rows) {
+        int grid = persistentGrid(multiprocessors, compute, inFeatures, tiles, joint, rows);
         return grid < tiles ? grid : 0;
     }
 
@@ -115,7 +140,7 @@ final class Nf4TileGemvKernels {
             }
             tiles += w.outFeatures() / 16;
         }
-        return persistentGrid(ctx, first, tiles, false) > 0;
+        return persistentGrid(ctx, first, tiles, false, rows) > 0;
     }
 
     /**
@@ -135,9 +160,11 @@ final class Nf4TileGemvKernels {
         long tiles = 0;
         for (CudaQuant4bit w : ws) tiles += w.outFeatures() / 16;
         args.ptr(CudaContext.ptr(xc)).i32(rows).i32(ws.get(0).inFeatures()).i32(Quant4bitKernels.dtypeCode(yType, "output"));
-        long fn = ctx.function(Nf4GemvKernels.MODULE, "q4v2gcode_gemv_bf16" + Nf4GemvKernels.codeRowsSuffix(rows) + "_tiles_p");
+        long fn = ctx.function(Nf4GemvKernels.MODULE, "q4v2gcode_gemv_bf16" + Nf4GemvKernels.codeRowsSuffix(rows) + "_tiles"
+                + persistentForm(rows).suffix());
         ctx.allowSharedMemory(fn, Nf4GemvKernels.WIDE_TABLE_BYTES);
-        ctx.launch(fn, Dim3.of(persistentGrid(ctx, ws.get(0), tiles, false)), Dim3.of(Nf4GemvKernels.THREADS), Nf4GemvKernels.WIDE_TABLE_BYTES, args);
+        ctx.launch(fn, Dim3.of(persistentGrid(ctx, ws.get(0), tiles, false, rows)), Dim3.of(Nf4GemvKernels.THREADS),
+                Nf4GemvKernels.WIDE_TABLE_BYTES, args);
         Nf4GemvKernels.GROUP_LAUNCHES.incrementAndGet();
     }
 }

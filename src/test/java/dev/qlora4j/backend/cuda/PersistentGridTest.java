@@ -1,6 +1,8 @@
 package dev.qlora4j.backend.cuda;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.tensor.DType;
@@ -13,27 +15,45 @@ class PersistentGridTest {
 
     @Test
     void llama7bShapesOnAnH200() {
-        // gate / up, joint: 11008 / 8 = 1376 pairs of 8 rows over 2 x 132 blocks (even)
-        assertEquals(264, Nf4TileGemvKernels.persistentSingle(H200_SMS, DType.BF16, 4096, 11008 / 8, true));
-        // one 4096 x 11008 weight: 688 tiles
-        assertEquals(264, Nf4TileGemvKernels.persistentSingle(H200_SMS, DType.BF16, 4096, 688, false));
+        // one row (batch-1 decode): three blocks of 8 warps a SM. gate / up, joint: 11008 / 8 = 1376 pairs of 8 rows
+        assertEquals(396, Nf4TileGemvKernels.persistentSingle(H200_SMS, DType.BF16, 4096, 11008 / 8, true, 1));
+        // one 4096 x 11008 weight: 688 tiles; 2..16 rows: two blocks a SM
+        assertEquals(396, Nf4TileGemvKernels.persistentSingle(H200_SMS, DType.BF16, 4096, 688, false, 1));
+        assertEquals(264, Nf4TileGemvKernels.persistentSingle(H200_SMS, DType.BF16, 4096, 688, false, 2));
+        assertEquals(264, Nf4TileGemvKernels.persistentSingle(H200_SMS, DType.BF16, 4096, 688, false, 16));
+        assertEquals("_p3", Nf4TileGemvKernels.persistentForm(1).suffix());
+        assertEquals("_p", Nf4TileGemvKernels.persistentForm(4).suffix());
         // o_proj: 256 tiles fit one wave, one block each; the grouped q / k / v (768 tiles) goes persistent
-        assertEquals(0, Nf4TileGemvKernels.persistentSingle(H200_SMS, DType.BF16, 4096, 256, false));
-        assertEquals(264, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.BF16, 4096, 768, false));
-        assertEquals(192, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.BF16, 2048, 192, false), "a small group: a tile a block");
+        assertEquals(0, Nf4TileGemvKernels.persistentSingle(H200_SMS, DType.BF16, 4096, 256, false, 1));
+        assertEquals(396, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.BF16, 4096, 768, false, 1));
+        assertEquals(192, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.BF16, 2048, 192, false, 1), "a small group: a tile a block");
         // down_proj: K = 11008 is 86 chunks, not the same number for each of the 8 warps
-        assertEquals(0, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.BF16, 11008, 256, false));
+        assertEquals(0, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.BF16, 11008, 256, false, 1));
     }
 
     @Test
     void onlyWhereTheKernelsApply() {
-        assertEquals(0, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.F16, 4096, 688, false), "bf16 kernels only");
-        assertEquals(0, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.BF16, 1024, 688, false), "8 chunks: below the ring's depth per warp");
+        assertEquals(0, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.F16, 4096, 688, false, 1), "bf16 kernels only");
+        assertEquals(0, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.BF16, 1024, 688, false, 1), "8 chunks: below the ring's depth per warp");
         for (int sms : new int[] {78, 108, 131, 132}) {  // the joint decode's blocks step over whole 16-row tiles
-            assertEquals(0, Nf4TileGemvKernels.persistentSingle(sms, DType.BF16, 4096, 11008 / 8, true) % 2, sms + " SMs");
+            for (int rows : new int[] {1, 2}) {
+                assertEquals(0, Nf4TileGemvKernels.persistentSingle(sms, DType.BF16, 4096, 11008 / 8, true, rows) % 2, sms + " SMs");
+            }
         }
         try (var off = TemporaryProperty.set(Nf4TileGemvKernels.PERSISTENT_PROPERTY, "false")) {
-            assertEquals(0, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.BF16, 4096, 768, false));
+            assertEquals(0, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.BF16, 4096, 768, false, 1));
+        }
+    }
+
+    @Test
+    void theOneRowFormFollowsTheProperty() {
+        try (var two = TemporaryProperty.set(Nf4TileGemvKernels.PERSISTENT_FORM_PROPERTY, "2")) {
+            assertEquals(264, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.BF16, 4096, 768, false, 1));
+            assertEquals("_p", Nf4TileGemvKernels.persistentForm(1).suffix());
+        }
+        try (var bad = TemporaryProperty.set(Nf4TileGemvKernels.PERSISTENT_FORM_PROPERTY, "4")) {
+            var e = assertThrows(IllegalArgumentException.class, () -> Nf4TileGemvKernels.persistentForm(1));
+            assertTrue(e.getMessage().contains("use 3 or 2"), e.getMessage());
         }
     }
 }
