@@ -211,7 +211,52 @@ __device__ __forceinline__ float combine_value(const float* part_ml, const float
 }
 
 // Split-K decode (T = 1).
-constexpr int DEC_VB = 8;  // value rows loaded per batch in the decode's accumulation loop
+// How many loads of a 32-slot group the decode keeps in flight at once: K_BATCH of a lane's K_PACKS 16-byte key
+// pieces, VB value rows (a lane's DPL elements of each). 16-bit types with D <= 128: the whole group's keys and values
+// in one batch each (about 128 registers for both); float32 activations: half as many key pieces and 8 value rows (more
+// would spill at 8 query heads a block).
+template <typename T, int D>
+struct DecodeLoads {
+    static constexpr bool HALF = sizeof(T) == 2;
+    static constexpr int K_PACKS = D / Pack16<T>::N;
+    static constexpr int K_MAX = HALF ? 16 : 8;
+    static constexpr int K_BATCH = K_PACKS < K_MAX ? K_PACKS : K_MAX;
+    static constexpr int V_BYTES = (D >= 32 ? D / 32 : 1) * (int)sizeof(T);
+    static constexpr int VB = !HALF ? 8 : V_BYTES <= 8 ? 32 : 16;
+};
+
+// Pieces p0 .. p0 + N - 1 of a key row (16 bytes each), all loads issued before any is used; zeros where !load.
+template <typename T, int N>
+__device__ __forceinline__ void load_key_pieces(const int4* __restrict__ krow, int p0, bool load, Pack16<T> (&kp)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) kp[i].raw = load ? krow[p0 + i] : make_int4(0, 0, 0, 0);
+}
+
+template <int B> struct LoadWord;
+template <> struct LoadWord<4> { using type = uint32_t; };
+template <> struct LoadWord<8> { using type = uint2; };
+template <> struct LoadWord<16> { using type = uint4; };
+
+// A lane's N contiguous elements of a value row: one vector load where N * sizeof(T) is 4, 8 or 16 bytes (the row
+// pieces are that aligned), else element by element; zero bits (the value 0) where !valid.
+template <typename T, int N>
+struct DecodeValuePiece {
+    static constexpr int B = N * (int)sizeof(T);
+    static constexpr bool VECTOR = B == 4 || B == 8 || B == 16;
+    union {
+        typename LoadWord<VECTOR ? B : 4>::type raw;
+        T v[N];
+    };
+    __device__ __forceinline__ void load(const T* __restrict__ p, bool valid) {
+        if constexpr (VECTOR) {
+            using W = typename LoadWord<B>::type;
+            raw = valid ? *reinterpret_cast<const W*>(p) : W{};
+        } else {
+#pragma unroll
+            for (int c = 0; c < N; c++) v[c] = valid ? p[c] : from_f32<T>(0.f);
+        }
+    }
+};
 // DEC_GMAX: query heads one block serves (a template parameter: 1, 2, 4 or 8, the smallest power of two
 // >= heads / kvHeads, capped at 8), so plain multi-head attention does no work for absent heads.
 // Before waiting for the kernel that writes q and the new slot (programmatic dependent launch), one thread of the
@@ -252,6 +297,7 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
     constexpr int DPL = D >= 32 ? D / 32 : 1;         // output dims per lane (contiguous)
     constexpr int ACTIVE = D >= 32 ? 32 : D;           // lanes that own output dims
     constexpr int KV = Pack16<T>::N;                   // elements of one 16-byte key load
+    using DL = DecodeLoads<T, D>;
     __shared__ float4 q_s4[DEC_GMAX * D / 4];
     __shared__ float w_m[4][DEC_GMAX], w_l[4][DEC_GMAX];
     __shared__ float w_acc[4][DEC_GMAX][D];
@@ -291,22 +337,34 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
     }
 
     for (int base = c0 + warp * 32; base < c1; base += 4 * 32) {
-        int slot = base + lane;
-        bool vis = slot < c1;
+        const int slot = base + lane;
+        const bool vis = slot < c1;
+        const int n_keys = min(32, c1 - base);
+        const T* vtile = vbase + (int64_t)base * D + lane * DPL;
+        const int4* krow = reinterpret_cast<const int4*>(kbase + (int64_t)slot * D);
+        // the group's first key pieces and first value rows go out together, before any of them is used: one memory
+        // latency for both where they fit one batch (the common head dims in 16-bit types), instead of one per batch
+        // of 4 key pieces and one per batch of 8 value rows
+        Pack16<T> kp[DL::K_BATCH];
+        DecodeValuePiece<T, DPL> vv[DL::VB];
+        load_key_pieces<T, DL::K_BATCH>(krow, 0, vis, kp);
+#pragma unroll
+        for (int u = 0; u < DL::VB; u++) vv[u].load(vtile + (int64_t)u * D, lane < ACTIVE && u < n_keys);
+
         float sc[DEC_GMAX];
 #pragma unroll
         for (int g = 0; g < DEC_GMAX; g++) sc[g] = 0.f;
-        if (vis) {
-            const int4* krow = reinterpret_cast<const int4*>(kbase + (int64_t)slot * D);
-#pragma unroll 4
-            for (int p = 0; p < D / KV; p++) {
-                Pack16<T> kp;
-                kp.raw = krow[p];
+        // key piece p, element e, query g in ascending order (the same sums as one piece at a time)
+#pragma unroll
+        for (int p0 = 0; p0 < DL::K_PACKS; p0 += DL::K_BATCH) {
+            if (p0 > 0) load_key_pieces<T, DL::K_BATCH>(krow, p0, vis, kp);
+#pragma unroll
+            for (int pp = 0; pp < DL::K_BATCH; pp++) {
 #pragma unroll
                 for (int e = 0; e < KV; e++) {
-                    float kf = to_f32(kp.v[e]);
+                    float kf = to_f32(kp[pp].v[e]);
 #pragma unroll
-                    for (int g = 0; g < DEC_GMAX; g++) sc[g] += q_s[g * D + p * KV + e] * kf;
+                    for (int g = 0; g < DEC_GMAX; g++) sc[g] += q_s[g * D + (p0 + pp) * KV + e] * kf;
                 }
             }
         }
@@ -322,27 +380,20 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
 #pragma unroll
             for (int c = 0; c < DPL; c++) acc[g][c] *= alpha;
         }
-        // value rows in batches of DEC_VB: the batch's loads go out together (one memory latency per batch, not one
-        // per key), then the same accumulation order as one key at a time (key ascending), so the sums are unchanged
-        const int n_keys = min(32, c1 - base);
-        const T* vtile = vbase + (int64_t)base * D + lane * DPL;
-        for (int j0 = 0; j0 < n_keys; j0 += DEC_VB) {
-            float vv[DEC_VB][DPL];
+        // value rows key by key ascending (the same order as one key at a time), DL::VB rows a batch
+        for (int j0 = 0; j0 < n_keys; j0 += DL::VB) {
+            if (j0 > 0) {
 #pragma unroll
-            for (int u = 0; u < DEC_VB; u++) {
-#pragma unroll
-                for (int c = 0; c < DPL; c++) {
-                    vv[u][c] = lane < ACTIVE && j0 + u < n_keys ? to_f32(vtile[(int64_t)(j0 + u) * D + c]) : 0.f;
-                }
+                for (int u = 0; u < DL::VB; u++) vv[u].load(vtile + (int64_t)(j0 + u) * D, lane < ACTIVE && j0 + u < n_keys);
             }
 #pragma unroll
-            for (int u = 0; u < DEC_VB; u++) {
+            for (int u = 0; u < DL::VB; u++) {
                 if (j0 + u >= n_keys) break;  // warp-uniform
 #pragma unroll
                 for (int g = 0; g < DEC_GMAX; g++) {
                     float pj = __shfl_sync(0xffffffffu, p[g], j0 + u);
 #pragma unroll
-                    for (int c = 0; c < DPL; c++) acc[g][c] += pj * vv[u][c];
+                    for (int c = 0; c < DPL; c++) acc[g][c] += pj * to_f32(vv[u].v[c]);
                 }
             }
         }

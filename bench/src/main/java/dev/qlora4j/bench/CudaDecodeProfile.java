@@ -82,13 +82,19 @@ public final class CudaDecodeProfile {
                     sample == null ? "greedy" : "sampling T,k,p " + sample);
             gen.generate(prompt, params, TokenListener.NONE); // warm-up: kernels loaded, graph captured
             double[] tps = new double[3];
+            int[] tokens = null;
             for (int i = 0; i < tps.length; i++) {
                 GenerationResult r = gen.generate(prompt, params, TokenListener.NONE);
                 tps[i] = r.decodeTokensPerSecond();
+                tokens = r.outputIds()[0];
             }
             java.util.Arrays.sort(tps);
             System.out.printf(Locale.ROOT, "decode loop: %.1f tokens/s (%.3f ms/token), %d new tokens, median of 3%n",
                     tps[1], 1e3 / tps[1], newTokens);
+            // the tokens' fingerprint: equal between two builds when their kernels give the same bits (or near enough
+            // that no greedy pick flips), for A/B runs of a change meant to keep the numerics
+            System.out.printf(Locale.ROOT, "tokens: %08x (first %s)%n", java.util.Arrays.hashCode(tokens),
+                    java.util.Arrays.toString(java.util.Arrays.copyOf(tokens, Math.min(8, tokens.length))));
             OpProfiler prof = b.profiler();
             if (prof != null) {
                 prof.reset();
