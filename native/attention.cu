@@ -26,14 +26,15 @@
 //                       queries (q broadcast from shared memory), then each lane accumulates its D/32
 //                       output dimensions (strided lane + 32c) over the 32 keys, p_j broadcast by shuffle.
 //                       Dynamic shared memory: (BQ*D + 32*(D+4) + 32*D) * 4 bytes.
-//   attn_decode_<t>_d<D>_g<GM>  T = 1. grid (S, KVH * ceil(G / GM), B); 128 threads = 4 warps. One block serves
+//   attn_decode_<t>_d<D>_g<GM>[_w8]  T = 1. grid (S, KVH * ceil(G / GM), B); 128 threads = 4 warps (_w8: 256 = 8
+//                       warps, D <= 128: one split of up to 256 slots in one pass of its warps). One block serves
 //                       GM query heads of one kv head (GM = 1, 2, 4, 8: the smallest power of two >= G, at
 //                       most 8; K/V are read once for the whole group) over a
 //                       chunk of the visible slots: chunk = ceil(len / S), split i covers
 //                       [lo + i*chunk, min(lo + (i+1)*chunk, s+1)). Warps take 32-slot groups in turn;
 //                       lane j reads key j straight from global memory (16-byte loads of its row) and
 //                       scores it against the group's queries (broadcast from shared memory); lane l owns
-//                       output dimensions [l*D/32, (l+1)*D/32) (coalesced value rows). The 4 warps' states
+//                       output dimensions [l*D/32, (l+1)*D/32) (coalesced value rows). The warps' states
 //                       are merged in shared memory. S == 1: writes out; S > 1: writes the partial state
 //                       (m, l, acc) to part_ml [B, H, S, 2] and part_acc [B, H, S, D]; then, when counters
 //                       [B * gridDim.y] (zero between launches) is given, the block of each head group that
@@ -286,7 +287,7 @@ __device__ __forceinline__ void prefetch_decode_rows(const T* __restrict__ kc, c
 #endif
 }
 
-template <typename T, int D, int DEC_GMAX>
+template <typename T, int D, int DEC_GMAX, int NW>
 __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                                             T* __restrict__ out, float* __restrict__ part_ml,
                                             float* __restrict__ part_acc, const int* __restrict__ pad_start,
@@ -299,8 +300,8 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
     constexpr int KV = Pack16<T>::N;                   // elements of one 16-byte key load
     using DL = DecodeLoads<T, D>;
     __shared__ float4 q_s4[DEC_GMAX * D / 4];
-    __shared__ float w_m[4][DEC_GMAX], w_l[4][DEC_GMAX];
-    __shared__ float w_acc[4][DEC_GMAX][D];
+    __shared__ float w_m[NW][DEC_GMAX], w_l[NW][DEC_GMAX];
+    __shared__ float w_acc[NW][DEC_GMAX][D];
     float* q_s = reinterpret_cast<float*>(q_s4);
 
     const int splits = gridDim.x, split = blockIdx.x, b = blockIdx.z;
@@ -336,7 +337,7 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
         for (int c = 0; c < DPL; c++) acc[g][c] = 0.f;
     }
 
-    for (int base = c0 + warp * 32; base < c1; base += 4 * 32) {
+    for (int base = c0 + warp * 32; base < c1; base += NW * 32) {
         const int slot = base + lane;
         const bool vis = slot < c1;
         const int n_keys = min(32, c1 - base);
@@ -399,7 +400,7 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
         }
     }
 
-    // merge the 4 warps
+    // merge the NW warps
     if (lane == 0) {
 #pragma unroll
         for (int g = 0; g < DEC_GMAX; g++) {
@@ -418,10 +419,12 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
     for (int i = threadIdx.x; i < g_count * D; i += blockDim.x) {
         int g = i / D, d = i - g * D;
         float mm = fmaxf(fmaxf(w_m[0][g], w_m[1][g]), fmaxf(w_m[2][g], w_m[3][g]));
+#pragma unroll
+        for (int w = 4; w < NW; w++) mm = fmaxf(mm, w_m[w][g]);
         float ll = 0.f, aa = 0.f;
         if (mm != -INFINITY) {
 #pragma unroll
-            for (int w = 0; w < 4; w++) {
+            for (int w = 0; w < NW; w++) {
                 float f = expf(w_m[w][g] - mm);
                 ll += w_l[w][g] * f;
                 aa += w_acc[w][g][d] * f;
@@ -472,14 +475,22 @@ __device__ __forceinline__ void combine_impl(const float* __restrict__ part_ml, 
 }
 
 // ---------------------------------------------------------------------------------------------------------
-#define QL_ATTN_DECODE(tn, T, D, GM)                                                                             \
-    extern "C" __global__ void __launch_bounds__(128) attn_decode_##tn##_d##D##_g##GM(                          \
+#define QL_ATTN_DECODE_NW(tn, T, D, GM, NW, suffix)                                                              \
+    extern "C" __global__ void __launch_bounds__(NW * 32) attn_decode_##tn##_d##D##_g##GM##suffix(              \
         const T* q, const T* kc, const T* vc, T* out, float* part_ml, float* part_acc, const int* pad_start,     \
         int heads, int kv_heads, int cap, int start, const int* start_ptr, float scale, int window,              \
         int* counters, int prefetch) {                                                                          \
-        decode_impl<T, D, GM>(q, kc, vc, out, part_ml, part_acc, pad_start, heads, kv_heads, cap, start,         \
-                              start_ptr, scale, window, counters, prefetch);                                    \
+        decode_impl<T, D, GM, NW>(q, kc, vc, out, part_ml, part_acc, pad_start, heads, kv_heads, cap, start,     \
+                                  start_ptr, scale, window, counters, prefetch);                                \
     }
+#define QL_ATTN_DECODE(tn, T, D, GM) QL_ATTN_DECODE_NW(tn, T, D, GM, 4, )
+// 8 warps a block (one split over up to 256 slots in one pass of the warps; AttentionKernels.decodeWarps): D <= 128,
+// so the warps' merge buffers stay within the static shared memory
+#define QL_ATTN_DECODE_W8(tn, T, D)                                                                              \
+    QL_ATTN_DECODE_NW(tn, T, D, 1, 8, _w8)                                                                      \
+    QL_ATTN_DECODE_NW(tn, T, D, 2, 8, _w8)                                                                      \
+    QL_ATTN_DECODE_NW(tn, T, D, 4, 8, _w8)                                                                      \
+    QL_ATTN_DECODE_NW(tn, T, D, 8, 8, _w8)
 
 #define QL_ATTN_D(tn, T, D, R)                                                                                   \
     extern "C" __global__ void __launch_bounds__(128) attn_prefill_##tn##_d##D(                                 \
@@ -507,6 +518,11 @@ __device__ __forceinline__ void combine_impl(const float* __restrict__ part_ml, 
     QL_ATTN_D(tn, T, 64, 8)                                                                                     \
     QL_ATTN_D(tn, T, 96, 8)                                                                                     \
     QL_ATTN_D(tn, T, 128, 8)                                                                                    \
+    QL_ATTN_DECODE_W8(tn, T, 16)                                                                                \
+    QL_ATTN_DECODE_W8(tn, T, 32)                                                                                \
+    QL_ATTN_DECODE_W8(tn, T, 64)                                                                                \
+    QL_ATTN_DECODE_W8(tn, T, 96)                                                                                \
+    QL_ATTN_DECODE_W8(tn, T, 128)                                                                               \
     QL_ATTN_D(tn, T, 256, 4)
 
 QL_FOR_ACT(QL_ATTN)

@@ -38,6 +38,14 @@ final class AttentionKernels {
      */
     static final String DECODE_PREFETCH_PROPERTY = "qlora4j.attention.decodePrefetch";
     static final int MAX_SPLITS = 64;
+    /**
+     * Capacities up to this many slots decode in one split (no partial states, arrival counter or merge: ~1.5 us less
+     * a layer on the H200) with 8 warps a block where the head dim allows (native/attention.cu, _w8: the 256 slots in
+     * one pass of the warps). -Dqlora4j.attention.decodeOneSplitSlots=0 for the former splits (A/B).
+     */
+    static final int ONE_SPLIT_SLOTS = Integer.getInteger("qlora4j.attention.decodeOneSplitSlots", 256);
+    /** Head dims of the 8-warp decode kernels. */
+    static final int EIGHT_WARPS_MAX_HEAD_DIM = 128;
 
     /** Checked sizes of one call. */
     record Shape(int batch, int tokens, int heads, int kvHeads, int headDim, int capacity) {}
@@ -150,12 +158,18 @@ final class AttentionKernels {
      * current length, so direct calls and graph replays launch the same grid (and round the same way).
      */
     static int decodeSplits(int capacity, int batch, int kvHeads, int heads, int multiprocessors) {
+        if (capacity <= ONE_SPLIT_SLOTS) return 1;
         int gm = decodeHeadsPerBlock(heads, kvHeads);
         int chunks = (heads / kvHeads + gm - 1) / gm;
         long blocks = (long) batch * kvHeads * chunks;
         long toFill = (2L * multiprocessors + blocks - 1) / blocks;
         long byLength = (capacity + MIN_SLOTS_PER_SPLIT - 1) / MIN_SLOTS_PER_SPLIT;
         return (int) Math.max(1, Math.min(MAX_SPLITS, Math.min(toFill, byLength)));
+    }
+
+    /** Warps of a decode block: 8 for one split over more than 4 x 32 slots (head dim <= 128), else 4. */
+    static int decodeWarps(int splits, int capacity, int headDim) {
+        return splits == 1 && capacity > 4 * 32 && headDim <= EIGHT_WARPS_MAX_HEAD_DIM ? 8 : 4;
     }
 
     private static void decode(CudaContext ctx, String t, Shape s, Tensor q, long kc, long vc, Tensor out, int start,
@@ -174,8 +188,9 @@ final class AttentionKernels {
             // with splits, the last block of each head group merges them (arrival counters) when they fit; else the
             // combine kernel below does
             boolean mergeInDecode = splits > 1 && (long) s.batch() * s.kvHeads() * chunks <= CudaContext.ARRIVAL_COUNTERS;
-            ctx.launch(ctx.function("attention", "attn_decode_" + t + "_d" + d + "_g" + gm),
-                    new Dim3(splits, s.kvHeads() * chunks, s.batch()), Dim3.of(THREADS), 0,
+            int warps = decodeWarps(splits, s.capacity(), d);
+            ctx.launch(ctx.function("attention", "attn_decode_" + t + "_d" + d + "_g" + gm + (warps == 8 ? "_w8" : "")),
+                    new Dim3(splits, s.kvHeads() * chunks, s.batch()), Dim3.of(32 * warps), 0,
                     KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(kc).ptr(vc).ptr(CudaContext.ptr(out))
                             .ptr(CudaContext.ptrOrNull(partMl)).ptr(CudaContext.ptrOrNull(partAcc))
                             .ptr(CudaContext.ptr(padStart)).i32(s.heads()).i32(s.kvHeads()).i32(s.capacity())

@@ -20,7 +20,8 @@ import org.junit.jupiter.params.provider.CsvSource;
  * CudaBackend.attention against CpuBackend.attention: a prefill of a left-padded batch of 2 with grouped
  * query heads (and a sliding window in some cases), then decode steps, on fresh random q/k/v each step,
  * the output poisoned before each call. After the last step both KV caches are compared too (the cache
- * write). A long case (capacity 1500) makes the decode split over the cache (flash-decoding + combine);
+ * write). A long case (capacity 1500) makes the decode split over the cache (flash-decoding + combine), capacities
+ * 129..256 take one split on 8 warps;
  * heads 16 / kvHeads 1 makes one kv head serve two decode blocks of 8 query heads.
  *
  * <p>The CPU runs on the same (activation-dtype-rounded) inputs in float32. Tolerance
@@ -44,7 +45,11 @@ class CudaAttentionCoreGpuTest {
             "BF16, 4, 2, 16, 7, 12, 0",
             "BF16, 8, 2, 128, 70, 80, 0",
             "BF16, 32, 4, 128, 300, 1100, 0",
-            "BF16, 4, 2, 64, 40, 50, 9"})
+            "BF16, 4, 2, 64, 40, 50, 9",
+            // capacities 129..256: one split on 8 warps (the _w8 kernels), with 8 query heads a block and a window
+            "BF16, 8, 2, 128, 150, 200, 0",
+            "BF16, 16, 1, 128, 140, 180, 0",
+            "F32, 4, 2, 64, 130, 250, 17"})
     void prefillThenDecodeMatchesCpu(DType act, int heads, int kvHeads, int headDim, int promptLen, int capacity,
                                      int window) {
         int[] pads = {0, Math.min(3, promptLen - 1)};

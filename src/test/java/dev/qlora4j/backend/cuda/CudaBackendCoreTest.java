@@ -61,12 +61,20 @@ class CudaBackendCoreTest {
     }
 
     @ParameterizedTest
-    @CsvSource({"160, 1, 4, 32, 132, 3", "1500, 1, 2, 4, 132, 24", "4096, 8, 32, 32, 132, 2", "100000, 1, 8, 64, 132, 33",
+    @CsvSource({"160, 1, 4, 32, 132, 1", "256, 1, 32, 32, 132, 1", "257, 1, 32, 32, 132, 5", "1500, 1, 2, 4, 132, 24", "4096, 8, 32, 32, 132, 2", "100000, 1, 8, 64, 132, 33",
             "1000000, 1, 1, 1, 132, 64", "300, 64, 8, 32, 132, 1"})
     void decodeSplitsFollowCapacityAndGpuSizeOnly(int capacity, int batch, int kvHeads, int heads, int sms, int expected) {
         int s = AttentionKernels.decodeSplits(capacity, batch, kvHeads, heads, sms);
         assertEquals(expected, s);
         assertTrue(s >= 1 && s <= AttentionKernels.MAX_SPLITS);
+    }
+
+    @Test
+    void oneSplitOverMoreThanFourGroupsTakesEightWarps() {
+        assertEquals(8, AttentionKernels.decodeWarps(1, 160, 128));
+        assertEquals(4, AttentionKernels.decodeWarps(1, 128, 128), "four warps cover 128 slots in one pass");
+        assertEquals(4, AttentionKernels.decodeWarps(1, 160, 256), "no 8-warp kernels above head dim 128");
+        assertEquals(4, AttentionKernels.decodeWarps(3, 1024, 128));
     }
 
     @Test
