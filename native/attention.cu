@@ -45,6 +45,7 @@
 //                       graph replay and a direct call launch the same grid and round identically.
 //   attn_combine_<t>_d<D>  grid (H, B), D threads (at least 32): out = sum_i e^(m_i-M) acc_i / sum_i e^(m_i-M) l_i.
 #include "activations.cuh"
+#include "rope.cuh"
 
 // ---------------------------------------------------------------------------------------------------------
 template <typename T>
@@ -233,6 +234,13 @@ __device__ __forceinline__ void load_key_pieces(const int4* __restrict__ krow, i
     for (int i = 0; i < N; i++) kp[i].raw = load ? krow[p0 + i] : make_int4(0, 0, 0, 0);
 }
 
+// Pieces p0 .. p0 + N - 1 of the new slot's key from shared memory (ROPE decode).
+template <typename T, int N>
+__device__ __forceinline__ void new_key_pieces(const T* new_k, int p0, Pack16<T> (&kp)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) kp[i].raw = reinterpret_cast<const int4*>(new_k)[p0 + i];
+}
+
 template <int B> struct LoadWord;
 template <> struct LoadWord<4> { using type = uint32_t; };
 template <> struct LoadWord<8> { using type = uint2; };
@@ -256,6 +264,11 @@ struct DecodeValuePiece {
 #pragma unroll
             for (int c = 0; c < N; c++) v[c] = valid ? p[c] : from_f32<T>(0.f);
         }
+    }
+    // the piece from shared memory (the ROPE decode's new value row)
+    __device__ __forceinline__ void load_shared(const T* p) {
+#pragma unroll
+        for (int c = 0; c < N; c++) v[c] = p[c];
     }
 };
 // DEC_GMAX: query heads one block serves (a template parameter: 1, 2, 4 or 8, the smallest power of two
@@ -287,12 +300,44 @@ __device__ __forceinline__ void prefetch_decode_rows(const T* __restrict__ kc, c
 #endif
 }
 
-template <typename T, int D, int DEC_GMAX, int NW>
+// The RoPE of a decode step inside the attention (ROPE below; CudaBackend.ropeQkAttention): the new token's q [B, H*D]
+// and k [B, KVH*D] unrotated, v [B, KVH*D], positions I32 [B], inv_freq F32 [D/2], the attention scaling of cos / sin,
+// and the cache to write the new slot into (the same arrays the block reads through kc / vc, at slot s only, which
+// the block never reads from there: its own rotated key and value stay in shared memory).
+template <typename T>
+struct DecodeRope {
+    const T* k;
+    const T* v;
+    const int* positions;
+    const float* inv_freq;
+    float scaling;
+    T* kc;
+    T* vc;
+};
+
+// rope_cos_sin as one function of the module (its double-precision sincos inlined into each RoPE decode kernel made
+// the PTX grow by megabytes); called before the wait, off the decode's critical path.
+__device__ __noinline__ void decode_rope_angle(int position, float inv_freq_i, float scaling, float* cs, float* sn) {
+    rope_cos_sin(position, inv_freq_i, scaling, *cs, *sn);
+}
+
+template <typename T, int D, int DEC_GMAX, int NW, bool ROPE = false>
 __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                                             T* __restrict__ out, float* __restrict__ part_ml,
                                             float* __restrict__ part_acc, const int* __restrict__ pad_start,
                                             int heads, int kv_heads, int cap, int start, const int* start_ptr,
-                                            float scale, int window, int* __restrict__ counters, int prefetch) {
+                                            float scale, int window, int* __restrict__ counters, int prefetch,
+                                            const DecodeRope<T>& rope = DecodeRope<T>{}) {
+    constexpr int HALF = D / 2;
+    // ROPE: the angles before the wait. positions and inv_freq come from host copies made before the step's kernels
+    // (the decode graph's inputs, the model's table), never from a kernel, so pdl.cuh's contract holds
+    __shared__ float rope_cs[ROPE ? HALF : 1], rope_sn[ROPE ? HALF : 1];
+    if constexpr (ROPE) {
+        for (int i = threadIdx.x; i < HALF; i += blockDim.x) {
+            decode_rope_angle(rope.positions[blockIdx.z], rope.inv_freq[i], rope.scaling, &rope_cs[i], &rope_sn[i]);
+        }
+        __syncthreads();
+    }
     prefetch_decode_rows<T, D>(kc, vc, pad_start, kv_heads, cap, start, start_ptr, window, prefetch);
     pdl_enter();
     constexpr int DPL = D >= 32 ? D / 32 : 1;         // output dims per lane (contiguous)
@@ -302,6 +347,7 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
     __shared__ float4 q_s4[DEC_GMAX * D / 4];
     __shared__ float w_m[NW][DEC_GMAX], w_l[NW][DEC_GMAX];
     __shared__ float w_acc[NW][DEC_GMAX][D];
+    __shared__ __align__(16) T new_k[ROPE ? D : 8], new_v[ROPE ? D : 8];  // ROPE: the new slot's rotated key, value
     float* q_s = reinterpret_cast<float*>(q_s4);
 
     const int splits = gridDim.x, split = blockIdx.x, b = blockIdx.z;
@@ -320,9 +366,50 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
     const int c1 = min(c0 + chunk, s + 1);
 
     const T* qrow = q + (int64_t)b * heads * D;
-    for (int i = threadIdx.x; i < DEC_GMAX * D; i += blockDim.x) {
-        int g = i / D, d = i - g * D;
-        q_s[i] = g < g_count ? to_f32(qrow[(int64_t)(h0 + g) * D + d]) : 0.f;
+    // ROPE: whether this block's slots hold the new one (the last split's do)
+    const bool has_new = ROPE && c0 <= s && s < c1;
+    if constexpr (ROPE) {
+        // q rotated as rope_qk_kv_write rotates it (each result rounded to T), then read as float as the cache's q was
+        for (int i = threadIdx.x; i < DEC_GMAX * HALF; i += blockDim.x) {
+            const int g = i / HALF, d = i - g * HALF;
+            if (g < g_count) {
+                const T* e = qrow + (int64_t)(h0 + g) * D + d;
+                T ra, rb;
+                rope_rotate_pair<T, false>(to_f32(e[0]), to_f32(e[HALF]), rope_cs[d], rope_sn[d], ra, rb);
+                q_s[g * D + d] = to_f32(ra);
+                q_s[g * D + d + HALF] = to_f32(rb);
+            } else {
+                q_s[g * D + d] = q_s[g * D + d + HALF] = 0.f;
+            }
+        }
+        if (has_new) {
+            // the new slot's key rotated and its value, for this block's scores (shared memory) and for later steps
+            // (the cache; one block of each kv head writes it: the first query-head chunk's)
+            const int64_t src = (int64_t)b * kv_heads * D + (int64_t)kh * D;
+            const int64_t dst = (((int64_t)b * kv_heads + kh) * cap + s) * D;
+            const bool write = blockIdx.y % chunks == 0;
+            for (int d = threadIdx.x; d < HALF; d += blockDim.x) {
+                T ra, rb;
+                rope_rotate_pair<T, false>(to_f32(rope.k[src + d]), to_f32(rope.k[src + d + HALF]), rope_cs[d],
+                                           rope_sn[d], ra, rb);
+                new_k[d] = ra;
+                new_k[d + HALF] = rb;
+                if (write) {
+                    rope.kc[dst + d] = ra;
+                    rope.kc[dst + d + HALF] = rb;
+                }
+            }
+            for (int d = threadIdx.x; d < D; d += blockDim.x) {
+                const T vv = rope.v[src + d];
+                new_v[d] = vv;
+                if (write) rope.vc[dst + d] = vv;
+            }
+        }
+    } else {
+        for (int i = threadIdx.x; i < DEC_GMAX * D; i += blockDim.x) {
+            int g = i / D, d = i - g * D;
+            q_s[i] = g < g_count ? to_f32(qrow[(int64_t)(h0 + g) * D + d]) : 0.f;
+        }
     }
     __syncthreads();
 
@@ -346,11 +433,22 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
         // the group's first key pieces and first value rows go out together, before any of them is used: one memory
         // latency for both where they fit one batch (the common head dims in 16-bit types), instead of one per batch
         // of 4 key pieces and one per batch of 8 value rows
+        // ROPE: the new slot's key and value come from shared memory, never from the cache this kernel writes
+        const bool new_key = has_new && slot == s;
         Pack16<T> kp[DL::K_BATCH];
         DecodeValuePiece<T, DPL> vv[DL::VB];
-        load_key_pieces<T, DL::K_BATCH>(krow, 0, vis, kp);
+        load_key_pieces<T, DL::K_BATCH>(krow, 0, vis && !new_key, kp);
 #pragma unroll
-        for (int u = 0; u < DL::VB; u++) vv[u].load(vtile + (int64_t)u * D, lane < ACTIVE && u < n_keys);
+        for (int u = 0; u < DL::VB; u++) {
+            vv[u].load(vtile + (int64_t)u * D, lane < ACTIVE && u < n_keys && !(has_new && base + u == s));
+        }
+        if (has_new) {
+            if (new_key) new_key_pieces<T, DL::K_BATCH>(new_k, 0, kp);
+#pragma unroll
+            for (int u = 0; u < DL::VB; u++) {
+                if (base + u == s && lane < ACTIVE) vv[u].load_shared(new_v + lane * DPL);
+            }
+        }
 
         float sc[DEC_GMAX];
 #pragma unroll
@@ -358,7 +456,10 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
         // key piece p, element e, query g in ascending order (the same sums as one piece at a time)
 #pragma unroll
         for (int p0 = 0; p0 < DL::K_PACKS; p0 += DL::K_BATCH) {
-            if (p0 > 0) load_key_pieces<T, DL::K_BATCH>(krow, p0, vis, kp);
+            if (p0 > 0) {
+                load_key_pieces<T, DL::K_BATCH>(krow, p0, vis && !new_key, kp);
+                if (new_key) new_key_pieces<T, DL::K_BATCH>(new_k, p0, kp);
+            }
 #pragma unroll
             for (int pp = 0; pp < DL::K_BATCH; pp++) {
 #pragma unroll
@@ -385,7 +486,11 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
         for (int j0 = 0; j0 < n_keys; j0 += DL::VB) {
             if (j0 > 0) {
 #pragma unroll
-                for (int u = 0; u < DL::VB; u++) vv[u].load(vtile + (int64_t)(j0 + u) * D, lane < ACTIVE && j0 + u < n_keys);
+                for (int u = 0; u < DL::VB; u++) {
+                    const bool is_new = has_new && base + j0 + u == s;
+                    vv[u].load(vtile + (int64_t)(j0 + u) * D, lane < ACTIVE && j0 + u < n_keys && !is_new);
+                    if (is_new && lane < ACTIVE) vv[u].load_shared(new_v + lane * DPL);
+                }
             }
 #pragma unroll
             for (int u = 0; u < DL::VB; u++) {
@@ -484,6 +589,23 @@ __device__ __forceinline__ void combine_impl(const float* __restrict__ part_ml, 
                                   start_ptr, scale, window, counters, prefetch);                                \
     }
 #define QL_ATTN_DECODE(tn, T, D, GM) QL_ATTN_DECODE_NW(tn, T, D, GM, 4, )
+// The decode with the new token's RoPE and cache write (decode_impl's ROPE; AttentionKernels.decodeRoped): the same
+// arguments, with q, k unrotated, then k, v [B, KVH*D], positions I32 [B], inv_freq F32 [D/2], the scaling. D 64, 128.
+#define QL_ATTN_DECODE_ROPE(tn, T, D, GM, NW, suffix)                                                            \
+    extern "C" __global__ void __launch_bounds__(NW * 32) attn_decode_rope_##tn##_d##D##_g##GM##suffix(         \
+        const T* q, T* kc, T* vc, T* out, float* part_ml, float* part_acc, const int* pad_start,                 \
+        int heads, int kv_heads, int cap, int start, const int* start_ptr, float scale, int window,              \
+        int* counters, int prefetch, const T* k, const T* v, const int* positions, const float* inv_freq,        \
+        float scaling) {                                                                                        \
+        decode_impl<T, D, GM, NW, true>(q, kc, vc, out, part_ml, part_acc, pad_start, heads, kv_heads, cap,      \
+                                        start, start_ptr, scale, window, counters, prefetch,                    \
+                                        DecodeRope<T>{k, v, positions, inv_freq, scaling, kc, vc});              \
+    }
+#define QL_ATTN_DECODE_ROPE_D(tn, T, D)                                                                          \
+    QL_ATTN_DECODE_ROPE(tn, T, D, 1, 4, ) QL_ATTN_DECODE_ROPE(tn, T, D, 2, 4, )                                 \
+    QL_ATTN_DECODE_ROPE(tn, T, D, 4, 4, ) QL_ATTN_DECODE_ROPE(tn, T, D, 8, 4, )                                 \
+    QL_ATTN_DECODE_ROPE(tn, T, D, 1, 8, _w8) QL_ATTN_DECODE_ROPE(tn, T, D, 2, 8, _w8)                           \
+    QL_ATTN_DECODE_ROPE(tn, T, D, 4, 8, _w8) QL_ATTN_DECODE_ROPE(tn, T, D, 8, 8, _w8)
 // 8 warps a block (one split over up to 256 slots in one pass of the warps; AttentionKernels.decodeWarps): D <= 128,
 // so the warps' merge buffers stay within the static shared memory
 #define QL_ATTN_DECODE_W8(tn, T, D)                                                                              \
@@ -523,6 +645,8 @@ __device__ __forceinline__ void combine_impl(const float* __restrict__ part_ml, 
     QL_ATTN_DECODE_W8(tn, T, 64)                                                                                \
     QL_ATTN_DECODE_W8(tn, T, 96)                                                                                \
     QL_ATTN_DECODE_W8(tn, T, 128)                                                                               \
+    QL_ATTN_DECODE_ROPE_D(tn, T, 64)                                                                            \
+    QL_ATTN_DECODE_ROPE_D(tn, T, 128)                                                                           \
     QL_ATTN_D(tn, T, 256, 4)
 
 QL_FOR_ACT(QL_ATTN)

@@ -120,10 +120,50 @@ final class AttentionKernels {
         Tensor out = ctx.empty(act, q.shape());
         try {
             if (s.tokens() == 1) {
-                decode(ctx, t, s, q, kc, vc, out, start, startPtr, padStart, scale, window);
+                decode(ctx, t, s, q, kc, vc, out, start, startPtr, padStart, scale, window, null);
             } else {
                 prefill(ctx, t, s, q, kc, vc, out, start, startPtr, padStart, scale, window);
             }
+            return out;
+        } catch (RuntimeException e) {
+            out.close();
+            throw e;
+        }
+    }
+
+    /**
+     * The new token's RoPE and cache write inside the decode attention (native/attention.cu, attn_decode_rope_*):
+     * k, v [B, kvHeads*headDim] of the new token (k unrotated), positions I32 [B], invFreq F32 [headDim/2], the
+     * attention scaling. positions and invFreq must come from host copies, not kernels: the kernel reads them before
+     * waiting for the previous kernel (native/pdl.cuh).
+     */
+    record DecodeRope(Tensor k, Tensor v, Tensor positions, Tensor invFreq, float scaling) {}
+
+    /**
+     * Whether the decode attention rotates q and k and writes the new slot itself: one token, head dim 64 or 128, and
+     * one split over the cache (capacities up to ONE_SPLIT_SLOTS). With several splits every block would rotate q
+     * again, and the kernel's registers (184-255 against 114) halve the blocks a SM holds: at 1,024 new tokens (16
+     * splits) the 7B decode measured 1.5% slower than with rope_qk_kv_write, at 128 (one split) 2.4% faster.
+     */
+    static boolean ropeInDecodeApplies(CudaContext ctx, Shape s) {
+        return s.tokens() == 1 && (s.headDim() == 64 || s.headDim() == 128)
+                && decodeSplits(s.capacity(), s.batch(), s.kvHeads(), s.heads(), ctx.properties().multiprocessorCount()) == 1;
+    }
+
+    /**
+     * One decode step's attention with the RoPE of q and k and the cache write of k and v in the same launch: the
+     * values of FusedKernels.ropeQkKvWrite followed by {@link #attendCached} bit for bit (q is not rotated in place:
+     * nobody reads it afterwards). {@link #ropeInDecodeApplies} must hold; q unrotated [B, H*D].
+     */
+    static Tensor attendRoped(CudaContext ctx, DType act, Shape s, Tensor q, DecodeRope rope, CudaKvCache c, int layer,
+                              int start, long startPtr, Tensor padStart, float scale, int window) {
+        if (!ropeInDecodeApplies(ctx, s)) {
+            throw new IllegalArgumentException("the RoPE decode takes one token, head dim 64 or 128, one split: " + s);
+        }
+        Tensor out = ctx.empty(act, q.shape());
+        try {
+            decode(ctx, KernelTypes.act(act), s, q, c.keyPointer(layer), c.valuePointer(layer), out, start, startPtr,
+                    padStart, scale, window, rope);
             return out;
         } catch (RuntimeException e) {
             out.close();
@@ -173,7 +213,7 @@ final class AttentionKernels {
     }
 
     private static void decode(CudaContext ctx, String t, Shape s, Tensor q, long kc, long vc, Tensor out, int start,
-                               long startPtr, Tensor padStart, float scale, int window) {
+                               long startPtr, Tensor padStart, float scale, int window, DecodeRope rope) {
         int d = s.headDim();
         int splits = decodeSplits(s.capacity(), s.batch(), s.kvHeads(), s.heads(),
                 ctx.properties().multiprocessorCount());
@@ -189,14 +229,19 @@ final class AttentionKernels {
             // combine kernel below does
             boolean mergeInDecode = splits > 1 && (long) s.batch() * s.kvHeads() * chunks <= CudaContext.ARRIVAL_COUNTERS;
             int warps = decodeWarps(splits, s.capacity(), d);
-            ctx.launch(ctx.function("attention", "attn_decode_" + t + "_d" + d + "_g" + gm + (warps == 8 ? "_w8" : "")),
-                    new Dim3(splits, s.kvHeads() * chunks, s.batch()), Dim3.of(32 * warps), 0,
-                    KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(kc).ptr(vc).ptr(CudaContext.ptr(out))
-                            .ptr(CudaContext.ptrOrNull(partMl)).ptr(CudaContext.ptrOrNull(partAcc))
-                            .ptr(CudaContext.ptr(padStart)).i32(s.heads()).i32(s.kvHeads()).i32(s.capacity())
-                            .i32(start).ptr(startPtr).f32(scale).i32(window)
-                            .ptr(mergeInDecode ? ctx.arrivalCounters() : 0L)
-                            .i32(Switches.on(DECODE_PREFETCH_PROPERTY, true) ? 1 : 0));
+            KernelArgs args = KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(kc).ptr(vc).ptr(CudaContext.ptr(out))
+                    .ptr(CudaContext.ptrOrNull(partMl)).ptr(CudaContext.ptrOrNull(partAcc))
+                    .ptr(CudaContext.ptr(padStart)).i32(s.heads()).i32(s.kvHeads()).i32(s.capacity())
+                    .i32(start).ptr(startPtr).f32(scale).i32(window)
+                    .ptr(mergeInDecode ? ctx.arrivalCounters() : 0L)
+                    .i32(Switches.on(DECODE_PREFETCH_PROPERTY, true) ? 1 : 0);
+            if (rope != null) {
+                args.ptr(CudaContext.ptr(rope.k())).ptr(CudaContext.ptr(rope.v())).ptr(CudaContext.ptr(rope.positions()))
+                        .ptr(CudaContext.ptr(rope.invFreq())).f32(rope.scaling());
+            }
+            ctx.launch(ctx.function("attention", "attn_decode_" + (rope != null ? "rope_" : "") + t + "_d" + d + "_g" + gm
+                            + (warps == 8 ? "_w8" : "")),
+                    new Dim3(splits, s.kvHeads() * chunks, s.batch()), Dim3.of(32 * warps), 0, args);
             if (splits > 1 && !mergeInDecode) {
                 ctx.launch(ctx.function("attention", "attn_combine_" + t + "_d" + d), Dim3.of(s.heads(), s.batch()),
                         Dim3.of(Math.max(32, d)), 0,

@@ -329,6 +329,15 @@ public final class CudaBackend implements Backend, GraphCapable {
         int mark = profBegin();
         for (Tensor t : new Tensor[] {q, k, v, invFreq}) KernelTypes.requireDevice(t, "ropeQkAttention");
         AttentionKernels.Shape s = AttentionKernels.check(q, k, v, c, act, start, padStart, heads, kvHeads, headDim);
+        if (FusedKernels.ropeInDecode() && AttentionKernels.ropeInDecodeApplies(ctx, s) && invFreq.dtype() == DType.F32) {
+            // one launch: the rotation and the cache write inside the decode attention (invFreq and positions are
+            // host copies, which the kernel may read before waiting for the q / k / v kernel)
+            RopeKernels.check(act, q, positions, invFreq, heads, headDim);
+            RopeKernels.check(act, k, positions, invFreq, kvHeads, headDim);
+            return profEnd("ropeQk+kvWrite+attention (decode)", mark, AttentionKernels.attendRoped(ctx, act, s, q,
+                    new AttentionKernels.DecodeRope(k, v, positions, invFreq, attentionScaling), c, layer, start,
+                    graphStartPointer, padStart, scale, window));
+        }
         try (Owned f = invFreq.dtype() == DType.F32 ? new Owned(invFreq, false)
                 : new Owned(CastKernels.cast(ctx, invFreq, DType.F32), true)) {
             FusedKernels.ropeQkKvWrite(ctx, act, s, q, k, v, positions, f.t, attentionScaling, c, layer, start,

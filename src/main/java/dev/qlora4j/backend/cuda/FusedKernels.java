@@ -66,6 +66,21 @@ final class FusedKernels {
     /** Sets {@link #ropeKvFusion()} for this JVM (tests compare the two paths in one run). */
     static void setRopeKvFusion(boolean on) { ropeKvFusion = on; }
 
+    static final String ROPE_IN_DECODE_PROPERTY = "qlora4j.cuda.ropeInDecode";
+
+    private static volatile boolean ropeInDecode =
+            !"false".equalsIgnoreCase(System.getProperty(ROPE_IN_DECODE_PROPERTY, "true").trim());
+
+    /**
+     * Whether a decode step's ropeQkAttention (with the RoPE / KV fusion on) rotates q and k and writes the cache inside
+     * the attention kernel (AttentionKernels.attendRoped: one launch instead of two, head dims 64 / 128);
+     * -Dqlora4j.cuda.ropeInDecode=false keeps rope_qk_kv_write + the attention, same results.
+     */
+    static boolean ropeInDecode() { return ropeInDecode; }
+
+    /** Sets {@link #ropeInDecode()} for this JVM (tests compare the paths in one run). */
+    static void setRopeInDecode(boolean on) { ropeInDecode = on; }
+
     /**
      * RoPE of q [B*T, heads*headDim] (in place) and k [B*T, kvHeads*headDim] fused with the KV-cache write: the
      * rotated k and v [B*T, kvHeads*headDim] go to slots [start, start+T) of the layer's cache, each row b*T + t at
