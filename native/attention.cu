@@ -315,8 +315,9 @@ struct DecodeRope {
     T* vc;
 };
 
-// rope_cos_sin as one function of the module (its double-precision sincos inlined into each RoPE decode kernel made
-// the PTX grow by megabytes); called before the wait, off the decode's critical path.
+// rope_cos_sin kept out of line: one copy of its double-precision sincos per module instead of one per RoPE decode
+// kernel (a small share of the PTX; the kernels' batched loads are most of it). Called before the wait, off the
+// decode's critical path.
 __device__ __noinline__ void decode_rope_angle(int position, float inv_freq_i, float scaling, float* cs, float* sn) {
     rope_cos_sin(position, inv_freq_i, scaling, *cs, *sn);
 }

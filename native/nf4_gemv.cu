@@ -1037,32 +1037,32 @@ V2_ENTRY_CODE(q4v2code_gemv_f16_m16, true, 4)
 // warps a block at 64 registers (two blocks, 32 warps a SM, small spills) measured slower than three blocks of eight.
 #define V2_MINB nf4v2::MinBlocks<V2_WARPS>::value
 #define V2_MINB_P3 3
-#define V2_ENTRY_CODE_TILES(name, F16C, NT, PERSIST, WARPS, MINB)                                                    \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32, MINB) name(                                             \
+#define V2_ENTRY_CODE_TILES(name, F16C, NT, PERSIST, MINB)                                                           \
+    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, MINB) name(                                          \
         V2_ENTRY_PARAMS) {                                                                                           \
         V2_ENTRY_WEIGHT;                                                                                             \
-        nf4v2::gemv_code<F16C, NT, WARPS, V2_CODE_DEPTH, true, PERSIST>(w, nested_code, code16, x, M, N, K, bias,     \
-                                                                        bias_dtype, y, y_dtype, blockIdx.x);         \
+        nf4v2::gemv_code<F16C, NT, V2_WARPS, V2_CODE_DEPTH, true, PERSIST>(w, nested_code, code16, x, M, N, K, bias,  \
+                                                                           bias_dtype, y, y_dtype, blockIdx.x);      \
     }
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles, false, 1, false, V2_WARPS, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles, false, 2, false, V2_WARPS, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m4_tiles, true, 1, false, V2_WARPS, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m8_tiles, true, 2, false, V2_WARPS, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m16_tiles, false, 4, false, V2_WARPS, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m16_tiles, true, 4, false, V2_WARPS, V2_MINB)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles, false, 1, false, V2_MINB)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles, false, 2, false, V2_MINB)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m4_tiles, true, 1, false, V2_MINB)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m8_tiles, true, 2, false, V2_MINB)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m16_tiles, false, 4, false, V2_MINB)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m16_tiles, true, 4, false, V2_MINB)
 // persistent forms (nf4_gemv_code.cuh, PERSIST): a grid of at most two (_p3: three) blocks per SM walks the tiles with
 // one ring of loads (Nf4TileGemvKernels.persistentGrid); bf16 (CUDA activations are F32 or BF16)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p, false, 1, true, V2_WARPS, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles_p, false, 2, true, V2_WARPS, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m16_tiles_p, false, 4, true, V2_WARPS, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p3, false, 1, true, V2_WARPS, V2_MINB_P3)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p, false, 1, true, V2_MINB)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles_p, false, 2, true, V2_MINB)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m16_tiles_p, false, 4, true, V2_MINB)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p3, false, 1, true, V2_MINB_P3)
 // The joint gate / up decode of an MLP (tile layout, rows 1..8 of x): y [M, N] = silu(x gate^T) * (x up^T), the two
 // code GEMVs and silu_mul's values bit for bit in one launch (nf4_gemv_code.cuh, gemv_code_swiglu). Arguments: gate's
 // and up's weights (as Q4_WEIGHT_PARAMS each), code16 (the type's factors, one type for both), x [M, K], M, N, K, y and
 // its dtype code. Launch: grid N / 8 (8 rows of each weight per block), block V2_WARPS * 32, WIDE_TABLE_BYTES of dynamic
 // shared memory.
-#define V2_ENTRY_SWIGLU(name, F16C, NT, PERSIST, WARPS, MINB)                                                        \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32, MINB) name(                                             \
+#define V2_ENTRY_SWIGLU(name, F16C, NT, PERSIST, MINB)                                                               \
+    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, MINB) name(                                          \
         const uint8_t* __restrict__ packed, const void* __restrict__ absmax, const float* __restrict__ nested_absmax, \
         const float* __restrict__ nested_code, float offset, int log2_blocksize, int nested_bs, int nested_shift,    \
         int nested, const uint8_t* __restrict__ packed_up, const void* __restrict__ absmax_up,                      \
@@ -1073,17 +1073,17 @@ V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p3, false, 1, true, V2_WARPS, V2
         V2_ENTRY_WEIGHT;                                                                                             \
         const nf4v2::Weight up{packed_up, absmax_up, nested_absmax_up, offset_up, log2_blocksize_up, nested_bs_up,   \
                                nested_shift_up, nested_up};                                                          \
-        nf4v2::gemv_code_swiglu<F16C, NT, WARPS, V2_CODE_DEPTH, PERSIST>(w, up, nested_code, code16, x, M, N, K, y,    \
+        nf4v2::gemv_code_swiglu<F16C, NT, V2_WARPS, V2_CODE_DEPTH, PERSIST>(w, up, nested_code, code16, x, M, N, K, y, \
                                                                             y_dtype, blockIdx.x);                    \
     }
 // bf16 only: the fusion runs where x is the backend's activation dtype, and CUDA activations are F32 or BF16
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles, false, 1, false, V2_WARPS, V2_MINB)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles, false, 2, false, V2_WARPS, V2_MINB)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_p, false, 1, true, V2_WARPS, V2_MINB)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles_p, false, 2, true, V2_WARPS, V2_MINB)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m16_tiles, false, 4, false, V2_WARPS, V2_MINB)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m16_tiles_p, false, 4, true, V2_WARPS, V2_MINB)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_p3, false, 1, true, V2_WARPS, V2_MINB_P3)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles, false, 1, false, V2_MINB)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles, false, 2, false, V2_MINB)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_p, false, 1, true, V2_MINB)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles_p, false, 2, true, V2_MINB)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m16_tiles, false, 4, false, V2_MINB)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m16_tiles_p, false, 4, true, V2_MINB)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_p3, false, 1, true, V2_MINB_P3)
 #define V2_ENTRY_PAIR_TILES(name, F16C, NT)                                                                          \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
         V2_ENTRY_PARAMS) {                                                                                           \
@@ -1169,8 +1169,8 @@ V2G_ENTRY(q4v2greg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
 #define V2G_SEG_ARGS(i)                                                                                              \
     nf4v2::Weight{packed##i, absmax##i, nested_absmax##i, offset##i, log2_blocksize##i, nested_bs##i,                \
                   nested_shift##i, nested##i}
-#define V2G_ENTRY_CODE_TILES(name, F16C, NT, WARPS, MINB)                                                            \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32, MINB) name(                                             \
+#define V2G_ENTRY_CODE_TILES(name, F16C, NT, MINB)                                                                   \
+    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, MINB) name(                                          \
         V2G_SEG_PARAMS(0), V2G_SEG_PARAMS(1), V2G_SEG_PARAMS(2), const uint16_t* __restrict__ x, int M, int K,        \
         int y_dtype) {                                                                                               \
         (void)code161; (void)code162; (void)nested_code1; (void)nested_code2;  /* weight 0's tables (checked equal) */ \
@@ -1178,12 +1178,12 @@ V2G_ENTRY(q4v2greg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
         const nf4v2::CodeSegments cs{{V2G_SEG_ARGS(0), V2G_SEG_ARGS(1), V2G_SEG_ARGS(2)}, {bias0, bias1, bias2},     \
                                      {bias_dtype0, bias_dtype1, bias_dtype2}, {y0, y1, y2},                         \
                                      {N0 / 16, N1 / 16, N2 / 16}};                                                   \
-        nf4v2::gemv_code_group<F16C, NT, WARPS, V2_CODE_DEPTH>(cs, nested_code0, code160, x, M, K, y_dtype);         \
+        nf4v2::gemv_code_group<F16C, NT, V2_WARPS, V2_CODE_DEPTH>(cs, nested_code0, code160, x, M, K, y_dtype);      \
     }
-V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_p, false, 1, V2_WARPS, V2_MINB)
-V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m8_tiles_p, false, 2, V2_WARPS, V2_MINB)
-V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m16_tiles_p, false, 4, V2_WARPS, V2_MINB)
-V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_p3, false, 1, V2_WARPS, V2_MINB_P3)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_p, false, 1, V2_MINB)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m8_tiles_p, false, 2, V2_MINB)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m16_tiles_p, false, 4, V2_MINB)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_p3, false, 1, V2_MINB_P3)
 
 V2G_ENTRY_CODE(q4v2gcode_gemv_bf16_m4, false, 1)
 V2G_ENTRY_CODE(q4v2gcode_gemv_bf16_m8, false, 2)
