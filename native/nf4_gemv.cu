@@ -554,8 +554,12 @@ struct FastStart {
     uint32_t row_block[2];
     FastChunk buf[DEPTH];
 
-    __device__ __forceinline__ FastStart(const Weight& w, const Weight& w1, int N, int K, int bx) {
-        const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __device__ __forceinline__ FastStart(const Weight& w, const Weight& w1, int N, int K, int bx)
+        : FastStart(w, w1, N, K, bx, threadIdx.x >> 5) {}
+
+    // warp: the thread's warp among the W that share the tile (a group's in nf4_gemv_team.cuh's SM-wide blocks)
+    __device__ __forceinline__ FastStart(const Weight& w, const Weight& w1, int N, int K, int bx, int warp) {
+        const int lane = threadIdx.x & 31;
         const int g = lane >> 2, t = lane & 3;
         const int C = K / CHUNK_K;
         cpw = warp < C ? (C - warp + W - 1) / W : 0;
@@ -745,6 +749,7 @@ gemv_kernel_aligned(const uint8_t* __restrict__ packed, const void* __restrict__
 }
 
 }  // namespace nf4v2
+#include "nf4_gemv_team.cuh"
 #include "nf4_gemv_code.cuh"
 
 // ---- "v3": persistent, software-pipelined streaming decode GEMV (FMA, M <= MAXM; q4v3_gemv_* below).
@@ -1037,32 +1042,43 @@ V2_ENTRY_CODE(q4v2code_gemv_f16_m16, true, 4)
 // warps a block at 64 registers (two blocks, 32 warps a SM, small spills) measured slower than three blocks of eight.
 #define V2_MINB nf4v2::MinBlocks<V2_WARPS>::value
 #define V2_MINB_P3 3
-#define V2_ENTRY_CODE_TILES(name, F16C, NT, PERSIST, MINB)                                                           \
-    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, MINB) name(                                          \
+// G: groups of V2_WARPS warps a block (nf4_gemv_team.cuh; 1 but for the "_s3" SM-wide forms below), each group the
+// virtual block blockIdx.x * G + its index.
+#define V2_TEAM_BLOCK(G) ((int)blockIdx.x * (G) + nf4v2::Team<(G), V2_WARPS>::group())
+#define V2_ENTRY_CODE_TILES(name, F16C, NT, PERSIST, MINB, G)                                                        \
+    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32 * (G), MINB) name(                                    \
         V2_ENTRY_PARAMS) {                                                                                           \
         V2_ENTRY_WEIGHT;                                                                                             \
-        nf4v2::gemv_code<F16C, NT, V2_WARPS, V2_CODE_DEPTH, true, PERSIST>(w, nested_code, code16, x, M, N, K, bias,  \
-                                                                           bias_dtype, y, y_dtype, blockIdx.x);      \
+        nf4v2::gemv_code<F16C, NT, V2_WARPS, V2_CODE_DEPTH, true, PERSIST, G>(w, nested_code, code16, x, M, N, K,    \
+                                                                              bias, bias_dtype, y, y_dtype,          \
+                                                                              V2_TEAM_BLOCK(G));                     \
     }
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles, false, 1, false, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles, false, 2, false, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m4_tiles, true, 1, false, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m8_tiles, true, 2, false, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m16_tiles, false, 4, false, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m16_tiles, true, 4, false, V2_MINB)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles, false, 1, false, V2_MINB, 1)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles, false, 2, false, V2_MINB, 1)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m4_tiles, true, 1, false, V2_MINB, 1)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m8_tiles, true, 2, false, V2_MINB, 1)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m16_tiles, false, 4, false, V2_MINB, 1)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m16_tiles, true, 4, false, V2_MINB, 1)
 // persistent forms (nf4_gemv_code.cuh, PERSIST): a grid of at most two (_p3: three) blocks per SM walks the tiles with
 // one ring of loads (Nf4TileGemvKernels.persistentGrid); bf16 (CUDA activations are F32 or BF16)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p, false, 1, true, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles_p, false, 2, true, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m16_tiles_p, false, 4, true, V2_MINB)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p3, false, 1, true, V2_MINB_P3)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p, false, 1, true, V2_MINB, 1)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles_p, false, 2, true, V2_MINB, 1)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m16_tiles_p, false, 4, true, V2_MINB, 1)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p3, false, 1, true, V2_MINB_P3, 1)
+// The SM-wide forms "_s3" (nf4_gemv_team.cuh): one block of V2_SM_GROUPS groups of 8 warps a SM (768 threads, 80
+// registers) sharing one wide table on a 64 KiB boundary, so that a byte's table address is one prmt; the groups walk
+// the tiles as the "_p3" kernels' blocks do (the same values). Launch: grid <= SMs blocks with grid * V2_SM_GROUPS <=
+// the tiles (even for the joint decode), block V2_WARPS * 32 * V2_SM_GROUPS, nf4v2::SM_TEAM_DYNAMIC_BYTES of dynamic
+// shared memory.
+#define V2_SM_GROUPS 3
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_s3, false, 1, true, 1, V2_SM_GROUPS)
 // The joint gate / up decode of an MLP (tile layout, rows 1..8 of x): y [M, N] = silu(x gate^T) * (x up^T), the two
 // code GEMVs and silu_mul's values bit for bit in one launch (nf4_gemv_code.cuh, gemv_code_swiglu). Arguments: gate's
 // and up's weights (as Q4_WEIGHT_PARAMS each), code16 (the type's factors, one type for both), x [M, K], M, N, K, y and
 // its dtype code. Launch: grid N / 8 (8 rows of each weight per block), block V2_WARPS * 32, WIDE_TABLE_BYTES of dynamic
 // shared memory.
-#define V2_ENTRY_SWIGLU(name, F16C, NT, PERSIST, MINB)                                                               \
-    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, MINB) name(                                          \
+#define V2_ENTRY_SWIGLU(name, F16C, NT, PERSIST, MINB, G)                                                            \
+    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32 * (G), MINB) name(                                    \
         const uint8_t* __restrict__ packed, const void* __restrict__ absmax, const float* __restrict__ nested_absmax, \
         const float* __restrict__ nested_code, float offset, int log2_blocksize, int nested_bs, int nested_shift,    \
         int nested, const uint8_t* __restrict__ packed_up, const void* __restrict__ absmax_up,                      \
@@ -1073,17 +1089,18 @@ V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p3, false, 1, true, V2_MINB_P3)
         V2_ENTRY_WEIGHT;                                                                                             \
         const nf4v2::Weight up{packed_up, absmax_up, nested_absmax_up, offset_up, log2_blocksize_up, nested_bs_up,   \
                                nested_shift_up, nested_up};                                                          \
-        nf4v2::gemv_code_swiglu<F16C, NT, V2_WARPS, V2_CODE_DEPTH, PERSIST>(w, up, nested_code, code16, x, M, N, K, y, \
-                                                                            y_dtype, blockIdx.x);                    \
+        nf4v2::gemv_code_swiglu<F16C, NT, V2_WARPS, V2_CODE_DEPTH, PERSIST, G>(w, up, nested_code, code16, x, M, N, K, \
+                                                                               y, y_dtype, V2_TEAM_BLOCK(G));        \
     }
 // bf16 only: the fusion runs where x is the backend's activation dtype, and CUDA activations are F32 or BF16
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles, false, 1, false, V2_MINB)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles, false, 2, false, V2_MINB)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_p, false, 1, true, V2_MINB)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles_p, false, 2, true, V2_MINB)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m16_tiles, false, 4, false, V2_MINB)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m16_tiles_p, false, 4, true, V2_MINB)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_p3, false, 1, true, V2_MINB_P3)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles, false, 1, false, V2_MINB, 1)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles, false, 2, false, V2_MINB, 1)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_p, false, 1, true, V2_MINB, 1)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles_p, false, 2, true, V2_MINB, 1)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m16_tiles, false, 4, false, V2_MINB, 1)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m16_tiles_p, false, 4, true, V2_MINB, 1)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_p3, false, 1, true, V2_MINB_P3, 1)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_s3, false, 1, true, 1, V2_SM_GROUPS)
 #define V2_ENTRY_PAIR_TILES(name, F16C, NT)                                                                          \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
         V2_ENTRY_PARAMS) {                                                                                           \
@@ -1169,8 +1186,8 @@ V2G_ENTRY(q4v2greg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
 #define V2G_SEG_ARGS(i)                                                                                              \
     nf4v2::Weight{packed##i, absmax##i, nested_absmax##i, offset##i, log2_blocksize##i, nested_bs##i,                \
                   nested_shift##i, nested##i}
-#define V2G_ENTRY_CODE_TILES(name, F16C, NT, MINB)                                                                   \
-    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, MINB) name(                                          \
+#define V2G_ENTRY_CODE_TILES(name, F16C, NT, MINB, G)                                                                \
+    extern "C" __global__ void __launch_bounds__(V2_WARPS * 32 * (G), MINB) name(                                    \
         V2G_SEG_PARAMS(0), V2G_SEG_PARAMS(1), V2G_SEG_PARAMS(2), const uint16_t* __restrict__ x, int M, int K,        \
         int y_dtype) {                                                                                               \
         (void)code161; (void)code162; (void)nested_code1; (void)nested_code2;  /* weight 0's tables (checked equal) */ \
@@ -1178,12 +1195,13 @@ V2G_ENTRY(q4v2greg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
         const nf4v2::CodeSegments cs{{V2G_SEG_ARGS(0), V2G_SEG_ARGS(1), V2G_SEG_ARGS(2)}, {bias0, bias1, bias2},     \
                                      {bias_dtype0, bias_dtype1, bias_dtype2}, {y0, y1, y2},                         \
                                      {N0 / 16, N1 / 16, N2 / 16}};                                                   \
-        nf4v2::gemv_code_group<F16C, NT, V2_WARPS, V2_CODE_DEPTH>(cs, nested_code0, code160, x, M, K, y_dtype);      \
+        nf4v2::gemv_code_group<F16C, NT, V2_WARPS, V2_CODE_DEPTH, G>(cs, nested_code0, code160, x, M, K, y_dtype);   \
     }
-V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_p, false, 1, V2_MINB)
-V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m8_tiles_p, false, 2, V2_MINB)
-V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m16_tiles_p, false, 4, V2_MINB)
-V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_p3, false, 1, V2_MINB_P3)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_p, false, 1, V2_MINB, 1)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m8_tiles_p, false, 2, V2_MINB, 1)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m16_tiles_p, false, 4, V2_MINB, 1)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_p3, false, 1, V2_MINB_P3, 1)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_s3, false, 1, 1, V2_SM_GROUPS)
 
 V2G_ENTRY_CODE(q4v2gcode_gemv_bf16_m4, false, 1)
 V2G_ENTRY_CODE(q4v2gcode_gemv_bf16_m8, false, 2)

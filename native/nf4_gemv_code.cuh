@@ -37,18 +37,20 @@ __host__ __device__ inline bool code_applies(int K, int log2_blocksize, int nest
 
 // The end of a block: run[nt] = (row g, row g + 8) of x row 4 nt + t, added over the W warps in warp order through
 // shared memory (deterministic), the bias added, y stored for rows < N and x rows < M.
-template <bool F16C, int NT, int W>
+// G: the team that shares the tile (nf4_gemv_team.cuh; 1: the block).
+template <bool F16C, int NT, int W, int G = 1>
 __device__ __forceinline__ void reduce_store_code(float4* red4, const float (&run)[NT][2], int M, int N,
                                                   const void* __restrict__ bias, int bias_dtype, void* __restrict__ y,
                                                   int y_dtype, int bx) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    using TM = Team<G, W>;
+    const int warp = TM::warp(), lane = threadIdx.x & 31;
     float2* red2 = reinterpret_cast<float2*>(red4);  // [W][NT][32] pairs: half of Smem::red
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) red2[(warp * NT + nt) * 32 + lane] = make_float2(run[nt][0], run[nt][1]);
-    __syncthreads();
+    TM::sync();
     const int cdt = F16C ? DT_F16 : DT_BF16;
     const float* red = reinterpret_cast<const float*>(red4);
-    for (int e = threadIdx.x; e < NT * 64; e += W * 32) {
+    for (int e = TM::tid(); e < NT * 64; e += W * 32) {
         // e = (nt * 32 + ln) * 2 + q: output row g' + 8 q of the tile, x row 4 nt + t' (ln = 4 g' + t')
         const int q = e & 1, ln = (e >> 1) & 31, nt = e >> 6;
         const int64_t o = (int64_t)bx * 16 + (ln >> 2) + 8 * q;
@@ -67,6 +69,22 @@ template <bool F16C, int W, bool NESTED, typename S>
 __device__ __forceinline__ void code_tables_then_wait(S& sm, const float* __restrict__ code16,
                                                       const float* __restrict__ nested_code) {
     fill_tables<F16C, DEC_CODE>(sm.tab, sm.ncode, code16, nested_code, NESTED, W * 32);
+    pdl_wait();
+    pdl_launch_dependents();
+    __syncthreads();
+}
+
+// code_tables_then_wait for a G > 1 block (nf4_gemv_team.cuh): the block fills the one set of factors, nested codes and
+// wide table (at table) its groups share, then the wait and a barrier of the block.
+template <bool F16C, int W, int G, bool NESTED, typename S>
+__device__ __forceinline__ void code_tables_then_wait_team(S& sm, uint8_t* table, const float* __restrict__ code16,
+                                                           const float* __restrict__ nested_code) {
+    constexpr int THREADS = G * W * 32;
+    if (threadIdx.x < 16) sm.tab[threadIdx.x] = __ldg(code16 + threadIdx.x);
+    if (NESTED) {
+        for (int j = threadIdx.x; j < 256; j += THREADS) sm.ncode[j] = __ldg(nested_code + j);
+    }
+    fill_wide_table_at<F16C>(table, code16, threadIdx.x, THREADS);
     pdl_wait();
     pdl_launch_dependents();
     __syncthreads();
@@ -115,7 +133,8 @@ __device__ __forceinline__ void code_scale_add(const float (&s)[4], const float 
 // One chunk of the code decode: the two blocks' absmax of rows g (off0: its weight's nested offset) and g + 8 (off1),
 // the codes through the wide table into the mma against x's fragments xw, and the two blocks' float32 sums scaled into
 // run[nt] = (row g, row g + 8) of x row 4 nt + t.
-template <bool F16C, int NT, bool NESTED>
+// AT: lane_off is a team table's key (decode_word_code_at: the table on a 64 KiB boundary, nf4_gemv_team.cuh).
+template <bool F16C, int NT, bool NESTED, bool AT = false>
 __device__ __forceinline__ void code_chunk(const FastChunk& L, float off0, float off1, const float* ncode,
                                            uint32_t lane_off, int t, const uint32_t (&xw)[NT][16], float (&run)[NT][2]) {
     float ag[2], ah[2];
@@ -128,8 +147,13 @@ __device__ __forceinline__ void code_chunk(const FastChunk& L, float off0, float
 #pragma unroll
     for (int word = 0; word < 4; word++) {
         uint32_t r0[4], r1[4];
-        decode_word_code(pk0[word], lane_off, r0);
-        decode_word_code(pk1[word], lane_off, r1);
+        if constexpr (AT) {
+            decode_word_code_at(pk0[word], lane_off, r0);
+            decode_word_code_at(pk1[word], lane_off, r1);
+        } else {
+            decode_word_code(pk0[word], lane_off, r0);
+            decode_word_code(pk1[word], lane_off, r1);
+        }
 #pragma unroll
         for (int half = 0; half < 2; half++) {  // as decode_mma: k step 2 word + half
             const int st = 2 * word + half, b = 2 * half;
@@ -147,7 +171,7 @@ __device__ __forceinline__ void code_chunk(const FastChunk& L, float off0, float
 // beside the ring, so the chunk's codes are decoded once into A fragments, then each n-tile's x fragments (the 32 k at
 // kb of x row 4 nt + (g >> 1), loaded where xload[nt], else zero) are loaded and multiplied in turn. Per n-tile the same
 // 8 mma in the same order as code_chunk, so every x row's sums are those of the m4 / m8 kernels bit for bit.
-template <bool F16C, int NT, bool NESTED>
+template <bool F16C, int NT, bool NESTED, bool AT = false>
 __device__ __forceinline__ void code_chunk_x_in_turn(const FastChunk& L, float off0, float off1, const float* ncode,
                                                      uint32_t lane_off, int t, const uint16_t* const (&xrow)[NT],
                                                      const bool (&xload)[NT], int kb, float (&run)[NT][2]) {
@@ -158,8 +182,13 @@ __device__ __forceinline__ void code_chunk_x_in_turn(const FastChunk& L, float o
     uint32_t r0[4][4], r1[4][4];
 #pragma unroll
     for (int word = 0; word < 4; word++) {
-        decode_word_code(pk0[word], lane_off, r0[word]);
-        decode_word_code(pk1[word], lane_off, r1[word]);
+        if constexpr (AT) {
+            decode_word_code_at(pk0[word], lane_off, r0[word]);
+            decode_word_code_at(pk1[word], lane_off, r1[word]);
+        } else {
+            decode_word_code(pk0[word], lane_off, r0[word]);
+            decode_word_code(pk1[word], lane_off, r1[word]);
+        }
     }
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
@@ -187,32 +216,33 @@ __device__ __forceinline__ void code_chunk_x_in_turn(const FastChunk& L, float o
 constexpr int CODE_X_IN_TURN = 4;
 
 // One chunk with x's fragments: held across chunks in xw and refilled here (NT < CODE_X_IN_TURN), or loaded in turn.
-template <bool F16C, int NT, bool NESTED>
+template <bool F16C, int NT, bool NESTED, bool AT = false>
 __device__ __forceinline__ void code_chunk_x(const FastChunk& L, float off0, float off1, const float* ncode,
                                              uint32_t lane_off, int t, uint32_t (&xw)[NT][16],
                                              const uint16_t* const (&xrow)[NT], const bool (&xload)[NT], int kb,
                                              float (&run)[NT][2]) {
     if constexpr (NT >= CODE_X_IN_TURN) {
-        code_chunk_x_in_turn<F16C, NT, NESTED>(L, off0, off1, ncode, lane_off, t, xrow, xload, kb, run);
+        code_chunk_x_in_turn<F16C, NT, NESTED, AT>(L, off0, off1, ncode, lane_off, t, xrow, xload, kb, run);
     } else {
         load_x_where<NT>(xw, xrow, kb, xload);
-        code_chunk<F16C, NT, NESTED>(L, off0, off1, ncode, lane_off, t, xw, run);
+        code_chunk<F16C, NT, NESTED, AT>(L, off0, off1, ncode, lane_off, t, xw, run);
     }
 }
 
 // The joint gate / up decode's end (JOINT below): run[nt] = (gate row, up row) 8 bx + g of x row 4 nt + t, added over
 // the W warps in warp order as reduce_store_code does; y[m, o] = round(y, silu(g) * u) with g and u the two sums
 // rounded to the compute dtype, i.e. exactly what the two GEMVs (no bias) and silu_mul (elementwise.cu) store in turn.
-template <bool F16C, int NT, int W>
+template <bool F16C, int NT, int W, int G = 1>
 __device__ __forceinline__ void reduce_store_swiglu(float4* red4, const float (&run)[NT][2], int M, int N,
                                                     void* __restrict__ y, int y_dtype, int bx) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    using TM = Team<G, W>;
+    const int warp = TM::warp(), lane = threadIdx.x & 31;
     float2* red2 = reinterpret_cast<float2*>(red4);  // [W][NT][32] pairs
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) red2[(warp * NT + nt) * 32 + lane] = make_float2(run[nt][0], run[nt][1]);
-    __syncthreads();
+    TM::sync();
     const int cdt = F16C ? DT_F16 : DT_BF16;
-    for (int e = threadIdx.x; e < NT * 32; e += W * 32) {
+    for (int e = TM::tid(); e < NT * 32; e += W * 32) {
         const int ln = e & 31, nt = e >> 5;  // output row 8 bx + g' (ln = 4 g' + t'), x row 4 nt + t'
         const int64_t o = (int64_t)bx * 8 + (ln >> 2);
         const int m = 4 * nt + (ln & 3);
@@ -227,6 +257,36 @@ __device__ __forceinline__ void reduce_store_swiglu(float4* red4, const float (&
     }
 }
 
+// A code kernel's shared memory as the body reads it (Smem's fields): the reduction buffer of the threads that share a
+// tile, the 16 factors and the nested codes; G = 1: the block's Smem; G > 1: the group's buffer below the team table
+// and one set of factors and codes for the block (static: constant addresses, no register in the chunk loop), plus
+// the team table.
+template <int G, int W, int NT>
+struct CodeShared {
+    using Red = float4[W * NT * 32];
+    float4* red;
+    float* tab;
+    float* ncode;
+    uint8_t* table;
+    __device__ __forceinline__ CodeShared() {
+        if constexpr (G == 1) {
+            Smem<W, 1, NT>& s = block_smem<W, 1, NT>();
+            red = s.red;
+            tab = s.tab;
+            ncode = s.ncode;
+            table = nullptr;
+        } else {
+            __shared__ __align__(16) float team_tab[16];
+            __shared__ __align__(16) float team_ncode[256];
+            const TeamLayout<Red, G> layout;
+            red = layout.smem[Team<G, W>::group()];
+            tab = team_tab;
+            ncode = team_ncode;
+            table = layout.table;
+        }
+    }
+};
+
 // The code decode's body: gemv_body_fast's tiles, warps, chunks and ring of loads (code_applies must hold). Launch:
 // one block of W warps per 16 output rows, WIDE_TABLE_BYTES of dynamic shared memory; M <= 4 NT.
 // IL: the bytes in the tile layout, read as gemv_body_fast's IL reads them (N % 16 == 0).
@@ -237,21 +297,34 @@ __device__ __forceinline__ void reduce_store_swiglu(float4* red4, const float (&
 // each weight, gridDim.x even) with one ring of loads running on across them, so a block's ramp (tables, first loads)
 // and tail come once per gridDim.x-th of the weight instead of once per tile. Each tile's sums are those of the
 // one-tile launch, bit for bit.
-template <bool F16C, int NT, int W, int DEPTH, bool NESTED, bool IL = false, bool JOINT = false, bool PERSIST = false>
+// G > 1 (PERSIST only): the SM-wide form (nf4_gemv_team.cuh): bx is the group's virtual block blockIdx.x * G + group, the
+// stride of the tile walk gridDim.x * G, and the table one per block on a 64 KiB boundary.
+template <bool F16C, int NT, int W, int DEPTH, bool NESTED, bool IL = false, bool JOINT = false, bool PERSIST = false,
+          int G = 1>
 __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1, const float* __restrict__ nested_code,
                                                const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                                int N, int K, const void* __restrict__ bias, int bias_dtype,
                                                void* __restrict__ y, int y_dtype, int bx) {
     static_assert(!PERSIST || IL, "the persistent loop moves through the tile layout");
-    Smem<W, 1, NT>& sm = block_smem<W, 1, NT>();
+    static_assert(G == 1 || PERSIST, "SM-wide blocks walk tiles");
+    using TM = Team<G, W>;
+    const CodeShared<G, W, NT> shared;
+    const CodeShared<G, W, NT>& sm = shared;
+    uint8_t* const table = shared.table;
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     constexpr int KSTEP = W * CHUNK_K;
-    FastStart<W, DEPTH, NESTED, IL, JOINT> fs(w, w1, N, K, bx);
+    FastStart<W, DEPTH, NESTED, IL, JOINT> fs(w, w1, N, K, bx, TM::warp());
     const int cpw = fs.cpw, kb0 = fs.kb0;
 
-    code_tables_then_wait<F16C, W, NESTED>(sm, code16, nested_code);
-    const uint32_t lane_off = (uint32_t)lane * 4u;
+    uint32_t lane_off;  // the wide table's lane offset, or (G > 1) the team table's key
+    if constexpr (G == 1) {
+        code_tables_then_wait<F16C, W, NESTED>(sm, code16, nested_code);
+        lane_off = (uint32_t)lane * 4u;
+    } else {
+        code_tables_then_wait_team<F16C, W, G, NESTED>(sm, table, code16, nested_code);
+        lane_off = team_table_key(table, lane);
+    }
     const uint16_t* xrow[NT];
     bool xload[NT];
     uint32_t xw[NT][16];
@@ -260,11 +333,11 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
 
     // one chunk: x's fragments, then its decode
     auto consume = [&](const FastChunk& L, int kb) {
-        code_chunk_x<F16C, NT, NESTED>(L, w.offset, w1.offset, sm.ncode, lane_off, t, xw, xrow, xload, kb, run);
+        code_chunk_x<F16C, NT, NESTED, (G > 1)>(L, w.offset, w1.offset, sm.ncode, lane_off, t, xw, xrow, xload, kb, run);
     };
     auto store = [&](int tile) {
-        if (JOINT) reduce_store_swiglu<F16C, NT, W>(sm.red, run, M, N, y, y_dtype, tile);
-        else reduce_store_code<F16C, NT, W>(sm.red, run, M, N, bias, bias_dtype, y, y_dtype, tile);
+        if (JOINT) reduce_store_swiglu<F16C, NT, W, G>(sm.red, run, M, N, y, y_dtype, tile);
+        else reduce_store_code<F16C, NT, W, G>(sm.red, run, M, N, bias, bias_dtype, y, y_dtype, tile);
     };
 
     if constexpr (!PERSIST) {
@@ -282,7 +355,7 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
         store(bx);
     } else {
         // every warp has cpw >= DEPTH chunks of every tile (persistent_applies): the steps v = tile i * cpw + chunk j
-        const int stride = gridDim.x, rows_per_tile = JOINT ? 8 : 16;
+        const int stride = gridDim.x * G, rows_per_tile = JOINT ? 8 : 16;
         const int tiles = (N / rows_per_tile - bx + stride - 1) / stride;
         const int total = tiles * cpw;
         const int64_t tile_bytes = (int64_t)(JOINT ? stride / 2 : stride) * (K / CHUNK_K) * 1024;
@@ -301,7 +374,7 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
                     }
                     if (++j == cpw) {
                         store(tile);
-                        __syncthreads();  // the next tile's store writes the reduction buffer again
+                        TM::sync();  // the next tile's store writes the reduction buffer again
 #pragma unroll
                         for (int nt = 0; nt < NT; nt++) run[nt][0] = run[nt][1] = 0.0f;
                         j = 0;
@@ -324,7 +397,7 @@ __host__ __device__ inline bool persistent_applies(int K, int W, int DEPTH) {
 // raised it from 93 to 119 registers and cost 5-12% (bench, session 21). A launch that breaks the contract traps.
 // IL: the weight's bytes in the tile layout (N % 16 == 0 too).
 // PERSIST (IL): the persistent tile loop (the launch's grid below N / 16 blocks; persistent_applies must hold).
-template <bool F16C, int NT, int W, int DEPTH, bool IL = false, bool PERSIST = false>
+template <bool F16C, int NT, int W, int DEPTH, bool IL = false, bool PERSIST = false, int G = 1>
 __device__ __forceinline__ void gemv_code(const Weight& w, const float* __restrict__ nested_code,
                                           const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                           int N, int K, const void* __restrict__ bias, int bias_dtype,
@@ -333,25 +406,25 @@ __device__ __forceinline__ void gemv_code(const Weight& w, const float* __restri
         || (PERSIST && !persistent_applies(K, W, DEPTH))) {
         __trap();
     }
-    if (w.nested) gemv_body_code<F16C, NT, W, DEPTH, true, IL, false, PERSIST>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
-    else gemv_body_code<F16C, NT, W, DEPTH, false, IL, false, PERSIST>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+    if (w.nested) gemv_body_code<F16C, NT, W, DEPTH, true, IL, false, PERSIST, G>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+    else gemv_body_code<F16C, NT, W, DEPTH, false, IL, false, PERSIST, G>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
 }
 
 // The joint gate / up decode (tile layout): y [M, N] = silu(x gate^T) * (x up^T), bit for bit the two code GEMVs and
 // silu_mul in turn. gate and up: [N, K] with the same blocksize, nesting and nested code (the launcher checks; the
 // kernel traps on the rest of the contract).
 // PERSIST: the persistent tile loop (an even grid below N / 8 blocks; persistent_applies must hold).
-template <bool F16C, int NT, int W, int DEPTH, bool PERSIST = false>
+template <bool F16C, int NT, int W, int DEPTH, bool PERSIST = false, int G = 1>
 __device__ __forceinline__ void gemv_code_swiglu(const Weight& gate, const Weight& up, const float* __restrict__ nested_code,
                                                  const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                                  int N, int K, void* __restrict__ y, int y_dtype, int bx) {
     if (!code_applies(K, gate.log2_blocksize, gate.nested, gate.nested_shift) || M > 4 * NT || N % 16 != 0
         || up.log2_blocksize != gate.log2_blocksize || up.nested != gate.nested || up.nested_shift != gate.nested_shift
-        || (PERSIST && (!persistent_applies(K, W, DEPTH) || gridDim.x % 2 != 0))) {
+        || (PERSIST && (!persistent_applies(K, W, DEPTH) || (gridDim.x * G) % 2 != 0))) {
         __trap();
     }
-    if (gate.nested) gemv_body_code<F16C, NT, W, DEPTH, true, true, true, PERSIST>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
-    else gemv_body_code<F16C, NT, W, DEPTH, false, true, true, PERSIST>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
+    if (gate.nested) gemv_body_code<F16C, NT, W, DEPTH, true, true, true, PERSIST, G>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
+    else gemv_body_code<F16C, NT, W, DEPTH, false, true, true, PERSIST, G>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
 }
 
 // The grouped persistent code decode (tile layout): up to three weights that read the same x (a layer's q / k / v at
@@ -379,18 +452,22 @@ __device__ __forceinline__ Weight code_weight(const CodeSegments& cs, int s) {
                   CODE_PICK(cs, s, w).nested_shift, CODE_PICK(cs, s, w).nested};
 }
 
-template <bool F16C, int NT, int W, int DEPTH, bool NESTED>
+// G > 1: the SM-wide form (nf4_gemv_team.cuh; as gemv_body_code's G).
+template <bool F16C, int NT, int W, int DEPTH, bool NESTED, int G = 1>
 __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, const float* __restrict__ nested_code,
                                                      const float* __restrict__ code16, const uint16_t* __restrict__ x,
                                                      int M, int K, int y_dtype) {
-    Smem<W, 1, NT>& sm = block_smem<W, 1, NT>();
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    using TM = Team<G, W>;
+    const CodeShared<G, W, NT> shared;
+    const CodeShared<G, W, NT>& sm = shared;
+    uint8_t* const table = shared.table;
+    const int warp = TM::warp(), lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     constexpr int KSTEP = W * CHUNK_K;
     const int C = K / CHUNK_K, cpw = C / W, kb0 = warp * CHUNK_K + 32 * t;
-    const int stride = gridDim.x;
+    const int stride = gridDim.x * G, first = (int)blockIdx.x * G + TM::group();  // the team's first virtual tile
     const int all = cs.tiles[0] + cs.tiles[1] + cs.tiles[2];
-    const int total = (all - (int)blockIdx.x + stride - 1) / stride * cpw;
+    const int total = (all - first + stride - 1) / stride * cpw;
     // chunk j of virtual tile vt into ring slot d: that weight's tile vt - (tiles before it)
     FastChunk buf[DEPTH];
     auto issue = [&](int d, int vt, int j) {
@@ -408,26 +485,32 @@ __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, con
     };
 #pragma unroll
     for (int d = 0; d < DEPTH; d++) {
-        if (d < total) issue(d, blockIdx.x, d);  // cpw >= DEPTH: the first tile's first chunks
+        if (d < total) issue(d, first, d);  // cpw >= DEPTH: the first tile's first chunks
     }
 
-    code_tables_then_wait<F16C, W, NESTED>(sm, code16, nested_code);
-    const uint32_t lane_off = (uint32_t)lane * 4u;
+    uint32_t lane_off;  // as gemv_body_code's
+    if constexpr (G == 1) {
+        code_tables_then_wait<F16C, W, NESTED>(sm, code16, nested_code);
+        lane_off = (uint32_t)lane * 4u;
+    } else {
+        code_tables_then_wait_team<F16C, W, G, NESTED>(sm, table, code16, nested_code);
+        lane_off = team_table_key(table, lane);
+    }
     const uint16_t* xrow[NT];
     bool xload[NT];
     uint32_t xw[NT][16];
     float run[NT][2];
     code_x_start<NT>(x, M, K, g, t, xrow, xload, xw, run);
 
-    int j = 0, vt = blockIdx.x;          // the chunk consumed next and its virtual tile
-    int lj = DEPTH, lvt = blockIdx.x;    // the chunk loaded next
+    int j = 0, vt = first;          // the chunk consumed next and its virtual tile
+    int lj = DEPTH, lvt = first;    // the chunk loaded next
     int s = code_segment(cs, vt);
     float off = CODE_PICK(cs, s, w).offset;
     for (int v0 = 0; v0 < total; v0 += DEPTH) {
 #pragma unroll
         for (int d = 0; d < DEPTH; d++) {
             if (v0 + d < total) {  // warp- and block-uniform
-                code_chunk_x<F16C, NT, NESTED>(buf[d], off, off, sm.ncode, lane_off, t, xw, xrow, xload, kb0 + j * KSTEP, run);
+                code_chunk_x<F16C, NT, NESTED, (G > 1)>(buf[d], off, off, sm.ncode, lane_off, t, xw, xrow, xload, kb0 + j * KSTEP, run);
                 if (v0 + d + DEPTH < total) {
                     if (lj == cpw) { lj = 0; lvt += stride; }
                     issue(d, lvt, lj);
@@ -435,9 +518,9 @@ __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, con
                 }
                 if (++j == cpw) {
                     const int lt = vt - (s == 0 ? 0 : s == 1 ? cs.tiles[0] : cs.tiles[0] + cs.tiles[1]);
-                    reduce_store_code<F16C, NT, W>(sm.red, run, M, 16 * CODE_PICK(cs, s, tiles), CODE_PICK(cs, s, bias),
-                                                   CODE_PICK(cs, s, bias_dtype), CODE_PICK(cs, s, y), y_dtype, lt);
-                    __syncthreads();  // the next tile's store writes the reduction buffer again
+                    reduce_store_code<F16C, NT, W, G>(sm.red, run, M, 16 * CODE_PICK(cs, s, tiles), CODE_PICK(cs, s, bias),
+                                                      CODE_PICK(cs, s, bias_dtype), CODE_PICK(cs, s, y), y_dtype, lt);
+                    TM::sync();  // the next tile's store writes the reduction buffer again
 #pragma unroll
                     for (int nt = 0; nt < NT; nt++) run[nt][0] = run[nt][1] = 0.0f;
                     j = 0;
@@ -450,7 +533,7 @@ __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, con
     }
 }
 
-template <bool F16C, int NT, int W, int DEPTH>
+template <bool F16C, int NT, int W, int DEPTH, int G = 1>
 __device__ __forceinline__ void gemv_code_group(const CodeSegments& cs, const float* __restrict__ nested_code,
                                                 const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                                 int K, int y_dtype) {
@@ -465,8 +548,8 @@ __device__ __forceinline__ void gemv_code_group(const CodeSegments& cs, const fl
             __trap();
         }
     }
-    if (w.nested) gemv_body_code_group<F16C, NT, W, DEPTH, true>(cs, nested_code, code16, x, M, K, y_dtype);
-    else gemv_body_code_group<F16C, NT, W, DEPTH, false>(cs, nested_code, code16, x, M, K, y_dtype);
+    if (w.nested) gemv_body_code_group<F16C, NT, W, DEPTH, true, G>(cs, nested_code, code16, x, M, K, y_dtype);
+    else gemv_body_code_group<F16C, NT, W, DEPTH, false, G>(cs, nested_code, code16, x, M, K, y_dtype);
 }
 
 }  // namespace nf4v2

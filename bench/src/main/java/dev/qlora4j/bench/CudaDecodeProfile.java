@@ -23,7 +23,7 @@ import java.util.Random;
  * so that table shows the ops' kernel time, not the graph's launch gaps; the difference between the two step
  * times is the launch overhead the graph still pays).
  *
- * <p>Run: bash .gpu-pack/run main dev.qlora4j.bench.CudaDecodeProfile [--shape llama-7b] [--quant nf4|bf16]
+ * <p>Run: bash .gpu-pack/run main dev.qlora4j.bench.CudaDecodeProfile [--shape llama-7b] [--quant nf4|nf4-nodq|bf16]
  * [--new-tokens 128] [--offload-layers N] [--graphs on|off] [--gpus N] [--sample T,K,P[,R]]. --sample decodes with
  * sampling (temperature T, top_k K, top_p P, repetition penalty R; seed 0; T = 0: greedy with the penalty) instead of
  * greedy tokens. --gpus N splits the decoder layers evenly
@@ -32,6 +32,21 @@ import java.util.Random;
  */
 public final class CudaDecodeProfile {
     private CudaDecodeProfile() {}
+
+    /** nf4: QLoRA's config (NF4, double quantization); nf4-nodq: the same with float32 absmax; bf16: no quantization. */
+    static QuantizationConfig quantConfig(String quant) {
+        return switch (quant) {
+            case "nf4" -> QuantizationConfig.qlora();
+            case "nf4-nodq" -> {
+                QuantizationConfig q = QuantizationConfig.qlora();
+                yield new QuantizationConfig(q.loadIn8bit(), q.loadIn4bit(), q.llmInt8Threshold(), q.llmInt8SkipModules(),
+                        q.llmInt8EnableFp32CpuOffload(), q.llmInt8HasFp16Weight(), q.bnb4bitComputeDType(),
+                        q.bnb4bitQuantType(), false, q.bnb4bitQuantStorage(), q.blocksize());
+            }
+            case "bf16" -> null;
+            default -> throw new IllegalArgumentException("--quant " + quant + ": use nf4, nf4-nodq or bf16");
+        };
+    }
 
     public static void main(String[] args) {
         String shape = "llama-7b", quant = "nf4";
@@ -48,7 +63,7 @@ public final class CudaDecodeProfile {
                 case "--gpus" -> gpus = Integer.parseInt(args[i + 1]);
                 case "--sample" -> sample = args[i + 1];
                 default -> throw new IllegalArgumentException("unknown option " + args[i]
-                        + "; use --shape NAME --quant nf4|bf16 --new-tokens N --offload-layers N --graphs on|off --gpus N"
+                        + "; use --shape NAME --quant nf4|nf4-nodq|bf16 --new-tokens N --offload-layers N --graphs on|off --gpus N"
                         + " --sample T,K,P");
             }
         }
@@ -64,7 +79,7 @@ public final class CudaDecodeProfile {
         }
         // Graph replay is only possible without the profiler; with it, the graph figure is skipped.
         try (CudaBackend b = CudaBackend.create(0, DType.BF16, graphs)) {
-            QuantizationConfig q = quant.equals("nf4") ? QuantizationConfig.qlora() : null;
+            QuantizationConfig q = quantConfig(quant);
             var c = SyntheticWeights.config(shape);
             // --offload-layers N: the last N layers' weights stream from pinned host memory (graphs turn off then).
             TransformerLM model = TransformerLM.load(c, SyntheticWeights.onDevice(c, b, 42), b,
@@ -127,7 +142,7 @@ public final class CudaDecodeProfile {
     private static void multiGpu(String shape, String quant, int newTokens, int gpus, String sample) {
         java.util.List<CudaBackend> bs = MultiGpuBench.backends(gpus, DType.BF16, false);
         try {
-            QuantizationConfig q = quant.equals("nf4") ? QuantizationConfig.qlora() : null;
+            QuantizationConfig q = quantConfig(quant);
             var c = SyntheticWeights.config(shape);
             dev.qlora4j.model.ModelDevices devices = MultiGpuBench.balanced(bs, c.numHiddenLayers());
             TransformerLM model = TransformerLM.load(c, MultiGpuBench.weights(c, devices, 42), devices,

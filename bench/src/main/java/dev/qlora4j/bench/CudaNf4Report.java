@@ -12,7 +12,8 @@ import java.util.Locale;
  * default: native/nf4_gemv.cu; v2reg, the same kernel decoding in registers; hybrid and hybrid:P, every P-th chunk
  * decoded in registers; stream, pair-table decode only; mma, the stream-K kernel), larger rows one line ("-": dequantize + cuBLAS). Run: java --enable-native-access=ALL-UNNAMED -cp
  * bench/target/benchmarks.jar dev.qlora4j.bench.CudaNf4Report [shapes comma-separated] [rows comma-separated]
- * [variants comma-separated, default v2,v2reg,hybrid,stream,mma].
+ * [variants comma-separated, default v2,v2reg,hybrid,stream,mma] [absmax forms: n (float32), y (double quantization)
+ * or ny, the default].
  */
 public final class CudaNf4Report {
     /** The decode GEMV variants compared on rows <= 16 (system properties qlora4j.nf4.gemv, qlora4j.nf4.hybridPeriod). */
@@ -24,6 +25,8 @@ public final class CudaNf4Report {
         String[] shapes = (args.length > 0 ? args[0] : "4096x11008,11008x4096,8192x28672").split(",");
         String[] rowList = (args.length > 1 ? args[1] : "1,2,4,8,16,4096").split(",");
         String[] decodeVariants = (args.length > 2 ? args[2] : DEFAULT_VARIANTS).split(",");
+        // which absmax forms: n (float32), y (double quantization) or both (the default), e.g. to profile one
+        String dqForms = args.length > 3 ? args[3] : "ny";
         if (!CudaDriver.isAvailable()) {
             System.err.println("no GPU: " + CudaDriver.unavailableReason());
             System.exit(2);
@@ -37,6 +40,7 @@ public final class CudaNf4Report {
             for (String shape : shapes) {
                 int[] s = CudaNf4BenchWorkload.parseShape(shape);
                 for (boolean dq : new boolean[] {false, true}) {
+                    if (dqForms.indexOf(dq ? 'y' : 'n') < 0) continue;
                     try (CudaNf4BenchWorkload w = new CudaNf4BenchWorkload(ctx, s[1], s[0], 1, dq)) {
                         for (String r : rowList) {
                             int rows = Integer.parseInt(r.trim());

@@ -245,9 +245,9 @@ final class Nf4GemvKernels {
         }
         boolean v3 = decode == Decode.V3_STREAM && v3Applies(w, rows);
         int persistent = tiles && decode == Decode.CODE ? Nf4TileGemvKernels.persistentSingle(ctx, w, w.outFeatures() / 16, false, rows) : 0;
-        long fn = ctx.function(MODULE, v3 ? v3KernelName(w.computeDType(), rows)
+        String kernel = v3 ? v3KernelName(w.computeDType(), rows)
                 : kernelName(w.computeDType(), rows, decode == Decode.V3_STREAM ? Decode.TABLE : decode)
-                + Quant4bitKernels.layoutSuffix(w) + (persistent > 0 ? Nf4TileGemvKernels.persistentForm(rows).suffix() : ""));
+                + Quant4bitKernels.layoutSuffix(w);
         boolean doubleRound = w.stateDType() != DType.F32 && w.stateDType() != w.computeDType();
         KernelArgs args = Quant4bitKernels.layoutWeightArgs(w).ptr(CudaContext.ptr(w.code16()))
                 .ptr(CudaContext.ptr(xc)).i32(rows).i32(w.outFeatures()).i32(w.inFeatures())
@@ -255,13 +255,18 @@ final class Nf4GemvKernels {
                 .i32(bias == null ? 0 : Quant4bitKernels.dtypeCode(bias.dtype(), "bias"))
                 .ptr(CudaContext.ptr(y)).i32(Quant4bitKernels.dtypeCode(y.dtype(), "output"))
                 .i32(doubleRound ? 1 : 0);
+        if (persistent > 0) {
+            Nf4TileGemvKernels.launchPersistent(ctx, kernel, persistent, false, rows, w.nested(), args);
+            return;
+        }
+        long fn = ctx.function(MODULE, kernel);
         if (v3) {  // persistent: any grid is correct; V3_BLOCKS_PER_SM per SM fit (registers, <= 32 KiB of x each)
             ctx.launch(fn, Dim3.of(V3_BLOCKS_PER_SM * ctx.properties().multiprocessorCount()), Dim3.of(V3_THREADS),
                     v3SharedBytes(rows, w.inFeatures()), args);
         } else {
             int shared = decode.wideTable() ? WIDE_TABLE_BYTES : 0;
             ctx.allowSharedMemory(fn, shared);
-            ctx.launch(fn, Dim3.of(persistent > 0 ? persistent : grid(w.outFeatures())), Dim3.of(THREADS), shared, args);
+            ctx.launch(fn, Dim3.of(grid(w.outFeatures())), Dim3.of(THREADS), shared, args);
         }
     }
 }

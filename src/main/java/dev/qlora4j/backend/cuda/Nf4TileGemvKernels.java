@@ -42,15 +42,36 @@ final class Nf4TileGemvKernels {
                     + rows + " rows of " + xc.dtype() + " x");
         }
         int persistent = persistentSingle(ctx, gate, gate.outFeatures() / 8, true, rows);
-        long fn = ctx.function(Nf4GemvKernels.MODULE, "q4v2code_swiglu_bf16" + Nf4GemvKernels.codeRowsSuffix(rows) + "_tiles"
-                + (persistent > 0 ? persistentForm(rows).suffix() : ""));
+        String kernel = "q4v2code_swiglu_bf16" + Nf4GemvKernels.codeRowsSuffix(rows) + "_tiles";
         KernelArgs args = Quant4bitKernels.layoutWeightArgs(gate);
         Quant4bitKernels.addLayoutWeightArgs(args, up).ptr(CudaContext.ptr(gate.code16()))
                 .ptr(CudaContext.ptr(xc)).i32(rows).i32(gate.outFeatures()).i32(gate.inFeatures())
                 .ptr(CudaContext.ptr(y)).i32(Quant4bitKernels.dtypeCode(y.dtype(), "output"));
-        ctx.allowSharedMemory(fn, Nf4GemvKernels.WIDE_TABLE_BYTES);
-        ctx.launch(fn, Dim3.of(persistent > 0 ? persistent : gate.outFeatures() / 8), Dim3.of(Nf4GemvKernels.THREADS),
-                Nf4GemvKernels.WIDE_TABLE_BYTES, args);
+        if (persistent > 0) {
+            launchPersistent(ctx, kernel, persistent, true, rows, gate.nested(), args);
+        } else {
+            long fn = ctx.function(Nf4GemvKernels.MODULE, kernel);
+            ctx.allowSharedMemory(fn, Nf4GemvKernels.WIDE_TABLE_BYTES);
+            ctx.launch(fn, Dim3.of(gate.outFeatures() / 8), Dim3.of(Nf4GemvKernels.THREADS), Nf4GemvKernels.WIDE_TABLE_BYTES, args);
+        }
+    }
+
+    /**
+     * Launches the persistent code kernel (its name without the form's suffix) for grid tile walkers (persistentGrid) in
+     * the form for rows of x and the weights' nesting; an SM-wide form takes {@link PersistentForm#groups} walkers a
+     * block, and a grid with too few walkers for one such block takes the three-block form (the same values).
+     */
+    static void launchPersistent(CudaContext ctx, String kernel, int grid, boolean joint, int rows, boolean nested,
+                                 KernelArgs args) {
+        PersistentForm form = persistentForm(rows, nested);
+        int blocks = form.blocks(grid, joint);
+        if (blocks == 0) {
+            form = THREE_BLOCKS;
+            blocks = grid;
+        }
+        long fn = ctx.function(Nf4GemvKernels.MODULE, kernel + form.suffix());
+        ctx.allowSharedMemory(fn, form.sharedBytes());
+        ctx.launch(fn, Dim3.of(blocks), Dim3.of(form.threads()), form.sharedBytes(), args);
     }
 
     /**
@@ -61,28 +82,58 @@ final class Nf4TileGemvKernels {
     // native/nf4_gemv.cu: V2_CODE_DEPTH (the ring)
     static final int CODE_DEPTH = 2;
     /**
-     * System property: the persistent code decode's form for one row of x (batch-1 decode): "3" (the default: 8 warps,
-     * three blocks per SM, the "_p3" kernels compiled for 80 registers; the 7B decode ~4% faster) or "2" (8 warps, two
-     * blocks, the "_p" kernels: up to 128 registers). 2..16 rows always take "2" ("3" measured 0-7% slower at four rows).
-     * Both give the same values (the same warps, chunks and order per tile).
+     * System property: the persistent code decode's form for one row of x (batch-1 decode). "auto" (the default): "s3"
+     * for weights with float32 absmax, "3" for double-quantized ones. "3": 8 warps, three blocks per SM, the "_p3"
+     * kernels compiled for 80 registers (the 7B decode ~4% faster than "2"). "s3": one block of three 8-warp groups per
+     * SM sharing one decode table on a 64 KiB boundary, the "_s3" kernels: one instruction fewer per packed byte
+     * (native/nf4_gemv_team.cuh; bench/RESULTS.md session 26: GEMVs 4-8% faster and the 7B decode 1% faster without
+     * double quantization, no faster GEMVs and a 3-4% slower decode with it). "2": 8 warps, two blocks, the "_p" kernels
+     * (up to 128 registers). 2..16 rows always take "2" ("3" measured 0-7% slower at four rows). All give the same
+     * values (the same warps, chunks and order per tile).
      */
     static final String PERSISTENT_FORM_PROPERTY = "qlora4j.nf4.persistentForm";
+    /** Dynamic shared memory of the SM-wide kernels (native/nf4_gemv_team.cuh: SM_TEAM_DYNAMIC_BYTES). */
+    static final int TEAM_SHARED_BYTES = 2 * 65536 - 1024;
 
-    /** A persistent kernel form: blocks per SM (its launch bounds) and the kernel name's suffix; 8 warps a block. */
-    record PersistentForm(int blocksPerSm, String suffix) {
+    /**
+     * A persistent kernel form: tile walkers (8-warp blocks or groups) per SM, the kernel name's suffix, and walkers a
+     * block (1, or the groups of an SM-wide block).
+     */
+    record PersistentForm(int blocksPerSm, String suffix, int groups) {
         static final int WARPS = Nf4GemvKernels.THREADS / 32;
+
+        int threads() { return groups * Nf4GemvKernels.THREADS; }
+
+        int sharedBytes() { return groups == 1 ? Nf4GemvKernels.WIDE_TABLE_BYTES : TEAM_SHARED_BYTES; }
+
+        /**
+         * The blocks of a launch for grid walkers: grid, or for groups per block as many whole blocks as fit in grid (the
+         * kernels' walkers must not outnumber the tiles), an even number of walkers for the joint decode; 0 if none fits.
+         */
+        int blocks(int grid, boolean joint) {
+            if (groups == 1) return grid;
+            int b = grid / groups;
+            while (b > 0 && joint && b * groups % 2 != 0) b--;
+            return b;
+        }
     }
 
-    static final PersistentForm TWO_BLOCKS = new PersistentForm(2, "_p");
-    static final PersistentForm THREE_BLOCKS = new PersistentForm(3, "_p3");
+    static final PersistentForm TWO_BLOCKS = new PersistentForm(2, "_p", 1);
+    static final PersistentForm THREE_BLOCKS = new PersistentForm(3, "_p3", 1);
+    static final PersistentForm SM_WIDE = new PersistentForm(3, "_s3", 3);
 
-    /** The persistent form of a launch for this many rows of x (native/nf4_gemv.cu: the kernels' launch bounds). */
-    static PersistentForm persistentForm(int rows) {
-        String v = System.getProperty(PERSISTENT_FORM_PROPERTY, "3").trim();
+    /**
+     * The persistent form of a launch for this many rows of x and weights with (nested) or without double quantization
+     * (native/nf4_gemv.cu: the kernels' launch bounds).
+     */
+    static PersistentForm persistentForm(int rows, boolean nested) {
+        String v = System.getProperty(PERSISTENT_FORM_PROPERTY, "auto").trim();
         PersistentForm one = switch (v) {
+            case "auto" -> nested ? THREE_BLOCKS : SM_WIDE;
             case "2" -> TWO_BLOCKS;
             case "3" -> THREE_BLOCKS;
-            default -> throw new IllegalArgumentException("-D" + PERSISTENT_FORM_PROPERTY + "=" + v + ": use 3 or 2");
+            case "s3" -> SM_WIDE;
+            default -> throw new IllegalArgumentException("-D" + PERSISTENT_FORM_PROPERTY + "=" + v + ": use auto, 3, s3 or 2");
         };
         return rows == 1 ? one : TWO_BLOCKS;
     }
@@ -106,7 +157,7 @@ final class Nf4TileGemvKernels {
                 || chunks % PersistentForm.WARPS != 0 || chunks < PersistentForm.WARPS * CODE_DEPTH || tiles < 1) {
             return 0;
         }
-        long slots = (long) persistentForm(rows).blocksPerSm() * multiprocessors;
+        long slots = (long) persistentForm(rows, false).blocksPerSm() * multiprocessors;  // every form: the same walkers
         return (int) Math.min(tiles, joint ? slots & ~1L : slots);
     }
 
@@ -160,11 +211,8 @@ final class Nf4TileGemvKernels {
         long tiles = 0;
         for (CudaQuant4bit w : ws) tiles += w.outFeatures() / 16;
         args.ptr(CudaContext.ptr(xc)).i32(rows).i32(ws.get(0).inFeatures()).i32(Quant4bitKernels.dtypeCode(yType, "output"));
-        long fn = ctx.function(Nf4GemvKernels.MODULE, "q4v2gcode_gemv_bf16" + Nf4GemvKernels.codeRowsSuffix(rows) + "_tiles"
-                + persistentForm(rows).suffix());
-        ctx.allowSharedMemory(fn, Nf4GemvKernels.WIDE_TABLE_BYTES);
-        ctx.launch(fn, Dim3.of(persistentGrid(ctx, ws.get(0), tiles, false, rows)), Dim3.of(Nf4GemvKernels.THREADS),
-                Nf4GemvKernels.WIDE_TABLE_BYTES, args);
+        launchPersistent(ctx, "q4v2gcode_gemv_bf16" + Nf4GemvKernels.codeRowsSuffix(rows) + "_tiles",
+                persistentGrid(ctx, ws.get(0), tiles, false, rows), false, rows, ws.get(0).nested(), args);
         Nf4GemvKernels.GROUP_LAUNCHES.incrementAndGet();
     }
 }

@@ -21,8 +21,10 @@ class PersistentGridTest {
         assertEquals(396, Nf4TileGemvKernels.persistentSingle(H200_SMS, DType.BF16, 4096, 688, false, 1));
         assertEquals(264, Nf4TileGemvKernels.persistentSingle(H200_SMS, DType.BF16, 4096, 688, false, 2));
         assertEquals(264, Nf4TileGemvKernels.persistentSingle(H200_SMS, DType.BF16, 4096, 688, false, 16));
-        assertEquals("_p3", Nf4TileGemvKernels.persistentForm(1).suffix());
-        assertEquals("_p", Nf4TileGemvKernels.persistentForm(4).suffix());
+        assertEquals("_p3", Nf4TileGemvKernels.persistentForm(1, true).suffix(), "double-quantized: three blocks");
+        assertEquals("_s3", Nf4TileGemvKernels.persistentForm(1, false).suffix(), "float32 absmax: SM-wide blocks");
+        assertEquals("_p", Nf4TileGemvKernels.persistentForm(4, true).suffix());
+        assertEquals("_p", Nf4TileGemvKernels.persistentForm(4, false).suffix());
         // o_proj: 256 tiles fit one wave, one block each; the grouped q / k / v (768 tiles) goes persistent
         assertEquals(0, Nf4TileGemvKernels.persistentSingle(H200_SMS, DType.BF16, 4096, 256, false, 1));
         assertEquals(396, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.BF16, 4096, 768, false, 1));
@@ -49,11 +51,32 @@ class PersistentGridTest {
     void theOneRowFormFollowsTheProperty() {
         try (var two = TemporaryProperty.set(Nf4TileGemvKernels.PERSISTENT_FORM_PROPERTY, "2")) {
             assertEquals(264, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.BF16, 4096, 768, false, 1));
-            assertEquals("_p", Nf4TileGemvKernels.persistentForm(1).suffix());
+            assertEquals("_p", Nf4TileGemvKernels.persistentForm(1, false).suffix());
         }
         try (var bad = TemporaryProperty.set(Nf4TileGemvKernels.PERSISTENT_FORM_PROPERTY, "4")) {
-            var e = assertThrows(IllegalArgumentException.class, () -> Nf4TileGemvKernels.persistentForm(1));
-            assertTrue(e.getMessage().contains("use 3 or 2"), e.getMessage());
+            var e = assertThrows(IllegalArgumentException.class, () -> Nf4TileGemvKernels.persistentForm(1, true));
+            assertTrue(e.getMessage().contains("use auto, 3, s3 or 2"), e.getMessage());
         }
+        try (var sm = TemporaryProperty.set(Nf4TileGemvKernels.PERSISTENT_FORM_PROPERTY, "s3")) {
+            assertEquals("_s3", Nf4TileGemvKernels.persistentForm(1, true).suffix());
+            assertEquals("_p", Nf4TileGemvKernels.persistentForm(2, false).suffix(), "2..16 rows keep two blocks");
+            assertEquals(396, Nf4TileGemvKernels.persistentGrid(H200_SMS, DType.BF16, 4096, 768, false, 1));
+        }
+    }
+
+    @Test
+    void smWideBlocksNeverHoldMoreWalkersThanTiles() {
+        var form = Nf4TileGemvKernels.SM_WIDE;
+        assertEquals(768, form.threads());
+        assertEquals(2 * 65536 - 1024, form.sharedBytes());
+        assertEquals(132, form.blocks(396, false), "three 8-warp groups a block: one block a SM");
+        assertEquals(132, form.blocks(396, true));
+        assertEquals(64, form.blocks(192, false), "a small group: whole blocks only");
+        assertEquals(63, form.blocks(190, false));
+        assertEquals(62, form.blocks(190, true), "the joint decode steps over whole 16-row tiles: an even walker count");
+        assertEquals(0, form.blocks(2, false), "fewer walkers than a block's groups: the launcher takes the three-block form");
+        assertEquals(396, Nf4TileGemvKernels.THREE_BLOCKS.blocks(396, true));
+        assertEquals(256, Nf4TileGemvKernels.THREE_BLOCKS.threads());
+        assertEquals(65536, Nf4TileGemvKernels.THREE_BLOCKS.sharedBytes());
     }
 }
