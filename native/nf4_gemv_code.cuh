@@ -90,6 +90,20 @@ __device__ __forceinline__ void code_tables_then_wait_team(S& sm, uint8_t* table
     __syncthreads();
 }
 
+// The tables and the wait for the team (G = 1: the block), and what the decode adds to a packed byte for lane: the wide
+// table's lane offset (G = 1), or the team table's key (G > 1: decode_word_code_at).
+template <bool F16C, int W, int G, bool NESTED, typename S>
+__device__ __forceinline__ uint32_t code_tables_key(S& sm, uint8_t* table, const float* __restrict__ code16,
+                                                    const float* __restrict__ nested_code, int lane) {
+    if constexpr (G == 1) {
+        code_tables_then_wait<F16C, W, NESTED>(sm, code16, nested_code);
+        return (uint32_t)lane * 4u;
+    } else {
+        code_tables_then_wait_team<F16C, W, G, NESTED>(sm, table, code16, nested_code);
+        return team_table_key(table, lane);
+    }
+}
+
 // A thread's x rows and sums at the start of the code decode: B column g of n-tile nt is x row 4 nt + (g >> 1), nonzero
 // only in the k of the threads of block half g & 1 (so only those load it); fragments and sums zero.
 template <int NT>
@@ -317,14 +331,7 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
     FastStart<W, DEPTH, NESTED, IL, JOINT> fs(w, w1, N, K, bx, TM::warp());
     const int cpw = fs.cpw, kb0 = fs.kb0;
 
-    uint32_t lane_off;  // the wide table's lane offset, or (G > 1) the team table's key
-    if constexpr (G == 1) {
-        code_tables_then_wait<F16C, W, NESTED>(sm, code16, nested_code);
-        lane_off = (uint32_t)lane * 4u;
-    } else {
-        code_tables_then_wait_team<F16C, W, G, NESTED>(sm, table, code16, nested_code);
-        lane_off = team_table_key(table, lane);
-    }
+    const uint32_t lane_off = code_tables_key<F16C, W, G, NESTED>(sm, table, code16, nested_code, lane);
     const uint16_t* xrow[NT];
     bool xload[NT];
     uint32_t xw[NT][16];
@@ -488,14 +495,7 @@ __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, con
         if (d < total) issue(d, first, d);  // cpw >= DEPTH: the first tile's first chunks
     }
 
-    uint32_t lane_off;  // as gemv_body_code's
-    if constexpr (G == 1) {
-        code_tables_then_wait<F16C, W, NESTED>(sm, code16, nested_code);
-        lane_off = (uint32_t)lane * 4u;
-    } else {
-        code_tables_then_wait_team<F16C, W, G, NESTED>(sm, table, code16, nested_code);
-        lane_off = team_table_key(table, lane);
-    }
+    const uint32_t lane_off = code_tables_key<F16C, W, G, NESTED>(sm, table, code16, nested_code, lane);
     const uint16_t* xrow[NT];
     bool xload[NT];
     uint32_t xw[NT][16];
