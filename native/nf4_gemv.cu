@@ -589,13 +589,24 @@ struct FastStart {
     __device__ __forceinline__ void load(const Weight& w, const Weight& w1, int d, int kb) {
         load_fast<NESTED, IL>(buf[d], w, w1, row, row_block, kb, kb0);
     }
-    // the same chunk of a later tile (IL): its bytes tile_bytes and its absmax blocks tile_blocks past the first tile's
+    // the same chunk of a later tile (IL): its bytes tile_bytes and its absmax blocks tile_blocks past the current one's
     __device__ __forceinline__ void load_tile(const Weight& w, const Weight& w1, int d, int kb, int64_t tile_bytes,
                                               uint32_t tile_blocks) {
         static_assert(IL, "tile offsets are those of the tile layout");
         const uint8_t* const moved[2] = {row[0] + tile_bytes, row[1] + tile_bytes};
         const uint32_t moved_block[2] = {row_block[0] + tile_blocks, row_block[1] + tile_blocks};
         load_fast<NESTED, IL>(buf[d], w, w1, moved, moved_block, kb, kb0);
+    }
+    // moves the loads on to a later tile (IL): its bytes tile_bytes and its absmax blocks tile_blocks past the current
+    // one's, once per tile, so that a chunk's load (load) adds no tile offset: fewer instructions a chunk where the
+    // registers allow it (nf4_gemv_code.cuh's G = 1 kernels; the SM-wide ones spill more with it and keep load_tile)
+    __device__ __forceinline__ void next_tile(int64_t tile_bytes, uint32_t tile_blocks) {
+        static_assert(IL, "tile offsets are those of the tile layout");
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            row[h] += tile_bytes;
+            row_block[h] += tile_blocks;
+        }
     }
     __device__ __forceinline__ void load(const Weight& w, int d, int kb) { load(w, w, d, kb); }
 };

@@ -368,15 +368,23 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
         const int64_t tile_bytes = (int64_t)(JOINT ? stride / 2 : stride) * (K / CHUNK_K) * 1024;
         const uint32_t tile_blocks = (uint32_t)(rows_per_tile * stride) * (uint32_t)(K >> w.log2_blocksize);
         int j = 0, tile = bx;                   // the chunk consumed next, and its tile
-        int lj = DEPTH, li = 0;                 // the chunk loaded next (ring slot of step v + DEPTH), its tile's index
+        // the chunk loaded next (ring slot of step v + DEPTH) and (G > 1) its tile's index: G = 1 moves the loads on once
+        // per tile (fs.next_tile; the GEMVs 2-3% faster), G > 1 adds the tile's offset per chunk (the SM-wide kernels'
+        // 80 registers spill more otherwise)
+        int lj = DEPTH, li = 0;
         for (int v0 = 0; v0 < total; v0 += DEPTH) {
 #pragma unroll
             for (int d = 0; d < DEPTH; d++) {
                 if (v0 + d < total) {  // warp- and block-uniform
                     consume(fs.buf[d], kb0 + j * KSTEP);
                     if (v0 + d + DEPTH < total) {
-                        if (lj == cpw) { lj = 0; li++; }
-                        fs.load_tile(w, w1, d, kb0 + lj * KSTEP, li * tile_bytes, (uint32_t)li * tile_blocks);
+                        if (lj == cpw) {
+                            lj = 0;
+                            if constexpr (G == 1) fs.next_tile(tile_bytes, tile_blocks);
+                            else li++;
+                        }
+                        if constexpr (G == 1) fs.load(w, w1, d, kb0 + lj * KSTEP);
+                        else fs.load_tile(w, w1, d, kb0 + lj * KSTEP, li * tile_bytes, (uint32_t)li * tile_blocks);
                         lj++;
                     }
                     if (++j == cpw) {
@@ -475,21 +483,30 @@ __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, con
     const int stride = gridDim.x * G, first = (int)blockIdx.x * G + TM::group();  // the team's first virtual tile
     const int all = cs.tiles[0] + cs.tiles[1] + cs.tiles[2];
     const int total = (all - first + stride - 1) / stride * cpw;
-    // chunk j of virtual tile vt into ring slot d: that weight's tile vt - (tiles before it)
+    // The tile the ring loads from (virtual tile vt: its weight's tile vt - (tiles before it)): its weight, byte pointers
+    // and first absmax blocks of rows g and g + 8. G = 1 locates them once per tile, so that a chunk's load adds only its
+    // k (the 7B decode 2% faster than recomputing them per chunk); G > 1 recomputes them per chunk, which its
+    // 80-register budget holds without spills (session 26: 48-72 bytes of spills and a 2% slower decode otherwise).
     FastChunk buf[DEPTH];
-    auto issue = [&](int d, int vt, int j) {
+    Weight lw;
+    const uint8_t* lrow[2];
+    uint32_t lblock[2];
+    auto locate = [&](int vt) {
         const int s = code_segment(cs, vt);
-        const Weight w = code_weight(cs, s);
+        lw = code_weight(cs, s);
         const int lt = vt - (s == 0 ? 0 : s == 1 ? cs.tiles[0] : cs.tiles[0] + cs.tiles[1]);
-        const uint8_t* row[2];
-        uint32_t row_block[2];
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            row[h] = w.packed + ((int64_t)lt * C * 2 + h) * 512 + lane * 16 + warp * 1024;
-            row_block[h] = (uint32_t)(16 * lt + g + 8 * h) * (uint32_t)(K >> w.log2_blocksize);
+            lrow[h] = lw.packed + ((int64_t)lt * C * 2 + h) * 512 + lane * 16 + warp * 1024;
+            lblock[h] = (uint32_t)(16 * lt + g + 8 * h) * (uint32_t)(K >> lw.log2_blocksize);
         }
-        load_fast<NESTED, true>(buf[d], w, w, row, row_block, kb0 + j * KSTEP, kb0);
     };
+    // chunk j of virtual tile vt into ring slot d (G = 1: vt is the located tile)
+    auto issue = [&](int d, int vt, int j) {
+        if constexpr (G > 1) locate(vt);
+        load_fast<NESTED, true>(buf[d], lw, lw, lrow, lblock, kb0 + j * KSTEP, kb0);
+    };
+    if constexpr (G == 1) locate(first);
 #pragma unroll
     for (int d = 0; d < DEPTH; d++) {
         if (d < total) issue(d, first, d);  // cpw >= DEPTH: the first tile's first chunks
@@ -512,7 +529,11 @@ __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, con
             if (v0 + d < total) {  // warp- and block-uniform
                 code_chunk_x<F16C, NT, NESTED, (G > 1)>(buf[d], off, off, sm.ncode, lane_off, t, xw, xrow, xload, kb0 + j * KSTEP, run);
                 if (v0 + d + DEPTH < total) {
-                    if (lj == cpw) { lj = 0; lvt += stride; }
+                    if (lj == cpw) {
+                        lj = 0;
+                        lvt += stride;
+                        if constexpr (G == 1) locate(lvt);
+                    }
                     issue(d, lvt, lj);
                     lj++;
                 }
