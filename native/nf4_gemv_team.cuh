@@ -8,10 +8,10 @@
 // whole address (bits 16..31 come from the base) and the add goes away; the G groups walk the tiles exactly as G blocks
 // of W warps would (same warps, chunks, order and reduction per tile: bit for bit the G = 1 kernels' values).
 //
-// Shared memory of a G > 1 block (dynamic only: SM_TEAM_DYNAMIC_BYTES, no static shared memory): [window start, 64 KiB)
-// holds the G groups' Smem (reduction buffer, factors, nested codes), [64 KiB, 128 KiB) the table. The window's first
-// KiB is the driver's reserve on sm_90, so the dynamic area starts at 1 KiB; the kernel checks the layout and traps if
-// the table would not fit (static shared memory added to the kernel would move it).
+// Shared memory of a G > 1 block: SM_TEAM_DYNAMIC_BYTES of dynamic memory, whose start (after the driver's 1 KiB
+// reserve on sm_90 and the kernel's static memory: one set of factors and nested codes for the block) up to 64 KiB holds
+// the G groups' reduction buffers and [64 KiB, 128 KiB) the table; TeamLayout traps if the buffers do not fit below it
+// (static shared memory grown past ~48 KiB would move the dynamic area up).
 #pragma once
 
 namespace nf4v2 {
