@@ -10,7 +10,8 @@ import java.util.List;
 /**
  * Launchers of the code decode's kernels that read only the tile layout (native/nf4_gemv.cu, nf4_gemv_code.cuh;
  * {@link Q4Layout#TILES}): the joint gate / up decode (silu_mul in its epilogue), the persistent launches (a grid of two
- * or three blocks per SM (persistentForm) walking a weight's tiles with one ring of loads) and the grouped persistent launch (q / k / v in one).
+ * or three blocks per SM, or one SM-wide block of three 8-warp groups (persistentForm), walking a weight's tiles with one
+ * ring of loads) and the grouped persistent launch (q / k / v in one).
  * Each gives the values of {@link Nf4GemvKernels#gemv}'s CODE decode (and silu_mul) bit for bit.
  */
 final class Nf4TileGemvKernels {
@@ -58,20 +59,27 @@ final class Nf4TileGemvKernels {
 
     /**
      * Launches the persistent code kernel (its name without the form's suffix) for grid tile walkers (persistentGrid) in
-     * the form for rows of x and the weights' nesting; an SM-wide form takes {@link PersistentForm#groups} walkers a
-     * block, and a grid with too few walkers for one such block takes the three-block form (the same values).
+     * the form for rows of x and the weights' nesting ({@link #fitted}); an SM-wide form takes
+     * {@link PersistentForm#groups} walkers a block.
      */
     static void launchPersistent(CudaContext ctx, String kernel, int grid, boolean joint, int rows, boolean nested,
                                  KernelArgs args) {
-        PersistentForm form = persistentForm(rows, nested);
-        int blocks = form.blocks(grid, joint);
-        if (blocks == 0) {
-            form = THREE_BLOCKS;
-            blocks = grid;
-        }
+        PersistentForm form = fitted(persistentForm(rows, nested), grid, joint, ctx.properties().maxSharedMemoryPerBlockOptin());
         long fn = ctx.function(Nf4GemvKernels.MODULE, kernel + form.suffix());
         ctx.allowSharedMemory(fn, form.sharedBytes());
-        ctx.launch(fn, Dim3.of(blocks), Dim3.of(form.threads()), form.sharedBytes(), args);
+        ctx.launch(fn, Dim3.of(form.blocks(grid, joint)), Dim3.of(form.threads()), form.sharedBytes(), args);
+    }
+
+    /**
+     * The form a launch of grid walkers takes: the chosen one, or the three-block form (the same values) instead of an
+     * SM-wide one where the grid has too few walkers for one of its blocks or the GPU offers a block less shared memory
+     * than its table on a 64 KiB boundary needs (sharedPerBlockOptin: the device's opt-in limit; GPUs below ~127 KiB).
+     */
+    static PersistentForm fitted(PersistentForm form, int grid, boolean joint, int sharedPerBlockOptin) {
+        if (form.groups() > 1 && (form.blocks(grid, joint) == 0 || form.sharedBytes() > sharedPerBlockOptin)) {
+            return THREE_BLOCKS;
+        }
+        return form;
     }
 
     /**

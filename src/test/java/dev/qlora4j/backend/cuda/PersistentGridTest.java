@@ -79,4 +79,15 @@ class PersistentGridTest {
         assertEquals(256, Nf4TileGemvKernels.THREE_BLOCKS.threads());
         assertEquals(65536, Nf4TileGemvKernels.THREE_BLOCKS.sharedBytes());
     }
+
+    @Test
+    void smWideFormsFallBackToThreeBlocksWhereTheyCannotRun() {
+        int h200 = 232_448, rtx3090 = 101_376;  // the devices' opt-in shared memory per block
+        assertEquals("_s3", Nf4TileGemvKernels.fitted(Nf4TileGemvKernels.SM_WIDE, 396, true, h200).suffix());
+        assertEquals("_p3", Nf4TileGemvKernels.fitted(Nf4TileGemvKernels.SM_WIDE, 396, true, rtx3090).suffix(),
+                "a GPU whose blocks cannot hold the 64 KiB-aligned table");
+        assertEquals("_p3", Nf4TileGemvKernels.fitted(Nf4TileGemvKernels.SM_WIDE, 2, false, h200).suffix(),
+                "fewer walkers than one block's groups");
+        assertEquals("_p", Nf4TileGemvKernels.fitted(Nf4TileGemvKernels.TWO_BLOCKS, 264, false, rtx3090).suffix());
+    }
 }
