@@ -155,13 +155,14 @@ __device__ __forceinline__ void decode_word_bnb(uint32_t w, uint32_t lane_off, u
     }
 }
 
-// Fills DEC_BNB's wide table: T pairs, 32 copies of 4 bytes in the first half of each 256-byte row, 16-byte stores.
+// Fills DEC_BNB's wide table at table (wide_table, or an SM-wide block's: nf4_gemv_team.cuh) with threads threads of
+// index tid: T pairs, 32 copies of 4 bytes in the first half of each 256-byte row, 16-byte stores.
 template <bool F16C>
-__device__ __forceinline__ void fill_wide_table(const float* __restrict__ code16, int threads) {
-    for (int i = threadIdx.x; i < 256 * 8; i += threads) {  // 8 units of 4 copies per row, bytes 0..127
+__device__ __forceinline__ void fill_wide_table(uint8_t* table, const float* __restrict__ code16, int tid, int threads) {
+    for (int i = tid; i < 256 * 8; i += threads) {  // 8 units of 4 copies per row, bytes 0..127
         const int v = i >> 3, u = i & 7;
         const uint32_t word = pack_pair<F16C, false>(__ldg(code16 + (v >> 4)), __ldg(code16 + (v & 15)));
-        reinterpret_cast<uint4*>(wide_table + v * 256)[u] = make_uint4(word, word, word, word);
+        reinterpret_cast<uint4*>(table + v * 256)[u] = make_uint4(word, word, word, word);
     }
 }
 
@@ -352,7 +353,7 @@ __device__ __forceinline__ void fill_tables(float* tab, float* ncode, const floa
             reinterpret_cast<float4*>(pair_table)[i] = make_float4(hi, lo, hi, lo);
         }
     }
-    if constexpr (wide_decode(DEC)) fill_wide_table<F16C>(code16, threads);
+    if constexpr (wide_decode(DEC)) fill_wide_table<F16C>(wide_table, code16, threadIdx.x, threads);
 }
 
 // Shared memory of a block (static): 16 factors, 256 nested codes, and W x TILES x NT x 32 float4 fragments.

@@ -84,7 +84,7 @@ __device__ __forceinline__ void code_tables_then_wait_team(S& sm, uint8_t* table
     if (NESTED) {
         for (int j = threadIdx.x; j < 256; j += THREADS) sm.ncode[j] = __ldg(nested_code + j);
     }
-    fill_wide_table_at<F16C>(table, code16, threadIdx.x, THREADS);
+    fill_wide_table<F16C>(table, code16, threadIdx.x, THREADS);
     pdl_wait();
     pdl_launch_dependents();
     __syncthreads();

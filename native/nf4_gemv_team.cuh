@@ -59,16 +59,6 @@ struct TeamLayout {
     }
 };
 
-// Fills the wide table at table (fill_wide_table's layout) with threads threads of index tid.
-template <bool F16C>
-__device__ __forceinline__ void fill_wide_table_at(uint8_t* table, const float* __restrict__ code16, int tid, int threads) {
-    for (int i = tid; i < 256 * 8; i += threads) {  // 8 units of 4 copies per row, bytes 0..127
-        const int v = i >> 3, u = i & 7;
-        const uint32_t word = pack_pair<F16C, false>(__ldg(code16 + (v >> 4)), __ldg(code16 + (v & 15)));
-        reinterpret_cast<uint4*>(table + v * 256)[u] = make_uint4(word, word, word, word);
-    }
-}
-
 // The key of a table on a 64 KiB boundary for lane: the table's address bits 16..31 and the lane's 4 l in bits 0..7.
 __device__ __forceinline__ uint32_t team_table_key(const uint8_t* table, int lane) {
     return (shared_address(table) & 0xFFFF0000u) | (uint32_t)lane * 4u;
