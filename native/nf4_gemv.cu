@@ -1057,39 +1057,42 @@ V2_ENTRY_CODE(q4v2code_gemv_f16_m16, true, 4)
 // G: groups of V2_WARPS warps a block (nf4_gemv_team.cuh; 1 but for the "_s3" SM-wide forms below), each group the
 // virtual block blockIdx.x * G + its index.
 #define V2_TEAM_BLOCK(G) ((int)blockIdx.x * (G) + nf4v2::Team<(G), V2_WARPS>::group())
-#define V2_ENTRY_CODE_TILES(name, F16C, NT, PERSIST, MINB, G)                                                        \
+#define V2_ENTRY_CODE_TILES(name, F16C, NT, PERSIST, MINB, G, XS)                                                    \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32 * (G), MINB) name(                                    \
         V2_ENTRY_PARAMS) {                                                                                           \
         V2_ENTRY_WEIGHT;                                                                                             \
-        nf4v2::gemv_code<F16C, NT, V2_WARPS, V2_CODE_DEPTH, true, PERSIST, G>(w, nested_code, code16, x, M, N, K,    \
+        nf4v2::gemv_code<F16C, NT, V2_WARPS, V2_CODE_DEPTH, true, PERSIST, G, XS>(w, nested_code, code16, x, M, N, K,\
                                                                               bias, bias_dtype, y, y_dtype,          \
                                                                               V2_TEAM_BLOCK(G));                     \
     }
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles, false, 1, false, V2_MINB, 1)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles, false, 2, false, V2_MINB, 1)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m4_tiles, true, 1, false, V2_MINB, 1)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m8_tiles, true, 2, false, V2_MINB, 1)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m16_tiles, false, 4, false, V2_MINB, 1)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m16_tiles, true, 4, false, V2_MINB, 1)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles, false, 1, false, V2_MINB, 1, false)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles, false, 2, false, V2_MINB, 1, false)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m4_tiles, true, 1, false, V2_MINB, 1, false)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m8_tiles, true, 2, false, V2_MINB, 1, false)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m16_tiles, false, 4, false, V2_MINB, 1, false)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_f16_m16_tiles, true, 4, false, V2_MINB, 1, false)
 // persistent forms (nf4_gemv_code.cuh, PERSIST): a grid of at most two (_p3: three) blocks per SM walks the tiles with
-// one ring of loads (Nf4TileGemvKernels.persistentGrid); bf16 (CUDA activations are F32 or BF16)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p, false, 1, true, V2_MINB, 1)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles_p, false, 2, true, V2_MINB, 1)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m16_tiles_p, false, 4, true, V2_MINB, 1)
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p3, false, 1, true, V2_MINB_P3, 1)
+// one ring of loads (Nf4TileGemvKernels.persistentGrid); bf16 (CUDA activations are F32 or BF16). The _p3 kernels (one
+// row of x) stage x in their table's spare halves (XS, the last argument; nf4_gemv_code.cuh stage_x): M * K * 2 <= 32 KiB
+// (the launcher sends larger x to _p). The _s3 kernels read x from global memory: staged, their GEMVs were 2% faster
+// but the 7B decode 1.5% slower (bench/RESULTS.md, session 27).
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p, false, 1, true, V2_MINB, 1, false)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m8_tiles_p, false, 2, true, V2_MINB, 1, false)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m16_tiles_p, false, 4, true, V2_MINB, 1, false)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_p3, false, 1, true, V2_MINB_P3, 1, true)
 // The SM-wide forms "_s3" (nf4_gemv_team.cuh): one block of V2_SM_GROUPS groups of 8 warps a SM (768 threads, 80
 // registers) sharing one wide table on a 64 KiB boundary, so that a byte's table address is one prmt; the groups walk
 // the tiles as the "_p3" kernels' blocks do (the same values). Launch: grid <= SMs blocks with grid * V2_SM_GROUPS <=
 // the tiles (even for the joint decode), block V2_WARPS * 32 * V2_SM_GROUPS, nf4v2::SM_TEAM_DYNAMIC_BYTES of dynamic
 // shared memory.
 #define V2_SM_GROUPS 3
-V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_s3, false, 1, true, 1, V2_SM_GROUPS)
+V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_s3, false, 1, true, 1, V2_SM_GROUPS, false)
 // The joint gate / up decode of an MLP (tile layout, rows 1..8 of x): y [M, N] = silu(x gate^T) * (x up^T), the two
 // code GEMVs and silu_mul's values bit for bit in one launch (nf4_gemv_code.cuh, gemv_code_swiglu). Arguments: gate's
 // and up's weights (as Q4_WEIGHT_PARAMS each), code16 (the type's factors, one type for both), x [M, K], M, N, K, y and
 // its dtype code. Launch: grid N / 8 (8 rows of each weight per block), block V2_WARPS * 32, WIDE_TABLE_BYTES of dynamic
 // shared memory.
-#define V2_ENTRY_SWIGLU(name, F16C, NT, PERSIST, MINB, G)                                                            \
+#define V2_ENTRY_SWIGLU(name, F16C, NT, PERSIST, MINB, G, XS)                                                        \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32 * (G), MINB) name(                                    \
         const uint8_t* __restrict__ packed, const void* __restrict__ absmax, const float* __restrict__ nested_absmax, \
         const float* __restrict__ nested_code, float offset, int log2_blocksize, int nested_bs, int nested_shift,    \
@@ -1101,18 +1104,18 @@ V2_ENTRY_CODE_TILES(q4v2code_gemv_bf16_m4_tiles_s3, false, 1, true, 1, V2_SM_GRO
         V2_ENTRY_WEIGHT;                                                                                             \
         const nf4v2::Weight up{packed_up, absmax_up, nested_absmax_up, offset_up, log2_blocksize_up, nested_bs_up,   \
                                nested_shift_up, nested_up};                                                          \
-        nf4v2::gemv_code_swiglu<F16C, NT, V2_WARPS, V2_CODE_DEPTH, PERSIST, G>(w, up, nested_code, code16, x, M, N, K, \
-                                                                               y, y_dtype, V2_TEAM_BLOCK(G));        \
+        nf4v2::gemv_code_swiglu<F16C, NT, V2_WARPS, V2_CODE_DEPTH, PERSIST, G, XS>(w, up, nested_code, code16, x, M, N,\
+                                                                                   K, y, y_dtype, V2_TEAM_BLOCK(G)); \
     }
 // bf16 only: the fusion runs where x is the backend's activation dtype, and CUDA activations are F32 or BF16
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles, false, 1, false, V2_MINB, 1)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles, false, 2, false, V2_MINB, 1)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_p, false, 1, true, V2_MINB, 1)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles_p, false, 2, true, V2_MINB, 1)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m16_tiles, false, 4, false, V2_MINB, 1)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m16_tiles_p, false, 4, true, V2_MINB, 1)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_p3, false, 1, true, V2_MINB_P3, 1)
-V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_s3, false, 1, true, 1, V2_SM_GROUPS)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles, false, 1, false, V2_MINB, 1, false)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles, false, 2, false, V2_MINB, 1, false)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_p, false, 1, true, V2_MINB, 1, false)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m8_tiles_p, false, 2, true, V2_MINB, 1, false)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m16_tiles, false, 4, false, V2_MINB, 1, false)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m16_tiles_p, false, 4, true, V2_MINB, 1, false)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_p3, false, 1, true, V2_MINB_P3, 1, true)
+V2_ENTRY_SWIGLU(q4v2code_swiglu_bf16_m4_tiles_s3, false, 1, true, 1, V2_SM_GROUPS, false)
 #define V2_ENTRY_PAIR_TILES(name, F16C, NT)                                                                          \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32, nf4v2::MinBlocks<V2_WARPS>::value) name(             \
         V2_ENTRY_PARAMS) {                                                                                           \
@@ -1198,7 +1201,7 @@ V2G_ENTRY(q4v2greg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
 #define V2G_SEG_ARGS(i)                                                                                              \
     nf4v2::Weight{packed##i, absmax##i, nested_absmax##i, offset##i, log2_blocksize##i, nested_bs##i,                \
                   nested_shift##i, nested##i}
-#define V2G_ENTRY_CODE_TILES(name, F16C, NT, MINB, G)                                                                \
+#define V2G_ENTRY_CODE_TILES(name, F16C, NT, MINB, G, XS)                                                            \
     extern "C" __global__ void __launch_bounds__(V2_WARPS * 32 * (G), MINB) name(                                    \
         V2G_SEG_PARAMS(0), V2G_SEG_PARAMS(1), V2G_SEG_PARAMS(2), const uint16_t* __restrict__ x, int M, int K,        \
         int y_dtype) {                                                                                               \
@@ -1207,13 +1210,13 @@ V2G_ENTRY(q4v2greg_gemv_f16_m16, true, 2, nf4v2::DEC_REG)
         const nf4v2::CodeSegments cs{{V2G_SEG_ARGS(0), V2G_SEG_ARGS(1), V2G_SEG_ARGS(2)}, {bias0, bias1, bias2},     \
                                      {bias_dtype0, bias_dtype1, bias_dtype2}, {y0, y1, y2},                         \
                                      {N0 / 16, N1 / 16, N2 / 16}};                                                   \
-        nf4v2::gemv_code_group<F16C, NT, V2_WARPS, V2_CODE_DEPTH, G>(cs, nested_code0, code160, x, M, K, y_dtype);   \
+        nf4v2::gemv_code_group<F16C, NT, V2_WARPS, V2_CODE_DEPTH, G, XS>(cs, nested_code0, code160, x, M, K, y_dtype);\
     }
-V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_p, false, 1, V2_MINB, 1)
-V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m8_tiles_p, false, 2, V2_MINB, 1)
-V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m16_tiles_p, false, 4, V2_MINB, 1)
-V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_p3, false, 1, V2_MINB_P3, 1)
-V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_s3, false, 1, 1, V2_SM_GROUPS)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_p, false, 1, V2_MINB, 1, false)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m8_tiles_p, false, 2, V2_MINB, 1, false)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m16_tiles_p, false, 4, V2_MINB, 1, false)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_p3, false, 1, V2_MINB_P3, 1, true)
+V2G_ENTRY_CODE_TILES(q4v2gcode_gemv_bf16_m4_tiles_s3, false, 1, 1, V2_SM_GROUPS, false)
 
 V2G_ENTRY_CODE(q4v2gcode_gemv_bf16_m4, false, 1)
 V2G_ENTRY_CODE(q4v2gcode_gemv_bf16_m8, false, 2)

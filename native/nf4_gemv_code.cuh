@@ -63,22 +63,80 @@ __device__ __forceinline__ void reduce_store_code(float4* red4, const float (&ru
     }
 }
 
+// x staged in shared memory (XS: the persistent kernels for one row of x, "_p3" / "_s3"). A persistent block decodes
+// many tiles against the same x, and each chunk's x fragments cost ~20 instructions from global memory (their 64-bit
+// address recomputed every chunk: at the 80-register cap the compiler keeps no x pointer live; SASS, session 27).
+// Staged once per block after the wait, a chunk's fragments are four shared loads at one base plus 4 KiB a chunk.
+// Where: the wide table's rows are 256 bytes of which the lanes' entries use bytes 0..127, so the upper halves (32 KiB)
+// are free: byte o of x [M, K] (row-major, 16-bit) sits at table + (o >> 7) * 256 + 128 + (o & 127).
+constexpr int X_STAGE_BYTES = 256 * 128;
+
+__host__ __device__ inline bool x_stage_fits(int M, int K) { return (int64_t)M * K * 2 <= X_STAGE_BYTES; }
+
+__device__ __forceinline__ uint32_t x_stage_offset(uint32_t o) { return ((o >> 7) << 8) + 128u + (o & 127u); }
+
+// x [M, K] into table's upper halves by threads threads (K % 128 == 0: 16-byte pieces never straddle a half).
+__device__ __forceinline__ void stage_x(uint8_t* table, const uint16_t* __restrict__ x, int M, int K, int tid,
+                                        int threads) {
+    if (!x_stage_fits(M, K)) __trap();  // the launcher sends larger x to the kernels that read global memory
+    const int pieces = M * K / 8;
+    for (int i = tid; i < pieces; i += threads) {
+        *reinterpret_cast<uint4*>(table + x_stage_offset((uint32_t)i * 16u)) = __ldg(reinterpret_cast<const uint4*>(x) + i);
+    }
+}
+
+// The shared address of a thread's staged x fragments of its first chunk (k base kb0) for each n-tile: x row
+// 4 nt + (g >> 1), clamped to M - 1 as code_x_start's rows. Chunk j of a tile (k base kb0 + j * KSTEP) is KSTEP * 2 bytes,
+// i.e. KSTEP / 64 rows of the table, further (KSTEP a multiple of 128).
+template <int NT>
+__device__ __forceinline__ void staged_x_start(const uint8_t* table, int M, int K, int g, int kb0,
+                                               uint32_t (&xs)[NT]) {
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const int m = min(4 * nt + (g >> 1), M - 1);
+        xs[nt] = shared_address(table) + x_stage_offset((uint32_t)(m * K + kb0) * 2u);
+    }
+}
+
+// load_x_where from the staged x: chunk j's fragments (KSTEP: the k of a chunk step) where load[nt].
+template <int NT, int KSTEP>
+__device__ __forceinline__ void load_x_staged(uint32_t (&xw)[NT][16], const uint32_t (&xs)[NT], int j,
+                                              const bool (&load)[NT]) {
+    static_assert(KSTEP % 128 == 0, "a chunk step moves by whole 256-byte table rows");
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        if (load[nt]) {
+            const uint32_t a = xs[nt] + (uint32_t)j * (uint32_t)(KSTEP / 64 * 256);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];"
+                             : "=r"(xw[nt][4 * i]), "=r"(xw[nt][4 * i + 1]), "=r"(xw[nt][4 * i + 2]), "=r"(xw[nt][4 * i + 3])
+                             : "r"(a + 16u * i));
+            }
+        }
+    }
+}
+
 // The code decode's block start once its first loads are out: the tables (code16's wide table, the nested codes), then
 // the wait for the previous kernel (x is read and y written only after it has completed; pdl.cuh) and a barrier.
-template <bool F16C, int W, bool NESTED, typename S>
+// XS: x [M, K] is copied into the table's spare halves after the wait (stage_x), before the barrier.
+template <bool F16C, int W, bool NESTED, bool XS, typename S>
 __device__ __forceinline__ void code_tables_then_wait(S& sm, const float* __restrict__ code16,
-                                                      const float* __restrict__ nested_code) {
+                                                      const float* __restrict__ nested_code,
+                                                      const uint16_t* __restrict__ x, int M, int K) {
     fill_tables<F16C, DEC_CODE>(sm.tab, sm.ncode, code16, nested_code, NESTED, W * 32);
     pdl_wait();
     pdl_launch_dependents();
+    if constexpr (XS) stage_x(wide_table, x, M, K, threadIdx.x, W * 32);
     __syncthreads();
 }
 
 // code_tables_then_wait for a G > 1 block (nf4_gemv_team.cuh): the block fills the one set of factors, nested codes and
 // wide table (at table) its groups share, then the wait and a barrier of the block.
-template <bool F16C, int W, int G, bool NESTED, typename S>
+template <bool F16C, int W, int G, bool NESTED, bool XS, typename S>
 __device__ __forceinline__ void code_tables_then_wait_team(S& sm, uint8_t* table, const float* __restrict__ code16,
-                                                           const float* __restrict__ nested_code) {
+                                                           const float* __restrict__ nested_code,
+                                                           const uint16_t* __restrict__ x, int M, int K) {
     constexpr int THREADS = G * W * 32;
     if (threadIdx.x < 16) sm.tab[threadIdx.x] = __ldg(code16 + threadIdx.x);
     if (NESTED) {
@@ -87,19 +145,22 @@ __device__ __forceinline__ void code_tables_then_wait_team(S& sm, uint8_t* table
     fill_wide_table<F16C>(table, code16, threadIdx.x, THREADS);
     pdl_wait();
     pdl_launch_dependents();
+    if constexpr (XS) stage_x(table, x, M, K, threadIdx.x, THREADS);
     __syncthreads();
 }
 
 // The tables and the wait for the team (G = 1: the block), and what the decode adds to a packed byte for lane: the wide
 // table's lane offset (G = 1), or the team table's key (G > 1: decode_word_code_at).
-template <bool F16C, int W, int G, bool NESTED, typename S>
+// XS: x staged in the table's spare halves (stage_x).
+template <bool F16C, int W, int G, bool NESTED, bool XS, typename S>
 __device__ __forceinline__ uint32_t code_tables_key(S& sm, uint8_t* table, const float* __restrict__ code16,
-                                                    const float* __restrict__ nested_code, int lane) {
+                                                    const float* __restrict__ nested_code, int lane,
+                                                    const uint16_t* __restrict__ x, int M, int K) {
     if constexpr (G == 1) {
-        code_tables_then_wait<F16C, W, NESTED>(sm, code16, nested_code);
+        code_tables_then_wait<F16C, W, NESTED, XS>(sm, code16, nested_code, x, M, K);
         return (uint32_t)lane * 4u;
     } else {
-        code_tables_then_wait_team<F16C, W, G, NESTED>(sm, table, code16, nested_code);
+        code_tables_then_wait_team<F16C, W, G, NESTED, XS>(sm, table, code16, nested_code, x, M, K);
         return team_table_key(table, lane);
     }
 }
@@ -314,13 +375,14 @@ struct CodeShared {
 // G > 1 (PERSIST only): the SM-wide form (nf4_gemv_team.cuh): bx is the group's virtual block blockIdx.x * G + group, the
 // stride of the tile walk gridDim.x * G, and the table one per block on a 64 KiB boundary.
 template <bool F16C, int NT, int W, int DEPTH, bool NESTED, bool IL = false, bool JOINT = false, bool PERSIST = false,
-          int G = 1>
+          int G = 1, bool XS = false>
 __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1, const float* __restrict__ nested_code,
                                                const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                                int N, int K, const void* __restrict__ bias, int bias_dtype,
                                                void* __restrict__ y, int y_dtype, int bx) {
     static_assert(!PERSIST || IL, "the persistent loop moves through the tile layout");
     static_assert(G == 1 || PERSIST, "SM-wide blocks walk tiles");
+    static_assert(!XS || NT < CODE_X_IN_TURN, "staged x holds the fragments across the chunk as code_chunk does");
     using TM = Team<G, W>;
     const CodeShared<G, W, NT> shared;
     const CodeShared<G, W, NT>& sm = shared;
@@ -331,16 +393,23 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
     FastStart<W, DEPTH, NESTED, IL, JOINT> fs(w, w1, N, K, bx, TM::warp());
     const int cpw = fs.cpw, kb0 = fs.kb0;
 
-    const uint32_t lane_off = code_tables_key<F16C, W, G, NESTED>(sm, table, code16, nested_code, lane);
+    const uint32_t lane_off = code_tables_key<F16C, W, G, NESTED, XS>(sm, table, code16, nested_code, lane, x, M, K);
     const uint16_t* xrow[NT];
     bool xload[NT];
     uint32_t xw[NT][16];
     float run[NT][2];
     code_x_start<NT>(x, M, K, g, t, xrow, xload, xw, run);
+    uint32_t xs[NT];
+    if constexpr (XS) staged_x_start<NT>(G == 1 ? wide_table : table, M, K, g, kb0, xs);
 
-    // one chunk: x's fragments, then its decode
-    auto consume = [&](const FastChunk& L, int kb) {
-        code_chunk_x<F16C, NT, NESTED, (G > 1)>(L, w.offset, w1.offset, sm.ncode, lane_off, t, xw, xrow, xload, kb, run);
+    // one chunk (the tile's j-th of the warp, k base kb): x's fragments, then its decode
+    auto consume = [&](const FastChunk& L, int kb, int j) {
+        if constexpr (XS) {
+            load_x_staged<NT, KSTEP>(xw, xs, j, xload);
+            code_chunk<F16C, NT, NESTED, (G > 1)>(L, w.offset, w1.offset, sm.ncode, lane_off, t, xw, run);
+        } else {
+            code_chunk_x<F16C, NT, NESTED, (G > 1)>(L, w.offset, w1.offset, sm.ncode, lane_off, t, xw, xrow, xload, kb, run);
+        }
     };
     auto store = [&](int tile) {
         if (JOINT) reduce_store_swiglu<F16C, NT, W, G>(sm.red, run, M, N, y, y_dtype, tile);
@@ -354,7 +423,7 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
                 const int j = j0 + d;
                 if (j < cpw) {  // warp-uniform
                     const int kb = kb0 + j * KSTEP;
-                    consume(fs.buf[d], kb);
+                    consume(fs.buf[d], kb, j);
                     if (j + DEPTH < cpw) fs.load(w, w1, d, kb + DEPTH * KSTEP);
                 }
             }
@@ -376,7 +445,7 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
 #pragma unroll
             for (int d = 0; d < DEPTH; d++) {
                 if (v0 + d < total) {  // warp- and block-uniform
-                    consume(fs.buf[d], kb0 + j * KSTEP);
+                    consume(fs.buf[d], kb0 + j * KSTEP, j);
                     if (v0 + d + DEPTH < total) {
                         if (lj == cpw) {
                             lj = 0;
@@ -412,7 +481,7 @@ __host__ __device__ inline bool persistent_applies(int K, int W, int DEPTH) {
 // raised it from 93 to 119 registers and cost 5-12% (bench, session 21). A launch that breaks the contract traps.
 // IL: the weight's bytes in the tile layout (N % 16 == 0 too).
 // PERSIST (IL): the persistent tile loop (the launch's grid below N / 16 blocks; persistent_applies must hold).
-template <bool F16C, int NT, int W, int DEPTH, bool IL = false, bool PERSIST = false, int G = 1>
+template <bool F16C, int NT, int W, int DEPTH, bool IL = false, bool PERSIST = false, int G = 1, bool XS = false>
 __device__ __forceinline__ void gemv_code(const Weight& w, const float* __restrict__ nested_code,
                                           const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                           int N, int K, const void* __restrict__ bias, int bias_dtype,
@@ -421,15 +490,15 @@ __device__ __forceinline__ void gemv_code(const Weight& w, const float* __restri
         || (PERSIST && !persistent_applies(K, W, DEPTH))) {
         __trap();
     }
-    if (w.nested) gemv_body_code<F16C, NT, W, DEPTH, true, IL, false, PERSIST, G>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
-    else gemv_body_code<F16C, NT, W, DEPTH, false, IL, false, PERSIST, G>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+    if (w.nested) gemv_body_code<F16C, NT, W, DEPTH, true, IL, false, PERSIST, G, XS>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
+    else gemv_body_code<F16C, NT, W, DEPTH, false, IL, false, PERSIST, G, XS>(w, w, nested_code, code16, x, M, N, K, bias, bias_dtype, y, y_dtype, bx);
 }
 
 // The joint gate / up decode (tile layout): y [M, N] = silu(x gate^T) * (x up^T), bit for bit the two code GEMVs and
 // silu_mul in turn. gate and up: [N, K] with the same blocksize, nesting and nested code (the launcher checks; the
 // kernel traps on the rest of the contract).
 // PERSIST: the persistent tile loop (an even grid below N / 8 blocks; persistent_applies must hold).
-template <bool F16C, int NT, int W, int DEPTH, bool PERSIST = false, int G = 1>
+template <bool F16C, int NT, int W, int DEPTH, bool PERSIST = false, int G = 1, bool XS = false>
 __device__ __forceinline__ void gemv_code_swiglu(const Weight& gate, const Weight& up, const float* __restrict__ nested_code,
                                                  const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                                  int N, int K, void* __restrict__ y, int y_dtype, int bx) {
@@ -438,8 +507,8 @@ __device__ __forceinline__ void gemv_code_swiglu(const Weight& gate, const Weigh
         || (PERSIST && (!persistent_applies(K, W, DEPTH) || (gridDim.x * G) % 2 != 0))) {
         __trap();
     }
-    if (gate.nested) gemv_body_code<F16C, NT, W, DEPTH, true, true, true, PERSIST, G>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
-    else gemv_body_code<F16C, NT, W, DEPTH, false, true, true, PERSIST, G>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
+    if (gate.nested) gemv_body_code<F16C, NT, W, DEPTH, true, true, true, PERSIST, G, XS>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
+    else gemv_body_code<F16C, NT, W, DEPTH, false, true, true, PERSIST, G, XS>(gate, up, nested_code, code16, x, M, N, K, nullptr, 0, y, y_dtype, bx);
 }
 
 // The grouped persistent code decode (tile layout): up to three weights that read the same x (a layer's q / k / v at
@@ -468,7 +537,7 @@ __device__ __forceinline__ Weight code_weight(const CodeSegments& cs, int s) {
 }
 
 // G > 1: the SM-wide form (nf4_gemv_team.cuh; as gemv_body_code's G).
-template <bool F16C, int NT, int W, int DEPTH, bool NESTED, int G = 1>
+template <bool F16C, int NT, int W, int DEPTH, bool NESTED, int G = 1, bool XS = false>
 __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, const float* __restrict__ nested_code,
                                                      const float* __restrict__ code16, const uint16_t* __restrict__ x,
                                                      int M, int K, int y_dtype) {
@@ -512,12 +581,14 @@ __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, con
         if (d < total) issue(d, first, d);  // cpw >= DEPTH: the first tile's first chunks
     }
 
-    const uint32_t lane_off = code_tables_key<F16C, W, G, NESTED>(sm, table, code16, nested_code, lane);
+    const uint32_t lane_off = code_tables_key<F16C, W, G, NESTED, XS>(sm, table, code16, nested_code, lane, x, M, K);
     const uint16_t* xrow[NT];
     bool xload[NT];
     uint32_t xw[NT][16];
     float run[NT][2];
     code_x_start<NT>(x, M, K, g, t, xrow, xload, xw, run);
+    uint32_t xs[NT];
+    if constexpr (XS) staged_x_start<NT>(G == 1 ? wide_table : table, M, K, g, kb0, xs);
 
     int j = 0, vt = first;          // the chunk consumed next and its virtual tile
     int lj = DEPTH, lvt = first;    // the chunk loaded next
@@ -527,7 +598,12 @@ __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, con
 #pragma unroll
         for (int d = 0; d < DEPTH; d++) {
             if (v0 + d < total) {  // warp- and block-uniform
-                code_chunk_x<F16C, NT, NESTED, (G > 1)>(buf[d], off, off, sm.ncode, lane_off, t, xw, xrow, xload, kb0 + j * KSTEP, run);
+                if constexpr (XS) {
+                    load_x_staged<NT, KSTEP>(xw, xs, j, xload);
+                    code_chunk<F16C, NT, NESTED, (G > 1)>(buf[d], off, off, sm.ncode, lane_off, t, xw, run);
+                } else {
+                    code_chunk_x<F16C, NT, NESTED, (G > 1)>(buf[d], off, off, sm.ncode, lane_off, t, xw, xrow, xload, kb0 + j * KSTEP, run);
+                }
                 if (v0 + d + DEPTH < total) {
                     if (lj == cpw) {
                         lj = 0;
@@ -554,7 +630,7 @@ __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, con
     }
 }
 
-template <bool F16C, int NT, int W, int DEPTH, int G = 1>
+template <bool F16C, int NT, int W, int DEPTH, int G = 1, bool XS = false>
 __device__ __forceinline__ void gemv_code_group(const CodeSegments& cs, const float* __restrict__ nested_code,
                                                 const float* __restrict__ code16, const uint16_t* __restrict__ x, int M,
                                                 int K, int y_dtype) {
@@ -569,8 +645,8 @@ __device__ __forceinline__ void gemv_code_group(const CodeSegments& cs, const fl
             __trap();
         }
     }
-    if (w.nested) gemv_body_code_group<F16C, NT, W, DEPTH, true, G>(cs, nested_code, code16, x, M, K, y_dtype);
-    else gemv_body_code_group<F16C, NT, W, DEPTH, false, G>(cs, nested_code, code16, x, M, K, y_dtype);
+    if (w.nested) gemv_body_code_group<F16C, NT, W, DEPTH, true, G, XS>(cs, nested_code, code16, x, M, K, y_dtype);
+    else gemv_body_code_group<F16C, NT, W, DEPTH, false, G, XS>(cs, nested_code, code16, x, M, K, y_dtype);
 }
 
 }  // namespace nf4v2

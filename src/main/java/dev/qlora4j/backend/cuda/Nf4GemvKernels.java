@@ -256,7 +256,7 @@ final class Nf4GemvKernels {
                 .ptr(CudaContext.ptr(y)).i32(Quant4bitKernels.dtypeCode(y.dtype(), "output"))
                 .i32(doubleRound ? 1 : 0);
         if (persistent > 0) {
-            Nf4TileGemvKernels.launchPersistent(ctx, kernel, persistent, false, rows, w.nested(), args);
+            Nf4TileGemvKernels.launchPersistent(ctx, kernel, persistent, false, rows, w.inFeatures(), args);
             return;
         }
         long fn = ctx.function(MODULE, kernel);

@@ -49,7 +49,7 @@ final class Nf4TileGemvKernels {
                 .ptr(CudaContext.ptr(xc)).i32(rows).i32(gate.outFeatures()).i32(gate.inFeatures())
                 .ptr(CudaContext.ptr(y)).i32(Quant4bitKernels.dtypeCode(y.dtype(), "output"));
         if (persistent > 0) {
-            launchPersistent(ctx, kernel, persistent, true, rows, gate.nested(), args);
+            launchPersistent(ctx, kernel, persistent, true, rows, gate.inFeatures(), args);
         } else {
             long fn = ctx.function(Nf4GemvKernels.MODULE, kernel);
             ctx.allowSharedMemory(fn, Nf4GemvKernels.WIDE_TABLE_BYTES);
@@ -59,12 +59,13 @@ final class Nf4TileGemvKernels {
 
     /**
      * Launches the persistent code kernel (its name without the form's suffix) for grid tile walkers (persistentGrid) in
-     * the form for rows of x and the weights' nesting ({@link #fitted}); an SM-wide form takes
+     * the form for rows of x and the weights' in_features ({@link #fitted}); an SM-wide form takes
      * {@link PersistentForm#groups} walkers a block.
      */
-    static void launchPersistent(CudaContext ctx, String kernel, int grid, boolean joint, int rows, boolean nested,
+    static void launchPersistent(CudaContext ctx, String kernel, int grid, boolean joint, int rows, int inFeatures,
                                  KernelArgs args) {
-        PersistentForm form = fitted(persistentForm(rows, nested), grid, joint, ctx.properties().maxSharedMemoryPerBlockOptin());
+        PersistentForm form = fitted(persistentForm(rows, inFeatures), grid, joint,
+                ctx.properties().maxSharedMemoryPerBlockOptin(), inFeatures);
         long fn = ctx.function(Nf4GemvKernels.MODULE, kernel + form.suffix());
         ctx.allowSharedMemory(fn, form.sharedBytes());
         ctx.launch(fn, Dim3.of(form.blocks(grid, joint)), Dim3.of(form.threads()), form.sharedBytes(), args);
@@ -73,13 +74,20 @@ final class Nf4TileGemvKernels {
     /**
      * The form a launch of grid walkers takes: the chosen one, or the three-block form (the same values) instead of an
      * SM-wide one where the grid has too few walkers for one of its blocks or the GPU offers a block less shared memory
-     * than its table on a 64 KiB boundary needs (sharedPerBlockOptin: the device's opt-in limit; GPUs below ~127 KiB).
+     * than its table on a 64 KiB boundary needs (sharedPerBlockOptin: the device's opt-in limit; GPUs below ~127 KiB);
+     * two blocks where the three-block form could not stage x of inFeatures (the grid, sized for three blocks a SM, then
+     * runs in more than one wave: the same values).
      */
-    static PersistentForm fitted(PersistentForm form, int grid, boolean joint, int sharedPerBlockOptin) {
+    static PersistentForm fitted(PersistentForm form, int grid, boolean joint, int sharedPerBlockOptin, int inFeatures) {
         if (form.groups() > 1 && (form.blocks(grid, joint) == 0 || form.sharedBytes() > sharedPerBlockOptin)) {
-            return THREE_BLOCKS;
+            return xStaged(inFeatures) ? THREE_BLOCKS : TWO_BLOCKS;
         }
         return form;
+    }
+
+    /** Whether one row of x of inFeatures fits where the three-block kernels stage it ({@link #X_STAGE_BYTES}). */
+    static boolean xStaged(int inFeatures) {
+        return 2L * inFeatures <= X_STAGE_BYTES;
     }
 
     /**
@@ -90,16 +98,23 @@ final class Nf4TileGemvKernels {
     // native/nf4_gemv.cu: V2_CODE_DEPTH (the ring)
     static final int CODE_DEPTH = 2;
     /**
-     * System property: the persistent code decode's form for one row of x (batch-1 decode). "auto" (the default): "s3"
-     * for weights with float32 absmax, "3" for double-quantized ones. "3": 8 warps, three blocks per SM, the "_p3"
-     * kernels compiled for 80 registers (the 7B decode ~4% faster than "2"). "s3": one block of three 8-warp groups per
-     * SM sharing one decode table on a 64 KiB boundary, the "_s3" kernels: one instruction fewer per packed byte
-     * (native/nf4_gemv_team.cuh; bench/RESULTS.md session 26: GEMVs 4-8% faster and the 7B decode 1% faster without
-     * double quantization, no faster GEMVs and a 3-4% slower decode with it). "2": 8 warps, two blocks, the "_p" kernels
-     * (up to 128 registers). 2..16 rows always take "2" ("3" measured 0-7% slower at four rows). All give the same
-     * values (the same warps, chunks and order per tile).
+     * System property: the persistent code decode's form for one row of x (batch-1 decode). "auto" (the default): "3"
+     * where it stages x (in_features up to 16,384), else "s3". "3": 8 warps, three blocks per SM, the "_p3" kernels
+     * compiled for 80 registers, x staged in their table's spare halves once per block (bench/RESULTS.md session 27: the
+     * 7B decode 1-2% faster than "3" reading x from global memory and 3.5% faster than "s3", with or without double
+     * quantization); larger in_features take "2". "s3": one block of three 8-warp groups per SM sharing one decode table
+     * on a 64 KiB boundary, the "_s3" kernels: one instruction fewer per packed byte (native/nf4_gemv_team.cuh; x from
+     * global memory, any in_features). "2": 8 warps, two blocks, the "_p" kernels (up to 128 registers). 2..16 rows always
+     * take "2" ("3" measured 0-7% slower at four rows). All give the same values (the same warps, chunks and order per
+     * tile).
      */
     static final String PERSISTENT_FORM_PROPERTY = "qlora4j.nf4.persistentForm";
+    /**
+     * The most bytes of x the three-block kernels ("3") stage in their decode table's spare halves
+     * (native/nf4_gemv_code.cuh: X_STAGE_BYTES): in_features up to 16,384 at one row. Larger x takes "s3" ("auto") or "2",
+     * whose kernels read x from global memory.
+     */
+    static final int X_STAGE_BYTES = 256 * 128;
     /** Dynamic shared memory of the SM-wide kernels (native/nf4_gemv_team.cuh: SM_TEAM_DYNAMIC_BYTES). */
     static final int TEAM_SHARED_BYTES = 2 * 65536 - 1024;
 
@@ -131,19 +146,19 @@ final class Nf4TileGemvKernels {
     static final PersistentForm SM_WIDE = new PersistentForm(3, "_s3", 3);
 
     /**
-     * The persistent form of a launch for this many rows of x and weights with (nested) or without double quantization
-     * (native/nf4_gemv.cu: the kernels' launch bounds).
+     * The persistent form of a launch for this many rows of x and weights of inFeatures (native/nf4_gemv.cu: the kernels'
+     * launch bounds; the three-block form stages x: {@link #xStaged}).
      */
-    static PersistentForm persistentForm(int rows, boolean nested) {
+    static PersistentForm persistentForm(int rows, int inFeatures) {
         String v = System.getProperty(PERSISTENT_FORM_PROPERTY, "auto").trim();
         PersistentForm one = switch (v) {
-            case "auto" -> nested ? THREE_BLOCKS : SM_WIDE;
+            case "auto" -> xStaged(inFeatures) ? THREE_BLOCKS : SM_WIDE;
             case "2" -> TWO_BLOCKS;
             case "3" -> THREE_BLOCKS;
             case "s3" -> SM_WIDE;
             default -> throw new IllegalArgumentException("-D" + PERSISTENT_FORM_PROPERTY + "=" + v + ": use auto, 3, s3 or 2");
         };
-        return rows == 1 ? one : TWO_BLOCKS;
+        return rows == 1 && (one != THREE_BLOCKS || xStaged(inFeatures)) ? one : TWO_BLOCKS;
     }
 
     /**
@@ -165,7 +180,7 @@ final class Nf4TileGemvKernels {
                 || chunks % PersistentForm.WARPS != 0 || chunks < PersistentForm.WARPS * CODE_DEPTH || tiles < 1) {
             return 0;
         }
-        long slots = (long) persistentForm(rows, false).blocksPerSm() * multiprocessors;  // every form: the same walkers
+        long slots = (long) persistentForm(rows, inFeatures).blocksPerSm() * multiprocessors;
         return (int) Math.min(tiles, joint ? slots & ~1L : slots);
     }
 
@@ -220,7 +235,7 @@ final class Nf4TileGemvKernels {
         for (CudaQuant4bit w : ws) tiles += w.outFeatures() / 16;
         args.ptr(CudaContext.ptr(xc)).i32(rows).i32(ws.get(0).inFeatures()).i32(Quant4bitKernels.dtypeCode(yType, "output"));
         launchPersistent(ctx, "q4v2gcode_gemv_bf16" + Nf4GemvKernels.codeRowsSuffix(rows) + "_tiles",
-                persistentGrid(ctx, ws.get(0), tiles, false, rows), false, rows, ws.get(0).nested(), args);
+                persistentGrid(ctx, ws.get(0), tiles, false, rows), false, rows, ws.get(0).inFeatures(), args);
         Nf4GemvKernels.GROUP_LAUNCHES.incrementAndGet();
     }
 }

@@ -192,12 +192,19 @@ class Q4TileLayoutGpuTest {
         }
     }
 
+    static Stream<Arguments> groups() {
+        return Stream.of(
+                // 320 tiles together: more than two blocks per SM of an H200 hold (a block does 1-2)
+                Arguments.of(2048, new int[] {2048, 1536, 1536}),
+                // x of one row larger than the three-block form stages (Nf4TileGemvKernels.X_STAGE_BYTES): another form
+                Arguments.of(17408, new int[] {32, 16, 16}));
+    }
+
     /** The grouped persistent code decode (q / k / v in one launch): each weight's own CODE GEMV, bit for bit. */
-    @Test
-    void groupedPersistentDecodeIsEachWeightsGemv() {
+    @ParameterizedTest(name = "in={0}")
+    @MethodSource("groups")
+    void groupedPersistentDecodeIsEachWeightsGemv(int in, int[] outs) {
         Random rnd = new Random();
-        int in = 2048;
-        int[] outs = {2048, 1536, 1536};  // 320 tiles together: more than two blocks per SM of an H200 hold (a block does 1-2)
         List<CudaQuant4bit> ws = new ArrayList<>();
         List<Tensor> biases = new ArrayList<>();
         try {
