@@ -101,7 +101,7 @@ final class Nf4TileGemvKernels {
      * System property: the persistent code decode's form for one row of x (batch-1 decode). "auto" (the default): "3"
      * where it stages x (in_features up to 16,384), else "s3". "3": 8 warps, three blocks per SM, the "_p3" kernels
      * compiled for 80 registers, x staged in their table's spare halves once per block (bench/RESULTS.md session 27: the
-     * 7B decode 1-2% faster than "3" reading x from global memory and 3.5% faster than "s3", with or without double
+     * 7B decode 1-2% faster than "3" reading x from global memory and 3% faster than "s3", with or without double
      * quantization); larger in_features take "2". "s3": one block of three 8-warp groups per SM sharing one decode table
      * on a 64 KiB boundary, the "_s3" kernels: one instruction fewer per packed byte (native/nf4_gemv_team.cuh; x from
      * global memory, any in_features). "2": 8 warps, two blocks, the "_p" kernels (up to 128 registers). 2..16 rows always
