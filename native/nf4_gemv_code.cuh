@@ -63,7 +63,7 @@ __device__ __forceinline__ void reduce_store_code(float4* red4, const float (&ru
     }
 }
 
-// x staged in shared memory (XS: the persistent kernels for one row of x, "_p3" / "_s3"). A persistent block decodes
+// x staged in shared memory (XS: the three-block persistent kernels for one row of x, "_p3"). A persistent block decodes
 // many tiles against the same x, and each chunk's x fragments cost ~20 instructions from global memory (their 64-bit
 // address recomputed every chunk: at the 80-register cap the compiler keeps no x pointer live; SASS, session 27).
 // Staged once per block after the wait, a chunk's fragments are four shared loads at one base plus 4 KiB a chunk.
