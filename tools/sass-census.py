@@ -8,12 +8,11 @@ come from tools/sass-opcodes-sm90.json, learned from `cuobjdump -sass` listings 
 machine (107 operations, each low-12-bit value one mnemonic in every listing); an operation not seen there prints as
 "?xyz" (its hex code): add it from a new listing.
 
-  tools/sass-census.py CUBIN [KERNEL_REGEX] [--diff OTHER_CUBIN] [--spans] [--loops]
+  tools/sass-census.py CUBIN [KERNEL_REGEX] [--diff OTHER_CUBIN] [--loops]
 
 prints, per kernel whose name matches, the instruction count and the operations' counts (with --diff: this cubin's
-count, the other's and the difference, for the operations that differ). --spans also prints the instructions from each
-run of HMMA to the next (a code GEMV's chunk: its mma run, then the rest of the loop up to the next chunk's); --loops
-the body of each backward branch (target to branch) with 100 or more instructions.
+count, the other's and the difference, for the operations that differ); --loops also prints the body of each backward
+branch (target to branch) with 100 or more instructions.
 """
 import collections
 import json
@@ -58,17 +57,6 @@ def decode(text, table):
     return ops, back
 
 
-def spans(ops, gap=64):
-    """(start, end) of the stretches from one run of HMMA (HMMAs less than gap instructions apart) to the next."""
-    starts, last = [], -gap
-    for i, op in enumerate(ops):
-        if op == 'HMMA':
-            if i - last >= gap:
-                starts.append(i)
-            last = i
-    return list(zip(starts, starts[1:]))
-
-
 def kernels(path, pattern, table):
     return {name[len('.text.'):]: decode(body, table) for name, body in sections(path).items()
             if name.startswith('.text.') and re.search(pattern, name[len('.text.'):])}
@@ -82,8 +70,8 @@ def main(argv):
     if len(argv) < 2:
         sys.exit(__doc__)
     other = None
-    show_spans, show_loops = '--spans' in argv, '--loops' in argv
-    argv = [a for a in argv if a not in ('--spans', '--loops')]
+    show_loops = '--loops' in argv
+    argv = [a for a in argv if a != '--loops']
     if '--diff' in argv:
         i = argv.index('--diff')
         other = argv[i + 1]
@@ -104,9 +92,6 @@ def main(argv):
         else:
             print(f'{name}: {sum(c.values())} instructions')
             print('  ' + ', '.join(f'{op} {n}' for op, n in c.most_common()))
-        if show_spans:
-            for a, b in spans(ops):
-                print(f'  span {a * 16:#06x}..{b * 16:#06x}: {b - a} instructions: {counted(ops[a:b])}')
         if show_loops:
             for a, b in back:
                 if b - a >= 100:
