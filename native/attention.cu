@@ -227,18 +227,19 @@ struct DecodeLoads {
     static constexpr int VB = !HALF ? 8 : V_BYTES <= 8 ? 32 : 16;
 };
 
-// Pieces p0 .. p0 + N - 1 of a key row (16 bytes each), all loads issued before any is used; zeros where !load.
-template <typename T, int N>
+// Pieces p0, p0 + STRIDE, ..., p0 + (N - 1) STRIDE of a key row (16 bytes each), all loads issued before any is used;
+// zeros where !load.
+template <typename T, int N, int STRIDE = 1>
 __device__ __forceinline__ void load_key_pieces(const int4* __restrict__ krow, int p0, bool load, Pack16<T> (&kp)[N]) {
 #pragma unroll
-    for (int i = 0; i < N; i++) kp[i].raw = load ? krow[p0 + i] : make_int4(0, 0, 0, 0);
+    for (int i = 0; i < N; i++) kp[i].raw = load ? krow[p0 + i * STRIDE] : make_int4(0, 0, 0, 0);
 }
 
-// Pieces p0 .. p0 + N - 1 of the new slot's key from shared memory (ROPE decode).
-template <typename T, int N>
+// The same pieces of the new slot's key from shared memory (ROPE decode).
+template <typename T, int N, int STRIDE = 1>
 __device__ __forceinline__ void new_key_pieces(const T* new_k, int p0, Pack16<T> (&kp)[N]) {
 #pragma unroll
-    for (int i = 0; i < N; i++) kp[i].raw = reinterpret_cast<const int4*>(new_k)[p0 + i];
+    for (int i = 0; i < N; i++) kp[i].raw = reinterpret_cast<const int4*>(new_k)[p0 + i * STRIDE];
 }
 
 template <int B> struct LoadWord;
@@ -322,7 +323,15 @@ __device__ __noinline__ void decode_rope_angle(int position, float inv_freq_i, f
     rope_cos_sin(position, inv_freq_i, scaling, *cs, *sn);
 }
 
-template <typename T, int D, int DEC_GMAX, int NW, bool ROPE = false>
+// LPS (lanes per slot): 1, a lane scores one slot over the whole head dim (a warp: 32 slots at a time); 4, four lanes
+// score a slot together, each over every fourth 16-byte piece of the key (interleaved, so the four lanes' q reads fall
+// in different banks and their key loads are 64 contiguous bytes), their partial dots summed by two xor shuffles (all
+// four lanes get the same sum) and a warp takes 8 slots at a time. Why: with one lane a slot a warp's chain for 32 slots
+// is ~1,000 dependent instructions (the 128-long dot, 32 value rows), and a 160-slot cache keeps only 5 warps of a
+// block busy: ncu on the 7B decode saw one instruction per warp every 12 cycles, 1-2 warps a scheduler, ~6.5 us a
+// block. Four lanes a slot cut a warp's chain to about a third and spread the slots over all 16 warps of the block.
+// The key's dot then sums in another order (four partial sums, then pairs of them): other bits than LPS 1.
+template <typename T, int D, int DEC_GMAX, int NW, bool ROPE = false, int LPS = 1>
 __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                                             T* __restrict__ out, float* __restrict__ part_ml,
                                             float* __restrict__ part_acc, const int* __restrict__ pad_start,
@@ -345,6 +354,11 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
     constexpr int ACTIVE = D >= 32 ? 32 : D;           // lanes that own output dims
     constexpr int KV = Pack16<T>::N;                   // elements of one 16-byte key load
     using DL = DecodeLoads<T, D>;
+    static_assert(LPS == 1 || (DL::HALF && LPS == 4 && DL::K_PACKS % LPS == 0), "lanes per slot: 1, or 4 for 16-bit types");
+    constexpr int SPW = 32 / LPS;                                  // slots a warp takes at a time
+    constexpr int KPL = DL::K_PACKS / LPS;                         // key pieces a lane dots (every LPS-th)
+    constexpr int KB = KPL < DL::K_BATCH ? KPL : DL::K_BATCH;      // of them loaded in one batch
+    constexpr int VB = DL::VB < SPW ? DL::VB : SPW;                // value rows loaded in one batch
     __shared__ float4 q_s4[DEC_GMAX * D / 4];
     __shared__ float w_m[NW][DEC_GMAX], w_l[NW][DEC_GMAX];
     __shared__ float w_acc[NW][DEC_GMAX][D];
@@ -358,6 +372,8 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
     const int h0 = kh * group + (blockIdx.y % chunks) * DEC_GMAX;
     const int g_count = min(DEC_GMAX, kh * group + group - h0);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int sub = LPS == 1 ? 0 : lane % LPS;          // the lane's share of its slot's key pieces
+    const int lslot = LPS == 1 ? lane : lane / LPS;     // its slot within the warp's SPW
 
     const int s = kv_slot_start(start, start_ptr);
     const int lo = visible_from(s, pad_start[b], window);
@@ -425,10 +441,10 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
         for (int c = 0; c < DPL; c++) acc[g][c] = 0.f;
     }
 
-    for (int base = c0 + warp * 32; base < c1; base += NW * 32) {
-        const int slot = base + lane;
+    for (int base = c0 + warp * SPW; base < c1; base += NW * SPW) {
+        const int slot = base + lslot;
         const bool vis = slot < c1;
-        const int n_keys = min(32, c1 - base);
+        const int n_keys = min(SPW, c1 - base);
         const T* vtile = vbase + (int64_t)base * D + lane * DPL;
         const int4* krow = reinterpret_cast<const int4*>(kbase + (int64_t)slot * D);
         // the group's first key pieces and first value rows go out together, before any of them is used: one memory
@@ -436,17 +452,17 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
         // of 4 key pieces and one per batch of 8 value rows
         // ROPE: the new slot's key and value come from shared memory, never from the cache this kernel writes
         const bool new_key = has_new && slot == s;
-        Pack16<T> kp[DL::K_BATCH];
-        DecodeValuePiece<T, DPL> vv[DL::VB];
-        load_key_pieces<T, DL::K_BATCH>(krow, 0, vis && !new_key, kp);
+        Pack16<T> kp[KB];
+        DecodeValuePiece<T, DPL> vv[VB];
+        load_key_pieces<T, KB, LPS>(krow, sub, vis && !new_key, kp);
 #pragma unroll
-        for (int u = 0; u < DL::VB; u++) {
+        for (int u = 0; u < VB; u++) {
             vv[u].load(vtile + (int64_t)u * D, lane < ACTIVE && u < n_keys && !(has_new && base + u == s));
         }
         if (has_new) {
-            if (new_key) new_key_pieces<T, DL::K_BATCH>(new_k, 0, kp);
+            if (new_key) new_key_pieces<T, KB, LPS>(new_k, sub, kp);
 #pragma unroll
-            for (int u = 0; u < DL::VB; u++) {
+            for (int u = 0; u < VB; u++) {
                 if (base + u == s && lane < ACTIVE) vv[u].load_shared(new_v + lane * DPL);
             }
         }
@@ -454,21 +470,30 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
         float sc[DEC_GMAX];
 #pragma unroll
         for (int g = 0; g < DEC_GMAX; g++) sc[g] = 0.f;
-        // key piece p, element e, query g in ascending order (the same sums as one piece at a time)
+        // the lane's key pieces (sub, sub + LPS, ...), element e, query g in ascending order (the same sums as one piece
+        // at a time)
 #pragma unroll
-        for (int p0 = 0; p0 < DL::K_PACKS; p0 += DL::K_BATCH) {
+        for (int p0 = 0; p0 < KPL; p0 += KB) {
             if (p0 > 0) {
-                load_key_pieces<T, DL::K_BATCH>(krow, p0, vis && !new_key, kp);
-                if (new_key) new_key_pieces<T, DL::K_BATCH>(new_k, p0, kp);
+                load_key_pieces<T, KB, LPS>(krow, sub + p0 * LPS, vis && !new_key, kp);
+                if (new_key) new_key_pieces<T, KB, LPS>(new_k, sub + p0 * LPS, kp);
             }
 #pragma unroll
-            for (int pp = 0; pp < DL::K_BATCH; pp++) {
+            for (int pp = 0; pp < KB; pp++) {
+                const int piece = sub + (p0 + pp) * LPS;
 #pragma unroll
                 for (int e = 0; e < KV; e++) {
                     float kf = to_f32(kp[pp].v[e]);
 #pragma unroll
-                    for (int g = 0; g < DEC_GMAX; g++) sc[g] += q_s[g * D + (p0 + pp) * KV + e] * kf;
+                    for (int g = 0; g < DEC_GMAX; g++) sc[g] += q_s[g * D + piece * KV + e] * kf;
                 }
+            }
+        }
+        if constexpr (LPS > 1) {  // the slot's LPS partial dots, summed pairwise: every lane of the slot gets the same
+#pragma unroll
+            for (int g = 0; g < DEC_GMAX; g++) {
+#pragma unroll
+                for (int o = 1; o < LPS; o <<= 1) sc[g] += __shfl_xor_sync(0xffffffffu, sc[g], o);
             }
         }
         float p[DEC_GMAX];
@@ -478,27 +503,27 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
             float m_new = fmaxf(m[g], warp_max(score));   // never -inf: slot base is visible
             p[g] = vis ? expf(score - m_new) : 0.f;
             float alpha = expf(m[g] - m_new);
-            l[g] = l[g] * alpha + warp_sum(p[g]);
+            l[g] = l[g] * alpha + warp_sum(LPS == 1 || sub == 0 ? p[g] : 0.f);  // each slot once
             m[g] = m_new;
 #pragma unroll
             for (int c = 0; c < DPL; c++) acc[g][c] *= alpha;
         }
-        // value rows key by key ascending (the same order as one key at a time), DL::VB rows a batch
-        for (int j0 = 0; j0 < n_keys; j0 += DL::VB) {
+        // value rows key by key ascending (the same order as one key at a time), VB rows a batch
+        for (int j0 = 0; j0 < n_keys; j0 += VB) {
             if (j0 > 0) {
 #pragma unroll
-                for (int u = 0; u < DL::VB; u++) {
+                for (int u = 0; u < VB; u++) {
                     const bool is_new = has_new && base + j0 + u == s;
                     vv[u].load(vtile + (int64_t)(j0 + u) * D, lane < ACTIVE && j0 + u < n_keys && !is_new);
                     if (is_new && lane < ACTIVE) vv[u].load_shared(new_v + lane * DPL);
                 }
             }
 #pragma unroll
-            for (int u = 0; u < DL::VB; u++) {
+            for (int u = 0; u < VB; u++) {
                 if (j0 + u >= n_keys) break;  // warp-uniform
 #pragma unroll
                 for (int g = 0; g < DEC_GMAX; g++) {
-                    float pj = __shfl_sync(0xffffffffu, p[g], j0 + u);
+                    float pj = __shfl_sync(0xffffffffu, p[g], (j0 + u) * LPS);
 #pragma unroll
                     for (int c = 0; c < DPL; c++) acc[g][c] += pj * to_f32(vv[u].v[c]);
                 }
@@ -581,27 +606,29 @@ __device__ __forceinline__ void combine_impl(const float* __restrict__ part_ml, 
 }
 
 // ---------------------------------------------------------------------------------------------------------
-#define QL_ATTN_DECODE_NW(tn, T, D, GM, NW, suffix)                                                              \
+#define QL_ATTN_DECODE_NWL(tn, T, D, GM, NW, LPS, suffix)                                                        \
     extern "C" __global__ void __launch_bounds__(NW * 32) attn_decode_##tn##_d##D##_g##GM##suffix(              \
         const T* q, const T* kc, const T* vc, T* out, float* part_ml, float* part_acc, const int* pad_start,     \
         int heads, int kv_heads, int cap, int start, const int* start_ptr, float scale, int window,              \
         int* counters, int prefetch) {                                                                          \
-        decode_impl<T, D, GM, NW>(q, kc, vc, out, part_ml, part_acc, pad_start, heads, kv_heads, cap, start,     \
-                                  start_ptr, scale, window, counters, prefetch);                                \
+        decode_impl<T, D, GM, NW, false, LPS>(q, kc, vc, out, part_ml, part_acc, pad_start, heads, kv_heads,     \
+                                              cap, start, start_ptr, scale, window, counters, prefetch);        \
     }
+#define QL_ATTN_DECODE_NW(tn, T, D, GM, NW, suffix) QL_ATTN_DECODE_NWL(tn, T, D, GM, NW, 1, suffix)
 #define QL_ATTN_DECODE(tn, T, D, GM) QL_ATTN_DECODE_NW(tn, T, D, GM, 4, )
 // The decode with the new token's RoPE and cache write (decode_impl's ROPE; AttentionKernels.decodeRoped): the same
 // arguments, with q, k unrotated, then k, v [B, KVH*D], positions I32 [B], inv_freq F32 [D/2], the scaling. D 64, 128.
-#define QL_ATTN_DECODE_ROPE(tn, T, D, GM, NW, suffix)                                                            \
+#define QL_ATTN_DECODE_ROPE_L(tn, T, D, GM, NW, LPS, suffix)                                                     \
     extern "C" __global__ void __launch_bounds__(NW * 32) attn_decode_rope_##tn##_d##D##_g##GM##suffix(         \
         const T* q, T* kc, T* vc, T* out, float* part_ml, float* part_acc, const int* pad_start,                 \
         int heads, int kv_heads, int cap, int start, const int* start_ptr, float scale, int window,              \
         int* counters, int prefetch, const T* k, const T* v, const int* positions, const float* inv_freq,        \
         float scaling) {                                                                                        \
-        decode_impl<T, D, GM, NW, true>(q, kc, vc, out, part_ml, part_acc, pad_start, heads, kv_heads, cap,      \
-                                        start, start_ptr, scale, window, counters, prefetch,                    \
-                                        DecodeRope<T>{k, v, positions, inv_freq, scaling, kc, vc});              \
+        decode_impl<T, D, GM, NW, true, LPS>(q, kc, vc, out, part_ml, part_acc, pad_start, heads, kv_heads, cap, \
+                                             start, start_ptr, scale, window, counters, prefetch,               \
+                                             DecodeRope<T>{k, v, positions, inv_freq, scaling, kc, vc});         \
     }
+#define QL_ATTN_DECODE_ROPE(tn, T, D, GM, NW, suffix) QL_ATTN_DECODE_ROPE_L(tn, T, D, GM, NW, 1, suffix)
 #define QL_ATTN_DECODE_ROPE_D(tn, T, D)                                                                          \
     QL_ATTN_DECODE_ROPE(tn, T, D, 1, 4, ) QL_ATTN_DECODE_ROPE(tn, T, D, 2, 4, )                                 \
     QL_ATTN_DECODE_ROPE(tn, T, D, 4, 4, ) QL_ATTN_DECODE_ROPE(tn, T, D, 8, 4, )                                 \
@@ -651,3 +678,13 @@ __device__ __forceinline__ void combine_impl(const float* __restrict__ part_ml, 
     QL_ATTN_D(tn, T, 256, 4)
 
 QL_FOR_ACT(QL_ATTN)
+
+// Four lanes a slot on 16 warps (decode_impl's LPS 4; AttentionKernels.decodeForm): one split, bf16 activations, head
+// dims 64 and 128, up to 4 query heads a block (the 16 warps' merge buffers: 16 x 4 x 128 floats, 32 KiB), with and
+// without the RoPE.
+#define QL_ATTN_DECODE_L4_G(tn, T, D, GM)                                                                        \
+    QL_ATTN_DECODE_NWL(tn, T, D, GM, 16, 4, _l4) QL_ATTN_DECODE_ROPE_L(tn, T, D, GM, 16, 4, _l4)
+#define QL_ATTN_DECODE_L4(tn, T)                                                                                 \
+    QL_ATTN_DECODE_L4_G(tn, T, 64, 1) QL_ATTN_DECODE_L4_G(tn, T, 64, 2) QL_ATTN_DECODE_L4_G(tn, T, 64, 4)       \
+    QL_ATTN_DECODE_L4_G(tn, T, 128, 1) QL_ATTN_DECODE_L4_G(tn, T, 128, 2) QL_ATTN_DECODE_L4_G(tn, T, 128, 4)
+QL_ATTN_DECODE_L4(bf16, __nv_bfloat16)

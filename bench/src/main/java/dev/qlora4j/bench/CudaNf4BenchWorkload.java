@@ -24,7 +24,11 @@ import java.util.SplittableRandom;
  */
 final class CudaNf4BenchWorkload implements AutoCloseable {
     static final int LAUNCHES = 100;
-    static final long ROTATE_BYTES = 200L << 20;  // at least this much weight data in rotation (4x L2)
+    /**
+     * At least this much weight data in rotation (default 200 MiB: 4x L2). -Dqlora4j.bench.rotateMiB=0 keeps one copy
+     * of each weight, so that a weight smaller than L2 runs from L2: how fast the kernel is when DRAM is not the limit.
+     */
+    static final long ROTATE_BYTES = Long.getLong("qlora4j.bench.rotateMiB", 200) << 20;
 
     final CudaContext ctx;
     final int out, in;
@@ -43,8 +47,8 @@ final class CudaNf4BenchWorkload implements AutoCloseable {
         this.in = in;
         this.doubleQuant = doubleQuant;
         long nf4Bytes = (long) out * in / 2;
-        int nf4Copies = (int) Math.max(2, Math.min(16, (ROTATE_BYTES + nf4Bytes - 1) / nf4Bytes));
-        int bf16Copies = (int) Math.max(2, Math.min(16, (ROTATE_BYTES + 2L * out * in - 1) / (2L * out * in)));
+        int nf4Copies = (int) Math.max(ROTATE_BYTES == 0 ? 1 : 2, Math.min(16, (ROTATE_BYTES + nf4Bytes - 1) / nf4Bytes));
+        int bf16Copies = (int) Math.max(ROTATE_BYTES == 0 ? 1 : 2, Math.min(16, (ROTATE_BYTES + 2L * out * in - 1) / (2L * out * in)));
         for (int c = 0; c < Math.max(nf4Copies, bf16Copies); c++) {
             // Generated on the GPU (hash-based normal, std 0.02): host generation of 8192 x 28672
             // weights took minutes of the lease.

@@ -212,6 +212,28 @@ final class AttentionKernels {
         return splits == 1 && capacity > 4 * 32 && headDim <= EIGHT_WARPS_MAX_HEAD_DIM ? 8 : 4;
     }
 
+    /**
+     * -Dqlora4j.attention.decodeLanesPerSlot=4 (default) | 1: whether one-split decodes of BF16 caches (head dim 64 or
+     * 128, at most 4 query heads a block) score each slot on four lanes of 16 warps (native/attention.cu decode_impl's
+     * LPS, the _l4 kernels: a third of a warp's dependent chain) or on one lane (the _w8 / 4-warp kernels). For A/B.
+     */
+    static final String LANES_PER_SLOT_PROPERTY = "qlora4j.attention.decodeLanesPerSlot";
+
+    /** A decode launch's block: warps, and the kernel name's suffix. */
+    record DecodeForm(int warps, String suffix) {}
+
+    static DecodeForm decodeForm(int splits, int capacity, int headDim, int headsPerBlock, boolean bf16) {
+        int lanes = Integer.getInteger(LANES_PER_SLOT_PROPERTY, 4);
+        if (lanes != 1 && lanes != 4) {
+            throw new IllegalArgumentException("-D" + LANES_PER_SLOT_PROPERTY + "=" + lanes + ": use 4 or 1");
+        }
+        if (lanes == 4 && splits == 1 && bf16 && (headDim == 64 || headDim == 128) && headsPerBlock <= 4) {
+            return new DecodeForm(16, "_l4");
+        }
+        int warps = decodeWarps(splits, capacity, headDim);
+        return new DecodeForm(warps, warps == 8 ? "_w8" : "");
+    }
+
     private static void decode(CudaContext ctx, String t, Shape s, Tensor q, long kc, long vc, Tensor out, int start,
                                long startPtr, Tensor padStart, float scale, int window, DecodeRope rope) {
         int d = s.headDim();
@@ -228,7 +250,7 @@ final class AttentionKernels {
             // with splits, the last block of each head group merges them (arrival counters) when they fit; else the
             // combine kernel below does
             boolean mergeInDecode = splits > 1 && (long) s.batch() * s.kvHeads() * chunks <= CudaContext.ARRIVAL_COUNTERS;
-            int warps = decodeWarps(splits, s.capacity(), d);
+            DecodeForm form = decodeForm(splits, s.capacity(), d, gm, t.equals("bf16"));
             KernelArgs args = KernelArgs.of().ptr(CudaContext.ptr(q)).ptr(kc).ptr(vc).ptr(CudaContext.ptr(out))
                     .ptr(CudaContext.ptrOrNull(partMl)).ptr(CudaContext.ptrOrNull(partAcc))
                     .ptr(CudaContext.ptr(padStart)).i32(s.heads()).i32(s.kvHeads()).i32(s.capacity())
@@ -240,8 +262,8 @@ final class AttentionKernels {
                         .ptr(CudaContext.ptr(rope.invFreq())).f32(rope.scaling());
             }
             ctx.launch(ctx.function("attention", "attn_decode_" + (rope != null ? "rope_" : "") + t + "_d" + d + "_g" + gm
-                            + (warps == 8 ? "_w8" : "")),
-                    new Dim3(splits, s.kvHeads() * chunks, s.batch()), Dim3.of(32 * warps), 0, args);
+                            + form.suffix()),
+                    new Dim3(splits, s.kvHeads() * chunks, s.batch()), Dim3.of(32 * form.warps()), 0, args);
             if (splits > 1 && !mergeInDecode) {
                 ctx.launch(ctx.function("attention", "attn_combine_" + t + "_d" + d), Dim3.of(s.heads(), s.batch()),
                         Dim3.of(Math.max(32, d)), 0,

@@ -6,6 +6,7 @@ import static dev.qlora4j.backend.cuda.CudaCoreTestSupport.host;
 import static dev.qlora4j.backend.cuda.CudaCoreTestSupport.poison;
 import static dev.qlora4j.backend.cuda.CudaCoreTestSupport.values;
 
+import dev.qlora4j.TemporaryProperty;
 import dev.qlora4j.backend.KvCache;
 import dev.qlora4j.backend.cpu.CpuBackend;
 import dev.qlora4j.tensor.DType;
@@ -21,7 +22,7 @@ import org.junit.jupiter.params.provider.CsvSource;
  * query heads (and a sliding window in some cases), then decode steps, on fresh random q/k/v each step,
  * the output poisoned before each call. After the last step both KV caches are compared too (the cache
  * write). A long case (capacity 1500) makes the decode split over the cache (flash-decoding + combine), capacities
- * 129..256 take one split on 8 warps;
+ * 129..256 take one split on 8 warps (or, BF16 with at most 4 query heads a block, 16 warps scoring a slot on four lanes);
  * heads 16 / kvHeads 1 makes one kv head serve two decode blocks of 8 query heads.
  *
  * <p>The CPU runs on the same (activation-dtype-rounded) inputs in float32. Tolerance
@@ -32,31 +33,37 @@ import org.junit.jupiter.params.provider.CsvSource;
 @Tag("gpu")
 class CudaAttentionCoreGpuTest {
 
-    @ParameterizedTest(name = "{0} heads={1}/{2} d={3} prompt={4} cap={5} window={6}")
+    @ParameterizedTest(name = "{0} heads={1}/{2} d={3} prompt={4} cap={5} window={6} lanes a slot={7}")
     @CsvSource({
-            "F32, 4, 2, 16, 7, 12, 0",
-            "F32, 4, 2, 16, 6, 12, 3",
-            "F32, 8, 2, 64, 45, 60, 0",
-            "F32, 16, 1, 128, 33, 40, 0",
-            "F32, 4, 4, 256, 19, 24, 0",
-            "F32, 4, 2, 96, 20, 24, 7",
-            "F32, 4, 2, 64, 700, 1500, 0",
-            "F32, 4, 2, 64, 700, 1500, 300",
-            "BF16, 4, 2, 16, 7, 12, 0",
-            "BF16, 8, 2, 128, 70, 80, 0",
-            "BF16, 32, 4, 128, 300, 1100, 0",
-            "BF16, 4, 2, 64, 40, 50, 9",
-            // capacities 129..256: one split on 8 warps (the _w8 kernels), with 8 query heads a block and a window
-            "BF16, 8, 2, 128, 150, 200, 0",
-            "BF16, 16, 1, 128, 140, 180, 0",
-            "F32, 4, 2, 64, 130, 250, 17"})
+            "F32, 4, 2, 16, 7, 12, 0, 4",
+            "F32, 4, 2, 16, 6, 12, 3, 4",
+            "F32, 8, 2, 64, 45, 60, 0, 4",
+            "F32, 16, 1, 128, 33, 40, 0, 4",
+            "F32, 4, 4, 256, 19, 24, 0, 4",
+            "F32, 4, 2, 96, 20, 24, 7, 4",
+            "F32, 4, 2, 64, 700, 1500, 0, 4",
+            "F32, 4, 2, 64, 700, 1500, 300, 4",
+            "BF16, 4, 2, 16, 7, 12, 0, 4",
+            "BF16, 8, 2, 128, 70, 80, 0, 4",
+            "BF16, 32, 4, 128, 300, 1100, 0, 4",
+            "BF16, 4, 2, 64, 40, 50, 9, 4",
+            // capacities 129..256: one split (16 warps, four lanes a slot; 8 query heads a block: 8 warps, the _w8 kernels)
+            "BF16, 8, 2, 128, 150, 200, 0, 4",
+            "BF16, 16, 1, 128, 140, 180, 0, 4",
+            "F32, 4, 2, 64, 130, 250, 17, 4",
+            // one split of a BF16 cache scores a slot on one lane too (-Dqlora4j.attention.decodeLanesPerSlot=1): the
+            // 4-warp and 8-warp kernels; the BF16 rows above take four lanes a slot on 16 warps where they apply
+            "BF16, 8, 2, 128, 70, 80, 0, 1",
+            "BF16, 8, 2, 128, 150, 200, 0, 1",
+            "BF16, 4, 2, 64, 40, 50, 9, 1"})
     void prefillThenDecodeMatchesCpu(DType act, int heads, int kvHeads, int headDim, int promptLen, int capacity,
-                                     int window) {
+                                     int window, int lanesPerSlot) {
         int[] pads = {0, Math.min(3, promptLen - 1)};
         int batch = pads.length, layers = 2, layer = 1, steps = 4;
         Random r = CudaCoreTestSupport.random("attention " + act + " h=" + heads + "/" + kvHeads + " d=" + headDim);
         float scale = (float) (1 / Math.sqrt(headDim));
-        try (CpuBackend cpu = new CpuBackend(2);
+        try (var lanes = TemporaryProperty.set(AttentionKernels.LANES_PER_SLOT_PROPERTY, Integer.toString(lanesPerSlot));
+             CpuBackend cpu = new CpuBackend(2);
              CudaBackend g = CudaCoreTestSupport.backend(act, false);
              KvCache cc = cpu.newKvCache(layers, batch, kvHeads, capacity, headDim);
              KvCache gc = g.newKvCache(layers, batch, kvHeads, capacity, headDim);

@@ -78,6 +78,23 @@ class CudaBackendCoreTest {
     }
 
     @Test
+    void oneSplitBf16DecodesScoreEachSlotOnFourLanesOfSixteenWarps() {
+        assertEquals(new AttentionKernels.DecodeForm(16, "_l4"), AttentionKernels.decodeForm(1, 160, 128, 1, true));
+        assertEquals(new AttentionKernels.DecodeForm(16, "_l4"), AttentionKernels.decodeForm(1, 40, 64, 4, true));
+        assertEquals(new AttentionKernels.DecodeForm(8, "_w8"), AttentionKernels.decodeForm(1, 160, 128, 8, true),
+                "eight query heads a block: the merge buffers of 16 warps would not fit");
+        assertEquals(new AttentionKernels.DecodeForm(8, "_w8"), AttentionKernels.decodeForm(1, 160, 128, 1, false), "float32");
+        assertEquals(new AttentionKernels.DecodeForm(4, ""), AttentionKernels.decodeForm(3, 1024, 128, 1, true), "splits");
+        assertEquals(new AttentionKernels.DecodeForm(8, "_w8"), AttentionKernels.decodeForm(1, 160, 96, 1, true), "head dim 96");
+        try (var p = dev.qlora4j.TemporaryProperty.set(AttentionKernels.LANES_PER_SLOT_PROPERTY, "1")) {
+            assertEquals(new AttentionKernels.DecodeForm(8, "_w8"), AttentionKernels.decodeForm(1, 160, 128, 1, true));
+        }
+        try (var p = dev.qlora4j.TemporaryProperty.set(AttentionKernels.LANES_PER_SLOT_PROPERTY, "2")) {
+            assertThrows(IllegalArgumentException.class, () -> AttentionKernels.decodeForm(1, 160, 128, 1, true));
+        }
+    }
+
+    @Test
     void prefillSharedMemoryFitsHopperAndNeedsTheOptInAboveHeadDim96() {
         assertEquals(4 * (32 * 16 + 32 * 20 + 32 * 16), AttentionKernels.prefillSharedBytes(16));
         assertTrue(AttentionKernels.prefillSharedBytes(96) <= 48 * 1024);
