@@ -684,7 +684,14 @@ QL_FOR_ACT(QL_ATTN)
 // without the RoPE.
 #define QL_ATTN_DECODE_L4_G(tn, T, D, GM)                                                                        \
     QL_ATTN_DECODE_NWL(tn, T, D, GM, 16, 4, _l4) QL_ATTN_DECODE_ROPE_L(tn, T, D, GM, 16, 4, _l4)
+// The same on 8 warps (_l4w8): the splits of longer caches (any query heads a block) and one split at 8 query heads a
+// block (with the RoPE).
+#define QL_ATTN_DECODE_L4W8_D(tn, T, D)                                                                          \
+    QL_ATTN_DECODE_NWL(tn, T, D, 1, 8, 4, _l4w8) QL_ATTN_DECODE_NWL(tn, T, D, 2, 8, 4, _l4w8)                   \
+    QL_ATTN_DECODE_NWL(tn, T, D, 4, 8, 4, _l4w8) QL_ATTN_DECODE_NWL(tn, T, D, 8, 8, 4, _l4w8)                   \
+    QL_ATTN_DECODE_ROPE_L(tn, T, D, 8, 8, 4, _l4w8)
 #define QL_ATTN_DECODE_L4(tn, T)                                                                                 \
     QL_ATTN_DECODE_L4_G(tn, T, 64, 1) QL_ATTN_DECODE_L4_G(tn, T, 64, 2) QL_ATTN_DECODE_L4_G(tn, T, 64, 4)       \
-    QL_ATTN_DECODE_L4_G(tn, T, 128, 1) QL_ATTN_DECODE_L4_G(tn, T, 128, 2) QL_ATTN_DECODE_L4_G(tn, T, 128, 4)
+    QL_ATTN_DECODE_L4_G(tn, T, 128, 1) QL_ATTN_DECODE_L4_G(tn, T, 128, 2) QL_ATTN_DECODE_L4_G(tn, T, 128, 4)    \
+    QL_ATTN_DECODE_L4W8_D(tn, T, 64) QL_ATTN_DECODE_L4W8_D(tn, T, 128)
 QL_ATTN_DECODE_L4(bf16, __nv_bfloat16)

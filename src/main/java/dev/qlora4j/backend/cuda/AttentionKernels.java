@@ -213,9 +213,10 @@ final class AttentionKernels {
     }
 
     /**
-     * -Dqlora4j.attention.decodeLanesPerSlot=4 (default) | 1: whether one-split decodes of BF16 caches (head dim 64 or
-     * 128, at most 4 query heads a block) score each slot on four lanes of 16 warps (native/attention.cu decode_impl's
-     * LPS, the _l4 kernels: a third of a warp's dependent chain) or on one lane (the _w8 / 4-warp kernels). For A/B.
+     * -Dqlora4j.attention.decodeLanesPerSlot=4 (default) | 1: whether decodes of BF16 caches (head dim 64 or 128) score
+     * each slot on four lanes (native/attention.cu decode_impl's LPS: a third of a warp's dependent chain; 16 warps,
+     * _l4, for one split with at most 4 query heads a block, else 8 warps, _l4w8) or on one lane (the _w8 / 4-warp
+     * kernels). For A/B.
      */
     static final String LANES_PER_SLOT_PROPERTY = "qlora4j.attention.decodeLanesPerSlot";
 
@@ -227,8 +228,9 @@ final class AttentionKernels {
         if (lanes != 1 && lanes != 4) {
             throw new IllegalArgumentException("-D" + LANES_PER_SLOT_PROPERTY + "=" + lanes + ": use 4 or 1");
         }
-        if (lanes == 4 && splits == 1 && bf16 && (headDim == 64 || headDim == 128) && headsPerBlock <= 4) {
-            return new DecodeForm(16, "_l4");
+        if (lanes == 4 && bf16 && (headDim == 64 || headDim == 128)) {
+            // 16 warps where their merge buffers fit (one split, up to 4 query heads a block), else 8
+            return splits == 1 && headsPerBlock <= 4 ? new DecodeForm(16, "_l4") : new DecodeForm(8, "_l4w8");
         }
         int warps = decodeWarps(splits, capacity, headDim);
         return new DecodeForm(warps, warps == 8 ? "_w8" : "");

@@ -55,7 +55,11 @@ class CudaAttentionCoreGpuTest {
             // 4-warp and 8-warp kernels; the BF16 rows above take four lanes a slot on 16 warps where they apply
             "BF16, 8, 2, 128, 70, 80, 0, 1",
             "BF16, 8, 2, 128, 150, 200, 0, 1",
-            "BF16, 4, 2, 64, 40, 50, 9, 1"})
+            "BF16, 4, 2, 64, 40, 50, 9, 1",
+            "BF16, 32, 4, 128, 300, 1100, 0, 1",
+            "BF16, 16, 1, 128, 140, 180, 0, 1",
+            // splits on four lanes a slot (8 warps) at 2 query heads a block, head dim 64
+            "BF16, 8, 4, 64, 600, 1200, 0, 4"})
     void prefillThenDecodeMatchesCpu(DType act, int heads, int kvHeads, int headDim, int promptLen, int capacity,
                                      int window, int lanesPerSlot) {
         int[] pads = {0, Math.min(3, promptLen - 1)};

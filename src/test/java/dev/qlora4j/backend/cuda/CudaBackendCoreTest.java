@@ -81,10 +81,11 @@ class CudaBackendCoreTest {
     void oneSplitBf16DecodesScoreEachSlotOnFourLanesOfSixteenWarps() {
         assertEquals(new AttentionKernels.DecodeForm(16, "_l4"), AttentionKernels.decodeForm(1, 160, 128, 1, true));
         assertEquals(new AttentionKernels.DecodeForm(16, "_l4"), AttentionKernels.decodeForm(1, 40, 64, 4, true));
-        assertEquals(new AttentionKernels.DecodeForm(8, "_w8"), AttentionKernels.decodeForm(1, 160, 128, 8, true),
+        assertEquals(new AttentionKernels.DecodeForm(8, "_l4w8"), AttentionKernels.decodeForm(1, 160, 128, 8, true),
                 "eight query heads a block: the merge buffers of 16 warps would not fit");
         assertEquals(new AttentionKernels.DecodeForm(8, "_w8"), AttentionKernels.decodeForm(1, 160, 128, 1, false), "float32");
-        assertEquals(new AttentionKernels.DecodeForm(4, ""), AttentionKernels.decodeForm(3, 1024, 128, 1, true), "splits");
+        assertEquals(new AttentionKernels.DecodeForm(8, "_l4w8"), AttentionKernels.decodeForm(3, 1024, 128, 1, true), "splits");
+        assertEquals(new AttentionKernels.DecodeForm(4, ""), AttentionKernels.decodeForm(3, 1024, 128, 1, false), "splits, float32");
         assertEquals(new AttentionKernels.DecodeForm(8, "_w8"), AttentionKernels.decodeForm(1, 160, 96, 1, true), "head dim 96");
         try (var p = dev.qlora4j.TemporaryProperty.set(AttentionKernels.LANES_PER_SLOT_PROPERTY, "1")) {
             assertEquals(new AttentionKernels.DecodeForm(8, "_w8"), AttentionKernels.decodeForm(1, 160, 128, 1, true));
