@@ -47,8 +47,9 @@ final class CudaNf4BenchWorkload implements AutoCloseable {
         this.in = in;
         this.doubleQuant = doubleQuant;
         long nf4Bytes = (long) out * in / 2;
-        int nf4Copies = (int) Math.max(ROTATE_BYTES == 0 ? 1 : 2, Math.min(16, (ROTATE_BYTES + nf4Bytes - 1) / nf4Bytes));
-        int bf16Copies = (int) Math.max(ROTATE_BYTES == 0 ? 1 : 2, Math.min(16, (ROTATE_BYTES + 2L * out * in - 1) / (2L * out * in)));
+        int minCopies = ROTATE_BYTES == 0 ? 1 : 2;
+        int nf4Copies = (int) Math.max(minCopies, Math.min(16, (ROTATE_BYTES + nf4Bytes - 1) / nf4Bytes));
+        int bf16Copies = (int) Math.max(minCopies, Math.min(16, (ROTATE_BYTES + 2L * out * in - 1) / (2L * out * in)));
         for (int c = 0; c < Math.max(nf4Copies, bf16Copies); c++) {
             // Generated on the GPU (hash-based normal, std 0.02): host generation of 8192 x 28672
             // weights took minutes of the lease.
