@@ -762,6 +762,7 @@ gemv_kernel_aligned(const uint8_t* __restrict__ packed, const void* __restrict__
 
 }  // namespace nf4v2
 #include "nf4_gemv_team.cuh"
+#include "nf4_gemv_handoff.cuh"
 #include "nf4_gemv_code.cuh"
 
 // ---- "v3": persistent, software-pipelined streaming decode GEMV (FMA, M <= MAXM; q4v3_gemv_* below).

@@ -35,31 +35,34 @@ __host__ __device__ inline bool code_applies(int K, int log2_blocksize, int nest
     return fast_applies(K, log2_blocksize, nested, nested_shift) && log2_blocksize >= 6;
 }
 
-// The end of a block: run[nt] = (row g, row g + 8) of x row 4 nt + t, added over the W warps in warp order through
-// shared memory (deterministic), the bias added, y stored for rows < N and x rows < M.
+// Output e (< NT * 64) of a tile from its W warps' fragments in red (put_fragment's buffer read as floats), added in
+// warp order (deterministic), the bias added, y stored for rows < N and x rows < M.
+template <bool F16C, int NT, int W>
+__device__ __forceinline__ void sum_store_code(const float* red, int e, int M, int N, const void* __restrict__ bias,
+                                               int bias_dtype, void* __restrict__ y, int y_dtype, int bx) {
+    // e = (nt * 32 + ln) * 2 + q: output row g' + 8 q of the tile, x row 4 nt + t' (ln = 4 g' + t')
+    const int q = e & 1, ln = (e >> 1) & 31, nt = e >> 6;
+    const int64_t o = (int64_t)bx * 16 + (ln >> 2) + 8 * q;
+    const int m = 4 * nt + (ln & 3);
+    if (o >= N || m >= M) return;
+    const int cdt = F16C ? DT_F16 : DT_BF16;
+    float sum = 0.0f;
+    for (int ww = 0; ww < W; ww++) sum += red[ww * (NT * 64) + e];
+    const float b = bias ? round_to(load_as_f32(bias, o, bias_dtype), cdt) : 0.0f;
+    store_from_f32(y, (int64_t)m * N + o, y_dtype, round_to(__fadd_rn(sum, b), cdt));
+}
+
+// The end of a block: every warp's fragment into the buffer, a barrier, then sum_store_code over the team's threads.
 // G: the team that shares the tile (nf4_gemv_team.cuh; 1: the block).
 template <bool F16C, int NT, int W, int G = 1>
 __device__ __forceinline__ void reduce_store_code(float4* red4, const float (&run)[NT][2], int M, int N,
                                                   const void* __restrict__ bias, int bias_dtype, void* __restrict__ y,
                                                   int y_dtype, int bx) {
     using TM = Team<G, W>;
-    const int warp = TM::warp(), lane = threadIdx.x & 31;
-    float2* red2 = reinterpret_cast<float2*>(red4);  // [W][NT][32] pairs: half of Smem::red
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++) red2[(warp * NT + nt) * 32 + lane] = make_float2(run[nt][0], run[nt][1]);
+    put_fragment<NT>(reinterpret_cast<float2*>(red4), run, TM::warp(), threadIdx.x & 31);  // half of Smem::red
     TM::sync();
-    const int cdt = F16C ? DT_F16 : DT_BF16;
-    const float* red = reinterpret_cast<const float*>(red4);
     for (int e = TM::tid(); e < NT * 64; e += W * 32) {
-        // e = (nt * 32 + ln) * 2 + q: output row g' + 8 q of the tile, x row 4 nt + t' (ln = 4 g' + t')
-        const int q = e & 1, ln = (e >> 1) & 31, nt = e >> 6;
-        const int64_t o = (int64_t)bx * 16 + (ln >> 2) + 8 * q;
-        const int m = 4 * nt + (ln & 3);
-        if (o >= N || m >= M) continue;
-        float sum = 0.0f;
-        for (int ww = 0; ww < W; ww++) sum += red[ww * (NT * 64) + e];
-        const float b = bias ? round_to(load_as_f32(bias, o, bias_dtype), cdt) : 0.0f;
-        store_from_f32(y, (int64_t)m * N + o, y_dtype, round_to(__fadd_rn(sum, b), cdt));
+        sum_store_code<F16C, NT, W>(reinterpret_cast<const float*>(red4), e, M, N, bias, bias_dtype, y, y_dtype, bx);
     }
 }
 
@@ -304,32 +307,35 @@ __device__ __forceinline__ void code_chunk_x(const FastChunk& L, float off0, flo
     }
 }
 
-// The joint gate / up decode's end (JOINT below): run[nt] = (gate row, up row) 8 bx + g of x row 4 nt + t, added over
-// the W warps in warp order as reduce_store_code does; y[m, o] = round(y, silu(g) * u) with g and u the two sums
+// The joint gate / up decode's output e (< NT * 32) of a tile: (gate row, up row) 8 bx + g' of x row 4 nt + t', added
+// over the W warps in warp order as sum_store_code does; y[m, o] = round(y, silu(g) * u) with g and u the two sums
 // rounded to the compute dtype, i.e. exactly what the two GEMVs (no bias) and silu_mul (elementwise.cu) store in turn.
+template <bool F16C, int NT, int W>
+__device__ __forceinline__ void sum_store_swiglu(const float2* red2, int e, int M, int N, void* __restrict__ y,
+                                                 int y_dtype, int bx) {
+    const int ln = e & 31, nt = e >> 5;  // output row 8 bx + g' (ln = 4 g' + t'), x row 4 nt + t'
+    const int64_t o = (int64_t)bx * 8 + (ln >> 2);
+    const int m = 4 * nt + (ln & 3);
+    if (o >= N || m >= M) return;
+    const int cdt = F16C ? DT_F16 : DT_BF16;
+    float gs = 0.0f, us = 0.0f;
+    for (int ww = 0; ww < W; ww++) {
+        const float2 v = red2[(ww * NT + nt) * 32 + ln];
+        gs += v.x;
+        us += v.y;
+    }
+    store_from_f32(y, (int64_t)m * N + o, y_dtype, silu_times(round_to(gs, cdt), round_to(us, cdt)));
+}
+
+// The joint decode's end of a one-tile block: every warp's fragment, a barrier, then sum_store_swiglu.
 template <bool F16C, int NT, int W, int G = 1>
 __device__ __forceinline__ void reduce_store_swiglu(float4* red4, const float (&run)[NT][2], int M, int N,
                                                     void* __restrict__ y, int y_dtype, int bx) {
     using TM = Team<G, W>;
-    const int warp = TM::warp(), lane = threadIdx.x & 31;
     float2* red2 = reinterpret_cast<float2*>(red4);  // [W][NT][32] pairs
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++) red2[(warp * NT + nt) * 32 + lane] = make_float2(run[nt][0], run[nt][1]);
+    put_fragment<NT>(red2, run, TM::warp(), threadIdx.x & 31);
     TM::sync();
-    const int cdt = F16C ? DT_F16 : DT_BF16;
-    for (int e = TM::tid(); e < NT * 32; e += W * 32) {
-        const int ln = e & 31, nt = e >> 5;  // output row 8 bx + g' (ln = 4 g' + t'), x row 4 nt + t'
-        const int64_t o = (int64_t)bx * 8 + (ln >> 2);
-        const int m = 4 * nt + (ln & 3);
-        if (o >= N || m >= M) continue;
-        float gs = 0.0f, us = 0.0f;
-        for (int ww = 0; ww < W; ww++) {
-            const float2 v = red2[(ww * NT + nt) * 32 + ln];
-            gs += v.x;
-            us += v.y;
-        }
-        store_from_f32(y, (int64_t)m * N + o, y_dtype, silu_times(round_to(gs, cdt), round_to(us, cdt)));
-    }
+    for (int e = TM::tid(); e < NT * 32; e += W * 32) sum_store_swiglu<F16C, NT, W>(red2, e, M, N, y, y_dtype, bx);
 }
 
 // A code kernel's shared memory as the body reads it (Smem's fields): the reduction buffer of the threads that share a
@@ -393,6 +399,9 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
     FastStart<W, DEPTH, NESTED, IL, JOINT> fs(w, w1, N, K, bx, TM::warp());
     const int cpw = fs.cpw, kb0 = fs.kb0;
 
+    constexpr bool HANDOFF = PERSIST && handoff_applies(G, XS, NT);  // the tiles' ends without block barriers
+    using Handoff = TileHandoff<W, NT, JOINT ? NT * 32 : NT * 64>;
+    if constexpr (HANDOFF) Handoff::init();
     const uint32_t lane_off = code_tables_key<F16C, W, G, NESTED, XS>(sm, table, code16, nested_code, lane, x, M, K);
     const uint16_t* xrow[NT];
     bool xload[NT];
@@ -414,6 +423,12 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
     auto store = [&](int tile) {
         if (JOINT) reduce_store_swiglu<F16C, NT, W, G>(sm.red, run, M, N, y, y_dtype, tile);
         else reduce_store_code<F16C, NT, W, G>(sm.red, run, M, N, bias, bias_dtype, y, y_dtype, tile);
+    };
+    // output e of the block's tile i (tile bx + i * stride) from its fragments buf (the persistent loop's handoff)
+    auto sum = [&](const float2* buf, int e, int i) {
+        const int tile = bx + i * (int)(gridDim.x * G);
+        if (JOINT) sum_store_swiglu<F16C, NT, W>(buf, e, M, N, y, y_dtype, tile);
+        else sum_store_code<F16C, NT, W>(reinterpret_cast<const float*>(buf), e, M, N, bias, bias_dtype, y, y_dtype, tile);
     };
 
     if constexpr (!PERSIST) {
@@ -441,6 +456,7 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
         // per tile (fs.next_tile; the GEMVs 2-3% faster), G > 1 adds the tile's offset per chunk (the SM-wide kernels'
         // 80 registers spill more otherwise)
         int lj = DEPTH, li = 0;
+        Handoff handoff(sm.red);
         for (int v0 = 0; v0 < total; v0 += DEPTH) {
 #pragma unroll
             for (int d = 0; d < DEPTH; d++) {
@@ -457,8 +473,12 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
                         lj++;
                     }
                     if (++j == cpw) {
-                        store(tile);
-                        TM::sync();  // the next tile's store writes the reduction buffer again
+                        if constexpr (HANDOFF) {
+                            handoff.hand_off(run, sum);
+                        } else {
+                            store(tile);
+                            TM::sync();  // the next tile's store writes the reduction buffer again
+                        }
 #pragma unroll
                         for (int nt = 0; nt < NT; nt++) run[nt][0] = run[nt][1] = 0.0f;
                         j = 0;
@@ -467,6 +487,7 @@ __device__ __forceinline__ void gemv_body_code(const Weight& w, const Weight& w1
                 }
             }
         }
+        if constexpr (HANDOFF) handoff.finish(sum);
     }
 }
 
@@ -581,6 +602,9 @@ __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, con
         if (d < total) issue(d, first, d);  // cpw >= DEPTH: the first tile's first chunks
     }
 
+    constexpr bool HANDOFF = handoff_applies(G, XS, NT);  // the tiles' ends without block barriers
+    using Handoff = TileHandoff<W, NT, NT * 64>;
+    if constexpr (HANDOFF) Handoff::init();
     const uint32_t lane_off = code_tables_key<F16C, W, G, NESTED, XS>(sm, table, code16, nested_code, lane, x, M, K);
     const uint16_t* xrow[NT];
     bool xload[NT];
@@ -594,6 +618,16 @@ __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, con
     int lj = DEPTH, lvt = first;    // the chunk loaded next
     int s = code_segment(cs, vt);
     float off = CODE_PICK(cs, s, w).offset;
+    // output e of the team's tile i (virtual tile ft) from its fragments buf: its weight's tile lt, rows, bias, output
+    auto sum = [&](const float2* buf, int e, int i) {
+        const int ft = first + i * stride;
+        const int fs = code_segment(cs, ft);
+        const int lt = ft - (fs == 0 ? 0 : fs == 1 ? cs.tiles[0] : cs.tiles[0] + cs.tiles[1]);
+        sum_store_code<F16C, NT, W>(reinterpret_cast<const float*>(buf), e, M, 16 * CODE_PICK(cs, fs, tiles),
+                                    CODE_PICK(cs, fs, bias), CODE_PICK(cs, fs, bias_dtype), CODE_PICK(cs, fs, y),
+                                    y_dtype, lt);
+    };
+    Handoff handoff(sm.red);
     for (int v0 = 0; v0 < total; v0 += DEPTH) {
 #pragma unroll
         for (int d = 0; d < DEPTH; d++) {
@@ -614,10 +648,14 @@ __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, con
                     lj++;
                 }
                 if (++j == cpw) {
-                    const int lt = vt - (s == 0 ? 0 : s == 1 ? cs.tiles[0] : cs.tiles[0] + cs.tiles[1]);
-                    reduce_store_code<F16C, NT, W, G>(sm.red, run, M, 16 * CODE_PICK(cs, s, tiles), CODE_PICK(cs, s, bias),
-                                                      CODE_PICK(cs, s, bias_dtype), CODE_PICK(cs, s, y), y_dtype, lt);
-                    TM::sync();  // the next tile's store writes the reduction buffer again
+                    if constexpr (HANDOFF) {
+                        handoff.hand_off(run, sum);
+                    } else {
+                        const int lt = vt - (s == 0 ? 0 : s == 1 ? cs.tiles[0] : cs.tiles[0] + cs.tiles[1]);
+                        reduce_store_code<F16C, NT, W, G>(sm.red, run, M, 16 * CODE_PICK(cs, s, tiles), CODE_PICK(cs, s, bias),
+                                                          CODE_PICK(cs, s, bias_dtype), CODE_PICK(cs, s, y), y_dtype, lt);
+                        TM::sync();  // the next tile's store writes the reduction buffer again
+                    }
 #pragma unroll
                     for (int nt = 0; nt < NT; nt++) run[nt][0] = run[nt][1] = 0.0f;
                     j = 0;
@@ -628,6 +666,7 @@ __device__ __forceinline__ void gemv_body_code_group(const CodeSegments& cs, con
             }
         }
     }
+    if constexpr (HANDOFF) handoff.finish(sum);
 }
 
 template <bool F16C, int NT, int W, int DEPTH, int G = 1, bool XS = false>
