@@ -20,10 +20,11 @@
 // (tile j + 2's arrivals need tile j's empty completion, which needs tile j's adder, i.e. the waiter of full(j)), so
 // the parity waits are unambiguous.
 //
-// Where (handoff_applies): the "_p" m4 kernels (two blocks a SM, up to 128 registers: 2..4 rows of x, and one row of x
-// too large to stage) on sm_90: their GEMVs 2.5-4% faster at 2 and 4 rows (bench/RESULTS.md session 29). The
-// 80-register "_p3" / "_s3" kernels keep the block-wide end (with the handoff their GEMVs were 7% slower: spills and
-// rematerialised addresses at the register cap), as do the m8 / m16 kernels and every kernel in the portable PTX.
+// Where (handoff_applies): the "_p" m4 kernels (two blocks a SM, up to 128 registers: 2..4 rows of x; one row only
+// with -Dqlora4j.nf4.persistentForm=2, or where neither "_p3" nor "_s3" takes it) on sm_90: their GEMVs 2.5-4% faster
+// at 2 and 4 rows (bench/RESULTS.md session 29). The 80-register "_p3" / "_s3" kernels keep the block-wide end (with
+// the handoff their GEMVs were 7% slower: spills and rematerialised addresses at the register cap), as do the m8 / m16
+// kernels and every kernel in the portable PTX.
 #pragma once
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #include "mbarrier.cuh"
