@@ -170,12 +170,15 @@ final class Nf4TileGemvKernels {
      * ({@link #persistentSingle}); the grouped launch always (one launch instead of three).
      */
     static int persistentGrid(CudaContext ctx, CudaQuant4bit w, long tiles, boolean joint, int rows) {
-        int sms = gridSmsForTests > 0 ? gridSmsForTests : ctx.properties().multiprocessorCount();
-        return persistentGrid(sms, w.computeDType(), w.inFeatures(), tiles, joint, rows);
+        return persistentGrid(plannedSms(ctx), w.computeDType(), w.inFeatures(), tiles, joint, rows);
     }
 
     // 0, or the SMs persistentGrid plans for instead of the GPU's (tests: a small grid makes every block walk many tiles)
     private static volatile int gridSmsForTests;
+
+    private static int plannedSms(CudaContext ctx) {
+        return gridSmsForTests > 0 ? gridSmsForTests : ctx.properties().multiprocessorCount();
+    }
 
     /** Plans the persistent grids of this JVM for that many SMs (0: the GPU's); tests only, same values either way. */
     static void setGridSmsForTests(int sms) { gridSmsForTests = sms; }
@@ -193,8 +196,7 @@ final class Nf4TileGemvKernels {
 
     /** The persistent grid of one weight's launch, or 0 where one block per tile is as good (the tiles fit one wave). */
     static int persistentSingle(CudaContext ctx, CudaQuant4bit w, long tiles, boolean joint, int rows) {
-        int grid = persistentGrid(ctx, w, tiles, joint, rows);
-        return grid < tiles ? grid : 0;
+        return persistentSingle(plannedSms(ctx), w.computeDType(), w.inFeatures(), tiles, joint, rows);
     }
 
     static int persistentSingle(int multiprocessors, DType compute, int inFeatures, long tiles, boolean joint, int rows) {
